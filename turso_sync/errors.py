@@ -1,0 +1,82 @@
+"""Every exception turso_sync raises: the DB-API 2.0 hierarchy plus the sync errors.
+
+Mirrors the stdlib ``sqlite3`` module, so ``except turso_sync.IntegrityError`` works the way
+an application written for ``sqlite3`` expects.
+"""
+
+from __future__ import annotations
+
+import apsw
+
+
+class Warning(Exception):  # noqa: A001 - the name is fixed by PEP 249
+    """Important warnings (PEP 249)."""
+
+
+class Error(Exception):
+    """Base class of every turso_sync error."""
+
+
+class InterfaceError(Error):
+    """Misuse of the interface rather than of the database (for example a closed connection)."""
+
+
+class DatabaseError(Error):
+    """An error reported by the database: wrong key, corrupt page, bad file."""
+
+
+class DataError(DatabaseError):
+    """A value does not fit (too big, out of range)."""
+
+
+class OperationalError(DatabaseError):
+    """The database could not do what was asked: SQL error, busy, locked, I/O."""
+
+
+class IntegrityError(DatabaseError):
+    """A constraint failed: UNIQUE, NOT NULL, FOREIGN KEY, CHECK."""
+
+
+class InternalError(DatabaseError):
+    """The engine reached a state it should never be in."""
+
+
+class ProgrammingError(DatabaseError):
+    """Wrong use of the API: bad parameters, a statement on a closed cursor."""
+
+
+class NotSupportedError(DatabaseError):
+    """The database does not support what was asked."""
+
+
+class EncryptionError(DatabaseError):
+    """The key is wrong, missing or not needed, or a page failed authentication."""
+
+
+_APSW_MAP: list[tuple[type[BaseException], type[Error]]] = [
+    (apsw.ConstraintError, IntegrityError),
+    (apsw.MismatchError, IntegrityError),
+    (apsw.TooBigError, DataError),
+    (apsw.RangeError, DataError),
+    (apsw.CorruptError, DatabaseError),
+    (apsw.NotADBError, DatabaseError),
+    (apsw.MisuseError, ProgrammingError),
+    (apsw.BindingsError, ProgrammingError),
+    (apsw.ExecutionCompleteError, ProgrammingError),
+    (apsw.CursorClosedError, ProgrammingError),
+    (apsw.ConnectionClosedError, ProgrammingError),
+    (apsw.InternalError, InternalError),
+    (apsw.Error, OperationalError),
+]
+
+
+def translate(exc: BaseException) -> Error:
+    """The DB-API exception for an APSW exception, keeping its message."""
+    for apsw_type, ours in _APSW_MAP:
+        if isinstance(exc, apsw_type):
+            message = str(exc)
+            for prefix in ("SQLError: ", "ConstraintError: ", "CorruptError: ", "BusyError: "):
+                if message.startswith(prefix):
+                    message = message[len(prefix) :]
+            return ours(message)
+    return OperationalError(str(exc))

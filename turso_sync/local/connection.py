@@ -1,0 +1,369 @@
+"""The DB-API 2.0 connection over APSW and the encrypting VFS, shaped like stdlib ``sqlite3``."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import apsw
+
+from .. import errors
+from ..crypto.page_codec import (
+    CIPHERS,
+    SQLITE_MAGIC,
+    TURSO_MAGIC_PREFIX,
+    PageAuthError,
+    PageCodec,
+    parse_key,
+)
+from .vfs import PAGE_SIZE, DatabaseState, ensure_vfs, realpath, registry
+
+Params = Sequence[Any] | Mapping[str, Any]
+
+_DML = re.compile(r"^\s*(?:--[^\n]*\n\s*|/\*.*?\*/\s*)*(INSERT|UPDATE|DELETE|REPLACE)\b", re.IGNORECASE | re.DOTALL)
+
+
+def _open_checks(path: str, codec: PageCodec | None) -> PageCodec | None:
+    """Check the key against the file before SQLite touches it; return the codec to use.
+
+    Nothing is written here, so a wrong key leaves the file exactly as it was.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(PAGE_SIZE)
+    except FileNotFoundError:
+        head = b""
+    if len(head) < 100:
+        return codec  # a new (or still empty) database
+    if head.startswith(TURSO_MAGIC_PREFIX):
+        if codec is None:
+            raise errors.EncryptionError(
+                f"{path} is encrypted; pass encryption_key (and cipher) to open it"
+            )
+        cipher_id = head[6]
+        if cipher_id != codec.spec.cipher_id:
+            names = {spec.cipher_id: name for name, spec in CIPHERS.items()}
+            found = names.get(cipher_id, f"cipher id {cipher_id}")
+            raise errors.EncryptionError(f"{path} is encrypted with {found}, not {codec.spec.name}")
+        page_size = int.from_bytes(head[16:18], "big")
+        page_size = 65536 if page_size == 1 else page_size
+        if page_size != codec.page_size:
+            codec = codec.with_page_size(page_size)
+        with open(path, "rb") as f:
+            page1 = f.read(page_size)
+        try:
+            codec.decrypt(page1, 1)
+        except PageAuthError:
+            raise errors.EncryptionError(
+                f"wrong encryption key for {path}: page 1 failed authentication "
+                "(or the file was changed on disk)"
+            ) from None
+        return codec
+    if head.startswith(SQLITE_MAGIC):
+        if codec is not None:
+            raise errors.EncryptionError(
+                f"{path} is a plaintext SQLite database, not an encrypted one; open it without "
+                "encryption_key"
+            )
+        return None
+    raise errors.DatabaseError(f"{path} is not a database file (unknown header)")
+
+
+class Cursor:
+    """A DB-API cursor; rows come back as tuples (or through ``row_factory``)."""
+
+    arraysize = 1
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self._cursor = connection._db.cursor()
+        self._rows: Iterator[tuple[Any, ...]] | None = None
+        self.description: tuple[tuple[str, None, None, None, None, None, None], ...] | None = None
+        self.rowcount = -1
+        self.lastrowid: int | None = None
+        self.row_factory: Callable[[Cursor, tuple[Any, ...]], Any] | None = connection.row_factory
+        self._closed = False
+
+    def _check(self) -> None:
+        if self._closed:
+            raise errors.ProgrammingError("cannot operate on a closed cursor")
+        self.connection._check()
+
+    def execute(self, sql: str, parameters: Params = ()) -> Cursor:
+        """Run one statement with parameters by position (``?``) or by name (``:name``)."""
+        self._check()
+        conn = self.connection
+        conn._begin_if_needed(sql)
+        before = conn._db.total_changes()
+        try:
+            self._cursor.execute(sql, parameters)
+            self.description = self._describe()
+        except apsw.Error as exc:
+            self.description = None
+            raise conn._translate(exc) from None
+        self._rows = self._cursor if self.description is not None else None
+        changed = conn._db.total_changes() - before
+        self.rowcount = changed if _DML.match(sql) else -1
+        self.lastrowid = conn._db.last_insert_rowid()
+        return self
+
+    def executemany(self, sql: str, seq_of_parameters: Iterable[Params]) -> Cursor:
+        """Run one statement once per parameter set."""
+        self._check()
+        conn = self.connection
+        conn._begin_if_needed(sql)
+        before = conn._db.total_changes()
+        try:
+            for params in seq_of_parameters:
+                for _ in self._cursor.execute(sql, params):
+                    raise errors.ProgrammingError("executemany() can only run statements that return no rows")
+        except apsw.Error as exc:
+            raise conn._translate(exc) from None
+        self.description = None
+        self._rows = None
+        self.rowcount = conn._db.total_changes() - before
+        self.lastrowid = conn._db.last_insert_rowid()
+        return self
+
+    def executescript(self, script: str) -> Cursor:
+        """Commit any open transaction, then run several statements separated by ``;``."""
+        self._check()
+        conn = self.connection
+        if conn.in_transaction and conn.isolation_level is not None:
+            conn.commit()
+        try:
+            for _ in self._cursor.execute(script):
+                pass  # APSW pauses at each statement that returns rows; drain them
+        except apsw.Error as exc:
+            raise conn._translate(exc) from None
+        self.description = None
+        self._rows = None
+        return self
+
+    def _describe(self) -> tuple[tuple[str, None, None, None, None, None, None], ...] | None:
+        try:
+            cols = self._cursor.get_description()
+        except apsw.ExecutionCompleteError:
+            return None
+        return tuple((name, None, None, None, None, None, None) for name, _decl in cols)
+
+    def _convert(self, row: tuple[Any, ...]) -> Any:
+        return self.row_factory(self, row) if self.row_factory else row
+
+    def fetchone(self) -> Any:
+        """The next row, or None."""
+        self._check()
+        if self._rows is None:
+            return None
+        try:
+            return self._convert(next(self._rows))
+        except StopIteration:
+            self._rows = None
+            return None
+        except apsw.Error as exc:
+            raise self.connection._translate(exc) from None
+
+    def fetchmany(self, size: int | None = None) -> list[Any]:
+        """Up to ``size`` rows (``arraysize`` by default)."""
+        out = []
+        for _ in range(self.arraysize if size is None else size):
+            row = self.fetchone()
+            if row is None:
+                break
+            out.append(row)
+        return out
+
+    def fetchall(self) -> list[Any]:
+        """All remaining rows."""
+        self._check()
+        if self._rows is None:
+            return []
+        try:
+            rows = [self._convert(r) for r in self._rows]
+        except apsw.Error as exc:
+            raise self.connection._translate(exc) from None
+        self._rows = None
+        return rows
+
+    def __iter__(self) -> Iterator[Any]:
+        while True:
+            row = self.fetchone()
+            if row is None:
+                return
+            yield row
+
+    def close(self) -> None:
+        """Close the cursor; further use raises ProgrammingError."""
+        if not self._closed:
+            self._closed = True
+            self._rows = None
+            self._cursor.close(force=True)
+
+    def setinputsizes(self, sizes: Any) -> None:
+        """Part of PEP 249; does nothing."""
+
+    def setoutputsize(self, size: Any, column: Any = None) -> None:
+        """Part of PEP 249; does nothing."""
+
+
+class Connection:
+    """A connection to a local database file, encrypted when opened with a key."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        encryption_key: str | None = None,
+        cipher: str = "aes256gcm",
+        isolation_level: str | None = "DEFERRED",
+        timeout: float = 5.0,
+    ) -> None:
+        self.path = realpath(path)
+        codec: PageCodec | None = None
+        if encryption_key is not None:
+            try:
+                spec, key = parse_key(encryption_key, cipher)
+            except (ValueError, TypeError) as exc:
+                raise errors.ProgrammingError(str(exc)) from None
+            codec = PageCodec(spec, key)
+        codec = _open_checks(self.path, codec)
+        self.encrypted = codec is not None
+        self.isolation_level = isolation_level
+        self.row_factory: Callable[[Cursor, tuple[Any, ...]], Any] | None = None
+        self._state: DatabaseState = registry.acquire(self.path, codec)
+        if self._state.codec is not None and codec is not None and self._state.codec.spec != codec.spec:
+            registry.release(self.path)
+            raise errors.EncryptionError(f"{self.path} is already open in this process with another cipher")
+        self._closed = False
+        try:
+            self._db = apsw.Connection(
+                self.path,
+                flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE,
+                vfs=ensure_vfs(),
+            )
+            self._configure(timeout)
+        except apsw.Error as exc:
+            registry.release(self.path)
+            self._closed = True
+            raise self._translate(exc) from None
+        except BaseException:
+            registry.release(self.path)
+            self._closed = True
+            raise
+
+    def _configure(self, timeout: float) -> None:
+        db = self._db
+        db.set_busy_timeout(int(timeout * 1000))
+        db.execute("PRAGMA temp_store=MEMORY")
+        if db.execute("PRAGMA page_count").get == 0:
+            if self.encrypted:
+                db.reserve_bytes(reserve=self._state.codec.reserved)  # type: ignore[union-attr]
+            db.execute("PRAGMA page_size=4096")
+        mode = db.execute("PRAGMA journal_mode").get
+        if str(mode).lower() != "wal":
+            db.execute("PRAGMA journal_mode=WAL").fetchall()
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("SELECT count(*) FROM sqlite_schema").get  # reads page 1: proves the key
+
+    @property
+    def apsw_connection(self) -> apsw.Connection:
+        """The underlying APSW connection (for the engine's own use)."""
+        self._check()
+        return self._db
+
+    def _check(self) -> None:
+        if self._closed:
+            raise errors.ProgrammingError("cannot operate on a closed database")
+
+    def _translate(self, exc: BaseException) -> errors.Error:
+        if isinstance(exc, apsw.CorruptError | apsw.NotADBError) and self._state.last_error:
+            detail = self._state.last_error[0]
+            self._state.last_error.clear()
+            return errors.EncryptionError(
+                f"{self.path}: {detail}; the key is wrong or the file was changed on disk"
+            )
+        return errors.translate(exc)
+
+    def _begin_if_needed(self, sql: str) -> None:
+        if self.isolation_level is not None and self._db.get_autocommit() and _DML.match(sql):
+            try:
+                self._db.execute(f"BEGIN {self.isolation_level}")
+            except apsw.Error as exc:
+                raise self._translate(exc) from None
+
+    @property
+    def in_transaction(self) -> bool:
+        """True while a transaction is open."""
+        self._check()
+        return not self._db.get_autocommit()
+
+    @property
+    def total_changes(self) -> int:
+        """Rows changed since the connection opened."""
+        self._check()
+        return self._db.total_changes()
+
+    def cursor(self) -> Cursor:
+        """A new cursor."""
+        self._check()
+        return Cursor(self)
+
+    def execute(self, sql: str, parameters: Params = ()) -> Cursor:
+        """Shortcut: a new cursor's ``execute``."""
+        return self.cursor().execute(sql, parameters)
+
+    def executemany(self, sql: str, seq_of_parameters: Iterable[Params]) -> Cursor:
+        """Shortcut: a new cursor's ``executemany``."""
+        return self.cursor().executemany(sql, seq_of_parameters)
+
+    def executescript(self, script: str) -> Cursor:
+        """Shortcut: a new cursor's ``executescript``."""
+        return self.cursor().executescript(script)
+
+    def commit(self) -> None:
+        """Commit the open transaction, if any."""
+        self._check()
+        if not self._db.get_autocommit():
+            try:
+                self._db.execute("COMMIT")
+            except apsw.Error as exc:
+                raise self._translate(exc) from None
+
+    def rollback(self) -> None:
+        """Roll back the open transaction, if any."""
+        self._check()
+        if not self._db.get_autocommit():
+            try:
+                self._db.execute("ROLLBACK")
+            except apsw.Error as exc:
+                raise self._translate(exc) from None
+
+    def close(self) -> None:
+        """Close the connection; an open transaction is rolled back, as in sqlite3."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._db.close(True)
+        finally:
+            registry.release(self.path)
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        # like sqlite3: commit on success, roll back on error; the connection stays open
+        if self._closed:
+            return
+        if exc_type is None:
+            self.commit()
+        else:
+            self.rollback()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass

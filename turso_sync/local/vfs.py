@@ -1,0 +1,461 @@
+"""The encrypting VFS: SQLite (APSW) underneath, Turso's encrypted format on disk.
+
+Files are opened through the default unix VFS, so WAL mode keeps its normal shared-memory
+locking across connections and processes.  What this layer adds:
+
+* main database: every page is encrypted on write and verified and decrypted on read;
+* WAL: frame bodies are encrypted like database pages, and the frame checksums on disk are
+  computed over the ciphertext (Turso's rule).  SQLite computes them over the plaintext, so
+  this file translates checksums in both directions: on write it recomputes them over the
+  ciphertext, on read it verifies the ciphertext chain and hands SQLite the plaintext chain;
+* rollback journal (only used while a new database is created): page records are encrypted;
+* checkpoints: before SQLite copies WAL frames into the database file, the frame log
+  (``framelog.py``) archives them, so no committed frame is lost to a WAL reset.
+
+Temporary files are refused: connections keep ``temp_store=MEMORY``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import apsw
+
+from ..crypto.page_codec import PageAuthError, PageCodec
+from .walformat import FRAME_HEADER_SIZE, WAL_HEADER_SIZE, FrameHeader, frame_index, frame_offset, wal_checksum
+
+VFS_NAME = "turso_sync"
+PAGE_SIZE = 4096
+
+
+@dataclass
+class DatabaseState:
+    """What every file of one database shares within a process: its codec and hooks."""
+
+    path: str
+    codec: PageCodec | None
+    before_checkpoint: Callable[[], None] | None = None
+    last_error: list[PageAuthError] = field(default_factory=list)
+    users: int = 0
+
+    def record(self, err: PageAuthError) -> None:
+        self.last_error[:] = [err]
+
+
+class _Registry:
+    """Database path -> DatabaseState, so WAL and journal files find their database's key."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._states: dict[str, DatabaseState] = {}
+
+    def acquire(self, path: str, codec: PageCodec | None) -> DatabaseState:
+        with self._lock:
+            state = self._states.get(path)
+            if state is None:
+                state = DatabaseState(path, codec)
+                self._states[path] = state
+            state.users += 1
+            return state
+
+    def release(self, path: str) -> None:
+        with self._lock:
+            state = self._states.get(path)
+            if state is not None:
+                state.users -= 1
+                if state.users <= 0:
+                    del self._states[path]
+
+    def get(self, path: str) -> DatabaseState | None:
+        with self._lock:
+            return self._states.get(path)
+
+    def for_file(self, name: str) -> DatabaseState | None:
+        for suffix in ("-wal", "-journal"):
+            if name.endswith(suffix):
+                return self.get(name[: -len(suffix)])
+        return self.get(name)
+
+
+registry = _Registry()
+
+
+def _filename(name: apsw.URIFilename | str | None) -> str | None:
+    if name is None:
+        return None
+    if isinstance(name, str):
+        return name
+    return name.filename()
+
+
+class EncryptedDBFile(apsw.VFSFile):
+    """The main database file: whole pages, encrypted in Turso's format."""
+
+    def __init__(self, name: apsw.URIFilename | str, flags: list[int], state: DatabaseState) -> None:
+        super().__init__("", name, flags)
+        self.state = state
+        self.codec: PageCodec = state.codec  # type: ignore[assignment]
+        self.P = self.codec.page_size
+
+    def xRead(self, amount: int, offset: int) -> bytes:
+        P = self.P
+        if amount == P and offset % P == 0:
+            raw = super().xRead(P, offset)
+            if len(raw) < P:
+                return b""  # beyond the end of the file: SQLite zero-fills
+            return self._decrypt(raw, offset // P + 1)
+        first = offset // P
+        last = (offset + amount - 1) // P
+        out = bytearray()
+        for index in range(first, last + 1):
+            raw = super().xRead(P, index * P)
+            if len(raw) < P:
+                break
+            if index == 0 and offset + amount <= 100:
+                # the plaintext header, read before a page is; no need to decrypt for it
+                out += raw[:100]
+                out[:16] = b"SQLite format 3\x00"
+            else:
+                out += self._decrypt(raw, index + 1)
+        start = offset - first * P
+        return bytes(out[start : start + amount])
+
+    def _decrypt(self, raw: bytes, pgno: int) -> bytes:
+        try:
+            return self.codec.decrypt(raw, pgno)
+        except PageAuthError as err:
+            self.state.record(err)
+            raise apsw.CorruptError(str(err)) from None
+
+    def xWrite(self, data: bytes, offset: int) -> None:
+        P = self.P
+        if offset % P or len(data) % P:
+            raise apsw.IOError(f"unaligned write of {len(data)} bytes at {offset} to an encrypted database")
+        out = bytearray()
+        for i in range(0, len(data), P):
+            page = data[i : i + P]
+            pgno = (offset + i) // P + 1
+            _check_plain_page(page, pgno, self.codec)
+            out += self.codec.encrypt(page, pgno)
+        super().xWrite(bytes(out), offset)
+
+    def xFileControl(self, op: int, ptr: int) -> bool:
+        if op == apsw.SQLITE_FCNTL_CKPT_START and self.state.before_checkpoint is not None:
+            self.state.before_checkpoint()
+        return super().xFileControl(op, ptr)
+
+
+class PlainDBFile(apsw.VFSFile):
+    """A plaintext database: pass-through, but checkpoints still archive the frame log."""
+
+    def __init__(self, name: apsw.URIFilename | str, flags: list[int], state: DatabaseState) -> None:
+        super().__init__("", name, flags)
+        self.state = state
+
+    def xFileControl(self, op: int, ptr: int) -> bool:
+        if op == apsw.SQLITE_FCNTL_CKPT_START and self.state.before_checkpoint is not None:
+            self.state.before_checkpoint()
+        return super().xFileControl(op, ptr)
+
+
+def _check_plain_page(page: bytes, pgno: int, codec: PageCodec) -> None:
+    """Refuse a page that would not survive encryption (the reserved tail must be empty)."""
+    if any(page[codec.page_size - codec.reserved :]):
+        raise apsw.CorruptError(
+            f"page {pgno} uses the bytes reserved for encryption; the database was not created "
+            "with 28 reserved bytes per page"
+        )
+    if pgno == 1 and page[20] != codec.reserved:
+        raise apsw.CorruptError(
+            f"page 1 declares {page[20]} reserved bytes; an encrypted database needs {codec.reserved}"
+        )
+
+
+class EncryptedWALFile(apsw.VFSFile):
+    """The WAL of an encrypted database, with checksums over the ciphertext on disk."""
+
+    def __init__(self, name: apsw.URIFilename | str, flags: list[int], state: DatabaseState) -> None:
+        super().__init__("", name, flags)
+        self.state = state
+        self.codec: PageCodec = state.codec  # type: ignore[assignment]
+        self.P = self.codec.page_size
+        self.frame_size = self.P + FRAME_HEADER_SIZE
+        # (salt1, salt2, frame) -> (ciphertext checksum, plaintext checksum) of that frame
+        self._chain: dict[tuple[int, int, int], tuple[tuple[int, int], tuple[int, int]]] = {}
+        self._pending: dict[int, bytes] = {}  # frame -> header SQLite wrote, waiting for its body
+        self._last_full_read = 0
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def _raw(self, amount: int, offset: int) -> bytes:
+        data = super().xRead(amount, offset)
+        return data
+
+    def _wal_header(self) -> bytes:
+        return self._raw(WAL_HEADER_SIZE, 0)
+
+    def _disk_ct(self, index: int) -> tuple[int, int]:
+        """Checksum stored on disk after frame ``index`` (0 = the WAL header's)."""
+        if index == 0:
+            raw = self._raw(8, 24)
+        else:
+            raw = self._raw(8, frame_offset(index, self.P) + 16)
+        raw = raw.ljust(8, b"\0")
+        return int.from_bytes(raw[:4], "big"), int.from_bytes(raw[4:], "big")
+
+    def _big_endian(self, wal_header: bytes) -> bool:
+        return wal_header[3:4] == b"\x83"
+
+    def _plain_chain(self, index: int, wal_header: bytes) -> tuple[int, int] | None:
+        """Plaintext-domain checksum after frame ``index``, or None if the chain breaks before it."""
+        if index == 0:
+            return int.from_bytes(wal_header[24:28], "big"), int.from_bytes(wal_header[28:32], "big")
+        salts = (int.from_bytes(wal_header[16:20], "big"), int.from_bytes(wal_header[20:24], "big"))
+        cached = self._chain.get((salts[0], salts[1], index))
+        if cached is not None and cached[0] == self._disk_ct(index):
+            return cached[1]
+        # walk back to the nearest frame we can trust, then forward again
+        start = index - 1
+        while start > 0:
+            hit = self._chain.get((salts[0], salts[1], start))
+            if hit is not None and hit[0] == self._disk_ct(start):
+                break
+            start -= 1
+        for k in range(start + 1, index + 1):
+            result = self._verify_frame(k, self._raw(self.frame_size, frame_offset(k, self.P)), wal_header)
+            if result is None:
+                return None
+        hit = self._chain.get((salts[0], salts[1], index))
+        return hit[1] if hit else None
+
+    def _verify_frame(self, index: int, frame: bytes, wal_header: bytes) -> tuple[int, int] | None:
+        """Check frame ``index`` against the ciphertext chain and return its plaintext checksum."""
+        if len(frame) < self.frame_size:
+            return None
+        big = self._big_endian(wal_header)
+        salts = wal_header[16:24]
+        if frame[8:16] != salts:
+            return None
+        prev_ct = self._disk_ct(index - 1)
+        if index > 1:
+            prev_pt = self._plain_chain(index - 1, wal_header)
+        else:
+            prev_pt = prev_ct
+        if prev_pt is None:
+            return None
+        head8 = frame[:8]
+        body = frame[FRAME_HEADER_SIZE:]
+        ct = wal_checksum(head8 + body, prev_ct[0], prev_ct[1], big)
+        stored = (int.from_bytes(frame[16:20], "big"), int.from_bytes(frame[20:24], "big"))
+        if ct != stored:
+            return None
+        pgno = int.from_bytes(frame[:4], "big")
+        try:
+            plain = self.codec.decrypt(body, pgno, "WAL")
+        except PageAuthError as err:
+            self.state.record(err)
+            return None
+        pt = wal_checksum(head8 + plain, prev_pt[0], prev_pt[1], big)
+        key = (int.from_bytes(salts[:4], "big"), int.from_bytes(salts[4:], "big"), index)
+        self._chain[key] = (ct, pt)
+        return pt
+
+    # --- reads -----------------------------------------------------------------------------
+
+    def xRead(self, amount: int, offset: int) -> bytes:
+        P = self.P
+        if offset < WAL_HEADER_SIZE:
+            if offset + amount <= WAL_HEADER_SIZE:
+                return self._raw(amount, offset)
+            raise apsw.IOError(f"WAL read of {amount} bytes at {offset} crosses the WAL header")
+        index, within = frame_index(offset, P)
+        if within == FRAME_HEADER_SIZE and amount == P:
+            return self._read_body(index)
+        if within == 0 and amount == self.frame_size:
+            return self._read_full_frame(index)
+        # anything else (the 8-byte checksum read before a checksum rewrite): assemble it
+        out = bytearray()
+        pos = offset
+        end = offset + amount
+        while pos < end:
+            k, inside = frame_index(pos, P)
+            frame = self._read_full_frame(k, quiet=True)
+            if not frame:
+                break
+            take = min(end - pos, self.frame_size - inside)
+            out += frame[inside : inside + take]
+            pos += take
+        return bytes(out)
+
+    def _read_body(self, index: int) -> bytes:
+        raw = self._raw(self.frame_size, frame_offset(index, self.P))
+        if len(raw) < self.frame_size:
+            return b""
+        pgno = int.from_bytes(raw[:4], "big")
+        try:
+            return self.codec.decrypt(raw[FRAME_HEADER_SIZE:], pgno, "WAL")
+        except PageAuthError as err:
+            self.state.record(err)
+            raise apsw.CorruptError(f"WAL frame {index}: {err}") from None
+
+    def _read_full_frame(self, index: int, quiet: bool = False) -> bytes:
+        """A whole frame as SQLite wrote it: plaintext body, plaintext-domain checksum.
+
+        A frame whose ciphertext chain or authentication fails comes back with a checksum
+        that cannot match, so SQLite treats it as the torn end of the log.
+        """
+        self._last_full_read = index
+        raw = self._raw(self.frame_size, frame_offset(index, self.P))
+        if len(raw) < self.frame_size:
+            return b""
+        header = bytearray(raw[:FRAME_HEADER_SIZE])
+        pgno = int.from_bytes(raw[:4], "big")
+        try:
+            plain = self.codec.decrypt(raw[FRAME_HEADER_SIZE:], pgno, "WAL")
+        except PageAuthError:
+            plain = bytes(self.P)
+        if header[8:24] == bytes(16):
+            return bytes(header) + plain  # placeholder header inside an open transaction
+        pt = self._verify_frame(index, raw, self._wal_header())
+        if pt is None:
+            header[16:24] = bytes(b ^ 0xFF for b in header[16:24])  # never a valid checksum
+        else:
+            header[16:20] = pt[0].to_bytes(4, "big")
+            header[20:24] = pt[1].to_bytes(4, "big")
+        return bytes(header) + plain
+
+    # --- writes ----------------------------------------------------------------------------
+
+    def xWrite(self, data: bytes, offset: int) -> None:
+        P = self.P
+        if offset == 0:
+            if len(data) != WAL_HEADER_SIZE:
+                raise apsw.IOError(f"unexpected WAL header write of {len(data)} bytes")
+            self._chain.clear()
+            self._pending.clear()
+            super().xWrite(data, 0)
+            return
+        index, within = frame_index(offset, P)
+        last_read, self._last_full_read = self._last_full_read, 0
+        if within == 0 and len(data) == FRAME_HEADER_SIZE:
+            if data[8:24] == bytes(16):
+                super().xWrite(data, offset)  # placeholder, rewritten before commit
+            elif last_read == index:
+                self._rewrite_header(index, data)
+            else:
+                self._pending[index] = bytes(data)
+            return
+        if within == FRAME_HEADER_SIZE and len(data) == P:
+            self._write_body(index, data)
+            return
+        raise apsw.IOError(f"unexpected WAL write of {len(data)} bytes at offset {offset}")
+
+    def _write_body(self, index: int, plain: bytes) -> None:
+        header = self._pending.pop(index, None)
+        off = frame_offset(index, self.P)
+        if header is None:
+            # in-place overwrite inside a transaction; its header is rewritten at commit
+            disk = self._raw(8, off).ljust(8, b"\0")
+            pgno = int.from_bytes(disk[:4], "big")
+            _check_plain_page(plain, pgno, self.codec)
+            super().xWrite(self.codec.encrypt(plain, pgno), off + FRAME_HEADER_SIZE)
+            return
+        pgno = int.from_bytes(header[:4], "big")
+        _check_plain_page(plain, pgno, self.codec)
+        body = self.codec.encrypt(plain, pgno)
+        super().xWrite(self._seal_header(index, header, body) + body, off)
+
+    def _rewrite_header(self, index: int, header: bytes) -> None:
+        off = frame_offset(index, self.P)
+        body = self._raw(self.P, off + FRAME_HEADER_SIZE)
+        super().xWrite(self._seal_header(index, header, body), off)
+
+    def _seal_header(self, index: int, header: bytes, body: bytes) -> bytes:
+        """The header SQLite wrote, with its checksum recomputed over the encrypted body."""
+        wal_header = self._wal_header()
+        prev = self._disk_ct(index - 1)
+        ct = wal_checksum(header[:8] + body, prev[0], prev[1], self._big_endian(wal_header))
+        pt = (int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big"))
+        salts = (int.from_bytes(header[8:12], "big"), int.from_bytes(header[12:16], "big"))
+        self._chain[(salts[0], salts[1], index)] = (ct, pt)
+        fh = FrameHeader.parse(header)
+        return FrameHeader.build(fh.pgno, fh.db_size, salts, ct)
+
+
+class EncryptedJournalFile(apsw.VFSFile):
+    """A rollback journal of an encrypted database: page records are encrypted."""
+
+    def __init__(self, name: apsw.URIFilename | str, flags: list[int], state: DatabaseState) -> None:
+        super().__init__("", name, flags)
+        self.codec: PageCodec = state.codec  # type: ignore[assignment]
+
+    def xWrite(self, data: bytes, offset: int) -> None:
+        if len(data) == self.codec.page_size:
+            _check_plain_page(data, 0, self.codec)
+            data = self.codec.encrypt(data, 0)
+        super().xWrite(data, offset)
+
+    def xRead(self, amount: int, offset: int) -> bytes:
+        raw = super().xRead(amount, offset)
+        if amount == self.codec.page_size and len(raw) == amount:
+            try:
+                return self.codec.decrypt(raw, 0, "rollback journal")
+            except PageAuthError as err:
+                raise apsw.CorruptError(str(err)) from None
+        return raw
+
+
+class TursoVFS(apsw.VFS):
+    """Registered once per process; each file finds its database's key in the registry."""
+
+    def __init__(self) -> None:
+        super().__init__(VFS_NAME, "")
+
+    def xOpen(self, name: apsw.URIFilename | str | None, flags: list[int]) -> apsw.VFSFile:
+        path = _filename(name)
+        kind = flags[0]
+        if path is None or kind & (
+            apsw.SQLITE_OPEN_TEMP_DB
+            | apsw.SQLITE_OPEN_TEMP_JOURNAL
+            | apsw.SQLITE_OPEN_TRANSIENT_DB
+            | apsw.SQLITE_OPEN_SUBJOURNAL
+        ):
+            raise apsw.CantOpenError(
+                "turso_sync keeps temporary data in memory (PRAGMA temp_store=MEMORY); "
+                "temporary files are not allowed"
+            )
+        state = registry.for_file(path)
+        if state is None:
+            raise apsw.CantOpenError(f"{path}: not opened through turso_sync.connect")
+        if kind & apsw.SQLITE_OPEN_MAIN_DB:
+            if state.codec is None:
+                return PlainDBFile(name, flags, state)  # type: ignore[arg-type]
+            return EncryptedDBFile(name, flags, state)  # type: ignore[arg-type]
+        if state.codec is None:
+            return apsw.VFSFile("", name, flags)  # type: ignore[arg-type]
+        if kind & apsw.SQLITE_OPEN_WAL:
+            return EncryptedWALFile(name, flags, state)  # type: ignore[arg-type]
+        if kind & apsw.SQLITE_OPEN_MAIN_JOURNAL:
+            return EncryptedJournalFile(name, flags, state)  # type: ignore[arg-type]
+        raise apsw.CantOpenError(f"{path}: turso_sync does not open this kind of file for an encrypted database")
+
+
+_vfs: TursoVFS | None = None
+_vfs_lock = threading.Lock()
+
+
+def ensure_vfs() -> str:
+    """Register the VFS in this process (once) and return its name."""
+    global _vfs
+    with _vfs_lock:
+        if _vfs is None:
+            _vfs = TursoVFS()
+    return VFS_NAME
+
+
+def realpath(path: str | os.PathLike[str]) -> str:
+    """The path form SQLite hands to the VFS for a database file."""
+    return os.path.realpath(os.fspath(path))

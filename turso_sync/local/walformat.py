@@ -1,0 +1,191 @@
+"""SQLite's WAL file format: headers, frames and the Fibonacci-style checksum.
+
+The checksum is a linear recurrence over 32-bit word pairs, ``s1 += x + s2; s2 += y + s1``.
+Written as ``S' = M S + v`` with ``M = [[1, 1], [1, 2]]`` it becomes a handful of dot products
+against precomputed powers of ``M``, which numpy does in microseconds instead of the ~140 µs a
+Python loop takes per 4 KiB page.  Arithmetic wraps modulo 2**64, which is exact modulo 2**32.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+WAL_HEADER_SIZE = 32
+FRAME_HEADER_SIZE = 24
+WAL_MAGIC_LE = 0x377F0682  # checksums over little-endian words
+WAL_MAGIC_BE = 0x377F0683
+WAL_VERSION = 3007000
+_MASK = 0xFFFFFFFF
+
+_WAL_HEADER = struct.Struct(">IIIIIIII")
+_FRAME_HEADER = struct.Struct(">IIIIII")
+
+
+@lru_cache(maxsize=16)
+def _coefficients(npairs: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """Interleaved coefficients (2*npairs, 2) so that ``words @ C`` gives both sums, and M**npairs."""
+    powers = np.empty((npairs + 1, 4), dtype=np.uint64)
+    a, b, c, d = 1, 0, 0, 1  # identity
+    wrap = 0xFFFFFFFFFFFFFFFF
+    for k in range(npairs + 1):
+        powers[k] = (a, b, c, d)
+        # left-multiply by M = [[1, 1], [1, 2]]
+        a, b, c, d = (a + c) & wrap, (b + d) & wrap, (a + 2 * c) & wrap, (b + 2 * d) & wrap
+    rev = powers[npairs - 1 :: -1] if npairs > 0 else powers[:0]
+    coef = np.empty((2 * npairs, 2), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        coef[0::2, 0] = rev[:, 0] + rev[:, 1]  # x_j into s1
+        coef[0::2, 1] = rev[:, 2] + rev[:, 3]  # x_j into s2
+    coef[1::2, 0] = rev[:, 1]  # y_j into s1
+    coef[1::2, 1] = rev[:, 3]  # y_j into s2
+    last = [int(v) for v in powers[npairs]]
+    return coef, (last[0], last[1], last[2], last[3])
+
+
+def wal_checksum(data: bytes, s1: int = 0, s2: int = 0, big_endian: bool = False) -> tuple[int, int]:
+    """SQLite's WAL checksum of ``data`` (a multiple of 8 bytes) continuing from (s1, s2)."""
+    words = np.frombuffer(data, dtype=">u4" if big_endian else "<u4").astype(np.uint64)
+    coef, (p00, p01, p10, p11) = _coefficients(len(words) // 2)
+    c1, c2 = (words @ coef).tolist()  # integer matmul wraps silently, which is what we want
+    return (p00 * s1 + p01 * s2 + c1) & _MASK, (p10 * s1 + p11 * s2 + c2) & _MASK
+
+
+def wal_checksum_slow(data: bytes, s1: int = 0, s2: int = 0, big_endian: bool = False) -> tuple[int, int]:
+    """Reference implementation, used by the tests to check ``wal_checksum``."""
+    fmt = ">" if big_endian else "<"
+    for x, y in struct.iter_unpack(fmt + "II", data):
+        s1 = (s1 + x + s2) & _MASK
+        s2 = (s2 + y + s1) & _MASK
+    return s1, s2
+
+
+@dataclass(frozen=True)
+class WalHeader:
+    """The 32-byte WAL header."""
+
+    magic: int
+    version: int
+    page_size: int
+    checkpoint_seq: int
+    salt1: int
+    salt2: int
+    cksum1: int
+    cksum2: int
+
+    @property
+    def big_endian(self) -> bool:
+        return self.magic == WAL_MAGIC_BE
+
+    @property
+    def salts(self) -> tuple[int, int]:
+        return (self.salt1, self.salt2)
+
+    @classmethod
+    def parse(cls, raw: bytes) -> WalHeader | None:
+        """Parse and validate a WAL header; None when it is not a valid one."""
+        if len(raw) < WAL_HEADER_SIZE:
+            return None
+        hdr = cls(*_WAL_HEADER.unpack_from(raw))
+        if hdr.magic not in (WAL_MAGIC_LE, WAL_MAGIC_BE):
+            return None
+        if wal_checksum(raw[:24], big_endian=hdr.big_endian) != (hdr.cksum1, hdr.cksum2):
+            return None
+        return hdr
+
+    @classmethod
+    def build(cls, page_size: int, checkpoint_seq: int, salt1: int, salt2: int) -> bytes:
+        """A fresh little-endian-checksum header."""
+        head = struct.pack(">IIIIII", WAL_MAGIC_LE, WAL_VERSION, page_size, checkpoint_seq, salt1, salt2)
+        c1, c2 = wal_checksum(head)
+        return head + struct.pack(">II", c1, c2)
+
+
+@dataclass(frozen=True)
+class FrameHeader:
+    """The 24-byte header in front of every WAL frame."""
+
+    pgno: int
+    db_size: int  # non-zero on a commit frame: database size in pages after the commit
+    salt1: int
+    salt2: int
+    cksum1: int
+    cksum2: int
+
+    @classmethod
+    def parse(cls, raw: bytes) -> FrameHeader:
+        return cls(*_FRAME_HEADER.unpack_from(raw))
+
+    @staticmethod
+    def build(pgno: int, db_size: int, salts: tuple[int, int], cksum: tuple[int, int]) -> bytes:
+        return _FRAME_HEADER.pack(pgno, db_size, salts[0], salts[1], cksum[0], cksum[1])
+
+
+def frame_offset(index: int, page_size: int) -> int:
+    """Byte offset of frame ``index`` (1-based) in the WAL file."""
+    return WAL_HEADER_SIZE + (index - 1) * (page_size + FRAME_HEADER_SIZE)
+
+
+def frame_index(offset: int, page_size: int) -> tuple[int, int]:
+    """(1-based frame index, offset inside that frame) for a WAL byte offset past the header."""
+    rel = offset - WAL_HEADER_SIZE
+    size = page_size + FRAME_HEADER_SIZE
+    return rel // size + 1, rel % size
+
+
+@dataclass
+class WalFrame:
+    """One valid frame read back from a WAL file (body exactly as stored on disk)."""
+
+    index: int
+    pgno: int
+    db_size: int
+    body: bytes
+
+
+@dataclass
+class WalTxn:
+    """The frames of one committed transaction, in WAL order."""
+
+    salts: tuple[int, int]
+    commit_frame: int
+    db_size: int
+    frames: list[WalFrame]
+
+
+def read_committed(raw: bytes) -> tuple[WalHeader | None, list[WalTxn]]:
+    """Every committed transaction of a WAL image, the way SQLite's recovery finds them.
+
+    Frames count only while their salts match the header and the checksum chain holds; a
+    transaction counts only once its commit frame does.  Checksums are over the bytes as
+    stored, which for an encrypted database is the ciphertext (Turso's rule).
+    """
+    hdr = WalHeader.parse(raw)
+    if hdr is None:
+        return None, []
+    page_size = hdr.page_size
+    frame_size = page_size + FRAME_HEADER_SIZE
+    s1, s2 = hdr.cksum1, hdr.cksum2
+    txns: list[WalTxn] = []
+    pending: list[WalFrame] = []
+    index = 1
+    offset = WAL_HEADER_SIZE
+    while offset + frame_size <= len(raw):
+        fh = FrameHeader.parse(raw[offset : offset + FRAME_HEADER_SIZE])
+        if (fh.salt1, fh.salt2) != hdr.salts or fh.pgno == 0:
+            break
+        body = raw[offset + FRAME_HEADER_SIZE : offset + frame_size]
+        s1, s2 = wal_checksum(raw[offset : offset + 8], s1, s2, hdr.big_endian)
+        s1, s2 = wal_checksum(body, s1, s2, hdr.big_endian)
+        if (s1, s2) != (fh.cksum1, fh.cksum2):
+            break
+        pending.append(WalFrame(index, fh.pgno, fh.db_size, body))
+        if fh.db_size:
+            txns.append(WalTxn(hdr.salts, index, fh.db_size, pending))
+            pending = []
+        index += 1
+        offset += frame_size
+    return hdr, txns
