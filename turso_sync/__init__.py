@@ -33,14 +33,22 @@ def connect(
     cipher: str = "aes256gcm",
     isolation_level: str | None = "DEFERRED",
     timeout: float = 5.0,
+    record_frames: bool = True,
 ) -> Connection:
     """Open (or create) a local database.
 
     ``encryption_key`` is a hex string (32 hex digits for ``aes128gcm``, 64 for ``aes256gcm``);
     with it every page of the database and its WAL is encrypted in Turso's format.
+    ``record_frames`` keeps the frame log (``<path>-frames``): every committed transaction,
+    numbered, for sync.  Once a database has a frame log, every connection keeps it up.
     """
     return Connection(
-        path, encryption_key=encryption_key, cipher=cipher, isolation_level=isolation_level, timeout=timeout
+        path,
+        encryption_key=encryption_key,
+        cipher=cipher,
+        isolation_level=isolation_level,
+        timeout=timeout,
+        record_frames=record_frames,
     )
 
 

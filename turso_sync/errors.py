@@ -9,7 +9,7 @@ from __future__ import annotations
 import apsw
 
 
-class Warning(Exception):  # noqa: A001 - the name is fixed by PEP 249
+class Warning(Exception):  # noqa: N818 - the name is fixed by PEP 249
     """Important warnings (PEP 249)."""
 
 

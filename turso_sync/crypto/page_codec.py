@@ -63,9 +63,7 @@ def parse_key(hexkey: str, cipher: str) -> tuple[CipherSpec, bytes]:
     except ValueError:
         raise ValueError("encryption_key must be hex digits only") from None
     if len(key) != spec.key_size:
-        raise ValueError(
-            f"{spec.name} needs a {spec.key_size * 2}-hex-digit key, got {len(text)} hex digits"
-        )
+        raise ValueError(f"{spec.name} needs a {spec.key_size * 2}-hex-digit key, got {len(text)} hex digits")
     return spec, key
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -18,7 +19,9 @@ from ..crypto.page_codec import (
     PageCodec,
     parse_key,
 )
+from .framelog import FrameLog
 from .vfs import PAGE_SIZE, DatabaseState, ensure_vfs, realpath, registry
+from .walformat import read_committed
 
 Params = Sequence[Any] | Mapping[str, Any]
 
@@ -39,9 +42,7 @@ def _open_checks(path: str, codec: PageCodec | None) -> PageCodec | None:
         return codec  # a new (or still empty) database
     if head.startswith(TURSO_MAGIC_PREFIX):
         if codec is None:
-            raise errors.EncryptionError(
-                f"{path} is encrypted; pass encryption_key (and cipher) to open it"
-            )
+            raise errors.EncryptionError(f"{path} is encrypted; pass encryption_key (and cipher) to open it")
         cipher_id = head[6]
         if cipher_id != codec.spec.cipher_id:
             names = {spec.cipher_id: name for name, spec in CIPHERS.items()}
@@ -57,15 +58,13 @@ def _open_checks(path: str, codec: PageCodec | None) -> PageCodec | None:
             codec.decrypt(page1, 1)
         except PageAuthError:
             raise errors.EncryptionError(
-                f"wrong encryption key for {path}: page 1 failed authentication "
-                "(or the file was changed on disk)"
+                f"wrong encryption key for {path}: page 1 failed authentication (or the file was changed on disk)"
             ) from None
         return codec
     if head.startswith(SQLITE_MAGIC):
         if codec is not None:
             raise errors.EncryptionError(
-                f"{path} is a plaintext SQLite database, not an encrypted one; open it without "
-                "encryption_key"
+                f"{path} is a plaintext SQLite database, not an encrypted one; open it without encryption_key"
             )
         return None
     raise errors.DatabaseError(f"{path} is not a database file (unknown header)")
@@ -219,6 +218,8 @@ class Connection:
         cipher: str = "aes256gcm",
         isolation_level: str | None = "DEFERRED",
         timeout: float = 5.0,
+        record_frames: bool = True,
+        reserved_bytes: int = 0,
     ) -> None:
         self.path = realpath(path)
         codec: PageCodec | None = None
@@ -237,13 +238,18 @@ class Connection:
             registry.release(self.path)
             raise errors.EncryptionError(f"{self.path} is already open in this process with another cipher")
         self._closed = False
+        self._reserved_bytes = reserved_bytes
         try:
+            if self._state.frame_log is None and FrameLog.exists(self.path):
+                self._attach_frame_log()
             self._db = apsw.Connection(
                 self.path,
                 flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE,
                 vfs=ensure_vfs(),
             )
             self._configure(timeout)
+            if record_frames and self._state.frame_log is None:
+                self._start_frame_log()
         except apsw.Error as exc:
             registry.release(self.path)
             self._closed = True
@@ -260,12 +266,41 @@ class Connection:
         if db.execute("PRAGMA page_count").get == 0:
             if self.encrypted:
                 db.reserve_bytes(reserve=self._state.codec.reserved)  # type: ignore[union-attr]
+            elif self._reserved_bytes:
+                db.reserve_bytes(reserve=self._reserved_bytes)
             db.execute("PRAGMA page_size=4096")
         mode = db.execute("PRAGMA journal_mode").get
         if str(mode).lower() != "wal":
             db.execute("PRAGMA journal_mode=WAL").fetchall()
         db.execute("PRAGMA synchronous=FULL")
-        db.execute("SELECT count(*) FROM sqlite_schema").get  # reads page 1: proves the key
+        db.execute("SELECT count(*) FROM sqlite_schema").fetchall()  # reads page 1: proves the key
+
+    def _attach_frame_log(self) -> None:
+        codec = self._state.codec
+        log = FrameLog(self.path, codec, codec.page_size if codec else PAGE_SIZE)
+        self._state.frame_log = log
+        self._state.before_checkpoint = log.archive
+
+    def _start_frame_log(self) -> None:
+        """Begin recording: history starts at the database's current committed state."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if not FrameLog.exists(self.path):
+                size = db.execute("PRAGMA page_count").get
+                page_size = db.execute("PRAGMA page_size").get
+                marker = (0, 0, 0)
+                try:
+                    with open(self.path + "-wal", "rb") as f:
+                        hdr, committed = read_committed(f.read())
+                    if hdr is not None and committed:
+                        marker = (hdr.salt1, hdr.salt2, committed[-1].commit_frame)
+                except FileNotFoundError:
+                    pass
+                FrameLog(self.path, self._state.codec, page_size).create(size, 0, marker)
+        finally:
+            db.execute("ROLLBACK")
+        self._attach_frame_log()
 
     @property
     def apsw_connection(self) -> apsw.Connection:
@@ -281,9 +316,7 @@ class Connection:
         if isinstance(exc, apsw.CorruptError | apsw.NotADBError) and self._state.last_error:
             detail = self._state.last_error[0]
             self._state.last_error.clear()
-            return errors.EncryptionError(
-                f"{self.path}: {detail}; the key is wrong or the file was changed on disk"
-            )
+            return errors.EncryptionError(f"{self.path}: {detail}; the key is wrong or the file was changed on disk")
         return errors.translate(exc)
 
     def _begin_if_needed(self, sql: str) -> None:
@@ -363,7 +396,5 @@ class Connection:
             self.rollback()
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:
-            pass

@@ -21,11 +21,15 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import apsw
 
 from ..crypto.page_codec import PageAuthError, PageCodec
 from .walformat import FRAME_HEADER_SIZE, WAL_HEADER_SIZE, FrameHeader, frame_index, frame_offset, wal_checksum
+
+if TYPE_CHECKING:
+    from .framelog import FrameLog
 
 VFS_NAME = "turso_sync"
 PAGE_SIZE = 4096
@@ -37,7 +41,8 @@ class DatabaseState:
 
     path: str
     codec: PageCodec | None
-    before_checkpoint: Callable[[], None] | None = None
+    before_checkpoint: Callable[[], object] | None = None
+    frame_log: FrameLog | None = None
     last_error: list[PageAuthError] = field(default_factory=list)
     users: int = 0
 
@@ -199,10 +204,7 @@ class EncryptedWALFile(apsw.VFSFile):
 
     def _disk_ct(self, index: int) -> tuple[int, int]:
         """Checksum stored on disk after frame ``index`` (0 = the WAL header's)."""
-        if index == 0:
-            raw = self._raw(8, 24)
-        else:
-            raw = self._raw(8, frame_offset(index, self.P) + 16)
+        raw = self._raw(8, 24) if index == 0 else self._raw(8, frame_offset(index, self.P) + 16)
         raw = raw.ljust(8, b"\0")
         return int.from_bytes(raw[:4], "big"), int.from_bytes(raw[4:], "big")
 
@@ -240,10 +242,7 @@ class EncryptedWALFile(apsw.VFSFile):
         if frame[8:16] != salts:
             return None
         prev_ct = self._disk_ct(index - 1)
-        if index > 1:
-            prev_pt = self._plain_chain(index - 1, wal_header)
-        else:
-            prev_pt = prev_ct
+        prev_pt = self._plain_chain(index - 1, wal_header) if index > 1 else prev_ct
         if prev_pt is None:
             return None
         head8 = frame[:8]
@@ -424,8 +423,7 @@ class TursoVFS(apsw.VFS):
             | apsw.SQLITE_OPEN_SUBJOURNAL
         ):
             raise apsw.CantOpenError(
-                "turso_sync keeps temporary data in memory (PRAGMA temp_store=MEMORY); "
-                "temporary files are not allowed"
+                "turso_sync keeps temporary data in memory (PRAGMA temp_store=MEMORY); temporary files are not allowed"
             )
         state = registry.for_file(path)
         if state is None:

@@ -1,0 +1,222 @@
+"""LocalDatabase: one database file with its frame log, and the primitives sync is built on.
+
+* ``history(since)``: every committed transaction after a sequence number, with page images;
+* ``snapshot(since, pgnos)``: a consistent set of current page images (for serving pulls);
+* ``install_pages(pages, db_size)``: a batch of page images as one atomic transaction;
+* ``discard_after(seq)``: undo every transaction after a watermark, page for page.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import apsw
+
+from .. import errors
+from .connection import Connection
+from .framelog import FrameLog, RevisionGone
+from .install import InstallError, append_transaction
+from .walformat import read_committed
+
+__all__ = ["CommittedTxn", "LocalDatabase", "RevisionGone", "Snapshot"]
+
+
+@dataclass
+class CommittedTxn:
+    """One committed transaction: its sequence number, size after it, plaintext page images."""
+
+    seq: int
+    db_size: int
+    pages: dict[int, bytes]
+
+
+@dataclass
+class Snapshot:
+    """Plaintext page images exactly as of ``seq``; ``db_size`` in pages."""
+
+    seq: int
+    db_size: int
+    pages: dict[int, bytes]
+
+
+class LocalDatabase:
+    """A local database file plus its frame log."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        encryption_key: str | None = None,
+        cipher: str = "aes256gcm",
+        reserved_bytes: int = 0,
+    ) -> None:
+        self._options: dict[str, Any] = {
+            "encryption_key": encryption_key,
+            "cipher": cipher,
+            "reserved_bytes": reserved_bytes,
+        }
+        # this connection stays open for the engine's own use (locks, page counts)
+        self._conn = Connection(path, isolation_level=None, record_frames=True, **self._options)
+        self.path = self._conn.path
+        log = self._conn._state.frame_log
+        assert log is not None
+        self.log: FrameLog = log
+        self.page_size = self.log.page_size
+
+    @property
+    def encrypted(self) -> bool:
+        return self._conn.encrypted
+
+    def connect(self, **kwargs: Any) -> Connection:
+        """A new DB-API connection to this database."""
+        options = dict(self._options)
+        options.update(kwargs)
+        return Connection(self.path, record_frames=True, **options)
+
+    def close(self) -> None:
+        """Close the engine's own connection."""
+        self._conn.close()
+
+    def __enter__(self) -> LocalDatabase:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- reading history ---------------------------------------------------------------------
+
+    def current_seq(self) -> int:
+        """Sequence number of the newest committed transaction (0 for a new database)."""
+        return self.log.current_seq()
+
+    def history(self, since: int) -> Iterator[CommittedTxn]:
+        """Every committed transaction after ``since``, oldest first, with plaintext images."""
+        for txn in self.log.history(since):
+            pages = {page.pgno: self.log.decrypt(page.post, page.pgno) for page in txn.pages}
+            yield CommittedTxn(txn.seq, txn.db_size, pages)
+
+    @contextmanager
+    def _write_locked(self) -> Iterator[apsw.Connection]:
+        db = self._conn.apsw_connection
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except apsw.Error as exc:
+            raise self._conn._translate(exc) from None
+        try:
+            yield db
+        finally:
+            if not db.get_autocommit():
+                db.execute("ROLLBACK")
+
+    def snapshot(self, since: int | None = None, pgnos: Iterable[int] | None = None) -> Snapshot:
+        """Current images of the pages changed after ``since`` (all pages when None).
+
+        Holds the write lock while reading, so the images are exactly the state at ``seq``.
+        """
+        wanted = set(pgnos) if pgnos is not None else None
+        with self._write_locked() as db:
+            db_size = db.execute("PRAGMA page_count").get
+            seq = self.log.current_seq()
+            if since is None:
+                changed: set[int] = set(range(1, db_size + 1))
+            else:
+                changed = set()
+                for txn in self.log.history(since, with_images=False):
+                    changed.update(page.pgno for page in txn.pages)
+                changed = {p for p in changed if p <= db_size}
+            if wanted is not None:
+                changed &= wanted
+            pages = self._read_current(sorted(changed), db_size)
+        return Snapshot(seq, db_size, pages)
+
+    def _read_current(self, pgnos: list[int], db_size: int) -> dict[int, bytes]:
+        """Current committed images (caller holds the write lock): newest WAL frame, else the file."""
+        if not pgnos:
+            return {}
+        P = self.page_size
+        latest: dict[int, bytes] = {}
+        try:
+            with open(self.path + "-wal", "rb") as f:
+                _hdr, committed = read_committed(f.read())
+        except FileNotFoundError:
+            committed = []
+        wanted = set(pgnos)
+        for wtxn in committed:
+            for frame in wtxn.frames:
+                if frame.pgno in wanted:
+                    latest[frame.pgno] = frame.body
+        out: dict[int, bytes] = {}
+        with open(self.path, "rb") as f:
+            fd = f.fileno()
+            for pgno in pgnos:
+                raw = latest.get(pgno)
+                if raw is None:
+                    raw = os.pread(fd, P, (pgno - 1) * P)
+                    if len(raw) < P:
+                        raise errors.DatabaseError(f"{self.path}: page {pgno} of {db_size} is missing")
+                out[pgno] = self.log.decrypt(raw, pgno)
+        return out
+
+    # --- changing pages ----------------------------------------------------------------------
+
+    def install_pages(self, pages: dict[int, bytes], db_size: int) -> int:
+        """Install plaintext page images as one atomic transaction; return its sequence number.
+
+        Other connections stay open: a reader inside a transaction keeps its snapshot, every
+        later read sees all of the batch.  A crash part-way leaves the previous state.
+        """
+        with self._write_locked() as db:
+            return self._install_locked(db, pages, db_size)
+
+    def _install_locked(self, db: apsw.Connection, pages: dict[int, bytes], db_size: int) -> int:
+        try:
+            append_transaction(self.path, self._conn._state.codec, pages, db_size, self.page_size)
+        except InstallError as exc:
+            raise errors.DatabaseError(f"{self.path}: cannot install pages: {exc}") from None
+        db.execute("ROLLBACK")
+        # run WAL recovery now, on our connection, rather than in the application's next read
+        db.execute("SELECT count(*) FROM sqlite_schema").fetchall()
+        return self.log.current_seq()
+
+    def discard_after(self, seq: int) -> int:
+        """Undo every transaction after ``seq``: each changed page returns to its image at ``seq``.
+
+        The pages, and the database size, end up byte-for-byte as they were right after ``seq``
+        (for an encrypted database: the decrypted pages).  The undo is itself one new
+        transaction, whose sequence number is returned; with nothing to undo, nothing happens.
+        """
+        with self._write_locked() as db:
+            restore: dict[int, bytes | None] = {}
+            size_at: int | None = None
+            for txn in self.log.history(seq):
+                if size_at is None:
+                    size_at = txn.size_before
+                for page in txn.pages:
+                    if page.pgno not in restore:
+                        restore[page.pgno] = page.pre
+            if size_at is None:
+                return seq
+            pages = {
+                pgno: self.log.decrypt(pre, pgno)
+                for pgno, pre in restore.items()
+                if pre is not None and pgno <= size_at
+            }
+            if not pages:
+                # only pages past the old end changed: rewrite page 1 as it is to carry the commit
+                pages = self._read_current([1], size_at)
+            return self._install_locked(db, pages, size_at)
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database file and start it over (archiving it first)."""
+        try:
+            self._conn.apsw_connection.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
+        except apsw.Error as exc:
+            raise self._conn._translate(exc) from None
+
+    def prune_history(self, upto: int) -> None:
+        """Forget history up to ``upto``: it can no longer be read back or undone."""
+        self.log.prune(upto)

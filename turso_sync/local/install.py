@@ -1,0 +1,102 @@
+"""Installing page images as one new committed WAL transaction, while other connections stay open.
+
+The caller holds SQLite's WAL write lock (``BEGIN IMMEDIATE``).  The pages are appended after
+the last committed frame, with the commit marker on the last one and the checksum chain
+continued over the bytes as stored; the WAL is synced; then both copies of the wal-index
+header in ``-shm`` are marked uninitialised.  The next read by any connection, in this process
+or another, runs SQLite's own WAL recovery and sees the new state, or (if it already holds a
+read transaction) keeps its snapshot.  A crash before the commit frame is durable leaves the
+previous state; the commit frame makes the whole batch visible at once.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+
+from ..crypto.page_codec import PageCodec
+from .walformat import FRAME_HEADER_SIZE, FrameHeader, WalHeader, frame_offset, read_committed, wal_checksum
+
+_ISINIT_OFFSETS = (12, 48 + 12)  # WalIndexHdr.isInit in both header copies
+
+
+class InstallError(Exception):
+    """A batch of pages could not be installed; the database is unchanged."""
+
+
+def append_transaction(
+    db_path: str, codec: PageCodec | None, pages: dict[int, bytes], db_size: int, page_size: int = 4096
+) -> None:
+    """Append ``pages`` (plaintext images) as one committed transaction ending at ``db_size`` pages."""
+    if not pages:
+        raise InstallError("nothing to install")
+    if db_size < 1:
+        raise InstallError(f"database size must be at least one page, got {db_size}")
+    for pgno, image in pages.items():
+        if len(image) != page_size:
+            raise InstallError(f"page {pgno} is {len(image)} bytes, expected {page_size}")
+        if pgno < 1 or pgno > db_size:
+            raise InstallError(f"page {pgno} is outside the database size of {db_size} pages")
+        if codec is not None and any(image[page_size - codec.reserved :]):
+            raise InstallError(f"page {pgno} uses the bytes reserved for encryption")
+    wal_path = db_path + "-wal"
+    fd = os.open(wal_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        raw = _read_all(fd)
+        hdr, committed = read_committed(raw)
+        chunks: list[bytes] = []
+        if hdr is None:
+            salts = (secrets.randbits(32), secrets.randbits(32))
+            header = WalHeader.build(page_size, 0, *salts)
+            chunks.append(header)
+            start = 0
+            big = False
+            prev = WalHeader.parse(header)
+            assert prev is not None
+            cksum = (prev.cksum1, prev.cksum2)
+            index = 1
+        else:
+            if hdr.page_size != page_size:
+                raise InstallError(f"WAL page size {hdr.page_size} differs from {page_size}")
+            salts = hdr.salts
+            big = hdr.big_endian
+            if committed:
+                last = committed[-1]
+                index = last.commit_frame + 1
+                off = frame_offset(last.commit_frame, page_size)
+                fh = FrameHeader.parse(raw[off : off + FRAME_HEADER_SIZE])
+                cksum = (fh.cksum1, fh.cksum2)
+            else:
+                index = 1
+                cksum = (hdr.cksum1, hdr.cksum2)
+            start = frame_offset(index, page_size)
+        ordered = sorted(pages)
+        for n, pgno in enumerate(ordered):
+            body = codec.encrypt(pages[pgno], pgno) if codec is not None else bytes(pages[pgno])
+            commit = db_size if n == len(ordered) - 1 else 0
+            head8 = pgno.to_bytes(4, "big") + commit.to_bytes(4, "big")
+            cksum = wal_checksum(head8 + body, cksum[0], cksum[1], big)
+            chunks.append(FrameHeader.build(pgno, commit, salts, cksum) + body)
+        os.pwrite(fd, b"".join(chunks), start)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    invalidate_wal_index(db_path)
+
+
+def invalidate_wal_index(db_path: str) -> None:
+    """Make every connection rebuild its view of the WAL on its next read (SQLite recovery)."""
+    try:
+        fd = os.open(db_path + "-shm", os.O_RDWR)
+    except FileNotFoundError:
+        return
+    try:
+        for off in _ISINIT_OFFSETS:
+            os.pwrite(fd, b"\0", off)
+    finally:
+        os.close(fd)
+
+
+def _read_all(fd: int) -> bytes:
+    size = os.fstat(fd).st_size
+    return os.pread(fd, size, 0) if size else b""
