@@ -53,6 +53,13 @@ class EncryptionError(DatabaseError):
     """The key is wrong, missing or not needed, or a page failed authentication."""
 
 
+class ProtocolError(Error):
+    """A sync message does not follow the protocol: malformed bytes or JSON, a bad field or revision.
+
+    The message names the field at fault; the sender has to fix its request.
+    """
+
+
 _APSW_MAP: list[tuple[type[BaseException], type[Error]]] = [
     (apsw.ConstraintError, IntegrityError),
     (apsw.MismatchError, IntegrityError),
