@@ -6,7 +6,7 @@ PEERS := .peers
 NPM_PEERS := @tursodatabase/sync@0.7.2 @tursodatabase/cli-linux-x64-gnu@0.7.0
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: venv peers demo test lint typecheck unit bench clean
+.PHONY: venv peers demo test lint typecheck unit bench clean proto
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -42,6 +42,12 @@ test: peers lint typecheck
 
 bench: peers
 	$(BIN)/python -m bench.run_all
+
+# Regenerate the protobuf module of the sync wire format (protoc comes from grpcio-tools,
+# installed into the venv only for this; the runtime needs just the protobuf package).
+proto: venv
+	$(BIN)/python -m pip install -q grpcio-tools
+	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. turso_sync/sync/wire/pull_updates.proto
 
 clean:
 	rm -rf $(VENV) $(PEERS) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,206 @@
+"""The HTTP face of the primary (aiohttp): routes, authentication, limits, error mapping.
+
+Routes (the database ``default`` answers at the root, database NAME under ``/db/NAME``)::
+
+    GET  /health
+    POST /pull-updates            POST /db/{name}/pull-updates
+    POST /v2/pipeline             POST /db/{name}/v2/pipeline
+
+Errors are JSON ``{"error": message, "code": CODE}``: 400 malformed request, 401 missing or
+wrong token, 403 not allowed, 404 unknown database or route, 409 a pinned revision that can no
+longer be served, 413 body over the limit, 503 the database failed.  SQL errors are not HTTP
+errors: they come back as Hrana step or request errors inside a 200.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from .. import errors
+from ..local.engine import Snapshot
+from ..sync.wire.delimited import encode_varint
+from ..sync.wire.hrana import PipelineRequest, encode_json, encode_pipeline_response
+from ..sync.wire.pull import PAGE_SIZE, PageCompressor, PageEncoding, PullHeader, PullRequest, encode_page
+from .auth import Authenticator, AuthError
+from .database import HostedDatabase
+from .hrana import WriteDenied
+from .pull import RevisionUnavailable, check_request
+from .revision import format_revision
+from .store import DEFAULT_DATABASE, DatabaseStore, UnknownDatabase, valid_name
+
+log = logging.getLogger("turso_sync.primary")
+
+#: Pages per write while streaming a response (about 1 MiB).
+_PAGES_PER_CHUNK = 256
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Request limits and tunables of the HTTP layer."""
+
+    max_body_bytes: int = 64 * 1024 * 1024
+    max_long_poll_ms: int = 300_000
+    zstd_level: int = 3
+
+
+@dataclass
+class ServerState:
+    """What the handlers share."""
+
+    store: DatabaseStore
+    auth: Authenticator
+    limits: Limits
+
+
+STATE = web.AppKey("turso_sync_state", ServerState)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def create_app(store: DatabaseStore, auth: Authenticator, limits: Limits | None = None) -> web.Application:
+    """The aiohttp application serving ``store``."""
+    limits = limits or Limits()
+    app = web.Application(client_max_size=limits.max_body_bytes, middlewares=[_error_middleware])
+    app[STATE] = ServerState(store, auth, limits)
+    app.router.add_get("/health", health)
+    for prefix in ("", "/db/{name}"):
+        app.router.add_post(prefix + "/pull-updates", pull_updates)
+        app.router.add_post(prefix + "/v2/pipeline", pipeline)
+    return app
+
+
+def error_response(status: int, message: str, code: str, headers: dict[str, str] | None = None) -> web.Response:
+    """A JSON error body."""
+    return web.Response(
+        status=status,
+        body=encode_json({"error": message, "code": code}),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+@web.middleware
+async def _error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = exc.reason.upper().replace(" ", "_")
+        message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
+        allow = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        return error_response(exc.status, message, code, allow)
+    except AuthError as exc:
+        challenge = {"WWW-Authenticate": 'Bearer realm="turso-sync"'} if exc.status == 401 else None
+        code = "UNAUTHORIZED" if exc.status == 401 else "FORBIDDEN"
+        return error_response(exc.status, str(exc), code, challenge)
+    except WriteDenied as exc:
+        return error_response(403, str(exc), "FORBIDDEN")
+    except errors.ProtocolError as exc:
+        return error_response(400, str(exc), "BAD_REQUEST")
+    except UnknownDatabase as exc:
+        return error_response(404, str(exc), "NOT_FOUND")
+    except RevisionUnavailable as exc:
+        return error_response(409, str(exc), "REVISION_UNAVAILABLE")
+    except errors.DatabaseError as exc:
+        log.error("database error on %s %s: %s", request.method, request.path, exc)
+        return error_response(503, f"the database failed: {exc}", "DATABASE_ERROR")
+
+
+def _database_name(request: web.Request) -> str:
+    name = request.match_info.get("name", DEFAULT_DATABASE)
+    if not valid_name(name):
+        raise UnknownDatabase(f"'{name[:64]}' is not a valid database name (use A-Z a-z 0-9 _ -, at most 64)")
+    return name
+
+
+async def health(request: web.Request) -> web.Response:
+    """Liveness: 200 while the server runs."""
+    return web.json_response({"status": "ok"})
+
+
+async def pull_updates(request: web.Request) -> web.StreamResponse:
+    """``POST /pull-updates``: pages changed since the client's revision (long-poll if none)."""
+    state = request.app[STATE]
+    name = _database_name(request)
+    grant = state.auth.check(request.headers.get("Authorization"), name)
+    body = await request.read()  # over client_max_size: 413
+    pull = PullRequest.from_bytes(body)
+    client, pinned = check_request(pull)  # reject bad input before touching the database
+    db = await state.store.get(name, create=not grant.read_only)
+    snap = await db.call(db.select_pages, pull)
+    if client is not None and pinned is None and pull.long_poll_timeout_ms and snap.seq == client:
+        timeout = min(pull.long_poll_timeout_ms, state.limits.max_long_poll_ms) / 1000
+        if await db.feed.wait_beyond(client, timeout):
+            snap = await db.call(db.select_pages, pull)
+    return await _send_pages(request, db, snap, pull.encoding, state.limits)
+
+
+async def pipeline(request: web.Request) -> web.Response:
+    """``POST /v2/pipeline``: run Hrana requests as one stream; SQL errors come back inside a 200."""
+    state = request.app[STATE]
+    name = _database_name(request)
+    grant = state.auth.check(request.headers.get("Authorization"), name)
+    body = await request.read()  # over client_max_size: 413
+    pipe = PipelineRequest.from_bytes(body)
+    if pipe.baton is not None:
+        raise errors.ProtocolError(
+            "batons are not supported: this server keeps no stream open between requests; "
+            "send baton null and put the whole stream in one request"
+        )
+    db = await state.store.get(name, create=not grant.read_only)
+    results = await db.call(db.run_pipeline, pipe.requests, grant.read_only)
+    return web.Response(body=encode_pipeline_response(results), content_type="application/json")
+
+
+async def _send_pages(
+    request: web.Request, db: HostedDatabase, snap: Snapshot, encoding: PageEncoding, limits: Limits
+) -> web.StreamResponse:
+    header = PullHeader(format_revision(snap.seq), snap.db_size, encoding, limits.zstd_level).to_bytes()
+    pgnos = sorted(snap.pages)
+    if encoding == PageEncoding.ZSTD:
+        chunks = [header, *await asyncio.to_thread(_zstd_records, snap, pgnos, limits.zstd_level)]
+        total = sum(len(c) for c in chunks)
+        body: Iterator[bytes] = iter(chunks)
+    else:
+        total = len(header) + sum(_raw_record_size(pgno - 1) for pgno in pgnos)
+        body = _raw_chunks(header, snap, pgnos)
+    response = web.StreamResponse(status=200, headers={"Content-Type": "application/protobuf"})
+    response.content_length = total
+    await response.prepare(request)
+    for chunk in body:
+        await response.write(chunk)
+    await response.write_eof()
+    db.counters.pulls += 1
+    db.counters.pages += len(pgnos)
+    db.counters.bytes += total
+    log.debug("pull %s: revision %s, %d pages, %d bytes", db.name, snap.seq, len(pgnos), total)
+    return response
+
+
+def _raw_record_size(page_id: int) -> int:
+    body = 1 + len(encode_varint(PAGE_SIZE)) + PAGE_SIZE
+    if page_id:
+        body += 1 + len(encode_varint(page_id))
+    return len(encode_varint(body)) + body
+
+
+def _raw_chunks(header: bytes, snap: Snapshot, pgnos: list[int]) -> Iterator[bytes]:
+    yield header
+    for start in range(0, len(pgnos), _PAGES_PER_CHUNK):
+        batch = pgnos[start : start + _PAGES_PER_CHUNK]
+        yield b"".join(encode_page(pgno - 1, snap.pages[pgno]) for pgno in batch)
+
+
+def _zstd_records(snap: Snapshot, pgnos: list[int], level: int) -> list[bytes]:
+    compressor = PageCompressor(level)
+    out = []
+    for start in range(0, len(pgnos), _PAGES_PER_CHUNK):
+        batch = pgnos[start : start + _PAGES_PER_CHUNK]
+        out.append(b"".join(encode_page(pgno - 1, compressor.compress(snap.pages[pgno])) for pgno in batch))
+    return out

@@ -1,0 +1,132 @@
+"""One database the primary serves: the local engine, its connection, a worker thread, a revision feed.
+
+Every touch of the database (SQL, page reads) runs on the database's own worker thread, one
+job at a time, so the event loop never blocks on SQLite and no two jobs interleave.  After a
+job that committed, the worker reads the new revision and hands it to the event loop, which
+wakes the long-polls waiting for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from ..local.connection import Connection
+from ..local.engine import LocalDatabase, Snapshot
+from ..sync.wire import hrana as wire
+from ..sync.wire.pull import PullRequest
+from .hrana import PipelineExecutor
+from .pull import select_pages
+from .revision import RevisionFeed
+
+T = TypeVar("T")
+
+#: Reserved bytes per page of a new plaintext database: what Turso's 28-byte ciphers need, so
+#: replicas that encrypt at rest (remote encryption) can use the primary's pages unchanged.
+RESERVED_BYTES = 28
+
+
+@dataclass
+class PullCounters:
+    """What this database has sent to pulling clients since the server started."""
+
+    pulls: int = 0
+    pages: int = 0
+    bytes: int = 0
+
+
+class EnginePages:
+    """The page source of the pull logic, backed by the local engine (worker thread only)."""
+
+    def __init__(self, engine: LocalDatabase, conn: Connection) -> None:
+        self._engine = engine
+        self._conn = conn
+
+    def current_seq(self) -> int:
+        return self._engine.current_seq()
+
+    def page_count(self) -> int:
+        return int(self._conn.apsw_connection.execute("PRAGMA page_count").get)
+
+    def snapshot(self, since: int | None = None, pgnos: Iterable[int] | None = None) -> Snapshot:
+        return self._engine.snapshot(since, pgnos)
+
+
+class HostedDatabase:
+    """A database of the primary; create with ``await HostedDatabase.open(...)``."""
+
+    def __init__(self, name: str, path: str) -> None:
+        self.name = name
+        self.path = path
+        self.counters = PullCounters()
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"db-{name}")
+        self._loop = asyncio.get_running_loop()
+        self._engine: LocalDatabase | None = None
+        self._conn: Connection | None = None
+        self._executor: PipelineExecutor | None = None
+        self._pages: EnginePages | None = None
+        self.feed = RevisionFeed(0)
+
+    @classmethod
+    async def open(cls, name: str, path: str, *, encryption_key: str | None, cipher: str) -> HostedDatabase:
+        """Open (creating if new) the database file at ``path`` on a fresh worker thread."""
+        db = cls(name, path)
+        try:
+            latest = await db.call(db._open, encryption_key, cipher)
+        except BaseException:
+            db._worker.shutdown(wait=False)
+            raise
+        db.feed = RevisionFeed(latest)
+        return db
+
+    def _open(self, encryption_key: str | None, cipher: str) -> int:
+        engine = LocalDatabase(self.path, encryption_key=encryption_key, cipher=cipher, reserved_bytes=RESERVED_BYTES)
+        try:
+            conn = engine.connect(isolation_level=None)
+        except BaseException:
+            engine.close()
+            raise
+        self._engine, self._conn = engine, conn
+        self._executor = PipelineExecutor(conn.apsw_connection)
+        self._pages = EnginePages(engine, conn)
+        return engine.current_seq()
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on this database's worker thread."""
+        return await self._loop.run_in_executor(self._worker, functools.partial(fn, *args))
+
+    # --- jobs (worker thread) -------------------------------------------------------------------
+
+    def select_pages(self, request: PullRequest) -> Snapshot:
+        """The snapshot answering a pull request (see ``pull.select_pages``)."""
+        assert self._pages is not None
+        return select_pages(self._pages, request)
+
+    def run_pipeline(self, requests: Sequence[wire.StreamRequest], read_only: bool) -> list[wire.StreamResult]:
+        """Execute a pipeline; if it committed, publish the new revision to the long-polls."""
+        assert self._executor is not None and self._engine is not None
+        before = self._executor.commits
+        try:
+            return self._executor.run(requests, read_only=read_only)
+        finally:
+            if self._executor.commits != before:
+                seq = self._engine.current_seq()
+                self._loop.call_soon_threadsafe(self.feed.publish, seq)
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        if self._engine is not None:
+            self._engine.close()
+
+    async def close(self) -> None:
+        """Wake the long-polls, close the connection and the engine, stop the worker."""
+        self.feed.close()
+        try:
+            await self.call(self._close)
+        finally:
+            self._worker.shutdown(wait=True)

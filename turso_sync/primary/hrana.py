@@ -1,0 +1,306 @@
+"""Runs Hrana pipelines on a database's connection, with SQLite's own semantics.
+
+A pipeline is one stream: its requests run in order on the database's single connection.
+Within a batch, a failed step does not by itself end an open transaction; conditions
+(``ok``, ``error``, ``not``, ``and``, ``or``, ``is_autocommit``) decide what runs next and are
+evaluated on the live connection at the moment the step comes up.  A stream that ends with a
+transaction still open is rolled back, so nothing a client left half-done reaches a revision.
+
+Runs on the database's worker thread only (see ``database.py``); no asyncio here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import apsw
+import apsw.ext
+
+from ..sync.wire import hrana as wire
+from . import sql_policy
+
+#: Stored SQL texts one stream may hold (``store_sql``).
+MAX_STORED_SQL = 1000
+
+
+class WriteDenied(Exception):  # noqa: N818 - reads as what happened
+    """A read-only client tried to run a statement that writes."""
+
+    def __init__(self, sql: str) -> None:
+        super().__init__(f"this token may only read, and the statement writes: {_clip(sql)}")
+        self.sql = sql
+
+
+class _StepFailed(Exception):  # noqa: N818 - internal control flow
+    def __init__(self, error: wire.HranaError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+class _Stream:
+    """Per-pipeline state: stored SQL, whether it was closed, the caller's access."""
+
+    def __init__(self, read_only: bool) -> None:
+        self.read_only = read_only
+        self.sqls: dict[int, str] = {}
+        self.closed = False
+
+
+class _StatementGuard:
+    """Exec tracer: sees each statement after it is prepared and before it runs.
+
+    It refuses a second statement where only one is allowed (checked before the first runs),
+    refuses writes from a read-only stream, and keeps the first statement's columns.
+    """
+
+    def __init__(self, sql: str, read_only: bool, single: bool) -> None:
+        self.sql = sql
+        self.read_only = read_only
+        self.single = single
+        self.calls = 0
+        self.refusal: str | None = None
+        self.offending = ""
+        self.description: tuple[tuple[str, str | None], ...] = ()
+
+    def __call__(self, cursor: apsw.Cursor, statement: str, bindings: Any) -> bool:
+        self.calls += 1
+        if self.calls == 1 and self.single:
+            rest = self.sql[len(statement) :] if self.sql.startswith(statement) else ""
+            if has_statement(rest):
+                self.refusal = "many"
+                return False
+        if self.read_only and not cursor.is_readonly:
+            self.refusal = "write"
+            self.offending = statement
+            return False
+        if self.calls == 1:
+            self.description = cursor.get_description()
+        return True
+
+    def failure(self) -> Exception:
+        if self.refusal == "write":
+            return WriteDenied(self.offending)
+        return _StepFailed(
+            wire.HranaError(
+                "SQL string contains more than one statement; use a batch or a sequence", "SQL_MANY_STATEMENTS"
+            )
+        )
+
+
+class PipelineExecutor:
+    """Executes pipelines on one APSW connection (owned by the caller, used from one thread)."""
+
+    def __init__(self, conn: apsw.Connection) -> None:
+        self._conn = conn
+        self.commits = 0
+        sql_policy.install(conn)
+        conn.set_commit_hook(self._on_commit, id="turso_sync.primary.hrana")
+
+    def _on_commit(self) -> bool:
+        self.commits += 1
+        return False  # let the commit go ahead
+
+    def run(self, requests: Sequence[wire.StreamRequest], *, read_only: bool = False) -> list[wire.StreamResult]:
+        """One result per request.  Raises WriteDenied (after rolling back) for a read-only writer."""
+        stream = _Stream(read_only)
+        try:
+            return [self._request(req, stream) for req in requests]
+        finally:
+            self._end_transaction()
+
+    def _end_transaction(self) -> None:
+        if not self._conn.get_autocommit():
+            self._conn.execute("ROLLBACK")
+
+    # --- requests -------------------------------------------------------------------------------
+
+    def _request(self, req: wire.StreamRequest, stream: _Stream) -> wire.StreamResult:
+        if stream.closed:
+            return wire.HranaError("the stream was closed by an earlier request", "STREAM_CLOSED")
+        try:
+            if isinstance(req, wire.ExecuteRequest):
+                return wire.StreamResponse("execute", self._execute(req.stmt, stream))
+            if isinstance(req, wire.BatchRequest):
+                return wire.StreamResponse("batch", self._batch(req.steps, stream))
+            if isinstance(req, wire.SequenceRequest):
+                self._sequence(self._sql(req.sql, req.sql_id, stream), stream)
+                return wire.StreamResponse("sequence")
+            if isinstance(req, wire.DescribeRequest):
+                return wire.StreamResponse("describe", self._describe(self._sql(req.sql, req.sql_id, stream)))
+            if isinstance(req, wire.StoreSqlRequest):
+                if req.sql_id not in stream.sqls and len(stream.sqls) >= MAX_STORED_SQL:
+                    return wire.HranaError(
+                        f"a stream may store at most {MAX_STORED_SQL} SQL texts", "SQL_STORE_TOO_MANY"
+                    )
+                stream.sqls[req.sql_id] = req.sql
+                return wire.StreamResponse("store_sql")
+            if isinstance(req, wire.CloseSqlRequest):
+                stream.sqls.pop(req.sql_id, None)
+                return wire.StreamResponse("close_sql")
+            if isinstance(req, wire.CloseRequest):
+                stream.closed = True
+                self._end_transaction()
+                return wire.StreamResponse("close")
+            return wire.StreamResponse("get_autocommit", is_autocommit=self._conn.get_autocommit())
+        except _StepFailed as failed:
+            return failed.error
+
+    def _batch(self, steps: Sequence[wire.BatchStep], stream: _Stream) -> wire.BatchResult:
+        results: list[wire.StmtResult | None] = []
+        errors: list[wire.HranaError | None] = []
+        for step in steps:
+            if step.condition is not None and not self._holds(step.condition, results, errors):
+                results.append(None)
+                errors.append(None)
+                continue
+            try:
+                results.append(self._execute(step.stmt, stream))
+                errors.append(None)
+            except _StepFailed as failed:
+                results.append(None)
+                errors.append(failed.error)
+        return wire.BatchResult(results, errors)
+
+    def _holds(
+        self, cond: wire.Cond, results: list[wire.StmtResult | None], errors: list[wire.HranaError | None]
+    ) -> bool:
+        if isinstance(cond, wire.OkCond):
+            return cond.step < len(results) and results[cond.step] is not None
+        if isinstance(cond, wire.ErrorCond):
+            return cond.step < len(errors) and errors[cond.step] is not None
+        if isinstance(cond, wire.NotCond):
+            return not self._holds(cond.cond, results, errors)
+        if isinstance(cond, wire.AndCond):
+            return all(self._holds(c, results, errors) for c in cond.conds)
+        if isinstance(cond, wire.OrCond):
+            return any(self._holds(c, results, errors) for c in cond.conds)
+        return bool(self._conn.get_autocommit())
+
+    # --- statements -----------------------------------------------------------------------------
+
+    def _sql(self, sql: str | None, sql_id: int | None, stream: _Stream) -> str:
+        if sql is not None:
+            return sql
+        assert sql_id is not None
+        stored = stream.sqls.get(sql_id)
+        if stored is None:
+            raise _StepFailed(
+                wire.HranaError(f"no SQL is stored under sql_id {sql_id} in this stream", "SQL_NOT_FOUND")
+            )
+        return stored
+
+    def _execute(self, stmt: wire.Stmt, stream: _Stream) -> wire.StmtResult:
+        sql = self._sql(stmt.sql, stmt.sql_id, stream)
+        conn = self._conn
+        guard = _StatementGuard(sql, stream.read_only, single=True)
+        cursor = conn.cursor()
+        cursor.exec_trace = guard
+        before = conn.total_changes()
+        rows: list[list[wire.SqlValue]] = []
+        try:
+            cursor.execute(sql, _bindings(stmt))
+            if stmt.want_rows:
+                rows = [list(row) for row in cursor]
+            else:
+                for _ in cursor:
+                    pass
+        except apsw.ExecTraceAbort:
+            raise guard.failure() from None
+        except apsw.Error as exc:
+            raise _StepFailed(sqlite_error(exc)) from None
+        except (UnicodeError, OverflowError, KeyError, TypeError, ValueError) as exc:
+            raise _StepFailed(
+                wire.HranaError(f"value cannot be passed to or from SQLite: {exc}", "VALUE_INVALID")
+            ) from None
+        finally:
+            cursor.close(force=True)
+        changed = conn.total_changes() != before
+        cols = [wire.Col(name, decltype) for name, decltype in guard.description]
+        return wire.StmtResult(cols, rows, conn.changes() if changed else 0, conn.last_insert_rowid())
+
+    def _sequence(self, sql: str, stream: _Stream) -> None:
+        guard = _StatementGuard(sql, stream.read_only, single=False)
+        cursor = self._conn.cursor()
+        cursor.exec_trace = guard
+        try:
+            for _ in cursor.execute(sql):
+                pass
+        except apsw.ExecTraceAbort:
+            raise guard.failure() from None
+        except apsw.Error as exc:
+            raise _StepFailed(sqlite_error(exc)) from None
+        except (UnicodeError, OverflowError, ValueError) as exc:
+            raise _StepFailed(
+                wire.HranaError(f"value cannot be passed to or from SQLite: {exc}", "VALUE_INVALID")
+            ) from None
+        finally:
+            cursor.close(force=True)
+
+    def _describe(self, sql: str) -> wire.DescribeResult:
+        try:
+            info = apsw.ext.query_info(self._conn, sql)
+        except apsw.Error as exc:
+            raise _StepFailed(sqlite_error(exc)) from None
+        if has_statement(info.query_remaining or ""):
+            raise _StepFailed(wire.HranaError("SQL string contains more than one statement", "SQL_MANY_STATEMENTS"))
+        params = [_param_name(name) for name in info.bindings_names]
+        cols = [wire.Col(name, decltype) for name, decltype in (info.description or ())]
+        return wire.DescribeResult(params, cols, bool(info.is_explain), bool(info.is_readonly))
+
+
+class _NullForMissing(dict[str, Any]):
+    """Named arguments; a parameter without a value binds NULL, as in SQLite."""
+
+    def __missing__(self, key: str) -> None:
+        return None
+
+
+def _bindings(stmt: wire.Stmt) -> Sequence[Any] | Mapping[str, Any]:
+    if not stmt.named_args:
+        return stmt.args
+    named = _NullForMissing()
+    for i, value in enumerate(stmt.args, start=1):
+        named[str(i)] = value  # positional values reach ?NNN parameters
+    for name, value in stmt.named_args:
+        named[name[1:] if name[0] in ":@$" else name] = value
+    return named
+
+
+def _param_name(name: str | None) -> str | None:
+    if name is None:
+        return None
+    return f"?{name}" if name.isdigit() else f":{name}"
+
+
+def sqlite_error(exc: apsw.Error) -> wire.HranaError:
+    """A step error from an SQLite error: its message, and its (extended) result code name."""
+    if isinstance(exc, apsw.BindingsError):
+        return wire.HranaError(str(exc), "ARGS_INVALID")
+    code = apsw.mapping_extended_result_codes.get(getattr(exc, "extendedresult", -1))
+    if code is None:
+        code = apsw.mapping_result_codes.get(getattr(exc, "result", -1), "SQLITE_ERROR")
+    return wire.HranaError(str(exc), str(code))
+
+
+def has_statement(sql: str) -> bool:
+    """True if ``sql`` holds anything besides whitespace, semicolons and comments."""
+    i, n = 0, len(sql)
+    while i < n:
+        ch = sql[i]
+        if ch.isspace() or ch == ";":
+            i += 1
+        elif sql.startswith("--", i):
+            end = sql.find("\n", i)
+            i = n if end < 0 else end + 1
+        elif sql.startswith("/*", i):
+            end = sql.find("*/", i + 2)
+            i = n if end < 0 else end + 2
+        else:
+            return True
+    return False
+
+
+def _clip(sql: str, limit: int = 80) -> str:
+    flat = " ".join(sql.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."

@@ -1,0 +1,103 @@
+"""Which pages answer a /pull-updates request; pure logic over a page source.
+
+* no ``client_revision``: every page (a bootstrap), filtered by the page selector;
+* ``client_revision`` C: the current image of every page changed after C (selector applies);
+  C older than the kept history: every page (clients accept a full resend);
+  C newer than the database: 400 (the replica belongs to another database);
+* ``server_revision`` R (a pinned read, used by chunked bootstraps): answered when R is the
+  latest revision, or when none of the asked-for pages (nor page 1, which carries the size)
+  changed after R; otherwise 409, as history keeps which pages changed but not every old image
+  at a glance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Protocol
+
+from pyroaring import BitMap
+
+from ..errors import ProtocolError
+from ..local.engine import RevisionGone, Snapshot
+from ..sync.wire.pull import PullRequest, StreamKind
+from .revision import parse_revision
+
+
+class RevisionUnavailable(Exception):  # noqa: N818 - reads as a state
+    """A pinned revision can no longer be served exactly (HTTP 409)."""
+
+
+class PageSource(Protocol):
+    """Where page images come from: the local engine, or a fake in tests."""
+
+    def current_seq(self) -> int:
+        """The newest committed revision."""
+        ...
+
+    def page_count(self) -> int:
+        """The database size in pages now."""
+        ...
+
+    def snapshot(self, since: int | None = None, pgnos: Iterable[int] | None = None) -> Snapshot:
+        """Current images of the pages changed after ``since`` (all when None), 1-based ``pgnos``."""
+        ...
+
+
+def check_request(request: PullRequest) -> tuple[int | None, int | None]:
+    """Validate what does not need the database: ``(client seq, pinned seq)``, each None if absent."""
+    if request.stream_kind != StreamKind.PAGES:
+        raise ProtocolError(
+            "this server serves page streams only (stream_kind PAGES); MVCC logical logs are not available"
+        )
+    client = parse_revision(request.client_revision, "client_revision") if request.client_revision else None
+    pinned = parse_revision(request.server_revision, "server_revision") if request.server_revision else None
+    return client, pinned
+
+
+def select_pages(source: PageSource, request: PullRequest) -> Snapshot:
+    """The snapshot that answers ``request``: its revision, the size, and the pages to send."""
+    client, pinned = check_request(request)
+    wanted = _wanted_pgnos(source, request.page_ids)
+    current = source.current_seq()
+    if client is not None and client > current:
+        raise ProtocolError(
+            f"client_revision {client} is newer than this database's latest revision {current}: "
+            "the replica was made from another database (or a wiped one); bootstrap a new replica"
+        )
+    if pinned is not None:
+        return _pinned(source, pinned, current, client, wanted)
+    if client is None:
+        return source.snapshot(None, wanted)
+    try:
+        return source.snapshot(client, wanted)
+    except RevisionGone:
+        return source.snapshot(None, wanted)  # history was pruned: resend everything
+
+
+def _pinned(source: PageSource, pinned: int, current: int, client: int | None, wanted: list[int] | None) -> Snapshot:
+    if pinned > current:
+        raise ProtocolError(f"server_revision {pinned} is newer than this database's latest revision {current}")
+    if pinned < current:
+        probe = None if wanted is None else {1, *wanted}
+        try:
+            moved = source.snapshot(pinned, probe)
+        except RevisionGone:
+            raise RevisionUnavailable(f"revision {pinned} is older than the history this server keeps") from None
+        if moved.pages:
+            raise RevisionUnavailable(
+                f"pages asked for changed after revision {pinned} (latest is {moved.seq}); restart the bootstrap"
+            )
+    try:
+        snap = source.snapshot(client, wanted)
+    except RevisionGone:
+        snap = source.snapshot(None, wanted)
+    return Snapshot(pinned, snap.db_size, snap.pages)
+
+
+def _wanted_pgnos(source: PageSource, page_ids: BitMap | None) -> list[int] | None:
+    """1-based page numbers picked by the selector, limited to the database (None: all)."""
+    if page_ids is None:
+        return None
+    limit = BitMap()
+    limit.add_range(0, source.page_count())
+    return [page_id + 1 for page_id in page_ids & limit]

@@ -1,0 +1,246 @@
+"""The /pull-updates messages: request, response header, page records; pure code, no I/O.
+
+Request: one plain protobuf ``PullUpdatesReqProtoBody``.  Response: a length-delimited header
+``PullUpdatesRespProtoBody`` followed by one length-delimited ``PageData`` per page (page ids are
+0-based).  Pages are 4096-byte raw images, or, when the client asked for ``ENC_ZSTD`` and the
+header carries ``zstd_encoding``, one zstd frame per page (our extension, docs/protocol.md).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import zstandard
+from google.protobuf.message import DecodeError
+from pyroaring import BitMap
+
+from ...errors import ProtocolError
+from . import pull_updates_pb2 as pb
+from .delimited import DelimitedDecoder, delimit, encode_varint
+
+PAGE_SIZE = 4096
+
+#: Default zstd level: fast, and already shrinks typical b-tree pages several times.
+DEFAULT_ZSTD_LEVEL = 3
+
+
+class PageEncoding(enum.IntEnum):
+    """How page images travel (request field ``encoding``)."""
+
+    RAW = pb.ENC_RAW
+    ZSTD = pb.ENC_ZSTD
+
+
+class StreamKind(enum.IntEnum):
+    """What follows the response header (request field 8, response field 5)."""
+
+    PAGES = pb.STREAM_PAGES
+    MVCC_LOGICAL_LOG = pb.STREAM_MVCC_LOGICAL_LOG
+
+
+@dataclass(frozen=True)
+class PullRequest:
+    """A decoded ``PullUpdatesReqProtoBody``.
+
+    ``page_ids`` is the server page selector: 0-based page ids, or None for every page.
+    """
+
+    encoding: PageEncoding = PageEncoding.RAW
+    server_revision: str = ""
+    client_revision: str = ""
+    long_poll_timeout_ms: int = 0
+    page_ids: BitMap | None = None
+    query_selector: str = ""
+    stream_kind: StreamKind = StreamKind.PAGES
+
+    @classmethod
+    def from_bytes(cls, body: bytes) -> PullRequest:
+        """Decode a request body; raises ProtocolError naming what is wrong."""
+        msg = pb.PullUpdatesReqProtoBody()
+        try:
+            msg.ParseFromString(body)
+        except (DecodeError, ValueError, RuntimeError) as exc:
+            raise ProtocolError(f"pull-updates request is not a valid PullUpdatesReqProtoBody: {exc}") from None
+        try:
+            encoding = PageEncoding(msg.encoding)
+        except ValueError:
+            raise ProtocolError(f"pull-updates request: unknown page encoding {msg.encoding}") from None
+        try:
+            stream_kind = StreamKind(msg.stream_kind)
+        except ValueError:
+            raise ProtocolError(f"pull-updates request: unknown stream_kind {msg.stream_kind}") from None
+        page_ids: BitMap | None = None
+        if msg.server_pages_selector:
+            page_ids = decode_page_selector(msg.server_pages_selector)
+        return cls(
+            encoding=encoding,
+            server_revision=msg.server_revision,
+            client_revision=msg.client_revision,
+            long_poll_timeout_ms=msg.long_poll_timeout_ms,
+            page_ids=page_ids,
+            query_selector=msg.server_query_selector,
+            stream_kind=stream_kind,
+        )
+
+    def to_bytes(self) -> bytes:
+        """The request body (not length-delimited)."""
+        msg = pb.PullUpdatesReqProtoBody(
+            encoding=int(self.encoding),  # type: ignore[arg-type]
+            server_revision=self.server_revision,
+            client_revision=self.client_revision,
+            long_poll_timeout_ms=self.long_poll_timeout_ms,
+            server_query_selector=self.query_selector,
+            stream_kind=int(self.stream_kind),  # type: ignore[arg-type]
+        )
+        if self.page_ids is not None:
+            msg.server_pages_selector = encode_page_selector(self.page_ids)
+        return msg.SerializeToString()
+
+
+def decode_page_selector(data: bytes) -> BitMap:
+    """A portable-format RoaringBitmap of 0-based page ids (what Rust's ``roaring`` writes)."""
+    try:
+        return BitMap.deserialize(data)
+    except (ValueError, IndexError, OverflowError, MemoryError) as exc:
+        raise ProtocolError(f"server_pages_selector is not a serialized RoaringBitmap: {exc}") from None
+
+
+def encode_page_selector(page_ids: Iterable[int]) -> bytes:
+    """Serialize 0-based page ids as a portable RoaringBitmap."""
+    bitmap = page_ids if isinstance(page_ids, BitMap) else BitMap(page_ids)
+    return bitmap.serialize()
+
+
+@dataclass(frozen=True)
+class PullHeader:
+    """The response header: the revision the pages bring the client to, and the size in pages."""
+
+    server_revision: str
+    db_size: int
+    encoding: PageEncoding = PageEncoding.RAW
+    zstd_level: int = DEFAULT_ZSTD_LEVEL
+
+    def to_bytes(self) -> bytes:
+        """The header, length-delimited, as it starts a response body."""
+        msg = pb.PullUpdatesRespProtoBody(
+            server_revision=self.server_revision,
+            db_size=self.db_size,
+            stream_kind=pb.STREAM_PAGES,
+            apply_mode=pb.APPLY_INCREMENTAL,
+            protocol=pb.PROTO_PAGES,
+        )
+        if self.encoding == PageEncoding.ZSTD:
+            msg.zstd_encoding.level = self.zstd_level
+        else:
+            # Turso's clients require this field to be present (as an empty message)
+            msg.raw_encoding.SetInParent()
+        return delimit(msg.SerializeToString())
+
+    @classmethod
+    def from_message(cls, data: bytes) -> PullHeader:
+        """Decode a header message (without its length prefix)."""
+        msg = pb.PullUpdatesRespProtoBody()
+        try:
+            msg.ParseFromString(data)
+        except (DecodeError, ValueError, RuntimeError) as exc:
+            raise ProtocolError(f"pull-updates response header is malformed: {exc}") from None
+        raw, zstd = msg.HasField("raw_encoding"), msg.HasField("zstd_encoding")
+        if raw == zstd:
+            raise ProtocolError("pull-updates response header must carry exactly one of raw_encoding, zstd_encoding")
+        if msg.stream_kind != pb.STREAM_PAGES:
+            raise ProtocolError("pull-updates response is not a page stream")
+        if msg.apply_mode != pb.APPLY_INCREMENTAL:
+            raise ProtocolError("pull-updates response asks for a replace-base apply, which page replicas cannot do")
+        if zstd and msg.zstd_encoding.pages_dict:
+            raise ProtocolError("pull-updates response uses a zstd dictionary, which this client does not support")
+        encoding = PageEncoding.ZSTD if zstd else PageEncoding.RAW
+        return cls(msg.server_revision, msg.db_size, encoding, msg.zstd_encoding.level if zstd else 0)
+
+
+def encode_page(page_id: int, encoded_page: bytes) -> bytes:
+    """One length-delimited ``PageData`` record (hand-encoded: this is the hot loop of a pull).
+
+    Byte-for-byte what protobuf produces: field 1 omitted when 0 (proto3 default), then field 2.
+    """
+    body = b""
+    if page_id:
+        body = b"\x08" + encode_varint(page_id)
+    body += b"\x12" + encode_varint(len(encoded_page)) + encoded_page
+    return encode_varint(len(body)) + body
+
+
+class PageCompressor:
+    """Compresses page images for the zstd encoding: one independent zstd frame per page."""
+
+    def __init__(self, level: int = DEFAULT_ZSTD_LEVEL) -> None:
+        self.level = level
+        self._compressor = zstandard.ZstdCompressor(level=level, write_content_size=True)
+
+    def compress(self, page: bytes) -> bytes:
+        """The zstd frame of one page."""
+        return self._compressor.compress(page)
+
+
+def decode_zstd_page(frame: bytes) -> bytes:
+    """The page image inside one zstd frame; raises ProtocolError unless it is exactly 4096 bytes."""
+    try:
+        page = zstandard.ZstdDecompressor().decompress(frame, max_output_size=PAGE_SIZE)
+    except zstandard.ZstdError as exc:
+        raise ProtocolError(f"page is not a valid zstd frame: {exc}") from None
+    if len(page) != PAGE_SIZE:
+        raise ProtocolError(f"zstd page decompresses to {len(page)} bytes, not {PAGE_SIZE}")
+    return page
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a pull response: 0-based id and its plaintext image."""
+
+    page_id: int
+    data: bytes
+
+
+class PullResponseDecoder:
+    """Decodes a /pull-updates response body as it streams in (the client side).
+
+    ``feed`` returns the pages completed by each chunk; ``header`` is set once the first
+    message arrived.  Call ``close`` at the end of the body.
+    """
+
+    def __init__(self) -> None:
+        self._frames = DelimitedDecoder(max_message=1 << 20)
+        self.header: PullHeader | None = None
+
+    def feed(self, data: bytes) -> list[Page]:
+        """Add body bytes; return the pages they completed."""
+        pages: list[Page] = []
+        for message in self._frames.feed(data):
+            if self.header is None:
+                self.header = PullHeader.from_message(message)
+                continue
+            pages.append(self._page(message))
+        return pages
+
+    def _page(self, message: bytes) -> Page:
+        assert self.header is not None
+        msg = pb.PageData()
+        try:
+            msg.ParseFromString(message)
+        except (DecodeError, ValueError, RuntimeError) as exc:
+            raise ProtocolError(f"pull-updates response: malformed PageData: {exc}") from None
+        data = msg.encoded_page
+        if self.header.encoding == PageEncoding.ZSTD:
+            data = decode_zstd_page(data)
+        elif len(data) != PAGE_SIZE:
+            raise ProtocolError(f"page {msg.page_id} has {len(data)} bytes, not {PAGE_SIZE}")
+        if msg.page_id >= self.header.db_size:
+            raise ProtocolError(f"page id {msg.page_id} is beyond the database size {self.header.db_size}")
+        return Page(msg.page_id, data)
+
+    def close(self) -> None:
+        """End of body: raises ProtocolError if it was empty or cut inside a message."""
+        self._frames.close()
+        if self.header is None:
+            raise ProtocolError("pull-updates response has no header")
