@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import Any
 
 from .errors import (
     DatabaseError,
@@ -28,20 +30,64 @@ paramstyle = "qmark"  # named (":name") parameters work too
 
 def connect(
     path: str | os.PathLike[str],
+    remote_url: str | None = None,
     *,
+    auth_token: str | None = None,
+    client_name: str | None = None,
+    long_poll_timeout_ms: int | None = None,
+    bootstrap_if_empty: bool = True,
     encryption_key: str | None = None,
     cipher: str = "aes256gcm",
+    conflict: str | Callable[..., Any] = "last_push_wins",
     isolation_level: str | None = "DEFERRED",
     timeout: float = 5.0,
     record_frames: bool = True,
-) -> Connection:
-    """Open (or create) a local database.
+) -> Any:
+    """Open (or create) a local database, or a replica of a remote one.
 
     ``encryption_key`` is a hex string (32 hex digits for ``aes128gcm``, 64 for ``aes256gcm``);
-    with it every page of the database and its WAL is encrypted in Turso's format.
-    ``record_frames`` keeps the frame log (``<path>-frames``): every committed transaction,
-    numbered, for sync.  Once a database has a frame log, every connection keeps it up.
+    with it every page of the database, its WAL, its history and its pending changes are
+    encrypted in Turso's format.
+
+    With ``remote_url`` (or for a path that is already a replica, whose URL was saved) the
+    result is a ``SyncConnection`` with ``pull()``, ``push()``, ``sync()``, ``checkpoint()``,
+    ``stats()`` and ``conflicts()``; a new path is bootstrapped from the remote first
+    (``bootstrap_if_empty``).  ``conflict`` is ``"last_push_wins"`` (Turso's behaviour),
+    ``"remote_wins"``, ``"local_wins"`` or a callable ``(table, pk, base, local, remote, kind)``
+    returning ``"local"``, ``"remote"`` or a merged row as a dict.
+
+    Without a remote, ``record_frames`` keeps the frame log (``<path>-frames``): every committed
+    transaction, numbered.  Once a database has a frame log, every connection keeps it up.
     """
+    from .sync.state import SyncState
+
+    real = os.path.realpath(os.fspath(path))
+    if remote_url is not None or SyncState.load(real) is not None:
+        from .sync.connection import SyncConnection
+        from .sync.replica import Replica
+
+        replica = Replica(
+            real,
+            remote_url,
+            auth_token=auth_token,
+            client_name=client_name,
+            long_poll_timeout_ms=long_poll_timeout_ms,
+            bootstrap_if_empty=bootstrap_if_empty,
+            encryption_key=encryption_key,
+            cipher=cipher,
+            conflict=conflict,
+        )
+        try:
+            return SyncConnection(
+                replica,
+                encryption_key=encryption_key,
+                cipher=cipher,
+                isolation_level=isolation_level,
+                timeout=timeout,
+            )
+        except BaseException:
+            replica.close()
+            raise
     return Connection(
         path,
         encryption_key=encryption_key,

@@ -60,6 +60,32 @@ class ProtocolError(Error):
     """
 
 
+class SyncError(OperationalError):
+    """Sync could not complete; the local database is unchanged and keeps every local write."""
+
+
+class NetworkError(SyncError):
+    """The remote could not be reached or did not answer completely."""
+
+
+class RemoteError(SyncError):
+    """The remote answered with an error status."""
+
+    def __init__(self, status: int, body: bytes, path: str) -> None:
+        text = body[:300].decode("utf-8", "replace")
+        super().__init__(f"remote returned HTTP {status} for {path}: {text}")
+        self.status = status
+        self.body = body
+
+
+class PushRejectedError(SyncError):
+    """The remote refused a pending change; it stays pending (see ``outbox_id``)."""
+
+    def __init__(self, message: str, outbox_id: int | None = None) -> None:
+        super().__init__(message)
+        self.outbox_id = outbox_id
+
+
 _APSW_MAP: list[tuple[type[BaseException], type[Error]]] = [
     (apsw.ConstraintError, IntegrityError),
     (apsw.MismatchError, IntegrityError),

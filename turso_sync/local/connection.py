@@ -19,6 +19,7 @@ from ..crypto.page_codec import (
     PageCodec,
     parse_key,
 )
+from .capture import ChangeCapture, is_replica, schema_statement, transaction_statement
 from .framelog import FrameLog
 from .vfs import PAGE_SIZE, DatabaseState, ensure_vfs, realpath, registry
 from .walformat import read_committed
@@ -70,6 +71,21 @@ def _open_checks(path: str, codec: PageCodec | None) -> PageCodec | None:
     raise errors.DatabaseError(f"{path} is not a database file (unknown header)")
 
 
+def split_statements(script: str) -> list[str]:
+    """Split SQL text into complete statements (SQLite's own notion of complete)."""
+    out: list[str] = []
+    current = ""
+    for piece in script.split(";"):
+        current += piece + ";"
+        if apsw.complete(current):
+            if current.strip(" \t\r\n;"):
+                out.append(current.strip())
+            current = ""
+    if current.strip(" \t\r\n;"):
+        out.append(current.strip())
+    return out
+
+
 class Cursor:
     """A DB-API cursor; rows come back as tuples (or through ``row_factory``)."""
 
@@ -94,7 +110,53 @@ class Cursor:
         """Run one statement with parameters by position (``?``) or by name (``:name``)."""
         self._check()
         conn = self.connection
+        capture = conn._capture
+        if capture is not None:
+            return self._execute_captured(sql, parameters, capture)
         conn._begin_if_needed(sql)
+        return self._run(sql, parameters)
+
+    def _execute_captured(self, sql: str, parameters: Params, capture: ChangeCapture) -> Cursor:
+        """On a replica: transaction statements go through commit/rollback, writes are captured."""
+        conn = self.connection
+        if capture.rolled_back:
+            capture.reset()
+        word = transaction_statement(sql)
+        if word == "COMMIT":
+            conn.commit()
+            return self._done()
+        if word == "ROLLBACK":
+            conn.rollback()
+            return self._done()
+        conn._begin_if_needed(sql)
+        schema = schema_statement(sql)
+        if conn._db.get_autocommit() and (schema or _DML.match(sql)):
+            # a write outside a transaction: give it one, so its capture commits with it
+            conn._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._run(sql, parameters)
+                rows = list(self._rows) if self._rows is not None else None
+                if schema:
+                    capture.note_schema(sql)
+                conn.commit()
+            except BaseException:
+                conn.rollback()
+                raise
+            self._rows = iter(rows) if rows is not None else None
+            return self
+        self._run(sql, parameters)
+        if schema:
+            capture.note_schema(sql)
+        return self
+
+    def _done(self) -> Cursor:
+        self.description = None
+        self._rows = None
+        self.rowcount = -1
+        return self
+
+    def _run(self, sql: str, parameters: Params) -> Cursor:
+        conn = self.connection
         before = conn._db.total_changes()
         try:
             self._cursor.execute(sql, parameters)
@@ -132,6 +194,11 @@ class Cursor:
         conn = self.connection
         if conn.in_transaction and conn.isolation_level is not None:
             conn.commit()
+        if conn._capture is not None:
+            for statement in split_statements(script):
+                self.execute(statement)
+                self.fetchall()
+            return self._done()
         try:
             for _ in self._cursor.execute(script):
                 pass  # APSW pauses at each statement that returns rows; drain them
@@ -238,6 +305,7 @@ class Connection:
             registry.release(self.path)
             raise errors.EncryptionError(f"{self.path} is already open in this process with another cipher")
         self._closed = False
+        self._capture: ChangeCapture | None = None
         self._reserved_bytes = reserved_bytes
         try:
             if self._state.frame_log is None and FrameLog.exists(self.path):
@@ -250,6 +318,8 @@ class Connection:
             self._configure(timeout)
             if record_frames and self._state.frame_log is None:
                 self._start_frame_log()
+            if is_replica(self._db):
+                self.enable_capture()
         except apsw.Error as exc:
             registry.release(self.path)
             self._closed = True
@@ -274,6 +344,11 @@ class Connection:
             db.execute("PRAGMA journal_mode=WAL").fetchall()
         db.execute("PRAGMA synchronous=FULL")
         db.execute("SELECT count(*) FROM sqlite_schema").fetchall()  # reads page 1: proves the key
+
+    def enable_capture(self) -> None:
+        """Record every transaction into the outbox (done automatically on a replica)."""
+        if self._capture is None:
+            self._capture = ChangeCapture(self._db)
 
     def _attach_frame_log(self) -> None:
         codec = self._state.codec
@@ -356,13 +431,18 @@ class Connection:
         return self.cursor().executescript(script)
 
     def commit(self) -> None:
-        """Commit the open transaction, if any."""
+        """Commit the open transaction, if any (on a replica, with its captured changes)."""
         self._check()
+        capture = self._capture
         if not self._db.get_autocommit():
             try:
+                if capture is not None:
+                    capture.flush()
                 self._db.execute("COMMIT")
             except apsw.Error as exc:
                 raise self._translate(exc) from None
+        if capture is not None:
+            capture.reset()
 
     def rollback(self) -> None:
         """Roll back the open transaction, if any."""
@@ -372,6 +452,8 @@ class Connection:
                 self._db.execute("ROLLBACK")
             except apsw.Error as exc:
                 raise self._translate(exc) from None
+        if self._capture is not None:
+            self._capture.reset()
 
     def close(self) -> None:
         """Close the connection; an open transaction is rolled back, as in sqlite3."""
@@ -379,6 +461,8 @@ class Connection:
             return
         self._closed = True
         try:
+            if self._capture is not None:
+                self._capture.close()
             self._db.close(True)
         finally:
             registry.release(self.path)

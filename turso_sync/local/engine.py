@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import apsw
 
 from .. import errors
+from ..crypto.page_codec import PageCodec
 from .connection import Connection
 from .framelog import FrameLog, RevisionGone
 from .install import InstallError, append_transaction
@@ -96,8 +97,17 @@ class LocalDatabase:
     def history(self, since: int) -> Iterator[CommittedTxn]:
         """Every committed transaction after ``since``, oldest first, with plaintext images."""
         for txn in self.log.history(since):
-            pages = {page.pgno: self.log.decrypt(page.post, page.pgno) for page in txn.pages}
+            pages = {page.pgno: self.log.decrypt(page.post, page.pgno) for page in txn.pages if page.post}
             yield CommittedTxn(txn.seq, txn.db_size, pages)
+
+    @property
+    def codec(self) -> PageCodec | None:
+        """The page codec (None for a plaintext database)."""
+        return self._conn._state.codec
+
+    def write_lock(self) -> AbstractContextManager[apsw.Connection]:
+        """Hold SQLite's write lock (other writers wait; readers go on) on the engine connection."""
+        return self._write_locked()
 
     @contextmanager
     def _write_locked(self) -> Iterator[apsw.Connection]:
@@ -172,6 +182,33 @@ class LocalDatabase:
         with self._write_locked() as db:
             return self._install_locked(db, pages, db_size)
 
+    def install_locked(self, db: apsw.Connection, pages: dict[int, bytes], db_size: int) -> int:
+        """``install_pages`` for a caller that already holds ``write_lock()``."""
+        seq = self._install_locked(db, pages, db_size)
+        db.execute("BEGIN IMMEDIATE")  # the caller's lock continues
+        return seq
+
+    def images_at(self, seq: int) -> tuple[dict[int, bytes], int]:
+        """For every page changed after ``seq``: its plaintext image at ``seq``; and the size then.
+
+        Pages that did not exist at ``seq`` are left out (they lie past the size).  The caller
+        holds ``write_lock()``.
+        """
+        restore: dict[int, bytes | None] = {}
+        size_at: int | None = None
+        for txn in self.log.history(seq):
+            if size_at is None:
+                size_at = txn.size_before
+            for page in txn.pages:
+                if page.pgno not in restore:
+                    restore[page.pgno] = page.pre
+        if size_at is None:
+            return {}, self.log.size_at(seq) if seq != self.log.base_seq else self.log.base_size
+        pages = {
+            pgno: self.log.decrypt(pre, pgno) for pgno, pre in restore.items() if pre is not None and pgno <= size_at
+        }
+        return pages, size_at
+
     def _install_locked(self, db: apsw.Connection, pages: dict[int, bytes], db_size: int) -> int:
         try:
             append_transaction(self.path, self._conn._state.codec, pages, db_size, self.page_size)
@@ -190,21 +227,9 @@ class LocalDatabase:
         transaction, whose sequence number is returned; with nothing to undo, nothing happens.
         """
         with self._write_locked() as db:
-            restore: dict[int, bytes | None] = {}
-            size_at: int | None = None
-            for txn in self.log.history(seq):
-                if size_at is None:
-                    size_at = txn.size_before
-                for page in txn.pages:
-                    if page.pgno not in restore:
-                        restore[page.pgno] = page.pre
-            if size_at is None:
+            if self.log.current_seq() == seq:
                 return seq
-            pages = {
-                pgno: self.log.decrypt(pre, pgno)
-                for pgno, pre in restore.items()
-                if pre is not None and pgno <= size_at
-            }
+            pages, size_at = self.images_at(seq)
             if not pages:
                 # only pages past the old end changed: rewrite page 1 as it is to carry the commit
                 pages = self._read_current([1], size_at)

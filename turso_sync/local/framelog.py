@@ -17,7 +17,8 @@ File layout (big-endian): a 48-byte header, then records.
           (salt1, salt2, commit frame) of the last transaction folded into the base, crc32.
   record: magic ``TSFR``, seq u64, salt1, salt2, commit frame, db size, db size before,
           page count, body length u32, crc32 of header+body; then per page:
-          pgno u32, flag u8 (1 = pre-image follows), [pre-image], post-image.
+          pgno u32, flag u8 (1 = pre-image follows, 2 = no post-image: the commit cut the page
+          off), [pre-image], [post-image].
 A record whose crc does not match is a torn append and is cut off when the log is next opened.
 """
 
@@ -158,7 +159,7 @@ class FrameLog:
             for _ in range(npages):
                 pgno, flag = struct.unpack_from(">IB", body, p)
                 pgnos.append(pgno)
-                p += 5 + P * (2 if flag else 1)
+                p += 5 + P * ((flag & 1) + (0 if flag & 2 else 1))
             self._index.append(_Index(seq, pos, (s1, s2), frame, db_size, before, tuple(pgnos)))
             pos += _REC_SIZE + body_len
         if pos < size and repair:
@@ -214,13 +215,15 @@ class FrameLog:
         posts: dict[int, bytes] = {}
         for frame in wtxn.frames:
             posts[frame.pgno] = frame.body  # a later frame of the same page wins
-        for pgno in sorted(posts):
+        # pages cut off by a shrinking commit have no new image, but must keep the old one
+        cut = [p for p in range(wtxn.db_size + 1, size_before + 1) if p not in posts]
+        for pgno in sorted([*posts, *cut]):
             pre = latest.get(pgno)
             if pre is None and pgno <= size_before:
                 pre = os.pread(db_file.fileno(), P, (pgno - 1) * P)  # type: ignore[attr-defined]
                 if len(pre) < P:
                     pre = None
-            txn.pages.append(TxnPage(pgno, posts[pgno], pre))
+            txn.pages.append(TxnPage(pgno, posts.get(pgno, b""), pre))
         return txn
 
     def archive(self) -> int:
@@ -242,7 +245,8 @@ class FrameLog:
     def _encode(self, txn: Txn) -> bytes:
         body = bytearray()
         for page in txn.pages:
-            body += struct.pack(">IB", page.pgno, 1 if page.pre is not None else 0)
+            flag = (1 if page.pre is not None else 0) | (0 if page.post else 2)
+            body += struct.pack(">IB", page.pgno, flag)
             if page.pre is not None:
                 body += page.pre
             body += page.post
@@ -271,11 +275,14 @@ class FrameLog:
             pgno, flag = struct.unpack_from(">IB", body, p)
             p += 5
             pre = None
-            if flag:
+            if flag & 1:
                 pre = body[p : p + P]
                 p += P
-            txn.pages.append(TxnPage(pgno, body[p : p + P], pre))
-            p += P
+            post = b""
+            if not flag & 2:
+                post = body[p : p + P]
+                p += P
+            txn.pages.append(TxnPage(pgno, post, pre))
         return txn
 
     def current_seq(self) -> int:

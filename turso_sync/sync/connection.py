@@ -1,0 +1,60 @@
+"""The connection an app gets for a replica: the DB-API connection plus sync methods.
+
+Method names follow pyturso's ``turso.sync.connect`` (``pull``, ``push``, ``checkpoint``,
+``stats``), so switching is a one-line change; ``sync()`` and ``conflicts()`` are ours.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..local.connection import Connection
+from .rebase import Conflict
+from .replica import Replica, SyncStats
+
+
+class SyncConnection(Connection):
+    """A connection to a local replica that can pull from and push to its remote."""
+
+    def __init__(self, replica: Replica, **kwargs: Any) -> None:
+        super().__init__(replica.path, record_frames=True, **kwargs)
+        self.replica = replica
+
+    def pull(self, long_poll_timeout_ms: int | None = None) -> bool:
+        """Apply remote changes (pending local ones are replayed on top); True if any arrived."""
+        self._check()
+        if self.in_transaction:
+            self.commit()  # as pyturso does: a pull ends the open transaction
+        return self.replica.pull(long_poll_timeout_ms)
+
+    def push(self) -> int:
+        """Send pending local changes, exactly once; returns how many transactions were sent."""
+        self._check()
+        if self.in_transaction:
+            self.commit()
+        return self.replica.push()
+
+    def sync(self) -> bool:
+        """Push, then pull; True if remote changes arrived."""
+        self.push()
+        return self.pull(0)
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database file (history is archived first)."""
+        self._check()
+        self.replica.checkpoint()
+
+    def stats(self) -> SyncStats:
+        """Revision, pending changes, bytes on the wire, last pull/push times, conflicts."""
+        return self.replica.stats()
+
+    def conflicts(self) -> list[Conflict]:
+        """Every conflict met so far, however it was resolved (oldest first)."""
+        return self.replica.conflicts()
+
+    def close(self) -> None:
+        """Close the connection and the replica's own resources."""
+        if self._closed:
+            return
+        super().close()
+        self.replica.close()

@@ -1,0 +1,377 @@
+"""Rebase: pending local changes replayed on top of the remote state, in memory.
+
+Input: the synced-base image with the pulled pages applied (the remote's state), and the
+outbox rows read from the current local state.  In an in-memory copy we drop the changes the
+remote already has (its ``turso_sync_last_change_id`` row for this client), carry the sync
+tables over, replay each remaining transaction (schema statements, then its changeset) with
+the conflict policy, and record every conflict.  Each replayed transaction is captured again
+as the new outbox (rebased onto the remote state), under the next ``pull_gen``.  The result is
+one database image, which the caller installs atomically.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import apsw
+
+from ..errors import SyncError
+from ..local.capture import CONFLICTS_TABLE, META_TABLE, OUTBOX_TABLE, SCHEMA, is_internal
+
+Row = dict[str, Any]
+Resolver = Callable[[str, dict[str, Any], Row | None, Row | None, Row | None, str], Any]
+POLICIES = ("last_push_wins", "remote_wins", "local_wins")
+
+
+@dataclass
+class OutboxRow:
+    """One captured local transaction."""
+
+    id: int
+    gen: int
+    ddl: list[str]
+    changeset: bytes
+
+
+@dataclass
+class Conflict:
+    """One conflict met while replaying local changes on the remote state."""
+
+    table: str
+    pk: dict[str, Any]
+    kind: str  # update/update, update/delete, delete/update, insert/insert, constraint, foreign_key, schema
+    resolution: str  # local, remote, merged
+    base: Row | None
+    local: Row | None
+    remote: Row | None
+    result: Row | None
+    revision: str = ""
+    at: float = field(default_factory=time.time)
+    id: int | None = None
+
+
+@dataclass
+class RebaseResult:
+    image: bytes
+    conflicts: list[Conflict]
+    pending: int  # outbox rows after the rebase
+    replayed: int
+    skipped_as_pushed: int
+
+
+def to_json(value: Any) -> Any:
+    """A JSON-safe form of an SQL value (blobs as {"$blob": base64})."""
+    if isinstance(value, bytes):
+        return {"$blob": base64.b64encode(value).decode("ascii")}
+    return value
+
+
+def from_json(value: Any) -> Any:
+    if isinstance(value, dict) and set(value) == {"$blob"}:
+        return base64.b64decode(value["$blob"])
+    return value
+
+
+def _row_json(row: Row | None) -> str | None:
+    return None if row is None else json.dumps({k: to_json(v) for k, v in row.items()})
+
+
+def row_from_json(text: str | None) -> Row | None:
+    return None if text is None else {k: from_json(v) for k, v in json.loads(text).items()}
+
+
+def quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _columns(db: apsw.Connection, table: str) -> list[tuple[str, int]]:
+    """(name, pk ordinal) per column of ``table``."""
+    return [(r[1], r[5]) for r in db.execute(f"PRAGMA main.table_info({quote(table)})")]
+
+
+def _ddl_for_replay(sql: str) -> str:
+    """Schema statements replay idempotently: CREATE … IF NOT EXISTS, DROP … IF EXISTS."""
+    sql = re.sub(
+        r"^(\s*CREATE\s+(?:UNIQUE\s+)?(?:TABLE|INDEX|VIEW|TRIGGER))\s+(?!IF\s)",
+        r"\1 IF NOT EXISTS ",
+        sql,
+        count=1,
+        flags=re.IGNORECASE,
+    )
+    return re.sub(
+        r"^(\s*DROP\s+(?:TABLE|INDEX|VIEW|TRIGGER))\s+(?!IF\s)", r"\1 IF EXISTS ", sql, count=1, flags=re.IGNORECASE
+    )
+
+
+def harmless_ddl_error(sql: str, message: str) -> bool:
+    """Re-adding a column that exists is expected when a change is replayed twice."""
+    return bool(re.match(r"\s*ALTER\s+TABLE", sql, re.IGNORECASE)) and "duplicate column" in message
+
+
+class Rebaser:
+    """Replays outbox rows on an in-memory copy of the remote state."""
+
+    def __init__(
+        self,
+        remote_image: bytes,
+        *,
+        client_id: str,
+        policy: str | Resolver,
+        revision: str,
+        base_image: Callable[[], bytes] | None = None,
+        reserved: int = 0,
+    ) -> None:
+        if not callable(policy) and policy not in POLICIES:
+            raise ValueError(f"unknown conflict policy {policy!r}; use one of {POLICIES} or a callable")
+        self.client_id = client_id
+        self.policy = policy
+        self.revision = revision
+        self._base_image = base_image
+        self._base_db: apsw.Connection | None = None
+        self.db = _open_image(remote_image, reserved)
+        self.conflicts: list[Conflict] = []
+        self._after_apply: list[tuple[str, Row]] = []
+
+    # --- the whole rebase ------------------------------------------------------------------------
+
+    def run(
+        self, rows: Sequence[OutboxRow], meta: dict[str, Any], old_conflicts: list[tuple[Any, ...]]
+    ) -> RebaseResult:
+        db = self.db
+        local_gen = int(meta.get("pull_gen", 0))
+        remote_gen, remote_change = self._remote_mark()
+        if remote_gen > local_gen:
+            raise SyncError(
+                f"the remote records pull generation {remote_gen} for client {self.client_id}, newer than the "
+                f"local {local_gen}: this replica's files do not belong together"
+            )
+        floor = remote_change if remote_gen == local_gen else 0
+        pending = [r for r in rows if not (r.gen == local_gen and r.id <= floor)]
+        skipped = len(rows) - len(pending)
+        db.execute("BEGIN")
+        for statement in SCHEMA:
+            db.execute(statement)
+        new_gen = local_gen + 1
+        db.execute(f"DELETE FROM {META_TABLE}")
+        for key, value in {**meta, "client_id": self.client_id, "pull_gen": new_gen}.items():
+            db.execute(f"INSERT INTO {META_TABLE}(key, value) VALUES (?, ?)", (key, value))
+        for conflict_row in old_conflicts:
+            db.execute(f"INSERT INTO {CONFLICTS_TABLE} VALUES ({','.join('?' * len(conflict_row))})", conflict_row)
+        kept = 0
+        for row in pending:
+            ddl, changeset = self._replay(row)
+            if ddl or changeset:
+                db.execute(
+                    f"INSERT INTO {OUTBOX_TABLE}(gen, ddl, changeset) VALUES (?, ?, ?)",
+                    (new_gen, json.dumps(ddl), changeset),
+                )
+                kept += 1
+        for conflict in self.conflicts:
+            cur = db.execute(
+                f"INSERT INTO {CONFLICTS_TABLE}(at, revision, tbl, pk, kind, resolution, base, local, remote, result) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?) RETURNING id",
+                (
+                    conflict.at,
+                    conflict.revision,
+                    conflict.table,
+                    json.dumps({k: to_json(v) for k, v in conflict.pk.items()}),
+                    conflict.kind,
+                    conflict.resolution,
+                    _row_json(conflict.base),
+                    _row_json(conflict.local),
+                    _row_json(conflict.remote),
+                    _row_json(conflict.result),
+                ),
+            )
+            conflict.id = int(cur.fetchall()[0][0] or 0)
+        db.execute("COMMIT")
+        image = bytearray(db.serialize("main"))
+        image[18] = image[19] = 2  # back to WAL mode in the header
+        self.close()
+        return RebaseResult(bytes(image), self.conflicts, kept, len(pending), skipped)
+
+    def close(self) -> None:
+        self.db.close()
+        if self._base_db is not None:
+            self._base_db.close()
+
+    def _remote_mark(self) -> tuple[int, int]:
+        try:
+            rows = self.db.execute(
+                "SELECT pull_gen, change_id FROM turso_sync_last_change_id WHERE client_id = ?", (self.client_id,)
+            ).fetchall()
+        except apsw.SQLError:
+            return 0, 0  # no such table: nobody pushed yet
+        return (int(rows[0][0] or 0), int(rows[0][1] or 0)) if rows else (0, 0)
+
+    # --- one transaction -----------------------------------------------------------------------
+
+    def _replay(self, row: OutboxRow) -> tuple[list[str], bytes]:
+        db = self.db
+        session = apsw.Session(db, "main")
+        session.config(apsw.SQLITE_SESSION_OBJCONFIG_ROWID, 1)
+        session.table_filter(lambda name: not is_internal(name))
+        session.attach()
+        try:
+            kept_ddl: list[str] = []
+            for sql in row.ddl:
+                try:
+                    db.execute(_ddl_for_replay(sql))
+                    kept_ddl.append(sql)
+                except apsw.Error as exc:
+                    if harmless_ddl_error(sql, str(exc)):
+                        kept_ddl.append(sql)
+                        continue
+                    self.conflicts.append(
+                        Conflict(
+                            "sqlite_schema",
+                            {"sql": sql},
+                            "schema",
+                            "remote",
+                            None,
+                            {"sql": sql},
+                            None,
+                            None,
+                            self.revision,
+                        )
+                    )
+            if row.changeset:
+                self._after_apply = []
+                apsw.Changeset.apply(
+                    row.changeset,
+                    db,
+                    filter=lambda name: not is_internal(name),
+                    conflict=self._on_conflict,
+                )
+                for table, values in self._after_apply:
+                    names = list(values)
+                    db.execute(
+                        f"INSERT OR REPLACE INTO {quote(table)}({', '.join(map(quote, names))}) "
+                        f"VALUES ({', '.join('?' * len(names))})",
+                        [values[n] for n in names],
+                    )
+            return kept_ddl, session.changeset()
+        finally:
+            session.close()
+
+    # --- conflicts --------------------------------------------------------------------------------
+
+    def _names(self, change: apsw.TableChange) -> list[str]:
+        cols = [name for name, _pk in _columns(self.db, change.name)]
+        if change.column_count == len(cols) + 1:
+            return ["rowid", *cols]  # a rowid table: the session recorded the rowid first
+        return cols[: change.column_count]
+
+    def _row(self, names: list[str], values: Sequence[Any] | None) -> Row | None:
+        if values is None:
+            return None
+        return {n: v for n, v in zip(names, values, strict=False) if v is not apsw.no_change}
+
+    def _base_row(self, table: str, names: list[str], pk: dict[str, Any]) -> Row | None:
+        """The full row as it was in the synced base (looked up lazily, only for conflicts)."""
+        if self._base_image is None:
+            return None
+        if self._base_db is None:
+            self._base_db = _open_image(self._base_image())
+        where = " AND ".join(f"{quote(k)} IS ?" for k in pk)
+        try:
+            found = self._base_db.execute(
+                f"SELECT {', '.join(map(quote, names))} FROM {quote(table)} WHERE {where}", list(pk.values())
+            ).fetchall()
+        except apsw.SQLError:
+            return None
+        return dict(zip(names, found[0], strict=True)) if found else None
+
+    def _on_conflict(self, reason: int, change: apsw.TableChange) -> int:
+        OMIT, REPLACE = apsw.SQLITE_CHANGESET_OMIT, apsw.SQLITE_CHANGESET_REPLACE
+        if reason == apsw.SQLITE_CHANGESET_FOREIGN_KEY:
+            self.conflicts.append(
+                Conflict(change.name or "", {}, "foreign_key", "local", None, None, None, None, self.revision)
+            )
+            return OMIT  # keep the rows; the journal says a reference dangles
+        names = self._names(change)
+        key_source = change.old if change.op != "INSERT" else change.new
+        pk = {names[i]: key_source[i] for i in sorted(change.pk_columns)} if key_source else {}
+        remote = self._row(names, change.conflict) if change.conflict is not None else None
+        if change.op == "INSERT":
+            kind, base, local = "insert/insert", None, self._row(names, change.new)
+        else:
+            base = self._base_row(change.name, names, pk) or self._row(names, change.old)
+            if change.op == "UPDATE":
+                local = dict(base or {})
+                local.update(self._row(names, change.new) or {})
+            else:
+                local = None
+            if reason == apsw.SQLITE_CHANGESET_NOTFOUND:
+                if change.op == "DELETE":
+                    return OMIT  # deleted on both sides: nothing to decide
+                kind = "update/delete"
+            else:
+                kind = "update/update" if change.op == "UPDATE" else "delete/update"
+        if reason == apsw.SQLITE_CHANGESET_CONSTRAINT:
+            kind = "constraint"
+        if remote is not None and local is not None and remote == local:
+            return OMIT  # both sides made the same change
+        action, resolution, result = self._decide(change, kind, pk, base, local, remote, reason)
+        self.conflicts.append(Conflict(change.name, pk, kind, resolution, base, local, remote, result, self.revision))
+        return action if action in (OMIT, REPLACE) else OMIT
+
+    def _decide(
+        self,
+        change: apsw.TableChange,
+        kind: str,
+        pk: dict[str, Any],
+        base: Row | None,
+        local: Row | None,
+        remote: Row | None,
+        reason: int,
+    ) -> tuple[int, str, Row | None]:
+        OMIT, REPLACE = apsw.SQLITE_CHANGESET_OMIT, apsw.SQLITE_CHANGESET_REPLACE
+        can_replace = reason in (apsw.SQLITE_CHANGESET_DATA, apsw.SQLITE_CHANGESET_CONFLICT)
+        policy = self.policy
+        if callable(policy):
+            choice = policy(change.name, pk, base, local, remote, kind)
+        elif policy == "remote_wins":
+            choice = "remote"
+        elif policy == "local_wins":
+            choice = "local"
+        else:  # last_push_wins: Turso's behaviour; a remote delete stands against a local update
+            choice = "remote" if kind in ("update/delete", "constraint") else "local"
+        if choice == "remote":
+            return OMIT, "remote", remote
+        if choice == "local":
+            if can_replace:
+                merged = dict(remote or {})
+                merged.update(local or {})
+                return REPLACE, "local", None if change.op == "DELETE" else merged
+            if kind == "update/delete" and local is not None and base is not None:
+                self._after_apply.append((change.name, local))  # bring the row back with local values
+                return OMIT, "local", local
+            return OMIT, "remote", remote  # a constraint failure cannot be forced
+        if isinstance(choice, dict):
+            self._after_apply.append((change.name, choice))
+            return OMIT, "merged", dict(choice)
+        raise SyncError(f"conflict resolver returned {choice!r}; expected 'local', 'remote' or a row dict")
+
+
+def _open_image(image: bytes, reserved: int = 0) -> apsw.Connection:
+    """An in-memory database holding ``image`` (switched to rollback mode, as memdb needs).
+
+    An empty image is an empty database, created with ``reserved`` bytes per page.
+    """
+    db = apsw.Connection(":memory:")
+    if not image:
+        if reserved:
+            db.reserve_bytes(reserve=reserved)
+        db.execute("PRAGMA page_size=4096")
+        return db
+    data = bytearray(image)
+    data[18] = data[19] = 1
+    db.deserialize("main", bytes(data))
+    return db

@@ -1,0 +1,533 @@
+"""The sync agent: bootstrap, pull, push and rebase for one local replica.
+
+Pull is physical (pages, Turso's protocol), push is logical (Hrana batches).  A pull with
+pending local changes: under the write lock, rebuild the synced base (frame log + revert
+pages), apply the pulled pages, replay the outbox on top in memory (``rebase.py``), and install
+the page difference as one atomic transaction.  Readers keep reading throughout; a failure at
+any step before the install leaves the database untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import apsw
+
+from .. import errors
+from ..crypto.page_codec import PageCodec
+from ..local.capture import CONFLICTS_TABLE, META_TABLE, OUTBOX_TABLE, SCHEMA
+from ..local.connection import Connection
+from ..local.engine import LocalDatabase
+from ..local.vfs import realpath
+from . import push as push_mod
+from .rebase import Conflict, OutboxRow, Rebaser, Resolver, row_from_json
+from .state import SyncState, drop_reverts, read_revert, write_revert
+from .transport import HttpxTransport, Transport
+from .wire import pull_updates_pb2 as pb
+from .wire.delimited import DelimitedDecoder
+from .wire.hrana import encode_value
+from .wire.pull import PageEncoding, PullHeader, PullRequest, decode_zstd_page
+
+P = 4096
+SCHEMA_COOKIE = 40  # header offset of the schema cookie
+
+
+@dataclass
+class SyncStats:
+    """What ``stats()`` reports."""
+
+    revision: str
+    pending_changes: int
+    network_sent_bytes: int
+    network_received_bytes: int
+    last_pull_unix_time: float | None
+    last_push_unix_time: float | None
+    conflicts: int
+    pulls: int
+    pushes: int
+
+
+@dataclass
+class PullResult:
+    revision: str
+    db_size: int
+    pages: dict[int, bytes]
+
+
+class Replica:
+    """One local replica and its remote."""
+
+    def __init__(
+        self,
+        path: str,
+        remote_url: str | None,
+        *,
+        auth_token: str | None = None,
+        client_name: str | None = None,
+        long_poll_timeout_ms: int | None = None,
+        bootstrap_if_empty: bool = True,
+        encryption_key: str | None = None,
+        cipher: str = "aes256gcm",
+        conflict: str | Resolver = "last_push_wins",
+        transport: Transport | None = None,
+        request_timeout: float = 30.0,
+    ) -> None:
+        self.path = realpath(path)
+        self.policy = conflict
+        self.long_poll_timeout_ms = long_poll_timeout_ms or 0
+        self.request_timeout = request_timeout
+        self._key: dict[str, Any] = {"encryption_key": encryption_key, "cipher": cipher}
+        state = SyncState.load(self.path)
+        if state is not None and state.bootstrapping:
+            self._remove_local_files()  # a bootstrap that never finished: start it over
+            state = None
+        if state is None:
+            if remote_url is None:
+                raise errors.ProgrammingError(f"{self.path} is not a replica yet: pass remote_url to create it")
+            name = client_name or "turso-sync"
+            state = SyncState(remote_url=remote_url, client_id=f"{name}-{uuid.uuid4()}")
+        elif remote_url is not None and remote_url != state.remote_url:
+            state.remote_url = remote_url
+        self.state = state
+        self.transport: Transport = transport or HttpxTransport(
+            state.remote_url, auth_token=auth_token, client_name=client_name or "turso-sync"
+        )
+        if not os.path.exists(self.path) or not os.path.exists(SyncState.path_for(self.path)):
+            if os.path.exists(self.path):
+                raise errors.ProgrammingError(
+                    f"{self.path} exists but is not a replica; choose a new path to bootstrap into"
+                )
+            if bootstrap_if_empty:
+                self._bootstrap()
+            else:
+                self._create_deferred()
+        self.db = LocalDatabase(self.path, **self._key)
+        self._ensure_sync_tables()
+
+    # --- files --------------------------------------------------------------------------------
+
+    def _remove_local_files(self) -> None:
+        for suffix in ("", "-wal", "-shm", "-frames", "-sync"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.path + suffix)
+        drop_reverts(self.path, None)
+
+    def _codec(self) -> PageCodec | None:
+        return self.db.codec
+
+    def close(self) -> None:
+        self.db.close()
+        self.transport.close()
+
+    # --- bootstrap -----------------------------------------------------------------------------
+
+    def _bootstrap(self) -> None:
+        state = self.state
+        state.bootstrapping = True
+        state.save(self.path)
+        result = self._fetch("")
+        if result.db_size == 0 and not result.pages:
+            self._create_deferred()  # the remote database is still empty
+            state.synced_revision = result.revision
+            state.bootstrapping = False
+            state.touch_pull()
+            self._count_bytes()
+            state.save(self.path)
+            return
+        if 1 not in result.pages:
+            raise errors.SyncError(f"the remote at {state.remote_url} sent no database (size {result.db_size})")
+        missing = [p for p in range(1, result.db_size + 1) if p not in result.pages]
+        if missing:
+            raise errors.SyncError(f"bootstrap is missing {len(missing)} pages (first: {missing[0]}); nothing written")
+        page1 = result.pages[1]
+        if int.from_bytes(page1[16:18], "big") != P:
+            raise errors.SyncError("the remote database does not use 4096-byte pages")
+        codec = self._new_codec()
+        if codec is not None and page1[20] != codec.reserved:
+            raise errors.EncryptionError(
+                f"the remote database reserves {page1[20]} bytes per page; an encrypted replica needs "
+                f"{codec.reserved} (create the primary database with 28 reserved bytes, as turso-sync serve does)"
+            )
+        tmp = self.path + ".bootstrap"
+        with open(tmp, "wb") as f:
+            for pgno in range(1, result.db_size + 1):
+                page = _wal_mode_page(result.pages[pgno], pgno)
+                f.write(codec.encrypt(page, pgno) if codec is not None else page)
+            f.flush()
+            os.fsync(f.fileno())
+        for suffix in ("-wal", "-shm", "-frames"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.path + suffix)
+        os.replace(tmp, self.path)
+        db = LocalDatabase(self.path, **self._key)  # starts the frame log: seq 0 = the remote state
+        db.close()
+        state.synced_revision = result.revision
+        state.synced_seq = 0
+        state.synced_db_size = result.db_size
+        state.revert_seq = None
+        state.bootstrapping = False
+        state.touch_pull()
+        self._count_bytes()
+        state.save(self.path)
+
+    def _create_deferred(self) -> None:
+        """A local-only replica that has never talked to the remote (bootstrap_if_empty=False)."""
+        db = LocalDatabase(self.path, reserved_bytes=28, **self._key)
+        self.state.synced_revision = ""
+        self.state.synced_seq = 0
+        self.state.synced_db_size = 0  # the remote has no pages yet
+        db.close()
+        self.state.save(self.path)
+
+    def _new_codec(self) -> PageCodec | None:
+        if self._key["encryption_key"] is None:
+            return None
+        from ..crypto.page_codec import parse_key
+
+        spec, key = parse_key(self._key["encryption_key"], self._key["cipher"] or "aes256gcm")
+        return PageCodec(spec, key)
+
+    def _ensure_sync_tables(self) -> None:
+        conn = self.db._conn.apsw_connection
+        if conn.execute("SELECT 1 FROM sqlite_schema WHERE name=?", (META_TABLE,)).fetchall():
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        for statement in SCHEMA:
+            conn.execute(statement)
+        conn.execute(f"INSERT OR IGNORE INTO {META_TABLE}(key, value) VALUES ('client_id', ?)", (self.state.client_id,))
+        conn.execute(f"INSERT OR IGNORE INTO {META_TABLE}(key, value) VALUES ('pull_gen', 0)")
+        conn.execute("COMMIT")
+        self.db._conn.enable_capture()
+
+    def connect(self, **kwargs: Any) -> Connection:
+        """A DB-API connection to the replica (its writes are captured for push)."""
+        return self.db.connect(**kwargs)
+
+    # --- network ------------------------------------------------------------------------------
+
+    def _fetch(self, client_revision: str, long_poll_ms: int = 0) -> PullResult:
+        want_zstd = self.state.zstd is not False
+        request = PullRequest(
+            encoding=PageEncoding.ZSTD if want_zstd else PageEncoding.RAW,
+            client_revision=client_revision,
+            long_poll_timeout_ms=long_poll_ms,
+        )
+        timeout = self.request_timeout + long_poll_ms / 1000
+        try:
+            response = self.transport.request(
+                "/pull-updates", request.to_bytes(), "application/protobuf", timeout, True
+            )
+        except errors.RemoteError as exc:
+            if want_zstd and exc.status in (400, 415, 422, 500, 501):
+                self.state.zstd = False  # a server without our zstd extension: speak raw
+                return self._fetch(client_revision, long_poll_ms)
+            raise
+        return self._decode_pull(response.body)
+
+    def _decode_pull(self, body: bytes) -> PullResult:
+        decoder = DelimitedDecoder(max_message=1 << 20)
+        messages = decoder.feed(body)
+        if decoder.pending:
+            raise errors.NetworkError("pull-updates response ended in the middle of a message")
+        if not messages:
+            raise errors.NetworkError("pull-updates response carried no header")
+        header = PullHeader.from_message(messages[0])
+        if self.state.zstd is None:
+            self.state.zstd = header.encoding == PageEncoding.ZSTD
+        pages: dict[int, bytes] = {}
+        for raw in messages[1:]:
+            msg = pb.PageData()
+            msg.ParseFromString(raw)
+            page = msg.encoded_page
+            if header.encoding == PageEncoding.ZSTD:
+                page = decode_zstd_page(page)
+            if len(page) != P:
+                raise errors.ProtocolError(f"page {msg.page_id + 1} is {len(page)} bytes, not {P}")
+            pages[msg.page_id + 1] = page
+        return PullResult(header.server_revision, header.db_size, pages)
+
+    def _pipeline(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        body = push_mod.pipeline_body(requests)
+        response = self.transport.request("/v2/pipeline", body, "application/json", self.request_timeout, False)
+        try:
+            results = json.loads(response.body)["results"]
+        except (ValueError, KeyError, TypeError):
+            raise errors.ProtocolError("pipeline response is not Hrana JSON") from None
+        return list(results)
+
+    def _count_bytes(self) -> None:
+        stats = self.transport.stats
+        self.state.bytes_sent += stats.sent
+        self.state.bytes_received += stats.received
+        stats.sent = stats.received = 0
+
+    # --- pull ---------------------------------------------------------------------------------
+
+    def pull(self, long_poll_timeout_ms: int | None = None) -> bool:
+        """Fetch remote changes and apply them under the pending local ones; True if any arrived."""
+        wait = self.long_poll_timeout_ms if long_poll_timeout_ms is None else long_poll_timeout_ms
+        try:
+            result = self._fetch(self.state.synced_revision, wait if self.state.synced_revision else 0)
+        except errors.Error:
+            self.state.errors += 1
+            self._count_bytes()
+            self.state.save(self.path)
+            raise
+        if result.revision == self.state.synced_revision and not result.pages:
+            self.state.touch_pull()
+            self._count_bytes()
+            self.state.save(self.path)
+            return False
+        self._apply(result)
+        return True
+
+    def _apply(self, result: PullResult) -> None:
+        state = self.state
+        codec = self._codec()
+        page1 = result.pages.get(1)
+        if codec is not None and page1 is not None and page1[20] != codec.reserved:
+            raise errors.EncryptionError(
+                f"the remote database reserves {page1[20]} bytes per page; an encrypted replica needs {codec.reserved}"
+            )
+        with self.db.write_lock() as conn:
+            current = conn.serialize("main")
+            base_pages, base_size = self._synced_base_pages()
+            remote = _overlay(current, base_pages, base_size)
+            remote = _overlay(remote, {p: _wal_mode_page(v, p) for p, v in result.pages.items()}, result.db_size)
+            rows, meta, old_conflicts = _read_sync_tables(conn)
+
+            def base_image() -> bytes:
+                return _overlay(current, base_pages, base_size)
+
+            rebaser = Rebaser(
+                remote,
+                client_id=state.client_id,
+                policy=self.policy,
+                revision=result.revision,
+                base_image=base_image,
+                reserved=current[20] if len(current) > 20 else 0,
+            )
+            outcome = rebaser.run(rows, meta, old_conflicts)
+            final = bytearray(outcome.image)
+            cookie = max(_u32(current, SCHEMA_COOKIE), _u32(final, SCHEMA_COOKIE)) + 1
+            final[SCHEMA_COOKIE : SCHEMA_COOKIE + 4] = cookie.to_bytes(4, "big")  # other connections re-read schema
+            final_size = len(final) // P
+            changed = {
+                pgno: bytes(final[(pgno - 1) * P : pgno * P])
+                for pgno in range(1, final_size + 1)
+                if final[(pgno - 1) * P : pgno * P] != current[(pgno - 1) * P : pgno * P]
+            }
+            if not changed:
+                changed = {1: bytes(final[:P])}
+            seq = self.db.install_locked(conn, changed, final_size)
+            revert = {
+                pgno: remote[(pgno - 1) * P : pgno * P]
+                for pgno in range(1, len(remote) // P + 1)
+                if pgno > final_size or remote[(pgno - 1) * P : pgno * P] != final[(pgno - 1) * P : pgno * P]
+            }
+            write_revert(self.path, seq, revert, self._codec())
+            state.synced_revision = result.revision
+            state.synced_seq = seq
+            state.synced_db_size = len(remote) // P
+            state.revert_seq = seq
+            state.touch_pull()
+            self._count_bytes()
+            state.save(self.path)
+            drop_reverts(self.path, seq)
+        self.db.prune_history(seq)  # nothing before the new synced base is needed any more
+        self.last_conflicts = outcome.conflicts
+
+    def _synced_base_pages(self) -> tuple[dict[int, bytes], int]:
+        """Images that turn the current state back into the synced remote state, and its size."""
+        pages, _size = self.db.images_at(self.state.synced_seq)
+        if self.state.revert_seq is not None:
+            pages.update(read_revert(self.path, self.state.revert_seq, self._codec()))
+        return pages, self.state.synced_db_size
+
+    # --- push ---------------------------------------------------------------------------------
+
+    def push(self, max_changes_per_batch: int = 2000) -> int:
+        """Send every pending local change, exactly once; return how many transactions were pushed."""
+        conn = self.db._conn.apsw_connection
+        rows, meta, _ = _read_sync_tables(conn)
+        pushed = 0
+        try:
+            if not rows:
+                return 0
+            gen = int(meta.get("pull_gen", 0))
+            remote_gen, remote_change = self._remote_mark()
+            if remote_gen > gen:
+                raise errors.SyncError(
+                    f"the remote records pull generation {remote_gen} for this client, newer than local {gen}"
+                )
+            if remote_gen == gen:
+                done = [r for r in rows if r.gen == gen and r.id <= remote_change]
+                if done:
+                    self._forget_pushed(done[-1].id)  # a previous push committed; its reply was lost
+                rows = [r for r in rows if not (r.gen == gen and r.id <= remote_change)]
+            while rows:
+                chunk = _chunk(rows, max_changes_per_batch)
+                batch = push_mod.build_batch(chunk, self._columns, self.state.client_id, gen, encode_value)
+                results = self._pipeline([push_mod.batch_request(batch.steps)])
+                self._check_batch(results, batch)
+                self._forget_pushed(batch.last_outbox_id)
+                pushed += len(chunk)
+                rows = rows[len(chunk) :]
+            self.state.last_push = time.time()
+            self.state.pushes += 1
+            return pushed
+        except errors.Error:
+            self.state.errors += 1
+            raise
+        finally:
+            self._count_bytes()
+            self.state.save(self.path)
+
+    def _columns(self, table: str) -> list[tuple[str, int]]:
+        conn = self.db._conn.apsw_connection
+        return [(r[1], r[5]) for r in conn.execute(f"PRAGMA main.table_info({push_mod.quote(table)})")]
+
+    def _remote_mark(self) -> tuple[int, int]:
+        step = push_mod._step(push_mod.LAST_CHANGE_SELECT, [self.state.client_id], None, encode_value)
+        step["stmt"]["want_rows"] = True
+        results = self._pipeline([push_mod.batch_request([step])])
+        batch = _batch_result(results)
+        error = batch["step_errors"][0]
+        if error:
+            if "no such table" in str(error.get("message", "")):
+                return 0, 0
+            raise errors.RemoteError(200, json.dumps(error).encode(), "/v2/pipeline")
+        rows = batch["step_results"][0]["rows"]
+        if not rows:
+            return 0, 0
+        return int(rows[0][0]["value"]), int(rows[0][1]["value"])
+
+    def _check_batch(self, results: list[dict[str, Any]], batch: push_mod.PushBatch) -> None:
+        result = _batch_result(results)
+        errors_ = result["step_errors"]
+        outcome = result["step_results"]
+        if outcome[batch.commit_index] is not None and errors_[batch.commit_index] is None:
+            return
+        for i, err in enumerate(errors_):
+            source = batch.sources[i]
+            if err is not None and i != batch.commit_index and not (source and source.harmless_errors):
+                raise errors.PushRejectedError(
+                    f"the remote rejected a pending change (outbox #{source.outbox_id if source else '?'}): "
+                    f"{err.get('message')}; it stays pending",
+                    source.outbox_id if source else None,
+                )
+        raise errors.PushRejectedError("the remote did not commit the push batch; every change stays pending")
+
+    def _forget_pushed(self, last_id: int) -> None:
+        conn = self.db._conn.apsw_connection
+        conn.execute(f"DELETE FROM {OUTBOX_TABLE} WHERE id <= ?", (last_id,))
+
+    # --- the rest -----------------------------------------------------------------------------
+
+    def sync(self) -> bool:
+        """Push, then pull."""
+        self.push()
+        return self.pull(0)
+
+    def stats(self) -> SyncStats:
+        conn = self.db._conn.apsw_connection
+        pending = int(conn.execute(f"SELECT count(*) FROM {OUTBOX_TABLE}").fetchall()[0][0] or 0)
+        conflicts = int(conn.execute(f"SELECT count(*) FROM {CONFLICTS_TABLE}").fetchall()[0][0] or 0)
+        s = self.state
+        return SyncStats(
+            s.synced_revision,
+            pending,
+            s.bytes_sent,
+            s.bytes_received,
+            s.last_pull,
+            s.last_push,
+            conflicts,
+            s.pulls,
+            s.pushes,
+        )
+
+    def conflicts(self) -> list[Conflict]:
+        """The conflict journal, oldest first."""
+        conn = self.db._conn.apsw_connection
+        out = []
+        for row in conn.execute(
+            f"SELECT id, at, revision, tbl, pk, kind, resolution, base, local, remote, result "
+            f"FROM {CONFLICTS_TABLE} ORDER BY id"
+        ):
+            cid, at, revision, table, pk, kind, resolution, base, local, remote, result = row
+            out.append(
+                Conflict(
+                    table,
+                    row_from_json(pk) or {},
+                    kind,
+                    resolution,
+                    row_from_json(base),
+                    row_from_json(local),
+                    row_from_json(remote),
+                    row_from_json(result),
+                    revision or "",
+                    at,
+                    cid,
+                )
+            )
+        return out
+
+    def checkpoint(self) -> None:
+        self.db.checkpoint()
+
+
+def _chunk(rows: list[OutboxRow], limit: int) -> list[OutboxRow]:
+    """Whole transactions, at least one, up to about ``limit`` row changes."""
+    out: list[OutboxRow] = []
+    total = 0
+    for row in rows:
+        size = max(1, len(row.changeset) // 64)
+        if out and total + size > limit:
+            break
+        out.append(row)
+        total += size
+    return out
+
+
+def _batch_result(results: list[dict[str, Any]]) -> dict[str, Any]:
+    if not results or results[0].get("type") != "ok":
+        error = results[0].get("error", {}) if results else {}
+        raise errors.RemoteError(200, json.dumps(error).encode(), "/v2/pipeline")
+    return dict(results[0]["response"]["result"])
+
+
+def _read_sync_tables(conn: apsw.Connection) -> tuple[list[OutboxRow], dict[str, Any], list[tuple[Any, ...]]]:
+    rows = [
+        OutboxRow(r[0], r[1], json.loads(r[2]), r[3])
+        for r in conn.execute(f"SELECT id, gen, ddl, changeset FROM {OUTBOX_TABLE} ORDER BY id")
+    ]
+    meta: dict[str, Any] = {str(k): v for k, v in conn.execute(f"SELECT key, value FROM {META_TABLE}")}
+    conflicts = list(conn.execute(f"SELECT * FROM {CONFLICTS_TABLE} ORDER BY id"))
+    return rows, meta, conflicts
+
+
+def _overlay(image: bytes, pages: dict[int, bytes], size: int) -> bytes:
+    out = bytearray(image[: size * P])
+    if len(out) < size * P:
+        out += bytes(size * P - len(out))
+    for pgno, data in pages.items():
+        if pgno <= size:
+            out[(pgno - 1) * P : pgno * P] = data
+    return bytes(out)
+
+
+def _wal_mode_page(page: bytes, pgno: int) -> bytes:
+    """Page 1 with the header's read/write versions set to WAL (2), as every replica runs in WAL."""
+    if pgno != 1 or page[18:20] == b"\x02\x02":
+        return page
+    return page[:18] + b"\x02\x02" + page[20:]
+
+
+def _u32(image: bytes | bytearray, offset: int) -> int:
+    return int.from_bytes(image[offset : offset + 4], "big")

@@ -1,0 +1,140 @@
+"""What a replica remembers beside its database: ``<db>-sync`` (JSON) and ``<db>-revert-<seq>``.
+
+``<db>-sync`` holds no secret (no token, no key): the remote URL, this replica's client id, the
+revision it last synced to and where that synced base sits in the local frame log.  It is
+replaced atomically (write, fsync, rename).
+
+The synced base is the remote's state at ``synced_revision``.  Locally, a pull installs that
+state *with the pending local changes replayed on top* as one atomic transaction (seq
+``synced_seq``), so the pure remote state is that transaction's result with some pages put back:
+``<db>-revert-<seq>`` keeps those pages, stored exactly as on disk (so encrypted with the
+database's key).  Files are named by seq and the old one is removed only after the JSON points
+at the new one, so a crash at any point leaves a consistent pair.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import struct
+import time
+import zlib
+from dataclasses import asdict, dataclass, field, fields
+
+from ..crypto.page_codec import PageCodec
+
+REVERT_MAGIC = b"TSREVRT1"
+
+
+@dataclass
+class SyncState:
+    """The replica's sync bookkeeping."""
+
+    remote_url: str
+    client_id: str
+    synced_revision: str = ""
+    synced_seq: int = 0
+    synced_db_size: int = 0
+    revert_seq: int | None = None
+    bootstrapping: bool = False
+    zstd: bool | None = None
+    last_pull: float | None = None
+    last_push: float | None = None
+    pulls: int = 0
+    pushes: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    errors: int = 0
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @staticmethod
+    def path_for(db_path: str) -> str:
+        return db_path + "-sync"
+
+    @classmethod
+    def load(cls, db_path: str) -> SyncState | None:
+        """The saved state, or None when the database was never set up for sync."""
+        try:
+            with open(cls.path_for(db_path), encoding="utf-8") as f:
+                raw = json.load(f)
+        except FileNotFoundError:
+            return None
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
+    def save(self, db_path: str) -> None:
+        """Replace the state file atomically."""
+        path = self.path_for(db_path)
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(asdict(self), f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path)
+
+    def touch_pull(self) -> None:
+        self.last_pull = time.time()
+        self.pulls += 1
+
+
+def revert_path(db_path: str, seq: int) -> str:
+    return f"{db_path}-revert-{seq}"
+
+
+def write_revert(db_path: str, seq: int, pages: dict[int, bytes], codec: PageCodec | None) -> None:
+    """Store the synced base's images of ``pages`` (plaintext in, as-on-disk out) for ``seq``."""
+    body = bytearray()
+    for pgno in sorted(pages):
+        image = codec.encrypt(pages[pgno], pgno) if codec is not None else pages[pgno]
+        body += struct.pack(">I", pgno) + image
+    head = REVERT_MAGIC + struct.pack(">QI", seq, len(pages))
+    crc = zlib.crc32(bytes(body), zlib.crc32(head))
+    path = revert_path(db_path, seq)
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(head + struct.pack(">I", crc) + bytes(body))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path)
+
+
+def read_revert(db_path: str, seq: int, codec: PageCodec | None, page_size: int = 4096) -> dict[int, bytes]:
+    """The plaintext base images stored for ``seq``."""
+    with open(revert_path(db_path, seq), "rb") as f:
+        data = f.read()
+    head = data[:20]
+    if head[:8] != REVERT_MAGIC:
+        raise OSError(f"{revert_path(db_path, seq)}: not a revert file")
+    seq_stored, count = struct.unpack_from(">QI", head, 8)
+    (crc,) = struct.unpack_from(">I", data, 20)
+    body = data[24:]
+    if seq_stored != seq or zlib.crc32(body, zlib.crc32(head)) != crc:
+        raise OSError(f"{revert_path(db_path, seq)}: damaged (checksum mismatch)")
+    pages: dict[int, bytes] = {}
+    step = 4 + page_size
+    for i in range(count):
+        (pgno,) = struct.unpack_from(">I", body, i * step)
+        raw = body[i * step + 4 : (i + 1) * step]
+        pages[pgno] = codec.decrypt(raw, pgno, "revert file") if codec is not None else raw
+    return pages
+
+
+def drop_reverts(db_path: str, keep: int | None) -> None:
+    """Remove every revert file except the one for ``keep``."""
+    folder = os.path.dirname(db_path) or "."
+    prefix = os.path.basename(db_path) + "-revert-"
+    for name in os.listdir(folder):
+        if name.startswith(prefix) and name != os.path.basename(revert_path(db_path, keep or -1)):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(folder, name))
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,151 @@
+"""The one seam between the sync engine and HTTP.
+
+The engine builds request bodies and parses responses (``wire/``); a ``Transport`` only moves
+bytes.  ``HttpxTransport`` is the real one.  Tests put a scripted transport (or ``respx``)
+here to produce exact faults.
+
+Retries (tenacity: exponential backoff with jitter, bounded) happen only where repeating the
+request cannot do harm: a pull is read-only, so any network error, timeout, 5xx or truncated
+body is retried; a pipeline request is retried only when it certainly never reached the server
+(connection refused).  A push that lost its response is recovered one level up, by asking the
+server how far it got (``turso_sync_last_change_id``), never by resending blindly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import httpx
+from tenacity import (
+    RetryError,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+from ..errors import NetworkError, RemoteError
+
+
+@dataclass
+class HttpResponse:
+    """A complete response: status and the whole body."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class TransferStats:
+    """Bytes on the wire (request and response bodies), as pyturso counts them."""
+
+    sent: int = 0
+    received: int = 0
+
+
+class Transport(Protocol):
+    """Moves one request to the remote and returns the whole response."""
+
+    stats: TransferStats
+
+    def request(self, path: str, body: bytes, content_type: str, timeout: float, idempotent: bool) -> HttpResponse:
+        """POST ``body`` to ``path`` (relative to the remote URL)."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+def _retryable(idempotent: bool) -> retry_if_exception:
+    def check(exc: BaseException) -> bool:
+        if isinstance(exc, httpx.ConnectError):
+            return True  # never reached the server: always safe
+        if not idempotent:
+            return False
+        if isinstance(exc, httpx.TransportError):  # timeouts, resets, truncated bodies
+            return True
+        return isinstance(exc, RemoteError) and (exc.status >= 500 or exc.status == 429)
+
+    return retry_if_exception(check)
+
+
+def normalize_url(url: str) -> str:
+    """Turso's URL forms: ``libsql://`` and ``turso://`` mean HTTPS; no trailing slash."""
+    for scheme in ("libsql://", "turso://"):
+        if url.startswith(scheme):
+            url = "https://" + url[len(scheme) :]
+    return url.rstrip("/")
+
+
+class HttpxTransport:
+    """HTTP/1.1 through httpx, with bounded, jittered retries."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        auth_token: str | None = None,
+        client_name: str = "turso-sync",
+        attempts: int = 5,
+        max_wait: float = 2.0,
+        deadline: float = 30.0,
+    ) -> None:
+        self.url = normalize_url(url)
+        headers = {"user-agent": client_name}
+        if auth_token:
+            headers["authorization"] = f"Bearer {auth_token}"
+        self._client = httpx.Client(headers=headers, follow_redirects=False)
+        self._attempts = attempts
+        self._max_wait = max_wait
+        self._deadline = deadline
+        self.stats = TransferStats()
+
+    def request(self, path: str, body: bytes, content_type: str, timeout: float, idempotent: bool) -> HttpResponse:
+        """POST with retries where safe; raises NetworkError or RemoteError."""
+        retrying = Retrying(
+            retry=_retryable(idempotent),
+            stop=stop_after_attempt(self._attempts) | stop_after_delay(self._deadline + timeout),
+            wait=wait_exponential_jitter(initial=0.05, max=self._max_wait),
+            reraise=False,
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    return self._once(path, body, content_type, timeout)
+        except RetryError as exc:
+            last = exc.last_attempt.exception()
+            raise self._wrap(last, path) from None
+        except (httpx.HTTPError, RemoteError) as exc:
+            raise self._wrap(exc, path) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _once(self, path: str, body: bytes, content_type: str, timeout: float) -> HttpResponse:
+        headers = {"content-type": content_type}
+        if content_type == "application/protobuf":
+            headers["accept-encoding"] = "application/protobuf"
+        self.stats.sent += len(body)
+        response = self._client.post(
+            self.url + path,
+            content=body,
+            headers=headers,
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+        )
+        data = response.content  # raises if the body is cut short (content-length mismatch)
+        self.stats.received += len(data)
+        if response.status_code != 200:
+            raise RemoteError(response.status_code, data, path)
+        return HttpResponse(response.status_code, data, dict(response.headers))
+
+    def _wrap(self, exc: BaseException | None, path: str) -> Exception:
+        if isinstance(exc, RemoteError):
+            return exc
+        reason = type(exc).__name__ if exc is not None else "unknown error"
+        detail = str(exc) if exc is not None and str(exc) else ""
+        return NetworkError(f"cannot reach {self.url}{path}: {reason} {detail}".strip())
+
+    def close(self) -> None:
+        self._client.close()
