@@ -120,8 +120,17 @@ def _database_name(request: web.Request) -> str:
 
 
 async def health(request: web.Request) -> web.Response:
-    """Liveness: 200 while the server runs."""
-    return web.json_response({"status": "ok"})
+    """Liveness: 200 while the server runs, with totals over every open database (no names)."""
+    dbs = request.app[STATE].store.opened()
+    return web.json_response(
+        {
+            "status": "ok",
+            "databases_open": len(dbs),
+            "long_polls_waiting": sum(db.feed.waiting for db in dbs),
+            "pulls": sum(db.counters.pulls for db in dbs),
+            "pages_sent": sum(db.counters.pages for db in dbs),
+        }
+    )
 
 
 async def pull_updates(request: web.Request) -> web.StreamResponse:

@@ -11,7 +11,7 @@ Runs on the database's worker thread only (see ``database.py``); no asyncio here
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import apsw
@@ -199,7 +199,7 @@ class PipelineExecutor:
         before = conn.total_changes()
         rows: list[list[wire.SqlValue]] = []
         try:
-            cursor.execute(sql, _bindings(stmt))
+            cursor.execute(sql, _bindings(conn, sql, stmt))
             if stmt.want_rows:
                 rows = [list(row) for row in cursor]
             else:
@@ -249,22 +249,26 @@ class PipelineExecutor:
         return wire.DescribeResult(params, cols, bool(info.is_explain), bool(info.is_readonly))
 
 
-class _NullForMissing(dict[str, Any]):
-    """Named arguments; a parameter without a value binds NULL, as in SQLite."""
+def _bindings(conn: apsw.Connection, sql: str, stmt: wire.Stmt) -> Sequence[Any]:
+    """Values by parameter index: positional ones by position, named ones by name (prefix optional).
 
-    def __missing__(self, key: str) -> None:
-        return None
-
-
-def _bindings(stmt: wire.Stmt) -> Sequence[Any] | Mapping[str, Any]:
+    As in SQLite, a parameter without a value is NULL.  Only statements with named arguments
+    need the parameter names, which cost one extra prepare.
+    """
     if not stmt.named_args:
         return stmt.args
-    named = _NullForMissing()
-    for i, value in enumerate(stmt.args, start=1):
-        named[str(i)] = value  # positional values reach ?NNN parameters
-    for name, value in stmt.named_args:
-        named[name[1:] if name[0] in ":@$" else name] = value
-    return named
+    named = {(name[1:] if name[0] in ":@$" else name): value for name, value in stmt.named_args}
+    try:
+        names = apsw.ext.query_info(conn, sql).bindings_names
+    except apsw.Error as exc:
+        raise _StepFailed(sqlite_error(exc)) from None
+    values: list[Any] = []
+    for index, name in enumerate(names, start=1):
+        if name is None or name.isdigit():
+            values.append(stmt.args[index - 1] if index <= len(stmt.args) else None)
+        else:
+            values.append(named.get(name))
+    return values
 
 
 def _param_name(name: str | None) -> str | None:
