@@ -109,7 +109,7 @@ class HttpxTransport:
         retrying = Retrying(
             retry=_retryable(idempotent),
             stop=stop_after_attempt(self._attempts) | stop_after_delay(self._deadline + timeout),
-            wait=wait_exponential_jitter(initial=0.05, max=self._max_wait),
+            wait=wait_exponential_jitter(multiplier=0.05, max=self._max_wait),
             reraise=False,
         )
         try:
