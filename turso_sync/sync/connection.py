@@ -35,9 +35,11 @@ class SyncConnection(Connection):
         return self.replica.push()
 
     def sync(self) -> bool:
-        """Push, then pull; True if remote changes arrived."""
-        self.push()
-        return self.pull(0)
+        """Push, then pull; True if remote changes arrived (a rejected push pulls, then retries)."""
+        self._check()
+        if self.in_transaction:
+            self.commit()
+        return self.replica.sync()
 
     def checkpoint(self) -> None:
         """Copy the WAL into the database file (history is archived first)."""

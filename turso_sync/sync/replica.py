@@ -431,8 +431,17 @@ class Replica:
     # --- the rest -----------------------------------------------------------------------------
 
     def sync(self) -> bool:
-        """Push, then pull."""
-        self.push()
+        """Push, then pull; True if remote changes arrived.
+
+        If the remote rejects the push (a constraint the remote state breaks), pull first, so the
+        rebase settles the conflict under the policy and records it, then push again.
+        """
+        try:
+            self.push()
+        except errors.PushRejectedError:
+            self.pull(0)
+            self.push()
+            return True
         return self.pull(0)
 
     def stats(self) -> SyncStats:
