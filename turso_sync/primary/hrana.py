@@ -217,7 +217,10 @@ class PipelineExecutor:
             cursor.close(force=True)
         changed = conn.total_changes() != before
         cols = [wire.Col(name, decltype) for name, decltype in guard.description]
-        return wire.StmtResult(cols, rows, conn.changes() if changed else 0, conn.last_insert_rowid())
+        # without changes, report no rowid: the connection's last one may be another client's
+        if not changed:
+            return wire.StmtResult(cols, rows, 0, None)
+        return wire.StmtResult(cols, rows, conn.changes(), conn.last_insert_rowid())
 
     def _sequence(self, sql: str, stream: _Stream) -> None:
         guard = _StatementGuard(sql, stream.read_only, single=False)
