@@ -195,9 +195,15 @@ class Cursor:
         if conn.in_transaction and conn.isolation_level is not None:
             conn.commit()
         if conn._capture is not None:
-            for statement in split_statements(script):
-                self.execute(statement)
-                self.fetchall()
+            # like sqlite3: a script runs without implicit transactions (each write commits,
+            # with its capture, unless the script opens a transaction itself)
+            level, conn.isolation_level = conn.isolation_level, None
+            try:
+                for statement in split_statements(script):
+                    self.execute(statement)
+                    self.fetchall()
+            finally:
+                conn.isolation_level = level
             return self._done()
         try:
             for _ in self._cursor.execute(script):
