@@ -28,6 +28,7 @@ WRITER = "writer-" + os.urandom(12).hex()
 READER = "reader-" + os.urandom(12).hex()
 ORDERS = "orders-" + os.urandom(12).hex()
 LIMIT = 64 * 1024
+HTTP = httpx.Client(timeout=60)  # one client: a new one per request costs more than the request
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +52,7 @@ def auth(token: str) -> dict[str, str]:
 
 def post(server: PrimaryProcess, path: str, body: bytes | dict[str, Any], token: str | None = WRITER) -> httpx.Response:
     content = json.dumps(body).encode() if isinstance(body, dict) else body
-    return httpx.post(server.url + path, content=content, headers=auth(token) if token else {}, timeout=60)
+    return HTTP.post(server.url + path, content=content, headers=auth(token) if token else {})
 
 
 def execute(sql: str, *args: dict[str, Any]) -> dict[str, Any]:
