@@ -1,4 +1,4 @@
-"""Revisions on the wire, and the long-poll feed (no polling, wakes on publish)."""
+"""Revisions on the wire, and the commit feed that wakes long-polls (no polling)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from turso_sync.errors import ProtocolError
-from turso_sync.primary.revision import RevisionFeed, format_revision, parse_revision
+from turso_sync.primary.revision import CommitFeed, format_revision, parse_revision
 
 
 def test_revision_round_trip_and_rejects() -> None:
@@ -17,28 +17,31 @@ def test_revision_round_trip_and_rejects() -> None:
             parse_revision(bad, "client_revision")
 
 
-def test_feed_wakes_waiters_beyond_their_revision() -> None:
+def test_feed_wakes_every_waiter_on_a_commit() -> None:
     async def scenario() -> list[object]:
-        feed = RevisionFeed(5)
-        assert await feed.wait_beyond(4, timeout=0)  # already newer: no wait at all
-        waiter = asyncio.ensure_future(feed.wait_beyond(5, timeout=30))
-        other = asyncio.ensure_future(feed.wait_beyond(6, timeout=30))
+        feed = CommitFeed()
+        noted = feed.version
+        feed.bump()  # a commit between noting the counter and waiting is not lost
+        assert await feed.wait_after(noted, timeout=30)
+        noted = feed.version
+        first = asyncio.ensure_future(feed.wait_after(noted, timeout=30))
+        second = asyncio.ensure_future(feed.wait_after(noted, timeout=30))
         await asyncio.sleep(0)  # let both register
         assert feed.waiting == 2
-        feed.publish(6)
-        woke = await asyncio.wait_for(waiter, 5)
-        assert feed.waiting == 1 and not other.done()
-        feed.publish(6)  # same revision again: nothing happens
-        feed.close()
-        return [woke, await asyncio.wait_for(other, 5), feed.waiting, await feed.wait_beyond(9, 30)]
+        feed.bump()
+        woke = [await asyncio.wait_for(first, 5), await asyncio.wait_for(second, 5)]
+        third = asyncio.ensure_future(feed.wait_after(feed.version, timeout=30))
+        await asyncio.sleep(0)
+        feed.close()  # shutdown releases waiters with "nothing new"
+        return [*woke, await asyncio.wait_for(third, 5), feed.waiting, await feed.wait_after(feed.version, 30)]
 
-    assert asyncio.run(scenario()) == [True, False, 0, False]
+    assert asyncio.run(scenario()) == [True, True, False, 0, False]
 
 
 def test_feed_times_out() -> None:
     async def scenario() -> tuple[bool, int]:
-        feed = RevisionFeed(1)
-        result = await feed.wait_beyond(1, timeout=0.05)
+        feed = CommitFeed()
+        result = await feed.wait_after(feed.version, timeout=0.05)
         return result, feed.waiting
 
     assert asyncio.run(scenario()) == (False, 0)

@@ -142,11 +142,16 @@ async def pull_updates(request: web.Request) -> web.StreamResponse:
     pull = PullRequest.from_bytes(body)
     client, pinned = check_request(pull)  # reject bad input before touching the database
     db = await state.store.get(name, create=not grant.read_only)
-    snap = await db.call(db.select_pages, pull)
-    if client is not None and pinned is None and pull.long_poll_timeout_ms and snap.seq == client:
-        timeout = min(pull.long_poll_timeout_ms, state.limits.max_long_poll_ms) / 1000
-        if await db.feed.wait_beyond(client, timeout):
-            snap = await db.call(db.select_pages, pull)
+    long_poll = client is not None and pinned is None and pull.long_poll_timeout_ms > 0
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + min(pull.long_poll_timeout_ms, state.limits.max_long_poll_ms) / 1000
+    while True:
+        version = db.feed.version  # noted before the snapshot, so no commit slips in between
+        snap = await db.call(db.select_pages, pull)
+        if not long_poll or snap.seq != client:
+            break
+        if not await db.feed.wait_after(version, deadline - loop.time()):
+            break  # timed out (or shutting down): answer with the header only
     return await _send_pages(request, db, snap, pull.encoding, state.limits)
 
 

@@ -2,8 +2,7 @@
 
 Every touch of the database (SQL, page reads) runs on the database's own worker thread, one
 job at a time, so the event loop never blocks on SQLite and no two jobs interleave.  After a
-job that committed, the worker reads the new revision and hands it to the event loop, which
-wakes the long-polls waiting for it.
+job that committed, the worker tells the event loop, which wakes the long-polls to look again.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from ..sync.wire import hrana as wire
 from ..sync.wire.pull import PullRequest
 from .hrana import PipelineExecutor
 from .pull import select_pages
-from .revision import RevisionFeed
+from .revision import CommitFeed
 
 T = TypeVar("T")
 
@@ -69,21 +68,20 @@ class HostedDatabase:
         self._conn: Connection | None = None
         self._executor: PipelineExecutor | None = None
         self._pages: EnginePages | None = None
-        self.feed = RevisionFeed(0)
+        self.feed = CommitFeed()
 
     @classmethod
     async def open(cls, name: str, path: str, *, encryption_key: str | None, cipher: str) -> HostedDatabase:
         """Open (creating if new) the database file at ``path`` on a fresh worker thread."""
         db = cls(name, path)
         try:
-            latest = await db.call(db._open, encryption_key, cipher)
+            await db.call(db._open, encryption_key, cipher)
         except BaseException:
             db._worker.shutdown(wait=False)
             raise
-        db.feed = RevisionFeed(latest)
         return db
 
-    def _open(self, encryption_key: str | None, cipher: str) -> int:
+    def _open(self, encryption_key: str | None, cipher: str) -> None:
         engine = LocalDatabase(self.path, encryption_key=encryption_key, cipher=cipher, reserved_bytes=RESERVED_BYTES)
         try:
             conn = engine.connect(isolation_level=None)
@@ -93,7 +91,6 @@ class HostedDatabase:
         self._engine, self._conn = engine, conn
         self._executor = PipelineExecutor(conn.apsw_connection)
         self._pages = EnginePages(engine, conn)
-        return engine.current_seq()
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on this database's worker thread."""
@@ -107,15 +104,14 @@ class HostedDatabase:
         return select_pages(self._pages, request)
 
     def run_pipeline(self, requests: Sequence[wire.StreamRequest], read_only: bool) -> list[wire.StreamResult]:
-        """Execute a pipeline; if it committed, publish the new revision to the long-polls."""
-        assert self._executor is not None and self._engine is not None
+        """Execute a pipeline; if it committed, wake the long-polls."""
+        assert self._executor is not None
         before = self._executor.commits
         try:
             return self._executor.run(requests, read_only=read_only)
         finally:
             if self._executor.commits != before:
-                seq = self._engine.current_seq()
-                self._loop.call_soon_threadsafe(self.feed.publish, seq)
+                self._loop.call_soon_threadsafe(self.feed.bump)
 
     def _close(self) -> None:
         if self._conn is not None:

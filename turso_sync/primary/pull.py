@@ -55,23 +55,32 @@ def check_request(request: PullRequest) -> tuple[int | None, int | None]:
 
 
 def select_pages(source: PageSource, request: PullRequest) -> Snapshot:
-    """The snapshot that answers ``request``: its revision, the size, and the pages to send."""
+    """The snapshot that answers ``request``: its revision, the size, and the pages to send.
+
+    The common cases cost one engine snapshot; the current revision is asked for separately
+    only for pinned reads and for revisions the history does not cover.
+    """
     client, pinned = check_request(request)
     wanted = _wanted_pgnos(source, request.page_ids)
-    current = source.current_seq()
-    if client is not None and client > current:
-        raise ProtocolError(
-            f"client_revision {client} is newer than this database's latest revision {current}: "
-            "the replica was made from another database (or a wiped one); bootstrap a new replica"
-        )
     if pinned is not None:
+        current = source.current_seq()
+        _check_not_newer(client, current)
         return _pinned(source, pinned, current, client, wanted)
     if client is None:
         return source.snapshot(None, wanted)
     try:
         return source.snapshot(client, wanted)
     except RevisionGone:
+        _check_not_newer(client, source.current_seq())
         return source.snapshot(None, wanted)  # history was pruned: resend everything
+
+
+def _check_not_newer(client: int | None, current: int) -> None:
+    if client is not None and client > current:
+        raise ProtocolError(
+            f"client_revision {client} is newer than this database's latest revision {current}: "
+            "the replica was made from another database (or a wiped one); bootstrap a new replica"
+        )
 
 
 def _pinned(source: PageSource, pinned: int, current: int, client: int | None, wanted: list[int] | None) -> Snapshot:

@@ -30,63 +30,62 @@ def parse_revision(text: str, field: str) -> int:
     return seq
 
 
-class RevisionFeed:
-    """The newest committed revision of one database, and the long-polls waiting beyond some revision.
+class CommitFeed:
+    """Wakes the long-polls of one database when it commits.
 
-    Lives on the event loop: ``publish`` and ``wait_beyond`` are called from the loop thread
-    (the worker thread reaches ``publish`` through ``loop.call_soon_threadsafe``).  Waiters
-    sleep on futures, so nothing polls.
+    A counter, bumped after every commit the server makes; a long-poll notes the counter, takes
+    its snapshot, and if that brought nothing new waits for the counter to move, then looks
+    again.  Noting the counter before the snapshot means no commit can slip between the two.
+    Lives on the event loop (the worker thread bumps it through ``loop.call_soon_threadsafe``);
+    waiters sleep on futures, so nothing polls.
     """
 
-    def __init__(self, latest: int) -> None:
-        self.latest = latest
-        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+    def __init__(self) -> None:
+        self.version = 0
+        self._waiters: list[asyncio.Future[None]] = []
         self._closed = False
 
-    def publish(self, seq: int) -> None:
-        """Record a newly committed revision and wake every waiter it satisfies."""
-        if seq <= self.latest:
-            return
-        self.latest = seq
-        keep = []
-        for threshold, fut in self._waiters:
-            if seq > threshold:
-                if not fut.done():
-                    fut.set_result(None)
-            else:
-                keep.append((threshold, fut))
-        self._waiters = keep
+    def bump(self) -> None:
+        """Record a commit and wake every waiter."""
+        self.version += 1
+        waiters, self._waiters = self._waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
 
     def close(self) -> None:
         """Wake every waiter now (server shutdown); later waits return at once."""
         self._closed = True
-        for _, fut in self._waiters:
+        waiters, self._waiters = self._waiters, []
+        for fut in waiters:
             if not fut.done():
                 fut.set_result(None)
-        self._waiters = []
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     @property
     def waiting(self) -> int:
         """How many long-polls are waiting."""
         return len(self._waiters)
 
-    async def wait_beyond(self, seq: int, timeout: float) -> bool:
-        """Wait until a revision newer than ``seq`` is published, at most ``timeout`` seconds.
+    async def wait_after(self, version: int, timeout: float) -> bool:
+        """Wait until the counter moves past ``version``, at most ``timeout`` seconds.
 
-        Returns True if one is (or already was) available, False on timeout or shutdown.
+        Returns True if there was a commit since ``version``; False on timeout or shutdown.
         """
-        if self.latest > seq:
+        if self.version != version:
             return True
         if self._closed or timeout <= 0:
             return False
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = (seq, fut)
-        self._waiters.append(entry)
+        self._waiters.append(fut)
         try:
             await asyncio.wait_for(fut, timeout)
         except TimeoutError:
             pass
         finally:
-            if entry in self._waiters:
-                self._waiters.remove(entry)
-        return self.latest > seq
+            if fut in self._waiters:
+                self._waiters.remove(fut)
+        return self.version != version
