@@ -83,10 +83,13 @@ def _row_step(change: apsw.TableChange, table_cols: list[tuple[str, int]], outbo
     table = quote(change.name)
     if change.op == "INSERT":
         values = list(change.new or ())
-        cols = [(n, v) for n, v in zip(names, values, strict=False) if not (rowid_table and n == "rowid")]
+        cols = list(zip(names, values, strict=False))
         col_sql = ", ".join(quote(n) for n, _ in cols)
         marks = ",".join("?" * len(cols))
         if rowid_table:
+            # the rowid goes along, so later updates by rowid hit this row on the server too; if
+            # the server already uses that rowid the batch is refused, and the rebase of the
+            # next pull moves the local row to a free one
             return Step(f"INSERT INTO {table}({col_sql}) VALUES ({marks})", [v for _, v in cols], outbox_id)
         updates = ",".join(f"{quote(n)} = excluded.{quote(n)}" for n, _ in cols)
         conflict = ",".join(quote(n) for n in pk_names)

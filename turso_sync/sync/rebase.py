@@ -136,7 +136,7 @@ class Rebaser:
         self._base_db: apsw.Connection | None = None
         self.db = _open_image(remote_image, reserved)
         self.conflicts: list[Conflict] = []
-        self._after_apply: list[tuple[str, Row]] = []
+        self._after_apply: list[tuple[str, Row, str]] = []  # (table, row, "replace" | "insert")
 
     # --- the whole rebase ------------------------------------------------------------------------
 
@@ -164,7 +164,7 @@ class Rebaser:
         for conflict_row in old_conflicts:
             db.execute(f"INSERT INTO {CONFLICTS_TABLE} VALUES ({','.join('?' * len(conflict_row))})", conflict_row)
         kept = 0
-        for row in pending:
+        for row in _combine(pending):
             ddl, changeset = self._replay(row)
             if ddl or changeset:
                 db.execute(
@@ -249,10 +249,11 @@ class Rebaser:
                     filter=lambda name: not is_internal(name),
                     conflict=self._on_conflict,
                 )
-                for table, values in self._after_apply:
+                for table, values, mode in self._after_apply:
                     names = list(values)
+                    verb = "INSERT OR REPLACE" if mode == "replace" else "INSERT"
                     db.execute(
-                        f"INSERT OR REPLACE INTO {quote(table)}({', '.join(map(quote, names))}) "
+                        f"{verb} INTO {quote(table)}({', '.join(map(quote, names))}) "
                         f"VALUES ({', '.join('?' * len(names))})",
                         [values[n] for n in names],
                     )
@@ -296,6 +297,13 @@ class Rebaser:
             )
             return OMIT  # keep the rows; the journal says a reference dangles
         names = self._names(change)
+        if reason == apsw.SQLITE_CHANGESET_CONFLICT and change.op == "INSERT" and names[:1] == ["rowid"]:
+            # a table without a primary key: rowids are local identities, so a clash is no
+            # conflict; the local row goes in under a fresh rowid
+            row = self._row(names, change.new) or {}
+            row.pop("rowid", None)
+            self._after_apply.append((change.name, row, "insert"))
+            return OMIT
         key_source = change.old if change.op != "INSERT" else change.new
         pk = {names[i]: key_source[i] for i in sorted(change.pk_columns)} if key_source else {}
         remote = self._row(names, change.conflict) if change.conflict is not None else None
@@ -351,13 +359,33 @@ class Rebaser:
                 merged.update(local or {})
                 return REPLACE, "local", None if change.op == "DELETE" else merged
             if kind == "update/delete" and local is not None and base is not None:
-                self._after_apply.append((change.name, local))  # bring the row back with local values
+                self._after_apply.append((change.name, local, "replace"))  # bring the row back
                 return OMIT, "local", local
             return OMIT, "remote", remote  # a constraint failure cannot be forced
         if isinstance(choice, dict):
-            self._after_apply.append((change.name, choice))
+            self._after_apply.append((change.name, choice, "replace"))
             return OMIT, "merged", dict(choice)
         raise SyncError(f"conflict resolver returned {choice!r}; expected 'local', 'remote' or a row dict")
+
+
+def _combine(rows: Sequence[OutboxRow]) -> list[OutboxRow]:
+    """Pending transactions as one: schema statements in order, then one combined changeset.
+
+    Combining lets an insert and later updates of the same new row travel as one insert, so a
+    row that must move to a fresh rowid takes its later changes with it.  Changesets that
+    cannot be combined (a table changed shape in between) are replayed one by one.
+    """
+    if len(rows) < 2:
+        return list(rows)
+    try:
+        combined = b""
+        for row in rows:
+            if row.changeset:
+                combined = apsw.Changeset.concat(combined, row.changeset) if combined else row.changeset
+    except apsw.Error:
+        return list(rows)
+    ddl = [sql for row in rows for sql in row.ddl]
+    return [OutboxRow(rows[-1].id, rows[-1].gen, ddl, combined)]
 
 
 def _open_image(image: bytes, reserved: int = 0) -> apsw.Connection:

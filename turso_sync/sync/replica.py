@@ -353,7 +353,23 @@ class Replica:
     # --- push ---------------------------------------------------------------------------------
 
     def push(self, max_changes_per_batch: int = 2000) -> int:
-        """Send every pending local change, exactly once; return how many transactions were pushed."""
+        """Send every pending local change, exactly once; return how many transactions were pushed.
+
+        A table without a primary key is pushed with its rowids (so later updates by rowid find
+        the same row on the server).  When another client took that rowid first, the server
+        refuses the batch; push then pulls (the rebase moves the local row to a free rowid) and
+        tries again, a few times.  Any other refusal stays pending and is raised.
+        """
+        for _attempt in range(3):
+            try:
+                return self._push_once(max_changes_per_batch)
+            except errors.PushRejectedError as exc:
+                if ".rowid" not in str(exc) or "UNIQUE constraint failed" not in str(exc):
+                    raise
+                self.pull(0)
+        return self._push_once(max_changes_per_batch)
+
+    def _push_once(self, max_changes_per_batch: int) -> int:
         conn = self.db._conn.apsw_connection
         rows, meta, _ = _read_sync_tables(conn)
         pushed = 0
