@@ -153,11 +153,6 @@ def _failed_insert_lastrowid(conn: Any) -> Any:
     return "no error"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Cursor.executemany (turso_sync/local/connection.py) sets lastrowid to last_insert_rowid(); "
-    "stdlib sqlite3 leaves lastrowid unchanged (None on a fresh cursor) after executemany()",
-)
 def test_executemany_leaves_lastrowid_unchanged_like_sqlite3(tmp_path, turso_connect):
     def scenario(conn: Any, t: Transcript) -> None:
         _table(conn)
@@ -201,12 +196,6 @@ def test_description_fetchmany_and_iteration(tmp_path, turso_connect):
     compare(tmp_path, turso_connect, scenario)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Cursor._describe (turso_sync/local/connection.py) returns None when APSW has already finished "
-    "the statement (apsw.ExecutionCompleteError), so a SELECT with no rows has description None; "
-    "stdlib sqlite3 and PEP 249 give the column descriptions for any statement that returns rows",
-)
 def test_description_of_an_empty_result(tmp_path, turso_connect):
     def scenario(conn: Any, t: Transcript) -> None:
         _table(conn)
@@ -406,11 +395,6 @@ def _many_until_dup(conn: Any) -> Any:
     return "no error"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Cursor.execute (turso_sync/local/connection.py) only translates apsw.Error; APSW raises a bare "
-    "KeyError for a named parameter missing from the mapping, which escapes the DB-API hierarchy",
-)
 def test_missing_named_parameter_is_a_programming_error(tmp_path, turso_connect):
     def scenario(conn: Any, t: Transcript) -> None:
         t.see("missing :a", lambda: conn.execute("SELECT :a", {"b": 1}))
@@ -418,12 +402,6 @@ def test_missing_named_parameter_is_a_programming_error(tmp_path, turso_connect)
     compare(tmp_path, turso_connect, scenario)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Cursor.execute (turso_sync/local/connection.py) passes the SQL to APSW, which runs every "
-    "statement in the string; stdlib sqlite3 raises ProgrammingError 'You can only execute one statement "
-    "at a time.' (and executescript is the API for several)",
-)
 def test_execute_refuses_several_statements(tmp_path, turso_connect):
     def scenario(conn: Any, t: Transcript) -> None:
         _table(conn)

@@ -468,13 +468,6 @@ def _db_with_wal(directory: Path) -> tuple[bytes, bytes, dict[str, Any]]:
     return db, wal, answers
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="EncryptedWALFile._read_full_frame (turso_sync/local/vfs.py) hands SQLite a deliberately invalid "
-    "checksum when a frame whose ciphertext checksum chain is intact fails authentication, so WAL recovery "
-    "treats it as the torn end of the log: that committed transaction and every later one silently vanish "
-    "(queries return the rows as of the transaction before it) and no error names the page",
-)
 @pytest.mark.parametrize("which", ["first committed transaction", "last committed transaction"])
 def test_tampered_wal_frame_with_valid_checksum_is_reported_by_page(tmp_path, which):
     db, wal, expected = _db_with_wal(tmp_path)

@@ -305,3 +305,28 @@ def test_frame_log_records_even_when_connections_did_not_ask(tmp_path):
     db = LocalDatabase(path)
     assert [t.seq for t in db.history(0)] == [1]
     db.close()
+
+
+def test_a_failed_archive_refuses_the_checkpoint_and_loses_nothing(fresh):
+    db, conn = fresh
+    base_seq, base = db.current_seq(), image(conn)
+    conn.executemany("INSERT INTO t(v) VALUES (?)", [("kept",) for _ in range(50)])
+    conn.commit()
+    seq = db.current_seq()
+    state = conn._state
+    real = state.before_checkpoint
+
+    def disk_full() -> None:
+        raise OSError(28, "No space left on device")
+
+    state.before_checkpoint = disk_full
+    db_file = open(db.path, "rb").read()
+    with pytest.raises(turso_sync.OperationalError, match="frame log could not archive"):
+        db.checkpoint()
+    assert open(db.path, "rb").read() == db_file  # nothing was copied into the database file
+    state.before_checkpoint = real
+    db.checkpoint()  # archives, then checkpoints
+    conn.execute("INSERT INTO t(v) VALUES ('next')")
+    conn.commit()
+    assert db.current_seq() == seq + 1  # no sequence number reused
+    assert apply(base, db.history(base_seq)) == image(conn)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -86,6 +87,25 @@ def split_statements(script: str) -> list[str]:
     return out
 
 
+def _description_tracer(ref: weakref.ReferenceType[Cursor]) -> Callable[[apsw.Cursor, str, object], bool]:
+    """An exec trace that notes a statement's columns once it is prepared, before it runs.
+
+    So a query that returns no row still has a ``description``.  It holds the cursor weakly: a
+    cycle would keep discarded cursors, and their open read transactions, alive.
+    """
+
+    def trace(cursor: apsw.Cursor, sql: str, bindings: object) -> bool:
+        owner = ref()
+        if owner is not None:
+            cols = cursor.get_description()
+            owner._prepared_description = (
+                tuple((name, None, None, None, None, None, None) for name, _decl in cols) if cols else None
+            )
+        return True
+
+    return trace
+
+
 class Cursor:
     """A DB-API cursor; rows come back as tuples (or through ``row_factory``)."""
 
@@ -94,6 +114,8 @@ class Cursor:
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
         self._cursor = connection._db.cursor()
+        self._cursor.exec_trace = _description_tracer(weakref.ref(self))
+        self._prepared_description: tuple[tuple[str, None, None, None, None, None, None], ...] | None = None
         self._rows: Iterator[tuple[Any, ...]] | None = None
         self.description: tuple[tuple[str, None, None, None, None, None, None], ...] | None = None
         self.rowcount = -1
@@ -157,13 +179,19 @@ class Cursor:
 
     def _run(self, sql: str, parameters: Params) -> Cursor:
         conn = self.connection
+        if ";" in sql and len(split_statements(sql)) > 1:
+            raise errors.ProgrammingError("You can only execute one statement at a time.")
         before = conn._db.total_changes()
+        self._prepared_description = None
         try:
             self._cursor.execute(sql, parameters)
             self.description = self._describe()
         except apsw.Error as exc:
             self.description = None
             raise conn._translate(exc) from None
+        except (KeyError, TypeError, ValueError) as exc:
+            self.description = None
+            raise errors.ProgrammingError(f"bad parameters for {sql[:60]!r}: {exc}") from None
         self._rows = self._cursor if self.description is not None else None
         changed = conn._db.total_changes() - before
         self.rowcount = changed if _DML.match(sql) else -1
@@ -185,7 +213,6 @@ class Cursor:
         self.description = None
         self._rows = None
         self.rowcount = conn._db.total_changes() - before
-        self.lastrowid = conn._db.last_insert_rowid()
         return self
 
     def executescript(self, script: str) -> Cursor:
@@ -218,7 +245,7 @@ class Cursor:
         try:
             cols = self._cursor.get_description()
         except apsw.ExecutionCompleteError:
-            return None
+            return self._prepared_description
         return tuple((name, None, None, None, None, None, None) for name, _decl in cols)
 
     def _convert(self, row: tuple[Any, ...]) -> Any:

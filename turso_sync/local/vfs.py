@@ -43,6 +43,7 @@ class DatabaseState:
     codec: PageCodec | None
     before_checkpoint: Callable[[], object] | None = None
     frame_log: FrameLog | None = None
+    archive_error: str | None = None
     last_error: list[PageAuthError] = field(default_factory=list)
     users: int = 0
 
@@ -136,6 +137,7 @@ class EncryptedDBFile(apsw.VFSFile):
             raise apsw.CorruptError(str(err)) from None
 
     def xWrite(self, data: bytes, offset: int) -> None:
+        _refuse_unarchived_backfill(self.state)
         P = self.P
         if offset % P or len(data) % P:
             raise apsw.IOError(f"unaligned write of {len(data)} bytes at {offset} to an encrypted database")
@@ -148,8 +150,8 @@ class EncryptedDBFile(apsw.VFSFile):
         super().xWrite(bytes(out), offset)
 
     def xFileControl(self, op: int, ptr: int) -> bool:
-        if op == apsw.SQLITE_FCNTL_CKPT_START and self.state.before_checkpoint is not None:
-            self.state.before_checkpoint()
+        if op == apsw.SQLITE_FCNTL_CKPT_START:
+            _archive_before_checkpoint(self.state)
         return super().xFileControl(op, ptr)
 
 
@@ -160,10 +162,38 @@ class PlainDBFile(apsw.VFSFile):
         super().__init__("", name, flags)
         self.state = state
 
+    def xWrite(self, data: bytes, offset: int) -> None:
+        _refuse_unarchived_backfill(self.state)
+        super().xWrite(data, offset)
+
     def xFileControl(self, op: int, ptr: int) -> bool:
-        if op == apsw.SQLITE_FCNTL_CKPT_START and self.state.before_checkpoint is not None:
-            self.state.before_checkpoint()
+        if op == apsw.SQLITE_FCNTL_CKPT_START:
+            _archive_before_checkpoint(self.state)
         return super().xFileControl(op, ptr)
+
+
+def _archive_before_checkpoint(state: DatabaseState) -> None:
+    """Archive the WAL into the frame log; remember a failure so the backfill is refused.
+
+    SQLite ignores what ``SQLITE_FCNTL_CKPT_START`` returns, so failing here cannot stop the
+    checkpoint; refusing its first write to the database file does, before anything is copied.
+    The WAL then keeps every frame and the next checkpoint tries again.
+    """
+    if state.before_checkpoint is None:
+        return
+    try:
+        state.before_checkpoint()
+        state.archive_error = None
+    except Exception as exc:  # any failure must block the backfill
+        state.archive_error = f"{type(exc).__name__}: {exc}"
+
+
+def _refuse_unarchived_backfill(state: DatabaseState) -> None:
+    if state.archive_error is not None:
+        raise apsw.IOError(
+            f"{state.path}: the frame log could not archive the WAL ({state.archive_error}); "
+            "the checkpoint is refused so no committed frame is lost"
+        )
 
 
 def _check_plain_page(page: bytes, pgno: int, codec: PageCodec) -> None:
@@ -255,8 +285,9 @@ class EncryptedWALFile(apsw.VFSFile):
         try:
             plain = self.codec.decrypt(body, pgno, "WAL")
         except PageAuthError as err:
+            # the checksum chain holds, so this is no torn write: the frame was changed
             self.state.record(err)
-            return None
+            raise apsw.CorruptError(f"WAL frame {index}: {err}") from None
         pt = wal_checksum(head8 + plain, prev_pt[0], prev_pt[1], big)
         key = (int.from_bytes(salts[:4], "big"), int.from_bytes(salts[4:], "big"), index)
         self._chain[key] = (ct, pt)
