@@ -161,3 +161,47 @@ def test_long_poll_returns_as_soon_as_a_push_commits(tmp_path, ours):
         assert not thread.is_alive(), "long-poll did not return after the push"
         assert result == [True]
         assert rows(b) == [(1, "wake up")]
+
+
+def test_two_agents_on_one_replica_never_double_push_or_use_a_stale_base(tmp_path, ours):
+    """An app and a daemon (two agents, two processes' worth of state) share one replica."""
+    path = tmp_path / "shared.db"
+    app = turso_sync.connect(path, ours)
+    app.executescript("CREATE TABLE log (who TEXT, n INTEGER);")
+    daemon = turso_sync.connect(path)  # a second agent on the same files
+    app.executemany("INSERT INTO log VALUES ('app', ?)", [(i,) for i in range(100)])
+    app.commit()
+    results: list[object] = []
+
+    def push(agent) -> None:
+        try:
+            results.append(agent.replica.push())
+        except Exception as exc:  # surfaced below
+            results.append(exc)
+
+    threads = [threading.Thread(target=push, args=(agent,)) for agent in (app, daemon, app, daemon)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not [r for r in results if isinstance(r, Exception)], results
+    other = turso_sync.connect(tmp_path / "other.db", ours)
+    assert other.execute("SELECT count(*) FROM log").fetchone() == (100,)  # pushed exactly once
+    other.execute("INSERT INTO log VALUES ('other', 1)")
+    other.commit()
+    other.push()
+    assert daemon.pull() is True  # the daemon moves the synced base ...
+    app.execute("INSERT INTO log VALUES ('app', 1000)")
+    app.commit()
+    other.execute("INSERT INTO log VALUES ('other', 2)")
+    other.commit()
+    other.push()
+    assert app.pull() is True  # ... and the app's agent rebuilds from the new one, not its stale copy
+    app.push()
+    other.pull()
+    for conn in (app, daemon, other):
+        assert sorted(conn.execute("SELECT * FROM log")) == sorted(other.execute("SELECT * FROM log"))
+        assert conn.execute("SELECT count(*) FROM log").fetchone() == (103,)
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    for conn in (app, daemon, other):
+        conn.close()

@@ -10,10 +10,13 @@ any step before the install leaves the database untouched.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,6 +82,9 @@ class Replica:
         request_timeout: float = 30.0,
     ) -> None:
         self.path = realpath(path)
+        self._mutex = threading.RLock()
+        self._lock_fd: int | None = None
+        self._lock_depth = 0
         self.policy = conflict
         self.long_poll_timeout_ms = long_poll_timeout_ms or 0
         self.request_timeout = request_timeout
@@ -117,6 +123,35 @@ class Replica:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(self.path + suffix)
         drop_reverts(self.path, None)
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the replica's sync lock (across processes) with the state freshly read.
+
+        Two agents on one replica (an app and the daemon, say) never push the same change
+        twice or rebuild from a base another one already moved.
+        """
+        with self._mutex:
+            if self._lock_depth == 0:
+                fd = os.open(self.path + "-sync.lock", os.O_RDWR | os.O_CREAT, 0o600)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                except BaseException:
+                    os.close(fd)
+                    raise
+                self._lock_fd = fd
+                fresh = SyncState.load(self.path)
+                if fresh is not None and not fresh.bootstrapping:
+                    fresh.remote_url = self.state.remote_url
+                    self.state = fresh
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+                if self._lock_depth == 0 and self._lock_fd is not None:
+                    os.close(self._lock_fd)  # drops the flock
+                    self._lock_fd = None
 
     def _codec(self) -> PageCodec | None:
         return self.db.codec
@@ -270,22 +305,31 @@ class Replica:
     # --- pull ---------------------------------------------------------------------------------
 
     def pull(self, long_poll_timeout_ms: int | None = None) -> bool:
-        """Fetch remote changes and apply them under the pending local ones; True if any arrived."""
+        """Fetch remote changes and apply them under the pending local ones; True if any arrived.
+
+        The network wait (long poll) happens without the sync lock; applying takes it.
+        """
         wait = self.long_poll_timeout_ms if long_poll_timeout_ms is None else long_poll_timeout_ms
+        fresh = SyncState.load(self.path)
+        since = fresh.synced_revision if fresh is not None else self.state.synced_revision
         try:
-            result = self._fetch(self.state.synced_revision, wait if self.state.synced_revision else 0)
+            result = self._fetch(since, wait if since else 0)
         except errors.Error:
-            self.state.errors += 1
-            self._count_bytes()
-            self.state.save(self.path)
+            with self.exclusive():
+                self.state.errors += 1
+                self._count_bytes()
+                self.state.save(self.path)
             raise
-        if result.revision == self.state.synced_revision and not result.pages:
-            self.state.touch_pull()
-            self._count_bytes()
-            self.state.save(self.path)
-            return False
-        self._apply(result)
-        return True
+        with self.exclusive():
+            if self.state.synced_revision != since:
+                result = self._fetch(self.state.synced_revision, 0)  # someone else pulled meanwhile
+            if result.revision == self.state.synced_revision and not result.pages:
+                self.state.touch_pull()
+                self._count_bytes()
+                self.state.save(self.path)
+                return False
+            self._apply(result)
+            return True
 
     def _apply(self, result: PullResult) -> None:
         state = self.state
@@ -360,14 +404,15 @@ class Replica:
         refuses the batch; push then pulls (the rebase moves the local row to a free rowid) and
         tries again, a few times.  Any other refusal stays pending and is raised.
         """
-        for _attempt in range(3):
-            try:
-                return self._push_once(max_changes_per_batch)
-            except errors.PushRejectedError as exc:
-                if ".rowid" not in str(exc) or "UNIQUE constraint failed" not in str(exc):
-                    raise
-                self.pull(0)
-        return self._push_once(max_changes_per_batch)
+        with self.exclusive():
+            for _attempt in range(3):
+                try:
+                    return self._push_once(max_changes_per_batch)
+                except errors.PushRejectedError as exc:
+                    if ".rowid" not in str(exc) or "UNIQUE constraint failed" not in str(exc):
+                        raise
+                    self.pull(0)
+            return self._push_once(max_changes_per_batch)
 
     def _push_once(self, max_changes_per_batch: int) -> int:
         conn = self.db._conn.apsw_connection
@@ -452,19 +497,20 @@ class Replica:
         If the remote rejects the push (a constraint the remote state breaks), pull first, so the
         rebase settles the conflict under the policy and records it, then push again.
         """
-        try:
-            self.push()
-        except errors.PushRejectedError:
-            self.pull(0)
-            self.push()
-            return True
-        return self.pull(0)
+        with self.exclusive():
+            try:
+                self.push()
+            except errors.PushRejectedError:
+                self.pull(0)
+                self.push()
+                return True
+            return self.pull(0)
 
     def stats(self) -> SyncStats:
         conn = self.db._conn.apsw_connection
         pending = int(conn.execute(f"SELECT count(*) FROM {OUTBOX_TABLE}").fetchall()[0][0] or 0)
         conflicts = int(conn.execute(f"SELECT count(*) FROM {CONFLICTS_TABLE}").fetchall()[0][0] or 0)
-        s = self.state
+        s = SyncState.load(self.path) or self.state  # another agent may have synced meanwhile
         return SyncStats(
             s.synced_revision,
             pending,
