@@ -117,6 +117,7 @@ class Cursor:
         self._cursor.exec_trace = _description_tracer(weakref.ref(self))
         self._prepared_description: tuple[tuple[str, None, None, None, None, None, None], ...] | None = None
         self._rows: Iterator[tuple[Any, ...]] | None = None
+        self._ahead: tuple[Any, ...] | None = None
         self.description: tuple[tuple[str, None, None, None, None, None, None], ...] | None = None
         self.rowcount = -1
         self.lastrowid: int | None = None
@@ -165,6 +166,7 @@ class Cursor:
                 conn.rollback()
                 raise
             self._rows = iter(rows) if rows is not None else None
+            self._ahead = None
             return self
         self._run(sql, parameters)
         if schema:
@@ -174,6 +176,7 @@ class Cursor:
     def _done(self) -> Cursor:
         self.description = None
         self._rows = None
+        self._ahead = None
         self.rowcount = -1
         return self
 
@@ -193,6 +196,7 @@ class Cursor:
             self.description = None
             raise errors.ProgrammingError(f"bad parameters for {sql[:60]!r}: {exc}") from None
         self._rows = self._cursor if self.description is not None else None
+        self._ahead = None
         changed = conn._db.total_changes() - before
         self.rowcount = changed if _DML.match(sql) else -1
         self.lastrowid = conn._db.last_insert_rowid()
@@ -212,6 +216,7 @@ class Cursor:
             raise conn._translate(exc) from None
         self.description = None
         self._rows = None
+        self._ahead = None
         self.rowcount = conn._db.total_changes() - before
         return self
 
@@ -239,6 +244,7 @@ class Cursor:
             raise conn._translate(exc) from None
         self.description = None
         self._rows = None
+        self._ahead = None
         return self
 
     def _describe(self) -> tuple[tuple[str, None, None, None, None, None, None], ...] | None:
@@ -256,13 +262,25 @@ class Cursor:
         self._check()
         if self._rows is None:
             return None
+        if self._ahead is not None:
+            row, self._ahead = self._ahead, None
+        else:
+            try:
+                row = next(self._rows)
+            except StopIteration:
+                self._rows = None
+                return None
+            except apsw.Error as exc:
+                raise self.connection._translate(exc) from None
         try:
-            return self._convert(next(self._rows))
+            # look one row ahead: when this was the last row the statement finishes now and
+            # its read snapshot is released (so a later pull's pages are seen at once)
+            self._ahead = next(self._rows)
         except StopIteration:
             self._rows = None
-            return None
         except apsw.Error as exc:
             raise self.connection._translate(exc) from None
+        return self._convert(row)
 
     def fetchmany(self, size: int | None = None) -> list[Any]:
         """Up to ``size`` rows (``arraysize`` by default)."""
@@ -280,10 +298,12 @@ class Cursor:
         if self._rows is None:
             return []
         try:
-            rows = [self._convert(r) for r in self._rows]
+            first = [self._convert(self._ahead)] if self._ahead is not None else []
+            rows = first + [self._convert(r) for r in self._rows]
         except apsw.Error as exc:
             raise self.connection._translate(exc) from None
         self._rows = None
+        self._ahead = None
         return rows
 
     def __iter__(self) -> Iterator[Any]:
@@ -298,6 +318,7 @@ class Cursor:
         if not self._closed:
             self._closed = True
             self._rows = None
+            self._ahead = None
             self._cursor.close(force=True)
 
     def setinputsizes(self, sizes: Any) -> None:
