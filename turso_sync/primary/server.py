@@ -11,6 +11,7 @@ import socket
 from dataclasses import dataclass, field
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 
 from ..crypto.page_codec import parse_key
 from .app import Limits, create_app
@@ -21,6 +22,21 @@ log = logging.getLogger("turso_sync.primary")
 
 #: How long shutdown waits for requests in flight (long-polls are woken first).
 SHUTDOWN_TIMEOUT = 10.0
+
+
+class AccessLogger(AbstractAccessLogger):
+    """One line per request: client, method, path (never the query string or headers), status, size, time."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info(
+            '%s "%s %s" %s %s %.4fs',
+            request.remote,
+            request.method,
+            request.path,
+            response.status,
+            response.body_length,
+            time,
+        )
 
 
 class ConfigError(Exception):
@@ -112,7 +128,7 @@ class PrimaryServer:
         app = create_app(store, auth, cfg.limits)
         runner = web.AppRunner(
             app,
-            access_log_format='%a "%r" %s %b %Tfs',
+            access_log_class=AccessLogger,
             shutdown_timeout=SHUTDOWN_TIMEOUT,
             handle_signals=False,
         )
