@@ -345,3 +345,23 @@ def test_long_poll_on_the_wire(server: PrimaryProcess) -> None:
     assert not waiter.is_alive()
     woke, changed, _ = answer["result"]
     assert int(woke.server_revision) > int(header.server_revision) and changed
+
+
+def test_client_going_away_mid_pull_is_harmless(server: PrimaryProcess) -> None:
+    import socket
+
+    path = "/db/gone/v2/pipeline"
+    post(server, path, execute("CREATE TABLE g(x)"))
+    fill = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000) "
+    post(server, path, execute(fill + "INSERT INTO g SELECT randomblob(1000) FROM n"))
+    request = (
+        f"POST /db/gone/pull-updates HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {WRITER}\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            sock.sendall(request)
+            assert sock.recv(1000).startswith(b"HTTP/1.1 200")
+    assert server.health()["status"] == "ok"
+    _, pages, _ = pull(server, PullRequest(), "/db/gone/pull-updates")
+    assert len(pages) > 1000
+    assert "Error handling request" not in server.log()

@@ -187,9 +187,13 @@ async def _send_pages(
     response = web.StreamResponse(status=200, headers={"Content-Type": "application/protobuf"})
     response.content_length = total
     await response.prepare(request)
-    for chunk in body:
-        await response.write(chunk)
-    await response.write_eof()
+    try:
+        for chunk in body:
+            await response.write(chunk)
+        await response.write_eof()
+    except ConnectionError:  # the client went away mid-stream; it will pull again
+        log.debug("pull %s: client disconnected after part of %d bytes", db.name, total)
+        return response
     db.counters.pulls += 1
     db.counters.pages += len(pgnos)
     db.counters.bytes += total
