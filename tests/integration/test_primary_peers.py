@@ -6,6 +6,7 @@ driven command by command.  The server runs as ``turso-sync serve`` on 127.0.0.1
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 from collections.abc import Callable, Iterator
@@ -251,3 +252,22 @@ def test_encrypted_at_rest(tmp_path: Path, peer: Callable[[str], Peer]) -> None:
     assert refused.proc is not None and refused.proc.wait(30) == 2
     assert "wrong encryption key" in refused.log() and wrong.read_text() not in refused.log()
     refused.proc = None
+
+
+def test_clients_using_remote_encryption_share_the_pages(
+    server: PrimaryProcess, peer: Callable[[str], Peer], tmp_path: Path
+) -> None:
+    """Replicas that encrypt with Turso's 28-byte ciphers need the primary's 28 reserved bytes per page."""
+    key = base64.b64encode(os.urandom(32)).decode()
+    py = peer("pyturso")
+    py.call("connect", path=str(tmp_path / "py.db"), url=server.url, remote_key=key)
+    py.call("exec", sql="CREATE TABLE t(x TEXT)")
+    py.call("exec", sql="INSERT INTO t VALUES ('encrypted replica')")
+    py.call("push")
+    npm = peer("npm")
+    npm.call("connect", path=str(tmp_path / "npm.db"), url=server.url, remote_key=key)
+    assert npm.call("query", sql="SELECT x FROM t") == [["encrypted replica"]]
+    npm.call("exec", sql="INSERT INTO t VALUES ('back')")
+    npm.call("push")
+    assert py.call("pull") is True
+    assert py.call("query", sql="SELECT x FROM t ORDER BY x") == [["back"], ["encrypted replica"]]

@@ -27,6 +27,7 @@ for await (const line of rl) {
           authToken: cmd.token ?? undefined,
           clientName: "test-npm",
           longPollTimeoutMs: cmd.long_poll_ms ?? undefined,
+          remoteEncryption: cmd.remote_key ? { key: cmd.remote_key, cipher: "aes256gcm" } : undefined,
         });
         break;
       case "exec":

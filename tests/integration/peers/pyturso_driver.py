@@ -1,7 +1,7 @@
 """Drives pyturso (``turso.sync``) from a test: one JSON command per stdin line, one JSON answer per stdout line.
 
 Runs in its own process because pyturso caches databases per path per process.  Commands:
-connect {path, url, token?, long_poll_ms?}, exec {sql, args?}, query {sql, args?}, push, pull,
+connect {path, url, token?, long_poll_ms?, remote_key?}, exec {sql, args?}, query {sql, args?}, push, pull,
 stats, close.  Answers: {"ok": true, "result": ...} or {"ok": false, "error": "..."}.
 """
 
@@ -23,12 +23,15 @@ def main() -> None:
         op = cmd["op"]
         try:
             if op == "connect":
+                remote_key = cmd.get("remote_key")  # base64; Turso's remote (at-rest) encryption, aes256gcm
                 conn = turso.sync.connect(
                     cmd["path"],
                     cmd["url"],
                     auth_token=cmd.get("token"),
                     client_name="test-pyturso",
                     long_poll_timeout_ms=cmd.get("long_poll_ms"),
+                    remote_encryption_key=remote_key,
+                    remote_encryption_cipher=turso.sync.RemoteEncryptionCipher.Aes256Gcm if remote_key else None,
                 )
                 result = None
             elif op == "exec":
