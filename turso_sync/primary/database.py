@@ -8,6 +8,7 @@ job that committed, the worker tells the event loop, which wakes the long-polls 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections.abc import Callable, Iterable, Sequence
@@ -35,6 +36,9 @@ RESERVED_BYTES = 28
 
 #: Checkpoint the WAL once it holds this many pages (SQLite's default is 1000).
 WAL_AUTOCHECKPOINT_PAGES = 64
+
+#: After a commit that woke long-polls, how long their snapshots get before the WAL is emptied.
+CHECKPOINT_DELAY = 0.01
 
 
 @dataclass
@@ -77,6 +81,7 @@ class HostedDatabase:
         self._executor: PipelineExecutor | None = None
         self._pages: EnginePages | None = None
         self.feed = CommitFeed()
+        self._checkpoint_queued = False
 
     @classmethod
     async def open(cls, name: str, path: str, *, encryption_key: str | None, cipher: str) -> HostedDatabase:
@@ -121,8 +126,27 @@ class HostedDatabase:
             return self._executor.run(requests, read_only=read_only)
         finally:
             if self._executor.commits != before:
-                self._truncate_wal()
-                self._loop.call_soon_threadsafe(self.feed.bump)
+                if self.feed.waiting:
+                    # long-polls are parked: let their snapshots (of a one-transaction WAL) go first
+                    self._loop.call_soon_threadsafe(self._committed, True)
+                else:
+                    self._truncate_wal()
+                    self._loop.call_soon_threadsafe(self._committed, False)
+
+    def _committed(self, checkpoint_later: bool) -> None:
+        """On the event loop after a commit: wake the long-polls, then maybe queue the checkpoint."""
+        self.feed.bump()
+        if checkpoint_later and not self._checkpoint_queued:
+            self._checkpoint_queued = True
+            # the woken polls resume and queue their snapshots within a few loop turns
+            self._loop.call_later(CHECKPOINT_DELAY, self._queue_checkpoint)
+
+    def _queue_checkpoint(self) -> None:
+        self._checkpoint_queued = False
+        if self.feed.closed:
+            return
+        with contextlib.suppress(RuntimeError):  # the worker stopped (shutdown)
+            self._worker.submit(self._truncate_wal)
 
     def _truncate_wal(self) -> None:
         """Checkpoint and empty the WAL after a commit (the frame log archives it first).
@@ -131,7 +155,8 @@ class HostedDatabase:
         change), and an engine snapshot parses whatever is in the WAL; with the WAL empty it
         reads pages straight from the file.  A few milliseconds per commit buy that.
         """
-        assert self._engine is not None
+        if self._engine is None or self.feed.closed:
+            return
         try:
             self._engine.checkpoint()
         except errors.OperationalError as exc:  # busy: another process reads; next commit retries
