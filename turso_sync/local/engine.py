@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -142,6 +142,34 @@ class LocalDatabase:
                 changed &= wanted
             pages = self._read_current(sorted(changed), db_size)
         return Snapshot(seq, db_size, pages)
+
+    def page_reader(self) -> Callable[[int], bytes]:
+        """A reader of current committed page images (plaintext), for a caller holding the lock.
+
+        The WAL is indexed once; each read is one ``pread`` and one decrypt.
+        """
+        P = self.page_size
+        latest: dict[int, bytes] = {}
+        try:
+            with open(self.path + "-wal", "rb") as f:
+                _hdr, committed = read_committed(f.read())
+            for wtxn in committed:
+                for frame in wtxn.frames:
+                    latest[frame.pgno] = frame.body
+        except FileNotFoundError:
+            pass
+        path = self.path
+
+        def read(pgno: int) -> bytes:
+            raw = latest.get(pgno)
+            if raw is None:
+                with open(path, "rb") as f:
+                    raw = os.pread(f.fileno(), P, (pgno - 1) * P)
+                if len(raw) < P:
+                    raise errors.DatabaseError(f"{path}: page {pgno} is missing")
+            return self.log.decrypt(raw, pgno)
+
+        return read
 
     def _read_current(self, pgnos: list[int], db_size: int) -> dict[int, bytes]:
         """Current committed images (caller holds the write lock): newest WAL frame, else the file."""

@@ -1,12 +1,13 @@
 """Rebase: pending local changes replayed on top of the remote state, in memory.
 
-Input: the synced-base image with the pulled pages applied (the remote's state), and the
-outbox rows read from the current local state.  In an in-memory copy we drop the changes the
+Input: the remote's state (the synced base with the pulled pages laid over it, as an overlay
+whose pages are read on demand) and the outbox rows read from the current local state.  On the
+overlay we drop the changes the
 remote already has (its ``turso_sync_last_change_id`` row for this client), carry the sync
 tables over, replay each remaining transaction (schema statements, then its changeset) with
 the conflict policy, and record every conflict.  Each replayed transaction is captured again
 as the new outbox (rebased onto the remote state), under the next ``pull_gen``.  The result is
-one database image, which the caller installs atomically.
+the set of pages the replay wrote, which the caller installs atomically.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import apsw
 
 from ..errors import SyncError
 from ..local.capture import CONFLICTS_TABLE, META_TABLE, OUTBOX_TABLE, SCHEMA, is_internal
+from .overlay import OverlayImage, open_overlay
 
 Row = dict[str, Any]
 Resolver = Callable[[str, dict[str, Any], Row | None, Row | None, Row | None, str], Any]
@@ -58,7 +60,7 @@ class Conflict:
 
 @dataclass
 class RebaseResult:
-    image: bytes
+    image: OverlayImage  # the remote state with the replay's writes in ``image.written``
     conflicts: list[Conflict]
     pending: int  # outbox rows after the rebase
     replayed: int
@@ -119,12 +121,12 @@ class Rebaser:
 
     def __init__(
         self,
-        remote_image: bytes,
+        remote: OverlayImage,
         *,
         client_id: str,
         policy: str | Resolver,
         revision: str,
-        base_image: Callable[[], bytes] | None = None,
+        base_image: Callable[[], OverlayImage] | None = None,
         reserved: int = 0,
     ) -> None:
         if not callable(policy) and policy not in POLICIES:
@@ -134,7 +136,9 @@ class Rebaser:
         self.revision = revision
         self._base_image = base_image
         self._base_db: apsw.Connection | None = None
-        self.db = _open_image(remote_image, reserved)
+        self.remote = remote
+        self.reserved = reserved
+        self.db = open_overlay(remote, reserved)
         self.conflicts: list[Conflict] = []
         self._after_apply: list[tuple[str, Row, str]] = []  # (table, row, "replace" | "insert")
 
@@ -191,10 +195,8 @@ class Rebaser:
             )
             conflict.id = int(cur.fetchall()[0][0] or 0)
         db.execute("COMMIT")
-        image = bytearray(db.serialize("main"))
-        image[18] = image[19] = 2  # back to WAL mode in the header
         self.close()
-        return RebaseResult(bytes(image), self.conflicts, kept, len(pending), skipped)
+        return RebaseResult(self.remote, self.conflicts, kept, len(pending), skipped)
 
     def close(self) -> None:
         self.db.close()
@@ -279,7 +281,7 @@ class Rebaser:
         if self._base_image is None:
             return None
         if self._base_db is None:
-            self._base_db = _open_image(self._base_image())
+            self._base_db = open_overlay(self._base_image(), self.reserved)
         where = " AND ".join(f"{quote(k)} IS ?" for k in pk)
         try:
             found = self._base_db.execute(
@@ -386,20 +388,3 @@ def _combine(rows: Sequence[OutboxRow]) -> list[OutboxRow]:
         return list(rows)
     ddl = [sql for row in rows for sql in row.ddl]
     return [OutboxRow(rows[-1].id, rows[-1].gen, ddl, combined)]
-
-
-def _open_image(image: bytes, reserved: int = 0) -> apsw.Connection:
-    """An in-memory database holding ``image`` (switched to rollback mode, as memdb needs).
-
-    An empty image is an empty database, created with ``reserved`` bytes per page.
-    """
-    db = apsw.Connection(":memory:")
-    if not image:
-        if reserved:
-            db.reserve_bytes(reserve=reserved)
-        db.execute("PRAGMA page_size=4096")
-        return db
-    data = bytearray(image)
-    data[18] = data[19] = 1
-    db.deserialize("main", bytes(data))
-    return db

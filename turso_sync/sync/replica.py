@@ -29,6 +29,7 @@ from ..local.connection import Connection
 from ..local.engine import LocalDatabase
 from ..local.vfs import realpath
 from . import push as push_mod
+from .overlay import OverlayImage
 from .rebase import Conflict, OutboxRow, Rebaser, Resolver, row_from_json
 from .state import SyncState, drop_reverts, read_revert, write_revert
 from .transport import HttpxTransport, Transport
@@ -340,45 +341,62 @@ class Replica:
                 f"the remote database reserves {page1[20]} bytes per page; an encrypted replica needs {codec.reserved}"
             )
         with self.db.write_lock() as conn:
-            current = conn.serialize("main")
+            current = self.db.page_reader()
+            current_size = int(conn.execute("PRAGMA page_count").fetchall()[0][0])  # type: ignore[arg-type]
             base_pages, base_size = self._synced_base_pages()
-            remote = _overlay(current, base_pages, base_size)
-            remote = _overlay(remote, {p: _wal_mode_page(v, p) for p, v in result.pages.items()}, result.db_size)
+            pulled = {p: _wal_mode_page(v, p) for p, v in result.pages.items()}
+
+            def remote_page(pgno: int) -> bytes:
+                page = pulled.get(pgno) or base_pages.get(pgno)
+                return page if page is not None else current(pgno)
+
+            def base_image() -> OverlayImage:
+                return OverlayImage(lambda p: base_pages.get(p) or current(p), base_size)
+
             rows, meta, old_conflicts = _read_sync_tables(conn)
-
-            def base_image() -> bytes:
-                return _overlay(current, base_pages, base_size)
-
+            remote = OverlayImage(remote_page, result.db_size)
             rebaser = Rebaser(
                 remote,
                 client_id=state.client_id,
                 policy=self.policy,
                 revision=result.revision,
                 base_image=base_image,
-                reserved=current[20] if len(current) > 20 else 0,
+                reserved=current(1)[20] if current_size else 0,
             )
             outcome = rebaser.run(rows, meta, old_conflicts)
-            final = bytearray(outcome.image)
-            cookie = max(_u32(current, SCHEMA_COOKIE), _u32(final, SCHEMA_COOKIE)) + 1
-            final[SCHEMA_COOKIE : SCHEMA_COOKIE + 4] = cookie.to_bytes(4, "big")  # other connections re-read schema
-            final_size = len(final) // P
-            changed = {
-                pgno: bytes(final[(pgno - 1) * P : pgno * P])
-                for pgno in range(1, final_size + 1)
-                if final[(pgno - 1) * P : pgno * P] != current[(pgno - 1) * P : pgno * P]
-            }
-            if not changed:
-                changed = {1: bytes(final[:P])}
+            final = outcome.image
+            final_size = final.size
+
+            def final_page(pgno: int) -> bytes:
+                written = final.written.get(pgno)
+                return _wal_mode_page(written, pgno) if written is not None else remote_page(pgno)
+
+            changed: dict[int, bytes] = {}
+            for pgno in sorted({1, *pulled, *base_pages, *final.written}):
+                if pgno > final_size:
+                    continue
+                image = final_page(pgno)
+                if pgno == 1:
+                    # a new schema cookie makes every other connection re-read the schema
+                    cookie = max(_u32(current(1), SCHEMA_COOKIE) if current_size else 0, _u32(image, SCHEMA_COOKIE))
+                    image = image[:SCHEMA_COOKIE] + (cookie + 1).to_bytes(4, "big") + image[SCHEMA_COOKIE + 4 :]
+                if pgno > current_size or image != current(pgno):
+                    changed[pgno] = image
             seq = self.db.install_locked(conn, changed, final_size)
+
+            def installed(pgno: int) -> bytes:
+                return changed.get(pgno) or final_page(pgno)
+
+            # the pure remote state = what was installed, with these pages put back
             revert = {
-                pgno: remote[(pgno - 1) * P : pgno * P]
-                for pgno in range(1, len(remote) // P + 1)
-                if pgno > final_size or remote[(pgno - 1) * P : pgno * P] != final[(pgno - 1) * P : pgno * P]
+                pgno: remote_page(pgno)
+                for pgno in sorted({1, *final.written, *range(final_size + 1, result.db_size + 1)})
+                if pgno <= result.db_size and (pgno > final_size or installed(pgno) != remote_page(pgno))
             }
             write_revert(self.path, seq, revert, self._codec())
             state.synced_revision = result.revision
             state.synced_seq = seq
-            state.synced_db_size = len(remote) // P
+            state.synced_db_size = result.db_size
             state.revert_seq = seq
             state.touch_pull()
             self._count_bytes()
@@ -581,16 +599,6 @@ def _read_sync_tables(conn: apsw.Connection) -> tuple[list[OutboxRow], dict[str,
     meta: dict[str, Any] = {str(k): v for k, v in conn.execute(f"SELECT key, value FROM {META_TABLE}")}
     conflicts = list(conn.execute(f"SELECT * FROM {CONFLICTS_TABLE} ORDER BY id"))
     return rows, meta, conflicts
-
-
-def _overlay(image: bytes, pages: dict[int, bytes], size: int) -> bytes:
-    out = bytearray(image[: size * P])
-    if len(out) < size * P:
-        out += bytes(size * P - len(out))
-    for pgno, data in pages.items():
-        if pgno <= size:
-            out[(pgno - 1) * P : pgno * P] = data
-    return bytes(out)
 
 
 def _wal_mode_page(page: bytes, pgno: int) -> bytes:

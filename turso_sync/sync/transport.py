@@ -13,6 +13,7 @@ server how far it got (``turso_sync_last_change_id``), never by resending blindl
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -36,6 +37,10 @@ class HttpResponse:
     status: int
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)
+
+
+#: ``progress(path, received_bytes, total_bytes_or_None)``, called as a response body arrives
+Progress = Callable[[str, int, int | None], None]
 
 
 @dataclass
@@ -93,7 +98,10 @@ class HttpxTransport:
         attempts: int = 5,
         max_wait: float = 2.0,
         deadline: float = 30.0,
+        progress: Progress | None = None,
     ) -> None:
+        """``progress``, when given, is told the bytes of each response body as they arrive
+        (for a progress bar on bootstraps and large pulls); without it bodies are read whole."""
         self.url = normalize_url(url)
         headers = {"user-agent": client_name}
         if auth_token:
@@ -102,6 +110,7 @@ class HttpxTransport:
         self._attempts = attempts
         self._max_wait = max_wait
         self._deadline = deadline
+        self._progress = progress
         self.stats = TransferStats()
 
     def request(self, path: str, body: bytes, content_type: str, timeout: float, idempotent: bool) -> HttpResponse:
@@ -128,17 +137,31 @@ class HttpxTransport:
         if content_type == "application/protobuf":
             headers["accept-encoding"] = "application/protobuf"
         self.stats.sent += len(body)
-        response = self._client.post(
-            self.url + path,
-            content=body,
-            headers=headers,
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
-        )
-        data = response.content  # raises if the body is cut short (content-length mismatch)
+        timeouts = httpx.Timeout(timeout, connect=min(timeout, 10.0))
+        if self._progress is None:
+            response = self._client.post(self.url + path, content=body, headers=headers, timeout=timeouts)
+            data = response.content  # raises if the body is cut short (content-length mismatch)
+        else:
+            data, response = self._streamed(path, body, headers, timeouts, self._progress)
         self.stats.received += len(data)
         if response.status_code != 200:
             raise RemoteError(response.status_code, data, path)
         return HttpResponse(response.status_code, data, dict(response.headers))
+
+    def _streamed(
+        self, path: str, body: bytes, headers: dict[str, str], timeouts: httpx.Timeout, progress: Progress
+    ) -> tuple[bytes, httpx.Response]:
+        """POST and read the body chunk by chunk, reporting each to ``progress``."""
+        with self._client.stream("POST", self.url + path, content=body, headers=headers, timeout=timeouts) as response:
+            length = response.headers.get("content-length")
+            total = int(length) if length and length.isdigit() else None
+            chunks: list[bytes] = []
+            received = 0
+            for chunk in response.iter_bytes():  # raises if the body is cut short, as .content does
+                chunks.append(chunk)
+                received += len(chunk)
+                progress(path, received, total)
+        return b"".join(chunks), response
 
     def _wrap(self, exc: BaseException | None, path: str) -> Exception:
         if isinstance(exc, RemoteError):

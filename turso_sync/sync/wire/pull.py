@@ -164,11 +164,14 @@ def encode_page(page_id: int, encoded_page: bytes) -> bytes:
 
     Byte-for-byte what protobuf produces: field 1 omitted when 0 (proto3 default), then field 2.
     """
-    body = b""
-    if page_id:
-        body = b"\x08" + encode_varint(page_id)
-    body += b"\x12" + encode_varint(len(encoded_page)) + encoded_page
-    return encode_varint(len(body)) + body
+    return page_record_prefix(page_id, len(encoded_page)) + encoded_page
+
+
+def page_record_prefix(page_id: int, length: int) -> bytes:
+    """Everything of a ``PageData`` record before its page bytes (so a sender can avoid copying pages)."""
+    id_field = b"\x08" + encode_varint(page_id) if page_id else b""
+    page_head = b"\x12" + encode_varint(length)
+    return encode_varint(len(id_field) + len(page_head) + length) + id_field + page_head
 
 
 class PageCompressor:
