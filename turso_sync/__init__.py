@@ -45,7 +45,7 @@ def connect(
     conflict: str | Callable[..., Any] = "last_push_wins",
     isolation_level: str | None = "DEFERRED",
     timeout: float = 5.0,
-    record_frames: bool = True,
+    record_frames: bool = False,
 ) -> Any:
     """Open (or create) a local database, or a replica of a remote one.
 
@@ -60,8 +60,9 @@ def connect(
     ``"remote_wins"``, ``"local_wins"`` or a callable ``(table, pk, base, local, remote, kind)``
     returning ``"local"``, ``"remote"`` or a merged row as a dict.
 
-    Without a remote, ``record_frames`` keeps the frame log (``<path>-frames``): every committed
-    transaction, numbered.  Once a database has a frame log, every connection keeps it up.
+    Without a remote, ``record_frames=True`` starts the frame log (``<path>-frames``): every
+    committed transaction, numbered and kept with its page images.  Replicas and the primary
+    always keep one; once a database has a frame log, every connection keeps it up.
     """
     from .sync.state import SyncState
 

@@ -297,6 +297,8 @@ _WRITER_PROCESS = textwrap.dedent(
 def test_frame_log_records_even_when_connections_did_not_ask(tmp_path):
     path = tmp_path / "r.db"
     turso_sync.connect(path).close()
+    assert not FrameLog.exists(str(path))  # a plain local database records only when asked
+    turso_sync.connect(path, record_frames=True).close()
     assert FrameLog.exists(str(path))
     conn = turso_sync.connect(path, record_frames=False)  # the log exists: it is kept up anyway
     conn.execute("CREATE TABLE t (x)")

@@ -12,6 +12,7 @@ example through the raw APSW handle) is refused by a commit hook rather than los
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 
@@ -53,6 +54,7 @@ def is_internal(table: str) -> bool:
     return lower.startswith(INTERNAL_PREFIXES) or lower in INTERNAL_NAMES
 
 
+@functools.lru_cache(maxsize=512)
 def schema_statement(sql: str) -> bool:
     """True for a CREATE/ALTER/DROP that changes the replicated schema (not TEMP, not internal)."""
     match = _DDL.match(sql)
@@ -62,6 +64,7 @@ def schema_statement(sql: str) -> bool:
     return not (name and is_internal(name.group(1).split(".")[-1]))
 
 
+@functools.lru_cache(maxsize=512)
 def transaction_statement(sql: str) -> str | None:
     """``BEGIN``/``COMMIT``/``ROLLBACK`` (END counts as COMMIT) when ``sql`` is one, else None."""
     match = _TXN.match(sql)

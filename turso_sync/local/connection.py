@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import weakref
@@ -28,6 +29,17 @@ from .walformat import read_committed
 Params = Sequence[Any] | Mapping[str, Any]
 
 _DML = re.compile(r"^\s*(?:--[^\n]*\n\s*|/\*.*?\*/\s*)*(INSERT|UPDATE|DELETE|REPLACE)\b", re.IGNORECASE | re.DOTALL)
+
+
+@functools.lru_cache(maxsize=512)
+def _is_dml(sql: str) -> bool:
+    """INSERT/UPDATE/DELETE/REPLACE (what opens sqlite3's implicit transaction); cached per text."""
+    return _DML.match(sql) is not None
+
+
+@functools.lru_cache(maxsize=512)
+def _single_statement(sql: str) -> bool:
+    return ";" not in sql or len(split_statements(sql)) <= 1
 
 
 def _open_checks(path: str, codec: PageCodec | None) -> PageCodec | None:
@@ -114,7 +126,7 @@ class Cursor:
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
         self._cursor = connection._db.cursor()
-        self._cursor.exec_trace = _description_tracer(weakref.ref(self))
+        self._tracer: Callable[[apsw.Cursor, str, object], bool] | None = None
         self._prepared_description: tuple[tuple[str, None, None, None, None, None, None], ...] | None = None
         self._rows: Iterator[tuple[Any, ...]] | None = None
         self._ahead: tuple[Any, ...] | None = None
@@ -136,8 +148,10 @@ class Cursor:
         capture = conn._capture
         if capture is not None:
             return self._execute_captured(sql, parameters, capture)
-        conn._begin_if_needed(sql)
-        return self._run(sql, parameters)
+        dml = _is_dml(sql)
+        if dml:
+            conn._begin_if_needed(sql)
+        return self._run(sql, parameters, dml)
 
     def _execute_captured(self, sql: str, parameters: Params, capture: ChangeCapture) -> Cursor:
         """On a replica: transaction statements go through commit/rollback, writes are captured."""
@@ -151,13 +165,15 @@ class Cursor:
         if word == "ROLLBACK":
             conn.rollback()
             return self._done()
-        conn._begin_if_needed(sql)
+        dml = _is_dml(sql)
+        if dml:
+            conn._begin_if_needed(sql)
         schema = schema_statement(sql)
-        if conn._db.get_autocommit() and (schema or _DML.match(sql)):
+        if conn._db.get_autocommit() and (schema or dml):
             # a write outside a transaction: give it one, so its capture commits with it
             conn._db.execute("BEGIN IMMEDIATE")
             try:
-                self._run(sql, parameters)
+                self._run(sql, parameters, dml)
                 rows = list(self._rows) if self._rows is not None else None
                 if schema:
                     capture.note_schema(sql)
@@ -168,7 +184,7 @@ class Cursor:
             self._rows = iter(rows) if rows is not None else None
             self._ahead = None
             return self
-        self._run(sql, parameters)
+        self._run(sql, parameters, dml)
         if schema:
             capture.note_schema(sql)
         return self
@@ -180,12 +196,15 @@ class Cursor:
         self.rowcount = -1
         return self
 
-    def _run(self, sql: str, parameters: Params) -> Cursor:
+    def _run(self, sql: str, parameters: Params, dml: bool) -> Cursor:
         conn = self.connection
-        if ";" in sql and len(split_statements(sql)) > 1:
+        if not _single_statement(sql):
             raise errors.ProgrammingError("You can only execute one statement at a time.")
-        before = conn._db.total_changes()
         self._prepared_description = None
+        # only a statement that may return rows needs its columns noted before it runs
+        tracer = None if dml else self._tracer or self._make_tracer()
+        if self._cursor.exec_trace is not tracer:
+            self._cursor.exec_trace = tracer
         try:
             self._cursor.execute(sql, parameters)
             self.description = self._describe()
@@ -197,16 +216,21 @@ class Cursor:
             raise errors.ProgrammingError(f"bad parameters for {sql[:60]!r}: {exc}") from None
         self._rows = self._cursor if self.description is not None else None
         self._ahead = None
-        changed = conn._db.total_changes() - before
-        self.rowcount = changed if _DML.match(sql) else -1
+        self.rowcount = conn._db.changes() if dml else -1
         self.lastrowid = conn._db.last_insert_rowid()
         return self
+
+    def _make_tracer(self) -> Callable[[apsw.Cursor, str, object], bool]:
+        self._tracer = _description_tracer(weakref.ref(self))
+        return self._tracer
 
     def executemany(self, sql: str, seq_of_parameters: Iterable[Params]) -> Cursor:
         """Run one statement once per parameter set."""
         self._check()
         conn = self.connection
-        conn._begin_if_needed(sql)
+        if _is_dml(sql):
+            conn._begin_if_needed(sql)
+        self._cursor.exec_trace = None
         before = conn._db.total_changes()
         try:
             for params in seq_of_parameters:
@@ -307,11 +331,23 @@ class Cursor:
         return rows
 
     def __iter__(self) -> Iterator[Any]:
-        while True:
-            row = self.fetchone()
-            if row is None:
-                return
-            yield row
+        self._check()
+        if self._ahead is not None:
+            ahead, self._ahead = self._ahead, None
+            yield self._convert(ahead)
+        rows = self._rows
+        if rows is None:
+            return
+        convert = self.row_factory
+        try:
+            if convert is None:
+                yield from rows
+            else:
+                for row in rows:
+                    yield convert(self, row)
+        except apsw.Error as exc:
+            raise self.connection._translate(exc) from None
+        self._rows = None
 
     def close(self) -> None:
         """Close the cursor; further use raises ProgrammingError."""
@@ -449,7 +485,8 @@ class Connection:
         return errors.translate(exc)
 
     def _begin_if_needed(self, sql: str) -> None:
-        if self.isolation_level is not None and self._db.get_autocommit() and _DML.match(sql):
+        """sqlite3's implicit BEGIN before a DML statement (callers check that ``sql`` is DML)."""
+        if self.isolation_level is not None and self._db.get_autocommit():
             try:
                 self._db.execute(f"BEGIN {self.isolation_level}")
             except apsw.Error as exc:
