@@ -221,6 +221,7 @@ class EncryptedWALFile(apsw.VFSFile):
         # (salt1, salt2, frame) -> (ciphertext checksum, plaintext checksum) of that frame
         self._chain: dict[tuple[int, int, int], tuple[tuple[int, int], tuple[int, int]]] = {}
         self._pending: dict[int, bytes] = {}  # frame -> header SQLite wrote, waiting for its body
+        self._big: bool | None = None  # checksum byte order, from the WAL header
         self._last_full_read = 0
 
     # --- helpers -------------------------------------------------------------------------
@@ -366,6 +367,7 @@ class EncryptedWALFile(apsw.VFSFile):
                 raise apsw.IOError(f"unexpected WAL header write of {len(data)} bytes")
             self._chain.clear()
             self._pending.clear()
+            self._big = data[3:4] == b"\x83"
             super().xWrite(data, 0)
             return
         index, within = frame_index(offset, P)
@@ -405,9 +407,12 @@ class EncryptedWALFile(apsw.VFSFile):
 
     def _seal_header(self, index: int, header: bytes, body: bytes) -> bytes:
         """The header SQLite wrote, with its checksum recomputed over the encrypted body."""
-        wal_header = self._wal_header()
+        if self._big is None:
+            self._big = self._big_endian(self._wal_header())  # fixed for a WAL file's life
+        # the previous checksum is read from disk every time: a cached one can be stale when
+        # another process overwrote frames this connection wrote in a rolled-back transaction
         prev = self._disk_ct(index - 1)
-        ct = wal_checksum(header[:8] + body, prev[0], prev[1], self._big_endian(wal_header))
+        ct = wal_checksum(header[:8] + body, prev[0], prev[1], self._big)
         pt = (int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big"))
         salts = (int.from_bytes(header[8:12], "big"), int.from_bytes(header[12:16], "big"))
         self._chain[(salts[0], salts[1], index)] = (ct, pt)
