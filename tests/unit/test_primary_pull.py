@@ -11,7 +11,7 @@ from pyroaring import BitMap
 from turso_sync.errors import ProtocolError
 from turso_sync.local.engine import LocalDatabase, RevisionGone, Snapshot
 from turso_sync.primary.database import EnginePages
-from turso_sync.primary.pull import RevisionUnavailable, select_pages
+from turso_sync.primary.pull import RevisionUnavailable, SnapshotMoved, select_pages, select_slices
 from turso_sync.sync.wire.pull import PullRequest, StreamKind
 
 
@@ -131,3 +131,22 @@ def test_against_the_real_engine(tmp_path: Path) -> None:
         assert all(delta.pages[p] != full.pages.get(p) for p in delta.pages)
     finally:
         engine.close()
+
+
+def test_bootstrap_in_slices_covers_every_page_once(source: FakePages) -> None:
+    slices = list(select_slices(source, PullRequest(), slice_pages=3))
+    assert [sorted(s.pages) for s in slices] == [[1, 2, 3], [4]]
+    assert {(s.seq, s.db_size) for s in slices} == {(2, 4)}
+    assert [sorted(s.pages) for s in select_slices(source, PullRequest(page_ids=BitMap([1, 3])), 1)] == [[2], [4]]
+    (only,) = select_slices(source, PullRequest(page_ids=BitMap([50])), 3)  # nothing selected: a header
+    assert only.pages == {} and only.seq == 2
+    (delta,) = select_slices(source, PullRequest(client_revision="1"), 1)  # not a bootstrap: one piece
+    assert sorted(delta.pages) == [3, 4]
+
+
+def test_a_write_between_slices_is_detected(source: FakePages) -> None:
+    slices = select_slices(source, PullRequest(), slice_pages=2)
+    next(slices)
+    source.history.append({1: b"outside writer"})
+    with pytest.raises(SnapshotMoved, match="during a bootstrap"):
+        next(slices)

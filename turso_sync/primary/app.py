@@ -16,20 +16,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 from aiohttp import web
 
 from .. import errors
 from ..local.engine import Snapshot
-from ..sync.wire.delimited import encode_varint
 from ..sync.wire.hrana import PipelineRequest, encode_json, encode_pipeline_response
-from ..sync.wire.pull import PAGE_SIZE, PageCompressor, PageEncoding, PullHeader, PullRequest, encode_page
+from ..sync.wire.pull import (
+    PAGE_SIZE,
+    PageCompressor,
+    PageEncoding,
+    PullHeader,
+    PullRequest,
+    encode_page,
+    page_record_prefix,
+)
 from .auth import Authenticator, AuthError
 from .database import HostedDatabase
 from .hrana import WriteDenied
-from .pull import RevisionUnavailable, check_request
+from .pull import RevisionUnavailable, SnapshotMoved, check_request
 from .revision import format_revision
 from .store import DEFAULT_DATABASE, DatabaseStore, UnknownDatabase, valid_name
 
@@ -147,12 +154,15 @@ async def pull_updates(request: web.Request) -> web.StreamResponse:
     deadline = loop.time() + min(pull.long_poll_timeout_ms, state.limits.max_long_poll_ms) / 1000
     while True:
         version = db.feed.version  # noted before the snapshot, so no commit slips in between
-        snap = await db.call(db.select_pages, pull)
-        if not long_poll or snap.seq != client:
+        slices = db.slices(pull)
+        first = await anext(slices)
+        if not long_poll or first.seq != client:
             break
+        await slices.aclose()
         if not await db.feed.wait_after(version, deadline - loop.time()):
             break  # timed out (or shutting down): answer with the header only
-    return await _send_pages(request, db, snap, pull.encoding, state.limits)
+    streaming = client is None and pinned is None  # a bootstrap: sent slice by slice
+    return await _send_pages(request, db, first, slices, streaming, pull.encoding, state.limits)
 
 
 async def pipeline(request: web.Request) -> web.Response:
@@ -173,46 +183,70 @@ async def pipeline(request: web.Request) -> web.Response:
 
 
 async def _send_pages(
-    request: web.Request, db: HostedDatabase, snap: Snapshot, encoding: PageEncoding, limits: Limits
+    request: web.Request,
+    db: HostedDatabase,
+    first: Snapshot,
+    rest: AsyncGenerator[Snapshot, None],
+    streaming: bool,
+    encoding: PageEncoding,
+    limits: Limits,
 ) -> web.StreamResponse:
-    header = PullHeader(format_revision(snap.seq), snap.db_size, encoding, limits.zstd_level).to_bytes()
-    pgnos = sorted(snap.pages)
-    if encoding == PageEncoding.ZSTD:
-        chunks = [header, *await asyncio.to_thread(_zstd_records, snap, pgnos, limits.zstd_level)]
-        total = sum(len(c) for c in chunks)
-        body: Iterator[bytes] = iter(chunks)
-    else:
-        total = len(header) + sum(_raw_record_size(pgno - 1) for pgno in pgnos)
-        body = _raw_chunks(header, snap, pgnos)
+    """The header, then every slice's pages; chunked while streaming a bootstrap, else with a length."""
+    header = PullHeader(format_revision(first.seq), first.db_size, encoding, limits.zstd_level).to_bytes()
+    chunks = await _encode(first, encoding, limits.zstd_level)
     response = web.StreamResponse(status=200, headers={"Content-Type": "application/protobuf"})
-    response.content_length = total
+    if streaming:
+        response.enable_chunked_encoding()
+    else:
+        response.content_length = len(header) + sum(len(c) for c in chunks)
     await response.prepare(request)
+    pages, sent = len(first.pages), len(header)
     try:
-        for chunk in body:
-            await response.write(chunk)
+        await response.write(header)
+        while True:
+            for chunk in chunks:
+                await response.write(chunk)
+                sent += len(chunk)
+            snap = await anext(rest, None)
+            if snap is None:
+                break
+            pages += len(snap.pages)
+            chunks = await _encode(snap, encoding, limits.zstd_level)
         await response.write_eof()
     except ConnectionError:  # the client went away mid-stream; it will pull again
-        log.debug("pull %s: client disconnected after part of %d bytes", db.name, total)
+        log.debug("pull %s: client disconnected after %d bytes", db.name, sent)
+        await rest.aclose()
+        return response
+    except (SnapshotMoved, errors.Error) as exc:
+        # the status line is gone already: cut the connection, so the client sees a failed pull
+        # rather than a complete-looking stream with pages missing
+        log.warning("pull %s: stream aborted after %d bytes: %s", db.name, sent, exc)
+        if request.transport is not None:
+            request.transport.abort()
         return response
     db.counters.pulls += 1
-    db.counters.pages += len(pgnos)
-    db.counters.bytes += total
-    log.debug("pull %s: revision %s, %d pages, %d bytes", db.name, snap.seq, len(pgnos), total)
+    db.counters.pages += pages
+    db.counters.bytes += sent
+    log.debug("pull %s: revision %s, %d pages, %d bytes", db.name, first.seq, pages, sent)
     return response
 
 
-def _raw_record_size(page_id: int) -> int:
-    body = 1 + len(encode_varint(PAGE_SIZE)) + PAGE_SIZE
-    if page_id:
-        body += 1 + len(encode_varint(page_id))
-    return len(encode_varint(body)) + body
+async def _encode(snap: Snapshot, encoding: PageEncoding, level: int) -> list[bytes]:
+    """A slice's page records, in about 1 MiB chunks (zstd compression runs off the event loop)."""
+    pgnos = sorted(snap.pages)
+    if encoding == PageEncoding.ZSTD:
+        return await asyncio.to_thread(_zstd_records, snap, pgnos, level)
+    return list(_raw_chunks(snap, pgnos))
 
 
-def _raw_chunks(header: bytes, snap: Snapshot, pgnos: list[int]) -> Iterator[bytes]:
-    yield header
+def _raw_chunks(snap: Snapshot, pgnos: list[int]) -> Iterator[bytes]:
+    pages = snap.pages
     for start in range(0, len(pgnos), _PAGES_PER_CHUNK):
-        batch = pgnos[start : start + _PAGES_PER_CHUNK]
-        yield b"".join(encode_page(pgno - 1, snap.pages[pgno]) for pgno in batch)
+        parts: list[bytes] = []
+        for pgno in pgnos[start : start + _PAGES_PER_CHUNK]:
+            parts.append(page_record_prefix(pgno - 1, PAGE_SIZE))
+            parts.append(pages[pgno])  # copied once, by the join
+        yield b"".join(parts)
 
 
 def _zstd_records(snap: Snapshot, pgnos: list[int], level: int) -> list[bytes]:

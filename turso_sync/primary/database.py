@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -22,7 +22,7 @@ from ..local.engine import LocalDatabase, Snapshot
 from ..sync.wire import hrana as wire
 from ..sync.wire.pull import PullRequest
 from .hrana import PipelineExecutor
-from .pull import select_pages
+from .pull import select_pages, select_slices
 from .revision import CommitFeed
 
 T = TypeVar("T")
@@ -117,6 +117,36 @@ class HostedDatabase:
         """The snapshot answering a pull request (see ``pull.select_pages``)."""
         assert self._pages is not None
         return select_pages(self._pages, request)
+
+    async def slices(self, request: PullRequest) -> AsyncGenerator[Snapshot, None]:
+        """The answer to a pull as it is read: one snapshot, or a bootstrap slice by slice.
+
+        One worker job reads every slice back to back (so they share one committed state) and
+        hands each to the event loop at once, so sending starts after the first slice.
+        """
+        queue: asyncio.Queue[Snapshot | BaseException | None] = asyncio.Queue()
+
+        def deliver(item: Snapshot | BaseException | None) -> None:
+            self._loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        self._worker.submit(self._read_slices, request, deliver)
+        while True:
+            item = await queue.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def _read_slices(self, request: PullRequest, deliver: Callable[[Snapshot | BaseException | None], None]) -> None:
+        assert self._pages is not None
+        try:
+            for snap in select_slices(self._pages, request):
+                deliver(snap)
+        except Exception as exc:  # handed to the request, which maps it to a status
+            deliver(exc)
+            return
+        deliver(None)
 
     def run_pipeline(self, requests: Sequence[wire.StreamRequest], read_only: bool) -> list[wire.StreamResult]:
         """Execute a pipeline; if it committed, wake the long-polls."""

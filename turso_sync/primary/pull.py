@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Protocol
 
 from pyroaring import BitMap
@@ -22,9 +22,16 @@ from ..local.engine import RevisionGone, Snapshot
 from ..sync.wire.pull import PullRequest, StreamKind
 from .revision import parse_revision
 
+#: Pages per slice of a bootstrap: the first bytes leave once one slice is read, not the whole database.
+BOOTSTRAP_SLICE_PAGES = 1024
+
 
 class RevisionUnavailable(Exception):  # noqa: N818 - reads as a state
     """A pinned revision can no longer be served exactly (HTTP 409)."""
+
+
+class SnapshotMoved(Exception):  # noqa: N818 - reads as what happened
+    """The database changed between two slices of one bootstrap (a writer outside this server)."""
 
 
 class PageSource(Protocol):
@@ -73,6 +80,35 @@ def select_pages(source: PageSource, request: PullRequest) -> Snapshot:
     except RevisionGone:
         _check_not_newer(client, source.current_seq())
         return source.snapshot(None, wanted)  # history was pruned: resend everything
+
+
+def select_slices(
+    source: PageSource, request: PullRequest, slice_pages: int = BOOTSTRAP_SLICE_PAGES
+) -> Iterator[Snapshot]:
+    """``select_pages`` in consecutive slices: a bootstrap is read ``slice_pages`` pages at a time.
+
+    Every slice comes from the same committed state: the caller reads them back to back on the
+    database's worker thread, where no commit of this server can interleave; a writer from
+    outside would move the revision or size, which raises SnapshotMoved.  Anything but a plain
+    bootstrap is a single slice.
+    """
+    client, pinned = check_request(request)
+    if client is not None or pinned is not None:
+        yield select_pages(source, request)
+        return
+    wanted = _wanted_pgnos(source, request.page_ids)
+    if wanted is None:
+        wanted = list(range(1, source.page_count() + 1))
+    first: Snapshot | None = None
+    for start in range(0, len(wanted), slice_pages) or [0]:
+        snap = source.snapshot(None, wanted[start : start + slice_pages])
+        if first is None:
+            first = snap
+        elif (snap.seq, snap.db_size) != (first.seq, first.db_size):
+            raise SnapshotMoved(
+                f"the database moved from revision {first.seq} to {snap.seq} during a bootstrap; pull again"
+            )
+        yield snap
 
 
 def _check_not_newer(client: int | None, current: int) -> None:
