@@ -2,6 +2,9 @@
 
 A command module provides ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
 To add a command, write its module and list it in ``COMMANDS``.
+
+A failure a command lets through becomes one line on stderr and an exit status from
+``exit_codes.ExitCode`` (``--debug`` adds the traceback); see docs/cli.md.
 """
 
 from __future__ import annotations
@@ -9,30 +12,67 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import traceback
 from collections.abc import Sequence
 
-#: command name -> module (imported only when that command runs, so each stays light)
+from .exit_codes import ExitCode, classify, describe
+
+#: command name -> module (only the module of the command that runs is imported, so each stays light)
 COMMANDS: dict[str, str] = {
     "serve": "turso_sync.cli.serve",
+    "clone": "turso_sync.cli.clone",
+    "pull": "turso_sync.cli.pull",
+    "push": "turso_sync.cli.push",
+    "sync": "turso_sync.cli.sync",
+    "status": "turso_sync.cli.status",
+    "exec": "turso_sync.cli.execute",
+    "shell": "turso_sync.cli.shell",
+    "conflicts": "turso_sync.cli.conflicts",
+    "verify": "turso_sync.cli.verify",
+    "daemon": "turso_sync.cli.daemon",
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The parser for every command."""
-    parser = argparse.ArgumentParser(prog="turso-sync", description="Encrypted, offline-first SQLite sync.")
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser for every command (or, with ``only``, for that one command alone)."""
+    parser = argparse.ArgumentParser(
+        prog="turso-sync",
+        description="Encrypted, offline-first SQLite replicas that sync with a Turso primary.",
+        epilog="`turso-sync COMMAND --help` explains a command; docs/cli.md has exit codes and examples.",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module_name in COMMANDS.items():
+        if only is not None and name != only:
+            continue
         module = importlib.import_module(module_name)
-        command = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        command = sub.add_parser(
+            name,
+            help=module.HELP,
+            description=(module.__doc__ or module.HELP).strip(),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         module.add_arguments(command)
+        command.add_argument("--debug", action="store_true", help="print the traceback of a failure")
         command.set_defaults(_run=module.run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line and run the command; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    return int(args._run(args))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    first = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(first if first in COMMANDS else None).parse_args(argv)
+    try:
+        return int(args._run(args))
+    except KeyboardInterrupt:
+        print(f"turso-sync {args.command}: interrupted", file=sys.stderr)
+        return ExitCode.INTERRUPTED
+    except Exception as exc:
+        code = classify(exc)
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        print(f"turso-sync {args.command}: {describe(exc, code)}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -1,0 +1,67 @@
+"""Exit statuses of ``turso-sync`` commands, and the one line each failure prints.
+
+A script can tell what went wrong from the status alone; the line on stderr says what to do.
+docs/cli.md lists the same table.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+from .. import errors
+
+
+class ExitCode(IntEnum):
+    """Every status a command exits with."""
+
+    OK = 0
+    ERROR = 1  # anything else: an SQL error, a damaged file, a bug
+    USAGE = 2  # bad options, a missing file, a path that is not a replica (argparse uses 2 too)
+    NETWORK = 3  # the primary could not be reached or answered with an error
+    AUTH = 4  # the primary refused the auth token (HTTP 401 or 403)
+    ENCRYPTION_KEY = 5  # the key is wrong, missing, malformed or not needed
+    REJECTED = 6  # the primary refused a pending change (it stays pending)
+    VERIFY_FAILED = 7  # `verify` found the local replica damaged
+    INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it
+
+
+class CommandError(Exception):
+    """A failure the command describes itself (bad options, wrong path): message and status."""
+
+    def __init__(self, message: str, code: ExitCode = ExitCode.USAGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+_HINTS = {
+    ExitCode.NETWORK: "check the URL and that the primary is running; local reads and writes keep working",
+    ExitCode.AUTH: "give a valid token with --auth-token-file F or TURSO_SYNC_AUTH_TOKEN",
+    ExitCode.ENCRYPTION_KEY: "give the replica's key with --encryption-key-file F or TURSO_SYNC_ENCRYPTION_KEY",
+    ExitCode.REJECTED: "the change stays pending; `turso-sync sync PATH` pulls, settles the conflict and retries",
+}
+
+
+def classify(exc: BaseException) -> ExitCode:
+    """The exit status for an exception a command let through."""
+    if isinstance(exc, CommandError):
+        return exc.code
+    if isinstance(exc, errors.RemoteError):
+        return ExitCode.AUTH if exc.status in (401, 403) else ExitCode.NETWORK
+    if isinstance(exc, errors.NetworkError | errors.ProtocolError):
+        return ExitCode.NETWORK
+    if isinstance(exc, errors.PushRejectedError):
+        return ExitCode.REJECTED
+    if isinstance(exc, errors.EncryptionError):
+        return ExitCode.ENCRYPTION_KEY
+    return ExitCode.ERROR
+
+
+def describe(exc: BaseException, code: ExitCode) -> str:
+    """The one line printed for a failure: what happened, and what to do next where we know."""
+    if isinstance(exc, errors.RemoteError) and code == ExitCode.AUTH:
+        message = f"the primary refused the auth token (HTTP {exc.status})"
+    else:
+        message = str(exc) or type(exc).__name__
+    message = " ".join(message.split())  # one line, whatever the library's message holds
+    hint = _HINTS.get(code)
+    return f"{message} ({hint})" if hint else message

@@ -1,0 +1,148 @@
+"""How every replica command names and opens its replica: path, token, key, conflict policy.
+
+The token and the key come from an option, a file, or the environment, in that order; they are
+handed to the library in memory and never written anywhere (the library stores neither).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from ..crypto.page_codec import parse_key
+from ..sync.connection import SyncConnection
+from ..sync.replica import Replica
+from ..sync.state import SyncState
+from ..sync.transport import HttpxTransport, Progress
+from .exit_codes import CommandError, ExitCode
+
+AUTH_TOKEN_ENV = "TURSO_SYNC_AUTH_TOKEN"  # noqa: S105 - the name of a variable, not a token
+ENCRYPTION_KEY_ENV = "TURSO_SYNC_ENCRYPTION_KEY"
+CONFLICT_POLICIES = ("last_push_wins", "remote_wins", "local_wins")
+
+
+def add_path_argument(parser: argparse.ArgumentParser) -> None:
+    """The positional PATH of an existing replica."""
+    parser.add_argument("path", metavar="PATH", help="the local replica (a database file made by `clone`)")
+
+
+def add_credential_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--auth-token[-file]``, ``--encryption-key[-file]`` and ``--cipher``."""
+    group = parser.add_argument_group("credentials (never written to disk)")
+    token = group.add_mutually_exclusive_group()
+    token.add_argument(
+        "--auth-token",
+        metavar="TOKEN",
+        help=f"bearer token for the primary (visible to `ps`: prefer ${AUTH_TOKEN_ENV} or --auth-token-file)",
+    )
+    token.add_argument("--auth-token-file", metavar="F", help="file holding the bearer token")
+    key = group.add_mutually_exclusive_group()
+    key.add_argument(
+        "--encryption-key",
+        metavar="HEX",
+        help=f"the replica's encryption key in hex (prefer ${ENCRYPTION_KEY_ENV} or --encryption-key-file)",
+    )
+    key.add_argument("--encryption-key-file", metavar="F", help="file holding the encryption key (hex)")
+    group.add_argument("--cipher", default="aes256gcm", help="cipher of the key: aes256gcm (default) or aes128gcm")
+
+
+def add_sync_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--conflict``: the policy a pull's rebase applies to conflicting pending changes."""
+    parser.add_argument(
+        "--conflict",
+        choices=CONFLICT_POLICIES,
+        default="last_push_wins",
+        help="how a pull settles a local change to a row that changed remotely (default last_push_wins)",
+    )
+
+
+def add_quiet_argument(parser: argparse.ArgumentParser) -> None:
+    """``--quiet``: no progress, no summary; errors still go to stderr."""
+    parser.add_argument("-q", "--quiet", action="store_true", help="print no progress or summary (errors still)")
+
+
+def _secret(args: argparse.Namespace, option: str, env: str, what: str) -> str | None:
+    value = getattr(args, option, None)
+    file_name = getattr(args, f"{option}_file", None)
+    if file_name:
+        try:
+            with open(file_name, encoding="utf-8") as f:
+                value = f.read().strip()
+        except OSError as exc:
+            raise CommandError(f"cannot read {what} file {file_name}: {exc.strerror or exc}") from None
+        if not value:
+            raise CommandError(f"{what} file {file_name} is empty")
+    elif value is None:
+        value = os.environ.get(env) or None
+    return value.strip() if value is not None else None
+
+
+def auth_token(args: argparse.Namespace) -> str | None:
+    """The bearer token: ``--auth-token``, ``--auth-token-file`` or ``$TURSO_SYNC_AUTH_TOKEN``."""
+    return _secret(args, "auth_token", AUTH_TOKEN_ENV, "auth token")
+
+
+def encryption_key(args: argparse.Namespace) -> str | None:
+    """The key, checked against ``--cipher`` (the error never repeats the key)."""
+    key = _secret(args, "encryption_key", ENCRYPTION_KEY_ENV, "encryption key")
+    if key is not None:
+        try:
+            parse_key(key, args.cipher)
+        except (ValueError, TypeError) as exc:
+            raise CommandError(f"the encryption key is not usable: {exc}", ExitCode.ENCRYPTION_KEY) from None
+    return key
+
+
+def existing_replica(path: str) -> str:
+    """The real path of a replica made by ``clone``; a clear error for anything else."""
+    real = os.path.realpath(path)
+    if SyncState.load(real) is None:
+        if os.path.exists(real):
+            raise CommandError(f"{path} is not a replica (no {os.path.basename(real)}-sync beside it)")
+        raise CommandError(f"{path} does not exist; create it with `turso-sync clone URL {path}`")
+    return real
+
+
+def open_replica(
+    args: argparse.Namespace,
+    path: str,
+    *,
+    remote_url: str | None = None,
+    progress: Progress | None = None,
+    **connection_options: Any,
+) -> SyncConnection:
+    """What ``turso_sync.connect(path, remote_url, ...)`` returns, with a progress hook on its transport.
+
+    Without ``remote_url`` the path must already be a replica (its saved URL is used); with it,
+    a new path is bootstrapped (``clone``).
+    """
+    token = auth_token(args)
+    key = encryption_key(args)
+    real = os.path.realpath(path)
+    if remote_url is None:
+        real = existing_replica(path)
+        state = SyncState.load(real)
+        assert state is not None
+        url = state.remote_url
+    else:
+        url = remote_url
+    transport = HttpxTransport(url, auth_token=token, client_name="turso-sync", progress=progress)
+    try:
+        replica = Replica(
+            real,
+            remote_url,
+            auth_token=token,
+            encryption_key=key,
+            cipher=args.cipher,
+            conflict=getattr(args, "conflict", "last_push_wins"),
+            transport=transport,
+        )
+    except BaseException:
+        transport.close()
+        raise
+    try:
+        return SyncConnection(replica, encryption_key=key, cipher=args.cipher, **connection_options)
+    except BaseException:
+        replica.close()
+        raise
