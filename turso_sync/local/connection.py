@@ -6,11 +6,11 @@ import contextlib
 import functools
 import os
 import re
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import apsw
+import apsw.ext
 
 from .. import errors
 from ..crypto.page_codec import (
@@ -35,6 +35,25 @@ _DML = re.compile(r"^\s*(?:--[^\n]*\n\s*|/\*.*?\*/\s*)*(INSERT|UPDATE|DELETE|REP
 def _is_dml(sql: str) -> bool:
     """INSERT/UPDATE/DELETE/REPLACE (what opens sqlite3's implicit transaction); cached per text."""
     return _DML.match(sql) is not None
+
+
+_QUERY = re.compile(
+    r"^\s*(?:--[^\n]*\n\s*|/\*.*?\*/\s*)*(SELECT|WITH|VALUES|PRAGMA|EXPLAIN)\b", re.IGNORECASE | re.DOTALL
+)
+
+
+@functools.lru_cache(maxsize=512)
+def _returns_rows(sql: str) -> bool:
+    """A statement whose result has columns even when it has no rows."""
+    return _QUERY.match(sql) is not None
+
+
+@functools.lru_cache(maxsize=512)
+def _dbapi_description(
+    cols: tuple[tuple[str, str | None], ...],
+) -> tuple[tuple[str, None, None, None, None, None, None], ...]:
+    """PEP 249's seven-item column descriptions (only the name is known), cached per shape."""
+    return tuple((name, None, None, None, None, None, None) for name, _decl in cols)
 
 
 @functools.lru_cache(maxsize=512)
@@ -99,25 +118,6 @@ def split_statements(script: str) -> list[str]:
     return out
 
 
-def _description_tracer(ref: weakref.ReferenceType[Cursor]) -> Callable[[apsw.Cursor, str, object], bool]:
-    """An exec trace that notes a statement's columns once it is prepared, before it runs.
-
-    So a query that returns no row still has a ``description``.  It holds the cursor weakly: a
-    cycle would keep discarded cursors, and their open read transactions, alive.
-    """
-
-    def trace(cursor: apsw.Cursor, sql: str, bindings: object) -> bool:
-        owner = ref()
-        if owner is not None:
-            cols = cursor.get_description()
-            owner._prepared_description = (
-                tuple((name, None, None, None, None, None, None) for name, _decl in cols) if cols else None
-            )
-        return True
-
-    return trace
-
-
 class Cursor:
     """A DB-API cursor; rows come back as tuples (or through ``row_factory``)."""
 
@@ -126,8 +126,6 @@ class Cursor:
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
         self._cursor = connection._db.cursor()
-        self._tracer: Callable[[apsw.Cursor, str, object], bool] | None = None
-        self._prepared_description: tuple[tuple[str, None, None, None, None, None, None], ...] | None = None
         self._rows: Iterator[tuple[Any, ...]] | None = None
         self._ahead: tuple[Any, ...] | None = None
         self.description: tuple[tuple[str, None, None, None, None, None, None], ...] | None = None
@@ -200,14 +198,9 @@ class Cursor:
         conn = self.connection
         if not _single_statement(sql):
             raise errors.ProgrammingError("You can only execute one statement at a time.")
-        self._prepared_description = None
-        # only a statement that may return rows needs its columns noted before it runs
-        tracer = None if dml else self._tracer or self._make_tracer()
-        if self._cursor.exec_trace is not tracer:
-            self._cursor.exec_trace = tracer
         try:
             self._cursor.execute(sql, parameters)
-            self.description = self._describe()
+            self.description = self._describe(sql, dml)
         except apsw.Error as exc:
             self.description = None
             raise conn._translate(exc) from None
@@ -220,17 +213,12 @@ class Cursor:
         self.lastrowid = conn._db.last_insert_rowid()
         return self
 
-    def _make_tracer(self) -> Callable[[apsw.Cursor, str, object], bool]:
-        self._tracer = _description_tracer(weakref.ref(self))
-        return self._tracer
-
     def executemany(self, sql: str, seq_of_parameters: Iterable[Params]) -> Cursor:
         """Run one statement once per parameter set."""
         self._check()
         conn = self.connection
         if _is_dml(sql):
             conn._begin_if_needed(sql)
-        self._cursor.exec_trace = None
         before = conn._db.total_changes()
         try:
             for params in seq_of_parameters:
@@ -271,12 +259,18 @@ class Cursor:
         self._ahead = None
         return self
 
-    def _describe(self) -> tuple[tuple[str, None, None, None, None, None, None], ...] | None:
+    def _describe(self, sql: str, dml: bool) -> tuple[tuple[str, None, None, None, None, None, None], ...] | None:
         try:
             cols = self._cursor.get_description()
         except apsw.ExecutionCompleteError:
-            return self._prepared_description
-        return tuple((name, None, None, None, None, None, None) for name, _decl in cols)
+            if dml or not _returns_rows(sql):
+                return None
+            # a query that finished without a row: ask SQLite for its columns without running it
+            try:
+                cols = apsw.ext.query_info(self.connection._db, sql).description
+            except apsw.Error:
+                return None
+        return _dbapi_description(tuple(cols)) if cols else None
 
     def _convert(self, row: tuple[Any, ...]) -> Any:
         return self.row_factory(self, row) if self.row_factory else row
