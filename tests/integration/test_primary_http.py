@@ -365,3 +365,17 @@ def test_client_going_away_mid_pull_is_harmless(server: PrimaryProcess) -> None:
     _, pages, _ = pull(server, PullRequest(), "/db/gone/pull-updates")
     assert len(pages) > 1000
     assert "Error handling request" not in server.log()
+
+
+def test_development_mode_accepts_any_token_and_says_so(tmp_path: Path) -> None:
+    proc = PrimaryProcess(tmp_path / "data")
+    proc.start()
+    try:
+        for headers in ({}, {"Authorization": "Bearer anything-at-all"}, {"Authorization": "garbage"}):
+            resp = HTTP.post(proc.url + "/v2/pipeline", json=execute("SELECT 1"), headers=headers)
+            assert resp.status_code == 200
+    finally:
+        proc.close()
+    log = proc.log()
+    assert "development mode" in log and "loopback only" in log
+    assert "anything-at-all" not in log
