@@ -205,3 +205,16 @@ def test_two_agents_on_one_replica_never_double_push_or_use_a_stale_base(tmp_pat
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     for conn in (app, daemon, other):
         conn.close()
+
+
+def test_autocommit_connections_on_a_replica_capture_every_write(tmp_path, ours):
+    with replicas(tmp_path, ours) as (a, b):
+        auto = turso_sync.connect(a.path, isolation_level=None)  # a second connection, autocommit
+        auto.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        auto.executemany("INSERT INTO t VALUES (?, ?)", [(i, f"auto{i}") for i in range(20)])
+        auto.execute("UPDATE t SET v = 'changed' WHERE id < 5")
+        auto.close()
+        assert a.stats().pending_changes == 3
+        a.push()
+        b.pull()
+        assert rows(b, "SELECT count(*), sum(v = 'changed') FROM t") == [(20, 5)]

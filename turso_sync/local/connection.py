@@ -217,15 +217,28 @@ class Cursor:
         """Run one statement once per parameter set."""
         self._check()
         conn = self.connection
-        if _is_dml(sql):
+        if not _single_statement(sql):
+            raise errors.ProgrammingError("You can only execute one statement at a time.")
+        dml = _is_dml(sql)
+        if dml:
             conn._begin_if_needed(sql)
+        own_txn = conn._capture is not None and dml and conn._db.get_autocommit()
+        if own_txn:
+            conn._db.execute("BEGIN IMMEDIATE")  # on a replica the writes commit with their capture
         before = conn._db.total_changes()
         try:
-            for params in seq_of_parameters:
-                for _ in self._cursor.execute(sql, params):
-                    raise errors.ProgrammingError("executemany() can only run statements that return no rows")
+            for _ in self._cursor.executemany(sql, seq_of_parameters):  # APSW loops in C
+                raise errors.ProgrammingError("executemany() can only run statements that return no rows")
+            if own_txn:
+                conn.commit()
         except apsw.Error as exc:
+            if own_txn:
+                conn.rollback()
             raise conn._translate(exc) from None
+        except (KeyError, TypeError, ValueError) as exc:
+            if own_txn:
+                conn.rollback()
+            raise errors.ProgrammingError(f"bad parameters for {sql[:60]!r}: {exc}") from None
         self.description = None
         self._rows = None
         self._ahead = None
