@@ -218,3 +218,47 @@ def test_autocommit_connections_on_a_replica_capture_every_write(tmp_path, ours)
         a.push()
         b.pull()
         assert rows(b, "SELECT count(*), sum(v = 'changed') FROM t") == [(20, 5)]
+
+
+def test_a_refused_push_commits_nothing_and_keeps_every_change_pending(tmp_path, server):
+    with replicas(tmp_path, server) as (a, b):
+        a.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, email TEXT)")
+        a.commit()
+        a.push()
+        b.pull()
+        # the remote gains a UNIQUE index; b, offline, writes a batch whose last row breaks it
+        a.execute("CREATE UNIQUE INDEX t_email ON t(email)")
+        a.execute("INSERT INTO t VALUES (1, 'taken@example.com')")
+        a.commit()
+        a.push()
+        b.executemany("INSERT INTO t VALUES (?, ?)", [(10, "ok1@example.com"), (11, "ok2@example.com")])
+        b.execute("INSERT INTO t VALUES (12, 'taken@example.com')")
+        b.commit()
+        pending = b.stats().pending_changes
+        with pytest.raises(turso_sync.PushRejectedError, match="UNIQUE"):
+            b.push()
+        assert b.stats().pending_changes == pending  # nothing forgotten
+        a.pull()
+        assert rows(a, "SELECT id FROM t ORDER BY id") == [(1,)]  # and nothing half-applied remotely
+        # sync() settles it: the rebase meets the constraint, journals it, and the rest goes through
+        b.sync()
+        a.pull()
+        assert rows(a, "SELECT id FROM t ORDER BY id") == [(1,), (10,), (11,)]
+        assert [c.kind for c in b.conflicts()] == ["constraint"]
+        assert b.conflicts()[0].local == {"id": 12, "email": "taken@example.com"}
+
+
+def test_an_interrupted_bootstrap_starts_over(tmp_path, ours):
+    with replicas(tmp_path, ours, 1) as (seed,):
+        seed.executescript("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+        seed.push()
+    path = tmp_path / "half.db"
+    # what a kill -9 in the middle of a bootstrap leaves: the state says so, the file is a fragment
+    from turso_sync.sync.state import SyncState
+
+    SyncState(remote_url=ours, client_id="half-1", bootstrapping=True).save(str(path))
+    path.write_bytes(b"\0" * 1000)
+    conn = turso_sync.connect(path, ours)
+    assert rows(conn, "SELECT x FROM t") == [(1,)]
+    assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    conn.close()
