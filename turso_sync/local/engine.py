@@ -19,7 +19,7 @@ import apsw
 from .. import errors
 from ..crypto.page_codec import PageCodec
 from .connection import Connection
-from .framelog import FrameLog, RevisionGone
+from .framelog import FrameLog, RevisionGone, TxnPage
 from .install import InstallError, append_transaction
 from .walformat import read_committed
 
@@ -130,17 +130,20 @@ class LocalDatabase:
         wanted = set(pgnos) if pgnos is not None else None
         with self._write_locked() as db:
             db_size = db.execute("PRAGMA page_count").get
-            seq = self.log.current_seq()
             if since is None:
+                seq = self.log.current_seq()
                 changed: set[int] = set(range(1, db_size + 1))
             else:
+                seq = since
                 changed = set()
                 for txn in self.log.history(since, with_images=False):
                     changed.update(page.pgno for page in txn.pages)
+                    seq = txn.seq  # the newest one is the current revision
                 changed = {p for p in changed if p <= db_size}
             if wanted is not None:
                 changed &= wanted
-            pages = self._read_current(sorted(changed), db_size)
+            read = self.page_reader()  # indexes the WAL once for every page read below
+            pages = {pgno: read(pgno) for pgno in sorted(changed)}
         return Snapshot(seq, db_size, pages)
 
     def page_reader(self) -> Callable[[int], bytes]:
@@ -159,10 +162,13 @@ class LocalDatabase:
         except FileNotFoundError:
             pass
         path = self.path
+        lazy = self._conn._state.lazy
 
         def read(pgno: int) -> bytes:
             raw = latest.get(pgno)
             if raw is None:
+                if lazy is not None and lazy.missing(pgno):
+                    lazy.ensure(pgno)  # a partial replica: fetch it, as a read through SQLite would
                 with open(path, "rb") as f:
                     raw = os.pread(f.fileno(), P, (pgno - 1) * P)
                 if len(raw) < P:
@@ -188,11 +194,14 @@ class LocalDatabase:
                 if frame.pgno in wanted:
                     latest[frame.pgno] = frame.body
         out: dict[int, bytes] = {}
+        lazy = self._conn._state.lazy
         with open(self.path, "rb") as f:
             fd = f.fileno()
             for pgno in pgnos:
                 raw = latest.get(pgno)
                 if raw is None:
+                    if lazy is not None and lazy.missing(pgno):
+                        lazy.ensure(pgno)
                     raw = os.pread(fd, P, (pgno - 1) * P)
                     if len(raw) < P:
                         raise errors.DatabaseError(f"{self.path}: page {pgno} of {db_size} is missing")
@@ -222,20 +231,53 @@ class LocalDatabase:
         Pages that did not exist at ``seq`` are left out (they lie past the size).  The caller
         holds ``write_lock()``.
         """
-        restore: dict[int, bytes | None] = {}
-        size_at: int | None = None
-        for txn in self.log.history(seq):
-            if size_at is None:
-                size_at = txn.size_before
-            for page in txn.pages:
-                if page.pgno not in restore:
-                    restore[page.pgno] = page.pre
+        firsts, size_at = self.log.first_touches(seq, None)
         if size_at is None:
             return {}, self.log.size_at(seq) if seq != self.log.base_seq else self.log.base_size
+        return self._pre_images(firsts, size_at), size_at
+
+    def _pre_images(self, firsts: dict[int, TxnPage], size_at: int) -> dict[int, bytes]:
+        """Plaintext images before each page's first change; never-fetched pages from the remote."""
         pages = {
-            pgno: self.log.decrypt(pre, pgno) for pgno, pre in restore.items() if pre is not None and pgno <= size_at
+            pgno: self.log.decrypt(page.pre, pgno)
+            for pgno, page in firsts.items()
+            if page.pre is not None and pgno <= size_at
         }
-        return pages, size_at
+        unfetched = [pgno for pgno, page in firsts.items() if page.pre_missing and pgno <= size_at]
+        if unfetched:
+            lazy = self._conn._state.lazy
+            if lazy is None:
+                raise errors.DatabaseError(
+                    f"{self.path}: pages {unfetched[:5]} were never fetched and this is not a partial replica"
+                )
+            pages.update(lazy.bootstrap_images(unfetched))  # they held their bootstrap images
+        return pages
+
+    def snapshot_at(self, seq: int, pgnos: Iterable[int] | None = None, since: int | None = None) -> Snapshot:
+        """Images of pages exactly as of revision ``seq`` (older than the current one, or equal).
+
+        A page's image at ``seq`` is the pre-image kept by the first transaction after ``seq``
+        that changed it, else its current image.  Only the frame log records holding a wanted
+        page are read.  With ``since``, only pages changed in ``since < s <= seq`` are included.
+        Raises RevisionGone when ``seq`` is older than the history kept or newer than the database.
+        """
+        wanted = set(pgnos) if pgnos is not None else None
+        with self._write_locked() as db:
+            current_size = int(db.execute("PRAGMA page_count").get)  # type: ignore[arg-type]
+            firsts, size_at = self.log.first_touches(seq, wanted)
+            db_size = current_size if size_at is None else size_at
+            chosen = set(range(1, db_size + 1)) if wanted is None else {p for p in wanted if 1 <= p <= db_size}
+            if since is not None:
+                changed: set[int] = set()
+                for txn in self.log.history(since, with_images=False):
+                    if txn.seq > seq:
+                        break
+                    changed.update(page.pgno for page in txn.pages)
+                chosen &= changed
+            old = {p: firsts[p] for p in chosen if p in firsts}
+            pages = self._pre_images(old, db_size)
+            pages.update(self._read_current(sorted(chosen - set(old)), current_size))
+        return Snapshot(seq, db_size, pages)
 
     def _install_locked(self, db: apsw.Connection, pages: dict[int, bytes], db_size: int) -> int:
         try:
