@@ -23,6 +23,7 @@ from ..crypto.page_codec import (
 )
 from .capture import ChangeCapture, is_replica, schema_statement, transaction_statement
 from .framelog import FrameLog
+from .lazy import LazyPages
 from .vfs import PAGE_SIZE, DatabaseState, ensure_vfs, realpath, registry
 from .walformat import read_committed
 
@@ -405,6 +406,8 @@ class Connection:
         self._capture: ChangeCapture | None = None
         self._reserved_bytes = reserved_bytes
         try:
+            if self._state.lazy is None:
+                self._state.lazy = LazyPages.open(self.path, self._state.codec)  # a partial replica
             if self._state.frame_log is None and FrameLog.exists(self.path):
                 self._attach_frame_log()
             self._db = apsw.Connection(
@@ -452,6 +455,8 @@ class Connection:
         log = FrameLog(self.path, codec, codec.page_size if codec else PAGE_SIZE)
         self._state.frame_log = log
         self._state.before_checkpoint = log.archive
+        if self._state.lazy is not None:
+            log.is_missing = self._state.lazy.missing_now
 
     def _start_frame_log(self) -> None:
         """Begin recording: history starts at the database's current committed state."""
@@ -485,6 +490,10 @@ class Connection:
             raise errors.ProgrammingError("cannot operate on a closed database")
 
     def _translate(self, exc: BaseException) -> errors.Error:
+        if isinstance(exc, apsw.IOError) and self._state.lazy_error:
+            lazy_error = self._state.lazy_error[0]
+            self._state.lazy_error.clear()
+            return lazy_error  # a missing page of a partial replica could not be fetched
         if isinstance(exc, apsw.CorruptError | apsw.NotADBError) and self._state.last_error:
             detail = self._state.last_error[0]
             self._state.last_error.clear()

@@ -18,7 +18,8 @@ File layout (big-endian): a 48-byte header, then records.
   record: magic ``TSFR``, seq u64, salt1, salt2, commit frame, db size, db size before,
           page count, body length u32, crc32 of header+body; then per page:
           pgno u32, flag u8 (1 = pre-image follows, 2 = no post-image: the commit cut the page
-          off), [pre-image], [post-image].
+          off, 4 = the pre-image was never fetched: a partial replica's page still missing from the
+          database file, whose image is the bootstrap revision's), [pre-image], [post-image].
 A record whose crc does not match is a torn append and is cut off when the log is next opened.
 """
 
@@ -29,7 +30,7 @@ import os
 import struct
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -55,6 +56,7 @@ class TxnPage:
     pgno: int
     post: bytes
     pre: bytes | None
+    pre_missing: bool = False  # partial replica: the pre-image is the bootstrap image, not local
 
 
 @dataclass
@@ -96,6 +98,8 @@ class FrameLog:
         self.base_size = 0
         self.base_seq = 0
         self.base_marker: tuple[int, int, int] = (0, 0, 0)
+        #: partial replicas: tells whether a page of the database file was never fetched
+        self.is_missing: Callable[[int], bool] | None = None
 
     # --- creation and loading ---------------------------------------------------------------
 
@@ -220,6 +224,11 @@ class FrameLog:
         for pgno in sorted([*posts, *cut]):
             pre = latest.get(pgno)
             if pre is None and pgno <= size_before:
+                if self.is_missing is not None and self.is_missing(pgno):
+                    # never fetched (SQLite can overwrite a free page without reading it): the
+                    # file holds no image of it, so record that instead of its bytes
+                    txn.pages.append(TxnPage(pgno, posts.get(pgno, b""), None, pre_missing=True))
+                    continue
                 pre = os.pread(db_file.fileno(), P, (pgno - 1) * P)  # type: ignore[attr-defined]
                 if len(pre) < P:
                     pre = None
@@ -245,7 +254,7 @@ class FrameLog:
     def _encode(self, txn: Txn) -> bytes:
         body = bytearray()
         for page in txn.pages:
-            flag = (1 if page.pre is not None else 0) | (0 if page.post else 2)
+            flag = (1 if page.pre is not None else 0) | (0 if page.post else 2) | (4 if page.pre_missing else 0)
             body += struct.pack(">IB", page.pgno, flag)
             if page.pre is not None:
                 body += page.pre
@@ -282,7 +291,7 @@ class FrameLog:
             if not flag & 2:
                 post = body[p : p + P]
                 p += P
-            txn.pages.append(TxnPage(pgno, post, pre))
+            txn.pages.append(TxnPage(pgno, post, pre, pre_missing=bool(flag & 4)))
         return txn
 
     def current_seq(self) -> int:
@@ -323,6 +332,40 @@ class FrameLog:
         for txn in wal:
             if txn.seq > since:
                 yield txn
+
+    def first_touches(self, since: int, pgnos: Iterable[int] | None) -> tuple[dict[int, TxnPage], int | None]:
+        """For each page (of ``pgnos``, or any) changed after ``since``: its entry in the first
+        transaction after ``since`` that touched it (whose ``pre`` is the image at ``since``);
+        and the database size at ``since`` (None when nothing happened after it).
+
+        Reads only the records that hold a wanted page.  Raises RevisionGone like ``history``.
+        """
+        wanted = set(pgnos) if pgnos is not None else None
+        found: dict[int, TxnPage] = {}
+        size_at: int | None = None
+        with self._locked(exclusive=False) as fd:
+            wal = self._wal_txns()
+            newest = wal[-1].seq if wal else self._last()[0]
+            if since < self.base_seq or since > newest:
+                raise RevisionGone(f"revision {since} is not available: history covers {self.base_seq}..{newest}")
+            for rec in self._index:
+                if rec.seq <= since:
+                    continue
+                if size_at is None:
+                    size_at = rec.size_before
+                if any(p not in found and (wanted is None or p in wanted) for p in rec.pgnos):
+                    for page in self._read_record(fd, rec).pages:
+                        if page.pgno not in found and (wanted is None or page.pgno in wanted):
+                            found[page.pgno] = page
+        for txn in wal:
+            if txn.seq <= since:
+                continue
+            if size_at is None:
+                size_at = txn.size_before
+            for page in txn.pages:
+                if page.pgno not in found and (wanted is None or page.pgno in wanted):
+                    found[page.pgno] = page
+        return found, size_at
 
     def size_at(self, seq: int) -> int:
         """Database size in pages right after transaction ``seq``."""

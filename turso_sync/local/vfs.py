@@ -10,7 +10,9 @@ locking across connections and processes.  What this layer adds:
   ciphertext, on read it verifies the ciphertext chain and hands SQLite the plaintext chain;
 * rollback journal (only used while a new database is created): page records are encrypted;
 * checkpoints: before SQLite copies WAL frames into the database file, the frame log
-  (``framelog.py``) archives them, so no committed frame is lost to a WAL reset.
+  (``framelog.py``) archives them, so no committed frame is lost to a WAL reset;
+* partial replicas: a page missing from the database file is fetched before it is read
+  (``lazy.py``), and pages a checkpoint writes are marked present under the same lock.
 
 Temporary files are refused: connections keep ``temp_store=MEMORY``.
 """
@@ -25,11 +27,13 @@ from typing import TYPE_CHECKING
 
 import apsw
 
+from .. import errors
 from ..crypto.page_codec import PageAuthError, PageCodec
 from .walformat import FRAME_HEADER_SIZE, WAL_HEADER_SIZE, FrameHeader, frame_index, frame_offset, wal_checksum
 
 if TYPE_CHECKING:
     from .framelog import FrameLog
+    from .lazy import LazyPages
 
 VFS_NAME = "turso_sync"
 PAGE_SIZE = 4096
@@ -46,6 +50,9 @@ class DatabaseState:
     archive_error: str | None = None
     last_error: list[PageAuthError] = field(default_factory=list)
     users: int = 0
+    lazy: LazyPages | None = None  # a partial replica's missing pages
+    lazy_error: list[errors.Error] = field(default_factory=list)  # why a missing page could not be read
+    lazy_ckpt_held: bool = False
 
     def record(self, err: PageAuthError) -> None:
         self.last_error[:] = [err]
@@ -108,6 +115,8 @@ class EncryptedDBFile(apsw.VFSFile):
 
     def xRead(self, amount: int, offset: int) -> bytes:
         P = self.P
+        if self.state.lazy is not None:
+            _ensure_present(self.state, offset // P + 1, (offset + amount - 1) // P + 1)
         if amount == P and offset % P == 0:
             raw = super().xRead(P, offset)
             if len(raw) < P:
@@ -147,11 +156,21 @@ class EncryptedDBFile(apsw.VFSFile):
             pgno = (offset + i) // P + 1
             _check_plain_page(page, pgno, self.codec)
             out += self.codec.encrypt(page, pgno)
-        super().xWrite(bytes(out), offset)
+        lazy = self.state.lazy
+        if lazy is None:
+            super().xWrite(bytes(out), offset)
+            return
+        with lazy.locked():
+            super().xWrite(bytes(out), offset)
+            lazy.mark_written(offset // P + 1, len(data) // P)
+
+    def xTruncate(self, newsize: int) -> None:
+        super().xTruncate(newsize)
+        if self.state.lazy is not None:
+            self.state.lazy.mark_truncated(newsize // self.P)
 
     def xFileControl(self, op: int, ptr: int) -> bool:
-        if op == apsw.SQLITE_FCNTL_CKPT_START:
-            _archive_before_checkpoint(self.state)
+        _checkpoint_control(self.state, op)
         return super().xFileControl(op, ptr)
 
 
@@ -162,14 +181,65 @@ class PlainDBFile(apsw.VFSFile):
         super().__init__("", name, flags)
         self.state = state
 
+    def xRead(self, amount: int, offset: int) -> bytes:
+        if self.state.lazy is not None:
+            _ensure_present(self.state, offset // PAGE_SIZE + 1, (offset + amount - 1) // PAGE_SIZE + 1)
+        return super().xRead(amount, offset)
+
     def xWrite(self, data: bytes, offset: int) -> None:
         _refuse_unarchived_backfill(self.state)
-        super().xWrite(data, offset)
+        lazy = self.state.lazy
+        if lazy is None:
+            super().xWrite(data, offset)
+            return
+        if offset % PAGE_SIZE or len(data) % PAGE_SIZE:
+            raise apsw.IOError(f"unaligned write of {len(data)} bytes at {offset} to a partial replica")
+        with lazy.locked():
+            super().xWrite(data, offset)
+            lazy.mark_written(offset // PAGE_SIZE + 1, len(data) // PAGE_SIZE)
+
+    def xTruncate(self, newsize: int) -> None:
+        super().xTruncate(newsize)
+        if self.state.lazy is not None:
+            self.state.lazy.mark_truncated(newsize // PAGE_SIZE)
 
     def xFileControl(self, op: int, ptr: int) -> bool:
-        if op == apsw.SQLITE_FCNTL_CKPT_START:
-            _archive_before_checkpoint(self.state)
+        _checkpoint_control(self.state, op)
         return super().xFileControl(op, ptr)
+
+
+def _checkpoint_control(state: DatabaseState, op: int) -> None:
+    """Archive before a checkpoint; on a partial replica hold the presence lock while it backfills.
+
+    The lock is taken after the archive (the frame log's lock comes first everywhere), so no lazy
+    write can land between a backfill write and its page being marked present.
+    """
+    if op == apsw.SQLITE_FCNTL_CKPT_START:
+        _archive_before_checkpoint(state)
+        if state.lazy is not None:
+            state.lazy.acquire()
+            state.lazy_ckpt_held = True
+    elif op == apsw.SQLITE_FCNTL_CKPT_DONE and state.lazy is not None and state.lazy_ckpt_held:
+        state.lazy_ckpt_held = False
+        state.lazy.release()
+
+
+def _ensure_present(state: DatabaseState, first: int, last: int) -> None:
+    """Fetch any missing page in ``first..last`` before SQLite reads it; record why if that fails."""
+    lazy = state.lazy
+    assert lazy is not None
+    for pgno in range(first, last + 1):
+        if not lazy.missing(pgno):
+            continue
+        try:
+            lazy.ensure(pgno)
+        except errors.Error as exc:
+            state.lazy_error[:] = [exc]
+            raise apsw.IOError(str(exc)) from None
+        except Exception as exc:
+            err = errors.OperationalError(f"{state.path}: page {pgno} is not yet local and could not be stored: {exc}")
+            state.lazy_error[:] = [err]
+            raise apsw.IOError(str(err)) from None
 
 
 def _archive_before_checkpoint(state: DatabaseState) -> None:

@@ -66,6 +66,10 @@ class EnginePages:
     def snapshot(self, since: int | None = None, pgnos: Iterable[int] | None = None) -> Snapshot:
         return self._engine.snapshot(since, pgnos)
 
+    def snapshot_at(self, seq: int, pgnos: Iterable[int] | None = None, since: int | None = None) -> Snapshot:
+        """Images as of revision ``seq`` (pinned reads; see ``LocalDatabase.snapshot_at``)."""
+        return self._engine.snapshot_at(seq, pgnos, since)
+
 
 class HostedDatabase:
     """A database of the primary; create with ``await HostedDatabase.open(...)``."""

@@ -4,10 +4,11 @@
 * ``client_revision`` C: the current image of every page changed after C (selector applies);
   C older than the kept history: every page (clients accept a full resend);
   C newer than the database: 400 (the replica belongs to another database);
-* ``server_revision`` R (a pinned read, used by chunked bootstraps): answered when R is the
-  latest revision, or when none of the asked-for pages (nor page 1, which carries the size)
-  changed after R; otherwise 409, as history keeps which pages changed but not every old image
-  at a glance.
+* ``server_revision`` R (a pinned read: chunked bootstraps, and partial replicas fetching
+  pages lazily at their bootstrap revision): the images as of R, for any page, from the frame
+  log's pre-images (``snapshot_at``), for as long as the history reaches back to R; R older
+  than that is 409.  A page source without ``snapshot_at`` answers only when none of the
+  asked-for pages (nor page 1, which carries the size) changed after R, else 409.
 """
 
 from __future__ import annotations
@@ -122,6 +123,16 @@ def _check_not_newer(client: int | None, current: int) -> None:
 def _pinned(source: PageSource, pinned: int, current: int, client: int | None, wanted: list[int] | None) -> Snapshot:
     if pinned > current:
         raise ProtocolError(f"server_revision {pinned} is newer than this database's latest revision {current}")
+    snapshot_at = getattr(source, "snapshot_at", None)
+    if pinned < current and snapshot_at is not None:
+        try:
+            snap: Snapshot = snapshot_at(pinned, wanted, client)
+        except RevisionGone:
+            raise RevisionUnavailable(
+                f"revision {pinned} is older than the history this server keeps; "
+                "a partial replica pinned to it must be bootstrapped again"
+            ) from None
+        return snap
     if pinned < current:
         probe = None if wanted is None else {1, *wanted}
         try:
