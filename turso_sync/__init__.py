@@ -24,6 +24,7 @@ from .errors import (
     Warning,
 )
 from .local.connection import Connection, Cursor
+from .sync.partial import PartialSync
 
 __version__ = "0.1.0"
 
@@ -46,6 +47,7 @@ def connect(
     isolation_level: str | None = "DEFERRED",
     timeout: float = 5.0,
     record_frames: bool = False,
+    partial: PartialSync | None = None,
 ) -> Any:
     """Open (or create) a local database, or a replica of a remote one.
 
@@ -59,6 +61,10 @@ def connect(
     (``bootstrap_if_empty``).  ``conflict`` is ``"last_push_wins"`` (Turso's behaviour),
     ``"remote_wins"``, ``"local_wins"`` or a callable ``(table, pk, base, local, remote, kind)``
     returning ``"local"``, ``"remote"`` or a merged row as a dict.
+
+    ``partial=PartialSync(...)`` bootstraps a new replica partially (a prefix, or the pages a
+    query reads) and fetches every other page on first read, pinned to the bootstrap revision
+    (docs/partial.md).  It only matters when the replica is created.
 
     Without a remote, ``record_frames=True`` starts the frame log (``<path>-frames``): every
     committed transaction, numbered and kept with its page images.  Replicas and the primary
@@ -81,6 +87,7 @@ def connect(
             encryption_key=encryption_key,
             cipher=cipher,
             conflict=conflict,
+            partial=partial,
         )
         try:
             return SyncConnection(
@@ -116,6 +123,7 @@ __all__ = [
     "NetworkError",
     "NotSupportedError",
     "OperationalError",
+    "PartialSync",
     "ProgrammingError",
     "PushRejectedError",
     "RemoteError",

@@ -16,6 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import apsw
+
 from .. import errors
 from ..local.connection import Connection
 from ..local.engine import LocalDatabase, Snapshot
@@ -65,6 +67,38 @@ class EnginePages:
 
     def snapshot(self, since: int | None = None, pgnos: Iterable[int] | None = None) -> Snapshot:
         return self._engine.snapshot(since, pgnos)
+
+    def query_pages(self, sql: str) -> list[int]:
+        """Pages a query reads, as a superset: page 1, the schema, and every page of its tables and indexes.
+
+        The tables come from SQLite's authorizer (``SQLITE_READ``) while the statement is
+        prepared (as ``EXPLAIN``, so it never runs); their pages from ``dbstat``.
+        """
+        db = self._conn.apsw_connection
+        tables: set[str] = set()
+
+        def authorize(code: int, a: str | None, b: str | None, dbname: str | None, trigger: str | None) -> int:
+            if code == apsw.SQLITE_READ and a:
+                tables.add(a)
+            elif code not in (apsw.SQLITE_SELECT, apsw.SQLITE_READ, apsw.SQLITE_FUNCTION):
+                return apsw.SQLITE_DENY  # the selector must be a query
+            return apsw.SQLITE_OK
+
+        db.authorizer = authorize
+        try:
+            db.execute(sql, explain=1).fetchall()
+        except apsw.Error as exc:
+            raise errors.ProtocolError(f"server_query_selector is not a query this database runs: {exc}") from None
+        finally:
+            db.authorizer = None
+        names = set(tables) | {"sqlite_schema"}
+        marks = ",".join("?" * len(tables)) or "NULL"
+        names.update(
+            r[0] for r in db.execute(f"SELECT name FROM sqlite_schema WHERE tbl_name IN ({marks})", tuple(tables))
+        )
+        marks = ",".join("?" * len(names))
+        pages = {int(r[0]) for r in db.execute(f"SELECT pageno FROM dbstat WHERE name IN ({marks})", tuple(names))}
+        return sorted(pages | {1})
 
     def snapshot_at(self, seq: int, pgnos: Iterable[int] | None = None, since: int | None = None) -> Snapshot:
         """Images as of revision ``seq`` (pinned reads; see ``LocalDatabase.snapshot_at``)."""

@@ -69,7 +69,7 @@ def select_pages(source: PageSource, request: PullRequest) -> Snapshot:
     only for pinned reads and for revisions the history does not cover.
     """
     client, pinned = check_request(request)
-    wanted = _wanted_pgnos(source, request.page_ids)
+    wanted = _wanted_pgnos(source, request.page_ids, request.query_selector)
     if pinned is not None:
         current = source.current_seq()
         _check_not_newer(client, current)
@@ -97,7 +97,7 @@ def select_slices(
     if client is not None or pinned is not None:
         yield select_pages(source, request)
         return
-    wanted = _wanted_pgnos(source, request.page_ids)
+    wanted = _wanted_pgnos(source, request.page_ids, request.query_selector)
     if wanted is None:
         wanted = list(range(1, source.page_count() + 1))
     first: Snapshot | None = None
@@ -150,10 +150,20 @@ def _pinned(source: PageSource, pinned: int, current: int, client: int | None, w
     return Snapshot(pinned, snap.db_size, snap.pages)
 
 
-def _wanted_pgnos(source: PageSource, page_ids: BitMap | None) -> list[int] | None:
-    """1-based page numbers picked by the selector, limited to the database (None: all)."""
-    if page_ids is None:
+def _wanted_pgnos(source: PageSource, page_ids: BitMap | None, query: str = "") -> list[int] | None:
+    """1-based page numbers picked by the selectors, limited to the database (None: all).
+
+    A query selector picks the pages the query reads (a superset: see ``query_pages`` of the
+    engine's page source); with a page selector too, the union.
+    """
+    if page_ids is None and not query:
         return None
+    picked = BitMap() if page_ids is None else BitMap(page_ids)
+    if query:
+        query_pages = getattr(source, "query_pages", None)
+        if query_pages is None:
+            raise ProtocolError("this server does not answer server_query_selector")
+        picked |= BitMap(p - 1 for p in query_pages(query))
     limit = BitMap()
     limit.add_range(0, source.page_count())
-    return [page_id + 1 for page_id in page_ids & limit]
+    return [page_id + 1 for page_id in picked & limit]

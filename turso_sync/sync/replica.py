@@ -21,15 +21,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import apsw
+from pyroaring import BitMap
 
 from .. import errors
 from ..crypto.page_codec import PageCodec
 from ..local.capture import CONFLICTS_TABLE, META_TABLE, OUTBOX_TABLE, SCHEMA
 from ..local.connection import Connection
 from ..local.engine import LocalDatabase
+from ..local.lazy import clear_fetcher, set_fetcher
+from ..local.presence import PresenceMap
 from ..local.vfs import realpath
 from . import push as push_mod
 from .overlay import OverlayImage
+from .partial import PartialSync
 from .rebase import Conflict, OutboxRow, Rebaser, Resolver, row_from_json
 from .state import SyncState, drop_reverts, read_revert, write_revert
 from .transport import HttpxTransport, Transport
@@ -55,6 +59,11 @@ class SyncStats:
     conflicts: int
     pulls: int
     pushes: int
+    pages_present: int | None = None  # partial replicas: bootstrap pages held locally
+    pages_total: int | None = None  # partial replicas: pages of the bootstrap revision
+    lazy_requests: int = 0  # partial replicas: requests made to fetch missing pages
+    lazy_pages_fetched: int = 0
+    lazy_bytes_fetched: int = 0
 
 
 @dataclass
@@ -81,6 +90,7 @@ class Replica:
         conflict: str | Resolver = "last_push_wins",
         transport: Transport | None = None,
         request_timeout: float = 30.0,
+        partial: PartialSync | None = None,
     ) -> None:
         self.path = realpath(path)
         self._mutex = threading.RLock()
@@ -105,22 +115,39 @@ class Replica:
         self.transport: Transport = transport or HttpxTransport(
             state.remote_url, auth_token=auth_token, client_name=client_name or "turso-sync"
         )
-        if not os.path.exists(self.path) or not os.path.exists(SyncState.path_for(self.path)):
-            if os.path.exists(self.path):
-                raise errors.ProgrammingError(
-                    f"{self.path} exists but is not a replica; choose a new path to bootstrap into"
-                )
-            if bootstrap_if_empty:
-                self._bootstrap()
-            else:
-                self._create_deferred()
-        self.db = LocalDatabase(self.path, **self._key)
-        self._ensure_sync_tables()
+        # missing pages of a partial replica are fetched through this replica's transport
+        set_fetcher(self.path, self._fetch_pinned)
+        try:
+            if not os.path.exists(self.path) or not os.path.exists(SyncState.path_for(self.path)):
+                if os.path.exists(self.path):
+                    raise errors.ProgrammingError(
+                        f"{self.path} exists but is not a replica; choose a new path to bootstrap into"
+                    )
+                if partial is not None and bootstrap_if_empty:
+                    self._bootstrap_partial(partial)
+                elif bootstrap_if_empty:
+                    self._bootstrap()
+                else:
+                    self._create_deferred()
+            self.db = LocalDatabase(self.path, **self._key)
+            self._configure_lazy()
+            self._ensure_sync_tables()
+        except BaseException:
+            clear_fetcher(self.path, self._fetch_pinned)
+            raise
+
+    def _configure_lazy(self) -> None:
+        lazy = self.db._conn._state.lazy
+        if lazy is None or self.state.partial is None:
+            return
+        options = PartialSync.from_json(self.state.partial)
+        lazy.segment_pages = options.segment_pages
+        lazy.prefetch = options.prefetch
 
     # --- files --------------------------------------------------------------------------------
 
     def _remove_local_files(self) -> None:
-        for suffix in ("", "-wal", "-shm", "-frames", "-sync"):
+        for suffix in ("", "-wal", "-shm", "-frames", "-sync", "-present", "-present.lock"):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(self.path + suffix)
         drop_reverts(self.path, None)
@@ -158,6 +185,7 @@ class Replica:
         return self.db.codec
 
     def close(self) -> None:
+        clear_fetcher(self.path, self._fetch_pinned)
         self.db.close()
         self.transport.close()
 
@@ -212,6 +240,79 @@ class Replica:
         self._count_bytes()
         state.save(self.path)
 
+    def _bootstrap_partial(self, options: PartialSync) -> None:
+        """Bootstrap a prefix (or a query's pages); every other page is fetched on first read.
+
+        The database file is created at full size, the received pages written, and the
+        presence bitmap (with the bootstrap revision every later fetch is pinned to) saved
+        before the file takes its name.  Holes are never trusted, only the bitmap.
+        """
+        state = self.state
+        state.bootstrapping = True
+        state.save(self.path)
+        result = self._fetch("", page_ids=options.page_selector(), query=options.query or "")
+        if result.db_size == 0 and not result.pages:
+            self._create_deferred()  # the remote database is still empty: nothing to be partial about
+            state.synced_revision = result.revision
+            state.bootstrapping = False
+            state.touch_pull()
+            self._count_bytes()
+            state.save(self.path)
+            return
+        if 1 not in result.pages:
+            raise errors.SyncError(f"the remote at {state.remote_url} sent no page 1 (size {result.db_size})")
+        codec = self._new_codec()
+        self._check_page1(result.pages[1], codec)
+        tmp = self.path + ".bootstrap"
+        with open(tmp, "wb") as f:
+            f.truncate(result.db_size * P)
+            for pgno in sorted(result.pages):
+                if pgno > result.db_size:
+                    continue
+                page = _wal_mode_page(result.pages[pgno], pgno)
+                os.pwrite(f.fileno(), codec.encrypt(page, pgno) if codec is not None else page, (pgno - 1) * P)
+            f.flush()
+            os.fsync(f.fileno())
+        for suffix in ("-wal", "-shm", "-frames", "-present.lock"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.path + suffix)
+        present = BitMap(p for p in result.pages if p <= result.db_size)
+        PresenceMap(result.db_size, result.revision, present).save(self.path)
+        os.replace(tmp, self.path)
+        state.partial = options.to_json()
+        db = LocalDatabase(self.path, **self._key)  # starts the frame log: seq 0 = the remote state
+        db.close()
+        state.synced_revision = result.revision
+        state.synced_seq = 0
+        state.synced_db_size = result.db_size
+        state.revert_seq = None
+        state.bootstrapping = False
+        state.touch_pull()
+        self._count_bytes()
+        state.save(self.path)
+
+    def _check_page1(self, page1: bytes, codec: PageCodec | None) -> None:
+        if int.from_bytes(page1[16:18], "big") != P:
+            raise errors.SyncError("the remote database does not use 4096-byte pages")
+        if codec is not None and page1[20] != codec.reserved:
+            raise errors.EncryptionError(
+                f"the remote database reserves {page1[20]} bytes per page; an encrypted replica needs "
+                f"{codec.reserved} (create the primary database with 28 reserved bytes, as turso-sync serve does)"
+            )
+
+    def _fetch_pinned(self, pgnos: list[int], revision: str) -> dict[int, bytes]:
+        """Images of ``pgnos`` (1-based) at ``revision``: a partial replica's lazy fetch."""
+        try:
+            result = self._fetch("", server_revision=revision, page_ids=BitMap(p - 1 for p in pgnos))
+        except errors.RemoteError as exc:
+            if exc.status in (409, 410):
+                raise errors.SyncError(
+                    f"the remote no longer serves revision {revision}, which this partial replica was "
+                    f"bootstrapped from ({exc}); bootstrap a new replica (pages already local keep working)"
+                ) from None
+            raise
+        return {p: _wal_mode_page(page, p) for p, page in result.pages.items() if p in set(pgnos)}
+
     def _create_deferred(self) -> None:
         """A local-only replica that has never talked to the remote (bootstrap_if_empty=False)."""
         db = LocalDatabase(self.path, reserved_bytes=28, **self._key)
@@ -247,12 +348,23 @@ class Replica:
 
     # --- network ------------------------------------------------------------------------------
 
-    def _fetch(self, client_revision: str, long_poll_ms: int = 0) -> PullResult:
+    def _fetch(
+        self,
+        client_revision: str,
+        long_poll_ms: int = 0,
+        *,
+        server_revision: str = "",
+        page_ids: BitMap | None = None,
+        query: str = "",
+    ) -> PullResult:
         want_zstd = self.state.zstd is not False
         request = PullRequest(
             encoding=PageEncoding.ZSTD if want_zstd else PageEncoding.RAW,
+            server_revision=server_revision,
             client_revision=client_revision,
             long_poll_timeout_ms=long_poll_ms,
+            page_ids=page_ids,
+            query_selector=query,
         )
         timeout = self.request_timeout + long_poll_ms / 1000
         try:
@@ -262,7 +374,9 @@ class Replica:
         except errors.RemoteError as exc:
             if want_zstd and exc.status in (400, 415, 422, 500, 501):
                 self.state.zstd = False  # a server without our zstd extension: speak raw
-                return self._fetch(client_revision, long_poll_ms)
+                return self._fetch(
+                    client_revision, long_poll_ms, server_revision=server_revision, page_ids=page_ids, query=query
+                )
             raise
         return self._decode_pull(response.body)
 
@@ -529,6 +643,18 @@ class Replica:
         pending = int(conn.execute(f"SELECT count(*) FROM {OUTBOX_TABLE}").fetchall()[0][0] or 0)
         conflicts = int(conn.execute(f"SELECT count(*) FROM {CONFLICTS_TABLE}").fetchall()[0][0] or 0)
         s = SyncState.load(self.path) or self.state  # another agent may have synced meanwhile
+        partial: dict[str, Any] = {}
+        lazy = self.db._conn._state.lazy
+        if lazy is not None:
+            with lazy.locked():
+                m = lazy.map
+                partial = {
+                    "pages_present": m.present_count(),
+                    "pages_total": m.boot_size,
+                    "lazy_requests": m.requests,
+                    "lazy_pages_fetched": m.pages_fetched,
+                    "lazy_bytes_fetched": m.bytes_fetched,
+                }
         return SyncStats(
             s.synced_revision,
             pending,
@@ -539,6 +665,7 @@ class Replica:
             conflicts,
             s.pulls,
             s.pushes,
+            **partial,
         )
 
     def conflicts(self) -> list[Conflict]:
