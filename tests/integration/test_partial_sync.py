@@ -249,3 +249,31 @@ def test_query_bootstrap_brings_what_the_query_reads(tmp_path, small):
             conn.execute("SELECT count(*) FROM t").fetchone()
     finally:
         conn.close()
+
+
+PYTURSO_PARTIAL = """
+import os, sys, turso, turso.sync
+path, url = sys.argv[1], sys.argv[2]
+opts = turso.sync.PartialSyncOpts(bootstrap_strategy=turso.sync.PartialSyncPrefixBootstrap(length=65536))
+conn = turso.sync.connect(path, url, partial_sync_experimental=opts)
+print(os.stat(path).st_blocks * 512, flush=True)
+print(conn.execute("SELECT v FROM t WHERE id = 4000").fetchone()[0][:12], flush=True)
+print(repr(conn.execute("SELECT count(*), sum(id), max(k) FROM t").fetchall()), flush=True)
+print(os.stat(path).st_blocks * 512, flush=True)
+"""
+
+
+def test_pyturso_partial_sync_against_our_primary(tmp_path, small):
+    data_dir, port = small
+    with primary(data_dir, port=port) as url:
+        out = subprocess.run(
+            [sys.executable, "-c", PYTURSO_PARTIAL, str(tmp_path / "t.db"), url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert out.returncode == 0, out.stderr[-2000:]
+    boot_bytes, point, aggregate, end_bytes = out.stdout.split("\n")[:4]
+    assert int(boot_bytes) <= 256 * 1024 < int(end_bytes)  # the prefix at first (a sparse file), then lazily
+    assert point == "marker-4000-"
+    assert aggregate == repr([(8000, 8000 * 8001 // 2, "key-00007999")])
