@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import re
@@ -25,7 +24,7 @@ from .capture import ChangeCapture, is_replica, schema_statement, transaction_st
 from .framelog import FrameLog
 from .lazy import LazyPages
 from .vfs import PAGE_SIZE, DatabaseState, ensure_vfs, realpath, registry
-from .walformat import read_committed
+from .walformat import scan_wal
 
 Params = Sequence[Any] | Mapping[str, Any]
 
@@ -468,8 +467,8 @@ class Connection:
                 page_size = db.execute("PRAGMA page_size").get
                 marker = (0, 0, 0)
                 try:
-                    with open(self.path + "-wal", "rb") as f:
-                        hdr, committed = read_committed(f.read())
+                    scan = scan_wal(self.path + "-wal")
+                    hdr, committed = scan.header, scan.txns
                     if hdr is not None and committed:
                         marker = (hdr.salt1, hdr.salt2, committed[-1].commit_frame)
                 except FileNotFoundError:
@@ -587,5 +586,8 @@ class Connection:
             self.rollback()
 
     def __del__(self) -> None:
-        with contextlib.suppress(Exception):
+        # a plain try, not contextlib.suppress: at interpreter exit module globals may be gone
+        try:  # noqa: SIM105
             self.close()
+        except Exception:  # noqa: S110 - nothing to report to from a finalizer
+            pass

@@ -21,7 +21,7 @@ from ..crypto.page_codec import PageCodec
 from .connection import Connection
 from .framelog import FrameLog, RevisionGone, TxnPage
 from .install import InstallError, append_transaction
-from .walformat import read_committed
+from .walformat import scan_wal
 
 __all__ = ["CommittedTxn", "LocalDatabase", "RevisionGone", "Snapshot"]
 
@@ -154,8 +154,7 @@ class LocalDatabase:
         P = self.page_size
         latest: dict[int, bytes] = {}
         try:
-            with open(self.path + "-wal", "rb") as f:
-                _hdr, committed = read_committed(f.read())
+            committed = scan_wal(self.path + "-wal").txns
             for wtxn in committed:
                 for frame in wtxn.frames:
                     latest[frame.pgno] = frame.body
@@ -184,8 +183,7 @@ class LocalDatabase:
         P = self.page_size
         latest: dict[int, bytes] = {}
         try:
-            with open(self.path + "-wal", "rb") as f:
-                _hdr, committed = read_committed(f.read())
+            committed = scan_wal(self.path + "-wal").txns
         except FileNotFoundError:
             committed = []
         wanted = set(pgnos)

@@ -35,7 +35,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from ..crypto.page_codec import PageCodec
-from .walformat import WalTxn, read_committed
+from .walformat import WalTxn, scan_wal
 
 LOG_MAGIC = b"TSFRMLG1"
 REC_MAGIC = b"TSFR"
@@ -182,12 +182,8 @@ class FrameLog:
 
     def _wal_txns(self) -> list[Txn]:
         """Transactions still in the WAL and not archived yet, numbered and with pre-images."""
-        try:
-            with open(self.wal_path, "rb") as f:
-                raw = f.read()
-        except FileNotFoundError:
-            return []
-        hdr, committed = read_committed(raw)
+        scan = scan_wal(self.wal_path)
+        hdr, committed = scan.header, scan.txns
         if hdr is None or not committed:
             return []
         last_seq, (ls1, ls2, lframe), last_size = self._last()

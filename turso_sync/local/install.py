@@ -15,7 +15,7 @@ import os
 import secrets
 
 from ..crypto.page_codec import PageCodec
-from .walformat import FRAME_HEADER_SIZE, FrameHeader, WalHeader, frame_offset, read_committed, wal_checksum
+from .walformat import FrameHeader, WalHeader, frame_offset, scan_wal, wal_checksum
 
 _ISINIT_OFFSETS = (12, 48 + 12)  # WalIndexHdr.isInit in both header copies
 
@@ -42,8 +42,8 @@ def append_transaction(
     wal_path = db_path + "-wal"
     fd = os.open(wal_path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        raw = _read_all(fd)
-        hdr, committed = read_committed(raw)
+        scan = scan_wal(wal_path)
+        hdr, committed = scan.header, scan.txns
         chunks: list[bytes] = []
         if hdr is None:
             salts = (secrets.randbits(32), secrets.randbits(32))
@@ -61,11 +61,8 @@ def append_transaction(
             salts = hdr.salts
             big = hdr.big_endian
             if committed:
-                last = committed[-1]
-                index = last.commit_frame + 1
-                off = frame_offset(last.commit_frame, page_size)
-                fh = FrameHeader.parse(raw[off : off + FRAME_HEADER_SIZE])
-                cksum = (fh.cksum1, fh.cksum2)
+                index = committed[-1].commit_frame + 1
+                cksum = scan.cksum  # the chain right after the last commit frame
             else:
                 index = 1
                 cksum = (hdr.cksum1, hdr.cksum2)
@@ -95,8 +92,3 @@ def invalidate_wal_index(db_path: str) -> None:
             os.pwrite(fd, b"\0", off)
     finally:
         os.close(fd)
-
-
-def _read_all(fd: int) -> bytes:
-    size = os.fstat(fd).st_size
-    return os.pread(fd, size, 0) if size else b""

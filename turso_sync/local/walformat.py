@@ -8,7 +8,9 @@ Python loop takes per 4 KiB page.  Arithmetic wraps modulo 2**64, which is exact
 
 from __future__ import annotations
 
+import os
 import struct
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -166,26 +168,89 @@ def read_committed(raw: bytes) -> tuple[WalHeader | None, list[WalTxn]]:
     hdr = WalHeader.parse(raw)
     if hdr is None:
         return None, []
-    page_size = hdr.page_size
-    frame_size = page_size + FRAME_HEADER_SIZE
-    s1, s2 = hdr.cksum1, hdr.cksum2
+    txns, _end, _cksum = _parse_frames(hdr, raw, WAL_HEADER_SIZE, 1, (hdr.cksum1, hdr.cksum2))
+    return hdr, txns
+
+
+def _parse_frames(
+    hdr: WalHeader, raw: bytes, offset: int, index: int, cksum: tuple[int, int]
+) -> tuple[list[WalTxn], int, tuple[int, int]]:
+    """Committed transactions in ``raw`` from ``offset`` (frame ``index``), continuing ``cksum``.
+
+    Returns them with the offset just past the last commit frame and the checksum there.
+    """
+    frame_size = hdr.page_size + FRAME_HEADER_SIZE
+    s1, s2 = cksum
     txns: list[WalTxn] = []
     pending: list[WalFrame] = []
-    index = 1
-    offset = WAL_HEADER_SIZE
+    committed_end, committed_cksum = offset, cksum
     while offset + frame_size <= len(raw):
         fh = FrameHeader.parse(raw[offset : offset + FRAME_HEADER_SIZE])
         if (fh.salt1, fh.salt2) != hdr.salts or fh.pgno == 0:
             break
         body = raw[offset + FRAME_HEADER_SIZE : offset + frame_size]
-        s1, s2 = wal_checksum(raw[offset : offset + 8], s1, s2, hdr.big_endian)
-        s1, s2 = wal_checksum(body, s1, s2, hdr.big_endian)
+        s1, s2 = wal_checksum(raw[offset : offset + 8] + body, s1, s2, hdr.big_endian)
         if (s1, s2) != (fh.cksum1, fh.cksum2):
             break
         pending.append(WalFrame(index, fh.pgno, fh.db_size, body))
-        if fh.db_size:
-            txns.append(WalTxn(hdr.salts, index, fh.db_size, pending))
-            pending = []
         index += 1
         offset += frame_size
-    return hdr, txns
+        if fh.db_size:
+            txns.append(WalTxn(hdr.salts, index - 1, fh.db_size, pending))
+            pending = []
+            committed_end, committed_cksum = offset, (s1, s2)
+    return txns, committed_end, committed_cksum
+
+
+@dataclass
+class WalScan:
+    """The committed part of a WAL file: header, transactions, and where the next frame goes."""
+
+    header: WalHeader | None
+    txns: list[WalTxn]
+    end: int  # byte offset just past the last committed frame
+    cksum: tuple[int, int]  # checksum chain value after the last committed frame
+
+
+_scans: dict[str, tuple[tuple[int, int], bytes, WalScan]] = {}
+_scans_lock = threading.Lock()
+
+
+def scan_wal(path: str) -> WalScan:
+    """The committed transactions of the WAL at ``path``, parsing only what is new since last time.
+
+    Committed frames never change until SQLite starts the WAL over, and starting over always
+    writes a new header (new salts); frames after the last commit are never cached, since SQLite
+    may still overwrite them in place.  So a cached prefix is reused while the file is the same
+    (inode) and its header is unchanged, and only the frames after it are read and verified.
+    Callers must treat the returned lists as read-only.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return WalScan(None, [], 0, (0, 0))
+    try:
+        st = os.fstat(fd)
+        identity = (st.st_ino, st.st_dev)
+        head = os.pread(fd, WAL_HEADER_SIZE, 0)
+        with _scans_lock:
+            cached = _scans.get(path)
+        if cached is not None and cached[0] == identity and cached[1] == head and cached[2].end <= st.st_size:
+            base = cached[2]
+            tail = os.pread(fd, st.st_size - base.end, base.end) if st.st_size > base.end else b""
+            assert base.header is not None
+            first_index = (base.end - WAL_HEADER_SIZE) // (base.header.page_size + FRAME_HEADER_SIZE) + 1
+            more, end, cksum = _parse_frames(base.header, tail, 0, first_index, base.cksum)
+            scan = WalScan(base.header, base.txns + more, base.end + end, cksum) if more else base
+        else:
+            raw = os.pread(fd, st.st_size, 0) if st.st_size else b""
+            hdr = WalHeader.parse(raw)
+            if hdr is None:
+                return WalScan(None, [], 0, (0, 0))
+            txns, end, cksum = _parse_frames(hdr, raw, WAL_HEADER_SIZE, 1, (hdr.cksum1, hdr.cksum2))
+            scan = WalScan(hdr, txns, end, cksum)
+        with _scans_lock:
+            _scans[path] = (identity, head, scan)
+        return scan
+    finally:
+        os.close(fd)

@@ -444,7 +444,23 @@ class Replica:
                 self.state.save(self.path)
                 return False
             self._apply(result)
+            self._bound_wal()
             return True
+
+    def _bound_wal(self, limit: int = 1 << 20) -> None:
+        """Checkpoint once the WAL passes ``limit`` bytes.
+
+        Every pull reads the committed WAL (to rebuild the synced base and to install), and a
+        replica that only pulls small changes never reaches SQLite's autocheckpoint, so without
+        this each pull would cost more than the last.  Busy readers just postpone it.
+        """
+        try:
+            size = os.path.getsize(self.path + "-wal")
+        except FileNotFoundError:
+            return
+        if size > limit:
+            with contextlib.suppress(errors.OperationalError):
+                self.db.checkpoint()
 
     def _apply(self, result: PullResult) -> None:
         state = self.state

@@ -538,17 +538,17 @@ def decode_pipeline_response(body: bytes) -> list[dict[str, Any]]:
 
 # --- JSON helpers -------------------------------------------------------------------------------
 
-_INFINITY = re.compile(r'"value": (-?)Infinity')
+_INFINITY = re.compile(r'"value":(-?)Infinity')
 
 
 def encode_json(obj: Any) -> bytes:
-    """Compact-enough UTF-8 JSON; an infinite float is written as ``1e999`` (valid JSON, parses to inf).
+    """Compact UTF-8 JSON; an infinite float is written as ``1e999`` (valid JSON, parses to inf).
 
     The substitution cannot touch string contents: inside a JSON string every ``"`` is escaped.
     """
-    text = json.dumps(obj, ensure_ascii=False, allow_nan=True)
+    text = json.dumps(obj, ensure_ascii=False, allow_nan=True, separators=(",", ":"))
     if "Infinity" in text:
-        text = _INFINITY.sub(r'"value": \g<1>1e999', text)
+        text = _INFINITY.sub(r'"value":\g<1>1e999', text)
     return text.encode("utf-8")
 
 
