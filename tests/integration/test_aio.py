@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
@@ -57,3 +58,31 @@ def test_async_local_database(tmp_path):
         await conn.close()
 
     asyncio.run(scenario())
+
+
+def test_async_partial_replica_fetches_lazily(tmp_path: Path) -> None:
+    """``partial=`` passes through ``turso_sync.aio.connect``; lazy fetches run on the worker thread."""
+
+    async def scenario(url: str) -> None:
+        writer = await turso_sync.aio.connect(tmp_path / "w.db", url)
+        await writer.executescript("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT);")
+        await writer.executemany("INSERT INTO t VALUES (?, ?)", [(i, f"{i:04d}" + "x" * 1000) for i in range(2000)])
+        await writer.commit()
+        await writer.push()
+        await writer.close()
+        options = turso_sync.PartialSync(prefix_bytes=16 * 1024, segment_size=4096)
+        part = await turso_sync.aio.connect(tmp_path / "p.db", url, partial=options)
+        before = await part.stats()
+        assert before.pages_total is not None and before.pages_present is not None
+        assert before.pages_present < before.pages_total / 10
+        cur = await part.execute("SELECT v FROM t WHERE id = ?", (1500,))
+        assert (await cur.fetchone())[0].startswith("1500x")
+        after = await part.stats()
+        assert after.lazy_requests > 0 and after.lazy_bytes_fetched > 0
+        assert after.pages_present < after.pages_total
+        cur = await part.execute("SELECT count(*), sum(length(v)) FROM t")
+        assert await cur.fetchone() == (2000, 2000 * 1004)
+        await part.close()
+
+    with primary(tmp_path / "server") as url:
+        asyncio.run(scenario(url))
