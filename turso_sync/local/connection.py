@@ -23,7 +23,7 @@ from ..crypto.page_codec import (
 from .capture import ChangeCapture, is_replica, schema_statement, transaction_statement
 from .framelog import FrameLog
 from .lazy import LazyPages
-from .vfs import PAGE_SIZE, DatabaseState, ensure_vfs, realpath, registry
+from .vfs import PAGE_SIZE, DatabaseState, ensure_vfs, file_descriptor, realpath, registry
 from .walformat import scan_wal
 
 Params = Sequence[Any] | Mapping[str, Any]
@@ -67,8 +67,8 @@ def _open_checks(path: str, codec: PageCodec | None) -> PageCodec | None:
     Nothing is written here, so a wrong key leaves the file exactly as it was.
     """
     try:
-        with open(path, "rb") as f:
-            head = f.read(PAGE_SIZE)
+        with file_descriptor(path) as fd:
+            head = os.pread(fd, PAGE_SIZE, 0)
     except FileNotFoundError:
         head = b""
     if len(head) < 100:
@@ -85,8 +85,8 @@ def _open_checks(path: str, codec: PageCodec | None) -> PageCodec | None:
         page_size = 65536 if page_size == 1 else page_size
         if page_size != codec.page_size:
             codec = codec.with_page_size(page_size)
-        with open(path, "rb") as f:
-            page1 = f.read(page_size)
+        with file_descriptor(path) as fd:
+            page1 = os.pread(fd, page_size, 0)
         try:
             codec.decrypt(page1, 1)
         except PageAuthError:

@@ -21,6 +21,7 @@ from ..crypto.page_codec import PageCodec
 from .connection import Connection
 from .framelog import FrameLog, RevisionGone, TxnPage
 from .install import InstallError, append_transaction
+from .vfs import file_descriptor
 from .walformat import scan_wal
 
 __all__ = ["CommittedTxn", "LocalDatabase", "RevisionGone", "Snapshot"]
@@ -168,8 +169,8 @@ class LocalDatabase:
             if raw is None:
                 if lazy is not None and lazy.missing(pgno):
                     lazy.ensure(pgno)  # a partial replica: fetch it, as a read through SQLite would
-                with open(path, "rb") as f:
-                    raw = os.pread(f.fileno(), P, (pgno - 1) * P)
+                with file_descriptor(path) as fd:
+                    raw = os.pread(fd, P, (pgno - 1) * P)
                 if len(raw) < P:
                     raise errors.DatabaseError(f"{path}: page {pgno} is missing")
             return self.log.decrypt(raw, pgno)
@@ -193,8 +194,7 @@ class LocalDatabase:
                     latest[frame.pgno] = frame.body
         out: dict[int, bytes] = {}
         lazy = self._conn._state.lazy
-        with open(self.path, "rb") as f:
-            fd = f.fileno()
+        with file_descriptor(self.path) as fd:
             for pgno in pgnos:
                 raw = latest.get(pgno)
                 if raw is None:

@@ -25,6 +25,7 @@ A record whose crc does not match is a torn append and is cut off when the log i
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import struct
@@ -35,6 +36,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from ..crypto.page_codec import PageCodec
+from .vfs import file_descriptor
 from .walformat import WalTxn, scan_wal
 
 LOG_MAGIC = b"TSFRMLG1"
@@ -192,24 +194,22 @@ class FrameLog:
         out: list[Txn] = []
         size_before = last_size
         seq = last_seq
-        db_file = None
-        try:
+        db_fd: int | None = None
+        with contextlib.ExitStack() as stack:
             for wtxn in committed:
                 archived = same_generation and wtxn.commit_frame <= lframe
                 if not archived:
                     seq += 1
-                    if db_file is None:
-                        db_file = open(self.db_path, "rb")  # noqa: SIM115 - closed below
-                    out.append(self._txn_from_wal(seq, wtxn, latest, db_file, size_before))
+                    if db_fd is None:
+                        # never a descriptor of our own: closing it would drop SQLite's locks
+                        db_fd = stack.enter_context(file_descriptor(self.db_path))
+                    out.append(self._txn_from_wal(seq, wtxn, latest, db_fd, size_before))
                     size_before = wtxn.db_size
                 for frame in wtxn.frames:
                     latest[frame.pgno] = frame.body
-        finally:
-            if db_file is not None:
-                db_file.close()
         return out
 
-    def _txn_from_wal(self, seq: int, wtxn: WalTxn, latest: dict[int, bytes], db_file: object, size_before: int) -> Txn:
+    def _txn_from_wal(self, seq: int, wtxn: WalTxn, latest: dict[int, bytes], db_fd: int, size_before: int) -> Txn:
         P = self.page_size
         txn = Txn(seq, wtxn.salts, wtxn.commit_frame, wtxn.db_size, size_before)
         posts: dict[int, bytes] = {}
@@ -225,7 +225,7 @@ class FrameLog:
                     # file holds no image of it, so record that instead of its bytes
                     txn.pages.append(TxnPage(pgno, posts.get(pgno, b""), None, pre_missing=True))
                     continue
-                pre = os.pread(db_file.fileno(), P, (pgno - 1) * P)  # type: ignore[attr-defined]
+                pre = os.pread(db_fd, P, (pgno - 1) * P)
                 if len(pre) < P:
                     pre = None
             txn.pages.append(TxnPage(pgno, posts.get(pgno, b""), pre))

@@ -15,6 +15,7 @@ import os
 import secrets
 
 from ..crypto.page_codec import PageCodec
+from .vfs import file_descriptor
 from .walformat import FrameHeader, WalHeader, frame_offset, scan_wal, wal_checksum
 
 _ISINIT_OFFSETS = (12, 48 + 12)  # WalIndexHdr.isInit in both header copies
@@ -82,13 +83,14 @@ def append_transaction(
 
 
 def invalidate_wal_index(db_path: str) -> None:
-    """Make every connection rebuild its view of the WAL on its next read (SQLite recovery)."""
+    """Make every connection rebuild its view of the WAL on its next read (SQLite recovery).
+
+    Written through the process's shared ``-shm`` descriptor: closing a descriptor of our own
+    would drop the POSIX locks SQLite's connections in this process hold on the file.
+    """
     try:
-        fd = os.open(db_path + "-shm", os.O_RDWR)
+        with file_descriptor(db_path, "-shm") as fd:
+            for off in _ISINIT_OFFSETS:
+                os.pwrite(fd, b"\0", off)
     except FileNotFoundError:
         return
-    try:
-        for off in _ISINIT_OFFSETS:
-            os.pwrite(fd, b"\0", off)
-    finally:
-        os.close(fd)

@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from .. import errors
 from ..crypto.page_codec import PageCodec
 from .presence import PresenceMap, presence_path
+from .vfs import file_descriptor
 
 #: (1-based page numbers, bootstrap revision) -> plaintext images of those pages at that revision
 Fetcher = Callable[[list[int], str], dict[int, bytes]]
@@ -277,16 +278,14 @@ class LazyPages:
             todo = sorted(p for p in pages if self.map.missing(p))
             if not todo:
                 return
-            fd = os.open(self.db_path, os.O_WRONLY)
-            try:
+            # the process's shared descriptor: closing one of our own would drop SQLite's locks
+            with file_descriptor(self.db_path) as fd:
                 for p in todo:
                     image = pages[p]
                     if self.codec is not None:
                         image = self.codec.encrypt(image, p)
                     os.pwrite(fd, image, (p - 1) * P)
                 os.fsync(fd)
-            finally:
-                os.close(fd)
             for p in todo:
                 self.map.present.add(p)
             self._dirty = True

@@ -19,9 +19,10 @@ Temporary files are refused: connections keep ``temp_store=MEMORY``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -53,9 +54,31 @@ class DatabaseState:
     lazy: LazyPages | None = None  # a partial replica's missing pages
     lazy_error: list[errors.Error] = field(default_factory=list)  # why a missing page could not be read
     lazy_ckpt_held: bool = False
+    _fds: dict[str, int] = field(default_factory=dict)
+    _fd_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def record(self, err: PageAuthError) -> None:
         self.last_error[:] = [err]
+
+    def descriptor(self, suffix: str = "") -> int:
+        """A descriptor of the database file (or ``-shm``), open until the last connection closes.
+
+        SQLite locks these files with POSIX locks, which belong to the process: closing any
+        descriptor of the file would drop every lock this process's connections hold on it.
+        So the engine reads and writes them only through descriptors it never closes early.
+        """
+        with self._fd_lock:
+            fd = self._fds.get(suffix)
+            if fd is None:
+                fd = os.open(self.path + suffix, os.O_RDWR)
+                self._fds[suffix] = fd
+            return fd
+
+    def close_descriptors(self) -> None:
+        with self._fd_lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
 
 
 class _Registry:
@@ -81,6 +104,7 @@ class _Registry:
                 state.users -= 1
                 if state.users <= 0:
                     del self._states[path]
+                    state.close_descriptors()  # no connection of this process holds a lock now
 
     def get(self, path: str) -> DatabaseState | None:
         with self._lock:
@@ -94,6 +118,24 @@ class _Registry:
 
 
 registry = _Registry()
+
+
+@contextlib.contextmanager
+def file_descriptor(path: str, suffix: str = "") -> Iterator[int]:
+    """A descriptor of ``path + suffix`` that is safe to use beside SQLite's own locks.
+
+    While this process has the database open, the shared descriptor of its state (never closed
+    early); otherwise a fresh one, closed afterwards (no lock of this process can be dropped).
+    """
+    state = registry.get(path)
+    if state is not None:
+        yield state.descriptor(suffix)
+        return
+    fd = os.open(path + suffix, os.O_RDWR)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def _filename(name: apsw.URIFilename | str | None) -> str | None:
