@@ -27,6 +27,7 @@ import contextlib
 import fcntl
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
@@ -34,6 +35,9 @@ from .. import errors
 from ..crypto.page_codec import PageCodec
 from .presence import PresenceMap, presence_path
 from .vfs import file_descriptor
+
+#: Lazily fetched pages are marked durable at most this often (seconds); see ``release``.
+SOFT_SAVE_INTERVAL = 0.5
 
 #: (1-based page numbers, bootstrap revision) -> plaintext images of those pages at that revision
 Fetcher = Callable[[list[int], str], dict[int, bytes]]
@@ -96,7 +100,11 @@ class LazyPages:
         self._depth = 0
         self._lock_fd: int | None = None
         self._seen: tuple[int, int, int] | None = self._stamp()
-        self._dirty = False
+        self._dirty = False  # marks that must be durable at release (checkpoint backfill, truncation)
+        # marks that may wait (lazily fetched pages hold bootstrap images either way: losing the
+        # mark only means fetching them again) and counters: saved at most every SOFT_SAVE_INTERVAL
+        self._soft = False
+        self._saved_at = 0.0
         self._inflight: dict[int, threading.Event] = {}
         self._inflight_lock = threading.Lock()
 
@@ -141,15 +149,23 @@ class LazyPages:
     def release(self) -> None:
         """Drop the presence lock, saving the bitmap first if it changed."""
         try:
-            if self._depth == 1 and self._dirty:
+            due = self._soft and time.monotonic() - self._saved_at > SOFT_SAVE_INTERVAL
+            if self._depth == 1 and (self._dirty or due):
                 self.map.save(self.db_path)
-                self._dirty = False
+                self._dirty = self._soft = False
+                self._saved_at = time.monotonic()
                 self._seen = self._stamp()
         finally:
             if self._depth == 1:
                 self._release_fd()
             self._depth -= 1
             self._thread_lock.release()
+
+    def flush(self) -> None:
+        """Make every mark durable now (the last connection of this process is closing)."""
+        with self.locked():
+            if self._soft:
+                self._dirty = True
 
     def _release_fd(self) -> None:
         if self._lock_fd is not None:
@@ -182,7 +198,10 @@ class LazyPages:
         """SQLite wrote these pages into the file (checkpoint backfill): they are present."""
         with self.locked():
             end = first_pgno + count
-            if self.map.present.range_cardinality(first_pgno, end) != count:
+            if self.map.present.range_cardinality(first_pgno, end) != count or self._soft:
+                # durable before the lock is released: a page a checkpoint wrote must never be
+                # fetched again (that would put its bootstrap image over newer content), and a
+                # page marked only in memory (soft) may be one of them
                 self.map.present.add_range(first_pgno, end)
                 self._dirty = True
 
@@ -220,7 +239,7 @@ class LazyPages:
             self.map.requests += 1
             self.map.pages_fetched += len(pages)
             self.map.bytes_fetched += len(pages) * self.page_size
-            self._dirty = True
+            self._soft = True
         return pages
 
     def ensure(self, pgno: int) -> None:
@@ -288,7 +307,7 @@ class LazyPages:
                 os.fsync(fd)
             for p in todo:
                 self.map.present.add(p)
-            self._dirty = True
+            self._soft = True
 
     def bootstrap_images(self, pgnos: Iterable[int]) -> dict[int, bytes]:
         """Plaintext images of ``pgnos`` at the bootstrap revision (fetched; missing ones are kept)."""

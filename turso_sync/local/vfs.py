@@ -104,6 +104,8 @@ class _Registry:
                 state.users -= 1
                 if state.users <= 0:
                     del self._states[path]
+                    if state.lazy is not None:
+                        state.lazy.flush()  # lazily fetched pages stay marked present
                     state.close_descriptors()  # no connection of this process holds a lock now
 
     def get(self, path: str) -> DatabaseState | None:

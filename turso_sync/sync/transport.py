@@ -106,7 +106,10 @@ class HttpxTransport:
         headers = {"user-agent": client_name}
         if auth_token:
             headers["authorization"] = f"Bearer {auth_token}"
-        self._client = httpx.Client(headers=headers, follow_redirects=False)
+        # plain-HTTP remotes (loopback, a sidecar) never use TLS: skip loading the CA bundle,
+        # which costs ~25 ms per client; HTTPS remotes keep full certificate verification
+        tls = self.url.startswith("https://")
+        self._client = httpx.Client(headers=headers, follow_redirects=False, verify=tls)
         self._attempts = attempts
         self._max_wait = max_wait
         self._deadline = deadline
