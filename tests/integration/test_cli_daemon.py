@@ -184,7 +184,9 @@ def test_killing_and_restarting_the_primary_loses_nothing(tmp_path, daemons):
             assert status == 200 and health["status"] == "degraded"
             assert daemon.metrics()[f"turso_sync_errors_total{label}"] > 0
             server.start()  # same data dir, same port
+            back = time.monotonic()
             wait_for(lambda: daemon.metrics()[f"turso_sync_up{label}"] == 1, 30, "the daemon to reconnect")
+            print(f"reconnected {time.monotonic() - back:.2f}s after the primary came back")
             wait_for(lambda: all(len(written[k]) > during[k] + 40 for k in written), 30, "writes after the restart")
         finally:
             stop.set()
