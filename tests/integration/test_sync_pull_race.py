@@ -9,11 +9,9 @@ change that depends on them (here a row of a table the push created) fails to re
 lost for good, silently: it never reaches the primary, is gone from the replica, and no
 conflict is journaled.
 
-The guard in ``pull()`` (``if self.state.synced_revision != since``: fetch again) only sees
-another *pull*; a push does not move ``synced_revision``.  A fix: refetch (or fetch again at the
-pushed revision) when the outbox lost entries since the fetch began, e.g. by recording a push
-counter in the state file and comparing it under the lock.  The daemon avoids the race by
-fetching and applying under the lock and long-polling separately (turso_sync/sync/daemon.py).
+Fixed: every removal of pushed changes from the outbox bumps ``forgotten`` in the state file
+(under the sync lock), and ``pull()`` fetches again under the lock when it moved since the
+fetch began.  (The daemon also fetches and applies under the lock, long-polling separately.)
 
 The test makes the interleaving exact: the pull's transport, after fetching, runs a push and a
 new local write from other processes (``turso-sync push`` / ``turso-sync exec``), then lets
@@ -23,8 +21,6 @@ the pull apply.
 from __future__ import annotations
 
 import json
-
-import pytest
 
 import turso_sync
 from tests.integration.cli_harness import cli, fresh_url, running_primary
@@ -48,7 +44,6 @@ class PushDuringPull(HttpxTransport):
         return response
 
 
-@pytest.mark.xfail(strict=True, reason="Replica.pull applies a revision older than a push made after its fetch")
 def test_a_push_between_fetch_and_apply_loses_no_pending_change(tmp_path):
     with running_primary(tmp_path / "p") as server:
         url = fresh_url(server)

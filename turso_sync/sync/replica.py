@@ -425,8 +425,8 @@ class Replica:
         The network wait (long poll) happens without the sync lock; applying takes it.
         """
         wait = self.long_poll_timeout_ms if long_poll_timeout_ms is None else long_poll_timeout_ms
-        fresh = SyncState.load(self.path)
-        since = fresh.synced_revision if fresh is not None else self.state.synced_revision
+        fresh = SyncState.load(self.path) or self.state
+        since, forgotten = fresh.synced_revision, fresh.forgotten
         try:
             result = self._fetch(since, wait if since else 0)
         except errors.Error:
@@ -436,8 +436,10 @@ class Replica:
                 self.state.save(self.path)
             raise
         with self.exclusive():
-            if self.state.synced_revision != since:
-                result = self._fetch(self.state.synced_revision, 0)  # someone else pulled meanwhile
+            if self.state.synced_revision != since or self.state.forgotten != forgotten:
+                # another agent pulled, or pushed (so the outbox lost changes the fetched revision
+                # may not hold yet): fetch again, now under the lock
+                result = self._fetch(self.state.synced_revision, 0)
             if result.revision == self.state.synced_revision and not result.pages:
                 self.state.touch_pull()
                 self._count_bytes()
@@ -636,6 +638,7 @@ class Replica:
     def _forget_pushed(self, last_id: int) -> None:
         conn = self.db._conn.apsw_connection
         conn.execute(f"DELETE FROM {OUTBOX_TABLE} WHERE id <= ?", (last_id,))
+        self.state.forgotten += 1  # saved with the push's state, under the sync lock
 
     # --- the rest -----------------------------------------------------------------------------
 

@@ -46,6 +46,7 @@ class SyncState:
     bytes_sent: int = 0
     bytes_received: int = 0
     errors: int = 0
+    forgotten: int = 0  # bumped whenever pushed changes leave the outbox (a pull compares it)
     partial: dict[str, object] | None = None  # PartialSync options of a partial replica
     extra: dict[str, object] = field(default_factory=dict)
 
