@@ -19,7 +19,6 @@ from .replica_args import (
     add_quiet_argument,
     add_sync_arguments,
     open_replica,
-    pull,
 )
 
 HELP = "Pull the primary's new commits into the replica."
@@ -47,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         before = conn.stats()
         try:
-            changed = pull(conn, max(0, args.long_poll_ms))
+            changed = conn.pull(long_poll_timeout_ms=max(0, args.long_poll_ms))
         finally:
             if meter is not None:
                 meter.finish()

@@ -146,17 +146,3 @@ def open_replica(
     except BaseException:
         replica.close()
         raise
-
-
-def pull(conn: SyncConnection, long_poll_ms: int = 0) -> bool:
-    """``conn.pull(long_poll_ms)``; without a long-poll the fetch and the apply share the sync lock.
-
-    ``Replica.pull`` fetches outside the lock (so a long-poll never blocks pushes); a push by
-    another agent landing between its fetch and its apply can cost a pending change
-    (tests/integration/test_sync_pull_race.py).  Holding the lock closes that gap when there is
-    no wait to keep short.
-    """
-    if long_poll_ms > 0:
-        return bool(conn.pull(long_poll_timeout_ms=long_poll_ms))
-    with conn.replica.exclusive():
-        return bool(conn.pull(long_poll_timeout_ms=0))

@@ -26,7 +26,7 @@ from typing import Any
 
 from .. import errors
 from ..sync.connection import SyncConnection
-from .replica_args import add_credential_arguments, add_path_argument, add_sync_arguments, open_replica, pull
+from .replica_args import add_credential_arguments, add_path_argument, add_sync_arguments, open_replica
 from .rows import print_json, print_table, rows_as_objects
 
 HELP = "An interactive SQL prompt on the local replica (dot commands pull, push, sync)."
@@ -130,7 +130,7 @@ class Shell:
         if word == ".help":
             print(_DOT_HELP)
         elif word == ".pull":
-            self.guarded(lambda: print("pulled new commits" if pull(self.conn) else "already up to date"))
+            self.guarded(lambda: print("pulled new commits" if self.conn.pull() else "already up to date"))
         elif word == ".push":
             self.guarded(lambda: print(f"pushed {self.conn.push()} transaction(s)"))
         elif word == ".sync":

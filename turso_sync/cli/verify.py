@@ -16,7 +16,7 @@ import argparse
 
 from .. import errors
 from .exit_codes import ExitCode
-from .replica_args import add_credential_arguments, add_path_argument, add_sync_arguments, open_replica, pull
+from .replica_args import add_credential_arguments, add_path_argument, add_sync_arguments, open_replica
 
 HELP = "Check the replica's integrity and whether it has the primary's latest revision."
 
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"revision:  {before.revision or '(never pulled)'} (not compared with the primary: --offline)")
             return ExitCode.OK
         try:
-            behind = pull(conn)
+            behind = conn.pull(long_poll_timeout_ms=0)
         except errors.SyncError:
             print(f"revision:  {before.revision} (could not ask the primary; see below)")
             raise

@@ -2,19 +2,15 @@
 
 Each replica is opened once (one ``Replica``) and gets two threads:
 
-- the *puller* waits on the primary with a long-poll that asks only for the revision (a
-  header and at most page 1), so it learns of a remote commit within a network round trip;
-  then it pulls (fetch and apply) while holding the replica's sync lock, and waits again;
+- the *puller* long-polls the primary (``pull(long_poll_timeout_ms=...)``): the request waits on
+  the primary until a new revision commits, so remote commits arrive within a network round
+  trip; the library applies it as one atomic step, and the puller asks again;
 - the *pusher* reads the outbox size every ``watch_interval`` seconds (local commits of any
   process land there) and pushes as soon as it is not empty.
 
-Only the puller's wait runs beside a push.  Everything that touches the database goes through
-the replica's sync lock (``Replica.exclusive()``), one step at a time, as a single agent would.
-That is also why the pull is not ``pull(long_poll_timeout_ms=...)``: its long-poll waits
-outside the lock, so a push can complete between its fetch and its apply, and the pulled
-revision (older than that push) is then applied under an outbox that no longer holds the
-pushed changes; pending changes that depend on them (rows of a table it created) fail to
-replay and are lost.  See the daemon notes in docs/daemon.md.
+The long-poll wait runs beside pushes; everything that touches the database goes through the
+replica's sync lock (``Replica.exclusive()``), one step at a time, as a single agent would (the
+library fetches again under the lock when a push landed between a pull's fetch and its apply).
 
 A failure (primary down, network gone, 5xx) is logged, counted, and retried after an
 exponential backoff with jitter, capped at ``max_backoff``; local reads and writes are never
@@ -39,14 +35,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pyroaring import BitMap
-
 from .. import errors
 from .connection import SyncConnection
 from .replica import Replica, SyncStats
 from .state import SyncState
-from .wire.delimited import DelimitedDecoder
-from .wire.pull import PageEncoding, PullHeader, PullRequest
 
 log = logging.getLogger("turso_sync.daemon")
 
@@ -193,64 +185,32 @@ class _ReplicaWorker:
         backoff = Backoff(cap=self.daemon.max_backoff)
         wait_ms = int(self.daemon.long_poll * 1000)
         while not stop.is_set():
+            started = time.monotonic()
+            with self._lock:
+                self._pull_started = started
             try:
-                # Fetch and apply under the sync lock: a push cannot land between the two, so
-                # the pulled revision never predates a change the push just took off the outbox.
-                with self.replica.exclusive():
-                    changed = self.replica.pull(long_poll_timeout_ms=0)
+                # the wait happens outside the sync lock (pushes go on); the apply takes it
+                changed = self.replica.pull(long_poll_timeout_ms=wait_ms)
             except Exception as exc:
-                self._pull_failed(exc, backoff)
+                with self._lock:
+                    self._pull_started = None
+                    self._pull_ok_since_error = False
+                delay = backoff.next()
+                self._failed(exc, "pull", delay)
+                stop.wait(delay)
                 continue
+            with self._lock:
+                self._pull_started = None
+                self._pull_ok_since_error = True
             backoff.reset()
             self._succeeded("pull")
             if changed:
                 log.info("%s: pulled revision %s", self.path, self.replica.state.synced_revision)
                 continue
-            started = time.monotonic()
-            with self._lock:
-                self._pull_started = started
-                self._pull_ok_since_error = True
-            try:
-                news = self._watch(wait_ms)  # no lock held: pushes go on meanwhile
-            except Exception as exc:
-                self._pull_failed(exc, backoff)
-                continue
-            finally:
-                with self._lock:
-                    self._pull_started = None
             elapsed = time.monotonic() - started
-            if not news and elapsed < self.daemon.interval:
+            if elapsed < self.daemon.interval:
                 # answered at once with nothing new: a server without long-poll, or one shutting down
                 stop.wait(self.daemon.interval - elapsed)
-
-    def _pull_failed(self, exc: BaseException, backoff: Backoff) -> None:
-        with self._lock:
-            self._pull_ok_since_error = False
-        delay = backoff.next()
-        self._failed(exc, "pull", delay)
-        self.daemon._stop.wait(delay)
-
-    def _watch(self, wait_ms: int) -> bool:
-        """Wait (up to ``wait_ms``) for the primary to commit past our synced revision; True if it did.
-
-        A long-poll on ``/pull-updates`` that asks for page 1 only: the answer is its header
-        (and at most one page), so the pages themselves come once, with the pull that follows.
-        """
-        state = SyncState.load(self.path)
-        since = state.synced_revision if state is not None else self.replica.state.synced_revision
-        if not since:
-            return True  # never pulled: nothing to wait on
-        request = PullRequest(
-            encoding=PageEncoding.RAW, client_revision=since, long_poll_timeout_ms=wait_ms, page_ids=BitMap([0])
-        )
-        timeout = self.replica.request_timeout + wait_ms / 1000
-        response = self.replica.transport.request(
-            "/pull-updates", request.to_bytes(), "application/protobuf", timeout, True
-        )
-        messages = DelimitedDecoder(max_message=1 << 20).feed(response.body)
-        if not messages:
-            raise errors.NetworkError("pull-updates response carried no header")
-        return PullHeader.from_message(messages[0]).server_revision != since
 
     # --- the pusher -----------------------------------------------------------------------------
 
