@@ -2,7 +2,8 @@
 
   turso-sync clone http://127.0.0.1:8080/db/notes notes.db --encryption-key-file notes.key
 
-The library twin is ``turso_sync.connect(PATH, URL, auth_token=..., encryption_key=...)``.
+The library twin is ``turso_sync.connect(PATH, URL, auth_token=..., encryption_key=...)``;
+``--partial`` / ``--query`` are ``partial=turso_sync.PartialSync(...)`` (docs/partial.md).
 PATH must not exist; the URL is saved beside it (PATH-sync, no secrets), so later commands
 need only PATH.  With a key every page is encrypted at rest; the primary's pages must
 reserve 28 bytes (``turso-sync serve`` creates its databases that way).
@@ -15,6 +16,7 @@ import contextlib
 import os
 import sys
 
+from ..sync.partial import PartialSync
 from .exit_codes import CommandError
 from .progress import ProgressMeter, human_bytes
 from .replica_args import add_credential_arguments, add_quiet_argument, add_sync_arguments, open_replica
@@ -22,7 +24,18 @@ from .replica_args import add_credential_arguments, add_quiet_argument, add_sync
 HELP = "Bootstrap a new local replica from the primary at URL."
 
 #: files a replica keeps beside PATH; a failed clone removes the ones it created
-_REPLICA_SUFFIXES = ("", "-wal", "-shm", "-frames", "-sync", "-sync.tmp", "-sync.lock", ".bootstrap")
+_REPLICA_SUFFIXES = (
+    "",
+    "-wal",
+    "-shm",
+    "-frames",
+    "-sync",
+    "-sync.tmp",
+    "-sync.lock",
+    ".bootstrap",
+    "-present",
+    "-present.lock",
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,6 +45,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_credential_arguments(parser)
     add_sync_arguments(parser)
     add_quiet_argument(parser)
+    partial = parser.add_argument_group(
+        "partial replica", "bootstrap only part of the database; every other page is fetched on first read"
+    )
+    partial.add_argument("--partial", action="store_true", help="bootstrap a prefix (see --prefix-bytes)")
+    partial.add_argument(
+        "--prefix-bytes", type=int, default=256 * 1024, metavar="N", help="bytes of the prefix (default 262144)"
+    )
+    partial.add_argument("--query", metavar="SQL", help="bootstrap the pages this query reads (implies --partial)")
+    partial.add_argument(
+        "--segment-size", type=int, default=128 * 1024, metavar="N", help="bytes fetched per miss (default 131072)"
+    )
+    partial.add_argument("--no-prefetch", action="store_true", help="do not fetch B-tree children with a page")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,9 +65,18 @@ def run(args: argparse.Namespace) -> int:
     present = [path + s for s in _REPLICA_SUFFIXES if os.path.exists(path + s)]
     if os.path.exists(path):
         raise CommandError(f"{args.path} already exists; clone into a new path")
+    partial = None
+    if args.partial or args.query:
+        partial = PartialSync(
+            bootstrap="query" if args.query else "prefix",
+            prefix_bytes=args.prefix_bytes,
+            query=args.query,
+            segment_size=args.segment_size,
+            prefetch=not args.no_prefetch,
+        )
     meter = ProgressMeter("clone", sys.stderr) if not args.quiet else None
     try:
-        conn = open_replica(args, path, remote_url=args.url, progress=meter)
+        conn = open_replica(args, path, remote_url=args.url, progress=meter, partial=partial)
     except BaseException:
         for suffix in _REPLICA_SUFFIXES:
             if path + suffix not in present:
@@ -59,8 +93,11 @@ def run(args: argparse.Namespace) -> int:
     finally:
         conn.close()
     if not args.quiet:
+        held = f"{pages} pages"
+        if stats.pages_total is not None:
+            held = f"{stats.pages_present} of {stats.pages_total} pages local (partial)"
         print(
-            f"cloned {args.url} into {args.path}: revision {stats.revision}, {pages} pages, "
+            f"cloned {args.url} into {args.path}: revision {stats.revision}, {held}, "
             f"{human_bytes(stats.network_received_bytes)} received, {encrypted}",
             file=sys.stderr,
         )

@@ -12,6 +12,7 @@ from typing import Any
 
 from ..crypto.page_codec import parse_key
 from ..sync.connection import SyncConnection
+from ..sync.partial import PartialSync
 from ..sync.replica import Replica
 from ..sync.state import SyncState
 from ..sync.transport import HttpxTransport, Progress
@@ -110,6 +111,7 @@ def open_replica(
     *,
     remote_url: str | None = None,
     progress: Progress | None = None,
+    partial: PartialSync | None = None,
     **connection_options: Any,
 ) -> SyncConnection:
     """What ``turso_sync.connect(path, remote_url, ...)`` returns, with a progress hook on its transport.
@@ -137,6 +139,7 @@ def open_replica(
             cipher=args.cipher,
             conflict=getattr(args, "conflict", "last_push_wins"),
             transport=transport,
+            partial=partial,
         )
     except BaseException:
         transport.close()
