@@ -229,8 +229,13 @@ class Replica:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(self.path + suffix)
         os.replace(tmp, self.path)
-        db = LocalDatabase(self.path, **self._key)  # starts the frame log: seq 0 = the remote state
+        self._finish_bootstrap(result)
+
+    def _finish_bootstrap(self, result: PullResult) -> None:
+        """The file is in place: start its frame log (seq 0 = the remote state), then record the sync."""
+        db = LocalDatabase(self.path, **self._key)
         db.close()
+        state = self.state
         state.synced_revision = result.revision
         state.synced_seq = 0
         state.synced_db_size = result.db_size
@@ -280,16 +285,7 @@ class Replica:
         PresenceMap(result.db_size, result.revision, present).save(self.path)
         os.replace(tmp, self.path)
         state.partial = options.to_json()
-        db = LocalDatabase(self.path, **self._key)  # starts the frame log: seq 0 = the remote state
-        db.close()
-        state.synced_revision = result.revision
-        state.synced_seq = 0
-        state.synced_db_size = result.db_size
-        state.revert_seq = None
-        state.bootstrapping = False
-        state.touch_pull()
-        self._count_bytes()
-        state.save(self.path)
+        self._finish_bootstrap(result)
 
     def _check_page1(self, page1: bytes, codec: PageCodec | None) -> None:
         if int.from_bytes(page1[16:18], "big") != P:
