@@ -32,9 +32,7 @@ import json
 import os
 import pstats
 import random
-import select
 import shutil
-import subprocess
 import sys
 import time
 import traceback
@@ -48,6 +46,7 @@ import httpx
 
 from bench.bench_primary import Server, _version, start_ours
 from bench.report import REPO, filesystem, machine, markdown_table, median, write_section
+from bench.worker import JsonWorker
 
 SECTION = "## Partial sync (issue 6)"
 PREFIX_BYTES = 256 * 1024
@@ -272,43 +271,17 @@ def worker_main() -> int:
     return 0
 
 
-class Worker:
+class Worker(JsonWorker):
     """A child process that runs cold starts for one client library."""
 
     def __init__(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.bench_partial", "--worker"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=REPO,
-        )
+        super().__init__("bench.bench_partial")
 
     def run(self, config: Config, path: Path, url: str, first: int, ids: list[int], timeout: float = 600) -> Sample:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
         cmd = {"config": asdict(config), "path": str(path), "url": url, "first": first, "ids": ids}
-        self.proc.stdin.write(json.dumps(cmd) + "\n")
-        self.proc.stdin.flush()
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        if not ready:
-            raise TimeoutError(f"the {config.label} worker did not finish a cold start in {timeout:.0f} s")
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the {config.label} worker exited during a cold start")
-        answer = json.loads(line)
-        if not answer.pop("ok"):
-            raise RuntimeError(f"{config.label} failed:\n{answer['error']}")
+        answer = self.ask(cmd, config.label, "a cold start", timeout)
         answer["steps"] = {name: Step(**step) for name, step in answer["steps"].items()}
         return Sample(**answer)
-
-    def close(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(60)
 
 
 # --- the benchmark process ----------------------------------------------------------------------------

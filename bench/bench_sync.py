@@ -34,7 +34,6 @@ import hashlib
 import itertools
 import json
 import os
-import select
 import shutil
 import subprocess
 import sys
@@ -49,6 +48,7 @@ import httpx
 
 from bench.bench_primary import TURSODB, Server, _tursodb_version, _version, pipeline, start_ours, start_tursodb
 from bench.report import REPO, filesystem, machine, markdown_table, median, write_section
+from bench.worker import JsonWorker
 
 SECTION = "## Sync client (issue 4)"
 TABLE_SQL = "CREATE TABLE t(id INTEGER PRIMARY KEY, payload TEXT NOT NULL)"
@@ -242,42 +242,15 @@ def worker_main() -> int:
     return 0
 
 
-class Worker:
+class Worker(JsonWorker):
     """A child process that runs scenarios for one client library."""
 
     def __init__(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.bench_sync", "--worker"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=REPO,
-        )
+        super().__init__("bench.bench_sync")
 
     def run(self, client: str, scenario: str, url: str, folder: Path, sizes: Sizes, timeout: float = 600) -> Sample:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
         cmd = {"client": client, "scenario": scenario, "url": url, "folder": str(folder), "sizes": asdict(sizes)}
-        self.proc.stdin.write(json.dumps(cmd) + "\n")
-        self.proc.stdin.flush()
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        if not ready:
-            raise TimeoutError(f"the {client} worker did not finish {scenario} in {timeout:.0f} s")
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the {client} worker exited during {scenario}")
-        answer = json.loads(line)
-        if not answer.pop("ok"):
-            raise RuntimeError(f"{client} failed {scenario}:\n{answer['error']}")
-        return Sample(**answer)
-
-    def close(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(60)
+        return Sample(**self.ask(cmd, client, scenario, timeout))
 
 
 # --- the benchmark process ----------------------------------------------------------------------------
