@@ -4,14 +4,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 PEERS := .peers
 NPM_PEERS := @tursodatabase/sync@0.7.2 @tursodatabase/cli-linux-x64-gnu@0.7.0
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+PIP_VERSION := 26.3
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 
-.PHONY: venv peers demo test lint typecheck unit bench clean proto
+.PHONY: venv peers demo test lint typecheck unit bench clean proto constraints
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,bench]'
+	$(BIN)/python -m pip install -q pip==$(PIP_VERSION)
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,bench]'
 	rm -f $(VENV)/.installed-*; touch $(STAMP)
 
 venv: $(STAMP)
@@ -48,6 +49,15 @@ bench: peers
 proto: venv
 	$(BIN)/python -m pip install -q grpcio-tools
 	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. turso_sync/sync/wire/pull_updates.proto
+
+# Re-resolve the compatible ranges of pyproject.toml in a scratch venv and record the exact set.
+constraints:
+	rm -rf .venv-constraints && $(PY) -m venv .venv-constraints
+	.venv-constraints/bin/python -m pip install -q pip==$(PIP_VERSION)
+	.venv-constraints/bin/python -m pip install -q '.[test,bench]'
+	(echo '# Exact versions for CI and the demo (pip install -c constraints.txt). Regenerate with `make constraints`.'; \
+	 .venv-constraints/bin/python -m pip freeze --exclude-editable | grep -v '^turso-sync') > constraints.txt
+	rm -rf .venv-constraints build
 
 clean:
 	rm -rf $(VENV) $(PEERS) .pytest_cache .mypy_cache .ruff_cache
