@@ -1,0 +1,96 @@
+"""Our real primary (``turso_sync.primary``) served on 127.0.0.1 from a background event loop.
+
+Restartable on the same port with the same data directory, so replicas keep their URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from turso_sync.primary.server import PrimaryServer, ServerConfig
+
+logging.getLogger("turso_sync.primary").setLevel(logging.ERROR)
+
+
+class InProcessPrimary:
+    """``start()``, ``restart()``, ``close()``; ``query(sql)`` runs SQL on it over Hrana."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.port = 0
+        self.url = ""
+        self._server: PrimaryServer | None = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="sim-primary", daemon=True)
+        self._thread.start()
+        self._http = httpx.Client(timeout=60)
+
+    def _run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(120)
+
+    def start(self) -> str:
+        """Serve the data directory (on the port of the last run, if any)."""
+        server = PrimaryServer(ServerConfig(str(self.data_dir), host="127.0.0.1", port=self.port))
+        self.url = self._run(server.start())
+        self.port = int(self.url.rsplit(":", 1)[1])
+        self._server = server
+        return self.url
+
+    def stop(self) -> None:
+        """Stop serving (requests in flight finish; databases are closed)."""
+        if self._server is not None:
+            self._run(self._server.stop())
+            self._server = None
+
+    def restart(self) -> None:
+        """Stop, then serve again on the same port."""
+        self.stop()
+        self.start()
+
+    def close(self) -> None:
+        """Stop and end the loop thread."""
+        self.stop()
+        self._http.close()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(30)
+        self._loop.close()
+
+    def query(self, sql: str, args: list[Any] | None = None) -> list[list[Any]]:
+        """Rows of one statement run on the primary (values as Python objects)."""
+        stmt = {"sql": sql, "args": [_hrana_value(a) for a in args or []], "want_rows": True}
+        body = {"baton": None, "requests": [{"type": "execute", "stmt": stmt}, {"type": "close"}]}
+        resp = self._http.post(f"{self.url}/v2/pipeline", json=body)
+        resp.raise_for_status()
+        result = resp.json()["results"][0]
+        if result["type"] != "ok":
+            raise RuntimeError(f"primary refused {sql!r}: {result}")
+        return [[_python_value(v) for v in row] for row in result["response"]["result"]["rows"]]
+
+
+def _hrana_value(v: Any) -> dict[str, Any]:
+    if v is None:
+        return {"type": "null"}
+    if isinstance(v, int):
+        return {"type": "integer", "value": str(v)}
+    return {"type": "text", "value": str(v)}
+
+
+def _python_value(v: dict[str, Any]) -> Any:
+    kind = v["type"]
+    if kind == "null":
+        return None
+    if kind == "integer":
+        return int(v["value"])
+    if kind == "float":
+        return float(v["value"])
+    if kind == "blob":
+        import base64
+
+        return base64.b64decode(v["base64"])
+    return v["value"]
