@@ -1,7 +1,10 @@
 """``turso-sync serve``: run the remote primary (see docs/primary.md).
 
 turso-sync serve --data-dir DIR --listen 127.0.0.1:8080 [--token-file F]
-                 [--encryption-key-file F] [--max-body-bytes N]
+                 [--encryption-key-file F] [--max-body-bytes N] [--max-long-poll-ms N]
+                 [--idle-timeout S] [--body-timeout S] [--send-timeout S]
+                 [--max-requests-per-client N] [--max-connections N]
+                 [--max-databases-per-token N] [--max-open-databases N]
 """
 
 from __future__ import annotations
@@ -42,7 +45,84 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=defaults.max_long_poll_ms,
         help=f"longest a pull may wait for a new revision (default {defaults.max_long_poll_ms})",
     )
+    parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=defaults.idle_timeout_s,
+        metavar="S",
+        help="seconds a connection may sit idle or take to send a request's headers "
+        f"(default {defaults.idle_timeout_s:g})",
+    )
+    parser.add_argument(
+        "--body-timeout",
+        type=float,
+        default=defaults.body_timeout_s,
+        metavar="S",
+        help=f"seconds a request body may take to arrive; slower gets 408 (default {defaults.body_timeout_s:g})",
+    )
+    parser.add_argument(
+        "--send-timeout",
+        type=float,
+        default=defaults.send_timeout_s,
+        metavar="S",
+        help="seconds a client may leave each MiB of an answer unread before it is cut off "
+        f"(default {defaults.send_timeout_s:g})",
+    )
+    parser.add_argument(
+        "--max-requests-per-client",
+        type=int,
+        default=defaults.max_requests_per_client,
+        help="requests in flight per token and address, long-polls included; more get 429 "
+        f"(default {defaults.max_requests_per_client})",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=defaults.max_connections,
+        help=f"open connections per process; more are answered 503 and closed (default {defaults.max_connections})",
+    )
+    parser.add_argument(
+        "--max-databases-per-token",
+        type=int,
+        default=defaults.max_databases_per_token,
+        help=f"databases one token may create; more get 403 (default {defaults.max_databases_per_token})",
+    )
+    parser.add_argument(
+        "--max-open-databases",
+        type=int,
+        default=defaults.max_open_databases,
+        help="databases open at once, one worker thread each; idle ones are closed to make room "
+        f"(default {defaults.max_open_databases})",
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def limits_from(args: argparse.Namespace) -> Limits:
+    """The ``Limits`` the options ask for; raises ConfigError naming the option that cannot be used."""
+    for option, value in (
+        ("--max-body-bytes", args.max_body_bytes),
+        ("--idle-timeout", args.idle_timeout),
+        ("--body-timeout", args.body_timeout),
+        ("--send-timeout", args.send_timeout),
+        ("--max-requests-per-client", args.max_requests_per_client),
+        ("--max-connections", args.max_connections),
+        ("--max-open-databases", args.max_open_databases),
+    ):
+        if not value > 0:
+            raise ConfigError(f"{option} must be positive (got {value})")
+    if args.max_databases_per_token < 0:
+        raise ConfigError("--max-databases-per-token must be 0 (no token creates databases) or more")
+    return Limits(
+        max_body_bytes=args.max_body_bytes,
+        max_long_poll_ms=max(0, args.max_long_poll_ms),
+        idle_timeout_s=args.idle_timeout,
+        body_timeout_s=args.body_timeout,
+        send_timeout_s=args.send_timeout,
+        max_requests_per_client=args.max_requests_per_client,
+        max_connections=args.max_connections,
+        max_databases_per_token=args.max_databases_per_token,
+        max_open_databases=args.max_open_databases,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,8 +130,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         host, port = parse_listen(args.listen)
-        if args.max_body_bytes <= 0:
-            raise ConfigError("--max-body-bytes must be positive")
+        limits = limits_from(args)
         config = ServerConfig(
             data_dir=args.data_dir,
             host=host,
@@ -59,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
             token_file=args.token_file,
             encryption_key_file=args.encryption_key_file,
             cipher=args.cipher,
-            limits=Limits(max_body_bytes=args.max_body_bytes, max_long_poll_ms=max(0, args.max_long_poll_ms)),
+            limits=limits,
         )
         asyncio.run(run_until_signalled(config))
     except (ConfigError, TokenFileError, DataDirBusy, errors.Error) as exc:

@@ -7,19 +7,28 @@ Routes (the database ``default`` answers at the root, database NAME under ``/db/
     POST /v2/pipeline             POST /db/{name}/v2/pipeline
 
 Errors are JSON ``{"error": message, "code": CODE}``: 400 malformed request, 401 missing or
-wrong token, 403 not allowed, 404 unknown database or route, 409 a pinned revision that can no
-longer be served, 413 body over the limit, 503 the database failed.  SQL errors are not HTTP
+wrong token, 403 not allowed (or over the per-token database bound), 404 unknown database or
+route, 408 body not received in time, 409 a pinned revision that can no longer be served, 413
+body over the limit, 429 too many open requests from one client, 503 the database failed or
+every open database is busy (429 and 503 carry ``Retry-After``).  SQL errors are not HTTP
 errors: they come back as Hrana step or request errors inside a 200.
+
+Order of work in a handler: the database name, then the token (``Authorization``), then the
+per-client slot, and only then the body is read (under a deadline) and the database opened;
+so a client without a valid token makes the server read nothing and open nothing.  No
+response carries a path, a stack trace or a version (``Server: turso-sync``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from aiohttp import web
+from aiohttp import web, web_response
+from aiohttp.web_protocol import RequestPayloadError
 
 from .. import errors
 from ..local.engine import Snapshot
@@ -33,26 +42,100 @@ from ..sync.wire.pull import (
     encode_page,
     page_record_prefix,
 )
-from .auth import Authenticator, AuthError
+from .auth import Authenticator, AuthError, Grant
 from .database import HostedDatabase
 from .hrana import WriteDenied
 from .pull import RevisionUnavailable, SnapshotMoved, check_request
 from .revision import format_revision
-from .store import DEFAULT_DATABASE, DatabaseStore, UnknownDatabase, valid_name
+from .store import (
+    DEFAULT_DATABASE,
+    DEFAULT_MAX_OPEN,
+    DEFAULT_MAX_PER_OWNER,
+    DatabaseQuota,
+    DatabaseStore,
+    StoreBusy,
+    UnknownDatabase,
+    valid_name,
+)
 
 log = logging.getLogger("turso_sync.primary")
 
 #: Pages per write while streaming a response (about 1 MiB).
 _PAGES_PER_CHUNK = 256
 
+#: What the ``Server`` header says: the product, no version, no platform.
+SERVER_HEADER = "turso-sync"
+
+#: Seconds a client is told to wait (``Retry-After``) after a 429 or a 503 for a bound.
+RETRY_AFTER_S = 1
+
 
 @dataclass(frozen=True)
 class Limits:
-    """Request limits and tunables of the HTTP layer."""
+    """Every bound on what one client can make the server spend (see docs/primary.md, *Limits*).
+
+    - ``max_body_bytes``: request body (after any ``Content-Encoding`` is undone); over: 413;
+    - ``max_long_poll_ms``: longest a pull waits for a new revision;
+    - ``idle_timeout_s``: a connection may stay idle (no request, or a request line and headers
+      not complete) this long, counted from its opening or from the end of its last response;
+      then it is closed without an answer;
+    - ``body_timeout_s``: the whole body must arrive within this after the headers; over: 408
+      and the connection is closed;
+    - ``send_timeout_s``: each ~1 MiB of a response must be taken by the client within this,
+      else the connection is cut;
+    - ``max_requests_per_client``: requests in flight (long-polls included) per client, where a
+      client is a token (or development mode) from one peer address; over: 429;
+    - ``max_connections``: open connections per process; over: answered 503 and closed at once;
+    - ``max_databases_per_token``: databases one token may create; over: 403;
+    - ``max_open_databases``: databases open at once (one worker thread each); when all are in
+      use and another is needed: 503.
+    """
 
     max_body_bytes: int = 64 * 1024 * 1024
     max_long_poll_ms: int = 300_000
     zstd_level: int = 3
+    idle_timeout_s: float = 75.0
+    body_timeout_s: float = 60.0
+    send_timeout_s: float = 60.0
+    max_requests_per_client: int = 64
+    max_connections: int = 1024
+    max_databases_per_token: int = DEFAULT_MAX_PER_OWNER
+    max_open_databases: int = DEFAULT_MAX_OPEN
+
+
+class TooManyRequests(Exception):  # noqa: N818 - reads as what happened
+    """A client already has its bound of requests in flight (HTTP 429)."""
+
+
+class ClientSlots:
+    """Requests in flight per client; ``hold`` refuses the one over the bound (no queueing)."""
+
+    def __init__(self, per_client: int) -> None:
+        self.per_client = per_client
+        self._open: dict[tuple[str, str], int] = {}
+
+    def in_flight(self, client: tuple[str, str]) -> int:
+        """Requests ``client`` has open now."""
+        return self._open.get(client, 0)
+
+    @contextlib.contextmanager
+    def hold(self, client: tuple[str, str]) -> Iterator[None]:
+        """One slot for ``client`` while the block runs; raises TooManyRequests when none is left."""
+        count = self._open.get(client, 0)
+        if count >= self.per_client:
+            raise TooManyRequests(
+                f"this client already has {count} requests open (long-polls included), the most the server "
+                f"allows per token and address; wait for one to finish"
+            )
+        self._open[client] = count + 1
+        try:
+            yield
+        finally:
+            left = self._open[client] - 1
+            if left:
+                self._open[client] = left
+            else:
+                del self._open[client]
 
 
 @dataclass
@@ -62,6 +145,10 @@ class ServerState:
     store: DatabaseStore
     auth: Authenticator
     limits: Limits
+    slots: ClientSlots = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.slots = ClientSlots(self.limits.max_requests_per_client)
 
 
 STATE = web.AppKey("turso_sync_state", ServerState)
@@ -72,6 +159,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def create_app(store: DatabaseStore, auth: Authenticator, limits: Limits | None = None) -> web.Application:
     """The aiohttp application serving ``store``."""
     limits = limits or Limits()
+    # aiohttp's default names Python's and its own versions, and is also used on the answers it
+    # gives itself (malformed requests), which no hook sees: so the default itself is replaced
+    web_response.SERVER_SOFTWARE = SERVER_HEADER  # type: ignore[attr-defined]
     app = web.Application(client_max_size=limits.max_body_bytes, middlewares=[_error_middleware])
     app[STATE] = ServerState(store, auth, limits)
     app.router.add_get("/health", health)
@@ -108,6 +198,22 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_response(exc.status, str(exc), code, challenge)
     except WriteDenied as exc:
         return error_response(403, str(exc), "FORBIDDEN")
+    except DatabaseQuota as exc:
+        return error_response(403, str(exc), "DATABASE_LIMIT")
+    except TooManyRequests as exc:
+        return error_response(429, str(exc), "TOO_MANY_REQUESTS", {"Retry-After": str(RETRY_AFTER_S)})
+    except StoreBusy as exc:
+        log.warning("%s %s: %s", request.method, request.path, exc)
+        return error_response(503, str(exc), "SERVER_BUSY", {"Retry-After": str(RETRY_AFTER_S)})
+    except BodyTimeout as exc:
+        log.info("%s %s from %s: %s", request.method, request.path, request.remote, exc)
+        return error_response(408, str(exc), "REQUEST_TIMEOUT", {"Connection": "close"})
+    except RequestPayloadError as exc:  # a broken chunked or compressed body
+        log.info("%s %s from %s: unreadable body: %s", request.method, request.path, request.remote, _one_line(exc))
+        return error_response(400, "the request body could not be read (transfer or content encoding)", "BAD_REQUEST")
+    except ConnectionError:  # the client hung up: nobody to answer, nothing went wrong here
+        log.debug("%s %s from %s: client disconnected", request.method, request.path, request.remote)
+        return error_response(400, "client disconnected", "CLIENT_GONE")
     except errors.ProtocolError as exc:
         return error_response(400, str(exc), "BAD_REQUEST")
     except UnknownDatabase as exc:
@@ -115,8 +221,34 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
     except RevisionUnavailable as exc:
         return error_response(409, str(exc), "REVISION_UNAVAILABLE")
     except errors.DatabaseError as exc:
+        # the message can hold paths: it goes to the log, the client gets a fixed text
         log.error("database error on %s %s: %s", request.method, request.path, exc)
-        return error_response(503, f"the database failed: {exc}", "DATABASE_ERROR")
+        return error_response(503, "the database failed; the server log says why", "DATABASE_ERROR")
+
+
+class BodyTimeout(Exception):  # noqa: N818 - reads as what happened
+    """The request body did not arrive within ``Limits.body_timeout_s`` (HTTP 408)."""
+
+
+def _one_line(exc: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+async def _read_body(request: web.Request, limits: Limits) -> bytes:
+    """The whole body, within ``limits.body_timeout_s`` (over ``client_max_size``: 413)."""
+    try:
+        async with asyncio.timeout(limits.body_timeout_s):
+            return await request.read()
+    except TimeoutError:
+        raise BodyTimeout(
+            f"the request body did not arrive within {limits.body_timeout_s:g} s; send it at once after the headers"
+        ) from None
+
+
+def _client_of(request: web.Request, grant: Grant) -> tuple[str, str]:
+    """The key of the per-client bounds: the token's identity and the peer address."""
+    return grant.client, request.remote or ""
 
 
 def _database_name(request: web.Request) -> str:
@@ -145,10 +277,23 @@ async def pull_updates(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     name = _database_name(request)
     grant = state.auth.check(request.headers.get("Authorization"), name)
-    body = await request.read()  # over client_max_size: 413
-    pull = PullRequest.from_bytes(body)
-    client, pinned = check_request(pull)  # reject bad input before touching the database
-    db = await state.store.get(name, create=not grant.read_only)
+    with state.slots.hold(_client_of(request, grant)):  # a long-poll holds its slot while it waits
+        body = await _read_body(request, state.limits)
+        pull = PullRequest.from_bytes(body)
+        client, pinned = check_request(pull)  # reject bad input before touching the database
+        async with state.store.use(name, create=not grant.read_only, owner=grant.client) as db:
+            return await _answer_pull(request, state, db, pull, client, pinned)
+
+
+async def _answer_pull(
+    request: web.Request,
+    state: ServerState,
+    db: HostedDatabase,
+    pull: PullRequest,
+    client: int | None,
+    pinned: int | None,
+) -> web.StreamResponse:
+    """Wait (long-poll) if asked and nothing is new, then send the pages."""
     long_poll = client is not None and pinned is None and pull.long_poll_timeout_ms > 0
     loop = asyncio.get_running_loop()
     deadline = loop.time() + min(pull.long_poll_timeout_ms, state.limits.max_long_poll_ms) / 1000
@@ -165,21 +310,53 @@ async def pull_updates(request: web.Request) -> web.StreamResponse:
     return await _send_pages(request, db, first, slices, streaming, pull.encoding, state.limits)
 
 
-async def pipeline(request: web.Request) -> web.Response:
+async def pipeline(request: web.Request) -> web.StreamResponse:
     """``POST /v2/pipeline``: run Hrana requests as one stream; SQL errors come back inside a 200."""
     state = request.app[STATE]
     name = _database_name(request)
     grant = state.auth.check(request.headers.get("Authorization"), name)
-    body = await request.read()  # over client_max_size: 413
-    pipe = PipelineRequest.from_bytes(body)
-    if pipe.baton is not None:
-        raise errors.ProtocolError(
-            "batons are not supported: this server keeps no stream open between requests; "
-            "send baton null and put the whole stream in one request"
+    with state.slots.hold(_client_of(request, grant)):
+        body = await _read_body(request, state.limits)
+        pipe = PipelineRequest.from_bytes(body)
+        if pipe.baton is not None:
+            raise errors.ProtocolError(
+                "batons are not supported: this server keeps no stream open between requests; "
+                "send baton null and put the whole stream in one request"
+            )
+        async with state.store.use(name, create=not grant.read_only, owner=grant.client) as db:
+            results = await db.call(db.run_pipeline, pipe.requests, grant.read_only)
+        payload = encode_pipeline_response(results)
+        return await _send_body(request, payload, "application/json", state.limits)
+
+
+async def _send_body(request: web.Request, body: bytes, content_type: str, limits: Limits) -> web.StreamResponse:
+    """Send a whole body in ~1 MiB writes, each within ``send_timeout_s`` (a client that stops reading is cut)."""
+    response = web.StreamResponse(status=200, headers={"Content-Type": content_type})
+    response.content_length = len(body)
+    await response.prepare(request)
+    step = _PAGES_PER_CHUNK * PAGE_SIZE
+    view = memoryview(body)
+    try:
+        for start in range(0, len(body), step):
+            await _write(response, view[start : start + step], limits)
+        await response.write_eof()
+    except ConnectionError:
+        log.debug("%s %s: client disconnected while reading the answer", request.method, request.path)
+    except TimeoutError:
+        log.info(
+            "%s %s from %s: client stopped reading the answer; connection cut",
+            request.method,
+            request.path,
+            request.remote,
         )
-    db = await state.store.get(name, create=not grant.read_only)
-    results = await db.call(db.run_pipeline, pipe.requests, grant.read_only)
-    return web.Response(body=encode_pipeline_response(results), content_type="application/json")
+        if request.transport is not None:
+            request.transport.abort()
+    return response
+
+
+async def _write(response: web.StreamResponse, data: bytes | memoryview, limits: Limits) -> None:
+    async with asyncio.timeout(limits.send_timeout_s):
+        await response.write(data)
 
 
 async def _send_pages(
@@ -202,10 +379,10 @@ async def _send_pages(
     await response.prepare(request)
     pages, sent = len(first.pages), len(header)
     try:
-        await response.write(header)
+        await _write(response, header, limits)
         while True:
             for chunk in chunks:
-                await response.write(chunk)
+                await _write(response, chunk, limits)
                 sent += len(chunk)
             snap = await anext(rest, None)
             if snap is None:
@@ -216,6 +393,12 @@ async def _send_pages(
     except ConnectionError:  # the client went away mid-stream; it will pull again
         log.debug("pull %s: client disconnected after %d bytes", db.name, sent)
         await rest.aclose()
+        return response
+    except TimeoutError:  # the client stopped reading: free the connection and the snapshot
+        log.info("pull %s: client stopped reading after %d bytes; connection cut", db.name, sent)
+        await rest.aclose()
+        if request.transport is not None:
+            request.transport.abort()
         return response
     except (SnapshotMoved, errors.Error) as exc:
         # the status line is gone already: cut the connection, so the client sees a failed pull

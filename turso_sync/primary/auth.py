@@ -62,11 +62,21 @@ class TokenRule:
         return self.databases is None or database in self.databases
 
 
+#: The client identity of every request in development mode (there are no tokens to tell clients apart).
+DEV_CLIENT = "dev"
+
+
 @dataclass(frozen=True)
 class Grant:
-    """What an authenticated request may do on the database it addressed."""
+    """What an authenticated request may do on the database it addressed, and who asks.
+
+    ``client`` names the token for per-client bounds (open requests, databases created): a
+    one-way hash of the token's SHA-256, so it can be logged and stored but leads back to
+    neither the token nor its line in the token file; ``DEV_CLIENT`` in development mode.
+    """
 
     access: Access
+    client: str = DEV_CLIENT
 
     @property
     def read_only(self) -> bool:
@@ -76,6 +86,11 @@ class Grant:
 def token_digest(token: str) -> bytes:
     """The SHA-256 of a token, as stored in ``sha256:`` entries."""
     return hashlib.sha256(token.encode("utf-8")).digest()
+
+
+def client_id(digest: bytes) -> str:
+    """The client identity (32 hex digits) of a token whose SHA-256 is ``digest``."""
+    return hashlib.sha256(b"turso-sync client\x00" + digest).hexdigest()[:32]
 
 
 def parse_token_file(text: str, source: str = "token file") -> list[TokenRule]:
@@ -163,7 +178,7 @@ class Authenticator:
             raise AuthError(401, "invalid token")
         if not rule.covers(database):
             raise AuthError(403, f"this token has no access to database '{database}'")
-        return Grant(rule.access)
+        return Grant(rule.access, client_id(rule.digest))
 
     def _match(self, token: str) -> TokenRule | None:
         digest = token_digest(token)

@@ -8,10 +8,13 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ..crypto.page_codec import parse_key
 from .app import Limits, create_app
@@ -22,6 +25,80 @@ log = logging.getLogger("turso_sync.primary")
 
 #: How long shutdown waits for requests in flight (long-polls are woken first).
 SHUTDOWN_TIMEOUT = 10.0
+
+#: After answering a request whose body was not read to the end (413, 408, a refusal), how long
+#: the rest is read and dropped so the client sees the answer rather than a reset; then the
+#: connection is closed.
+LINGER_S = 2.0
+
+
+class QuietProtocolLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's connection-level logger, minus the noise a hostile internet makes.
+
+    A malformed request (bad request line or header, a non-HTTP client) is the client's
+    fault: one INFO line naming the peer, no traceback.  A client gone mid-request: DEBUG.
+    Anything else (a bug) keeps its traceback at ERROR.
+    """
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+        return msg, kwargs
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
+        """Log an exception aiohttp caught, quietly when the client caused it."""
+        exc = exc_info if isinstance(exc_info, BaseException) else None
+        if isinstance(exc, HttpProcessingError):
+            detail = " ".join(str(exc.message).split())[:200]
+            self.logger.info("%s: malformed HTTP request (%s)", str(msg) % args, detail)
+        elif isinstance(exc, ConnectionError):
+            self.logger.debug("%s: client disconnected", str(msg) % args)
+        else:
+            self.logger.error(msg, *args, exc_info=exc_info, **kwargs)
+
+
+class _Refuse503(asyncio.Protocol):
+    """A connection over ``max_connections``: answered 503 at once and closed, its request unread."""
+
+    BODY = b'{"error": "the server has too many open connections; try again shortly", "code": "SERVER_BUSY"}'
+    ANSWER = (
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+        b"Server: turso-sync\r\nConnection: close\r\nContent-Length: " + str(len(BODY)).encode() + b"\r\n\r\n" + BODY
+    )
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(self.ANSWER)
+        transport.close()
+
+
+class BoundedSite(web.SockSite):
+    """A listening socket that keeps at most ``max_connections`` connections open.
+
+    Counted from the connections aiohttp tracks, so a burst accepted in one event-loop turn
+    can pass the bound by at most that burst (the listen backlog, 128).
+    """
+
+    def __init__(self, runner: web.BaseRunner, sock: socket.socket, max_connections: int) -> None:
+        super().__init__(runner, sock)
+        self.max_connections = max_connections
+        self.refused = 0
+
+    async def start(self) -> None:
+        """Register with the runner and listen (what ``SockSite.start`` does, with the bound)."""
+        await web.BaseSite.start(self)
+        server = self._runner.server
+        assert server is not None
+
+        def protocol() -> asyncio.BaseProtocol:
+            if len(server.connections) >= self.max_connections:
+                self.refused += 1
+                if self.refused == 1 or self.refused % 1000 == 0:
+                    log.warning(
+                        "connections over --max-connections %d refused (%d so far)", self.max_connections, self.refused
+                    )
+                return _Refuse503()
+            return server()
+
+        self._server = await asyncio.get_running_loop().create_server(protocol, sock=self._sock, backlog=self._backlog)
 
 
 class AccessLogger(AbstractAccessLogger):
@@ -122,15 +199,28 @@ class PrimaryServer:
         cfg = self.config
         auth = self._authenticator()
         key = read_key_file(cfg.encryption_key_file, cfg.cipher) if cfg.encryption_key_file else None
-        store = DatabaseStore(cfg.data_dir, encryption_key=key, cipher=cfg.cipher)
+        limits = cfg.limits
+        store = DatabaseStore(
+            cfg.data_dir,
+            encryption_key=key,
+            cipher=cfg.cipher,
+            max_open=limits.max_open_databases,
+            max_per_owner=limits.max_databases_per_token,
+        )
         await store.start()
         self.store = store
-        app = create_app(store, auth, cfg.limits)
+        app = create_app(store, auth, limits)
         runner = web.AppRunner(
             app,
             access_log_class=AccessLogger,
             shutdown_timeout=SHUTDOWN_TIMEOUT,
             handle_signals=False,
+            # idle connections, and request lines and headers, must arrive within this: aiohttp's
+            # keep-alive timer runs from the connection's opening and from the end of each answer
+            # until the next request is complete, and then closes the connection
+            keepalive_timeout=limits.idle_timeout_s,
+            lingering_time=LINGER_S,
+            logger=QuietProtocolLog(logging.getLogger("aiohttp.server"), {}),
         )
         await runner.setup()
         family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
@@ -143,7 +233,7 @@ class PrimaryServer:
             await runner.cleanup()
             await store.close()
             raise ConfigError(f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror}") from None
-        site = web.SockSite(runner, sock)
+        site = BoundedSite(runner, sock, limits.max_connections)
         await site.start()
         self._runner = runner
         port = sock.getsockname()[1]
