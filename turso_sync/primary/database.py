@@ -23,9 +23,11 @@ from ..local.connection import Connection
 from ..local.engine import LocalDatabase, Snapshot
 from ..sync.wire import hrana as wire
 from ..sync.wire.pull import PullRequest
-from .hrana import PipelineExecutor
+from . import sql_policy
+from .hrana import PipelineExecutor, has_statement
 from .pull import select_pages, select_slices
 from .revision import CommitFeed
+from .sql_policy import Access, SqlLimits
 
 T = TypeVar("T")
 
@@ -35,6 +37,33 @@ log = logging.getLogger("turso_sync.primary")
 #: replicas that encrypt at rest (remote encryption) can use the primary's pages unchanged.
 RESERVED_BYTES = 28
 
+
+#: Connection settings ``server_settings`` reads back (what a client must not change).
+SETTINGS_PRAGMAS = (
+    "query_only",
+    "locking_mode",
+    "synchronous",
+    "journal_mode",
+    "writable_schema",
+    "foreign_keys",
+    "recursive_triggers",
+    "defer_foreign_keys",
+    "case_sensitive_like",
+    "cache_size",
+    "temp_store",
+    "busy_timeout",
+    "wal_autocheckpoint",
+    "trusted_schema",
+    "cell_size_check",
+    "reverse_unordered_selects",
+    "automatic_index",
+    "ignore_check_constraints",
+    "legacy_alter_table",
+    "mmap_size",
+    "user_version",
+    "application_id",
+    "page_size",
+)
 
 #: Checkpoint the WAL once it holds this many pages (SQLite's default is 1000).
 WAL_AUTOCHECKPOINT_PAGES = 64
@@ -53,17 +82,26 @@ class PullCounters:
 
 
 class EnginePages:
-    """The page source of the pull logic, backed by the local engine (worker thread only)."""
+    """The page source of the pull logic, backed by the local engine (worker thread only).
 
-    def __init__(self, engine: LocalDatabase, conn: Connection) -> None:
+    Its statements run on the clients' connection under the SQL policy (installed there if it
+    is not yet): the server's own as ``Access.SERVER``, a client's query selector as
+    ``Access.QUERY_SELECTOR``.
+    """
+
+    def __init__(
+        self, engine: LocalDatabase, conn: Connection, policy: sql_policy.StatementPolicy | None = None
+    ) -> None:
         self._engine = engine
         self._conn = conn
+        self._policy = policy or sql_policy.install(conn.apsw_connection)
 
     def current_seq(self) -> int:
         return self._engine.current_seq()
 
     def page_count(self) -> int:
-        return int(self._conn.apsw_connection.execute("PRAGMA page_count").get)
+        with self._policy.acting_as(Access.SERVER):
+            return int(self._conn.apsw_connection.execute("PRAGMA page_count").get)
 
     def snapshot(self, since: int | None = None, pgnos: Iterable[int] | None = None) -> Snapshot:
         return self._engine.snapshot(since, pgnos)
@@ -71,33 +109,45 @@ class EnginePages:
     def query_pages(self, sql: str) -> list[int]:
         """Pages a query reads, as a superset: page 1, the schema, and every page of its tables and indexes.
 
-        The tables come from SQLite's authorizer (``SQLITE_READ``) while the statement is
-        prepared (as ``EXPLAIN``, so it never runs); their pages from ``dbstat``.
+        The query is compiled, never run, under the policy for query selectors (one ``SELECT``
+        a read-only token could run); the tables it reads come from the policy's record of
+        ``SQLITE_READ`` actions, their pages from ``dbstat``.
         """
         db = self._conn.apsw_connection
-        tables: set[str] = set()
+        policy = self._policy
+        seen: list[str] = []
 
-        def authorize(code: int, a: str | None, b: str | None, dbname: str | None, trigger: str | None) -> int:
-            if code == apsw.SQLITE_READ and a:
-                tables.add(a)
-            elif code not in (apsw.SQLITE_SELECT, apsw.SQLITE_READ, apsw.SQLITE_FUNCTION):
-                return apsw.SQLITE_DENY  # the selector must be a query
-            return apsw.SQLITE_OK
+        def tracer(cursor: apsw.Cursor, statement: str, bindings: object) -> bool:
+            seen.append(statement)
+            return False  # compiled is enough
 
-        db.authorizer = authorize
+        cursor = db.cursor()
+        cursor.exec_trace = tracer
         try:
-            db.execute(sql, explain=1).fetchall()
+            with policy.acting_as(Access.QUERY_SELECTOR):
+                with contextlib.suppress(apsw.ExecTraceAbort):
+                    cursor.execute(sql, can_cache=False)
+                tables = set(policy.tables_read)
         except apsw.Error as exc:
-            raise errors.ProtocolError(f"server_query_selector is not a query this database runs: {exc}") from None
+            reason = policy.refusal.reason if isinstance(exc, apsw.AuthError) and policy.refusal else str(exc)
+            raise errors.ProtocolError(
+                f"server_query_selector is not a query this database runs: {sql_policy.scrub(reason)}"
+            ) from None
         finally:
-            db.authorizer = None
-        names = set(tables) | {"sqlite_schema"}
-        marks = ",".join("?" * len(tables)) or "NULL"
-        names.update(
-            r[0] for r in db.execute(f"SELECT name FROM sqlite_schema WHERE tbl_name IN ({marks})", tuple(tables))
-        )
-        marks = ",".join("?" * len(names))
-        pages = {int(r[0]) for r in db.execute(f"SELECT pageno FROM dbstat WHERE name IN ({marks})", tuple(names))}
+            cursor.close(force=True)
+        if not seen:
+            raise errors.ProtocolError("server_query_selector holds no statement")
+        rest = sql[len(seen[0]) :] if sql.startswith(seen[0]) else ""
+        if has_statement(rest):
+            raise errors.ProtocolError("server_query_selector must be a single SELECT statement")
+        with policy.acting_as(Access.SERVER):
+            names = set(tables) | {"sqlite_schema"}
+            marks = ",".join("?" * len(tables)) or "NULL"
+            names.update(
+                r[0] for r in db.execute(f"SELECT name FROM sqlite_schema WHERE tbl_name IN ({marks})", tuple(tables))
+            )
+            marks = ",".join("?" * len(names))
+            pages = {int(r[0]) for r in db.execute(f"SELECT pageno FROM dbstat WHERE name IN ({marks})", tuple(names))}
         return sorted(pages | {1})
 
     def snapshot_at(self, seq: int, pgnos: Iterable[int] | None = None, since: int | None = None) -> Snapshot:
@@ -108,9 +158,10 @@ class EnginePages:
 class HostedDatabase:
     """A database of the primary; create with ``await HostedDatabase.open(...)``."""
 
-    def __init__(self, name: str, path: str) -> None:
+    def __init__(self, name: str, path: str, sql_limits: SqlLimits | None = None) -> None:
         self.name = name
         self.path = path
+        self.sql_limits = sql_limits or SqlLimits()
         self.counters = PullCounters()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"db-{name}")
         self._loop = asyncio.get_running_loop()
@@ -122,9 +173,14 @@ class HostedDatabase:
         self._checkpoint_queued = False
 
     @classmethod
-    async def open(cls, name: str, path: str, *, encryption_key: str | None, cipher: str) -> HostedDatabase:
-        """Open (creating if new) the database file at ``path`` on a fresh worker thread."""
-        db = cls(name, path)
+    async def open(
+        cls, name: str, path: str, *, encryption_key: str | None, cipher: str, sql_limits: SqlLimits | None = None
+    ) -> HostedDatabase:
+        """Open (creating if new) the database file at ``path`` on a fresh worker thread.
+
+        ``sql_limits`` bounds what clients' SQL may spend (``SqlLimits()`` when not given).
+        """
+        db = cls(name, path, sql_limits)
         try:
             await db.call(db._open, encryption_key, cipher)
         except BaseException:
@@ -142,8 +198,9 @@ class HostedDatabase:
         # A small WAL keeps pulls cheap: each engine snapshot reads the WAL whole (see run_pipeline)
         conn.apsw_connection.wal_autocheckpoint(WAL_AUTOCHECKPOINT_PAGES)
         self._engine, self._conn = engine, conn
-        self._executor = PipelineExecutor(conn.apsw_connection)
-        self._pages = EnginePages(engine, conn)
+        # the SQL policy goes on the connection here, before any client statement, for good
+        self._executor = PipelineExecutor(conn.apsw_connection, limits=self.sql_limits)
+        self._pages = EnginePages(engine, conn, sql_policy.install(conn.apsw_connection))
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on this database's worker thread."""
@@ -200,6 +257,25 @@ class HostedDatabase:
                 else:
                     self._truncate_wal()
                     self._loop.call_soon_threadsafe(self._committed, False)
+
+    def server_settings(self) -> dict[str, object]:
+        """What clients must not be able to change, read on the worker through the server's own access.
+
+        The connection's settings (pragmas), the schemas attached, temporary objects, whether
+        the policy is in place, and SQLite's process-wide memory limit.
+        """
+        assert self._conn is not None
+        db = self._conn.apsw_connection
+        policy = sql_policy.install(db)
+        settings: dict[str, object] = {}
+        with policy.acting_as(Access.SERVER):
+            for name in SETTINGS_PRAGMAS:
+                settings[name] = db.execute(f"PRAGMA {name}").get
+            settings["schemas"] = [r[1] for r in db.execute("PRAGMA database_list")]
+        settings["policy_installed"] = db.authorizer is policy
+        settings["hard_heap_limit"] = apsw.hard_heap_limit(-1)
+        settings["soft_heap_limit"] = apsw.soft_heap_limit(-1)
+        return settings
 
     def _committed(self, checkpoint_later: bool) -> None:
         """On the event loop after a commit: wake the long-polls, then maybe queue the checkpoint."""

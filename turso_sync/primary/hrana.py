@@ -6,12 +6,20 @@ Within a batch, a failed step does not by itself end an open transaction; condit
 evaluated on the live connection at the moment the step comes up.  A stream that ends with a
 transaction still open is rolled back, so nothing a client left half-done reaches a revision.
 
+Every statement is compiled and run under the SQL policy (``sql_policy``) for the stream's
+access, never from the statement cache, and within the limits of ``SqlLimits``: a statement
+over one gets a step error naming the limit (``LIMIT_*`` codes), and no error text a client
+sees names a file of the host.
+
 Runs on the database's worker thread only (see ``database.py``); no asyncio here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import re
+import time
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import apsw
@@ -19,6 +27,7 @@ import apsw.ext
 
 from ..sync.wire import hrana as wire
 from . import sql_policy
+from .sql_policy import Access, SqlLimits
 
 #: Stored SQL texts one stream may hold (``store_sql``).
 MAX_STORED_SQL = 1000
@@ -39,12 +48,15 @@ class _StepFailed(Exception):  # noqa: N818 - internal control flow
 
 
 class _Stream:
-    """Per-pipeline state: stored SQL, whether it was closed, the caller's access."""
+    """Per-pipeline state: stored SQL, whether it was closed, the caller's access, what is left to spend."""
 
-    def __init__(self, read_only: bool) -> None:
+    def __init__(self, read_only: bool, limits: SqlLimits) -> None:
         self.read_only = read_only
+        self.access = Access.READ_ONLY if read_only else Access.READ_WRITE
         self.sqls: dict[int, str] = {}
         self.closed = False
+        self.deadline = time.monotonic() + limits.max_pipeline_seconds
+        self.response_bytes = limits.max_response_bytes  # what the answer's rows may still take
 
 
 class _StatementGuard:
@@ -89,12 +101,17 @@ class _StatementGuard:
 
 
 class PipelineExecutor:
-    """Executes pipelines on one APSW connection (owned by the caller, used from one thread)."""
+    """Executes pipelines on one APSW connection (owned by the caller, used from one thread).
 
-    def __init__(self, conn: apsw.Connection) -> None:
+    Installs the SQL policy on the connection for good (see ``sql_policy.install``), with
+    ``limits`` (``SqlLimits()`` when not given).
+    """
+
+    def __init__(self, conn: apsw.Connection, *, limits: SqlLimits | None = None) -> None:
         self._conn = conn
         self.commits = 0
-        sql_policy.install(conn)
+        self._policy = sql_policy.install(conn, limits)
+        self.limits = self._policy.limits
         conn.set_commit_hook(self._on_commit, id="turso_sync.primary.hrana")
 
     def _on_commit(self) -> bool:
@@ -103,7 +120,7 @@ class PipelineExecutor:
 
     def run(self, requests: Sequence[wire.StreamRequest], *, read_only: bool = False) -> list[wire.StreamResult]:
         """One result per request.  Raises WriteDenied (after rolling back) for a read-only writer."""
-        stream = _Stream(read_only)
+        stream = _Stream(read_only, self.limits)
         try:
             return [self._request(req, stream) for req in requests]
         finally:
@@ -111,7 +128,8 @@ class PipelineExecutor:
 
     def _end_transaction(self) -> None:
         if not self._conn.get_autocommit():
-            self._conn.execute("ROLLBACK")
+            with self._policy.acting_as(Access.SERVER):
+                self._conn.execute("ROLLBACK")
 
     # --- requests -------------------------------------------------------------------------------
 
@@ -127,7 +145,7 @@ class PipelineExecutor:
                 self._sequence(self._sql(req.sql, req.sql_id, stream), stream)
                 return wire.StreamResponse("sequence")
             if isinstance(req, wire.DescribeRequest):
-                return wire.StreamResponse("describe", self._describe(self._sql(req.sql, req.sql_id, stream)))
+                return wire.StreamResponse("describe", self._describe(self._sql(req.sql, req.sql_id, stream), stream))
             if isinstance(req, wire.StoreSqlRequest):
                 if req.sql_id not in stream.sqls and len(stream.sqls) >= MAX_STORED_SQL:
                     return wire.HranaError(
@@ -194,84 +212,188 @@ class PipelineExecutor:
         sql = self._sql(stmt.sql, stmt.sql_id, stream)
         conn = self._conn
         guard = _StatementGuard(sql, stream.read_only, single=True)
-        cursor = conn.cursor()
-        cursor.exec_trace = guard
         before = conn.total_changes()
         rows: list[list[wire.SqlValue]] = []
-        try:
-            cursor.execute(sql, _bindings(conn, sql, stmt))
+        with self._running(sql, stream, guard) as cursor:
+            cursor.execute(sql, self._bindings(sql, stmt), can_cache=False)
             if stmt.want_rows:
-                rows = [list(row) for row in cursor]
+                rows = self._collect(cursor, sql, stream)
             else:
                 for _ in cursor:
                     pass
-        except apsw.ExecTraceAbort:
-            raise guard.failure() from None
-        except apsw.Error as exc:
-            raise _StepFailed(sqlite_error(exc)) from None
-        except (UnicodeError, OverflowError, KeyError, TypeError, ValueError) as exc:
-            raise _StepFailed(
-                wire.HranaError(f"value cannot be passed to or from SQLite: {exc}", "VALUE_INVALID")
-            ) from None
-        finally:
-            cursor.close(force=True)
         changed = conn.total_changes() != before
         cols = [wire.Col(name, decltype) for name, decltype in guard.description]
+        stream.response_bytes -= sum(len(name) + len(decltype or "") + 32 for name, decltype in guard.description)
         # without changes, report no rowid: the connection's last one may be another client's
         if not changed:
             return wire.StmtResult(cols, rows, 0, None)
         return wire.StmtResult(cols, rows, conn.changes(), conn.last_insert_rowid())
 
+    def _collect(self, cursor: apsw.Cursor, sql: str, stream: _Stream) -> list[list[wire.SqlValue]]:
+        """The statement's rows, within the row and response limits (else a step error naming the limit)."""
+        limits = self.limits
+        rows: list[list[wire.SqlValue]] = []
+        budget = stream.response_bytes
+        for row in cursor:
+            if len(rows) >= limits.max_rows:
+                raise _StepFailed(
+                    wire.HranaError(
+                        f"the statement returns more than {limits.max_rows} rows, the server's limit; "
+                        f"add a LIMIT and page through the rest: {_clip(sql)}",
+                        "LIMIT_ROWS",
+                    )
+                )
+            budget -= 8 + sum(_json_cost(v) for v in row)
+            if budget < 0:
+                stream.response_bytes = 0
+                raise _StepFailed(
+                    wire.HranaError(
+                        f"the results would take more than {limits.max_response_bytes} bytes, the server's "
+                        f"limit for one response; ask for fewer or smaller rows: {_clip(sql)}",
+                        "LIMIT_RESPONSE_BYTES",
+                    )
+                )
+            rows.append(list(row))
+        stream.response_bytes = budget
+        return rows
+
     def _sequence(self, sql: str, stream: _Stream) -> None:
         guard = _StatementGuard(sql, stream.read_only, single=False)
+        with self._running(sql, stream, guard) as cursor:
+            for _ in cursor.execute(sql, can_cache=False):
+                pass
+
+    def _describe(self, sql: str, stream: _Stream) -> wire.DescribeResult:
+        """Compile ``sql`` (under the stream's policy, so a refused statement is refused here too), never run it."""
+        seen: dict[str, Any] = {}
+
+        def tracer(cursor: apsw.Cursor, statement: str, bindings: Any) -> bool:
+            seen.update(
+                statement=statement,
+                names=cursor.bindings_names,
+                description=cursor.get_description(),
+                is_explain=cursor.is_explain,
+                is_readonly=cursor.is_readonly,
+            )
+            return False  # compiled is enough: never run
+
+        self._check_started(sql, stream)
+        cursor = self._conn.cursor()
+        cursor.exec_trace = tracer
+        try:
+            with self._policy.acting_as(stream.access, self._deadline(stream)):
+                try:
+                    cursor.execute(sql, apsw._null_bindings, can_cache=False)  # type: ignore[attr-defined]
+                except apsw.ExecTraceAbort:
+                    pass
+                except apsw.Error as exc:
+                    raise _StepFailed(self._sqlite_error(exc, sql, stream)) from None
+        finally:
+            cursor.close(force=True)
+        if not seen:
+            raise _StepFailed(wire.HranaError("the SQL string holds no statement", "SQL_NO_STATEMENT"))
+        if has_statement(sql[len(seen["statement"]) :] if sql.startswith(seen["statement"]) else ""):
+            raise _StepFailed(wire.HranaError("SQL string contains more than one statement", "SQL_MANY_STATEMENTS"))
+        params = [_param_name(name) for name in seen["names"]]
+        cols = [wire.Col(name, decltype) for name, decltype in seen["description"]]
+        return wire.DescribeResult(params, cols, bool(seen["is_explain"]), bool(seen["is_readonly"]))
+
+    # --- running one statement under the policy and the limits ---------------------------------
+
+    def _deadline(self, stream: _Stream) -> float:
+        return min(time.monotonic() + self.limits.max_statement_seconds, stream.deadline)
+
+    def _check_started(self, sql: str, stream: _Stream) -> None:
+        """Refuse before compiling: the pipeline's time is used up, or the SQL text is too long."""
+        if time.monotonic() >= stream.deadline:
+            raise _StepFailed(
+                wire.HranaError(
+                    f"the request used up its {self.limits.max_pipeline_seconds:g} s on the server before "
+                    f"this statement; send the rest in another request: {_clip(sql)}",
+                    "LIMIT_PIPELINE_TIME",
+                )
+            )
+        if (
+            len(sql) > self.limits.max_sql_bytes
+            or len(sql.encode("utf-8", "surrogatepass")) > self.limits.max_sql_bytes
+        ):
+            raise _StepFailed(
+                wire.HranaError(
+                    f"the SQL text is longer than {self.limits.max_sql_bytes} bytes, the server's limit: {_clip(sql)}",
+                    "LIMIT_SQL_BYTES",
+                )
+            )
+
+    @contextlib.contextmanager
+    def _running(self, sql: str, stream: _Stream, guard: _StatementGuard) -> Iterator[apsw.Cursor]:
+        """A cursor that compiles and steps under the stream's access and deadline; errors become step errors."""
+        self._check_started(sql, stream)
         cursor = self._conn.cursor()
         cursor.exec_trace = guard
         try:
-            for _ in cursor.execute(sql):
-                pass
+            with self._policy.acting_as(stream.access, self._deadline(stream)):
+                yield cursor
         except apsw.ExecTraceAbort:
             raise guard.failure() from None
         except apsw.Error as exc:
-            raise _StepFailed(sqlite_error(exc)) from None
-        except (UnicodeError, OverflowError, ValueError) as exc:
+            raise _StepFailed(self._sqlite_error(exc, sql, stream)) from None
+        except (UnicodeError, OverflowError, KeyError, TypeError, ValueError) as exc:
             raise _StepFailed(
-                wire.HranaError(f"value cannot be passed to or from SQLite: {exc}", "VALUE_INVALID")
+                wire.HranaError(
+                    f"value cannot be passed to or from SQLite: {sql_policy.scrub(str(exc))}", "VALUE_INVALID"
+                )
             ) from None
         finally:
             cursor.close(force=True)
 
-    def _describe(self, sql: str) -> wire.DescribeResult:
-        try:
-            info = apsw.ext.query_info(self._conn, sql)
-        except apsw.Error as exc:
-            raise _StepFailed(sqlite_error(exc)) from None
-        if has_statement(info.query_remaining or ""):
-            raise _StepFailed(wire.HranaError("SQL string contains more than one statement", "SQL_MANY_STATEMENTS"))
-        params = [_param_name(name) for name in info.bindings_names]
-        cols = [wire.Col(name, decltype) for name, decltype in (info.description or ())]
-        return wire.DescribeResult(params, cols, bool(info.is_explain), bool(info.is_readonly))
+    def _sqlite_error(self, exc: apsw.Error, sql: str, stream: _Stream) -> wire.HranaError:
+        """The step error for an SQLite error: the policy's reason, the limit hit, or SQLite's (scrubbed) message."""
+        policy, limits = self._policy, self.limits
+        if isinstance(exc, apsw.AuthError) and policy.refusal is not None:
+            if policy.refusal.write and stream.read_only:
+                raise WriteDenied(sql)
+            return wire.HranaError(f"not authorized: {policy.refusal.reason}: {_clip(sql)}", "SQLITE_AUTH")
+        if isinstance(exc, apsw.InterruptError) and policy.timed_out:
+            if time.monotonic() >= stream.deadline:
+                return wire.HranaError(
+                    f"the request ran longer than {limits.max_pipeline_seconds:g} s on the server, its limit; "
+                    f"the statement was stopped: {_clip(sql)}",
+                    "LIMIT_PIPELINE_TIME",
+                )
+            return wire.HranaError(
+                f"the statement ran longer than {limits.max_statement_seconds:g} s, the server's limit, "
+                f"and was stopped: {_clip(sql)}",
+                "LIMIT_STATEMENT_TIME",
+            )
+        if isinstance(exc, apsw.TooBigError):
+            return wire.HranaError(
+                f"a string, blob or row is larger than {limits.max_value_bytes} bytes, "
+                f"the server's limit: {_clip(sql)}",
+                "LIMIT_VALUE_BYTES",
+            )
+        if isinstance(exc, apsw.NoMemError):
+            return wire.HranaError(
+                f"the statement needs more memory than the server allows: {_clip(sql)}", "LIMIT_MEMORY"
+            )
+        return sqlite_error(exc)
 
+    def _bindings(self, sql: str, stmt: wire.Stmt) -> Sequence[Any]:
+        """Values by parameter index: positional ones by position, named ones by name (prefix optional).
 
-def _bindings(conn: apsw.Connection, sql: str, stmt: wire.Stmt) -> Sequence[Any]:
-    """Values by parameter index: positional ones by position, named ones by name (prefix optional).
-
-    As in SQLite, a parameter without a value is NULL.  Only statements with named arguments
-    need the parameter names, which cost one extra prepare.
-    """
-    if not stmt.named_args:
-        return stmt.args
-    named = {(name[1:] if name[0] in ":@$" else name): value for name, value in stmt.named_args}
-    try:
-        names = apsw.ext.query_info(conn, sql).bindings_names
-    except apsw.Error as exc:
-        raise _StepFailed(sqlite_error(exc)) from None
-    values: list[Any] = []
-    for index, name in enumerate(names, start=1):
-        if name is None or name.isdigit():
-            values.append(stmt.args[index - 1] if index <= len(stmt.args) else None)
-        else:
-            values.append(named.get(name))
-    return values
+        As in SQLite, a parameter without a value is NULL.  Only statements with named arguments
+        need the parameter names, which cost one extra compile (under the current access).
+        """
+        if not stmt.named_args:
+            return stmt.args
+        named = {(name[1:] if name[0] in ":@$" else name): value for name, value in stmt.named_args}
+        names = apsw.ext.query_info(self._conn, sql).bindings_names
+        values: list[Any] = []
+        for index, name in enumerate(names, start=1):
+            if name is None or name.isdigit():
+                values.append(stmt.args[index - 1] if index <= len(stmt.args) else None)
+            else:
+                values.append(named.get(name))
+        return values
 
 
 def _param_name(name: str | None) -> str | None:
@@ -281,13 +403,31 @@ def _param_name(name: str | None) -> str | None:
 
 
 def sqlite_error(exc: apsw.Error) -> wire.HranaError:
-    """A step error from an SQLite error: its message, and its (extended) result code name."""
+    """A step error from an SQLite error: its message (no host paths), and its (extended) result code name."""
     if isinstance(exc, apsw.BindingsError):
-        return wire.HranaError(str(exc), "ARGS_INVALID")
+        return wire.HranaError(sql_policy.scrub(str(exc)), "ARGS_INVALID")
     code = apsw.mapping_extended_result_codes.get(getattr(exc, "extendedresult", -1))
     if code is None:
         code = apsw.mapping_result_codes.get(getattr(exc, "result", -1), "SQLITE_ERROR")
-    return wire.HranaError(str(exc), str(code))
+    return wire.HranaError(sql_policy.scrub(str(exc)), str(code))
+
+
+_JSON_ESCAPED = re.compile(r'[\x00-\x1f"\\]')
+
+
+def _json_cost(value: wire.SqlValue) -> int:
+    """About how many bytes ``value`` takes in the JSON answer (never less than it does)."""
+    if isinstance(value, str):
+        size = len(value) if value.isascii() else len(value.encode("utf-8", "surrogatepass"))
+        if _JSON_ESCAPED.search(value):
+            size += 5 * (len(value) - len(value.translate(_DROP_ESCAPED)))  # \u00XX at worst
+        return size + 32
+    if isinstance(value, bytes | bytearray | memoryview):
+        return (len(value) + 2) // 3 * 4 + 32
+    return 48  # null, integer, float with their {"type": ...} wrapper
+
+
+_DROP_ESCAPED = dict.fromkeys([*range(0x20), ord('"'), ord("\\")])
 
 
 def has_statement(sql: str) -> bool:
