@@ -12,11 +12,11 @@ example through the raw APSW handle) is refused by a commit hook rather than los
 
 from __future__ import annotations
 
-import functools
 import json
-import re
 
 import apsw
+
+from .statement import Statement
 
 META_TABLE = "_turso_sync_meta"
 OUTBOX_TABLE = "_turso_sync_outbox"
@@ -35,18 +35,6 @@ SCHEMA = (
     "result TEXT)",
 )
 
-_DDL = re.compile(
-    r"^\s*(?:--[^\n]*\n\s*|/\*.*?\*/\s*)*(CREATE|ALTER|DROP)\s+(?:(TEMP|TEMPORARY)\s+)?",
-    re.IGNORECASE | re.DOTALL,
-)
-_TXN = re.compile(
-    r"^\s*(?:--[^\n]*\n\s*|/\*.*?\*/\s*)*(BEGIN|COMMIT|END|ROLLBACK)\b(?!\s+TO\b)",
-    re.IGNORECASE | re.DOTALL,
-)
-_NAME = re.compile(
-    r"(?:TABLE|INDEX|VIEW|TRIGGER)\s+(?:IF\s+(?:NOT\s+)?EXISTS\s+)?[\"`\[]?([A-Za-z0-9_$.]+)", re.IGNORECASE
-)
-
 
 def is_internal(table: str) -> bool:
     """Tables that sync keeps for itself and never pushes or replays."""
@@ -54,24 +42,10 @@ def is_internal(table: str) -> bool:
     return lower.startswith(INTERNAL_PREFIXES) or lower in INTERNAL_NAMES
 
 
-@functools.lru_cache(maxsize=512)
-def schema_statement(sql: str) -> bool:
-    """True for a CREATE/ALTER/DROP that changes the replicated schema (not TEMP, not internal)."""
-    match = _DDL.match(sql)
-    if match is None or match.group(2):
-        return False
-    name = _NAME.search(sql)
-    return not (name and is_internal(name.group(1).split(".")[-1]))
-
-
-@functools.lru_cache(maxsize=512)
-def transaction_statement(sql: str) -> str | None:
-    """``BEGIN``/``COMMIT``/``ROLLBACK`` (END counts as COMMIT) when ``sql`` is one, else None."""
-    match = _TXN.match(sql)
-    if match is None:
-        return None
-    word = match.group(1).upper()
-    return "COMMIT" if word == "END" else word
+def replicated_schema_change(statement: Statement) -> bool:
+    """True for a CREATE/ALTER/DROP of the replicated schema (main database, not internal, not TEMP)."""
+    objects = statement.schema_objects
+    return bool(objects) and not any(is_internal(name) for name in objects)
 
 
 def is_replica(db: apsw.Connection) -> bool:
@@ -80,12 +54,21 @@ def is_replica(db: apsw.Connection) -> bool:
 
 
 class ChangeCapture:
-    """Records one connection's transactions and writes them to the outbox at commit."""
+    """Records one connection's transactions and writes them to the outbox at commit.
+
+    It also follows the transaction's savepoints (names as SQLite parsed them), because a
+    ``RELEASE`` of the outermost savepoint of a transaction that ``SAVEPOINT`` opened is a
+    COMMIT, and a ``ROLLBACK TO`` undoes the schema statements run since that savepoint.
+    """
 
     def __init__(self, db: apsw.Connection) -> None:
         self.db = db
-        self.ddl: list[str] = []
+        #: schema statements of the transaction, each with the savepoint depth it ran at
+        self.ddl: list[tuple[int, str]] = []
+        self.savepoints: list[str] = []
+        self._savepoint_opened = False  # the transaction was opened by SAVEPOINT, not BEGIN
         self._flushed = False
+        self._outbox_id: int | None = None
         self.rolled_back = False
         self._session = self._new_session()
         db.set_commit_hook(self._commit_hook)
@@ -100,9 +83,50 @@ class ChangeCapture:
 
     def note_schema(self, sql: str) -> None:
         """Remember a schema statement that ran inside the current transaction."""
-        self.ddl.append(sql.strip().rstrip(";"))
+        self.ddl.append((len(self.savepoints), sql.strip().rstrip(";")))
+
+    # --- savepoints -----------------------------------------------------------------------------
+
+    def savepoint_began(self, name: str, opened_transaction: bool) -> None:
+        """``SAVEPOINT name`` ran; ``opened_transaction`` when no transaction was open before it."""
+        if opened_transaction:
+            self.savepoints = [name]
+            self._savepoint_opened = True
+        else:
+            self.savepoints.append(name)
+
+    def _find(self, name: str) -> int | None:
+        """Index of the newest savepoint called ``name`` (SQLite compares names without case)."""
+        folded = name.casefold()
+        for index in range(len(self.savepoints) - 1, -1, -1):
+            if self.savepoints[index].casefold() == folded:
+                return index
+        return None
+
+    def release_commits(self, name: str) -> bool:
+        """True when ``RELEASE name`` ends the transaction (so it must be committed with its capture)."""
+        return self._savepoint_opened and self._find(name) == 0
+
+    def released(self, name: str) -> None:
+        """``RELEASE name`` ran without ending the transaction: its statements join the enclosing level."""
+        index = self._find(name)
+        if index is None:
+            return
+        del self.savepoints[index:]
+        self.ddl = [(min(depth, index), sql) for depth, sql in self.ddl]
+
+    def rolled_back_to(self, name: str) -> None:
+        """``ROLLBACK TO name`` ran: forget the schema statements run since that savepoint began."""
+        index = self._find(name)
+        if index is None:
+            return
+        del self.savepoints[index + 1 :]
+        self.ddl = [(depth, sql) for depth, sql in self.ddl if depth <= index]
+
+    # --- commit -----------------------------------------------------------------------------------
 
     def pending(self) -> bool:
+        """True when the open transaction changed something sync must push."""
         return bool(self.ddl) or not self._session.is_empty
 
     def flush(self) -> None:
@@ -111,20 +135,36 @@ class ChangeCapture:
             return
         if self.pending():
             changeset = self._session.changeset()
-            if changeset or self.ddl:
+            ddl = [sql for _depth, sql in self.ddl]
+            if changeset or ddl:
                 self.db.execute(
                     f"INSERT INTO {OUTBOX_TABLE}(gen, ddl, changeset) "
                     f"VALUES ((SELECT value FROM {META_TABLE} WHERE key='pull_gen'), ?, ?)",
-                    (json.dumps(self.ddl), changeset),
+                    (json.dumps(ddl), changeset),
                 )
+                self._outbox_id = self.db.last_insert_rowid()
         self._flushed = True
+
+    def unflush(self) -> None:
+        """The commit after ``flush`` failed and the transaction is still open: take the outbox row back.
+
+        Otherwise a transaction that goes on (a deferred foreign key fixed, say) would commit
+        with an outbox row that misses its later changes.
+        """
+        if self._outbox_id is not None and not self.db.get_autocommit():
+            self.db.execute(f"DELETE FROM {OUTBOX_TABLE} WHERE id = ?", (self._outbox_id,))
+        self._outbox_id = None
+        self._flushed = False
 
     def reset(self) -> None:
         """Start over after a commit or rollback."""
         self._session.close()
         self._session = self._new_session()
         self.ddl = []
+        self.savepoints = []
+        self._savepoint_opened = False
         self._flushed = False
+        self._outbox_id = None
         self.rolled_back = False
 
     def _commit_hook(self) -> bool:
@@ -135,6 +175,7 @@ class ChangeCapture:
         self.rolled_back = True  # reset lazily: no SQLite calls from inside a hook
 
     def close(self) -> None:
+        """Stop capturing (the connection is closing)."""
         self.db.set_commit_hook(None)
         self.db.set_rollback_hook(None)
         self._session.close()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -20,32 +19,16 @@ from ..crypto.page_codec import (
     PageCodec,
     parse_key,
 )
-from .capture import ChangeCapture, is_replica, schema_statement, transaction_statement
+from .capture import ChangeCapture, is_replica, replicated_schema_change
 from .framelog import FrameLog
 from .lazy import LazyPages
+from .statement import Statement, classify
 from .vfs import PAGE_SIZE, DatabaseState, ensure_vfs, file_descriptor, realpath, registry
 from .walformat import scan_wal
 
 Params = Sequence[Any] | Mapping[str, Any]
 
-_DML = re.compile(r"^\s*(?:--[^\n]*\n\s*|/\*.*?\*/\s*)*(INSERT|UPDATE|DELETE|REPLACE)\b", re.IGNORECASE | re.DOTALL)
-
-
-@functools.lru_cache(maxsize=512)
-def _is_dml(sql: str) -> bool:
-    """INSERT/UPDATE/DELETE/REPLACE (what opens sqlite3's implicit transaction); cached per text."""
-    return _DML.match(sql) is not None
-
-
-_QUERY = re.compile(
-    r"^\s*(?:--[^\n]*\n\s*|/\*.*?\*/\s*)*(SELECT|WITH|VALUES|PRAGMA|EXPLAIN)\b", re.IGNORECASE | re.DOTALL
-)
-
-
-@functools.lru_cache(maxsize=512)
-def _returns_rows(sql: str) -> bool:
-    """A statement whose result has columns even when it has no rows."""
-    return _QUERY.match(sql) is not None
+_STATEMENTS_KEPT = 1024  # per connection; the cache starts over when full
 
 
 @functools.lru_cache(maxsize=512)
@@ -143,35 +126,37 @@ class Cursor:
         """Run one statement with parameters by position (``?``) or by name (``:name``)."""
         self._check()
         conn = self.connection
+        statement = conn._statements.get(sql) or conn._statement(sql)
         capture = conn._capture
         if capture is not None:
-            return self._execute_captured(sql, parameters, capture)
-        dml = _is_dml(sql)
-        if dml:
+            return self._execute_captured(sql, parameters, statement, capture)
+        writes = statement.writes_rows
+        if writes:
             conn._begin_if_needed(sql)
-        return self._run(sql, parameters, dml)
+        return self._run(sql, parameters, statement)
 
-    def _execute_captured(self, sql: str, parameters: Params, capture: ChangeCapture) -> Cursor:
+    def _execute_captured(self, sql: str, parameters: Params, statement: Statement, capture: ChangeCapture) -> Cursor:
         """On a replica: transaction statements go through commit/rollback, writes are captured."""
         conn = self.connection
         if capture.rolled_back:
             capture.reset()
-        word = transaction_statement(sql)
-        if word == "COMMIT":
+        if statement.transaction == "COMMIT":
             conn.commit()
             return self._done()
-        if word == "ROLLBACK":
+        if statement.transaction == "ROLLBACK":
             conn.rollback()
             return self._done()
-        dml = _is_dml(sql)
+        if statement.savepoint is not None:
+            return self._savepoint(sql, statement, capture)
+        dml = statement.writes_rows
         if dml:
             conn._begin_if_needed(sql)
-        schema = schema_statement(sql)
+        schema = replicated_schema_change(statement)
         if conn._db.get_autocommit() and (schema or dml):
             # a write outside a transaction: give it one, so its capture commits with it
             conn._db.execute("BEGIN IMMEDIATE")
             try:
-                self._run(sql, parameters, dml)
+                self._run(sql, parameters, statement)
                 rows = list(self._rows) if self._rows is not None else None
                 if schema:
                     capture.note_schema(sql)
@@ -182,10 +167,29 @@ class Cursor:
             self._rows = iter(rows) if rows is not None else None
             self._ahead = None
             return self
-        self._run(sql, parameters, dml)
+        self._run(sql, parameters, statement)
         if schema:
             capture.note_schema(sql)
         return self
+
+    def _savepoint(self, sql: str, statement: Statement, capture: ChangeCapture) -> Cursor:
+        """SAVEPOINT / RELEASE / ROLLBACK TO on a replica, followed so that a RELEASE that commits is captured."""
+        conn = self.connection
+        assert statement.savepoint is not None
+        operation, name = statement.savepoint
+        if operation == "BEGIN":
+            opens = conn._db.get_autocommit()
+            self._run(sql, (), statement)
+            capture.savepoint_began(name, opens)
+        elif operation == "RELEASE" and capture.release_commits(name):
+            conn._commit_with(sql)  # the outermost savepoint of its transaction: a COMMIT
+        else:
+            self._run(sql, (), statement)
+            if operation == "RELEASE":
+                capture.released(name)
+            else:
+                capture.rolled_back_to(name)
+        return self._done()
 
     def _done(self) -> Cursor:
         self.description = None
@@ -194,13 +198,13 @@ class Cursor:
         self.rowcount = -1
         return self
 
-    def _run(self, sql: str, parameters: Params, dml: bool) -> Cursor:
+    def _run(self, sql: str, parameters: Params, statement: Statement) -> Cursor:
         conn = self.connection
         if not _single_statement(sql):
             raise errors.ProgrammingError("You can only execute one statement at a time.")
         try:
             self._cursor.execute(sql, parameters)
-            self.description = self._describe(sql, dml)
+            self.description = self._describe(sql, statement)
         except apsw.Error as exc:
             self.description = None
             raise conn._translate(exc) from None
@@ -209,7 +213,7 @@ class Cursor:
             raise errors.ProgrammingError(f"bad parameters for {sql[:60]!r}: {exc}") from None
         self._rows = self._cursor if self.description is not None else None
         self._ahead = None
-        self.rowcount = conn._db.changes() if dml else -1
+        self.rowcount = conn._db.changes() if statement.writes_rows else -1
         self.lastrowid = conn._db.last_insert_rowid()
         return self
 
@@ -219,10 +223,10 @@ class Cursor:
         conn = self.connection
         if not _single_statement(sql):
             raise errors.ProgrammingError("You can only execute one statement at a time.")
-        dml = _is_dml(sql)
-        if dml:
+        statement = conn._statements.get(sql) or conn._statement(sql)
+        if statement.writes_rows:
             conn._begin_if_needed(sql)
-        own_txn = conn._capture is not None and dml and conn._db.get_autocommit()
+        own_txn = conn._capture is not None and statement.writes_rows and conn._db.get_autocommit()
         if own_txn:
             conn._db.execute("BEGIN IMMEDIATE")  # on a replica the writes commit with their capture
         before = conn._db.total_changes()
@@ -272,11 +276,13 @@ class Cursor:
         self._ahead = None
         return self
 
-    def _describe(self, sql: str, dml: bool) -> tuple[tuple[str, None, None, None, None, None, None], ...] | None:
+    def _describe(
+        self, sql: str, statement: Statement
+    ) -> tuple[tuple[str, None, None, None, None, None, None], ...] | None:
         try:
             cols = self._cursor.get_description()
         except apsw.ExecutionCompleteError:
-            if dml or not _returns_rows(sql):
+            if not statement.returns_rows:
                 return None
             # a query that finished without a row: ask SQLite for its columns without running it
             try:
@@ -403,6 +409,7 @@ class Connection:
             raise errors.EncryptionError(f"{self.path} is already open in this process with another cipher")
         self._closed = False
         self._capture: ChangeCapture | None = None
+        self._statements: dict[str, Statement] = {}  # what SQLite said of each SQL text (statement.py)
         self._reserved_bytes = reserved_bytes
         try:
             if self._state.lazy is None:
@@ -499,8 +506,21 @@ class Connection:
             return errors.EncryptionError(f"{self.path}: {detail}; the key is wrong or the file was changed on disk")
         return errors.translate(exc)
 
+    def _statement(self, sql: str) -> Statement:
+        """What SQLite says ``sql`` does; kept per text unless the answer depends on the schema."""
+        statement = classify(self._db, sql)
+        if statement.cacheable:
+            if len(self._statements) >= _STATEMENTS_KEPT:
+                self._statements.clear()
+            self._statements[sql] = statement
+        return statement
+
     def _begin_if_needed(self, sql: str) -> None:
-        """sqlite3's implicit BEGIN before a DML statement (callers check that ``sql`` is DML)."""
+        """The implicit BEGIN before a statement that changes rows (callers check that it does).
+
+        Unlike stdlib ``sqlite3``, which looks at the first keyword, SQLite's own answer decides,
+        so ``WITH ... INSERT`` opens the transaction too.
+        """
         if self.isolation_level is not None and self._db.get_autocommit():
             try:
                 self._db.execute(f"BEGIN {self.isolation_level}")
@@ -539,14 +559,22 @@ class Connection:
     def commit(self) -> None:
         """Commit the open transaction, if any (on a replica, with its captured changes)."""
         self._check()
-        capture = self._capture
         if not self._db.get_autocommit():
-            try:
-                if capture is not None:
-                    capture.flush()
-                self._db.execute("COMMIT")
-            except apsw.Error as exc:
-                raise self._translate(exc) from None
+            self._commit_with("COMMIT")
+        if self._capture is not None:
+            self._capture.reset()
+
+    def _commit_with(self, sql: str) -> None:
+        """Run ``sql`` (COMMIT, or a RELEASE that ends the transaction) with the capture flushed first."""
+        capture = self._capture
+        try:
+            if capture is not None:
+                capture.flush()
+            self._db.execute(sql)
+        except apsw.Error as exc:
+            if capture is not None:
+                capture.unflush()  # the transaction may go on: its outbox row is written again later
+            raise self._translate(exc) from None
         if capture is not None:
             capture.reset()
 
