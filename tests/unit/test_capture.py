@@ -18,7 +18,9 @@ import pytest
 import turso_sync
 from turso_sync.local.capture import META_TABLE, OUTBOX_TABLE, SCHEMA
 
-CTE_INSERT = "WITH RECURSIVE s(v) AS (SELECT 1 UNION ALL SELECT v+1 FROM s WHERE v<10) INSERT INTO t(id) SELECT v FROM s"
+CTE_INSERT = (
+    "WITH RECURSIVE s(v) AS (SELECT 1 UNION ALL SELECT v+1 FROM s WHERE v<10) INSERT INTO t(id) SELECT v FROM s"
+)
 
 
 @pytest.fixture
