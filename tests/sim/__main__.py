@@ -16,7 +16,9 @@ from .runner import Simulation
 from .shrink import keep_only, shrink
 
 
-def repro_line(seed: int, options: Options, keep: list[int] | None = None) -> str:
+def repro_line(
+    seed: int, options: Options, keep: list[int] | None = None, tolerate: frozenset[str] = frozenset()
+) -> str:
     """The one line that replays ``seed`` (and, with ``keep``, only those steps)."""
     parts = [f".venv/bin/python -m tests.sim --seed {seed} --steps {options.steps}"]
     if options.replicas != Options.replicas:
@@ -29,20 +31,30 @@ def repro_line(seed: int, options: Options, keep: list[int] | None = None) -> st
         parts.append("--big")
     if options.avoid:
         parts.append("--avoid " + ",".join(sorted(options.avoid)))
+    if tolerate:
+        parts.append("--tolerate " + ",".join(sorted(tolerate)))
     if keep is not None:
         parts.append("--keep " + ",".join(map(str, keep)))
     return " ".join(parts)
 
 
 def run_seed(
-    seed: int, options: Options, keep: list[int] | None, do_shrink: bool, verbose: bool, budget: float
+    seed: int,
+    options: Options,
+    keep: list[int] | None,
+    do_shrink: bool,
+    verbose: bool,
+    budget: float,
+    tolerate: frozenset[str] = frozenset(),
 ) -> bool:
     """Run one seed; on failure print the reproduction, shrink, print the short history. True if it passed."""
     history = generate(seed, options)
     if keep is not None:
         history = keep_only(history, set(keep))
     started = time.monotonic()
-    result = Simulation(history, verbose=verbose).run()
+    result = Simulation(history, verbose=verbose, tolerate=tolerate).run()
+    for note in result.tolerated:
+        print(f"seed {seed}: tolerated {note}", flush=True)
     took = time.monotonic() - started
     if result.failure is None:
         print(
@@ -53,21 +65,21 @@ def run_seed(
         return True
     failure = result.failure
     print(f"seed {seed}: FAIL {failure} ({took:.1f}s)", flush=True)
-    print(f"  repro: {repro_line(seed, options, keep)}", flush=True)
+    print(f"  repro: {repro_line(seed, options, keep, tolerate)}", flush=True)
     if do_shrink:
 
         def still_fails(candidate):  # type: ignore[no-untyped-def]
-            again = Simulation(candidate).run().failure
-            return again is not None and again.check == failure.check
+            again = Simulation(candidate, tolerate=tolerate).run().failure
+            return again is not None and again.signature == failure.signature
 
         small = shrink(history, still_fails, budget, log=lambda m: print("  " + m, flush=True))
         kept = [s.index for s in small.steps]
-        print(f"  shrunk to {len(small.steps)} steps: {repro_line(seed, options, kept)}", flush=True)
+        print(f"  shrunk to {len(small.steps)} steps: {repro_line(seed, options, kept, tolerate)}", flush=True)
         for spec in small.replicas:
             print(f"    replica {spec.name}: encrypted={spec.encrypted} policy={spec.policy} partial={spec.partial}")
         for step in small.steps:
             print(f"    {step.describe()}")
-        again = Simulation(small).run().failure
+        again = Simulation(small, tolerate=tolerate).run().failure
         print(f"  shrunk history fails with: {again}", flush=True)
     return False
 
@@ -86,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-partial", action="store_true")
     parser.add_argument("--big", action="store_true", help="one transaction over 64 MiB per seed")
     parser.add_argument("--avoid", default="", help=f"steer around known bugs: {', '.join(KNOWN_BUGS)}")
+    parser.add_argument("--tolerate", default="", help="checks whose failures are printed, not fatal (comma-separated)")
     parser.add_argument("--keep", help="comma-separated step indices: replay a shrunk history")
     parser.add_argument("--no-shrink", action="store_true")
     parser.add_argument("--shrink-budget", type=float, default=300.0, help="seconds spent shrinking one failure")
@@ -99,7 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     keep = [int(x) for x in args.keep.split(",")] if args.keep else None
     seeds = [args.seed] if args.seed is not None else list(range(args.first, args.first + args.seeds))
     started = time.monotonic()
-    failed = [s for s in seeds if not run_seed(s, options, keep, not args.no_shrink, args.verbose, args.shrink_budget)]
+    tolerate = frozenset(x for x in args.tolerate.split(",") if x)
+    failed = [
+        s
+        for s in seeds
+        if not run_seed(s, options, keep, not args.no_shrink, args.verbose, args.shrink_budget, tolerate)
+    ]
     print(
         f"{len(seeds)} seeds x {args.steps} steps in {time.monotonic() - started:.0f}s: "
         f"{len(seeds) - len(failed)} passed, {len(failed)} failed {failed if failed else ''}".rstrip()

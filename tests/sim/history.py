@@ -166,7 +166,8 @@ def _ops(rnd: random.Random, avoid: frozenset[str] = frozenset()) -> list[dict[s
         elif kind == "kv_delete":
             out.append({"op": "kv_delete", "key": rnd.choice(KV_KEYS)})
         elif kind == "savepoint":
-            if not out and "savepoint_outermost" in avoid:
+            writes = any(o["op"] in ("events", "log", "big_row") for o in out)
+            if not writes and "savepoint_outermost" in avoid:
                 out.append({"op": "log"})  # a write first, so the savepoint nests in a transaction
             out.append({"op": "savepoint", "n": 2, "keep": rnd.random() < 0.5})
         else:

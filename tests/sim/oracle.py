@@ -16,6 +16,7 @@ The workload is built so each promise can be checked without knowing the order o
 
 from __future__ import annotations
 
+import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,12 @@ class SimFailure(Exception):
         self.check = check
         self.message = message
         self.step = step
+
+    @property
+    def signature(self) -> str:
+        """The check and the message's shape (names, numbers and values left out): what shrinking keeps."""
+        shape = re.sub(r"'[^']*'|\b[a-z]?\d[\w-]*|\[.*?\]|\{.*?\}", "_", self.message.split(": ", 1)[-1])
+        return f"{self.check}: {shape[:80]}"
 
 
 @dataclass
