@@ -277,6 +277,7 @@ async def pull_updates(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     name = _database_name(request)
     grant = state.auth.check(request.headers.get("Authorization"), name)
+    state.store.check(name, create=not grant.read_only, owner=grant.client)
     with state.slots.hold(_client_of(request, grant)):  # a long-poll holds its slot while it waits
         body = await _read_body(request, state.limits)
         pull = PullRequest.from_bytes(body)
@@ -315,6 +316,7 @@ async def pipeline(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     name = _database_name(request)
     grant = state.auth.check(request.headers.get("Authorization"), name)
+    state.store.check(name, create=not grant.read_only, owner=grant.client)
     with state.slots.hold(_client_of(request, grant)):
         body = await _read_body(request, state.limits)
         pipe = PipelineRequest.from_bytes(body)

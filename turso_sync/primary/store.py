@@ -170,6 +170,19 @@ class DatabaseStore:
             else:
                 del self._users[name]
 
+    def check(self, name: str, *, create: bool, owner: str | None = None) -> None:
+        """Raise now what ``use`` would raise for a missing database (so a handler can refuse before reading a body)."""
+        if self.exists(name):
+            return
+        if not create:
+            raise UnknownDatabase(f"database '{name}' does not exist")
+        if owner is not None and self.owned_by(owner) >= self.max_per_owner:
+            raise DatabaseQuota(
+                f"cannot create database '{name}': this token already created {self.max_per_owner} "
+                f"databases, the most one token may (the server's --max-databases-per-token); "
+                f"use an existing database or ask the operator"
+            )
+
     async def _open_db(self, name: str, create: bool, owner: str | None) -> HostedDatabase:
         async with self._opening:
             db = self._open.get(name)
@@ -177,15 +190,7 @@ class DatabaseStore:
                 return db
             path = self.path_of(name)
             new = not os.path.exists(path)
-            if new:
-                if not create:
-                    raise UnknownDatabase(f"database '{name}' does not exist")
-                if owner is not None and self.owned_by(owner) >= self.max_per_owner:
-                    raise DatabaseQuota(
-                        f"cannot create database '{name}': this token already created {self.max_per_owner} "
-                        f"databases, the most one token may (the server's --max-databases-per-token); "
-                        f"use an existing database or ask the operator"
-                    )
+            self.check(name, create=create, owner=owner)
             await self._make_room()
             if new:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
