@@ -1,0 +1,60 @@
+"""The primary's object-store layer: a durable, fenced revision log of each database in any S3 store.
+
+Foundation for issue 10; not wired into ``turso-sync serve`` yet (see docs/object-storage.md).
+
+* ``client``: the ``ObjectClient`` interface (put/get/list/delete, put-if-absent, put-if-match);
+  ``s3.S3Client`` over aiobotocore, ``memory.MemoryClient`` for fast unit tests;
+* ``segment``: the bytes of revision segments and snapshots (zstd), pure;
+* ``revlog``: ``RevisionLog`` (reading) and ``LogWriter`` (the single, fenced appender);
+* ``lease``: ``WriterLease``, the writer lease with an epoch;
+* ``group``: ``GroupCommit``, revisions that arrive together shipped as one object;
+* ``restore``: the database bytes at any stored revision.
+"""
+
+from .client import ObjectClient, ObjectInfo, StoredObject
+from .errors import (
+    CorruptObject,
+    Deposed,
+    NotWriter,
+    ObjectNotFound,
+    ObjectStoreError,
+    PreconditionFailed,
+    RevisionNotStored,
+    StoreUnavailable,
+)
+from .group import GroupCommit
+from .layout import DatabaseKeys
+from .lease import LeaseRecord, WriterLease
+from .memory import MemoryClient
+from .restore import apply_revision, restore, restore_to_file
+from .revlog import LogHead, LogState, LogWriter, RevisionLog
+from .segment import Revision, Segment, SnapshotImage
+
+__all__ = [
+    "CorruptObject",
+    "DatabaseKeys",
+    "Deposed",
+    "GroupCommit",
+    "LeaseRecord",
+    "LogHead",
+    "LogState",
+    "LogWriter",
+    "MemoryClient",
+    "NotWriter",
+    "ObjectClient",
+    "ObjectInfo",
+    "ObjectNotFound",
+    "ObjectStoreError",
+    "PreconditionFailed",
+    "Revision",
+    "RevisionLog",
+    "RevisionNotStored",
+    "Segment",
+    "SnapshotImage",
+    "StoreUnavailable",
+    "StoredObject",
+    "WriterLease",
+    "apply_revision",
+    "restore",
+    "restore_to_file",
+]

@@ -1,0 +1,124 @@
+"""Group commit: revisions that arrive while an upload is in flight go out together, as one segment.
+
+Each committed revision is handed to ``GroupCommit.commit`` and its caller waits until it is
+durable in the store (that is when a push may be acknowledged).  One upload runs at a time;
+everything that queued meanwhile (up to ``max_bytes`` of pages or ``max_revisions``) forms the
+next segment.  So at low rates every revision is its own object with one round trip of
+latency, and under load the number of objects, requests and their cost stays bounded while
+latency grows by at most one upload.
+
+When an upload fails with StoreUnavailable, its waiters get that error and the revisions stay
+at the head of the queue: they are retried first by the next upload (a write that had landed
+is recognised, see ``LogWriter.append``).  A waiter told StoreUnavailable therefore does not
+know whether its revision will end up stored; the primary answers 503 and the client retries
+its push, which must be idempotent.  Deposed and NotWriter fail every waiter, now and later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+
+from .errors import NotWriter, StoreUnavailable
+from .revlog import LogWriter
+from .segment import Revision
+
+
+@dataclass
+class _Waiting:
+    revision: Revision
+    done: asyncio.Future[None]
+
+
+class GroupCommit:
+    """Ships one database's revisions through its ``LogWriter``, grouping those that arrive together."""
+
+    def __init__(self, writer: LogWriter, *, max_bytes: int = 8 * 1024 * 1024, max_revisions: int = 1000) -> None:
+        self.writer = writer
+        self.max_bytes = max_bytes
+        self.max_revisions = max_revisions
+        self._queue: list[_Waiting] = []
+        self._uploading: asyncio.Task[None] | None = None
+        self._failed: NotWriter | None = None
+        self._last_queued = writer.head.revision
+        self.uploads = 0
+
+    async def commit(self, revision: Revision) -> None:
+        """Queue ``revision`` (the next number after the last one queued) and wait until it is stored."""
+        if self._failed is not None:
+            raise self._failed
+        if revision.number != self._last_queued + 1:
+            raise ValueError(
+                f"database {self.writer.keys.name}: revision {revision.number} does not follow revision "
+                f"{self._last_queued} (revisions are shipped in order, each once)"
+            )
+        self._last_queued = revision.number
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Waiting(revision, done))
+        self._kick()
+        await asyncio.shield(done)  # a cancelled waiter does not cancel the upload others share
+
+    def _kick(self) -> None:
+        if self._queue and (self._uploading is None or self._uploading.done()):
+            self._uploading = asyncio.get_running_loop().create_task(self._upload())
+
+    async def _upload(self) -> None:
+        batch: list[_Waiting] = []
+        size = 0
+        for item in self._queue:
+            if batch and (len(batch) >= self.max_revisions or size + item.revision.nbytes > self.max_bytes):
+                break
+            batch.append(item)
+            size += item.revision.nbytes
+        try:
+            await self.writer.append([item.revision for item in batch])
+        except NotWriter as exc:  # Deposed too: nothing more can be stored by this writer
+            self._failed = exc
+            waiting, self._queue = self._queue, []
+            for item in waiting:
+                _settle(item.done, exc)
+            return
+        except StoreUnavailable as exc:
+            for item in batch:  # they stay queued for the next upload
+                _settle(item.done, exc)
+                item.done = asyncio.get_running_loop().create_future()
+            return
+        self.uploads += 1
+        del self._queue[: len(batch)]
+        for item in batch:
+            _settle(item.done, None)
+        self._kick()  # what queued during the upload goes next, together
+
+    async def flush(self) -> None:
+        """Upload whatever is queued now (a retry after StoreUnavailable); raises if it could not."""
+        while self._queue:
+            if self._failed is not None:
+                raise self._failed
+            before = self.writer.head.revision
+            self._kick()
+            assert self._uploading is not None
+            await self._uploading
+            if self._failed is not None:
+                raise self._failed
+            if self.writer.head.revision == before:
+                raise StoreUnavailable(
+                    f"database {self.writer.keys.name}: revisions from {before + 1} could not be stored; retry later"
+                )
+
+    async def close(self) -> None:
+        """Stop after the upload in flight (queued revisions stay unacknowledged)."""
+        task = self._uploading
+        if task is not None:
+            with contextlib.suppress(Exception):
+                await task
+
+
+def _settle(fut: asyncio.Future[None], exc: BaseException | None) -> None:
+    if fut.done():
+        return
+    if exc is None:
+        fut.set_result(None)
+    else:
+        fut.set_exception(exc)
+        fut.exception()  # retrieved here: a waiter that went away must not log "never retrieved"
