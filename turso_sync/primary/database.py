@@ -129,7 +129,8 @@ class EnginePages:
                     cursor.execute(sql, can_cache=False)
                 tables = set(policy.tables_read)
         except apsw.Error as exc:
-            reason = policy.refusal.reason if isinstance(exc, apsw.AuthError) and policy.refusal else str(exc)
+            refused = isinstance(exc, apsw.AuthError | apsw.SQLError) and policy.refusal is not None
+            reason = policy.refusal.reason if refused and policy.refusal else str(exc)
             raise errors.ProtocolError(
                 f"server_query_selector is not a query this database runs: {sql_policy.scrub(reason)}"
             ) from None

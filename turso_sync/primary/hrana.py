@@ -349,7 +349,8 @@ class PipelineExecutor:
     def _sqlite_error(self, exc: apsw.Error, sql: str, stream: _Stream) -> wire.HranaError:
         """The step error for an SQLite error: the policy's reason, the limit hit, or SQLite's (scrubbed) message."""
         policy, limits = self._policy, self.limits
-        if isinstance(exc, apsw.AuthError) and policy.refusal is not None:
+        # a refused action stops the compile: SQLITE_AUTH, or "not authorized to use function" (SQLITE_ERROR)
+        if isinstance(exc, apsw.AuthError | apsw.SQLError) and policy.refusal is not None:
             if policy.refusal.write and stream.read_only:
                 raise WriteDenied(sql)
             return wire.HranaError(f"not authorized: {policy.refusal.reason}: {_clip(sql)}", "SQLITE_AUTH")

@@ -97,7 +97,6 @@ READ_PRAGMAS = frozenset(
         "freelist_count",
         "encoding",
         "auto_vacuum",
-        "journal_mode",
         "foreign_keys",
         "collation_list",
         "integrity_check",
