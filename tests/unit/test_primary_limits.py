@@ -177,3 +177,26 @@ def test_serve_options_give_the_limits_and_refuse_nonsense() -> None:
             limits_from(parser.parse_args(["serve", "--data-dir", "d", option, "0"]))
     with pytest.raises(ConfigError, match="--max-databases-per-token"):
         limits_from(parser.parse_args(["serve", "--data-dir", "d", "--max-databases-per-token", "-1"]))
+
+
+def test_sql_limit_options_reach_the_store(tmp_path: Path) -> None:
+    parser = build_parser()
+    args = parser.parse_args(
+        ["serve", "--data-dir", "d", "--max-rows", "5", "--max-statement-seconds", "0.5", "--sqlite-heap-bytes", "0"]
+    )
+    limits = limits_from(args)
+    assert limits.sql.max_rows == 5 and limits.sql.max_statement_seconds == 0.5
+    assert limits.sql.sqlite_heap_bytes is None  # 0: no limit
+    with pytest.raises(ConfigError, match="--max-rows"):
+        limits_from(parser.parse_args(["serve", "--data-dir", "d", "--max-rows", "0"]))
+
+    async def scenario() -> None:
+        store = DatabaseStore(str(tmp_path), sql_limits=limits.sql)
+        await store.start()
+        try:
+            db = await store.get("a", create=True)
+            assert db.sql_limits == limits.sql
+        finally:
+            await store.close()
+
+    run(scenario())

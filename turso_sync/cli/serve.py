@@ -18,6 +18,7 @@ from .. import errors
 from ..primary import ConfigError, Limits, ServerConfig, run_until_signalled
 from ..primary.auth import TokenFileError
 from ..primary.server import parse_listen
+from ..primary.sql_policy import SqlLimits
 from ..primary.store import DataDirBusy
 
 HELP = "Run the primary server that Turso's sync clients pull from and push to."
@@ -94,6 +95,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="databases open at once, one worker thread each; idle ones are closed to make room "
         f"(default {defaults.max_open_databases})",
     )
+    sql = defaults.sql
+    parser.add_argument(
+        "--max-statement-seconds",
+        type=float,
+        default=sql.max_statement_seconds,
+        metavar="S",
+        help=f"run time of one SQL statement before it is interrupted (default {sql.max_statement_seconds:g})",
+    )
+    parser.add_argument(
+        "--max-pipeline-seconds",
+        type=float,
+        default=sql.max_pipeline_seconds,
+        metavar="S",
+        help=f"run time of one /v2/pipeline request's statements (default {sql.max_pipeline_seconds:g})",
+    )
+    parser.add_argument(
+        "--max-rows", type=int, default=sql.max_rows, help=f"rows one statement may return (default {sql.max_rows})"
+    )
+    parser.add_argument(
+        "--max-response-bytes",
+        type=int,
+        default=sql.max_response_bytes,
+        help=f"rows and columns of one pipeline answer (default {sql.max_response_bytes})",
+    )
+    parser.add_argument(
+        "--max-value-bytes",
+        type=int,
+        default=sql.max_value_bytes,
+        help=f"one string or blob, stored or computed (default {sql.max_value_bytes})",
+    )
+    parser.add_argument(
+        "--max-sql-bytes", type=int, default=sql.max_sql_bytes, help=f"one SQL text (default {sql.max_sql_bytes})"
+    )
+    parser.add_argument(
+        "--sqlite-heap-bytes",
+        type=int,
+        default=sql.sqlite_heap_bytes or 0,
+        help=f"SQLite's memory in the whole process; 0: no limit (default {sql.sqlite_heap_bytes or 0})",
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
@@ -107,11 +147,19 @@ def limits_from(args: argparse.Namespace) -> Limits:
         ("--max-requests-per-client", args.max_requests_per_client),
         ("--max-connections", args.max_connections),
         ("--max-open-databases", args.max_open_databases),
+        ("--max-statement-seconds", args.max_statement_seconds),
+        ("--max-pipeline-seconds", args.max_pipeline_seconds),
+        ("--max-rows", args.max_rows),
+        ("--max-response-bytes", args.max_response_bytes),
+        ("--max-value-bytes", args.max_value_bytes),
+        ("--max-sql-bytes", args.max_sql_bytes),
     ):
         if not value > 0:
             raise ConfigError(f"{option} must be positive (got {value})")
     if args.max_databases_per_token < 0:
         raise ConfigError("--max-databases-per-token must be 0 (no token creates databases) or more")
+    if args.sqlite_heap_bytes < 0:
+        raise ConfigError("--sqlite-heap-bytes must be 0 (no limit) or more")
     return Limits(
         max_body_bytes=args.max_body_bytes,
         max_long_poll_ms=max(0, args.max_long_poll_ms),
@@ -122,6 +170,15 @@ def limits_from(args: argparse.Namespace) -> Limits:
         max_connections=args.max_connections,
         max_databases_per_token=args.max_databases_per_token,
         max_open_databases=args.max_open_databases,
+        sql=SqlLimits(
+            max_statement_seconds=args.max_statement_seconds,
+            max_pipeline_seconds=args.max_pipeline_seconds,
+            max_rows=args.max_rows,
+            max_response_bytes=args.max_response_bytes,
+            max_value_bytes=args.max_value_bytes,
+            max_sql_bytes=args.max_sql_bytes,
+            sqlite_heap_bytes=args.sqlite_heap_bytes or None,
+        ),
     )
 
 

@@ -47,6 +47,7 @@ from .database import HostedDatabase
 from .hrana import WriteDenied
 from .pull import RevisionUnavailable, SnapshotMoved, check_request
 from .revision import format_revision
+from .sql_policy import SqlLimits
 from .store import (
     DEFAULT_DATABASE,
     DEFAULT_MAX_OPEN,
@@ -88,7 +89,9 @@ class Limits:
     - ``max_connections``: open connections per process; over: answered 503 and closed at once;
     - ``max_databases_per_token``: databases one token may create; over: 403;
     - ``max_open_databases``: databases open at once (one worker thread each); when all are in
-      use and another is needed: 503.
+      use and another is needed: 503;
+    - ``sql``: what one client's SQL may spend (statement and pipeline time, rows, response,
+      value and SQL bytes, SQLite's heap); see ``sql_policy.SqlLimits``.
     """
 
     max_body_bytes: int = 64 * 1024 * 1024
@@ -101,6 +104,7 @@ class Limits:
     max_connections: int = 1024
     max_databases_per_token: int = DEFAULT_MAX_PER_OWNER
     max_open_databases: int = DEFAULT_MAX_OPEN
+    sql: SqlLimits = field(default_factory=SqlLimits)
 
 
 class TooManyRequests(Exception):  # noqa: N818 - reads as what happened

@@ -206,6 +206,7 @@ class PrimaryServer:
             cipher=cfg.cipher,
             max_open=limits.max_open_databases,
             max_per_owner=limits.max_databases_per_token,
+            sql_limits=limits.sql,
         )
         await store.start()
         self.store = store

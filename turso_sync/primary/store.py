@@ -30,6 +30,7 @@ import re
 from collections.abc import AsyncIterator
 
 from .database import HostedDatabase
+from .sql_policy import SqlLimits
 
 log = logging.getLogger("turso_sync.primary")
 
@@ -74,12 +75,14 @@ class DatabaseStore:
         cipher: str = "aes256gcm",
         max_open: int = DEFAULT_MAX_OPEN,
         max_per_owner: int = DEFAULT_MAX_PER_OWNER,
+        sql_limits: SqlLimits | None = None,
     ) -> None:
         if max_open < 1 or max_per_owner < 0:
             raise ValueError("max_open must be at least 1 and max_per_owner at least 0")
         self.data_dir = os.path.abspath(data_dir)
         self.max_open = max_open
         self.max_per_owner = max_per_owner
+        self.sql_limits = sql_limits or SqlLimits()
         self._key = encryption_key
         self._cipher = cipher
         self._open: dict[str, HostedDatabase] = {}  # in least-recently-used-first order
@@ -194,7 +197,9 @@ class DatabaseStore:
             await self._make_room()
             if new:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
-            db = await HostedDatabase.open(name, path, encryption_key=self._key, cipher=self._cipher)
+            db = await HostedDatabase.open(
+                name, path, encryption_key=self._key, cipher=self._cipher, sql_limits=self.sql_limits
+            )
             if new and owner is not None:
                 self._record_owner(name, owner)
             self._open[name] = db
