@@ -262,8 +262,8 @@ class HostedDatabase:
     def server_settings(self) -> dict[str, object]:
         """What clients must not be able to change, read on the worker through the server's own access.
 
-        The connection's settings (pragmas), the schemas attached, temporary objects, whether
-        the policy is in place, and SQLite's process-wide memory limit.
+        The connection's settings (pragmas), the schemas attached besides temp, how many
+        temporary objects exist, whether the policy is in place, SQLite's process-wide memory limits.
         """
         assert self._conn is not None
         db = self._conn.apsw_connection
@@ -272,7 +272,9 @@ class HostedDatabase:
         with policy.acting_as(Access.SERVER):
             for name in SETTINGS_PRAGMAS:
                 settings[name] = db.execute(f"PRAGMA {name}").get
-            settings["schemas"] = [r[1] for r in db.execute("PRAGMA database_list")]
+            # SQLite opens an empty temp schema when a statement names it (even one refused): harmless
+            settings["schemas"] = [r[1] for r in db.execute("PRAGMA database_list") if r[1] != "temp"]
+            settings["temp_objects"] = db.execute("SELECT count(*) FROM temp.sqlite_master").get
         settings["policy_installed"] = db.authorizer is policy
         settings["hard_heap_limit"] = apsw.hard_heap_limit(-1)
         settings["soft_heap_limit"] = apsw.soft_heap_limit(-1)
