@@ -18,8 +18,66 @@ class Regression:
     steps: int
     keep: tuple[int, ...] | None = None
     replicas: int = 3
+    avoid: frozenset[str] = frozenset()
+    partial: bool = True
     check: str = ""  # the check it failed when found
     xfail: str | None = None  # the open bug, while it is open
 
 
-REGRESSIONS: list[Regression] = []
+#: Checks a general CI seed notes instead of failing on, while the bug behind them is open (each
+#: such bug has an xfail regression below that flips when it is fixed).
+TOLERATED_WHILE_OPEN = frozenset({"silent_loss"})
+
+LOST_INCREMENT = (
+    "concurrent `UPDATE counters SET v = v + 1` on two replicas: both push v=1, one increment is lost "
+    "and no journal records it (issue 9 section 2: same-value clash is not treated as a conflict)"
+)
+
+REGRESSIONS: list[Regression] = [
+    Regression(
+        "schema_then_quiet",
+        seed=1,
+        steps=30,
+        keep=(0, 1),
+        check="sync_failed",
+        # found on the work tree at 21:10 (push.py in progress): CREATE TABLE + CREATE INDEX in one
+        # transaction was refused by the primary ("no such table: main.events"); passes at HEAD
+    ),
+    Regression(
+        "savepoint_opens_the_transaction",
+        seed=1,
+        steps=30,
+        keep=(0, 1, 4, 32),
+        check="local_sql",
+        # found at 3bf92ed: SAVEPOINT without BEGIN, then RELEASE, failed with IntegrityError
+        # (the commit hook refused the commit); fixed by f55e233
+    ),
+    Regression(
+        "cte_led_insert",
+        seed=0,
+        steps=40,
+        keep=(0, 1, 10, 42),
+        check="local_sql",
+        # found at 3bf92ed: WITH RECURSIVE ... INSERT on a replica failed with IntegrityError; fixed by f55e233
+    ),
+    Regression("lost_increment", seed=2, steps=40, keep=(0, 6, 10, 17, 42), check="silent_loss", xfail=LOST_INCREMENT),
+    Regression(
+        "lost_increment_partial_replica",
+        seed=0,
+        steps=40,
+        keep=(0, 3, 15, 16, 20, 42),
+        check="silent_loss",
+        xfail=LOST_INCREMENT,
+    ),
+    Regression(
+        "update_lost_to_concurrent_delete",
+        seed=9,
+        steps=40,
+        keep=(0, 3, 12, 13, 15, 33, 35, 42),
+        check="silent_loss",
+        xfail=(
+            "a replica (last_push_wins) replaces kv k0 while another (remote_wins) deletes it: the row "
+            "stays deleted and no journal records the lost update (update/delete must be journaled)"
+        ),
+    ),
+]
