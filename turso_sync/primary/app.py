@@ -75,7 +75,7 @@ RETRY_AFTER_S = 1
 class Limits:
     """Every bound on what one client can make the server spend (see docs/primary.md, *Limits*).
 
-    - ``max_body_bytes``: request body (after any ``Content-Encoding`` is undone); over: 413;
+    - ``max_body_bytes``: request body (taken uncompressed: a ``Content-Encoding`` gets 415); over: 413;
     - ``max_long_poll_ms``: longest a pull waits for a new revision;
     - ``idle_timeout_s``: a connection may stay idle (no request, or a request line and headers
       not complete) this long, counted from its opening or from the end of its last response;
@@ -212,9 +212,16 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
     except BodyTimeout as exc:
         log.info("%s %s from %s: %s", request.method, request.path, request.remote, exc)
         return error_response(408, str(exc), "REQUEST_TIMEOUT", {"Connection": "close"})
-    except RequestPayloadError as exc:  # a broken chunked or compressed body
+    except RequestPayloadError as exc:  # a broken chunked body
         log.info("%s %s from %s: unreadable body: %s", request.method, request.path, request.remote, _one_line(exc))
-        return error_response(400, "the request body could not be read (transfer or content encoding)", "BAD_REQUEST")
+        # the body stream holds the error: mark it ended so aiohttp does not read it again
+        # (which would log the error a second time, with a traceback), and end the connection
+        request.content.feed_eof()
+        response = error_response(400, "the request body could not be read (broken transfer encoding)", "BAD_REQUEST")
+        response.force_close()
+        return response
+    except UnsupportedEncoding as exc:
+        return error_response(415, str(exc), "UNSUPPORTED_MEDIA_TYPE")
     except ConnectionError:  # the client hung up: nobody to answer, nothing went wrong here
         log.debug("%s %s from %s: client disconnected", request.method, request.path, request.remote)
         return error_response(400, "client disconnected", "CLIENT_GONE")
@@ -239,8 +246,22 @@ def _one_line(exc: BaseException, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
+class UnsupportedEncoding(Exception):  # noqa: N818 - reads as what happened
+    """A request body sent with a ``Content-Encoding`` (HTTP 415): the server takes bodies as they are."""
+
+
 async def _read_body(request: web.Request, limits: Limits) -> bytes:
-    """The whole body, within ``limits.body_timeout_s`` (over ``client_max_size``: 413)."""
+    """The whole body, within ``limits.body_timeout_s`` (over ``client_max_size``: 413).
+
+    Bodies are taken as sent: no client of the protocol compresses requests, and refusing
+    ``Content-Encoding`` keeps decompression (and its bombs and broken streams) out of the
+    server; the runner turns aiohttp's own decompression off to match.
+    """
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        raise UnsupportedEncoding(
+            f"request bodies are taken uncompressed; send the body without Content-Encoding ({encoding[:40]!r})"
+        )
     try:
         async with asyncio.timeout(limits.body_timeout_s):
             return await request.read()

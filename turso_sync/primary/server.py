@@ -221,6 +221,7 @@ class PrimaryServer:
             # until the next request is complete, and then closes the connection
             keepalive_timeout=limits.idle_timeout_s,
             lingering_time=LINGER_S,
+            auto_decompress=False,  # bodies are taken as sent (see app._read_body): no decompression bombs
             logger=QuietProtocolLog(logging.getLogger("aiohttp.server"), {}),
         )
         await runner.setup()
