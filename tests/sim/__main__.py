@@ -102,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", help="comma-separated step indices: replay a shrunk history")
     parser.add_argument("--no-shrink", action="store_true")
     parser.add_argument("--shrink-budget", type=float, default=300.0, help="seconds spent shrinking one failure")
+    parser.add_argument("--multiproc", action="store_true", help="real processes and kill -9 (see multiproc.py)")
+    parser.add_argument("--seconds", type=float, default=60.0, help="--multiproc: how long each run lasts")
+    parser.add_argument("--no-kills", action="store_true", help="--multiproc: no process is killed")
+    parser.add_argument("--daemon", action="store_true", help="--multiproc: the syncer is `turso-sync daemon`")
     parser.add_argument("--verbose", "-v", action="store_true", help="print each step as it runs")
     args = parser.parse_args(argv)
     avoid = frozenset(x for x in args.avoid.split(",") if x)
@@ -112,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     keep = [int(x) for x in args.keep.split(",")] if args.keep else None
     seeds = [args.seed] if args.seed is not None else list(range(args.first, args.first + args.seeds))
     started = time.monotonic()
+    if args.multiproc:
+        return _multiproc(args, seeds)
     tolerate = frozenset(x for x in args.tolerate.split(",") if x)
     failed = [
         s
@@ -122,6 +128,33 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(seeds)} seeds x {args.steps} steps in {time.monotonic() - started:.0f}s: "
         f"{len(seeds) - len(failed)} passed, {len(failed)} failed {failed if failed else ''}".rstrip()
     )
+    return 1 if failed else 0
+
+
+def _multiproc(args: argparse.Namespace, seeds: list[int]) -> int:
+    from .multiproc import run_multiproc
+
+    failed = []
+    for seed in seeds:
+        result = run_multiproc(seed, args.seconds, args.replicas, not args.no_kills, args.daemon)
+        flags = (
+            f"--seconds {args.seconds:g}"
+            + (" --no-kills" if args.no_kills else "")
+            + (" --daemon" if args.daemon else "")
+        )
+        head = (
+            f"seed {seed}: {result.attempted} transactions attempted, {result.acked} acknowledged, "
+            f"{result.kills} replica kills, {result.primary_kills} primary kills, {result.seconds:.0f}s; "
+            f"errors {dict(result.errors)}"
+        )
+        print(head, flush=True)
+        if result.findings:
+            failed.append(seed)
+            print(f"  FAIL: repro: .venv/bin/python -m tests.sim --multiproc --seed {seed} {flags}", flush=True)
+            for finding in result.findings:
+                print(f"    {finding}", flush=True)
+            print(f"    files, journal and process logs kept in {result.workdir}", flush=True)
+    print(f"multi-process: {len(seeds)} runs, {len(failed)} failed {failed if failed else ''}".rstrip())
     return 1 if failed else 0
 
 

@@ -63,14 +63,19 @@ class InProcessPrimary:
 
     def query(self, sql: str, args: list[Any] | None = None) -> list[list[Any]]:
         """Rows of one statement run on the primary (values as Python objects)."""
-        stmt = {"sql": sql, "args": [_hrana_value(a) for a in args or []], "want_rows": True}
-        body = {"baton": None, "requests": [{"type": "execute", "stmt": stmt}, {"type": "close"}]}
-        resp = self._http.post(f"{self.url}/v2/pipeline", json=body)
-        resp.raise_for_status()
-        result = resp.json()["results"][0]
-        if result["type"] != "ok":
-            raise RuntimeError(f"primary refused {sql!r}: {result}")
-        return [[_python_value(v) for v in row] for row in result["response"]["result"]["rows"]]
+        return hrana_query(self._http, self.url, sql, args)
+
+
+def hrana_query(http: httpx.Client, url: str, sql: str, args: list[Any] | None = None) -> list[list[Any]]:
+    """Rows of one statement run over ``/v2/pipeline`` on any server speaking Hrana."""
+    stmt = {"sql": sql, "args": [_hrana_value(a) for a in args or []], "want_rows": True}
+    body = {"baton": None, "requests": [{"type": "execute", "stmt": stmt}, {"type": "close"}]}
+    resp = http.post(f"{url}/v2/pipeline", json=body)
+    resp.raise_for_status()
+    result = resp.json()["results"][0]
+    if result["type"] != "ok":
+        raise RuntimeError(f"{url} refused {sql!r}: {result}")
+    return [[_python_value(v) for v in row] for row in result["response"]["result"]["rows"]]
 
 
 def _hrana_value(v: Any) -> dict[str, Any]:
