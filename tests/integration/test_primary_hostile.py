@@ -341,3 +341,21 @@ def test_health_reveals_only_totals(serve: Any) -> None:
     body = httpx.get(server.url + "/health").json()
     assert set(body) == {"status", "databases_open", "long_polls_waiting", "pulls", "pages_sent"}
     assert "secret-name" not in json.dumps(body)
+
+
+def test_http10_bootstrap_is_streamed_until_close_not_a_500(serve: Any) -> None:
+    """Found by the fuzzer: a bootstrap asked over HTTP/1.0 (no chunked encoding there) was a 500."""
+    server = serve()
+    execute(server, "/db/old/v2/pipeline", "CREATE TABLE t(x)").raise_for_status()
+    sock = raw(server)
+    sock.sendall(f"POST /db/old/pull-updates HTTP/1.0\r\nAuthorization: Bearer {WRITER}\r\n\r\n".encode())
+    answer = read_until_closed(sock)
+    sock.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200") or head.startswith(b"HTTP/1.1 200"), head
+    assert b"chunked" not in head.lower()
+    decoder = PullResponseDecoder()
+    pages = list(decoder.feed(body))
+    decoder.close()
+    assert len(pages) == decoder.header.db_size >= 2
+    assert "Traceback" not in server.log()

@@ -27,7 +27,7 @@ import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
-from aiohttp import web, web_response
+from aiohttp import HttpVersion11, web, web_response
 from aiohttp.web_protocol import RequestPayloadError
 
 from .. import errors
@@ -399,8 +399,10 @@ async def _send_pages(
     header = PullHeader(format_revision(first.seq), first.db_size, encoding, limits.zstd_level).to_bytes()
     chunks = await _encode(first, encoding, limits.zstd_level)
     response = web.StreamResponse(status=200, headers={"Content-Type": "application/protobuf"})
-    if streaming:
+    if streaming and request.version >= HttpVersion11:
         response.enable_chunked_encoding()
+    elif streaming:  # HTTP/1.0 has no chunks: the body ends when the connection closes
+        response.force_close()
     else:
         response.content_length = len(header) + sum(len(c) for c in chunks)
     await response.prepare(request)
