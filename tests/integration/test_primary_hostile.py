@@ -359,3 +359,21 @@ def test_http10_bootstrap_is_streamed_until_close_not_a_500(serve: Any) -> None:
     decoder.close()
     assert len(pages) == decoder.header.db_size >= 2
     assert "Traceback" not in server.log()
+
+
+def test_expect_100_continue_is_refused_before_the_body_without_a_valid_token(serve: Any) -> None:
+    server = serve()
+    body = json.dumps({"baton": None, "requests": [{"type": "execute", "stmt": {"sql": "SELECT 1"}}]}).encode()
+    head = "POST /v2/pipeline HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: {}\r\n{}\r\n"
+    sock = raw(server)
+    sock.sendall(head.format(len(body), "Authorization: Bearer wrong-token-123\r\n").encode())
+    refused = sock.recv(4096)
+    sock.close()
+    assert refused.startswith(b"HTTP/1.1 401"), refused  # no "100 Continue": the body is never asked for
+    sock = raw(server)
+    sock.sendall(head.format(len(body), f"Authorization: Bearer {WRITER}\r\n").encode())
+    assert sock.recv(4096).startswith(b"HTTP/1.1 100 Continue")
+    sock.sendall(body)
+    answer = sock.recv(65536)
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 200"), answer

@@ -170,9 +170,40 @@ def create_app(store: DatabaseStore, auth: Authenticator, limits: Limits | None 
     app[STATE] = ServerState(store, auth, limits)
     app.router.add_get("/health", health)
     for prefix in ("", "/db/{name}"):
-        app.router.add_post(prefix + "/pull-updates", pull_updates)
-        app.router.add_post(prefix + "/v2/pipeline", pipeline)
+        app.router.add_post(prefix + "/pull-updates", pull_updates, expect_handler=_expect_continue)
+        app.router.add_post(prefix + "/v2/pipeline", pipeline, expect_handler=_expect_continue)
     return app
+
+
+#: What ``_admission`` answers when the request may go on (never sent).
+_ADMITTED = web.StreamResponse()
+
+
+async def _admission(request: web.Request) -> web.StreamResponse:
+    """The checks that need no body: database name, token, existence or quota (raise as the handlers do)."""
+    state = request.app[STATE]
+    name = _database_name(request)
+    grant = state.auth.check(request.headers.get("Authorization"), name)
+    state.store.check(name, create=not grant.read_only, owner=grant.client)
+    return _ADMITTED
+
+
+async def _expect_continue(request: web.Request) -> web.StreamResponse | None:
+    """``Expect: 100-continue``: refuse before the client sends its body, else invite the body.
+
+    aiohttp's own handler invites every body before the route's handler runs, so a client
+    without a valid token would be asked for its body; here the refusal comes first.
+    """
+    refusal = await _error_middleware(request, _admission)
+    if refusal is not _ADMITTED:
+        return refusal
+    expect = request.headers.get("Expect", "")
+    if request.version == HttpVersion11:
+        if expect.lower() != "100-continue":
+            raise web.HTTPExpectationFailed(text=f"unknown Expect: {expect[:40]}")
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the interim answer is not the response (as aiohttp does)
+    return None
 
 
 def error_response(status: int, message: str, code: str, headers: dict[str, str] | None = None) -> web.Response:
