@@ -29,6 +29,7 @@ KEY = "5a" * 32
 #: User tables the oracle knows; the dump compares every user table whatever its name.
 INTERNAL = ("_turso_sync", "turso_sync_", "sqlite_")
 QUIET_ROUNDS = 5
+DUMP_PAGE = 32  # rows per query when dumping a table (the largest rows are about 1 MiB)
 
 
 def merge_resolver(table: str, pk: dict[str, Any], base: Any, local: Any, remote: Any, kind: str) -> Any:
@@ -441,7 +442,13 @@ def _dump(run: Any) -> dict[str, Any]:
         cols = [r[1] for r in run(f'PRAGMA table_info("{table}")')]
         select = ", ".join(f'quote("{c}")' for c in cols)
         order = ", ".join(str(i + 1) for i in range(len(cols)))
-        out[table] = (cols, run(f'SELECT {select} FROM "{table}" ORDER BY {order}'))
+        rows: list[Any] = []
+        while True:  # in pages: a server bounds the bytes of one response
+            page = run(f'SELECT {select} FROM "{table}" ORDER BY {order} LIMIT {DUMP_PAGE} OFFSET {len(rows)}')
+            rows.extend(page)
+            if len(page) < DUMP_PAGE:
+                break
+        out[table] = (cols, rows)
     return out
 
 
