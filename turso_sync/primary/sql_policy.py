@@ -60,8 +60,11 @@ class SqlLimits:
     ``max_value_bytes``: one string or blob, stored or computed (SQLite's ``SQLITE_LIMIT_LENGTH``,
     which also bounds a stored row).
     ``max_sql_bytes``: one SQL text (``SQLITE_LIMIT_SQL_LENGTH``).
-    ``sqlite_heap_bytes``: SQLite's memory in the whole process (``sqlite3_hard_heap_limit64``;
-    a statement that needs more fails with ``LIMIT_MEMORY``); None leaves it unset.
+    ``sqlite_heap_bytes``: SQLite's memory in the whole process (``sqlite3_hard_heap_limit64``,
+    and half of it as the soft limit, where SQLite starts shrinking its caches); a statement
+    that needs more fails with ``LIMIT_MEMORY``.  It bounds what one result row costs before
+    the row and response limits can look at it (the connections keep temporary data in
+    memory, so it also bounds sorts and temporary b-trees).  None leaves SQLite unlimited.
     """
 
     max_statement_seconds: float = 10.0
@@ -70,7 +73,7 @@ class SqlLimits:
     max_response_bytes: int = 32 * MiB
     max_value_bytes: int = 16 * MiB
     max_sql_bytes: int = 1 * MiB
-    sqlite_heap_bytes: int | None = 1024 * MiB
+    sqlite_heap_bytes: int | None = 256 * MiB
 
 
 class Access(enum.Enum):
@@ -365,6 +368,7 @@ def install(conn: apsw.Connection, limits: SqlLimits | None = None) -> Statement
     if lim.sqlite_heap_bytes is not None:
         # process-wide in SQLite: the same value for every database of a server
         apsw.hard_heap_limit(lim.sqlite_heap_bytes)
+        apsw.soft_heap_limit(lim.sqlite_heap_bytes // 2)
     conn.authorizer = policy
     conn.set_progress_handler(policy.progress, PROGRESS_STEPS, id="turso_sync.primary.sql_policy")
     return policy
