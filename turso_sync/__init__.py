@@ -20,6 +20,7 @@ from .errors import (
     ProgrammingError,
     PushRejectedError,
     RemoteError,
+    ReplicaDamagedError,
     SyncError,
     Warning,
 )
@@ -70,13 +71,17 @@ def connect(
     committed transaction, numbered and kept with its page images.  Replicas and the primary
     always keep one; once a database has a frame log, every connection keeps it up.
     """
-    from .sync.state import SyncState
+    from .sync.files import ReplicaFiles
 
     real = os.path.realpath(os.fspath(path))
-    if remote_url is not None or SyncState.load(real) is not None:
+    files = ReplicaFiles(real)
+    if remote_url is not None or files.is_replica():
         from .sync.connection import SyncConnection
         from .sync.replica import Replica
 
+        if files.is_replica():
+            # a replica whose files no longer belong together is refused before anything opens it
+            files.raise_if_damaged(encryption_key, cipher)
         replica = Replica(
             real,
             remote_url,
@@ -90,7 +95,7 @@ def connect(
             partial=partial,
         )
         try:
-            return SyncConnection(
+            conn = SyncConnection(
                 replica,
                 encryption_key=encryption_key,
                 cipher=cipher,
@@ -100,6 +105,12 @@ def connect(
         except BaseException:
             replica.close()
             raise
+        try:
+            files.check_identity(conn.apsw_connection, replica.state.client_id)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
     return Connection(
         path,
         encryption_key=encryption_key,
@@ -127,6 +138,7 @@ __all__ = [
     "ProgrammingError",
     "PushRejectedError",
     "RemoteError",
+    "ReplicaDamagedError",
     "SyncError",
     "Warning",
     "apilevel",

@@ -6,6 +6,8 @@ an application written for ``sqlite3`` expects.
 
 from __future__ import annotations
 
+from typing import Any
+
 import apsw
 
 
@@ -51,6 +53,22 @@ class NotSupportedError(DatabaseError):
 
 class EncryptionError(DatabaseError):
     """The key is wrong, missing or not needed, or a page failed authentication."""
+
+
+class ReplicaDamagedError(DatabaseError):
+    """A replica's files no longer belong together: a database emptied, truncated or replaced, a
+    frame log, sync state or revert file missing or damaged.
+
+    ``file`` names the file at fault, ``remedy`` says what to do (``turso-sync verify --repair``),
+    ``damages`` lists every problem found (``turso_sync.sync.files.Damage``).
+    """
+
+    def __init__(self, file: str, what: str, remedy: str, damages: list[Any] | None = None) -> None:
+        super().__init__(f"{file}: {what}; {remedy}")
+        self.file = file
+        self.what = what
+        self.remedy = remedy
+        self.damages = list(damages or [])
 
 
 class ProtocolError(Error):

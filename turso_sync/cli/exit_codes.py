@@ -21,7 +21,8 @@ class ExitCode(IntEnum):
     AUTH = 4  # the primary refused the auth token (HTTP 401 or 403)
     ENCRYPTION_KEY = 5  # the key is wrong, missing, malformed or not needed
     REJECTED = 6  # the primary refused a pending change (it stays pending)
-    VERIFY_FAILED = 7  # `verify` found the local replica damaged
+    VERIFY_FAILED = 7  # the local replica is damaged (its files, or SQLite's integrity check)
+    REPLICA_DAMAGED = 7  # the same status, by the name commands other than `verify` raise it under
     INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it
 
 
@@ -38,7 +39,7 @@ _HINTS = {
     ExitCode.AUTH: "give a valid token with --auth-token-file F or TURSO_SYNC_AUTH_TOKEN",
     ExitCode.ENCRYPTION_KEY: "give the replica's key with --encryption-key-file F or TURSO_SYNC_ENCRYPTION_KEY",
     ExitCode.REJECTED: "the change stays pending; `turso-sync sync PATH` pulls, settles the conflict and retries",
-}
+}  # a damaged replica's message carries its own remedy (errors.ReplicaDamagedError)
 
 
 def classify(exc: BaseException) -> ExitCode:
@@ -51,6 +52,8 @@ def classify(exc: BaseException) -> ExitCode:
         return ExitCode.NETWORK
     if isinstance(exc, errors.PushRejectedError):
         return ExitCode.REJECTED
+    if isinstance(exc, errors.ReplicaDamagedError):
+        return ExitCode.REPLICA_DAMAGED
     if isinstance(exc, errors.EncryptionError):
         return ExitCode.ENCRYPTION_KEY
     return ExitCode.ERROR

@@ -12,6 +12,7 @@ from typing import Any
 
 from ..crypto.page_codec import parse_key
 from ..sync.connection import SyncConnection
+from ..sync.files import ReplicaFiles
 from ..sync.partial import PartialSync
 from ..sync.replica import Replica
 from ..sync.state import SyncState
@@ -129,6 +130,8 @@ def open_replica(
         url = state.remote_url
     else:
         url = remote_url
+    if remote_url is None:
+        ReplicaFiles(real).raise_if_damaged(key, args.cipher)  # refused before anything opens it
     transport = HttpxTransport(url, auth_token=token, client_name="turso-sync", progress=progress)
     try:
         replica = Replica(
@@ -145,7 +148,13 @@ def open_replica(
         transport.close()
         raise
     try:
-        return SyncConnection(replica, encryption_key=key, cipher=args.cipher, **connection_options)
+        conn = SyncConnection(replica, encryption_key=key, cipher=args.cipher, **connection_options)
     except BaseException:
         replica.close()
         raise
+    try:
+        ReplicaFiles(real).check_identity(conn.apsw_connection, replica.state.client_id)
+    except BaseException:
+        conn.close()
+        raise
+    return conn

@@ -1,42 +1,96 @@
-"""Check the replica at PATH: its integrity, and whether it still has the primary's latest revision.
+"""Check the replica at PATH: its files, its integrity, and whether it has the primary's latest revision.
 
-  turso-sync verify notes.db [--offline]
+  turso-sync verify notes.db [--offline] [--repair [--remote URL]]
 
-The library twins: ``conn.execute("PRAGMA integrity_check")``, then ``conn.pull(0)``, which
-returns False when the primary has nothing newer than the replica's synced revision (up to
-date) and otherwise applies what was missing (the replica was behind; it is up to date after).
-Exit status 0 when the replica is intact and was compared with the primary, 7 when the
-integrity check fails, 3 (4 for a refused token) when the primary could not be asked; with
---offline only the local check runs.
+First the replica's files are checked against each other (``ReplicaFiles.check``: a database
+file emptied, truncated or replaced, a frame log, ``-sync`` or revert file missing or damaged);
+then SQLite's integrity check; then the revision.  The library twins:
+``ReplicaFiles(path).check(deep=True)``, ``conn.execute("PRAGMA integrity_check")``, then
+``conn.pull(0)``, which returns False when the primary has nothing newer (up to date) and
+otherwise applies what was missing.
+
+``--repair`` re-clones a damaged replica from the primary (``ReplicaFiles.repair``): when the
+database file is readable its pending changes and conflict journal are carried over and replayed
+on top of the remote state, so no pending write is lost; when it is not, it says what is lost.
+Damaged files are kept beside it with a ``.damaged`` suffix.  ``--remote`` gives the URL when the
+``-sync`` file itself is lost.
+
+Exit status 0 when the replica is intact (or was repaired) and was compared with the primary,
+7 when its files are damaged or the integrity check fails, 3 (4 for a refused token) when the
+primary could not be asked; with --offline only the local checks run.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 
 from .. import errors
-from .exit_codes import ExitCode
-from .replica_args import add_credential_arguments, add_path_argument, add_sync_arguments, open_replica
+from ..sync.files import Damage, ReplicaFiles, remedy
+from .exit_codes import CommandError, ExitCode
+from .replica_args import (
+    add_credential_arguments,
+    add_path_argument,
+    add_sync_arguments,
+    auth_token,
+    encryption_key,
+    open_replica,
+)
 
-HELP = "Check the replica's integrity and whether it has the primary's latest revision."
+HELP = "Check the replica's files and integrity, and whether it has the primary's latest revision."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``verify``."""
     add_path_argument(parser)
     parser.add_argument("--offline", action="store_true", help="check the local replica only; no network")
+    parser.add_argument(
+        "--repair",
+        action="store_true",
+        help="re-clone a damaged replica from the primary, keeping its pending changes when readable",
+    )
+    parser.add_argument("--remote", metavar="URL", help="with --repair: the primary's URL, when PATH-sync is lost")
     add_credential_arguments(parser)
     add_sync_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Integrity first (a damaged replica is not compared), then the revision."""
+    """Files first, integrity next (a damaged replica is not compared), then the revision."""
+    if args.repair and args.offline:
+        raise CommandError("--repair re-clones from the primary; it cannot run with --offline")
+    files = ReplicaFiles(args.path)
+    if not files.is_replica() and not (args.repair and args.remote):
+        if os.path.exists(files.path):
+            raise CommandError(f"{args.path} is not a replica (no {os.path.basename(files.path)}-sync beside it)")
+        raise CommandError(f"{args.path} does not exist; create it with `turso-sync clone URL {args.path}`")
+    key = encryption_key(args)
+    damages = files.check(key, args.cipher, deep=True) if files.is_replica() else []
+    if not files.is_replica():
+        damages = [_lost_state(files)]
+    if damages:
+        print(f"files:     DAMAGED ({len(damages)} problem(s))")
+        for damage in damages:
+            print(f"  {damage.line()}")
+        if not args.repair:
+            print(f"remedy:    {remedy(args.path)}")
+            return ExitCode.VERIFY_FAILED
+        report = files.repair(
+            encryption_key=key, cipher=args.cipher, auth_token=auth_token(args), remote_url=args.remote
+        )
+        print("repair:    re-cloned from the primary")
+        for line in report.lines:
+            print(f"  {line}")
+        if report.set_aside:
+            print(f"  damaged files kept: {', '.join(os.path.basename(n) for n in report.set_aside)}")
+    else:
+        print(f"files:     ok ({len(files.existing())} files)")
     conn = open_replica(args, args.path)
     try:
         problems = [str(r[0]) for r in conn.execute("PRAGMA integrity_check").fetchall()]
         pages = conn.execute("PRAGMA page_count").fetchone()[0]
         if problems != ["ok"]:
             print(f"integrity: FAILED ({len(problems)} problem(s)); first: {problems[0]}")
+            print(f"remedy:    {remedy(args.path)}")
             return ExitCode.VERIFY_FAILED
         print(f"integrity: ok ({pages} pages)")
         before = conn.stats()
@@ -60,3 +114,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         conn.close()
     return ExitCode.OK
+
+
+def _lost_state(files: ReplicaFiles) -> Damage:
+    return Damage(files.state_file, "the sync state is missing", False)
