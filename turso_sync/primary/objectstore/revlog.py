@@ -76,6 +76,14 @@ class LogState:
     segments: list[Segment]
     head: LogHead
 
+    def extended(self, more: list[Segment]) -> LogState:
+        """This state with ``more`` segments (read after its head) appended."""
+        if not more:
+            return self
+        last = more[-1]
+        head = LogHead(last.last, last.revisions[-1].db_size, last.epoch, last.page_size)
+        return LogState(self.snapshot, self.segments + more, head)
+
 
 class RevisionLog:
     """Read access to one database's log and snapshots (any process; no lease needed)."""
@@ -122,7 +130,7 @@ class RevisionLog:
         i = 0
         while i < len(firsts) and (upto is None or expected <= upto):
             batch = firsts[i : i + _READ_AHEAD]
-            read = await asyncio.gather(*(self._read_segment(first) for first in batch))
+            read = await asyncio.gather(*(self.read_segment(first) for first in batch))
             for first, seg in zip(batch, read, strict=True):
                 if upto is not None and expected > upto:
                     break
@@ -136,7 +144,8 @@ class RevisionLog:
             i += len(batch)
         return segments
 
-    async def _read_segment(self, first: int) -> Segment:
+    async def read_segment(self, first: int) -> Segment:
+        """The segment whose first revision is ``first``; ObjectNotFound if there is none."""
         key = self.keys.segment(first)
         seg = decode_segment(key, (await self.client.get(key)).data)
         if seg.first != first:
@@ -148,15 +157,20 @@ class RevisionLog:
 
         Raises RevisionNotStored if ``at`` is after the head or before the oldest stored history.
         """
-        snaps = [r for r in await self.snapshot_revisions() if at is None or r <= at]
+        every = await self.snapshot_revisions()
+        snaps = [r for r in every if at is None or r <= at]
         snapshot = await self.read_snapshot(snaps[-1]) if snaps else None
         base = snapshot.revision if snapshot is not None else 0
-        segments = await self.segments_after(base, at)
-        if snapshot is None and segments and segments[0].first != 1:
+        # read at least one segment, so that restoring revision 0 still checks the history starts at 1
+        segments = await self.segments_after(base, None if at is None else max(at, base + 1))
+        if snapshot is None and ((segments and segments[0].first != 1) or (not segments and every)):
+            oldest = every[0] if every else segments[0].first
             raise RevisionNotStored(
-                f"database {self.keys.name}: history before revision {segments[0].first} is no longer stored "
-                "and no snapshot covers it"
+                f"database {self.keys.name}: revision {at} is older than the stored history, which begins at "
+                f"revision {oldest}; restore a later revision"
             )
+        if at is not None:
+            segments = [seg for seg in segments if seg.first <= at]
         if segments:
             last = segments[-1]
             db_size = next(r.db_size for r in reversed(last.revisions) if at is None or r.number <= at)
@@ -210,8 +224,8 @@ class LogWriter:
         """
         name = revlog.keys.name
         lease.check()
+        state = await revlog.load()
         while True:
-            state = await revlog.load()
             head = state.head
             if head.epoch > lease.epoch:
                 lease.mark_deposed()
@@ -222,13 +236,18 @@ class LogWriter:
             try:
                 await revlog.client.put_if_absent(revlog.keys.segment(marker.first), encode_segment(marker))
             except PreconditionFailed:
-                found = await revlog.segments_after(head.revision)
-                if found and found[-1].epoch > lease.epoch:
+                # one GET, not a new listing: a deposed writer still appending must not outrun us
+                try:
+                    found = await revlog.read_segment(marker.first)
+                except ObjectNotFound:
+                    continue  # a racing write that did not land (AWS 409): try again
+                if found.epoch > lease.epoch:
                     lease.mark_deposed()
                     raise Deposed(f"database {name}: a newer writer took over during our takeover") from None
-                if not (found and found[0].epoch == lease.epoch and found[0].takeover):
-                    continue  # the old writer appended meanwhile: keep its revisions, take over after them
-                # else our own earlier attempt landed (its answer was lost and botocore retried)
+                if not (found.epoch == lease.epoch and found.takeover):
+                    state = state.extended([found])  # the old writer appended meanwhile: keep its revisions
+                    continue
+                marker = found  # our own earlier attempt landed (its answer was lost and botocore retried)
             writer = cls(revlog, lease, LogHead(marker.first, head.db_size, lease.epoch, size), head.revision)
             writer.loaded = state
             log.info("database %s: writer epoch %d took over at revision %d", name, lease.epoch, marker.first)
