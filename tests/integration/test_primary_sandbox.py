@@ -22,7 +22,7 @@ import pytest
 from pyroaring import BitMap
 
 from tests.unit.test_primary_sandbox import REFUSED_EVERYWHERE
-from turso_sync.primary import database as database_mod
+from turso_sync.primary.app import Limits
 from turso_sync.primary.server import PrimaryServer, ServerConfig
 from turso_sync.primary.sql_policy import SqlLimits
 from turso_sync.sync.wire.pull import PullRequest, PullResponseDecoder
@@ -66,7 +66,10 @@ class Primary:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="sandbox-primary", daemon=True)
         self.thread.start()
-        self.server = PrimaryServer(ServerConfig(str(root / "data"), host="127.0.0.1", port=0, token_file=str(tokens)))
+        # a short statement time, so the CPU bomb below is stopped quickly
+        limits = Limits(sql=SqlLimits(max_statement_seconds=1.0))
+        config = ServerConfig(str(root / "data"), host="127.0.0.1", port=0, token_file=str(tokens), limits=limits)
+        self.server = PrimaryServer(config)
         self.url = self.run(self.server.start())
         self.http = httpx.Client(timeout=60)
 
@@ -115,24 +118,21 @@ class Primary:
 
 @pytest.fixture(scope="module")
 def primary(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Primary]:
-    # short statement time, so the CPU bomb below is stopped quickly (the store opens databases with defaults)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(database_mod, "SqlLimits", lambda: SqlLimits(max_statement_seconds=1.0))
-        server = Primary(tmp_path_factory.mktemp("sandbox"))
-        try:
-            for name in DATABASES:
-                resp = server.pipeline(
-                    name,
-                    WRITER,
-                    [
-                        {"type": "execute", "stmt": {"sql": "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)"}},
-                        {"type": "execute", "stmt": {"sql": "INSERT INTO t(v) VALUES ('seed')"}},
-                    ],
-                )
-                assert resp.status_code == 200, resp.text
-            yield server
-        finally:
-            server.close()
+    server = Primary(tmp_path_factory.mktemp("sandbox"))
+    try:
+        for name in DATABASES:
+            resp = server.pipeline(
+                name,
+                WRITER,
+                [
+                    {"type": "execute", "stmt": {"sql": "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)"}},
+                    {"type": "execute", "stmt": {"sql": "INSERT INTO t(v) VALUES ('seed')"}},
+                ],
+            )
+            assert resp.status_code == 200, resp.text
+        yield server
+    finally:
+        server.close()
 
 
 def revision(primary: Primary, name: str) -> str:

@@ -440,3 +440,18 @@ def test_sqlite_limits_are_set_on_the_connection(conn: apsw.Connection) -> None:
     assert conn.limit(apsw.SQLITE_LIMIT_ATTACHED) == 0
     assert conn.config(apsw.SQLITE_DBCONFIG_DEFENSIVE, -1) == 1
     assert conn.config(apsw.SQLITE_DBCONFIG_TRUSTED_SCHEMA, -1) == 0
+
+
+def test_sqlite_memory_is_bounded_for_the_process(conn: apsw.Connection) -> None:
+    hard, soft = apsw.hard_heap_limit(-1), apsw.soft_heap_limit(-1)
+    try:
+        ex = PipelineExecutor(conn, limits=SqlLimits(sqlite_heap_bytes=64 * 1024 * 1024))
+        assert apsw.hard_heap_limit(-1) == 64 * 1024 * 1024 and apsw.soft_heap_limit(-1) == 32 * 1024 * 1024
+        # each value is under the value limit; the row is not, and SQLite runs out of its allowance first
+        row_bomb = "SELECT " + ", ".join(["zeroblob(8000000)"] * 20)
+        err = error_of(execute(ex, row_bomb, read_only=True))
+        assert err.code == "LIMIT_MEMORY", err
+        assert rows_of(execute(ex, "SELECT length(zeroblob(8000000))")) == [[8000000]]
+    finally:
+        apsw.hard_heap_limit(hard)
+        apsw.soft_heap_limit(soft)
