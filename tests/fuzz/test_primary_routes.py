@@ -11,7 +11,7 @@ connection dropped without a status on a well-formed HTTP request; no path, trac
 version in any answer; and at the end the server still answers ``/health`` and its log holds
 no traceback.
 
-Budget: ``make test`` runs each test for ``TURSO_FUZZ_EXAMPLES`` examples (default 30, well
+Budget: ``make test`` runs each test for ``TURSO_FUZZ_EXAMPLES`` examples (default 50, well
 under a minute for the module); a campaign raises it, for example::
 
     TURSO_FUZZ_EXAMPLES=3000 TURSO_FUZZ_SEED=$RANDOM .venv/bin/pytest -q -p no:randomly tests/fuzz
@@ -35,14 +35,14 @@ from typing import Any
 import httpx
 import pytest
 import zstandard
-from hypothesis import HealthCheck, given, reject, seed, settings
+from hypothesis import HealthCheck, event, given, reject, seed, settings
 from hypothesis import strategies as st
 from pyroaring import BitMap
 
 from tests.integration.primary_harness import PrimaryProcess
 from turso_sync.sync.wire import pull_updates_pb2 as pb
 
-EXAMPLES = int(os.environ.get("TURSO_FUZZ_EXAMPLES", "30"))
+EXAMPLES = int(os.environ.get("TURSO_FUZZ_EXAMPLES", "50"))
 SEED = int(os.environ.get("TURSO_FUZZ_SEED", "13"))
 FUZZ = settings(
     max_examples=EXAMPLES,
@@ -160,6 +160,7 @@ def send(server: PrimaryProcess, path: str, body: bytes, headers: dict[str, str]
     except httpx.TransportError as exc:
         raise AssertionError(f"no status for POST {path!r} ({type(exc).__name__}: {exc})") from None
     check(server, resp)
+    event(f"status {resp.status_code}")  # shown by --hypothesis-show-statistics: how deep the inputs get
     return resp
 
 

@@ -120,13 +120,15 @@ def test_databases_per_owner_are_bounded_and_remembered(tmp_path: Path) -> None:
     run(scenario())
 
 
-def test_parse_errors_log_one_info_line_and_bugs_keep_their_traceback(caplog: pytest.LogCaptureFixture) -> None:
+def test_parse_errors_log_one_debug_line_and_bugs_keep_their_traceback(caplog: pytest.LogCaptureFixture) -> None:
     quiet = QuietProtocolLog(logging.getLogger("aiohttp.server"), {})
     caplog.set_level(logging.DEBUG, logger="aiohttp.server")
     quiet.exception("Error handling request from %s", "10.1.2.3", exc_info=BadHttpMessage("Invalid header token"))
     quiet.exception("Error handling request from %s", "10.1.2.3", exc_info=ConnectionResetError("gone"))
-    (parse, gone) = caplog.records
-    assert parse.levelno == logging.INFO and parse.exc_info is None
+    quiet.debug("Error handling request from %s", "10.1.2.3", exc_info=BadHttpMessage("Invalid method"))
+    (parse, gone, first) = caplog.records
+    assert parse.levelno == logging.DEBUG and parse.exc_info is None
+    assert first.levelno == logging.DEBUG and first.exc_info is None and "malformed" in first.getMessage()
     assert "10.1.2.3" in parse.getMessage() and "malformed HTTP request" in parse.getMessage()
     assert gone.levelno == logging.DEBUG and gone.exc_info is None
     caplog.clear()

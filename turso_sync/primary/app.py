@@ -241,10 +241,10 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
         log.warning("%s %s: %s", request.method, request.path, exc)
         return error_response(503, str(exc), "SERVER_BUSY", {"Retry-After": str(RETRY_AFTER_S)})
     except BodyTimeout as exc:
-        log.info("%s %s from %s: %s", request.method, request.path, request.remote, exc)
+        log.debug("%s %s from %s: %s", request.method, request.path, request.remote, exc)  # the access line has the 408
         return error_response(408, str(exc), "REQUEST_TIMEOUT", {"Connection": "close"})
     except RequestPayloadError as exc:  # a broken chunked body
-        log.info("%s %s from %s: unreadable body: %s", request.method, request.path, request.remote, _one_line(exc))
+        log.debug("%s %s from %s: unreadable body: %s", request.method, request.path, request.remote, _one_line(exc))
         # the body stream holds the error: mark it ended so aiohttp does not read it again
         # (which would log the error a second time, with a traceback), and end the connection
         request.content.feed_eof()

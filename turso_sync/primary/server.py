@@ -36,7 +36,8 @@ class QuietProtocolLog(logging.LoggerAdapter):  # type: ignore[type-arg]
     """aiohttp's connection-level logger, minus the noise a hostile internet makes.
 
     A malformed request (bad request line or header, a non-HTTP client) is the client's
-    fault: one INFO line naming the peer, no traceback.  A client gone mid-request: DEBUG.
+    fault, and the access log already has its line (``"UNKNOWN /" 400``): the reason goes to
+    DEBUG as one line naming the peer, without a traceback; so does a client gone mid-request.
     Anything else (a bug) keeps its traceback at ERROR.
     """
 
@@ -45,14 +46,24 @@ class QuietProtocolLog(logging.LoggerAdapter):  # type: ignore[type-arg]
 
     def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
         """Log an exception aiohttp caught, quietly when the client caused it."""
+        if not self._quiet(msg, args, exc_info):
+            self.logger.error(msg, *args, exc_info=exc_info, **kwargs)
+
+    def debug(self, msg: object, *args: object, exc_info: Any = None, **kwargs: Any) -> None:
+        """aiohttp logs some client faults (a non-HTTP first request) at DEBUG with a traceback: one line instead."""
+        if not self._quiet(msg, args, exc_info):
+            self.logger.debug(msg, *args, exc_info=exc_info, **kwargs)
+
+    def _quiet(self, msg: object, args: tuple[object, ...], exc_info: Any) -> bool:
         exc = exc_info if isinstance(exc_info, BaseException) else None
         if isinstance(exc, HttpProcessingError):
             detail = " ".join(str(exc.message).split())[:200]
-            self.logger.info("%s: malformed HTTP request (%s)", str(msg) % args, detail)
+            self.logger.debug("%s: malformed HTTP request (%s)", str(msg) % args, detail)
         elif isinstance(exc, ConnectionError):
             self.logger.debug("%s: client disconnected", str(msg) % args)
         else:
-            self.logger.error(msg, *args, exc_info=exc_info, **kwargs)
+            return False
+        return True
 
 
 class _Refuse503(asyncio.Protocol):
