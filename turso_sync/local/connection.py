@@ -24,7 +24,7 @@ from .framelog import FrameLog
 from .lazy import LazyPages
 from .statement import Statement, classify
 from .vfs import PAGE_SIZE, DatabaseState, ensure_vfs, file_descriptor, realpath, registry
-from .walformat import scan_wal
+from .walindex import committed_wal
 
 Params = Sequence[Any] | Mapping[str, Any]
 
@@ -474,7 +474,7 @@ class Connection:
                 page_size = db.execute("PRAGMA page_size").get
                 marker = (0, 0, 0)
                 try:
-                    scan = scan_wal(self.path + "-wal")
+                    scan = committed_wal(self.path)
                     hdr, committed = scan.header, scan.txns
                     if hdr is not None and committed:
                         marker = (hdr.salt1, hdr.salt2, committed[-1].commit_frame)

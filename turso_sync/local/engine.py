@@ -22,7 +22,7 @@ from .connection import Connection
 from .framelog import FrameLog, RevisionGone, TxnPage
 from .install import InstallError, append_transaction
 from .vfs import file_descriptor
-from .walformat import scan_wal
+from .walindex import committed_wal
 
 __all__ = ["CommittedTxn", "LocalDatabase", "RevisionGone", "Snapshot"]
 
@@ -155,7 +155,7 @@ class LocalDatabase:
         P = self.page_size
         latest: dict[int, bytes] = {}
         try:
-            committed = scan_wal(self.path + "-wal").txns
+            committed = committed_wal(self.path).txns
             for wtxn in committed:
                 for frame in wtxn.frames:
                     latest[frame.pgno] = frame.body
@@ -184,7 +184,7 @@ class LocalDatabase:
         P = self.page_size
         latest: dict[int, bytes] = {}
         try:
-            committed = scan_wal(self.path + "-wal").txns
+            committed = committed_wal(self.path).txns
         except FileNotFoundError:
             committed = []
         wanted = set(pgnos)

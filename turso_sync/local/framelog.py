@@ -37,7 +37,8 @@ from dataclasses import dataclass, field
 
 from ..crypto.page_codec import PageCodec
 from .vfs import file_descriptor
-from .walformat import WalTxn, scan_wal
+from .walformat import WalTxn
+from .walindex import committed_wal
 
 LOG_MAGIC = b"TSFRMLG1"
 REC_MAGIC = b"TSFR"
@@ -184,7 +185,7 @@ class FrameLog:
 
     def _wal_txns(self) -> list[Txn]:
         """Transactions still in the WAL and not archived yet, numbered and with pre-images."""
-        scan = scan_wal(self.wal_path)
+        scan = committed_wal(self.db_path)
         hdr, committed = scan.header, scan.txns
         if hdr is None or not committed:
             return []

@@ -16,7 +16,8 @@ import secrets
 
 from ..crypto.page_codec import PageCodec
 from .vfs import file_descriptor
-from .walformat import FrameHeader, WalHeader, frame_offset, scan_wal, wal_checksum
+from .walformat import FrameHeader, WalHeader, frame_offset, wal_checksum
+from .walindex import committed_wal
 
 _ISINIT_OFFSETS = (12, 48 + 12)  # WalIndexHdr.isInit in both header copies
 
@@ -43,7 +44,7 @@ def append_transaction(
     wal_path = db_path + "-wal"
     fd = os.open(wal_path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        scan = scan_wal(wal_path)
+        scan = committed_wal(db_path)  # after the last frame SQLite counts, as its own writers do
         hdr, committed = scan.header, scan.txns
         chunks: list[bytes] = []
         if hdr is None:

@@ -156,6 +156,7 @@ class WalTxn:
     commit_frame: int
     db_size: int
     frames: list[WalFrame]
+    cksum: tuple[int, int] = (0, 0)  # checksum chain value right after the commit frame
 
 
 def read_committed(raw: bytes) -> tuple[WalHeader | None, list[WalTxn]]:
@@ -196,7 +197,7 @@ def _parse_frames(
         index += 1
         offset += frame_size
         if fh.db_size:
-            txns.append(WalTxn(hdr.salts, index - 1, fh.db_size, pending))
+            txns.append(WalTxn(hdr.salts, index - 1, fh.db_size, pending, (s1, s2)))
             pending = []
             committed_end, committed_cksum = offset, (s1, s2)
     return txns, committed_end, committed_cksum
@@ -216,8 +217,13 @@ _scans: dict[str, tuple[tuple[int, int], bytes, WalScan]] = {}
 _scans_lock = threading.Lock()
 
 
-def scan_wal(path: str) -> WalScan:
+def scan_wal(path: str, limit: tuple[int, bytes] | None = None) -> WalScan:
     """The committed transactions of the WAL at ``path``, parsing only what is new since last time.
+
+    ``limit`` is the wal-index's view, ``(mxFrame, salts as stored)`` (``walindex.py``): while it
+    is trusted, a frame after ``mxFrame`` is not committed whatever its checksum says (a killed
+    installer may have left durable frames SQLite never indexed, and the next writer overwrites
+    them).  Without it, the file alone decides, the way SQLite's recovery does.
 
     Committed frames never change until SQLite starts the WAL over, and starting over always
     writes a new header (new salts); frames after the last commit are never cached, since SQLite
@@ -233,10 +239,11 @@ def scan_wal(path: str) -> WalScan:
         st = os.fstat(fd)
         identity = (st.st_ino, st.st_dev)
         head = os.pread(fd, WAL_HEADER_SIZE, 0)
+        max_frame = _max_frame(head, limit)
         with _scans_lock:
             cached = _scans.get(path)
         if cached is not None and cached[0] == identity and cached[1] == head and cached[2].end <= st.st_size:
-            base = cached[2]
+            base = _trimmed(cached[2], max_frame)
             tail = os.pread(fd, st.st_size - base.end, base.end) if st.st_size > base.end else b""
             assert base.header is not None
             first_index = (base.end - WAL_HEADER_SIZE) // (base.header.page_size + FRAME_HEADER_SIZE) + 1
@@ -249,8 +256,34 @@ def scan_wal(path: str) -> WalScan:
                 return WalScan(None, [], 0, (0, 0))
             txns, end, cksum = _parse_frames(hdr, raw, WAL_HEADER_SIZE, 1, (hdr.cksum1, hdr.cksum2))
             scan = WalScan(hdr, txns, end, cksum)
+        scan = _trimmed(scan, max_frame)  # never cache a frame the wal-index does not cover
         with _scans_lock:
             _scans[path] = (identity, head, scan)
         return scan
     finally:
         os.close(fd)
+
+
+def _max_frame(head: bytes, limit: tuple[int, bytes] | None) -> int | None:
+    """The last committed frame the wal-index allows for the WAL whose header is ``head`` (None: any)."""
+    if limit is None or len(head) < WAL_HEADER_SIZE:
+        return None
+    mx_frame, salts = limit
+    if head[16:24] == salts:
+        return mx_frame
+    # another generation: a writer that starts the WAL over indexes the new salts (mxFrame 0)
+    # before it rewrites the file's header; every frame of the old one was checkpointed
+    return 0 if mx_frame == 0 else None
+
+
+def _trimmed(scan: WalScan, max_frame: int | None) -> WalScan:
+    """``scan`` without the transactions that end after ``max_frame``."""
+    if max_frame is None or not scan.txns or scan.txns[-1].commit_frame <= max_frame:
+        return scan
+    assert scan.header is not None
+    txns = [t for t in scan.txns if t.commit_frame <= max_frame]
+    if txns:
+        last = txns[-1]
+        end = WAL_HEADER_SIZE + last.commit_frame * (scan.header.page_size + FRAME_HEADER_SIZE)
+        return WalScan(scan.header, txns, end, last.cksum)
+    return WalScan(scan.header, [], WAL_HEADER_SIZE, (scan.header.cksum1, scan.header.cksum2))

@@ -40,7 +40,7 @@ from ..local.capture import CONFLICTS_TABLE, META_TABLE, OUTBOX_TABLE
 from ..local.connection import Connection
 from ..local.framelog import FrameLog
 from ..local.vfs import realpath
-from ..local.walformat import scan_wal
+from ..local.walindex import committed_wal
 from .state import SyncState, read_revert, revert_path
 
 P = 4096
@@ -211,7 +211,7 @@ class ReplicaFiles:
     def _check_size(self, log: FrameLog) -> list[Damage]:
         """Every page of the current size must be in the WAL or in the file."""
         file_pages = os.path.getsize(self.path) // P
-        scan = scan_wal(self.wal)
+        scan = committed_wal(self.path)
         in_wal: set[int] = set()
         for txn in scan.txns:
             in_wal.update(frame.pgno for frame in txn.frames)
@@ -283,7 +283,7 @@ class ReplicaFiles:
             for page in txn.pages:
                 if page.post:
                     newest[page.pgno] = page.post
-        for wtxn in scan_wal(self.wal).txns:
+        for wtxn in committed_wal(self.path).txns:
             for frame in wtxn.frames:
                 newest.pop(frame.pgno, None)  # the WAL holds it: the file's copy is older, rightly
         with open(self.path, "rb") as f:
