@@ -337,6 +337,10 @@ def test_describe_compiles_under_the_policy(conn: apsw.Connection) -> None:
     )
     assert isinstance(ok, h.StreamResponse) and ok.result is not None
     assert error_of(refused).code == "SQLITE_AUTH"
+    # a reader may learn that a statement writes (it is compiled, never run)
+    (write,) = ex.run([h.DescribeRequest(sql="INSERT INTO t(v) VALUES (?)")], read_only=True)
+    assert isinstance(write, h.StreamResponse) and isinstance(write.result, h.DescribeResult)
+    assert write.result.is_readonly is False and conn.execute("SELECT count(*) FROM t").get == 0
 
 
 def test_check_is_an_allow_list() -> None:

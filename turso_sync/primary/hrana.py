@@ -264,7 +264,11 @@ class PipelineExecutor:
                 pass
 
     def _describe(self, sql: str, stream: _Stream) -> wire.DescribeResult:
-        """Compile ``sql`` (under the stream's policy, so a refused statement is refused here too), never run it."""
+        """Compile ``sql`` under the policy (a refused statement is refused here too), never run it.
+
+        A read-only stream may describe a write (``is_readonly`` false tells it so): the
+        statement is compiled as for a read-write token, and never runs.
+        """
         seen: dict[str, Any] = {}
 
         def tracer(cursor: apsw.Cursor, statement: str, bindings: Any) -> bool:
@@ -281,7 +285,7 @@ class PipelineExecutor:
         cursor = self._conn.cursor()
         cursor.exec_trace = tracer
         try:
-            with self._policy.acting_as(stream.access, self._deadline(stream)):
+            with self._policy.acting_as(Access.READ_WRITE, self._deadline(stream)):
                 try:
                     cursor.execute(sql, apsw._null_bindings, can_cache=False)  # type: ignore[attr-defined]
                 except apsw.ExecTraceAbort:
