@@ -459,3 +459,34 @@ def test_sqlite_memory_is_bounded_for_the_process(conn: apsw.Connection) -> None
     finally:
         apsw.hard_heap_limit(hard)
         apsw.soft_heap_limit(soft)
+
+
+def test_every_client_statement_is_compiled_for_the_client(
+    conn: apsw.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[tuple[Access, int, str | None]] = []
+    real_check = sql_policy.check
+
+    def spy(access: Access, code: int, arg1: str | None, arg2: str | None, dbname: str | None) -> object:
+        seen.append((access, code, arg1))
+        return real_check(access, code, arg1, arg2, dbname)
+
+    monkeypatch.setattr(sql_policy, "check", spy)
+    ex = PipelineExecutor(conn)
+    requests: list[h.StreamRequest] = [
+        h.ExecuteRequest(h.Stmt(sql="BEGIN")),
+        h.ExecuteRequest(h.Stmt(sql="SELECT v FROM t WHERE id = :id", named_args=(("id", 1),))),
+        h.BatchRequest((h.BatchStep(h.Stmt(sql="SELECT count(*) FROM t"), None),)),
+        h.SequenceRequest(sql="SELECT 1; SELECT id FROM t"),
+        h.DescribeRequest(sql="SELECT v FROM t"),
+        h.StoreSqlRequest(sql_id=1, sql="SELECT id FROM t"),
+        h.ExecuteRequest(h.Stmt(sql_id=1)),
+    ]
+    for read_only in (True, False):
+        seen.clear()
+        ex.run(requests, read_only=read_only)  # ends with the transaction open: the server rolls it back
+        client = [s for s in seen if s[0] is not Access.SERVER]
+        server = [s for s in seen if s[0] is Access.SERVER]
+        assert len(client) > 10
+        # only the server's own ROLLBACK (compiled once, then from the statement cache)
+        assert set(server) <= {(Access.SERVER, apsw.SQLITE_TRANSACTION, "ROLLBACK")}, server
