@@ -219,6 +219,7 @@ def test_every_hrana_request_kind_goes_through_the_policy(primary: Primary, kind
     hostile = ["PRAGMA query_only = 1", "ATTACH ':memory:' AS a", "CREATE TABLE temp.t(a)", "PRAGMA database_list"]
     baseline = primary.settings("default")
     for sql in hostile:
+        requests: list[dict[str, Any]]
         if kind == "batch":
             requests = [{"type": "batch", "batch": {"steps": [{"stmt": {"sql": "SELECT 1"}}, {"stmt": {"sql": sql}}]}}]
         elif kind == "sequence":
