@@ -193,3 +193,46 @@ def aws_env(weed: WeedMini) -> Iterator[None]:
     """The server's access key in this process's AWS environment variables, for the block."""
     with _env(weed.env):
         yield
+
+
+# --- a writer in a child process, for kill -9 tests ----------------------------------------------------
+
+
+def revision_page(number: int, page_size: int = 4096) -> bytes:
+    """The one page the test writer stores at revision ``number`` (deterministic, so a test can check it)."""
+    import hashlib
+
+    return (hashlib.sha256(str(number).encode()).digest() * (page_size // 32 + 1))[:page_size]
+
+
+async def _writer_main(endpoint: str, root: str, name: str, ttl: float, snapshot_every: int) -> None:
+    """Take the lease, take over, then append one-page revisions as fast as the store takes them,
+    printing ``acked N`` once revision N is durable; every ``snapshot_every`` revisions a snapshot."""
+    import sys
+
+    from turso_sync.primary.objectstore.layout import DatabaseKeys
+    from turso_sync.primary.objectstore.lease import WriterLease
+    from turso_sync.primary.objectstore.revlog import LogWriter, RevisionLog
+    from turso_sync.primary.objectstore.segment import Revision, SnapshotImage
+
+    client = await S3Client.open(S3Location(BUCKET, "", endpoint, "us-east-1"))
+    keys = DatabaseKeys(root, name)
+    lease = WriterLease(client, keys.lease, f"child-{os.getpid()}", ttl=ttl)
+    await lease.acquire(timeout=60)
+    lease.start_renewing()
+    writer = await LogWriter.take_over(RevisionLog(client, keys), lease)
+    print(f"epoch {writer.epoch} head {writer.head.revision}", flush=True)
+    while True:
+        n = writer.head.revision + 1
+        await writer.append([Revision(n, 1, {1: revision_page(n)})])
+        sys.stdout.write(f"acked {n}\n")
+        sys.stdout.flush()
+        if n % snapshot_every == 0:
+            await writer.write_snapshot(SnapshotImage(n, 4096, 1, revision_page(n)))
+
+
+if __name__ == "__main__":
+    import sys
+
+    endpoint, root, name, ttl, every = sys.argv[1:6]
+    asyncio.run(_writer_main(endpoint, root, name, float(ttl), int(every)))
