@@ -104,6 +104,10 @@ class PushRejectedError(SyncError):
         self.outbox_id = outbox_id
 
 
+class PushConflictError(PushRejectedError):
+    """A pending change met a remote change it had not seen; pull (the policy settles it), then push."""
+
+
 _APSW_MAP: list[tuple[type[BaseException], type[Error]]] = [
     (apsw.ConstraintError, IntegrityError),
     (apsw.MismatchError, IntegrityError),

@@ -10,6 +10,16 @@ already has.
 Unlike Turso's client, our batch commits only when every step before COMMIT succeeded (a
 duplicate ``ALTER TABLE … ADD COLUMN`` aside), and rolls back otherwise: a change the server
 rejects stays pending and is reported, never half-applied.
+
+Also unlike Turso's client, a push never overwrites a remote change it has not seen: each row
+change is preceded by a *guard* step, a compare-and-set on the row's base image.  The session
+changeset's ``old`` values are exactly what the change read: the key and the columns it
+touches (every column for a DELETE).  The guard fails, and with it the whole batch, unless
+the remote row still holds those values (an INSERT: unless no row has the key, or the row
+there equals the one inserted).  It fails by evaluating ``abs(-9223372036854775808)``, an
+"integer overflow" error in plain SQL that SQLite and ``tursodb`` both raise, through no
+function or table a server's SQL sandbox would forbid.  The client knows a guard by its step
+index (``Step.guard``), never by the error text.
 """
 
 from __future__ import annotations
@@ -35,6 +45,12 @@ LAST_CHANGE_UPSERT = (
 )
 LAST_CHANGE_SELECT = "SELECT pull_gen, change_id FROM turso_sync_last_change_id WHERE client_id = ?"
 
+#: The largest push request body: what our primary accepts (``client_max_size``) and what we
+#: assume of any sync server.  One local transaction is one remote transaction, and a remote
+#: transaction cannot span requests without Hrana batons, so a transaction bigger than this is
+#: refused before anything is sent (``Replica.push``) instead of being split.
+MAX_PUSH_BODY = 64 << 20
+
 Columns = Callable[[str], list[tuple[str, int]]]  # table -> [(column name, pk ordinal)]
 
 
@@ -46,6 +62,12 @@ class Step:
     args: list[Any] = field(default_factory=list)
     outbox_id: int | None = None
     harmless_errors: bool = False  # a duplicate ADD COLUMN is expected on a replay
+    guard: bool = False  # a compare-and-set guard: its error means "the remote row moved"
+
+
+#: Evaluated only when a guard's condition is false: SQLite and tursodb both fail the statement
+#: with "integer overflow" (no user function, no table, nothing a sandbox would deny).
+GUARD_FAIL = "abs(-9223372036854775808)"
 
 
 def _ddl_for_push(sql: str) -> str:
@@ -69,16 +91,59 @@ def change_steps(row: OutboxRow, columns: Columns) -> list[Step]:
     for change in apsw.Changeset.iter(row.changeset):
         if change.indirect or is_internal(change.name):
             continue  # made by a trigger: the remote's own trigger makes it there
-        steps.append(_row_step(change, columns(change.name), row.id))
+        table_cols = columns(change.name)
+        steps.append(guard_step(change, table_cols, row.id))
+        steps.append(_row_step(change, table_cols, row.id))
     return steps
 
 
-def _row_step(change: apsw.TableChange, table_cols: list[tuple[str, int]], outbox_id: int) -> Step:
+def _names(change: apsw.TableChange, table_cols: list[tuple[str, int]]) -> tuple[list[str], bool]:
+    """Column names in changeset order (``rowid`` first for a table without a primary key)."""
     names = [name for name, _ in table_cols]
     rowid_table = change.column_count == len(names) + 1
     if rowid_table:
         names = ["rowid", *names]
-    names = names[: change.column_count]
+    return names[: change.column_count], rowid_table
+
+
+def _is(name: str) -> str:
+    return f"{quote(name)} IS ?" if name != "rowid" else '"rowid" IS ?'
+
+
+def guard_step(change: apsw.TableChange, table_cols: list[tuple[str, int]], outbox_id: int) -> Step:
+    """The compare-and-set guard that must pass before ``change`` is applied on the remote.
+
+    UPDATE and DELETE: a row must exist whose key and touched columns hold the change's old
+    values.  INSERT: no row with the key may exist unless it equals the inserted row.  The step
+    fails (integer overflow) otherwise, so the batch does not commit.
+    """
+    names, rowid_table = _names(change, table_cols)
+    pk_names = [names[i] for i in sorted(change.pk_columns)]
+    table = quote(change.name)
+    if change.op == "INSERT":
+        new = list(change.new or ())
+        keys = [new[names.index(n)] for n in pk_names]
+        # a table without a primary key: rowids are no identity, so an equal row there is
+        # still a clash (the rebase moves the local row to a free rowid)
+        others = [
+            (n, v)
+            for n, v in zip(names, new, strict=False)
+            if not rowid_table and n not in pk_names and v is not apsw.no_change
+        ]
+        where = " AND ".join(_is(n) for n in pk_names)
+        if others:
+            where += " AND NOT (" + " AND ".join(_is(n) for n, _ in others) + ")"
+        condition = f"NOT EXISTS (SELECT 1 FROM {table} WHERE {where})"
+        args = keys + [v for _, v in others]
+    else:
+        old = [(n, v) for n, v in zip(names, change.old or (), strict=False) if v is not apsw.no_change]
+        condition = f"EXISTS (SELECT 1 FROM {table} WHERE {' AND '.join(_is(n) for n, _ in old)})"
+        args = [v for _, v in old]
+    return Step(f"SELECT CASE WHEN {condition} THEN 1 ELSE {GUARD_FAIL} END", args, outbox_id, guard=True)
+
+
+def _row_step(change: apsw.TableChange, table_cols: list[tuple[str, int]], outbox_id: int) -> Step:
+    names, rowid_table = _names(change, table_cols)
     pk_names = [names[i] for i in sorted(change.pk_columns)]
     table = quote(change.name)
     if change.op == "INSERT":
@@ -88,8 +153,8 @@ def _row_step(change: apsw.TableChange, table_cols: list[tuple[str, int]], outbo
         marks = ",".join("?" * len(cols))
         if rowid_table:
             # the rowid goes along, so later updates by rowid hit this row on the server too; if
-            # the server already uses that rowid the batch is refused, and the rebase of the
-            # next pull moves the local row to a free one
+            # the server already uses that rowid the guard fails, and the rebase of the pull
+            # that follows moves the local row to a free one
             return Step(f"INSERT INTO {table}({col_sql}) VALUES ({marks})", [v for _, v in cols], outbox_id)
         updates = ",".join(f"{quote(n)} = excluded.{quote(n)}" for n, _ in cols)
         conflict = ",".join(quote(n) for n in pk_names)
@@ -147,6 +212,23 @@ def build_batch(
     steps.append(_step("COMMIT", [], previous_ok, encode_value))
     steps.append(_step("ROLLBACK", [], {"type": "not", "cond": {"type": "ok", "step": commit_index}}, encode_value))
     return PushBatch(steps, [*plan, None, None], commit_index, rows[-1].id)
+
+
+def batch_failure(result: dict[str, Any], batch: PushBatch) -> tuple[Step | None, str] | None:
+    """Why a batch did not commit: the first failed change step and its message; None if it committed.
+
+    A step that failed only because an earlier one did is skipped (its result and error are
+    both empty), so the first error is the cause.  ``(None, ...)`` when no change step failed.
+    """
+    errors_ = result["step_errors"]
+    outcome = result["step_results"]
+    if outcome[batch.commit_index] is not None and errors_[batch.commit_index] is None:
+        return None
+    for i, err in enumerate(errors_):
+        source = batch.sources[i] if i < len(batch.sources) else None
+        if err is not None and i != batch.commit_index and not (source and source.harmless_errors):
+            return source, str(err.get("message"))
+    return None, "the batch did not commit"
 
 
 def _step(

@@ -140,7 +140,9 @@ class Rebaser:
         self.reserved = reserved
         self.db = open_overlay(remote, reserved)
         self.conflicts: list[Conflict] = []
-        self._after_apply: list[tuple[str, Row, str]] = []  # (table, row, "replace" | "insert")
+        # writes to make once the changeset is applied: (table, row, "replace" | "insert" | "update",
+        # key of the row to update)
+        self._after_apply: list[tuple[str, Row, str, Row]] = []
 
     # --- the whole rebase ------------------------------------------------------------------------
 
@@ -251,8 +253,16 @@ class Rebaser:
                     filter=lambda name: not is_internal(name),
                     conflict=self._on_conflict,
                 )
-                for table, values, mode in self._after_apply:
+                for table, values, mode, key in self._after_apply:
                     names = list(values)
+                    if mode == "update":
+                        if names:
+                            db.execute(
+                                f"UPDATE {quote(table)} SET {', '.join(f'{quote(n)} = ?' for n in names)} "
+                                f"WHERE {' AND '.join(f'{quote(k)} IS ?' for k in key)}",
+                                [*values.values(), *key.values()],
+                            )
+                        continue
                     verb = "INSERT OR REPLACE" if mode == "replace" else "INSERT"
                     db.execute(
                         f"{verb} INTO {quote(table)}({', '.join(map(quote, names))}) "
@@ -304,7 +314,7 @@ class Rebaser:
             # conflict; the local row goes in under a fresh rowid
             row = self._row(names, change.new) or {}
             row.pop("rowid", None)
-            self._after_apply.append((change.name, row, "insert"))
+            self._after_apply.append((change.name, row, "insert", {}))
             return OMIT
         key_source = change.old if change.op != "INSERT" else change.new
         pk = {names[i]: key_source[i] for i in sorted(change.pk_columns)} if key_source else {}
@@ -326,9 +336,30 @@ class Rebaser:
                 kind = "update/update" if change.op == "UPDATE" else "delete/update"
         if reason == apsw.SQLITE_CHANGESET_CONSTRAINT:
             kind = "constraint"
-        if remote is not None and local is not None and remote == local:
+        kept: Row = {}  # local column edits the remote did not touch: they survive under every policy
+        if reason == apsw.SQLITE_CHANGESET_DATA and change.op == "UPDATE" and change.conflict is not None:
+            touched = [
+                i
+                for i, v in enumerate(change.new or ())
+                if v is not apsw.no_change and (change.old or ())[i] is not apsw.no_change
+            ]
+            moved = [i for i in touched if not _same(change.conflict[i], change.old[i])]  # type: ignore[index]
+            kept = {names[i]: change.new[i] for i in touched if i not in moved}  # type: ignore[index]
+            if all(_same(change.conflict[i], change.new[i]) for i in moved):  # type: ignore[index]
+                # both sides made the same edit where they overlap: no conflict, keep the rest
+                self._after_apply.append((change.name, kept, "update", pk))
+                return OMIT
+        elif remote is not None and local is not None and remote == local:
             return OMIT  # both sides made the same change
         action, resolution, result = self._decide(change, kind, pk, base, local, remote, reason)
+        if resolution in ("remote", "merged") and kept:
+            # the policy (or the resolver's row) settles the overlapping columns; a column only
+            # this side edited keeps its edit
+            self._after_apply.append((change.name, kept, "update", pk))
+            result = {**(result or remote or {}), **kept}
+        elif resolution == "local" and change.op == "UPDATE" and remote is not None:
+            # the update sets only the columns it touched; the remote's other edits stay
+            result = {**remote, **(self._row(names, change.new) or {})}
         self.conflicts.append(Conflict(change.name, pk, kind, resolution, base, local, remote, result, self.revision))
         return action if action in (OMIT, REPLACE) else OMIT
 
@@ -361,13 +392,20 @@ class Rebaser:
                 merged.update(local or {})
                 return REPLACE, "local", None if change.op == "DELETE" else merged
             if kind == "update/delete" and local is not None and base is not None:
-                self._after_apply.append((change.name, local, "replace"))  # bring the row back
+                self._after_apply.append((change.name, local, "replace", {}))  # bring the row back
                 return OMIT, "local", local
             return OMIT, "remote", remote  # a constraint failure cannot be forced
         if isinstance(choice, dict):
-            self._after_apply.append((change.name, choice, "replace"))
+            self._after_apply.append((change.name, choice, "replace", {}))
             return OMIT, "merged", dict(choice)
         raise SyncError(f"conflict resolver returned {choice!r}; expected 'local', 'remote' or a row dict")
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as SQLite compares stored values (1 and 1.0 are equal; text and blob never are)."""
+    if isinstance(a, (bytes, str)) or isinstance(b, (bytes, str)):
+        return type(a) is type(b) and a == b
+    return bool(a == b)
 
 
 def _combine(rows: Sequence[OutboxRow]) -> list[OutboxRow]:

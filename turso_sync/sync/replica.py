@@ -43,6 +43,7 @@ from .wire.hrana import encode_value
 from .wire.pull import PageEncoding, PullHeader, PullRequest, decode_zstd_page
 
 P = 4096
+PUSH_ROUNDS = 5  # conflict -> pull (rebase) -> push again, at most this many times per push()
 SCHEMA_COOKIE = 40  # header offset of the schema cookie
 
 
@@ -97,6 +98,8 @@ class Replica:
         self._lock_fd: int | None = None
         self._lock_depth = 0
         self.policy = conflict
+        self._pulled_in_push = False  # the last push() pulled to settle a conflict
+        self._pushed_in_round = 0
         self.long_poll_timeout_ms = long_poll_timeout_ms or 0
         self.request_timeout = request_timeout
         self._key: dict[str, Any] = {"encryption_key": encryption_key, "cipher": cipher}
@@ -399,7 +402,9 @@ class Replica:
         return PullResult(header.server_revision, header.db_size, pages)
 
     def _pipeline(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        body = push_mod.pipeline_body(requests)
+        return self._pipeline_body(push_mod.pipeline_body(requests))
+
+    def _pipeline_body(self, body: bytes) -> list[dict[str, Any]]:
         response = self.transport.request("/v2/pipeline", body, "application/json", self.request_timeout, False)
         try:
             results = json.loads(response.body)["results"]
@@ -545,20 +550,35 @@ class Replica:
     def push(self, max_changes_per_batch: int = 2000) -> int:
         """Send every pending local change, exactly once; return how many transactions were pushed.
 
-        A table without a primary key is pushed with its rowids (so later updates by rowid find
-        the same row on the server).  When another client took that rowid first, the server
-        refuses the batch; push then pulls (the rebase moves the local row to a free rowid) and
-        tries again, a few times.  Any other refusal stays pending and is raised.
+        Each change is conditional on the remote row still holding the values it was made
+        against (compare-and-set, see ``push.py``).  When a remote change it has not seen is in
+        the way (a conflict), or the remote refuses a change (a constraint its state breaks),
+        push pulls: the rebase settles the clash under the conflict policy and journals it, and
+        push tries again, at most ``PUSH_ROUNDS`` times.  Then it raises, and every change not
+        yet pushed stays pending.
         """
         with self.exclusive():
-            for _attempt in range(3):
+            self._pulled_in_push = False
+            pushed = 0
+            last: errors.PushRejectedError | None = None
+            for _round in range(PUSH_ROUNDS):
+                self._pushed_in_round = 0
                 try:
-                    return self._push_once(max_changes_per_batch)
+                    return pushed + self._push_once(max_changes_per_batch)
                 except errors.PushRejectedError as exc:
-                    if ".rowid" not in str(exc) or "UNIQUE constraint failed" not in str(exc):
-                        raise
+                    pushed += self._pushed_in_round
+                    refusal = getattr(exc, "remote_message", None)
+                    if refusal is not None and refusal == getattr(last, "remote_message", None):
+                        raise  # the same refusal after a pull: the rebase cannot settle it
+                    last = exc
                     self.pull(0)
-            return self._push_once(max_changes_per_batch)
+                    self._pulled_in_push = True
+            assert last is not None
+            raise type(last)(
+                f"{last} (still refused after {PUSH_ROUNDS} pull-and-retry rounds: the remote keeps changing "
+                "these rows; every change not pushed stays pending, run sync again)",
+                last.outbox_id,
+            )
 
     def _push_once(self, max_changes_per_batch: int) -> int:
         conn = self.db._conn.apsw_connection
@@ -578,13 +598,30 @@ class Replica:
                 if done:
                     self._forget_pushed(done[-1].id)  # a previous push committed; its reply was lost
                 rows = [r for r in rows if not (r.gen == gen and r.id <= remote_change)]
+            if rows:
+                self._check_reserved_bytes()
             while rows:
                 chunk = _chunk(rows, max_changes_per_batch)
-                batch = push_mod.build_batch(chunk, self._columns, self.state.client_id, gen, encode_value)
-                results = self._pipeline([push_mod.batch_request(batch.steps)])
+                while True:
+                    batch = push_mod.build_batch(chunk, self._columns, self.state.client_id, gen, encode_value)
+                    body = push_mod.pipeline_body([push_mod.batch_request(batch.steps)])
+                    if len(body) <= push_mod.MAX_PUSH_BODY:
+                        break
+                    if len(chunk) == 1:
+                        raise errors.PushRejectedError(
+                            f"{self.path}: local transaction (outbox #{chunk[0].id}) makes a push of "
+                            f"{len(body) / (1 << 20):.1f} MiB, over the {push_mod.MAX_PUSH_BODY >> 20} MiB a sync "
+                            "server accepts in one request; a remote transaction cannot span requests, so it "
+                            "stays pending: split it into smaller transactions (delete it locally and redo it "
+                            "in parts)",
+                            chunk[0].id,
+                        )
+                    chunk = chunk[: len(chunk) // 2]  # fewer whole transactions per request
+                results = self._pipeline_body(body)
                 self._check_batch(results, batch)
                 self._forget_pushed(batch.last_outbox_id)
                 pushed += len(chunk)
+                self._pushed_in_round = pushed
                 rows = rows[len(chunk) :]
             self.state.last_push = time.time()
             self.state.pushes += 1
@@ -595,6 +632,31 @@ class Replica:
         finally:
             self._count_bytes()
             self.state.save(self.path)
+
+    def _check_reserved_bytes(self) -> None:
+        """Refuse to push from an encrypted replica into a remote database it could never pull.
+
+        An encrypted page needs ``codec.reserved`` bytes at its end; a remote created without
+        them (a default ``tursodb``) would take the push and then send pages this replica
+        cannot hold.  When the remote was empty at the last pull, create its database first
+        with our bookkeeping table only (no user data), read its page 1, and refuse if it
+        reserves the wrong number of bytes.
+        """
+        codec = self._codec()
+        if codec is None or self.state.synced_db_size > 0 or self.state.extra.get("remote_reserved") == codec.reserved:
+            return
+        step = push_mod._step(push_mod.LAST_CHANGE_TABLE, [], None, encode_value)
+        _batch_result(self._pipeline([push_mod.batch_request([step])]))
+        page1 = self._fetch("", 0, page_ids=BitMap([0])).pages.get(1)
+        reserved = page1[20] if page1 is not None else None
+        if reserved != codec.reserved:
+            raise errors.EncryptionError(
+                f"{self.path}: the remote database at {self.state.remote_url} reserves {reserved} bytes per page; "
+                f"this encrypted replica needs {codec.reserved}, so it could push but never pull again. Nothing "
+                "was pushed and every change stays pending: use a remote created with 28 reserved bytes (turso-sync "
+                "serve does this), or a replica without encryption_key"
+            )
+        self.state.extra["remote_reserved"] = reserved
 
     def _columns(self, table: str) -> list[tuple[str, int]]:
         conn = self.db._conn.apsw_connection
@@ -616,20 +678,27 @@ class Replica:
         return int(rows[0][0]["value"]), int(rows[0][1]["value"])
 
     def _check_batch(self, results: list[dict[str, Any]], batch: push_mod.PushBatch) -> None:
-        result = _batch_result(results)
-        errors_ = result["step_errors"]
-        outcome = result["step_results"]
-        if outcome[batch.commit_index] is not None and errors_[batch.commit_index] is None:
+        failure = push_mod.batch_failure(_batch_result(results), batch)
+        if failure is None:
             return
-        for i, err in enumerate(errors_):
-            source = batch.sources[i]
-            if err is not None and i != batch.commit_index and not (source and source.harmless_errors):
-                raise errors.PushRejectedError(
-                    f"the remote rejected a pending change (outbox #{source.outbox_id if source else '?'}): "
-                    f"{err.get('message')}; it stays pending",
-                    source.outbox_id if source else None,
-                )
-        raise errors.PushRejectedError("the remote did not commit the push batch; every change stays pending")
+        source, message = failure
+        if source is None:
+            raise errors.PushRejectedError(
+                f"the remote did not commit the push batch ({message}); every change stays pending"
+            )
+        if source.guard:
+            # known by its step index: the remote row is no longer what this change was made on
+            raise errors.PushConflictError(
+                f"conflict on outbox #{source.outbox_id}: the remote changed a row this change touches "
+                "since the last pull; it stays pending",
+                source.outbox_id,
+            )
+        exc = errors.PushRejectedError(
+            f"the remote rejected a pending change (outbox #{source.outbox_id}): {message}; it stays pending",
+            source.outbox_id,
+        )
+        exc.remote_message = message  # type: ignore[attr-defined]
+        raise exc
 
     def _forget_pushed(self, last_id: int) -> None:
         conn = self.db._conn.apsw_connection
@@ -641,17 +710,14 @@ class Replica:
     def sync(self) -> bool:
         """Push, then pull; True if remote changes arrived.
 
-        If the remote rejects the push (a constraint the remote state breaks), pull first, so the
-        rebase settles the conflict under the policy and records it, then push again.
+        A push that meets a remote change it has not seen pulls first (the rebase settles the
+        conflict under the policy and journals it) and pushes again, so ``sync()``, ``push()``
+        and ``pull()`` reach the same outcome for the same history.
         """
         with self.exclusive():
-            try:
-                self.push()
-            except errors.PushRejectedError:
-                self.pull(0)
-                self.push()
-                return True
-            return self.pull(0)
+            self.push()
+            pulled_in_push = self._pulled_in_push
+            return self.pull(0) or pulled_in_push
 
     def stats(self) -> SyncStats:
         conn = self.db._conn.apsw_connection
