@@ -1,0 +1,158 @@
+"""Object-store ack latency (issue 10 groundwork): how long until a revision is durable.
+
+Against a local ``weed mini`` (SeaweedFS, S3 over loopback, started here) through the
+``LogWriter`` the primary will use, and against an fsync'd append of the same bytes to a local
+file (what a local-disk primary pays at least).  Each append is one revision of 1 page or 100
+pages (4 KiB each, random bytes, so zstd cannot shrink them), encoded as a segment (zstd
+included in both columns).  Sequential appends: the ack latency of one push with nothing else
+in flight.  Then 16 concurrent pushes through ``GroupCommit`` (1 page each): latency per push
+and how many objects they became.
+
+Prints a table per run and the medians over runs (p50/p99 of each run, then the median of
+those).  Client and server share this machine's cores.  Writes nothing to docs/.
+
+    python -m bench.bench_objectstore [--runs N] [--appends N]
+
+Environment: ``BENCH_RUNS`` (5), ``BENCH_DIR`` (``bench-data/objectstore``, removed after).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+from bench.report import REPO, filesystem, machine, markdown_table
+from tests.s3_harness import WeedMini, aws_env
+from turso_sync.primary.objectstore import DatabaseKeys, GroupCommit, LogWriter, Revision, RevisionLog, WriterLease
+from turso_sync.primary.objectstore.s3 import S3Client
+from turso_sync.primary.objectstore.segment import Segment, encode_segment
+
+PAGE = 4096
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile (nearest rank) of ``values``."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
+
+
+def revision(number: int, pages: int, rng: random.Random) -> Revision:
+    return Revision(number, pages, {p: rng.randbytes(PAGE) for p in range(1, pages + 1)})
+
+
+async def s3_appends(client: S3Client, pages: int, count: int, rng: random.Random) -> list[float]:
+    """Ack latencies (s) of ``count`` sequential one-revision appends to the store."""
+    keys = DatabaseKeys(f"bench{rng.randrange(1 << 40):x}", "db")
+    lease = WriterLease(client, keys.lease, "bench", ttl=60)
+    await lease.acquire(timeout=5)
+    writer = await LogWriter.take_over(RevisionLog(client, keys), lease, page_size=PAGE)
+    out = []
+    for _ in range(count):
+        rev = revision(writer.head.revision + 1, pages, rng)
+        start = time.perf_counter()
+        await writer.append([rev])
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def local_appends(folder: Path, pages: int, count: int, rng: random.Random) -> list[float]:
+    """Ack latencies (s) of ``count`` appends of the same segment bytes to a local file, each fsync'd."""
+    path = folder / f"log-{pages}"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    out = []
+    try:
+        for n in range(1, count + 1):
+            rev = revision(n, pages, rng)
+            start = time.perf_counter()
+            os.write(fd, encode_segment(Segment(1, PAGE, [rev])))
+            os.fsync(fd)
+            out.append(time.perf_counter() - start)
+    finally:
+        os.close(fd)
+        path.unlink()
+    return out
+
+
+async def grouped(client: S3Client, concurrency: int, rounds: int, rng: random.Random) -> tuple[list[float], int]:
+    """Latency of each of ``concurrency`` simultaneous 1-page commits, ``rounds`` times; and the objects written."""
+    keys = DatabaseKeys(f"bench{rng.randrange(1 << 40):x}", "db")
+    lease = WriterLease(client, keys.lease, "bench", ttl=60)
+    await lease.acquire(timeout=5)
+    writer = await LogWriter.take_over(RevisionLog(client, keys), lease, page_size=PAGE)
+    group = GroupCommit(writer)
+    latencies: list[float] = []
+    next_number = writer.head.revision + 1
+
+    async def one(rev: Revision) -> None:
+        start = time.perf_counter()
+        await group.commit(rev)
+        latencies.append(time.perf_counter() - start)
+
+    for _ in range(rounds):
+        revs = [revision(next_number + i, 1, rng) for i in range(concurrency)]
+        next_number += concurrency
+        await asyncio.gather(*(one(r) for r in revs))
+    return latencies, group.uploads
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=int(os.environ.get("BENCH_RUNS", "5")))
+    parser.add_argument("--appends", type=int, default=200, help="sequential appends per size per run")
+    args = parser.parse_args()
+    rng = random.Random(1)
+    rows: dict[str, list[tuple[float, float]]] = {}
+    group_objects: list[float] = []
+    folder = Path(os.environ.get("BENCH_DIR", str(REPO / "bench-data" / "objectstore")))
+    shutil.rmtree(folder, ignore_errors=True)
+    (folder / "weed").mkdir(parents=True)
+    try:
+        with WeedMini(folder / "weed") as weed, aws_env(weed):
+
+            async def one_run() -> None:
+                client = await S3Client.open(weed.location())
+                try:
+                    for pages in (1, 100):
+                        s3 = await s3_appends(client, pages, args.appends, rng)
+                        local = local_appends(folder, pages, args.appends, rng)
+                        rows.setdefault(f"S3 (weed mini), {pages} page(s)", []).append(_p(s3))
+                        rows.setdefault(f"local file + fsync, {pages} page(s)", []).append(_p(local))
+                    lat, uploads = await grouped(client, 16, 20, rng)
+                    rows.setdefault("S3, 16 concurrent 1-page commits (group commit)", []).append(_p(lat))
+                    group_objects.append(uploads)
+                finally:
+                    await client.close()
+
+            for run in range(args.runs):
+                asyncio.run(one_run())
+                print(f"run {run + 1}/{args.runs}:")
+                print(_table({k: [v[-1]] for k, v in rows.items()}))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    host = machine()
+    print(f"\nmedian over {args.runs} runs; {host['cpus']} CPUs ({host['model']}), {filesystem(REPO)};")
+    print("weed mini and this client share the machine; the local file and weed's data are on the same disk:")
+    print(_table(rows))
+    print(f"group commit: 320 commits became a median of {statistics.median(group_objects):.0f} objects per run")
+
+
+def _p(values: list[float]) -> tuple[float, float]:
+    return percentile(values, 0.5) * 1000, percentile(values, 0.99) * 1000
+
+
+def _table(rows: dict[str, list[tuple[float, float]]]) -> str:
+    body = [
+        [name, f"{statistics.median(p50 for p50, _ in v):.2f}", f"{statistics.median(p99 for _, p99 in v):.2f}"]
+        for name, v in rows.items()
+    ]
+    return markdown_table(["append, ack when durable", "p50 ms", "p99 ms"], body, right=[1, 2])
+
+
+if __name__ == "__main__":
+    main()
