@@ -354,3 +354,27 @@ def test_group_commit_fails_every_waiter_once_deposed() -> None:
             await group.commit(Revision(6, 1, {}))
 
     asyncio.run(main())
+
+
+def test_a_standby_that_kept_up_reads_only_what_came_after_it() -> None:
+    async def main() -> None:
+        store = MemoryClient()
+        ca, cb = Clock(), Clock()
+        a = await writer_on(store, "a", ca)
+        for n in range(2, 30):
+            await a.append([Revision(n, 1, {1: bytes([n]) * P})])
+        known = await RevisionLog(store, KEYS).load()  # the standby follows the log
+        for n in range(30, 33):
+            await a.append([Revision(n, 1, {1: bytes([n]) * P})])
+        lease_b = WriterLease(store, KEYS.lease, "b", ttl=10, clock=cb)
+        await lease_b.try_acquire()
+        cb.now += 11
+        await lease_b.try_acquire()
+        gets: list[str] = []
+        store.fault = lambda op, key: gets.append(key) if op == "get" else None
+        b = await LogWriter.take_over(RevisionLog(store, KEYS), lease_b, known=known)
+        assert b.previous_head == 32 and b.head.revision == 33
+        assert sorted(gets) == [KEYS.segment(n) for n in (30, 31, 32)]
+        assert b.loaded is not None and b.loaded.segments[-1].last == 32
+
+    asyncio.run(main())

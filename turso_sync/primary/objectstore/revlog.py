@@ -215,16 +215,28 @@ class LogWriter:
         return self.lease.epoch
 
     @classmethod
-    async def take_over(cls, revlog: RevisionLog, lease: WriterLease, *, page_size: int | None = None) -> LogWriter:
+    async def take_over(
+        cls,
+        revlog: RevisionLog,
+        lease: WriterLease,
+        *,
+        page_size: int | None = None,
+        known: LogState | None = None,
+    ) -> LogWriter:
         """Become the writer: the lease must be held; append the takeover revision after the stored head.
 
         Retries (reading the log again) while a deposed writer's appends keep landing first;
         raises Deposed if a newer writer took over meanwhile.  ``loaded`` of the result is the
         stored state the takeover revision follows (what a new writer rebuilds its database from).
+        ``known``: the state a standby already read (a follower keeping up with the log); only
+        the segments after it are read, which keeps a failover short however long the history.
         """
         name = revlog.keys.name
         lease.check()
-        state = await revlog.load()
+        if known is None:
+            state = await revlog.load()
+        else:
+            state = known.extended(await revlog.segments_after(known.head.revision))
         while True:
             head = state.head
             if head.epoch > lease.epoch:
