@@ -218,7 +218,12 @@ class LocalDatabase:
             return self._install_locked(db, pages, db_size)
 
     def install_locked(self, db: apsw.Connection, pages: dict[int, bytes], db_size: int) -> int:
-        """``install_pages`` for a caller that already holds ``write_lock()``."""
+        """``install_pages`` for a caller that already holds ``write_lock()``.
+
+        The returned number is the install's own.  The connection must end its transaction to
+        see the install, so the write lock is released and taken again: a commit by another
+        connection can land in between (it is numbered after the install).
+        """
         seq = self._install_locked(db, pages, db_size)
         db.execute("BEGIN IMMEDIATE")  # the caller's lock continues
         return seq
@@ -282,10 +287,13 @@ class LocalDatabase:
             append_transaction(self.path, self._conn._state.codec, pages, db_size, self.page_size)
         except InstallError as exc:
             raise errors.DatabaseError(f"{self.path}: cannot install pages: {exc}") from None
+        # the install's number, read while the write lock still keeps every other commit out: once
+        # it is released, another process's commit can land before the read and be taken for it
+        seq = self.log.current_seq()
         db.execute("ROLLBACK")
         # run WAL recovery now, on our connection, rather than in the application's next read
         db.execute("SELECT count(*) FROM sqlite_schema").fetchall()
-        return self.log.current_seq()
+        return seq
 
     def discard_after(self, seq: int) -> int:
         """Undo every transaction after ``seq``: each changed page returns to its image at ``seq``.

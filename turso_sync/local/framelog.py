@@ -127,13 +127,33 @@ class FrameLog:
     @contextmanager
     def _locked(self, exclusive: bool) -> Iterator[int]:
         with self._lock:
-            fd = os.open(self.path, os.O_RDWR)
+            fd = self._open_locked(exclusive)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
                 self._refresh(fd, repair=exclusive)
                 yield fd
             finally:
                 os.close(fd)  # closing drops the flock
+
+    def _open_locked(self, exclusive: bool) -> int:
+        """A descriptor of the log file now at ``self.path``, flocked.
+
+        ``prune`` (in any process) replaces the file; a process that opened the old one and
+        waited for the lock would otherwise append to an unlinked file, and every transaction
+        it archived would be lost from history.  So after the lock, the name must still lead to
+        the locked file; if not, open the new one.
+        """
+        while True:
+            fd = os.open(self.path, os.O_RDWR)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+                held = os.fstat(fd)
+                now = os.stat(self.path)
+            except BaseException:
+                os.close(fd)
+                raise
+            if (held.st_ino, held.st_dev) == (now.st_ino, now.st_dev):
+                return fd
+            os.close(fd)  # replaced while we waited: lock the file that bears the name now
 
     def _refresh(self, fd: int, repair: bool) -> None:
         st = os.fstat(fd)
@@ -233,9 +253,12 @@ class FrameLog:
         return txn
 
     def archive(self) -> int:
-        """Append every committed, not yet archived WAL transaction; return how many."""
-        if not os.path.exists(self.path):
-            return 0
+        """Append every committed, not yet archived WAL transaction; return how many.
+
+        A log that was deleted under a running process raises (FileNotFoundError): the VFS then
+        refuses the checkpoint's backfill, so the WAL keeps every frame rather than history
+        silently losing them (``ReplicaFiles`` names the missing log on the next open).
+        """
         with self._locked(exclusive=True) as fd:
             txns = self._wal_txns()
             if not txns:

@@ -1,0 +1,194 @@
+"""One replica shared by an app process and a syncing process, against a real primary on 127.0.0.1.
+
+The app commits two-row transactions as fast as it can; beside it, on the same replica file, a
+second process runs ``conn.sync()`` in a loop (or ``turso-sync daemon`` runs), while a peer
+replica elsewhere writes and syncs too, so pulls install real remote pages.  Nobody is killed.
+Afterwards: the shared replica passes ``integrity_check`` and still pulls; every transaction the
+app saw committed is there whole, on the shared replica, on the peer and on a fresh clone of the
+primary; no transaction is torn (one row of two) anywhere; the peer's rows arrived.  Each
+process runs for a fixed wall-clock window (``SHARED_SECONDS``, default 10) and stops by itself.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import turso_sync
+from tests.childlines import ChildLines
+from tests.servers import primary
+
+SECONDS = float(os.environ.get("SHARED_SECONDS", "10"))
+REPO = Path(__file__).resolve().parents[2]
+
+_APP = textwrap.dedent(
+    """
+    import sys, time
+    import turso_sync
+    path, tag, until = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    conn = turso_sync.connect(path)
+    n = 0
+    print("ready", flush=True)
+    while time.time() < until:
+        n += 1
+        try:
+            conn.execute("INSERT INTO tx(id, tag, txn, part) VALUES (?, ?, ?, 0)", (2 * n, tag, n))
+            conn.execute("INSERT INTO tx(id, tag, txn, part) VALUES (?, ?, ?, 1)", (2 * n + 1, tag, n))
+            conn.commit()
+        except turso_sync.Error as exc:
+            conn.rollback()
+            print("error", type(exc).__name__, " ".join(str(exc).split()), flush=True)
+            continue
+        print("committed", n, flush=True)
+    conn.close()
+    print("done", flush=True)
+    """
+)
+
+_SYNCER = textwrap.dedent(
+    """
+    import sys, time
+    import turso_sync
+    path, until, do_writes = sys.argv[1], float(sys.argv[2]), sys.argv[3] == "1"
+    conn = turso_sync.connect(path)
+    print("ready", flush=True)
+    n = 0
+    while time.time() < until:
+        try:
+            if do_writes:
+                n += 1
+                # keys of its own: the app's and the peer's rows never clash (no conflict to settle)
+                conn.execute("INSERT INTO tx(id, tag, txn, part) VALUES (?, 'peer', ?, 0)", (10**9 + 2 * n, n))
+                conn.execute("INSERT INTO tx(id, tag, txn, part) VALUES (?, 'peer', ?, 1)", (10**9 + 2 * n + 1, n))
+                conn.commit()
+                print("committed", n, flush=True)
+            conn.sync()
+            print("synced", flush=True)
+        except turso_sync.Error as exc:
+            print("error", type(exc).__name__, " ".join(str(exc).split()), flush=True)
+    conn.close()
+    print("done", flush=True)
+    """
+)
+
+
+# ``turso-sync daemon PATH`` as a child of this small wrapper, which forwards SIGTERM and reports
+_DAEMON = textwrap.dedent(
+    """
+    import signal, subprocess, sys
+    proc = subprocess.Popen([sys.executable, "-m", "turso_sync.cli.main", "daemon", sys.argv[1]],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    signal.signal(signal.SIGTERM, lambda *_: proc.send_signal(signal.SIGTERM))
+    print("ready", flush=True)
+    out, _ = proc.communicate()
+    for line in out.splitlines():
+        if "rror" in line or "malformed" in line:
+            print("error daemon:", line, flush=True)
+    if proc.returncode != 0:
+        print("error daemon exited", proc.returncode, flush=True)
+    print("done", flush=True)
+    """
+)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[str]:
+    with primary(tmp_path / "server") as url:
+        yield url
+
+
+def _start(script: str, *args: str) -> tuple[subprocess.Popen[bytes], ChildLines]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    return proc, ChildLines(proc)
+
+
+def _collect(lines: ChildLines, deadline: float) -> list[str]:
+    out = lines.lines_until(deadline)
+    assert out and out[-1] == "done", f"the child did not finish in time: {out[-5:]}"
+    return out
+
+
+def _committed(lines: list[str]) -> set[int]:
+    return {int(line.split()[1]) for line in lines if line.startswith("committed ")}
+
+
+def _errors(lines: list[str]) -> list[str]:
+    return [line for line in lines if line.startswith("error ") or "Traceback" in line]
+
+
+def _torn_or_missing(conn: turso_sync.Connection, tag: str, committed: set[int]) -> tuple[list[int], list[int]]:
+    parts = Counter(txn for (txn,) in conn.execute("SELECT txn FROM tx WHERE tag = ?", (tag,)))
+    torn = sorted(txn for txn, count in parts.items() if count != 2)
+    missing = sorted(committed - set(parts))
+    return torn, missing
+
+
+@pytest.mark.parametrize("syncer", ["sync-loop", "daemon"])
+def test_app_and_syncer_share_one_replica(tmp_path: Path, server: str, syncer: str) -> None:
+    shared, peer = tmp_path / "shared.db", tmp_path / "peer.db"
+    setup = turso_sync.connect(shared, server)
+    setup.execute("CREATE TABLE tx (id INTEGER PRIMARY KEY, tag TEXT NOT NULL, txn INTEGER NOT NULL, part INTEGER)")
+    setup.commit()
+    setup.sync()
+    setup.close()
+    turso_sync.connect(peer, server).close()
+
+    until = time.time() + 2 + SECONDS
+    app, app_lines = _start(_APP, str(shared), "app", str(until))
+    peer_proc, peer_lines = _start(_SYNCER, str(peer), str(until), "1")
+    if syncer == "sync-loop":
+        sync_proc, sync_lines = _start(_SYNCER, str(shared), str(until), "0")
+    else:
+        sync_proc, sync_lines = _start(_DAEMON, str(shared))
+    procs = [app, peer_proc, sync_proc]
+    try:
+        finish = time.monotonic() + SECONDS + 60
+        app_out = _collect(app_lines, finish)
+        peer_out = _collect(peer_lines, finish)
+        if syncer == "daemon":
+            sync_proc.send_signal(signal.SIGTERM)  # the writers are done: stop it as systemd would
+        sync_out = _collect(sync_lines, finish)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
+    committed = _committed(app_out)
+    assert len(committed) > 10, app_out[-5:]
+    problems = _errors(app_out) + _errors(sync_out) + _errors(peer_out)
+
+    conn = turso_sync.connect(shared)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        for _ in range(3):
+            conn.sync()  # every pending change out, every remote one in
+        assert conn.stats().pending_changes == 0
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        assert _torn_or_missing(conn, "app", committed) == ([], []), "shared replica"
+        assert _torn_or_missing(conn, "peer", _committed(peer_out)) == ([], []), "peer rows on the shared replica"
+    finally:
+        conn.close()
+    for path in (peer, tmp_path / "fresh.db"):
+        other = turso_sync.connect(path, server)
+        try:
+            other.sync()
+            assert _torn_or_missing(other, "app", committed) == ([], []), path.name
+            assert other.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        finally:
+            other.close()
+    assert problems == [], problems[:10]
