@@ -597,7 +597,13 @@ class Connection:
         try:
             if self._capture is not None:
                 self._capture.close()
-            self._db.close(True)
+            try:
+                self._db.close(True)
+            except apsw.IOError:
+                # the last connection's checkpoint was refused because the frame log could not
+                # archive (see vfs._archive_before_checkpoint): the WAL keeps every frame
+                if self._state.archive_error is None:
+                    raise
         finally:
             registry.release(self.path)
 
