@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from turso_sync.primary.objectstore.errors import Deposed, NotWriter
+from turso_sync.primary.objectstore.errors import Deposed, NotWriter, StoreUnavailable
 from turso_sync.primary.objectstore.lease import LeaseRecord, WriterLease
 from turso_sync.primary.objectstore.memory import MemoryClient
 
@@ -121,5 +121,43 @@ def test_a_corrupt_lease_names_its_key() -> None:
         store.objects[KEY] = b"not json"
         with pytest.raises(Exception, match="databases/db/lease"):
             await lease(store, "a", Clock()).try_acquire()
+
+    asyncio.run(main())
+
+
+def lose_answers(store: MemoryClient, op: str) -> None:
+    """Make the next ``op`` land in the store but answer StoreUnavailable (a lost response)."""
+    original = getattr(store, op)
+
+    async def lands_then_fails(*args: object) -> str:
+        setattr(store, op, original)
+        await original(*args)
+        raise StoreUnavailable("answer lost")
+
+    setattr(store, op, lands_then_fails)
+
+
+def test_a_lease_write_whose_answer_was_lost_is_recognised() -> None:
+    async def main() -> None:
+        store = MemoryClient()
+        a = lease(store, "a", Clock())
+        lose_answers(store, "put_if_absent")
+        assert await a.try_acquire()  # it landed: ours, not a stranger's lease to wait out
+        assert a.epoch == 1 and a.held()
+
+    asyncio.run(main())
+
+
+def test_a_renewal_whose_answer_was_lost_does_not_depose_the_holder() -> None:
+    async def main() -> None:
+        store = MemoryClient()
+        clock = Clock()
+        a = lease(store, "a", clock)
+        await a.acquire()
+        lose_answers(store, "put_if_match")
+        with pytest.raises(StoreUnavailable):
+            await a.renew()  # landed, answer lost: a still holds the old ETag
+        await a.renew()  # 412 on its own write: recognised by the epoch, not a deposition
+        assert a.held() and LeaseRecord.from_bytes(KEY, store.objects[KEY]).renewals == 2
 
     asyncio.run(main())

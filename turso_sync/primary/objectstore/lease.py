@@ -163,19 +163,35 @@ class WriterLease:
     async def _install(self, etag: str | None, record: LeaseRecord) -> bool:
         sent = self._clock()
         body = record.to_bytes()
+        new_etag: str | None
         try:
             if etag is None:
                 new_etag = await self.client.put_if_absent(self.key, body)
             else:
                 new_etag = await self.client.put_if_match(self.key, body, etag)
         except PreconditionFailed:
-            self._seen = None  # someone else changed it: watch the new body from scratch
-            return False
+            self._seen = None  # someone else changed it (or our own retried write did): look again
+            new_etag = await self._ours(body)
+            if new_etag is None:
+                return False
+        except StoreUnavailable:
+            new_etag = await self._ours(body)  # the write may have landed and only its answer was lost
+            if new_etag is None:
+                raise
+        assert new_etag is not None
         self.record, self._etag = record, new_etag
         self._valid_until = sent + record.ttl * (1 - SAFETY_MARGIN)
         self._seen = None
         log.info("writer lease %s taken by %s, epoch %d", self.key, self.owner, record.epoch)
         return True
+
+    async def _ours(self, body: bytes) -> str | None:
+        """The ETag of the lease if it holds exactly ``body`` (a write of ours that landed), else None."""
+        try:
+            current = await self.client.get(self.key)
+        except (ObjectNotFound, StoreUnavailable):
+            return None
+        return current.etag if current.data == body else None
 
     async def acquire(self, timeout: float | None = None, poll: float | None = None) -> None:
         """Wait until we hold the lease (``try_acquire`` every ``poll`` seconds, default ttl/4).
@@ -208,8 +224,15 @@ class WriterLease:
         try:
             etag = await self.client.put_if_match(self.key, record.to_bytes(), self._etag)
         except PreconditionFailed:
-            self.mark_deposed()
-            raise Deposed(f"the writer lease {self.key} was taken by another writer while we held it") from None
+            # a renewal whose answer was lost may have landed: the lease is still ours if it
+            # carries our epoch (only we write it); then the next renewal starts from there
+            current = await self.client.get(self.key)
+            found = LeaseRecord.from_bytes(self.key, current.data)
+            if found.epoch != self.record.epoch or found.owner != self.owner or found.released:
+                self.mark_deposed()
+                raise Deposed(f"the writer lease {self.key} was taken by another writer while we held it") from None
+            self.record, self._etag = found, current.etag
+            return await self.renew()
         self.record, self._etag = record, etag
         self._valid_until = sent + record.ttl * (1 - SAFETY_MARGIN)
 
