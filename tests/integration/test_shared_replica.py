@@ -118,7 +118,7 @@ def _start(script: str, *args: str) -> tuple[subprocess.Popen[bytes], ChildLines
 
 def _collect(lines: ChildLines, deadline: float) -> list[str]:
     out = lines.lines_until(deadline)
-    assert out and out[-1] == "done", f"the child did not finish in time: {out[-5:]}"
+    assert out and out[-1] == "done", "the child did not finish in time:\n" + "\n".join(out[-40:])
     return out
 
 

@@ -66,3 +66,24 @@ def test_a_deleted_log_refuses_the_checkpoint_instead_of_losing_history(tmp_path
     conn.close()
     db.close()  # the last close's checkpoint is refused too, quietly: the WAL keeps the frames
     assert os.path.getsize(db.path + "-wal") >= wal_before
+
+
+def test_a_reused_inode_number_does_not_keep_a_stale_index(tmp_path):
+    db = LocalDatabase(tmp_path / "db")
+    conn = db.connect()
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.commit()
+    db.checkpoint()
+    reader = FrameLog(db.path, None, db.page_size)  # another process's view, index cached while small
+    assert [txn.seq for txn in reader.history(0)] == [1]
+    for i in range(8):
+        conn.execute("INSERT INTO t VALUES (?, ?)", (i, "y" * 3000))
+        conn.commit()
+        db.checkpoint()
+    db.prune_history(3)  # a new, larger file; the filesystem may give it the old one's inode number
+    st = os.stat(reader.path)
+    reader._identity = (st.st_ino, st.st_dev)  # as if it had: the cached index must still go
+    assert [txn.seq for txn in reader.history(3)] == [4, 5, 6, 7, 8, 9]
+    assert all(page.post for txn in reader.history(3) for page in txn.pages)
+    conn.close()
+    db.close()

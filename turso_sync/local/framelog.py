@@ -98,6 +98,7 @@ class FrameLog:
         self._index: list[_Index] = []
         self._end = _HEADER_SIZE
         self._identity: tuple[int, int] | None = None
+        self._head = b""
         self.base_size = 0
         self.base_seq = 0
         self.base_marker: tuple[int, int, int] = (0, 0, 0)
@@ -158,8 +159,10 @@ class FrameLog:
     def _refresh(self, fd: int, repair: bool) -> None:
         st = os.fstat(fd)
         identity = (st.st_ino, st.st_dev)
-        if identity != self._identity or st.st_size < self._end:
-            head = os.pread(fd, _HEADER_SIZE, 0)
+        head = os.pread(fd, _HEADER_SIZE, 0)
+        # the header too: a pruned log's inode number is soon reused by the next prune's file, and
+        # every prune writes a new base into the header
+        if identity != self._identity or head != self._head or st.st_size < self._end:
             magic, _version, page_size, base_size, base_seq, s1, s2, frame = _HEADER.unpack_from(head)
             (crc,) = struct.unpack_from(">I", head, _HEADER.size)
             if magic != LOG_MAGIC or crc != zlib.crc32(head[: _HEADER.size]):
@@ -169,6 +172,7 @@ class FrameLog:
             self._index = []
             self._end = _HEADER_SIZE
             self._identity = identity
+            self._head = head
         size = st.st_size
         pos = self._end
         while pos + _REC_SIZE <= size:
