@@ -165,6 +165,14 @@ class WeedMini:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(f"/tmp/{name}")
 
+    def kill(self) -> None:
+        """SIGKILL the server (a crash); ``start()`` brings it back on the same folder and ports."""
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
     def __enter__(self) -> WeedMini:
         self.start()
         return self
