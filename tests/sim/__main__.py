@@ -72,7 +72,7 @@ def run_seed(
             again = Simulation(candidate, tolerate=tolerate).run().failure
             return again is not None and again.signature == failure.signature
 
-        small = shrink(history, still_fails, budget, log=lambda m: print("  " + m, flush=True))
+        small = shrink(history, still_fails, budget, log=lambda m: print("  " + m, flush=True), upto=failure.step)
         kept = [s.index for s in small.steps]
         print(f"  shrunk to {len(small.steps)} steps: {repro_line(seed, options, kept, tolerate)}", flush=True)
         for spec in small.replicas:

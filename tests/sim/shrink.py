@@ -24,11 +24,17 @@ def shrink(
     still_fails: Callable[[History], bool],
     budget_seconds: float = 300.0,
     log: Callable[[str], None] = lambda _: None,
+    upto: int | None = None,
 ) -> History:
     """ddmin: remove chunks of steps while ``still_fails``; stops at 1-minimal or out of budget."""
     deadline = time.monotonic() + budget_seconds
     last = history.steps[-1].index
     current: list[Step] = [s for s in history.steps if s.kind != "setup" and s.index != last]
+    if upto is not None:  # first cut: nothing after the step where the check failed
+        prefix = [s for s in current if s.index <= upto]
+        if len(prefix) < len(current) and still_fails(keep_only(history, {s.index for s in prefix})):
+            log(f"shrink: {len(current)} -> {len(prefix)} steps (cut after #{upto})")
+            current = prefix
     chunks = 2
     while len(current) >= 1 and time.monotonic() < deadline:
         size = max(1, len(current) // chunks)
