@@ -1,6 +1,7 @@
 """One replica shared by an app process and a syncing process, against a real primary on 127.0.0.1.
 
-The app commits two-row transactions as fast as it can; beside it, on the same replica file, a
+The app commits two-row transactions as fast as it can (opening the replica again every 25, so
+the file checks on open run while the syncer works); beside it, on the same replica file, a
 second process runs ``conn.sync()`` in a loop (or ``turso-sync daemon`` runs), while a peer
 replica elsewhere writes and syncs too, so pulls install real remote pages.  Nobody is killed.
 Afterwards: the shared replica passes ``integrity_check`` and still pulls; every transaction the
@@ -26,6 +27,7 @@ import pytest
 import turso_sync
 from tests.childlines import ChildLines
 from tests.servers import primary
+from turso_sync.sync.files import ReplicaFiles
 
 SECONDS = float(os.environ.get("SHARED_SECONDS", "10"))
 REPO = Path(__file__).resolve().parents[2]
@@ -49,6 +51,13 @@ _APP = textwrap.dedent(
             print("error", type(exc).__name__, " ".join(str(exc).split()), flush=True)
             continue
         print("committed", n, flush=True)
+        if n % 25 == 0:  # opening again checks the replica's files while the syncer works on them
+            conn.close()
+            try:
+                conn = turso_sync.connect(path)
+            except turso_sync.Error as exc:
+                print("error", type(exc).__name__, " ".join(str(exc).split()), flush=True)
+                break
     conn.close()
     print("done", flush=True)
     """
@@ -172,6 +181,7 @@ def test_app_and_syncer_share_one_replica(tmp_path: Path, server: str, syncer: s
     assert len(committed) > 10, app_out[-5:]
     problems = _errors(app_out) + _errors(sync_out) + _errors(peer_out)
 
+    assert ReplicaFiles(shared).check(deep=True) == []
     conn = turso_sync.connect(shared)
     try:
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]

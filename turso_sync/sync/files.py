@@ -48,6 +48,7 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 TURSO_MAGIC_PREFIX = b"Turso"
 _SUFFIXES = ("", "-wal", "-shm", "-frames", "-sync", "-present", "-sync.lock", "-present.lock")
 _LEFTOVERS = (".bootstrap", "-frames.tmp", "-sync.tmp")  # an interrupted write's temporary files
+_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,33 @@ class ReplicaFiles:
     def check(
         self, encryption_key: str | None = None, cipher: str = "aes256gcm", *, deep: bool = False
     ) -> list[Damage]:
-        """Everything wrong with the replica's files (empty when they belong together)."""
+        """Everything wrong with the replica's files (empty when they belong together).
+
+        The files are read without the sync lock, so another process may pull, prune or
+        checkpoint meanwhile; a finding is only reported when no file changed while it was made
+        (otherwise the check runs again).
+        """
+        found: list[Damage] = []
+        for _attempt in range(_ATTEMPTS):
+            before = self._stamp()
+            found = self._check_once(encryption_key, cipher, deep)
+            if not found or self._stamp() == before:
+                return found
+        return found
+
+    def _stamp(self) -> tuple[tuple[int, int, int] | None, ...]:
+        """What changes when another process writes any of the files the check reads."""
+        out: list[tuple[int, int, int] | None] = []
+        for name in (self.state_file, self.path, self.wal, self.frames):
+            try:
+                st = os.stat(name)
+            except FileNotFoundError:
+                out.append(None)
+                continue
+            out.append((st.st_ino, st.st_size, st.st_mtime_ns))
+        return tuple(out)
+
+    def _check_once(self, encryption_key: str | None, cipher: str, deep: bool) -> list[Damage]:
         try:
             state = self.load_state()
         except errors.ReplicaDamagedError as exc:
@@ -210,8 +237,9 @@ class ReplicaFiles:
 
     def _check_size(self, log: FrameLog) -> list[Damage]:
         """Every page of the current size must be in the WAL or in the file."""
-        file_pages = os.path.getsize(self.path) // P
+        # the WAL first: a checkpoint meanwhile only moves its pages into the file
         scan = committed_wal(self.path)
+        file_pages = os.path.getsize(self.path) // P
         in_wal: set[int] = set()
         for txn in scan.txns:
             in_wal.update(frame.pgno for frame in txn.frames)
@@ -426,10 +454,13 @@ def _plain(raw: bytes, pgno: int, codec: PageCodec | None) -> bytes:
 
 
 def _header_pages(path: str) -> int:
-    """The database size in the file's header (bytes 28..32, kept in plaintext by Turso's format)."""
+    """The database size as SQLite reads it: the header's (bytes 28..32, plaintext in Turso's format)
+    when its version-valid-for number matches the change counter, else the file's size."""
     with open(path, "rb") as f:
         head = f.read(100)
-    return int.from_bytes(head[28:32], "big")
+        if head[92:96] == head[24:28] and int.from_bytes(head[28:32], "big"):
+            return int.from_bytes(head[28:32], "big")
+        return os.fstat(f.fileno()).st_size // P
 
 
 __all__ = ["Damage", "RepairReport", "ReplicaFiles", "remedy"]
