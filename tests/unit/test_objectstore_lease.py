@@ -161,3 +161,35 @@ def test_a_renewal_whose_answer_was_lost_does_not_depose_the_holder() -> None:
         assert a.held() and LeaseRecord.from_bytes(KEY, store.objects[KEY]).renewals == 2
 
     asyncio.run(main())
+
+
+def test_a_lease_that_ran_out_during_an_outage_is_renewed_in_place_if_nobody_took_it() -> None:
+    async def main() -> None:
+        store = MemoryClient()
+        clock = Clock()
+        a = lease(store, "a", clock)
+        await a.acquire()
+        clock.now += 20  # renewals failed for a while: the holder stopped counting on its lease
+        with pytest.raises(NotWriter):
+            a.check()
+        await a.renew()  # the store is back and nobody took the lease: same epoch, held again
+        assert a.held() and a.epoch == 1
+
+    asyncio.run(main())
+
+
+def test_a_lease_that_ran_out_and_was_taken_cannot_be_renewed() -> None:
+    async def main() -> None:
+        store = MemoryClient()
+        ca, cb = Clock(), Clock()
+        a, b = lease(store, "a", ca), lease(store, "b", cb)
+        await a.acquire()
+        await b.try_acquire()
+        ca.now += 20
+        cb.now += 20
+        assert await b.try_acquire()
+        with pytest.raises(Deposed):
+            await a.renew()
+        assert not a.held() and b.held()
+
+    asyncio.run(main())

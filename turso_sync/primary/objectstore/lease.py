@@ -215,10 +215,15 @@ class WriterLease:
     async def renew(self) -> None:
         """Extend the lease by a TTL; Deposed if it was taken, StoreUnavailable if the store failed.
 
-        After a StoreUnavailable the lease stays valid until its time runs out.
+        After a StoreUnavailable the lease stays valid until its time runs out.  A lease that ran
+        out on our clock (the store was unreachable) but that nobody took is renewed in place,
+        under the same epoch: the write is conditional on the ETag we last wrote, so it fails
+        if anyone changed the lease meanwhile.
         """
-        self.check()
-        assert self.record is not None and self._etag is not None
+        if self._lost:
+            self.check()
+        if self.record is None or self._etag is None:
+            raise NotWriter(f"this process never took the writer lease {self.key}, or released it")
         record = self._new_record(self.record.epoch, self.record.renewals + 1)
         sent = self._clock()
         try:
@@ -226,7 +231,11 @@ class WriterLease:
         except PreconditionFailed:
             # a renewal whose answer was lost may have landed: the lease is still ours if it
             # carries our epoch (only we write it); then the next renewal starts from there
-            current = await self.client.get(self.key)
+            try:
+                current = await self.client.get(self.key)
+            except ObjectNotFound:
+                self.mark_deposed()
+                raise Deposed(f"the writer lease {self.key} was deleted while we held it") from None
             found = LeaseRecord.from_bytes(self.key, current.data)
             if found.epoch != self.record.epoch or found.owner != self.owner or found.released:
                 self.mark_deposed()
@@ -250,9 +259,9 @@ class WriterLease:
                 log.error("writer lease %s lost to another writer: appends stop", self.key)
                 return
             except NotWriter:
-                log.error("writer lease %s expired before it could be renewed: appends stop", self.key)
-                return
+                return  # released meanwhile
             except StoreUnavailable as exc:
+                # appends stop by themselves once the time runs out; keep trying to renew
                 log.warning("writer lease %s not renewed (%.1fs left): %s", self.key, self.remaining(), exc)
 
     async def stop_renewing(self) -> None:

@@ -288,17 +288,18 @@ class LogWriter:
                 try:
                     await self.log.client.put_if_absent(key, encode_segment(seg))
                 except PreconditionFailed:
-                    seg = await self._landed(key)  # ours from an attempt whose answer was lost, or deposed
+                    seg = await self._landed(seg.first)  # ours (an attempt whose answer was lost), or deposed
                 self._stored(seg)
                 pending = [r for r in pending if r.number > seg.last]
             return self.head
 
-    async def _landed(self, key: str) -> Segment:
-        """The segment already at ``key``: ours (an earlier attempt landed) or another writer's (Deposed)."""
+    async def _landed(self, first: int) -> Segment:
+        """The segment already stored at ``first``: ours (an earlier attempt landed) or another writer's (Deposed)."""
         try:
-            found = decode_segment(key, (await self.log.client.get(key)).data)
+            found = await self.log.read_segment(first)
         except ObjectNotFound:
             # AWS answers 409 to a write racing another: nothing is there yet; the caller retries
+            key = self.keys.segment(first)
             raise StoreUnavailable(f"segment {key} was contended but is not stored; retry") from None
         if found.epoch != self.epoch:
             self.lease.mark_deposed()
