@@ -7,7 +7,7 @@ replica elsewhere writes and syncs too, so pulls install real remote pages.  Nob
 Afterwards: the shared replica passes ``integrity_check`` and still pulls; every transaction the
 app saw committed is there whole, on the shared replica, on the peer and on a fresh clone of the
 primary; no transaction is torn (one row of two) anywhere; the peer's rows arrived.  Each
-process runs for a fixed wall-clock window (``SHARED_SECONDS``, default 10) and stops by itself.
+process runs for a fixed wall-clock window (``SHARED_SECONDS``, default 8) and stops by itself.
 """
 
 from __future__ import annotations
@@ -26,18 +26,19 @@ import pytest
 
 import turso_sync
 from tests.childlines import ChildLines
+from tests.conftest import KEY256
 from tests.servers import primary
 from turso_sync.sync.files import ReplicaFiles
 
-SECONDS = float(os.environ.get("SHARED_SECONDS", "10"))
+SECONDS = float(os.environ.get("SHARED_SECONDS", "8"))
 REPO = Path(__file__).resolve().parents[2]
 
 _APP = textwrap.dedent(
     """
     import sys, time
     import turso_sync
-    path, tag, until = sys.argv[1], sys.argv[2], float(sys.argv[3])
-    conn = turso_sync.connect(path)
+    path, tag, until, key = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4] or None
+    conn = turso_sync.connect(path, encryption_key=key)
     n = 0
     print("ready", flush=True)
     while time.time() < until:
@@ -54,7 +55,7 @@ _APP = textwrap.dedent(
         if n % 25 == 0:  # opening again checks the replica's files while the syncer works on them
             conn.close()
             try:
-                conn = turso_sync.connect(path)
+                conn = turso_sync.connect(path, encryption_key=key)
             except turso_sync.Error as exc:
                 print("error", type(exc).__name__, " ".join(str(exc).split()), flush=True)
                 break
@@ -67,8 +68,8 @@ _SYNCER = textwrap.dedent(
     """
     import sys, time
     import turso_sync
-    path, until, do_writes = sys.argv[1], float(sys.argv[2]), sys.argv[3] == "1"
-    conn = turso_sync.connect(path)
+    path, until, do_writes, key = sys.argv[1], float(sys.argv[2]), sys.argv[3] == "1", sys.argv[4] or None
+    conn = turso_sync.connect(path, encryption_key=key)
     print("ready", flush=True)
     n = 0
     while time.time() < until:
@@ -146,21 +147,23 @@ def _torn_or_missing(conn: turso_sync.Connection, tag: str, committed: set[int])
     return torn, missing
 
 
-@pytest.mark.parametrize("syncer", ["sync-loop", "daemon"])
-def test_app_and_syncer_share_one_replica(tmp_path: Path, server: str, syncer: str) -> None:
+@pytest.mark.parametrize(
+    ("syncer", "key"), [("sync-loop", KEY256), ("daemon", None)], ids=["sync-loop-encrypted", "daemon-plaintext"]
+)
+def test_app_and_syncer_share_one_replica(tmp_path: Path, server: str, syncer: str, key: str | None) -> None:
     shared, peer = tmp_path / "shared.db", tmp_path / "peer.db"
-    setup = turso_sync.connect(shared, server)
+    setup = turso_sync.connect(shared, server, encryption_key=key)
     setup.execute("CREATE TABLE tx (id INTEGER PRIMARY KEY, tag TEXT NOT NULL, txn INTEGER NOT NULL, part INTEGER)")
     setup.commit()
     setup.sync()
     setup.close()
-    turso_sync.connect(peer, server).close()
+    turso_sync.connect(peer, server, encryption_key=key).close()
 
     until = time.time() + 2 + SECONDS
-    app, app_lines = _start(_APP, str(shared), "app", str(until))
-    peer_proc, peer_lines = _start(_SYNCER, str(peer), str(until), "1")
+    app, app_lines = _start(_APP, str(shared), "app", str(until), key or "")
+    peer_proc, peer_lines = _start(_SYNCER, str(peer), str(until), "1", key or "")
     if syncer == "sync-loop":
-        sync_proc, sync_lines = _start(_SYNCER, str(shared), str(until), "0")
+        sync_proc, sync_lines = _start(_SYNCER, str(shared), str(until), "0", key or "")
     else:
         sync_proc, sync_lines = _start(_DAEMON, str(shared))
     procs = [app, peer_proc, sync_proc]
@@ -181,8 +184,8 @@ def test_app_and_syncer_share_one_replica(tmp_path: Path, server: str, syncer: s
     assert len(committed) > 10, app_out[-5:]
     problems = _errors(app_out) + _errors(sync_out) + _errors(peer_out)
 
-    assert ReplicaFiles(shared).check(deep=True) == []
-    conn = turso_sync.connect(shared)
+    assert ReplicaFiles(shared).check(key, deep=True) == []
+    conn = turso_sync.connect(shared, encryption_key=key)
     try:
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
         for _ in range(3):
@@ -194,7 +197,7 @@ def test_app_and_syncer_share_one_replica(tmp_path: Path, server: str, syncer: s
     finally:
         conn.close()
     for path in (peer, tmp_path / "fresh.db"):
-        other = turso_sync.connect(path, server)
+        other = turso_sync.connect(path, server, encryption_key=key)
         try:
             other.sync()
             assert _torn_or_missing(other, "app", committed) == ([], []), path.name
