@@ -179,12 +179,17 @@ def create_app(store: DatabaseStore, auth: Authenticator, limits: Limits | None 
 _ADMITTED = web.StreamResponse()
 
 
-async def _admission(request: web.Request) -> web.StreamResponse:
-    """The checks that need no body: database name, token, existence or quota (raise as the handlers do)."""
+def _admit(request: web.Request) -> tuple[str, Grant]:
+    """The checks that need no body, in order: database name, token, existence or quota; ``(name, grant)``."""
     state = request.app[STATE]
     name = _database_name(request)
     grant = state.auth.check(request.headers.get("Authorization"), name)
     state.store.check(name, create=not grant.read_only, owner=grant.client)
+    return name, grant
+
+
+async def _admission(request: web.Request) -> web.StreamResponse:
+    _admit(request)
     return _ADMITTED
 
 
@@ -331,9 +336,7 @@ async def health(request: web.Request) -> web.Response:
 async def pull_updates(request: web.Request) -> web.StreamResponse:
     """``POST /pull-updates``: pages changed since the client's revision (long-poll if none)."""
     state = request.app[STATE]
-    name = _database_name(request)
-    grant = state.auth.check(request.headers.get("Authorization"), name)
-    state.store.check(name, create=not grant.read_only, owner=grant.client)
+    name, grant = _admit(request)
     with state.slots.hold(_client_of(request, grant)):  # a long-poll holds its slot while it waits
         body = await _read_body(request, state.limits)
         pull = PullRequest.from_bytes(body)
@@ -370,9 +373,7 @@ async def _answer_pull(
 async def pipeline(request: web.Request) -> web.StreamResponse:
     """``POST /v2/pipeline``: run Hrana requests as one stream; SQL errors come back inside a 200."""
     state = request.app[STATE]
-    name = _database_name(request)
-    grant = state.auth.check(request.headers.get("Authorization"), name)
-    state.store.check(name, create=not grant.read_only, owner=grant.client)
+    name, grant = _admit(request)
     with state.slots.hold(_client_of(request, grant)):
         body = await _read_body(request, state.limits)
         pipe = PipelineRequest.from_bytes(body)
