@@ -14,7 +14,7 @@ no traceback.
 Budget: ``make test`` runs each test for ``TURSO_FUZZ_EXAMPLES`` examples (default 50, well
 under a minute for the module); a campaign raises it, for example::
 
-    TURSO_FUZZ_EXAMPLES=3000 TURSO_FUZZ_SEED=$RANDOM .venv/bin/pytest -q -p no:randomly tests/fuzz
+    TURSO_FUZZ_EXAMPLES=5000 TURSO_FUZZ_SEED=$(date +%s) .venv/bin/pytest -q tests/fuzz --hypothesis-show-statistics
 
 Runs are seeded (``TURSO_FUZZ_SEED``, default 13), so a failure replays with the same seed.
 """
@@ -43,8 +43,8 @@ from pyroaring import BitMap
 from tests.integration.primary_harness import PrimaryProcess
 from turso_sync.sync.wire import pull_updates_pb2 as pb
 
-EXAMPLES = int(os.environ.get("TURSO_FUZZ_EXAMPLES", "50"))
-SEED = int(os.environ.get("TURSO_FUZZ_SEED", "13"))
+EXAMPLES = int(os.environ.get("TURSO_FUZZ_EXAMPLES") or "50")
+SEED = int(os.environ.get("TURSO_FUZZ_SEED") or "13")
 FUZZ = settings(
     max_examples=EXAMPLES,
     deadline=None,
