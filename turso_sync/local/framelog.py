@@ -324,13 +324,17 @@ class FrameLog:
             wal = self._wal_txns()
             return wal[-1].seq if wal else self._last()[0]
 
-    def history(self, since: int, with_images: bool = True) -> Iterator[Txn]:
-        """Every committed transaction with seq > ``since``, oldest first.
+    def history(self, since: int | None, with_images: bool = True) -> Iterator[Txn]:
+        """Every committed transaction with seq > ``since``, oldest first (``None``: all kept).
 
         Raises RevisionGone if ``since`` is older than the history kept or newer than the newest
         transaction.  Without images, pages carry empty bytes (cheap: reads only the index).
+        ``None`` reads the base under the same lock, so a prune by another process meanwhile
+        cannot make it stale.
         """
         with self._locked(exclusive=False) as fd:
+            if since is None:
+                since = self.base_seq
             wal = self._wal_txns()
             newest = wal[-1].seq if wal else self._last()[0]
             if since < self.base_seq or since > newest:

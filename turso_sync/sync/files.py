@@ -38,7 +38,7 @@ from .. import errors
 from ..crypto.page_codec import PageAuthError, PageCodec, parse_key
 from ..local.capture import CONFLICTS_TABLE, META_TABLE, OUTBOX_TABLE
 from ..local.connection import Connection
-from ..local.framelog import FrameLog
+from ..local.framelog import FrameLog, RevisionGone
 from ..local.vfs import realpath
 from ..local.walindex import committed_wal
 from .state import SyncState, read_revert, revert_path
@@ -129,7 +129,10 @@ class ReplicaFiles:
         found: list[Damage] = []
         for _attempt in range(_ATTEMPTS):
             before = self._stamp()
-            found = self._check_once(encryption_key, cipher, deep)
+            try:
+                found = self._check_once(encryption_key, cipher, deep)
+            except RevisionGone as exc:  # pruned by another process between two reads
+                found = [Damage(self.frames, f"the frame log's history moved while it was read ({exc})", False)]
             if not found or self._stamp() == before:
                 return found
         return found
@@ -243,8 +246,8 @@ class ReplicaFiles:
         in_wal: set[int] = set()
         for txn in scan.txns:
             in_wal.update(frame.pgno for frame in txn.frames)
-        history = list(log.history(log.base_seq, with_images=False))
-        newest_size = history[-1].db_size if history else log.base_size
+        history = list(log.history(None, with_images=False))
+        newest_size = history[-1].db_size if history else log.base_size  # base read with the history
         size = scan.txns[-1].db_size if scan.txns else newest_size
         missing = [p for p in range(1, size + 1) if p > file_pages and p not in in_wal]
         if missing:
@@ -306,7 +309,7 @@ class ReplicaFiles:
         """The newest image the frame log holds of each page must be the page in the file (or the WAL)."""
         newest: dict[int, bytes] = {}
         size = log.base_size
-        for txn in log.history(log.base_seq):
+        for txn in log.history(None):
             size = txn.db_size
             for page in txn.pages:
                 if page.post:
