@@ -1,12 +1,13 @@
 """Object-store ack latency (issue 10 groundwork): how long until a revision is durable.
 
 Against a local ``weed mini`` (SeaweedFS, S3 over loopback, started here) through the
-``LogWriter`` the primary will use, and against an fsync'd append of the same bytes to a local
-file (what a local-disk primary pays at least).  Each append is one revision of 1 page or 100
-pages (4 KiB each, random bytes, so zstd cannot shrink them), encoded as a segment (zstd
-included in both columns).  Sequential appends: the ack latency of one push with nothing else
-in flight.  Then 16 concurrent pushes through ``GroupCommit`` (1 page each): latency per push
-and how many objects they became.
+``LogWriter`` the primary will use, once into a bucket as SeaweedFS ships it (an S3 PUT is not
+fsynced) and once into a bucket configured to fsync every PUT's data; and against an fsync'd
+append of the same bytes to a local file (what a local-disk primary pays at least).  Each
+append is one revision of 1 page or 100 pages (4 KiB each, random bytes, so zstd cannot shrink
+them), encoded as a segment (zstd included in every column).  Sequential appends: the ack
+latency of one push with nothing else in flight.  Then 16 concurrent pushes through
+``GroupCommit`` (1 page each): latency per push and how many objects they became.
 
 Prints a table per run and the medians over runs (p50/p99 of each run, then the median of
 those).  Client and server share this machine's cores.  Writes nothing to docs/.
@@ -28,12 +29,14 @@ import time
 from pathlib import Path
 
 from bench.report import REPO, filesystem, machine, markdown_table
-from tests.s3_harness import WeedMini, aws_env
+from tests.s3_harness import BUCKET, WeedMini, aws_env
 from turso_sync.primary.objectstore import DatabaseKeys, GroupCommit, LogWriter, Revision, RevisionLog, WriterLease
 from turso_sync.primary.objectstore.s3 import S3Client
 from turso_sync.primary.objectstore.segment import Segment, encode_segment
 
 PAGE = 4096
+#: A second bucket whose PUTs fsync their data (SeaweedFS's per-path ``fs.configure -fsync``).
+DURABLE = "durable"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -113,21 +116,26 @@ def main() -> None:
     shutil.rmtree(folder, ignore_errors=True)
     (folder / "weed").mkdir(parents=True)
     try:
-        with WeedMini(folder / "weed") as weed, aws_env(weed):
+        with WeedMini(folder / "weed", buckets=(BUCKET, DURABLE)) as weed, aws_env(weed):
+            weed.enable_fsync(DURABLE)
 
             async def one_run() -> None:
                 client = await S3Client.open(weed.location())
+                durable = await S3Client.open(weed.location(bucket=DURABLE))
                 try:
                     for pages in (1, 100):
                         s3 = await s3_appends(client, pages, args.appends, rng)
+                        synced = await s3_appends(durable, pages, args.appends, rng)
                         local = local_appends(folder, pages, args.appends, rng)
-                        rows.setdefault(f"S3 (weed mini), {pages} page(s)", []).append(_p(s3))
+                        rows.setdefault(f"S3 (weed mini, no fsync), {pages} page(s)", []).append(_p(s3))
+                        rows.setdefault(f"S3 (weed mini, fsync per PUT), {pages} page(s)", []).append(_p(synced))
                         rows.setdefault(f"local file + fsync, {pages} page(s)", []).append(_p(local))
                     lat, uploads = await grouped(client, 16, 20, rng)
-                    rows.setdefault("S3, 16 concurrent 1-page commits (group commit)", []).append(_p(lat))
+                    rows.setdefault("S3 (no fsync), 16 concurrent 1-page commits (group commit)", []).append(_p(lat))
                     group_objects.append(uploads)
                 finally:
                     await client.close()
+                    await durable.close()
 
             for run in range(args.runs):
                 asyncio.run(one_run())

@@ -61,8 +61,9 @@ def _free_ports(n: int) -> list[int]:
 class WeedMini:
     """One ``weed mini`` process serving S3 on 127.0.0.1; ``start()``, ``stop()``, or ``with``."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, buckets: tuple[str, ...] = (BUCKET,)) -> None:
         self.folder = folder
+        self.buckets = buckets
         self.proc: subprocess.Popen[bytes] | None = None
         self.master, self.volume, self.filer, self.s3, self.admin = _free_ports(5)
         self.endpoint = f"http://127.0.0.1:{self.s3}"
@@ -76,9 +77,24 @@ class WeedMini:
             "AWS_DEFAULT_REGION": "us-east-1",
         }
 
-    def location(self, prefix: str = "") -> S3Location:
-        """The S3 location of the test bucket on this server."""
-        return S3Location(BUCKET, prefix, self.endpoint, "us-east-1")
+    def location(self, prefix: str = "", bucket: str = BUCKET) -> S3Location:
+        """The S3 location of a bucket (the test bucket by default) on this server."""
+        return S3Location(bucket, prefix, self.endpoint, "us-east-1")
+
+    def enable_fsync(self, bucket: str) -> None:
+        """Make every PUT into ``bucket`` fsync its data (``fs.configure -fsync``; off by default in SeaweedFS)."""
+        command = f"fs.configure -locationPrefix=/buckets/{bucket}/ -fsync -apply\nexit\n"
+        done = subprocess.run(
+            [str(WEED), f"-logdir={self.folder / 'data' / 'logs'}", "shell", f"-master=127.0.0.1:{self.master}"],
+            input=command,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, **self.env},
+            check=False,
+        )
+        if done.returncode != 0 or '"fsync":  true' not in done.stdout:
+            raise AssertionError(f"weed shell fs.configure -fsync failed: {done.stdout[-500:]} {done.stderr[-500:]}")
 
     def start(self, timeout: float = 30.0) -> None:
         """Start the server and wait until an authenticated PUT succeeds."""
@@ -110,7 +126,7 @@ class WeedMini:
             f"-admin.port.grpc={self.admin + 10000}",
             f"-s3.localSocket={data / 's3.sock'}",
             f"-filer.localSocket={data / 'filer.sock'}",
-            f"-bucket={BUCKET}",
+            f"-bucket={','.join(self.buckets)}",
         ]
         out = open(self.folder / "weed.out", "ab")  # handed to the child, closed below
         try:
