@@ -69,13 +69,18 @@ class InProcessPrimary:
 def hrana_query(http: httpx.Client, url: str, sql: str, args: list[Any] | None = None) -> list[list[Any]]:
     """Rows of one statement run over ``/v2/pipeline`` on any server speaking Hrana."""
     stmt = {"sql": sql, "args": [_hrana_value(a) for a in args or []], "want_rows": True}
-    body = {"baton": None, "requests": [{"type": "execute", "stmt": stmt}, {"type": "close"}]}
+    # a one-step batch: the request form both our primary and tursodb answer
+    body = {"baton": None, "requests": [{"type": "batch", "batch": {"steps": [{"stmt": stmt}]}}]}
     resp = http.post(f"{url}/v2/pipeline", json=body)
-    resp.raise_for_status()
+    if resp.status_code != 200:
+        raise RuntimeError(f"{url} answered {resp.status_code} to {sql!r}: {resp.text[:300]}")
     result = resp.json()["results"][0]
     if result["type"] != "ok":
         raise RuntimeError(f"{url} refused {sql!r}: {result}")
-    return [[_python_value(v) for v in row] for row in result["response"]["result"]["rows"]]
+    batch = result["response"]["result"]
+    if batch["step_errors"][0] is not None:
+        raise RuntimeError(f"{url} refused {sql!r}: {batch['step_errors'][0]}")
+    return [[_python_value(v) for v in row] for row in batch["step_results"][0]["rows"]]
 
 
 def _hrana_value(v: Any) -> dict[str, Any]:
