@@ -247,12 +247,14 @@ class Rebaser:
                     )
             if row.changeset:
                 self._after_apply = []
-                apsw.Changeset.apply(
-                    row.changeset,
-                    db,
-                    filter=lambda name: not is_internal(name),
-                    conflict=self._on_conflict,
-                )
+                direct = self._direct_changes(row.changeset)
+                if direct:
+                    apsw.Changeset.apply(
+                        direct,
+                        db,
+                        filter=lambda name: not is_internal(name),
+                        conflict=self._on_conflict,
+                    )
                 for table, values, mode, key in self._after_apply:
                     names = list(values)
                     if mode == "update":
@@ -269,11 +271,85 @@ class Rebaser:
                         f"VALUES ({', '.join('?' * len(names))})",
                         [values[n] for n in names],
                     )
-            return kept_ddl, session.changeset()
+            changeset = session.changeset()
+            self._journal_dangling_references(changeset)
+            return kept_ddl, changeset
         finally:
             session.close()
 
-    # --- conflicts --------------------------------------------------------------------------------
+    def _direct_changes(self, changeset: bytes) -> bytes:
+        """The changes the application made, without those its triggers made.
+
+        Applying a change fires the remote state's triggers (as the push's statements fire the
+        server's), so replaying the trigger-made changes too would make them twice (or clash
+        with what the remote's triggers made).  A change to a table the remote state no longer
+        has would be skipped by SQLite without a word: it is journaled here as a ``schema``
+        conflict instead.
+        """
+        builder = apsw.ChangesetBuilder()
+        tables: dict[str, bool] = {}
+        for change in apsw.Changeset.iter(changeset):
+            if change.indirect or is_internal(change.name):
+                continue
+            exists = tables.get(change.name)
+            if exists is None:
+                exists = tables[change.name] = bool(
+                    self.db.execute(
+                        "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?", (change.name,)
+                    ).fetchall()
+                )
+            if not exists:
+                values = list((change.new if change.op == "INSERT" else change.old) or ())
+                pk = {f"column {i}": values[i] for i in sorted(change.pk_columns)}
+                if change.op == "UPDATE":  # what the row would have become
+                    values = [o if n is apsw.no_change else n for o, n in zip(values, change.new or (), strict=False)]
+                row = (
+                    None
+                    if change.op == "DELETE"
+                    else {f"column {i}": v for i, v in enumerate(values) if v is not apsw.no_change}
+                )
+                self.conflicts.append(
+                    Conflict(change.name, pk, "schema", "remote", None, row, None, None, self.revision)
+                )
+                continue
+            builder.add_change(change)
+        return builder.output()
+
+    def _journal_dangling_references(self, changeset: bytes) -> None:
+        """Journal rows this replay wrote whose foreign key now points at no row (they are kept).
+
+        Neither SQLite nor the server enforces foreign keys unless asked, so a merge can leave a
+        child whose parent the remote deleted; it is not dropped, but it is not silent either.
+        """
+        written: dict[str, set[Any]] = {}
+        for change in apsw.Changeset.iter(changeset):
+            if change.op != "DELETE" and not change.indirect and not is_internal(change.name):
+                names = self._names(change)
+                source = (change.old if change.op == "UPDATE" else change.new) or ()
+                key = {names[i]: source[i] for i in sorted(change.pk_columns)}
+                written.setdefault(change.name, set()).add(tuple(key.items()))
+        for table, keys in written.items():
+            try:
+                violations = self.db.execute(f"PRAGMA foreign_key_check({quote(table)})").fetchall()
+            except apsw.SQLError:
+                continue
+            names = [name for name, _pk in _columns(self.db, table)]
+            for _table, rowid, _parent, _fk in violations:
+                if rowid is None:
+                    continue  # a WITHOUT ROWID table: no row number to match
+                found = self.db.execute(
+                    f"SELECT rowid, {', '.join(map(quote, names))} FROM {quote(table)} WHERE rowid = ?", (rowid,)
+                ).fetchall()
+                if not found:
+                    continue
+                row: Row = dict(zip(names, found[0][1:], strict=True))
+                with_rowid = {"rowid": found[0][0], **row}
+                matches = [k for k in keys if all(with_rowid.get(n) == v for n, v in k)]
+                if not matches:
+                    continue  # a dangling reference the remote already had
+                self.conflicts.append(
+                    Conflict(table, dict(matches[0]), "foreign_key", "local", None, row, None, row, self.revision)
+                )
 
     def _names(self, change: apsw.TableChange) -> list[str]:
         cols = [name for name, _pk in _columns(self.db, change.name)]

@@ -1,0 +1,120 @@
+"""The conflict kinds beyond rows meeting rows: foreign keys, schema changes, triggers, no primary key.
+
+Each under every built-in policy: what both replicas hold once synced, and what the journal of
+the replica that synced last records.  Nothing a replica committed disappears without a journal
+entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import turso_sync
+from tests.servers import primary
+
+pytestmark = pytest.mark.peers
+
+POLICIES = ["last_push_wins", "remote_wins", "local_wins"]
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with primary(tmp_path_factory.mktemp("kinds") / "srv") as u:
+        yield u
+
+
+def pair(tmp_path: Path, url: str, name: str, policy: str, setup: str) -> tuple[turso_sync.Connection, ...]:
+    remote = f"{url}/db/{name}"
+    a = turso_sync.connect(tmp_path / "a.db", remote, conflict=policy)
+    a.executescript(setup)
+    a.push()
+    b = turso_sync.connect(tmp_path / "b.db", remote, conflict=policy)
+    b.pull()
+    return a, b
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_foreign_key_left_dangling_by_a_merge_is_kept_and_journaled(url: str, tmp_path: Path, policy: str):
+    a, b = pair(
+        tmp_path,
+        url,
+        f"fk-{policy}",
+        policy,
+        "CREATE TABLE p (id INTEGER PRIMARY KEY);"
+        "CREATE TABLE c (id INTEGER PRIMARY KEY, p INTEGER REFERENCES p(id));"
+        "INSERT INTO p VALUES (1);",
+    )
+    a.execute("DELETE FROM p WHERE id = 1")
+    a.commit()
+    b.execute("INSERT INTO c VALUES (7, 1)")
+    b.commit()
+    a.sync()
+    b.pull()  # the rebase sees the merge leave c(7) without its parent
+    b.sync()
+    a.pull()
+    for conn in (a, b):
+        assert conn.execute("SELECT id, p FROM c").fetchall() == [(7, 1)]
+        assert conn.execute("SELECT count(*) FROM p").fetchone() == (0,)
+    (conflict,) = b.conflicts()
+    assert (conflict.kind, conflict.resolution, conflict.table, conflict.pk) == ("foreign_key", "local", "c", {"id": 7})
+    a.close()
+    b.close()
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_schema_change_meeting_data_changes(url: str, tmp_path: Path, policy: str):
+    a, b = pair(
+        tmp_path,
+        url,
+        f"schema-{policy}",
+        policy,
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT);"
+        "CREATE TABLE gone (id INTEGER PRIMARY KEY, v TEXT);"
+        "INSERT INTO t VALUES (1, 'base'); INSERT INTO gone VALUES (1, 'x');",
+    )
+    a.executescript("ALTER TABLE t ADD COLUMN w TEXT DEFAULT 'dw'; UPDATE t SET w = 'A' WHERE id = 1; DROP TABLE gone;")
+    b.executescript(
+        "UPDATE t SET v = 'B' WHERE id = 1; INSERT INTO gone VALUES (2, 'B'); UPDATE gone SET v = 'B1' WHERE id = 1;"
+    )
+    a.sync()
+    b.sync()  # its push meets a table that is gone: pull, the rebase journals what cannot apply
+    a.pull()
+    for conn in (a, b):
+        # a new column and an edit of another column merge
+        assert conn.execute("SELECT id, v, w FROM t").fetchall() == [(1, "B", "A")]
+        assert conn.execute("SELECT name FROM sqlite_schema WHERE name = 'gone'").fetchall() == []
+        assert conn.stats().pending_changes == 0
+    journal = sorted((c.kind, c.resolution, c.table, c.local and c.local.get("column 1")) for c in b.conflicts())
+    assert journal == [("schema", "remote", "gone", "B"), ("schema", "remote", "gone", "B1")]
+    a.close()
+    b.close()
+
+
+def test_trigger_made_changes_and_tables_without_primary_key_converge(url: str, tmp_path: Path):
+    a, b = pair(
+        tmp_path,
+        url,
+        "triggers",
+        "last_push_wins",
+        "CREATE TABLE k (x TEXT, n INTEGER);"
+        "CREATE TABLE log (id INTEGER PRIMARY KEY, msg TEXT);"
+        "CREATE TRIGGER tk AFTER INSERT ON k BEGIN INSERT INTO log(msg) VALUES ('k:' || new.x); END;"
+        "INSERT INTO k VALUES ('base', 0);",
+    )
+    a.executescript("INSERT INTO k VALUES ('a', 1); UPDATE k SET n = 5 WHERE x = 'base';")
+    b.executescript("INSERT INTO k VALUES ('b', 2); INSERT INTO k VALUES ('b2', 3); DELETE FROM k WHERE x = 'base';")
+    a.sync()
+    b.sync()
+    a.sync()
+    for conn in (a, b):
+        assert sorted(conn.execute("SELECT x, n FROM k")) == [("a", 1), ("b", 2), ("b2", 3)]
+        # each insert's trigger ran once, wherever the insert was made: none lost, none doubled
+        assert sorted(r[0] for r in conn.execute("SELECT msg FROM log")) == ["k:a", "k:b", "k:b2", "k:base"]
+        assert conn.stats().pending_changes == 0
+    assert [(c.kind, c.resolution) for c in b.conflicts()] == [("delete/update", "local")]
+    assert a.conflicts() == []
+    a.close()
+    b.close()
