@@ -8,7 +8,9 @@ Foundation for issue 10; not wired into ``turso-sync serve`` yet (see docs/objec
 * ``revlog``: ``RevisionLog`` (reading) and ``LogWriter`` (the single, fenced appender);
 * ``lease``: ``WriterLease``, the writer lease with an epoch;
 * ``group``: ``GroupCommit``, revisions that arrive together shipped as one object;
-* ``restore``: the database bytes at any stored revision.
+* ``restore``: the database bytes at any stored revision;
+* ``shipping``: revisions and whole images read from the local engine, as stored on disk
+  (imported on its own: it pulls in the local engine).
 """
 
 from .client import ObjectClient, ObjectInfo, StoredObject
