@@ -92,3 +92,21 @@ def test_conditional_puts_send_the_conditions(monkeypatch: pytest.MonkeyPatch) -
         assert await c.put_if_match("k", b"y", '"a"') == '"b"'
 
     with_stub(monkeypatch, arrange, act)
+
+
+def test_no_credentials_says_which_variables_to_set(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", f"{tmp_path}/none")
+    monkeypatch.setenv("AWS_CONFIG_FILE", f"{tmp_path}/none")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+    async def main() -> None:
+        client = await S3Client.open(LOCATION, max_attempts=1)
+        try:
+            with pytest.raises(StoreUnavailable, match="no AWS credentials found; set AWS_ACCESS_KEY_ID"):
+                await client.put("k", b"x")
+        finally:
+            await client.close()
+
+    asyncio.run(main())
