@@ -204,3 +204,23 @@ def test_sql_limit_options_reach_the_store(tmp_path: Path) -> None:
             await store.close()
 
     run(scenario())
+
+
+def test_a_failing_database_answers_503_without_its_cause(caplog: pytest.LogCaptureFixture) -> None:
+    from aiohttp import web
+    from aiohttp.test_utils import make_mocked_request
+
+    from turso_sync import errors
+    from turso_sync.primary.app import _error_middleware
+
+    async def failing(request: web.Request) -> web.StreamResponse:
+        raise errors.DatabaseError("disk I/O error in /srv/secret/databases/x/db-wal")
+
+    async def scenario() -> web.StreamResponse:
+        return await _error_middleware(make_mocked_request("POST", "/v2/pipeline"), failing)
+
+    caplog.set_level(logging.ERROR, logger="turso_sync.primary")
+    resp = run(scenario())
+    assert isinstance(resp, web.Response) and resp.status == 503
+    assert resp.body is not None and b"/srv" not in bytes(resp.body) and b"DATABASE_ERROR" in bytes(resp.body)
+    assert "/srv/secret" in caplog.text  # the operator still learns the cause
