@@ -45,6 +45,7 @@ def main() -> None:
     conn = turso_sync.connect(args.path, encryption_key=args.key)
     stop = args.journal + ".stop"
     seq = 0
+    syncs = 0
     tag = f"{args.name}-{args.role}-{os.getpid()}"
     while not os.path.exists(stop):
         try:
@@ -64,9 +65,14 @@ def main() -> None:
                 _journal(args.journal, f"acked {txn}")
             else:
                 conn.sync()
+                syncs += 1
                 torn = conn.execute("SELECT txn, count(*) FROM events GROUP BY txn HAVING count(*) != 2").fetchall()
                 if torn:
                     _journal(args.journal, f"torn {args.name} {torn[:3]}")
+                if syncs % 20 == 0:  # now and then: when did the file go bad, if it does
+                    check = conn.execute("PRAGMA quick_check").fetchall()
+                    if check != [("ok",)]:
+                        _journal(args.journal, f"error {args.role} integrity after {syncs} syncs: {check[:2]}")
         except turso_sync.Error as exc:
             _journal(args.journal, f"error {args.role} {type(exc).__name__}: {str(exc)[:200]}")
             try:
