@@ -378,3 +378,19 @@ def test_a_standby_that_kept_up_reads_only_what_came_after_it() -> None:
         assert b.loaded is not None and b.loaded.segments[-1].last == 32
 
     asyncio.run(main())
+
+
+def test_group_commit_hands_an_unforeseen_error_to_its_waiters_instead_of_hanging() -> None:
+    async def main() -> None:
+        store = MemoryClient()
+        w = await writer_on(store, "a", Clock())
+        group = GroupCommit(w)
+        store.objects[KEYS.segment(2)] = b"garbage"  # what a foreign tool might leave
+
+        with pytest.raises(Exception, match="corrupt"):
+            await asyncio.wait_for(group.commit(Revision(2, 1, {1: b"a" * P})), 10)
+        del store.objects[KEYS.segment(2)]
+        await asyncio.wait_for(group.commit(Revision(3, 1, {1: b"b" * P})), 10)
+        assert w.head.revision == 3
+
+    asyncio.run(main())

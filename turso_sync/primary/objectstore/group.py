@@ -79,7 +79,7 @@ class GroupCommit:
             for item in waiting:
                 _settle(item.done, exc)
             return
-        except StoreUnavailable as exc:
+        except Exception as exc:  # StoreUnavailable, or anything unforeseen: no waiter may hang
             for item in batch:  # they stay queued for the next upload
                 _settle(item.done, exc)
                 item.done = asyncio.get_running_loop().create_future()
