@@ -91,25 +91,6 @@ _SYNCER = textwrap.dedent(
 )
 
 
-# ``turso-sync daemon PATH`` as a child of this small wrapper, which forwards SIGTERM and reports
-_DAEMON = textwrap.dedent(
-    """
-    import signal, subprocess, sys
-    proc = subprocess.Popen([sys.executable, "-m", "turso_sync.cli.main", "daemon", sys.argv[1]],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    signal.signal(signal.SIGTERM, lambda *_: proc.send_signal(signal.SIGTERM))
-    print("ready", flush=True)
-    out, _ = proc.communicate()
-    for line in out.splitlines():
-        if "rror" in line or "malformed" in line:
-            print("error daemon:", line, flush=True)
-    if proc.returncode != 0:
-        print("error daemon exited", proc.returncode, flush=True)
-    print("done", flush=True)
-    """
-)
-
-
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[str]:
     with primary(tmp_path / "server") as url:
@@ -162,18 +143,33 @@ def test_app_and_syncer_share_one_replica(tmp_path: Path, server: str, syncer: s
     until = time.time() + 2 + SECONDS
     app, app_lines = _start(_APP, str(shared), "app", str(until), key or "")
     peer_proc, peer_lines = _start(_SYNCER, str(peer), str(until), "1", key or "")
+    daemon_log = tmp_path / "daemon.log"
     if syncer == "sync-loop":
         sync_proc, sync_lines = _start(_SYNCER, str(shared), str(until), "0", key or "")
     else:
-        sync_proc, sync_lines = _start(_DAEMON, str(shared))
+        with open(daemon_log, "wb") as log:  # the child keeps its own descriptor
+            sync_proc = subprocess.Popen(
+                [sys.executable, "-m", "turso_sync.cli.main", "daemon", str(shared)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONPATH": str(REPO)},
+            )
     procs = [app, peer_proc, sync_proc]
     try:
         finish = time.monotonic() + SECONDS + 60
         app_out = _collect(app_lines, finish)
         peer_out = _collect(peer_lines, finish)
-        if syncer == "daemon":
+        if syncer == "sync-loop":
+            sync_out = _collect(sync_lines, finish)
+        else:
             sync_proc.send_signal(signal.SIGTERM)  # the writers are done: stop it as systemd would
-        sync_out = _collect(sync_lines, finish)
+            try:
+                code = sync_proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                code = None
+            log_lines = daemon_log.read_text(errors="replace").splitlines()
+            assert code == 0, f"daemon exit status {code} after SIGTERM:\n" + "\n".join(log_lines[-40:])
+            sync_out = [f"error daemon: {line}" for line in log_lines if "rror" in line or "malformed" in line]
     finally:
         for proc in procs:
             if proc.poll() is None:
