@@ -34,6 +34,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+import apsw
+
 from .. import errors
 from ..crypto.page_codec import PageAuthError, PageCodec, parse_key
 from ..local.capture import CONFLICTS_TABLE, META_TABLE, OUTBOX_TABLE
@@ -178,7 +180,11 @@ class ReplicaFiles:
 
     def check_identity(self, db: Any, client_id: str) -> None:
         """On an open replica: the client id kept in the database must be its ``-sync`` one."""
-        found = db.execute(f"SELECT value FROM {META_TABLE} WHERE key = 'client_id'").fetchall()
+        try:
+            found = db.execute(f"SELECT value FROM {META_TABLE} WHERE key = 'client_id'").fetchall()
+        except apsw.SQLError:
+            return  # no sync tables yet: the replica creates them with its own id
+
         if found and str(found[0][0]) != client_id:
             raise self._error([self._other_replica(str(found[0][0]), client_id)])
 
