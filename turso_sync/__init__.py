@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from typing import Any
@@ -76,6 +77,10 @@ def connect(
 
     real = os.path.realpath(os.fspath(path))
     files = ReplicaFiles(real)
+    if remote_url is not None and not files.is_replica() and os.path.exists(real):
+        opened = Connection(real, encryption_key=encryption_key, cipher=cipher, record_frames=False)
+        with contextlib.closing(opened) as existing:
+            files.raise_if_state_lost(existing.apsw_connection)
     if remote_url is not None or files.is_replica():
         from .sync.connection import SyncConnection
         from .sync.replica import Replica
@@ -112,7 +117,7 @@ def connect(
             conn.close()
             raise
         return conn
-    return Connection(
+    plain = Connection(
         path,
         encryption_key=encryption_key,
         cipher=cipher,
@@ -120,6 +125,12 @@ def connect(
         timeout=timeout,
         record_frames=record_frames,
     )
+    try:
+        files.raise_if_state_lost(plain.apsw_connection)
+    except BaseException:
+        plain.close()
+        raise
+    return plain
 
 
 __all__ = [

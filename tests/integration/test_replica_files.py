@@ -204,3 +204,23 @@ def test_missing_revert_file_is_named(tmp_path, server, key):
     report = ReplicaFiles(b).repair(encryption_key=key)
     assert report.kept_pending == 1
     assert value_seen_by(b, key) == [("pending across a pull",)]
+
+
+def test_lost_sync_state_is_refused_and_repair_with_the_url_keeps_the_pending_write(tmp_path, server, key):
+    url = fresh(server)
+    a, b = synced_pair(tmp_path, url, key)
+    pending_row(b, key, "kept without -sync")
+    os.remove(tmp_path / "b.db-sync")
+    with pytest.raises(turso_sync.ReplicaDamagedError) as plain:
+        turso_sync.connect(b, encryption_key=key)  # would otherwise open as a plain database
+    assert plain.value.file.endswith("b.db-sync") and "--remote URL" in str(plain.value)
+    with pytest.raises(turso_sync.ReplicaDamagedError):
+        turso_sync.connect(b, url, encryption_key=key)
+    with pytest.raises(turso_sync.ProgrammingError, match="remote URL is unknown"):
+        ReplicaFiles(b).repair(encryption_key=key)
+    report = ReplicaFiles(b).repair(encryption_key=key, remote_url=url)
+    assert report.kept_pending == 1
+    conn = turso_sync.connect(b, encryption_key=key)
+    conn.sync()
+    conn.close()
+    assert value_seen_by(a, key) == [("kept without -sync",)]

@@ -17,6 +17,7 @@ import pytest
 
 import turso_sync
 from turso_sync.local.capture import META_TABLE, OUTBOX_TABLE, SCHEMA
+from turso_sync.local.connection import Connection
 
 CTE_INSERT = (
     "WITH RECURSIVE s(v) AS (SELECT 1 UNION ALL SELECT v+1 FROM s WHERE v<10) INSERT INTO t(id) SELECT v FROM s"
@@ -27,14 +28,15 @@ CTE_INSERT = (
 def replica(tmp_path: Path, key: str | None) -> Any:
     """A database set up as a replica (sync tables present), with table t(id, v) and capture on."""
     path = tmp_path / "r.db"
-    setup = turso_sync.connect(path, encryption_key=key, isolation_level=None)
+    # the class itself: turso_sync.connect refuses a database with sync tables and no -sync file
+    setup = Connection(path, encryption_key=key, isolation_level=None)
     raw = setup.apsw_connection
     for statement in SCHEMA:
         raw.execute(statement)
     raw.execute(f"INSERT INTO {META_TABLE}(key, value) VALUES ('pull_gen', 0)")
     raw.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT UNIQUE)")
     setup.close()
-    conn = turso_sync.connect(path, encryption_key=key)
+    conn = Connection(path, encryption_key=key)
     assert conn._capture is not None
     yield conn
     conn.close()

@@ -38,7 +38,7 @@ import apsw
 
 from .. import errors
 from ..crypto.page_codec import PageAuthError, PageCodec, parse_key
-from ..local.capture import CONFLICTS_TABLE, META_TABLE, OUTBOX_TABLE
+from ..local.capture import CONFLICTS_TABLE, META_TABLE, OUTBOX_TABLE, is_replica
 from ..local.connection import Connection
 from ..local.framelog import FrameLog, RevisionGone
 from ..local.vfs import realpath
@@ -177,6 +177,21 @@ class ReplicaFiles:
         found = self.check(encryption_key, cipher)
         if found:
             raise self._error(found)
+
+    def raise_if_state_lost(self, db: Any) -> None:
+        """On a database opened without a ``-sync`` file: refuse it if it holds the sync tables.
+
+        It is then a replica that lost its sync state; used as a plain database, its writes
+        would pile up in the outbox and never reach the remote.
+        """
+        if not self.is_replica() and is_replica(db):
+            what = "the sync state is missing, but the database is a replica (it holds the sync tables)"
+            raise errors.ReplicaDamagedError(
+                self.state_file,
+                what,
+                f"run `turso-sync verify --repair {self.path} --remote URL` to re-clone it keeping its "
+                "pending changes",
+            )
 
     def check_identity(self, db: Any, client_id: str) -> None:
         """On an open replica: the client id kept in the database must be its ``-sync`` one."""
