@@ -113,3 +113,18 @@ def test_lost_frame_log_repair_keeps_the_pending_change(tmp_path, server):
     other = turso_sync.connect(tmp_path / "o.db", url)
     assert other.execute("SELECT v FROM t").fetchall() == [("pending",)]
     other.close()
+
+
+def test_lost_sync_state_exits_7_and_repairs_with_the_url(tmp_path, server):
+    url = fresh_url(server)
+    assert cli("clone", url, "r.db", "-q", cwd=tmp_path).code == 0
+    cli("exec", "r.db", "CREATE TABLE t (id INTEGER PRIMARY KEY)", cwd=tmp_path)
+    os.remove(tmp_path / "r.db-sync")
+    damaged = cli("verify", "r.db", cwd=tmp_path)
+    assert damaged.code == 7, damaged.both
+    assert "r.db-sync: the sync state is missing, but the database is a replica" in damaged.out
+    assert "verify --repair r.db --remote URL" in damaged.out
+    repaired = cli("verify", "r.db", "--repair", "--remote", url, cwd=tmp_path)
+    assert repaired.code == 0, repaired.both
+    assert "kept 1 pending change(s)" in repaired.out
+    assert cli("push", "r.db", cwd=tmp_path).out.strip() == "pushed 1 transaction(s)"

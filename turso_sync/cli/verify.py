@@ -26,6 +26,8 @@ import argparse
 import os
 
 from .. import errors
+from ..local.capture import is_replica
+from ..local.connection import Connection
 from ..sync.files import Damage, ReplicaFiles, remedy
 from .exit_codes import CommandError, ExitCode
 from .replica_args import (
@@ -59,20 +61,22 @@ def run(args: argparse.Namespace) -> int:
     if args.repair and args.offline:
         raise CommandError("--repair re-clones from the primary; it cannot run with --offline")
     files = ReplicaFiles(args.path)
-    if not files.is_replica() and not (args.repair and args.remote):
-        if os.path.exists(files.path):
-            raise CommandError(f"{args.path} is not a replica (no {os.path.basename(files.path)}-sync beside it)")
-        raise CommandError(f"{args.path} does not exist; create it with `turso-sync clone URL {args.path}`")
     key = encryption_key(args)
-    damages = files.check(key, args.cipher, deep=True) if files.is_replica() else []
-    if not files.is_replica():
-        damages = [_lost_state(files)]
+    if files.is_replica():
+        damages = files.check(key, args.cipher, deep=True)
+    elif not os.path.exists(files.path):
+        raise CommandError(f"{args.path} does not exist; create it with `turso-sync clone URL {args.path}`")
+    elif _lost_its_state(files, key, args.cipher):
+        damages = [Damage(files.state_file, "the sync state is missing, but the database is a replica", False)]
+    else:
+        raise CommandError(f"{args.path} is not a replica (no {os.path.basename(files.path)}-sync beside it)")
     if damages:
         print(f"files:     DAMAGED ({len(damages)} problem(s))")
         for damage in damages:
             print(f"  {damage.line()}")
         if not args.repair:
-            print(f"remedy:    {remedy(args.path)}")
+            lost = f"run `turso-sync verify --repair {args.path} --remote URL`"
+            print(f"remedy:    {remedy(args.path) if files.is_replica() else lost}")
             return ExitCode.VERIFY_FAILED
         report = files.repair(
             encryption_key=key, cipher=args.cipher, auth_token=auth_token(args), remote_url=args.remote
@@ -116,5 +120,10 @@ def run(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def _lost_state(files: ReplicaFiles) -> Damage:
-    return Damage(files.state_file, "the sync state is missing", False)
+def _lost_its_state(files: ReplicaFiles, key: str | None, cipher: str) -> bool:
+    """True when the database at PATH holds the sync tables although PATH-sync is gone."""
+    conn = Connection(files.path, encryption_key=key, cipher=cipher, record_frames=False)
+    try:
+        return is_replica(conn.apsw_connection)
+    finally:
+        conn.close()
