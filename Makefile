@@ -7,7 +7,7 @@ NPM_PEERS := @tursodatabase/sync@0.7.2 @tursodatabase/cli-linux-x64-gnu@0.7.0
 PIP_VERSION := 26.3
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 
-.PHONY: venv peers demo test lint typecheck unit bench clean proto constraints
+.PHONY: venv peers demo test lint typecheck unit bench clean proto constraints fuzz
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -40,6 +40,12 @@ unit: venv
 
 test: peers lint typecheck
 	$(BIN)/pytest -q -ra tests
+
+# A longer campaign of the route fuzzer (make test runs it for a fixed budget): TURSO_FUZZ_EXAMPLES
+# examples per test, seeded by TURSO_FUZZ_SEED (a failure replays with the same seed).
+fuzz: venv
+	TURSO_FUZZ_EXAMPLES=$${TURSO_FUZZ_EXAMPLES:-5000} TURSO_FUZZ_SEED=$${TURSO_FUZZ_SEED:-$$(date +%s)} \
+	  $(BIN)/pytest -q tests/fuzz --hypothesis-show-statistics
 
 bench: peers
 	$(BIN)/python -m bench.run_all

@@ -264,3 +264,17 @@ def test_has_statement() -> None:
     assert not has_statement("/* unterminated")
     assert has_statement("; SELECT 1")
     assert has_statement("-- c\nDELETE FROM t")
+
+
+@pytest.mark.parametrize("kind", ["execute", "sequence", "describe"])
+def test_a_nul_character_in_sql_is_a_step_error_on_every_request_kind(conn: apsw.Connection, kind: str) -> None:
+    """Found by the route fuzzer: ``describe`` of "\\x00" escaped as a ValueError (a 500)."""
+    request: h.StreamRequest
+    if kind == "execute":
+        request = h.ExecuteRequest(stmt("\x00"))
+    elif kind == "sequence":
+        request = h.SequenceRequest("\x00")
+    else:
+        request = h.DescribeRequest("\x00")
+    (result,) = PipelineExecutor(conn).run([request])
+    assert isinstance(result, h.HranaError) and result.code == "VALUE_INVALID"

@@ -292,6 +292,12 @@ class PipelineExecutor:
                     pass
                 except apsw.Error as exc:
                     raise _StepFailed(self._sqlite_error(exc, sql, stream)) from None
+                except (UnicodeError, ValueError) as exc:  # e.g. a NUL character in the SQL text
+                    raise _StepFailed(
+                        wire.HranaError(
+                            f"SQL text cannot be passed to SQLite: {sql_policy.scrub(str(exc))}", "VALUE_INVALID"
+                        )
+                    ) from None
         finally:
             cursor.close(force=True)
         if not seen:
