@@ -30,7 +30,7 @@ def test_push_sends_pending_changes_once(tmp_path, server):
     reader.close()
 
 
-def test_a_refused_change_exits_6_and_sync_settles_it(tmp_path, server):
+def test_a_change_the_primary_refuses_is_settled_by_push(tmp_path, server):
     url = fresh_url(server)
     for name in ("a.db", "b.db"):
         assert cli("clone", url, name, "-q", cwd=tmp_path).code == 0
@@ -40,13 +40,11 @@ def test_a_refused_change_exits_6_and_sync_settles_it(tmp_path, server):
     cli("exec", "a.db", "INSERT INTO u VALUES (1, 'x@example.com')", cwd=tmp_path)
     assert cli("push", "a.db", cwd=tmp_path).code == 0
     cli("exec", "b.db", "INSERT INTO u VALUES (2, 'x@example.com')", cwd=tmp_path)  # b has not seen a's row
-    refused = cli("push", "b.db", cwd=tmp_path)
-    assert refused.code == 6, refused.err
-    assert "stays pending" in refused.err and "turso-sync sync" in refused.err
-    status = cli("status", "b.db", "--json", cwd=tmp_path)
-    assert '"pending_changes": 1' in status.out
-    settled = cli("sync", "b.db", cwd=tmp_path)
+    # push pulls, the policy settles the clash (journaled), and the push completes, as sync does
+    settled = cli("push", "b.db", cwd=tmp_path)
     assert settled.code == 0, settled.err
     assert "new conflict(s)" in settled.out
+    status = cli("status", "b.db", "--json", cwd=tmp_path)
+    assert '"pending_changes": 0' in status.out
     journal = cli("conflicts", "b.db", cwd=tmp_path)
     assert "constraint on u" in journal.out

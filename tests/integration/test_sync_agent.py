@@ -236,12 +236,12 @@ def test_a_refused_push_commits_nothing_and_keeps_every_change_pending(tmp_path,
         b.commit()
         pending = b.stats().pending_changes
         with pytest.raises(turso_sync.PushRejectedError, match="UNIQUE"):
-            b.push()
+            b.replica._push_once(2000)  # one attempt, before push() pulls to settle it
         assert b.stats().pending_changes == pending  # nothing forgotten
         a.pull()
         assert rows(a, "SELECT id FROM t ORDER BY id") == [(1,)]  # and nothing half-applied remotely
-        # sync() settles it: the rebase meets the constraint, journals it, and the rest goes through
-        b.sync()
+        # push() (and sync()) settle it: pull, the rebase meets the constraint, journals it, the rest goes
+        b.push()
         a.pull()
         assert rows(a, "SELECT id FROM t ORDER BY id") == [(1,), (10,), (11,)]
         assert [c.kind for c in b.conflicts()] == ["constraint"]

@@ -240,3 +240,26 @@ def test_same_outcome_on_every_path(server: PrimaryProcess, tmp_path: Path, path
     finally:
         a.close()
         b.close()
+
+
+def test_push_over_the_size_limit(server: PrimaryProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Transactions split across requests; one transaction over the limit is refused, stays pending."""
+    from turso_sync.sync import push as push_mod
+
+    monkeypatch.setattr(push_mod, "MAX_PUSH_BODY", 64 << 10)  # the primary's 64 MiB, scaled down
+    url = fresh_url(server)
+    with opened(tmp_path / "a.db", url, "last_push_wins") as a:
+        a.execute("CREATE TABLE big (id INTEGER PRIMARY KEY, v TEXT)")
+        a.commit()
+        for i in range(8):  # eight transactions of ~20 KiB: more than one request, each whole
+            a.execute("INSERT INTO big VALUES (?, ?)", (i, "x" * 20_000))
+            a.commit()
+        assert a.push() == 9
+        a.execute("INSERT INTO big VALUES (100, ?)", ("y" * 100_000,))
+        a.commit()
+        with pytest.raises(turso_sync.PushRejectedError, match=r"over the 0.0625 MiB a sync server accepts") as info:
+            a.push()
+        assert "split it into smaller transactions" in str(info.value)
+        assert a.stats().pending_changes == 1
+    with opened(tmp_path / "b.db", url, "last_push_wins") as b:
+        assert b.execute("SELECT count(*), max(id) FROM big").fetchone() == (8, 7)

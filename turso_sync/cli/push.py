@@ -2,8 +2,10 @@
 
   turso-sync push notes.db
 
-The library twin is ``conn.push()``.  A change the primary refuses stays pending and the
-command exits 6; `turso-sync sync` pulls first, settles the conflict and pushes again.
+The library twin is ``conn.push()``.  A push that meets a remote change it has not seen (or a
+constraint the remote state breaks) pulls, lets ``--conflict`` settle it (journaled), and
+pushes again, as ``sync`` does.  A change the primary still refuses after that stays pending
+and the command exits 6.
 """
 
 from __future__ import annotations
@@ -33,9 +35,14 @@ def run(args: argparse.Namespace) -> int:
     """Push once; print how many transactions went."""
     conn = open_replica(args, args.path)
     try:
+        before = conn.stats().conflicts
         pushed = conn.push()
+        settled = conn.stats().conflicts - before
     finally:
         conn.close()
     if not args.quiet:
         print(f"pushed {pushed} transaction(s)" if pushed else "nothing to push")
+        if settled:
+            # the push met remote changes it had not seen: it pulled, and the policy settled them
+            print(f"{settled} new conflict(s): see `turso-sync conflicts {args.path}`")
     return 0

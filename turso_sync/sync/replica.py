@@ -610,10 +610,10 @@ class Replica:
                     if len(chunk) == 1:
                         raise errors.PushRejectedError(
                             f"{self.path}: local transaction (outbox #{chunk[0].id}) makes a push of "
-                            f"{len(body) / (1 << 20):.1f} MiB, over the {push_mod.MAX_PUSH_BODY >> 20} MiB a sync "
-                            "server accepts in one request; a remote transaction cannot span requests, so it "
-                            "stays pending: split it into smaller transactions (delete it locally and redo it "
-                            "in parts)",
+                            f"{len(body) / (1 << 20):.1f} MiB, over the {push_mod.MAX_PUSH_BODY / (1 << 20):g} "
+                            "MiB a sync server accepts in one request; a remote transaction cannot span requests, "
+                            "so it stays pending: split it into smaller transactions (delete it locally and redo "
+                            "it in parts)",
                             chunk[0].id,
                         )
                     chunk = chunk[: len(chunk) // 2]  # fewer whole transactions per request
