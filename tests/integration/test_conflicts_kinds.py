@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,7 +27,7 @@ def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield u
 
 
-def pair(tmp_path: Path, url: str, name: str, policy: str, setup: str) -> tuple[turso_sync.Connection, ...]:
+def pair(tmp_path: Path, url: str, name: str, policy: Any, setup: str) -> tuple[turso_sync.Connection, ...]:
     remote = f"{url}/db/{name}"
     a = turso_sync.connect(tmp_path / "a.db", remote, conflict=policy)
     a.executescript(setup)
@@ -116,5 +117,37 @@ def test_trigger_made_changes_and_tables_without_primary_key_converge(url: str, 
         assert conn.stats().pending_changes == 0
     assert [(c.kind, c.resolution) for c in b.conflicts()] == [("delete/update", "local")]
     assert a.conflicts() == []
+    a.close()
+    b.close()
+
+
+def add_increments(table: str, pk: dict[str, Any], base: Any, local: Any, remote: Any, kind: str) -> Any:
+    """A resolver for counters: both sides' increments count."""
+    if kind == "update/update" and base and local and remote:
+        return {**remote, "v": remote["v"] + local["v"] - base["v"]}
+    return "remote"
+
+
+@pytest.mark.parametrize("policy", [*POLICIES, "add"])
+def test_equal_updates_from_one_base_are_journaled(url: str, tmp_path: Path, policy: str):
+    resolver: Any = add_increments if policy == "add" else policy
+    a, b = pair(
+        tmp_path,
+        url,
+        f"counter-{policy}",
+        resolver,
+        "CREATE TABLE counters (name TEXT PRIMARY KEY, v INTEGER); INSERT INTO counters VALUES ('c', 5);",
+    )
+    for conn in (a, b):  # the same increment from the same base: the same new value, 6
+        conn.execute("UPDATE counters SET v = v + 1 WHERE name = 'c'")
+        conn.commit()
+    a.sync()
+    b.sync()
+    a.pull()
+    want = 7 if policy == "add" else 6
+    for conn in (a, b):
+        assert conn.execute("SELECT v FROM counters").fetchone() == (want,)
+    (conflict,) = b.conflicts()  # never silent: one of the two increments is not in the value
+    assert (conflict.kind, conflict.base["v"], conflict.local["v"], conflict.remote["v"]) == ("update/update", 5, 6, 6)
     a.close()
     b.close()

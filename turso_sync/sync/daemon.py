@@ -235,15 +235,9 @@ class _ReplicaWorker:
             stop.wait(self.daemon.watch_interval)
 
     def _push(self) -> int:
-        replica = self.replica
-        try:
-            return replica.push()
-        except errors.PushRejectedError:
-            # pull first: the rebase settles the conflict under the policy and journals it
-            with replica.exclusive():
-                before = replica.stats().pushes
-                replica.sync()
-                return max(0, replica.stats().pushes - before)
+        # a push that meets an unseen remote change pulls, lets the policy settle it (journaled)
+        # and pushes again by itself; what it still cannot push is raised and retried with backoff
+        return self.replica.push()
 
     # --- life cycle -----------------------------------------------------------------------------
 

@@ -421,10 +421,9 @@ class Rebaser:
             ]
             moved = [i for i in touched if not _same(change.conflict[i], change.old[i])]  # type: ignore[index]
             kept = {names[i]: change.new[i] for i in touched if i not in moved}  # type: ignore[index]
-            if all(_same(change.conflict[i], change.new[i]) for i in moved):  # type: ignore[index]
-                # both sides made the same edit where they overlap: no conflict, keep the rest
-                self._after_apply.append((change.name, kept, "update", pk))
-                return OMIT
+            # Both sides writing the same new value from the same base is still a conflict: values
+            # are states, not operations, and two `v = v + 1` from one base write the same value
+            # (one increment would vanish unseen).  The policy settles it and the journal keeps it.
         elif remote is not None and local is not None and remote == local:
             return OMIT  # both sides made the same change
         action, resolution, result = self._decide(change, kind, pk, base, local, remote, reason)
