@@ -139,7 +139,8 @@ def guard_step(change: apsw.TableChange, table_cols: list[tuple[str, int]], outb
         old = [(n, v) for n, v in zip(names, change.old or (), strict=False) if v is not apsw.no_change]
         condition = f"EXISTS (SELECT 1 FROM {table} WHERE {' AND '.join(_is(n) for n, _ in old)})"
         args = [v for _, v in old]
-    return Step(f"SELECT CASE WHEN {condition} THEN 1 ELSE {GUARD_FAIL} END", args, outbox_id, guard=True)
+    # named: a server names the column after its expression otherwise, and sends that back per guard
+    return Step(f"SELECT CASE WHEN {condition} THEN 1 ELSE {GUARD_FAIL} END AS ok", args, outbox_id, guard=True)
 
 
 def _row_step(change: apsw.TableChange, table_cols: list[tuple[str, int]], outbox_id: int) -> Step:
