@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", help="comma-separated step indices: replay a shrunk history")
     parser.add_argument("--no-shrink", action="store_true")
     parser.add_argument("--shrink-budget", type=float, default=300.0, help="seconds spent shrinking one failure")
+    parser.add_argument("--regressions", action="store_true", help="replay every named regression seed")
     parser.add_argument("--multiproc", action="store_true", help="real processes and kill -9 (see multiproc.py)")
     parser.add_argument("--seconds", type=float, default=60.0, help="--multiproc: how long each run lasts")
     parser.add_argument("--no-kills", action="store_true", help="--multiproc: no process is killed")
@@ -118,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     if args.multiproc:
         return _multiproc(args, seeds)
+    if args.regressions:
+        return _regressions()
     tolerate = frozenset(x for x in args.tolerate.split(",") if x)
     failed = [
         s
@@ -129,6 +132,25 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(seeds) - len(failed)} passed, {len(failed)} failed {failed if failed else ''}".rstrip()
     )
     return 1 if failed else 0
+
+
+def _regressions() -> int:
+    from .regressions import REGRESSIONS, options_of
+
+    bad = 0
+    for reg in REGRESSIONS:
+        history = generate(reg.seed, options_of(reg))
+        if reg.keep is not None:
+            history = keep_only(history, set(reg.keep))
+        failure = Simulation(history).run().failure
+        if reg.xfail:
+            state = "still fails (open)" if failure is not None else "PASSES NOW: remove its xfail"
+            bad += failure is None
+        else:
+            state = "passes" if failure is None else f"FAILS: {failure}"
+            bad += failure is not None
+        print(f"{reg.name}: {state}", flush=True)
+    return 1 if bad else 0
 
 
 def _multiproc(args: argparse.Namespace, seeds: list[int]) -> int:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .history import Options
+
 
 @dataclass(frozen=True)
 class Regression:
@@ -20,6 +22,8 @@ class Regression:
     replicas: int = 3
     avoid: frozenset[str] = frozenset()
     partial: bool = True
+    faults: bool = True
+    big: bool = False  # a transaction over 64 MiB: replayed by the long campaign, not by CI
     check: str = ""  # the check it failed when found
     xfail: str | None = None  # the open bug, while it is open
 
@@ -92,4 +96,21 @@ REGRESSIONS: list[Regression] = [
             "(a table without a primary key) is inserted twice"
         ),
     ),
+    Regression(
+        "push_of_a_transaction_over_64_mib",
+        seed=3,
+        steps=12,
+        faults=False,
+        big=True,
+        check="sync_failed",
+        xfail=(
+            "a 65 MiB local transaction is pushed as one Hrana batch; our primary answers 413 "
+            "(max body 64 MiB) and the replica can never push again (issue 9 section 5)"
+        ),
+    ),
 ]
+
+
+def options_of(reg: Regression) -> Options:
+    """The history options a regression was found with."""
+    return Options(reg.steps, reg.replicas, faults=reg.faults, big=reg.big, partial=reg.partial, avoid=reg.avoid)

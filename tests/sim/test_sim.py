@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from .history import KNOWN_BUGS, Options, generate
-from .regressions import REGRESSIONS, TOLERATED_WHILE_OPEN, Regression
+from .regressions import REGRESSIONS, TOLERATED_WHILE_OPEN, Regression, options_of
 from .runner import Simulation
 from .shrink import keep_only
 
@@ -23,6 +23,8 @@ CI_STEPS = 60
 def _regression_params() -> list[object]:
     out = []
     for reg in REGRESSIONS:
+        if reg.big:
+            continue  # over 64 MiB: `python -m tests.sim --regressions` replays it
         marks = [pytest.mark.xfail(strict=True, reason=reg.xfail)] if reg.xfail else []
         out.append(pytest.param(reg, id=reg.name, marks=marks))
     return out
@@ -31,7 +33,7 @@ def _regression_params() -> list[object]:
 @pytest.mark.parametrize("reg", _regression_params())
 def test_regression_seed(reg: Regression) -> None:
     """A named seed replays its (shrunk) history with every check on."""
-    history = generate(reg.seed, Options(reg.steps, reg.replicas, partial=reg.partial, avoid=reg.avoid))
+    history = generate(reg.seed, options_of(reg))
     if reg.keep is not None:
         history = keep_only(history, set(reg.keep))
     result = Simulation(history).run()
