@@ -30,7 +30,7 @@ class Regression:
 
 #: Checks a general CI seed notes instead of failing on, while the bug behind them is open (each
 #: such bug has an xfail regression below that flips when it is fixed).
-TOLERATED_WHILE_OPEN = frozenset({"silent_loss"})
+TOLERATED_WHILE_OPEN: frozenset[str] = frozenset()  # was {"silent_loss"} until a55ef40
 
 LOST_INCREMENT = (
     "concurrent `UPDATE counters SET v = v + 1` on two replicas: both push v=1, one increment is lost "
@@ -64,14 +64,14 @@ REGRESSIONS: list[Regression] = [
         check="local_sql",
         # found at 3bf92ed: WITH RECURSIVE ... INSERT on a replica failed with IntegrityError; fixed by f55e233
     ),
-    Regression("lost_increment", seed=2, steps=40, keep=(0, 6, 10, 17, 42), check="silent_loss", xfail=LOST_INCREMENT),
+    # found at 3bf92ed and fe93197 (LOST_INCREMENT); fixed by a55ef40 (equal updates from one base are journaled)
+    Regression("lost_increment", seed=2, steps=40, keep=(0, 6, 10, 17, 42), check="silent_loss"),
     Regression(
         "lost_increment_partial_replica",
         seed=0,
         steps=40,
         keep=(0, 3, 15, 16, 20, 42),
         check="silent_loss",
-        xfail=LOST_INCREMENT,
     ),
     Regression(
         "update_lost_to_concurrent_delete",
@@ -79,10 +79,8 @@ REGRESSIONS: list[Regression] = [
         steps=40,
         keep=(0, 3, 12, 13, 15, 33, 35, 42),
         check="silent_loss",
-        xfail=(
-            "a replica (last_push_wins) replaces kv k0 while another (remote_wins) deletes it: the row "
-            "stays deleted and no journal records the lost update (update/delete must be journaled)"
-        ),
+        # found at fe93197: a replica (last_push_wins) replaces kv k0 while another (remote_wins)
+        # deletes it; the row stayed deleted and no journal recorded the update; fixed by 4eaf226
     ),
     Regression(
         "delayed_push_applied_twice",
@@ -102,10 +100,12 @@ REGRESSIONS: list[Regression] = [
         steps=12,
         faults=False,
         big=True,
-        check="sync_failed",
+        check="exception:NoMemError",
         xfail=(
-            "a 65 MiB local transaction is pushed as one Hrana batch; our primary answers 413 "
-            "(max body 64 MiB) and the replica can never push again (issue 9 section 5)"
+            "a replica holding a 65 MiB pending transaction: at fe93197 its push was answered 413 by our "
+            "primary (body over 64 MiB); at 3ea39d9 sync() raises apsw.NoMemError from the rebase "
+            "(rebase._direct_changes, ChangesetBuilder.output), outside turso_sync.Error; docs/consistency.md "
+            "says such a push is refused with PushRejectedError before anything is sent"
         ),
     ),
 ]

@@ -56,7 +56,12 @@ def test_counters_lost_increment_must_be_journaled() -> None:
     with pytest.raises(SimFailure, match="silent_loss"):
         o.check_counters({"c0": 2}, [], 0)
     journal = [Conflict("counters", {"name": "c0"}, "update/update", "local", {"v": 1}, {"v": 2}, {"v": 2}, {"v": 2})]
-    o.check_counters({"c0": 2}, journal, 0)
+    o.check_counters({"c0": 2}, journal, 0)  # both sides wrote 2 from base 1: one increment left out
+    # local_wins: base 0, local 1, remote 2 (two increments) -> 1: one entry records two increments
+    two = [Conflict("counters", {"name": "c0"}, "update/update", "local", {"v": 0}, {"v": 1}, {"v": 2}, {"v": 1})]
+    o.check_counters({"c0": 1}, two, 0)
+    with pytest.raises(SimFailure, match="silent_loss"):
+        o.check_counters({"c0": 0}, two, 0)
 
 
 def test_kv_write_vanishing_unseen_and_unjournaled() -> None:
