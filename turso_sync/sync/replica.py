@@ -567,6 +567,8 @@ class Replica:
                     return pushed + self._push_once(max_changes_per_batch)
                 except errors.PushRejectedError as exc:
                     pushed += self._pushed_in_round
+                    if not getattr(exc, "settleable", True):
+                        raise  # nothing a pull changes (a transaction over the size limit)
                     refusal = getattr(exc, "remote_message", None)
                     if refusal is not None and refusal == getattr(last, "remote_message", None):
                         raise  # the same refusal after a pull: the rebase cannot settle it
@@ -608,13 +610,15 @@ class Replica:
                     if len(body) <= push_mod.MAX_PUSH_BODY:
                         break
                     if len(chunk) == 1:
-                        raise errors.PushRejectedError(
-                            f"{self.path}: local transaction (outbox #{chunk[0].id}) makes a push of "
-                            f"{len(body) / (1 << 20):.1f} MiB, over the {push_mod.MAX_PUSH_BODY / (1 << 20):g} "
-                            "MiB a sync server accepts in one request; a remote transaction cannot span requests, "
-                            "so it stays pending: split it into smaller transactions (delete it locally and redo "
-                            "it in parts)",
-                            chunk[0].id,
+                        raise _unsettleable(
+                            errors.PushRejectedError(
+                                f"{self.path}: local transaction (outbox #{chunk[0].id}) makes a push of "
+                                f"{len(body) / (1 << 20):.1f} MiB, over the {push_mod.MAX_PUSH_BODY / (1 << 20):g} "
+                                "MiB a sync server accepts in one request; a remote transaction cannot span requests, "
+                                "so it stays pending: split it into smaller transactions (delete it locally and redo "
+                                "it in parts)",
+                                chunk[0].id,
+                            )
                         )
                     chunk = chunk[: len(chunk) // 2]  # fewer whole transactions per request
                 results = self._pipeline_body(body)
@@ -683,9 +687,11 @@ class Replica:
             return
         source, message = failure
         if source is None:
-            raise errors.PushRejectedError(
+            failed = errors.PushRejectedError(
                 f"the remote did not commit the push batch ({message}); every change stays pending"
             )
+            failed.remote_message = message  # type: ignore[attr-defined]
+            raise failed
         if source.guard:
             # known by its step index: the remote row is no longer what this change was made on
             raise errors.PushConflictError(
@@ -777,6 +783,12 @@ class Replica:
 
     def checkpoint(self) -> None:
         self.db.checkpoint()
+
+
+def _unsettleable(exc: errors.PushRejectedError) -> errors.PushRejectedError:
+    """Mark a refusal that no pull can settle, so push() raises it at once."""
+    exc.settleable = False  # type: ignore[attr-defined]
+    return exc
 
 
 def _chunk(rows: list[OutboxRow], limit: int) -> list[OutboxRow]:
