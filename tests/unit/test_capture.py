@@ -303,3 +303,15 @@ def test_reads_stay_reads(replica):
         replica.execute(sql).fetchall()
         assert not replica.in_transaction, sql
     assert ids(replica) == [1]
+
+
+@pytest.mark.parametrize("sql", ["COMMIT; DROP TABLE t", "RELEASE a; DROP TABLE t", "ROLLBACK; DROP TABLE t"])
+def test_transaction_statements_refuse_a_second_statement(replica, sql):
+    replica.isolation_level = None
+    replica.execute("SAVEPOINT a")
+    replica.execute("INSERT INTO t VALUES (1, 'a')")
+    with pytest.raises(turso_sync.ProgrammingError, match="one statement at a time"):
+        replica.execute(sql)
+    assert replica.in_transaction
+    replica.execute("RELEASE a")
+    assert ids(replica) == [1] and outbox(replica) == [([], 1)]

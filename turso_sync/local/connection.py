@@ -138,6 +138,9 @@ class Cursor:
     def _execute_captured(self, sql: str, parameters: Params, statement: Statement, capture: ChangeCapture) -> Cursor:
         """On a replica: transaction statements go through commit/rollback, writes are captured."""
         conn = self.connection
+        if not _single_statement(sql):
+            # before COMMIT/ROLLBACK/RELEASE are turned into calls that would ignore (or run) the rest
+            raise errors.ProgrammingError("You can only execute one statement at a time.")
         if capture.rolled_back:
             capture.reset()
         if statement.transaction == "COMMIT":
