@@ -224,3 +224,22 @@ def test_lost_sync_state_is_refused_and_repair_with_the_url_keeps_the_pending_wr
     conn.sync()
     conn.close()
     assert value_seen_by(a, key) == [("kept without -sync",)]
+
+
+def test_a_wrong_key_is_an_encryption_error_not_damage(tmp_path, server):
+    a, b = synced_pair(tmp_path, fresh(server), KEY256)
+    pending_row(b, KEY256, "pending across a pull")  # a revert file after the next pull
+    writer = turso_sync.connect(a, encryption_key=KEY256)
+    writer.execute("UPDATE t SET v = 'remote' WHERE id = 5")
+    writer.commit()
+    writer.sync()
+    writer.close()
+    conn = turso_sync.connect(b, encryption_key=KEY256)
+    conn.pull()
+    conn.close()
+    assert ReplicaFiles(b).revert_files()
+    wrong = "ff" * 32
+    with pytest.raises(turso_sync.EncryptionError, match="wrong encryption key"):
+        turso_sync.connect(b, encryption_key=wrong)
+    with pytest.raises(turso_sync.EncryptionError, match="is encrypted"):
+        turso_sync.connect(b)

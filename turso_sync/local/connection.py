@@ -44,7 +44,7 @@ def _single_statement(sql: str) -> bool:
     return ";" not in sql or len(split_statements(sql)) <= 1
 
 
-def _open_checks(path: str, codec: PageCodec | None) -> PageCodec | None:
+def open_checks(path: str, codec: PageCodec | None) -> PageCodec | None:
     """Check the key against the file before SQLite touches it; return the codec to use.
 
     Nothing is written here, so a wrong key leaves the file exactly as it was.
@@ -402,7 +402,7 @@ class Connection:
             except (ValueError, TypeError) as exc:
                 raise errors.ProgrammingError(str(exc)) from None
             codec = PageCodec(spec, key)
-        codec = _open_checks(self.path, codec)
+        codec = open_checks(self.path, codec)
         self.encrypted = codec is not None
         self.isolation_level = isolation_level
         self.row_factory: Callable[[Cursor, tuple[Any, ...]], Any] | None = None

@@ -39,7 +39,7 @@ import apsw
 from .. import errors
 from ..crypto.page_codec import PageAuthError, PageCodec, parse_key
 from ..local.capture import CONFLICTS_TABLE, META_TABLE, OUTBOX_TABLE, is_replica
-from ..local.connection import Connection
+from ..local.connection import Connection, open_checks
 from ..local.framelog import FrameLog, RevisionGone
 from ..local.vfs import realpath
 from ..local.walindex import committed_wal
@@ -113,7 +113,7 @@ class ReplicaFiles:
         """The ``-sync`` state; ``ReplicaDamagedError`` when it cannot be read."""
         try:
             state = SyncState.load(self.path)
-        except (ValueError, TypeError, UnicodeDecodeError) as exc:
+        except (ValueError, TypeError, AttributeError, UnicodeDecodeError) as exc:
             raise self._error([Damage(self.state_file, f"the sync state is damaged ({exc})", False)]) from None
         if state is None:
             raise self._error([Damage(self.state_file, "the sync state is missing", False)])
@@ -162,6 +162,8 @@ class ReplicaFiles:
         found = self._check_database_file()
         if found:
             return found
+        # a wrong or missing key is EncryptionError, not damage (its pages would not authenticate)
+        codec = open_checks(self.path, codec)
         log = FrameLog(self.path, codec, P)
         found = self._check_frame_log(log, state)
         found += self._check_revert(state, codec)
@@ -189,8 +191,7 @@ class ReplicaFiles:
             raise errors.ReplicaDamagedError(
                 self.state_file,
                 what,
-                f"run `turso-sync verify --repair {self.path} --remote URL` to re-clone it keeping its "
-                "pending changes",
+                f"run `turso-sync verify --repair {self.path} --remote URL` to re-clone it keeping its pending changes",
             )
 
     def check_identity(self, db: Any, client_id: str) -> None:
