@@ -122,3 +122,13 @@ def test_steps_are_conditional_on_every_earlier_step():
     batch = push.build_batch([OutboxRow(1, 0, [], changeset)], columns_of(db), "c", 0, lambda v: v)
     for i, step in enumerate(batch.steps[1 : batch.commit_index + 1], start=1):
         assert step["condition"] == {"type": "ok", "step": i - 1}
+
+
+def test_insert_of_a_large_value_guards_the_key_only():
+    big = "x" * (push.GUARD_VALUE_BYTES + 1)
+    db, changeset = captured(SETUP, f"INSERT INTO t VALUES (2, '{big}', 2, NULL)")
+    (guard,) = guards(db, changeset)
+    assert guard.args == [2]  # the large value is sent once, with the insert
+    assert passes(db, guard)
+    db.execute(f"INSERT INTO t VALUES (2, '{big}', 2, NULL)")  # even an equal row fails it now
+    assert not passes(db, guard)

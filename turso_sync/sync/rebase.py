@@ -288,8 +288,10 @@ class Rebaser:
         """
         builder = apsw.ChangesetBuilder()
         tables: dict[str, bool] = {}
+        dropped = False
         for change in apsw.Changeset.iter(changeset):
             if change.indirect or is_internal(change.name):
+                dropped = True
                 continue
             exists = tables.get(change.name)
             if exists is None:
@@ -311,9 +313,12 @@ class Rebaser:
                 self.conflicts.append(
                     Conflict(change.name, pk, "schema", "remote", None, row, None, None, self.revision)
                 )
+                dropped = True
                 continue
             builder.add_change(change)
-        return builder.output()
+        # nothing left out (the usual case): the changeset as it is, never rebuilt (a rebuilt
+        # changeset is held in memory twice, which a transaction of tens of MiB cannot afford)
+        return builder.output() if dropped else changeset
 
     def _journal_dangling_references(self, changeset: bytes) -> None:
         """Journal rows this replay wrote whose foreign key now points at no row (they are kept).
