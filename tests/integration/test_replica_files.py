@@ -243,3 +243,15 @@ def test_a_wrong_key_is_an_encryption_error_not_damage(tmp_path, server):
         turso_sync.connect(b, encryption_key=wrong)
     with pytest.raises(turso_sync.EncryptionError, match="is encrypted"):
         turso_sync.connect(b)
+
+
+def test_a_repair_that_cannot_reach_the_remote_puts_everything_back(tmp_path, server):
+    _a, b = synced_pair(tmp_path, fresh(server), None)
+    pending_row(b, None, "still pending")
+    os.remove(tmp_path / "b.db-frames")
+    before = sorted(os.listdir(tmp_path))
+    with pytest.raises(turso_sync.NetworkError):
+        ReplicaFiles(b).repair(remote_url="http://127.0.0.1:9/nowhere")
+    assert sorted(os.listdir(tmp_path)) == before
+    assert ReplicaFiles(b).repair().kept_pending == 1  # its own URL, reachable: nothing was lost
+    assert value_seen_by(b, None) == [("still pending",)]

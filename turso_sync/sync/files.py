@@ -394,9 +394,18 @@ class ReplicaFiles:
             os.replace(name, name + ".damaged")
             report.set_aside.append(name + ".damaged")
         partial = PartialSync.from_json(state.partial) if state is not None and state.partial else None
-        conn = connect(
-            self.path, url, auth_token=auth_token, encryption_key=encryption_key, cipher=cipher, partial=partial
-        )
+        try:
+            conn = connect(
+                self.path, url, auth_token=auth_token, encryption_key=encryption_key, cipher=cipher, partial=partial
+            )
+        except BaseException:
+            # the remote could not be cloned: put the damaged replica back as it was, so a later
+            # repair still finds its pending changes
+            for name in self.existing():
+                os.remove(name)
+            for kept in report.set_aside:
+                os.replace(kept, kept.removesuffix(".damaged"))
+            raise
         try:
             if carried is None:
                 report.lines.append(
