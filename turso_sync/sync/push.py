@@ -41,7 +41,24 @@ LAST_CHANGE_TABLE = (
 )
 LAST_CHANGE_UPSERT = (
     "INSERT INTO turso_sync_last_change_id(client_id, pull_gen, change_id) VALUES (?, ?, ?) "
-    "ON CONFLICT(client_id) DO UPDATE SET pull_gen=excluded.pull_gen, change_id=excluded.change_id"
+    "ON CONFLICT(client_id) DO UPDATE SET pull_gen=excluded.pull_gen, change_id=excluded.change_id "
+    # never backwards: a batch delayed in the network that lands after a later one changes nothing
+    "WHERE excluded.pull_gen > pull_gen OR (excluded.pull_gen = pull_gen AND excluded.change_id > change_id)"
+)
+
+# The push fence: a second row of ``turso_sync_last_change_id`` per client (``<client id>#fence``),
+# whose ``pull_gen`` holds the client's push epoch.  Every push batch checks the epoch it was
+# built under; after a push whose answer never came, the next pull first moves the epoch on, so
+# that batch, if it is still on its way, can never commit after the rebase (which would then
+# have replayed changes the remote also received: applied twice).
+FENCE_SUFFIX = "#fence"
+FENCE_GUARD = (
+    "SELECT CASE WHEN (SELECT pull_gen FROM turso_sync_last_change_id WHERE client_id = ?) IS ? "
+    "THEN 1 ELSE abs(-9223372036854775808) END AS ok"
+)
+FENCE_UPSERT = (
+    "INSERT INTO turso_sync_last_change_id(client_id, pull_gen, change_id) VALUES (?, ?, 0) "
+    "ON CONFLICT(client_id) DO UPDATE SET pull_gen = excluded.pull_gen"
 )
 LAST_CHANGE_SELECT = "SELECT pull_gen, change_id FROM turso_sync_last_change_id WHERE client_id = ?"
 
@@ -199,14 +216,19 @@ def build_batch(
     client_id: str,
     pull_gen: int,
     encode_value: Callable[[Any], dict[str, Any]],
+    epoch: int | None = None,
 ) -> PushBatch:
-    """The batch that applies ``rows`` and records ``(client_id, pull_gen, last row id)`` atomically."""
+    """The batch that applies ``rows`` and records ``(client_id, pull_gen, last row id)`` atomically.
+
+    It commits only under push epoch ``epoch`` (None: no fence was ever set for this client).
+    """
     changes: list[Step] = []
     for row in rows:
         changes.extend(change_steps(row, columns))
-    plan: list[Step | None] = [None, None, *changes, None]  # BEGIN, table, …, mark
-    sql = ["BEGIN IMMEDIATE", LAST_CHANGE_TABLE, *(s.sql for s in changes), LAST_CHANGE_UPSERT]
-    args: list[list[Any]] = [[], [], *(s.args for s in changes), [client_id, pull_gen, rows[-1].id]]
+    fence = Step(FENCE_GUARD, [client_id + FENCE_SUFFIX, epoch], rows[0].id, guard=True)
+    plan: list[Step | None] = [None, None, fence, *changes, None]  # BEGIN, table, fence, …, mark
+    sql = ["BEGIN IMMEDIATE", LAST_CHANGE_TABLE, fence.sql, *(s.sql for s in changes), LAST_CHANGE_UPSERT]
+    args: list[list[Any]] = [[], [], fence.args, *(s.args for s in changes), [client_id, pull_gen, rows[-1].id]]
     steps: list[dict[str, Any]] = []
     previous_ok: dict[str, Any] | None = None
     for i, text in enumerate(sql):
@@ -221,6 +243,19 @@ def build_batch(
     steps.append(_step("COMMIT", [], previous_ok, encode_value))
     steps.append(_step("ROLLBACK", [], {"type": "not", "cond": {"type": "ok", "step": commit_index}}, encode_value))
     return PushBatch(steps, [*plan, None, None], commit_index, rows[-1].id)
+
+
+def fence_batch(client_id: str, epoch: int, encode_value: Callable[[Any], dict[str, Any]]) -> list[dict[str, Any]]:
+    """The steps that move this client's push epoch to ``epoch`` (one remote transaction)."""
+    sql = ["BEGIN IMMEDIATE", LAST_CHANGE_TABLE, FENCE_UPSERT]
+    args: list[list[Any]] = [[], [], [client_id + FENCE_SUFFIX, epoch]]
+    steps = [
+        _step(text, args[i], {"type": "ok", "step": i - 1} if i else None, encode_value) for i, text in enumerate(sql)
+    ]
+    commit = len(steps)
+    steps.append(_step("COMMIT", [], {"type": "ok", "step": commit - 1}, encode_value))
+    steps.append(_step("ROLLBACK", [], {"type": "not", "cond": {"type": "ok", "step": commit}}, encode_value))
+    return steps
 
 
 def batch_failure(result: dict[str, Any], batch: PushBatch) -> tuple[Step | None, str] | None:

@@ -437,6 +437,10 @@ class Replica:
                 self.state.save(self.path)
             raise
         with self.exclusive():
+            if self.state.push_in_doubt:
+                # a push batch may still be on its way: fence it off, then fetch what it left
+                self._fence_pushes()
+                since = ""
             if self.state.synced_revision != since or self.state.forgotten != forgotten:
                 # another agent pulled, or pushed (so the outbox lost changes the fetched revision
                 # may not hold yet): fetch again, now under the lock
@@ -605,7 +609,9 @@ class Replica:
             while rows:
                 chunk = _chunk(rows, max_changes_per_batch)
                 while True:
-                    batch = push_mod.build_batch(chunk, self._columns, self.state.client_id, gen, encode_value)
+                    batch = push_mod.build_batch(
+                        chunk, self._columns, self.state.client_id, gen, encode_value, self.state.push_epoch
+                    )
                     body = push_mod.pipeline_body([push_mod.batch_request(batch.steps)])
                     if len(body) <= push_mod.MAX_PUSH_BODY:
                         break
@@ -621,7 +627,13 @@ class Replica:
                             )
                         )
                     chunk = chunk[: len(chunk) // 2]  # fewer whole transactions per request
-                results = self._pipeline_body(body)
+                try:
+                    results = self._pipeline_body(body)
+                except (errors.NetworkError, errors.RemoteError) as exc:
+                    if isinstance(exc, errors.NetworkError) or exc.status >= 500:
+                        # it may still commit, now or later: the next pull fences it off first
+                        self.state.push_in_doubt = True
+                    raise
                 self._check_batch(results, batch)
                 self._forget_pushed(batch.last_outbox_id)
                 pushed += len(chunk)
@@ -636,6 +648,29 @@ class Replica:
         finally:
             self._count_bytes()
             self.state.save(self.path)
+
+    def _fence_pushes(self) -> None:
+        """Move the push epoch on, so no push batch sent before can commit any more.
+
+        A rebase replays every pending change the remote has not recorded; a batch that was
+        sent, whose answer never came, and that commits after the rebase, would put those
+        changes there a second time.  Once the remote holds the new epoch, such a batch fails
+        its fence guard; and whatever it committed before is in the state the pull fetches next.
+        """
+        epoch = (self.state.push_epoch or 0) + 1
+        steps = push_mod.fence_batch(self.state.client_id, epoch, encode_value)
+        try:
+            result = _batch_result(self._pipeline([push_mod.batch_request(steps)]))
+        finally:
+            self._count_bytes()
+        if any(error is not None for error in result["step_errors"][:-1]):
+            raise errors.SyncError(
+                f"{self.path}: the remote refused to record the push fence ({result['step_errors']}); "
+                "nothing was pulled, try again"
+            )
+        self.state.push_epoch = epoch
+        self.state.push_in_doubt = False
+        self.state.save(self.path)
 
     def _check_reserved_bytes(self) -> None:
         """Refuse to push from an encrypted replica into a remote database it could never pull.

@@ -47,6 +47,8 @@ class SyncState:
     bytes_received: int = 0
     errors: int = 0
     forgotten: int = 0  # bumped whenever pushed changes leave the outbox (a pull compares it)
+    push_epoch: int | None = None  # the push fence's epoch on the remote (see push.py)
+    push_in_doubt: bool = False  # a push batch was sent and its answer never came
     partial: dict[str, object] | None = None  # PartialSync options of a partial replica
     extra: dict[str, object] = field(default_factory=dict)
 
