@@ -88,11 +88,9 @@ REGRESSIONS: list[Regression] = [
         steps=200,
         keep=(0, 32, 68, 98, 99, 100, 114, 131, 202),
         check="applied_twice",
-        xfail=(
-            "r0's push batch is delayed in the network (the client times out), r0 pulls (new pull_gen), "
-            "then the old batch reaches the primary: the re-push does not recognise it and the log row "
-            "(a table without a primary key) is inserted twice"
-        ),
+        # found at fe93197: r0's push batch is delayed in the network (the client times out), r0
+        # pulls (new pull_gen), then the old batch reaches the primary; the re-push did not
+        # recognise it and the row of a table without a primary key was inserted twice; fixed by 29ae773
     ),
     Regression(
         "stale_base_after_push_without_pull",
@@ -114,11 +112,13 @@ REGRESSIONS: list[Regression] = [
         faults=False,
         big=True,
         check="exception:NoMemError",
+        # found at fe93197: its push was answered 413 by our primary (body over 64 MiB); at 3ea39d9
+        # sync() raised apsw.NoMemError from the rebase, outside turso_sync.Error; fixed by 8bf8a5f
+        # and 3fa7554: refused with PushRejectedError before anything is sent (docs/consistency.md)
         xfail=(
-            "a replica holding a 65 MiB pending transaction: at fe93197 its push was answered 413 by our "
-            "primary (body over 64 MiB); at 3ea39d9 sync() raises apsw.NoMemError from the rebase "
-            "(rebase._direct_changes, ChangesetBuilder.output), outside turso_sync.Error; docs/consistency.md "
-            "says such a push is refused with PushRejectedError before anything is sent"
+            "at 29ae773 the oversized push is refused as documented, but the remedy the error names "
+            "(delete the transaction locally) fails: the COMMIT of `DELETE FROM events WHERE txn = ?` "
+            "(65 rows of 1 MiB) raises OperationalError: out of memory, so the replica can never sync again"
         ),
     ),
 ]
