@@ -39,8 +39,11 @@ LAST_CHANGE_TABLE = (
     "CREATE TABLE IF NOT EXISTS turso_sync_last_change_id "
     "(client_id TEXT PRIMARY KEY, pull_gen INTEGER, change_id INTEGER)"
 )
+# the change id is written only under the expected push epoch (the fence, below): one step
 LAST_CHANGE_UPSERT = (
-    "INSERT INTO turso_sync_last_change_id(client_id, pull_gen, change_id) VALUES (?, ?, ?) "
+    "INSERT INTO turso_sync_last_change_id(client_id, pull_gen, change_id) VALUES (?, ?, "
+    "CASE WHEN (SELECT pull_gen FROM turso_sync_last_change_id WHERE client_id = ?) IS ? THEN ? "
+    "ELSE abs(-9223372036854775808) END) "
     "ON CONFLICT(client_id) DO UPDATE SET pull_gen=excluded.pull_gen, change_id=excluded.change_id "
     # never backwards: a batch delayed in the network that lands after a later one changes nothing
     "WHERE excluded.pull_gen > pull_gen OR (excluded.pull_gen = pull_gen AND excluded.change_id > change_id)"
@@ -48,14 +51,11 @@ LAST_CHANGE_UPSERT = (
 
 # The push fence: a second row of ``turso_sync_last_change_id`` per client (``<client id>#fence``),
 # whose ``pull_gen`` holds the client's push epoch.  Every push batch checks the epoch it was
-# built under; after a push whose answer never came, the next pull first moves the epoch on, so
-# that batch, if it is still on its way, can never commit after the rebase (which would then
-# have replayed changes the remote also received: applied twice).
+# built under (in its last step, ``LAST_CHANGE_UPSERT``); after a push whose answer never came,
+# the next pull first moves the epoch on, so that batch, if it is still on its way, can never
+# commit after the rebase (which would then have replayed changes the remote also received:
+# applied twice).
 FENCE_SUFFIX = "#fence"
-FENCE_GUARD = (
-    "SELECT CASE WHEN (SELECT pull_gen FROM turso_sync_last_change_id WHERE client_id = ?) IS ? "
-    "THEN 1 ELSE abs(-9223372036854775808) END AS ok"
-)
 FENCE_UPSERT = (
     "INSERT INTO turso_sync_last_change_id(client_id, pull_gen, change_id) VALUES (?, ?, 0) "
     "ON CONFLICT(client_id) DO UPDATE SET pull_gen = excluded.pull_gen"
@@ -225,16 +225,24 @@ def build_batch(
     changes: list[Step] = []
     for row in rows:
         changes.extend(change_steps(row, columns))
-    fence = Step(FENCE_GUARD, [client_id + FENCE_SUFFIX, epoch], rows[0].id, guard=True)
-    plan: list[Step | None] = [None, None, fence, *changes, None]  # BEGIN, table, fence, …, mark
-    sql = ["BEGIN IMMEDIATE", LAST_CHANGE_TABLE, fence.sql, *(s.sql for s in changes), LAST_CHANGE_UPSERT]
-    args: list[list[Any]] = [[], [], fence.args, *(s.args for s in changes), [client_id, pull_gen, rows[-1].id]]
+    # the mark also checks the push epoch: failing there is a conflict with a fence (pull, retry)
+    mark = Step(
+        LAST_CHANGE_UPSERT,
+        [client_id, pull_gen, client_id + FENCE_SUFFIX, epoch, rows[-1].id],
+        rows[0].id,
+        guard=True,
+    )
+    plan: list[Step | None] = [None, None, *changes, mark]  # BEGIN, table, …, mark
+    sql = ["BEGIN IMMEDIATE", LAST_CHANGE_TABLE, *(s.sql for s in changes), mark.sql]
+    args: list[list[Any]] = [[], [], *(s.args for s in changes), mark.args]
     steps: list[dict[str, Any]] = []
     previous_ok: dict[str, Any] | None = None
     for i, text in enumerate(sql):
         condition = previous_ok
         steps.append(_step(text, args[i], condition, encode_value))
         source = plan[i]
+        if source is not None and source.guard:
+            steps[-1]["stmt"]["want_rows"] = False  # only its error matters: no row back
         ok = {"type": "ok", "step": i}
         if source is not None and source.harmless_errors:
             ok = {"type": "or", "conds": [ok, {"type": "error", "step": i}]}
