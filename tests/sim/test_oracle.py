@@ -152,3 +152,20 @@ def test_faulty_transport_meets_each_fault() -> None:
     t.request("/e", b"5", "x", 1, False)
     assert deliver_delayed(backlog, real, log) == 1
     assert real.calls[-2:] == ["/e", "/d"]  # delivered after a later request: reordered
+
+
+def test_multiproc_journal_finds_torn_reads_and_damage(tmp_path: Path) -> None:
+    from .multiproc import MultiResult, _read_journal
+
+    journal = tmp_path / "journal"
+    journal.write_text(
+        "attempt a-1\nacked a-1\nattempt a-2\n"
+        "error sync NetworkError: cannot reach\n"
+        "error sync DatabaseError: database disk image is malformed\n"
+        "torn r0 [('a-3', 1)]\n"
+    )
+    result = MultiResult()
+    attempted, acked = _read_journal(str(journal), result)
+    assert attempted == {"a-1", "a-2"} and acked == {"a-1"}
+    assert len(result.findings) == 2  # the torn read and the damaged database, not the network error
+    assert result.errors["NetworkError"] == 1
