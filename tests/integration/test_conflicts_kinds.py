@@ -151,3 +151,29 @@ def test_equal_updates_from_one_base_are_journaled(url: str, tmp_path: Path, pol
     assert (conflict.kind, conflict.base["v"], conflict.local["v"], conflict.remote["v"]) == ("update/update", 5, 6, 6)
     a.close()
     b.close()
+
+
+def test_journal_base_is_what_the_change_started_from_after_a_push_without_pull(url: str, tmp_path: Path):
+    a, b = pair(
+        tmp_path,
+        url,
+        "stale-base",
+        add_increments,
+        "CREATE TABLE counters (name TEXT PRIMARY KEY, v INTEGER); INSERT INTO counters VALUES ('c', 0);",
+    )
+    b.execute("UPDATE counters SET v = v + 1")
+    b.commit()
+    b.push()  # no pull after: b's synced base still says 0, the remote says 1
+    a.pull()
+    for conn in (a, b):  # both increment from 1
+        conn.execute("UPDATE counters SET v = v + 1")
+        conn.commit()
+    a.sync()
+    b.sync()
+    a.pull()
+    for conn in (a, b):
+        assert conn.execute("SELECT v FROM counters").fetchone() == (3,)  # three increments, none lost
+    (conflict,) = b.conflicts()
+    assert (conflict.base["v"], conflict.local["v"], conflict.remote["v"]) == (1, 2, 2)
+    a.close()
+    b.close()

@@ -403,7 +403,9 @@ class Rebaser:
         if change.op == "INSERT":
             kind, base, local = "insert/insert", None, self._row(names, change.new)
         else:
-            base = self._base_row(change.name, names, pk) or self._row(names, change.old)
+            # the synced base row, with the values this change started from on top: after a push
+            # without a pull the synced base is older than what the change was made on
+            base = {**(self._base_row(change.name, names, pk) or {}), **(self._row(names, change.old) or {})}
             if change.op == "UPDATE":
                 local = dict(base or {})
                 local.update(self._row(names, change.new) or {})
