@@ -29,6 +29,8 @@ def repro_line(
         parts.append("--no-partial")
     if options.big:
         parts.append("--big")
+    if options.server != "primary":
+        parts.append(f"--server {options.server}")
     if options.avoid:
         parts.append("--avoid " + ",".join(sorted(options.avoid)))
     if tolerate:
@@ -99,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--big", action="store_true", help="one transaction over 64 MiB per seed")
     parser.add_argument("--avoid", default="", help=f"steer around known bugs: {', '.join(KNOWN_BUGS)}")
     parser.add_argument("--tolerate", default="", help="checks whose failures are printed, not fatal (comma-separated)")
+    parser.add_argument(
+        "--server", choices=("primary", "tursodb"), default="primary", help="the server replicas sync with"
+    )
     parser.add_argument("--keep", help="comma-separated step indices: replay a shrunk history")
     parser.add_argument("--no-shrink", action="store_true")
     parser.add_argument("--shrink-budget", type=float, default=300.0, help="seconds spent shrinking one failure")
@@ -113,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = avoid - set(KNOWN_BUGS)
     if unknown:
         parser.error(f"--avoid {','.join(sorted(unknown))}: known bugs are {', '.join(KNOWN_BUGS)}")
-    options = Options(args.steps, args.replicas, not args.no_faults, args.big, not args.no_partial, avoid)
+    options = Options(
+        args.steps, args.replicas, not args.no_faults, args.big, not args.no_partial, server=args.server, avoid=avoid
+    )
     keep = [int(x) for x in args.keep.split(",")] if args.keep else None
     seeds = [args.seed] if args.seed is not None else list(range(args.first, args.first + args.seeds))
     started = time.monotonic()

@@ -32,6 +32,13 @@ SCHEMA = [
 ]
 
 
+def schema_for(server: str) -> list[str]:
+    """The schema a history starts with: tursodb (Turso's engine) refuses WITHOUT ROWID tables."""
+    if server == "tursodb":
+        return [sql.replace(" WITHOUT ROWID", "") for sql in SCHEMA]
+    return list(SCHEMA)
+
+
 @dataclass(frozen=True)
 class ReplicaSpec:
     """One replica: how it is opened."""
@@ -69,6 +76,7 @@ class History:
     seed: int
     replicas: list[ReplicaSpec]
     steps: list[Step]
+    server: str = "primary"
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,9 @@ class Options:
     faults: bool = True
     big: bool = False  # one transaction over 64 MiB (long campaign only)
     partial: bool = True
+    #: ``primary`` (ours) or ``tursodb``; against tursodb every replica is plaintext (a default
+    #: tursodb database reserves no page bytes for encryption)
+    server: str = "primary"
     #: known bugs the workload steers around (names in ``KNOWN_BUGS``), so a campaign finds others
     avoid: frozenset[str] = frozenset()
 
@@ -94,13 +105,15 @@ KNOWN_BUGS = {
 def generate(seed: int, options: Options) -> History:
     """The history of ``seed``."""
     rnd = random.Random(seed)
+    can_encrypt = options.server == "primary"
     specs = [
-        ReplicaSpec(i, encrypted=rnd.random() < 0.5, policy=POLICIES[(seed + i) % len(POLICIES)])
+        ReplicaSpec(i, encrypted=rnd.random() < 0.5 and can_encrypt, policy=POLICIES[(seed + i) % len(POLICIES)])
         for i in range(options.replicas)
     ]
     join_at = -1
     if options.partial:
-        specs.append(ReplicaSpec(len(specs), encrypted=rnd.random() < 0.5, policy=rnd.choice(POLICIES), partial=True))
+        encrypted = rnd.random() < 0.5 and can_encrypt
+        specs.append(ReplicaSpec(len(specs), encrypted=encrypted, policy=rnd.choice(POLICIES), partial=True))
         join_at = max(3, options.steps // 3)
     live = [s.index for s in specs if not s.partial]
     steps: list[Step] = [Step(0, "setup", 0), Step(1, "quiet")]
@@ -132,7 +145,7 @@ def generate(seed: int, options: Options) -> History:
         else:
             steps.append(Step(i, "quiet"))
     steps.append(Step(options.steps + 2, "quiet"))
-    return History(seed, specs, steps)
+    return History(seed, specs, steps, options.server)
 
 
 def _faults(rnd: random.Random) -> list[str | None]:

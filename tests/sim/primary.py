@@ -1,12 +1,15 @@
-"""Our real primary (``turso_sync.primary``) served on 127.0.0.1 from a background event loop.
+"""The server a simulation runs against, on 127.0.0.1.
 
-Restartable on the same port with the same data directory, so replicas keep their URL.
+``InProcessPrimary``: our primary (``turso_sync.primary``) from a background event loop;
+``TursodbServer``: ``tursodb --sync-server`` (``--server tursodb``).  Both restart on the same
+port with the same data, so replicas keep their URL.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
 import threading
 from pathlib import Path
 from typing import Any
@@ -104,3 +107,64 @@ def _python_value(v: dict[str, Any]) -> Any:
 
         return base64.b64decode(v["base64"])
     return v["value"]
+
+
+class TursodbServer:
+    """Turso's reference server (``tursodb --sync-server``) with the same face as ``InProcessPrimary``.
+
+    Restarts are ``kill -9`` and a new process on the same port and database file.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        from tests.servers import TURSODB, free_port
+
+        self.binary = str(TURSODB)
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._http = httpx.Client(timeout=60)
+
+    def start(self) -> str:
+        """Start serving the database file."""
+        from tests.conftest import wait_for
+
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._proc = subprocess.Popen(
+            [self.binary, "-q", "--sync-server", f"127.0.0.1:{self.port}", str(self.data_dir / "server.db")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        proc = self._proc
+        wait_for(lambda: proc.poll() is not None or self._answers(), 30, "tursodb to listen")
+        if proc.poll() is not None:
+            raise RuntimeError(f"tursodb exited at start with {proc.returncode}")
+        return self.url
+
+    def _answers(self) -> bool:
+        try:
+            self._http.post(f"{self.url}/v2/pipeline", content=b'{"baton":null,"requests":[]}', timeout=1)
+            return True
+        except httpx.HTTPError:
+            return False
+
+    def stop(self) -> None:
+        """Kill the server."""
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait(30)
+            self._proc = None
+
+    def restart(self) -> None:
+        """Kill, then serve again on the same port."""
+        self.stop()
+        self.start()
+
+    def close(self) -> None:
+        """Stop the server."""
+        self.stop()
+        self._http.close()
+
+    def query(self, sql: str, args: list[Any] | None = None) -> list[list[Any]]:
+        """Rows of one statement run on the server."""
+        return hrana_query(self._http, self.url, sql, args)

@@ -21,9 +21,9 @@ from turso_sync.sync.rebase import Conflict
 from turso_sync.sync.transport import HttpxTransport
 
 from .faults import FaultLog, FaultyTransport, Held, deliver_delayed
-from .history import MARKER, SCHEMA, History, ReplicaSpec, Step
+from .history import MARKER, History, ReplicaSpec, Step, schema_for
 from .oracle import KvWrite, Oracle, SimFailure, check_policy
-from .primary import InProcessPrimary
+from .primary import InProcessPrimary, TursodbServer
 
 KEY = "5a" * 32
 #: User tables the oracle knows; the dump compares every user table whatever its name.
@@ -81,7 +81,11 @@ class Simulation:
         self.fault_log = FaultLog()
         self.live: dict[int, Live] = {}
         self.graveyard: list[Any] = []
-        self.primary = InProcessPrimary(self.dir / "primary")
+        self.primary: InProcessPrimary | TursodbServer = (
+            TursodbServer(self.dir / "tursodb")
+            if history.server == "tursodb"
+            else InProcessPrimary(self.dir / "primary")
+        )
         self.syncs = 0
         self.huge_pending: dict[str, str] = {}  # replica -> txn id of its pending transaction over 64 MiB
 
@@ -153,7 +157,7 @@ class Simulation:
         kind = step.kind
         if kind == "setup":
             conn = self.live[step.replica].conn
-            for sql in SCHEMA:
+            for sql in schema_for(self.history.server):
                 conn.execute(sql)
             conn.commit()
         elif kind == "txn":

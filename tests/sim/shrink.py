@@ -16,7 +16,7 @@ def keep_only(history: History, keep: set[int]) -> History:
     """``history`` with only the steps whose index is in ``keep`` (plus setup and the last quiet)."""
     last = history.steps[-1].index
     steps = [s for s in history.steps if s.index in keep or s.kind == "setup" or s.index == last]
-    return History(history.seed, history.replicas, steps)
+    return History(history.seed, history.replicas, steps, history.server)
 
 
 def shrink(

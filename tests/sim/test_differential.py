@@ -27,3 +27,16 @@ def test_pyturso_and_turso_sync_on_one_database_converge(tmp_path: Path) -> None
     result = run_mixed(0, 20, tmp_path)
     assert result.differences == []
     assert 0 < result.counter <= result.increments
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_simulation_against_tursodb(seed: int) -> None:
+    """The seeded history (faults, crashes, kill -9 of the server) with tursodb as the remote: every check."""
+    from .history import Options, generate
+    from .runner import Simulation
+
+    result = Simulation(generate(seed, Options(60, server="tursodb"))).run()
+    assert result.failure is None, (
+        f"{result.failure}\n  repro: .venv/bin/python -m tests.sim --seed {seed} --server tursodb"
+    )
+    assert result.syncs > 0
