@@ -98,12 +98,10 @@ REGRESSIONS: list[Regression] = [
         steps=200,
         keep=(0, 36, 68, 98, 108, 109, 111, 115, 128, 132, 150, 202),
         check="silent_loss",
-        xfail=(
-            "r3 pushes (no pull after), so the remote moves past r3's synced base; r3 then runs v = v + 1 "
-            "(1 -> 2) while r0 does the same; the rebase journals base 2 (the stale synced base) instead of 1 "
-            "(what r3's change started from), so the entry hides an increment and a callable adding "
-            "remote + local - base would lose it"
-        ),
+        # found at 3fa7554: r3 pushes (no pull after), so the remote moves past r3's synced base;
+        # r3 then runs v = v + 1 (1 -> 2) while r0 does the same; the rebase journaled base 2 (the
+        # stale synced base) instead of 1, hiding an increment (a callable adding remote + local -
+        # base would lose it); fixed by 49e5cbb
     ),
     Regression(
         "push_of_a_transaction_over_64_mib",
