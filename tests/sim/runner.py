@@ -80,7 +80,6 @@ class Simulation:
         self.backlog: list[Held] = []
         self.fault_log = FaultLog()
         self.live: dict[int, Live] = {}
-        self.graveyard: list[Any] = []
         self.primary: InProcessPrimary | TursodbServer = (
             TursodbServer(self.dir / "tursodb")
             if history.server == "tursodb"
@@ -147,7 +146,6 @@ class Simulation:
             except Exception:
                 pass
         self.live.clear()
-        self.graveyard.clear()
         gc.collect()
         self.primary.close()
         if self.own_dir:
@@ -167,10 +165,10 @@ class Simulation:
         elif kind == "crash":
             live = self.live.pop(step.replica, None)
             if live is not None:
-                self.graveyard.append(live.conn)  # abandoned: never closed
-                self.graveyard.clear()
+                spec = live.spec
+                del live  # abandoned, never closed: its objects go as a dead process's would
                 gc.collect()
-                self.live[step.replica] = self._open(live.spec, create=False)
+                self.live[step.replica] = self._open(spec, create=False)
         elif kind == "restart_primary":
             self.primary.restart()
         elif kind == "flush_delayed":
