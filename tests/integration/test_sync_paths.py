@@ -262,5 +262,10 @@ def test_push_over_the_size_limit(server: PrimaryProcess, tmp_path: Path, monkey
         # refused at once (no pull can make it smaller), and it says what to do
         assert str(info.value).endswith("split it into smaller transactions (delete it locally and redo it in parts)")
         assert a.stats().pending_changes == 1
+        # the remedy the error names: delete it locally; the two cancel out and nothing is sent
+        a.execute("DELETE FROM big WHERE id = 100")
+        a.commit()
+        assert a.push() == 0
+        assert a.stats().pending_changes == 0
     with opened(tmp_path / "b.db", url, "last_push_wins") as b:
         assert b.execute("SELECT count(*), max(id) FROM big").fetchone() == (8, 7)

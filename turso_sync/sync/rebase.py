@@ -170,7 +170,7 @@ class Rebaser:
         for conflict_row in old_conflicts:
             db.execute(f"INSERT INTO {CONFLICTS_TABLE} VALUES ({','.join('?' * len(conflict_row))})", conflict_row)
         kept = 0
-        for row in _combine(pending):
+        for row in combine_pending(pending):
             ddl, changeset = self._replay(row)
             if ddl or changeset:
                 db.execute(
@@ -490,7 +490,7 @@ def _same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-def _combine(rows: Sequence[OutboxRow]) -> list[OutboxRow]:
+def combine_pending(rows: Sequence[OutboxRow]) -> list[OutboxRow]:
     """Pending transactions as one: schema statements in order, then one combined changeset.
 
     Combining lets an insert and later updates of the same new row travel as one insert, so a

@@ -34,7 +34,7 @@ from ..local.vfs import realpath
 from . import push as push_mod
 from .overlay import OverlayImage
 from .partial import PartialSync
-from .rebase import Conflict, OutboxRow, Rebaser, Resolver, row_from_json
+from .rebase import Conflict, OutboxRow, Rebaser, Resolver, combine_pending, row_from_json
 from .state import SyncState, drop_reverts, read_revert, write_revert
 from .transport import HttpxTransport, Transport
 from .wire import pull_updates_pb2 as pb
@@ -571,8 +571,6 @@ class Replica:
                     return pushed + self._push_once(max_changes_per_batch)
                 except errors.PushRejectedError as exc:
                     pushed += self._pushed_in_round
-                    if not getattr(exc, "settleable", True):
-                        raise  # nothing a pull changes (a transaction over the size limit)
                     refusal = getattr(exc, "remote_message", None)
                     if refusal is not None and refusal == getattr(last, "remote_message", None):
                         raise  # the same refusal after a pull: the rebase cannot settle it
@@ -606,6 +604,7 @@ class Replica:
                 rows = [r for r in rows if not (r.gen == gen and r.id <= remote_change)]
             if rows:
                 self._check_reserved_bytes()
+            combined = False
             while rows:
                 chunk = _chunk(rows, max_changes_per_batch)
                 while True:
@@ -615,8 +614,18 @@ class Replica:
                     body = push_mod.pipeline_body([push_mod.batch_request(batch.steps)])
                     if len(body) <= push_mod.MAX_PUSH_BODY:
                         break
+                    if len(chunk) == 1 and len(rows) > 1 and not combined:
+                        # later transactions may shrink it (it was deleted locally, say): push them
+                        # all as one remote transaction, as a rebase would have combined them
+                        combined = True
+                        rows = chunk = combine_pending(rows)
+                        if len(rows) == 1 and not rows[0].changeset and not rows[0].ddl:
+                            self._forget_pushed(rows[0].id)  # they cancel out: nothing to send
+                            rows = []
+                            break
+                        continue
                     if len(chunk) == 1:
-                        raise _unsettleable(
+                        raise _oversized(
                             errors.PushRejectedError(
                                 f"{self.path}: local transaction (outbox #{chunk[0].id}) makes a push of "
                                 f"{len(body) / (1 << 20):.1f} MiB, over the {push_mod.MAX_PUSH_BODY / (1 << 20):g} "
@@ -627,6 +636,8 @@ class Replica:
                             )
                         )
                     chunk = chunk[: len(chunk) // 2]  # fewer whole transactions per request
+                if not rows:
+                    break
                 try:
                     results = self._pipeline_body(body)
                 except (errors.NetworkError, errors.RemoteError) as exc:
@@ -820,9 +831,10 @@ class Replica:
         self.db.checkpoint()
 
 
-def _unsettleable(exc: errors.PushRejectedError) -> errors.PushRejectedError:
-    """Mark a refusal that no pull can settle, so push() raises it at once."""
-    exc.settleable = False  # type: ignore[attr-defined]
+def _oversized(exc: errors.PushRejectedError) -> errors.PushRejectedError:
+    """Mark a transaction over the size limit: push() pulls once (the rebase combines pending
+    transactions, so one deleted locally since cancels out) and raises if it is still too big."""
+    exc.remote_message = "over the push size limit"  # type: ignore[attr-defined]
     return exc
 
 
