@@ -104,6 +104,15 @@ REGRESSIONS: list[Regression] = [
         # base would lose it); fixed by 49e5cbb
     ),
     Regression(
+        "callable_counts_an_increment_twice",
+        seed=3114,
+        steps=200,
+        keep=(0, 1, 5, 40, 43, 46, 50, 59, 202),
+        check="applied_twice",
+        # found at 9683fc9 by the campaign: r1 (callable: remote + local - base) ends c0 at 4 after
+        # 3 committed increments (a stale base after a push without a pull); fixed by 49e5cbb
+    ),
+    Regression(
         "push_of_a_transaction_over_64_mib",
         seed=3,
         steps=12,
