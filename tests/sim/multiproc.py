@@ -216,6 +216,9 @@ def _final_checks(url: str, paths: list[Path], keys: list[str | None], journal: 
                 result.findings.append(f"primary integrity_check: {query('PRAGMA integrity_check')[:3]}")
             expected = _dump(query)
             rows = query("SELECT txn, count(*) FROM events GROUP BY txn")
+            # the log table has no primary key: a change pushed twice shows as two rows
+            twice = query("SELECT note, count(*) FROM log GROUP BY note HAVING count(*) > 1 LIMIT 3")
+            logged = {r[0] for r in query("SELECT DISTINCT note FROM log WHERE note IS NOT NULL")}
         for path, conn in zip(paths, conns, strict=True):
             ok = conn.execute("PRAGMA integrity_check").fetchall()
             if ok != [("ok",)]:
@@ -231,6 +234,11 @@ def _final_checks(url: str, paths: list[Path], keys: list[str | None], journal: 
         torn = sorted(t for t, n in groups.items() if n != 2)
         if torn:
             result.findings.append(f"{len(torn)} transactions torn on the primary (not 2 rows), e.g. {torn[:3]}")
+        if twice:
+            result.findings.append(f"log rows (no primary key) applied twice on the primary: {twice}")
+        unlogged = sorted(acked - logged)
+        if unlogged:
+            result.findings.append(f"{len(unlogged)} acknowledged transactions lost their log row, e.g. {unlogged[:3]}")
         phantom = sorted(seen - attempted)
         if phantom:
             result.findings.append(f"transactions nobody attempted: {phantom[:3]}")
