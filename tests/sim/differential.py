@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -210,6 +211,14 @@ def compare(name: str, refused: list[tuple[int, str]], txns: list[Txn], server: 
 def run_differential(seed: int, txns: int = 30, workdir: Path | None = None, tursodb: bool = True) -> list[PathResult]:
     """All paths for one seed."""
     root = Path(workdir or tempfile.mkdtemp(prefix=f"simdiff-{seed}-"))
+    try:
+        return _run_paths(seed, txns, root, tursodb)
+    finally:
+        if workdir is None:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _run_paths(seed: int, txns: int, root: Path, tursodb: bool) -> list[PathResult]:
     work = workload(seed, txns)
     results: list[PathResult] = []
     for name in ("ours@primary", "pyturso@primary"):
@@ -322,6 +331,8 @@ def run_mixed(seed: int, rounds: int = 20, workdir: Path | None = None) -> Mixed
         peer.close()
         ours.close()
         primary.close()
+        if workdir is None:
+            shutil.rmtree(root, ignore_errors=True)
     return result
 
 
