@@ -150,3 +150,36 @@ def test_a_write_between_slices_is_detected(source: FakePages) -> None:
     source.history.append({1: b"outside writer"})
     with pytest.raises(SnapshotMoved, match="during a bootstrap"):
         next(slices)
+
+
+def _insert_blobs(count: int) -> str:
+    return (
+        f"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {count}) "
+        "INSERT INTO t SELECT randomblob(3000) FROM n"
+    )
+
+
+def test_commits_between_slices_leave_every_slice_at_the_first_revision(tmp_path: Path) -> None:
+    """Slices are read by separate worker jobs, so commits may land between them (bounded memory)."""
+    engine = _Engine(tmp_path / "db")
+    try:
+        engine.sql(
+            "CREATE TABLE t(x)",
+            _insert_blobs(40),
+        )
+        expected = select_pages(engine.pages, PullRequest())
+        slices = select_slices(engine.pages, PullRequest(), slice_pages=4)
+        got = dict(next(slices).pages)
+        # every page of the table changes, and the database grows, before the next slices are read
+        engine.sql(
+            "UPDATE t SET x = randomblob(3000)",
+            _insert_blobs(9),
+        )
+        rest = list(slices)
+        for snap in rest:
+            assert (snap.seq, snap.db_size) == (expected.seq, expected.db_size)
+            got.update(snap.pages)
+        assert got == expected.pages
+        assert select_pages(engine.pages, PullRequest()).pages != expected.pages  # the commits did move it
+    finally:
+        engine.close()

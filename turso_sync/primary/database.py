@@ -217,32 +217,23 @@ class HostedDatabase:
     async def slices(self, request: PullRequest) -> AsyncGenerator[Snapshot, None]:
         """The answer to a pull as it is read: one snapshot, or a bootstrap slice by slice.
 
-        One worker job reads every slice back to back (so they share one committed state) and
-        hands each to the event loop at once, so sending starts after the first slice.
+        Each slice is read by a worker job of its own, only when the sender asks for it (after it
+        sent the one before), so a bootstrap holds at most one slice in memory however slowly the
+        client reads, and other requests' jobs run between its slices.  Every slice is of the
+        same revision: a slice read after a commit is read as of the first slice's revision
+        (``select_slices``).
         """
-        queue: asyncio.Queue[Snapshot | BaseException | None] = asyncio.Queue()
-
-        def deliver(item: Snapshot | BaseException | None) -> None:
-            self._loop.call_soon_threadsafe(queue.put_nowait, item)
-
-        self._worker.submit(self._read_slices, request, deliver)
-        while True:
-            item = await queue.get()
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-
-    def _read_slices(self, request: PullRequest, deliver: Callable[[Snapshot | BaseException | None], None]) -> None:
         assert self._pages is not None
+        reader = select_slices(self._pages, request)
         try:
-            for snap in select_slices(self._pages, request):
-                deliver(snap)
-        except Exception as exc:  # handed to the request, which maps it to a status
-            deliver(exc)
-            return
-        deliver(None)
+            while True:
+                snap = await self.call(next, reader, None)
+                if snap is None:
+                    return
+                yield snap
+        finally:
+            with contextlib.suppress(RuntimeError):  # the worker stopped (shutdown): nothing to close on
+                await self.call(reader.close)
 
     def run_pipeline(self, requests: Sequence[wire.StreamRequest], read_only: bool) -> list[wire.StreamResult]:
         """Execute a pipeline; if it committed, wake the long-polls."""

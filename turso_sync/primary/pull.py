@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable
 from typing import Protocol
 
 from pyroaring import BitMap
@@ -85,13 +85,13 @@ def select_pages(source: PageSource, request: PullRequest) -> Snapshot:
 
 def select_slices(
     source: PageSource, request: PullRequest, slice_pages: int = BOOTSTRAP_SLICE_PAGES
-) -> Iterator[Snapshot]:
+) -> Generator[Snapshot, None, None]:
     """``select_pages`` in consecutive slices: a bootstrap is read ``slice_pages`` pages at a time.
 
-    Every slice comes from the same committed state: the caller reads them back to back on the
-    database's worker thread, where no commit of this server can interleave; a writer from
-    outside would move the revision or size, which raises SnapshotMoved.  Anything but a plain
-    bootstrap is a single slice.
+    Every slice comes from the same committed state: the first slice's revision.  The caller may
+    let other jobs (commits) run between two slices; a slice read after the database moved on is
+    read as of that revision from the frame log's pre-images (``snapshot_at``).  Where that
+    history is not available, SnapshotMoved.  Anything but a plain bootstrap is a single slice.
     """
     client, pinned = check_request(request)
     if client is not None or pinned is not None:
@@ -102,14 +102,28 @@ def select_slices(
         wanted = list(range(1, source.page_count() + 1))
     first: Snapshot | None = None
     for start in range(0, len(wanted), slice_pages) or [0]:
-        snap = source.snapshot(None, wanted[start : start + slice_pages])
+        pgnos = wanted[start : start + slice_pages]
+        snap = source.snapshot(None, pgnos)
         if first is None:
             first = snap
         elif (snap.seq, snap.db_size) != (first.seq, first.db_size):
-            raise SnapshotMoved(
-                f"the database moved from revision {first.seq} to {snap.seq} during a bootstrap; pull again"
-            )
+            snap = _slice_as_of(source, first, pgnos, snap.seq)
         yield snap
+
+
+def _slice_as_of(source: PageSource, first: Snapshot, pgnos: list[int], now: int) -> Snapshot:
+    """The pages ``pgnos`` as of the bootstrap's first slice, after the database moved on to ``now``."""
+    snapshot_at = getattr(source, "snapshot_at", None)
+    moved = f"the database moved from revision {first.seq} to {now} during a bootstrap; pull again"
+    if snapshot_at is None or now < first.seq:
+        raise SnapshotMoved(moved)
+    try:
+        snap: Snapshot = snapshot_at(first.seq, [p for p in pgnos if p <= first.db_size])
+    except RevisionGone:
+        raise SnapshotMoved(moved) from None
+    if (snap.seq, snap.db_size) != (first.seq, first.db_size):
+        raise SnapshotMoved(moved)
+    return snap
 
 
 def _check_not_newer(client: int | None, current: int) -> None:
