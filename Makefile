@@ -7,7 +7,7 @@ NPM_PEERS := @tursodatabase/sync@0.7.2 @tursodatabase/cli-linux-x64-gnu@0.7.0
 PIP_VERSION := 26.3
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 
-.PHONY: venv peers demo test lint typecheck unit bench clean proto constraints fuzz
+.PHONY: venv peers demo test lint typecheck unit bench clean proto constraints fuzz sim
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -46,6 +46,16 @@ test: peers lint typecheck
 fuzz: venv
 	TURSO_FUZZ_EXAMPLES=$${TURSO_FUZZ_EXAMPLES:-5000} TURSO_FUZZ_SEED=$${TURSO_FUZZ_SEED:-$$(date +%s)} \
 	  $(BIN)/pytest -q tests/fuzz --hypothesis-show-statistics
+
+# The simulator's long campaign (make test runs its CI set, tests/sim): the named regression seeds,
+# SEEDS seeds x 200 steps from FIRST, multi-process runs with kill -9, and the differential checks.
+SEEDS ?= 100
+FIRST ?= 0
+sim: peers
+	$(BIN)/python -m tests.sim --regressions
+	$(BIN)/python -m tests.sim --seeds $(SEEDS) --first $(FIRST) --steps 200
+	$(BIN)/python -m tests.sim --multiproc --seeds 3 --seconds 60
+	$(BIN)/python -m tests.sim.differential --seeds 5
 
 bench: peers
 	$(BIN)/python -m bench.run_all
