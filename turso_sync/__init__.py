@@ -28,6 +28,7 @@ from .errors import (
 )
 from .local.connection import Connection, Cursor
 from .sync.partial import PartialSync
+from .sync.transport import Transport
 
 __version__ = "0.1.0"
 
@@ -51,6 +52,7 @@ def connect(
     timeout: float = 5.0,
     record_frames: bool = False,
     partial: PartialSync | None = None,
+    transport: Transport | None = None,
 ) -> Any:
     """Open (or create) a local database, or a replica of a remote one.
 
@@ -68,6 +70,11 @@ def connect(
     ``partial=PartialSync(...)`` bootstraps a new replica partially (a prefix, or the pages a
     query reads) and fetches every other page on first read, pinned to the bootstrap revision
     (docs/partial.md).  It only matters when the replica is created.
+
+    ``transport`` replaces the HTTP client a replica talks to its remote through: any object with
+    ``request(path, body, content_type, timeout, idempotent) -> HttpResponse``, ``close()`` and a
+    ``stats`` (``turso_sync.sync.transport.Transport``), for example one that wraps
+    ``HttpxTransport`` to inject faults in a test.  It is used for this connection only.
 
     Without a remote, ``record_frames=True`` starts the frame log (``<path>-frames``): every
     committed transaction, numbered and kept with its page images.  Replicas and the primary
@@ -99,6 +106,7 @@ def connect(
             cipher=cipher,
             conflict=conflict,
             partial=partial,
+            transport=transport,
         )
         try:
             conn = SyncConnection(
@@ -153,6 +161,7 @@ __all__ = [
     "RemoteError",
     "ReplicaDamagedError",
     "SyncError",
+    "Transport",
     "Warning",
     "apilevel",
     "connect",

@@ -66,6 +66,24 @@ def faulty_replica(path: Path, url: str) -> tuple[turso_sync.Connection, FaultyT
     return conn, faulty
 
 
+def test_connect_takes_a_transport_and_every_request_goes_through_it(tmp_path):
+    """``turso_sync.connect(..., transport=)``: the public seam, from the bootstrap on."""
+    with primary(tmp_path / "server") as url:
+        faulty = FaultyTransport(HttpxTransport(url))
+        conn = turso_sync.connect(tmp_path / "a.db", url, transport=faulty)
+        assert conn.replica.transport is faulty
+        assert faulty.sent and set(faulty.sent) == {"/pull-updates"}  # the bootstrap came through it
+        conn.execute("CREATE TABLE t (x)")
+        conn.commit()
+        faulty.faults["/v2/pipeline"] = ["refused"]
+        with pytest.raises(NetworkError, match="injected"):
+            conn.push()
+        assert conn.stats().pending_changes == 1
+        conn.push()
+        assert "/v2/pipeline" in faulty.sent and conn.stats().pending_changes == 0
+        conn.close()
+
+
 @pytest.mark.parametrize("fault", ["refused", "timeout", "5xx", "truncated", "lost"])
 def test_faults_leave_the_replica_intact_and_the_next_sync_converges(tmp_path, fault):
     with primary(tmp_path / "server") as url:
