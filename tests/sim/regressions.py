@@ -121,12 +121,10 @@ REGRESSIONS: list[Regression] = [
         check="exception:NoMemError",
         # found at fe93197: its push was answered 413 by our primary (body over 64 MiB); at 3ea39d9
         # sync() raised apsw.NoMemError from the rebase, outside turso_sync.Error; fixed by 8bf8a5f
-        # and 3fa7554: refused with PushRejectedError before anything is sent (docs/consistency.md)
-        xfail=(
-            "at 29ae773 the oversized push is refused as documented, but the remedy the error names "
-            "(delete the transaction locally) fails: the COMMIT of `DELETE FROM events WHERE txn = ?` "
-            "(65 rows of 1 MiB) raises OperationalError: out of memory, so the replica can never sync again"
-        ),
+        # and 3fa7554: refused with PushRejectedError before anything is sent (docs/consistency.md).
+        # At 29ae773 the remedy (delete the transaction locally) failed with "out of memory": the
+        # in-process primary had set SQLite's process-wide heap limit (256 MiB) for the replicas too;
+        # since d9c52ed+1 only `turso-sync serve` sets it (docs/primary.md)
     ),
 ]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 from pathlib import Path
@@ -15,6 +16,7 @@ from turso_sync.cli.serve import limits_from
 from turso_sync.primary.app import ClientSlots, Limits, TooManyRequests
 from turso_sync.primary.auth import DEV_CLIENT, Authenticator, parse_token_file
 from turso_sync.primary.server import ConfigError, QuietProtocolLog
+from turso_sync.primary.sql_policy import SERVE_SQLITE_HEAP_BYTES
 from turso_sync.primary.store import DatabaseQuota, DatabaseStore, StoreBusy, UnknownDatabase
 
 
@@ -145,7 +147,11 @@ def test_parse_errors_log_one_debug_line_and_bugs_keep_their_traceback(caplog: p
 def test_serve_options_give_the_limits_and_refuse_nonsense() -> None:
     parser = build_parser()
     defaults = limits_from(parser.parse_args(["serve", "--data-dir", "d"]))
-    assert defaults == Limits()
+    # serve owns its process, so it also bounds SQLite's (process-wide) memory; an embedded primary does not
+    assert defaults == dataclasses.replace(
+        Limits(), sql=dataclasses.replace(Limits().sql, sqlite_heap_bytes=SERVE_SQLITE_HEAP_BYTES)
+    )
+    assert Limits().sql.sqlite_heap_bytes is None
     args = parser.parse_args(
         [
             "serve",
@@ -175,6 +181,7 @@ def test_serve_options_give_the_limits_and_refuse_nonsense() -> None:
         max_connections=10,
         max_databases_per_token=0,
         max_open_databases=2,
+        sql=defaults.sql,
     )
     for option in ("--idle-timeout", "--max-open-databases", "--max-requests-per-client", "--max-connections"):
         with pytest.raises(ConfigError, match=option):

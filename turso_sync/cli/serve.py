@@ -18,7 +18,7 @@ from .. import errors
 from ..primary import ConfigError, Limits, ServerConfig, run_until_signalled
 from ..primary.auth import TokenFileError
 from ..primary.server import parse_listen
-from ..primary.sql_policy import SqlLimits
+from ..primary.sql_policy import SERVE_SQLITE_HEAP_BYTES, SqlLimits
 from ..primary.store import DataDirBusy
 
 HELP = "Run the primary server that Turso's sync clients pull from and push to."
@@ -131,8 +131,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sqlite-heap-bytes",
         type=int,
-        default=sql.sqlite_heap_bytes or 0,
-        help=f"SQLite's memory in the whole process; 0: no limit (default {sql.sqlite_heap_bytes or 0})",
+        default=SERVE_SQLITE_HEAP_BYTES,
+        help=f"SQLite's memory in the whole process; 0: no limit (default {SERVE_SQLITE_HEAP_BYTES})",
     )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 

@@ -65,6 +65,10 @@ class SqlLimits:
     that needs more fails with ``LIMIT_MEMORY``.  It bounds what one result row costs before
     the row and response limits can look at it (the connections keep temporary data in
     memory, so it also bounds sorts and temporary b-trees).  None leaves SQLite unlimited.
+    Because SQLite's limit is the process's, not the server's, it is None unless asked for:
+    ``turso-sync serve``, which owns its process, asks for ``SERVE_SQLITE_HEAP_BYTES`` by default,
+    while a primary embedded in an application's process (or a test's) leaves that process's
+    other SQLite databases alone.
     """
 
     max_statement_seconds: float = 10.0
@@ -73,7 +77,11 @@ class SqlLimits:
     max_response_bytes: int = 32 * MiB
     max_value_bytes: int = 16 * MiB
     max_sql_bytes: int = 1 * MiB
-    sqlite_heap_bytes: int | None = 256 * MiB
+    sqlite_heap_bytes: int | None = None
+
+
+#: SQLite's memory bound of a ``turso-sync serve`` process (see ``SqlLimits.sqlite_heap_bytes``).
+SERVE_SQLITE_HEAP_BYTES = 256 * MiB
 
 
 class Access(enum.Enum):
