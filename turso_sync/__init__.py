@@ -81,7 +81,9 @@ def connect(
     always keep one; once a database has a frame log, every connection keeps it up.
     """
     from .sync.files import ReplicaFiles
+    from .sync.rebase import check_policy
 
+    check_policy(conflict)  # a typo fails here, not at the first rebase
     real = os.path.realpath(os.fspath(path))
     files = ReplicaFiles(real)
     if remote_url is not None and not files.is_replica() and os.path.exists(real):

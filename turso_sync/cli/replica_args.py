@@ -14,6 +14,7 @@ from ..crypto.page_codec import parse_key
 from ..sync.connection import SyncConnection
 from ..sync.files import ReplicaFiles
 from ..sync.partial import PartialSync
+from ..sync.rebase import POLICIES
 from ..sync.replica import Replica
 from ..sync.state import SyncState
 from ..sync.transport import HttpxTransport, Progress
@@ -21,7 +22,6 @@ from .exit_codes import CommandError, ExitCode
 
 AUTH_TOKEN_ENV = "TURSO_SYNC_AUTH_TOKEN"  # noqa: S105 - the name of a variable, not a token
 ENCRYPTION_KEY_ENV = "TURSO_SYNC_ENCRYPTION_KEY"
-CONFLICT_POLICIES = ("last_push_wins", "remote_wins", "local_wins")
 
 
 def add_path_argument(parser: argparse.ArgumentParser) -> None:
@@ -53,9 +53,9 @@ def add_sync_arguments(parser: argparse.ArgumentParser) -> None:
     """``--conflict``: the policy a pull's rebase applies to conflicting pending changes."""
     parser.add_argument(
         "--conflict",
-        choices=CONFLICT_POLICIES,
-        default="last_push_wins",
-        help="how a pull settles a local change to a row that changed remotely (default last_push_wins)",
+        choices=POLICIES,
+        default=POLICIES[0],
+        help=f"how a pull settles a local change to a row that changed remotely (default {POLICIES[0]})",
     )
 
 
@@ -140,7 +140,7 @@ def open_replica(
             auth_token=token,
             encryption_key=key,
             cipher=args.cipher,
-            conflict=getattr(args, "conflict", "last_push_wins"),
+            conflict=getattr(args, "conflict", POLICIES[0]),
             transport=transport,
             partial=partial,
         )

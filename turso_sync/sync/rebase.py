@@ -22,13 +22,29 @@ from typing import Any
 
 import apsw
 
-from ..errors import SyncError
+from ..errors import ProgrammingError, SyncError
 from ..local.capture import CONFLICTS_TABLE, META_TABLE, OUTBOX_TABLE, SCHEMA, is_internal
 from .overlay import OverlayImage, open_overlay
 
 Row = dict[str, Any]
 Resolver = Callable[[str, dict[str, Any], Row | None, Row | None, Row | None, str], Any]
+#: the named conflict policies, the one list the library, the CLI and the docs' checks use
 POLICIES = ("last_push_wins", "remote_wins", "local_wins")
+
+
+def check_policy(policy: object) -> None:
+    """Refuse a conflict policy that is neither one of ``POLICIES`` nor a callable resolver.
+
+    Raises ``ProgrammingError`` naming the accepted policies, so a typo fails when the replica
+    is opened, not at the first rebase.
+    """
+    if callable(policy) or (isinstance(policy, str) and policy in POLICIES):
+        return
+    names = ", ".join(repr(name) for name in POLICIES)
+    raise ProgrammingError(
+        f"unknown conflict policy {policy!r}: use one of {names}, "
+        "or a callable (table, pk, base, local, remote, kind) returning 'local', 'remote' or a merged row"
+    )
 
 
 @dataclass
@@ -129,8 +145,7 @@ class Rebaser:
         base_image: Callable[[], OverlayImage] | None = None,
         reserved: int = 0,
     ) -> None:
-        if not callable(policy) and policy not in POLICIES:
-            raise ValueError(f"unknown conflict policy {policy!r}; use one of {POLICIES} or a callable")
+        check_policy(policy)
         self.client_id = client_id
         self.policy = policy
         self.revision = revision

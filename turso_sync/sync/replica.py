@@ -34,7 +34,7 @@ from ..local.vfs import realpath
 from . import push as push_mod
 from .overlay import OverlayImage
 from .partial import PartialSync
-from .rebase import Conflict, OutboxRow, Rebaser, Resolver, combine_pending, row_from_json
+from .rebase import Conflict, OutboxRow, Rebaser, Resolver, check_policy, combine_pending, row_from_json
 from .state import SyncState, drop_reverts, read_revert, write_revert
 from .transport import HttpxTransport, Transport
 from .wire import pull_updates_pb2 as pb
@@ -93,6 +93,7 @@ class Replica:
         request_timeout: float = 30.0,
         partial: PartialSync | None = None,
     ) -> None:
+        check_policy(conflict)
         self.path = realpath(path)
         self._mutex = threading.RLock()
         self._lock_fd: int | None = None
