@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, overload
 
 from .errors import (
     DatabaseError,
@@ -30,11 +30,63 @@ from .local.connection import Connection, Cursor
 from .sync.partial import PartialSync
 from .sync.transport import Transport
 
+if TYPE_CHECKING:
+    from .sync.connection import SyncConnection
+
 __version__ = "0.1.0"
 
 apilevel = "2.0"
 threadsafety = 1
 paramstyle = "qmark"  # named (":name") parameters work too
+
+
+def __getattr__(name: str) -> Any:
+    """``turso_sync.SyncConnection``, imported on first use (it pulls in the whole sync engine)."""
+    if name == "SyncConnection":
+        from .sync.connection import SyncConnection
+
+        return SyncConnection
+    raise AttributeError(f"module 'turso_sync' has no attribute {name!r}")
+
+
+@overload
+def connect(
+    path: str | os.PathLike[str],
+    remote_url: str,
+    *,
+    auth_token: str | None = None,
+    client_name: str | None = None,
+    long_poll_timeout_ms: int | None = None,
+    bootstrap_if_empty: bool = True,
+    encryption_key: str | None = None,
+    cipher: str = "aes256gcm",
+    conflict: str | Callable[..., Any] = "last_push_wins",
+    isolation_level: str | None = "DEFERRED",
+    timeout: float = 5.0,
+    record_frames: bool = False,
+    partial: PartialSync | None = None,
+    transport: Transport | None = None,
+) -> SyncConnection: ...
+
+
+@overload
+def connect(
+    path: str | os.PathLike[str],
+    remote_url: None = None,
+    *,
+    auth_token: str | None = None,
+    client_name: str | None = None,
+    long_poll_timeout_ms: int | None = None,
+    bootstrap_if_empty: bool = True,
+    encryption_key: str | None = None,
+    cipher: str = "aes256gcm",
+    conflict: str | Callable[..., Any] = "last_push_wins",
+    isolation_level: str | None = "DEFERRED",
+    timeout: float = 5.0,
+    record_frames: bool = False,
+    partial: PartialSync | None = None,
+    transport: Transport | None = None,
+) -> Connection | SyncConnection: ...
 
 
 def connect(
@@ -53,7 +105,7 @@ def connect(
     record_frames: bool = False,
     partial: PartialSync | None = None,
     transport: Transport | None = None,
-) -> Any:
+) -> Connection | SyncConnection:
     """Open (or create) a local database, or a replica of a remote one.
 
     ``encryption_key`` is a hex string (32 hex digits for ``aes128gcm``, 64 for ``aes256gcm``);
@@ -75,6 +127,11 @@ def connect(
     ``request(path, body, content_type, timeout, idempotent) -> HttpResponse``, ``close()`` and a
     ``stats`` (``turso_sync.sync.transport.Transport``), for example one that wraps
     ``HttpxTransport`` to inject faults in a test.  It is used for this connection only.
+
+    The return type follows ``remote_url``: with a URL it is always a ``SyncConnection``;
+    without one it is a local ``Connection``, or a ``SyncConnection`` when ``path`` is already a
+    replica (known only at run time, so the type says ``Connection | SyncConnection``; narrow it
+    with ``isinstance(conn, turso_sync.SyncConnection)``).
 
     Without a remote, ``record_frames=True`` starts the frame log (``<path>-frames``): every
     committed transaction, numbered and kept with its page images.  Replicas and the primary
@@ -162,6 +219,7 @@ __all__ = [
     "PushRejectedError",
     "RemoteError",
     "ReplicaDamagedError",
+    "SyncConnection",
     "SyncError",
     "Transport",
     "Warning",
