@@ -1,7 +1,8 @@
 """The one seam between the sync engine and HTTP.
 
 The engine builds request bodies and parses responses (``wire/``); a ``Transport`` only moves
-bytes.  ``HttpxTransport`` is the real one.  Tests put a scripted transport (or ``respx``)
+bytes.  ``HttpxTransport`` is the real one; ``turso_sync.testing.MockTransport`` answers from a
+function, for tests without a server.  Tests put a scripted transport (or ``respx``)
 here to produce exact faults.
 
 Retries (tenacity: exponential backoff with jitter, bounded) happen only where repeating the
