@@ -1,7 +1,38 @@
 """Every exception turso_sync raises: the DB-API 2.0 hierarchy plus the sync errors.
 
 Mirrors the stdlib ``sqlite3`` module, so ``except turso_sync.IntegrityError`` works the way
-an application written for ``sqlite3`` expects.
+an application written for ``sqlite3`` expects::
+
+    Warning
+    Error                          base of every turso_sync error (PEP 249)
+     +-- InterfaceError            misuse of the interface (a closed connection)
+     +-- DatabaseError
+          +-- DataError            a value does not fit
+          +-- OperationalError     SQL error, busy, locked, I/O
+          |    +-- SyncError       a sync call could not complete; local data unchanged
+          |         +-- NetworkError          unreachable, timed out, cut short      (retry later)
+          |         +-- RemoteError           an HTTP error status: ``.status``      (401/403: the token)
+          |         +-- ProtocolError         a message breaks the protocol (either side)
+          |         +-- PushRejectedError     a pending change refused: ``.outbox_id``, ``.refusal``
+          |              +-- PushConflictError  a remote change in the way; pull, then push
+          +-- IntegrityError       a constraint failed
+          +-- InternalError        the engine reached an impossible state
+          +-- ProgrammingError     wrong use of the API (bad parameters, unknown conflict policy)
+          +-- NotSupportedError
+          +-- EncryptionError      wrong, missing or unneeded key; a page failed authentication
+          +-- ReplicaDamagedError  a replica's files no longer belong together: ``.file``, ``.remedy``
+
+Every error a sync call (bootstrap, ``pull``, ``push``, ``sync``) raises because of the remote
+or the wire is a ``SyncError``; the key and the local files keep their own types
+(``EncryptionError``, ``ReplicaDamagedError``): retrying does not help with those.  Decide by
+type and by the attributes (``RemoteError.status``, ``PushRejectedError.outbox_id``), never
+by the message text, which is written for people and may change.
+
+``SyncError`` sits under ``OperationalError``, as PEP 249 places "errors related to the
+database's operation ... not necessarily under the control of the programmer" (a lost
+connection): ``except turso_sync.OperationalError`` keeps catching sync failures.  The
+primary's own HTTP-level errors live beside its handlers (``primary/app.py``) and never reach
+a client as exceptions: it answers with a status, which the client raises as ``RemoteError``.
 """
 
 from __future__ import annotations
@@ -71,19 +102,21 @@ class ReplicaDamagedError(DatabaseError):
         self.damages = list(damages or [])
 
 
-class ProtocolError(Error):
-    """A sync message does not follow the protocol: malformed bytes or JSON, a bad field or revision.
-
-    The message names the field at fault; the sender has to fix its request.
-    """
-
-
 class SyncError(OperationalError):
     """Sync could not complete; the local database is unchanged and keeps every local write."""
 
 
 class NetworkError(SyncError):
     """The remote could not be reached or did not answer completely."""
+
+
+class ProtocolError(SyncError):
+    """A sync message does not follow the protocol: malformed bytes or JSON, a bad field or revision.
+
+    The message names the field at fault; the sender has to fix its request (on the client, a
+    remote that answers this way is not a turso-sync or Turso sync server, or a broken proxy is
+    in between).
+    """
 
 
 class RemoteError(SyncError):
@@ -97,11 +130,17 @@ class RemoteError(SyncError):
 
 
 class PushRejectedError(SyncError):
-    """The remote refused a pending change; it stays pending (see ``outbox_id``)."""
+    """The remote refused a pending change; it stays pending (see ``outbox_id``).
 
-    def __init__(self, message: str, outbox_id: int | None = None) -> None:
+    ``refusal`` identifies the refusal (the remote's error for the change, or a fixed reason
+    such as the size limit); ``push()`` compares it across a pull-and-retry round to tell a
+    refusal the rebase cannot settle (the same again) from one it did.  None for a conflict.
+    """
+
+    def __init__(self, message: str, outbox_id: int | None = None, *, refusal: str | None = None) -> None:
         super().__init__(message)
         self.outbox_id = outbox_id
+        self.refusal = refusal
 
 
 class PushConflictError(PushRejectedError):

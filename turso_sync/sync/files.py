@@ -310,11 +310,15 @@ class ReplicaFiles:
         try:
             db = conn.apsw_connection
             try:
-                found = db.execute(f"SELECT value FROM {META_TABLE} WHERE key = 'client_id'").fetchall()
-            except Exception as exc:  # no such table: not a replica's database
-                found = []
-                if "no such table" not in str(exc):
-                    return [Damage(self.path, f"the database cannot be read ({exc})", True)]
+                # asked of the schema, not read from an error message: no meta table, not a replica's database
+                has_meta = db.execute(
+                    "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?", (META_TABLE,)
+                ).fetchall()
+                found = (
+                    db.execute(f"SELECT value FROM {META_TABLE} WHERE key = 'client_id'").fetchall() if has_meta else []
+                )
+            except Exception as exc:
+                return [Damage(self.path, f"the database cannot be read ({exc})", True)]
             client = str(found[0][0]) if found else None
             if client is None and log.current_seq() > 0:
                 what = "the database holds no replica tables: another database is in its place"

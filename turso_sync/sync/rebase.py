@@ -128,7 +128,11 @@ def _ddl_for_replay(sql: str) -> str:
 
 
 def harmless_ddl_error(sql: str, message: str) -> bool:
-    """Re-adding a column that exists is expected when a change is replayed twice."""
+    """Re-adding a column that exists is expected when a change is replayed twice.
+
+    SQLite reports a duplicate column as the generic SQLITE_ERROR, so the message is the only
+    signal; it is read here, for an ALTER TABLE only, and nowhere else in the rebase.
+    """
     return bool(re.match(r"\s*ALTER\s+TABLE", sql, re.IGNORECASE)) and "duplicate column" in message
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import apsw
+from google.protobuf.message import DecodeError
 from pyroaring import BitMap
 
 from .. import errors
@@ -393,7 +394,10 @@ class Replica:
         pages: dict[int, bytes] = {}
         for raw in messages[1:]:
             msg = pb.PageData()
-            msg.ParseFromString(raw)
+            try:
+                msg.ParseFromString(raw)
+            except DecodeError as exc:
+                raise errors.ProtocolError(f"pull-updates response holds a malformed page record: {exc}") from None
             page = msg.encoded_page
             if header.encoding == PageEncoding.ZSTD:
                 page = decode_zstd_page(page)
@@ -572,8 +576,7 @@ class Replica:
                     return pushed + self._push_once(max_changes_per_batch)
                 except errors.PushRejectedError as exc:
                     pushed += self._pushed_in_round
-                    refusal = getattr(exc, "remote_message", None)
-                    if refusal is not None and refusal == getattr(last, "remote_message", None):
+                    if exc.refusal is not None and last is not None and exc.refusal == last.refusal:
                         raise  # the same refusal after a pull: the rebase cannot settle it
                     last = exc
                     self.pull(0)
@@ -720,6 +723,8 @@ class Replica:
         batch = _batch_result(results)
         error = batch["step_errors"][0]
         if error:
+            # the one reading of a message: a remote that never took a push has no mark table, and
+            # SQLite reports that as the generic SQLITE_ERROR (no code of its own to test instead)
             if "no such table" in str(error.get("message", "")):
                 return 0, 0
             raise errors.RemoteError(200, json.dumps(error).encode(), "/v2/pipeline")
@@ -734,11 +739,9 @@ class Replica:
             return
         source, message = failure
         if source is None:
-            failed = errors.PushRejectedError(
-                f"the remote did not commit the push batch ({message}); every change stays pending"
+            raise errors.PushRejectedError(
+                f"the remote did not commit the push batch ({message}); every change stays pending", refusal=message
             )
-            failed.remote_message = message  # type: ignore[attr-defined]
-            raise failed
         if source.guard:
             # known by its step index: the remote row is no longer what this change was made on
             raise errors.PushConflictError(
@@ -746,12 +749,11 @@ class Replica:
                 "since the last pull; it stays pending",
                 source.outbox_id,
             )
-        exc = errors.PushRejectedError(
+        raise errors.PushRejectedError(
             f"the remote rejected a pending change (outbox #{source.outbox_id}): {message}; it stays pending",
             source.outbox_id,
+            refusal=message,
         )
-        exc.remote_message = message  # type: ignore[attr-defined]
-        raise exc
 
     def _forget_pushed(self, last_id: int) -> None:
         conn = self.db._conn.apsw_connection
@@ -835,7 +837,7 @@ class Replica:
 def _oversized(exc: errors.PushRejectedError) -> errors.PushRejectedError:
     """Mark a transaction over the size limit: push() pulls once (the rebase combines pending
     transactions, so one deleted locally since cancels out) and raises if it is still too big."""
-    exc.remote_message = "over the push size limit"  # type: ignore[attr-defined]
+    exc.refusal = "over the push size limit"
     return exc
 
 
@@ -853,10 +855,19 @@ def _chunk(rows: list[OutboxRow], limit: int) -> list[OutboxRow]:
 
 
 def _batch_result(results: list[dict[str, Any]]) -> dict[str, Any]:
-    if not results or results[0].get("type") != "ok":
-        error = results[0].get("error", {}) if results else {}
-        raise errors.RemoteError(200, json.dumps(error).encode(), "/v2/pipeline")
-    return dict(results[0]["response"]["result"])
+    """The result of the first (batch) request; RemoteError if it failed, ProtocolError if malformed."""
+    try:
+        if not results or results[0].get("type") != "ok":
+            error = results[0].get("error", {}) if results else {}
+            raise errors.RemoteError(200, json.dumps(error).encode(), "/v2/pipeline")
+        result = dict(results[0]["response"]["result"])
+        if not isinstance(result.get("step_results"), list) or not isinstance(result.get("step_errors"), list):
+            raise TypeError("step_results and step_errors must be lists")
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise errors.ProtocolError(
+            f"the /v2/pipeline response is not a Hrana batch result ({exc}); is the remote a Turso sync server?"
+        ) from None
+    return result
 
 
 def _read_sync_tables(conn: apsw.Connection) -> tuple[list[OutboxRow], dict[str, Any], list[tuple[Any, ...]]]:
