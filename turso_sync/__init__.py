@@ -89,6 +89,26 @@ def connect(
 ) -> Connection | SyncConnection: ...
 
 
+@overload
+def connect(
+    path: str | os.PathLike[str],
+    remote_url: str | None = None,
+    *,
+    auth_token: str | None = None,
+    client_name: str | None = None,
+    long_poll_timeout_ms: int | None = None,
+    bootstrap_if_empty: bool = True,
+    encryption_key: str | None = None,
+    cipher: str = "aes256gcm",
+    conflict: str | Callable[..., Any] = "last_push_wins",
+    isolation_level: str | None = "DEFERRED",
+    timeout: float = 5.0,
+    record_frames: bool = False,
+    partial: PartialSync | None = None,
+    transport: Transport | None = None,
+) -> Connection | SyncConnection: ...
+
+
 def connect(
     path: str | os.PathLike[str],
     remote_url: str | None = None,
@@ -123,6 +143,9 @@ def connect(
     query reads) and fetches every other page on first read, pinned to the bootstrap revision
     (docs/partial.md).  It only matters when the replica is created.
 
+    Creating a replica either succeeds or leaves nothing behind: when it fails (the remote
+    refuses, the network drops, Ctrl-C), every file it had made beside ``path`` is removed.
+
     ``transport`` replaces the HTTP client a replica talks to its remote through: any object with
     ``request(path, body, content_type, timeout, idempotent) -> HttpResponse``, ``close()`` and a
     ``stats`` (``turso_sync.sync.transport.Transport``), for example one that wraps
@@ -154,36 +177,39 @@ def connect(
         if files.is_replica():
             # a replica whose files no longer belong together is refused before anything opens it
             files.raise_if_damaged(encryption_key, cipher)
-        replica = Replica(
-            real,
-            remote_url,
-            auth_token=auth_token,
-            client_name=client_name,
-            long_poll_timeout_ms=long_poll_timeout_ms,
-            bootstrap_if_empty=bootstrap_if_empty,
-            encryption_key=encryption_key,
-            cipher=cipher,
-            conflict=conflict,
-            partial=partial,
-            transport=transport,
-        )
-        try:
-            conn = SyncConnection(
-                replica,
+        # a new replica that fails to open (an unreachable remote, Ctrl-C) leaves no files behind
+        creating = not files.is_replica() and not os.path.exists(real)
+        with files.removed_on_failure() if creating else contextlib.nullcontext():
+            replica = Replica(
+                real,
+                remote_url,
+                auth_token=auth_token,
+                client_name=client_name,
+                long_poll_timeout_ms=long_poll_timeout_ms,
+                bootstrap_if_empty=bootstrap_if_empty,
                 encryption_key=encryption_key,
                 cipher=cipher,
-                isolation_level=isolation_level,
-                timeout=timeout,
+                conflict=conflict,
+                partial=partial,
+                transport=transport,
             )
-        except BaseException:
-            replica.close()
-            raise
-        try:
-            files.check_identity(conn.apsw_connection, replica.state.client_id)
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+            try:
+                conn = SyncConnection(
+                    replica,
+                    encryption_key=encryption_key,
+                    cipher=cipher,
+                    isolation_level=isolation_level,
+                    timeout=timeout,
+                )
+            except BaseException:
+                replica.close()
+                raise
+            try:
+                files.check_identity(conn.apsw_connection, replica.state.client_id)
+            except BaseException:
+                conn.close()
+                raise
+            return conn
     plain = Connection(
         path,
         encryption_key=encryption_key,

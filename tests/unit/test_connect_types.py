@@ -16,10 +16,14 @@ from turso_sync.sync.connection import SyncConnection
 
 def test_the_overloads_name_the_connection_types_and_never_any():
     overloads = typing.get_overloads(turso_sync.connect)
-    assert len(overloads) == 2
+    assert len(overloads) == 3
     signatures = [inspect.signature(each) for each in overloads]
     returns = {sig.parameters["remote_url"].annotation: sig.return_annotation for sig in signatures}
-    assert returns == {"str": "SyncConnection", "None": "Connection | SyncConnection"}
+    assert returns == {
+        "str": "SyncConnection",
+        "None": "Connection | SyncConnection",
+        "str | None": "Connection | SyncConnection",  # a URL only known at run time
+    }
     assert inspect.signature(turso_sync.connect).return_annotation == "Connection | SyncConnection"
 
 
@@ -57,6 +61,9 @@ def test_a_type_checker_sees_the_overloads(tmp_path):
             def local() -> None:
                 assert_type(turso_sync.connect("l.db"), Connection | SyncConnection)
                 assert_type(turso_sync.connect("l.db", None), Connection | SyncConnection)
+
+            def either(url: str | None) -> None:
+                assert_type(turso_sync.connect("x.db", url), Connection | SyncConnection)
             """
         )
     )

@@ -12,7 +12,6 @@ reserve 28 bytes (``turso-sync serve`` creates its databases that way).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 
@@ -22,20 +21,6 @@ from .progress import ProgressMeter, human_bytes
 from .replica_args import add_credential_arguments, add_quiet_argument, add_sync_arguments, open_replica
 
 HELP = "Bootstrap a new local replica from the primary at URL."
-
-#: files a replica keeps beside PATH; a failed clone removes the ones it created
-_REPLICA_SUFFIXES = (
-    "",
-    "-wal",
-    "-shm",
-    "-frames",
-    "-sync",
-    "-sync.tmp",
-    "-sync.lock",
-    ".bootstrap",
-    "-present",
-    "-present.lock",
-)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,9 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Clone, or remove everything a failed clone left behind."""
+    """Clone; a failed clone leaves nothing behind (``turso_sync.connect`` removes what it created)."""
     path = os.path.realpath(args.path)
-    present = [path + s for s in _REPLICA_SUFFIXES if os.path.exists(path + s)]
     if os.path.exists(path):
         raise CommandError(f"{args.path} already exists; clone into a new path")
     partial = None
@@ -77,12 +61,6 @@ def run(args: argparse.Namespace) -> int:
     meter = ProgressMeter("clone", sys.stderr) if not args.quiet else None
     try:
         conn = open_replica(args, path, remote_url=args.url, progress=meter, partial=partial)
-    except BaseException:
-        for suffix in _REPLICA_SUFFIXES:
-            if path + suffix not in present:
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(path + suffix)
-        raise
     finally:
         if meter is not None:
             meter.finish()

@@ -10,12 +10,11 @@ import argparse
 import os
 from typing import Any
 
+from .. import connect as connect_database
 from ..crypto.page_codec import parse_key
 from ..sync.connection import SyncConnection
-from ..sync.files import ReplicaFiles
 from ..sync.partial import PartialSync
 from ..sync.rebase import POLICIES
-from ..sync.replica import Replica
 from ..sync.state import SyncState
 from ..sync.transport import HttpxTransport, Progress
 from .exit_codes import CommandError, ExitCode
@@ -130,11 +129,11 @@ def open_replica(
         url = state.remote_url
     else:
         url = remote_url
-    if remote_url is None:
-        ReplicaFiles(real).raise_if_damaged(key, args.cipher)  # refused before anything opens it
     transport = HttpxTransport(url, auth_token=token, client_name="turso-sync", progress=progress)
     try:
-        replica = Replica(
+        # the library refuses a damaged replica before opening it, and removes what a failed
+        # clone created (connect's contract): nothing of either is repeated here
+        conn = connect_database(
             real,
             remote_url,
             auth_token=token,
@@ -143,18 +142,12 @@ def open_replica(
             conflict=getattr(args, "conflict", POLICIES[0]),
             transport=transport,
             partial=partial,
+            **connection_options,
         )
     except BaseException:
         transport.close()
         raise
-    try:
-        conn = SyncConnection(replica, encryption_key=key, cipher=args.cipher, **connection_options)
-    except BaseException:
-        replica.close()
-        raise
-    try:
-        ReplicaFiles(real).check_identity(conn.apsw_connection, replica.state.client_id)
-    except BaseException:
+    if not isinstance(conn, SyncConnection):  # pragma: no cover - remote_url or a -sync file make a replica
         conn.close()
-        raise
+        raise CommandError(f"{path} is not a replica")
     return conn

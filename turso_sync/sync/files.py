@@ -29,8 +29,10 @@ the replica with a ``.damaged`` suffix.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,6 +93,7 @@ class ReplicaFiles:
         self.wal = self.path + "-wal"
         self.frames = self.path + "-frames"
         self.state_file = SyncState.path_for(self.path)
+        self.sync_lock = self.path + "-sync.lock"
 
     # --- the list -------------------------------------------------------------------------------
 
@@ -101,7 +104,33 @@ class ReplicaFiles:
     def existing(self) -> list[str]:
         """Every file of this replica that exists now, the database first."""
         names = [self.path + s for s in (*_SUFFIXES, *_LEFTOVERS)]
-        return [n for n in names if os.path.exists(n)] + self.revert_files()
+        unfinished_reverts = sorted(glob.glob(glob.escape(self.path) + "-revert-*.tmp"))  # an interrupted write
+        return [n for n in names if os.path.exists(n)] + self.revert_files() + unfinished_reverts
+
+    def remove(self, keep: Collection[str] = ()) -> list[str]:
+        """Delete every file of this replica except those named in ``keep``; return the removed ones.
+
+        The replica must not be open.  Keep ``sync_lock`` when another process may hold it.
+        """
+        removed = []
+        for name in self.existing():
+            if name in keep:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(name)
+                removed.append(name)
+        return removed
+
+    @contextlib.contextmanager
+    def removed_on_failure(self) -> Iterator[None]:
+        """Around creating a replica: if the block raises (Ctrl-C included), delete every file of
+        the replica it created, and leave the files that were there before."""
+        before = set(self.existing())
+        try:
+            yield
+        except BaseException:
+            self.remove(keep=before)
+            raise
 
     def is_replica(self) -> bool:
         """True when a ``-sync`` file says this path is a replica (damaged or not)."""

@@ -33,6 +33,7 @@ from ..local.lazy import clear_fetcher, set_fetcher
 from ..local.presence import PresenceMap
 from ..local.vfs import realpath
 from . import push as push_mod
+from .files import ReplicaFiles
 from .overlay import OverlayImage
 from .partial import PartialSync
 from .rebase import Conflict, OutboxRow, Rebaser, Resolver, check_policy, combine_pending, row_from_json
@@ -152,10 +153,9 @@ class Replica:
     # --- files --------------------------------------------------------------------------------
 
     def _remove_local_files(self) -> None:
-        for suffix in ("", "-wal", "-shm", "-frames", "-sync", "-present", "-present.lock"):
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(self.path + suffix)
-        drop_reverts(self.path, None)
+        """Every file of an unfinished bootstrap, but the sync lock another process may hold."""
+        files = ReplicaFiles(self.path)
+        files.remove(keep={files.sync_lock})
 
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
