@@ -235,34 +235,41 @@ def build_batch(
     plan: list[Step | None] = [None, None, *changes, mark]  # BEGIN, table, …, mark
     sql = ["BEGIN IMMEDIATE", LAST_CHANGE_TABLE, *(s.sql for s in changes), mark.sql]
     args: list[list[Any]] = [[], [], *(s.args for s in changes), mark.args]
+    steps, commit_index = _transaction(sql, args, plan, encode_value)
+    return PushBatch(steps, [*plan, None, None], commit_index, rows[-1].id)
+
+
+def _transaction(
+    sql: list[str],
+    args: list[list[Any]],
+    plan: Sequence[Step | None],
+    encode_value: Callable[[Any], dict[str, Any]],
+) -> tuple[list[dict[str, Any]], int]:
+    """Steps that run ``sql`` as one remote transaction: each step only if the one before succeeded
+    (or failed harmlessly), then COMMIT, then ROLLBACK unless the COMMIT succeeded; and where the
+    COMMIT sits.  ``plan`` gives each statement's change (None for bookkeeping statements)."""
     steps: list[dict[str, Any]] = []
     previous_ok: dict[str, Any] | None = None
     for i, text in enumerate(sql):
-        condition = previous_ok
-        steps.append(_step(text, args[i], condition, encode_value))
+        steps.append(_step(text, args[i], previous_ok, encode_value))
         source = plan[i]
         if source is not None and source.guard:
             steps[-1]["stmt"]["want_rows"] = False  # only its error matters: no row back
-        ok = {"type": "ok", "step": i}
+        ok: dict[str, Any] = {"type": "ok", "step": i}
         if source is not None and source.harmless_errors:
             ok = {"type": "or", "conds": [ok, {"type": "error", "step": i}]}
         previous_ok = ok
     commit_index = len(steps)
     steps.append(_step("COMMIT", [], previous_ok, encode_value))
     steps.append(_step("ROLLBACK", [], {"type": "not", "cond": {"type": "ok", "step": commit_index}}, encode_value))
-    return PushBatch(steps, [*plan, None, None], commit_index, rows[-1].id)
+    return steps, commit_index
 
 
 def fence_batch(client_id: str, epoch: int, encode_value: Callable[[Any], dict[str, Any]]) -> list[dict[str, Any]]:
     """The steps that move this client's push epoch to ``epoch`` (one remote transaction)."""
     sql = ["BEGIN IMMEDIATE", LAST_CHANGE_TABLE, FENCE_UPSERT]
     args: list[list[Any]] = [[], [], [client_id + FENCE_SUFFIX, epoch]]
-    steps = [
-        _step(text, args[i], {"type": "ok", "step": i - 1} if i else None, encode_value) for i, text in enumerate(sql)
-    ]
-    commit = len(steps)
-    steps.append(_step("COMMIT", [], {"type": "ok", "step": commit - 1}, encode_value))
-    steps.append(_step("ROLLBACK", [], {"type": "not", "cond": {"type": "ok", "step": commit}}, encode_value))
+    steps, _commit = _transaction(sql, args, [None] * len(sql), encode_value)
     return steps
 
 

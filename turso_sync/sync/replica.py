@@ -629,15 +629,16 @@ class Replica:
                             break
                         continue
                     if len(chunk) == 1:
-                        raise _oversized(
-                            errors.PushRejectedError(
-                                f"{self.path}: local transaction (outbox #{chunk[0].id}) makes a push of "
-                                f"{len(body) / (1 << 20):.1f} MiB, over the {push_mod.MAX_PUSH_BODY / (1 << 20):g} "
-                                "MiB a sync server accepts in one request; a remote transaction cannot span requests, "
-                                "so it stays pending: split it into smaller transactions (delete it locally and redo "
-                                "it in parts)",
-                                chunk[0].id,
-                            )
+                        # a fixed refusal: push() pulls once (the rebase combines pending transactions,
+                        # so one deleted locally since cancels out) and raises if it is still too big
+                        raise errors.PushRejectedError(
+                            f"{self.path}: local transaction (outbox #{chunk[0].id}) makes a push of "
+                            f"{len(body) / (1 << 20):.1f} MiB, over the {push_mod.MAX_PUSH_BODY / (1 << 20):g} "
+                            "MiB a sync server accepts in one request; a remote transaction cannot span requests, "
+                            "so it stays pending: split it into smaller transactions (delete it locally and redo "
+                            "it in parts)",
+                            chunk[0].id,
+                            refusal="over the push size limit",
                         )
                     chunk = chunk[: len(chunk) // 2]  # fewer whole transactions per request
                 if not rows:
@@ -832,13 +833,6 @@ class Replica:
 
     def checkpoint(self) -> None:
         self.db.checkpoint()
-
-
-def _oversized(exc: errors.PushRejectedError) -> errors.PushRejectedError:
-    """Mark a transaction over the size limit: push() pulls once (the rebase combines pending
-    transactions, so one deleted locally since cancels out) and raises if it is still too big."""
-    exc.refusal = "over the push size limit"
-    return exc
 
 
 def _chunk(rows: list[OutboxRow], limit: int) -> list[OutboxRow]:
