@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import apsw
@@ -281,25 +281,8 @@ class PipelineExecutor:
             )
             return False  # compiled is enough: never run
 
-        self._check_started(sql, stream)
-        cursor = self._conn.cursor()
-        cursor.exec_trace = tracer
-        try:
-            with self._policy.acting_as(Access.READ_WRITE, self._deadline(stream)):
-                try:
-                    cursor.execute(sql, apsw._null_bindings, can_cache=False)  # type: ignore[attr-defined]
-                except apsw.ExecTraceAbort:
-                    pass
-                except apsw.Error as exc:
-                    raise _StepFailed(self._sqlite_error(exc, sql, stream)) from None
-                except (UnicodeError, ValueError) as exc:  # e.g. a NUL character in the SQL text
-                    raise _StepFailed(
-                        wire.HranaError(
-                            f"SQL text cannot be passed to SQLite: {sql_policy.scrub(str(exc))}", "VALUE_INVALID"
-                        )
-                    ) from None
-        finally:
-            cursor.close(force=True)
+        with self._running(sql, stream, tracer, Access.READ_WRITE) as cursor:
+            cursor.execute(sql, apsw._null_bindings, can_cache=False)  # type: ignore[attr-defined]
         if not seen:
             raise _StepFailed(wire.HranaError("the SQL string holds no statement", "SQL_NO_STATEMENT"))
         if has_statement(sql[len(seen["statement"]) :] if sql.startswith(seen["statement"]) else ""):
@@ -335,16 +318,22 @@ class PipelineExecutor:
             )
 
     @contextlib.contextmanager
-    def _running(self, sql: str, stream: _Stream, guard: _StatementGuard) -> Iterator[apsw.Cursor]:
-        """A cursor that compiles and steps under the stream's access and deadline; errors become step errors."""
+    def _running(
+        self, sql: str, stream: _Stream, tracer: Callable[..., bool], access: Access | None = None
+    ) -> Iterator[apsw.Cursor]:
+        """A cursor that compiles and steps under ``access`` (the stream's) and the deadline; errors become
+        step errors.  ``tracer`` sees each statement before it runs: a ``_StatementGuard``'s refusal is
+        the step's error; any other tracer that stops a statement means "compiled is enough" (describe).
+        """
         self._check_started(sql, stream)
         cursor = self._conn.cursor()
-        cursor.exec_trace = guard
+        cursor.exec_trace = tracer
         try:
-            with self._policy.acting_as(stream.access, self._deadline(stream)):
+            with self._policy.acting_as(access or stream.access, self._deadline(stream)):
                 yield cursor
         except apsw.ExecTraceAbort:
-            raise guard.failure() from None
+            if isinstance(tracer, _StatementGuard):
+                raise tracer.failure() from None
         except apsw.Error as exc:
             raise _StepFailed(self._sqlite_error(exc, sql, stream)) from None
         except (UnicodeError, OverflowError, KeyError, TypeError, ValueError) as exc:
