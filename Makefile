@@ -64,7 +64,7 @@ bench: peers
 # installed into the venv only for this; the runtime needs just the protobuf package).
 proto: venv
 	$(BIN)/python -m pip install -q grpcio-tools
-	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. turso_sync/sync/wire/pull_updates.proto
+	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. turso_sync/wire/pull_updates.proto
 
 # Re-resolve the compatible ranges of pyproject.toml in a scratch venv and record the exact set.
 constraints:

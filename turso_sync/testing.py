@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from .errors import RemoteError
 from .sync.transport import HttpResponse, TransferStats
-from .sync.wire.pull import PAGE_SIZE, PullHeader, encode_page
+from .wire.pull import PAGE_SIZE, PullHeader, encode_page
 
 __all__ = ["Handler", "HttpResponse", "MockRequest", "MockTransport", "pull_answer"]
 

@@ -41,7 +41,7 @@ from hypothesis.control import currently_in_test_context
 from pyroaring import BitMap
 
 from tests.integration.primary_harness import PrimaryProcess
-from turso_sync.sync.wire import pull_updates_pb2 as pb
+from turso_sync.wire import pull_updates_pb2 as pb
 
 EXAMPLES = int(os.environ.get("TURSO_FUZZ_EXAMPLES") or "50")
 SEED = int(os.environ.get("TURSO_FUZZ_SEED") or "13")

@@ -22,7 +22,7 @@ import pytest
 
 from tests.conftest import wait_for
 from tests.integration.primary_harness import PrimaryProcess
-from turso_sync.sync.wire.pull import PullRequest, PullResponseDecoder
+from turso_sync.wire.pull import PullRequest, PullResponseDecoder
 
 WRITER = "writer-" + os.urandom(12).hex()
 OTHER = "other-" + os.urandom(12).hex()

@@ -21,8 +21,8 @@ from pyroaring import BitMap
 
 from tests.conftest import wait_for
 from tests.integration.primary_harness import PrimaryProcess
-from turso_sync.sync.wire import pull_updates_pb2 as pb
-from turso_sync.sync.wire.pull import PageEncoding, PullRequest, PullResponseDecoder
+from turso_sync.wire import pull_updates_pb2 as pb
+from turso_sync.wire.pull import PageEncoding, PullRequest, PullResponseDecoder
 
 WRITER = "writer-" + os.urandom(12).hex()
 READER = "reader-" + os.urandom(12).hex()

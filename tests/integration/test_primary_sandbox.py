@@ -25,7 +25,7 @@ from tests.unit.test_primary_sandbox import REFUSED_EVERYWHERE
 from turso_sync.primary.app import Limits
 from turso_sync.primary.server import PrimaryServer, ServerConfig
 from turso_sync.primary.sql_policy import SqlLimits
-from turso_sync.sync.wire.pull import PullRequest, PullResponseDecoder
+from turso_sync.wire.pull import PullRequest, PullResponseDecoder
 
 WRITER = "writer-" + os.urandom(12).hex()
 READER = "reader-" + os.urandom(12).hex()

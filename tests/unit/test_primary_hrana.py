@@ -8,7 +8,7 @@ import apsw
 import pytest
 
 from turso_sync.primary.hrana import PipelineExecutor, WriteDenied, has_statement
-from turso_sync.sync.wire import hrana as h
+from turso_sync.wire import hrana as h
 
 NOT_AUTOCOMMIT = h.NotCond(h.IsAutocommitCond())
 

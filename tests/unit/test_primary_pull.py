@@ -12,7 +12,7 @@ from turso_sync.errors import ProtocolError
 from turso_sync.local.engine import LocalDatabase, RevisionGone, Snapshot
 from turso_sync.primary.database import EnginePages
 from turso_sync.primary.pull import RevisionUnavailable, SnapshotMoved, select_pages, select_slices
-from turso_sync.sync.wire.pull import PullRequest, StreamKind
+from turso_sync.wire.pull import PullRequest, StreamKind
 
 
 class FakePages:

@@ -18,7 +18,7 @@ from turso_sync.primary import sql_policy
 from turso_sync.primary.database import EnginePages
 from turso_sync.primary.hrana import PipelineExecutor, WriteDenied, sqlite_error
 from turso_sync.primary.sql_policy import Access, SqlLimits, check, scrub
-from turso_sync.sync.wire import hrana as h
+from turso_sync.wire import hrana as h
 
 PRIMARY = Path(__file__).resolve().parents[2] / "turso_sync" / "primary"
 

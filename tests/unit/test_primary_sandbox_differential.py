@@ -15,7 +15,7 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from turso_sync.primary.hrana import PipelineExecutor, WriteDenied
-from turso_sync.sync.wire import hrana as h
+from turso_sync.wire import hrana as h
 
 SCHEMA = [
     "CREATE TABLE t(id INTEGER PRIMARY KEY, a INTEGER, b TEXT, c REAL, d BLOB)",

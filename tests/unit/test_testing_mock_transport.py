@@ -8,8 +8,8 @@ import pytest
 
 import turso_sync
 from turso_sync import NetworkError, RemoteError, SyncError
-from turso_sync.sync.wire.pull import PullRequest
 from turso_sync.testing import HttpResponse, MockTransport, pull_answer
+from turso_sync.wire.pull import PullRequest
 
 URL = "https://remote.invalid"  # never resolved: every request goes to the handler
 

@@ -7,7 +7,7 @@ from google.protobuf.internal.decoder import _DecodeVarint  # type: ignore[attr-
 from google.protobuf.internal.encoder import _VarintBytes  # type: ignore[attr-defined]
 
 from turso_sync.errors import ProtocolError
-from turso_sync.sync.wire.delimited import DelimitedDecoder, decode_varint, delimit, encode_varint
+from turso_sync.wire.delimited import DelimitedDecoder, decode_varint, delimit, encode_varint
 
 
 @pytest.mark.parametrize("value", [0, 1, 127, 128, 300, 4096, 2**32, 2**63, 2**64 - 1])

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from turso_sync.errors import ProtocolError
-from turso_sync.sync.wire import hrana as h
+from turso_sync.wire import hrana as h
 
 
 @pytest.mark.parametrize(

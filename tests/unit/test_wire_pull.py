@@ -8,9 +8,9 @@ import pytest
 from pyroaring import BitMap
 
 from turso_sync.errors import ProtocolError
-from turso_sync.sync.wire import pull_updates_pb2 as pb
-from turso_sync.sync.wire.delimited import DelimitedDecoder
-from turso_sync.sync.wire.pull import (
+from turso_sync.wire import pull_updates_pb2 as pb
+from turso_sync.wire.delimited import DelimitedDecoder
+from turso_sync.wire.pull import (
     PAGE_SIZE,
     PageCompressor,
     PageEncoding,

@@ -32,8 +32,8 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from .. import errors
 from ..local.engine import Snapshot
-from ..sync.wire.hrana import PipelineRequest, encode_json, encode_pipeline_response
-from ..sync.wire.pull import (
+from ..wire.hrana import PipelineRequest, encode_json, encode_pipeline_response
+from ..wire.pull import (
     PAGE_SIZE,
     PageCompressor,
     PageEncoding,

@@ -21,8 +21,8 @@ import apsw
 from .. import errors
 from ..local.connection import Connection
 from ..local.engine import LocalDatabase, Snapshot
-from ..sync.wire import hrana as wire
-from ..sync.wire.pull import PullRequest
+from ..wire import hrana as wire
+from ..wire.pull import PullRequest
 from . import sql_policy
 from .hrana import PipelineExecutor, has_statement
 from .pull import select_pages, select_slices

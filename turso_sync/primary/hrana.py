@@ -25,7 +25,7 @@ from typing import Any
 import apsw
 import apsw.ext
 
-from ..sync.wire import hrana as wire
+from ..wire import hrana as wire
 from . import sql_policy
 from .sql_policy import Access, SqlLimits
 

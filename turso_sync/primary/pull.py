@@ -20,7 +20,7 @@ from pyroaring import BitMap
 
 from ..errors import ProtocolError
 from ..local.engine import RevisionGone, Snapshot
-from ..sync.wire.pull import PullRequest, StreamKind
+from ..wire.pull import PullRequest, StreamKind
 from .revision import parse_revision
 
 #: Pages per slice of a bootstrap: the first bytes leave once one slice is read, not the whole database.

@@ -32,8 +32,8 @@ from typing import Any
 import apsw
 
 from ..local.capture import is_internal
+from ..wire.hrana import encode_json
 from .rebase import OutboxRow, quote
-from .wire.hrana import encode_json
 
 LAST_CHANGE_TABLE = (
     "CREATE TABLE IF NOT EXISTS turso_sync_last_change_id "

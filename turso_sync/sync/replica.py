@@ -32,6 +32,10 @@ from ..local.engine import LocalDatabase
 from ..local.lazy import clear_fetcher, set_fetcher
 from ..local.presence import PresenceMap
 from ..local.vfs import realpath
+from ..wire import pull_updates_pb2 as pb
+from ..wire.delimited import DelimitedDecoder
+from ..wire.hrana import encode_value
+from ..wire.pull import PageEncoding, PullHeader, PullRequest, decode_zstd_page
 from . import push as push_mod
 from .files import ReplicaFiles
 from .overlay import OverlayImage
@@ -39,10 +43,6 @@ from .partial import PartialSync
 from .rebase import Conflict, OutboxRow, Rebaser, Resolver, check_policy, combine_pending, row_from_json
 from .state import SyncState, drop_reverts, read_revert, write_revert
 from .transport import HttpxTransport, Transport
-from .wire import pull_updates_pb2 as pb
-from .wire.delimited import DelimitedDecoder
-from .wire.hrana import encode_value
-from .wire.pull import PageEncoding, PullHeader, PullRequest, decode_zstd_page
 
 P = 4096
 PUSH_ROUNDS = 5  # conflict -> pull (rebase) -> push again, at most this many times per push()

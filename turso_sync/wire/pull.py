@@ -16,7 +16,7 @@ import zstandard
 from google.protobuf.message import DecodeError
 from pyroaring import BitMap
 
-from ...errors import ProtocolError
+from ..errors import ProtocolError
 from . import pull_updates_pb2 as pb
 from .delimited import DelimitedDecoder, delimit, encode_varint
 

@@ -6,7 +6,7 @@ Each message is preceded by its length as a protobuf varint (the framing of prot
 
 from __future__ import annotations
 
-from ...errors import ProtocolError
+from ..errors import ProtocolError
 
 #: A varint never needs more than ten bytes for a 64-bit value.
 _MAX_VARINT_BYTES = 10

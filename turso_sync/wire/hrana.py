@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeAlias
 
-from ...errors import ProtocolError
+from ..errors import ProtocolError
 
 SqlValue: TypeAlias = int | float | str | bytes | None
 
