@@ -98,11 +98,10 @@ class Simulation:
         }
         if spec.partial and create:
             kwargs["partial"] = turso_sync.PartialSync(prefix_bytes=2 * 4096, segment_size=4096, prefetch=False)
-        conn = turso_sync.connect(path, self.primary.url if create else None, **kwargs)
-        # no public seam for a transport yet (Replica(transport=) is not reachable from connect):
-        # replace the replica's transport after it opened
-        faulty = FaultyTransport(conn.replica.transport, self.backlog, self.fault_log)
-        conn.replica.transport = faulty
+        # the public seam: the fault-injecting transport wraps a real client of the primary and is
+        # given to connect, so the bootstrap and every later request meet the planned faults
+        faulty = FaultyTransport(HttpxTransport(self.primary.url), self.backlog, self.fault_log)
+        conn = turso_sync.connect(path, self.primary.url if create else None, transport=faulty, **kwargs)
         return Live(spec, path, conn, faulty)
 
     def _log(self, text: str) -> None:
