@@ -70,6 +70,11 @@ MAX_PUSH_BODY = 64 << 20
 
 Columns = Callable[[str], list[tuple[str, int]]]  # table -> [(column name, pk ordinal)]
 
+#: (table, {column: value}) -> the rows this row references that exist locally, as
+#: (parent table, [(parent column, value), ...]): each becomes a guard that the parent exists on
+#: the remote too when the batch commits (``local_parents`` builds one from a local database).
+Parents = Callable[[str, dict[str, Any]], list[tuple[str, list[tuple[str, Any]]]]]
+
 
 @dataclass
 class Step:
@@ -101,8 +106,13 @@ def _ddl_for_push(sql: str) -> str:
     )
 
 
-def change_steps(row: OutboxRow, columns: Columns) -> list[Step]:
-    """The SQL steps for one outbox row: its schema statements, then its row changes."""
+def change_steps(
+    row: OutboxRow, columns: Columns, parents: Parents | None = None, checks: list[Step] | None = None
+) -> list[Step]:
+    """The SQL steps for one outbox row: its schema statements, then its row changes.
+
+    With ``parents``, the foreign-key guards of its inserted and updated rows are appended to
+    ``checks`` (they run after every change of the batch: a parent may come later in it)."""
     steps = [
         Step(_ddl_for_push(sql), [], row.id, harmless_errors=bool(re.match(r"\s*ALTER\s", sql, re.IGNORECASE)))
         for sql in row.ddl
@@ -115,7 +125,83 @@ def change_steps(row: OutboxRow, columns: Columns) -> list[Step]:
         table_cols = columns(change.name)
         steps.append(guard_step(change, table_cols, row.id))
         steps.append(_row_step(change, table_cols, row.id))
+        if parents is not None and checks is not None:
+            checks.extend(parent_guards(change, table_cols, parents, row.id))
     return steps
+
+
+def parent_guards(
+    change: apsw.TableChange, table_cols: list[tuple[str, int]], parents: Parents, outbox_id: int
+) -> list[Step]:
+    """Guards that the rows an inserted or updated row references exist on the remote.
+
+    Only references whose parent exists locally are checked: a reference that already dangles
+    locally was journaled by the rebase that made it so (``foreign_key``) and is pushed as it is.
+    A remote that deleted the parent since fails the guard, so the push pulls first and the
+    rebase journals the dangling child instead of the push creating it unseen.  An UPDATE is
+    checked only for the columns it wrote (a changeset does not carry the others' values).
+    """
+    if change.op == "DELETE":
+        return []
+    names, _rowid_table = _names(change, table_cols)
+    row = {n: v for n, v in zip(names, change.new or (), strict=False) if v is not apsw.no_change}
+    guards = []
+    for parent, keys in parents(change.name, row):
+        where = " AND ".join(f"{quote(col)} IS ?" for col, _ in keys)
+        condition = f"EXISTS (SELECT 1 FROM {quote(parent)} WHERE {where})"
+        guards.append(
+            Step(
+                f"SELECT CASE WHEN {condition} THEN 1 ELSE {GUARD_FAIL} END AS ok",
+                [v for _, v in keys],
+                outbox_id,
+                guard=True,
+            )
+        )
+    return guards
+
+
+def local_parents(db: apsw.Connection) -> Parents:
+    """``Parents`` over a local database: the foreign keys of ``table`` whose columns ``row``
+    holds (all non-NULL) and whose parent row exists in ``db``."""
+    cache: dict[str, list[tuple[str, list[tuple[str, str | None]]]]] = {}
+
+    def references(table: str) -> list[tuple[str, list[tuple[str, str | None]]]]:
+        if table not in cache:
+            groups: dict[int, tuple[str, list[tuple[str, str | None]]]] = {}
+            for fk_id, _seq, parent, child_col, parent_col, *_rest in db.execute(
+                f"PRAGMA main.foreign_key_list({quote(table)})"
+            ):
+                groups.setdefault(fk_id, (parent, []))[1].append((child_col, parent_col))
+            cache[table] = list(groups.values())
+        return cache[table]
+
+    def parent_pk(parent: str) -> list[str]:
+        info = db.execute(f"PRAGMA main.table_info({quote(parent)})")
+        return [name for pk, name in sorted((pk, name) for _cid, name, _t, _nn, _d, pk in info) if pk > 0]
+
+    def found(table: str, row: dict[str, Any]) -> list[tuple[str, list[tuple[str, Any]]]]:
+        out = []
+        for parent, pairs in references(table):
+            if not all(child in row and row[child] is not None for child, _ in pairs):
+                continue  # a NULL reference references nothing; an unwritten column is not checked
+            targets: list[str] = [p for _, p in pairs if p is not None]
+            if len(targets) != len(pairs):  # REFERENCES parent: its primary key
+                targets = parent_pk(parent)
+                if len(targets) != len(pairs):
+                    continue  # a malformed foreign key: SQLite itself would refuse to use it
+            keys = [(t, row[child]) for t, (child, _) in zip(targets, pairs, strict=True)]
+            try:
+                where = " AND ".join(f"{quote(col)} IS ?" for col, _ in keys)
+                exists = db.execute(
+                    f"SELECT 1 FROM main.{quote(parent)} WHERE {where} LIMIT 1", [v for _, v in keys]
+                ).fetchall()
+            except apsw.SQLError:
+                continue  # no such parent table (yet): nothing to compare
+            if exists:
+                out.append((parent, keys))
+        return out
+
+    return found
 
 
 def _names(change: apsw.TableChange, table_cols: list[tuple[str, int]]) -> tuple[list[str], bool]:
@@ -217,14 +303,19 @@ def build_batch(
     pull_gen: int,
     encode_value: Callable[[Any], dict[str, Any]],
     epoch: int | None = None,
+    parents: Parents | None = None,
 ) -> PushBatch:
     """The batch that applies ``rows`` and records ``(client_id, pull_gen, last row id)`` atomically.
 
-    It commits only under push epoch ``epoch`` (None: no fence was ever set for this client).
+    It commits only under push epoch ``epoch`` (None: no fence was ever set for this client),
+    and, with ``parents``, only if every locally present row its rows reference exists on the
+    remote once all its changes are applied.
     """
     changes: list[Step] = []
+    checks: list[Step] = []
     for row in rows:
-        changes.extend(change_steps(row, columns))
+        changes.extend(change_steps(row, columns, parents, checks))
+    changes.extend(checks)
     # the mark also checks the push epoch: failing there is a conflict with a fence (pull, retry)
     mark = Step(
         LAST_CHANGE_UPSERT,
