@@ -20,9 +20,8 @@ class NetworkInUnitTest(RuntimeError):
     """A unit test tried to use the network.  Not an ``OSError``, so retry loops do not absorb it."""
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Iterator[None]:
-    """Refuse ``bind``/``connect`` on AF_INET and AF_INET6 sockets for the test's duration."""
+def refuse_network(monkeypatch: pytest.MonkeyPatch, test: str) -> list[str]:
+    """Make ``bind``/``connect`` on AF_INET and AF_INET6 sockets raise; returns the attempts, as they happen."""
     attempts: list[str] = []
 
     def guard(name: str):  # type: ignore[no-untyped-def]
@@ -33,7 +32,7 @@ def no_network(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) 
                 where = f"{name}({', '.join(map(repr, args))})"
                 attempts.append(where)
                 raise NetworkInUnitTest(
-                    f"{request.node.nodeid}: socket.{where} in a unit test; "
+                    f"{test}: socket.{where} in a unit test; "
                     "a test that needs a server or the network goes in tests/integration"
                 )
             return original(self, *args, **kwargs)
@@ -42,6 +41,13 @@ def no_network(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) 
 
     for name in ("bind", "connect", "connect_ex"):
         monkeypatch.setattr(socket.socket, name, guard(name))
+    return attempts
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every unit test runs under ``refuse_network``; an attempt fails it even if the code caught the error."""
+    attempts = refuse_network(monkeypatch, request.node.nodeid)
     yield
     if attempts:
         pytest.fail(
