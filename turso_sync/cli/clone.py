@@ -18,7 +18,13 @@ import sys
 from ..sync.partial import PartialSync
 from .exit_codes import CommandError
 from .progress import ProgressMeter, human_bytes
-from .replica_args import add_credential_arguments, add_quiet_argument, add_sync_arguments, open_replica
+from .replica_args import (
+    add_credential_arguments,
+    add_quiet_argument,
+    add_sync_arguments,
+    check_remote_url,
+    open_replica,
+)
 
 HELP = "Bootstrap a new local replica from the primary at URL."
 
@@ -46,9 +52,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Clone; a failed clone leaves nothing behind (``turso_sync.connect`` removes what it created)."""
+    check_remote_url(args.url)
     path = os.path.realpath(args.path)
     if os.path.exists(path):
         raise CommandError(f"{args.path} already exists; clone into a new path")
+    folder = os.path.dirname(path)
+    if not os.path.isdir(folder):
+        raise CommandError(f"the folder of {args.path} ({folder}) does not exist; create it first, then clone")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CommandError(f"cannot create files in {folder} (permission denied); clone into a folder you can write")
     partial = None
     if args.partial or args.query:
         partial = PartialSync(

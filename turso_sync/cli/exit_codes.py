@@ -6,6 +6,7 @@ docs/cli.md lists the same table.
 
 from __future__ import annotations
 
+import re
 from enum import IntEnum
 
 from .. import errors
@@ -34,6 +35,8 @@ class CommandError(Exception):
         self.code = code
 
 
+_KEY_ENV = "TURSO_SYNC_ENCRYPTION_KEY"
+
 _HINTS = {
     ExitCode.NETWORK: "check the URL and that the primary is running; local reads and writes keep working",
     ExitCode.AUTH: "give a valid token with --auth-token-file F or TURSO_SYNC_AUTH_TOKEN",
@@ -59,12 +62,35 @@ def classify(exc: BaseException) -> ExitCode:
     return ExitCode.ERROR
 
 
+#: the library's messages name its arguments; on the command line the user knows the flags
+_FLAG_NAMES = [
+    (re.compile(r"\bpass encryption_key \(and cipher\)"), f"give its key (--encryption-key-file F or ${_KEY_ENV})"),
+    (re.compile(r"\bopen it without encryption_key\b"), f"drop the key (--encryption-key[-file], ${_KEY_ENV})"),
+    (re.compile(r"\bwithout encryption_key\b"), "without a key"),
+    (re.compile(r"turso_sync\.connect\(path, (?:remote_)?url\)"), "`turso-sync clone URL PATH`"),
+    (re.compile(r"\bencryption_key\b"), "--encryption-key"),
+    (re.compile(r"\bauth_token\b"), "--auth-token"),
+    (re.compile(r"\bremote_url\b"), "the URL"),
+    (re.compile(r"\bcipher="), "--cipher "),
+]
+
+
+def in_cli_terms(message: str) -> str:
+    """A library message with its argument names replaced by the CLI's flags (wording only)."""
+    for pattern, flag in _FLAG_NAMES:
+        message = pattern.sub(flag, message)
+    return message
+
+
 def describe(exc: BaseException, code: ExitCode) -> str:
     """The one line printed for a failure: what happened, and what to do next where we know."""
     if isinstance(exc, errors.RemoteError) and code == ExitCode.AUTH:
         message = f"the primary refused the auth token (HTTP {exc.status})"
+    elif isinstance(exc, errors.ReplicaDamagedError):
+        message = f"{exc.file} is damaged ({exc.what}); {exc.remedy}"
     else:
-        message = str(exc) or type(exc).__name__
+        message = in_cli_terms(str(exc) or type(exc).__name__)
     message = " ".join(message.split())  # one line, whatever the library's message holds
-    hint = _HINTS.get(code)
+    # a CommandError says what to do itself, as does a message that already names the key's flags
+    hint = None if isinstance(exc, CommandError) or "--encryption-key" in message else _HINTS.get(code)
     return f"{message} ({hint})" if hint else message

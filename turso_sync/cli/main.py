@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import sys
 import traceback
 from collections.abc import Sequence
@@ -33,6 +34,14 @@ COMMANDS: dict[str, str] = {
 }
 
 
+def installed_version() -> str:
+    """The version of the installed ``turso-sync`` distribution (its metadata, not a copy in the code)."""
+    try:
+        return importlib.metadata.version("turso-sync")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The parser for every command (or, with ``only``, for that one command alone)."""
     parser = argparse.ArgumentParser(
@@ -40,6 +49,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         description="Encrypted, offline-first SQLite replicas that sync with a Turso primary.",
         epilog="`turso-sync COMMAND --help` explains a command; docs/cli.md has exit codes and examples.",
     )
+    parser.add_argument("--version", action="version", version=f"turso-sync {installed_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module_name in COMMANDS.items():
         if only is not None and name != only:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import urllib.parse
 from typing import Any
 
 from .. import connect as connect_database
-from ..crypto.page_codec import parse_key
+from ..crypto.page_codec import CIPHERS, SQLITE_MAGIC, TURSO_MAGIC_PREFIX, parse_key
 from ..sync.connection import SyncConnection
 from ..sync.partial import PartialSync
 from ..sync.rebase import POLICIES
@@ -79,6 +80,15 @@ def _secret(args: argparse.Namespace, option: str, env: str, what: str) -> str |
     return value.strip() if value is not None else None
 
 
+def key_source(args: argparse.Namespace) -> str:
+    """Where the key came from, as the user gave it (for a message; never the key itself)."""
+    if getattr(args, "encryption_key", None) is not None:
+        return "--encryption-key"
+    if getattr(args, "encryption_key_file", None):
+        return f"--encryption-key-file {args.encryption_key_file}"
+    return f"${ENCRYPTION_KEY_ENV}"
+
+
 def auth_token(args: argparse.Namespace) -> str | None:
     """The bearer token: ``--auth-token``, ``--auth-token-file`` or ``$TURSO_SYNC_AUTH_TOKEN``."""
     return _secret(args, "auth_token", AUTH_TOKEN_ENV, "auth token")
@@ -91,8 +101,57 @@ def encryption_key(args: argparse.Namespace) -> str | None:
         try:
             parse_key(key, args.cipher)
         except (ValueError, TypeError) as exc:
-            raise CommandError(f"the encryption key is not usable: {exc}", ExitCode.ENCRYPTION_KEY) from None
+            what = str(exc).replace("encryption_key", "the key")
+            raise CommandError(
+                f"the encryption key ({key_source(args)}) is not usable: {what}; give the replica's key in hex",
+                ExitCode.ENCRYPTION_KEY,
+            ) from None
     return key
+
+
+def check_key_fits(args: argparse.Namespace, path: str, key: str | None) -> None:
+    """At ``path`` (as the user wrote it): refuse a key for a plaintext database, no key for an
+    encrypted one, or the wrong ``--cipher``, naming the flag to change (the library checks the
+    key itself when it opens the file)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(100)
+    except OSError:
+        return  # missing or unreadable: the replica checks say what is wrong
+    if len(head) < 100:
+        return
+    if head.startswith(SQLITE_MAGIC) and key is not None:
+        raise CommandError(f"{path} is not encrypted: drop the key ({key_source(args)})", ExitCode.ENCRYPTION_KEY)
+    if head.startswith(TURSO_MAGIC_PREFIX):
+        if key is None:
+            raise CommandError(
+                f"{path} is encrypted: give its key with --encryption-key-file F or ${ENCRYPTION_KEY_ENV}",
+                ExitCode.ENCRYPTION_KEY,
+            )
+        names = {spec.cipher_id: name for name, spec in CIPHERS.items()}
+        found = names.get(head[6])
+        if found is not None and found != parse_key(key, args.cipher)[0].name:
+            raise CommandError(f"{path} is encrypted with {found}: give --cipher {found}", ExitCode.ENCRYPTION_KEY)
+
+
+_URL_SCHEMES = ("http", "https", "libsql", "turso")
+
+
+def check_remote_url(url: str, what: str = "URL") -> None:
+    """Refuse, before any network, a URL that cannot name a primary (no scheme, no host, another scheme)."""
+    parts = urllib.parse.urlsplit(url)
+    example = "http://HOST:PORT/db/NAME, https://... or libsql://..."
+    if parts.scheme.lower() not in _URL_SCHEMES:
+        said = f"{parts.scheme}://" if parts.scheme else "no scheme"
+        raise CommandError(f"{what} {url!r} is not a primary's URL ({said}): give {example}")
+    try:
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        bad_port = f"{what} {url!r} is not a primary's URL (its port is not a number)"
+        raise CommandError(f"{bad_port}: give {example}") from None
+    if not host:
+        raise CommandError(f"{what} {url!r} names no host: give {example}")
 
 
 def existing_replica(path: str) -> str:
@@ -127,7 +186,9 @@ def open_replica(
         state = SyncState.load(real)
         assert state is not None
         url = state.remote_url
+        check_key_fits(args, path, key)
     else:
+        check_remote_url(remote_url)
         url = remote_url
     transport = HttpxTransport(url, auth_token=token, client_name="turso-sync", progress=progress)
     try:

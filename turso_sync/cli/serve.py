@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 
 from .. import errors
@@ -186,6 +187,10 @@ def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT or SIGTERM; exit status 2 for a configuration the server cannot use."""
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        if os.path.exists(args.data_dir) and not os.path.isdir(args.data_dir):
+            raise ConfigError(
+                f"--data-dir {args.data_dir} is a file, not a folder: give a folder (it is created if missing)"
+            )
         host, port = parse_listen(args.listen)
         limits = limits_from(args)
         config = ServerConfig(

@@ -24,17 +24,20 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 
 from .. import errors
 from ..local.capture import is_replica
 from ..local.connection import Connection
-from ..sync.files import Damage, ReplicaFiles, remedy
-from .exit_codes import CommandError, ExitCode
+from ..sync.files import Damage, ReplicaFiles, lost_state_remedy, remedy
+from .exit_codes import CommandError, ExitCode, in_cli_terms
 from .replica_args import (
     add_credential_arguments,
     add_path_argument,
     add_sync_arguments,
     auth_token,
+    check_key_fits,
+    check_remote_url,
     encryption_key,
     open_replica,
 )
@@ -57,11 +60,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Files first, integrity next (a damaged replica is not compared), then the revision."""
+    """Files first, integrity next (a damaged replica is not compared), then the revision.
+
+    Damage of any kind exits 7 with the remedy, never 1 (an error) or 5 (a key): once the key
+    opened the replica, a page that fails authentication was changed on disk.
+    """
     if args.repair and args.offline:
         raise CommandError("--repair re-clones from the primary; it cannot run with --offline")
+    if args.remote is not None:
+        check_remote_url(args.remote, "--remote")
     files = ReplicaFiles(args.path)
     key = encryption_key(args)
+    if os.path.exists(files.path):
+        check_key_fits(args, args.path, key)
     if files.is_replica():
         damages = files.check(key, args.cipher, deep=True)
     elif not os.path.exists(files.path):
@@ -74,10 +85,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"files:     DAMAGED ({len(damages)} problem(s))")
         for damage in damages:
             print(f"  {damage.line()}")
+        url_lost = any(d.file == files.state_file for d in damages)
         if not args.repair:
-            lost = f"run `turso-sync verify --repair {args.path} --remote URL`"
-            print(f"remedy:    {remedy(args.path) if files.is_replica() else lost}")
+            print(f"remedy:    {lost_state_remedy(args.path) if url_lost else remedy(args.path)}")
             return ExitCode.VERIFY_FAILED
+        if url_lost and args.remote is None:
+            raise CommandError(
+                f"{args.path}-sync cannot be read, so the primary's URL is unknown: "
+                f"run `turso-sync verify --repair {args.path} --remote URL`"
+            )
         report = files.repair(
             encryption_key=key, cipher=args.cipher, auth_token=auth_token(args), remote_url=args.remote
         )
@@ -90,10 +106,20 @@ def run(args: argparse.Namespace) -> int:
         print(f"files:     ok ({len(files.existing())} files)")
     conn = open_replica(args, args.path)
     try:
-        problems = [str(r[0]) for r in conn.execute("PRAGMA integrity_check").fetchall()]
-        pages = conn.execute("PRAGMA page_count").fetchone()[0]
-        if problems != ["ok"]:
-            print(f"integrity: FAILED ({len(problems)} problem(s)); first: {problems[0]}")
+        try:
+            problems = integrity_problems(conn.execute("PRAGMA integrity_check").fetchall())
+            pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        except errors.SyncError:
+            raise  # a partial replica fetching a page: the primary, not damage
+        except errors.EncryptionError as exc:
+            # the key opened page 1, so a page that fails authentication was changed on disk:
+            # damage, not a key problem
+            problems = [f"{' '.join(str(exc).split())} (the key opened page 1: the page was changed on disk)"]
+        except errors.DatabaseError as exc:  # a page SQLite cannot parse
+            problems = [" ".join(in_cli_terms(str(exc)).split())]
+        if problems:
+            shown = problems[:_SHOWN] + ([f"and {len(problems) - _SHOWN} more"] if len(problems) > _SHOWN else [])
+            print(f"integrity: FAILED ({'; '.join(shown)})")
             print(f"remedy:    {remedy(args.path)}")
             return ExitCode.VERIFY_FAILED
         print(f"integrity: ok ({pages} pages)")
@@ -118,6 +144,38 @@ def run(args: argparse.Namespace) -> int:
     finally:
         conn.close()
     return ExitCode.OK
+
+
+_SHOWN = 5  # problems named on the integrity line; the rest are counted
+
+_NEVER_USED = re.compile(r"^Page (\d+): never used$")
+
+
+def integrity_problems(rows: list[tuple[object, ...]]) -> list[str]:
+    """SQLite's ``integrity_check`` answer as a short list (empty when it says ``ok``).
+
+    The answer may be one row per problem or one row holding several lines; the
+    ``*** in database main ***`` banner is dropped, and the "Page N: never used" lines (one per
+    page, often about a hundred) become one: ``N pages never used: 3..40, 52``.
+    """
+    lines = [line.strip() for row in rows for line in str(row[0]).splitlines()]
+    lines = [line for line in lines if line and line != "ok" and not line.startswith("*** in database")]
+    unused = [int(m.group(1)) for m in map(_NEVER_USED.match, lines) if m]
+    problems = [line for line in lines if not _NEVER_USED.match(line)]
+    if unused:
+        problems.append(f"{len(unused)} page(s) never used: {_ranges(sorted(unused))}")
+    return problems
+
+
+def _ranges(numbers: list[int]) -> str:
+    """``1..4, 7, 9..10`` for [1, 2, 3, 4, 7, 9, 10]."""
+    spans: list[list[int]] = []
+    for n in numbers:
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return ", ".join(f"{a}..{b}" if b > a else str(a) for a, b in spans)
 
 
 def _lost_its_state(files: ReplicaFiles, key: str | None, cipher: str) -> bool:

@@ -45,7 +45,7 @@ from ..local.connection import Connection, open_checks
 from ..local.framelog import FrameLog, RevisionGone
 from ..local.vfs import realpath
 from ..local.walindex import committed_wal
-from .state import SyncState, read_revert, revert_path
+from .state import SyncState, lost_state_remedy, read_revert, remedy, revert_path
 
 P = 4096
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -75,14 +75,6 @@ class RepairReport:
     kept_pending: int | None  # pending changes carried over (None: the database was not readable)
     set_aside: list[str] = field(default_factory=list)  # damaged files, renamed with ``.damaged``
     lines: list[str] = field(default_factory=list)
-
-
-def remedy(path: str) -> str:
-    """The one-line remedy every damage report ends with."""
-    return (
-        f"run `turso-sync verify --repair {path}` to re-clone it from the remote, keeping pending "
-        "changes when the database is readable (damaged files are kept as *.damaged)"
-    )
 
 
 class ReplicaFiles:
@@ -142,8 +134,9 @@ class ReplicaFiles:
         """The ``-sync`` state; ``ReplicaDamagedError`` when it cannot be read."""
         try:
             state = SyncState.load(self.path)
-        except (ValueError, TypeError, AttributeError, UnicodeDecodeError) as exc:
-            raise self._error([Damage(self.state_file, f"the sync state is damaged ({exc})", False)]) from None
+        except errors.ReplicaDamagedError as exc:
+            damage = Damage(self.state_file, f"the sync state is damaged: {exc.what}", False)
+            raise errors.ReplicaDamagedError(damage.file, damage.what, exc.remedy, [damage]) from None
         if state is None:
             raise self._error([Damage(self.state_file, "the sync state is missing", False)])
         return state
@@ -192,7 +185,14 @@ class ReplicaFiles:
         if found:
             return found
         # a wrong or missing key is EncryptionError, not damage (its pages would not authenticate)
-        codec = open_checks(self.path, codec)
+        try:
+            codec = open_checks(self.path, codec)
+        except errors.EncryptionError:
+            if codec is None or not _key_opens(FrameLog(self.path, codec, P)):
+                raise
+            # the key opens the frame log's images of this database: page 1 was changed on disk
+            what = "page 1 failed authentication with the key that opens its frame log: the file was changed on disk"
+            return [Damage(self.path, what, True)]
         log = FrameLog(self.path, codec, P)
         found = self._check_frame_log(log, state)
         found += self._check_revert(state, codec)
@@ -242,7 +242,9 @@ class ReplicaFiles:
         )
 
     def _error(self, damages: list[Damage]) -> errors.ReplicaDamagedError:
-        return errors.ReplicaDamagedError(damages[0].file, damages[0].what, remedy(self.path), damages)
+        lost_url = damages[0].file == self.state_file  # the -sync file held the remote's URL
+        fix = lost_state_remedy(self.path) if lost_url else remedy(self.path)
+        return errors.ReplicaDamagedError(damages[0].file, damages[0].what, fix, damages)
 
     def _check_database_file(self) -> list[Damage]:
         try:
@@ -514,6 +516,19 @@ def _codec(encryption_key: str | None, cipher: str) -> PageCodec | None:
     return PageCodec(spec, key)
 
 
+def _key_opens(log: FrameLog) -> bool:
+    """True when the log's codec decrypts the newest page image the frame log holds (False without one)."""
+    try:
+        for txn in reversed(list(log.history(None))):
+            for page in txn.pages:
+                if page.post:
+                    log.decrypt(page.post, page.pgno)
+                    return True
+    except (PageAuthError, OSError, ValueError, RevisionGone):
+        return False
+    return False
+
+
 def _plain(raw: bytes, pgno: int, codec: PageCodec | None) -> bytes:
     if codec is None:
         return raw
@@ -530,4 +545,4 @@ def _header_pages(path: str) -> int:
         return os.fstat(f.fileno()).st_size // P
 
 
-__all__ = ["Damage", "RepairReport", "ReplicaFiles", "remedy"]
+__all__ = ["Damage", "RepairReport", "ReplicaFiles", "lost_state_remedy", "remedy"]

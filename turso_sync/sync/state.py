@@ -22,6 +22,7 @@ import time
 import zlib
 from dataclasses import asdict, dataclass, field, fields
 
+from .. import errors
 from ..crypto.page_codec import PageCodec
 
 REVERT_MAGIC = b"TSREVRT1"
@@ -58,14 +59,41 @@ class SyncState:
 
     @classmethod
     def load(cls, db_path: str) -> SyncState | None:
-        """The saved state, or None when the database was never set up for sync."""
+        """The saved state, or None when the database was never set up for sync.
+
+        A file that is not the state this class saves (cut short, overwritten, edited into
+        another shape) raises ``ReplicaDamagedError`` naming it and the remedy, never a JSON
+        or Python error.
+        """
+        path = cls.path_for(db_path)
         try:
-            with open(cls.path_for(db_path), encoding="utf-8") as f:
-                raw = json.load(f)
+            with open(path, "rb") as f:
+                data = f.read()
         except FileNotFoundError:
             return None
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in raw.items() if k in known})
+        try:
+            raw = json.loads(data.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise _damaged(db_path, "it is not text (overwritten with other data)") from None
+        except json.JSONDecodeError as exc:
+            where = "it is empty" if not data.strip() else f"not valid JSON at line {exc.lineno}, column {exc.colno}"
+            raise _damaged(db_path, f"{where} (cut short or overwritten)") from None
+        if not isinstance(raw, dict):
+            raise _damaged(db_path, f"it holds a JSON {type(raw).__name__}, not the state's object")
+        values: dict[str, object] = {}
+        for spec in fields(cls):
+            if spec.name not in raw:
+                if spec.name in _REQUIRED:
+                    raise _damaged(db_path, f"the field {spec.name!r} is missing")
+                continue
+            value = raw[spec.name]
+            kinds, may_be_none = _FIELD_TYPES[str(spec.type)]
+            if not (isinstance(value, kinds) or (value is None and may_be_none)) or (
+                isinstance(value, bool) and bool not in kinds
+            ):
+                raise _damaged(db_path, f"the field {spec.name!r} holds {json.dumps(value)[:40]}, not {spec.type}")
+            values[spec.name] = value
+        return cls(**values)  # type: ignore[arg-type]
 
     def save(self, db_path: str) -> None:
         """Replace the state file atomically."""
@@ -81,6 +109,41 @@ class SyncState:
     def touch_pull(self) -> None:
         self.last_pull = time.time()
         self.pulls += 1
+
+
+_REQUIRED = ("remote_url", "client_id")
+
+#: a field's annotation -> the JSON types its value may have, and whether it may be null
+_FIELD_TYPES: dict[str, tuple[tuple[type, ...], bool]] = {
+    "str": ((str,), False),
+    "int": ((int,), False),
+    "int | None": ((int,), True),
+    "bool": ((bool,), False),
+    "bool | None": ((bool,), True),
+    "float | None": ((int, float), True),
+    "dict[str, object] | None": ((dict,), True),
+    "dict[str, object]": ((dict,), False),
+}
+
+
+def remedy(db_path: str) -> str:
+    """The one-line remedy every damage report ends with."""
+    return (
+        f"run `turso-sync verify --repair {db_path}` to re-clone it from the remote, keeping pending "
+        "changes when the database is readable (damaged files are kept as *.damaged)"
+    )
+
+
+def lost_state_remedy(db_path: str) -> str:
+    """The remedy when the ``-sync`` file, and with it the remote's URL, cannot be read."""
+    return (
+        f"run `turso-sync verify --repair {db_path} --remote URL` to re-clone it from the primary at URL, "
+        "keeping pending changes when the database is readable (damaged files are kept as *.damaged)"
+    )
+
+
+def _damaged(db_path: str, what: str) -> errors.ReplicaDamagedError:
+    return errors.ReplicaDamagedError(SyncState.path_for(db_path), what, lost_state_remedy(db_path))
 
 
 def revert_path(db_path: str, seq: int) -> str:

@@ -1,0 +1,256 @@
+"""The CLI as a new user meets it, run in-process on replicas made without a server.
+
+Replicas are bootstrapped through ``turso_sync.testing.MockTransport`` (an empty remote), so no
+socket is opened; the commands that run here (``status``, ``exec``, ``verify --offline``,
+``clone`` refusing its arguments) never touch the network.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+import turso_sync
+from tests.conftest import KEY128, KEY256
+from turso_sync import errors
+from turso_sync.cli.exit_codes import ExitCode, describe, in_cli_terms
+from turso_sync.cli.main import main
+from turso_sync.cli.verify import integrity_problems
+from turso_sync.sync.state import SyncState
+from turso_sync.testing import MockTransport, pull_answer
+
+URL = "http://127.0.0.1:9/db/never-asked"  # saved in PATH-sync; nothing here connects to it
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch, tmp_path):
+    """No socket, no TURSO_SYNC_* variable of the caller, and the test's folder as cwd."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a socket was opened")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    for name in list(os.environ):
+        if name.startswith("TURSO_SYNC_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+def make_replica(folder: Path, key: str | None = None, rows: int = 600) -> Path:
+    """A replica of an empty remote, with a table of ``rows`` rows written locally (pending)."""
+    path = folder / "r.db"
+    mock = MockTransport(lambda p, body, content_type: pull_answer("rev-1"))
+    conn = turso_sync.connect(path, URL, encryption_key=key, transport=mock)
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.executemany("INSERT INTO t VALUES (?, ?)", [(i, f"{i:0200d}") for i in range(rows)])
+    conn.commit()
+    conn.checkpoint()
+    conn.close()
+    return path
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# --- --version --------------------------------------------------------------------------------
+
+
+def test_version_prints_the_installed_version(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip() == f"turso-sync {importlib.metadata.version('turso-sync')}"
+
+
+# --- clone and serve refuse what cannot work, before any network -------------------------------
+
+
+@pytest.mark.parametrize("url", ["not-a-url", "http://", "ftp://example.com/db", "https://host:port/db", "//h/db"])
+def test_clone_refuses_a_malformed_url_with_status_2(tmp_path, capsys, url):
+    code, _out, err = run(capsys, "clone", url, "x.db")
+    assert code == ExitCode.USAGE, err
+    assert "is not a primary's URL" in err or "names no host" in err
+    assert "http://HOST:PORT/db/NAME" in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_clone_into_a_missing_folder_is_status_2(tmp_path, capsys):
+    code, _out, err = run(capsys, "clone", URL, "no/such/folder/x.db")
+    assert code == ExitCode.USAGE
+    assert "does not exist; create it first" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_serve_with_a_data_dir_that_is_a_file_is_status_2(tmp_path, capsys):
+    (tmp_path / "afile").write_text("")
+    code, _out, err = run(capsys, "serve", "--data-dir", "afile", "--listen", "127.0.0.1:0")
+    assert code == 2
+    assert "--data-dir afile is a file, not a folder" in err
+
+
+# --- a damaged -sync file ------------------------------------------------------------------------
+
+DAMAGED_STATES = {
+    "garbage": b"\x00\x9f\xffgarbage",
+    "not json": b"{garbage",
+    "empty": b"",
+    "a list": b"[1, 2]",
+    "no url": b'{"client_id": "c"}',
+    "a wrong type": b'{"remote_url": "http://h/db", "client_id": "c", "synced_seq": "seven"}',
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGED_STATES))
+def test_a_damaged_sync_file_is_named_with_its_remedy(tmp_path, capsys, damage):
+    path = make_replica(tmp_path, rows=3)
+    state_file = Path(SyncState.path_for(str(path)))
+    state_file.write_bytes(DAMAGED_STATES[damage])
+    with pytest.raises(errors.ReplicaDamagedError) as raised:
+        SyncState.load(str(path))
+    assert raised.value.file == str(state_file)
+    for command in (["status", "r.db"], ["exec", "r.db", "SELECT 1"]):
+        code, _out, err = run(capsys, *command)
+        assert code == ExitCode.REPLICA_DAMAGED, err
+        assert f"{state_file} is damaged (" in err, err
+        assert "turso-sync verify --repair" in err and "--remote URL" in err
+        assert err.count("\n") == 1
+        for raw in ("Expecting", "Traceback", "object has no attribute", "__init__", "codec can't decode"):
+            assert raw not in err
+    code, out, _err = run(capsys, "verify", "r.db", "--offline")
+    assert code == ExitCode.VERIFY_FAILED
+    assert f"{state_file}: the sync state is damaged: " in out
+    assert "Expecting" not in out and "turso-sync verify --repair r.db --remote URL" in out
+
+
+def test_a_sync_file_cut_short_is_damaged(tmp_path, capsys):
+    path = make_replica(tmp_path, rows=3)
+    state_file = Path(SyncState.path_for(str(path)))
+    state_file.write_bytes(state_file.read_bytes()[:20])
+    code, _out, err = run(capsys, "status", "r.db")
+    assert code == ExitCode.REPLICA_DAMAGED
+    assert "is damaged (not valid JSON at line" in err and "cut short or overwritten" in err
+
+
+def test_repair_of_an_unreadable_sync_file_asks_for_the_url(tmp_path, capsys):
+    path = make_replica(tmp_path, rows=3)
+    Path(SyncState.path_for(str(path))).write_bytes(b"{")
+    code, _out, err = run(capsys, "verify", "r.db", "--repair")
+    assert code == ExitCode.USAGE
+    assert "the primary's URL is unknown" in err and "--remote URL" in err
+
+
+# --- keys: the CLI's flags, and a key for a plaintext replica ----------------------------------
+
+
+def test_a_key_for_a_plaintext_replica_says_to_drop_it(tmp_path, capsys, monkeypatch):
+    make_replica(tmp_path, rows=3)
+    code, _out, err = run(capsys, "status", "r.db", "--encryption-key", KEY256)
+    assert code == ExitCode.ENCRYPTION_KEY
+    assert err.strip() == "turso-sync status: r.db is not encrypted: drop the key (--encryption-key)"
+    monkeypatch.setenv("TURSO_SYNC_ENCRYPTION_KEY", KEY256)
+    code, _out, err = run(capsys, "exec", "r.db", "SELECT 1")
+    assert code == ExitCode.ENCRYPTION_KEY
+    assert "r.db is not encrypted: drop the key ($TURSO_SYNC_ENCRYPTION_KEY)" in err
+    assert "give" not in err and KEY256 not in err
+
+
+def test_an_encrypted_replica_without_its_key_or_cipher_names_the_flags(tmp_path, capsys):
+    make_replica(tmp_path, key=KEY256, rows=3)
+    code, _out, err = run(capsys, "status", "r.db")
+    assert code == ExitCode.ENCRYPTION_KEY
+    assert "r.db is encrypted: give its key with --encryption-key-file F or $TURSO_SYNC_ENCRYPTION_KEY" in err
+    code, _out, err = run(capsys, "status", "r.db", "--encryption-key", KEY128, "--cipher", "aes128gcm")
+    assert code == ExitCode.ENCRYPTION_KEY
+    assert "r.db is encrypted with aes256gcm: give --cipher aes256gcm" in err and KEY128 not in err
+    assert "encryption_key" not in err
+
+
+def test_library_argument_names_become_cli_flags():
+    for message in (
+        "/x.db is encrypted; pass encryption_key (and cipher) to open it",
+        "/x.db is a plaintext SQLite database, not an encrypted one; open it without encryption_key",
+        "a.db is not a replica; clone it first (turso_sync.connect(path, url))",
+        "missing pages (open it with turso_sync.connect(path, remote_url))",
+    ):
+        line = describe(errors.EncryptionError(message), ExitCode.ENCRYPTION_KEY)
+        for name in ("encryption_key", "remote_url", "turso_sync.connect"):
+            assert name not in line, line
+    plaintext = describe(errors.EncryptionError("p.db is a plaintext ... open it without encryption_key"), 5)
+    assert "drop the key" in plaintext and "give the replica's key" not in plaintext
+    assert in_cli_terms("use cipher= and auth_token") == "use --cipher  and --auth-token"
+
+
+# --- verify: damage exits 7, never 1 or 5 ---------------------------------------------------------
+
+
+def test_integrity_problems_collapse_never_used_pages():
+    answer = [("*** in database main ***\n" + "\n".join(f"Page {n}: never used" for n in [*range(7, 40), 52]),)]
+    assert integrity_problems(answer) == ["34 page(s) never used: 7..39, 52"]
+    rows = [("row 3 missing from index i",), ("Page 9: never used",), ("Page 10: never used",)]
+    assert integrity_problems(rows) == ["row 3 missing from index i", "2 page(s) never used: 9..10"]
+    assert integrity_problems([("ok",)]) == []
+
+
+@pytest.mark.parametrize("key", [None, KEY256])
+def test_verify_reports_an_integrity_failure_on_one_line_with_status_7(tmp_path, capsys, key):
+    path = make_replica(tmp_path, key=key)
+    conn = turso_sync.connect(path, encryption_key=key, isolation_level=None)
+    conn.execute("PRAGMA writable_schema=ON")
+    conn.execute("DELETE FROM sqlite_schema WHERE name = 't'")  # its ~70 pages are left unused
+    conn.execute("PRAGMA writable_schema=OFF")
+    conn.close()
+    key_args = ["--encryption-key", key] if key else []
+    code, out, _err = run(capsys, "verify", "r.db", "--offline", *key_args)
+    assert code == ExitCode.VERIFY_FAILED, out
+    assert out.splitlines()[0].startswith("files:     ok")
+    (integrity,) = [line for line in out.splitlines() if line.startswith("integrity:")]
+    assert integrity.startswith("integrity: FAILED (") and "page(s) never used: " in integrity
+    assert "Page " not in out and "*** in database" not in out
+    assert out.splitlines()[-1].startswith("remedy:    run `turso-sync verify --repair r.db`")
+
+
+def _flip(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("where", ["page 1", "page 5", "truncated", "cut mid-page"])
+def test_verify_damage_with_the_right_key_is_status_7(tmp_path, capsys, where):
+    path = make_replica(tmp_path, key=KEY256)
+    if where == "page 1":
+        _flip(path, 2000)
+    elif where == "page 5":
+        _flip(path, 4 * 4096 + 2000)
+    elif where == "truncated":
+        os.truncate(path, 10 * 4096)
+    else:
+        os.truncate(path, 10 * 4096 + 1000)
+    code, out, err = run(capsys, "verify", "r.db", "--offline", "--encryption-key", KEY256)
+    assert code == ExitCode.VERIFY_FAILED, out + err
+    assert out.startswith("files:     DAMAGED (1 problem(s))")
+    assert "remedy:    run `turso-sync verify --repair r.db`" in out
+    if where != "page 5":  # found on open too (a page inside is only compared by verify's deep check)
+        code, _out, err = run(capsys, "status", "r.db", "--encryption-key", KEY256)
+        assert code == ExitCode.REPLICA_DAMAGED and "verify --repair" in err, err
+
+
+def test_verify_with_a_wrong_key_is_still_status_5(tmp_path, capsys):
+    make_replica(tmp_path, key=KEY256, rows=3)
+    code, _out, err = run(capsys, "verify", "r.db", "--offline", "--encryption-key", "f" * 64)
+    assert code == ExitCode.ENCRYPTION_KEY and "wrong encryption key" in err
+
+
+def test_status_json_is_unchanged_by_the_checks(tmp_path, capsys):
+    make_replica(tmp_path, rows=3)
+    code, out, _err = run(capsys, "status", "r.db", "--json")
+    assert code == 0 and json.loads(out)["remote_url"] == URL
