@@ -1,6 +1,8 @@
-"""``daemon --metrics``: Prometheus text and a health check over HTTP, on loopback only.
+"""``daemon --metrics``: Prometheus metrics and a health check over HTTP, on loopback only.
 
-``GET /metrics``: one series per replica, labelled ``replica="<path>"``.
+``GET /metrics``: one series per replica, labelled ``replica="<path>"``, written by
+``prometheus-client`` from the daemon's own registry (read at scrape time, so the numbers are
+never older than the request); the Prometheus text format, or OpenMetrics when the scraper asks.
 ``GET /health``: 200 ``{"status": "ok" | "degraded", "replicas": [...]}`` while every sync
 thread runs ("degraded": some replica cannot reach its primary right now; local reads and
 writes are unaffected), 503 once the daemon is stopping.
@@ -12,8 +14,12 @@ import json
 import math
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
 
 from ..primary.server import is_loopback
 from ..sync.daemon import ReplicaStatus, SyncDaemon
@@ -64,25 +70,44 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+class ReplicaCollector:
+    """A ``prometheus-client`` collector: the ``SERIES`` of every replica, read when scraped."""
+
+    def __init__(self, statuses: Callable[[], list[ReplicaStatus]]) -> None:
+        self.statuses = statuses
+
+    def describe(self) -> Iterator[Metric]:
+        """The metric families without samples (lets the registry refuse a duplicate name)."""
+        for name, kind, text, _value in SERIES:
+            yield _family(name, kind, text)
+
+    def collect(self) -> Iterator[Metric]:
+        """One family per series, one sample per replica (``NaN`` when a value is unknown)."""
+        statuses = self.statuses()
+        for name, kind, text, value in SERIES:
+            family = _family(name, kind, text)
+            for status in statuses:
+                number = value(status)
+                family.add_metric([status.path], math.nan if number is None else float(number))
+            yield family
 
 
-def _number(value: float | None) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "NaN"
-    return repr(float(value)) if isinstance(value, float) else str(int(value))
+def _family(name: str, kind: str, text: str) -> GaugeMetricFamily | CounterMetricFamily:
+    if kind == "counter":
+        return CounterMetricFamily(name, text, labels=["replica"])
+    return GaugeMetricFamily(name, text, labels=["replica"])
+
+
+def registry_for(statuses: Callable[[], list[ReplicaStatus]]) -> CollectorRegistry:
+    """A registry of its own (not the process-wide default), so two daemons in one process never collide."""
+    registry = CollectorRegistry()
+    registry.register(ReplicaCollector(statuses))
+    return registry
 
 
 def render(statuses: list[ReplicaStatus]) -> str:
-    """The Prometheus text exposition format (version 0.0.4)."""
-    lines: list[str] = []
-    for name, kind, text, value in SERIES:
-        lines.append(f"# HELP {name} {text}")
-        lines.append(f"# TYPE {name} {kind}")
-        for status in statuses:
-            lines.append(f'{name}{{replica="{_label(status.path)}"}} {_number(value(status))}')
-    return "\n".join(lines) + "\n"
+    """The Prometheus text exposition format (version 0.0.4) of these statuses."""
+    return generate_latest(registry_for(lambda: statuses)).decode()
 
 
 def health(daemon: SyncDaemon) -> tuple[int, dict[str, object]]:
@@ -116,20 +141,22 @@ class MetricsServer:
 
     def __init__(self, daemon: SyncDaemon, host: str, port: int) -> None:
         owner = daemon
+        self.registry = registry = registry_for(daemon.status)
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
-                    self._send(200, "text/plain; version=0.0.4; charset=utf-8", render(owner.status()))
+                    encode, content_type = choose_encoder(self.headers.get("Accept", ""))
+                    self._send(200, content_type, encode(registry))
                 elif path == "/health":
                     status, body = health(owner)
                     self._send(status, "application/json", json.dumps(body))
                 else:
                     self._send(404, "text/plain; charset=utf-8", "not found: try /metrics or /health\n")
 
-            def _send(self, status: int, content_type: str, text: str) -> None:
-                data = text.encode()
+            def _send(self, status: int, content_type: str, body: str | bytes) -> None:
+                data = body.encode() if isinstance(body, str) else body
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(data)))
