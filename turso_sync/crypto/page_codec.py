@@ -1,16 +1,23 @@
-"""Page encryption in Turso's on-disk format (AES-GCM).
+"""Page encryption in Turso's on-disk format (AES-GCM), and the entry point to both formats.
 
 Every page keeps its nonce and tag in SQLite's reserved area at the end of the page:
 ``[ciphertext | tag (16) | nonce (12)]``.  Pages other than page 1 use an empty associated
 data; page 1 keeps bytes 16..100 of the SQLite header in plaintext, replaces the SQLite magic
 with ``b"Turso" 00 <cipher id> 00*9`` and authenticates those 100 on-disk bytes.  The format
 is Turso's (see docs/encryption.md), so files move between turso_sync and pyturso.
+
+The opt-in hardened format (``hardened.py``) has the same frame and the same codec interface
+(``encrypt(plain, pgno, where)``, ``decrypt(enc, pgno, where)``, ``page_size``, ``reserved``,
+``spec``).  ``make_codec`` builds either one from the user's options; ``PageCodec(spec, key)``
+with a hardened ``spec`` builds a ``HardenedCodec`` too, so callers that construct codecs
+from ``parse_key`` get the right class.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -25,36 +32,56 @@ RESERVED_BYTES = TAG_SIZE + NONCE_SIZE  # 28 for both AES-GCM ciphers
 
 @dataclass(frozen=True)
 class CipherSpec:
-    """A cipher Turso's format knows: its name, id in the page-1 header and key size."""
+    """A cipher: its name, id in the page-1 header, key size and page format.
+
+    ``page_format`` is "turso" (Turso's format) or "hardened"; a hardened spec with
+    ``passphrase`` takes a passphrase where the others take a hex key (key_size 0).
+    """
 
     name: str
     cipher_id: int
     key_size: int
+    page_format: str = "turso"
+    passphrase: bool = False
 
 
 CIPHERS = {
     "aes128gcm": CipherSpec("aes128gcm", 1, 16),
     "aes256gcm": CipherSpec("aes256gcm", 2, 32),
 }
+HARDENED_ID = 0x80  # the hardened format's cipher id in page 1 (AES-256-GCM-SIV)
+# the hardened format through the ``cipher=`` option, until ``encryption_format=`` is wired:
+# "hardened" takes a 64-hex-digit key, "hardened-passphrase" takes the passphrase as the key
+HARDENED_CIPHERS = {
+    "hardened": CipherSpec("hardened", HARDENED_ID, 32, "hardened"),
+    "hardenedpassphrase": CipherSpec("hardened-passphrase", HARDENED_ID, 0, "hardened", passphrase=True),
+}
+ENCRYPTION_FORMATS = ("turso", "hardened")
 
 
 class PageAuthError(Exception):
     """A page failed authentication: wrong key, or the bytes were changed on disk."""
 
-    def __init__(self, pgno: int, where: str = "database") -> None:
-        super().__init__(f"page {pgno} of the {where} failed authentication")
+    def __init__(self, pgno: int, where: str = "database", reason: str = "") -> None:
+        detail = f"page {pgno} of the {where} failed authentication"
+        super().__init__(f"{detail} ({reason})" if reason else detail)
         self.pgno = pgno
         self.where = where
+        self.reason = reason
 
 
 def parse_key(hexkey: str, cipher: str) -> tuple[CipherSpec, bytes]:
     """Check a hex key against a cipher name and return the cipher and the raw key.
 
+    For the "hardened-passphrase" cipher the "key" is a passphrase, returned as UTF-8 bytes.
     The error messages never include the key itself.
     """
-    spec = CIPHERS.get(cipher.lower().replace("-", "").replace("_", ""))
+    name = cipher.lower().replace("-", "").replace("_", "")
+    spec = CIPHERS.get(name) or HARDENED_CIPHERS.get(name)
     if spec is None:
         raise ValueError(f"unknown cipher {cipher!r}; use one of {', '.join(CIPHERS)}")
+    if spec.passphrase:
+        return spec, _passphrase_bytes(hexkey)
     if not isinstance(hexkey, str):
         raise TypeError("encryption_key must be a hex string")
     text = hexkey.strip()
@@ -72,8 +99,70 @@ def turso_header(spec: CipherSpec) -> bytes:
     return TURSO_MAGIC_PREFIX + bytes([0, spec.cipher_id]) + bytes(9)
 
 
+def _passphrase_bytes(passphrase: object) -> bytes:
+    if not isinstance(passphrase, str):
+        raise TypeError("passphrase must be a string")
+    if not passphrase:
+        raise ValueError("passphrase must not be empty")
+    return passphrase.encode("utf-8")
+
+
+def make_codec(
+    key: str | None = None,
+    *,
+    passphrase: str | None = None,
+    cipher: str = "aes256gcm",
+    encryption_format: str = "turso",
+    argon2: Any = None,
+) -> PageCodec | None:
+    """The codec for a connection's options; None when neither a key nor a passphrase is given.
+
+    ``encryption_format`` is "turso" (Turso's format: a hex key and ``cipher``) or "hardened"
+    (AES-256-GCM-SIV, pages bound to their place: a 64-hex-digit key, or a passphrase).
+    ``argon2`` (a ``keys.Argon2Params``) sets the passphrase cost of a new file.  Raises
+    ValueError or TypeError (never quoting the secret) for options that do not fit together.
+    """
+    if encryption_format not in ENCRYPTION_FORMATS:
+        raise ValueError(f"unknown encryption_format {encryption_format!r}; use one of {', '.join(ENCRYPTION_FORMATS)}")
+    if key is not None and passphrase is not None:
+        raise ValueError("give encryption_key or passphrase, not both")
+    if encryption_format == "turso":
+        if passphrase is not None:
+            raise ValueError("Turso's format takes a hex key, not a passphrase; use encryption_format='hardened'")
+        if key is None:
+            return None
+        return PageCodec(*parse_key(key, cipher))
+    if cipher.lower().replace("-", "").replace("_", "") not in ("aes256gcm", "aes256gcmsiv", "hardened"):
+        raise ValueError(f"the hardened format uses AES-256-GCM-SIV; cipher {cipher!r} does not apply to it")
+    if passphrase is not None:
+        spec = HARDENED_CIPHERS["hardenedpassphrase"]
+        return _hardened(spec, _passphrase_bytes(passphrase), 4096, argon2)
+    if key is None:
+        return None
+    spec, raw = parse_key(key, "hardened")
+    return _hardened(spec, raw, 4096, argon2)
+
+
+def _hardened(spec: CipherSpec, secret: bytes, page_size: int, argon2: Any = None) -> PageCodec:
+    from .hardened import HardenedCodec  # the hardened module builds on this one
+
+    if argon2 is None:
+        return HardenedCodec(spec, secret, page_size)
+    return HardenedCodec(spec, secret, page_size, argon2=argon2)
+
+
 class PageCodec:
-    """Encrypts and decrypts whole pages of one database with one key."""
+    """Encrypts and decrypts whole pages of one database with one key (Turso's format).
+
+    ``PageCodec(spec, key)`` with a hardened ``spec`` returns a ``hardened.HardenedCodec``.
+    """
+
+    def __new__(cls, spec: CipherSpec, key: bytes, page_size: int = 4096) -> PageCodec:
+        if cls is PageCodec and spec.page_format == "hardened":
+            from .hardened import HardenedCodec  # Python then runs HardenedCodec.__init__
+
+            return super().__new__(HardenedCodec)
+        return super().__new__(cls)
 
     def __init__(self, spec: CipherSpec, key: bytes, page_size: int = 4096) -> None:
         self.spec = spec
@@ -93,8 +182,28 @@ class PageCodec:
     def __repr__(self) -> str:
         return f"PageCodec({self.spec.name}, page_size={self.page_size})"  # never the key
 
-    def encrypt(self, plain: bytes, pgno: int) -> bytes:
-        """Encrypt one plaintext page (whose reserved tail SQLite left zero)."""
+    def for_file(self, head: bytes) -> PageCodec:
+        """A codec for the file whose first bytes are ``head``, with this codec's secret.
+
+        A reopen needs only the key: a hardened file opened with a Turso-format codec (or the
+        other way round) gets a codec of the file's format.  Turso's ciphers are not switched:
+        a mismatch there raises ValueError, as the cipher is given on every open.
+        """
+        if len(head) > 6 and head[6] == HARDENED_ID:
+            if len(self._key) != 32:
+                raise ValueError("the file uses the hardened format, which needs a 64-hex-digit key")
+            return _hardened(HARDENED_CIPHERS["hardened"], self._key, self.page_size)
+        if len(head) > 6 and head[6] != self.spec.cipher_id:
+            names = {spec.cipher_id: name for name, spec in CIPHERS.items()}
+            raise ValueError(f"encrypted with {names.get(head[6], f'cipher id {head[6]}')}, not {self.spec.name}")
+        return self
+
+    def header_plaintext(self, enc: bytes) -> bytes:
+        """SQLite's first 100 bytes of an on-disk page 1 (plaintext in this format, authenticated later)."""
+        return SQLITE_MAGIC + enc[16:HEADER_SIZE]
+
+    def encrypt(self, plain: bytes, pgno: int, where: str = "database") -> bytes:
+        """Encrypt one plaintext page (whose reserved tail SQLite left zero); ``where`` is unused."""
         nonce = os.urandom(NONCE_SIZE)
         if pgno == 1:
             header = self.magic + plain[16:HEADER_SIZE]

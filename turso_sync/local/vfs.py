@@ -174,20 +174,26 @@ class EncryptedDBFile(apsw.VFSFile):
             if len(raw) < P:
                 break
             if index == 0 and offset + amount <= 100:
-                # the plaintext header, read before a page is; no need to decrypt for it
-                out += raw[:100]
-                out[:16] = b"SQLite format 3\x00"
+                # the header, read before a page is: plaintext in Turso's format (authenticated
+                # when page 1 is read), decrypted and checked at once in the hardened format
+                out += self._guarded(lambda enc, _pgno: self.codec.header_plaintext(enc), raw, 1)
             else:
                 out += self._decrypt(raw, index + 1)
         start = offset - first * P
         return bytes(out[start : start + amount])
 
     def _decrypt(self, raw: bytes, pgno: int) -> bytes:
+        return self._guarded(self.codec.decrypt, raw, pgno)
+
+    def _guarded(self, decode: Callable[[bytes, int], bytes], raw: bytes, pgno: int) -> bytes:
         try:
-            return self.codec.decrypt(raw, pgno)
+            return decode(raw, pgno)
         except PageAuthError as err:
             self.state.record(err)
             raise apsw.CorruptError(str(err)) from None
+        except errors.EncryptionError as exc:  # a hardened file's stored key parameters refused
+            self.state.record(PageAuthError(pgno, "database", str(exc)))
+            raise apsw.CorruptError(str(exc)) from None
 
     def xWrite(self, data: bytes, offset: int) -> None:
         _refuse_unarchived_backfill(self.state)
@@ -320,6 +326,11 @@ def _check_plain_page(page: bytes, pgno: int, codec: PageCodec) -> None:
     if pgno == 1 and page[20] != codec.reserved:
         raise apsw.CorruptError(
             f"page 1 declares {page[20]} reserved bytes; an encrypted database needs {codec.reserved}"
+        )
+    if pgno == 1 and codec.spec.page_format == "hardened" and any(page[72:92]):
+        raise apsw.CorruptError(
+            "page 1 uses header bytes 72..92 (reserved for expansion by SQLite), where the hardened "
+            "encryption format keeps its parameters"
         )
 
 
@@ -507,11 +518,11 @@ class EncryptedWALFile(apsw.VFSFile):
             disk = self._raw(8, off).ljust(8, b"\0")
             pgno = int.from_bytes(disk[:4], "big")
             _check_plain_page(plain, pgno, self.codec)
-            super().xWrite(self.codec.encrypt(plain, pgno), off + FRAME_HEADER_SIZE)
+            super().xWrite(self.codec.encrypt(plain, pgno, "WAL"), off + FRAME_HEADER_SIZE)
             return
         pgno = int.from_bytes(header[:4], "big")
         _check_plain_page(plain, pgno, self.codec)
-        body = self.codec.encrypt(plain, pgno)
+        body = self.codec.encrypt(plain, pgno, "WAL")
         super().xWrite(self._seal_header(index, header, body) + body, off)
 
     def _rewrite_header(self, index: int, header: bytes) -> None:
@@ -544,7 +555,7 @@ class EncryptedJournalFile(apsw.VFSFile):
     def xWrite(self, data: bytes, offset: int) -> None:
         if len(data) == self.codec.page_size:
             _check_plain_page(data, 0, self.codec)
-            data = self.codec.encrypt(data, 0)
+            data = self.codec.encrypt(data, 0, "rollback journal")
         super().xWrite(data, offset)
 
     def xRead(self, amount: int, offset: int) -> bytes:
