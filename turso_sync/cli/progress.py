@@ -1,7 +1,8 @@
-"""A byte counter on stderr for long transfers (a clone, a large pull).
+"""Progress of long transfers (a clone, a large pull) on stderr.
 
-On a terminal it redraws one line; otherwise (a log file, a pipe) it writes a line at most once
-a second.  Transfers that finish within half a second print nothing: short pulls stay quiet.
+On a terminal: a ``tqdm`` bar (bytes, percentage when the size is known, rate).  Anywhere else (a
+log file, a pipe, CI) there is no bar: a plain line at most once a second, no carriage returns or
+escape codes.  Transfers that finish within half a second print nothing: short pulls stay quiet.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import sys
 import time
 from typing import TextIO
+
+from tqdm import tqdm
 
 
 def human_bytes(count: float) -> str:
@@ -21,7 +24,7 @@ def human_bytes(count: float) -> str:
 
 
 class ProgressMeter:
-    """A ``progress(path, received, total)`` callback for the transport that draws a counter."""
+    """A ``progress(path, received, total)`` callback for the transport that shows how far a transfer is."""
 
     def __init__(self, label: str, stream: TextIO | None = None, *, delay: float = 0.5, every: float = 1.0) -> None:
         self.label = label
@@ -33,36 +36,57 @@ class ProgressMeter:
         self._last_drawn = 0.0
         self._drawn = False
         self._tty = self.stream.isatty()
+        self._bar: tqdm | None = None
 
     def __call__(self, path: str, received: int, total: int | None) -> None:
-        now = time.monotonic()
-        if self._started is None or received < self.received:
-            self._started = now  # a new response (the first chunk of a long-poll answer, a retry)
+        restarted = received < self.received  # a new response (the first chunk of a long-poll answer, a retry)
         self.received = received
+        if self._tty:
+            self._show_bar(received, total, restarted)
+            return
+        now = time.monotonic()
+        if self._started is None or restarted:
+            self._started = now
         if now - self._started < self.delay:
             return
-        if not self._tty and self._drawn and now - self._last_drawn < self.every:
-            return
-        if self._tty and now - self._last_drawn < 0.1:
+        if self._drawn and now - self._last_drawn < self.every:
             return
         self._last_drawn = now
-        self._draw(received, total, now - self._started)
+        self._write_line(received, total, now - self._started)
 
-    def _draw(self, received: int, total: int | None, elapsed: float) -> None:
+    def _show_bar(self, received: int, total: int | None, restarted: bool) -> None:
+        if restarted and self._bar is not None:
+            self._bar.leave = False  # a retried or superseded response: clear its bar
+            self._bar.close()
+            self._bar = None
+        if self._bar is None:
+            self._bar = tqdm(
+                desc=self.label,
+                total=total,
+                file=self.stream,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                delay=self.delay,
+                leave=True,
+                dynamic_ncols=True,
+            )
+        if total is not None and self._bar.total != total:
+            self._bar.total = total
+        self._bar.update(received - self._bar.n)
+
+    def _write_line(self, received: int, total: int | None, elapsed: float) -> None:
         text = f"{self.label}: {human_bytes(received)}"
         if total:
             text += f" of {human_bytes(total)} ({100 * received // total}%)"
         text += f", {human_bytes(received / max(elapsed, 1e-6))}/s"
-        if self._tty:
-            self.stream.write("\r\033[K" + text)
-        else:
-            self.stream.write(text + "\n")
+        self.stream.write(text + "\n")
         self.stream.flush()
         self._drawn = True
 
     def finish(self) -> None:
-        """End the redrawn line on a terminal (call once the transfer is over)."""
-        if self._tty and self._drawn:
-            self.stream.write("\n")
-            self.stream.flush()
+        """Close the bar on a terminal, leaving its last state on screen (call once the transfer is over)."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
         self._drawn = False
