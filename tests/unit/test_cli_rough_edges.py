@@ -8,8 +8,10 @@ socket is opened; the commands that run here (``status``, ``exec``, ``verify --o
 from __future__ import annotations
 
 import importlib.metadata
+import io
 import json
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -254,3 +256,38 @@ def test_status_json_is_unchanged_by_the_checks(tmp_path, capsys):
     make_replica(tmp_path, rows=3)
     code, out, _err = run(capsys, "status", "r.db", "--json")
     assert code == 0 and json.loads(out)["remote_url"] == URL
+
+
+# --- the shell ------------------------------------------------------------------------------------
+
+
+def shell(capsys, monkeypatch, script: str, *argv: str) -> tuple[int, str, str]:
+    monkeypatch.setattr("sys.stdin", io.StringIO(script))
+    return run(capsys, "shell", "r.db", *argv)
+
+
+def test_shell_tables_and_schema_hide_what_sync_keeps_for_itself(tmp_path, capsys, monkeypatch):
+    path = make_replica(tmp_path, rows=3)
+    conn = turso_sync.connect(path)
+    conn.execute("CREATE TABLE turso_sync_last_change_id (session TEXT PRIMARY KEY, id INTEGER)")  # as Turso's
+    conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY AUTOINCREMENT, body TEXT)")  # makes sqlite_sequence
+    conn.commit()
+    conn.close()
+    code, out, err = shell(capsys, monkeypatch, ".tables\n.schema\n")
+    assert code == 0, err
+    assert out.split()[0] == "name" and out.split()[2:4] == ["notes", "t"]
+    for internal in ("turso_sync_", "_turso_sync_", "sqlite_sequence"):
+        assert internal not in out
+
+
+def test_shell_status_prints_what_status_prints(tmp_path, capsys, monkeypatch):
+    make_replica(tmp_path, rows=3)
+    code, out, err = shell(capsys, monkeypatch, ".status\n")
+    assert code == 0, err
+    status_code, expected, _ = run(capsys, "status", "r.db")
+    assert status_code == 0
+    lines = [line for line in out.splitlines() if not line.startswith("last pull")]
+    assert lines == [line for line in expected.splitlines() if not line.startswith("last pull")]
+    (last_pull,) = [line for line in out.splitlines() if line.startswith("last pull")]
+    assert re.search(r"last pull +\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \(\d+s ago\)", last_pull), last_pull
+    assert "unix_time" not in out and re.search(r"^last push +never$", out, re.M)

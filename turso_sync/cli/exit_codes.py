@@ -25,6 +25,7 @@ class ExitCode(IntEnum):
     VERIFY_FAILED = 7  # the local replica is damaged (its files, or SQLite's integrity check)
     REPLICA_DAMAGED = 7  # the same status, by the name commands other than `verify` raise it under
     INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it
+    TERMINATED = 143  # SIGTERM (128 + 15): cleaned up as after Ctrl-C
 
 
 class CommandError(Exception):

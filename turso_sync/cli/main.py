@@ -12,9 +12,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.metadata
+import signal
 import sys
 import traceback
 from collections.abc import Sequence
+from types import FrameType
 
 from .exit_codes import ExitCode, classify, describe
 
@@ -72,8 +74,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     first = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(first if first in COMMANDS else None).parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C (a failed clone removes what it created); `daemon` and
+    # `serve` put their own handlers in place for a graceful stop
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args._run(args))
+    except Terminated:
+        print(f"turso-sync {args.command}: terminated (SIGTERM)", file=sys.stderr)
+        return ExitCode.TERMINATED
     except KeyboardInterrupt:
         print(f"turso-sync {args.command}: interrupted", file=sys.stderr)
         return ExitCode.INTERRUPTED
@@ -83,6 +91,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"turso-sync {args.command}: {describe(exc, code)}", file=sys.stderr)
         return code
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: raised where the command was, so it unwinds (and cleans up) as Ctrl-C does."""
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise Terminated()
 
 
 if __name__ == "__main__":

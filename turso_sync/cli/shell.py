@@ -19,15 +19,16 @@ Reading from a pipe, no prompt is shown and the exit status is 1 if any statemen
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sqlite3
 import sys
 from typing import Any
 
 from .. import errors
+from ..local.capture import is_internal
 from ..sync.connection import SyncConnection
 from .replica_args import add_credential_arguments, add_path_argument, add_sync_arguments, open_replica
 from .rows import print_json, print_table, rows_as_objects
+from .status import print_rows, status_rows
 
 HELP = "An interactive SQL prompt on the local replica (dot commands pull, push, sync)."
 
@@ -136,15 +137,11 @@ class Shell:
         elif word == ".sync":
             self.guarded(lambda: print("pulled new commits" if self.conn.sync() else "synced; nothing new"))
         elif word == ".status":
-            self.guarded(lambda: self.show(["field", "value"], list(dataclasses.asdict(self.conn.stats()).items())))
+            self.guarded(self.status)
         elif word == ".conflicts":
             self.guarded(self.conflicts)
         elif word == ".tables":
-            self.guarded(
-                self.sql,
-                "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' "
-                "AND name NOT LIKE '_turso_sync_%' ORDER BY name",
-            )
+            self.guarded(self.tables)
         elif word == ".schema":
             self.guarded(self.schema, rest)
         elif word == ".json":
@@ -155,15 +152,31 @@ class Shell:
         sys.stdout.flush()
         return True
 
+    def tables(self) -> None:
+        """The application's tables: the ones sync keeps for itself (``is_internal``) are left out."""
+        names = self.conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name").fetchall()
+        self.show(["name"], [(name,) for (name,) in names if not is_internal(name)])
+
     def schema(self, table: str) -> None:
-        """The CREATE statements (of one table and its indexes, with a name)."""
-        sql = "SELECT sql FROM sqlite_schema WHERE sql IS NOT NULL AND name NOT LIKE '_turso_sync_%'"
+        """The CREATE statements (of one table and its indexes, with a name), internal tables left out."""
+        sql = "SELECT tbl_name, sql FROM sqlite_schema WHERE sql IS NOT NULL"
         params: tuple[str, ...] = ()
         if table:
             sql += " AND tbl_name = ?"
             params = (table,)
-        for (text,) in self.conn.execute(sql + " ORDER BY rowid", params).fetchall():
-            print(f"{text};")
+        for owner, text in self.conn.execute(sql + " ORDER BY rowid", params).fetchall():
+            if not is_internal(owner):
+                print(f"{text};")
+
+    def status(self) -> None:
+        """What ``turso-sync status`` prints, dates and sizes readable."""
+        stats = self.conn.stats()
+        replica = self.conn.replica
+        rows = status_rows(stats, replica.path, replica.state.remote_url, bool(self.conn.encrypted))
+        if self.json:
+            print_json([{"field": name, "value": value} for name, value in rows], sys.stdout)
+        else:
+            print_rows(rows)
 
     def conflicts(self) -> None:
         """The conflict journal as rows."""

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import time
 
+from ..sync.results import SyncStats
 from .progress import human_bytes
 from .replica_args import add_credential_arguments, add_path_argument, open_replica
 
@@ -43,26 +44,12 @@ def _ago(seconds: float) -> str:
     return f"{round(seconds / 86400)} days ago"
 
 
-def run(args: argparse.Namespace) -> int:
-    """Print the replica's stats."""
-    conn = open_replica(args, args.path)
-    try:
-        stats = conn.stats()
-        report = {
-            "path": conn.replica.path,
-            "remote_url": conn.replica.state.remote_url,
-            "encrypted": bool(conn.encrypted),
-            **dataclasses.asdict(stats),
-        }
-    finally:
-        conn.close()
-    if args.json:
-        print(json.dumps(report, indent=1))
-        return 0
+def status_rows(stats: SyncStats, path: str, remote_url: str, encrypted: bool) -> list[tuple[str, str]]:
+    """The lines ``status`` prints (and the shell's ``.status``): name and value, dates readable."""
     rows = [
-        ("replica", report["path"]),
-        ("remote", report["remote_url"]),
-        ("encrypted", "yes" if report["encrypted"] else "no"),
+        ("replica", path),
+        ("remote", remote_url),
+        ("encrypted", "yes" if encrypted else "no"),
         ("revision", stats.revision or "(never pulled)"),
         ("pending changes", str(stats.pending_changes)),
         ("last pull", _when(stats.last_pull_unix_time)),
@@ -72,7 +59,33 @@ def run(args: argparse.Namespace) -> int:
         ("bytes received", human_bytes(stats.network_received_bytes)),
         ("conflicts", str(stats.conflicts)),
     ]
+    if stats.pages_total is not None:  # a partial replica (docs/partial.md)
+        local = stats.pages_local if stats.pages_local is not None else stats.pages_present
+        fetched = f"{stats.lazy_pages_fetched} fetched on read in {stats.lazy_requests} request(s)"
+        rows.append(("pages local / total", f"{local} / {stats.pages_total} (partial; {fetched})"))
+    return rows
+
+
+def print_rows(rows: list[tuple[str, str]]) -> None:
+    """``name  value`` lines, the names aligned."""
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the replica's stats."""
+    conn = open_replica(args, args.path)
+    try:
+        stats = conn.stats()
+        path = conn.replica.path
+        remote_url = conn.replica.state.remote_url
+        encrypted = bool(conn.encrypted)
+    finally:
+        conn.close()
+    if args.json:
+        report = {"path": path, "remote_url": remote_url, "encrypted": encrypted, **dataclasses.asdict(stats)}
+        print(json.dumps(report, indent=1))
+        return 0
+    print_rows(status_rows(stats, path, remote_url, encrypted))
     return 0
