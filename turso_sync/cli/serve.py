@@ -5,6 +5,8 @@ turso-sync serve --data-dir DIR --listen 127.0.0.1:8080 [--token-file F]
                  [--idle-timeout S] [--body-timeout S] [--send-timeout S]
                  [--max-requests-per-client N] [--max-connections N]
                  [--max-databases-per-token N] [--max-open-databases N]
+                 [--stream-idle-timeout S] [--max-stream-seconds S] [--max-streams-per-client N]
+                 [--max-streams N] [--max-stream-bytes N] [--stream-lock-wait S] [--access-log]
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from ..primary.auth import TokenFileError
 from ..primary.server import parse_listen
 from ..primary.sql_policy import SERVE_SQLITE_HEAP_BYTES, SqlLimits
 from ..primary.store import DataDirBusy
+from ..primary.streams import StreamLimits
 
 HELP = "Run the primary server that Turso's sync clients pull from and push to."
 
@@ -135,6 +138,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=SERVE_SQLITE_HEAP_BYTES,
         help=f"SQLite's memory in the whole process; 0: no limit (default {SERVE_SQLITE_HEAP_BYTES})",
     )
+    streams = defaults.streams
+    parser.add_argument(
+        "--stream-idle-timeout",
+        type=float,
+        default=streams.idle_timeout_s,
+        metavar="S",
+        help="a transaction kept open between requests (a Hrana stream) is rolled back after this many "
+        f"seconds without a request (default {streams.idle_timeout_s:g})",
+    )
+    parser.add_argument(
+        "--max-stream-seconds",
+        type=float,
+        default=streams.max_age_s,
+        metavar="S",
+        help=f"a stream's transaction open longer than this is rolled back (default {streams.max_age_s:g})",
+    )
+    parser.add_argument(
+        "--max-streams-per-client",
+        type=int,
+        default=streams.max_per_client,
+        help=f"streams one token may hold open; more get 429 (default {streams.max_per_client})",
+    )
+    parser.add_argument(
+        "--max-streams",
+        type=int,
+        default=streams.max_total,
+        help=f"streams open in all, one SQLite connection each; more get 503 (default {streams.max_total})",
+    )
+    parser.add_argument(
+        "--max-stream-bytes",
+        type=int,
+        default=streams.max_bytes,
+        help="request bytes (SQL and arguments) one stream's transaction may take in; more get 413 and "
+        f"the transaction is rolled back (default {streams.max_bytes})",
+    )
+    parser.add_argument(
+        "--stream-lock-wait",
+        type=float,
+        default=streams.lock_wait_s,
+        metavar="S",
+        help="how long another writer waits for a stream holding the write lock before a 503 "
+        f"(default {streams.lock_wait_s:g})",
+    )
+    parser.add_argument(
+        "--access-log", action="store_true", help="log one line per request at INFO (default: no per-request lines)"
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
@@ -154,6 +203,11 @@ def limits_from(args: argparse.Namespace) -> Limits:
         ("--max-response-bytes", args.max_response_bytes),
         ("--max-value-bytes", args.max_value_bytes),
         ("--max-sql-bytes", args.max_sql_bytes),
+        ("--stream-idle-timeout", args.stream_idle_timeout),
+        ("--max-stream-seconds", args.max_stream_seconds),
+        ("--max-streams-per-client", args.max_streams_per_client),
+        ("--max-streams", args.max_streams),
+        ("--max-stream-bytes", args.max_stream_bytes),
     ):
         if not value > 0:
             raise ConfigError(f"{option} must be positive (got {value})")
@@ -161,6 +215,8 @@ def limits_from(args: argparse.Namespace) -> Limits:
         raise ConfigError("--max-databases-per-token must be 0 (no token creates databases) or more")
     if args.sqlite_heap_bytes < 0:
         raise ConfigError("--sqlite-heap-bytes must be 0 (no limit) or more")
+    if args.stream_lock_wait < 0:
+        raise ConfigError("--stream-lock-wait must be 0 (no wait) or more")
     return Limits(
         max_body_bytes=args.max_body_bytes,
         max_long_poll_ms=max(0, args.max_long_poll_ms),
@@ -179,6 +235,14 @@ def limits_from(args: argparse.Namespace) -> Limits:
             max_value_bytes=args.max_value_bytes,
             max_sql_bytes=args.max_sql_bytes,
             sqlite_heap_bytes=args.sqlite_heap_bytes or None,
+        ),
+        streams=StreamLimits(
+            idle_timeout_s=args.stream_idle_timeout,
+            max_age_s=args.max_stream_seconds,
+            max_per_client=args.max_streams_per_client,
+            max_total=args.max_streams,
+            max_bytes=args.max_stream_bytes,
+            lock_wait_s=args.stream_lock_wait,
         ),
     )
 
@@ -201,6 +265,7 @@ def run(args: argparse.Namespace) -> int:
             encryption_key_file=args.encryption_key_file,
             cipher=args.cipher,
             limits=limits,
+            access_log=args.access_log,
         )
         asyncio.run(run_until_signalled(config))
     except (ConfigError, TokenFileError, DataDirBusy, errors.Error) as exc:

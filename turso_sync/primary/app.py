@@ -6,12 +6,15 @@ Routes (the database ``default`` answers at the root, database NAME under ``/db/
     POST /pull-updates            POST /db/{name}/pull-updates
     POST /v2/pipeline             POST /db/{name}/v2/pipeline
 
-Errors are JSON ``{"error": message, "code": CODE}``: 400 malformed request, 401 missing or
-wrong token, 403 not allowed (or over the per-token database bound), 404 unknown database or
-route, 408 body not received in time, 409 a pinned revision that can no longer be served, 413
-body over the limit, 429 too many open requests from one client, 503 the database failed or
-every open database is busy (429 and 503 carry ``Retry-After``).  SQL errors are not HTTP
-errors: they come back as Hrana step or request errors inside a 200.
+Errors are JSON ``{"error": message, "code": CODE}``: 400 malformed request (or a baton naming
+no open stream), 401 missing or wrong token, 403 not allowed (or over the per-token database
+bound, or another token's baton), 404 unknown database or route, 408 body not received in time,
+409 a pinned revision that can no longer be served, 413 body (or a stream's transaction) over
+the limit, 429 too many open requests or streams from one client, 503 the database failed, its
+disk is full, a stream holds its write lock past the wait, or every open database or stream
+place is busy (429 and 503 carry ``Retry-After``).  SQL errors are not HTTP errors: they come
+back as Hrana step or request errors inside a 200.  Streams kept open between requests
+(batons): see ``streams.py``.
 
 Order of work in a handler: the database name, then the token (``Authorization``), then the
 per-client slot, and only then the body is read (under a deadline) and the database opened;
@@ -24,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -43,7 +47,7 @@ from ..wire.pull import (
     page_record_prefix,
 )
 from .auth import Authenticator, AuthError, Grant
-from .database import HostedDatabase
+from .database import DiskFull, HostedDatabase, PipelineRun
 from .hrana import WriteDenied
 from .pull import RevisionUnavailable, SnapshotMoved, check_request
 from .revision import format_revision
@@ -57,6 +61,17 @@ from .store import (
     StoreBusy,
     UnknownDatabase,
     valid_name,
+)
+from .streams import (
+    Stream,
+    StreamForbidden,
+    StreamGone,
+    StreamLimits,
+    StreamRegistry,
+    StreamsExhausted,
+    StreamTooLarge,
+    TooManyStreams,
+    token_digest,
 )
 
 log = logging.getLogger("turso_sync.primary")
@@ -91,7 +106,10 @@ class Limits:
     - ``max_open_databases``: databases open at once (one worker thread each); when all are in
       use and another is needed: 503;
     - ``sql``: what one client's SQL may spend (statement and pipeline time, rows, response,
-      value and SQL bytes, SQLite's heap); see ``sql_policy.SqlLimits``.
+      value and SQL bytes, SQLite's heap); see ``sql_policy.SqlLimits``;
+    - ``streams``: streams kept open between requests (batons): idle timeout, age, how many per
+      token and in all, request bytes per stream transaction, how long another writer waits
+      for a stream's write lock; see ``streams.StreamLimits``.
     """
 
     max_body_bytes: int = 64 * 1024 * 1024
@@ -105,6 +123,7 @@ class Limits:
     max_databases_per_token: int = DEFAULT_MAX_PER_OWNER
     max_open_databases: int = DEFAULT_MAX_OPEN
     sql: SqlLimits = field(default_factory=SqlLimits)
+    streams: StreamLimits = field(default_factory=StreamLimits)
 
 
 class TooManyRequests(Exception):  # noqa: N818 - reads as what happened
@@ -150,12 +169,15 @@ class ServerState:
     auth: Authenticator
     limits: Limits
     slots: ClientSlots = field(init=False)
+    streams: StreamRegistry = field(init=False)
 
     def __post_init__(self) -> None:
         self.slots = ClientSlots(self.limits.max_requests_per_client)
+        self.streams = StreamRegistry(self.limits.streams)
 
 
 STATE = web.AppKey("turso_sync_state", ServerState)
+REAPER = web.AppKey("turso_sync_stream_reaper", asyncio.Task[None])
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -168,6 +190,8 @@ def create_app(store: DatabaseStore, auth: Authenticator, limits: Limits | None 
     web_response.SERVER_SOFTWARE = SERVER_HEADER  # type: ignore[attr-defined]
     app = web.Application(client_max_size=limits.max_body_bytes, middlewares=[_error_middleware])
     app[STATE] = ServerState(store, auth, limits)
+    app.on_startup.append(_start_reaper)
+    app.on_cleanup.append(_stop_reaper)
     app.router.add_get("/health", health)
     for prefix in ("", "/db/{name}"):
         app.router.add_post(prefix + "/pull-updates", pull_updates, expect_handler=_expect_continue)
@@ -265,12 +289,38 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_response(400, str(exc), "BAD_REQUEST")
     except UnknownDatabase as exc:
         return error_response(404, str(exc), "NOT_FOUND")
+    except StreamGone as exc:
+        return error_response(400, str(exc), "BAD_REQUEST")  # a baton naming no open stream
+    except StreamForbidden as exc:
+        log.info("%s %s from %s: a baton of another token's stream", request.method, request.path, request.remote)
+        return error_response(403, str(exc), "STREAM_FORBIDDEN")
+    except StreamTooLarge as exc:
+        return error_response(413, str(exc), "STREAM_TOO_LARGE")
+    except TooManyStreams as exc:
+        return error_response(429, str(exc), "TOO_MANY_STREAMS", {"Retry-After": str(RETRY_AFTER_S)})
+    except StreamsExhausted as exc:
+        log.warning("%s %s: %s", request.method, request.path, exc)
+        return error_response(503, str(exc), "SERVER_BUSY", {"Retry-After": str(RETRY_AFTER_S)})
+    except WriteLockHeld as exc:
+        return error_response(503, str(exc), "DATABASE_LOCKED", {"Retry-After": str(RETRY_AFTER_S)})
+    except DiskFull:
+        log.error("%s %s: the disk of the data directory is full (SQLITE_FULL)", request.method, request.path)
+        return error_response(
+            503,
+            "the server's disk is full: nothing of this request was kept; try again later",
+            "DISK_FULL",
+            {"Retry-After": str(RETRY_AFTER_S)},
+        )
     except RevisionUnavailable as exc:
         return error_response(409, str(exc), "REVISION_UNAVAILABLE")
     except errors.DatabaseError as exc:
         # the message can hold paths: it goes to the log, the client gets a fixed text
         log.error("database error on %s %s: %s", request.method, request.path, exc)
         return error_response(503, "the database failed; the server log says why", "DATABASE_ERROR")
+
+
+class WriteLockHeld(Exception):  # noqa: N818 - reads as a state
+    """A stream held the database's write lock for longer than this request may wait (HTTP 503)."""
 
 
 class BodyTimeout(Exception):  # noqa: N818 - reads as what happened
@@ -371,21 +421,132 @@ async def _answer_pull(
 
 
 async def pipeline(request: web.Request) -> web.StreamResponse:
-    """``POST /v2/pipeline``: run Hrana requests as one stream; SQL errors come back inside a 200."""
+    """``POST /v2/pipeline``: run Hrana requests as a stream; SQL errors come back inside a 200.
+
+    Baton null: a new stream, kept open (a baton in the answer) only when a transaction is open
+    at its end; a baton: the next request of that stream (see ``streams.py``).
+    """
     state = request.app[STATE]
     name, grant = _admit(request)
     with state.slots.hold(_client_of(request, grant)):
         body = await _read_body(request, state.limits)
         pipe = PipelineRequest.from_bytes(body)
+        token = token_digest(request.headers.get("Authorization"))
         if pipe.baton is not None:
-            raise errors.ProtocolError(
-                "batons are not supported: this server keeps no stream open between requests; "
-                "send baton null and put the whole stream in one request"
-            )
+            return await _continue_stream(request, state, pipe, len(body), name, grant.read_only, token)
         async with state.store.use(name, create=not grant.read_only, owner=grant.client) as db:
-            results = await db.call(db.run_pipeline, pipe.requests, grant.read_only)
-        payload = encode_pipeline_response(results)
+            reserved = state.streams.reserve(grant.client)
+            kept: Stream | None = None
+            try:
+                run = await _run_new_stream(db, pipe, grant.read_only, reserved, state.limits.streams.lock_wait_s)
+                if run.stream is not None:
+                    kept = state.streams.add(
+                        db,
+                        run.stream,
+                        database=name,
+                        client=grant.client,
+                        token=token,
+                        read_only=grant.read_only,
+                        bytes_in=len(body),
+                    )
+            finally:
+                if reserved and kept is None:
+                    state.streams.unreserve(grant.client)
+        if run.refused and not run.committed:
+            # it wanted its transaction kept and no place was left: rolled back, say why
+            refusal = state.streams.refusal(grant.client)
+            if refusal is not None:
+                raise refusal
+        assert run.results is not None
+        payload = encode_pipeline_response(run.results, kept.baton if kept is not None else None)
         return await _send_body(request, payload, "application/json", state.limits)
+
+
+async def _run_new_stream(
+    db: HostedDatabase, pipe: PipelineRequest, read_only: bool, keep_open: bool, lock_wait_s: float
+) -> PipelineRun:
+    """Run a baton-null pipeline; while a stream's write lock keeps its writes out, wait (bounded) and run it again."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + lock_wait_s
+    while True:
+        seen = db.streams_ended
+        run = await db.call(db.run_pipeline, pipe.requests, read_only, keep_open)
+        if not run.locked:
+            return run
+        if not await db.wait_stream_end(seen, deadline - loop.time()):
+            raise WriteLockHeld(
+                f"a transaction kept open between requests (a stream) holds database '{db.name}''s write lock "
+                f"and did not end within {lock_wait_s:g} s; nothing of this request was kept; try again shortly"
+            )
+
+
+async def _continue_stream(
+    request: web.Request,
+    state: ServerState,
+    pipe: PipelineRequest,
+    body_bytes: int,
+    name: str,
+    read_only: bool,
+    token: bytes,
+) -> web.StreamResponse:
+    """The next request of an open stream; any failure ends the stream (its transaction is rolled back)."""
+    assert pipe.baton is not None
+    streams = state.streams
+    stream = streams.take(pipe.baton, token, name)
+    db = stream.db
+    try:
+        stream.bytes_in += body_bytes
+        if stream.bytes_in > streams.limits.max_bytes:
+            raise StreamTooLarge(
+                f"this stream's transaction took in {stream.bytes_in} request bytes, more than the "
+                f"{streams.limits.max_bytes} the server allows (--max-stream-bytes); it was rolled back"
+            )
+        if read_only and not stream.read_only:  # the token's rights shrank: the stream keeps the lesser
+            stream.handle.state.read_only = True
+        run = await db.call(db.continue_stream, stream.handle, pipe.requests)
+    except BaseException:
+        streams.drop(stream)
+        with contextlib.suppress(RuntimeError):  # the worker stopped (shutdown): closing it rolled back
+            await db.call(db.end_stream, stream.handle)
+        raise
+    assert run.results is not None
+    if run.stream is None:
+        streams.drop(stream)
+        baton = None
+    else:
+        baton = streams.put_back(stream)
+    payload = encode_pipeline_response(run.results, baton)
+    return await _send_body(request, payload, "application/json", state.limits)
+
+
+async def _start_reaper(app: web.Application) -> None:
+    app[REAPER] = asyncio.create_task(_reap(app[STATE]))
+
+
+async def _stop_reaper(app: web.Application) -> None:
+    task = app[REAPER]
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _reap(state: ServerState) -> None:
+    """Roll back streams left idle past the idle timeout or open past the age bound."""
+    limits = state.limits.streams
+    period = max(0.05, min(1.0, limits.idle_timeout_s / 4))
+    while True:
+        await asyncio.sleep(period)  # a timer, not a wait for a condition: the reaper's clock
+        for stream in state.streams.expired():
+            state.streams.drop(stream)
+            idle = time.monotonic() - stream.last_used
+            log.info(
+                "database %s: a stream's transaction was rolled back (idle %.1f s, open %.1f s)",
+                stream.database,
+                idle,
+                time.monotonic() - stream.opened,
+            )
+            with contextlib.suppress(RuntimeError):  # the database closed meanwhile: closing rolled it back
+                await stream.db.call(stream.db.end_stream, stream.handle)
 
 
 async def _send_body(request: web.Request, body: bytes, content_type: str, limits: Limits) -> web.StreamResponse:

@@ -24,7 +24,7 @@ from ..local.engine import LocalDatabase, Snapshot
 from ..wire import hrana as wire
 from ..wire.pull import PullRequest
 from . import sql_policy
-from .hrana import PipelineExecutor, has_statement
+from .hrana import PipelineExecutor, StreamState, has_statement
 from .pull import select_pages, select_slices
 from .revision import CommitFeed
 from .sql_policy import Access, SqlLimits
@@ -84,17 +84,29 @@ class PullCounters:
 class EnginePages:
     """The page source of the pull logic, backed by the local engine (worker thread only).
 
-    Its statements run on the clients' connection under the SQL policy (installed there if it
-    is not yet): the server's own as ``Access.SERVER``, a client's query selector as
-    ``Access.QUERY_SELECTOR``.
+    Its statements run on its own connection (never a client's: a stream keeps a client's
+    connection inside a transaction between requests) under the SQL policy: the server's own
+    as ``Access.SERVER``, a client's query selector as ``Access.QUERY_SELECTOR``.
+
+    ``writer_waiting`` tells whether a stream holds SQLite's write lock between two of its
+    requests.  The engine's snapshots take that lock to keep commits out while they read; with a
+    stream holding it they would wait for a request that cannot come (every job of the database
+    runs on this one thread).  Then the pages are read without it, which is as exact: no commit
+    or checkpoint can run during this job, and frames a stream's transaction spilled into the WAL
+    lie past the wal-index's committed end, which every read here stops at.
     """
 
     def __init__(
-        self, engine: LocalDatabase, conn: Connection, policy: sql_policy.StatementPolicy | None = None
+        self,
+        engine: LocalDatabase,
+        conn: Connection,
+        policy: sql_policy.StatementPolicy | None = None,
+        writer_waiting: Callable[[], bool] = lambda: False,
     ) -> None:
         self._engine = engine
         self._conn = conn
         self._policy = policy or sql_policy.install(conn.apsw_connection)
+        self._writer_waiting = writer_waiting
 
     def current_seq(self) -> int:
         return self._engine.current_seq()
@@ -104,7 +116,50 @@ class EnginePages:
             return int(self._conn.apsw_connection.execute("PRAGMA page_count").get)
 
     def snapshot(self, since: int | None = None, pgnos: Iterable[int] | None = None) -> Snapshot:
+        if self._writer_waiting():
+            return self._snapshot_unlocked(since, pgnos)
         return self._engine.snapshot(since, pgnos)
+
+    def _snapshot_unlocked(self, since: int | None, pgnos: Iterable[int] | None) -> Snapshot:
+        """``LocalDatabase.snapshot`` without the write lock (see the class: a stream holds it)."""
+        engine = self._engine
+        wanted = set(pgnos) if pgnos is not None else None
+        db_size = self.page_count()
+        if since is None:
+            seq = engine.current_seq()
+            changed: set[int] = set(range(1, db_size + 1))
+        else:
+            seq = since
+            changed = set()
+            for txn in engine.log.history(since, with_images=False):
+                changed.update(page.pgno for page in txn.pages)
+                seq = txn.seq
+            changed = {p for p in changed if p <= db_size}
+        if wanted is not None:
+            changed &= wanted
+        read = engine.page_reader()
+        return Snapshot(seq, db_size, {pgno: read(pgno) for pgno in sorted(changed)})
+
+    def _snapshot_at_unlocked(self, seq: int, pgnos: Iterable[int] | None, since: int | None) -> Snapshot:
+        """``LocalDatabase.snapshot_at`` without the write lock (a primary's pages are all local)."""
+        log = self._engine.log
+        wanted = set(pgnos) if pgnos is not None else None
+        current_size = self.page_count()
+        firsts, size_at = log.first_touches(seq, wanted)
+        db_size = current_size if size_at is None else size_at
+        chosen = set(range(1, db_size + 1)) if wanted is None else {p for p in wanted if 1 <= p <= db_size}
+        if since is not None:
+            changed: set[int] = set()
+            for txn in log.history(since, with_images=False):
+                if txn.seq > seq:
+                    break
+                changed.update(page.pgno for page in txn.pages)
+            chosen &= changed
+        old = {p: firsts[p] for p in chosen if p in firsts}
+        pages = {p: log.decrypt(t.pre, p) for p, t in old.items() if t.pre is not None}
+        read = self._engine.page_reader()
+        pages.update({p: read(p) for p in sorted(chosen - set(old))})
+        return Snapshot(seq, db_size, pages)
 
     def query_pages(self, sql: str) -> list[int]:
         """Pages a query reads, as a superset: page 1, the schema, and every page of its tables and indexes.
@@ -153,11 +208,67 @@ class EnginePages:
 
     def snapshot_at(self, seq: int, pgnos: Iterable[int] | None = None, since: int | None = None) -> Snapshot:
         """Images as of revision ``seq`` (pinned reads; see ``LocalDatabase.snapshot_at``)."""
+        if self._writer_waiting():
+            return self._snapshot_at_unlocked(seq, pgnos, since)
         return self._engine.snapshot_at(seq, pgnos, since)
 
 
+class DiskFull(Exception):  # noqa: N818 - reads as what happened
+    """A statement met SQLITE_FULL: the disk (or the database's size bound) is full (HTTP 503)."""
+
+
+class _Lane:
+    """A connection for clients' SQL with its pipeline executor (worker thread only)."""
+
+    def __init__(self, engine: LocalDatabase, sql_limits: SqlLimits) -> None:
+        # no busy timeout: see hrana.py (a wait on this thread could never end sooner)
+        self.conn = engine.connect(isolation_level=None, timeout=0)
+        try:
+            # A small WAL keeps pulls cheap: each engine snapshot reads the WAL whole (see run_pipeline)
+            self.conn.apsw_connection.wal_autocheckpoint(WAL_AUTOCHECKPOINT_PAGES)
+            # the SQL policy goes on the connection here, before any client statement, for good
+            self.executor = PipelineExecutor(self.conn.apsw_connection, limits=sql_limits)
+        except BaseException:
+            self.conn.close()
+            raise
+
+
+@dataclass(eq=False)
+class OpenStream:
+    """A client's stream kept open between requests: its connection, inside a transaction."""
+
+    lane: _Lane
+    state: StreamState
+
+
+@dataclass
+class PipelineRun:
+    """What one pipeline job did.
+
+    ``results``: one per request (None when ``locked``); ``stream``: the stream still open after
+    it (None when it ended); ``committed``: a transaction committed; ``locked``: it needed the
+    write lock a stream holds and committed nothing (run it again once a stream ends); ``refused``:
+    it left a transaction open that was not to be kept, which was rolled back.
+    """
+
+    results: list[wire.StreamResult] | None
+    stream: OpenStream | None = None
+    committed: bool = False
+    locked: bool = False
+    refused: bool = False
+
+
+#: Spare client connections kept open for the next stream (more are closed when streams end).
+SPARE_LANES = 2
+
+
 class HostedDatabase:
-    """A database of the primary; create with ``await HostedDatabase.open(...)``."""
+    """A database of the primary; create with ``await HostedDatabase.open(...)``.
+
+    Clients' SQL runs on a shared connection (a *lane*), except a stream kept open between
+    requests (a Hrana baton): it keeps the lane its transaction runs on, and the next request
+    gets another.  ``streams_ended`` counts ended streams, for writers waiting on one's lock.
+    """
 
     def __init__(self, name: str, path: str, sql_limits: SqlLimits | None = None) -> None:
         self.name = name
@@ -167,11 +278,15 @@ class HostedDatabase:
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"db-{name}")
         self._loop = asyncio.get_running_loop()
         self._engine: LocalDatabase | None = None
-        self._conn: Connection | None = None
-        self._executor: PipelineExecutor | None = None
+        self._conn: Connection | None = None  # the page source's own
+        self._lane: _Lane | None = None
+        self._spare: list[_Lane] = []
+        self._streams: set[OpenStream] = set()
         self._pages: EnginePages | None = None
         self.feed = CommitFeed()
         self._checkpoint_queued = False
+        self.streams_ended = 0
+        self._stream_waiters: list[asyncio.Future[None]] = []
 
     @classmethod
     async def open(
@@ -192,16 +307,22 @@ class HostedDatabase:
     def _open(self, encryption_key: str | None, cipher: str) -> None:
         engine = LocalDatabase(self.path, encryption_key=encryption_key, cipher=cipher, reserved_bytes=RESERVED_BYTES)
         try:
-            conn = engine.connect(isolation_level=None)
+            conn = engine.connect(isolation_level=None, timeout=0)
+            try:
+                self._lane = _Lane(engine, self.sql_limits)
+            except BaseException:
+                conn.close()
+                raise
         except BaseException:
             engine.close()
             raise
-        # A small WAL keeps pulls cheap: each engine snapshot reads the WAL whole (see run_pipeline)
-        conn.apsw_connection.wal_autocheckpoint(WAL_AUTOCHECKPOINT_PAGES)
         self._engine, self._conn = engine, conn
-        # the SQL policy goes on the connection here, before any client statement, for good
-        self._executor = PipelineExecutor(conn.apsw_connection, limits=self.sql_limits)
-        self._pages = EnginePages(engine, conn, sql_policy.install(conn.apsw_connection))
+        self._pages = EnginePages(engine, conn, sql_policy.install(conn.apsw_connection), self.writer_waiting)
+
+    @property
+    def open_streams(self) -> int:
+        """Streams kept open between requests on this database."""
+        return len(self._streams)
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on this database's worker thread."""
@@ -235,20 +356,130 @@ class HostedDatabase:
             with contextlib.suppress(RuntimeError):  # the worker stopped (shutdown): nothing to close on
                 await self.call(reader.close)
 
-    def run_pipeline(self, requests: Sequence[wire.StreamRequest], read_only: bool) -> list[wire.StreamResult]:
-        """Execute a pipeline; if it committed, wake the long-polls."""
-        assert self._executor is not None
-        before = self._executor.commits
+    def writer_waiting(self) -> bool:
+        """True if a stream holds SQLite's write lock between two of its requests (worker thread)."""
+        return any(stream.lane.executor.holds_write_lock for stream in self._streams)
+
+    def run_pipeline(
+        self, requests: Sequence[wire.StreamRequest], read_only: bool, keep_open: bool = False
+    ) -> PipelineRun:
+        """Execute a pipeline with ``baton`` null (a new stream); if it committed, wake the long-polls.
+
+        With ``keep_open``, a transaction still open at its end stays open as a stream (the
+        caller answers with a baton); otherwise it is rolled back.  Raises WriteDenied (rolled
+        back) or DiskFull (rolled back).
+        """
+        lane = self._lane
+        assert lane is not None
+        executor = lane.executor
+        locked_before = self.writer_waiting()
+        before = executor.commits
+        state = executor.new_stream(read_only)
         try:
-            return self._executor.run(requests, read_only=read_only)
+            results = executor.execute(requests, state)
+        except BaseException:
+            executor.end_transaction()
+            raise
         finally:
-            if self._executor.commits != before:
-                if self.feed.waiting:
-                    # long-polls are parked: let their snapshots (of a one-transaction WAL) go first
-                    self._loop.call_soon_threadsafe(self._committed, True)
-                else:
-                    self._truncate_wal()
-                    self._loop.call_soon_threadsafe(self._committed, False)
+            self._after_job(executor.commits != before)
+        committed = executor.commits != before
+        if executor.disk_full:
+            executor.end_transaction()
+            raise DiskFull("a statement met SQLITE_FULL")
+        if executor.busy and locked_before and not committed:
+            # nothing it did could write (the stream's lock kept every write out): running it
+            # again once the stream ends gives what it would have got had it come then
+            executor.end_transaction()
+            return PipelineRun(None, locked=True)
+        if not executor.in_transaction:
+            return PipelineRun(results, committed=committed)
+        if not keep_open:
+            executor.end_transaction()
+            return PipelineRun(results, committed=committed, refused=True)
+        stream = OpenStream(lane, state)
+        self._streams.add(stream)
+        self._lane = self._take_lane()
+        return PipelineRun(results, stream, committed)
+
+    def continue_stream(self, stream: OpenStream, requests: Sequence[wire.StreamRequest]) -> PipelineRun:
+        """Execute the next request of an open stream; the stream ends when its transaction does.
+
+        Raises WriteDenied or DiskFull, the stream ended (rolled back) first.
+        """
+        executor = stream.lane.executor
+        before = executor.commits
+        try:
+            results = executor.execute(requests, stream.state)
+        except BaseException:
+            self.end_stream(stream)
+            raise
+        finally:
+            self._after_job(executor.commits != before)
+        committed = executor.commits != before
+        if executor.disk_full:
+            self.end_stream(stream)
+            raise DiskFull("a statement met SQLITE_FULL")
+        if stream.state.closed or not executor.in_transaction:
+            self.end_stream(stream)
+            return PipelineRun(results, None, committed)
+        return PipelineRun(results, stream, committed)
+
+    def end_stream(self, stream: OpenStream) -> None:
+        """Roll back the stream's transaction and give its connection back (worker thread; idempotent)."""
+        if stream not in self._streams:
+            return
+        self._streams.discard(stream)
+        lane = stream.lane
+        try:
+            lane.executor.end_transaction()
+        except apsw.Error as exc:  # the connection is unusable: close it rather than reuse it
+            log.warning("database %s: a stream's rollback failed (%s); its connection is closed", self.name, exc)
+            lane.conn.close()
+        else:
+            if len(self._spare) < SPARE_LANES:
+                self._spare.append(lane)
+            else:
+                lane.conn.close()
+        self.streams_ended += 1
+        self._loop.call_soon_threadsafe(self._wake_stream_waiters)
+        if not self._streams:
+            self._truncate_wal()  # commits while streams were open left the WAL as it was
+
+    def _take_lane(self) -> _Lane:
+        if self._spare:
+            return self._spare.pop()
+        assert self._engine is not None
+        return _Lane(self._engine, self.sql_limits)
+
+    def _wake_stream_waiters(self) -> None:
+        waiters, self._stream_waiters = self._stream_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def wait_stream_end(self, seen: int, timeout: float) -> bool:
+        """Wait until a stream ends after ``streams_ended`` was ``seen`` (on the event loop); False on timeout."""
+        if self.streams_ended != seen:
+            return True
+        waiter = self._loop.create_future()
+        self._stream_waiters.append(waiter)
+        try:
+            async with asyncio.timeout(max(timeout, 0.0)):
+                await waiter
+        except TimeoutError:
+            return self.streams_ended != seen
+        return True
+
+    def _after_job(self, committed: bool) -> None:
+        """After a job that committed, wake the long-polls (and empty the WAL, see ``_truncate_wal``)."""
+        if not committed:
+            return
+        if self.feed.waiting:
+            # long-polls are parked: let their snapshots (of a one-transaction WAL) go first
+            self._loop.call_soon_threadsafe(self._committed, True)
+        else:
+            self._truncate_wal()
+            self._loop.call_soon_threadsafe(self._committed, False)
 
     def server_settings(self) -> dict[str, object]:
         """What clients must not be able to change, read on the worker through the server's own access.
@@ -256,8 +487,8 @@ class HostedDatabase:
         The connection's settings (pragmas), the schemas attached besides temp, how many
         temporary objects exist, whether the policy is in place, SQLite's process-wide memory limits.
         """
-        assert self._conn is not None
-        db = self._conn.apsw_connection
+        assert self._lane is not None
+        db = self._lane.conn.apsw_connection
         policy = sql_policy.install(db)
         settings: dict[str, object] = {}
         with policy.acting_as(Access.SERVER):
@@ -293,14 +524,19 @@ class HostedDatabase:
         change), and an engine snapshot parses whatever is in the WAL; with the WAL empty it
         reads pages straight from the file.  A few milliseconds per commit buy that.
         """
-        if self._engine is None or self.feed.closed:
-            return
+        if self._engine is None or self.feed.closed or self._streams:
+            return  # an open stream's transaction would make the checkpoint wait (this thread) for nothing
         try:
             self._engine.checkpoint()
         except errors.OperationalError as exc:  # busy: another process reads; next commit retries
             log.debug("checkpoint of %s skipped: %s", self.name, exc)
 
     def _close(self) -> None:
+        for stream in list(self._streams):
+            self.end_stream(stream)
+        for lane in [*self._spare, *([self._lane] if self._lane is not None else [])]:
+            lane.conn.close()
+        self._spare.clear()
         if self._conn is not None:
             self._conn.close()
         if self._engine is not None:

@@ -1,10 +1,16 @@
 """Runs Hrana pipelines on a database's connection, with SQLite's own semantics.
 
-A pipeline is one stream: its requests run in order on the database's single connection.
+A pipeline runs its requests in order on one connection, as one Hrana stream.  A stream can
+outlive its request (Hrana batons, see ``streams.py``): ``execute`` runs requests and leaves a
+transaction open for the next request of the same stream; ``run`` is a stream of one request.
 Within a batch, a failed step does not by itself end an open transaction; conditions
 (``ok``, ``error``, ``not``, ``and``, ``or``, ``is_autocommit``) decide what runs next and are
 evaluated on the live connection at the moment the step comes up.  A stream that ends with a
 transaction still open is rolled back, so nothing a client left half-done reaches a revision.
+
+The connections are opened with no busy timeout: every job of a database runs on one thread,
+so a lock held by another connection of this server (a stream between two of its requests) is
+never released while a job waits; SQLITE_BUSY comes back at once and ``busy`` records it.
 
 Every statement is compiled and run under the SQL policy (``sql_policy``) for the stream's
 access, never from the statement cache, and within the limits of ``SqlLimits``: a statement
@@ -47,14 +53,24 @@ class _StepFailed(Exception):  # noqa: N818 - internal control flow
         self.error = error
 
 
-class _Stream:
-    """Per-pipeline state: stored SQL, whether it was closed, the caller's access, what is left to spend."""
+class StreamState:
+    """One stream's state: stored SQL, whether it was closed, the caller's access, what is left to spend.
+
+    The time and response budgets are per request (``begin_request``); stored SQL and ``closed``
+    last as long as the stream.
+    """
 
     def __init__(self, read_only: bool, limits: SqlLimits) -> None:
         self.read_only = read_only
         self.access = Access.READ_ONLY if read_only else Access.READ_WRITE
         self.sqls: dict[int, str] = {}
         self.closed = False
+        self.deadline = 0.0
+        self.response_bytes = 0
+        self.begin_request(limits)
+
+    def begin_request(self, limits: SqlLimits) -> None:
+        """A new request of this stream: a fresh time budget and response budget."""
         self.deadline = time.monotonic() + limits.max_pipeline_seconds
         self.response_bytes = limits.max_response_bytes  # what the answer's rows may still take
 
@@ -112,6 +128,10 @@ class PipelineExecutor:
         self.commits = 0
         self._policy = sql_policy.install(conn, limits)
         self.limits = self._policy.limits
+        #: True when a statement of the last ``execute`` met SQLITE_BUSY (another connection's lock)
+        self.busy = False
+        #: True when a statement of the last ``execute`` met SQLITE_FULL (the disk, or a size bound)
+        self.disk_full = False
         conn.set_commit_hook(self._on_commit, id="turso_sync.primary.hrana")
 
     def _on_commit(self) -> bool:
@@ -119,21 +139,47 @@ class PipelineExecutor:
         return False  # let the commit go ahead
 
     def run(self, requests: Sequence[wire.StreamRequest], *, read_only: bool = False) -> list[wire.StreamResult]:
-        """One result per request.  Raises WriteDenied (after rolling back) for a read-only writer."""
-        stream = _Stream(read_only, self.limits)
-        try:
-            return [self._request(req, stream) for req in requests]
-        finally:
-            self._end_transaction()
+        """One result per request, as a stream of one request (an open transaction is rolled back at the end).
 
-    def _end_transaction(self) -> None:
+        Raises WriteDenied (after rolling back) for a read-only writer.
+        """
+        try:
+            return self.execute(requests, self.new_stream(read_only))
+        finally:
+            self.end_transaction()
+
+    def new_stream(self, read_only: bool) -> StreamState:
+        """The state of a new stream on this connection."""
+        return StreamState(read_only, self.limits)
+
+    def execute(self, requests: Sequence[wire.StreamRequest], stream: StreamState) -> list[wire.StreamResult]:
+        """One result per request of ``stream``, leaving a transaction they opened open (unless closed).
+
+        Raises WriteDenied for a read-only writer (the caller ends the transaction).
+        """
+        self.busy = self.disk_full = False
+        stream.begin_request(self.limits)
+        return [self._request(req, stream) for req in requests]
+
+    @property
+    def in_transaction(self) -> bool:
+        """True while a transaction is open on the connection."""
+        return not self._conn.get_autocommit()
+
+    @property
+    def holds_write_lock(self) -> bool:
+        """True while the connection's transaction holds SQLite's write lock (it wrote, or BEGIN IMMEDIATE)."""
+        return bool(self._conn.txn_state("main") == apsw.SQLITE_TXN_WRITE)
+
+    def end_transaction(self) -> None:
+        """Roll back the open transaction, if any."""
         if not self._conn.get_autocommit():
             with self._policy.acting_as(Access.SERVER):
                 self._conn.execute("ROLLBACK")
 
     # --- requests -------------------------------------------------------------------------------
 
-    def _request(self, req: wire.StreamRequest, stream: _Stream) -> wire.StreamResult:
+    def _request(self, req: wire.StreamRequest, stream: StreamState) -> wire.StreamResult:
         if stream.closed:
             return wire.HranaError("the stream was closed by an earlier request", "STREAM_CLOSED")
         try:
@@ -158,13 +204,13 @@ class PipelineExecutor:
                 return wire.StreamResponse("close_sql")
             if isinstance(req, wire.CloseRequest):
                 stream.closed = True
-                self._end_transaction()
+                self.end_transaction()
                 return wire.StreamResponse("close")
             return wire.StreamResponse("get_autocommit", is_autocommit=self._conn.get_autocommit())
         except _StepFailed as failed:
             return failed.error
 
-    def _batch(self, steps: Sequence[wire.BatchStep], stream: _Stream) -> wire.BatchResult:
+    def _batch(self, steps: Sequence[wire.BatchStep], stream: StreamState) -> wire.BatchResult:
         results: list[wire.StmtResult | None] = []
         errors: list[wire.HranaError | None] = []
         for step in steps:
@@ -197,7 +243,7 @@ class PipelineExecutor:
 
     # --- statements -----------------------------------------------------------------------------
 
-    def _sql(self, sql: str | None, sql_id: int | None, stream: _Stream) -> str:
+    def _sql(self, sql: str | None, sql_id: int | None, stream: StreamState) -> str:
         if sql is not None:
             return sql
         assert sql_id is not None
@@ -208,7 +254,7 @@ class PipelineExecutor:
             )
         return stored
 
-    def _execute(self, stmt: wire.Stmt, stream: _Stream) -> wire.StmtResult:
+    def _execute(self, stmt: wire.Stmt, stream: StreamState) -> wire.StmtResult:
         sql = self._sql(stmt.sql, stmt.sql_id, stream)
         conn = self._conn
         guard = _StatementGuard(sql, stream.read_only, single=True)
@@ -229,7 +275,7 @@ class PipelineExecutor:
             return wire.StmtResult(cols, rows, 0, None)
         return wire.StmtResult(cols, rows, conn.changes(), conn.last_insert_rowid())
 
-    def _collect(self, cursor: apsw.Cursor, sql: str, stream: _Stream) -> list[list[wire.SqlValue]]:
+    def _collect(self, cursor: apsw.Cursor, sql: str, stream: StreamState) -> list[list[wire.SqlValue]]:
         """The statement's rows, within the row and response limits (else a step error naming the limit)."""
         limits = self.limits
         rows: list[list[wire.SqlValue]] = []
@@ -257,13 +303,13 @@ class PipelineExecutor:
         stream.response_bytes = budget
         return rows
 
-    def _sequence(self, sql: str, stream: _Stream) -> None:
+    def _sequence(self, sql: str, stream: StreamState) -> None:
         guard = _StatementGuard(sql, stream.read_only, single=False)
         with self._running(sql, stream, guard) as cursor:
             for _ in cursor.execute(sql, can_cache=False):
                 pass
 
-    def _describe(self, sql: str, stream: _Stream) -> wire.DescribeResult:
+    def _describe(self, sql: str, stream: StreamState) -> wire.DescribeResult:
         """Compile ``sql`` under the policy (a refused statement is refused here too), never run it.
 
         A read-only stream may describe a write (``is_readonly`` false tells it so): the
@@ -293,10 +339,10 @@ class PipelineExecutor:
 
     # --- running one statement under the policy and the limits ---------------------------------
 
-    def _deadline(self, stream: _Stream) -> float:
+    def _deadline(self, stream: StreamState) -> float:
         return min(time.monotonic() + self.limits.max_statement_seconds, stream.deadline)
 
-    def _check_started(self, sql: str, stream: _Stream) -> None:
+    def _check_started(self, sql: str, stream: StreamState) -> None:
         """Refuse before compiling: the pipeline's time is used up, or the SQL text is too long."""
         if time.monotonic() >= stream.deadline:
             raise _StepFailed(
@@ -319,7 +365,7 @@ class PipelineExecutor:
 
     @contextlib.contextmanager
     def _running(
-        self, sql: str, stream: _Stream, tracer: Callable[..., bool], access: Access | None = None
+        self, sql: str, stream: StreamState, tracer: Callable[..., bool], access: Access | None = None
     ) -> Iterator[apsw.Cursor]:
         """A cursor that compiles and steps under ``access`` (the stream's) and the deadline; errors become
         step errors.  ``tracer`` sees each statement before it runs: a ``_StatementGuard``'s refusal is
@@ -345,7 +391,7 @@ class PipelineExecutor:
         finally:
             cursor.close(force=True)
 
-    def _sqlite_error(self, exc: apsw.Error, sql: str, stream: _Stream) -> wire.HranaError:
+    def _sqlite_error(self, exc: apsw.Error, sql: str, stream: StreamState) -> wire.HranaError:
         """The step error for an SQLite error: the policy's reason, the limit hit, or SQLite's (scrubbed) message."""
         policy, limits = self._policy, self.limits
         # a refused action stops the compile: SQLITE_AUTH, or "not authorized to use function" (SQLITE_ERROR)
@@ -371,6 +417,10 @@ class PipelineExecutor:
                 f"the server's limit: {_clip(sql)}",
                 "LIMIT_VALUE_BYTES",
             )
+        if isinstance(exc, apsw.BusyError):
+            self.busy = True
+        if isinstance(exc, apsw.FullError):
+            self.disk_full = True
         if isinstance(exc, apsw.NoMemError):
             return wire.HranaError(
                 f"the statement needs more memory than the server allows: {_clip(sql)}", "LIMIT_MEMORY"

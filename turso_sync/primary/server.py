@@ -142,6 +142,7 @@ class ServerConfig:
     encryption_key_file: str | None = None
     cipher: str = "aes256gcm"
     limits: Limits = field(default_factory=Limits)
+    access_log: bool = False  # one INFO line per request (``--access-log``); off: no per-request lines
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -225,6 +226,7 @@ class PrimaryServer:
         runner = web.AppRunner(
             app,
             access_log_class=AccessLogger,
+            access_log=logging.getLogger("aiohttp.access") if cfg.access_log else None,
             shutdown_timeout=SHUTDOWN_TIMEOUT,
             handle_signals=False,
             # idle connections, and request lines and headers, must arrive within this: aiohttp's

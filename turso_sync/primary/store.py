@@ -15,7 +15,8 @@ Database names are 1-64 characters of ``A-Z a-z 0-9 _ -``, starting with a lette
 Bounds: a client (token) may create at most ``max_databases_per_owner`` databases, and at most
 ``max_open`` databases are open at once (each holds a worker thread and a few file descriptors):
 opening one more first closes the least recently used database that nobody is using (no
-request in flight on it, which covers long-polls and running jobs); when every open database
+request in flight on it, which covers long-polls and running jobs, and no stream kept open
+between requests); when every open database
 is in use, the request is refused with ``StoreBusy`` (HTTP 503) rather than exceeding the bound.
 """
 
@@ -217,7 +218,14 @@ class DatabaseStore:
     async def _make_room(self) -> None:
         """Close least recently used idle databases until one more may open (under ``_opening``)."""
         while len(self._open) >= self.max_open:
-            idle = next((n for n, d in self._open.items() if not self._users.get(n) and not d.feed.waiting), None)
+            idle = next(
+                (
+                    n
+                    for n, d in self._open.items()
+                    if not self._users.get(n) and not d.feed.waiting and not d.open_streams
+                ),
+                None,
+            )
             if idle is None:
                 raise StoreBusy(
                     f"the server has {len(self._open)} databases open (its --max-open-databases) and every one "
