@@ -202,14 +202,48 @@ class HardenedCodec(PageCodec):
                 self._bind(params, aead)
             return self._params  # type: ignore[return-value]
 
+    def with_new_passphrase(self, passphrase: bytes, argon2: Argon2Params = keys.ARGON2_DEFAULT) -> HardenedCodec:
+        """This file's codec under another passphrase: the data key re-wrapped, pages untouched.
+
+        Only page 1 changes (its header holds the wrap and the Argon2id parameters): writing
+        page 1 with the returned codec completes the change.  The caller must hold the write
+        lock and have checkpointed, so no older page-1 image stays in the WAL.
+        """
+        params = self._params
+        if params is None or params.argon2 is None or self._passphrase is None:
+            raise ValueError("only a file opened with its passphrase can change passphrase")
+        if not passphrase:
+            raise ValueError("passphrase must not be empty")
+        try:
+            argon2.check()
+        except KeyParamsError as exc:
+            raise ValueError(str(exc)) from None
+        old_kek = params.argon2.derive(self._passphrase, params.file_id)
+        new_kek = argon2.derive(passphrase, params.file_id)
+        wrapped = keys.rewrap_data_key(params.wrapped, old_kek, new_kek, params.file_id)
+        other = HardenedCodec(self.spec, passphrase, self.page_size, argon2=argon2)
+        assert self._siv is not None
+        other._bind(FileParams(params.file_id, params.epoch, argon2, wrapped), self._siv)
+        return other
+
     def _file_key(self, params: FileParams) -> bytes:
         if params.argon2 is None:
             if self._raw_key is None:
-                raise KeyParamsError("this database is encrypted with a key, not a passphrase; pass its key")
+                raise KeyParamsError(
+                    "page 1 says this database is encrypted with a key, not a passphrase: pass its key "
+                    "(or page 1 was changed on disk)"
+                )
             return keys.file_key(self._raw_key, params.file_id, params.epoch)
         if self._passphrase is None:
-            raise KeyParamsError("this database is protected by a passphrase, not a raw key; pass its passphrase")
-        kek = params.argon2.derive(self._passphrase, params.file_id)  # checks the floor first
+            raise KeyParamsError(
+                "page 1 says this database is protected by a passphrase, not a raw key: pass its passphrase "
+                "(or page 1 was changed on disk)"
+            )
+        try:
+            params.argon2.check()  # before any work: a file must not make guessing cheap, nor an open huge
+        except KeyParamsError as exc:
+            raise KeyParamsError(f"page 1: {exc}") from None
+        kek = params.argon2.derive(self._passphrase, params.file_id)
         data_key = keys.unwrap_data_key(params.wrapped, kek, params.file_id)
         return keys.file_key(data_key, params.file_id, params.epoch)
 

@@ -157,7 +157,7 @@ class PageCodec:
     ``PageCodec(spec, key)`` with a hardened ``spec`` returns a ``hardened.HardenedCodec``.
     """
 
-    def __new__(cls, spec: CipherSpec, key: bytes, page_size: int = 4096) -> PageCodec:
+    def __new__(cls, spec: CipherSpec, key: bytes, page_size: int = 4096, **options: Any) -> PageCodec:
         if cls is PageCodec and spec.page_format == "hardened":
             from .hardened import HardenedCodec  # Python then runs HardenedCodec.__init__
 
