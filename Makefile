@@ -26,14 +26,14 @@ $(PEERS)/.installed: Makefile
 peers: venv $(PEERS)/.installed
 
 demo: venv
-	$(BIN)/python -m turso_sync.cli.demo
+	$(BIN)/python examples/demo.py
 
 lint: venv
-	$(BIN)/ruff check turso_sync tests bench
-	$(BIN)/ruff format --check turso_sync tests bench
+	$(BIN)/ruff check turso_sync tests bench examples
+	$(BIN)/ruff format --check turso_sync tests bench examples
 
 typecheck: venv
-	$(BIN)/mypy turso_sync
+	$(BIN)/mypy turso_sync examples
 
 unit: venv
 	$(BIN)/pytest -q tests/unit

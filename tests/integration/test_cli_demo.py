@@ -1,4 +1,4 @@
-"""`make demo` runs end to end and says what it shows (the same module `make demo` runs)."""
+"""`make demo` runs end to end and says what it shows (the same script, examples/demo.py, that `make demo` runs)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from tests.integration.cli_harness import REPO, clean_env
 
 def test_demo_runs_and_stops_everything():
     done = subprocess.run(
-        [sys.executable, "-m", "turso_sync.cli.demo"],
+        [sys.executable, str(REPO / "examples" / "demo.py")],
         cwd=REPO,
         env=clean_env(),
         capture_output=True,

@@ -1,6 +1,7 @@
 """`make demo`: the product end to end, on this machine, in a throw-away folder.
 
-Run with ``python -m turso_sync.cli.demo``.  Everything it starts, it stops.
+Run with ``make demo`` (or ``.venv/bin/python examples/demo.py`` once installed); it is an example
+of using the library and the command, not part of the installed package.  Everything it starts, it stops.
 
 1. the encrypted local engine (library calls);
 2. sync through the ``turso-sync`` command, as a person types it: a primary on 127.0.0.1, two
