@@ -1,0 +1,272 @@
+"""The tamper matrix of the hardened format, on real files: every change is refused by page.
+
+Each case builds an encrypted database through ``turso_sync.connect``, changes its files on
+disk the way an attacker with write access (but no key) could, and checks that reading refuses
+with an ``EncryptionError`` naming the page, never returning rows.  The rollback of a page to
+an older image of itself is the documented limit (docs/encryption.md): it is asserted as such.
+Turso's format is run through two of the cases to show what it does not catch.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import turso_sync
+from turso_sync import errors
+
+P = 4096
+WAL_HEADER = 32
+FRAME_HEADER = 24
+ROWS = 300
+
+
+@pytest.fixture
+def key() -> str:
+    return secrets.token_hex(32)
+
+
+def build(path: Path, secret: str, cipher: str = "hardened", tag: str = "a") -> None:
+    """A table over several leaf pages; closed, so every page is in the database file."""
+    conn = turso_sync.connect(path, encryption_key=secret, cipher=cipher)
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, body TEXT)")
+    conn.executemany("INSERT INTO t VALUES (?, ?)", [(i, f"{tag}-row-{i:04d}-" + "x" * 80) for i in range(ROWS)])
+    conn.commit()
+    conn.close()
+
+
+def read_all(path: Path, secret: str, cipher: str = "hardened") -> list[tuple[int, str]]:
+    conn = turso_sync.connect(path, encryption_key=secret, cipher=cipher)
+    try:
+        return conn.execute("SELECT id, body FROM t ORDER BY id").fetchall()
+    finally:
+        conn.close()
+
+
+def page(path: Path, pgno: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek((pgno - 1) * P)
+        return f.read(P)
+
+
+def put_page(path: Path, pgno: int, data: bytes) -> None:
+    assert len(data) == P
+    with open(path, "r+b") as f:
+        f.seek((pgno - 1) * P)
+        f.write(data)
+
+
+def flip(path: Path, offset: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0x01]))
+
+
+def wal_frames(wal: Path) -> Iterator[tuple[int, bytes]]:
+    """(page number, body) of every frame in a WAL file."""
+    data = wal.read_bytes()
+    for off in range(WAL_HEADER, len(data) - FRAME_HEADER - P + 1, FRAME_HEADER + P):
+        yield int.from_bytes(data[off : off + 4], "big"), data[off + FRAME_HEADER : off + FRAME_HEADER + P]
+
+
+def refused(path: Path, secret: str, cipher: str = "hardened") -> str:
+    """The message of the EncryptionError opening or reading the table raises (no rows come back)."""
+    with pytest.raises(errors.EncryptionError) as info:
+        rows = read_all(path, secret, cipher)
+        pytest.fail(f"{len(rows)} rows came back from a tampered file")
+    return str(info.value)
+
+
+# --- the matrix -----------------------------------------------------------------------------------
+
+
+def test_untouched_file_reads_back(tmp_path: Path, key: str) -> None:
+    db = tmp_path / "a.db"
+    build(db, key)
+    rows = read_all(db, key)
+    assert len(rows) == ROWS and rows[7] == (7, "a-row-0007-" + "x" * 80)
+    assert os.path.getsize(db) >= 6 * P  # the cases below have pages 3..6 to play with
+
+
+def test_swapping_two_pages_is_refused_naming_one(tmp_path: Path, key: str) -> None:
+    db = tmp_path / "a.db"
+    build(db, key)
+    p3, p4 = page(db, 3), page(db, 4)
+    put_page(db, 3, p4)
+    put_page(db, 4, p3)
+    message = refused(db, key)
+    assert "page 3 of the database failed authentication" in message or "page 4 of the database" in message
+
+
+def test_copying_a_page_over_another_is_refused(tmp_path: Path, key: str) -> None:
+    db = tmp_path / "a.db"
+    build(db, key)
+    put_page(db, 5, page(db, 4))
+    assert "page 5 of the database failed authentication" in refused(db, key)
+
+
+def test_a_page_moved_from_another_file_under_the_same_key_is_refused(tmp_path: Path, key: str) -> None:
+    a, b = tmp_path / "a.db", tmp_path / "b.db"
+    build(a, key, tag="a")
+    build(b, key, tag="b")  # same key, same schema, same page numbers: only the file id differs
+    put_page(b, 4, page(a, 4))
+    assert "page 4 of the database failed authentication" in refused(b, key)
+    assert len(read_all(a, key)) == ROWS
+
+
+def test_page1_moved_from_another_file_is_refused(tmp_path: Path, key: str) -> None:
+    a, b = tmp_path / "a.db", tmp_path / "b.db"
+    build(a, key, tag="a")
+    build(b, key, tag="b")
+    put_page(b, 1, page(a, 1))  # b now claims a's file id: every other page of b is then refused
+    assert "page 2 of the database failed authentication" in refused(b, key)
+
+
+def test_a_wal_frame_moved_into_the_database_is_refused(tmp_path: Path, key: str) -> None:
+    db = tmp_path / "a.db"
+    build(db, key)
+    conn = turso_sync.connect(db, encryption_key=key, cipher="hardened")
+    conn.execute("UPDATE t SET body = 'updated' WHERE id < 20")
+    conn.commit()
+    frames = list(wal_frames(Path(f"{db}-wal")))
+    conn.close()  # checkpoints: the database file now holds the same pages, encrypted for it
+    pgno, body = next((pgno, body) for pgno, body in frames if pgno > 1)
+    put_page(db, pgno, body)
+    message = refused(db, key)
+    assert f"page {pgno} of the database failed authentication (it holds an image written for the WAL)" in message
+
+
+def test_rolling_a_page_back_to_its_own_older_image_is_the_documented_limit(tmp_path: Path, key: str) -> None:
+    """Not detected (docs/encryption.md, "What the hardened format detects"): asserted as the limit."""
+    db = tmp_path / "a.db"
+    build(db, key)
+    before = read_all(db, key)
+    old_pages = {pgno: page(db, pgno) for pgno in range(2, os.path.getsize(db) // P + 1)}
+    conn = turso_sync.connect(db, encryption_key=key, cipher="hardened")
+    conn.execute("UPDATE t SET body = 'new-' || id")
+    conn.commit()
+    conn.close()
+    changed = [pgno for pgno, old in old_pages.items() if page(db, pgno) != old]
+    assert changed
+    for pgno in changed:
+        put_page(db, pgno, old_pages[pgno])  # same file, same epoch, same place: it verifies
+    assert read_all(db, key) == before  # the older rows come back, without an error
+
+
+def test_a_page_of_an_older_incarnation_of_the_file_is_refused(tmp_path: Path, key: str) -> None:
+    """The same path recreated under the same key is another file (another file id)."""
+    db = tmp_path / "a.db"
+    build(db, key)
+    old3 = page(db, 3)
+    for suffix in ("", "-wal", "-shm", "-frames"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    build(db, key)
+    put_page(db, 3, old3)
+    assert "page 3 of the database failed authentication" in refused(db, key)
+
+
+@pytest.mark.parametrize(
+    "offset",
+    [18, 24, 28, 40, 60, 96],
+    ids=["file format", "change counter", "page count", "schema cookie", "user version", "sqlite version"],
+)
+def test_a_changed_byte_of_the_page1_header_is_refused_at_open(tmp_path: Path, key: str, offset: int) -> None:
+    db = tmp_path / "a.db"
+    build(db, key)
+    flip(db, offset)
+    assert "page 1 failed authentication" in refused(db, key)
+
+
+@pytest.mark.parametrize("offset", [10, 11, 12, 15, 72, 75, 76, 91], ids=lambda o: f"byte {o}")
+def test_a_changed_byte_of_the_stored_parameters_is_refused(tmp_path: Path, key: str, offset: int) -> None:
+    """Epoch (10..12), file id (12..16, 72..76), wrapped key (76..92) of a raw-key file."""
+    db = tmp_path / "a.db"
+    build(db, key)
+    flip(db, offset)
+    assert "page 1" in refused(db, key)
+
+
+def test_wrong_key_is_refused_and_changes_nothing(tmp_path: Path, key: str) -> None:
+    db = tmp_path / "a.db"
+    build(db, key)
+    before = db.read_bytes()
+    assert "page 1 failed authentication" in refused(db, secrets.token_hex(32))
+    assert db.read_bytes() == before
+
+
+# --- passphrases ------------------------------------------------------------------------------------
+
+PASSPHRASE = "a long passphrase, not a key"
+
+
+@pytest.fixture
+def pw_db(tmp_path: Path) -> Path:
+    db = tmp_path / "pw.db"
+    build(db, PASSPHRASE, cipher="hardened-passphrase")
+    return db
+
+
+def test_a_passphrase_database_reopens_with_the_passphrase_alone(pw_db: Path) -> None:
+    rows = read_all(pw_db, PASSPHRASE, "hardened-passphrase")
+    assert len(rows) == ROWS
+    head = pw_db.read_bytes()[:100]
+    assert head[7:10] == bytes([16, 3, 4])  # Argon2id: 64 MiB, 3 passes, 4 lanes, stored in page 1
+    assert PASSPHRASE.encode() not in pw_db.read_bytes()
+
+
+def test_wrong_passphrase_is_refused_and_changes_nothing(pw_db: Path) -> None:
+    before = pw_db.read_bytes()
+    assert "page 1 failed authentication" in refused(pw_db, PASSPHRASE + "!", "hardened-passphrase")
+    assert pw_db.read_bytes() == before
+
+
+def test_stored_argon2_parameters_below_the_floor_are_refused(pw_db: Path) -> None:
+    with open(pw_db, "r+b") as f:
+        f.seek(7)
+        f.write(bytes([10]))  # 1 MiB: cheap to guess; the floor is 32 MiB
+    message = refused(pw_db, PASSPHRASE, "hardened-passphrase")
+    assert "page 1" in message and "below the floor" in message
+
+
+@pytest.mark.parametrize("offset", [8, 9, 76, 91], ids=["iterations", "lanes", "wrap start", "wrap end"])
+def test_a_changed_passphrase_parameter_is_refused(pw_db: Path, offset: int) -> None:
+    flip(pw_db, offset)
+    assert "page 1" in refused(pw_db, PASSPHRASE, "hardened-passphrase")
+
+
+def test_a_passphrase_file_opened_with_a_key_is_refused(pw_db: Path) -> None:
+    message = refused(pw_db, secrets.token_hex(32))
+    assert "page 1" in message and "passphrase" in message
+
+
+# --- what Turso's format does not catch (for comparison; docs/encryption.md) ----------------------
+
+
+def test_turso_format_does_not_notice_a_page_moved_between_files(tmp_path: Path, key: str) -> None:
+    a, b = tmp_path / "a.db", tmp_path / "b.db"
+    build(a, key, cipher="aes256gcm", tag="a")
+    build(b, key, cipher="aes256gcm", tag="b")
+    put_page(b, 4, page(a, 4))
+    rows = read_all(b, key, "aes256gcm")
+    assert any(body.startswith("a-") for _, body in rows)  # a's rows read back as b's, silently
+
+
+def test_turso_format_does_not_notice_a_wal_frame_moved_into_the_database(tmp_path: Path, key: str) -> None:
+    db = tmp_path / "a.db"
+    build(db, key, cipher="aes256gcm")
+    old = {pgno: page(db, pgno) for pgno in range(2, os.path.getsize(db) // P + 1)}
+    conn = turso_sync.connect(db, encryption_key=key, cipher="aes256gcm")
+    conn.execute("UPDATE t SET body = 'updated' WHERE id < 20")
+    conn.commit()
+    frames = list(wal_frames(Path(f"{db}-wal")))
+    conn.close()
+    pgno, body = next((pgno, body) for pgno, body in frames if pgno > 1)
+    put_page(db, pgno, old[pgno])  # first an older image ...
+    put_page(db, pgno, body)  # ... then the WAL's: either one verifies
+    assert len(read_all(db, key, "aes256gcm")) == ROWS
