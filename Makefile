@@ -35,11 +35,16 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy turso_sync examples
 
+# The fast tier (docs/testing.md): no server, no peer, no network (tests/unit/conftest.py refuses
+# it), a minute per test at most; the whole tier well under a minute.
 unit: venv
 	$(BIN)/pytest -q tests/unit
 
+# Everything: the checks, the fast tier (a failure there stops here, in a minute), then the rest,
+# listing the slowest tests so CI time is watched as the suites grow.
 test: peers lint typecheck
-	$(BIN)/pytest -q -ra tests
+	$(BIN)/pytest -q -ra tests/unit
+	$(BIN)/pytest -q -ra --durations=20 tests --ignore=tests/unit
 
 # A longer campaign of the route fuzzer (make test runs it for a fixed budget): TURSO_FUZZ_EXAMPLES
 # examples per test, seeded by TURSO_FUZZ_SEED (a failure replays with the same seed).

@@ -1,19 +1,23 @@
-"""The fast tier's rule, enforced: a unit test opens no network socket.
+"""The fast tier's rules, enforced: a unit test opens no network socket and ends within a minute.
 
 Binding or connecting an IPv4/IPv6 socket (a server, a client, a DNS-free ``127.0.0.1``) raises
 ``NetworkInUnitTest`` and fails the test, even if the code under test swallows the exception.
 Unix sockets stay allowed (asyncio's self-pipe, ``socketpair``).  A test that needs a server
-belongs in ``tests/integration``.
+belongs in ``tests/integration``.  Each unit test gets a 60 s timeout (instead of the suite's 600 s)
+unless it sets its own, so a hang in the fast tier fails fast.
 """
 
 from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 INTERNET = (socket.AF_INET, socket.AF_INET6)
+UNIT_TIMEOUT_SECONDS = 60
+HERE = Path(__file__).parent
 
 
 class NetworkInUnitTest(RuntimeError):
@@ -55,3 +59,10 @@ def no_network(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) 
             "unit tests start no server and open no connection; move it to tests/integration",
             pytrace=False,
         )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A minute per unit test unless it says otherwise (this hook sees every collected test: only ours)."""
+    for item in items:
+        if item.path.is_relative_to(HERE) and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(UNIT_TIMEOUT_SECONDS))

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.unit.conftest import NetworkInUnitTest, refuse_network
+from tests.unit.conftest import (
+    HERE,
+    UNIT_TIMEOUT_SECONDS,
+    NetworkInUnitTest,
+    pytest_collection_modifyitems,
+    refuse_network,
+)
 
 
 def test_binding_or_connecting_an_internet_socket_is_refused_and_recorded(monkeypatch):
@@ -29,3 +36,30 @@ def test_unix_sockets_stay_allowed(monkeypatch):
         left.sendall(b"ping")
         assert right.recv(4) == b"ping"
     assert attempts == []
+
+
+class Item:
+    """What the collection hook reads and writes of a test item."""
+
+    def __init__(self, path: Path, timeout: int | None = None) -> None:
+        self.path = path
+        self.markers = [pytest.mark.timeout(timeout).mark] if timeout else []
+
+    def get_closest_marker(self, name: str):
+        return next((m for m in self.markers if m.name == name), None)
+
+    def add_marker(self, marker) -> None:
+        self.markers.append(marker.mark)
+
+
+def test_a_unit_test_has_a_minute_and_others_keep_the_suite_timeout(request):
+    assert request.node.get_closest_marker("timeout").args == (UNIT_TIMEOUT_SECONDS,)
+    unit, own, integration = (
+        Item(HERE / "test_x.py"),
+        Item(HERE / "test_y.py", timeout=5),
+        Item(HERE.parent / "integration" / "test_z.py"),
+    )
+    pytest_collection_modifyitems([unit, own, integration])  # type: ignore[list-item]
+    assert unit.get_closest_marker("timeout").args == (UNIT_TIMEOUT_SECONDS,)
+    assert own.get_closest_marker("timeout").args == (5,)
+    assert integration.get_closest_marker("timeout") is None
