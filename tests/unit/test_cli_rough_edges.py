@@ -23,6 +23,7 @@ from turso_sync import errors
 from turso_sync.cli.exit_codes import ExitCode, describe, in_cli_terms
 from turso_sync.cli.main import main
 from turso_sync.cli.verify import integrity_problems
+from turso_sync.sync.daemon import DaemonReplica
 from turso_sync.sync.state import SyncState
 from turso_sync.testing import MockTransport, pull_answer
 
@@ -291,3 +292,42 @@ def test_shell_status_prints_what_status_prints(tmp_path, capsys, monkeypatch):
     (last_pull,) = [line for line in out.splitlines() if line.startswith("last pull")]
     assert re.search(r"last pull +\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \(\d+s ago\)", last_pull), last_pull
     assert "unix_time" not in out and re.search(r"^last push +never$", out, re.M)
+
+
+# --- the daemon's per-replica keys (refusals only: nothing is started here) ----------------------
+
+
+def test_a_daemon_replica_never_shows_its_key():
+    assert KEY256 not in repr(DaemonReplica("/a.db", KEY256))
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ('[[replica]]\npath = "r.db"\nencryption_key = "SECRET"\n', "a key is never written in the config"),
+        ("[[replica]\n", "is not valid TOML"),
+        ('path = "r.db"\n', "list replicas as [[replica]] tables"),
+        ('[[replica]]\nkey_file = "k"\npath = "r.db"\n', "unknown setting(s) key_file"),
+        ('[[replica]]\nencryption_key_file = "k"\n', "replica 1: give its path"),
+        ('[[replica]]\npath = "r.db"\nencryption_key_file = "missing.key"\n', "cannot read key file"),
+    ],
+)
+def test_daemon_config_mistakes_are_status_2(tmp_path, capsys, config, message):
+    (tmp_path / "replicas.toml").write_text(config)
+    code, _out, err = run(capsys, "daemon", "--config", "replicas.toml")
+    assert code == ExitCode.USAGE, err
+    assert message in err and "SECRET" not in err and err.count("\n") == 1
+
+
+def test_daemon_config_keys_are_checked_against_each_replica(tmp_path, capsys):
+    make_replica(tmp_path, rows=3)  # plaintext
+    (tmp_path / "k").write_text(KEY256)
+    (tmp_path / "replicas.toml").write_text('[[replica]]\npath = "r.db"\nencryption_key_file = "k"\n')
+    code, _out, err = run(capsys, "daemon", "--config", "replicas.toml")
+    assert code == ExitCode.ENCRYPTION_KEY
+    assert "r.db is not encrypted: drop the key (encryption_key_file of replica 1 in replicas.toml)" in err
+    (tmp_path / "k").write_text("not hex")
+    code, _out, err = run(capsys, "daemon", "--config", "replicas.toml")
+    assert code == ExitCode.ENCRYPTION_KEY and "the key in " in err and "not hex" not in err
+    code, _out, err = run(capsys, "daemon")
+    assert code == ExitCode.USAGE and "PATH ... or --config FILE" in err

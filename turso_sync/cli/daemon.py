@@ -1,8 +1,21 @@
 """Keep one or more replicas in sync with their primary until SIGTERM or SIGINT.
 
   turso-sync daemon notes.db [more.db ...] [--metrics 127.0.0.1:9464]
+  turso-sync daemon --config replicas.toml      # a key file per replica, or none (plaintext)
 
-The library twin is ``turso_sync.sync.daemon.SyncDaemon(paths, ...)``.  Per replica: pulls
+The library twin is ``turso_sync.sync.daemon.SyncDaemon(paths, ...)`` (with
+``DaemonReplica(path, encryption_key, cipher)`` entries for per-replica keys).  The PATHs on the
+command line share ``--encryption-key[-file]``; each replica of ``--config`` has its own:
+
+  [[replica]]
+  path = "/var/lib/app/notes.db"
+  encryption_key_file = "/etc/turso-sync/notes.key"   # a file holding the hex key
+  cipher = "aes256gcm"                                 # the default
+
+  [[replica]]
+  path = "/var/lib/app/cache.db"                       # no key file: a plaintext replica
+
+Relative paths in the file are relative to the file's folder.  Per replica: pulls
 long-poll the primary, so its commits arrive within a second; local commits, made by any
 process writing the database, are pushed within about 100 ms.  When the primary goes away the
 daemon retries with exponential backoff and jitter (at most --max-backoff seconds apart); local
@@ -16,21 +29,38 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
+import tomllib
 from types import FrameType
 
-from ..sync.daemon import SyncDaemon
-from .exit_codes import ExitCode
+from ..sync.daemon import DaemonReplica, SyncDaemon
+from .exit_codes import CommandError, ExitCode
 from .metrics import MetricsServer, parse_address
-from .replica_args import add_credential_arguments, add_sync_arguments, auth_token, encryption_key, existing_replica
+from .replica_args import (
+    add_credential_arguments,
+    add_sync_arguments,
+    auth_token,
+    check_key_fits,
+    encryption_key,
+    existing_replica,
+    read_key_file,
+)
 
 HELP = "Keep replicas in sync in the background (long-poll pulls, prompt pushes, metrics)."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``daemon``."""
-    parser.add_argument("paths", metavar="PATH", nargs="+", help="replicas to keep in sync (made by `clone`)")
+    parser.add_argument(
+        "paths", metavar="PATH", nargs="*", help="replicas to keep in sync (made by `clone`); they share the key"
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="a TOML file listing replicas ([[replica]] path = ..., encryption_key_file = ...), each with its own key",
+    )
     parser.add_argument(
         "--interval",
         type=float,
@@ -57,7 +87,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--metrics", metavar="HOST:PORT", help="serve Prometheus /metrics and /health on this loopback address"
     )
     parser.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="stderr log level"
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="stderr log level; info logs start, stop, failures and recoveries, debug every pull and push",
+    )
+    parser.add_argument(
+        "--access-log", action="store_true", help="log each pull that brought something and each push at info level"
     )
     add_credential_arguments(parser)
     add_sync_arguments(parser)
@@ -69,17 +105,17 @@ def run(args: argparse.Namespace) -> int:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here
-    paths = [existing_replica(p) for p in args.paths]
+    replicas = _replicas(args)
+    paths = [r.path for r in replicas]
     address = parse_address(args.metrics) if args.metrics else None
     daemon = SyncDaemon(
-        paths,
+        replicas,
         auth_token=auth_token(args),
-        encryption_key=encryption_key(args),
-        cipher=args.cipher,
         conflict=args.conflict,
         long_poll=args.long_poll,
         interval=args.interval,
         max_backoff=args.max_backoff,
+        log_steps=args.access_log,
     )
     signalled: list[int] = []
 
@@ -116,3 +152,68 @@ def run(args: argparse.Namespace) -> int:
         raise daemon.fatal
     print("turso-sync daemon: stopped", flush=True)
     return ExitCode.OK
+
+
+_CONFIG_KEYS = {"path", "encryption_key_file", "cipher"}
+
+
+def _replicas(args: argparse.Namespace) -> list[DaemonReplica]:
+    """The PATHs (sharing the key of the options) and the replicas of ``--config`` (each with its own)."""
+    if not args.paths and not args.config:
+        raise CommandError("name the replicas to keep in sync: PATH ... or --config FILE")
+    replicas = []
+    if args.paths:
+        key = encryption_key(args)
+        for path in args.paths:
+            real = existing_replica(path)
+            check_key_fits(args, path, key)
+            replicas.append(DaemonReplica(real, key, args.cipher))
+    if args.config:
+        replicas += _from_config(args, args.config)
+    return replicas
+
+
+def _from_config(args: argparse.Namespace, file_name: str) -> list[DaemonReplica]:
+    """The ``[[replica]]`` tables of a TOML file; keys only ever come from key files."""
+    try:
+        with open(file_name, "rb") as f:
+            config = tomllib.load(f)
+    except OSError as exc:
+        raise CommandError(f"cannot read --config {file_name}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise CommandError(f"--config {file_name} is not valid TOML: {exc}") from None
+    entries = config.get("replica")
+    unknown = set(config) - {"replica"}
+    if unknown or not isinstance(entries, list) or not entries:
+        raise CommandError(
+            f"--config {file_name}: list replicas as [[replica]] tables (path = ..., and optionally "
+            "encryption_key_file = ..., cipher = ...)"
+        )
+    folder = os.path.dirname(os.path.abspath(file_name))
+    replicas = []
+    for number, entry in enumerate(entries, 1):
+        where = f"--config {file_name}, replica {number}"
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+            raise CommandError(f'{where}: give its path (path = "/var/lib/app/notes.db")')
+        if "encryption_key" in entry:
+            raise CommandError(
+                f"{where}: a key is never written in the config; put it in a file and name the "
+                "file with encryption_key_file"
+            )
+        extra = set(entry) - _CONFIG_KEYS
+        if extra:
+            raise CommandError(
+                f"{where}: unknown setting(s) {', '.join(sorted(extra))}; known: {', '.join(sorted(_CONFIG_KEYS))}"
+            )
+        path = os.path.join(folder, entry["path"])
+        cipher = str(entry.get("cipher", "aes256gcm"))
+        key_file = entry.get("encryption_key_file")
+        key = None
+        if key_file is not None:
+            key_file = os.path.join(folder, str(key_file))
+            key = read_key_file(key_file, cipher, f"{where} ({entry['path']})")
+        real = existing_replica(path)
+        source = f"encryption_key_file of replica {number} in {file_name}"
+        check_key_fits(args, path, key, cipher=cipher, source=source if key else f"encryption_key_file in {file_name}")
+        replicas.append(DaemonReplica(real, key, cipher))
+    return replicas

@@ -109,7 +109,9 @@ def encryption_key(args: argparse.Namespace) -> str | None:
     return key
 
 
-def check_key_fits(args: argparse.Namespace, path: str, key: str | None) -> None:
+def check_key_fits(
+    args: argparse.Namespace, path: str, key: str | None, *, cipher: str | None = None, source: str | None = None
+) -> None:
     """At ``path`` (as the user wrote it): refuse a key for a plaintext database, no key for an
     encrypted one, or the wrong ``--cipher``, naming the flag to change (the library checks the
     key itself when it opens the file)."""
@@ -120,21 +122,42 @@ def check_key_fits(args: argparse.Namespace, path: str, key: str | None) -> None
         return  # missing or unreadable: the replica checks say what is wrong
     if len(head) < 100:
         return
+    cipher = cipher or args.cipher
     if head.startswith(SQLITE_MAGIC) and key is not None:
-        raise CommandError(f"{path} is not encrypted: drop the key ({key_source(args)})", ExitCode.ENCRYPTION_KEY)
+        given = source or key_source(args)
+        raise CommandError(f"{path} is not encrypted: drop the key ({given})", ExitCode.ENCRYPTION_KEY)
     if head.startswith(TURSO_MAGIC_PREFIX):
         if key is None:
-            raise CommandError(
-                f"{path} is encrypted: give its key with --encryption-key-file F or ${ENCRYPTION_KEY_ENV}",
-                ExitCode.ENCRYPTION_KEY,
-            )
+            give = source or f"--encryption-key-file F or ${ENCRYPTION_KEY_ENV}"
+            raise CommandError(f"{path} is encrypted: give its key with {give}", ExitCode.ENCRYPTION_KEY)
         names = {spec.cipher_id: name for name, spec in CIPHERS.items()}
         found = names.get(head[6])
-        if found is not None and found != parse_key(key, args.cipher)[0].name:
+        try:
+            asked = parse_key(key, cipher)[0].name
+        except (ValueError, TypeError):
+            return  # the key itself is refused by encryption_key() or the library, with its reason
+        if found is not None and found != asked:
             raise CommandError(f"{path} is encrypted with {found}: give --cipher {found}", ExitCode.ENCRYPTION_KEY)
 
 
 _URL_SCHEMES = ("http", "https", "libsql", "turso")
+
+
+def read_key_file(file_name: str, cipher: str, what: str) -> str:
+    """The hex key held in ``file_name``, checked against ``cipher``; errors name ``what`` (never the key)."""
+    try:
+        with open(file_name, encoding="utf-8") as f:
+            key = f.read().strip()
+    except OSError as exc:
+        raise CommandError(f"{what}: cannot read key file {file_name}: {exc.strerror or exc}") from None
+    if not key:
+        raise CommandError(f"{what}: key file {file_name} is empty")
+    try:
+        parse_key(key, cipher)
+    except (ValueError, TypeError) as exc:
+        reason = str(exc).replace("encryption_key", "the key")
+        raise CommandError(f"{what}: the key in {file_name} is not usable: {reason}", ExitCode.ENCRYPTION_KEY) from None
+    return key
 
 
 def check_remote_url(url: str, what: str = "URL") -> None:

@@ -32,7 +32,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .. import errors
@@ -66,6 +66,18 @@ class Backoff:
         self.failures = 0
 
 
+@dataclass(frozen=True)
+class DaemonReplica:
+    """One replica the daemon keeps in sync, with its own key (None: a plaintext replica).
+
+    The key never appears in ``repr`` (nor in any log line).
+    """
+
+    path: str
+    encryption_key: str | None = field(default=None, repr=False)
+    cipher: str = "aes256gcm"
+
+
 @dataclass
 class ReplicaStatus:
     """What the daemon knows about one replica (the figures behind ``--metrics``)."""
@@ -97,10 +109,10 @@ def _one_line(exc: BaseException) -> str:
 class _ReplicaWorker:
     """The puller and pusher threads of one replica, and what they have seen."""
 
-    def __init__(self, daemon: SyncDaemon, path: str) -> None:
+    def __init__(self, daemon: SyncDaemon, replica: DaemonReplica) -> None:
         self.daemon = daemon
-        self.path = path
-        self.conn = daemon._open(path)
+        self.path = replica.path
+        self.conn = daemon._open(replica)
         self.replica: Replica = self.conn.replica
         self._lock = threading.Lock()
         self._stats: SyncStats = self._read_stats()
@@ -110,8 +122,8 @@ class _ReplicaWorker:
         self._ever_connected = False
         self._pull_started: float | None = None  # monotonic start of the pull in flight
         self._pull_ok_since_error = False
-        self.puller = threading.Thread(target=self._pull_loop, name=f"turso-sync puller {path}", daemon=True)
-        self.pusher = threading.Thread(target=self._push_loop, name=f"turso-sync pusher {path}", daemon=True)
+        self.puller = threading.Thread(target=self._pull_loop, name=f"turso-sync puller {self.path}", daemon=True)
+        self.pusher = threading.Thread(target=self._push_loop, name=f"turso-sync pusher {self.path}", daemon=True)
 
     # --- shared bookkeeping ---------------------------------------------------------------------
 
@@ -134,11 +146,13 @@ class _ReplicaWorker:
             log.error("%s: %s refused: %s; stopping", self.path, what, _one_line(exc))
             self.daemon._fatal_error(exc)
             return
-        if isinstance(exc, errors.Error):
-            level = logging.WARNING if first else logging.DEBUG
-            log.log(level, "%s: %s failed (%s); retrying in %.1fs", self.path, what, _one_line(exc), retry_in)
-        else:  # not one of ours: a bug; keep the traceback
-            log.error("%s: %s failed; retrying in %.1fs", self.path, what, retry_in, exc_info=exc)
+        # a failure that is retried is one line, at warning level the first time of a run (the
+        # repeats at debug); an exception that is not one of ours may be a bug: its traceback
+        # is logged too, at debug level, so it is there when asked for and not repeated otherwise
+        level = logging.WARNING if first else logging.DEBUG
+        log.log(level, "%s: %s failed (%s); retrying in %.1fs", self.path, what, _one_line(exc), retry_in)
+        if not isinstance(exc, errors.Error):
+            log.debug("%s: the traceback of that %s failure", self.path, what, exc_info=exc)
 
     def _read_stats(self) -> SyncStats:
         with self.replica.exclusive():  # the replica's own connection: never beside a step of the puller
@@ -205,7 +219,7 @@ class _ReplicaWorker:
             backoff.reset()
             self._succeeded("pull")
             if changed:
-                log.info("%s: pulled revision %s", self.path, self.replica.state.synced_revision)
+                log.log(self.daemon.step_level, "%s: pulled revision %s", self.path, self.replica.state.synced_revision)
                 continue
             elapsed = time.monotonic() - started
             if elapsed < self.daemon.interval:
@@ -226,7 +240,7 @@ class _ReplicaWorker:
                     backoff.reset()
                     retry_at = 0.0
                     self._succeeded("push")
-                    log.info("%s: pushed %d transaction(s)", self.path, pushed)
+                    log.log(self.daemon.step_level, "%s: pushed %d transaction(s)", self.path, pushed)
                     self._publish()
             except Exception as exc:
                 delay = backoff.next()
@@ -250,17 +264,21 @@ class _ReplicaWorker:
 class SyncDaemon:
     """Keeps every replica in ``paths`` in sync with its primary until ``stop()``.
 
-    ``long_poll``: how long each pull may wait on the primary for a new commit (seconds).
-    ``interval``: the least time between two pulls that came back empty at once (a server
-    that does not hold long-polls is polled this often).  ``watch_interval``: how often local
-    commits are looked for.  ``max_backoff``: the longest wait between retries after failures.
-    The token, key, cipher and conflict policy are those of ``turso_sync.connect``; one token
-    and one key serve every path.
+    ``paths``: replica paths, which share ``encryption_key`` and ``cipher``, or
+    ``DaemonReplica(path, encryption_key, cipher)`` entries, each with its own key (None: a
+    plaintext replica), so encrypted and plaintext replicas, or replicas with different keys,
+    run side by side.  ``long_poll``: how long each pull may wait on the primary for a new
+    commit (seconds).  ``interval``: the least time between two pulls that came back empty at
+    once (a server that does not hold long-polls is polled this often).  ``watch_interval``: how
+    often local commits are looked for.  ``max_backoff``: the longest wait between retries after
+    failures.  ``log_steps``: log each pull that brought something and each push at INFO (an
+    access log); otherwise at DEBUG.  The token and conflict policy are those of
+    ``turso_sync.connect`` and serve every replica.
     """
 
     def __init__(
         self,
-        paths: Sequence[str],
+        paths: Sequence[str | DaemonReplica],
         *,
         auth_token: str | None = None,
         encryption_key: str | None = None,
@@ -270,20 +288,20 @@ class SyncDaemon:
         interval: float = 1.0,
         watch_interval: float = 0.1,
         max_backoff: float = 10.0,
+        log_steps: bool = False,
     ) -> None:
         if not paths:
             raise errors.ProgrammingError("the daemon needs at least one replica path")
-        self.paths = list(paths)
+        self.replicas = [
+            p if isinstance(p, DaemonReplica) else DaemonReplica(str(p), encryption_key, cipher) for p in paths
+        ]
+        self.paths = [r.path for r in self.replicas]
         self.long_poll = max(0.0, long_poll)
         self.interval = max(0.0, interval)
         self.watch_interval = max(0.01, watch_interval)
         self.max_backoff = max(0.1, max_backoff)
-        self._options: dict[str, Any] = {
-            "auth_token": auth_token,
-            "encryption_key": encryption_key,
-            "cipher": cipher,
-            "conflict": conflict,
-        }
+        self.step_level = logging.INFO if log_steps else logging.DEBUG
+        self._options: dict[str, Any] = {"auth_token": auth_token, "conflict": conflict}
         self._stop = threading.Event()
         self._workers: list[_ReplicaWorker] = []
         self._held = contextlib.ExitStack()
@@ -291,12 +309,15 @@ class SyncDaemon:
         self.fatal: BaseException | None = None
         self.started_at: float | None = None
 
-    def _open(self, path: str) -> SyncConnection:
+    def _open(self, replica: DaemonReplica) -> SyncConnection:
         from .. import connect
 
+        path = replica.path
         if SyncState.load(path) is None:
             raise errors.ProgrammingError(f"{path} is not a replica; clone it first (turso_sync.connect(path, url))")
-        conn: SyncConnection = connect(path, **self._options)
+        conn: SyncConnection = connect(
+            path, encryption_key=replica.encryption_key, cipher=replica.cipher, **self._options
+        )
         return conn
 
     def _fatal_error(self, exc: BaseException) -> None:
@@ -308,12 +329,12 @@ class SyncDaemon:
         """Open every replica (a wrong key or a non-replica path raises here), then start syncing."""
         seen: set[str] = set()
         try:
-            for path in self.paths:
-                real = os.path.realpath(path)
+            for replica in self.replicas:
+                real = os.path.realpath(replica.path)
                 if real in seen:
                     continue
                 seen.add(real)
-                self._workers.append(_ReplicaWorker(self, real))
+                self._workers.append(_ReplicaWorker(self, DaemonReplica(real, replica.encryption_key, replica.cipher)))
         except BaseException:
             for worker in self._workers:
                 worker.close()
@@ -323,7 +344,8 @@ class SyncDaemon:
         for worker in self._workers:
             worker.pusher.start()
             worker.puller.start()
-            log.info("%s: syncing with %s", worker.path, worker.replica.state.remote_url)
+            kind = "encrypted" if worker.conn.encrypted else "plaintext"
+            log.info("%s: syncing with %s (%s)", worker.path, worker.replica.state.remote_url, kind)
 
     def request_stop(self) -> None:
         """Ask the threads to stop after their current step (``stop()`` then waits for them)."""
