@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -270,3 +272,22 @@ def test_turso_format_does_not_notice_a_wal_frame_moved_into_the_database(tmp_pa
     put_page(db, pgno, old[pgno])  # first an older image ...
     put_page(db, pgno, body)  # ... then the WAL's: either one verifies
     assert len(read_all(db, key, "aes256gcm")) == ROWS
+
+
+def test_pyturso_refuses_a_hardened_file_instead_of_misreading_it(tmp_path: Path, key: str) -> None:
+    """Turso does not know the hardened cipher id (0x80): it refuses page 1 and changes nothing."""
+    db = tmp_path / "a.db"
+    build(db, key)
+    before = db.read_bytes()
+    code = (
+        "import sys, turso\n"
+        "try:\n"
+        "    conn = turso.connect(sys.argv[1], experimental_features='encryption',\n"
+        "                         encryption=turso.EncryptionOpts(cipher='aes256gcm', hexkey=sys.argv[2]))\n"
+        "    print('ROWS', conn.execute('SELECT count(*) FROM t').fetchall())\n"
+        "except Exception as exc:\n"
+        "    print('REFUSED', exc)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(db), key], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.startswith("REFUSED Decryption failed for page=1"), proc.stdout + proc.stderr
+    assert db.read_bytes() == before
