@@ -182,7 +182,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"(default {streams.lock_wait_s:g})",
     )
     parser.add_argument(
-        "--access-log", action="store_true", help="log one line per request at INFO (default: no per-request lines)"
+        "--access-log", action="store_true", help="log one line per request at INFO (default: at DEBUG only)"
     )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 

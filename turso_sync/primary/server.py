@@ -113,10 +113,22 @@ class BoundedSite(web.SockSite):
 
 
 class AccessLogger(AbstractAccessLogger):
-    """One line per request: client, method, path (never the query string or headers), status, size, time."""
+    """One line per request: client, method, path (never the query string or headers), status, size, time.
+
+    At INFO with ``--access-log``; without it at DEBUG (``QuietAccessLogger``), so the default
+    level writes no line per request.
+    """
+
+    LEVEL = logging.INFO
+
+    @property
+    def enabled(self) -> bool:
+        """Whether a line would be written at all (aiohttp skips the call otherwise)."""
+        return self.logger.isEnabledFor(self.LEVEL)
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        self.logger.info(
+        self.logger.log(
+            self.LEVEL,
             '%s "%s %s" %s %s %.4fs',
             request.remote,
             request.method,
@@ -125,6 +137,12 @@ class AccessLogger(AbstractAccessLogger):
             response.body_length,
             time,
         )
+
+
+class QuietAccessLogger(AccessLogger):
+    """The access lines without ``--access-log``: DEBUG only."""
+
+    LEVEL = logging.DEBUG
 
 
 class ConfigError(Exception):
@@ -142,7 +160,7 @@ class ServerConfig:
     encryption_key_file: str | None = None
     cipher: str = "aes256gcm"
     limits: Limits = field(default_factory=Limits)
-    access_log: bool = False  # one INFO line per request (``--access-log``); off: no per-request lines
+    access_log: bool = False  # one INFO line per request (``--access-log``); off: those lines are DEBUG
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -225,8 +243,7 @@ class PrimaryServer:
         app = create_app(store, auth, limits)
         runner = web.AppRunner(
             app,
-            access_log_class=AccessLogger,
-            access_log=logging.getLogger("aiohttp.access") if cfg.access_log else None,
+            access_log_class=AccessLogger if cfg.access_log else QuietAccessLogger,
             shutdown_timeout=SHUTDOWN_TIMEOUT,
             handle_signals=False,
             # idle connections, and request lines and headers, must arrive within this: aiohttp's

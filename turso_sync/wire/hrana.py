@@ -529,7 +529,21 @@ def encode_pipeline_response(results: list[StreamResult], baton: str | None = No
 
 def decode_pipeline_response(body: bytes) -> list[dict[str, Any]]:
     """The ``results`` of a pipeline response, as JSON objects (the client side)."""
+    return _results(_object(_load_json(body, "pipeline response"), "$"))
+
+
+def decode_pipeline_reply(body: bytes) -> tuple[str | None, list[dict[str, Any]]]:
+    """The ``baton`` and ``results`` of a pipeline response (the client side of a stream).
+
+    A baton is what the next request of the same stream must send; null means the server ended
+    the stream (closed, or it keeps no stream between requests).
+    """
     obj = _object(_load_json(body, "pipeline response"), "$")
+    baton = _optional(obj, "baton", str, "$")
+    return baton, _results(obj)
+
+
+def _results(obj: dict[str, Any]) -> list[dict[str, Any]]:
     results = obj.get("results")
     if not isinstance(results, list):
         raise ProtocolError("$.results: must be a list")
