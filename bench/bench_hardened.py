@@ -6,7 +6,7 @@ their order rotated from run to run; the tables show medians:
 1. ``codec``: encrypting then decrypting ``BENCH_PAGES`` (2000) random 4 KiB pages through each page
    codec (Turso's AES-256-GCM, the hardened AES-256-GCM-SIV), and through the bare AEADs of
    ``cryptography`` with the same sizes, which separates the cipher's cost from the codec's own;
-2. ``engine``: through ``turso_sync.connect``, ``BENCH_ROWS`` (20000) inserts in one transaction,
+2. ``engine``: through ``turso_sync.connect``, ``BENCH_ROWS`` (100000) inserts in one transaction,
    a checkpoint, then a full scan on a fresh connection: plaintext, Turso's format, hardened;
 3. ``open``: opening a passphrase-protected database (Argon2id at the default cost) against
    opening one with a raw key.
@@ -159,7 +159,7 @@ def main() -> None:
     parser.add_argument("--no-doc", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args()
     n_pages = int(os.environ.get("BENCH_PAGES", "2000"))
-    rows = int(os.environ.get("BENCH_ROWS", "20000"))
+    rows = int(os.environ.get("BENCH_ROWS", "100000"))
     workdir = Path(os.environ.get("BENCH_DIR", REPO / "bench-data" / "hardened"))
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
