@@ -275,7 +275,9 @@ class HardenedCodec(PageCodec):
         """Encrypt one plaintext page for ``where`` ("database", "WAL" or "rollback journal")."""
         domain = DOMAIN_WAL if where == "WAL" else DOMAIN_JOURNAL if where == "rollback journal" else DOMAIN_DATABASE
         if self._siv is None:
-            if pgno != 1:
+            # a file's first page-1 write makes it (an existing file binds when page 1 is read);
+            # a journal record of a new database may come first
+            if pgno != 1 and domain != DOMAIN_JOURNAL:
                 raise ValueError(f"page {pgno} encrypted before page 1: the file's parameters are not known yet")
             self.new_file()
         assert self._siv is not None
