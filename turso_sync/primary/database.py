@@ -481,6 +481,15 @@ class HostedDatabase:
             self._truncate_wal()
             self._loop.call_soon_threadsafe(self._committed, False)
 
+    def client_connections(self) -> list[apsw.Connection]:
+        """Every connection clients' SQL runs on now: shared, spare and streams' (worker thread only).
+
+        For checks of what clients cannot change, and for tests that stand in for the host
+        (a full disk through ``PRAGMA max_page_count``).
+        """
+        lanes = [*([self._lane] if self._lane is not None else []), *self._spare, *(s.lane for s in self._streams)]
+        return [lane.conn.apsw_connection for lane in lanes]
+
     def server_settings(self) -> dict[str, object]:
         """What clients must not be able to change, read on the worker through the server's own access.
 
