@@ -291,3 +291,13 @@ def test_pyturso_refuses_a_hardened_file_instead_of_misreading_it(tmp_path: Path
     proc = subprocess.run([sys.executable, "-c", code, str(db), key], capture_output=True, text=True, timeout=120)
     assert proc.stdout.startswith("REFUSED Decryption failed for page=1"), proc.stdout + proc.stderr
     assert db.read_bytes() == before
+
+
+def test_a_truncated_file_is_refused_though_not_by_page(tmp_path: Path, key: str) -> None:
+    """Truncation leaves no page to authenticate: SQLite refuses the missing pages itself (documented)."""
+    db = tmp_path / "a.db"
+    build(db, key)
+    os.truncate(db, os.path.getsize(db) - 2 * P)
+    with pytest.raises(errors.DatabaseError, match="malformed"):
+        rows = read_all(db, key)
+        pytest.fail(f"{len(rows)} rows came back from a truncated file")
