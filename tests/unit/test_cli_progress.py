@@ -16,10 +16,10 @@ from turso_sync.cli.progress import ProgressMeter
 
 
 @contextmanager
-def terminal() -> Iterator[tuple[TextIO, Callable[[], str]]]:
-    """A text stream on the slave side of a pty (80 columns) and a function that reads what it showed."""
+def terminal(columns: int = 80) -> Iterator[tuple[TextIO, Callable[[], str]]]:
+    """A text stream on the slave side of a pty and a function that reads what it showed."""
     master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24 if columns else 0, columns, 0, 0))
     stream = open(slave, "w", encoding="utf-8")
 
     def shown() -> str:
@@ -85,3 +85,14 @@ def test_on_a_terminal_a_retried_response_replaces_the_bar():
     final = text.replace("\r\n", "\n").split("\r")[-1]
     assert final.startswith("pull: 100%|") and "2.00k/2.00k" in final
     assert text.count("\n") == 1  # one bar left on screen, the superseded one cleared
+
+
+def test_a_terminal_without_a_size_is_treated_as_a_log():
+    with terminal(columns=0) as (stream, shown):
+        assert stream.isatty()
+        meter = ProgressMeter("pull", stream, delay=0, every=0)
+        meter("/pull-updates", 2048, 4096)
+        meter.finish()
+        text = shown()
+    assert text.startswith("pull: 2.0 KiB of 4.0 KiB (50%), ") and "|" not in text
+    assert text.endswith("\r\n") and text.count("\r") == 1  # the pty's own newline, no redraw

@@ -1,12 +1,14 @@
 """Progress of long transfers (a clone, a large pull) on stderr.
 
 On a terminal: a ``tqdm`` bar (bytes, percentage when the size is known, rate).  Anywhere else (a
-log file, a pipe, CI) there is no bar: a plain line at most once a second, no carriage returns or
-escape codes.  Transfers that finish within half a second print nothing: short pulls stay quiet.
+log file, a pipe, CI, a pseudo-terminal without a size) there is no bar: a plain line at most once
+a second, no carriage returns or escape codes.  Transfers that finish within half a second print
+nothing: short pulls stay quiet.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import TextIO
@@ -23,6 +25,17 @@ def human_bytes(count: float) -> str:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def _is_terminal(stream: TextIO) -> bool:
+    """A terminal with a width.  A pseudo-terminal of 0 columns (``script`` run without a terminal,
+    for one) is a log, and tqdm would draw only empty lines there."""
+    if not stream.isatty():
+        return False
+    try:
+        return os.get_terminal_size(stream.fileno()).columns > 0
+    except (OSError, ValueError):
+        return False
+
+
 class ProgressMeter:
     """A ``progress(path, received, total)`` callback for the transport that shows how far a transfer is."""
 
@@ -35,7 +48,7 @@ class ProgressMeter:
         self._started: float | None = None
         self._last_drawn = 0.0
         self._drawn = False
-        self._tty = self.stream.isatty()
+        self._tty = _is_terminal(self.stream)
         self._bar: tqdm | None = None
 
     def __call__(self, path: str, received: int, total: int | None) -> None:
