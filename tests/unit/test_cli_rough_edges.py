@@ -93,6 +93,16 @@ def test_clone_into_a_missing_folder_is_status_2(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    ("option", "flag"), [(["--segment-size", "1000"], "--segment-size"), (["--prefix-bytes", "10"], "--prefix-bytes")]
+)
+def test_clone_partial_options_are_refused_by_their_flag(tmp_path, capsys, option, flag):
+    code, _out, err = run(capsys, "clone", URL, "x.db", "--partial", *option)
+    assert code == ExitCode.USAGE
+    assert f"turso-sync clone: {flag} must be" in err and "PartialSync" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_serve_with_a_data_dir_that_is_a_file_is_status_2(tmp_path, capsys):
     (tmp_path / "afile").write_text("")
     code, _out, err = run(capsys, "serve", "--data-dir", "afile", "--listen", "127.0.0.1:0")

@@ -15,8 +15,9 @@ import argparse
 import os
 import sys
 
+from .. import errors
 from ..sync.partial import PartialSync
-from .exit_codes import CommandError
+from .exit_codes import CommandError, in_cli_terms
 from .progress import ProgressMeter, human_bytes
 from .replica_args import (
     add_credential_arguments,
@@ -63,13 +64,16 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"cannot create files in {folder} (permission denied); clone into a folder you can write")
     partial = None
     if args.partial or args.query:
-        partial = PartialSync(
-            bootstrap="query" if args.query else "prefix",
-            prefix_bytes=args.prefix_bytes,
-            query=args.query,
-            segment_size=args.segment_size,
-            prefetch=not args.no_prefetch,
-        )
+        try:
+            partial = PartialSync(
+                bootstrap="query" if args.query else "prefix",
+                prefix_bytes=args.prefix_bytes,
+                query=args.query,
+                segment_size=args.segment_size,
+                prefetch=not args.no_prefetch,
+            )
+        except errors.ProgrammingError as exc:  # refused before any network or file
+            raise CommandError(in_cli_terms(str(exc))) from None
     meter = ProgressMeter("clone", sys.stderr) if not args.quiet else None
     try:
         conn = open_replica(args, path, remote_url=args.url, progress=meter, partial=partial)

@@ -69,6 +69,8 @@ _FLAG_NAMES = [
     (re.compile(r"\bopen it without encryption_key\b"), f"drop the key (--encryption-key[-file], ${_KEY_ENV})"),
     (re.compile(r"\bwithout encryption_key\b"), "without a key"),
     (re.compile(r"turso_sync\.connect\(path, (?:remote_)?url\)"), "`turso-sync clone URL PATH`"),
+    (re.compile(r"\bPartialSync\.prefix_bytes\b"), "--prefix-bytes"),
+    (re.compile(r"\bPartialSync\.segment_size\b"), "--segment-size"),
     (re.compile(r"\bencryption_key\b"), "--encryption-key"),
     (re.compile(r"\bauth_token\b"), "--auth-token"),
     (re.compile(r"\bremote_url\b"), "the URL"),
