@@ -339,13 +339,13 @@ class HardenedCodec(PageCodec):
             return self
         if head[:5] == b"Turso" and len(head) > 6:
             if self._raw_key is None:
-                raise ValueError("the file uses Turso's format, which takes a hex key, not a passphrase")
+                raise ValueError("uses Turso's format, which takes a hex key, not a passphrase")
             from .page_codec import CIPHERS
 
             for spec in CIPHERS.values():
                 if spec.cipher_id == head[6] and spec.key_size == len(self._raw_key):
                     return PageCodec(spec, self._raw_key, self.page_size)
-            raise ValueError(f"the file uses Turso's format with cipher id {head[6]}, which this key does not fit")
+            raise ValueError(f"uses Turso's format with cipher id {head[6]}, which this key does not fit")
         return self
 
 

@@ -187,15 +187,16 @@ class PageCodec:
 
         A reopen needs only the key: a hardened file opened with a Turso-format codec (or the
         other way round) gets a codec of the file's format.  Turso's ciphers are not switched:
-        a mismatch there raises ValueError, as the cipher is given on every open.
+        a mismatch there raises ValueError, as the cipher is given on every open.  Messages
+        continue the file's name: ``f"{path} {exc}"`` reads "app.db is encrypted with ...".
         """
         if len(head) > 6 and head[6] == HARDENED_ID:
             if len(self._key) != 32:
-                raise ValueError("the file uses the hardened format, which needs a 64-hex-digit key")
+                raise ValueError("uses the hardened format, which needs a 64-hex-digit key")
             return _hardened(HARDENED_CIPHERS["hardened"], self._key, self.page_size)
         if len(head) > 6 and head[6] != self.spec.cipher_id:
             names = {spec.cipher_id: name for name, spec in CIPHERS.items()}
-            raise ValueError(f"encrypted with {names.get(head[6], f'cipher id {head[6]}')}, not {self.spec.name}")
+            raise ValueError(f"is encrypted with {names.get(head[6], f'cipher id {head[6]}')}, not {self.spec.name}")
         return self
 
     def header_plaintext(self, enc: bytes) -> bytes:
