@@ -13,7 +13,14 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from turso_sync import errors
 from turso_sync.crypto import hardened, keys
 from turso_sync.crypto.hardened import FileParams, HardenedAuthError, HardenedCodec
-from turso_sync.crypto.page_codec import HARDENED_CIPHERS, PageAuthError, PageCodec, make_codec, parse_key
+from turso_sync.crypto.page_codec import (
+    HARDENED_CIPHERS,
+    PageAuthError,
+    PageCodec,
+    encryption_options,
+    make_codec,
+    parse_key,
+)
 
 P = 4096
 FAST = keys.ARGON2_FLOOR  # the cheapest parameters the library accepts, to keep the tests quick
@@ -354,3 +361,22 @@ def test_for_file_switches_to_the_format_the_file_uses() -> None:
         passphrase_codec("pw").for_file(turso_page1[:100])
     with pytest.raises(ValueError, match="encrypted with aes256gcm, not aes128gcm"):
         PageCodec(*parse_key(key[:16].hex(), "aes128gcm")).for_file(turso_page1[:100])
+
+
+def test_encryption_options_map_onto_the_key_and_cipher_the_engine_takes() -> None:
+    key = "ab" * 32
+    assert encryption_options(key) == (key, "aes256gcm")
+    assert encryption_options(key, "aes128gcm") == (key, "aes128gcm")
+    assert encryption_options(key, encryption_format="hardened") == (key, "hardened")
+    assert encryption_options(None, passphrase="pw") == ("pw", "hardened-passphrase")  # implies hardened
+    assert encryption_options(None) == (None, "aes256gcm")  # a plaintext database
+    with pytest.raises(ValueError, match="needs encryption_key or passphrase"):
+        encryption_options(None, encryption_format="hardened")
+    with pytest.raises(ValueError, match="not both"):
+        encryption_options(key, passphrase="pw")
+    with pytest.raises(ValueError, match="must not be empty"):
+        encryption_options(None, passphrase="")
+    with pytest.raises(ValueError, match="AES-256-GCM-SIV"):
+        encryption_options(key, "aes128gcm", "hardened")
+    with pytest.raises(ValueError, match="unknown encryption_format"):
+        encryption_options(key, encryption_format="aegis")

@@ -107,6 +107,36 @@ def _passphrase_bytes(passphrase: object) -> bytes:
     return passphrase.encode("utf-8")
 
 
+def encryption_options(
+    encryption_key: str | None,
+    cipher: str = "aes256gcm",
+    encryption_format: str = "turso",
+    passphrase: str | None = None,
+) -> tuple[str | None, str]:
+    """``connect()``'s encryption options as the ``(encryption_key, cipher)`` pair the engine takes.
+
+    The hardened format travels through the cipher name ("hardened", or "hardened-passphrase"
+    with the passphrase in the key's place), so every layer that passes a key and a cipher
+    along (connection, engine, replica, verify) selects it unchanged.  A passphrase implies the
+    hardened format (Turso's has none).  Raises ValueError for options that do not fit together,
+    never quoting the secret.
+    """
+    if encryption_format not in ENCRYPTION_FORMATS:
+        raise ValueError(f"unknown encryption_format {encryption_format!r}; use one of {', '.join(ENCRYPTION_FORMATS)}")
+    if passphrase is not None:
+        if encryption_key is not None:
+            raise ValueError("give encryption_key or passphrase, not both")
+        _passphrase_bytes(passphrase)
+        return passphrase, "hardened-passphrase"
+    if encryption_format == "hardened":
+        if encryption_key is None:
+            raise ValueError("encryption_format='hardened' needs encryption_key or passphrase")
+        if cipher.lower().replace("-", "").replace("_", "") not in ("aes256gcm", "aes256gcmsiv", "hardened"):
+            raise ValueError(f"the hardened format uses AES-256-GCM-SIV; cipher {cipher!r} does not apply to it")
+        return encryption_key, "hardened"
+    return encryption_key, cipher
+
+
 def make_codec(
     key: str | None = None,
     *,
