@@ -14,11 +14,14 @@ from __future__ import annotations
 import random
 import secrets
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import turso_sync
 from turso_sync.local.engine import LocalDatabase
 
 MARKER = b"PLAINTEXT-MARKER"
@@ -124,3 +127,43 @@ def assert_no_marker(folder: Path, frame_log: bool = False) -> None:
         data = file.read_bytes()
         assert MARKER not in data, f"{file.name} holds plaintext"
         assert b"CREATE TABLE" not in data, f"{file.name} holds the schema in plaintext"
+
+
+_READER = """
+import sys, turso_sync
+conn = turso_sync.connect(sys.argv[1], encryption_key=sys.argv[2], cipher="hardened")
+counts = [conn.execute("SELECT count(*) FROM t").fetchone()[0] for _ in range(int(sys.argv[3]))]
+assert counts == sorted(counts), counts  # each read sees the writer's commits in order
+print(counts[-1], conn.execute("PRAGMA integrity_check").fetchone()[0])
+conn.close()
+"""
+
+
+def test_readers_in_other_processes_bind_to_the_same_file(tmp_path: Path) -> None:
+    """Each process learns the file id from page 1 on its own, while a writer commits and checkpoints."""
+    key = secrets.token_hex(32)
+    path = tmp_path / "shared.db"
+    writer = turso_sync.connect(path, encryption_key=key, cipher="hardened")
+    writer.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    writer.commit()
+    readers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _READER, str(path), key, "200"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        for _ in range(2)
+    ]
+    for i in range(300):
+        writer.execute("INSERT INTO t (v) VALUES (?)", (MARKER.decode() * 30,))
+        writer.commit()
+        if i % 100 == 99:
+            writer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    for reader in readers:
+        out, err = reader.communicate(timeout=120)
+        assert reader.returncode == 0, err.decode()[-2000:]
+        seen, check = out.decode().split()
+        assert 0 <= int(seen) <= 300 and check == "ok"
+    writer.close()
+    after = subprocess.run(
+        [sys.executable, "-c", _READER, str(path), key, "1"], capture_output=True, text=True, timeout=120
+    )
+    assert after.stdout.split() == ["300", "ok"], after.stderr[-2000:]
