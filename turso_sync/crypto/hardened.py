@@ -114,10 +114,11 @@ class HardenedCodec(PageCodec):
     """Encrypts and decrypts the pages of one hardened file.
 
     Made with a hardened ``spec`` and the user's secret (a raw 32-byte key, or a passphrase's
-    UTF-8 bytes when ``spec.passphrase``); bound to a file when it
-    first meets page 1: either it reads page 1 (an existing file: the parameters come from
-    there) or it encrypts page 1 (a new file: a fresh file id, epoch 1 and, for a passphrase,
-    a fresh data key).  ``open_file``/``new_file`` do the same explicitly.
+    UTF-8 bytes when ``spec.passphrase``).  It binds to a file when it first meets page 1:
+    either it reads page 1 (an existing file: the parameters come from there) or it encrypts
+    page 1 (a new file: a fresh file id, epoch 1 and, for a passphrase, a fresh data key).
+    ``open_file``/``new_file`` do the same explicitly.  Thread-safe: binding happens once,
+    under a lock; the AEAD object is stateless.
     """
 
     def __init__(
@@ -168,10 +169,6 @@ class HardenedCodec(PageCodec):
             other._bind(self._params, self._siv)
         return other
 
-    def same_secret(self, other: object) -> bool:
-        """True when ``other`` was made from the same key or passphrase."""
-        return isinstance(other, HardenedCodec) and other.spec == self.spec and other._secret == self._secret
-
     def new_file(self) -> FileParams:
         """Bind to a new file: a random file id, epoch 1, a fresh data key for a passphrase."""
         with self._lock:
@@ -190,8 +187,8 @@ class HardenedCodec(PageCodec):
     def open_file(self, page1: bytes) -> FileParams:
         """Bind to the file whose on-disk page 1 this is, and check it with the secret.
 
-        Raises ``KeyParamsError`` (a ValueError) when the file stores Argon2id parameters this
-        library refuses, or when the file wants a passphrase and a raw key was given (or the
+        Raises ``KeyParamsError`` (an ``EncryptionError``) when the file stores Argon2id
+        parameters this library refuses, or wants a passphrase and a raw key was given (or the
         other way round); ``HardenedAuthError`` when page 1 does not verify.
         """
         with self._lock:

@@ -1,4 +1,4 @@
-"""The encrypting VFS: SQLite (APSW) underneath, Turso's encrypted format on disk.
+"""The encrypting VFS: SQLite (APSW) underneath, Turso's encrypted format (or the hardened one) on disk.
 
 Files are opened through the default unix VFS, so WAL mode keeps its normal shared-memory
 locking across connections and processes.  What this layer adds:
@@ -15,6 +15,10 @@ locking across connections and processes.  What this layer adds:
   (``lazy.py``), and pages a checkpoint writes are marked present under the same lock.
 
 Temporary files are refused: connections keep ``temp_store=MEMORY``.
+
+The codec is either format (``crypto/page_codec.py``, ``crypto/hardened.py``); this file tells it
+where each image goes (``encrypt(page, pgno, "WAL")``) and where each was read from, which the
+hardened format binds into every page, so an image read from another place is refused by page.
 """
 
 from __future__ import annotations
