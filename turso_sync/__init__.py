@@ -169,7 +169,7 @@ def connect(
     if remote_url is not None and not files.is_replica() and os.path.exists(real):
         opened = Connection(real, encryption_key=encryption_key, cipher=cipher, record_frames=False)
         with contextlib.closing(opened) as existing:
-            files.raise_if_state_lost(existing.apsw_connection)
+            files.raise_if_state_lost(existing)
     if remote_url is not None or files.is_replica():
         from .sync.connection import SyncConnection
         from .sync.replica import Replica
@@ -205,7 +205,7 @@ def connect(
                 replica.close()
                 raise
             try:
-                files.check_identity(conn.apsw_connection, replica.state.client_id)
+                files.check_identity(conn, replica.state.client_id)
             except BaseException:
                 conn.close()
                 raise
@@ -219,7 +219,7 @@ def connect(
         record_frames=record_frames,
     )
     try:
-        files.raise_if_state_lost(plain.apsw_connection)
+        files.raise_if_state_lost(plain)
     except BaseException:
         plain.close()
         raise

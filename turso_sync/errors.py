@@ -12,13 +12,16 @@ an application written for ``sqlite3`` expects::
           |    +-- SyncError       a sync call could not complete; local data unchanged
           |         +-- NetworkError          unreachable, timed out, cut short      (retry later)
           |         +-- RemoteError           an HTTP error status: ``.status``      (401/403: the token)
+          |         |    +-- ReadOnlyTokenError  403: the token may only read; pushing needs a read-write one
           |         +-- ProtocolError         a message breaks the protocol (either side)
           |         +-- PushRejectedError     a pending change refused: ``.outbox_id``, ``.refusal``
           |              +-- PushConflictError  a remote change in the way; pull, then push
           +-- IntegrityError       a constraint failed
           +-- InternalError        the engine reached an impossible state
           +-- ProgrammingError     wrong use of the API (bad parameters, unknown conflict policy)
+          |    +-- NotAReplicaError  pull/push/sync on a database that is not a replica
           +-- NotSupportedError
+          |    +-- NotAllowedOnReplicaError  a statement a replica refuses (journal_mode, ATTACH, DETACH)
           +-- EncryptionError      wrong, missing or unneeded key; a page failed authentication
           +-- ReplicaDamagedError  a replica's files no longer belong together: ``.file``, ``.remedy``
 
@@ -78,8 +81,24 @@ class ProgrammingError(DatabaseError):
     """Wrong use of the API: bad parameters, a statement on a closed cursor."""
 
 
+class NotAReplicaError(ProgrammingError):
+    """``pull``, ``push`` or ``sync`` on a database that is not a replica (``path`` names it)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"{path} is not a replica (open it with a remote URL, or clone it)")
+        self.path = path
+
+
 class NotSupportedError(DatabaseError):
     """The database does not support what was asked."""
+
+
+class NotAllowedOnReplicaError(NotSupportedError):
+    """A statement a replica refuses: changing ``journal_mode``, ``ATTACH``, ``DETACH``.
+
+    A replica runs in WAL mode under the sync agent (its frame log and pulls depend on it), and
+    its captured changes must stay in its own database; the statement is refused before it runs.
+    """
 
 
 class EncryptionError(DatabaseError):
@@ -124,9 +143,26 @@ class RemoteError(SyncError):
 
     def __init__(self, status: int, body: bytes, path: str) -> None:
         text = body[:300].decode("utf-8", "replace")
-        super().__init__(f"remote returned HTTP {status} for {path}: {text}")
+        super().__init__(self._message(status, text, path))
         self.status = status
         self.body = body
+        self.path = path
+
+    def _message(self, status: int, text: str, path: str) -> str:
+        return f"remote returned HTTP {status} for {path}: {text}"
+
+
+class ReadOnlyTokenError(RemoteError):
+    """The remote refused a write because the token may only read (HTTP 403); nothing was pushed.
+
+    Every change stays pending: push with a read-write token (``auth_token``, ``--auth-token``).
+    """
+
+    def _message(self, status: int, text: str, path: str) -> str:
+        return (
+            f"this token is read-only: the remote refused to write (HTTP {status} for {path}); every change "
+            "stays pending, push with a read-write token"
+        )
 
 
 class PushRejectedError(SyncError):

@@ -13,6 +13,8 @@ import pytest
 import turso_sync
 from tests.conftest import KEY256
 from tests.servers import primary, tursodb
+from turso_sync.sync.exchange import drive
+from turso_sync.sync.pusher import PushOutcome, push_once
 
 pytestmark = pytest.mark.peers
 
@@ -149,7 +151,7 @@ def test_long_poll_returns_as_soon_as_a_push_commits(tmp_path, ours):
 
         def waiter() -> None:
             started.set()
-            result.append(b.replica.pull(long_poll_timeout_ms=20000))
+            result.append(b.replica.pull(long_poll_timeout_ms=20000).changed)
 
         thread = threading.Thread(target=waiter)
         thread.start()
@@ -236,7 +238,8 @@ def test_a_refused_push_commits_nothing_and_keeps_every_change_pending(tmp_path,
         b.commit()
         pending = b.stats().pending_changes
         with pytest.raises(turso_sync.PushRejectedError, match="UNIQUE"):
-            b.replica._push_once(2000)  # one attempt, before push() pulls to settle it
+            with b.replica.exclusive():  # one attempt, before push() pulls to settle it
+                drive(push_once(b.replica, 2000, PushOutcome()), b.replica.transport)
         assert b.stats().pending_changes == pending  # nothing forgotten
         a.pull()
         assert rows(a, "SELECT id FROM t ORDER BY id") == [(1,)]  # and nothing half-applied remotely

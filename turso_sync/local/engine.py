@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +21,7 @@ from ..crypto.page_codec import PageCodec
 from .connection import Connection
 from .framelog import FrameLog, RevisionGone, TxnPage
 from .install import InstallError, append_transaction
+from .lazy import LazyPages
 from .vfs import file_descriptor
 from .walindex import committed_wal
 
@@ -105,6 +106,26 @@ class LocalDatabase:
     def codec(self) -> PageCodec | None:
         """The page codec (None for a plaintext database)."""
         return self._conn._state.codec
+
+    @property
+    def lazy(self) -> LazyPages | None:
+        """The missing-page fetcher of a partial replica (None for a database held whole)."""
+        return self._conn._state.lazy
+
+    def query(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Every row of one statement, run on the engine's own connection (no implicit transaction).
+
+        For the sync agent's bookkeeping tables; a caller holding ``write_lock()`` reads and
+        writes inside its transaction.
+        """
+        try:
+            return list(self._conn.apsw_connection.execute(sql, parameters))
+        except apsw.Error as exc:
+            raise self._conn._translate(exc) from None
+
+    def enable_capture(self) -> None:
+        """Record the engine connection's own transactions into the outbox (see ``Connection``)."""
+        self._conn.enable_capture()
 
     def write_lock(self) -> AbstractContextManager[apsw.Connection]:
         """Hold SQLite's write lock (other writers wait; readers go on) on the engine connection."""

@@ -10,7 +10,8 @@ from typing import Any
 
 from ..local.connection import Connection
 from .rebase import Conflict
-from .replica import Replica, SyncStats
+from .replica import Replica
+from .results import PullResult, PushResult, SyncResult, SyncStats
 
 
 class SyncConnection(Connection):
@@ -19,27 +20,41 @@ class SyncConnection(Connection):
     def __init__(self, replica: Replica, **kwargs: Any) -> None:
         super().__init__(replica.path, record_frames=True, **kwargs)
         self.replica = replica
+        #: the result of this connection's last ``pull``, ``push`` or ``sync`` (None before the first)
+        self.last_sync: PullResult | PushResult | SyncResult | None = None
+
+    def before_sync(self) -> None:
+        """What every sync call does first: as pyturso does, it ends the open transaction."""
+        self._check()
+        if self.in_transaction:
+            self.commit()
 
     def pull(self, long_poll_timeout_ms: int | None = None) -> bool:
-        """Apply remote changes (pending local ones are replayed on top); True if any arrived."""
-        self._check()
-        if self.in_transaction:
-            self.commit()  # as pyturso does: a pull ends the open transaction
-        return self.replica.pull(long_poll_timeout_ms)
+        """Apply remote changes (pending local ones are replayed on top); True if any arrived.
+
+        ``last_sync`` then holds the ``PullResult`` (revision, pages, bytes, new conflicts).
+        """
+        self.before_sync()
+        self.last_sync = result = self.replica.pull(long_poll_timeout_ms)
+        return result.changed
 
     def push(self) -> int:
-        """Send pending local changes, exactly once; returns how many transactions were sent."""
-        self._check()
-        if self.in_transaction:
-            self.commit()
-        return self.replica.push()
+        """Send pending local changes, exactly once; returns how many transactions were sent.
+
+        ``last_sync`` then holds the ``PushResult``.
+        """
+        self.before_sync()
+        self.last_sync = result = self.replica.push()
+        return result.pushed
 
     def sync(self) -> bool:
-        """Push, then pull; True if remote changes arrived (a rejected push pulls, then retries)."""
-        self._check()
-        if self.in_transaction:
-            self.commit()
-        return self.replica.sync()
+        """Push, then pull; True if remote changes arrived (a rejected push pulls, then retries).
+
+        ``last_sync`` then holds the ``SyncResult``.
+        """
+        self.before_sync()
+        self.last_sync = result = self.replica.sync()
+        return result.changed
 
     def checkpoint(self) -> None:
         """Copy the WAL into the database file (history is archived first)."""

@@ -1,0 +1,171 @@
+"""Bootstrap: a new replica's database file, from the remote's pages (all, or a partial prefix).
+
+``bootstrap`` is a sans-IO step (``exchange.py``): it asks for the pages, checks page 1 (page
+size, reserved bytes for an encrypted replica), writes the file under a temporary name, and
+gives it its name only when every page is there; then the frame log starts at sequence 0 (the
+remote state) and ``<db>-sync`` records the revision.  A partial bootstrap writes the pages it
+got into a file of full size and saves the presence bitmap that says which pages are real.
+Until then ``state.bootstrapping`` marks the replica as unfinished, and opening it starts over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from pyroaring import BitMap
+
+from .. import errors
+from ..crypto.page_codec import PageCodec, parse_key
+from ..local.engine import LocalDatabase
+from ..local.presence import PresenceMap
+from ..wire.pull import PAGE_SIZE
+from .exchange import Steps
+from .partial import PartialSync
+from .remote import PulledPages, fetch_pages
+from .state import SyncState
+
+#: Bytes each page of a replica's database reserves at its end (an encrypted page's nonce and tag)
+RESERVED_BYTES = 28
+
+
+@dataclass(frozen=True)
+class KeyOptions:
+    """The replica's encryption options, as given to ``connect`` (never stored)."""
+
+    encryption_key: str | None = None
+    cipher: str = "aes256gcm"
+
+    def codec(self) -> PageCodec | None:
+        """A page codec for new pages (None for a plaintext replica)."""
+        if self.encryption_key is None:
+            return None
+        spec, key = parse_key(self.encryption_key, self.cipher or "aes256gcm")
+        return PageCodec(spec, key)
+
+    def open(self, path: str, **kwargs: Any) -> LocalDatabase:
+        """The replica's database with these options."""
+        return LocalDatabase(path, encryption_key=self.encryption_key, cipher=self.cipher, **kwargs)
+
+
+def wal_mode_page(page: bytes, pgno: int) -> bytes:
+    """Page 1 with the header's read/write versions set to WAL (2), as every replica runs in WAL."""
+    if pgno != 1 or page[18:20] == b"\x02\x02":
+        return page
+    return page[:18] + b"\x02\x02" + page[20:]
+
+
+def check_page1(page1: bytes, codec: PageCodec | None) -> None:
+    """Refuse a remote database this replica cannot hold: other page size, wrong reserved bytes."""
+    if int.from_bytes(page1[16:18], "big") != PAGE_SIZE:
+        raise errors.SyncError(f"the remote database does not use {PAGE_SIZE}-byte pages")
+    if codec is not None and page1[20] != codec.reserved:
+        raise errors.EncryptionError(
+            f"the remote database reserves {page1[20]} bytes per page; an encrypted replica needs "
+            f"{codec.reserved} (create the primary database with {RESERVED_BYTES} reserved bytes, as turso-sync "
+            "serve does)"
+        )
+
+
+def bootstrap(
+    path: str, state: SyncState, key: KeyOptions, timeout: float, partial: PartialSync | None = None
+) -> Steps[int]:
+    """Create the replica at ``path`` from the remote; returns the number of pages received.
+
+    The caller counts the bytes and saves ``state`` once more afterwards.
+    """
+    state.bootstrapping = True
+    state.save(path)
+    if partial is None:
+        result = yield from fetch_pages(state, "", timeout)
+    else:
+        result = yield from fetch_pages(state, "", timeout, page_ids=partial.page_selector(), query=partial.query or "")
+    if result.db_size == 0 and not result.pages:
+        create_deferred(path, state, key)  # the remote database is still empty: nothing to copy
+        state.synced_revision = result.revision
+        state.bootstrapping = False
+        state.touch_pull()
+        return 0
+    if 1 not in result.pages:
+        raise errors.SyncError(f"the remote at {state.remote_url} sent no page 1 (size {result.db_size})")
+    codec = key.codec()
+    check_page1(result.pages[1], codec)
+    if partial is None:
+        _write_whole(path, result, codec)
+    else:
+        _write_partial(path, result, codec)
+        state.partial = partial.to_json()
+    key.open(path).close()  # starts the frame log: seq 0 is the remote state
+    state.synced_revision = result.revision
+    state.synced_seq = 0
+    state.synced_db_size = result.db_size
+    state.revert_seq = None
+    state.bootstrapping = False
+    state.touch_pull()
+    return len(result.pages)
+
+
+def _write_whole(path: str, result: PulledPages, codec: PageCodec | None) -> None:
+    missing = [p for p in range(1, result.db_size + 1) if p not in result.pages]
+    if missing:
+        raise errors.SyncError(f"bootstrap is missing {len(missing)} pages (first: {missing[0]}); nothing written")
+    tmp = path + ".bootstrap"
+    with open(tmp, "wb") as f:
+        for pgno in range(1, result.db_size + 1):
+            page = wal_mode_page(result.pages[pgno], pgno)
+            f.write(codec.encrypt(page, pgno) if codec is not None else page)
+        f.flush()
+        os.fsync(f.fileno())
+    for suffix in ("-wal", "-shm", "-frames"):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path + suffix)
+    os.replace(tmp, path)
+
+
+def _write_partial(path: str, result: PulledPages, codec: PageCodec | None) -> None:
+    """The pages received, in a file of full size; the presence bitmap is saved before the file
+    takes its name (holes are never trusted, only the bitmap)."""
+    tmp = path + ".bootstrap"
+    with open(tmp, "wb") as f:
+        f.truncate(result.db_size * PAGE_SIZE)
+        for pgno in sorted(result.pages):
+            if pgno > result.db_size:
+                continue
+            page = wal_mode_page(result.pages[pgno], pgno)
+            os.pwrite(f.fileno(), codec.encrypt(page, pgno) if codec is not None else page, (pgno - 1) * PAGE_SIZE)
+        f.flush()
+        os.fsync(f.fileno())
+    for suffix in ("-wal", "-shm", "-frames", "-present.lock"):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path + suffix)
+    present = BitMap(p for p in result.pages if p <= result.db_size)
+    PresenceMap(result.db_size, result.revision, present).save(path)
+    os.replace(tmp, path)
+
+
+def create_deferred(path: str, state: SyncState, key: KeyOptions) -> None:
+    """A replica that has not copied anything from the remote yet (an empty remote, or
+    ``bootstrap_if_empty=False``): an empty database whose pages reserve room for encryption."""
+    key.open(path, reserved_bytes=RESERVED_BYTES).close()
+    state.synced_revision = ""
+    state.synced_seq = 0
+    state.synced_db_size = 0  # the remote has no pages yet
+    state.save(path)
+
+
+def fetch_pinned(state: SyncState, pgnos: list[int], revision: str, timeout: float) -> Steps[dict[int, bytes]]:
+    """Images of ``pgnos`` (1-based) at ``revision``: a partial replica's fetch of missing pages."""
+    try:
+        ids = BitMap(p - 1 for p in pgnos)
+        result = yield from fetch_pages(state, "", timeout, server_revision=revision, page_ids=ids)
+    except errors.RemoteError as exc:
+        if exc.status in (409, 410):
+            raise errors.SyncError(
+                f"the remote no longer serves revision {revision}, which this partial replica was "
+                f"bootstrapped from ({exc}); bootstrap a new replica (pages already local keep working)"
+            ) from None
+        raise
+    wanted = set(pgnos)
+    return {p: wal_mode_page(page, p) for p, page in result.pages.items() if p in wanted}

@@ -1,0 +1,230 @@
+"""Pull: fetch the remote's changed pages, rebase the pending local changes on them, install.
+
+``pull`` is a sans-IO step (``exchange.py``).  The fetch (with its long poll) happens without
+the sync lock; the rest under it: when a push may still be on its way it is fenced off first
+(``fence_pushes``), a fetch made stale by another agent is repeated, and ``install`` applies the
+pages.  ``install`` is local work only: under SQLite's write lock (readers keep reading) it
+rebuilds the synced base, lays the pulled pages over it, replays the outbox on top in memory
+(``rebase.py``), and installs the page difference as one atomic transaction.  A failure at any
+step before the install leaves the database untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .. import errors
+from ..crypto.page_codec import PageCodec
+from ..local.engine import LocalDatabase
+from ..wire.hrana import encode_value
+from . import push as push_mod
+from .bootstrap import wal_mode_page
+from .exchange import Steps
+from .outbox import read_pending
+from .overlay import OverlayImage
+from .rebase import Conflict, Rebaser, Resolver
+from .remote import PulledPages, batch_result, fetch_pages, pipeline
+from .state import SyncState, drop_reverts, read_revert, write_revert
+
+SCHEMA_COOKIE = 40  # header offset of the schema cookie
+WAL_BOUND = 1 << 20  # checkpoint once the WAL passes this many bytes after a pull
+
+
+class PullContext(Protocol):
+    """What a pull needs of its replica (``Replica`` is one)."""
+
+    path: str
+    state: SyncState
+    db: LocalDatabase
+    policy: str | Resolver
+    request_timeout: float
+
+    def exclusive(self) -> AbstractContextManager[None]:
+        """The sync lock, with ``state`` freshly read."""
+        ...
+
+    def count_bytes(self) -> None:
+        """Move the transport's byte counts into ``state``."""
+        ...
+
+
+@dataclass
+class PullOutcome:
+    """What one pull did: the revision reached, pages received, conflicts the rebase met."""
+
+    changed: bool
+    revision: str
+    pages_received: int = 0
+    conflicts: list[Conflict] = field(default_factory=list)
+
+
+def pull(replica: PullContext, long_poll_ms: int) -> Steps[PullOutcome]:
+    """Fetch and install the remote's changes since the synced revision."""
+    fresh = SyncState.load(replica.path) or replica.state
+    since, forgotten = fresh.synced_revision, fresh.forgotten
+    received = 0
+    try:
+        result = yield from fetch_pages(replica.state, since, replica.request_timeout, long_poll_ms if since else 0)
+    except errors.Error:
+        with replica.exclusive():
+            replica.state.errors += 1
+            replica.count_bytes()
+            replica.state.save(replica.path)
+        raise
+    received += len(result.pages)
+    with replica.exclusive():
+        state = replica.state
+        if state.push_in_doubt:
+            # a push batch may still be on its way: fence it off, then fetch what it left
+            yield from fence_pushes(replica)
+            since = ""
+        if state.synced_revision != since or state.forgotten != forgotten:
+            # another agent pulled, or pushed (so the outbox lost changes the fetched revision
+            # may not hold yet): fetch again, now under the lock
+            result = yield from fetch_pages(state, state.synced_revision, replica.request_timeout)
+            received += len(result.pages)
+        if result.revision == state.synced_revision and not result.pages:
+            state.touch_pull()
+            replica.count_bytes()
+            state.save(replica.path)
+            return PullOutcome(False, state.synced_revision, received)
+        conflicts = install(replica, result)
+        bound_wal(replica.db)
+        return PullOutcome(True, result.revision, received, conflicts)
+
+
+def fence_pushes(replica: PullContext) -> Steps[None]:
+    """Move the push epoch on, so no push batch sent before can commit any more.
+
+    A rebase replays every pending change the remote has not recorded; a batch that was
+    sent, whose answer never came, and that commits after the rebase, would put those
+    changes there a second time.  Once the remote holds the new epoch, such a batch fails
+    its fence guard; and whatever it committed before is in the state the pull fetches next.
+    """
+    state = replica.state
+    epoch = (state.push_epoch or 0) + 1
+    steps = push_mod.fence_batch(state.client_id, epoch, encode_value)
+    try:
+        result = batch_result((yield from pipeline([push_mod.batch_request(steps)], replica.request_timeout)))
+    finally:
+        replica.count_bytes()
+    if any(error is not None for error in result["step_errors"][:-1]):
+        raise errors.SyncError(
+            f"{replica.path}: the remote refused to record the push fence ({result['step_errors']}); "
+            "nothing was pulled, try again"
+        )
+    state.push_epoch = epoch
+    state.push_in_doubt = False
+    state.save(replica.path)
+
+
+def install(replica: PullContext, result: PulledPages) -> list[Conflict]:
+    """Apply pulled pages under the pending local changes, as one atomic transaction (local work).
+
+    Returns the conflicts the rebase met (they are journaled in the database too).
+    """
+    state, db = replica.state, replica.db
+    codec = db.codec
+    page1 = result.pages.get(1)
+    if codec is not None and page1 is not None and page1[20] != codec.reserved:
+        raise errors.EncryptionError(
+            f"the remote database reserves {page1[20]} bytes per page; an encrypted replica needs {codec.reserved}"
+        )
+    with db.write_lock() as conn:
+        current = db.page_reader()
+        current_size = int(db.query("PRAGMA page_count")[0][0])
+        base_pages, base_size = synced_base_pages(db, state, replica.path, codec)
+        pulled = {p: wal_mode_page(v, p) for p, v in result.pages.items()}
+
+        def remote_page(pgno: int) -> bytes:
+            page = pulled.get(pgno) or base_pages.get(pgno)
+            return page if page is not None else current(pgno)
+
+        def base_image() -> OverlayImage:
+            return OverlayImage(lambda p: base_pages.get(p) or current(p), base_size)
+
+        pending = read_pending(db)
+        remote = OverlayImage(remote_page, result.db_size)
+        rebaser = Rebaser(
+            remote,
+            client_id=state.client_id,
+            policy=replica.policy,
+            revision=result.revision,
+            base_image=base_image,
+            reserved=current(1)[20] if current_size else 0,
+        )
+        outcome = rebaser.run(pending.rows, pending.meta, pending.conflicts)
+        final = outcome.image
+        final_size = final.size
+
+        def final_page(pgno: int) -> bytes:
+            written = final.written.get(pgno)
+            return wal_mode_page(written, pgno) if written is not None else remote_page(pgno)
+
+        changed: dict[int, bytes] = {}
+        for pgno in sorted({1, *pulled, *base_pages, *final.written}):
+            if pgno > final_size:
+                continue
+            image = final_page(pgno)
+            if pgno == 1:
+                # a new schema cookie makes every other connection re-read the schema
+                cookie = max(_u32(current(1), SCHEMA_COOKIE) if current_size else 0, _u32(image, SCHEMA_COOKIE))
+                image = image[:SCHEMA_COOKIE] + (cookie + 1).to_bytes(4, "big") + image[SCHEMA_COOKIE + 4 :]
+            if pgno > current_size or image != current(pgno):
+                changed[pgno] = image
+        seq = db.install_locked(conn, changed, final_size)
+
+        def installed(pgno: int) -> bytes:
+            return changed.get(pgno) or final_page(pgno)
+
+        # the pure remote state = what was installed, with these pages put back
+        revert = {
+            pgno: remote_page(pgno)
+            for pgno in sorted({1, *final.written, *range(final_size + 1, result.db_size + 1)})
+            if pgno <= result.db_size and (pgno > final_size or installed(pgno) != remote_page(pgno))
+        }
+        write_revert(replica.path, seq, revert, codec)
+        state.synced_revision = result.revision
+        state.synced_seq = seq
+        state.synced_db_size = result.db_size
+        state.revert_seq = seq
+        state.touch_pull()
+        replica.count_bytes()
+        state.save(replica.path)
+        drop_reverts(replica.path, seq)
+    db.prune_history(seq)  # nothing before the new synced base is needed any more
+    return outcome.conflicts
+
+
+def synced_base_pages(
+    db: LocalDatabase, state: SyncState, path: str, codec: PageCodec | None
+) -> tuple[dict[int, bytes], int]:
+    """Images that turn the current state back into the synced remote state, and its size."""
+    pages, _size = db.images_at(state.synced_seq)
+    if state.revert_seq is not None:
+        pages.update(read_revert(path, state.revert_seq, codec))
+    return pages, state.synced_db_size
+
+
+def bound_wal(db: LocalDatabase, limit: int = WAL_BOUND) -> None:
+    """Checkpoint once the WAL passes ``limit`` bytes.
+
+    Every pull reads the committed WAL (to rebuild the synced base and to install), and a
+    replica that only pulls small changes never reaches SQLite's autocheckpoint, so without
+    this each pull would cost more than the last.  Busy readers just postpone it.
+    """
+    try:
+        size = os.path.getsize(db.path + "-wal")
+    except FileNotFoundError:
+        return
+    if size > limit:
+        with contextlib.suppress(errors.OperationalError):
+            db.checkpoint()
+
+
+def _u32(image: bytes | bytearray, offset: int) -> int:
+    return int.from_bytes(image[offset : offset + 4], "big")
