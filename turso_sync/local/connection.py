@@ -412,6 +412,7 @@ class Connection:
             raise errors.EncryptionError(f"{self.path} is already open in this process with another cipher")
         self._closed = False
         self._capture: ChangeCapture | None = None
+        self._refused: str | None = None  # what the replica authorizer last denied (see enable_capture)
         self._statements: dict[str, Statement] = {}  # what SQLite said of each SQL text (statement.py)
         self._reserved_bytes = reserved_bytes
         try:
@@ -455,9 +456,49 @@ class Connection:
         db.execute("SELECT count(*) FROM sqlite_schema").fetchall()  # reads page 1: proves the key
 
     def enable_capture(self) -> None:
-        """Record every transaction into the outbox (done automatically on a replica)."""
+        """Record every transaction into the outbox (done automatically on a replica).
+
+        A replica also refuses, as SQLite compiles them, the statements it cannot allow
+        (``NotAllowedOnReplicaError``): changing ``journal_mode`` (the frame log and every pull
+        need WAL), ``ATTACH`` of a file and ``DETACH`` (its captured changes stay in its own
+        database).
+        """
         if self._capture is None:
             self._capture = ChangeCapture(self._db)
+            self._db.authorizer = self._replica_authorizer
+
+    def _replica_authorizer(
+        self, code: int, third: str | None, fourth: str | None, dbname: str | None, trigger: str | None
+    ) -> int:
+        """SQLite's authorizer on a replica: deny what a replica cannot allow, note why for ``_translate``."""
+        refused = None
+        if code == apsw.SQLITE_ATTACH and third:  # an empty name is VACUUM's own temporary database
+            refused = "ATTACH"
+        elif code == apsw.SQLITE_DETACH:
+            refused = "DETACH"
+        elif code == apsw.SQLITE_PRAGMA and (third or "").lower() == "journal_mode" and fourth is not None:
+            refused = f"PRAGMA journal_mode={fourth}"
+        if refused is None:
+            return apsw.SQLITE_OK
+        self._refused = refused
+        return apsw.SQLITE_DENY
+
+    @property
+    def lazy_pages(self) -> LazyPages | None:
+        """The missing-page fetcher of a partial replica (None for a database held whole)."""
+        return self._state.lazy
+
+    def pull(self, long_poll_timeout_ms: int | None = None) -> bool:
+        """Only a replica pulls: raises ``NotAReplicaError`` (a remote URL, or ``clone``, makes one)."""
+        raise errors.NotAReplicaError(self.path)
+
+    def push(self) -> int:
+        """Only a replica pushes: raises ``NotAReplicaError``."""
+        raise errors.NotAReplicaError(self.path)
+
+    def sync(self) -> bool:
+        """Only a replica syncs: raises ``NotAReplicaError``."""
+        raise errors.NotAReplicaError(self.path)
 
     def _attach_frame_log(self) -> None:
         codec = self._state.codec
@@ -499,6 +540,12 @@ class Connection:
             raise errors.ProgrammingError("cannot operate on a closed database")
 
     def _translate(self, exc: BaseException) -> errors.Error:
+        if isinstance(exc, apsw.AuthError) and self._refused is not None:
+            what, self._refused = self._refused, None
+            return errors.NotAllowedOnReplicaError(
+                f"{what} is not allowed on a replica ({self.path}): a replica stays in WAL mode with only its own "
+                "database attached; use a plain database (turso_sync.connect without a remote URL) for this"
+            )
         if isinstance(exc, apsw.IOError) and self._state.lazy_error:
             lazy_error = self._state.lazy_error[0]
             self._state.lazy_error.clear()
