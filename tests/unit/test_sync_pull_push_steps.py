@@ -72,7 +72,7 @@ def test_a_pull_rebases_a_pending_change_and_journals_the_conflict(world):
     assert [(c.kind, c.remote, c.local) for c in journal] == [
         ("update/update", {"id": 1, "v": "remote"}, {"id": 1, "v": "local"})
     ]
-    assert conn.stats().pending_changes == 1  # still to push, rebased on r2
+    assert conn.stats().pending_changes == result.pending_changes == 1  # still to push, rebased on r2
 
 
 def test_a_push_in_doubt_is_fenced_off_before_the_pull_fetches_again(world):
@@ -101,7 +101,7 @@ def test_a_push_sends_each_pending_transaction_once_and_forgets_it(world):
     assert result.revision == "r1" and result.bytes_sent > 0
     sent = json.dumps(remote.batches[-1])
     assert '"b"' in sent and '"a"' not in sent  # only the second went
-    assert outbox_ids(conn) == [] and conn.stats().pending_changes == 0
+    assert outbox_ids(conn) == [] and conn.stats().pending_changes == result.pending_changes == 0
 
 
 def test_one_push_attempt_stops_at_a_guard_and_keeps_everything_pending(world):

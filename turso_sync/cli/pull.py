@@ -2,7 +2,8 @@
 
   turso-sync pull notes.db [--long-poll-ms 5000]
 
-The library twin is ``conn.pull(long_poll_timeout_ms)``.  Pending local changes are replayed
+The library twin is ``conn.pull(long_poll_timeout_ms)``; ``conn.replica.pull()`` returns the
+``PullResult`` printed here.  Pending local changes are replayed
 on top (conflicts are settled by --conflict and journaled: see `turso-sync conflicts`).
 The whole pull is one atomic step: interrupted, the replica keeps its previous state.
 """
@@ -10,6 +11,7 @@ The whole pull is one atomic step: interrupted, the replica keeps its previous s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 from .progress import ProgressMeter
@@ -42,24 +44,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Pull once; print the new revision."""
     meter = ProgressMeter("pull", sys.stderr) if not args.quiet else None
-    conn = open_replica(args, args.path, progress=meter)
-    try:
-        before = conn.stats()
+    with contextlib.closing(open_replica(args, args.path, progress=meter)) as conn:
         try:
-            changed = conn.pull(long_poll_timeout_ms=max(0, args.long_poll_ms))
+            result = conn.replica.pull(long_poll_timeout_ms=max(0, args.long_poll_ms))
         finally:
             if meter is not None:
                 meter.finish()
-        stats = conn.stats()
-    finally:
-        conn.close()
     if not args.quiet:
-        if changed:
-            print(f"pulled: {args.path} is now at revision {stats.revision}")
-        else:
-            print(f"already up to date: {args.path} is at revision {stats.revision}")
-        if stats.pending_changes:
-            print(f"{stats.pending_changes} local change(s) still to push")
-        if stats.conflicts > before.conflicts:
-            print(f"{stats.conflicts - before.conflicts} new conflict(s): see `turso-sync conflicts {args.path}`")
+        state = "pulled: {} is now at" if result.changed else "already up to date: {} is at"
+        print(f"{state.format(args.path)} revision {result.revision}")
+        if result.pending_changes:
+            print(f"{result.pending_changes} local change(s) still to push")
+        if result.new_conflicts:
+            print(f"{len(result.new_conflicts)} new conflict(s): see `turso-sync conflicts {args.path}`")
     return 0

@@ -2,7 +2,8 @@
 
   turso-sync push notes.db
 
-The library twin is ``conn.push()``.  A push that meets a remote change it has not seen (or a
+The library twin is ``conn.push()``; ``conn.replica.push()`` returns the ``PushResult``
+printed here.  A push that meets a remote change it has not seen (or a
 constraint the remote state breaks) pulls, lets ``--conflict`` settle it (journaled), and
 pushes again, as ``sync`` does.  A change the primary still refuses after that stays pending
 and the command exits 6.
@@ -11,6 +12,7 @@ and the command exits 6.
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 from .replica_args import (
     add_credential_arguments,
@@ -33,16 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Push once; print how many transactions went."""
-    conn = open_replica(args, args.path)
-    try:
-        before = conn.stats().conflicts
-        pushed = conn.push()
-        settled = conn.stats().conflicts - before
-    finally:
-        conn.close()
+    with contextlib.closing(open_replica(args, args.path)) as conn:
+        result = conn.replica.push()
     if not args.quiet:
-        print(f"pushed {pushed} transaction(s)" if pushed else "nothing to push")
-        if settled:
-            # the push met remote changes it had not seen: it pulled, and the policy settled them
-            print(f"{settled} new conflict(s): see `turso-sync conflicts {args.path}`")
+        print(f"pushed {result.pushed} transaction(s)" if result.pushed else "nothing to push")
+        # a push that met remote changes it had not seen pulled, and the policy settled them
+        if result.new_conflicts:
+            print(f"{len(result.new_conflicts)} new conflict(s): see `turso-sync conflicts {args.path}`")
     return 0

@@ -2,13 +2,15 @@
 
   turso-sync sync notes.db
 
-The library twin is ``conn.sync()``.  When the primary refuses a pushed change, sync pulls (the
+The library twin is ``conn.sync()``; ``conn.replica.sync()`` returns the ``SyncResult``
+printed here.  When the primary refuses a pushed change, sync pulls (the
 rebase settles the conflict under --conflict and journals it) and pushes again.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 from .progress import ProgressMeter
@@ -34,24 +36,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Sync once; print where the replica stands."""
     meter = ProgressMeter("sync", sys.stderr) if not args.quiet else None
-    conn = open_replica(args, args.path, progress=meter)
-    try:
-        before = conn.stats()
+    with contextlib.closing(open_replica(args, args.path, progress=meter)) as conn:
         try:
-            changed = conn.sync()
+            result = conn.replica.sync()
         finally:
             if meter is not None:
                 meter.finish()
-        after = conn.stats()
-    finally:
-        conn.close()
     if not args.quiet:
-        pushed = after.pushes - before.pushes
-        news = "pulled new commits" if changed else "nothing new from the primary"
+        news = "pulled new commits" if result.changed else "nothing new from the primary"
         print(
-            f"synced {args.path}: {'pushed pending changes, ' if pushed else ''}{news}; "
-            f"revision {after.revision}, {after.pending_changes} pending"
+            f"synced {args.path}: {'pushed pending changes, ' if result.pushed else ''}{news}; "
+            f"revision {result.revision}, {result.pending_changes} pending"
         )
-        if after.conflicts > before.conflicts:
-            print(f"{after.conflicts - before.conflicts} new conflict(s): see `turso-sync conflicts {args.path}`")
+        if result.new_conflicts:
+            print(f"{len(result.new_conflicts)} new conflict(s): see `turso-sync conflicts {args.path}`")
     return 0

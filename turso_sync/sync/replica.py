@@ -236,7 +236,13 @@ class Replica:
         wait = self.long_poll_timeout_ms if long_poll_timeout_ms is None else long_poll_timeout_ms
         outcome = yield from pull_mod.pull(self, wait)
         return PullResult(
-            outcome.changed, outcome.revision, outcome.pages_received, traffic.sent, traffic.received, outcome.conflicts
+            outcome.changed,
+            outcome.revision,
+            outcome.pages_received,
+            traffic.sent,
+            traffic.received,
+            outcome.conflicts,
+            pending_count(self.db),
         )
 
     def push_steps(self, max_changes_per_batch: int, traffic: TransferStats) -> Steps[PushResult]:
@@ -252,6 +258,7 @@ class Replica:
             traffic.sent,
             traffic.received,
             outcome.conflicts,
+            pending_count(self.db),
         )
 
     def sync_steps(self, traffic: TransferStats) -> Steps[SyncResult]:

@@ -44,6 +44,7 @@ class PullResult:
     bytes_sent: int = 0  # request and response bodies of this call (retries not counted)
     bytes_received: int = 0
     new_conflicts: list[Conflict] = field(default_factory=list)
+    pending_changes: int = 0  # local transactions still to push after it
 
     def __bool__(self) -> bool:
         """True when remote changes arrived (``SyncConnection.pull()``'s answer)."""
@@ -53,9 +54,10 @@ class PullResult:
 class PushResult(int):
     """One ``push``: the number of local transactions sent (it is that ``int``), with details.
 
-    ``revision`` is where the replica stands after, ``pulled`` says the push met an unseen
-    remote change and pulled to settle it (``pages_received`` and ``new_conflicts`` come from
-    those pulls), ``bytes_sent``/``bytes_received`` are this call's bodies (retries not counted).
+    ``revision`` is where the replica stands after (``pending_changes`` still to push),
+    ``pulled`` says the push met an unseen remote change and pulled to settle it
+    (``pages_received`` and ``new_conflicts`` come from those pulls), ``bytes_sent`` and
+    ``bytes_received`` are this call's bodies (retries not counted).
     """
 
     revision: str
@@ -64,6 +66,7 @@ class PushResult(int):
     bytes_sent: int
     bytes_received: int
     new_conflicts: list[Conflict]
+    pending_changes: int
 
     def __new__(
         cls,
@@ -74,6 +77,7 @@ class PushResult(int):
         bytes_sent: int = 0,
         bytes_received: int = 0,
         new_conflicts: list[Conflict] | None = None,
+        pending_changes: int = 0,
     ) -> PushResult:
         result = super().__new__(cls, pushed)
         result.revision = revision
@@ -82,6 +86,7 @@ class PushResult(int):
         result.bytes_sent = bytes_sent
         result.bytes_received = bytes_received
         result.new_conflicts = list(new_conflicts or [])
+        result.pending_changes = pending_changes
         return result
 
     @property
@@ -93,7 +98,8 @@ class PushResult(int):
         return (
             f"PushResult(pushed={int(self)}, revision={self.revision!r}, pulled={self.pulled}, "
             f"pages_received={self.pages_received}, bytes_sent={self.bytes_sent}, "
-            f"bytes_received={self.bytes_received}, new_conflicts={len(self.new_conflicts)})"
+            f"bytes_received={self.bytes_received}, new_conflicts={len(self.new_conflicts)}, "
+            f"pending_changes={self.pending_changes})"
         )
 
 
@@ -116,6 +122,10 @@ class SyncResult:
     @property
     def pushed(self) -> int:
         return self.push.pushed
+
+    @property
+    def pending_changes(self) -> int:
+        return self.pull.pending_changes
 
     @property
     def pages_received(self) -> int:
