@@ -167,3 +167,27 @@ def test_readers_in_other_processes_bind_to_the_same_file(tmp_path: Path) -> Non
         [sys.executable, "-c", _READER, str(path), key, "1"], capture_output=True, text=True, timeout=120
     )
     assert after.stdout.split() == ["300", "ok"], after.stderr[-2000:]
+
+
+def test_the_file_parameters_survive_checkpoints_and_vacuum(tmp_path: Path) -> None:
+    """Page 1 keeps the file id, epoch and passphrase wrap through every rewrite SQLite makes of it."""
+    from turso_sync.crypto.hardened import FileParams
+
+    path = tmp_path / "p.db"
+    conn = turso_sync.connect(path, encryption_key="survivor passphrase", cipher="hardened-passphrase")
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.executemany("INSERT INTO t (v) VALUES (?)", [("v" * 300,)] * 500)
+    conn.commit()
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    first = FileParams.of_page1(path.read_bytes()[:4096])
+    conn.execute("DELETE FROM t WHERE id % 2 = 0")
+    conn.commit()
+    conn.execute("VACUUM")  # rewrites every page, page 1 included
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    conn.close()
+    after = FileParams.of_page1(path.read_bytes()[:4096])
+    assert after == first and after.argon2 is not None and after.wrapped != bytes(16)
+    conn = turso_sync.connect(path, encryption_key="survivor passphrase", cipher="hardened-passphrase")
+    assert conn.execute("SELECT count(*) FROM t").fetchone() == (250,)
+    assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    conn.close()
