@@ -5,7 +5,6 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
-import apsw
 import pytest
 
 from turso_sync.local.engine import LocalDatabase
@@ -34,12 +33,6 @@ def test_history_and_snapshots_decrypt_wal_and_database_images(engine: LocalData
     assert after.pages[1][:16] == b"SQLite format 3\x00"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=apsw.CorruptError,
-    reason="local/install.py encrypts WAL frames with codec.encrypt(image, pgno), i.e. for the database; "
-    "the hardened VFS refuses them in the WAL until it passes where='WAL' (see docs/encryption.md)",
-)
 def test_installed_pages_read_back(engine: LocalDatabase) -> None:
     snapshot = engine.snapshot()
     engine.install_pages({2: snapshot.pages[2]}, snapshot.db_size)

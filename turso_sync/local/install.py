@@ -71,7 +71,7 @@ def append_transaction(
             start = frame_offset(index, page_size)
         ordered = sorted(pages)
         for n, pgno in enumerate(ordered):
-            body = codec.encrypt(pages[pgno], pgno) if codec is not None else bytes(pages[pgno])
+            body = codec.encrypt(pages[pgno], pgno, "WAL") if codec is not None else bytes(pages[pgno])
             commit = db_size if n == len(ordered) - 1 else 0
             head8 = pgno.to_bytes(4, "big") + commit.to_bytes(4, "big")
             cksum = wal_checksum(head8 + body, cksum[0], cksum[1], big)
