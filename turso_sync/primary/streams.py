@@ -41,7 +41,7 @@ class StreamLimits:
     max_age_s: float = 600.0
     max_per_client: int = 8
     max_total: int = 64
-    max_bytes: int = 1 << 30
+    max_bytes: int = 256 << 20
     lock_wait_s: float = 5.0
 
 
