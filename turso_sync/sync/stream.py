@@ -32,20 +32,24 @@ fixed refusal a too-big push always had.
 
 Entry points: ``supports_streams(transport, timeout)`` and ``push_transaction(transport,
 batch, timeout)``, which returns the batch result (``step_results``/``step_errors`` over all of
-the batch's steps) for ``push.batch_failure``.  Everything else is pure and unit-tested.
+the batch's steps) for ``push.batch_failure``.  Both are thin drivers over sans-IO steps
+(``probe_steps``, ``push_steps``: generators yielding ``PipelineCall``, which has the fields of
+``exchange.Request``), for a push path that drives its own steps.  Everything else is pure.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from .. import errors
 from ..wire.hrana import decode_pipeline_reply, encode_json
 from .push import MAX_PUSH_BODY, PushBatch
-from .transport import Transport
+from .transport import HttpResponse, Transport
+
+T = TypeVar("T")
 
 PIPELINE_PATH = "/v2/pipeline"
 
@@ -194,6 +198,36 @@ def merged_result(outcome: Sequence[StepOutcome], total: int) -> dict[str, Any]:
     return {"step_results": [o.result for o in padded], "step_errors": [o.error for o in padded]}
 
 
+@dataclass(frozen=True)
+class PipelineCall:
+    """One POST the stream steps need (the fields of ``exchange.Request``, so a sans-IO driver can run them)."""
+
+    path: str
+    body: bytes
+    content_type: str
+    timeout: float
+    idempotent: bool
+
+
+#: A stream step: yields the calls, is sent their responses (or has the transport's error thrown in).
+Calls = Generator[PipelineCall, HttpResponse, T]
+
+
+def drive(calls: Calls[T], transport: Transport) -> T:
+    """Run ``calls`` to the end on a blocking ``transport``."""
+    try:
+        call = next(calls)
+        while True:
+            try:
+                response = transport.request(call.path, call.body, call.content_type, call.timeout, call.idempotent)
+            except BaseException as exc:  # the step decides: it may recover, or it re-raises
+                call = calls.throw(exc)
+            else:
+                call = calls.send(response)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+
+
 def supports_streams(transport: Transport, timeout: float, path: str = PIPELINE_PATH) -> bool:
     """True if the remote answers ``get_autocommit``, as servers keeping streams between requests do.
 
@@ -201,9 +235,14 @@ def supports_streams(transport: Transport, timeout: float, path: str = PIPELINE_
     500) before running anything; a server that keeps no transaction between requests yet
     answers it is found by ``push_transaction`` at the first request (nothing commits there).
     """
+    return drive(probe_steps(timeout, path), transport)
+
+
+def probe_steps(timeout: float, path: str = PIPELINE_PATH) -> Calls[bool]:
+    """``supports_streams`` as sans-IO steps."""
     body = encode_json({"baton": None, "requests": [{"type": "get_autocommit"}]})
     try:
-        response = transport.request(path, body, "application/json", timeout, False)
+        response = yield PipelineCall(path, body, "application/json", timeout, False)
         _baton, results = decode_pipeline_reply(response.body)
     except errors.RemoteError as exc:
         if exc.status in (400, 404, 500, 501):
@@ -231,6 +270,13 @@ def push_transaction(
     open between requests, or a step alone is too big, or the server's bound on a stream's
     bytes was passed; ``ProtocolError`` for an answer that is not Hrana.
     """
+    return drive(push_steps(batch, timeout, max_body=max_body, path=path), transport)
+
+
+def push_steps(
+    batch: PushBatch, timeout: float, *, max_body: int = STREAM_REQUEST_BYTES, path: str = PIPELINE_PATH
+) -> Calls[dict[str, Any]]:
+    """``push_transaction`` as sans-IO steps (for the push path's driver)."""
     steps = batch.steps
     plan = plan_requests(steps, batch.commit_index, max_body)
     outcome: list[StepOutcome] = []
@@ -239,26 +285,26 @@ def push_transaction(
         last = number == len(plan)
         if part.start and holds(steps[part.start].get("condition"), outcome) is False:
             # an earlier step failed: nothing more would run; end the stream now
-            _close(transport, baton, timeout, path)
+            yield from _close(baton, timeout, path)
             return merged_result(outcome, len(steps))
         body = request_body(steps, part, outcome, baton, last)
         try:
-            response = transport.request(path, body, "application/json", timeout, False)
+            response = yield PipelineCall(path, body, "application/json", timeout, False)
             new_baton, results = decode_pipeline_reply(response.body)
         except (errors.NetworkError, errors.RemoteError) as exc:
             if number > 1:
-                _close(transport, baton, timeout, path)  # the server may never have seen the request
+                yield from _close(baton, timeout, path)  # the server may never have seen the request
             raise _cut(exc, number, len(plan), last) from None
         done, autocommit = read_part(results, part)
         outcome.extend(done)
         if last:
             if new_baton is not None:  # the transaction should have ended with COMMIT or ROLLBACK
-                _close(transport, new_baton, timeout, path)
+                yield from _close(new_baton, timeout, path)
             return merged_result(outcome, len(steps))
         failed = any(o.error is not None for o in done)
         if new_baton is None or autocommit is not False:
             if failed:  # the transaction ended with the failure: report it as the batch would
-                _close(transport, new_baton, timeout, path)
+                yield from _close(new_baton, timeout, path)
                 return merged_result(outcome, len(steps))
             raise errors.PushRejectedError(
                 "the remote does not keep a transaction open between requests (no Hrana batons), so a "
@@ -289,10 +335,10 @@ def _cut(exc: errors.SyncError, number: int, total: int, last: bool) -> errors.S
     )
 
 
-def _close(transport: Transport, baton: str | None, timeout: float, path: str) -> None:
+def _close(baton: str | None, timeout: float, path: str) -> Calls[None]:
     """End the stream ``baton`` names now (best effort: else the server's idle timeout ends it)."""
     if baton is None:
         return
     body = encode_json({"baton": baton, "requests": [{"type": "close"}]})
     with contextlib.suppress(errors.SyncError):
-        transport.request(path, body, "application/json", min(timeout, 10.0), False)
+        yield PipelineCall(path, body, "application/json", min(timeout, 10.0), False)
