@@ -273,3 +273,14 @@ def test_turso_clients_pipelines_get_no_baton(serve: Any) -> None:
     resp = post(server, {"baton": None, "requests": [{"type": "batch", "batch": {"steps": steps}}]})
     assert resp.status_code == 200 and resp.json()["baton"] is None
     assert server.health()["streams_open"] == 0
+
+
+def test_a_server_stopped_with_a_stream_open_rolls_it_back_and_stops_cleanly(serve: Any) -> None:
+    server = serve()
+    make_table(server)
+    opened = post(server, {"baton": None, "requests": [ex("BEGIN IMMEDIATE"), ex("INSERT INTO t VALUES (1, 'a')")]})
+    assert opened.json()["baton"]
+    assert server.stop() == 0
+    server.start()
+    assert rows(server) == 0 and server.health()["streams_open"] == 0
+    assert "Traceback" not in server.log() and " ERROR " not in server.log(), server.log()
