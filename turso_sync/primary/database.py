@@ -317,7 +317,9 @@ class HostedDatabase:
             engine.close()
             raise
         self._engine, self._conn = engine, conn
-        self._pages = EnginePages(engine, conn, sql_policy.install(conn.apsw_connection), self.writer_waiting)
+        # the page source's own connection, under the same policy and limits as clients' SQL
+        policy = sql_policy.install(conn.apsw_connection, self.sql_limits)
+        self._pages = EnginePages(engine, conn, policy, self.writer_waiting)
 
     @property
     def open_streams(self) -> int:
