@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, overload
@@ -160,56 +159,39 @@ def connect(
     committed transaction, numbered and kept with its page images.  Replicas and the primary
     always keep one; once a database has a frame log, every connection keeps it up.
     """
-    from .sync.files import ReplicaFiles
     from .sync.rebase import check_policy
+    from .sync.target import replica_target
 
     check_policy(conflict)  # a typo fails here, not at the first rebase
-    real = os.path.realpath(os.fspath(path))
-    files = ReplicaFiles(real)
-    if remote_url is not None and not files.is_replica() and os.path.exists(real):
-        opened = Connection(real, encryption_key=encryption_key, cipher=cipher, record_frames=False)
-        with contextlib.closing(opened) as existing:
-            files.raise_if_state_lost(existing)
-    if remote_url is not None or files.is_replica():
-        from .sync.connection import SyncConnection
+    files, is_replica, creating = replica_target(os.fspath(path), remote_url, encryption_key, cipher)
+    if is_replica:
+        from .sync.connection import open_replica
+        from .sync.exchange import drive
         from .sync.replica import Replica
 
-        if files.is_replica():
-            # a replica whose files no longer belong together is refused before anything opens it
-            files.raise_if_damaged(encryption_key, cipher)
-        # a new replica that fails to open (an unreachable remote, Ctrl-C) leaves no files behind
-        creating = not files.is_replica() and not os.path.exists(real)
-        with files.removed_on_failure() if creating else contextlib.nullcontext():
-            replica = Replica(
-                real,
-                remote_url,
-                auth_token=auth_token,
-                client_name=client_name,
-                long_poll_timeout_ms=long_poll_timeout_ms,
-                bootstrap_if_empty=bootstrap_if_empty,
-                encryption_key=encryption_key,
-                cipher=cipher,
-                conflict=conflict,
-                partial=partial,
-                transport=transport,
-            )
-            try:
-                conn = SyncConnection(
-                    replica,
-                    encryption_key=encryption_key,
-                    cipher=cipher,
-                    isolation_level=isolation_level,
-                    timeout=timeout,
-                )
-            except BaseException:
-                replica.close()
-                raise
-            try:
-                files.check_identity(conn, replica.state.client_id)
-            except BaseException:
-                conn.close()
-                raise
-            return conn
+        replica = Replica.unopened(
+            files.path,
+            remote_url,
+            transport=transport,
+            auth_token=auth_token,
+            client_name=client_name,
+            long_poll_timeout_ms=long_poll_timeout_ms,
+            encryption_key=encryption_key,
+            cipher=cipher,
+            conflict=conflict,
+        )
+        steps = open_replica(
+            replica,
+            files,
+            creating,
+            bootstrap_if_empty=bootstrap_if_empty,
+            partial=partial,
+            encryption_key=encryption_key,
+            cipher=cipher,
+            isolation_level=isolation_level,
+            timeout=timeout,
+        )
+        return drive(steps, replica.transport)
     plain = Connection(
         path,
         encryption_key=encryption_key,

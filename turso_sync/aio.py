@@ -1,19 +1,47 @@
 """``turso_sync.aio.connect``: the asyncio twin of ``turso_sync.connect``.
 
-Same arguments, same behaviour; every call runs on one worker thread per connection (in
-order), so the event loop never blocks on SQLite or on the network.  The methods are the
-blocking connection's, awaitable.
+Same arguments, same behaviour, the same protocol code: bootstrap, ``pull``, ``push`` and ``sync``
+are the sans-IO steps of ``turso_sync.sync`` (``exchange.py``), run here by the asyncio driver.
+Their network waits are awaited on ``httpx.AsyncClient`` (``AsyncHttpxTransport``) in the event
+loop: no thread waits for the network, and cancelling the task that awaits ``pull`` (a long poll,
+say) abandons the request at once and leaves the replica as it was.
+
+Local SQLite work (queries, and the local stretches of a sync: rebase, install) runs on one
+worker thread per connection, in order, so the event loop never blocks on SQLite.  A partial
+replica's missing pages are fetched while SQLite reads them, on that worker thread: the request
+itself is still awaited on the event loop.
+
+``transport=`` takes an async transport (``request`` is a coroutine function, ``aclose()``,
+``stats``: ``turso_sync.sync.exchange.AsyncTransport``); a blocking ``Transport`` is accepted
+too, and then runs each request on a thread of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import turso_sync
+
+from . import errors
+from .local.connection import Connection
+from .sync.connection import SyncConnection, open_replica
+from .sync.exchange import AsyncTransport, Steps, adrive
+from .sync.partial import PartialSync
+from .sync.pusher import DEFAULT_CHANGES_PER_BATCH
+from .sync.rebase import Conflict, check_policy
+from .sync.replica import Replica
+from .sync.results import PullResult, PushResult, SyncResult, SyncStats
+from .sync.state import SyncState
+from .sync.target import replica_target
+from .sync.transport import AsyncHttpxTransport, HttpResponse, TransferStats, Transport
+
+__all__ = ["AsyncConnection", "AsyncCursor", "AsyncHttpxTransport", "AsyncTransport", "connect"]
 
 T = TypeVar("T")
 
@@ -50,16 +78,20 @@ class AsyncCursor:
 class AsyncConnection:
     """A connection whose methods are coroutines."""
 
-    def __init__(self, conn: Any, executor: ThreadPoolExecutor) -> None:
+    def __init__(self, conn: Connection, executor: ThreadPoolExecutor, transport: AsyncTransport | None) -> None:
         self._conn = conn
         self._executor = executor
+        self._transport = transport
+        self._syncing = asyncio.Lock()  # one sync call at a time: the replica's lock is a thread's
+        #: the result of this connection's last ``pull``, ``push`` or ``sync`` (None before the first)
+        self.last_sync: PullResult | PushResult | SyncResult | None = None
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: fn(*args))
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
 
     @property
-    def sync_connection(self) -> Any:
+    def sync_connection(self) -> Connection:
         """The blocking connection underneath (use it only from the worker thread)."""
         return self._conn
 
@@ -78,29 +110,74 @@ class AsyncConnection:
     async def rollback(self) -> None:
         await self._run(self._conn.rollback)
 
+    async def _drive(self, steps_for: Callable[[Replica, TransferStats], Steps[T]]) -> T:
+        """Run one sync call's steps: network on the loop, local work on the worker thread."""
+        conn = self._conn
+        if not isinstance(conn, SyncConnection) or self._transport is None:
+            raise errors.NotAReplicaError(conn.path)
+        async with self._syncing:
+            await self._run(conn.before_sync)
+            traffic = TransferStats()
+            return await adrive(steps_for(conn.replica, traffic), self._transport, self._run, traffic)
+
+    async def pull_result(self, long_poll_timeout_ms: int | None = None) -> PullResult:
+        """``pull``, returning the whole ``PullResult`` (revision, pages, bytes, new conflicts)."""
+        result = await self._drive(lambda replica, traffic: replica.pull_steps(long_poll_timeout_ms, traffic))
+        self.last_sync = result
+        return result
+
     async def pull(self, long_poll_timeout_ms: int | None = None) -> bool:
-        return await self._run(self._conn.pull, long_poll_timeout_ms)  # type: ignore[no-any-return]
+        """Apply remote changes (pending local ones are replayed on top); True if any arrived.
+
+        Cancelling the awaiting task stops the request (a long poll too) at once; the replica
+        keeps its previous state.
+        """
+        return (await self.pull_result(long_poll_timeout_ms)).changed
+
+    async def push_result(self) -> PushResult:
+        """``push``, returning the ``PushResult`` (an ``int`` of transactions, with details)."""
+        result = await self._drive(lambda replica, traffic: replica.push_steps(DEFAULT_CHANGES_PER_BATCH, traffic))
+        self.last_sync = result
+        return result
 
     async def push(self) -> int:
-        return await self._run(self._conn.push)  # type: ignore[no-any-return]
+        """Send pending local changes, exactly once; returns how many transactions were sent."""
+        return (await self.push_result()).pushed
+
+    async def sync_result(self) -> SyncResult:
+        """``sync``, returning the ``SyncResult`` (its push and its pull)."""
+        result = await self._drive(lambda replica, traffic: replica.sync_steps(traffic))
+        self.last_sync = result
+        return result
 
     async def sync(self) -> bool:
-        return await self._run(self._conn.sync)  # type: ignore[no-any-return]
+        """Push, then pull; True if remote changes arrived (a rejected push pulls, then retries)."""
+        return (await self.sync_result()).changed
 
     async def checkpoint(self) -> None:
-        await self._run(self._conn.checkpoint)
+        await self._run(self._sync_connection().checkpoint)
 
-    async def stats(self) -> Any:
-        return await self._run(self._conn.stats)
+    async def stats(self) -> SyncStats:
+        return await self._run(self._sync_connection().stats)
 
-    async def conflicts(self) -> list[Any]:
-        return await self._run(self._conn.conflicts)  # type: ignore[no-any-return]
+    async def conflicts(self) -> list[Conflict]:
+        return await self._run(self._sync_connection().conflicts)
+
+    def _sync_connection(self) -> SyncConnection:
+        if not isinstance(self._conn, SyncConnection):
+            raise errors.NotAReplicaError(self._conn.path)
+        return self._conn
 
     async def close(self) -> None:
+        """Close the connection, the replica and its HTTP client."""
         try:
             await self._run(self._conn.close)
         finally:
-            self._executor.shutdown(wait=False)
+            try:
+                if self._transport is not None:
+                    await self._transport.aclose()
+            finally:
+                self._executor.shutdown(wait=False)
 
     async def __aenter__(self) -> AsyncConnection:
         return self
@@ -113,13 +190,127 @@ class AsyncConnection:
         await self.close()
 
 
-async def connect(path: str | os.PathLike[str], remote_url: str | None = None, **kwargs: Any) -> AsyncConnection:
-    """Open a local database or replica, like ``turso_sync.connect``; returns an AsyncConnection."""
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="turso-sync")
+class _LoopBridge:
+    """A blocking ``Transport`` for the worker thread, whose requests are awaited on the loop.
+
+    Only a partial replica's lazy page fetch needs one (SQLite asks for the page synchronously,
+    on the worker thread); the worker waits for the answer, the event loop does the I/O.
+    """
+
+    def __init__(self, transport: AsyncTransport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self.stats = transport.stats
+
+    def request(self, path: str, body: bytes, content_type: str, timeout: float, idempotent: bool) -> HttpResponse:
+        """Run the async request on the loop and wait for it (never call this on the loop's thread)."""
+        call = self._transport.request(path, body, content_type, timeout, idempotent)
+        return asyncio.run_coroutine_threadsafe(call, self._loop).result()
+
+    def close(self) -> None:
+        """Nothing: the connection closes the async transport itself (``aclose``)."""
+
+
+class _BlockingInThread:
+    """An ``AsyncTransport`` over a blocking ``Transport``: each request on a thread of its own."""
+
+    def __init__(self, transport: Transport) -> None:
+        self._transport = transport
+        self.stats = transport.stats
+
+    async def request(
+        self, path: str, body: bytes, content_type: str, timeout: float, idempotent: bool
+    ) -> HttpResponse:
+        return await asyncio.to_thread(self._transport.request, path, body, content_type, timeout, idempotent)
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self._transport.close)
+
+
+def _as_async(transport: AsyncTransport | Transport) -> AsyncTransport:
+    if inspect.iscoroutinefunction(transport.request):
+        return transport  # type: ignore[return-value]
+    return _BlockingInThread(transport)  # type: ignore[arg-type]
+
+
+async def connect(
+    path: str | os.PathLike[str],
+    remote_url: str | None = None,
+    *,
+    auth_token: str | None = None,
+    client_name: str | None = None,
+    long_poll_timeout_ms: int | None = None,
+    bootstrap_if_empty: bool = True,
+    encryption_key: str | None = None,
+    cipher: str = "aes256gcm",
+    conflict: str | Callable[..., Any] = "last_push_wins",
+    isolation_level: str | None = "DEFERRED",
+    timeout: float = 5.0,
+    record_frames: bool = False,
+    partial: PartialSync | None = None,
+    transport: AsyncTransport | Transport | None = None,
+) -> AsyncConnection:
+    """Open a local database or replica, like ``turso_sync.connect``; returns an AsyncConnection.
+
+    A new replica's bootstrap awaits the remote on the event loop; cancelled (or failed), it
+    leaves no files behind, as ``turso_sync.connect`` does.
+    """
+    check_policy(conflict)  # a typo fails here, not at the first rebase
     loop = asyncio.get_running_loop()
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="turso-sync")
+
+    async def run_local(fn: Callable[[], T]) -> T:
+        return await loop.run_in_executor(executor, fn)
+
+    remote: AsyncTransport | None = None
     try:
-        conn = await loop.run_in_executor(executor, lambda: turso_sync.connect(path, remote_url, **kwargs))
+        target = functools.partial(replica_target, os.fspath(path), remote_url, encryption_key, cipher)
+        files, is_replica, creating = await run_local(target)
+        if not is_replica:
+            local = functools.partial(
+                turso_sync.connect,
+                path,
+                encryption_key=encryption_key,
+                cipher=cipher,
+                isolation_level=isolation_level,
+                timeout=timeout,
+                record_frames=record_frames,
+            )
+            return AsyncConnection(await run_local(local), executor, None)
+        saved = await run_local(functools.partial(SyncState.load, files.path))
+        url = remote_url if remote_url is not None else (saved.remote_url if saved is not None else "")
+        if transport is None:
+            remote = AsyncHttpxTransport(url, auth_token=auth_token, client_name=client_name or "turso-sync")
+        else:
+            remote = _as_async(transport)
+        prepare = functools.partial(
+            Replica.unopened,
+            files.path,
+            remote_url,
+            transport=_LoopBridge(remote, loop),
+            long_poll_timeout_ms=long_poll_timeout_ms,
+            encryption_key=encryption_key,
+            cipher=cipher,
+            conflict=conflict,
+        )
+        replica = await run_local(prepare)
+        steps = open_replica(
+            replica,
+            files,
+            creating,
+            bootstrap_if_empty=bootstrap_if_empty,
+            partial=partial,
+            encryption_key=encryption_key,
+            cipher=cipher,
+            isolation_level=isolation_level,
+            timeout=timeout,
+        )
+        conn = await adrive(steps, remote, run_local)
+        return AsyncConnection(conn, executor, remote)
     except BaseException:
-        executor.shutdown(wait=False)
+        try:
+            if remote is not None:
+                await asyncio.shield(remote.aclose())
+        finally:
+            executor.shutdown(wait=False)
         raise
-    return AsyncConnection(conn, executor)

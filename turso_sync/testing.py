@@ -12,9 +12,10 @@ and lets a function of the test answer every request::
 
     conn = turso_sync.connect("app.db", "https://example.invalid", transport=MockTransport(handler))
 
-Nothing here opens a socket.  A non-200 answer raises ``RemoteError`` as the real transport
-does (but is never retried: the handler sees each request exactly once), and an exception the
-handler raises (``NetworkError`` for a connection that "fails") reaches the sync call as is.
+``AsyncMockTransport`` is the same for ``turso_sync.aio.connect``.  Nothing here opens a
+socket.  A non-200 answer raises ``RemoteError`` as the real transport does (but is never
+retried: the handler sees each request exactly once), and an exception the handler raises
+(``NetworkError`` for a connection that "fails") reaches the sync call as is.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from .errors import RemoteError
 from .sync.transport import HttpResponse, TransferStats
 from .wire.pull import PAGE_SIZE, PullHeader, encode_page
 
-__all__ = ["Handler", "HttpResponse", "MockRequest", "MockTransport", "pull_answer"]
+__all__ = ["AsyncMockTransport", "Handler", "HttpResponse", "MockRequest", "MockTransport", "pull_answer"]
 
 #: ``handler(path, body, content_type) -> HttpResponse``: the remote, as a function
 Handler = Callable[[str, bytes, str], HttpResponse]
@@ -64,6 +65,20 @@ class MockTransport:
 
     def close(self) -> None:
         """Mark the transport closed (the replica closes its transport when the connection closes)."""
+        self.closed = True
+
+
+class AsyncMockTransport(MockTransport):
+    """``MockTransport`` for ``turso_sync.aio.connect(..., transport=)``: the same handler, awaited."""
+
+    async def request(  # type: ignore[override]
+        self, path: str, body: bytes, content_type: str, timeout: float, idempotent: bool
+    ) -> HttpResponse:
+        """Hand the request to ``handler``; a status other than 200 raises ``RemoteError``."""
+        return MockTransport.request(self, path, body, content_type, timeout, idempotent)
+
+    async def aclose(self) -> None:
+        """Mark the transport closed."""
         self.closed = True
 
 

@@ -117,3 +117,30 @@ def test_the_example_in_docs_sync_md_runs(tmp_path):
     exec(example.group(1), namespace)  # our own documentation
     assert [r.path for r in namespace["mock"].requests] == ["/pull-updates", "/v2/pipeline"]
     namespace["conn"].close()
+
+
+def test_the_async_twin_takes_an_async_mock_transport(tmp_path):
+    import asyncio
+
+    import turso_sync.aio
+    from turso_sync.testing import AsyncMockTransport
+
+    def handler(path: str, body: bytes, content_type: str) -> HttpResponse:
+        if path == "/pull-updates":
+            return pull_answer("rev-3")
+        return HttpResponse(503, b"down for the test")
+
+    async def scenario() -> None:
+        mock = AsyncMockTransport(handler)
+        conn = await turso_sync.aio.connect(tmp_path / "a.db", URL, transport=mock)
+        await conn.execute("CREATE TABLE t (x)")
+        await conn.commit()
+        with pytest.raises(RemoteError) as caught:
+            await conn.push()
+        assert caught.value.status == 503
+        assert await conn.pull() is False and conn.last_sync is not None and conn.last_sync.revision == "rev-3"
+        assert [r.path for r in mock.requests] == ["/pull-updates", "/v2/pipeline", "/pull-updates"]
+        await conn.close()
+        assert mock.closed
+
+    asyncio.run(scenario())

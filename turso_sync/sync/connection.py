@@ -6,9 +6,13 @@ Method names follow pyturso's ``turso.sync.connect`` (``pull``, ``push``, ``chec
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from ..local.connection import Connection
+from .exchange import Steps
+from .files import ReplicaFiles
+from .partial import PartialSync
 from .rebase import Conflict
 from .replica import Replica
 from .results import PullResult, PushResult, SyncResult, SyncStats
@@ -75,3 +79,32 @@ class SyncConnection(Connection):
             return
         super().close()
         self.replica.close()
+
+
+def open_replica(
+    replica: Replica,
+    files: ReplicaFiles,
+    creating: bool,
+    *,
+    bootstrap_if_empty: bool = True,
+    partial: PartialSync | None = None,
+    **connection_options: Any,
+) -> Steps[SyncConnection]:
+    """Open (bootstrapping a new one) a prepared ``Replica`` and its app connection, as a step.
+
+    A new replica that fails to open (an unreachable remote, Ctrl-C, a cancelled task) leaves
+    no files behind.
+    """
+    with files.removed_on_failure() if creating else contextlib.nullcontext():
+        try:
+            yield from replica.open_steps(bootstrap_if_empty=bootstrap_if_empty, partial=partial)
+            conn = SyncConnection(replica, **connection_options)
+        except BaseException:
+            replica.close()
+            raise
+        try:
+            files.check_identity(conn, replica.state.client_id)
+        except BaseException:
+            conn.close()
+            raise
+    return conn

@@ -15,6 +15,7 @@ network on the event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
@@ -102,7 +103,16 @@ async def adrive(
     traffic = traffic if traffic is not None else TransferStats()
     advance: Callable[[], Any] = steps.__next__
     while True:
-        done, value = await run_local(functools.partial(_advance, advance))
+        local = asyncio.ensure_future(run_local(functools.partial(_advance, advance)))
+        try:
+            done, value = await asyncio.shield(local)
+        except asyncio.CancelledError:
+            # the local stretch runs to its end on its thread (SQLite cannot be stopped midway);
+            # then the step is closed there, as on a cancelled request
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(local)
+            await asyncio.shield(run_local(steps.close))
+            raise
         if done:
             return value  # type: ignore[no-any-return]
         request: Request = value

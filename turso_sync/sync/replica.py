@@ -85,7 +85,9 @@ class Replica:
         drive(self.open_steps(bootstrap_if_empty=bootstrap_if_empty, partial=partial), self.transport)
 
     @classmethod
-    def unopened(cls, path: str, remote_url: str | None, *, transport: Transport, **options: Any) -> Replica:
+    def unopened(
+        cls, path: str, remote_url: str | None, *, transport: Transport | None = None, **options: Any
+    ) -> Replica:
         """A replica whose state is read and transport set, before any file is created or request sent.
 
         Run ``open_steps()`` with a driver to open it; ``options`` are ``Replica``'s own but

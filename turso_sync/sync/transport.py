@@ -1,7 +1,9 @@
 """The one seam between the sync engine and HTTP.
 
 The engine builds request bodies and parses responses (``wire/``); a ``Transport`` only moves
-bytes.  ``HttpxTransport`` is the real one; ``turso_sync.testing.MockTransport`` answers from a
+bytes.  ``HttpxTransport`` is the real one, ``AsyncHttpxTransport`` its asyncio twin (on
+``httpx.AsyncClient``, for ``turso_sync.aio``: same retries, and a cancelled request stops at
+once); ``turso_sync.testing.MockTransport`` answers from a
 function, for tests without a server.  Tests put a scripted transport (or ``respx``)
 here to produce exact faults.
 
@@ -20,6 +22,7 @@ from typing import Protocol
 
 import httpx
 from tenacity import (
+    AsyncRetrying,
     RetryError,
     Retrying,
     retry_if_exception,
@@ -87,6 +90,36 @@ def normalize_url(url: str) -> str:
     return url.rstrip("/")
 
 
+def _client_options(url: str, auth_token: str | None, client_name: str) -> dict[str, object]:
+    """Headers and TLS for an httpx client of ``url`` (the blocking one and the async one alike)."""
+    headers = {"user-agent": client_name}
+    if auth_token:
+        headers["authorization"] = f"Bearer {auth_token}"
+    # plain-HTTP remotes (loopback, a sidecar) never use TLS: skip loading the CA bundle,
+    # which costs ~25 ms per client; HTTPS remotes keep full certificate verification
+    return {"headers": headers, "follow_redirects": False, "verify": url.startswith("https://")}
+
+
+def _request_headers(content_type: str) -> dict[str, str]:
+    headers = {"content-type": content_type}
+    if content_type == "application/protobuf":
+        headers["accept-encoding"] = "application/protobuf"
+    return headers
+
+
+def _timeouts(timeout: float) -> httpx.Timeout:
+    return httpx.Timeout(timeout, connect=min(timeout, 10.0))
+
+
+def _wrap(exc: BaseException | None, url: str, path: str) -> Exception:
+    """The error a transport raises: RemoteError as it is, anything else a NetworkError naming the URL."""
+    if isinstance(exc, RemoteError):
+        return exc
+    reason = type(exc).__name__ if exc is not None else "unknown error"
+    detail = str(exc) if exc is not None and str(exc) else ""
+    return NetworkError(f"cannot reach {url}{path}: {reason} {detail}".strip())
+
+
 class HttpxTransport:
     """HTTP/1.1 through httpx, with bounded, jittered retries."""
 
@@ -104,13 +137,7 @@ class HttpxTransport:
         """``progress``, when given, is told the bytes of each response body as they arrive
         (for a progress bar on bootstraps and large pulls); without it bodies are read whole."""
         self.url = normalize_url(url)
-        headers = {"user-agent": client_name}
-        if auth_token:
-            headers["authorization"] = f"Bearer {auth_token}"
-        # plain-HTTP remotes (loopback, a sidecar) never use TLS: skip loading the CA bundle,
-        # which costs ~25 ms per client; HTTPS remotes keep full certificate verification
-        tls = self.url.startswith("https://")
-        self._client = httpx.Client(headers=headers, follow_redirects=False, verify=tls)
+        self._client = httpx.Client(**_client_options(self.url, auth_token, client_name))  # type: ignore[arg-type]
         self._attempts = attempts
         self._max_wait = max_wait
         self._deadline = deadline
@@ -131,17 +158,15 @@ class HttpxTransport:
                     return self._once(path, body, content_type, timeout)
         except RetryError as exc:
             last = exc.last_attempt.exception()
-            raise self._wrap(last, path) from None
+            raise _wrap(last, self.url, path) from None
         except (httpx.HTTPError, RemoteError) as exc:
-            raise self._wrap(exc, path) from None
+            raise _wrap(exc, self.url, path) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _once(self, path: str, body: bytes, content_type: str, timeout: float) -> HttpResponse:
-        headers = {"content-type": content_type}
-        if content_type == "application/protobuf":
-            headers["accept-encoding"] = "application/protobuf"
+        headers = _request_headers(content_type)
         self.stats.sent += len(body)
-        timeouts = httpx.Timeout(timeout, connect=min(timeout, 10.0))
+        timeouts = _timeouts(timeout)
         if self._progress is None:
             response = self._client.post(self.url + path, content=body, headers=headers, timeout=timeouts)
             data = response.content  # raises if the body is cut short (content-length mismatch)
@@ -167,12 +192,79 @@ class HttpxTransport:
                 progress(path, received, total)
         return b"".join(chunks), response
 
-    def _wrap(self, exc: BaseException | None, path: str) -> Exception:
-        if isinstance(exc, RemoteError):
-            return exc
-        reason = type(exc).__name__ if exc is not None else "unknown error"
-        detail = str(exc) if exc is not None and str(exc) else ""
-        return NetworkError(f"cannot reach {self.url}{path}: {reason} {detail}".strip())
-
     def close(self) -> None:
         self._client.close()
+
+
+class AsyncHttpxTransport:
+    """The asyncio twin of ``HttpxTransport``: ``httpx.AsyncClient``, the same retries.
+
+    Awaiting ``request`` holds no thread; cancelling the awaiting task abandons the request
+    at once (its connection is closed), and retries stop with it.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        auth_token: str | None = None,
+        client_name: str = "turso-sync",
+        attempts: int = 5,
+        max_wait: float = 2.0,
+        deadline: float = 30.0,
+        progress: Progress | None = None,
+    ) -> None:
+        """As ``HttpxTransport``; create it inside the event loop that will use it."""
+        self.url = normalize_url(url)
+        self._client = httpx.AsyncClient(**_client_options(self.url, auth_token, client_name))  # type: ignore[arg-type]
+        self._attempts = attempts
+        self._max_wait = max_wait
+        self._deadline = deadline
+        self._progress = progress
+        self.stats = TransferStats()
+
+    async def request(
+        self, path: str, body: bytes, content_type: str, timeout: float, idempotent: bool
+    ) -> HttpResponse:
+        """POST with retries where safe; raises NetworkError or RemoteError."""
+        retrying = AsyncRetrying(
+            retry=_retryable(idempotent),
+            stop=stop_after_attempt(self._attempts) | stop_after_delay(self._deadline + timeout),
+            wait=wait_exponential_jitter(multiplier=0.05, max=self._max_wait),
+            reraise=False,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await self._once(path, body, content_type, timeout)
+        except RetryError as exc:
+            last = exc.last_attempt.exception()
+            raise _wrap(last, self.url, path) from None
+        except (httpx.HTTPError, RemoteError) as exc:
+            raise _wrap(exc, self.url, path) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _once(self, path: str, body: bytes, content_type: str, timeout: float) -> HttpResponse:
+        headers = _request_headers(content_type)
+        self.stats.sent += len(body)
+        async with self._client.stream(
+            "POST", self.url + path, content=body, headers=headers, timeout=_timeouts(timeout)
+        ) as response:
+            length = response.headers.get("content-length")
+            total = int(length) if length and length.isdigit() else None
+            chunks: list[bytes] = []
+            received = 0
+            async for chunk in response.aiter_bytes():  # raises if the body is cut short
+                chunks.append(chunk)
+                received += len(chunk)
+                if self._progress is not None:
+                    self._progress(path, received, total)
+        data = b"".join(chunks)
+        self.stats.received += len(data)
+        if response.status_code != 200:
+            raise RemoteError(response.status_code, data, path)
+        return HttpResponse(response.status_code, data, dict(response.headers))
+
+    async def aclose(self) -> None:
+        """Close the client's connections."""
+        await self._client.aclose()
