@@ -341,3 +341,17 @@ def test_daemon_config_keys_are_checked_against_each_replica(tmp_path, capsys):
     assert code == ExitCode.ENCRYPTION_KEY and "the key in " in err and "not hex" not in err
     code, _out, err = run(capsys, "daemon")
     assert code == ExitCode.USAGE and "PATH ... or --config FILE" in err
+
+
+def test_a_page_changed_on_disk_is_damage_for_every_command_not_a_key_problem(tmp_path, capsys):
+    path = make_replica(tmp_path, key=KEY256)
+    conn = turso_sync.connect(path, encryption_key=KEY256)
+    (root,) = conn.execute("SELECT rootpage FROM sqlite_schema WHERE name = 't'").fetchone()
+    conn.close()
+    _flip(path, (root - 1) * 4096 + 2000)  # t's root page: the open succeeds, the read fails authentication
+    code, _out, err = run(capsys, "exec", "r.db", "SELECT count(*), max(v) FROM t", "--encryption-key", KEY256)
+    assert code == ExitCode.REPLICA_DAMAGED, err
+    assert f"page {root} " in err and "the key opened the replica, so the page was changed on disk" in err
+    assert "turso-sync verify r.db" in err and "give the replica's key" not in err and err.count("\n") == 1
+    code, _out, err = run(capsys, "exec", "r.db", "SELECT * FROM nope", "--encryption-key", KEY256)
+    assert code == ExitCode.ERROR and err.strip() == "turso-sync exec: no such table: nope"  # SQL errors stay 1

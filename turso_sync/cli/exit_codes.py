@@ -6,6 +6,7 @@ docs/cli.md lists the same table.
 
 from __future__ import annotations
 
+import os
 import re
 from enum import IntEnum
 
@@ -44,6 +45,20 @@ _HINTS = {
     ExitCode.ENCRYPTION_KEY: "give the replica's key with --encryption-key-file F or TURSO_SYNC_ENCRYPTION_KEY",
     ExitCode.REJECTED: "the change stays pending; `turso-sync sync PATH` pulls, settles the conflict and retries",
 }  # a damaged replica's message carries its own remedy (errors.ReplicaDamagedError)
+
+
+def as_damage(exc: BaseException, opened: str | None) -> BaseException:
+    """After the replica at ``opened`` was opened with its key, a page that fails authentication
+    (``EncryptionError``) or that SQLite cannot parse (a plain ``DatabaseError``: corrupt, not a
+    database) is damage on disk: a ``ReplicaDamagedError`` naming it, with verify's remedy."""
+    if opened is None or not (isinstance(exc, errors.EncryptionError) or type(exc) is errors.DatabaseError):
+        return exc
+    what = " ".join(str(exc).split()).removeprefix(f"{os.path.realpath(opened)}: ")
+    if isinstance(exc, errors.EncryptionError):  # wording only: the key is known to be right here
+        what = what.replace("; the key is wrong or the file was changed on disk", "")
+        what += ": the key opened the replica, so the page was changed on disk"
+    remedy = f"run `turso-sync verify {opened}` to see the damage, then `turso-sync verify --repair {opened}`"
+    return errors.ReplicaDamagedError(opened, what, remedy)
 
 
 def classify(exc: BaseException) -> ExitCode:
@@ -90,7 +105,8 @@ def describe(exc: BaseException, code: ExitCode) -> str:
     if isinstance(exc, errors.RemoteError) and code == ExitCode.AUTH:
         message = f"the primary refused the auth token (HTTP {exc.status})"
     elif isinstance(exc, errors.ReplicaDamagedError):
-        message = f"{exc.file} is damaged ({exc.what}); {exc.remedy}"
+        what = exc.what.removeprefix(f"{exc.file}: ")
+        message = f"{exc.file} is damaged ({what}); {exc.remedy}"
     else:
         message = in_cli_terms(str(exc) or type(exc).__name__)
     message = " ".join(message.split())  # one line, whatever the library's message holds

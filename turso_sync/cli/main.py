@@ -18,7 +18,7 @@ import traceback
 from collections.abc import Sequence
 from types import FrameType
 
-from .exit_codes import ExitCode, classify, describe
+from .exit_codes import ExitCode, as_damage, classify, describe
 
 #: command name -> module (only the module of the command that runs is imported, so each stays light)
 COMMANDS: dict[str, str] = {
@@ -85,7 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"turso-sync {args.command}: interrupted", file=sys.stderr)
         return ExitCode.INTERRUPTED
-    except Exception as exc:
+    except Exception as caught:
+        exc = as_damage(caught, getattr(args, "opened_replica", None))
         code = classify(exc)
         if getattr(args, "debug", False):
             traceback.print_exc()

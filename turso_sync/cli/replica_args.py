@@ -234,4 +234,7 @@ def open_replica(
     if not isinstance(conn, SyncConnection):  # pragma: no cover - remote_url or a -sync file make a replica
         conn.close()
         raise CommandError(f"{path} is not a replica")
+    # from here on the key has opened page 1: a page that fails authentication later was changed
+    # on disk (main() reports it as damage, not as a key problem)
+    args.opened_replica = path
     return conn
