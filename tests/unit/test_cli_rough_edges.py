@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.metadata
 import io
 import json
+import logging
 import os
 import re
 import socket
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import turso_sync
-from tests.conftest import KEY128, KEY256
+from tests.conftest import KEY128, KEY256, wait_for
 from turso_sync import errors
 from turso_sync.cli.exit_codes import ExitCode, describe, in_cli_terms
 from turso_sync.cli.main import main
@@ -355,3 +356,33 @@ def test_a_page_changed_on_disk_is_damage_for_every_command_not_a_key_problem(tm
     assert "turso-sync verify r.db" in err and "give the replica's key" not in err and err.count("\n") == 1
     code, _out, err = run(capsys, "exec", "r.db", "SELECT * FROM nope", "--encryption-key", KEY256)
     assert code == ExitCode.ERROR and err.strip() == "turso-sync exec: no such table: nope"  # SQL errors stay 1
+
+
+def test_a_retried_failure_is_one_warning_line_and_its_traceback_only_at_debug(tmp_path, monkeypatch, caplog):
+    """Even an exception that is not turso_sync's own (a bug) is retried as one WARNING line."""
+    from turso_sync.sync import replica as replica_module
+    from turso_sync.sync.daemon import SyncDaemon
+
+    path = make_replica(tmp_path, rows=3)
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("a bug in the test's stand-in")
+
+    monkeypatch.setattr(replica_module.Replica, "pull", broken)
+    monkeypatch.setattr(replica_module.Replica, "push", broken)
+    caplog.set_level(logging.DEBUG, logger="turso_sync.daemon")
+    daemon = SyncDaemon([str(path)], long_poll=0, interval=0.01, max_backoff=0.1)
+    daemon.start()
+    try:
+        wait_for(lambda: sum("failed" in r.getMessage() for r in caplog.records) >= 6, 30, "failures to be retried")
+    finally:
+        daemon.stop()
+        daemon.close()
+    failures = [r for r in caplog.records if " failed (" in r.getMessage()]
+    warnings = [r for r in failures if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]  # the first of the outage; repeats at debug
+    assert warnings[0].exc_info is None and "RuntimeError: a bug in the test's stand-in" in warnings[0].getMessage()
+    assert "retrying in" in warnings[0].getMessage()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    tracebacks = [r for r in caplog.records if r.exc_info]
+    assert tracebacks and all(r.levelno == logging.DEBUG for r in tracebacks)
