@@ -96,3 +96,28 @@ def test_verify_a_page_changed_on_disk_that_the_frame_log_never_held_is_status_7
     assert damaged.err == ""
     os.remove(tmp_path / "r.db-frames")  # and once the file check finds something, it says that first
     assert cli("verify", "r.db", "--offline", cwd=tmp_path, env=key_env()).code == 7
+
+
+def test_sigterm_ends_a_shell_waiting_for_input(tmp_path, server):
+    """The shell swallows Ctrl-C at its prompt to go on; SIGTERM must still end it."""
+    assert cli("clone", fresh_url(server), "r.db", "-q", cwd=tmp_path).code == 0
+    shell = subprocess.Popen(
+        [*TURSO_SYNC, "shell", "r.db"],
+        cwd=tmp_path,
+        env=clean_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert shell.stdin is not None and shell.stdout is not None
+        shell.stdin.write("SELECT 41 + 1 AS answer;\n")
+        shell.stdin.flush()
+        assert [shell.stdout.readline() for _ in range(3)][2].strip() == "42"  # it now waits on stdin
+        shell.send_signal(signal.SIGTERM)
+        _, err = shell.communicate(timeout=60)
+    finally:
+        shell.kill()
+    assert shell.returncode == 143, err
+    assert err.strip() == "turso-sync shell: terminated (SIGTERM)"

@@ -29,6 +29,14 @@ class ExitCode(IntEnum):
     TERMINATED = 143  # SIGTERM (128 + 15): cleaned up as after Ctrl-C
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: raised where the command was, so it unwinds (and cleans up) as Ctrl-C does.
+
+    A subclass of ``KeyboardInterrupt`` so every clean-up written for Ctrl-C runs; code that
+    swallows Ctrl-C to go on (the shell's prompt) must let this one through.
+    """
+
+
 class CommandError(Exception):
     """A failure the command describes itself (bad options, wrong path): message and status."""
 

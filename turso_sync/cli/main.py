@@ -18,7 +18,7 @@ import traceback
 from collections.abc import Sequence
 from types import FrameType
 
-from .exit_codes import ExitCode, as_damage, classify, describe
+from .exit_codes import ExitCode, Terminated, as_damage, classify, describe
 
 #: command name -> module (only the module of the command that runs is imported, so each stays light)
 COMMANDS: dict[str, str] = {
@@ -94,10 +94,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM arrived: raised where the command was, so it unwinds (and cleans up) as Ctrl-C does."""
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:

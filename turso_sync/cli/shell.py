@@ -26,6 +26,7 @@ from typing import Any
 from .. import errors
 from ..local.capture import is_internal
 from ..sync.connection import SyncConnection
+from .exit_codes import Terminated
 from .replica_args import add_credential_arguments, add_path_argument, add_sync_arguments, open_replica
 from .rows import print_json, print_table, rows_as_objects
 from .status import print_rows, status_rows
@@ -79,6 +80,8 @@ class Shell:
         while True:
             try:
                 line = self.read_line(bool(buffer.strip()))
+            except Terminated:
+                raise  # SIGTERM ends the shell (an open transaction is rolled back by closing)
             except KeyboardInterrupt:
                 print("^C" if self.interactive else "", file=sys.stderr)
                 buffer = ""
