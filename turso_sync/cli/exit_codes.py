@@ -61,12 +61,17 @@ def as_damage(exc: BaseException, opened: str | None) -> BaseException:
     database) is damage on disk: a ``ReplicaDamagedError`` naming it, with verify's remedy."""
     if opened is None or not (isinstance(exc, errors.EncryptionError) or type(exc) is errors.DatabaseError):
         return exc
-    what = " ".join(str(exc).split()).removeprefix(f"{os.path.realpath(opened)}: ")
+    remedy = f"run `turso-sync verify {opened}` to see the damage, then `turso-sync verify --repair {opened}`"
+    return errors.ReplicaDamagedError(opened, damage_text(exc, opened), remedy)
+
+
+def damage_text(exc: BaseException, path: str) -> str:
+    """What a page error read after the key opened the replica at ``path`` says, as damage."""
+    what = in_cli_terms(" ".join(str(exc).split())).removeprefix(f"{os.path.realpath(path)}: ")
     if isinstance(exc, errors.EncryptionError):  # wording only: the key is known to be right here
         what = what.replace("; the key is wrong or the file was changed on disk", "")
         what += ": the key opened the replica, so the page was changed on disk"
-    remedy = f"run `turso-sync verify {opened}` to see the damage, then `turso-sync verify --repair {opened}`"
-    return errors.ReplicaDamagedError(opened, what, remedy)
+    return what
 
 
 def classify(exc: BaseException) -> ExitCode:

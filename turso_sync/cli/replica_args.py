@@ -140,9 +140,6 @@ def check_key_fits(
             raise CommandError(f"{path} is encrypted with {found}: give --cipher {found}", ExitCode.ENCRYPTION_KEY)
 
 
-_URL_SCHEMES = ("http", "https", "libsql", "turso")
-
-
 def read_key_file(file_name: str, cipher: str, what: str) -> str:
     """The hex key held in ``file_name``, checked against ``cipher``; errors name ``what`` (never the key)."""
     try:
@@ -158,6 +155,9 @@ def read_key_file(file_name: str, cipher: str, what: str) -> str:
         reason = str(exc).replace("encryption_key", "the key")
         raise CommandError(f"{what}: the key in {file_name} is not usable: {reason}", ExitCode.ENCRYPTION_KEY) from None
     return key
+
+
+_URL_SCHEMES = ("http", "https", "libsql", "turso")
 
 
 def check_remote_url(url: str, what: str = "URL") -> None:

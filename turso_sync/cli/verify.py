@@ -30,7 +30,7 @@ from .. import errors
 from ..local.capture import is_replica
 from ..local.connection import Connection
 from ..sync.files import Damage, ReplicaFiles, lost_state_remedy, remedy
-from .exit_codes import CommandError, ExitCode, in_cli_terms
+from .exit_codes import CommandError, ExitCode, damage_text
 from .replica_args import (
     add_credential_arguments,
     add_path_argument,
@@ -111,12 +111,10 @@ def run(args: argparse.Namespace) -> int:
             pages = conn.execute("PRAGMA page_count").fetchone()[0]
         except errors.SyncError:
             raise  # a partial replica fetching a page: the primary, not damage
-        except errors.EncryptionError as exc:
-            # the key opened page 1, so a page that fails authentication was changed on disk:
-            # damage, not a key problem
-            problems = [f"{' '.join(str(exc).split())} (the key opened page 1: the page was changed on disk)"]
-        except errors.DatabaseError as exc:  # a page SQLite cannot parse
-            problems = [" ".join(in_cli_terms(str(exc)).split())]
+        except errors.DatabaseError as exc:
+            # the key opened page 1, so a page that fails authentication (or that SQLite cannot
+            # parse) was changed on disk: damage, not a key problem
+            problems = [damage_text(exc, args.path)]
         if problems:
             shown = problems[:_SHOWN] + ([f"and {len(problems) - _SHOWN} more"] if len(problems) > _SHOWN else [])
             print(f"integrity: FAILED ({'; '.join(shown)})")
