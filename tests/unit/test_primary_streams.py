@@ -7,6 +7,7 @@ engine's locked snapshot reads.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -130,3 +131,29 @@ def test_pages_read_beside_an_open_write_are_the_committed_ones(tmp_path: Path, 
     for c in (conn, writer):
         c.close()
     engine.close()
+
+
+def test_a_stream_kept_by_a_cancelled_request_is_rolled_back() -> None:
+    from turso_sync.primary.app import _end_orphan
+    from turso_sync.primary.database import PipelineRun
+
+    ended: list[object] = []
+
+    class FakeDb:
+        def end_stream(self, stream: object) -> None:
+            ended.append(stream)
+
+        async def call(self, fn: Any, *args: Any) -> Any:
+            return fn(*args)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        kept, plain = loop.create_future(), loop.create_future()
+        kept.set_result(PipelineRun([], stream="the-stream"))  # type: ignore[arg-type]
+        plain.set_result(PipelineRun([]))
+        _end_orphan(FakeDb(), kept)  # type: ignore[arg-type]
+        _end_orphan(FakeDb(), plain)  # type: ignore[arg-type]
+        await asyncio.gather(*(t for t in asyncio.all_tasks() if t is not asyncio.current_task()))
+
+    asyncio.run(main())
+    assert ended == ["the-stream"]

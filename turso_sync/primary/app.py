@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
@@ -470,7 +471,13 @@ async def _run_new_stream(
     deadline = loop.time() + lock_wait_s
     while True:
         seen = db.streams_ended
-        run = await db.call(db.run_pipeline, pipe.requests, read_only, keep_open)
+        job = asyncio.ensure_future(db.call(db.run_pipeline, pipe.requests, read_only, keep_open))
+        try:
+            run = await asyncio.shield(job)
+        except asyncio.CancelledError:
+            # the job runs on regardless: a stream it keeps open would belong to nobody
+            job.add_done_callback(functools.partial(_end_orphan, db))
+            raise
         if not run.locked:
             return run
         if not await db.wait_stream_end(seen, deadline - loop.time()):
@@ -478,6 +485,16 @@ async def _run_new_stream(
                 f"a transaction kept open between requests (a stream) holds database '{db.name}''s write lock "
                 f"and did not end within {lock_wait_s:g} s; nothing of this request was kept; try again shortly"
             )
+
+
+def _end_orphan(db: HostedDatabase, job: asyncio.Future[PipelineRun]) -> None:
+    """Roll back a stream kept by a job whose request was cancelled (no baton ever left the server)."""
+    if job.cancelled() or job.exception() is not None:
+        return
+    stream = job.result().stream
+    if stream is not None:
+        task = asyncio.ensure_future(db.call(db.end_stream, stream))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # nothing to report: best effort
 
 
 async def _continue_stream(
