@@ -19,6 +19,9 @@ Temporary files are refused: connections keep ``temp_store=MEMORY``.
 The codec is either format (``crypto/page_codec.py``, ``crypto/hardened.py``); this file tells it
 where each image goes (``encrypt(page, pgno, "WAL")``) and where each was read from, which the
 hardened format binds into every page, so an image read from another place is refused by page.
+A hardened codec also gets a reader of the database's key ring file (``<db>-rekey``), which it
+reads when it meets a key epoch it does not hold, during a key rotation (``local/rekey.py``).
+A checkpoint re-encrypts every page it copies under the newest epoch the codec holds.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from typing import TYPE_CHECKING
 import apsw
 
 from .. import errors
+from ..crypto.hardened import HardenedCodec
 from ..crypto.page_codec import PageAuthError, PageCodec
 from .walformat import FRAME_HEADER_SIZE, WAL_HEADER_SIZE, FrameHeader, frame_index, frame_offset, wal_checksum
 
@@ -97,6 +101,8 @@ class _Registry:
             state = self._states.get(path)
             if state is None:
                 state = DatabaseState(path, codec)
+                if isinstance(codec, HardenedCodec):
+                    codec.ring_source = ring_reader(path)  # a hardened file's key rotation
                 self._states[path] = state
             state.users += 1
             return state
@@ -124,6 +130,21 @@ class _Registry:
 
 
 registry = _Registry()
+
+RING_SUFFIX = "-rekey"  # a hardened file's key ring while a rotation runs (crypto/keyring.py)
+
+
+def ring_reader(path: str) -> Callable[[], bytes | None]:
+    """Reads ``path``'s key ring file when a codec meets a key epoch it does not hold (None: no rotation)."""
+
+    def read() -> bytes | None:
+        try:
+            with open(path + RING_SUFFIX, "rb") as f:  # another file than SQLite's: no lock of theirs is dropped
+                return f.read()
+        except FileNotFoundError:
+            return None
+
+    return read
 
 
 @contextlib.contextmanager

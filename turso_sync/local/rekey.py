@@ -1,0 +1,706 @@
+"""Key rotation of a hardened database while other processes read and write it; passphrase changes.
+
+A rotation moves the file from key epoch ``N`` to ``N + 1`` in four steps, each one safe to kill:
+
+1. **Start.**  ``<db>-rekey`` (``crypto/keyring.py``) is written atomically: both data keys,
+   each sealed under the other, and page 1's parameters for ``N + 1``.  Then, under SQLite's
+   write lock, page 1 is written again as one WAL transaction (``install.append_transaction``)
+   under epoch ``N + 1`` with the "previous live" bit set.  From that commit on, every process
+   writes ``N + 1``: a writer reads page 1 before it writes, its codec meets an epoch it does
+   not hold and reads the ring.
+2. **Sweep.**  In small batches, each one a write transaction: the current committed image of
+   each page (the newest WAL frame, else the database file) still under epoch ``N`` is
+   decrypted and written back unchanged as a WAL transaction under ``N + 1``.  The next page
+   to look at is saved in the ring file after each batch, so a killed sweep resumes there.
+   Then a ``TRUNCATE`` checkpoint copies the WAL into the database file (the VFS encrypts every
+   page it writes under the newest epoch) and empties the WAL; SQLite's own checkpoint rules
+   keep readers of older snapshots safe.  The database file and the WAL are then scanned (the
+   nonce of every image names its epoch); anything left sends the sweep round again.
+3. **Copies.**  The frame log (``<db>-frames``) and revert files (``<db>-revert-<seq>``) keep
+   page images as they were on disk: every image of epoch ``N`` is re-encrypted, each file
+   rewritten to a temporary file and renamed over the old one under that file's own lock.
+4. **Retire.**  Under the write lock every place is scanned once more; if nothing holds epoch
+   ``N``, the ring file is removed and page 1 is written with the "previous live" bit cleared.
+   Every process drops key ``N`` when it next reads page 1; from then on the old key opens
+   nothing and an image of epoch ``N`` is refused.
+
+A passphrase change (``change_passphrase``) re-wraps the newest data key: page 1 alone is
+written, then checkpointed.  It needs the file to itself (no other process may have it open),
+because every process writes page 1's parameters from its own copy of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import glob
+import os
+import struct
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import apsw
+
+from .. import errors
+from ..crypto import keyring
+from ..crypto.hardened import HardenedCodec, is_hardened
+from ..crypto.keyring import KeyRing
+from ..crypto.keys import Argon2Params
+from .engine import LocalDatabase
+from .framelog import _HEADER_SIZE as FRAMELOG_HEADER_SIZE
+from .framelog import _REC as FRAMELOG_RECORD
+from .framelog import _REC_SIZE as FRAMELOG_RECORD_SIZE
+from .framelog import REC_MAGIC
+from .vfs import RING_SUFFIX, file_descriptor, realpath, ring_reader
+from .walformat import FRAME_HEADER_SIZE, WAL_HEADER_SIZE
+from .walindex import committed_wal
+
+BATCH_PAGES = 64
+_ROUNDS = 5  # sweeps before giving up on retiring (each round only finds what came in between)
+_REVERT_HEAD = 20  # magic (8) | seq (8) | count (4), then crc32 (4)
+_SHM_DMS_BYTE = 128  # every connection holds a read lock on this byte of -shm while open (unix VFS)
+
+
+@dataclass(frozen=True)
+class RekeyProgress:
+    """Where a rotation stands, for a progress line."""
+
+    old_epoch: int
+    new_epoch: int
+    phase: str
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
+class RekeyResult:
+    """What ``rekey`` did."""
+
+    old_epoch: int
+    new_epoch: int
+    resumed: bool  # a rotation that an earlier run had started
+    pages_rewritten: int
+    copies_rewritten: int  # frame log and revert-file images re-encrypted
+
+
+def rekey(
+    path: str | os.PathLike[str],
+    *,
+    encryption_key: str | None = None,
+    passphrase: str | None = None,
+    new_key: str | None = None,
+    batch_pages: int = BATCH_PAGES,
+    progress: Callable[[RekeyProgress], None] | None = None,
+    busy_timeout: float = 60.0,
+) -> RekeyResult:
+    """Rotate the hardened database at ``path`` to a new key epoch, or finish a rotation under way.
+
+    Open it with ``encryption_key`` (either key of a rotation under way) or ``passphrase``.
+    A raw-key file needs ``new_key`` (64 hex digits) to start a rotation; a passphrase file
+    gets a new random data key, wrapped by the same passphrase.  Resuming needs no new key (a
+    different one is refused: the ring already holds the one the rotation started with).
+    Other processes may keep reading and writing throughout.  Raises ``EncryptionError`` for
+    a file in Turso's format or a lost ring, ``OperationalError`` when readers keep the WAL
+    from being emptied for ``busy_timeout`` seconds (run it again: it resumes).
+    """
+    db_path = realpath(path)
+    new_raw = _parse_new_key(new_key) if new_key is not None else None
+    key, cipher = _opening_secret(db_path, encryption_key, passphrase)
+    db = LocalDatabase(db_path, encryption_key=key, cipher=cipher)
+    try:
+        return _Rotation(db, progress, batch_pages, busy_timeout).run(new_raw)
+    finally:
+        db.close()
+
+
+def change_passphrase(
+    path: str | os.PathLike[str], passphrase: str, new_passphrase: str, *, argon2: Argon2Params | None = None
+) -> None:
+    """Re-wrap the data key of the hardened database at ``path`` under ``new_passphrase``.
+
+    Only page 1 changes; the old passphrase opens nothing afterwards.  Refused (``OperationalError``)
+    while another process has the database open.  ``argon2`` sets the new cost (default: the
+    library's default for new files).
+    """
+    db_path = realpath(path)
+    if not new_passphrase:
+        raise errors.ProgrammingError("the new passphrase must not be empty")
+    _, cipher = _opening_secret(db_path, None, passphrase)
+    db = LocalDatabase(db_path, encryption_key=passphrase, cipher=cipher)
+    try:
+        codec = _hardened_codec(db)
+        _refuse_other_processes(db_path)
+        db.checkpoint()  # no page-1 image with the old wrap stays in the WAL
+        with db.write_lock() as conn:
+            _refuse_other_processes(db_path)
+            if codec.params is None or codec.params.argon2 is None:
+                raise errors.EncryptionError(f"{db_path} is encrypted with a raw key, not a passphrase")
+            size = int(conn.execute("PRAGMA page_count").get)  # type: ignore[arg-type]
+            page1 = _current_plain(db_path, codec, [1])[1]
+            try:
+                codec.change_passphrase(new_passphrase.encode("utf-8"), argon2 or _default_argon2())
+            except ValueError as exc:
+                raise errors.ProgrammingError(str(exc)) from None
+            db.install_locked(conn, {1: page1}, size)
+        db.checkpoint()  # page 1 into the database file; the WAL emptied
+    finally:
+        db.close()
+
+
+def _default_argon2() -> Argon2Params:
+    from ..crypto.keys import ARGON2_DEFAULT
+
+    return ARGON2_DEFAULT
+
+
+# --- opening -----------------------------------------------------------------------------------
+
+
+def _parse_new_key(new_key: str) -> bytes:
+    try:
+        raw = bytes.fromhex(new_key.strip())
+    except (ValueError, AttributeError):
+        raise errors.ProgrammingError("the new key must be hex digits only") from None
+    if len(raw) != 32:
+        raise errors.ProgrammingError(f"the new key must be 64 hex digits, got {len(new_key.strip())}")
+    return raw
+
+
+def _opening_secret(db_path: str, encryption_key: str | None, passphrase: str | None) -> tuple[str, str]:
+    """The key (or passphrase) and cipher that open ``db_path`` through a connection.
+
+    Page 1 in the database file may carry either epoch of a rotation: a raw key of the other
+    one is traded for this one's through the key ring.
+    """
+    try:
+        with open(db_path, "rb") as f:
+            page1 = f.read(4096)
+    except FileNotFoundError:
+        raise errors.OperationalError(f"{db_path} does not exist") from None
+    if not is_hardened(page1):
+        raise errors.EncryptionError(
+            f"{db_path} does not use the hardened format: Turso's format keeps one key for the life of the "
+            "file (copy the data into a new database to change it; docs/encryption.md)"
+        )
+    if (encryption_key is None) == (passphrase is None):
+        raise errors.ProgrammingError("give the database's key or its passphrase (one of them)")
+    if passphrase is not None:
+        return passphrase, "hardened-passphrase"
+    assert encryption_key is not None
+    try:
+        raw = bytes.fromhex(encryption_key.strip())
+    except ValueError:
+        raise errors.ProgrammingError("encryption_key must be hex digits only") from None
+    from ..crypto.page_codec import HARDENED_CIPHERS
+
+    probe = HardenedCodec(HARDENED_CIPHERS["hardened"], raw)
+    probe.ring_source = ring_reader(db_path)
+    try:
+        params = probe.open_file(page1)
+    except errors.EncryptionError:
+        raise
+    except Exception:
+        raise errors.EncryptionError(
+            f"wrong encryption key for {db_path}: page 1 failed authentication, and no key ring of a rotation "
+            "under way opens with it"
+        ) from None
+    return probe.data_key(params.epoch).hex(), "hardened"
+
+
+def _hardened_codec(db: LocalDatabase) -> HardenedCodec:
+    codec = db.codec
+    if not isinstance(codec, HardenedCodec):
+        raise errors.EncryptionError(f"{db.path} does not use the hardened format")
+    return codec
+
+
+def _refuse_other_processes(db_path: str) -> None:
+    """Raise when another process has the database open (it holds a read lock on ``-shm``)."""
+    try:
+        with file_descriptor(db_path, "-shm") as fd:
+            probe = struct.pack("hhqqi", fcntl.F_WRLCK, os.SEEK_SET, _SHM_DMS_BYTE, 1, 0)
+            answer = fcntl.fcntl(fd, fcntl.F_GETLK, probe)
+    except FileNotFoundError:
+        return
+    kind, _whence, _start, _len, pid = struct.unpack("hhqqi", answer)
+    if kind != fcntl.F_UNLCK:
+        raise errors.OperationalError(
+            f"{db_path} is open in another process (pid {pid}): close it first; a passphrase change "
+            "rewrites page 1, whose parameters every open process keeps a copy of"
+        )
+
+
+# --- the rotation ------------------------------------------------------------------------------
+
+
+class _Rotation:
+    def __init__(
+        self,
+        db: LocalDatabase,
+        progress: Callable[[RekeyProgress], None] | None,
+        batch_pages: int,
+        busy_timeout: float,
+    ) -> None:
+        self.db = db
+        self.path = db.path
+        self.ring_path = db.path + RING_SUFFIX
+        self.codec = _hardened_codec(db)
+        self.P = db.page_size
+        self.progress = progress
+        self.batch = max(1, batch_pages)
+        self.busy_timeout = busy_timeout
+        self.rewritten = 0
+        self.copies = 0
+
+    def _say(self, ring: KeyRing, phase: str, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(RekeyProgress(ring.old_epoch, ring.new_epoch, phase, done, total))
+
+    def run(self, new_raw: bytes | None) -> RekeyResult:
+        self.db.query("SELECT count(*) FROM sqlite_schema")  # page 1 as of now: the codec's state follows it
+        ring = self._read_ring()
+        params = self.codec.params
+        assert params is not None
+        if ring is not None and (ring.file_id != params.file_id or ring.new_epoch < params.epoch):
+            raise errors.EncryptionError(
+                f"{self.ring_path} is not the key ring of {self.path} as it is now (another file, or an older "
+                "rotation); move it away if the database was replaced, then run rekey again"
+            )
+        if ring is not None and ring.new_epoch == params.epoch and not params.previous_live:
+            _remove(self.ring_path)  # a retired rotation's leftover (killed before it was removed)
+            ring = None
+        resumed = ring is not None
+        if ring is None and params.previous_live:
+            ring = self._lost_ring()  # raises unless nothing holds the old epoch any more
+        if ring is None:
+            ring = self._start(new_raw)
+        else:
+            if new_raw is not None and not self._ring_holds(ring, new_raw):
+                raise errors.ProgrammingError(
+                    f"a rotation of {self.path} to key epoch {ring.new_epoch} with another key is under way: "
+                    "finish it first (run rekey without a new key), then rotate again"
+                )
+            if not self.codec.adopt_ring(ring):
+                raise errors.EncryptionError(f"{self.ring_path} does not open with the key given for {self.path}")
+            if ring.phase == keyring.PHASE_STARTED:
+                ring = self._commit_start(ring)
+        ring = self._sweep(ring)
+        self._retire(ring)
+        return RekeyResult(ring.old_epoch, ring.new_epoch, resumed, self.rewritten, self.copies)
+
+    def _ring_holds(self, ring: KeyRing, raw: bytes) -> bool:
+        return ring.open({}, (raw,)) is not None
+
+    def _read_ring(self) -> KeyRing | None:
+        try:
+            with open(self.ring_path, "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            return None
+        return KeyRing.decode(raw, self.ring_path)
+
+    def _save_ring(self, ring: KeyRing) -> None:
+        _write_atomically(self.ring_path, ring.encode())
+
+    def _lost_ring(self) -> KeyRing | None:
+        """Page 1 says the older epoch is live but the ring is gone: fine only if nothing holds it."""
+        params = self.codec.params
+        assert params is not None
+        left = self._old_images(params.epoch)
+        if left:
+            raise errors.EncryptionError(
+                f"{self.path}: page 1 says a key rotation to epoch {params.epoch} is under way, but its key ring "
+                f"{self.ring_path} is missing and {left} still needs the old key; put the ring file back (it "
+                "travels with the database during a rotation), then run rekey again"
+            )
+        self._commit_retirement()
+        return None
+
+    # --- 1. start ------------------------------------------------------------------------------
+
+    def _start(self, new_raw: bytes | None) -> KeyRing:
+        params = self.codec.params
+        assert params is not None
+        if params.argon2 is None and new_raw is None:
+            raise errors.ProgrammingError(f"{self.path} is encrypted with a raw key: give the new key to rotate to")
+        try:
+            ring = self.codec.rotation_ring(new_raw)
+        except ValueError as exc:
+            raise errors.ProgrammingError(f"{self.path}: {exc}") from None
+        self._save_ring(ring)  # before any image of the new epoch exists
+        if not self.codec.adopt_ring(ring):
+            raise errors.EncryptionError(f"{self.ring_path} was just written and does not open")  # a bug
+        return self._commit_start(ring)
+
+    def _commit_start(self, ring: KeyRing) -> KeyRing:
+        """Page 1 under the new epoch, "previous live" set: the rotation is on for every process."""
+        with self.db.write_lock() as conn:
+            size = int(conn.execute("PRAGMA page_count").get)  # type: ignore[arg-type]
+            page1 = _current_plain(self.path, self.codec, [1])[1]
+            self.db.install_locked(conn, {1: page1}, size)
+        ring = ring.with_progress(keyring.PHASE_SWEEPING, 1)
+        self._save_ring(ring)
+        return ring
+
+    # --- 2. sweep ------------------------------------------------------------------------------
+
+    def _sweep(self, ring: KeyRing) -> KeyRing:
+        new = ring.new_epoch
+        while ring.phase == keyring.PHASE_SWEEPING:
+            pgno = ring.next_page
+            size = self._page_count()
+            while pgno <= size:
+                size = self._rewrite_batch(pgno, new)
+                pgno += self.batch
+                ring = ring.with_progress(keyring.PHASE_SWEEPING, pgno)
+                self._save_ring(ring)
+                self._say(ring, "re-encrypting pages", min(pgno - 1, size), size)
+            self._checkpoint(ring)
+            left = self._stale_pages(new)
+            if left:
+                ring = ring.with_progress(keyring.PHASE_SWEEPING, left[0])
+            else:
+                ring = ring.with_progress(keyring.PHASE_COPIES, 1)
+            self._save_ring(ring)
+        if ring.phase == keyring.PHASE_COPIES:
+            self.copies += rewrite_frame_log(self.path, self.codec)
+            self.copies += rewrite_revert_files(self.path, self.codec)
+            self._say(ring, "re-encrypting the frame log and revert files", 1, 1)
+            ring = ring.with_progress(keyring.PHASE_RETIRING, 1)
+            self._save_ring(ring)
+        return ring
+
+    def _page_count(self) -> int:
+        return int(self.db.query("PRAGMA page_count")[0][0])
+
+    def _rewrite_batch(self, first: int, new: int) -> int:
+        """Pages ``first ..`` of the batch still under an older epoch, written back under ``new``."""
+        lazy = self.db.lazy
+        with self.db.write_lock() as conn:
+            size = int(conn.execute("PRAGMA page_count").get)  # type: ignore[arg-type]
+            wanted = [p for p in range(first, min(first + self.batch, size + 1)) if lazy is None or not lazy.missing(p)]
+            raw = _current_raw(self.path, self.P, wanted)
+            old = [p for p in wanted if self.codec.epoch_of(raw[p][0]) != new]
+            if old:
+                pages = {p: self.codec.decrypt(raw[p][0], p, raw[p][1]) for p in old}
+                self.db.install_locked(conn, pages, size)
+                self.rewritten += len(old)
+        return size
+
+    def _checkpoint(self, ring: KeyRing) -> None:
+        """Copy the WAL into the database file and empty it; readers of older snapshots may delay it."""
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                self.db.checkpoint()
+                if not _wal_frames_of_other_epochs(self.path, self.P, self.codec, ring.new_epoch):
+                    return
+            except errors.OperationalError:
+                pass  # busy: a reader still uses the WAL, or a writer holds the lock
+            if time.monotonic() > deadline:
+                raise errors.OperationalError(
+                    f"{self.path}: readers kept the WAL from being checkpointed for {self.busy_timeout:.0f} s; "
+                    "the rotation is saved, run rekey again to resume it"
+                )
+            self._say(ring, "waiting for readers to checkpoint", 0, 1)
+            time.sleep(0.05)  # lets a reader's transaction end (no condition to wait on across processes)
+
+    def _stale_pages(self, new: int) -> list[int]:
+        """Pages of the database file still under an older epoch (lazily missing pages aside)."""
+        lazy = self.db.lazy
+        P = self.P
+        out = []
+        with file_descriptor(self.path) as fd:
+            count = os.fstat(fd).st_size // P
+            for pgno in range(1, count + 1):
+                if lazy is not None and lazy.missing(pgno):
+                    continue
+                nonce = os.pread(fd, 2, pgno * P - 12)
+                if int.from_bytes(nonce, "big") != new:
+                    out.append(pgno)
+        return out
+
+    # --- 4. retire -----------------------------------------------------------------------------
+
+    def _old_images(self, new: int) -> str:
+        """What still holds an image of another epoch than ``new`` ('' when nothing)."""
+        stale = self._stale_pages(new)
+        if stale:
+            return f"page {stale[0]} of the database file ({len(stale)} pages)"
+        if _wal_frames_of_other_epochs(self.path, self.P, self.codec, new):
+            return "the WAL"
+        if scan_frame_log(self.path, self.codec, new):
+            return f"the frame log {self.path}-frames"
+        if scan_revert_files(self.path, self.codec, new):
+            return "a revert file"
+        return ""
+
+    def _retire(self, ring: KeyRing) -> None:
+        for _round in range(_ROUNDS):
+            with self.db.write_lock() as conn:
+                left = self._old_images(ring.new_epoch)
+                if not left:
+                    # the ring first: a kill in between leaves "previous live" without a ring, which a
+                    # rerun finds clean (nothing holds the old epoch) and retires
+                    _remove(self.ring_path)
+                    self._retire_locked(conn)
+                    break
+            # another process's checkpoint or archive came between the sweep and the lock: once more
+            ring = self._sweep(ring.with_progress(keyring.PHASE_SWEEPING, 1))
+        else:
+            raise errors.OperationalError(
+                f"{self.path}: {left} still holds key epoch {ring.old_epoch} after {_ROUNDS} sweeps; "
+                "the rotation is saved, run rekey again to resume it"
+            )
+        with contextlib.suppress(errors.OperationalError):
+            self.db.checkpoint()  # page 1 with the bit cleared into the database file, when no reader objects
+        self._say(ring, "old key retired", 1, 1)
+
+    def _commit_retirement(self) -> None:
+        with self.db.write_lock() as conn:
+            _remove(self.ring_path)
+            self._retire_locked(conn)
+
+    def _retire_locked(self, conn: apsw.Connection) -> None:
+        """Page 1 with "previous live" cleared; the caller holds the write lock on ``conn``."""
+        self.codec.retire_previous()
+        size = int(conn.execute("PRAGMA page_count").get)  # type: ignore[arg-type]
+        page1 = _current_plain(self.path, self.codec, [1])[1]
+        self.db.install_locked(conn, {1: page1}, size)
+
+
+# --- reading images ----------------------------------------------------------------------------
+
+
+def _current_raw(db_path: str, page_size: int, pgnos: list[int]) -> dict[int, tuple[bytes, str]]:
+    """Committed images as stored (caller holds the write lock): newest WAL frame, else the file."""
+    latest: dict[int, bytes] = {}
+    wanted = set(pgnos)
+    try:
+        for txn in committed_wal(db_path).txns:
+            for frame in txn.frames:
+                if frame.pgno in wanted:
+                    latest[frame.pgno] = frame.body
+    except FileNotFoundError:
+        pass
+    out: dict[int, tuple[bytes, str]] = {}
+    with file_descriptor(db_path) as fd:
+        for pgno in pgnos:
+            if pgno in latest:
+                out[pgno] = (latest[pgno], "WAL")
+                continue
+            raw = os.pread(fd, page_size, (pgno - 1) * page_size)
+            if len(raw) < page_size:
+                raise errors.DatabaseError(f"{db_path}: page {pgno} is missing from the database file")
+            out[pgno] = (raw, "database")
+    return out
+
+
+def _current_plain(db_path: str, codec: HardenedCodec, pgnos: list[int]) -> dict[int, bytes]:
+    raw = _current_raw(db_path, codec.page_size, pgnos)
+    return {p: codec.decrypt(image, p, where) for p, (image, where) in raw.items()}
+
+
+def _wal_frames_of_other_epochs(db_path: str, page_size: int, codec: HardenedCodec, new: int) -> int:
+    """Frames anywhere in the WAL file (committed or not, any generation) not under ``new``."""
+    try:
+        with open(db_path + "-wal", "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return 0
+    frame = FRAME_HEADER_SIZE + page_size
+    count = 0
+    for off in range(WAL_HEADER_SIZE, len(data) - frame + 1, frame):
+        body = data[off + FRAME_HEADER_SIZE : off + frame]
+        if codec.epoch_of(body) != new:
+            count += 1
+    return count
+
+
+# --- the frame log and revert files --------------------------------------------------------------
+
+
+def _frame_log_images(data: bytes, page_size: int) -> Iterator[tuple[int, int, int]]:
+    """(record offset, image offset, pgno) of every page image in a frame log's valid records."""
+    pos = FRAMELOG_HEADER_SIZE
+    while pos + FRAMELOG_RECORD_SIZE <= len(data):
+        head = data[pos : pos + FRAMELOG_RECORD_SIZE]
+        fields = FRAMELOG_RECORD.unpack_from(head)
+        magic, npages, body_len = fields[0], fields[7], fields[8]
+        (crc,) = struct.unpack_from(">I", head, FRAMELOG_RECORD.size)
+        end = pos + FRAMELOG_RECORD_SIZE + body_len
+        if magic != REC_MAGIC or end > len(data):
+            return
+        body = data[pos + FRAMELOG_RECORD_SIZE : end]
+        if zlib.crc32(body, zlib.crc32(head[: FRAMELOG_RECORD.size])) != crc:
+            return
+        p = pos + FRAMELOG_RECORD_SIZE
+        for _ in range(npages):
+            pgno, flag = struct.unpack_from(">IB", data, p)
+            p += 5
+            for _image in range((flag & 1) + (0 if flag & 2 else 1)):
+                yield pos, p, pgno
+                p += page_size
+        pos = end
+
+
+def scan_frame_log(db_path: str, codec: HardenedCodec, new: int) -> int:
+    """How many images in the frame log are under another epoch than ``new``."""
+    try:
+        with open(db_path + "-frames", "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return 0
+    P = codec.page_size
+    return sum(1 for _rec, off, _pgno in _frame_log_images(data, P) if codec.epoch_of(data[off : off + P]) != new)
+
+
+def rewrite_frame_log(db_path: str, codec: HardenedCodec) -> int:
+    """Re-encrypt the frame log's images of older epochs under the codec's write epoch; return how many.
+
+    Under the log's exclusive lock (the one ``FrameLog`` takes), written to a temporary file and
+    renamed over the log, as ``FrameLog.prune`` does; a torn record at the end is dropped, as
+    the log's own repair would.
+    """
+    path = db_path + "-frames"
+    new = codec.write_epoch
+    P = codec.page_size
+    with _flocked_current(path) as fd:
+        if fd is None:
+            return 0
+        size = os.fstat(fd).st_size
+        data = bytearray(os.pread(fd, size, 0))
+        changed: set[int] = set()
+        count = 0
+        end = FRAMELOG_HEADER_SIZE
+        for rec, off, pgno in list(_frame_log_images(bytes(data), P)):
+            image = bytes(data[off : off + P])
+            if codec.epoch_of(image) != new:
+                data[off : off + P] = codec.reencrypt(image, pgno, "frame log")
+                changed.add(rec)
+                count += 1
+        pos = FRAMELOG_HEADER_SIZE  # the crc of each changed record, over its new bytes
+        while pos + FRAMELOG_RECORD_SIZE <= len(data):
+            fields = FRAMELOG_RECORD.unpack_from(data, pos)
+            body_len = fields[8]
+            if fields[0] != REC_MAGIC or pos + FRAMELOG_RECORD_SIZE + body_len > len(data):
+                break
+            if pos in changed:
+                body = bytes(data[pos + FRAMELOG_RECORD_SIZE : pos + FRAMELOG_RECORD_SIZE + body_len])
+                crc = zlib.crc32(body, zlib.crc32(bytes(data[pos : pos + FRAMELOG_RECORD.size])))
+                struct.pack_into(">I", data, pos + FRAMELOG_RECORD.size, crc)
+            pos += FRAMELOG_RECORD_SIZE + body_len
+            end = pos
+        if not count:
+            return 0
+        _write_atomically(path, bytes(data[:end]), tmp=path + ".tmp")
+        return count
+
+
+def _revert_files(db_path: str) -> list[str]:
+    return sorted(glob.glob(glob.escape(db_path) + "-revert-*[0-9]"))
+
+
+def _revert_images(data: bytes, page_size: int) -> Iterator[tuple[int, int]]:
+    count = int.from_bytes(data[16:20], "big")
+    for i in range(count):
+        off = _REVERT_HEAD + 4 + i * (4 + page_size)
+        yield int.from_bytes(data[off : off + 4], "big"), off + 4
+
+
+def scan_revert_files(db_path: str, codec: HardenedCodec, new: int) -> int:
+    """How many images in revert files are under another epoch than ``new``."""
+    P = codec.page_size
+    total = 0
+    for name in _revert_files(db_path):
+        with contextlib.suppress(FileNotFoundError), open(name, "rb") as f:
+            data = f.read()
+            total += sum(1 for _p, off in _revert_images(data, P) if codec.epoch_of(data[off : off + P]) != new)
+    return total
+
+
+def rewrite_revert_files(db_path: str, codec: HardenedCodec) -> int:
+    """Re-encrypt revert files' images of older epochs, under the replica's sync lock; return how many."""
+    names = _revert_files(db_path)
+    if not names:
+        return 0
+    P = codec.page_size
+    new = codec.write_epoch
+    count = 0
+    fd = os.open(db_path + "-sync.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # what ``Replica.exclusive`` takes: no pull writes or drops one now
+        for name in _revert_files(db_path):
+            with open(name, "rb") as f:
+                data = bytearray(f.read())
+            n = 0
+            for pgno, off in list(_revert_images(bytes(data), P)):
+                image = bytes(data[off : off + P])
+                if codec.epoch_of(image) != new:
+                    data[off : off + P] = codec.reencrypt(image, pgno, "revert file")
+                    n += 1
+            if n:
+                body = bytes(data[_REVERT_HEAD + 4 :])
+                struct.pack_into(">I", data, _REVERT_HEAD, zlib.crc32(body, zlib.crc32(bytes(data[:_REVERT_HEAD]))))
+                _write_atomically(name, bytes(data), tmp=name + ".tmp")
+                count += n
+    finally:
+        os.close(fd)
+    return count
+
+
+# --- files ---------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _flocked_current(path: str) -> Iterator[int | None]:
+    """An exclusive flock on the file now at ``path`` (None when there is none); see ``FrameLog._open_locked``."""
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            yield None
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        except BaseException:
+            os.close(fd)
+            raise
+        if same:
+            break
+        os.close(fd)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _write_atomically(path: str, data: bytes, tmp: str | None = None) -> None:
+    tmp = tmp or path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    _fsync_dir(path)
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
+        _fsync_dir(path)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
