@@ -482,8 +482,9 @@ async def _run_new_stream(
             return run
         if not await db.wait_stream_end(seen, deadline - loop.time()):
             raise WriteLockHeld(
-                f"a transaction kept open between requests (a stream) holds database '{db.name}''s write lock "
-                f"and did not end within {lock_wait_s:g} s; nothing of this request was kept; try again shortly"
+                f"a transaction kept open between requests (a stream) holds the write lock of database "
+                f"'{db.name}' and did not end within {lock_wait_s:g} s; nothing of this request was kept; "
+                "try again shortly"
             )
 
 
