@@ -127,6 +127,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrimaryProcess]
         str(1024 * 1024),
         "--max-value-bytes",
         str(1024 * 1024),
+        "--access-log",  # one line per request at the default level: the 500 check below reads them
     )
     proc.start()
     httpx.post(
@@ -141,6 +142,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrimaryProcess]
     log = proc.log()
     at = log.find("Traceback")
     assert at < 0, log[max(0, at - 300) : at + 4000]  # the first traceback, whatever followed it
+    assert '" 200 ' in log, "no access log lines: the 500 check would read nothing"
     assert '" 500 ' not in log, "a 500 in the access log"
 
 
