@@ -68,18 +68,29 @@ class MockTransport:
         self.closed = True
 
 
-class AsyncMockTransport(MockTransport):
+class AsyncMockTransport:
     """``MockTransport`` for ``turso_sync.aio.connect(..., transport=)``: the same handler, awaited."""
 
-    async def request(  # type: ignore[override]
+    def __init__(self, handler: Handler) -> None:
+        """``handler(path, body, content_type)`` answers each request with an ``HttpResponse``."""
+        self._mock = MockTransport(handler)
+        self.stats = self._mock.stats
+        self.requests = self._mock.requests
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection closed its transport."""
+        return self._mock.closed
+
+    async def request(
         self, path: str, body: bytes, content_type: str, timeout: float, idempotent: bool
     ) -> HttpResponse:
-        """Hand the request to ``handler``; a status other than 200 raises ``RemoteError``."""
-        return MockTransport.request(self, path, body, content_type, timeout, idempotent)
+        """Hand the request to the handler; a status other than 200 raises ``RemoteError``."""
+        return self._mock.request(path, body, content_type, timeout, idempotent)
 
     async def aclose(self) -> None:
         """Mark the transport closed."""
-        self.closed = True
+        self._mock.close()
 
 
 def pull_answer(revision: str, pages: Mapping[int, bytes] | None = None) -> HttpResponse:
