@@ -169,6 +169,22 @@ def test_a_403_refusing_a_write_names_the_read_only_token():
     assert type(plain.value) is errors.RemoteError
 
 
+@pytest.mark.parametrize(
+    ("body", "read_only"),
+    [
+        (b'{"error": "writes are not allowed with this token", "code": "READ_ONLY"}', True),
+        (b"forbidden", False),  # not JSON: a proxy's page, say
+        (b'{"error": "no access to database \'read-only-copy\'", "code": "FORBIDDEN"}', False),
+    ],
+)
+def test_a_403_is_read_only_by_its_code_or_the_primary_s_words_only(body, read_only):
+    steps = pipeline_body(b"{}", 5.0)
+    next(steps)
+    with pytest.raises(errors.RemoteError) as caught:
+        steps.throw(errors.RemoteError(403, body, "/v2/pipeline"))
+    assert isinstance(caught.value, errors.ReadOnlyTokenError) is read_only
+
+
 def test_remote_mark_reads_the_row_or_zero_without_the_table():
     from tests.unit.fake_remote import batch_response, mark_result
 

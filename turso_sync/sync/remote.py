@@ -25,8 +25,8 @@ from .state import SyncState
 PULL_PATH = "/pull-updates"
 PIPELINE_PATH = "/v2/pipeline"
 
-#: A 403 body of a read-only token that tried to write: our primary's words, Turso's code
-_READ_ONLY_SIGNS = ("may only read", "read-only", "READ_ONLY")
+#: How our primary's 403 for a read-only token's write begins (``primary/hrana.py``: WriteDenied)
+_READ_ONLY_WORDS = "this token may only read"
 
 
 @dataclass
@@ -127,12 +127,19 @@ def read_only_refusal(exc: errors.RemoteError) -> errors.ReadOnlyTokenError | No
     """The ``ReadOnlyTokenError`` for a 403 that refuses a write to a read-only token, else None.
 
     The status alone does not tell it from a token without access to the database; the
-    server's answer does (our primary says "this token may only read").
+    answer's JSON does: a ``READ_ONLY`` code, or our primary's words for a write it refused
+    (it answers ``{"error": "this token may only read, ...", "code": "FORBIDDEN"}``).
     """
     if exc.status != 403:
         return None
-    text = exc.body[:2000].decode("utf-8", "replace")
-    if not any(sign in text for sign in _READ_ONLY_SIGNS):
+    try:
+        answer = json.loads(exc.body)
+    except ValueError:
+        return None
+    if not isinstance(answer, dict):
+        return None
+    code, message = str(answer.get("code", "")), str(answer.get("error", ""))
+    if code != "READ_ONLY" and not message.startswith(_READ_ONLY_WORDS):
         return None
     return errors.ReadOnlyTokenError(exc.status, exc.body, exc.path)
 
