@@ -203,7 +203,17 @@ class _LoopBridge:
         self.stats = transport.stats
 
     def request(self, path: str, body: bytes, content_type: str, timeout: float, idempotent: bool) -> HttpResponse:
-        """Run the async request on the loop and wait for it (never call this on the loop's thread)."""
+        """Run the async request on the loop and wait for it (on any thread but the loop's)."""
+        try:
+            on_loop = asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            on_loop = False
+        if on_loop:
+            # waiting here would block the loop the request needs: refuse instead of hanging
+            raise errors.ProgrammingError(
+                "a missing page of a partial replica was read on the event loop's thread; use the "
+                "AsyncConnection's methods (they read on its worker thread), not sync_connection"
+            )
         call = self._transport.request(path, body, content_type, timeout, idempotent)
         return asyncio.run_coroutine_threadsafe(call, self._loop).result()
 

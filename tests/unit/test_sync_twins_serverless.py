@@ -88,3 +88,29 @@ def test_the_twins_end_the_same_way(tmp_path: Path, api: str) -> None:
 def _dirs(tmp_path: Path) -> None:
     (tmp_path / "blocking").mkdir()
     (tmp_path / "twin").mkdir()
+
+
+def test_a_partial_replica_of_the_twin_fetches_on_the_loop_and_refuses_to_block_it(tmp_path: Path) -> None:
+    pages = sqlite_pages(
+        tmp_path / "big.db",
+        "CREATE TABLE b (x); WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 300) "
+        "INSERT INTO b SELECT randomblob(1000) FROM n;",
+    )
+    remote = FakeRemote("r1", pages)
+
+    async def scenario() -> None:
+        options = turso_sync.PartialSync(prefix_bytes=4 * 4096, segment_size=4096)
+        conn = await turso_sync.aio.connect(
+            tmp_path / "p.db", URL, transport=AsyncMockTransport(remote), partial=options
+        )
+        try:
+            blocking = conn.sync_connection
+            with pytest.raises(turso_sync.Error, match="event loop's thread"):
+                blocking.execute("SELECT count(*) FROM b").fetchall()  # on the loop: would hang it
+            cursor = await conn.execute("SELECT count(*) FROM b")
+            assert await cursor.fetchall() == [(300,)]  # on the worker thread, fetched through the loop
+            assert (await conn.stats()).pages_local == len(pages)
+        finally:
+            await conn.close()
+
+    asyncio.run(scenario())
