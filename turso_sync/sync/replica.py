@@ -158,8 +158,12 @@ class Replica:
                 else:
                     create_deferred(self.path, self.state, self.key)
             self.db = self.key.open(self.path)
-            self._configure_lazy()
-            ensure_tables(self.db, self.state.client_id)
+            try:
+                self._configure_lazy()
+                ensure_tables(self.db, self.state.client_id)
+            except BaseException:
+                self.db.close()  # a failed open leaves nothing open (its files may be removed next)
+                raise
         except BaseException:
             clear_fetcher(self.path, self._fetch_pinned)
             raise
