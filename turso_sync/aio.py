@@ -82,7 +82,9 @@ class AsyncConnection:
         self._conn = conn
         self._executor = executor
         self._transport = transport
-        self._syncing = asyncio.Lock()  # one sync call at a time: the replica's lock is a thread's
+        # sync calls take turns, except while one waits for the network outside the replica's
+        # sync lock (a long poll): that lock is a thread's, and every call runs on one thread
+        self._turn = asyncio.Lock()
         #: the result of this connection's last ``pull``, ``push`` or ``sync`` (None before the first)
         self.last_sync: PullResult | PushResult | SyncResult | None = None
 
@@ -115,10 +117,16 @@ class AsyncConnection:
         conn = self._conn
         if not isinstance(conn, SyncConnection) or self._transport is None:
             raise errors.NotAReplicaError(conn.path)
-        async with self._syncing:
+        replica = conn.replica
+        turn = _Turn(self._turn)
+        await turn.take()
+        try:
             await self._run(conn.before_sync)
             traffic = TransferStats()
-            return await adrive(steps_for(conn.replica, traffic), self._transport, self._run, traffic)
+            transport = _TakingTurns(self._transport, turn, lambda: replica.holds_sync_lock)
+            return await adrive(steps_for(replica, traffic), transport, self._run, traffic)
+        finally:
+            turn.give_back()
 
     async def pull_result(self, long_poll_timeout_ms: int | None = None) -> PullResult:
         """``pull``, returning the whole ``PullResult`` (revision, pages, bytes, new conflicts)."""
@@ -188,6 +196,49 @@ class AsyncConnection:
         else:
             await self.rollback()
         await self.close()
+
+
+class _Turn:
+    """One sync call's hold on its connection's turn lock (it knows whether it holds it)."""
+
+    def __init__(self, lock: asyncio.Lock) -> None:
+        self._lock = lock
+        self._held = False
+
+    async def take(self) -> None:
+        await self._lock.acquire()
+        self._held = True
+
+    def give_back(self) -> None:
+        if self._held:
+            self._held = False
+            self._lock.release()
+
+
+class _TakingTurns:
+    """The transport of one sync call, which lets other calls take their turn while it waits
+    for the network outside the replica's sync lock (a pull's long poll), as the blocking API
+    lets another thread push meanwhile."""
+
+    def __init__(self, transport: AsyncTransport, turn: _Turn, locked: Callable[[], bool]) -> None:
+        self._transport = transport
+        self._turn = turn
+        self._locked = locked
+        self.stats = transport.stats
+
+    async def request(
+        self, path: str, body: bytes, content_type: str, timeout: float, idempotent: bool
+    ) -> HttpResponse:
+        if self._locked():
+            return await self._transport.request(path, body, content_type, timeout, idempotent)
+        self._turn.give_back()
+        try:
+            return await self._transport.request(path, body, content_type, timeout, idempotent)
+        finally:
+            await self._turn.take()  # the step's local work goes on in its turn
+
+    async def aclose(self) -> None:
+        """Nothing: the connection's transport is closed with the connection."""
 
 
 class _LoopBridge:

@@ -367,3 +367,32 @@ def test_cancelling_a_push_in_flight_still_applies_it_exactly_once(tmp_path: Pat
 
     with primary(tmp_path / "server") as url:
         asyncio.run(scenario(url))
+
+
+def test_a_push_goes_on_while_a_pull_of_the_same_connection_long_polls(tmp_path: Path):
+    """As with the blocking API (one thread polls, another pushes), a push does not wait for a long poll."""
+
+    async def scenario(url: str) -> None:
+        watched = Watched(url, "/pull-updates")
+        a = await turso_sync.aio.connect(tmp_path / "a.db", url, transport=watched)
+        await a.executescript("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT);")
+        await a.push()
+        await a.pull()
+        watched.armed = True
+        poll = asyncio.create_task(a.pull(long_poll_timeout_ms=30000))
+        await asyncio.wait_for(watched.in_flight.wait(), 10)
+        await a.execute("INSERT INTO t VALUES (1, 'pushed during the poll')")
+        await a.commit()
+        assert await asyncio.wait_for(a.push(), 10) == 1  # not after the 30 s poll
+        assert await asyncio.wait_for(poll, 10) is True  # the push itself is the remote's new commit
+        assert (await a.stats()).pending_changes == 0
+        b = await turso_sync.aio.connect(tmp_path / "b.db", url)
+        cur = await b.execute("SELECT id, v FROM t")
+        assert await cur.fetchall() == [(1, "pushed during the poll")]
+        cur = await a.execute("SELECT id, v FROM t")
+        assert await cur.fetchall() == [(1, "pushed during the poll")]
+        await a.close()
+        await b.close()
+
+    with primary(tmp_path / "server") as url:
+        asyncio.run(scenario(url))

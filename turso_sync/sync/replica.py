@@ -212,6 +212,11 @@ class Replica:
                     os.close(self._lock_fd)  # drops the flock
                     self._lock_fd = None
 
+    @property
+    def holds_sync_lock(self) -> bool:
+        """True while a step of this replica is inside ``exclusive()`` (the asyncio driver asks)."""
+        return self._lock_depth > 0
+
     def count_bytes(self) -> None:
         """Move the transport's byte counts into the state (saved by the caller)."""
         stats = self.transport.stats
