@@ -7,6 +7,7 @@ turso-sync serve --data-dir DIR --listen 127.0.0.1:8080 [--token-file F]
                  [--max-databases-per-token N] [--max-open-databases N]
                  [--stream-idle-timeout S] [--max-stream-seconds S] [--max-streams-per-client N]
                  [--max-streams N] [--max-stream-bytes N] [--stream-lock-wait S] [--access-log]
+                 [--store s3://BUCKET/PREFIX [--s3-endpoint URL] [--s3-region R] [--lease-ttl S]]
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import sys
 from .. import errors
 from ..primary import ConfigError, Limits, ServerConfig, run_until_signalled
 from ..primary.auth import TokenFileError
+from ..primary.durable import DEFAULT_LEASE_TTL, StoreSettings
 from ..primary.server import parse_listen
 from ..primary.sql_policy import SERVE_SQLITE_HEAP_BYTES, SqlLimits
 from ..primary.store import DataDirBusy
@@ -184,6 +186,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--access-log", action="store_true", help="log one line per request at INFO (default: at DEBUG only)"
     )
+    parser.add_argument(
+        "--store",
+        metavar="s3://BUCKET/PREFIX",
+        help="keep every database in this S3 bucket (credentials from the standard AWS environment "
+        "variables and files); a push is answered once stored there, and --data-dir becomes a cache",
+    )
+    parser.add_argument("--s3-endpoint", metavar="URL", help="S3 endpoint of --store (default: AWS)")
+    parser.add_argument("--s3-region", metavar="R", help="S3 region of --store (default us-east-1)")
+    parser.add_argument(
+        "--lease-ttl",
+        type=float,
+        default=DEFAULT_LEASE_TTL,
+        metavar="S",
+        help="with --store: seconds a database's writer lease lasts unrenewed; another server takes a "
+        f"database over at most about 1.5 x this after its writer dies (default {DEFAULT_LEASE_TTL:g})",
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
@@ -266,6 +284,7 @@ def run(args: argparse.Namespace) -> int:
             cipher=args.cipher,
             limits=limits,
             access_log=args.access_log,
+            store=StoreSettings(args.store, args.s3_endpoint, args.s3_region, args.lease_ttl) if args.store else None,
         )
         asyncio.run(run_until_signalled(config))
     except (ConfigError, TokenFileError, DataDirBusy, errors.Error) as exc:

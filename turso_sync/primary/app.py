@@ -49,7 +49,9 @@ from ..wire.pull import (
 )
 from .auth import Authenticator, AuthError, Grant
 from .database import DiskFull, HostedDatabase, PipelineRun
+from .durable import WriterElsewhere
 from .hrana import WriteDenied
+from .objectstore.errors import ObjectStoreError
 from .pull import RevisionUnavailable, SnapshotMoved, check_request
 from .revision import format_revision
 from .sql_policy import SqlLimits
@@ -270,6 +272,18 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
     except StoreBusy as exc:
         log.warning("%s %s: %s", request.method, request.path, exc)
         return error_response(503, str(exc), "SERVER_BUSY", {"Retry-After": str(RETRY_AFTER_S)})
+    except WriterElsewhere as exc:
+        log.info("%s %s: %s", request.method, request.path, exc)
+        return error_response(503, str(exc), "WRITER_ELSEWHERE", {"Retry-After": str(RETRY_AFTER_S)})
+    except ObjectStoreError as exc:
+        # the store's messages name the bucket, the key and the endpoint, never a credential
+        log.warning("%s %s: the object store failed: %s", request.method, request.path, exc)
+        return error_response(
+            503,
+            f"the server's object store could not make this durable, so nothing of it is acknowledged: {exc}",
+            "STORE_UNAVAILABLE",
+            {"Retry-After": str(RETRY_AFTER_S)},
+        )
     except BodyTimeout as exc:
         log.debug("%s %s from %s: %s", request.method, request.path, request.remote, exc)  # the access line has the 408
         return error_response(408, str(exc), "REQUEST_TIMEOUT", {"Connection": "close"})
@@ -418,6 +432,11 @@ async def _answer_pull(
         if not await db.feed.wait_after(version, deadline - loop.time()):
             break  # timed out (or shutting down): answer with the header only
     streaming = client is None and pinned is None  # a bootstrap: sent slice by slice
+    try:
+        await db.make_durable(first.seq)  # on a store: never serve a revision it does not hold
+    except BaseException:
+        await slices.aclose()
+        raise
     return await _send_pages(request, db, first, slices, streaming, pull.encoding, state.limits)
 
 
@@ -440,6 +459,7 @@ async def pipeline(request: web.Request) -> web.StreamResponse:
             kept: Stream | None = None
             try:
                 run = await _run_new_stream(db, pipe, grant.read_only, reserved, state.limits.streams.lock_wait_s)
+                await _durable(db, run)
                 if run.stream is not None:
                     kept = state.streams.add(
                         db,
@@ -488,6 +508,20 @@ async def _run_new_stream(
             )
 
 
+async def _durable(db: HostedDatabase, run: PipelineRun) -> None:
+    """On an object store, wait until what the answer shows is durable there (a push is
+    acknowledged only then); a failure rolls back the stream the run kept, and the request
+    fails (503).  A retried push whose first attempt committed here waits for that commit too:
+    its answer shows the revision that holds it."""
+    try:
+        await db.make_durable(run.seq)
+    except BaseException:
+        if run.stream is not None:
+            with contextlib.suppress(RuntimeError):
+                await db.call(db.end_stream, run.stream)
+        raise
+
+
 def _end_orphan(db: HostedDatabase, job: asyncio.Future[PipelineRun]) -> None:
     """Roll back a stream kept by a job whose request was cancelled (no baton ever left the server)."""
     if job.cancelled() or job.exception() is not None:
@@ -522,6 +556,7 @@ async def _continue_stream(
         if read_only and not stream.read_only:  # the token's rights shrank: the stream keeps the lesser
             stream.handle.state.read_only = True
         run = await db.call(db.continue_stream, stream.handle, pipe.requests)
+        await _durable(db, run)
     except BaseException:
         streams.drop(stream)
         with contextlib.suppress(RuntimeError):  # the worker stopped (shutdown): closing it rolled back

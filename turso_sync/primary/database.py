@@ -24,6 +24,7 @@ from ..local.engine import LocalDatabase, Snapshot
 from ..wire import hrana as wire
 from ..wire.pull import PullRequest
 from . import sql_policy
+from .durable import DurableLog
 from .hrana import PipelineExecutor, StreamState, has_statement
 from .pull import select_pages, select_slices
 from .revision import CommitFeed
@@ -256,6 +257,7 @@ class PipelineRun:
     committed: bool = False
     locked: bool = False
     refused: bool = False
+    seq: int = 0  # on a store: the newest local revision when the job ended (what its answer may show)
 
 
 #: Spare client connections kept open for the next stream (more are closed when streams end).
@@ -270,8 +272,12 @@ class HostedDatabase:
     gets another.  ``streams_ended`` counts ended streams, for writers waiting on one's lock.
     """
 
-    def __init__(self, name: str, path: str, sql_limits: SqlLimits | None = None) -> None:
+    def __init__(
+        self, name: str, path: str, sql_limits: SqlLimits | None = None, durable: DurableLog | None = None
+    ) -> None:
         self.name = name
+        #: on an object store (``serve --store``): the link to it; None for a local-disk primary
+        self.durable = durable
         self.path = path
         self.sql_limits = sql_limits or SqlLimits()
         self.counters = PullCounters()
@@ -290,19 +296,58 @@ class HostedDatabase:
 
     @classmethod
     async def open(
-        cls, name: str, path: str, *, encryption_key: str | None, cipher: str, sql_limits: SqlLimits | None = None
+        cls,
+        name: str,
+        path: str,
+        *,
+        encryption_key: str | None,
+        cipher: str,
+        sql_limits: SqlLimits | None = None,
+        durable: DurableLog | None = None,
     ) -> HostedDatabase:
         """Open (creating if new) the database file at ``path`` on a fresh worker thread.
 
         ``sql_limits`` bounds what clients' SQL may spend (``SqlLimits()`` when not given).
+        ``durable``: the database lives on an object store (its local files were just rebuilt
+        from it); whatever opening committed locally is stored before this returns.
         """
-        db = cls(name, path, sql_limits)
+        db = cls(name, path, sql_limits, durable)
         try:
             await db.call(db._open, encryption_key, cipher)
+            if durable is not None:
+                await db.make_durable(await db.call(db.local_seq))
         except BaseException:
+            if db._engine is not None:
+                with contextlib.suppress(Exception):
+                    await db.call(db._close)
             db._worker.shutdown(wait=False)
             raise
         return db
+
+    def local_seq(self) -> int:
+        """The newest committed local revision (worker thread)."""
+        assert self._engine is not None
+        return self._engine.current_seq()
+
+    @property
+    def broken(self) -> bool:
+        """True when this database can store nothing more in the object store (its writer was deposed
+        or its lease ran out): it must be closed and opened again from the store."""
+        return self.durable is not None and self.durable.failed
+
+    async def make_durable(self, seq: int) -> None:
+        """Return once every local revision up to ``seq`` is durable in the object store (at once
+        without a store).  Raises StoreUnavailable (not known to be stored; the revisions stay
+        queued and the next call uploads them again), NotWriter or Deposed."""
+        durable = self.durable
+        if durable is None or seq <= durable.stored:
+            return
+        if seq > durable.queued:
+            async with durable.reading:
+                if seq > durable.queued:
+                    assert self._engine is not None
+                    durable.enqueue(await self.call(durable.read_revisions, self._engine))
+        await durable.group.wait_stored(min(seq, durable.queued))
 
     def _open(self, encryption_key: str | None, cipher: str) -> None:
         engine = LocalDatabase(self.path, encryption_key=encryption_key, cipher=cipher, reserved_bytes=RESERVED_BYTES)
@@ -365,6 +410,15 @@ class HostedDatabase:
     def run_pipeline(
         self, requests: Sequence[wire.StreamRequest], read_only: bool, keep_open: bool = False
     ) -> PipelineRun:
+        """See ``_run_pipeline``; on an object store, also the local revision the answer may show."""
+        run = self._run_pipeline(requests, read_only, keep_open)
+        if self.durable is not None:
+            run.seq = self.local_seq()
+        return run
+
+    def _run_pipeline(
+        self, requests: Sequence[wire.StreamRequest], read_only: bool, keep_open: bool = False
+    ) -> PipelineRun:
         """Execute a pipeline with ``baton`` null (a new stream); if it committed, wake the long-polls.
 
         With ``keep_open``, a transaction still open at its end stays open as a stream (the
@@ -404,6 +458,13 @@ class HostedDatabase:
         return PipelineRun(results, stream, committed)
 
     def continue_stream(self, stream: OpenStream, requests: Sequence[wire.StreamRequest]) -> PipelineRun:
+        """See ``_continue_stream``; on an object store, also the local revision the answer may show."""
+        run = self._continue_stream(stream, requests)
+        if self.durable is not None:
+            run.seq = self.local_seq()
+        return run
+
+    def _continue_stream(self, stream: OpenStream, requests: Sequence[wire.StreamRequest]) -> PipelineRun:
         """Execute the next request of an open stream; the stream ends when its transaction does.
 
         Raises WriteDenied or DiskFull, the stream ended (rolled back) first.
@@ -554,9 +615,12 @@ class HostedDatabase:
             self._engine.close()
 
     async def close(self) -> None:
-        """Wake the long-polls, close the connection and the engine, stop the worker."""
+        """Wake the long-polls, close the connection and the engine, stop the worker; on a store,
+        finish the upload in flight and release the writer lease."""
         self.feed.close()
         try:
             await self.call(self._close)
         finally:
             self._worker.shutdown(wait=True)
+            if self.durable is not None:
+                await self.durable.close()

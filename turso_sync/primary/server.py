@@ -19,6 +19,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 from ..crypto.page_codec import parse_key
 from .app import Limits, create_app
 from .auth import Authenticator, load_token_file
+from .durable import StoreBackend, StoreSettings
+from .objectstore.client import ObjectClient
 from .store import DatabaseStore
 
 log = logging.getLogger("turso_sync.primary")
@@ -161,6 +163,7 @@ class ServerConfig:
     cipher: str = "aes256gcm"
     limits: Limits = field(default_factory=Limits)
     access_log: bool = False  # one INFO line per request (``--access-log``); off: those lines are DEBUG
+    store: StoreSettings | None = None  # ``--store``: databases live in an object store, the data dir is a cache
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -205,6 +208,33 @@ class PrimaryServer:
         self.url = ""
         self._runner: web.AppRunner | None = None
         self.store: DatabaseStore | None = None
+        self._object_client: ObjectClient | None = None
+
+    async def _backend(self) -> StoreBackend | None:
+        """The object store of ``--store`` (None without it); ConfigError when it cannot be used."""
+        settings = self.config.store
+        if settings is None:
+            return None
+        try:
+            from .objectstore.s3 import S3Client, S3Location
+        except ImportError:
+            raise ConfigError(
+                "--store needs the S3 client library (aiobotocore): pip install 'turso-sync[s3]'"
+            ) from None
+        try:
+            location = S3Location.parse(settings.url, settings.endpoint_url, settings.region)
+        except ValueError as exc:
+            raise ConfigError(f"--store: {exc}") from None
+        client = await S3Client.open(location)
+        self._object_client = client
+        where = f" at {location.endpoint_url}" if location.endpoint_url else ""
+        description = f"s3://{location.bucket}/{location.prefix}{where}"
+        try:
+            backend = StoreBackend(client, location.prefix, description=description, lease_ttl=settings.lease_ttl)
+        except ValueError as exc:
+            raise ConfigError(f"--lease-ttl: {exc}") from None
+        log.info("databases live in the object store %s; %s is a cache", description, self.config.data_dir)
+        return backend
 
     def _authenticator(self) -> Authenticator:
         cfg = self.config
@@ -230,6 +260,11 @@ class PrimaryServer:
         auth = self._authenticator()
         key = read_key_file(cfg.encryption_key_file, cfg.cipher) if cfg.encryption_key_file else None
         limits = cfg.limits
+        try:
+            backend = await self._backend()
+        except BaseException:
+            await self._close_client()
+            raise
         store = DatabaseStore(
             cfg.data_dir,
             encryption_key=key,
@@ -237,8 +272,14 @@ class PrimaryServer:
             max_open=limits.max_open_databases,
             max_per_owner=limits.max_databases_per_token,
             sql_limits=limits.sql,
+            backend=backend,
         )
-        await store.start()
+        try:
+            await store.start()
+        except BaseException:
+            await store.close()
+            await self._close_client()
+            raise
         self.store = store
         app = create_app(store, auth, limits)
         runner = web.AppRunner(
@@ -264,6 +305,7 @@ class PrimaryServer:
             sock.close()
             await runner.cleanup()
             await store.close()
+            await self._close_client()
             raise ConfigError(f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror}") from None
         site = BoundedSite(runner, sock, limits.max_connections)
         await site.start()
@@ -283,6 +325,12 @@ class PrimaryServer:
         if self.store is not None:
             await self.store.close()
             self.store = None
+        await self._close_client()
+
+    async def _close_client(self) -> None:
+        client, self._object_client = self._object_client, None
+        if client is not None:
+            await client.close()
 
 
 async def run_until_signalled(config: ServerConfig, announce: bool = True) -> None:

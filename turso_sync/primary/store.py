@@ -31,6 +31,7 @@ import re
 from collections.abc import AsyncIterator
 
 from .database import HostedDatabase
+from .durable import DurableLog, StoreBackend
 from .sql_policy import SqlLimits
 
 log = logging.getLogger("turso_sync.primary")
@@ -77,6 +78,7 @@ class DatabaseStore:
         max_open: int = DEFAULT_MAX_OPEN,
         max_per_owner: int = DEFAULT_MAX_PER_OWNER,
         sql_limits: SqlLimits | None = None,
+        backend: StoreBackend | None = None,
     ) -> None:
         if max_open < 1 or max_per_owner < 0:
             raise ValueError("max_open must be at least 1 and max_per_owner at least 0")
@@ -91,6 +93,10 @@ class DatabaseStore:
         self._owners: dict[str, str] = {}  # database -> owner, for databases that recorded one
         self._opening = asyncio.Lock()
         self._lock_fd: int | None = None
+        #: on an object store (``serve --store``): the store, and the databases it holds
+        self.backend = backend
+        self._stored: set[str] = set()
+        self._retiring: dict[str, asyncio.Task[None]] = {}
 
     def path_of(self, name: str) -> str:
         """The database file of ``name``."""
@@ -100,11 +106,15 @@ class DatabaseStore:
         return os.path.join(self.data_dir, "databases", name, "owner")
 
     def exists(self, name: str) -> bool:
-        """True if ``name`` has a database file."""
+        """True if ``name`` has a database file (on a store: if the store holds it)."""
+        if self.backend is not None:
+            return name in self._open or name in self._stored
         return name in self._open or os.path.exists(self.path_of(name))
 
     def names(self) -> list[str]:
-        """Every database in the data directory."""
+        """Every database in the data directory (on a store: that the store held at start or since)."""
+        if self.backend is not None:
+            return sorted(n for n in self._stored | set(self._open) if valid_name(n))
         root = os.path.join(self.data_dir, "databases")
         try:
             entries = sorted(os.listdir(root))
@@ -130,6 +140,15 @@ class DatabaseStore:
             os.close(fd)
             raise DataDirBusy(f"another turso-sync server is using {self.data_dir}") from None
         self._lock_fd = fd
+        if self.backend is not None:
+            # the store is the truth and the data directory a cache: databases open (taking their
+            # writer lease and rebuilding their files) on their first request, not here
+            self._stored = await self.backend.names()
+            for name in self._stored:
+                owner = self._read_owner(name)
+                if owner is not None:
+                    self._owners[name] = owner
+            return
         for name in self.names():
             owner = self._read_owner(name)
             if owner is not None:
@@ -160,6 +179,9 @@ class DatabaseStore:
         Raises UnknownDatabase, DatabaseQuota (``owner`` created too many) or StoreBusy.
         """
         db = self._open.get(name)
+        if db is not None and db.broken:  # its writer lost the lease: open it again from the store
+            self._retire(name, db)
+            db = None
         if db is None:
             db = await self._open_db(name, create, owner)
         else:
@@ -192,19 +214,45 @@ class DatabaseStore:
             db = self._open.get(name)
             if db is not None:
                 return db
+            retiring = self._retiring.get(name)
+            if retiring is not None:  # its files are rebuilt below: the old engine must be closed first
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(retiring)
             path = self.path_of(name)
-            new = not os.path.exists(path)
+            new = not self.exists(name)
             self.check(name, create=create, owner=owner)
             await self._make_room()
-            if new:
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-            db = await HostedDatabase.open(
-                name, path, encryption_key=self._key, cipher=self._cipher, sql_limits=self.sql_limits
-            )
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            durable = None
+            if self.backend is not None:
+                durable = await DurableLog.open(self.backend, name, path)
+            try:
+                db = await HostedDatabase.open(
+                    name,
+                    path,
+                    encryption_key=self._key,
+                    cipher=self._cipher,
+                    sql_limits=self.sql_limits,
+                    durable=durable,
+                )
+            except BaseException:
+                if durable is not None:
+                    await durable.close()
+                raise
             if new and owner is not None:
                 self._record_owner(name, owner)
+            self._stored.add(name)
             self._open[name] = db
             return db
+
+    def _retire(self, name: str, db: HostedDatabase) -> None:
+        """Take a database whose writer failed out of service; it closes in the background."""
+        if self._open.get(name) is db:
+            del self._open[name]
+        log.warning("database %s: its writer can no longer store revisions; opening it again from the store", name)
+        task = asyncio.get_running_loop().create_task(db.close())
+        self._retiring[name] = task
+        task.add_done_callback(lambda t: self._retiring.pop(name, None) if self._retiring.get(name) is t else None)
 
     def _record_owner(self, name: str, owner: str) -> None:
         if not _OWNER.fullmatch(owner):
@@ -245,11 +293,16 @@ class DatabaseStore:
             db.feed.close()
 
     async def close(self) -> None:
-        """Close every database and release the data directory."""
+        """Close every database (on a store: releasing their leases) and release the data directory."""
         async with self._opening:
             for db in list(self._open.values()):
                 await db.close()
             self._open.clear()
+            for task in list(self._retiring.values()):
+                with contextlib.suppress(Exception):
+                    await task
+            if self.backend is not None:
+                await self.backend.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None

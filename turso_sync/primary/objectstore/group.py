@@ -44,8 +44,25 @@ class GroupCommit:
         self._last_queued = writer.head.revision
         self.uploads = 0
 
+    @property
+    def failed(self) -> NotWriter | None:
+        """The error that stopped this writer for good (deposed, or its lease ran out), else None."""
+        return self._failed
+
+    @property
+    def last_queued(self) -> int:
+        """The newest revision handed to ``enqueue`` (stored or not)."""
+        return self._last_queued
+
     async def commit(self, revision: Revision) -> None:
         """Queue ``revision`` (the next number after the last one queued) and wait until it is stored."""
+        done = self.enqueue(revision)
+        await asyncio.shield(done)  # a cancelled waiter does not cancel the upload others share
+
+    def enqueue(self, revision: Revision) -> asyncio.Future[None]:
+        """Queue ``revision`` (the next number after the last one queued) without waiting; the
+        future is settled by the upload that stores it (see ``wait_stored`` for a waiter that may
+        outlive a failed upload)."""
         if self._failed is not None:
             raise self._failed
         if revision.number != self._last_queued + 1:
@@ -57,7 +74,23 @@ class GroupCommit:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append(_Waiting(revision, done))
         self._kick()
-        await asyncio.shield(done)  # a cancelled waiter does not cancel the upload others share
+        return done
+
+    async def wait_stored(self, number: int) -> None:
+        """Return once revision ``number`` (queued already) is stored, uploading it again if an
+        earlier upload of it failed; raises that upload's error (StoreUnavailable: not known to be
+        stored, call again later) or the writer's (NotWriter, Deposed)."""
+        if number > self._last_queued:
+            raise ValueError(f"database {self.writer.keys.name}: revision {number} was never queued")
+        while self.writer.head.revision < number:
+            if self._failed is not None:
+                raise self._failed
+            item = next((i for i in self._queue if i.revision.number >= number), None)
+            if item is None:  # cannot happen (a queued revision leaves the queue once stored): yield, look again
+                await asyncio.sleep(0)
+                continue
+            self._kick()
+            await asyncio.shield(item.done)
 
     def _kick(self) -> None:
         if self._queue and (self._uploading is None or self._uploading.done()):

@@ -156,7 +156,10 @@ class WriterLease:
         if self._seen is None or self._seen[0] != current.etag:
             self._seen = (current.etag, now)
         unchanged_for = now - self._seen[1]
-        if not other.released and unchanged_for < max(self.ttl, other.ttl):
+        # an owner name is unique to one process (see ``durable.StoreBackend``): a lease that names
+        # us was left by this process's own earlier writer, which stopped appending before letting go
+        ours = other.owner == self.owner
+        if not other.released and not ours and unchanged_for < max(self.ttl, other.ttl):
             return False
         return await self._install(current.etag, self._new_record(other.epoch + 1, 0))
 

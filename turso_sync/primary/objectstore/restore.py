@@ -12,7 +12,7 @@ import os
 from .client import ObjectClient
 from .errors import CorruptObject
 from .layout import DatabaseKeys
-from .revlog import RevisionLog
+from .revlog import LogState, RevisionLog
 from .segment import Revision, SnapshotImage
 
 
@@ -44,7 +44,11 @@ async def restore(client: ObjectClient, keys: DatabaseKeys, at: int | None = Non
     Raises RevisionNotStored when ``at`` lies outside the stored history, StoreUnavailable
     when the store fails, CorruptObject when an object does not decode.
     """
-    state = await RevisionLog(client, keys).load(at)
+    return image_of(await RevisionLog(client, keys).load(at), at)
+
+
+def image_of(state: LogState, at: int | None = None) -> SnapshotImage:
+    """The database a loaded log state describes (up to revision ``at``): its snapshot, then its revisions."""
     if state.snapshot is not None:
         image = bytearray(state.snapshot.data)
         page_size = state.snapshot.page_size

@@ -1,0 +1,242 @@
+"""The primary on an object store: each database's revisions made durable there before a push is answered.
+
+With ``serve --store s3://BUCKET/PREFIX`` the store is the database's truth and the data
+directory a cache.  Opening a database on this server:
+
+1. take its writer lease (``objectstore.lease``); while another live server holds it, every
+   request for the database is answered 503 (``WriterElsewhere``) and this server keeps trying
+   in the background, so it takes over within the lease's bound once that server is gone;
+2. append the takeover revision (``LogWriter.take_over``), which fences off any older writer;
+3. rebuild the local files from the store: the database as of the stored head (latest snapshot
+   plus the revisions after it), and a new frame log whose history begins at the takeover
+   revision, so local sequence numbers *are* store revisions (the numbers replicas hold stay
+   meaningful across machines; a replica behind the takeover gets every page again, as after
+   pruned history).  Whatever the old local files held is dropped: anything in them that is not
+   in the store was never acknowledged.
+
+Then every job that ran SQL, and every pull, ends with ``HostedDatabase.make_durable(seq)``:
+the local commits up to ``seq`` are read from the frame log (raw images, so an encrypted
+database stays encrypted in the store), queued in the group commit, and awaited.  Only then
+is the answer sent.  A store that fails makes the answer a 503 (the revisions stay queued and
+are retried by the next request); a writer that lost its lease is retired and the database
+opened again from the store by the next request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+from dataclasses import dataclass
+
+from ..local.engine import LocalDatabase
+from ..local.framelog import FrameLog
+from .objectstore.client import ObjectClient
+from .objectstore.errors import ObjectStoreError, StoreUnavailable
+from .objectstore.group import GroupCommit
+from .objectstore.layout import DatabaseKeys
+from .objectstore.lease import WriterLease
+from .objectstore.restore import image_of
+from .objectstore.revlog import LogWriter, RevisionLog
+from .objectstore.segment import Revision
+from .objectstore.shipping import revisions_since
+
+log = logging.getLogger("turso_sync.primary")
+
+#: Page size of a database created on the store (what the primary's databases use).
+NEW_PAGE_SIZE = 4096
+
+#: Default lease time to live: a standby takes over at most about ``1.5 x ttl`` after the writer died.
+DEFAULT_LEASE_TTL = 10.0
+
+
+class WriterElsewhere(ObjectStoreError):  # noqa: N818 - reads as a state
+    """Another server holds the database's writer lease: this one answers 503 until it takes over."""
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """Where the store is and how its leases run (``serve --store``)."""
+
+    url: str
+    endpoint_url: str | None = None
+    region: str | None = None
+    lease_ttl: float = DEFAULT_LEASE_TTL
+
+
+class StoreBackend:
+    """One object store shared by every database of this process: the client, the root, this process's name.
+
+    ``owner`` names this process in leases (host, pid and a random part: unique per process),
+    never anything secret.
+    """
+
+    def __init__(self, client: ObjectClient, root: str, *, description: str, lease_ttl: float) -> None:
+        if lease_ttl <= 0:
+            raise ValueError(f"lease ttl {lease_ttl} must be positive")
+        self.client = client
+        self.root = root
+        self.description = description
+        self.lease_ttl = lease_ttl
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._waiting: dict[str, WriterLease] = {}  # leases another server holds, which we wait for
+        self._acquirers: dict[str, asyncio.Task[None]] = {}
+
+    def keys(self, name: str) -> DatabaseKeys:
+        """The keys of database ``name``."""
+        return DatabaseKeys(self.root, name)
+
+    async def names(self) -> set[str]:
+        """Every database the store holds (one listing of the whole root)."""
+        base = DatabaseKeys(self.root, "x").base[: -len("x/")]
+        found = set()
+        for info in await self.client.list(base):
+            name = info.key[len(base) :].split("/", 1)[0]
+            if name:
+                found.add(name)
+        return found
+
+    async def take_lease(self, name: str) -> WriterLease:
+        """The writer lease of ``name``, held and renewing; WriterElsewhere while another server holds it.
+
+        A lease found held is watched in the background (``WriterLease.acquire``): it is taken
+        once it stays unchanged for a TTL, and the next request for the database goes ahead.
+        """
+        lease = self._waiting.get(name)
+        if lease is None:
+            lease = WriterLease(self.client, self.keys(name).lease, self.owner, ttl=self.lease_ttl)
+        task = self._acquirers.get(name)
+        watching = task is not None and not task.done()  # then it alone writes the lease
+        if lease.held() or (not watching and await lease.try_acquire()):
+            self._waiting.pop(name, None)
+            task = self._acquirers.pop(name, None)
+            if task is not None and not task.done():
+                task.cancel()
+            lease.start_renewing()
+            return lease
+        self._waiting[name] = lease
+        if not watching:
+            self._acquirers[name] = asyncio.get_running_loop().create_task(self._acquire(name, lease))
+        raise WriterElsewhere(
+            f"database '{name}' is written by another server (its writer lease {lease.key} in "
+            f"{self.description} is held); this server takes over if that one stops renewing it, within "
+            f"about {1.5 * self.lease_ttl:g} s; try again shortly"
+        )
+
+    async def _acquire(self, name: str, lease: WriterLease) -> None:
+        try:
+            await lease.acquire(poll=max(0.05, self.lease_ttl / 10))
+            lease.start_renewing()  # held from now on: the next request opens the database at once
+            log.info("database %s: took over the writer lease from another server", name)
+        except ObjectStoreError as exc:
+            log.warning("database %s: waiting for the writer lease stopped: %s", name, exc)
+
+    async def close(self) -> None:
+        """Stop waiting for leases; release those taken in the background but never used."""
+        for task in self._acquirers.values():
+            task.cancel()
+        for task in self._acquirers.values():
+            with contextlib.suppress(BaseException):  # cancelled or failed: nothing to keep
+                await task
+        self._acquirers.clear()
+        for lease in self._waiting.values():
+            try:
+                await lease.release()
+            except ObjectStoreError as exc:
+                log.warning("writer lease %s not released: %s", lease.key, exc)
+        self._waiting.clear()
+
+
+class DurableLog:
+    """One database's link to the store: its lease, its writer, the group commit, what is queued.
+
+    ``queued`` is the newest local revision handed to the group commit; it is read and moved on
+    the event loop under ``reading``, while the revisions are read on the database's worker.
+    """
+
+    def __init__(self, name: str, lease: WriterLease, writer: LogWriter, group: GroupCommit) -> None:
+        self.name = name
+        self.lease = lease
+        self.writer = writer
+        self.group = group
+        self.queued = writer.head.revision
+        self.reading = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, backend: StoreBackend, name: str, path: str) -> DurableLog:
+        """Take the lease and the log over and rebuild the local files at ``path`` from the store.
+
+        Raises WriterElsewhere while another server holds the lease, StoreUnavailable when the
+        store fails (the lease is released again).
+        """
+        lease = await backend.take_lease(name)
+        try:
+            writer = await LogWriter.take_over(
+                RevisionLog(backend.client, backend.keys(name)), lease, page_size=NEW_PAGE_SIZE
+            )
+            assert writer.loaded is not None
+            image = image_of(writer.loaded)
+            base = writer.head.revision  # the takeover revision: local history starts there
+            await asyncio.to_thread(_rebuild_files, path, image.data, image.page_size, image.db_size, base)
+        except BaseException:
+            await _release(lease)
+            raise
+        log.info(
+            "database %s: writer epoch %d, rebuilt from the store at revision %d (%d pages)",
+            name,
+            writer.epoch,
+            writer.previous_head,
+            image.db_size,
+        )
+        return cls(name, lease, writer, GroupCommit(writer))
+
+    @property
+    def stored(self) -> int:
+        """The newest revision durable in the store."""
+        return self.writer.head.revision
+
+    @property
+    def failed(self) -> bool:
+        """True once this writer can store nothing more (deposed, or its lease ran out): retire it."""
+        return self.group.failed is not None
+
+    def read_revisions(self, engine: LocalDatabase) -> list[Revision]:
+        """The local commits after ``queued``, as revisions (worker thread; the caller holds ``reading``)."""
+        return revisions_since(engine, self.queued)
+
+    def enqueue(self, revisions: list[Revision]) -> None:
+        """Hand ``revisions`` (read by ``read_revisions``) to the group commit (event loop, under ``reading``)."""
+        for rev in revisions:
+            self.group.enqueue(rev)
+            self.queued = rev.number
+
+    async def close(self) -> None:
+        """Finish the upload in flight and release the lease (a standby takes over at once)."""
+        await self.group.close()
+        await _release(self.lease)
+
+
+async def _release(lease: WriterLease) -> None:
+    try:
+        await lease.release()
+    except StoreUnavailable as exc:
+        log.warning("writer lease %s not released (another server takes it once it runs out): %s", lease.key, exc)
+
+
+def _rebuild_files(path: str, data: bytes, page_size: int, db_size: int, base_seq: int) -> None:
+    """Replace the database's local files with ``data`` and a frame log whose history begins at ``base_seq``."""
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    stem = os.path.basename(path)
+    for entry in os.listdir(folder):
+        if entry.startswith(stem):
+            os.unlink(os.path.join(folder, entry))
+    with open(path, "xb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    # the codec only decrypts history; creating the log writes its header alone
+    FrameLog(path, None, page_size).create(db_size, base_seq)
