@@ -213,6 +213,15 @@ def _env(values: dict[str, str]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def running_weed(folder: Path) -> Iterator[WeedMini]:
+    """A started ``weed mini`` in ``folder``, its access key in this process's environment (so in the
+    environment of the servers a test starts) for the block; stopped after it."""
+    server = WeedMini(folder)
+    with _env(server.env), server:
+        yield server
+
+
+@contextlib.contextmanager
 def aws_env(weed: WeedMini) -> Iterator[None]:
     """The server's access key in this process's AWS environment variables, for the block."""
     with _env(weed.env):

@@ -8,7 +8,6 @@ between runs, and a push acknowledged once must be there after any restart.
 from __future__ import annotations
 
 import itertools
-import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +19,7 @@ import pytest
 
 import turso_sync
 from tests.integration.primary_harness import PrimaryProcess
-from tests.s3_harness import BUCKET, WeedMini
+from tests.s3_harness import BUCKET, WeedMini, running_weed
 
 T = TypeVar("T")
 
@@ -30,18 +29,8 @@ _prefixes = itertools.count()
 @pytest.fixture(scope="module")
 def weed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WeedMini]:
     """One weed mini for the module, its access key in this process's (and so the servers') environment."""
-    server = WeedMini(tmp_path_factory.mktemp("weed"))
-    old = {k: os.environ.get(k) for k in server.env}
-    os.environ.update(server.env)
-    try:
-        with server:
-            yield server
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with running_weed(tmp_path_factory.mktemp("weed")) as server:
+        yield server
 
 
 def _primary(weed: WeedMini, data_dir: Path, prefix: str, *extra: str, port: int = 0) -> PrimaryProcess:
@@ -142,10 +131,11 @@ def test_every_acknowledged_push_survives_kill_9_and_a_deleted_data_dir(weed: We
 
 def test_store_down_mid_push_is_503_and_the_retried_push_lands_once(tmp_path: Path) -> None:
     # a store of its own, killed and restarted by this test
-    store = WeedMini(tmp_path / "weed")
-    old = {k: os.environ.get(k) for k in store.env}
-    os.environ.update(store.env)
-    store.start()
+    with running_weed(tmp_path / "weed") as store:
+        _store_down_mid_push(store, tmp_path)
+
+
+def _store_down_mid_push(store: WeedMini, tmp_path: Path) -> None:
     server = _primary(store, tmp_path / "data", "store-down", "--lease-ttl", "60")
     try:
         url = server.start()
@@ -190,9 +180,3 @@ def test_store_down_mid_push_is_503_and_the_retried_push_lands_once(tmp_path: Pa
     finally:
         if server.proc is not None:
             server.stop()
-        store.stop()
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v

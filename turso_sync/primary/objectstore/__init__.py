@@ -1,6 +1,7 @@
 """The primary's object-store layer: a durable, fenced revision log of each database in any S3 store.
 
-Foundation for issue 10; not wired into ``turso-sync serve`` yet (see docs/object-storage.md).
+Used by ``turso-sync serve --store`` (``primary/durable.py``) and ``turso-sync restore``; see
+docs/object-storage.md.
 
 * ``client``: the ``ObjectClient`` interface (put/get/list/delete, put-if-absent, put-if-match);
   ``s3.S3Client`` over aiobotocore, ``memory.MemoryClient`` for fast unit tests;
@@ -28,7 +29,7 @@ from .group import GroupCommit
 from .layout import DatabaseKeys
 from .lease import LeaseRecord, WriterLease
 from .memory import MemoryClient
-from .restore import apply_revision, restore, restore_to_file
+from .restore import apply_revision, image_of, restore, restore_to_file, revision_at_time
 from .revlog import LogHead, LogState, LogWriter, RevisionLog
 from .segment import Revision, Segment, SnapshotImage
 
@@ -57,6 +58,8 @@ __all__ = [
     "StoredObject",
     "WriterLease",
     "apply_revision",
+    "image_of",
     "restore",
     "restore_to_file",
+    "revision_at_time",
 ]

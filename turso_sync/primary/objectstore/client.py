@@ -15,11 +15,14 @@ from typing import Protocol
 
 @dataclass(frozen=True)
 class ObjectInfo:
-    """One key as listed: its name, size in bytes and ETag (quoted, as the store gives it)."""
+    """One key as listed: its name, size in bytes, ETag (quoted, as the store gives it) and when the
+    store wrote it (Unix time by the store's clock, as precise as the store says: S3 gives seconds;
+    None when unknown)."""
 
     key: str
     size: int
     etag: str
+    modified: float | None = None
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections.abc import Callable
 
 from .client import ObjectInfo, StoredObject, check_key
@@ -22,6 +23,9 @@ class MemoryClient:
 
     def __init__(self) -> None:
         self.objects: dict[str, bytes] = {}
+        #: when each key was written, by ``clock`` (a test may replace the clock)
+        self.modified: dict[str, float] = {}
+        self.clock: Callable[[], float] = time.time
         #: set by a test to fail operations: called with (operation, key); raise to fail it
         self.fault: Callable[[str, str], None] | None = None
         self.requests = 0
@@ -48,6 +52,7 @@ class MemoryClient:
         """Write unconditionally; return the ETag."""
         await self._enter("put", check_key(key))
         self.objects[key] = bytes(data)
+        self.modified[key] = self.clock()
         return self._etag(data)
 
     async def put_if_absent(self, key: str, data: bytes) -> str:
@@ -56,6 +61,7 @@ class MemoryClient:
         if key in self.objects:
             raise PreconditionFailed(key, "the key exists (If-None-Match: *)")
         self.objects[key] = bytes(data)
+        self.modified[key] = self.clock()
         return self._etag(data)
 
     async def put_if_match(self, key: str, data: bytes, etag: str) -> str:
@@ -65,6 +71,7 @@ class MemoryClient:
         if current is None or self._etag(current).strip('"') != etag.strip('"'):
             raise PreconditionFailed(key, f"the object is no longer {etag} (If-Match)")
         self.objects[key] = bytes(data)
+        self.modified[key] = self.clock()
         return self._etag(data)
 
     async def list(self, prefix: str, start_after: str | None = None) -> list[ObjectInfo]:
@@ -74,12 +81,13 @@ class MemoryClient:
             (k for k in self.objects if k.startswith(prefix) and (start_after is None or k > start_after)),
             key=lambda k: k.encode(),
         )
-        return [ObjectInfo(k, len(self.objects[k]), self._etag(self.objects[k])) for k in keys]
+        return [ObjectInfo(k, len(self.objects[k]), self._etag(self.objects[k]), self.modified.get(k)) for k in keys]
 
     async def delete(self, key: str) -> None:
         """Remove ``key`` if it exists."""
         await self._enter("delete", key)
         self.objects.pop(key, None)
+        self.modified.pop(key, None)
 
     async def close(self) -> None:
         """Nothing to release."""

@@ -7,10 +7,11 @@ last revision recorded.
 
 from __future__ import annotations
 
+import datetime
 import os
 
 from .client import ObjectClient
-from .errors import CorruptObject
+from .errors import CorruptObject, RevisionNotStored
 from .layout import DatabaseKeys
 from .revlog import LogState, RevisionLog
 from .segment import Revision, SnapshotImage
@@ -71,3 +72,38 @@ async def restore_to_file(client: ObjectClient, keys: DatabaseKeys, path: str, a
         out.flush()
         os.fsync(out.fileno())
     return image.revision
+
+
+async def revision_at_time(client: ObjectClient, keys: DatabaseKeys, when: float) -> int:
+    """The newest revision that was durable in the store at Unix time ``when``.
+
+    A revision is durable once the segment holding it is written, so this is the last revision
+    of the newest segment the store dates (``LastModified``, by the store's clock, to the second
+    on S3) at or before ``when``.  Raises RevisionNotStored when no segment is that old, or when
+    the store gives no dates.
+    """
+    log = RevisionLog(client, keys)
+    infos = [i for i in await client.list(keys.log_prefix) if _is_segment(keys, i.key)]
+    if infos and any(i.modified is None for i in infos):
+        raise RevisionNotStored(f"database {keys.name}: the store does not date its objects; restore a revision")
+    older = [i for i in infos if i.modified is not None and i.modified <= when]
+    if not older:
+        first = min((i.modified for i in infos if i.modified is not None), default=None)
+        since = f"the oldest stored revision was written at {_utc(first)}" if first is not None else "it is empty"
+        raise RevisionNotStored(
+            f"database {keys.name}: nothing was stored at or before {_utc(when)} ({since}); pick a later time"
+        )
+    chosen = max(older, key=lambda i: keys.segment_number(i.key))
+    return (await log.read_segment(keys.segment_number(chosen.key))).last
+
+
+def _is_segment(keys: DatabaseKeys, key: str) -> bool:
+    try:
+        keys.segment_number(key)
+    except ValueError:
+        return False
+    return True
+
+
+def _utc(when: float) -> str:
+    return datetime.datetime.fromtimestamp(when, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

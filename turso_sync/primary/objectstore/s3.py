@@ -161,7 +161,9 @@ class S3Client:
             paginator = self._s3.get_paginator("list_objects_v2")
             async for page in paginator.paginate(**args):
                 for item in page.get("Contents", ()):
-                    out.append(ObjectInfo(str(item["Key"]), int(item["Size"]), str(item.get("ETag", ""))))
+                    stamp = item.get("LastModified")
+                    modified = stamp.timestamp() if stamp is not None else None
+                    out.append(ObjectInfo(str(item["Key"]), int(item["Size"]), str(item.get("ETag", "")), modified))
         except (ClientError, BotoCoreError, *_TRANSPORT_ERRORS) as exc:
             raise self._unavailable("LIST", prefix, exc) from None
         return out
