@@ -129,14 +129,18 @@ def test_every_acknowledged_push_survives_kill_9_and_a_deleted_data_dir(weed: We
             server.stop()
 
 
-def test_store_down_mid_push_is_503_and_the_retried_push_lands_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("ttl", ["60", "2"], ids=["outage-within-lease", "lease-runs-out-during-outage"])
+def test_store_down_mid_push_is_503_and_the_retried_push_lands_once(tmp_path: Path, ttl: str) -> None:
+    """With a long lease the queued revision is uploaded by the retry; with a short one the lease
+    runs out while the store is down, the writer is retired, and the database is opened again
+    from the store (the unacknowledged local commit dropped, the retried push applied anew)."""
     # a store of its own, killed and restarted by this test
     with running_weed(tmp_path / "weed") as store:
-        _store_down_mid_push(store, tmp_path)
+        _store_down_mid_push(store, tmp_path, ttl)
 
 
-def _store_down_mid_push(store: WeedMini, tmp_path: Path) -> None:
-    server = _primary(store, tmp_path / "data", "store-down", "--lease-ttl", "60")
+def _store_down_mid_push(store: WeedMini, tmp_path: Path, ttl: str) -> None:
+    server = _primary(store, tmp_path / "data", "store-down", "--lease-ttl", ttl)
     try:
         url = server.start()
         a = turso_sync.connect(tmp_path / "a.db", url)
