@@ -26,6 +26,8 @@ from ..wire.pull import PullRequest
 from . import sql_policy
 from .durable import DurableLog
 from .hrana import PipelineExecutor, StreamState, has_statement
+from .objectstore.errors import ObjectStoreError
+from .objectstore.segment import SnapshotImage
 from .pull import select_pages, select_slices
 from .revision import CommitFeed
 from .sql_policy import Access, SqlLimits
@@ -348,6 +350,25 @@ class HostedDatabase:
                     assert self._engine is not None
                     durable.enqueue(await self.call(durable.read_revisions, self._engine))
         await durable.group.wait_stored(min(seq, durable.queued))
+        if durable.snapshot_due():
+            durable.snapshotting = self._loop.create_task(self._snapshot(durable))
+
+    async def _snapshot(self, durable: DurableLog) -> None:
+        """Write a snapshot of the database to the store (in the background; failures are logged)."""
+        try:
+            image = await self.call(self._snapshot_image)
+            if image is not None:
+                await durable.write_snapshot(image)
+        except RuntimeError:  # the worker stopped (closing): the next writer snapshots
+            pass
+        except ObjectStoreError as exc:
+            log.warning("database %s: snapshot not written: %s", self.name, exc)
+
+    def _snapshot_image(self) -> SnapshotImage | None:
+        """The database as stored on disk (worker thread); None while a stream holds the write lock."""
+        if self._engine is None or self.durable is None or self.writer_waiting():
+            return None  # the image is read under the write lock, which a stream would hold for ever
+        return self.durable.read_image(self._engine)
 
     def _open(self, encryption_key: str | None, cipher: str) -> None:
         engine = LocalDatabase(self.path, encryption_key=encryption_key, cipher=cipher, reserved_bytes=RESERVED_BYTES)

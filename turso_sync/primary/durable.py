@@ -41,13 +41,16 @@ from .objectstore.layout import DatabaseKeys
 from .objectstore.lease import WriterLease
 from .objectstore.restore import image_of
 from .objectstore.revlog import LogWriter, RevisionLog
-from .objectstore.segment import Revision
-from .objectstore.shipping import revisions_since
+from .objectstore.segment import Revision, SnapshotImage
+from .objectstore.shipping import raw_image, revisions_since
 
 log = logging.getLogger("turso_sync.primary")
 
 #: Page size of a database created on the store (what the primary's databases use).
 NEW_PAGE_SIZE = 4096
+
+#: A snapshot of a database is written after this many revisions (or 256 MiB of pages) since the last.
+DEFAULT_SNAPSHOT_EVERY = 10_000
 
 #: Default lease time to live: a standby takes over at most about ``1.5 x ttl`` after the writer died.
 DEFAULT_LEASE_TTL = 10.0
@@ -65,6 +68,7 @@ class StoreSettings:
     endpoint_url: str | None = None
     region: str | None = None
     lease_ttl: float = DEFAULT_LEASE_TTL
+    snapshot_every: int = DEFAULT_SNAPSHOT_EVERY
 
 
 class StoreBackend:
@@ -74,9 +78,20 @@ class StoreBackend:
     never anything secret.
     """
 
-    def __init__(self, client: ObjectClient, root: str, *, description: str, lease_ttl: float) -> None:
+    def __init__(
+        self,
+        client: ObjectClient,
+        root: str,
+        *,
+        description: str,
+        lease_ttl: float,
+        snapshot_every: int = DEFAULT_SNAPSHOT_EVERY,
+    ) -> None:
         if lease_ttl <= 0:
             raise ValueError(f"lease ttl {lease_ttl} must be positive")
+        if snapshot_every < 1:
+            raise ValueError(f"snapshot interval {snapshot_every} must be at least 1 revision")
+        self.snapshot_every = snapshot_every
         self.client = client
         self.root = root
         self.description = description
@@ -157,13 +172,41 @@ class DurableLog:
     the event loop under ``reading``, while the revisions are read on the database's worker.
     """
 
-    def __init__(self, name: str, lease: WriterLease, writer: LogWriter, group: GroupCommit) -> None:
+    def __init__(
+        self,
+        name: str,
+        lease: WriterLease,
+        writer: LogWriter,
+        group: GroupCommit,
+        snapshot_every: int = DEFAULT_SNAPSHOT_EVERY,
+    ) -> None:
         self.name = name
         self.lease = lease
         self.writer = writer
         self.group = group
         self.queued = writer.head.revision
         self.reading = asyncio.Lock()
+        self.snapshot_every = snapshot_every
+        #: the snapshot being taken and written in the background, if any
+        self.snapshotting: asyncio.Task[None] | None = None
+
+    def snapshot_due(self) -> bool:
+        """True when a snapshot should be written (and none is being written)."""
+        busy = self.snapshotting is not None and not self.snapshotting.done()
+        return not busy and not self.failed and self.writer.snapshot_due(every_revisions=self.snapshot_every)
+
+    async def write_snapshot(self, image: SnapshotImage) -> None:
+        """Store ``image`` (the local database at a stored revision) as a snapshot, once it is stored.
+
+        A snapshot must sit at the end of a segment; when group commit put the image's revision
+        inside one, it is skipped (the next revision stored will ask again).
+        """
+        await self.group.wait_stored(image.revision)
+        try:
+            if await self.writer.write_snapshot(image):
+                log.info("database %s: snapshot at revision %d (%d pages)", self.name, image.revision, image.db_size)
+        except ValueError as exc:
+            log.debug("database %s: snapshot skipped: %s", self.name, exc)
 
     @classmethod
     async def open(cls, backend: StoreBackend, name: str, path: str) -> DurableLog:
@@ -184,14 +227,17 @@ class DurableLog:
         except BaseException:
             await _release(lease)
             raise
+        loaded = writer.loaded
         log.info(
-            "database %s: writer epoch %d, rebuilt from the store at revision %d (%d pages)",
+            "database %s: writer epoch %d, rebuilt from the store at revision %d (%d pages): snapshot %s, %d segments",
             name,
             writer.epoch,
             writer.previous_head,
             image.db_size,
+            loaded.snapshot.revision if loaded.snapshot is not None else "none",
+            len(loaded.segments),
         )
-        return cls(name, lease, writer, GroupCommit(writer))
+        return cls(name, lease, writer, GroupCommit(writer), backend.snapshot_every)
 
     @property
     def stored(self) -> int:
@@ -207,6 +253,10 @@ class DurableLog:
         """The local commits after ``queued``, as revisions (worker thread; the caller holds ``reading``)."""
         return revisions_since(engine, self.queued)
 
+    def read_image(self, engine: LocalDatabase) -> SnapshotImage:
+        """The whole local database as stored on disk, at its current revision (worker thread)."""
+        return raw_image(engine)
+
     def enqueue(self, revisions: list[Revision]) -> None:
         """Hand ``revisions`` (read by ``read_revisions``) to the group commit (event loop, under ``reading``)."""
         for rev in revisions:
@@ -214,7 +264,10 @@ class DurableLog:
             self.queued = rev.number
 
     async def close(self) -> None:
-        """Finish the upload in flight and release the lease (a standby takes over at once)."""
+        """Finish the upload and the snapshot in flight, release the lease (a standby takes over at once)."""
+        if self.snapshotting is not None:
+            with contextlib.suppress(Exception):
+                await self.snapshotting
         await self.group.close()
         await _release(self.lease)
 

@@ -230,9 +230,15 @@ class PrimaryServer:
         where = f" at {location.endpoint_url}" if location.endpoint_url else ""
         description = f"s3://{location.bucket}/{location.prefix}{where}"
         try:
-            backend = StoreBackend(client, location.prefix, description=description, lease_ttl=settings.lease_ttl)
+            backend = StoreBackend(
+                client,
+                location.prefix,
+                description=description,
+                lease_ttl=settings.lease_ttl,
+                snapshot_every=settings.snapshot_every,
+            )
         except ValueError as exc:
-            raise ConfigError(f"--lease-ttl: {exc}") from None
+            raise ConfigError(f"--store: {exc}") from None
         log.info("databases live in the object store %s; %s is a cache", description, self.config.data_dir)
         return backend
 

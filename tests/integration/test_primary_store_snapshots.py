@@ -1,0 +1,102 @@
+"""Snapshots written by ``serve --store`` while it takes pushes, and a cold start from one.
+
+The server runs in this process (on a background event loop) so the test can set the snapshot
+interval low; it speaks HTTP to real ``turso_sync.connect`` replicas as ``turso-sync serve`` does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import turso_sync
+from tests.s3_harness import BUCKET, WeedMini, running_weed
+from turso_sync.primary import PrimaryServer, ServerConfig
+from turso_sync.primary.durable import StoreSettings
+from turso_sync.primary.objectstore import DatabaseKeys, RevisionLog
+from turso_sync.primary.objectstore.s3 import S3Client
+
+
+@pytest.fixture(scope="module")
+def weed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WeedMini]:
+    with running_weed(tmp_path_factory.mktemp("weed")) as server:
+        yield server
+
+
+class InProcessPrimary:
+    """``PrimaryServer`` with a store, on 127.0.0.1, from a background event loop."""
+
+    def __init__(self, data: Path, store: StoreSettings) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="store-primary", daemon=True)
+        self.thread.start()
+        self.server = PrimaryServer(ServerConfig(str(data), host="127.0.0.1", port=0, store=store))
+        self.url = self.run(self.server.start())
+
+    def run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(120)
+
+    def close(self) -> None:
+        self.run(self.server.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(30)
+        self.loop.close()
+
+
+def _snapshots(weed: WeedMini, prefix: str) -> list[int]:
+    async def main() -> list[int]:
+        client = await S3Client.open(weed.location())
+        try:
+            return await RevisionLog(client, DatabaseKeys(prefix, "default")).snapshot_revisions()
+        finally:
+            await client.close()
+
+    return asyncio.run(main())
+
+
+def test_snapshots_are_written_as_revisions_are_stored_and_a_cold_start_uses_them(
+    weed: WeedMini, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="turso_sync.primary")
+    prefix = "snapshots-1"
+    settings = StoreSettings(f"s3://{BUCKET}/{prefix}", weed.endpoint, None, lease_ttl=5, snapshot_every=5)
+    server = InProcessPrimary(tmp_path / "data", settings)
+    try:
+        a = turso_sync.connect(tmp_path / "a.db", server.url)
+        a.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+        a.commit()
+        a.push()
+        for i in range(1, 13):
+            a.execute("INSERT INTO notes VALUES (?, ?)", (i, f"row {i}"))
+            a.commit()
+            a.push()
+        deadline = time.monotonic() + 30
+        while len(_snapshots(weed, prefix)) < 2:  # written in the background after the revisions
+            assert time.monotonic() < deadline, _snapshots(weed, prefix)
+            time.sleep(0.1)  # polling the condition with a deadline
+        a.close()
+    finally:
+        server.close()
+
+    snaps = _snapshots(weed, prefix)
+    # a cold start on an empty data dir reads the newest snapshot and the revisions after it
+    shutil.rmtree(tmp_path / "data")
+    caplog.clear()
+    server = InProcessPrimary(tmp_path / "data", settings)
+    try:
+        b = turso_sync.connect(tmp_path / "b.db", server.url)
+        assert b.execute("SELECT count(*), max(id) FROM notes").fetchone() == (12, 12)
+        b.close()
+    finally:
+        server.close()
+    assert snaps == sorted(snaps) and snaps[-1] > 5
+    rebuilt = [r.getMessage() for r in caplog.records if "rebuilt from the store" in r.getMessage()]
+    assert rebuilt and f"snapshot {snaps[-1]}," in rebuilt[0], rebuilt
