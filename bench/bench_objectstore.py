@@ -13,6 +13,11 @@ Prints a table per run and the medians over runs (p50/p99 of each run, then the 
 those).  Client and server share this machine's cores.  Writes nothing to docs/.
 
     python -m bench.bench_objectstore [--runs N] [--appends N]
+    python -m bench.bench_objectstore --primary [--runs N] [--pushes N]
+
+``--primary`` measures the whole ack path instead: a real replica's ``push()`` of one small
+row to a real ``turso-sync serve`` subprocess on local disk, against ``serve --store`` on
+the same ``weed mini`` (both buckets), a fresh server and database per kind per run.
 
 Environment: ``BENCH_RUNS`` (5), ``BENCH_DIR`` (``bench-data/objectstore``, removed after).
 """
@@ -104,11 +109,87 @@ async def grouped(client: S3Client, concurrency: int, rounds: int, rng: random.R
     return latencies, group.uploads
 
 
+def primary_pushes(url: str, folder: Path, count: int) -> list[float]:
+    """Latencies (s) of ``count`` sequential ``push()`` calls of a real replica, one small row each."""
+    import turso_sync
+
+    replica = turso_sync.connect(folder / f"replica-{time.monotonic_ns()}.db", url)
+    try:
+        replica.execute("CREATE TABLE IF NOT EXISTS notes (id INTEGER PRIMARY KEY, body TEXT)")
+        replica.commit()
+        replica.push()
+        out = []
+        for i in range(count):
+            replica.execute("INSERT INTO notes (body) VALUES (?)", (f"row {i} " + "x" * 100,))
+            replica.commit()
+            started = time.perf_counter()
+            replica.push()
+            out.append(time.perf_counter() - started)
+        return out
+    finally:
+        replica.close()
+
+
+def primary_main(args: argparse.Namespace) -> None:
+    """Push latency of ``turso-sync serve`` on local disk against ``serve --store`` on weed mini."""
+    from tests.integration.primary_harness import PrimaryProcess
+
+    folder = Path(os.environ.get("BENCH_DIR", str(REPO / "bench-data" / "objectstore")))
+    shutil.rmtree(folder, ignore_errors=True)
+    (folder / "weed").mkdir(parents=True)
+    rows: dict[str, list[tuple[float, float]]] = {}
+    try:
+        with WeedMini(folder / "weed", buckets=(BUCKET, DURABLE)) as weed, aws_env(weed):
+            weed.enable_fsync(DURABLE)
+            kinds = {
+                "local disk (no --store)": [],
+                "--store on weed mini (no fsync)": ["--store", f"s3://{BUCKET}/bench"],
+                "--store on weed mini (fsync per PUT)": ["--store", f"s3://{DURABLE}/bench"],
+            }
+            for run in range(args.runs):
+                order = list(kinds.items())
+                if run % 2:
+                    order.reverse()  # neither kind always runs first
+                for name, extra in order:
+                    data = folder / f"data-{run}-{len(rows.get(name, []))}-{name.split()[0].strip('-')}"
+                    store_args = [*extra, "--s3-endpoint", weed.endpoint] if extra else []
+                    server = PrimaryProcess(data, "--log-level", "warning", *store_args)
+                    url = server.start()
+                    try:
+                        lat = primary_pushes(f"{url}/db/run{run}", folder, args.pushes)
+                    finally:
+                        server.stop()
+                    rows.setdefault(name, []).append(_p(lat))
+                print(f"run {run + 1}/{args.runs}:")
+                print(_primary_table({k: [v[-1]] for k, v in rows.items()}))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    host = machine()
+    print(f"\nmedian over {args.runs} runs of {args.pushes} pushes; {host['cpus']} CPUs ({host['model']}), ")
+    print(f"{filesystem(REPO)}; server, weed mini and the replica share the machine:")
+    print(_primary_table(rows))
+
+
+def _primary_table(rows: dict[str, list[tuple[float, float]]]) -> str:
+    body = [
+        [name, f"{statistics.median(p50 for p50, _ in v):.2f}", f"{statistics.median(p99 for _, p99 in v):.2f}"]
+        for name, v in rows.items()
+    ]
+    return markdown_table(["replica push() of one row, primary", "p50 ms", "p99 ms"], body, right=[1, 2])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=int(os.environ.get("BENCH_RUNS", "5")))
     parser.add_argument("--appends", type=int, default=200, help="sequential appends per size per run")
+    parser.add_argument(
+        "--primary", action="store_true", help="measure replica pushes to turso-sync serve, with and without --store"
+    )
+    parser.add_argument("--pushes", type=int, default=200, help="with --primary: sequential pushes per server per run")
     args = parser.parse_args()
+    if args.primary:
+        primary_main(args)
+        return
     rng = random.Random(1)
     rows: dict[str, list[tuple[float, float]]] = {}
     group_objects: list[float] = []
