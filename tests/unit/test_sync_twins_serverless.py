@@ -16,6 +16,7 @@ import pytest
 import turso_sync
 import turso_sync.aio
 from tests.unit.fake_remote import FakeRemote, batch_response, committed, sqlite_pages
+from turso_sync.sync.transport import TransferStats
 from turso_sync.testing import AsyncMockTransport, MockTransport
 
 URL = "https://remote.invalid"
@@ -114,3 +115,39 @@ def test_a_partial_replica_of_the_twin_fetches_on_the_loop_and_refuses_to_block_
             await conn.close()
 
     asyncio.run(scenario())
+
+
+def test_cancelling_the_twin_s_bootstrap_leaves_no_files(tmp_path: Path) -> None:
+    class Holding:
+        """An async transport whose first request never gets an answer."""
+
+        def __init__(self) -> None:
+            self.stats = TransferStats()
+            self.asked = asyncio.Event()
+            self.cancelled = False
+            self.closed = False
+
+        async def request(self, *args: Any) -> Any:
+            self.asked.set()
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                self.cancelled = True
+                raise
+
+        async def aclose(self) -> None:
+            self.closed = True
+
+    async def scenario() -> None:
+        holding = Holding()
+        task = asyncio.create_task(turso_sync.aio.connect(tmp_path / "new" / "a.db", URL, transport=holding))
+        await asyncio.wait_for(holding.asked.wait(), 10)
+        assert (tmp_path / "new" / "a.db-sync").exists()  # the bootstrap has begun
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert holding.cancelled and holding.closed
+
+    (tmp_path / "new").mkdir()
+    asyncio.run(scenario())
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == []
