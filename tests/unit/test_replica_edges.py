@@ -77,3 +77,20 @@ def test_stats_give_pages_local_and_total_for_a_partial_replica_only(tmp_path, r
         assert after.pages_local == len(pages) and after.lazy_requests > 0
     finally:
         conn.close()
+
+
+@pytest.mark.parametrize("call", ["pull", "push", "sync", "stats"])
+def test_the_async_twin_says_the_same_of_a_local_database(tmp_path, call):
+    import asyncio
+
+    import turso_sync.aio
+
+    async def scenario() -> None:
+        conn = await turso_sync.aio.connect(tmp_path / "local.db")
+        try:
+            with pytest.raises(errors.NotAReplicaError, match="is not a replica"):
+                await getattr(conn, call)()
+        finally:
+            await conn.close()
+
+    asyncio.run(scenario())
