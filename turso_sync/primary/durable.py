@@ -228,6 +228,7 @@ class DurableLog:
             await _release(lease)
             raise
         loaded = writer.loaded
+        writer.loaded = None  # every segment since the snapshot: not kept for the database's lifetime
         log.info(
             "database %s: writer epoch %d, rebuilt from the store at revision %d (%d pages): snapshot %s, %d segments",
             name,
