@@ -362,7 +362,7 @@ class HostedDatabase:
         except RuntimeError:  # the worker stopped (closing): the next writer snapshots
             pass
         except ObjectStoreError as exc:
-            log.warning("database %s: snapshot not written: %s", self.name, exc)
+            log.warning("database %s: snapshot or compaction failed: %s", self.name, exc)
 
     def _snapshot_image(self) -> SnapshotImage | None:
         """The database as stored on disk (worker thread); None while a stream holds the write lock."""

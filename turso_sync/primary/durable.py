@@ -30,6 +30,7 @@ import logging
 import os
 import secrets
 import socket
+import time
 from dataclasses import dataclass
 
 from ..local.engine import LocalDatabase
@@ -40,6 +41,7 @@ from .objectstore.group import GroupCommit
 from .objectstore.layout import DatabaseKeys
 from .objectstore.lease import WriterLease
 from .objectstore.restore import image_of
+from .objectstore.retention import DEFAULT_RETENTION_S, compact
 from .objectstore.revlog import LogWriter, RevisionLog
 from .objectstore.segment import Revision, SnapshotImage
 from .objectstore.shipping import raw_image, revisions_since
@@ -69,6 +71,7 @@ class StoreSettings:
     region: str | None = None
     lease_ttl: float = DEFAULT_LEASE_TTL
     snapshot_every: int = DEFAULT_SNAPSHOT_EVERY
+    retention_s: float = DEFAULT_RETENTION_S
 
 
 class StoreBackend:
@@ -86,7 +89,11 @@ class StoreBackend:
         description: str,
         lease_ttl: float,
         snapshot_every: int = DEFAULT_SNAPSHOT_EVERY,
+        retention_s: float = DEFAULT_RETENTION_S,
     ) -> None:
+        if retention_s < 0:
+            raise ValueError(f"retention {retention_s} s must not be negative")
+        self.retention_s = retention_s
         if lease_ttl <= 0:
             raise ValueError(f"lease ttl {lease_ttl} must be positive")
         if snapshot_every < 1:
@@ -179,8 +186,10 @@ class DurableLog:
         writer: LogWriter,
         group: GroupCommit,
         snapshot_every: int = DEFAULT_SNAPSHOT_EVERY,
+        retention_s: float = DEFAULT_RETENTION_S,
     ) -> None:
         self.name = name
+        self.retention_s = retention_s
         self.lease = lease
         self.writer = writer
         self.group = group
@@ -203,10 +212,14 @@ class DurableLog:
         """
         await self.group.wait_stored(image.revision)
         try:
-            if await self.writer.write_snapshot(image):
-                log.info("database %s: snapshot at revision %d (%d pages)", self.name, image.revision, image.db_size)
+            if not await self.writer.write_snapshot(image):
+                return
         except ValueError as exc:
             log.debug("database %s: snapshot skipped: %s", self.name, exc)
+            return
+        log.info("database %s: snapshot at revision %d (%d pages)", self.name, image.revision, image.db_size)
+        # ages are the store's dates against this machine's clock: a skew of seconds against a window of days
+        await compact(self.writer.log.client, self.writer.keys, now=time.time(), retention_s=self.retention_s)
 
     @classmethod
     async def open(cls, backend: StoreBackend, name: str, path: str) -> DurableLog:
@@ -238,7 +251,7 @@ class DurableLog:
             loaded.snapshot.revision if loaded.snapshot is not None else "none",
             len(loaded.segments),
         )
-        return cls(name, lease, writer, GroupCommit(writer), backend.snapshot_every)
+        return cls(name, lease, writer, GroupCommit(writer), backend.snapshot_every, backend.retention_s)
 
     @property
     def stored(self) -> int:

@@ -236,6 +236,7 @@ class PrimaryServer:
                 description=description,
                 lease_ttl=settings.lease_ttl,
                 snapshot_every=settings.snapshot_every,
+                retention_s=settings.retention_s,
             )
         except ValueError as exc:
             raise ConfigError(f"--store: {exc}") from None

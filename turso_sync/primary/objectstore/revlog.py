@@ -162,7 +162,15 @@ class RevisionLog:
         snapshot = await self.read_snapshot(snaps[-1]) if snaps else None
         base = snapshot.revision if snapshot is not None else 0
         # read at least one segment, so that restoring revision 0 still checks the history starts at 1
-        segments = await self.segments_after(base, None if at is None else max(at, base + 1))
+        try:
+            segments = await self.segments_after(base, None if at is None else max(at, base + 1))
+        except CorruptObject:
+            if snapshot is None and every:  # the segments before the oldest snapshot were compacted away
+                raise RevisionNotStored(
+                    f"database {self.keys.name}: revision {at} is older than the stored history, which begins "
+                    f"at revision {every[0]}; restore a later revision"
+                ) from None
+            raise
         if snapshot is None and ((segments and segments[0].first != 1) or (not segments and every)):
             oldest = every[0] if every else segments[0].first
             raise RevisionNotStored(
