@@ -17,10 +17,14 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+from turso_sync.primary import PrimaryServer, ServerConfig
+from turso_sync.primary.durable import StoreSettings
 from turso_sync.primary.objectstore.errors import StoreUnavailable
 from turso_sync.primary.objectstore.s3 import S3Client, S3Location
 
@@ -226,6 +230,26 @@ def aws_env(weed: WeedMini) -> Iterator[None]:
     """The server's access key in this process's AWS environment variables, for the block."""
     with _env(weed.env):
         yield
+
+
+class InProcessPrimary:
+    """``PrimaryServer`` with a store, on 127.0.0.1, from a background event loop."""
+
+    def __init__(self, data: Path, store: StoreSettings) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="store-primary", daemon=True)
+        self.thread.start()
+        self.server = PrimaryServer(ServerConfig(str(data), host="127.0.0.1", port=0, store=store))
+        self.url = self.run(self.server.start())
+
+    def run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(120)
+
+    def close(self) -> None:
+        self.run(self.server.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(30)
+        self.loop.close()
 
 
 # --- a writer in a child process, for kill -9 tests ----------------------------------------------------

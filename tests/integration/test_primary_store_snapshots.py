@@ -9,17 +9,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 import turso_sync
-from tests.s3_harness import BUCKET, WeedMini, running_weed
-from turso_sync.primary import PrimaryServer, ServerConfig
+from tests.s3_harness import BUCKET, InProcessPrimary, WeedMini, running_weed
 from turso_sync.primary.durable import StoreSettings
 from turso_sync.primary.objectstore import DatabaseKeys, RevisionLog
 from turso_sync.primary.objectstore.s3 import S3Client
@@ -29,26 +26,6 @@ from turso_sync.primary.objectstore.s3 import S3Client
 def weed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WeedMini]:
     with running_weed(tmp_path_factory.mktemp("weed")) as server:
         yield server
-
-
-class InProcessPrimary:
-    """``PrimaryServer`` with a store, on 127.0.0.1, from a background event loop."""
-
-    def __init__(self, data: Path, store: StoreSettings) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="store-primary", daemon=True)
-        self.thread.start()
-        self.server = PrimaryServer(ServerConfig(str(data), host="127.0.0.1", port=0, store=store))
-        self.url = self.run(self.server.start())
-
-    def run(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(120)
-
-    def close(self) -> None:
-        self.run(self.server.stop())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(30)
-        self.loop.close()
 
 
 def _snapshots(weed: WeedMini, prefix: str) -> list[int]:

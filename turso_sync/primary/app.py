@@ -50,6 +50,7 @@ from ..wire.pull import (
 from .auth import Authenticator, AuthError, Grant
 from .database import DiskFull, HostedDatabase, PipelineRun
 from .durable import WriterElsewhere
+from .follower import FollowerReadOnly, NothingStored
 from .hrana import WriteDenied
 from .objectstore.errors import ObjectStoreError
 from .pull import RevisionUnavailable, SnapshotMoved, check_request
@@ -265,6 +266,8 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_response(exc.status, str(exc), code, challenge)
     except WriteDenied as exc:
         return error_response(403, str(exc), "FORBIDDEN")
+    except FollowerReadOnly as exc:
+        return error_response(403, str(exc), "FOLLOWER_READ_ONLY")
     except DatabaseQuota as exc:
         return error_response(403, str(exc), "DATABASE_LIMIT")
     except TooManyRequests as exc:
@@ -275,6 +278,8 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
     except WriterElsewhere as exc:
         log.info("%s %s: %s", request.method, request.path, exc)
         return error_response(503, str(exc), "WRITER_ELSEWHERE", {"Retry-After": str(RETRY_AFTER_S)})
+    except NothingStored as exc:
+        return error_response(503, str(exc), "NOT_YET_STORED", {"Retry-After": str(RETRY_AFTER_S)})
     except ObjectStoreError as exc:
         # the store's messages name the bucket, the key and the endpoint, never a credential
         log.warning("%s %s: the object store failed: %s", request.method, request.path, exc)
@@ -457,8 +462,13 @@ async def pipeline(request: web.Request) -> web.StreamResponse:
         async with state.store.use(name, create=not grant.read_only, owner=grant.client) as db:
             reserved = state.streams.reserve(grant.client)
             kept: Stream | None = None
+            read_only = grant.read_only or db.follower is not None
             try:
-                run = await _run_new_stream(db, pipe, grant.read_only, reserved, state.limits.streams.lock_wait_s)
+                try:
+                    run = await _run_new_stream(db, pipe, read_only, reserved, state.limits.streams.lock_wait_s)
+                except WriteDenied:
+                    _refuse_on_follower(db, grant.read_only)
+                    raise
                 await _durable(db, run)
                 if run.stream is not None:
                     kept = state.streams.add(
@@ -467,7 +477,7 @@ async def pipeline(request: web.Request) -> web.StreamResponse:
                         database=name,
                         client=grant.client,
                         token=token,
-                        read_only=grant.read_only,
+                        read_only=read_only,
                         bytes_in=len(body),
                     )
             finally:
@@ -506,6 +516,15 @@ async def _run_new_stream(
                 f"'{db.name}' and did not end within {lock_wait_s:g} s; nothing of this request was kept; "
                 "try again shortly"
             )
+
+
+def _refuse_on_follower(db: HostedDatabase, token_read_only: bool) -> None:
+    """A write refused because this node is a read-only follower (not because of the token): say so."""
+    if db.follower is not None and not token_read_only:
+        raise FollowerReadOnly(
+            f"this server follows database '{db.name}' read-only from the object store (--follow); "
+            "send writes and pushes to its writer"
+        )
 
 
 async def _durable(db: HostedDatabase, run: PipelineRun) -> None:
@@ -555,7 +574,11 @@ async def _continue_stream(
             )
         if read_only and not stream.read_only:  # the token's rights shrank: the stream keeps the lesser
             stream.handle.state.read_only = True
-        run = await db.call(db.continue_stream, stream.handle, pipe.requests)
+        try:
+            run = await db.call(db.continue_stream, stream.handle, pipe.requests)
+        except WriteDenied:
+            _refuse_on_follower(db, read_only)
+            raise
         await _durable(db, run)
     except BaseException:
         streams.drop(stream)

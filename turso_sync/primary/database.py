@@ -25,9 +25,10 @@ from ..wire import hrana as wire
 from ..wire.pull import PullRequest
 from . import sql_policy
 from .durable import DurableLog
+from .follower import FollowedLog, InstallMismatch
 from .hrana import PipelineExecutor, StreamState, has_statement
 from .objectstore.errors import ObjectStoreError
-from .objectstore.segment import SnapshotImage
+from .objectstore.segment import Revision, SnapshotImage
 from .pull import select_pages, select_slices
 from .revision import CommitFeed
 from .sql_policy import Access, SqlLimits
@@ -275,11 +276,18 @@ class HostedDatabase:
     """
 
     def __init__(
-        self, name: str, path: str, sql_limits: SqlLimits | None = None, durable: DurableLog | None = None
+        self,
+        name: str,
+        path: str,
+        sql_limits: SqlLimits | None = None,
+        durable: DurableLog | None = None,
+        follower: FollowedLog | None = None,
     ) -> None:
         self.name = name
         #: on an object store (``serve --store``): the link to it; None for a local-disk primary
         self.durable = durable
+        #: a read-only follower of the store (``--follow``): what keeps it up with the writer
+        self.follower = follower
         self.path = path
         self.sql_limits = sql_limits or SqlLimits()
         self.counters = PullCounters()
@@ -306,6 +314,7 @@ class HostedDatabase:
         cipher: str,
         sql_limits: SqlLimits | None = None,
         durable: DurableLog | None = None,
+        follower: FollowedLog | None = None,
     ) -> HostedDatabase:
         """Open (creating if new) the database file at ``path`` on a fresh worker thread.
 
@@ -313,11 +322,13 @@ class HostedDatabase:
         ``durable``: the database lives on an object store (its local files were just rebuilt
         from it); whatever opening committed locally is stored before this returns.
         """
-        db = cls(name, path, sql_limits, durable)
+        db = cls(name, path, sql_limits, durable, follower)
         try:
             await db.call(db._open, encryption_key, cipher)
             if durable is not None:
                 await db.make_durable(await db.call(db.local_seq))
+            if follower is not None:
+                follower.start(db._install_followed)
         except BaseException:
             if db._engine is not None:
                 with contextlib.suppress(Exception):
@@ -334,8 +345,31 @@ class HostedDatabase:
     @property
     def broken(self) -> bool:
         """True when this database can store nothing more in the object store (its writer was deposed
-        or its lease ran out): it must be closed and opened again from the store."""
-        return self.durable is not None and self.durable.failed
+        or its lease ran out), or a follower cannot keep up with the log: it must be closed and
+        opened again from the store."""
+        return (self.durable is not None and self.durable.failed) or (
+            self.follower is not None and self.follower.failed
+        )
+
+    async def _install_followed(self, rev: Revision) -> None:
+        await self.call(self.install_revision, rev)
+
+    def install_revision(self, rev: Revision) -> None:
+        """Install a revision read from the store as the next local transaction (follower, worker thread).
+
+        Raises InstallMismatch when it cannot get the same number (the follower then rebuilds).
+        """
+        engine = self._engine
+        assert engine is not None
+        pages = {pgno: engine.log.decrypt(img, pgno) for pgno, img in rev.pages.items() if pgno <= rev.db_size}
+        if not pages and rev.db_size >= 1:  # a revision that changes no page (a takeover): carry the number
+            pages = engine.snapshot(None, [1]).pages
+        if not pages or engine.current_seq() != rev.number - 1:
+            raise InstallMismatch(f"revision {rev.number} cannot follow local revision {engine.current_seq()}")
+        seq = engine.install_pages(pages, rev.db_size)
+        if seq != rev.number:
+            raise InstallMismatch(f"revision {rev.number} was installed as local revision {seq}")
+        self._after_job(True)
 
     async def make_durable(self, seq: int) -> None:
         """Return once every local revision up to ``seq`` is durable in the object store (at once
@@ -639,6 +673,8 @@ class HostedDatabase:
         """Wake the long-polls, close the connection and the engine, stop the worker; on a store,
         finish the upload in flight and release the writer lease."""
         self.feed.close()
+        if self.follower is not None:
+            await self.follower.close()
         try:
             await self.call(self._close)
         finally:

@@ -72,6 +72,8 @@ class StoreSettings:
     lease_ttl: float = DEFAULT_LEASE_TTL
     snapshot_every: int = DEFAULT_SNAPSHOT_EVERY
     retention_s: float = DEFAULT_RETENTION_S
+    follow: bool = False  # ``--follow``: a read-only node (``follower.py``), no lease, nothing written
+    follow_poll: float = 0.5  # seconds between two looks at a followed database's log
 
 
 class StoreBackend:
@@ -90,7 +92,13 @@ class StoreBackend:
         lease_ttl: float,
         snapshot_every: int = DEFAULT_SNAPSHOT_EVERY,
         retention_s: float = DEFAULT_RETENTION_S,
+        follow: bool = False,
+        follow_poll: float = 0.5,
     ) -> None:
+        if follow_poll <= 0:
+            raise ValueError(f"follow poll interval {follow_poll} s must be positive")
+        self.follow = follow
+        self.follow_poll = follow_poll
         if retention_s < 0:
             raise ValueError(f"retention {retention_s} s must not be negative")
         self.retention_s = retention_s
@@ -236,7 +244,7 @@ class DurableLog:
             assert writer.loaded is not None
             image = image_of(writer.loaded)
             base = writer.head.revision  # the takeover revision: local history starts there
-            await asyncio.to_thread(_rebuild_files, path, image.data, image.page_size, image.db_size, base)
+            await asyncio.to_thread(rebuild_files, path, image.data, image.page_size, image.db_size, base)
         except BaseException:
             await _release(lease)
             raise
@@ -293,8 +301,9 @@ async def _release(lease: WriterLease) -> None:
         log.warning("writer lease %s not released (another server takes it once it runs out): %s", lease.key, exc)
 
 
-def _rebuild_files(path: str, data: bytes, page_size: int, db_size: int, base_seq: int) -> None:
-    """Replace the database's local files with ``data`` and a frame log whose history begins at ``base_seq``."""
+def rebuild_files(path: str, data: bytes, page_size: int, db_size: int, base_seq: int) -> None:
+    """Replace the database's local files with ``data`` and a frame log whose history begins at
+    ``base_seq`` (writer and follower)."""
     folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
     stem = os.path.basename(path)

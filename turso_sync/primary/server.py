@@ -237,10 +237,13 @@ class PrimaryServer:
                 lease_ttl=settings.lease_ttl,
                 snapshot_every=settings.snapshot_every,
                 retention_s=settings.retention_s,
+                follow=settings.follow,
+                follow_poll=settings.follow_poll,
             )
         except ValueError as exc:
             raise ConfigError(f"--store: {exc}") from None
-        log.info("databases live in the object store %s; %s is a cache", description, self.config.data_dir)
+        role = "followed read-only from" if settings.follow else "live in"
+        log.info("databases %s the object store %s; %s is a cache", role, description, self.config.data_dir)
         return backend
 
     def _authenticator(self) -> Authenticator:

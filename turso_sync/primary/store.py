@@ -32,6 +32,8 @@ from collections.abc import AsyncIterator
 
 from .database import HostedDatabase
 from .durable import DurableLog, StoreBackend
+from .follower import FollowedLog
+from .objectstore.revlog import RevisionLog
 from .sql_policy import SqlLimits
 
 log = logging.getLogger("turso_sync.primary")
@@ -223,9 +225,14 @@ class DatabaseStore:
             self.check(name, create=create, owner=owner)
             await self._make_room()
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            durable = None
-            if self.backend is not None:
-                durable = await DurableLog.open(self.backend, name, path)
+            durable = follower = None
+            backend = self.backend
+            if backend is not None and backend.follow:
+                follower = await FollowedLog.open(
+                    RevisionLog(backend.client, backend.keys(name)), path, backend.follow_poll
+                )
+            elif backend is not None:
+                durable = await DurableLog.open(backend, name, path)
             try:
                 db = await HostedDatabase.open(
                     name,
@@ -234,12 +241,13 @@ class DatabaseStore:
                     cipher=self._cipher,
                     sql_limits=self.sql_limits,
                     durable=durable,
+                    follower=follower,
                 )
             except BaseException:
                 if durable is not None:
                     await durable.close()
                 raise
-            if new and owner is not None:
+            if new and owner is not None and follower is None:
                 self._record_owner(name, owner)
             self._stored.add(name)
             self._open[name] = db
@@ -249,7 +257,7 @@ class DatabaseStore:
         """Take a database whose writer failed out of service; it closes in the background."""
         if self._open.get(name) is db:
             del self._open[name]
-        log.warning("database %s: its writer can no longer store revisions; opening it again from the store", name)
+        log.warning("database %s: it can no longer follow or write the store; opening it again from the store", name)
         task = asyncio.get_running_loop().create_task(db.close())
         self._retiring[name] = task
         task.add_done_callback(lambda t: self._retiring.pop(name, None) if self._retiring.get(name) is t else None)
