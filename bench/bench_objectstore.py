@@ -14,10 +14,14 @@ those).  Client and server share this machine's cores.  Writes nothing to docs/.
 
     python -m bench.bench_objectstore [--runs N] [--appends N]
     python -m bench.bench_objectstore --primary [--runs N] [--pushes N]
+    python -m bench.bench_objectstore --failover [--runs N] [--pushes N] [--ttl S]
 
 ``--primary`` measures the whole ack path instead: a real replica's ``push()`` of one small
 row to a real ``turso-sync serve`` subprocess on local disk, against ``serve --store`` on
 the same ``weed mini`` (both buckets), a fresh server and database per kind per run.
+``--failover`` starts two ``serve --store`` on one prefix per run, has the first acknowledge
+``--pushes`` inserts, kills it (SIGKILL) and times until the second acknowledges one, then
+counts the acknowledged inserts missing there (must be 0).
 
 Environment: ``BENCH_RUNS`` (5), ``BENCH_DIR`` (``bench-data/objectstore``, removed after).
 """
@@ -178,6 +182,69 @@ def _primary_table(rows: dict[str, list[tuple[float, float]]]) -> str:
     return markdown_table(["replica push() of one row, primary", "p50 ms", "p99 ms"], body, right=[1, 2])
 
 
+def failover_main(args: argparse.Namespace) -> None:
+    """Time from ``kill -9`` of a ``serve --store`` writer to the first push its standby acknowledges."""
+    import httpx
+
+    from tests.integration.primary_harness import PrimaryProcess
+
+    def insert(url: str, n: int) -> bool:
+        body = {"baton": None, "requests": [{"type": "execute", "stmt": {"sql": f"INSERT INTO t VALUES ({n})"}}]}
+        try:
+            resp = httpx.post(f"{url}/v2/pipeline", json=body, timeout=30)
+        except httpx.HTTPError:
+            return False
+        return resp.status_code == 200 and resp.json()["results"][0]["type"] == "ok"
+
+    folder = Path(os.environ.get("BENCH_DIR", str(REPO / "bench-data" / "objectstore")))
+    shutil.rmtree(folder, ignore_errors=True)
+    (folder / "weed").mkdir(parents=True)
+    times: list[float] = []
+    lost_total = 0
+    try:
+        with WeedMini(folder / "weed") as weed, aws_env(weed):
+            for run in range(args.runs):
+                store = ["--store", f"s3://{BUCKET}/failover{run}", "--s3-endpoint", weed.endpoint]
+                ttl = ["--lease-ttl", str(args.ttl), "--log-level", "warning"]
+                first = PrimaryProcess(folder / f"a{run}", *store, *ttl)
+                second = PrimaryProcess(folder / f"b{run}", *store, *ttl)
+                first.start()
+                second.start()
+                try:
+                    body = {"baton": None, "requests": [{"type": "execute", "stmt": {"sql": "CREATE TABLE t (n)"}}]}
+                    assert httpx.post(f"{first.url}/v2/pipeline", json=body, timeout=30).status_code == 200
+                    assert not insert(second.url, -1)  # the standby now watches the lease
+                    acked = [n for n in range(args.pushes) if insert(first.url, n)]
+                    first.kill()
+                    killed = time.monotonic()
+                    while not insert(second.url, 1_000_000):
+                        if time.monotonic() - killed > 20 * args.ttl + 60:
+                            raise AssertionError(f"run {run}: no takeover")
+                    times.append(time.monotonic() - killed)
+                    answer = httpx.post(
+                        f"{second.url}/v2/pipeline",
+                        json={"baton": None, "requests": [{"type": "execute", "stmt": {"sql": "SELECT n FROM t"}}]},
+                        timeout=30,
+                    ).json()
+                    rows = answer["results"][0]["response"]["result"]["rows"]
+                    present = {int(r[0]["value"]) for r in rows}
+                    lost = len(set(acked) - present)
+                    lost_total += lost
+                    print(f"run {run + 1}/{args.runs}: takeover {times[-1]:.2f} s, {len(acked)} acked, {lost} lost")
+                finally:
+                    for server in (first, second):
+                        if server.proc is not None:
+                            server.stop()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    host = machine()
+    print(f"\n{args.runs} runs, --lease-ttl {args.ttl:g}; {host['cpus']} CPUs ({host['model']}):")
+    print(
+        f"takeover after kill -9: median {statistics.median(times):.2f} s, "
+        f"min {min(times):.2f} s, max {max(times):.2f} s; acknowledged pushes lost: {lost_total}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=int(os.environ.get("BENCH_RUNS", "5")))
@@ -186,7 +253,12 @@ def main() -> None:
         "--primary", action="store_true", help="measure replica pushes to turso-sync serve, with and without --store"
     )
     parser.add_argument("--pushes", type=int, default=200, help="with --primary: sequential pushes per server per run")
+    parser.add_argument("--failover", action="store_true", help="time the standby's takeover after kill -9")
+    parser.add_argument("--ttl", type=float, default=2.0, help="with --failover: the servers' --lease-ttl")
     args = parser.parse_args()
+    if args.failover:
+        failover_main(args)
+        return
     if args.primary:
         primary_main(args)
         return
