@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,15 @@ import pytest
 from tests.conftest import KEY256
 from turso_sync.primary.database import HostedDatabase
 from turso_sync.primary.durable import StoreBackend, WriterElsewhere
-from turso_sync.primary.objectstore import DatabaseKeys, MemoryClient, RevisionLog, StoreUnavailable, restore
+from turso_sync.primary.objectstore import (
+    DatabaseKeys,
+    Deposed,
+    LeaseRecord,
+    MemoryClient,
+    RevisionLog,
+    StoreUnavailable,
+    restore,
+)
 from turso_sync.primary.objectstore.memory import unavailable
 from turso_sync.primary.store import DatabaseStore
 from turso_sync.wire.hrana import PipelineRequest, encode_pipeline_response
@@ -103,5 +112,29 @@ def test_a_second_store_is_refused_while_the_first_holds_the_lease(tmp_path: Pat
         await second.close()
         segments = await RevisionLog(client, DatabaseKeys("", "default")).segments_after(0)
         assert {s.epoch for s in segments} == {1}
+
+    asyncio.run(main())
+
+
+def test_a_writer_whose_lease_was_taken_stops_serving_its_copy(tmp_path: Path) -> None:
+    async def main() -> None:
+        client = MemoryClient()
+        store = DatabaseStore(str(tmp_path / "a"), backend=StoreBackend(client, "", description="memory", lease_ttl=30))
+        await store.start()
+        db = await store.get("default", create=True)
+        await _run(db, "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+        assert db.durable is not None
+        # another server takes the lease over (as it would after believing this one dead)
+        key = DatabaseKeys("", "default").lease
+        current = await client.get(key)
+        record = LeaseRecord.from_bytes(key, current.data)
+        taken = replace(record, owner="elsewhere", epoch=record.epoch + 1, renewals=0)
+        await client.put_if_match(key, taken.to_bytes(), current.etag)
+        with pytest.raises(Deposed):
+            await db.durable.lease.renew()
+        assert db.broken
+        with pytest.raises(WriterElsewhere):  # not its stale copy: the next request is refused
+            await store.get("default", create=False)
+        await store.close()
 
     asyncio.run(main())

@@ -268,8 +268,11 @@ class DurableLog:
 
     @property
     def failed(self) -> bool:
-        """True once this writer can store nothing more (deposed, or its lease ran out): retire it."""
-        return self.group.failed is not None
+        """True once this writer can store nothing more (deposed, or its lease ran out): retire it.
+
+        A lease seen taken by a renewal counts at once, so a deposed writer stops serving its
+        local copy (stale from then on) before any push reaches it."""
+        return self.group.failed is not None or self.lease.lost
 
     def read_revisions(self, engine: LocalDatabase) -> list[Revision]:
         """The local commits after ``queued``, as revisions (worker thread; the caller holds ``reading``)."""

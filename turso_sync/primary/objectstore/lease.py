@@ -109,6 +109,11 @@ class WriterLease:
         """The epoch of the lease we hold (0 if none)."""
         return self.record.epoch if self.record is not None else 0
 
+    @property
+    def lost(self) -> bool:
+        """True once another writer took the lease from us (seen by a renewal or by the log)."""
+        return self._lost
+
     def held(self) -> bool:
         """True while we hold an unexpired lease (by our own clock) that we have not seen lost."""
         return self.record is not None and not self._lost and self._clock() < self._valid_until
