@@ -234,3 +234,46 @@ def test_concurrent_pushes_are_each_acknowledged_once_stored(weed: WeedMini, tmp
     finally:
         if server.proc is not None:
             server.stop()
+
+
+def test_a_clean_restart_reuses_the_local_files_and_a_kill_rebuilds_them(weed: WeedMini, tmp_path: Path) -> None:
+    """After a clean stop the data dir is reused (replicas pull only what changed); after kill -9 it
+    is rebuilt from the store (replicas behind the new base get every page again)."""
+    prefix = f"store-reuse-{next(_prefixes)}"
+    server = _primary(weed, tmp_path / "data", prefix, "--lease-ttl", "2")
+    url = server.start()
+    try:
+        a = turso_sync.connect(tmp_path / "a.db", url)
+        a.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+        for i in range(20):
+            a.execute("INSERT INTO notes VALUES (?, ?)", (i, "x" * 2000))
+        a.commit()
+        a.push()
+        a.pull()
+        pages = a.execute("PRAGMA page_count").fetchone()[0]
+        assert pages > 10  # the primary's copy has about as many (the rows are most of them)
+
+        assert server.stop() == 0
+        server.start()
+        _retrying(a.pull, "a pull after the clean restart")
+        assert a.last_sync is not None and 0 < a.last_sync.pages_received <= 2, a.last_sync
+        assert "local files (left at revision" in server.log()
+
+        server.kill()
+        server.start()
+        _retrying(a.pull, "a pull after kill -9")
+        assert a.last_sync is not None and a.last_sync.pages_received > 10, a.last_sync  # every page again
+        a.execute("INSERT INTO notes VALUES (100, 'after')")
+        a.commit()
+        _retrying(a.push, "a push after kill -9")
+        assert server.stop() == 0
+        shutil.rmtree(tmp_path / "data")
+        server.start()
+        b = turso_sync.connect(tmp_path / "b.db", url)
+        assert b.execute("SELECT count(*) FROM notes").fetchone() == (21,)
+        b.close()
+        a.close()
+        _no_500(server)
+    finally:
+        if server.proc is not None:
+            server.stop()

@@ -303,6 +303,7 @@ class HostedDatabase:
         self._checkpoint_queued = False
         self.streams_ended = 0
         self._stream_waiters: list[asyncio.Future[None]] = []
+        self._final_seq: int | None = None  # the local revision when the engine closed (on a store)
 
     @classmethod
     async def open(
@@ -325,6 +326,9 @@ class HostedDatabase:
         db = cls(name, path, sql_limits, durable, follower)
         try:
             await db.call(db._open, encryption_key, cipher)
+            if durable is not None and durable.catch_up_to is not None:
+                # reused local files: the takeover revision becomes a local one that changes no page
+                await db.call(db._catch_up, durable.catch_up_to)
             if durable is not None:
                 await db.make_durable(await db.call(db.local_seq))
             if follower is not None:
@@ -336,6 +340,17 @@ class HostedDatabase:
             db._worker.shutdown(wait=False)
             raise
         return db
+
+    def _catch_up(self, seq: int) -> None:
+        """Bring reused local files from revision ``seq - 1`` to ``seq`` with a commit that changes no page."""
+        engine = self._engine
+        assert engine is not None
+        snap = engine.snapshot(None, [1])
+        if engine.current_seq() != seq - 1 or engine.install_pages(snap.pages, snap.db_size) != seq:
+            raise ObjectStoreError(
+                f"database {self.name}: the local files could not follow the takeover revision {seq}; "
+                "they are rebuilt from the store at the next open"
+            )
 
     def local_seq(self) -> int:
         """The newest committed local revision (worker thread)."""
@@ -659,6 +674,9 @@ class HostedDatabase:
             log.debug("checkpoint of %s skipped: %s", self.name, exc)
 
     def _close(self) -> None:
+        if self._engine is not None and self.durable is not None:
+            with contextlib.suppress(Exception):  # the stamp is an optimisation: without it, a rebuild
+                self._final_seq = self._engine.current_seq()
         for stream in list(self._streams):
             self.end_stream(stream)
         for lane in [*self._spare, *([self._lane] if self._lane is not None else [])]:
@@ -680,4 +698,4 @@ class HostedDatabase:
         finally:
             self._worker.shutdown(wait=True)
             if self.durable is not None:
-                await self.durable.close()
+                await self.durable.close(self._final_seq)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import secrets
@@ -42,7 +43,7 @@ from .objectstore.layout import DatabaseKeys
 from .objectstore.lease import WriterLease
 from .objectstore.restore import image_of
 from .objectstore.retention import DEFAULT_RETENTION_S, compact
-from .objectstore.revlog import LogWriter, RevisionLog
+from .objectstore.revlog import LogHead, LogWriter, RevisionLog
 from .objectstore.segment import Revision, SnapshotImage
 from .objectstore.shipping import raw_image, revisions_since
 
@@ -206,6 +207,9 @@ class DurableLog:
         self.snapshot_every = snapshot_every
         #: the snapshot being taken and written in the background, if any
         self.snapshotting: asyncio.Task[None] | None = None
+        #: local files reused at open: the local revision the takeover revision must become (else None)
+        self.catch_up_to: int | None = None
+        self.path: str | None = None  # the database file (for the clean-stop stamp)
 
     def snapshot_due(self) -> bool:
         """True when a snapshot should be written (and none is being written)."""
@@ -241,15 +245,28 @@ class DurableLog:
             writer = await LogWriter.take_over(
                 RevisionLog(backend.client, backend.keys(name)), lease, page_size=NEW_PAGE_SIZE
             )
-            assert writer.loaded is not None
-            image = image_of(writer.loaded)
-            base = writer.head.revision  # the takeover revision: local history starts there
-            await asyncio.to_thread(rebuild_files, path, image.data, image.page_size, image.db_size, base)
+            loaded = writer.loaded
+            assert loaded is not None
+            writer.loaded = None  # every segment since the snapshot: not kept for the database's lifetime
+            reuse = await asyncio.to_thread(cache_matches, path, loaded.head)
+            if not reuse:
+                image = image_of(loaded)
+                base = writer.head.revision  # the takeover revision: local history starts there
+                await asyncio.to_thread(rebuild_files, path, image.data, image.page_size, image.db_size, base)
         except BaseException:
             await _release(lease)
             raise
-        loaded = writer.loaded
-        writer.loaded = None  # every segment since the snapshot: not kept for the database's lifetime
+        durable = cls(name, lease, writer, GroupCommit(writer), backend.snapshot_every, backend.retention_s)
+        durable.path = path
+        if reuse:
+            durable.catch_up_to = writer.head.revision
+            log.info(
+                "database %s: writer epoch %d, the local files (left at revision %d by a clean stop) reused",
+                name,
+                writer.epoch,
+                writer.previous_head,
+            )
+            return durable
         log.info(
             "database %s: writer epoch %d, rebuilt from the store at revision %d (%d pages): snapshot %s, %d segments",
             name,
@@ -259,7 +276,7 @@ class DurableLog:
             loaded.snapshot.revision if loaded.snapshot is not None else "none",
             len(loaded.segments),
         )
-        return cls(name, lease, writer, GroupCommit(writer), backend.snapshot_every, backend.retention_s)
+        return durable
 
     @property
     def stored(self) -> int:
@@ -288,12 +305,18 @@ class DurableLog:
             self.group.enqueue(rev)
             self.queued = rev.number
 
-    async def close(self) -> None:
-        """Finish the upload and the snapshot in flight, release the lease (a standby takes over at once)."""
+    async def close(self, local_seq: int | None = None) -> None:
+        """Finish the upload and the snapshot in flight, release the lease (a standby takes over at once).
+
+        ``local_seq``: the local files' revision after they were closed; when everything up to it
+        is stored, a stamp says so, and the next writer of this data dir reuses them.
+        """
         if self.snapshotting is not None:
             with contextlib.suppress(Exception):
                 await self.snapshotting
         await self.group.close()
+        if local_seq is not None and local_seq == self.stored and not self.failed and self.path is not None:
+            await asyncio.to_thread(_write_stamp, self.path, self.writer.epoch, local_seq)
         await _release(self.lease)
 
 
@@ -319,3 +342,39 @@ def rebuild_files(path: str, data: bytes, page_size: int, db_size: int, base_seq
         os.fsync(f.fileno())
     # the codec only decrypts history; creating the log writes its header alone
     FrameLog(path, None, page_size).create(db_size, base_seq)
+
+
+#: Beside the database file: "the local files are exactly revision R, as stored by writer epoch E",
+#: written by a clean stop only.  Its name starts like the database's, so a rebuild deletes it.
+STAMP_SUFFIX = "-stored"
+
+
+def _write_stamp(path: str, epoch: int, revision: int) -> None:
+    tmp = path + STAMP_SUFFIX + ".tmp"
+    with open(tmp, "w", encoding="ascii") as f:
+        json.dump({"epoch": epoch, "revision": revision}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path + STAMP_SUFFIX)
+
+
+def cache_matches(path: str, head: LogHead) -> bool:
+    """True if the local files are exactly the store's ``head`` (so they need no rebuild); the stamp is used up.
+
+    They are when a clean stop stamped them at that very revision and epoch (nobody appended
+    since: the store's head is still that writer's last segment) and their frame log ends there.
+    """
+    stamp = path + STAMP_SUFFIX
+    try:
+        with open(stamp, encoding="ascii") as f:
+            raw = json.load(f)
+        os.unlink(stamp)  # good for one open only: from now on the files move on
+        epoch, revision = int(raw["epoch"]), int(raw["revision"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    if (epoch, revision) != (head.epoch, head.revision) or not os.path.exists(path):
+        return False
+    try:
+        return FrameLog(path, None, head.page_size).current_seq() == revision
+    except (OSError, ValueError):
+        return False
