@@ -66,6 +66,36 @@ def test_foreign_key_left_dangling_by_a_merge_is_kept_and_journaled(url: str, tm
 
 
 @pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("path", ["sync", "push"])
+def test_a_child_pushed_after_its_parent_was_deleted_is_journaled(url: str, tmp_path: Path, policy: str, path: str):
+    """B pushes first (no pull before): the foreign-key guard fails, B pulls, and the rebase journals it."""
+    a, b = pair(
+        tmp_path,
+        url,
+        f"fk-push-{path}-{policy}",
+        policy,
+        "CREATE TABLE p (id INTEGER PRIMARY KEY);"
+        "CREATE TABLE c (id INTEGER PRIMARY KEY, p INTEGER REFERENCES p(id));"
+        "INSERT INTO p VALUES (1), (2);",
+    )
+    a.execute("DELETE FROM p WHERE id = 1")
+    a.commit()
+    a.sync()
+    b.execute("INSERT INTO c VALUES (7, 1)")
+    b.execute("INSERT INTO c VALUES (8, 2)")  # its parent is still there: no conflict
+    b.commit()
+    getattr(b, path)()
+    b.sync()
+    a.pull()
+    for conn in (a, b):
+        assert conn.execute("SELECT id, p FROM c ORDER BY id").fetchall() == [(7, 1), (8, 2)]
+        assert conn.execute("SELECT id FROM p").fetchall() == [(2,)]
+    assert [(c.kind, c.resolution, c.table, c.pk) for c in b.conflicts()] == [("foreign_key", "local", "c", {"id": 7})]
+    a.close()
+    b.close()
+
+
+@pytest.mark.parametrize("policy", POLICIES)
 def test_schema_change_meeting_data_changes(url: str, tmp_path: Path, policy: str):
     a, b = pair(
         tmp_path,

@@ -243,29 +243,72 @@ def test_same_outcome_on_every_path(server: PrimaryProcess, tmp_path: Path, path
 
 
 def test_push_over_the_size_limit(server: PrimaryProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """Transactions split across requests; one transaction over the limit is refused, stays pending."""
+    """Transactions split across requests; one transaction over the limit goes as a stream of requests."""
     from turso_sync.sync import push as push_mod
+    from turso_sync.sync.transport import HttpxTransport
 
     monkeypatch.setattr(push_mod, "MAX_PUSH_BODY", 64 << 10)  # the primary's 64 MiB, scaled down
     url = fresh_url(server)
-    with opened(tmp_path / "a.db", url, "last_push_wins") as a:
+    sent: list[bytes] = []
+
+    class Recording(HttpxTransport):
+        def request(self, path: str, body: bytes, content_type: str, timeout: float, idempotent: bool) -> Any:
+            sent.append(body)
+            return super().request(path, body, content_type, timeout, idempotent)
+
+    a = turso_sync.connect(
+        tmp_path / "a.db", url, encryption_key=KEY256, conflict="last_push_wins", transport=Recording(url)
+    )
+    with contextlib.closing(a):
         a.execute("CREATE TABLE big (id INTEGER PRIMARY KEY, v TEXT)")
         a.commit()
         for i in range(8):  # eight transactions of ~20 KiB: more than one request, each whole
             a.execute("INSERT INTO big VALUES (?, ?)", (i, "x" * 20_000))
             a.commit()
         assert a.push() == 9
-        a.execute("INSERT INTO big VALUES (100, ?)", ("y" * 100_000,))
+        for i in range(100, 106):  # one transaction of ~180 KiB (no single value over a request)
+            a.execute("INSERT INTO big VALUES (?, ?)", (i, "z" * 30_000))
         a.commit()
-        with pytest.raises(turso_sync.PushRejectedError, match=r"over the 0.0625 MiB a sync server") as info:
-            a.push()
-        # refused at once (no pull can make it smaller), and it says what to do
-        assert str(info.value).endswith("split it into smaller transactions (delete it locally and redo it in parts)")
-        assert a.stats().pending_changes == 1
-        # the remedy the error names: delete it locally; the two cancel out and nothing is sent
-        a.execute("DELETE FROM big WHERE id = 100")
-        a.commit()
-        assert a.push() == 0
+        sent.clear()
+        assert a.push() == 1  # a chain of requests on one stream
         assert a.stats().pending_changes == 0
+        chained = [body for body in sent if b'"baton":"' in body]
+        assert len(chained) >= 2, "the transaction went as one stream of several requests"
+        assert all(len(body) <= 64 << 10 for body in sent)
     with opened(tmp_path / "b.db", url, "last_push_wins") as b:
-        assert b.execute("SELECT count(*), max(id) FROM big").fetchone() == (8, 7)
+        assert b.execute("SELECT count(*), max(id), sum(length(v)) FROM big WHERE id >= 100").fetchone() == (
+            6,
+            105,
+            180_000,
+        )
+
+
+def test_push_over_the_size_limit_to_a_server_without_streams(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """tursodb keeps no transaction between requests: the big one is refused before any change is sent."""
+    from tests.servers import TURSODB, tursodb
+    from turso_sync.sync import push as push_mod
+
+    if not TURSODB.exists():
+        pytest.skip("tursodb is not installed (make peers)")
+    monkeypatch.setattr(push_mod, "MAX_PUSH_BODY", 64 << 10)
+    with tursodb(tmp_path / "tursodb") as url:
+        a = turso_sync.connect(tmp_path / "a.db", url)
+        try:
+            a.execute("CREATE TABLE big (id INTEGER PRIMARY KEY, v TEXT)")
+            a.commit()
+            assert a.push() == 1
+            a.execute("INSERT INTO big VALUES (100, ?)", ("y" * 100_000,))
+            a.commit()
+            with pytest.raises(turso_sync.PushRejectedError, match=r"over the 0.0625 MiB a sync server") as info:
+                a.push()
+            assert str(info.value).endswith(
+                "split it into smaller transactions (delete it locally and redo it in parts)"
+            )
+            assert a.stats().pending_changes == 1
+            # the remedy the error names: delete it locally; the two cancel out and nothing is sent
+            a.execute("DELETE FROM big WHERE id = 100")
+            a.commit()
+            assert a.push() == 0
+            assert a.stats().pending_changes == 0
+        finally:
+            a.close()

@@ -124,7 +124,8 @@ REGRESSIONS: list[Regression] = [
         # and 3fa7554: refused with PushRejectedError before anything is sent (docs/consistency.md).
         # At 29ae773 the remedy (delete the transaction locally) failed with "out of memory": the
         # in-process primary had set SQLite's process-wide heap limit (256 MiB) for the replicas too;
-        # since d9c52ed+1 only `turso-sync serve` sets it (docs/primary.md)
+        # since d9c52ed+1 only `turso-sync serve` sets it (docs/primary.md). Since the push path
+        # streams a transaction over one request (Hrana batons), it lands on our primary instead.
     ),
 ]
 

@@ -29,7 +29,9 @@ KEY = "5a" * 32
 #: User tables the oracle knows; the dump compares every user table whatever its name.
 INTERNAL = ("_turso_sync", "turso_sync_", "sqlite_")
 QUIET_ROUNDS = 5
-DUMP_PAGE = 32  # rows per query when dumping a table (the largest rows are about 1 MiB)
+# rows per query when dumping a table: 1 MiB rows (a transaction over 64 MiB), quoted to 2 MiB
+# each, stay under the primary's 32 MiB bound on one response
+DUMP_PAGE = 8
 
 
 def merge_resolver(table: str, pk: dict[str, Any], base: Any, local: Any, remote: Any, kind: str) -> Any:
@@ -383,11 +385,15 @@ class Simulation:
         self._check_converged(step.index)
 
     def _settle_oversized(self, live: Live, exc: Exception, step: int) -> bool:
-        """The model's outcome for a transaction over 64 MiB: refused, pending; the remedy it names works.
+        """The model's outcome for a transaction over 64 MiB to a server without streams: refused,
+        pending; the remedy it names works.
 
-        docs/consistency.md: such a push is refused with ``PushRejectedError`` before anything is
-        sent and the transaction stays pending.  The remedy the error names: delete it locally
-        (the next rebase combines both into nothing) and redo it in parts (not needed here).
+        docs/consistency.md: our primary keeps a transaction open across requests (Hrana batons),
+        so such a push goes as a stream of requests and commits all at once, like any other (no
+        exception reaches here).  A server that keeps no stream (``tursodb``) gets none of it:
+        ``PushRejectedError`` before anything is sent, and the transaction stays pending.  The
+        remedy the error names: delete it locally (the next rebase combines both into nothing) and
+        redo it in parts (not needed here).
         """
         txn = self.huge_pending.pop(live.spec.name, None)
         if txn is None or "64 MiB" not in str(exc):

@@ -40,6 +40,10 @@ def database(extra: str = "") -> apsw.Connection:
     return db
 
 
+def query_of(db: apsw.Connection) -> push.Query:
+    return lambda sql, args: list(db.execute(sql, args))
+
+
 def columns_of(db: apsw.Connection) -> push.Columns:
     return lambda table: [(r[1], r[5]) for r in db.execute(f"PRAGMA table_info({push.quote(table)})")]
 
@@ -47,7 +51,9 @@ def columns_of(db: apsw.Connection) -> push.Columns:
 def batch_steps(local: apsw.Connection, sql: str) -> list[push.Step]:
     changeset = changeset_of(local, sql)
     checks: list[push.Step] = []
-    steps = push.change_steps(OutboxRow(3, 0, [], changeset), columns_of(local), push.local_parents(local), checks)
+    steps = push.change_steps(
+        OutboxRow(3, 0, [], changeset), columns_of(local), push.local_parents(query_of(local)), checks
+    )
     return steps + checks
 
 
@@ -106,7 +112,7 @@ def test_parent_guards_run_after_every_change_of_the_batch():
         0,
         lambda v: {"v": v},
         None,
-        push.local_parents(local),
+        push.local_parents(query_of(local)),
     )
     sources = [s for s in batch.sources if s is not None]
     parent_guard = next(

@@ -31,6 +31,7 @@ from typing import Any
 
 import apsw
 
+from .. import errors
 from ..local.capture import is_internal
 from ..wire.hrana import encode_json
 from .rebase import OutboxRow, quote
@@ -160,23 +161,27 @@ def parent_guards(
     return guards
 
 
-def local_parents(db: apsw.Connection) -> Parents:
-    """``Parents`` over a local database: the foreign keys of ``table`` whose columns ``row``
-    holds (all non-NULL) and whose parent row exists in ``db``."""
+#: Runs one statement on the local database and returns its rows (``LocalDatabase.query``).
+Query = Callable[[str, Sequence[Any]], list[tuple[Any, ...]]]
+
+
+def local_parents(query: Query) -> Parents:
+    """``Parents`` over a local database (``query`` reads it): the foreign keys of ``table``
+    whose columns ``row`` holds (all non-NULL) and whose parent row exists locally."""
     cache: dict[str, list[tuple[str, list[tuple[str, str | None]]]]] = {}
 
     def references(table: str) -> list[tuple[str, list[tuple[str, str | None]]]]:
         if table not in cache:
             groups: dict[int, tuple[str, list[tuple[str, str | None]]]] = {}
-            for fk_id, _seq, parent, child_col, parent_col, *_rest in db.execute(
-                f"PRAGMA main.foreign_key_list({quote(table)})"
+            for fk_id, _seq, parent, child_col, parent_col, *_rest in query(
+                f"PRAGMA main.foreign_key_list({quote(table)})", ()
             ):
                 groups.setdefault(fk_id, (parent, []))[1].append((child_col, parent_col))
             cache[table] = list(groups.values())
         return cache[table]
 
     def parent_pk(parent: str) -> list[str]:
-        info = db.execute(f"PRAGMA main.table_info({quote(parent)})")
+        info = query(f"PRAGMA main.table_info({quote(parent)})", ())
         return [name for pk, name in sorted((pk, name) for _cid, name, _t, _nn, _d, pk in info) if pk > 0]
 
     def found(table: str, row: dict[str, Any]) -> list[tuple[str, list[tuple[str, Any]]]]:
@@ -192,10 +197,8 @@ def local_parents(db: apsw.Connection) -> Parents:
             keys = [(t, row[child]) for t, (child, _) in zip(targets, pairs, strict=True)]
             try:
                 where = " AND ".join(f"{quote(col)} IS ?" for col, _ in keys)
-                exists = db.execute(
-                    f"SELECT 1 FROM main.{quote(parent)} WHERE {where} LIMIT 1", [v for _, v in keys]
-                ).fetchall()
-            except apsw.SQLError:
+                exists = query(f"SELECT 1 FROM main.{quote(parent)} WHERE {where} LIMIT 1", [v for _, v in keys])
+            except (apsw.SQLError, errors.Error):
                 continue  # no such parent table (yet): nothing to compare
             if exists:
                 out.append((parent, keys))

@@ -20,6 +20,7 @@ from pyroaring import BitMap
 from .. import errors
 from ..wire.hrana import encode_value
 from . import push as push_mod
+from . import stream
 from .exchange import Steps
 from .outbox import chunk, forget, read_pending, table_columns
 from .pull import PullContext, pull
@@ -86,11 +87,19 @@ def push_once(replica: PullContext, max_changes_per_batch: int, outcome: PushOut
         if rows:
             yield from check_reserved_bytes(replica)
         combined = False
+        parents = push_mod.local_parents(db.query)
         while rows:
             part = chunk(rows, max_changes_per_batch)
+            streamed = False
             while True:
                 batch = push_mod.build_batch(
-                    part, lambda table: table_columns(db, table), state.client_id, gen, encode_value, state.push_epoch
+                    part,
+                    lambda table: table_columns(db, table),
+                    state.client_id,
+                    gen,
+                    encode_value,
+                    state.push_epoch,
+                    parents,
                 )
                 body = push_mod.pipeline_body([push_mod.batch_request(batch.steps)])
                 if len(body) <= push_mod.MAX_PUSH_BODY:
@@ -106,19 +115,31 @@ def push_once(replica: PullContext, max_changes_per_batch: int, outcome: PushOut
                         break
                     continue
                 if len(part) == 1:
-                    raise _too_big(replica.path, part[0], len(body))
+                    # one transaction bigger than a request: a remote that keeps a transaction
+                    # open between requests (Hrana batons) takes it as a chain of requests
+                    if not (yield from stream.probe_steps(replica.request_timeout)):
+                        raise _too_big(replica.path, part[0], len(body))
+                    streamed = True
+                    break
                 part = part[: len(part) // 2]  # fewer whole transactions per request
             if not rows:
                 break
             try:
-                results = yield from pipeline_body(body, replica.request_timeout)
+                if streamed:
+                    result = yield from stream.push_steps(
+                        batch,
+                        replica.request_timeout,
+                        max_body=min(stream.STREAM_REQUEST_BYTES, push_mod.MAX_PUSH_BODY),
+                    )
+                else:
+                    result = batch_result((yield from pipeline_body(body, replica.request_timeout)))
             except BaseException as exc:
                 if not (isinstance(exc, errors.RemoteError) and exc.status < 500):
                     # sent, and no answer (a network error, a 5xx, an interrupt, a cancelled
                     # task): it may still commit, now or later, so the next pull fences it off
                     state.push_in_doubt = True
                 raise
-            check_batch(batch_result(results), batch)
+            check_batch(result, batch)
             _forget(replica, batch.last_outbox_id)
             outcome.pushed += len(part)
             rows = rows[len(part) :]

@@ -33,8 +33,8 @@ fixed refusal a too-big push always had.
 Entry points: ``supports_streams(transport, timeout)`` and ``push_transaction(transport,
 batch, timeout)``, which returns the batch result (``step_results``/``step_errors`` over all of
 the batch's steps) for ``push.batch_failure``.  Both are thin drivers over sans-IO steps
-(``probe_steps``, ``push_steps``: generators yielding ``PipelineCall``, which has the fields of
-``exchange.Request``), for a push path that drives its own steps.  Everything else is pure.
+(``probe_steps``, ``push_steps``: generators yielding ``exchange.Request``), which the push
+path (``pusher.push_once``) drives itself.  Everything else is pure.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from typing import Any, TypeVar
 
 from .. import errors
 from ..wire.hrana import decode_pipeline_reply, encode_json
+from .exchange import Request
 from .push import MAX_PUSH_BODY, PushBatch
 from .transport import HttpResponse, Transport
 
@@ -198,15 +199,9 @@ def merged_result(outcome: Sequence[StepOutcome], total: int) -> dict[str, Any]:
     return {"step_results": [o.result for o in padded], "step_errors": [o.error for o in padded]}
 
 
-@dataclass(frozen=True)
-class PipelineCall:
-    """One POST the stream steps need (the fields of ``exchange.Request``, so a sans-IO driver can run them)."""
-
-    path: str
-    body: bytes
-    content_type: str
-    timeout: float
-    idempotent: bool
+#: One POST the stream steps need: the sans-IO seam's own request type, so the push path's
+#: driver (blocking or asyncio) runs these steps like any other.
+PipelineCall = Request
 
 
 #: A stream step: yields the calls, is sent their responses (or has the transport's error thrown in).
