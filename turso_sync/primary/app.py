@@ -12,7 +12,9 @@ bound, or another token's baton), 404 unknown database or route, 408 body not re
 409 a pinned revision that can no longer be served, 413 body (or a stream's transaction) over
 the limit, 429 too many open requests or streams from one client, 503 the database failed, its
 disk is full, a stream holds its write lock past the wait, or every open database or stream
-place is busy (429 and 503 carry ``Retry-After``).  SQL errors are not HTTP errors: they come
+place is busy, or (``serve --store``) the object store could not make the answer durable or
+another server writes the database (429 and 503 carry ``Retry-After``); 403 also for a write
+sent to a read-only follower of the store.  SQL errors are not HTTP errors: they come
 back as Hrana step or request errors inside a 200.  Streams kept open between requests
 (batons): see ``streams.py``.
 
