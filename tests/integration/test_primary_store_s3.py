@@ -7,6 +7,7 @@ between runs, and a push acknowledged once must be there after any restart.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import shutil
 import threading
@@ -17,10 +18,13 @@ from typing import TypeVar
 
 import httpx
 import pytest
+import zstandard
 
 import turso_sync
+from tests.conftest import KEY256
 from tests.integration.primary_harness import PrimaryProcess
 from tests.s3_harness import BUCKET, WeedMini, running_weed
+from turso_sync.primary.objectstore.s3 import S3Client
 
 T = TypeVar("T")
 
@@ -277,3 +281,53 @@ def test_a_clean_restart_reuses_the_local_files_and_a_kill_rebuilds_them(weed: W
     finally:
         if server.proc is not None:
             server.stop()
+
+
+def test_an_encrypted_primary_stays_encrypted_in_the_store_and_comes_back(weed: WeedMini, tmp_path: Path) -> None:
+    """--encryption-key-file with --store: the store holds the pages as encrypted on disk (no row text
+    in any object), and a deleted data dir comes back with the same key."""
+    prefix = f"store-encrypted-{next(_prefixes)}"
+    key_file = tmp_path / "key"
+    key_file.write_text(KEY256)
+    key_file.chmod(0o600)
+    server = _primary(weed, tmp_path / "data", prefix, "--lease-ttl", "2", "--encryption-key-file", str(key_file))
+    url = server.start()
+    try:
+        a = turso_sync.connect(tmp_path / "a.db", url)
+        a.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+        a.execute("INSERT INTO notes VALUES (1, 'plaintext-marker-4711')")
+        a.commit()
+        a.push()
+        server.kill()
+        shutil.rmtree(tmp_path / "data")
+        server.start()
+        b = _retrying(lambda: turso_sync.connect(tmp_path / "b.db", url), "a bootstrap after the restart")
+        assert isinstance(b, turso_sync.SyncConnection)
+        assert _rows(b) == [(1, "plaintext-marker-4711")]
+        b.close()
+        a.close()
+        _no_500(server)
+    finally:
+        if server.proc is not None:
+            server.stop()
+
+    async def objects() -> list[bytes]:
+        client = await S3Client.open(weed.location())
+        try:
+            infos = await client.list(f"{prefix}/")
+            return [zstd_plain((await client.get(i.key)).data) for i in infos]
+        finally:
+            await client.close()
+
+    bodies = asyncio.run(objects())
+    assert bodies
+    for body in bodies:
+        assert b"plaintext-marker-4711" not in body
+
+
+def zstd_plain(data: bytes) -> bytes:
+    """An object's bytes with its zstd frame (if any) decompressed, for a search for plaintext."""
+    start = data.find(b"\x28\xb5\x2f\xfd")  # the zstd frame magic
+    if start < 0:
+        return data
+    return data[:start] + zstandard.ZstdDecompressor().decompressobj().decompress(data[start:])
