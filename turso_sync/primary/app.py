@@ -277,8 +277,8 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
     except StoreBusy as exc:
         log.warning("%s %s: %s", request.method, request.path, exc)
         return error_response(503, str(exc), "SERVER_BUSY", {"Retry-After": str(RETRY_AFTER_S)})
-    except WriterElsewhere as exc:
-        log.info("%s %s: %s", request.method, request.path, exc)
+    except WriterElsewhere as exc:  # every request to a standby: the access line has the 503
+        log.debug("%s %s: %s", request.method, request.path, exc)
         return error_response(503, str(exc), "WRITER_ELSEWHERE", {"Retry-After": str(RETRY_AFTER_S)})
     except NothingStored as exc:
         return error_response(503, str(exc), "NOT_YET_STORED", {"Retry-After": str(RETRY_AFTER_S)})
