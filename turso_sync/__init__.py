@@ -59,6 +59,8 @@ def connect(
     bootstrap_if_empty: bool = True,
     encryption_key: str | None = None,
     cipher: str = "aes256gcm",
+    encryption_format: str = "turso",
+    passphrase: str | None = None,
     conflict: str | Callable[..., Any] = "last_push_wins",
     isolation_level: str | None = "DEFERRED",
     timeout: float = 5.0,
@@ -79,6 +81,8 @@ def connect(
     bootstrap_if_empty: bool = True,
     encryption_key: str | None = None,
     cipher: str = "aes256gcm",
+    encryption_format: str = "turso",
+    passphrase: str | None = None,
     conflict: str | Callable[..., Any] = "last_push_wins",
     isolation_level: str | None = "DEFERRED",
     timeout: float = 5.0,
@@ -99,6 +103,8 @@ def connect(
     bootstrap_if_empty: bool = True,
     encryption_key: str | None = None,
     cipher: str = "aes256gcm",
+    encryption_format: str = "turso",
+    passphrase: str | None = None,
     conflict: str | Callable[..., Any] = "last_push_wins",
     isolation_level: str | None = "DEFERRED",
     timeout: float = 5.0,
@@ -118,6 +124,8 @@ def connect(
     bootstrap_if_empty: bool = True,
     encryption_key: str | None = None,
     cipher: str = "aes256gcm",
+    encryption_format: str = "turso",
+    passphrase: str | None = None,
     conflict: str | Callable[..., Any] = "last_push_wins",
     isolation_level: str | None = "DEFERRED",
     timeout: float = 5.0,
@@ -129,7 +137,10 @@ def connect(
 
     ``encryption_key`` is a hex string (32 hex digits for ``aes128gcm``, 64 for ``aes256gcm``);
     with it every page of the database, its WAL, its history and its pending changes are
-    encrypted in Turso's format.
+    encrypted in Turso's format.  ``encryption_format="hardened"`` chooses the opt-in hardened
+    format instead (pages bound to their place, AES-256-GCM-SIV; docs/encryption.md), and
+    ``passphrase`` (hardened only) replaces the hex key: Argon2id derives the key that unwraps
+    the file's data key.  A reopen needs only the key or passphrase: the format is in the file.
 
     With ``remote_url`` (or for a path that is already a replica, whose URL was saved) the
     result is a ``SyncConnection`` with ``pull()``, ``push()``, ``sync()``, ``checkpoint()``,
@@ -159,10 +170,15 @@ def connect(
     committed transaction, numbered and kept with its page images.  Replicas and the primary
     always keep one; once a database has a frame log, every connection keeps it up.
     """
+    from .crypto.page_codec import encryption_options
     from .sync.rebase import check_policy
     from .sync.target import replica_target
 
     check_policy(conflict)  # a typo fails here, not at the first rebase
+    try:  # the hardened format travels through the cipher name from here on
+        encryption_key, cipher = encryption_options(encryption_key, cipher, encryption_format, passphrase)
+    except (ValueError, TypeError) as exc:
+        raise ProgrammingError(str(exc)) from None
     files, is_replica, creating = replica_target(os.fspath(path), remote_url, encryption_key, cipher)
     if is_replica:
         from .sync.connection import open_replica

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 import turso_sync
 
 from . import errors
+from .crypto.page_codec import encryption_options
 from .local.connection import Connection
 from .sync.connection import SyncConnection, open_replica
 from .sync.exchange import AsyncTransport, Steps, adrive
@@ -304,6 +305,8 @@ async def connect(
     bootstrap_if_empty: bool = True,
     encryption_key: str | None = None,
     cipher: str = "aes256gcm",
+    encryption_format: str = "turso",
+    passphrase: str | None = None,
     conflict: str | Callable[..., Any] = "last_push_wins",
     isolation_level: str | None = "DEFERRED",
     timeout: float = 5.0,
@@ -317,6 +320,10 @@ async def connect(
     leaves no files behind, as ``turso_sync.connect`` does.
     """
     check_policy(conflict)  # a typo fails here, not at the first rebase
+    try:  # the hardened format travels through the cipher name from here on
+        encryption_key, cipher = encryption_options(encryption_key, cipher, encryption_format, passphrase)
+    except (ValueError, TypeError) as exc:
+        raise errors.ProgrammingError(str(exc)) from None
     loop = asyncio.get_running_loop()
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="turso-sync")
 

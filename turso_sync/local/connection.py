@@ -12,7 +12,6 @@ import apsw.ext
 
 from .. import errors
 from ..crypto.page_codec import (
-    CIPHERS,
     SQLITE_MAGIC,
     TURSO_MAGIC_PREFIX,
     PageAuthError,
@@ -59,11 +58,10 @@ def open_checks(path: str, codec: PageCodec | None) -> PageCodec | None:
     if head.startswith(TURSO_MAGIC_PREFIX):
         if codec is None:
             raise errors.EncryptionError(f"{path} is encrypted; pass encryption_key (and cipher) to open it")
-        cipher_id = head[6]
-        if cipher_id != codec.spec.cipher_id:
-            names = {spec.cipher_id: name for name, spec in CIPHERS.items()}
-            found = names.get(cipher_id, f"cipher id {cipher_id}")
-            raise errors.EncryptionError(f"{path} is encrypted with {found}, not {codec.spec.name}")
+        try:
+            codec = codec.for_file(head)  # a hardened file needs only its key
+        except ValueError as exc:
+            raise errors.EncryptionError(f"{path} {exc}") from None
         page_size = int.from_bytes(head[16:18], "big")
         page_size = 65536 if page_size == 1 else page_size
         if page_size != codec.page_size:
@@ -76,6 +74,8 @@ def open_checks(path: str, codec: PageCodec | None) -> PageCodec | None:
             raise errors.EncryptionError(
                 f"wrong encryption key for {path}: page 1 failed authentication (or the file was changed on disk)"
             ) from None
+        except errors.EncryptionError as exc:  # the file's stored key parameters are refused
+            raise errors.EncryptionError(f"{path}: {exc}") from None
         return codec
     if head.startswith(SQLITE_MAGIC):
         if codec is not None:

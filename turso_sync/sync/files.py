@@ -379,7 +379,7 @@ class ReplicaFiles:
                 f.seek((pgno - 1) * P)
                 raw = f.read(P)
                 try:
-                    same = _plain(raw, pgno, codec) == _plain(newest[pgno], pgno, codec)
+                    same = _plain(raw, pgno, codec) == _plain(newest[pgno], pgno, codec, "frame log")
                 except PageAuthError:
                     same = False
                 if not same:
@@ -529,10 +529,12 @@ def _key_opens(log: FrameLog) -> bool:
     return False
 
 
-def _plain(raw: bytes, pgno: int, codec: PageCodec | None) -> bytes:
+def _plain(raw: bytes, pgno: int, codec: PageCodec | None, where: str = "database") -> bytes:
+    """A page's plaintext; ``where`` it was read from ("frame log": a copy of a database page or a
+    WAL frame, which the hardened format tells apart)."""
     if codec is None:
         return raw
-    return codec.decrypt(raw, pgno, "database")
+    return codec.decrypt(raw, pgno, where)
 
 
 def _header_pages(path: str) -> int:
