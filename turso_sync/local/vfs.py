@@ -373,6 +373,9 @@ class EncryptedWALFile(apsw.VFSFile):
         self._pending: dict[int, bytes] = {}  # frame -> header SQLite wrote, waiting for its body
         self._big: bool | None = None  # checksum byte order, from the WAL header
         self._last_full_read = 0
+        # the first frame whose body this handle overwrote in place (no header): SQLite rewrites
+        # the headers from there on at commit, each right after reading the frame whole
+        self._recksum_from: int | None = None
 
     # --- helpers -------------------------------------------------------------------------
 
@@ -489,6 +492,10 @@ class EncryptedWALFile(apsw.VFSFile):
         that cannot match, so SQLite treats it as the torn end of the log.
         """
         self._last_full_read = index
+        if index == 1 and self._recksum_from != 1:
+            # a whole read of frame 1 outside a checksum rewrite is WAL recovery, which no write
+            # transaction of this handle outlives
+            self._recksum_from = None
         raw = self._raw(self.frame_size, frame_offset(index, self.P))
         if len(raw) < self.frame_size:
             return b""
@@ -517,6 +524,7 @@ class EncryptedWALFile(apsw.VFSFile):
                 raise apsw.IOError(f"unexpected WAL header write of {len(data)} bytes")
             self._chain.clear()
             self._pending.clear()
+            self._recksum_from = None
             self._big = data[3:4] == b"\x83"
             super().xWrite(data, 0)
             return
@@ -525,7 +533,11 @@ class EncryptedWALFile(apsw.VFSFile):
         if within == 0 and len(data) == FRAME_HEADER_SIZE:
             if data[8:24] == bytes(16):
                 super().xWrite(data, offset)  # placeholder, rewritten before commit
-            elif last_read == index:
+            elif last_read == index and self._recksum_from is not None and index >= self._recksum_from:
+                # SQLite's checksum rewrite: it read the frame whole, then writes its header back.
+                # (Recovery also reads whole frames, and its last read is where the next frame
+                # goes: a new frame's header written there must wait for its body, or its
+                # checksum would cover the stale body on disk and a later scan lose the frame.)
                 self._rewrite_header(index, data)
             else:
                 self._pending[index] = bytes(data)
@@ -544,6 +556,8 @@ class EncryptedWALFile(apsw.VFSFile):
             pgno = int.from_bytes(disk[:4], "big")
             _check_plain_page(plain, pgno, self.codec)
             super().xWrite(self.codec.encrypt(plain, pgno, "WAL"), off + FRAME_HEADER_SIZE)
+            if self._recksum_from is None or index < self._recksum_from:
+                self._recksum_from = index
             return
         pgno = int.from_bytes(header[:4], "big")
         _check_plain_page(plain, pgno, self.codec)
