@@ -43,7 +43,7 @@ from .replica_args import (
     add_sync_arguments,
     auth_token,
     check_key_fits,
-    encryption_key,
+    encryption,
     existing_replica,
     read_key_file,
 )
@@ -163,11 +163,11 @@ def _replicas(args: argparse.Namespace) -> list[DaemonReplica]:
         raise CommandError("name the replicas to keep in sync: PATH ... or --config FILE")
     replicas = []
     if args.paths:
-        key = encryption_key(args)
+        key, cipher = encryption(args)
         for path in args.paths:
             real = existing_replica(path)
-            check_key_fits(args, path, key)
-            replicas.append(DaemonReplica(real, key, args.cipher))
+            check_key_fits(args, path, key, cipher=cipher)
+            replicas.append(DaemonReplica(real, key, cipher))
     if args.config:
         replicas += _from_config(args, args.config)
     return replicas

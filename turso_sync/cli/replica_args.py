@@ -12,7 +12,14 @@ import urllib.parse
 from typing import Any
 
 from .. import connect as connect_database
-from ..crypto.page_codec import CIPHERS, SQLITE_MAGIC, TURSO_MAGIC_PREFIX, parse_key
+from ..crypto.page_codec import (
+    CIPHERS,
+    ENCRYPTION_FORMATS,
+    SQLITE_MAGIC,
+    TURSO_MAGIC_PREFIX,
+    encryption_options,
+    parse_key,
+)
 from ..sync.connection import SyncConnection
 from ..sync.partial import PartialSync
 from ..sync.rebase import POLICIES
@@ -22,6 +29,7 @@ from .exit_codes import CommandError, ExitCode
 
 AUTH_TOKEN_ENV = "TURSO_SYNC_AUTH_TOKEN"  # noqa: S105 - the name of a variable, not a token
 ENCRYPTION_KEY_ENV = "TURSO_SYNC_ENCRYPTION_KEY"
+PASSPHRASE_ENV = "TURSO_SYNC_PASSPHRASE"  # noqa: S105 - the name of a variable, not a passphrase
 
 
 def add_path_argument(parser: argparse.ArgumentParser) -> None:
@@ -46,7 +54,19 @@ def add_credential_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"the replica's encryption key in hex (prefer ${ENCRYPTION_KEY_ENV} or --encryption-key-file)",
     )
     key.add_argument("--encryption-key-file", metavar="F", help="file holding the encryption key (hex)")
+    key.add_argument(
+        "--passphrase-file",
+        metavar="F",
+        help=f"file holding a passphrase instead of a key (hardened format; or ${PASSPHRASE_ENV})",
+    )
     group.add_argument("--cipher", default="aes256gcm", help="cipher of the key: aes256gcm (default) or aes128gcm")
+    group.add_argument(
+        "--encryption-format",
+        choices=ENCRYPTION_FORMATS,
+        default="turso",
+        help="format of a new encrypted replica: turso (default; pyturso opens it) or hardened (pages bound to "
+        "their place, AES-256-GCM-SIV; docs/encryption.md). An existing replica's file says its own",
+    )
 
 
 def add_sync_arguments(parser: argparse.ArgumentParser) -> None:
@@ -109,6 +129,32 @@ def encryption_key(args: argparse.Namespace) -> str | None:
     return key
 
 
+def passphrase(args: argparse.Namespace) -> str | None:
+    """The passphrase: ``--passphrase-file`` or ``$TURSO_SYNC_PASSPHRASE`` (never an argv value)."""
+    return _secret(args, "passphrase", PASSPHRASE_ENV, "passphrase")
+
+
+def encryption(args: argparse.Namespace) -> tuple[str | None, str]:
+    """The ``(key, cipher)`` pair the library opens a replica with: the key or the passphrase, and
+    the format (``--encryption-format``) carried by the cipher name (the error never repeats a secret)."""
+    key = encryption_key(args)
+    secret = passphrase(args)
+    if key is not None and secret is not None:
+        raise CommandError(
+            f"give an encryption key ({key_source(args)}) or a passphrase, not both", ExitCode.ENCRYPTION_KEY
+        )
+    try:
+        return encryption_options(key, args.cipher, getattr(args, "encryption_format", "turso"), secret)
+    except (ValueError, TypeError) as exc:
+        reason = (
+            str(exc)
+            .replace("encryption_format=", "--encryption-format ")
+            .replace("encryption_key", "--encryption-key-file")
+            .replace("cipher ", "--cipher ")
+        )
+        raise CommandError(f"the encryption options do not fit: {reason}", ExitCode.ENCRYPTION_KEY) from None
+
+
 def check_key_fits(
     args: argparse.Namespace, path: str, key: str | None, *, cipher: str | None = None, source: str | None = None
 ) -> None:
@@ -132,6 +178,8 @@ def check_key_fits(
             raise CommandError(f"{path} is encrypted: give its key with {give}", ExitCode.ENCRYPTION_KEY)
         names = {spec.cipher_id: name for name, spec in CIPHERS.items()}
         found = names.get(head[6])
+        if found is None or cipher.startswith("hardened"):
+            return  # the hardened format: the file says its own parameters, the library checks them
         try:
             asked = parse_key(key, cipher)[0].name
         except (ValueError, TypeError):
@@ -202,14 +250,14 @@ def open_replica(
     a new path is bootstrapped (``clone``).
     """
     token = auth_token(args)
-    key = encryption_key(args)
+    key, cipher = encryption(args)
     real = os.path.realpath(path)
     if remote_url is None:
         real = existing_replica(path)
         state = SyncState.load(real)
         assert state is not None
         url = state.remote_url
-        check_key_fits(args, path, key)
+        check_key_fits(args, path, key, cipher=cipher)
     else:
         check_remote_url(remote_url)
         url = remote_url
@@ -222,7 +270,7 @@ def open_replica(
             remote_url,
             auth_token=token,
             encryption_key=key,
-            cipher=args.cipher,
+            cipher=cipher,
             conflict=getattr(args, "conflict", POLICIES[0]),
             transport=transport,
             partial=partial,

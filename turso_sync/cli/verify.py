@@ -38,7 +38,7 @@ from .replica_args import (
     auth_token,
     check_key_fits,
     check_remote_url,
-    encryption_key,
+    encryption,
     open_replica,
 )
 
@@ -70,14 +70,14 @@ def run(args: argparse.Namespace) -> int:
     if args.remote is not None:
         check_remote_url(args.remote, "--remote")
     files = ReplicaFiles(args.path)
-    key = encryption_key(args)
+    key, cipher = encryption(args)
     if os.path.exists(files.path):
-        check_key_fits(args, args.path, key)
+        check_key_fits(args, args.path, key, cipher=cipher)
     if files.is_replica():
-        damages = files.check(key, args.cipher, deep=True)
+        damages = files.check(key, cipher, deep=True)
     elif not os.path.exists(files.path):
         raise CommandError(f"{args.path} does not exist; create it with `turso-sync clone URL {args.path}`")
-    elif _lost_its_state(files, key, args.cipher):
+    elif _lost_its_state(files, key, cipher):
         damages = [Damage(files.state_file, "the sync state is missing, but the database is a replica", False)]
     else:
         raise CommandError(f"{args.path} is not a replica (no {os.path.basename(files.path)}-sync beside it)")
@@ -94,9 +94,7 @@ def run(args: argparse.Namespace) -> int:
                 f"{args.path}-sync cannot be read, so the primary's URL is unknown: "
                 f"run `turso-sync verify --repair {args.path} --remote URL`"
             )
-        report = files.repair(
-            encryption_key=key, cipher=args.cipher, auth_token=auth_token(args), remote_url=args.remote
-        )
+        report = files.repair(encryption_key=key, cipher=cipher, auth_token=auth_token(args), remote_url=args.remote)
         print("repair:    re-cloned from the primary")
         for line in report.lines:
             print(f"  {line}")
