@@ -107,10 +107,18 @@ def rekey(
     """
     db_path = realpath(path)
     new_raw = _parse_new_key(new_key) if new_key is not None else None
-    key, cipher = _opening_secret(db_path, encryption_key, passphrase)
+    try:
+        key, cipher = _opening_secret(db_path, encryption_key, passphrase)
+        opened_with_new = False
+    except errors.EncryptionError:
+        if new_key is None or passphrase is not None:
+            raise
+        # late in a rotation (or after it) only the new key opens the file: the run goes on with it
+        key, cipher = _opening_secret(db_path, new_key, None)
+        opened_with_new = True
     db = LocalDatabase(db_path, encryption_key=key, cipher=cipher)
     try:
-        return _Rotation(db, progress, batch_pages, busy_timeout).run(new_raw)
+        return _Rotation(db, progress, batch_pages, busy_timeout).run(new_raw, opened_with_new)
     finally:
         db.close()
 
@@ -254,15 +262,40 @@ class _Rotation:
         self.rewritten = 0
         self.copies = 0
 
+    @contextlib.contextmanager
+    def _write_lock(self) -> Iterator[apsw.Connection]:
+        """SQLite's write lock, waited for up to ``busy_timeout`` (a busy writer can outlast one busy wait)."""
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                lock = self.db.write_lock()
+                conn = lock.__enter__()
+                break
+            except errors.OperationalError:
+                if time.monotonic() > deadline:
+                    raise errors.OperationalError(
+                        f"{self.path}: the write lock stayed taken for {self.busy_timeout:.0f} s; the rotation is "
+                        "saved, run rekey again to resume it"
+                    ) from None
+        try:
+            yield conn
+        except BaseException as exc:
+            if not lock.__exit__(type(exc), exc, exc.__traceback__):
+                raise
+        else:
+            lock.__exit__(None, None, None)
+
     def _say(self, ring: KeyRing, phase: str, done: int, total: int) -> None:
         if self.progress is not None:
             self.progress(RekeyProgress(ring.old_epoch, ring.new_epoch, phase, done, total))
 
-    def run(self, new_raw: bytes | None) -> RekeyResult:
+    def run(self, new_raw: bytes | None, opened_with_new: bool = False) -> RekeyResult:
         self.db.query("SELECT count(*) FROM sqlite_schema")  # page 1 as of now: the codec's state follows it
         ring = self._read_ring()
         params = self.codec.params
         assert params is not None
+        if opened_with_new and ring is None and not params.previous_live:
+            return RekeyResult(params.epoch - 1, params.epoch, True, 0, 0)  # done already: the new key is the key
         if ring is not None and (ring.file_id != params.file_id or ring.new_epoch < params.epoch):
             raise errors.EncryptionError(
                 f"{self.ring_path} is not the key ring of {self.path} as it is now (another file, or an older "
@@ -336,12 +369,13 @@ class _Rotation:
 
     def _commit_start(self, ring: KeyRing) -> KeyRing:
         """Page 1 under the new epoch, "previous live" set: the rotation is on for every process."""
-        with self.db.write_lock() as conn:
+        with self._write_lock() as conn:
             size = int(conn.execute("PRAGMA page_count").get)  # type: ignore[arg-type]
             page1 = _current_plain(self.path, self.codec, [1])[1]
             self.db.install_locked(conn, {1: page1}, size)
         ring = ring.with_progress(keyring.PHASE_SWEEPING, 1)
         self._save_ring(ring)
+        self._say(ring, "new writes use the new key", 1, 1)
         return ring
 
     # --- 2. sweep ------------------------------------------------------------------------------
@@ -358,6 +392,7 @@ class _Rotation:
                 self._save_ring(ring)
                 self._say(ring, "re-encrypting pages", min(pgno - 1, size), size)
             self._checkpoint(ring)
+            self._say(ring, "checkpointed", 1, 1)
             left = self._stale_pages(new)
             if left:
                 ring = ring.with_progress(keyring.PHASE_SWEEPING, left[0])
@@ -378,7 +413,7 @@ class _Rotation:
     def _rewrite_batch(self, first: int, new: int) -> int:
         """Pages ``first ..`` of the batch still under an older epoch, written back under ``new``."""
         lazy = self.db.lazy
-        with self.db.write_lock() as conn:
+        with self._write_lock() as conn:
             size = int(conn.execute("PRAGMA page_count").get)  # type: ignore[arg-type]
             wanted = [p for p in range(first, min(first + self.batch, size + 1)) if lazy is None or not lazy.missing(p)]
             raw = _current_raw(self.path, self.P, wanted)
@@ -439,7 +474,7 @@ class _Rotation:
 
     def _retire(self, ring: KeyRing) -> None:
         for _round in range(_ROUNDS):
-            with self.db.write_lock() as conn:
+            with self._write_lock() as conn:
                 left = self._old_images(ring.new_epoch)
                 if not left:
                     # the ring first: a kill in between leaves "previous live" without a ring, which a
@@ -459,7 +494,7 @@ class _Rotation:
         self._say(ring, "old key retired", 1, 1)
 
     def _commit_retirement(self) -> None:
-        with self.db.write_lock() as conn:
+        with self._write_lock() as conn:
             _remove(self.ring_path)
             self._retire_locked(conn)
 
