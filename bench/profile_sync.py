@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import inspect
 import os
 import pstats
 import shutil
@@ -74,7 +75,22 @@ class Ledger:
                 ledger.calls[path] += 1
                 ledger.stack.pop()
 
-        setattr(owner, name, timed)
+        def timed_steps(*args: Any, **kwargs: Any) -> Any:
+            # a sans-IO step (a generator the driver runs): timed from its first step to its
+            # return, so the requests the driver performs meanwhile count under it
+            if not ledger.active:
+                return (yield from original(*args, **kwargs))
+            ledger.stack.append(label)
+            path = tuple(ledger.stack)
+            started = time.perf_counter()
+            try:
+                return (yield from original(*args, **kwargs))
+            finally:
+                ledger.seconds[path] += time.perf_counter() - started
+                ledger.calls[path] += 1
+                ledger.stack.pop()
+
+        setattr(owner, name, timed_steps if inspect.isgeneratorfunction(original) else timed)
         self._undo.append((owner, name, original, own or not isinstance(owner, type)))
 
     def count_frames(self, module: Any) -> None:
@@ -115,35 +131,36 @@ def install(ledger: Ledger) -> None:
     from turso_sync.local.connection import Connection
     from turso_sync.local.engine import LocalDatabase
     from turso_sync.local.framelog import FrameLog
-    from turso_sync.sync import replica
+    from turso_sync.sync import pull, pusher, remote
+    from turso_sync.sync import push as push_mod
     from turso_sync.sync.connection import SyncConnection
     from turso_sync.sync.rebase import Rebaser
-    from turso_sync.sync.replica import Replica
     from turso_sync.sync.state import SyncState
     from turso_sync.sync.transport import HttpxTransport
 
+    # the sync modules import each other's functions by name: each is wrapped where it is called
     for owner, name, label in [
         (Connection, "execute", "execute() (INSERT or SELECT)"),
         (Connection, "commit", "commit() (capture into the outbox, WAL append)"),
         (SyncConnection, "push", "push()"),
         (SyncConnection, "pull", "pull()"),
-        (replica, "_read_sync_tables", "read outbox, meta and conflicts"),
-        (Replica, "_remote_mark", "mark query (turso_sync_last_change_id)"),
-        (replica.push_mod, "build_batch", "build the Hrana batch"),
-        (Replica, "_pipeline", "/v2/pipeline request"),
-        (Replica, "_forget_pushed", "delete pushed outbox rows"),
-        (Replica, "_fetch", "/pull-updates request"),
-        (Replica, "_decode_pull", "decode pages (protobuf, zstd)"),
+        (pusher, "read_pending", "read outbox, meta and conflicts"),
+        (pusher, "remote_mark", "mark query (turso_sync_last_change_id)"),
+        (push_mod, "build_batch", "build the Hrana batch"),
+        (pusher, "pipeline_body", "/v2/pipeline request"),
+        (pusher, "forget", "delete pushed outbox rows"),
+        (pull, "fetch_pages", "/pull-updates request"),
+        (remote, "decode_pull", "decode pages (protobuf, zstd)"),
         (HttpxTransport, "_once", "HTTP exchange (httpx; includes the server's time)"),
-        (Replica, "_apply", "apply the pulled pages"),
-        (Replica, "_synced_base_pages", "rebuild the synced base (frame log, revert file)"),
+        (pull, "install", "apply the pulled pages"),
+        (pull, "synced_base_pages", "rebuild the synced base (frame log, revert file)"),
         (FrameLog, "_wal_txns", "re-read the WAL (parse, checksum every frame)"),
         (Rebaser, "run", "rebase (replay pending changes)"),
         (LocalDatabase, "install_locked", "install changed pages (WAL append)"),
-        (replica, "write_revert", "write the revert file"),
-        (replica, "drop_reverts", "drop old revert files"),
+        (pull, "write_revert", "write the revert file"),
+        (pull, "drop_reverts", "drop old revert files"),
         (LocalDatabase, "prune_history", "prune frame-log history"),
-        (replica, "read_revert", "read the revert file"),
+        (pull, "read_revert", "read the revert file"),
         (SyncState, "save", "save sync state (JSON, fsync, rename)"),
         (SyncState, "load", "load sync state (JSON)"),
         (os, "fsync", "os.fsync"),
