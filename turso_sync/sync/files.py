@@ -483,18 +483,18 @@ class ReplicaFiles:
         """Put the carried rows into the fresh copy, keep the old client id, and rebase them by a full pull."""
         replica = conn.replica
         meta = {str(row[0]): row[1] for row in carried[META_TABLE]}
-        db = replica.db._conn.apsw_connection
+        run = replica.db.query  # the engine's own connection, no implicit transaction
         with replica.exclusive():
-            db.execute("BEGIN IMMEDIATE")
+            run("BEGIN IMMEDIATE")
             try:
-                db.execute(f"DELETE FROM {META_TABLE}")
+                run(f"DELETE FROM {META_TABLE}")
                 for table, rows in carried.items():
                     for row in rows:
                         marks = ", ".join("?" * len(row))
-                        db.execute(f"INSERT OR REPLACE INTO {table} VALUES ({marks})", row)
-                db.execute("COMMIT")
+                        run(f"INSERT OR REPLACE INTO {table} VALUES ({marks})", row)
+                run("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                run("ROLLBACK")
                 raise
             state = replica.state
             if "client_id" in meta:
