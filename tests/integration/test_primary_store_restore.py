@@ -2,13 +2,12 @@
 
 A real ``turso-sync serve --store`` on ``weed mini`` takes pushes from a real replica; the rows
 the replica saw at each revision are compared with a plain SQLite file restored at that
-revision.  (``restore`` is not in ``cli/main.py``'s command table yet: the command module is
-run through its own parser, as ``main`` would.)
+revision.  The arguments go through ``turso-sync``'s own parser (``cli/main.py``'s command
+table), then to the command, so its errors reach the test as exceptions.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import sqlite3
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from tests.integration.primary_harness import PrimaryProcess
 from tests.s3_harness import BUCKET, WeedMini, running_weed
 from turso_sync.cli import restore as restore_cmd
 from turso_sync.cli.exit_codes import CommandError
+from turso_sync.cli.main import build_parser
 
 
 @pytest.fixture(scope="module")
@@ -30,11 +30,22 @@ def weed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WeedMini]:
 
 
 def _restore(weed: WeedMini, prefix: str, at: str, to: Path, db: str = "default") -> int:
-    parser = argparse.ArgumentParser()
-    restore_cmd.add_arguments(parser)
-    args = parser.parse_args(
-        ["--store", f"s3://{BUCKET}/{prefix}", "--s3-endpoint", weed.endpoint, "--db", db, "--at", at, "--to", str(to)]
+    args = build_parser().parse_args(
+        [
+            "restore",
+            "--store",
+            f"s3://{BUCKET}/{prefix}",
+            "--s3-endpoint",
+            weed.endpoint,
+            "--db",
+            db,
+            "--at",
+            at,
+            "--to",
+            str(to),
+        ]
     )
+    assert args.command == "restore"
     return restore_cmd.run(args)
 
 

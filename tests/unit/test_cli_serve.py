@@ -42,3 +42,43 @@ def test_bad_key_file_is_refused_without_echoing_it(tmp_path: Path) -> None:
 def test_serve_options() -> None:
     args = build_parser().parse_args(["serve", "--data-dir", "d", "--max-body-bytes", "1000"])
     assert args.listen == "127.0.0.1:8080" and args.max_body_bytes == 1000 and args.token_file is None
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--follow"], "--follow only apply with --store"),
+        (
+            ["--retention-days", "3", "--s3-region", "eu-west-1"],
+            "--retention-days, --s3-region only apply with --store",
+        ),
+        (["--store", "s3://b/p", "--snapshot-every", "0"], "--snapshot-every must be 1 or more"),
+        (["--store", "s3://b/p", "--retention-days", "-1"], "--retention-days must be 0 or more"),
+        (["--store", "s3://b/p", "--lease-ttl", "0"], "--lease-ttl must be positive"),
+    ],
+)
+def test_store_options_are_checked_before_anything_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], options: list[str], message: str
+) -> None:
+    status = main(["serve", "--data-dir", str(tmp_path / "d"), *options])
+    assert status == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
+def test_store_options_reach_the_server_settings() -> None:
+    args = build_parser().parse_args(
+        [
+            "serve",
+            "--data-dir",
+            "d",
+            "--store",
+            "s3://b/p",
+            "--follow",
+            "--snapshot-every",
+            "50",
+            "--retention-days",
+            "2",
+        ]
+    )
+    assert (args.follow, args.snapshot_every, args.retention_days) == (True, 50, 2.0)

@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "conflicts": "turso_sync.cli.conflicts",
     "verify": "turso_sync.cli.verify",
     "daemon": "turso_sync.cli.daemon",
+    "restore": "turso_sync.cli.restore",
 }
 
 

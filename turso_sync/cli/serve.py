@@ -7,7 +7,8 @@ turso-sync serve --data-dir DIR --listen 127.0.0.1:8080 [--token-file F]
                  [--max-databases-per-token N] [--max-open-databases N]
                  [--stream-idle-timeout S] [--max-stream-seconds S] [--max-streams-per-client N]
                  [--max-streams N] [--max-stream-bytes N] [--stream-lock-wait S] [--access-log]
-                 [--store s3://BUCKET/PREFIX [--s3-endpoint URL] [--s3-region R] [--lease-ttl S]]
+                 [--store s3://BUCKET/PREFIX [--s3-endpoint URL] [--s3-region R] [--lease-ttl S]
+                  [--follow] [--snapshot-every N] [--retention-days D]]
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import sys
 from .. import errors
 from ..primary import ConfigError, Limits, ServerConfig, run_until_signalled
 from ..primary.auth import TokenFileError
-from ..primary.durable import DEFAULT_LEASE_TTL, StoreSettings
+from ..primary.durable import DEFAULT_LEASE_TTL, DEFAULT_RETENTION_S, DEFAULT_SNAPSHOT_EVERY, StoreSettings
 from ..primary.server import parse_listen
 from ..primary.sql_policy import SERVE_SQLITE_HEAP_BYTES, SqlLimits
 from ..primary.store import DataDirBusy
@@ -202,6 +203,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --store: seconds a database's writer lease lasts unrenewed; another server takes a "
         f"database over at most about 1.5 x this after its writer dies (default {DEFAULT_LEASE_TTL:g})",
     )
+    parser.add_argument(
+        "--follow",
+        action="store_true",
+        help="with --store: a read-only node that follows the store and serves bootstraps, pulls and "
+        "long-polls (writes get 403); point replicas at it for reads while the writer serves pushes",
+    )
+    parser.add_argument(
+        "--snapshot-every",
+        type=int,
+        default=DEFAULT_SNAPSHOT_EVERY,
+        metavar="N",
+        help=f"with --store: write a snapshot every N revisions (default {DEFAULT_SNAPSHOT_EVERY})",
+    )
+    parser.add_argument(
+        "--retention-days",
+        type=float,
+        default=DEFAULT_RETENTION_S / 86400,
+        metavar="D",
+        help="with --store: history older than D days that no later revision needs is deleted after a "
+        f"snapshot (default {DEFAULT_RETENTION_S / 86400:g})",
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
@@ -265,6 +287,31 @@ def limits_from(args: argparse.Namespace) -> Limits:
     )
 
 
+def check_store_options(args: argparse.Namespace) -> None:
+    """The object-store options: only with ``--store``, and in range (ConfigError names the option)."""
+    if not args.store:
+        given = [
+            flag
+            for flag, value, default in (
+                ("--follow", args.follow, False),
+                ("--snapshot-every", args.snapshot_every, DEFAULT_SNAPSHOT_EVERY),
+                ("--retention-days", args.retention_days, DEFAULT_RETENTION_S / 86400),
+                ("--s3-endpoint", args.s3_endpoint, None),
+                ("--s3-region", args.s3_region, None),
+            )
+            if value != default
+        ]
+        if given:
+            raise ConfigError(f"{', '.join(given)} only apply with --store s3://BUCKET/PREFIX")
+        return
+    if args.snapshot_every < 1:
+        raise ConfigError(f"--snapshot-every must be 1 or more (got {args.snapshot_every})")
+    if args.retention_days < 0:
+        raise ConfigError(f"--retention-days must be 0 or more (got {args.retention_days:g})")
+    if args.lease_ttl <= 0:
+        raise ConfigError(f"--lease-ttl must be positive (got {args.lease_ttl:g})")
+
+
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT or SIGTERM; exit status 2 for a configuration the server cannot use."""
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -275,6 +322,7 @@ def run(args: argparse.Namespace) -> int:
             )
         host, port = parse_listen(args.listen)
         limits = limits_from(args)
+        check_store_options(args)
         config = ServerConfig(
             data_dir=args.data_dir,
             host=host,
@@ -284,7 +332,17 @@ def run(args: argparse.Namespace) -> int:
             cipher=args.cipher,
             limits=limits,
             access_log=args.access_log,
-            store=StoreSettings(args.store, args.s3_endpoint, args.s3_region, args.lease_ttl) if args.store else None,
+            store=StoreSettings(
+                args.store,
+                args.s3_endpoint,
+                args.s3_region,
+                args.lease_ttl,
+                snapshot_every=args.snapshot_every,
+                retention_s=args.retention_days * 86400,
+                follow=args.follow,
+            )
+            if args.store
+            else None,
         )
         asyncio.run(run_until_signalled(config))
     except (ConfigError, TokenFileError, DataDirBusy, errors.Error) as exc:
