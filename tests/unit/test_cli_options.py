@@ -75,6 +75,7 @@ def _minimal(name: str) -> list[str]:
         "clone": ["http://127.0.0.1:1", "p"],
         "exec": ["p", "SELECT 1"],
         "daemon": ["p"],
+        "restore": ["--store", "s3://b/p", "--at", "1", "--to", "out.db"],
     }.get(name, ["p"])
 
 
