@@ -202,7 +202,7 @@ def test_hostile_statements_are_refused_before_and_after_every_pull(
 def assert_refused(resp: httpx.Response, sql: str, read_only: bool) -> None:
     """A step error from the policy (or "no such table" for what this build lacks), or 403 for a reader's write."""
     if resp.status_code == 403:
-        assert read_only and resp.json()["code"] == "FORBIDDEN", (sql, resp.text)
+        assert read_only and resp.json()["code"] == "READ_ONLY", (sql, resp.text)
         return
     assert resp.status_code == 200, (sql, resp.text)
     result = resp.json()["results"][0]

@@ -266,8 +266,8 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
         challenge = {"WWW-Authenticate": 'Bearer realm="turso-sync"'} if exc.status == 401 else None
         code = "UNAUTHORIZED" if exc.status == 401 else "FORBIDDEN"
         return error_response(exc.status, str(exc), code, challenge)
-    except WriteDenied as exc:
-        return error_response(403, str(exc), "FORBIDDEN")
+    except WriteDenied as exc:  # its own code: a client tells "read-only token" by it, not by the text
+        return error_response(403, str(exc), "READ_ONLY")
     except FollowerReadOnly as exc:
         return error_response(403, str(exc), "FOLLOWER_READ_ONLY")
     except DatabaseQuota as exc:
