@@ -16,14 +16,14 @@ from bench import profile_sync, run_all
 
 pytestmark = pytest.mark.peers
 
-TINY = bs.Sizes(inserts=12, cycles=5, pull_rows=300)
+TINY = bs.Sizes(inserts=12, cycles=5, pull_rows=300, updates=8, backlog=15)
 
 
 def test_every_client_runs_every_scenario_on_real_rows(tmp_path: Path) -> None:
     fig = bs.measure(TINY, 1, tmp_path / "work", log=lambda _line: None, server_keys=("ours",))
 
     clients = [bs.PYTURSO, bs.OURS, bs.OURS_ENCRYPTED]
-    assert set(fig.samples) == {("ours", c, s) for c in clients for s in bs.SCENARIOS}
+    assert set(fig.samples) == {("ours", c, s) for c in clients for s in bs.ALL_SCENARIOS}
     for (_server, client, scenario), samples in fig.samples.items():
         (sample,) = samples
         assert sample.rows == TINY.work(scenario), (client, scenario)
@@ -34,11 +34,15 @@ def test_every_client_runs_every_scenario_on_real_rows(tmp_path: Path) -> None:
     # our client asks for zstd pages and our primary sends them: fewer bytes than pyturso's raw pages
     pulled = {c: fig.samples[("ours", c, "pull")][0].received for c in clients}
     assert pulled[bs.OURS] < pulled[bs.PYTURSO]
+    # every client's requests were counted: one push of the backlog makes at least one request
+    for client in clients:
+        assert fig.samples[("ours", client, "backlog")][0].requests >= 1, client
+        assert fig.samples[("ours", client, "update_each")][0].requests >= TINY.updates, client
 
     text = bs.report(fig)
     assert "turso-sync primary" in text and "tursodb --sync-server" not in text.split("**Ratios**")[1]
-    assert "encrypted / plaintext" in text
-    for scenario in bs.SCENARIOS:
+    assert "encrypted / plaintext" in text and "**Offline backlog**" in text and "HTTP requests" in text
+    for scenario in bs.ALL_SCENARIOS:
         assert TINY.describe(scenario) in text
 
 
