@@ -30,7 +30,8 @@ import pytest
 import turso_sync
 from turso_sync.crypto.hardened import HardenedCodec
 from turso_sync.crypto.page_codec import HARDENED_CIPHERS
-from turso_sync.local.rekey import scan_frame_log
+from turso_sync.local.engine import LocalDatabase
+from turso_sync.local.rekey import _frame_log_images, scan_frame_log
 
 SEED = 1414
 KILLS = 50
@@ -230,6 +231,7 @@ def test_rotations_killed_at_random_points_lose_nothing(tmp_path: Path) -> None:
     rng = random.Random(SEED)
     path = tmp_path / "app.db"
     keys = [secrets.token_hex(32)]
+    LocalDatabase(path, encryption_key=keys[0], cipher="hardened").close()  # a frame log, as a replica keeps
     conn = turso_sync.connect(str(path), encryption_key=keys[0], cipher="hardened")
     conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
     conn.execute("CREATE TABLE acct (id INTEGER PRIMARY KEY, bal INTEGER)")
@@ -324,6 +326,7 @@ def test_rotations_killed_at_random_points_lose_nothing(tmp_path: Path) -> None:
     assert rows >= 799 + 100  # the writer got through at least a hundred transactions
     db_epochs, wal_epochs, old_in_log = epochs_on_disk(path, keys[-1])
     assert db_epochs == {rotations + 1} and wal_epochs <= {rotations + 1} and old_in_log == 0
+    assert len(list(_frame_log_images(Path(f"{path}-frames").read_bytes(), P))) > 100  # history was kept
     for old in keys[:-1]:
         with pytest.raises(turso_sync.EncryptionError):
             turso_sync.connect(str(path), encryption_key=old, cipher="hardened")

@@ -48,12 +48,13 @@ from ..crypto import keyring
 from ..crypto.hardened import HardenedCodec, is_hardened
 from ..crypto.keyring import KeyRing
 from ..crypto.keys import Argon2Params
-from .engine import LocalDatabase
+from .connection import Connection
 from .framelog import _HEADER_SIZE as FRAMELOG_HEADER_SIZE
 from .framelog import _REC as FRAMELOG_RECORD
 from .framelog import _REC_SIZE as FRAMELOG_RECORD_SIZE
 from .framelog import REC_MAGIC
-from .vfs import RING_SUFFIX, file_descriptor, realpath, ring_reader
+from .install import append_transaction
+from .vfs import RING_SUFFIX, file_descriptor, realpath, registry, ring_reader
 from .walformat import FRAME_HEADER_SIZE, WAL_HEADER_SIZE
 from .walindex import committed_wal
 
@@ -116,7 +117,7 @@ def rekey(
         # late in a rotation (or after it) only the new key opens the file: the run goes on with it
         key, cipher = _opening_secret(db_path, new_key, None)
         opened_with_new = True
-    db = LocalDatabase(db_path, encryption_key=key, cipher=cipher)
+    db = _Database(db_path, key, cipher)
     try:
         return _Rotation(db, progress, batch_pages, busy_timeout).run(new_raw, opened_with_new)
     finally:
@@ -136,7 +137,7 @@ def change_passphrase(
     if not new_passphrase:
         raise errors.ProgrammingError("the new passphrase must not be empty")
     _, cipher = _opening_secret(db_path, None, passphrase)
-    db = LocalDatabase(db_path, encryption_key=passphrase, cipher=cipher)
+    db = _Database(db_path, passphrase, cipher)
     try:
         codec = _hardened_codec(db)
         _refuse_other_processes(db_path)
@@ -217,7 +218,62 @@ def _opening_secret(db_path: str, encryption_key: str | None, passphrase: str | 
     return probe.data_key(params.epoch).hex(), "hardened"
 
 
-def _hardened_codec(db: LocalDatabase) -> HardenedCodec:
+class _Database:
+    """The few engine operations the sweep needs, on one connection of its own.
+
+    Not ``LocalDatabase``: that one starts a frame log where there is none, and a plain
+    database's connections would then archive into it for ever.  A replica's frame log is
+    attached as by any connection, so checkpoints keep archiving into it.
+    """
+
+    def __init__(self, path: str, key: str, cipher: str) -> None:
+        self.conn = Connection(path, encryption_key=key, cipher=cipher, isolation_level=None, record_frames=False)
+        self.path = self.conn.path
+        self.db = self.conn.apsw_connection
+        state = registry.get(self.path)
+        assert state is not None
+        self.codec = state.codec
+        self.lazy = self.conn.lazy_pages
+        self.page_size = self.codec.page_size if self.codec is not None else 4096
+
+    def query(self, sql: str) -> list[tuple[object, ...]]:
+        try:
+            return list(self.db.execute(sql))
+        except apsw.Error as exc:
+            raise errors.translate(exc) from None
+
+    @contextlib.contextmanager
+    def write_lock(self) -> Iterator[apsw.Connection]:
+        """SQLite's write lock (``BEGIN IMMEDIATE``), rolled back at the end."""
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except apsw.Error as exc:
+            raise errors.translate(exc) from None
+        try:
+            yield self.db
+        finally:
+            if not self.db.get_autocommit():
+                self.db.execute("ROLLBACK")
+
+    def install_locked(self, conn: apsw.Connection, pages: dict[int, bytes], size: int) -> None:
+        """``pages`` (plaintext) as one WAL transaction; the caller's write lock goes on after it."""
+        append_transaction(self.path, self.codec, pages, size, self.page_size)
+        conn.execute("ROLLBACK")  # the transaction read nothing new: only the lock is given back
+        conn.execute("SELECT count(*) FROM sqlite_schema").fetchall()  # recover the WAL index now
+        conn.execute("BEGIN IMMEDIATE")
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database file and empty it (``TRUNCATE``)."""
+        try:
+            self.db.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
+        except apsw.Error as exc:
+            raise errors.translate(exc) from None
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _hardened_codec(db: _Database) -> HardenedCodec:
     codec = db.codec
     if not isinstance(codec, HardenedCodec):
         raise errors.EncryptionError(f"{db.path} does not use the hardened format")
@@ -246,7 +302,7 @@ def _refuse_other_processes(db_path: str) -> None:
 class _Rotation:
     def __init__(
         self,
-        db: LocalDatabase,
+        db: _Database,
         progress: Callable[[RekeyProgress], None] | None,
         batch_pages: int,
         busy_timeout: float,
@@ -382,7 +438,14 @@ class _Rotation:
 
     def _sweep(self, ring: KeyRing) -> KeyRing:
         new = ring.new_epoch
+        rounds = 0
         while ring.phase == keyring.PHASE_SWEEPING:
+            rounds += 1
+            if rounds > _ROUNDS:
+                raise errors.OperationalError(
+                    f"{self.path}: pages under key epoch {ring.old_epoch} are still found after {_ROUNDS} sweeps "
+                    f"(from page {ring.next_page}); the rotation is saved, run rekey again to resume it"
+                )
             pgno = ring.next_page
             size = self._page_count()
             while pgno <= size:
@@ -408,7 +471,7 @@ class _Rotation:
         return ring
 
     def _page_count(self) -> int:
-        return int(self.db.query("PRAGMA page_count")[0][0])
+        return int(self.db.query("PRAGMA page_count")[0][0])  # type: ignore[call-overload]
 
     def _rewrite_batch(self, first: int, new: int) -> int:
         """Pages ``first ..`` of the batch still under an older epoch, written back under ``new``."""
@@ -443,12 +506,17 @@ class _Rotation:
             time.sleep(0.05)  # lets a reader's transaction end (no condition to wait on across processes)
 
     def _stale_pages(self, new: int) -> list[int]:
-        """Pages of the database file still under an older epoch (lazily missing pages aside)."""
+        """Pages of the database file still under an older epoch (lazily missing pages aside).
+
+        Only the database's pages count: bytes past its end (a file not yet cut down to a
+        smaller size) are SQLite's to truncate at the next complete checkpoint.
+        """
         lazy = self.db.lazy
         P = self.P
         out = []
+        size = self._page_count()
         with file_descriptor(self.path) as fd:
-            count = os.fstat(fd).st_size // P
+            count = min(size, os.fstat(fd).st_size // P)
             for pgno in range(1, count + 1):
                 if lazy is not None and lazy.missing(pgno):
                     continue
