@@ -36,7 +36,8 @@ def test_rekey_with_key_files_prints_progress_but_never_a_key(
     (tmp_path / "old.key").write_text(old + "\n")
     (tmp_path / "new.key").write_text(new + "\n")
     args = parse(
-        rekey, [str(path), "--key-file", str(tmp_path / "old.key"), "--new-key-file", str(tmp_path / "new.key")]
+        rekey,
+        [str(path), "--encryption-key-file", str(tmp_path / "old.key"), "--new-key-file", str(tmp_path / "new.key")],
     )
     assert rekey.run(args) == ExitCode.OK
     out, err = capsys.readouterr()
@@ -67,6 +68,7 @@ def test_without_a_file_or_terminal_the_secret_is_asked_for_by_name(
     conn.commit()
     conn.close()
     monkeypatch.delenv("TURSO_SYNC_ENCRYPTION_KEY", raising=False)
+    monkeypatch.delenv("TURSO_SYNC_PASSPHRASE", raising=False)
     monkeypatch.setattr("sys.stdin.isatty", lambda: False)
     with pytest.raises(CommandError, match="no key given: pass it in a file"):
         rekey.run(parse(rekey, [str(path)]))

@@ -8,7 +8,8 @@ passphrase opens nothing afterwards.  The database must not be open in another p
 one keeps its own copy of page 1's parameters).  Someone who had the old passphrase and a copy
 of the file could already unwrap the data key: after a leak, run ``turso-sync rekey`` too.
 
-Passphrases come from files or from a prompt, never from the command line.  The library twin
+Passphrases come from files (the current one also from $TURSO_SYNC_PASSPHRASE) or from a
+prompt, never from the command line.  The library twin
 is ``turso_sync.local.rekey.change_passphrase(path, passphrase, new_passphrase)``.
 """
 
@@ -26,7 +27,9 @@ HELP = "Change a hardened database's passphrase (rewrites page 1 only)."
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``passwd``."""
     parser.add_argument("path", metavar="PATH", help="the hardened database protected by a passphrase")
-    parser.add_argument("--passphrase-file", metavar="F", help="file holding the current passphrase")
+    parser.add_argument(
+        "--passphrase-file", metavar="F", help="file holding the current passphrase (or $TURSO_SYNC_PASSPHRASE)"
+    )
     parser.add_argument("--new-passphrase-file", metavar="F", help="file holding the new passphrase")
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
 
@@ -39,7 +42,9 @@ def run(args: argparse.Namespace) -> int:
             "(`turso-sync rekey` changes keys)",
             ExitCode.ENCRYPTION_KEY,
         )
-    old = read_secret(args.passphrase_file, f"Current passphrase for {args.path}: ", "passphrase")
+    old = read_secret(
+        args.passphrase_file, f"Current passphrase for {args.path}: ", "passphrase", env="TURSO_SYNC_PASSPHRASE"
+    )
     new = read_secret(args.new_passphrase_file, f"New passphrase for {args.path}: ", "new passphrase", confirm=True)
     if new == old:
         raise CommandError("the new passphrase is the current one; nothing to change")

@@ -1,6 +1,6 @@
 """Rotate the key of the hardened database at PATH while other processes keep using it.
 
-  turso-sync rekey notes.db --key-file old.key --new-key-file new.key
+  turso-sync rekey notes.db --encryption-key-file old.key --new-key-file new.key
   turso-sync rekey notes.db --passphrase-file pw.txt     # a passphrase file: a new random data key
   turso-sync rekey notes.db                              # asks for what it needs (no echo)
 
@@ -12,10 +12,10 @@ with either key; the new key must then be the one it started with.  During a rot
 database needs ``PATH-rekey`` beside it: keep the two together.  Turso's format keeps one key
 for the life of a file: only the hardened format rotates.
 
-Keys and passphrases come from files (``--key-file``, ``--new-key-file``, ``--passphrase-file``),
-the current key also from $TURSO_SYNC_ENCRYPTION_KEY, or from a prompt: never from the command
-line.  The library twin is ``turso_sync.local.rekey.rekey(path, encryption_key=, passphrase=,
-new_key=, progress=)``.
+Keys and passphrases come from files (``--encryption-key-file``, ``--new-key-file``,
+``--passphrase-file``), the current ones also from $TURSO_SYNC_ENCRYPTION_KEY or
+$TURSO_SYNC_PASSPHRASE, or from a prompt: never from the command line.  The library twin is
+``turso_sync.local.rekey.rekey(path, encryption_key=, passphrase=, new_key=, progress=)``.
 """
 
 from __future__ import annotations
@@ -35,9 +35,15 @@ HELP = "Rotate a hardened database's key (resumable; readers and writers keep go
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``rekey``."""
     parser.add_argument("path", metavar="PATH", help="the hardened database")
-    parser.add_argument("--key-file", metavar="F", help="file holding the current key (64 hex digits)")
+    parser.add_argument(
+        "--encryption-key-file",
+        metavar="F",
+        help="file holding the current key (64 hex digits; or $TURSO_SYNC_ENCRYPTION_KEY)",
+    )
     parser.add_argument("--new-key-file", metavar="F", help="file holding the key to rotate to (64 hex digits)")
-    parser.add_argument("--passphrase-file", metavar="F", help="file holding the passphrase (passphrase files)")
+    parser.add_argument(
+        "--passphrase-file", metavar="F", help="file holding the passphrase (or $TURSO_SYNC_PASSPHRASE)"
+    )
     parser.add_argument("--batch-pages", type=int, default=64, metavar="N", help="pages per transaction (64)")
     parser.add_argument("-q", "--quiet", action="store_true", help="print no progress (errors still)")
 
@@ -105,11 +111,15 @@ def run(args: argparse.Namespace) -> int:
     """Start or resume the rotation; print where it stands."""
     kind = file_kind(args.path)
     if kind == "passphrase":
-        passphrase = read_secret(args.passphrase_file, f"Passphrase for {args.path}: ", "passphrase")
+        passphrase = read_secret(
+            args.passphrase_file, f"Passphrase for {args.path}: ", "passphrase", env="TURSO_SYNC_PASSPHRASE"
+        )
         key = new_key = None
     else:
         passphrase = None
-        key = read_secret(args.key_file, f"Current key of {args.path} (hex): ", "key", env="TURSO_SYNC_ENCRYPTION_KEY")
+        key = read_secret(
+            args.encryption_key_file, f"Current key of {args.path} (hex): ", "key", env="TURSO_SYNC_ENCRYPTION_KEY"
+        )
         new_key = read_secret(args.new_key_file, f"New key for {args.path} (hex): ", "new key")
     result = rekey(
         args.path,
