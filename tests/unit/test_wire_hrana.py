@@ -182,3 +182,131 @@ def test_infinity_substitution_leaves_strings_alone() -> None:
     body = h.encode_pipeline_response([h.StreamResponse("execute", h.StmtResult(rows=[[tricky, math.inf]]))])
     row = json.loads(body)["results"][0]["response"]["result"]["rows"][0]
     assert row[0]["value"] == tricky and row[1]["value"] == math.inf
+
+
+# --- both directions: what the client encodes the primary decodes, and back -----------------------
+
+
+def test_client_encoded_requests_decode_to_the_same_objects() -> None:
+    """Every request type, every value type and condition, through ``to_bytes`` and ``from_bytes``."""
+    values = (None, 0, -(2**63), 2**63 - 1, 1.5, math.inf, -math.inf, "", "héllo", b"", b"\x00\xff")
+    steps = (
+        h.BatchStep(h.Stmt("BEGIN IMMEDIATE")),
+        h.BatchStep(h.Stmt("INSERT INTO t VALUES (?, ?)", args=values, want_rows=False), h.OkCond(0)),
+        h.BatchStep(h.Stmt(sql_id=3, named_args=((":a", 1), ("$b", b"x"))), h.OrCond((h.OkCond(1), h.ErrorCond(1)))),
+        h.BatchStep(h.Stmt("COMMIT"), h.AndCond((h.OkCond(2), h.NotCond(h.IsAutocommitCond())))),
+        h.BatchStep(h.Stmt("ROLLBACK"), h.NotCond(h.OkCond(3))),
+        h.BatchStep(h.Stmt("SELECT 1"), h.AndCond(())),
+    )
+    pipe = h.PipelineRequest(
+        (
+            h.StoreSqlRequest(3, "UPDATE t SET v = :a WHERE k = $b"),
+            h.BatchRequest(steps),
+            h.ExecuteRequest(h.Stmt("SELECT ?", args=(7,))),
+            h.SequenceRequest("SELECT 1; SELECT 2"),
+            h.DescribeRequest(sql_id=3),
+            h.CloseSqlRequest(3),
+            h.GetAutocommitRequest(),
+            h.CloseRequest(),
+        ),
+        "baton-1",
+    )
+    assert h.PipelineRequest.from_bytes(pipe.to_bytes()) == pipe
+
+
+def test_requests_carry_only_what_differs_from_hrana_defaults() -> None:
+    """Fewer bytes per push: no null, empty or default fields."""
+    assert h.Stmt("SELECT 1").to_json() == {"sql": "SELECT 1"}
+    assert h.Stmt(sql_id=2, want_rows=False).to_json() == {"sql_id": 2, "want_rows": False}
+    assert h.BatchStep(h.Stmt("x")).to_json() == {"stmt": {"sql": "x"}}
+    assert h.BatchStep(h.Stmt("x", args=(1,)), h.OkCond(0)).to_json() == {
+        "stmt": {"sql": "x", "args": [{"type": "integer", "value": "1"}]},
+        "condition": {"type": "ok", "step": 0},
+    }
+    assert h.SequenceRequest("x").to_json() == {"type": "sequence", "sql": "x"}
+    assert h.PipelineRequest((h.CloseRequest(),)).to_bytes() == b'{"baton":null,"requests":[{"type":"close"}]}'
+
+
+def test_primary_encoded_responses_decode_to_the_same_objects() -> None:
+    rows: list[list[h.SqlValue]] = [[1, None, b"\x01", "t", 2.5, math.inf], [-(2**63), 0.0, b"", "", -math.inf, 0]]
+    result = h.StmtResult([h.Col("a", "INTEGER"), h.Col(None)], rows, 2, 7)
+    results: list[h.StreamResult] = [
+        h.StreamResponse(
+            "batch", h.BatchResult([result, None, h.StmtResult()], [None, h.HranaError("boom", "E"), None])
+        ),
+        h.HranaError("bad", "X"),
+        h.StreamResponse("execute", h.StmtResult(affected_row_count=1)),
+        h.StreamResponse("get_autocommit", is_autocommit=False),
+        h.StreamResponse("describe", h.DescribeResult([":a", None], [h.Col("x", "TEXT")], False, True)),
+        h.StreamResponse("close"),
+        h.StreamResponse("store_sql"),
+    ]
+    body = h.encode_pipeline_response(results, "b-2")
+    decoded = h.PipelineResponse.from_bytes(body)
+    assert decoded == h.PipelineResponse(results, "b-2")
+    assert decoded.to_bytes() == body
+    asked = ("batch", "execute", "execute", "get_autocommit", "describe", "close", "store_sql")
+    assert h.PipelineResponse.from_bytes(body, asked) == decoded
+
+
+def test_a_response_is_read_as_the_answer_to_its_request() -> None:
+    untyped = b'{"results": [{"type": "ok", "response": {"result": {"step_results": [], "step_errors": []}}}]}'
+    (result,) = h.PipelineResponse.from_bytes(untyped, ("batch",)).results
+    assert result == h.StreamResponse("batch", h.BatchResult([], []))
+    with pytest.raises(ProtocolError, match="type string"):
+        h.PipelineResponse.from_bytes(untyped)
+    with pytest.raises(
+        ProtocolError, match=r"\$\.results\[0\]\.response\.type: a 'batch' response answers a 'execute'"
+    ):
+        h.PipelineResponse.from_bytes(
+            h.encode_pipeline_response([h.StreamResponse("batch", h.BatchResult([], []))]), ("execute",)
+        )
+
+
+def _batch_answer(result: object) -> bytes:
+    return json.dumps({"results": [{"type": "ok", "response": {"type": "batch", "result": result}}]}).encode()
+
+
+@pytest.mark.parametrize(
+    ("body", "match"),
+    [
+        (b'{"baton": 7, "results": []}', r"\$\.baton"),
+        (b'{"results": {}}', r"\$\.results: must be a list"),
+        (b'{"results": [{"type": "maybe"}]}', r"\$\.results\[0\]\.type: a result is ok or error"),
+        (b'{"results": [{"type": "error", "error": {"code": "X"}}]}', r"\$\.results\[0\]\.error\.message"),
+        (_batch_answer({"no": "step lists"}), "step_results and step_errors must be lists"),
+        (_batch_answer({"step_results": [None], "step_errors": []}), "1 step results but 0 step errors"),
+        (_batch_answer({"step_results": [{"rows": [7]}], "step_errors": [None]}), r"step_results\[0\]\.rows\[0\]"),
+        (
+            _batch_answer({"step_results": [{"rows": [[{"type": "integer", "value": "x"}]]}], "step_errors": [None]}),
+            r"step_results\[0\]\.rows\[0\]\[0\]\.value: an integer value must be a decimal string",
+        ),
+        (
+            _batch_answer({"step_results": [{"last_insert_rowid": "1.5"}], "step_errors": [None]}),
+            r"step_results\[0\]\.last_insert_rowid",
+        ),
+        (_batch_answer({"step_results": [{"affected_row_count": "2"}], "step_errors": [None]}), "affected_row_count"),
+        (
+            b'{"results": [{"type": "ok", "response": {"type": "get_autocommit"}}]}',
+            r"\$\.results\[0\]\.response\.is_autocommit",
+        ),
+    ],
+)
+def test_bad_responses_raise_protocol_errors_naming_the_path(body: bytes, match: str) -> None:
+    with pytest.raises(ProtocolError, match=match):
+        h.PipelineResponse.from_bytes(body)
+
+
+def test_responses_take_hrana_defaults_and_ignore_unknown_fields() -> None:
+    """What ``tursodb --sync-server`` sends: more fields than we read, and an error without a code is fine."""
+    body = _batch_answer(
+        {
+            "step_results": [{"rows": [], "rows_read": 0, "query_duration_ms": 0.0}, None],
+            "step_errors": [None, {"message": "no such table: x"}],
+            "replication_index": None,
+        }
+    )
+    (response,) = h.PipelineResponse.from_bytes(body, ("batch",)).results
+    assert response == h.StreamResponse(
+        "batch", h.BatchResult([h.StmtResult(), None], [None, h.HranaError("no such table: x", "")])
+    )

@@ -20,14 +20,13 @@ from typing import Protocol
 from .. import errors
 from ..crypto.page_codec import PageCodec
 from ..local.engine import LocalDatabase
-from ..wire.hrana import encode_value
 from . import push as push_mod
 from .bootstrap import wal_mode_page
 from .exchange import Steps
 from .outbox import read_pending
 from .overlay import OverlayImage
 from .rebase import Conflict, Rebaser, Resolver
-from .remote import PulledPages, batch_result, fetch_pages, pipeline
+from .remote import PulledPages, fetch_pages, run_batch
 from .state import SyncState, drop_reverts, read_revert, write_revert
 
 SCHEMA_COOKIE = 40  # header offset of the schema cookie
@@ -107,14 +106,15 @@ def fence_pushes(replica: PullContext) -> Steps[None]:
     """
     state = replica.state
     epoch = (state.push_epoch or 0) + 1
-    steps = push_mod.fence_batch(state.client_id, epoch, encode_value)
+    fence = push_mod.fence_batch(state.client_id, epoch)
     try:
-        result = batch_result((yield from pipeline([push_mod.batch_request(steps)], replica.request_timeout)))
+        result = yield from run_batch(fence.steps, replica.request_timeout)
     finally:
         replica.count_bytes()
-    if any(error is not None for error in result["step_errors"][:-1]):
+    refused = [error.message for error in result.step_errors[:-1] if error is not None]
+    if refused:
         raise errors.SyncError(
-            f"{replica.path}: the remote refused to record the push fence ({result['step_errors']}); "
+            f"{replica.path}: the remote refused to record the push fence ({'; '.join(refused)}); "
             "nothing was pulled, try again"
         )
     state.push_epoch = epoch

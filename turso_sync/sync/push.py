@@ -33,7 +33,19 @@ import apsw
 
 from .. import errors
 from ..local.capture import is_internal
-from ..wire.hrana import encode_json
+from ..wire.hrana import (
+    BatchRequest,
+    BatchResult,
+    BatchStep,
+    Cond,
+    ErrorCond,
+    NotCond,
+    OkCond,
+    OrCond,
+    PipelineRequest,
+    Stmt,
+    StreamRequest,
+)
 from .rebase import OutboxRow, quote
 
 LAST_CHANGE_TABLE = (
@@ -291,12 +303,17 @@ def _row_step(change: apsw.TableChange, table_cols: list[tuple[str, int]], outbo
 
 @dataclass
 class PushBatch:
-    """One remote transaction: its Hrana steps and where the COMMIT sits."""
+    """One remote transaction: its Hrana batch and where the COMMIT sits."""
 
-    steps: list[dict[str, Any]]
+    request: BatchRequest
     sources: list[Step | None]  # per step: the change it carries (None for bookkeeping steps)
     commit_index: int
     last_outbox_id: int
+
+    @property
+    def steps(self) -> list[dict[str, Any]]:
+        """The steps' JSON objects, as they travel (``request`` is the batch itself)."""
+        return [step.to_json() for step in self.request.steps]
 
 
 def build_batch(
@@ -304,7 +321,7 @@ def build_batch(
     columns: Columns,
     client_id: str,
     pull_gen: int,
-    encode_value: Callable[[Any], dict[str, Any]],
+    encode_value: object = None,
     epoch: int | None = None,
     parents: Parents | None = None,
 ) -> PushBatch:
@@ -312,7 +329,8 @@ def build_batch(
 
     It commits only under push epoch ``epoch`` (None: no fence was ever set for this client),
     and, with ``parents``, only if every locally present row its rows reference exists on the
-    remote once all its changes are applied.
+    remote once all its changes are applied.  Values are encoded by the shared Hrana codec
+    (``wire/hrana.py``); ``encode_value`` is ignored, left for callers that still pass one.
     """
     changes: list[Step] = []
     checks: list[Step] = []
@@ -329,78 +347,61 @@ def build_batch(
     plan: list[Step | None] = [None, None, *changes, mark]  # BEGIN, table, …, mark
     sql = ["BEGIN IMMEDIATE", LAST_CHANGE_TABLE, *(s.sql for s in changes), mark.sql]
     args: list[list[Any]] = [[], [], *(s.args for s in changes), mark.args]
-    steps, commit_index = _transaction(sql, args, plan, encode_value)
-    return PushBatch(steps, [*plan, None, None], commit_index, rows[-1].id)
+    steps, commit_index = _transaction(sql, args, plan)
+    return PushBatch(BatchRequest(tuple(steps)), [*plan, None, None], commit_index, rows[-1].id)
 
 
-def _transaction(
-    sql: list[str],
-    args: list[list[Any]],
-    plan: Sequence[Step | None],
-    encode_value: Callable[[Any], dict[str, Any]],
-) -> tuple[list[dict[str, Any]], int]:
+def _transaction(sql: list[str], args: list[list[Any]], plan: Sequence[Step | None]) -> tuple[list[BatchStep], int]:
     """Steps that run ``sql`` as one remote transaction: each step only if the one before succeeded
     (or failed harmlessly), then COMMIT, then ROLLBACK unless the COMMIT succeeded; and where the
     COMMIT sits.  ``plan`` gives each statement's change (None for bookkeeping statements)."""
-    steps: list[dict[str, Any]] = []
-    previous_ok: dict[str, Any] | None = None
+    steps: list[BatchStep] = []
+    previous_ok: Cond | None = None
     for i, text in enumerate(sql):
-        steps.append(_step(text, args[i], previous_ok, encode_value))
         source = plan[i]
-        if source is not None and source.guard:
-            steps[-1]["stmt"]["want_rows"] = False  # only its error matters: no row back
-        ok: dict[str, Any] = {"type": "ok", "step": i}
+        guard = source is not None and source.guard
+        # a guard's rows are not wanted: only its error matters
+        steps.append(BatchStep(Stmt(text, args=tuple(args[i]), want_rows=not guard), previous_ok))
+        ok: Cond = OkCond(i)
         if source is not None and source.harmless_errors:
-            ok = {"type": "or", "conds": [ok, {"type": "error", "step": i}]}
+            ok = OrCond((ok, ErrorCond(i)))
         previous_ok = ok
     commit_index = len(steps)
-    steps.append(_step("COMMIT", [], previous_ok, encode_value))
-    steps.append(_step("ROLLBACK", [], {"type": "not", "cond": {"type": "ok", "step": commit_index}}, encode_value))
+    steps.append(BatchStep(Stmt("COMMIT"), previous_ok))
+    steps.append(BatchStep(Stmt("ROLLBACK"), NotCond(OkCond(commit_index))))
     return steps, commit_index
 
 
-def fence_batch(client_id: str, epoch: int, encode_value: Callable[[Any], dict[str, Any]]) -> list[dict[str, Any]]:
-    """The steps that move this client's push epoch to ``epoch`` (one remote transaction)."""
+def fence_batch(client_id: str, epoch: int) -> BatchRequest:
+    """The batch that moves this client's push epoch to ``epoch`` (one remote transaction)."""
     sql = ["BEGIN IMMEDIATE", LAST_CHANGE_TABLE, FENCE_UPSERT]
     args: list[list[Any]] = [[], [], [client_id + FENCE_SUFFIX, epoch]]
-    steps, _commit = _transaction(sql, args, [None] * len(sql), encode_value)
-    return steps
+    steps, _commit = _transaction(sql, args, [None] * len(sql))
+    return BatchRequest(tuple(steps))
 
 
-def batch_failure(result: dict[str, Any], batch: PushBatch) -> tuple[Step | None, str] | None:
+def batch_failure(result: BatchResult | dict[str, Any], batch: PushBatch) -> tuple[Step | None, str] | None:
     """Why a batch did not commit: the first failed change step and its message; None if it committed.
 
     A step that failed only because an earlier one did is skipped (its result and error are
     both empty), so the first error is the cause.  ``(None, ...)`` when no change step failed.
+    ``result`` is the decoded batch result, or its JSON object (decoded here).
     """
-    errors_ = result["step_errors"]
-    outcome = result["step_results"]
-    if outcome[batch.commit_index] is not None and errors_[batch.commit_index] is None:
+    if not isinstance(result, BatchResult):
+        result = BatchResult.from_json(result, "batch result")
+    answered, sent = len(result.step_results), len(batch.request.steps)
+    if answered != sent:
+        raise errors.ProtocolError(f"the remote answered {answered} step results for a batch of {sent} steps")
+    errors_ = result.step_errors
+    if result.step_results[batch.commit_index] is not None and errors_[batch.commit_index] is None:
         return None
     for i, err in enumerate(errors_):
         source = batch.sources[i] if i < len(batch.sources) else None
         if err is not None and i != batch.commit_index and not (source and source.harmless_errors):
-            return source, str(err.get("message"))
+            return source, err.message
     return None, "the batch did not commit"
 
 
-def _step(
-    sql: str, args: list[Any], condition: dict[str, Any] | None, encode_value: Callable[[Any], Any]
-) -> dict[str, Any]:
-    """One batch step with only the fields that differ from Hrana's defaults (fewer bytes per push)."""
-    stmt: dict[str, Any] = {"sql": sql}
-    if args:
-        stmt["args"] = [encode_value(v) for v in args]
-    step: dict[str, Any] = {"stmt": stmt}
-    if condition is not None:
-        step["condition"] = condition
-    return step
-
-
-def pipeline_body(requests: list[dict[str, Any]]) -> bytes:
-    """A ``/v2/pipeline`` request body: compact JSON (infinite floats as ``1e999``)."""
-    return encode_json({"baton": None, "requests": requests})
-
-
-def batch_request(steps: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"type": "batch", "batch": {"steps": steps}}
+def pipeline_body(requests: Sequence[StreamRequest]) -> bytes:
+    """A ``/v2/pipeline`` request body opening a new stream: compact JSON (infinite floats as ``1e999``)."""
+    return PipelineRequest(tuple(requests)).to_bytes()

@@ -13,19 +13,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from pyroaring import BitMap
 
 from .. import errors
-from ..wire.hrana import encode_value
+from ..wire.hrana import BatchResult
 from . import push as push_mod
 from . import stream
 from .exchange import Steps
 from .outbox import chunk, forget, read_pending, table_columns
 from .pull import PullContext, pull
 from .rebase import Conflict, OutboxRow, combine_pending
-from .remote import batch_result, fetch_pages, pipeline, pipeline_body, remote_mark, statement
+from .remote import fetch_pages, pipeline_body, remote_mark, run_batch, statement
 
 PUSH_ROUNDS = 5  # conflict -> pull (rebase) -> push again, at most this many times per push()
 DEFAULT_CHANGES_PER_BATCH = 2000
@@ -97,11 +96,10 @@ def push_once(replica: PullContext, max_changes_per_batch: int, outcome: PushOut
                     lambda table: table_columns(db, table),
                     state.client_id,
                     gen,
-                    encode_value,
-                    state.push_epoch,
-                    parents,
+                    epoch=state.push_epoch,
+                    parents=parents,
                 )
-                body = push_mod.pipeline_body([push_mod.batch_request(batch.steps)])
+                body = push_mod.pipeline_body([batch.request])
                 if len(body) <= push_mod.MAX_PUSH_BODY:
                     break
                 if len(part) == 1 and len(rows) > 1 and not combined:
@@ -132,7 +130,7 @@ def push_once(replica: PullContext, max_changes_per_batch: int, outcome: PushOut
                         max_body=min(stream.STREAM_REQUEST_BYTES, push_mod.MAX_PUSH_BODY),
                     )
                 else:
-                    result = batch_result((yield from pipeline_body(body, replica.request_timeout)))
+                    result = yield from pipeline_body(body, replica.request_timeout)
             except BaseException as exc:
                 if not (isinstance(exc, errors.RemoteError) and exc.status < 500):
                     # sent, and no answer (a network error, a 5xx, an interrupt, a cancelled
@@ -185,8 +183,7 @@ def check_reserved_bytes(replica: PullContext) -> Steps[None]:
     codec = replica.db.codec
     if codec is None or state.synced_db_size > 0 or state.extra.get("remote_reserved") == codec.reserved:
         return
-    step = statement(push_mod.LAST_CHANGE_TABLE, [])
-    batch_result((yield from pipeline([push_mod.batch_request([step])], replica.request_timeout)))
+    yield from run_batch([statement(push_mod.LAST_CHANGE_TABLE, [])], replica.request_timeout)
     fetched = yield from fetch_pages(state, "", replica.request_timeout, page_ids=BitMap([0]))
     page1 = fetched.pages.get(1)
     reserved = page1[20] if page1 is not None else None
@@ -200,7 +197,7 @@ def check_reserved_bytes(replica: PullContext) -> Steps[None]:
     state.extra["remote_reserved"] = reserved
 
 
-def check_batch(result: dict[str, Any], batch: push_mod.PushBatch) -> None:
+def check_batch(result: BatchResult, batch: push_mod.PushBatch) -> None:
     """Raise the error that says why a push batch did not commit (nothing when it did)."""
     failure = push_mod.batch_failure(result, batch)
     if failure is None:

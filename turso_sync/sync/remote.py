@@ -2,21 +2,22 @@
 
 ``fetch_pages`` builds a pull request, decodes the answer with the shared codecs
 (``wire/pull.py``) and falls back to raw pages on a server without the zstd extension;
-``pipeline`` sends Hrana requests and returns their results; ``batch_result`` and
-``remote_mark`` read what a pipeline answered.  Nothing here performs I/O: each function is a
-generator for a driver (``exchange.py``).
+``run_batch`` sends one Hrana batch built from the typed classes of ``wire/hrana.py`` and
+decodes its answer with the same codec the primary encodes it with (``batch_result``);
+``remote_mark`` reads how far this client's pushes got.  Nothing here performs I/O: each
+function is a generator for a driver (``exchange.py``).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from pyroaring import BitMap
 
 from .. import errors
-from ..wire.hrana import encode_value
+from ..wire.hrana import BatchRequest, BatchResult, BatchStep, HranaError, PipelineResponse, SqlValue, Stmt, encode_json
 from ..wire.pull import PageEncoding, PullRequest, PullResponseDecoder
 from . import push as push_mod
 from .exchange import Request, Steps
@@ -105,22 +106,18 @@ def decode_pull(body: bytes, state: SyncState) -> PulledPages:
     return PulledPages(header.server_revision, header.db_size, pages)
 
 
-def pipeline(requests: list[dict[str, Any]], timeout: float) -> Steps[list[dict[str, Any]]]:
-    """Send Hrana stream requests in one ``/v2/pipeline`` call; return their results."""
-    return (yield from pipeline_body(push_mod.pipeline_body(requests), timeout))
+def run_batch(steps: Sequence[BatchStep], timeout: float) -> Steps[BatchResult]:
+    """Run ``steps`` as one Hrana batch in one ``/v2/pipeline`` call; its result."""
+    return (yield from pipeline_body(push_mod.pipeline_body([BatchRequest(tuple(steps))]), timeout))
 
 
-def pipeline_body(body: bytes, timeout: float) -> Steps[list[dict[str, Any]]]:
-    """``pipeline`` for a body already encoded (a push batch, whose size was checked first)."""
+def pipeline_body(body: bytes, timeout: float) -> Steps[BatchResult]:
+    """``run_batch`` for a body already encoded (a push batch, whose size was checked first)."""
     try:
         response = yield Request(PIPELINE_PATH, body, "application/json", timeout, False)
     except errors.RemoteError as exc:
         raise read_only_refusal(exc) or exc from None
-    try:
-        results = json.loads(response.body)["results"]
-    except (ValueError, KeyError, TypeError):
-        raise errors.ProtocolError("pipeline response is not Hrana JSON") from None
-    return list(results)
+    return batch_result(response.body)
 
 
 def read_only_refusal(exc: errors.RemoteError) -> errors.ReadOnlyTokenError | None:
@@ -144,44 +141,54 @@ def read_only_refusal(exc: errors.RemoteError) -> errors.ReadOnlyTokenError | No
     return errors.ReadOnlyTokenError(exc.status, exc.body, exc.path)
 
 
-def batch_result(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """The result of the first (batch) request; RemoteError if it failed, ProtocolError if malformed."""
+def batch_result(body: bytes) -> BatchResult:
+    """The result of the first (batch) request of a pipeline answer.
+
+    RemoteError if the remote answered that request with an error; ProtocolError if the body
+    is not a Hrana pipeline response carrying a batch result.
+    """
     try:
-        if not results or results[0].get("type") != "ok":
-            error = results[0].get("error", {}) if results else {}
-            raise errors.RemoteError(200, json.dumps(error).encode(), PIPELINE_PATH)
-        result = dict(results[0]["response"]["result"])
-        if not isinstance(result.get("step_results"), list) or not isinstance(result.get("step_errors"), list):
-            raise TypeError("step_results and step_errors must be lists")
-    except (KeyError, TypeError, AttributeError, ValueError) as exc:
-        raise errors.ProtocolError(
-            f"the /v2/pipeline response is not a Hrana batch result ({exc}); is the remote a Turso sync server?"
-        ) from None
-    return result
+        results = PipelineResponse.from_bytes(body, (BatchRequest.type,)).results
+    except errors.ProtocolError as exc:
+        raise _not_a_batch_result(str(exc)) from None
+    if not results:
+        raise _not_a_batch_result("no results")
+    first = results[0]
+    if isinstance(first, HranaError):
+        raise errors.RemoteError(200, encode_json(first.to_json()), PIPELINE_PATH)
+    if not isinstance(first.result, BatchResult):
+        raise _not_a_batch_result(f"a {first.type!r} response")
+    return first.result
 
 
-def statement(sql: str, args: list[Any], *, want_rows: bool = False) -> dict[str, Any]:
+def _not_a_batch_result(why: str) -> errors.ProtocolError:
+    return errors.ProtocolError(
+        f"the /v2/pipeline response is not a Hrana batch result ({why}); is the remote a Turso sync server?"
+    )
+
+
+def statement(sql: str, args: Sequence[SqlValue], *, want_rows: bool = False) -> BatchStep:
     """One batch step without a condition."""
-    stmt: dict[str, Any] = {"sql": sql}
-    if args:
-        stmt["args"] = [encode_value(v) for v in args]
-    if want_rows:
-        stmt["want_rows"] = True
-    return {"stmt": stmt}
+    return BatchStep(Stmt(sql, args=tuple(args), want_rows=want_rows))
 
 
 def remote_mark(client_id: str, timeout: float) -> Steps[tuple[int, int]]:
     """``(pull_gen, change_id)`` the remote recorded for ``client_id``: how far its pushes got."""
     step = statement(push_mod.LAST_CHANGE_SELECT, [client_id], want_rows=True)
-    batch = batch_result((yield from pipeline([push_mod.batch_request([step])], timeout)))
-    error = batch["step_errors"][0]
-    if error:
+    batch = yield from run_batch([step], timeout)
+    error = batch.step_errors[0]
+    if error is not None:
         # the one reading of a message: a remote that never took a push has no mark table, and
         # SQLite reports that as the generic SQLITE_ERROR (no code of its own to test instead)
-        if "no such table" in str(error.get("message", "")):
+        if "no such table" in error.message:
             return 0, 0
-        raise errors.RemoteError(200, json.dumps(error).encode(), PIPELINE_PATH)
-    rows = batch["step_results"][0]["rows"]
-    if not rows:
+        raise errors.RemoteError(200, encode_json(error.to_json()), PIPELINE_PATH)
+    result = batch.step_results[0]
+    if result is None or not result.rows:
         return 0, 0
-    return int(rows[0][0]["value"]), int(rows[0][1]["value"])
+    pull_gen, change_id = result.rows[0][:2]
+    if not isinstance(pull_gen, int) or not isinstance(change_id, int):
+        raise errors.ProtocolError(
+            f"the remote's push mark for {client_id} is not two integers: {result.rows[0]!r:.80}"
+        )
+    return pull_gen, change_id

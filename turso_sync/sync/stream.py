@@ -30,9 +30,12 @@ A server that keeps no transaction open between requests (``tursodb --sync-serve
 ``supports_streams`` before any change is sent; ``push_transaction`` then raises the same
 fixed refusal a too-big push always had.
 
+Requests are built from the typed classes of ``wire/hrana.py`` and answers decoded with the
+same codec (the primary's).
+
 Entry points: ``supports_streams(transport, timeout)`` and ``push_transaction(transport,
-batch, timeout)``, which returns the batch result (``step_results``/``step_errors`` over all of
-the batch's steps) for ``push.batch_failure``.  Both are thin drivers over sans-IO steps
+batch, timeout)``, which returns the ``BatchResult`` over all of the batch's steps for
+``push.batch_failure``.  Both are thin drivers over sans-IO steps
 (``probe_steps``, ``push_steps``: generators yielding ``exchange.Request``), which the push
 path (``pusher.push_once``) drives itself.  Everything else is pure.
 """
@@ -42,10 +45,32 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from .. import errors
-from ..wire.hrana import decode_pipeline_reply, encode_json
+from ..wire.hrana import (
+    AndCond,
+    BatchRequest,
+    BatchResult,
+    BatchStep,
+    CloseRequest,
+    Cond,
+    ErrorCond,
+    GetAutocommitRequest,
+    HranaError,
+    NotCond,
+    OkCond,
+    OrCond,
+    PipelineRequest,
+    PipelineResponse,
+    StmtResult,
+    StreamRequest,
+    StreamResponse,
+    StreamResult,
+    decode_cond,
+    encode_cond,
+    encode_json,
+)
 from .exchange import Request
 from .push import MAX_PUSH_BODY, PushBatch
 from .transport import HttpResponse, Transport
@@ -65,8 +90,14 @@ _REQUEST_OVERHEAD = 1024
 _STEP_SLACK = 64
 
 #: Conditions that always hold / never hold (Hrana has no literal: ``and`` of nothing is true).
-TRUE_COND: dict[str, Any] = {"type": "and", "conds": []}
-FALSE_COND: dict[str, Any] = {"type": "not", "cond": TRUE_COND}
+ALWAYS: Cond = AndCond(())
+NEVER: Cond = NotCond(ALWAYS)
+#: Their JSON objects.
+TRUE_COND: dict[str, Any] = encode_cond(ALWAYS)
+FALSE_COND: dict[str, Any] = encode_cond(NEVER)
+
+#: A step as ``PushBatch.request`` holds it, or its JSON object (as ``PushBatch.steps`` lists it).
+AnyStep = BatchStep | dict[str, Any]
 
 #: The ``refusal`` of a push too big for one request to a server without streams (as before).
 TOO_BIG_REFUSAL = "over the push size limit"
@@ -76,18 +107,23 @@ TOO_BIG_REFUSAL = "over the push size limit"
 class StepOutcome:
     """What one step of the batch did: ran and succeeded (``ok``), ran and failed (``error``), or neither."""
 
-    result: dict[str, Any] | None = None
-    error: dict[str, Any] | None = None
+    result: StmtResult | None = None
+    error: HranaError | None = None
 
 
-def plan_requests(steps: Sequence[dict[str, Any]], commit_index: int, max_body: int) -> list[range]:
+def typed_steps(steps: Sequence[AnyStep]) -> list[BatchStep]:
+    """``steps`` as ``BatchStep``s (a JSON object is decoded with the shared codec)."""
+    return [s if isinstance(s, BatchStep) else BatchStep.from_json(s, f"steps[{i}]") for i, s in enumerate(steps)]
+
+
+def plan_requests(steps: Sequence[AnyStep], commit_index: int, max_body: int) -> list[range]:
     """Which steps go in which request: consecutive ranges, each request at most ``max_body`` bytes.
 
     The change-id mark (the step before ``COMMIT``), ``COMMIT`` and everything after it go in
     the last request.  Raises PushRejectedError when one step alone is too big for a request.
     """
     budget = max_body - _REQUEST_OVERHEAD
-    sizes = [len(encode_json(step)) + 1 + _STEP_SLACK for step in steps]
+    sizes = [len(encode_json(step.to_json())) + 1 + _STEP_SLACK for step in typed_steps(steps)]
     tail = max(commit_index - 1, 0)
     too_big = [i for i, size in enumerate(sizes) if size > budget]
     if too_big or sum(sizes[tail:]) > budget:
@@ -111,92 +147,103 @@ def plan_requests(steps: Sequence[dict[str, Any]], commit_index: int, max_body: 
     return [r for r in ranges if len(r)]
 
 
-def holds(cond: dict[str, Any] | None, outcome: Sequence[StepOutcome]) -> bool | None:
+def holds(cond: Cond | dict[str, Any] | None, outcome: Sequence[StepOutcome]) -> bool | None:
     """Whether ``cond`` holds given the outcome of earlier steps; None if it names a step not yet known."""
     if cond is None:
         return True
-    kind = cond.get("type")
-    if kind in ("ok", "error"):
-        step = int(cond["step"])
-        if step >= len(outcome):
+    if isinstance(cond, dict):
+        cond = decode_cond(cond, "condition")
+    if isinstance(cond, OkCond | ErrorCond):
+        if cond.step >= len(outcome):
             return None
-        done = outcome[step]
-        return done.result is not None if kind == "ok" else done.error is not None
-    if kind == "not":
-        inner = holds(cond["cond"], outcome)
+        done = outcome[cond.step]
+        return done.result is not None if isinstance(cond, OkCond) else done.error is not None
+    if isinstance(cond, NotCond):
+        inner = holds(cond.cond, outcome)
         return None if inner is None else not inner
-    if kind in ("and", "or"):
-        values = [holds(c, outcome) for c in cond["conds"]]
-        if kind == "and":
+    if isinstance(cond, AndCond | OrCond):
+        values = [holds(c, outcome) for c in cond.conds]
+        if isinstance(cond, AndCond):
             return False if False in values else (None if None in values else True)
         return True if True in values else (None if None in values else False)
     return None  # is_autocommit: only the server knows
 
 
-def rewrite_condition(cond: dict[str, Any] | None, start: int, outcome: Sequence[StepOutcome]) -> dict[str, Any] | None:
-    """``cond`` for a request whose first step is batch step ``start``.
+@overload
+def rewrite_condition(cond: None, start: int, outcome: Sequence[StepOutcome]) -> None: ...
+@overload
+def rewrite_condition(cond: Cond, start: int, outcome: Sequence[StepOutcome]) -> Cond: ...
+@overload
+def rewrite_condition(cond: dict[str, Any], start: int, outcome: Sequence[StepOutcome]) -> dict[str, Any]: ...
+
+
+def rewrite_condition(
+    cond: Cond | dict[str, Any] | None, start: int, outcome: Sequence[StepOutcome]
+) -> Cond | dict[str, Any] | None:
+    """``cond`` for a request whose first step is batch step ``start`` (a JSON object gives one back).
 
     A reference to an earlier request's step becomes a constant (its outcome is known);
     a reference within the request is renumbered from the request's first step.
     """
     if cond is None:
         return None
-    kind = cond.get("type")
-    if kind in ("ok", "error"):
-        step = int(cond["step"])
-        if step < start:
-            return TRUE_COND if holds(cond, outcome) else FALSE_COND
-        return {"type": kind, "step": step - start}
-    if kind == "not":
-        return {"type": "not", "cond": rewrite_condition(cond["cond"], start, outcome)}
-    if kind in ("and", "or"):
-        return {"type": kind, "conds": [rewrite_condition(c, start, outcome) for c in cond["conds"]]}
-    return dict(cond)
+    if isinstance(cond, dict):
+        return encode_cond(rewrite_condition(decode_cond(cond, "condition"), start, outcome))
+    if isinstance(cond, OkCond | ErrorCond):
+        if cond.step < start:
+            return ALWAYS if holds(cond, outcome) else NEVER
+        return type(cond)(cond.step - start)
+    if isinstance(cond, NotCond):
+        return NotCond(rewrite_condition(cond.cond, start, outcome))
+    if isinstance(cond, AndCond | OrCond):
+        return type(cond)(tuple(rewrite_condition(c, start, outcome) for c in cond.conds))
+    return cond
 
 
 def request_body(
-    steps: Sequence[dict[str, Any]], part: range, outcome: Sequence[StepOutcome], baton: str | None, last: bool
+    steps: Sequence[AnyStep], part: range, outcome: Sequence[StepOutcome], baton: str | None, last: bool
 ) -> bytes:
     """The body of the request carrying ``part`` of the batch (``get_autocommit`` after it unless ``last``)."""
-    rewritten = []
-    for i in part:
-        step = steps[i]
-        condition = rewrite_condition(step.get("condition"), part.start, outcome)
-        new = {"stmt": step["stmt"]}
-        if condition is not None:
-            new["condition"] = condition
-        rewritten.append(new)
-    requests: list[dict[str, Any]] = [{"type": "batch", "batch": {"steps": rewritten}}]
+    typed = typed_steps([steps[i] for i in part])
+    rewritten = tuple(BatchStep(s.stmt, rewrite_condition(s.condition, part.start, outcome)) for s in typed)
+    requests: list[StreamRequest] = [BatchRequest(rewritten)]
     if not last:
-        requests.append({"type": "get_autocommit"})
-    return encode_json({"baton": baton, "requests": requests})
+        requests.append(GetAutocommitRequest())
+    return PipelineRequest(tuple(requests), baton).to_bytes()
 
 
-def read_part(results: list[dict[str, Any]], part: range) -> tuple[list[StepOutcome], bool | None]:
+def read_part(results: Sequence[StreamResult], part: range) -> tuple[list[StepOutcome], bool | None]:
     """The outcome of each step of ``part`` from a request's results, and the ``get_autocommit`` answer."""
-    try:
-        first = results[0]
-        if first.get("type") != "ok":
-            error = first.get("error") or {}
-            raise errors.ProtocolError(
-                f"the remote refused a push request of a stream: {str(error.get('message', ''))[:200]}"
-            )
-        batch = first["response"]["result"]
-        step_results, step_errors = batch["step_results"], batch["step_errors"]
-        if len(step_results) != len(part) or len(step_errors) != len(part):
-            raise ValueError(f"{len(step_results)} step results for {len(part)} steps")
-        autocommit: bool | None = None
-        if len(results) > 1 and results[1].get("type") == "ok":
-            autocommit = bool(results[1]["response"].get("is_autocommit"))
-    except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
-        raise errors.ProtocolError(f"the /v2/pipeline response is not a Hrana batch result ({exc})") from None
-    return [StepOutcome(r, e) for r, e in zip(step_results, step_errors, strict=True)], autocommit
+    if not results:
+        raise errors.ProtocolError("the /v2/pipeline response is not a Hrana batch result (no results)")
+    first = results[0]
+    if isinstance(first, HranaError):
+        raise errors.ProtocolError(f"the remote refused a push request of a stream: {first.message[:200]}")
+    batch = first.result
+    if not isinstance(batch, BatchResult):
+        raise errors.ProtocolError(f"the /v2/pipeline response is not a Hrana batch result (a {first.type!r} response)")
+    if len(batch.step_results) != len(part):
+        raise errors.ProtocolError(
+            f"the /v2/pipeline response is not a Hrana batch result ({len(batch.step_results)} step results "
+            f"for {len(part)} steps)"
+        )
+    autocommit: bool | None = None
+    if len(results) > 1 and isinstance(results[1], StreamResponse):
+        autocommit = bool(results[1].is_autocommit)
+    return [StepOutcome(r, e) for r, e in zip(batch.step_results, batch.step_errors, strict=True)], autocommit
 
 
-def merged_result(outcome: Sequence[StepOutcome], total: int) -> dict[str, Any]:
+def merged_result(outcome: Sequence[StepOutcome], total: int) -> BatchResult:
     """The batch result over all ``total`` steps, as one request would have answered (unsent steps: neither)."""
     padded = [*outcome, *(StepOutcome() for _ in range(total - len(outcome)))]
-    return {"step_results": [o.result for o in padded], "step_errors": [o.error for o in padded]}
+    return BatchResult([o.result for o in padded], [o.error for o in padded])
+
+
+def decode_reply(body: bytes, asked: Sequence[str]) -> tuple[str | None, list[StreamResult]]:
+    """The baton and the results of a pipeline answer to requests of types ``asked`` (ProtocolError
+    if it is not one)."""
+    reply = PipelineResponse.from_bytes(body, asked)
+    return reply.baton, reply.results
 
 
 #: One POST the stream steps need: the sans-IO seam's own request type, so the push path's
@@ -235,17 +282,17 @@ def supports_streams(transport: Transport, timeout: float, path: str = PIPELINE_
 
 def probe_steps(timeout: float, path: str = PIPELINE_PATH) -> Calls[bool]:
     """``supports_streams`` as sans-IO steps."""
-    body = encode_json({"baton": None, "requests": [{"type": "get_autocommit"}]})
+    body = PipelineRequest((GetAutocommitRequest(),)).to_bytes()
     try:
         response = yield PipelineCall(path, body, "application/json", timeout, False)
-        _baton, results = decode_pipeline_reply(response.body)
+        _baton, results = decode_reply(response.body, (GetAutocommitRequest.type,))
     except errors.RemoteError as exc:
         if exc.status in (400, 404, 500, 501):
             return False
         raise
     except errors.ProtocolError:
         return False
-    return bool(results) and results[0].get("type") == "ok"
+    return bool(results) and isinstance(results[0], StreamResponse)
 
 
 def push_transaction(
@@ -255,7 +302,7 @@ def push_transaction(
     *,
     max_body: int = STREAM_REQUEST_BYTES,
     path: str = PIPELINE_PATH,
-) -> dict[str, Any]:
+) -> BatchResult:
     """Send ``batch`` as one remote transaction over a chain of requests; its result over every step.
 
     Feed the result to ``push.batch_failure`` as for a one-request batch.  Raises:
@@ -270,22 +317,23 @@ def push_transaction(
 
 def push_steps(
     batch: PushBatch, timeout: float, *, max_body: int = STREAM_REQUEST_BYTES, path: str = PIPELINE_PATH
-) -> Calls[dict[str, Any]]:
+) -> Calls[BatchResult]:
     """``push_transaction`` as sans-IO steps (for the push path's driver)."""
-    steps = batch.steps
+    steps = batch.request.steps
     plan = plan_requests(steps, batch.commit_index, max_body)
     outcome: list[StepOutcome] = []
     baton: str | None = None
     for number, part in enumerate(plan, start=1):
         last = number == len(plan)
-        if part.start and holds(steps[part.start].get("condition"), outcome) is False:
+        if part.start and holds(steps[part.start].condition, outcome) is False:
             # an earlier step failed: nothing more would run; end the stream now
             yield from _close(baton, timeout, path)
             return merged_result(outcome, len(steps))
         body = request_body(steps, part, outcome, baton, last)
         try:
             response = yield PipelineCall(path, body, "application/json", timeout, False)
-            new_baton, results = decode_pipeline_reply(response.body)
+            asked = (BatchRequest.type,) if last else (BatchRequest.type, GetAutocommitRequest.type)
+            new_baton, results = decode_reply(response.body, asked)
         except (errors.NetworkError, errors.RemoteError) as exc:
             if number > 1:
                 yield from _close(baton, timeout, path)  # the server may never have seen the request
@@ -334,6 +382,6 @@ def _close(baton: str | None, timeout: float, path: str) -> Calls[None]:
     """End the stream ``baton`` names now (best effort: else the server's idle timeout ends it)."""
     if baton is None:
         return
-    body = encode_json({"baton": baton, "requests": [{"type": "close"}]})
+    body = PipelineRequest((CloseRequest(),), baton).to_bytes()
     with contextlib.suppress(errors.SyncError):
         yield PipelineCall(path, body, "application/json", min(timeout, 10.0), False)

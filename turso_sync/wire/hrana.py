@@ -13,6 +13,7 @@ import binascii
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeAlias
 
@@ -58,16 +59,7 @@ def decode_value(obj: Any, where: str) -> SqlValue:
     if kind == "null":
         return None
     if kind == "integer":
-        raw = obj.get("value")
-        if isinstance(raw, str) and _INT_RE.fullmatch(raw):
-            number = int(raw)
-        elif isinstance(raw, int) and not isinstance(raw, bool):
-            number = raw  # lenient: a JSON number is accepted too
-        else:
-            raise ProtocolError(f"{where}.value: an integer value must be a decimal string, got {raw!r:.40}")
-        if not I64_MIN <= number <= I64_MAX:
-            raise ProtocolError(f"{where}.value: integer {raw} does not fit in 64 bits")
-        return number
+        return _integer(obj.get("value"), f"{where}.value")
     if kind == "float":
         raw = obj.get("value")
         if isinstance(raw, bool) or not isinstance(raw, int | float):
@@ -88,6 +80,19 @@ def decode_value(obj: Any, where: str) -> SqlValue:
         except (binascii.Error, ValueError):
             raise ProtocolError(f"{where}.base64: not valid base64") from None
     raise ProtocolError(f"{where}.type: unknown value type {kind!r:.40}")
+
+
+def _integer(raw: Any, where: str) -> int:
+    """A 64-bit integer sent as a decimal string (or, leniently, a JSON number)."""
+    if isinstance(raw, str) and _INT_RE.fullmatch(raw):
+        number = int(raw)
+    elif isinstance(raw, int) and not isinstance(raw, bool):
+        number = raw  # lenient: a JSON number is accepted too
+    else:
+        raise ProtocolError(f"{where}: an integer value must be a decimal string, got {raw!r:.40}")
+    if not I64_MIN <= number <= I64_MAX:
+        raise ProtocolError(f"{where}: integer {raw} does not fit in 64 bits")
+    return number
 
 
 # --- requests -----------------------------------------------------------------------------------
@@ -124,14 +129,19 @@ class Stmt:
         return cls(sql, sql_id, args, tuple(named), True if want_rows is None else want_rows)
 
     def to_json(self) -> dict[str, Any]:
-        """The ``Stmt`` object."""
-        return {
-            "sql": self.sql,
-            "sql_id": self.sql_id,
-            "args": [encode_value(v) for v in self.args],
-            "named_args": [{"name": n, "value": encode_value(v)} for n, v in self.named_args],
-            "want_rows": self.want_rows,
-        }
+        """The ``Stmt`` object, with only the fields that differ from Hrana's defaults (fewer bytes)."""
+        out: dict[str, Any] = {}
+        if self.sql is not None:
+            out["sql"] = self.sql
+        if self.sql_id is not None:
+            out["sql_id"] = self.sql_id
+        if self.args:
+            out["args"] = [encode_value(v) for v in self.args]
+        if self.named_args:
+            out["named_args"] = [{"name": n, "value": encode_value(v)} for n, v in self.named_args]
+        if not self.want_rows:
+            out["want_rows"] = False
+        return out
 
 
 @dataclass(frozen=True)
@@ -234,6 +244,21 @@ class BatchStep:
     stmt: Stmt
     condition: Cond | None = None
 
+    @classmethod
+    def from_json(cls, obj: Any, where: str) -> BatchStep:
+        """Decode one step of a batch (which steps its condition may name is the batch's check)."""
+        obj = _object(obj, where)
+        cond_obj = obj.get("condition")
+        cond = None if cond_obj is None else decode_cond(cond_obj, f"{where}.condition")
+        return cls(Stmt.from_json(obj.get("stmt"), f"{where}.stmt"), cond)
+
+    def to_json(self) -> dict[str, Any]:
+        """The step's object: the statement, and the condition only if there is one."""
+        out: dict[str, Any] = {"stmt": self.stmt.to_json()}
+        if self.condition is not None:
+            out["condition"] = encode_cond(self.condition)
+        return out
+
 
 @dataclass(frozen=True)
 class ExecuteRequest:
@@ -254,11 +279,7 @@ class BatchRequest:
     steps: tuple[BatchStep, ...]
 
     def to_json(self) -> dict[str, Any]:
-        steps = [
-            {"condition": None if s.condition is None else encode_cond(s.condition), "stmt": s.stmt.to_json()}
-            for s in self.steps
-        ]
-        return {"type": self.type, "batch": {"steps": steps}}
+        return {"type": self.type, "batch": {"steps": [s.to_json() for s in self.steps]}}
 
 
 @dataclass(frozen=True)
@@ -270,7 +291,7 @@ class SequenceRequest:
     sql_id: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"type": self.type, "sql": self.sql, "sql_id": self.sql_id}
+        return _sql_or_id({"type": self.type}, self.sql, self.sql_id)
 
 
 @dataclass(frozen=True)
@@ -282,7 +303,7 @@ class DescribeRequest:
     sql_id: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"type": self.type, "sql": self.sql, "sql_id": self.sql_id}
+        return _sql_or_id({"type": self.type}, self.sql, self.sql_id)
 
 
 @dataclass(frozen=True)
@@ -354,12 +375,10 @@ def decode_request(obj: Any, where: str) -> StreamRequest:
         steps = []
         for i, raw in enumerate(raw_steps):
             here = f"{where}.batch.steps[{i}]"
-            raw = _object(raw, here)
-            cond_obj = raw.get("condition")
-            cond = None if cond_obj is None else decode_cond(cond_obj, f"{here}.condition")
-            if cond is not None and any(s >= i for s in cond_steps(cond)):
+            step = BatchStep.from_json(raw, here)
+            if step.condition is not None and any(s >= i for s in cond_steps(step.condition)):
                 raise ProtocolError(f"{here}.condition: may only refer to earlier steps (0..{i - 1})")
-            steps.append(BatchStep(Stmt.from_json(raw.get("stmt"), f"{here}.stmt"), cond))
+            steps.append(step)
         return BatchRequest(tuple(steps))
     if kind in ("sequence", "describe"):
         sql = _optional(obj, "sql", str, where)
@@ -418,6 +437,16 @@ class Col:
     name: str | None
     decltype: str | None = None
 
+    def to_json(self) -> dict[str, Any]:
+        """The column's object."""
+        return {"name": self.name, "decltype": self.decltype}
+
+    @classmethod
+    def from_json(cls, obj: Any, where: str) -> Col:
+        """Decode a column object."""
+        obj = _object(obj, where)
+        return cls(_optional(obj, "name", str, where), _optional(obj, "decltype", str, where))
+
 
 @dataclass
 class StmtResult:
@@ -431,7 +460,7 @@ class StmtResult:
     def to_json(self) -> dict[str, Any]:
         """The ``StmtResult`` object."""
         return {
-            "cols": [{"name": c.name, "decltype": c.decltype} for c in self.cols],
+            "cols": [c.to_json() for c in self.cols],
             "rows": [[encode_value(v) for v in row] for row in self.rows],
             "affected_row_count": self.affected_row_count,
             "last_insert_rowid": None if self.last_insert_rowid is None else str(self.last_insert_rowid),
@@ -440,16 +469,17 @@ class StmtResult:
 
     @classmethod
     def from_json(cls, obj: Any, where: str) -> StmtResult:
-        """Decode a ``StmtResult`` (the client side)."""
+        """Decode a ``StmtResult`` (the client side); missing lists and counts take Hrana's defaults."""
         obj = _object(obj, where)
-        cols = [Col(c.get("name"), c.get("decltype")) for c in (_object(c, where) for c in _list(obj, "cols", where))]
-        rows = [
-            [decode_value(v, f"{where}.rows[{i}][{j}]") for j, v in enumerate(row)]
-            for i, row in enumerate(_list(obj, "rows", where))
-        ]
-        count = obj.get("affected_row_count", 0)
+        cols = [Col.from_json(c, f"{where}.cols[{i}]") for i, c in enumerate(_list(obj, "cols", where))]
+        rows = []
+        for i, row in enumerate(_list(obj, "rows", where)):
+            if not isinstance(row, list):
+                raise ProtocolError(f"{where}.rows[{i}]: a row must be a list")
+            rows.append([decode_value(v, f"{where}.rows[{i}][{j}]") for j, v in enumerate(row)])
+        count = _optional_int(obj, "affected_row_count", where)
         rowid = obj.get("last_insert_rowid")
-        return cls(cols, rows, int(count), None if rowid is None else int(rowid))
+        return cls(cols, rows, count or 0, None if rowid is None else _integer(rowid, f"{where}.last_insert_rowid"))
 
 
 @dataclass
@@ -461,6 +491,15 @@ class HranaError:
 
     def to_json(self) -> dict[str, Any]:
         return {"message": self.message, "code": self.code}
+
+    @classmethod
+    def from_json(cls, obj: Any, where: str) -> HranaError:
+        """Decode an error object; a server that sends no code gets ``""``."""
+        obj = _object(obj, where)
+        message = obj.get("message")
+        if not isinstance(message, str):
+            raise ProtocolError(f"{where}.message: an error needs a message string")
+        return cls(message, _optional(obj, "code", str, where) or "")
 
 
 @dataclass
@@ -477,6 +516,23 @@ class BatchResult:
             "replication_index": None,
         }
 
+    @classmethod
+    def from_json(cls, obj: Any, where: str) -> BatchResult:
+        """Decode a batch result: both lists present, one entry per step in each."""
+        obj = _object(obj, where)
+        results, errors = obj.get("step_results"), obj.get("step_errors")
+        if not isinstance(results, list) or not isinstance(errors, list):
+            raise ProtocolError(f"{where}: step_results and step_errors must be lists")
+        if len(results) != len(errors):
+            raise ProtocolError(f"{where}: {len(results)} step results but {len(errors)} step errors")
+        return cls(
+            [
+                None if r is None else StmtResult.from_json(r, f"{where}.step_results[{i}]")
+                for i, r in enumerate(results)
+            ],
+            [None if e is None else HranaError.from_json(e, f"{where}.step_errors[{i}]") for i, e in enumerate(errors)],
+        )
+
 
 @dataclass
 class DescribeResult:
@@ -490,10 +546,26 @@ class DescribeResult:
     def to_json(self) -> dict[str, Any]:
         return {
             "params": [{"name": p} for p in self.params],
-            "cols": [{"name": c.name, "decltype": c.decltype} for c in self.cols],
+            "cols": [c.to_json() for c in self.cols],
             "is_explain": self.is_explain,
             "is_readonly": self.is_readonly,
         }
+
+    @classmethod
+    def from_json(cls, obj: Any, where: str) -> DescribeResult:
+        """Decode a describe result."""
+        obj = _object(obj, where)
+        params = [
+            _optional(_object(p, f"{where}.params[{i}]"), "name", str, f"{where}.params[{i}]")
+            for i, p in enumerate(_list(obj, "params", where))
+        ]
+        cols = [Col.from_json(c, f"{where}.cols[{i}]") for i, c in enumerate(_list(obj, "cols", where))]
+        return cls(
+            params,
+            cols,
+            bool(_optional(obj, "is_explain", bool, where)),
+            bool(_optional(obj, "is_readonly", bool, where)),
+        )
 
 
 @dataclass
@@ -512,19 +584,90 @@ class StreamResponse:
             out["is_autocommit"] = self.is_autocommit
         return out
 
+    @classmethod
+    def from_json(cls, obj: Any, where: str, asked: str | None = None) -> StreamResponse:
+        """Decode a response (the client side); a type this codec does not know keeps no fields.
+
+        ``asked`` is the type of the request it answers, when the caller knows it: a response
+        without a type is read as that type, and one of another type is a ProtocolError.
+        """
+        obj = _object(obj, where)
+        kind = obj.get("type", asked)
+        if not isinstance(kind, str):
+            raise ProtocolError(f"{where}.type: a response needs a type string")
+        if asked is not None and kind != asked:
+            raise ProtocolError(f"{where}.type: a {kind!r:.40} response answers a {asked!r} request")
+        here = f"{where}.result"
+        if kind == "execute":
+            return cls(kind, StmtResult.from_json(obj.get("result"), here))
+        if kind == "batch":
+            return cls(kind, BatchResult.from_json(obj.get("result"), here))
+        if kind == "describe":
+            return cls(kind, DescribeResult.from_json(obj.get("result"), here))
+        if kind == "get_autocommit":
+            autocommit = obj.get("is_autocommit")
+            if not isinstance(autocommit, bool):
+                raise ProtocolError(f"{where}.is_autocommit: must be a boolean")
+            return cls(kind, is_autocommit=autocommit)
+        return cls(kind)
+
 
 StreamResult: TypeAlias = StreamResponse | HranaError
 
 
+def decode_stream_result(obj: Any, where: str, asked: str | None = None) -> StreamResult:
+    """Decode one entry of ``results``: a response, or the error that took its place (``asked``:
+    the type of the request it answers, if known; see ``StreamResponse.from_json``)."""
+    obj = _object(obj, where)
+    kind = obj.get("type")
+    if kind == "ok":
+        return StreamResponse.from_json(obj.get("response"), f"{where}.response", asked)
+    if kind == "error":
+        return HranaError.from_json(obj.get("error"), f"{where}.error")
+    raise ProtocolError(f"{where}.type: a result is ok or error, not {kind!r:.40}")
+
+
+def encode_stream_result(result: StreamResult) -> dict[str, Any]:
+    """The JSON object of one entry of ``results``."""
+    if isinstance(result, HranaError):
+        return {"type": "error", "error": result.to_json()}
+    return {"type": "ok", "response": result.to_json()}
+
+
+@dataclass
+class PipelineResponse:
+    """The body answering ``POST /v2/pipeline``: one result per request, in order.
+
+    ``baton`` is what the next request of the same stream must send; None means the server
+    ended the stream (closed, or it keeps no stream between requests).
+    """
+
+    results: list[StreamResult]
+    baton: str | None = None
+
+    @classmethod
+    def from_bytes(cls, body: bytes, asked: Sequence[str] = ()) -> PipelineResponse:
+        """Decode and validate a response body (the client side); raises ProtocolError.
+
+        ``asked``: the types of the requests sent, in order (``BatchRequest.type``, ...), so each
+        response is read as the answer to its request.
+        """
+        obj = _object(_load_json(body, "pipeline response"), "$")
+        baton = _optional(obj, "baton", str, "$")
+        results = _results(obj)
+        kinds = [*asked, *([None] * (len(results) - len(asked)))]
+        return cls([decode_stream_result(r, f"$.results[{i}]", kinds[i]) for i, r in enumerate(results)], baton)
+
+    def to_bytes(self) -> bytes:
+        """The JSON body."""
+        return encode_json(
+            {"baton": self.baton, "base_url": None, "results": [encode_stream_result(r) for r in self.results]}
+        )
+
+
 def encode_pipeline_response(results: list[StreamResult], baton: str | None = None) -> bytes:
     """The JSON body answering a pipeline: one result per request, in order."""
-    out = []
-    for res in results:
-        if isinstance(res, HranaError):
-            out.append({"type": "error", "error": res.to_json()})
-        else:
-            out.append({"type": "ok", "response": res.to_json()})
-    return encode_json({"baton": baton, "base_url": None, "results": out})
+    return PipelineResponse(results, baton).to_bytes()
 
 
 def decode_pipeline_response(body: bytes) -> list[dict[str, Any]]:
@@ -599,6 +742,15 @@ def _optional(obj: dict[str, Any], key: str, kind: type, where: str) -> Any:
     if value is not None and not isinstance(value, kind):
         raise ProtocolError(f"{where}.{key}: must be a {kind.__name__} or null")
     return value
+
+
+def _sql_or_id(out: dict[str, Any], sql: str | None, sql_id: int | None) -> dict[str, Any]:
+    """``out`` with whichever of ``sql`` and ``sql_id`` is set (Hrana wants exactly one)."""
+    if sql is not None:
+        out["sql"] = sql
+    if sql_id is not None:
+        out["sql_id"] = sql_id
+    return out
 
 
 def _optional_int(obj: dict[str, Any], key: str, where: str) -> int | None:
