@@ -1,0 +1,361 @@
+"""Fleet bytes (issue 12): what a fleet of replicas receives per byte written, under a steady load.
+
+N replicas of one database on our primary (``turso-sync serve``) are kept in sync by one
+``turso_sync.sync.daemon.SyncDaemon`` (what ``turso-sync daemon`` runs: per replica a puller that
+long-polls the primary and a pusher that pushes local commits), in a worker process of its own
+(``python -m bench.bench_fleet --worker``).  The benchmark process is the application beside it: it
+opens every replica (``turso_sync.connect(path)``) and, for a fixed time, commits one small
+transaction (one row: an id and a 100-character payload) to each replica in turn at a steady rate,
+never pushing itself: the daemon's pushers send them, and every replica's puller brings in what
+the others wrote.  After the writes stop it waits (with a deadline) until every replica holds
+every row, then reads the daemon's counters.
+
+Reported: rows written, payload bytes written (100 per row), bytes the whole fleet received and
+sent over the measurement (the daemon's ``bytes_received``/``bytes_sent`` per replica, HTTP
+bodies), pulls, and the ratio received / written (issue 12 aims under 20x).
+
+    python -m bench.bench_fleet [--runs N] [--no-doc | --doc]
+
+Environment: ``BENCH_RUNS`` (3), ``BENCH_FLEET_REPLICAS`` (20), ``BENCH_FLEET_SECONDS`` (60),
+``BENCH_FLEET_PERIOD`` (2.0: seconds between two transactions of one replica),
+``BENCH_FLEET_LONG_POLL`` (10: seconds a pull may wait on the primary), ``BENCH_DIR``
+(``bench-data/fleet``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.bench_load import process_cpu
+from bench.bench_primary import Server, _version, start_ours
+from bench.bench_sync import PAYLOAD_CHARS, WrongCount, payload, reset_table, server_count, source_revision
+from bench.report import REPO, filesystem, machine, markdown_table, median, write_section
+from bench.worker import JsonWorker
+
+SECTION = "## Fleet bytes per byte written (issue 12)"
+SETTLE_SECONDS = 120.0  # the longest wait, after the writes, for every replica to hold every row
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """The fleet and its load."""
+
+    replicas: int = 20
+    seconds: float = 60.0
+    period: float = 2.0
+    long_poll: float = 10.0
+
+    @classmethod
+    def from_env(cls) -> Sizes:
+        return cls(
+            int(os.environ.get("BENCH_FLEET_REPLICAS", "20")),
+            float(os.environ.get("BENCH_FLEET_SECONDS", "60")),
+            float(os.environ.get("BENCH_FLEET_PERIOD", "2.0")),
+            float(os.environ.get("BENCH_FLEET_LONG_POLL", "10")),
+        )
+
+
+# --- the daemon worker ------------------------------------------------------------------------------
+
+
+def worker_main() -> int:
+    """Worker process: ``start`` (bootstrap the replicas, start the daemon), ``status``, ``stop``."""
+    import turso_sync
+    from turso_sync.sync.daemon import SyncDaemon
+
+    daemon: SyncDaemon | None = None
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        try:
+            if cmd["op"] == "start":
+                for path in cmd["paths"]:
+                    turso_sync.connect(path, cmd["url"], client_name="bench-fleet").close()
+                daemon = SyncDaemon(cmd["paths"], long_poll=cmd["long_poll"], watch_interval=0.1)
+                daemon.start()
+                answer: dict[str, Any] = {"ok": True}
+            elif cmd["op"] == "status":
+                assert daemon is not None, "status before start"
+                answer = {"ok": True, "replicas": [asdict(s) for s in daemon.status()], "cpu": time.process_time()}
+            elif cmd["op"] == "stop":
+                assert daemon is not None, "stop before start"
+                daemon.stop(grace=0.5)
+                daemon.close()
+                daemon = None
+                answer = {"ok": True}
+            else:
+                raise ValueError(f"unknown op {cmd['op']!r}")
+        except Exception:
+            answer = {"ok": False, "error": traceback.format_exc()}
+        print(json.dumps(answer), flush=True)
+    return 0
+
+
+# --- the benchmark process ----------------------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    """One fleet run."""
+
+    replicas: int
+    rows: int
+    write_seconds: float  # from the first write to the last
+    settle_seconds: float  # from the last write until every replica held every row
+    received: int  # bytes, summed over every replica
+    sent: int
+    pulls: int
+    pushes: int
+    errors: int
+    received_min: int  # the least and most one replica received
+    received_max: int
+    server_cpu: float
+    daemon_cpu: float
+
+    @property
+    def written(self) -> int:
+        return self.rows * PAYLOAD_CHARS
+
+
+def _totals(status: dict[str, Any]) -> dict[str, Any]:
+    reps = status["replicas"]
+    return {
+        "received": [r["bytes_received"] for r in reps],
+        "sent": sum(r["bytes_sent"] for r in reps),
+        "pulls": sum(r["pulls"] for r in reps),
+        "pushes": sum(r["pushes"] for r in reps),
+        "errors": sum(r["errors"] for r in reps),
+        "cpu": status["cpu"],
+    }
+
+
+def _wait(condition: Any, seconds: float, what: str) -> float:
+    """Poll ``condition`` until true; the seconds it took (raises after ``seconds``)."""
+    start = time.monotonic()
+    while not condition():
+        if time.monotonic() - start > seconds:
+            raise TimeoutError(f"{what}: not within {seconds:.0f} s")
+        time.sleep(0.2)
+    return time.monotonic() - start
+
+
+def measure_one(server: Server, sizes: Sizes, folder: Path, log: Any) -> Sample:
+    """One fleet: bootstrap, run the daemon, write at a steady rate, settle, count."""
+    import turso_sync
+
+    reset_table(server.url)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [str(folder / f"r{i}.db") for i in range(sizes.replicas)]
+    worker = JsonWorker("bench.bench_fleet")
+    conns: list[Any] = []
+    try:
+        worker.ask(
+            {"op": "start", "url": server.url, "paths": paths, "long_poll": sizes.long_poll}, "fleet", "start", 600
+        )
+
+        def status() -> dict[str, Any]:
+            return worker.ask({"op": "status"}, "fleet", "status", 60)
+
+        conns = [turso_sync.connect(p) for p in paths]
+        assert server.proc is not None
+        cpu0 = process_cpu(server.proc.pid)
+        before = _totals(status())
+        # one transaction per replica per period, the replicas' turns spread evenly over the period
+        step = sizes.period / sizes.replicas
+        rows = 0
+        start = time.monotonic()
+        while True:
+            due = start + rows * step
+            if due - start >= sizes.seconds:
+                break
+            delay = due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            rows += 1
+            conn = conns[(rows - 1) % sizes.replicas]
+            conn.execute("INSERT INTO t(id, payload) VALUES (?, ?)", (rows, payload(rows)))
+            conn.commit()
+        wrote = time.monotonic() - start
+
+        def settled() -> bool:
+            if server_count(server.url) != rows:
+                return False
+            return all(int(c.execute("SELECT count(*) FROM t").fetchone()[0]) == rows for c in conns)
+
+        settle = _wait(settled, SETTLE_SECONDS, f"{rows} rows in every replica")
+        after = _totals(status())
+        server_cpu = process_cpu(server.proc.pid) - cpu0
+        worker.ask({"op": "stop"}, "fleet", "stop", 120)
+    finally:
+        for c in conns:
+            c.close()
+        worker.close()
+    received = [a - b for a, b in zip(after["received"], before["received"], strict=True)]
+    if server_count(server.url) != rows:
+        raise WrongCount(f"fleet: {server_count(server.url)} rows on the server, {rows} written")
+    shutil.rmtree(folder, ignore_errors=True)
+    return Sample(
+        sizes.replicas,
+        rows,
+        wrote,
+        settle,
+        sum(received),
+        after["sent"] - before["sent"],
+        after["pulls"] - before["pulls"],
+        after["pushes"] - before["pushes"],
+        after["errors"] - before["errors"],
+        min(received),
+        max(received),
+        server_cpu,
+        after["cpu"] - before["cpu"],
+    )
+
+
+@dataclass
+class Figures:
+    sizes: Sizes
+    runs: int
+    revision: str = ""
+    samples: list[Sample] = field(default_factory=list)
+    seconds: float = 0.0
+    load: tuple[float, float] = (0.0, 0.0)
+
+
+def measure(sizes: Sizes, runs: int, workdir: Path, log: Any = print) -> Figures:
+    """Each run on a freshly started primary."""
+    started = time.perf_counter()
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    fig = Figures(sizes, runs, source_revision(), load=(os.getloadavg()[0], 0.0))
+    for run in range(runs):
+        server = start_ours(workdir / f"run{run}-server")
+        try:
+            s = measure_one(server, sizes, workdir / f"run{run}-replicas", log)
+        finally:
+            server.stop()
+        fig.samples.append(s)
+        log(
+            f"run {run}: {s.rows} rows ({s.written:,} B) by {s.replicas} replicas in {s.write_seconds:.1f} s, "
+            f"settled in {s.settle_seconds:.1f} s; received {s.received:,} B ({s.received / s.written:.1f}x), "
+            f"sent {s.sent:,} B, {s.pulls} pulls, {s.pushes} pushes, {s.errors} errors"
+        )
+    fig.load = (fig.load[0], os.getloadavg()[0])
+    fig.seconds = time.perf_counter() - started
+    return fig
+
+
+# --- the report -----------------------------------------------------------------------------------------
+
+
+def _bytes(n: float) -> str:
+    return f"{n / 1e6:.2f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
+
+
+def _med(fig: Figures, what: Any) -> float:
+    return median([what(s) for s in fig.samples])
+
+
+def main_table(fig: Figures) -> str:
+    n = fig.sizes.replicas
+    rows = [
+        ["replicas", f"{n}"],
+        ["rows written (one per transaction)", f"{_med(fig, lambda s: s.rows):,.0f}"],
+        ["payload bytes written", _bytes(_med(fig, lambda s: s.written))],
+        ["bytes received, whole fleet", _bytes(_med(fig, lambda s: s.received))],
+        ["**received / written**", f"**{_med(fig, lambda s: s.received / s.written):,.1f}x**"],
+        ["received per row written, whole fleet", f"{_med(fig, lambda s: s.received / s.rows):,.0f} B"],
+        [
+            "received per row written, per other replica",
+            f"{_med(fig, lambda s: s.received / s.rows / max(1, s.replicas - 1)):,.0f} B",
+        ],
+        ["bytes sent, whole fleet (pushes and pull requests)", _bytes(_med(fig, lambda s: s.sent))],
+        ["sent / written", f"{_med(fig, lambda s: s.sent / s.written):,.1f}x"],
+        ["pulls, whole fleet", f"{_med(fig, lambda s: s.pulls):,.0f}"],
+        ["pulls per row written, per replica", f"{_med(fig, lambda s: s.pulls / s.rows / s.replicas):.2f}"],
+        ["received per pull", f"{_med(fig, lambda s: s.received / s.pulls if s.pulls else 0):,.0f} B"],
+        ["pushes, whole fleet", f"{_med(fig, lambda s: s.pushes):,.0f}"],
+        [
+            "least / most one replica received",
+            f"{_bytes(_med(fig, lambda s: s.received_min))} / {_bytes(_med(fig, lambda s: s.received_max))}",
+        ],
+        ["errors (daemon's count)", f"{_med(fig, lambda s: s.errors):,.0f}"],
+        ["time to settle after the last write", f"{_med(fig, lambda s: s.settle_seconds):.1f} s"],
+        [
+            "CPU: primary / daemon process",
+            f"{_med(fig, lambda s: s.server_cpu):.1f} s / {_med(fig, lambda s: s.daemon_cpu):.1f} s",
+        ],
+    ]
+    return markdown_table(["turso_sync daemon on our primary (medians over runs)", "value"], rows, right=[1])
+
+
+def report(fig: Figures) -> str:
+    """The markdown block for docs/benchmarks.md."""
+    m = machine()
+    z = fig.sizes
+    ratios = ", ".join(f"{s.received / s.written:.1f}x" for s in fig.samples)
+    return "\n".join(
+        [
+            f"Measured {datetime.date.today().isoformat()} by `python -m bench.bench_fleet` in {fig.seconds:.0f} s: "
+            f"{fig.runs} runs, each on a freshly started primary; figures are medians over runs.",
+            "",
+            f"**Machine**: {m['cpus']} vCPU ({m['model']}), {m['memory']} RAM, {m['kernel']}; files on "
+            f"{filesystem(REPO)}. Primary, daemon and writer share these cores over loopback, and other work ran "
+            f"beside them (1-minute load average {fig.load[0]:.2f} before, {fig.load[1]:.2f} after).",
+            "",
+            f"**Fleet**: {z.replicas} replicas (turso_sync {_version('turso-sync')} at {fig.revision}) of one "
+            "database on our primary (`turso-sync serve`, development mode), kept in sync by one `SyncDaemon` "
+            f"(`turso_sync.sync.daemon`, what `turso-sync daemon` runs: per replica a puller long-polling with a "
+            f"{z.long_poll:g} s window and a pusher looking for local commits every 0.1 s) in a worker process. "
+            "The benchmark process is the application: it commits one row (an integer id and a "
+            f"{PAYLOAD_CHARS}-character text payload) per transaction to each replica in turn, each replica once "
+            f"every {z.period:g} s ({z.replicas / z.period:g} transactions per second for the fleet), for "
+            f"{z.seconds:g} s; it never pushes, the daemon does. Then it waits until the server and every replica "
+            "hold every row. Bytes are the daemon's per-replica counters (HTTP bodies, as `stats()` counts them: "
+            "received includes the answers to pushes) from after the bootstraps to that point; *written* is the "
+            "payload text (100 B per row).",
+            "",
+            main_table(fig),
+            "",
+            f"Received / written per run: {ratios}. pyturso is not run here (its replicas have no daemon; see "
+            "the reading).",
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark, print the table, and (for a full run) write it into docs/benchmarks.md."""
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_fleet", description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=int(os.environ.get("BENCH_RUNS", "3")), help="runs")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    doc = parser.add_mutually_exclusive_group()
+    doc.add_argument("--no-doc", action="store_true", help="do not write docs/benchmarks.md")
+    doc.add_argument("--doc", action="store_true", help="write docs/benchmarks.md even for a short or small run")
+    args = parser.parse_args(argv)
+    if args.worker:
+        return worker_main()
+    sizes = Sizes.from_env()
+    workdir = Path(os.environ.get("BENCH_DIR", REPO / "bench-data" / "fleet")).resolve()
+    fig = measure(sizes, args.runs, workdir, log=lambda line: print(line, file=sys.stderr, flush=True))
+    text = report(fig)
+    print(text)
+    full = args.runs >= 3 and sizes == Sizes()
+    if args.doc or (full and not args.no_doc):
+        write_section(SECTION, "fleet", text)
+        print(f"wrote the '{SECTION}' figures into docs/benchmarks.md", file=sys.stderr)
+    elif not args.no_doc:
+        print("docs/benchmarks.md left as it is: fewer than 3 runs or smaller sizes (--doc to force)", file=sys.stderr)
+    shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
