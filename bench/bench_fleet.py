@@ -10,6 +10,11 @@ never pushing itself: the daemon's pushers send them, and every replica's puller
 the others wrote.  After the writes stop it waits (with a deadline) until every replica holds
 every row, then reads the daemon's counters.
 
+The same load also runs without the daemon, for our client and for pyturso 0.8.3 alike (a *pull loop*:
+each replica is a thread of one worker process that commits and ``push()``es its row when its turn
+comes and otherwise ``pull()``s, long-polling; the long-poll window is the connection's, at most
+half the period so that a turn is not missed), so the fleet's bytes can be compared side by side.
+
 Reported: rows written, payload bytes written (100 per row), bytes the whole fleet received and
 sent over the measurement (the daemon's ``bytes_received``/``bytes_sent`` per replica, HTTP
 bodies), pulls, and the ratio received / written (issue 12 aims under 20x).
@@ -27,9 +32,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import shutil
 import sys
+import threading
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -38,12 +45,28 @@ from typing import Any
 
 from bench.bench_load import process_cpu
 from bench.bench_primary import Server, _version, start_ours
-from bench.bench_sync import PAYLOAD_CHARS, WrongCount, payload, reset_table, server_count, source_revision
+from bench.bench_sync import (
+    OURS,
+    PAYLOAD_CHARS,
+    PYTURSO,
+    WrongCount,
+    payload,
+    reset_table,
+    server_count,
+    source_revision,
+)
 from bench.report import REPO, filesystem, machine, markdown_table, median, write_section
 from bench.worker import JsonWorker
 
 SECTION = "## Fleet bytes per byte written (issue 12)"
 SETTLE_SECONDS = 120.0  # the longest wait, after the writes, for every replica to hold every row
+DAEMON = "daemon"  # turso_sync replicas under SyncDaemon
+VARIANTS = (DAEMON, OURS, PYTURSO)  # OURS and PYTURSO: the pull loop
+VARIANT_LABELS = {
+    DAEMON: "turso_sync, SyncDaemon",
+    OURS: "turso_sync, pull loop",
+    PYTURSO: "pyturso, pull loop",
+}
 
 
 @dataclass(frozen=True)
@@ -55,6 +78,16 @@ class Sizes:
     period: float = 2.0
     long_poll: float = 10.0
 
+    @property
+    def rows(self) -> int:
+        """Transactions the fleet commits: one every ``period / replicas`` seconds for ``seconds``."""
+        return math.ceil(self.seconds / (self.period / self.replicas) - 1e-9)
+
+    @property
+    def loop_long_poll_ms(self) -> int:
+        """The pull loop's long-poll window: at most half a period, so a replica does not miss its turn."""
+        return int(min(self.long_poll, self.period / 2) * 1000)
+
     @classmethod
     def from_env(cls) -> Sizes:
         return cls(
@@ -65,11 +98,109 @@ class Sizes:
         )
 
 
-# --- the daemon worker ------------------------------------------------------------------------------
+# --- the workers ---------------------------------------------------------------------------------------
+
+
+def _open(client: str, path: str, url: str, long_poll_ms: int) -> Any:
+    if client == PYTURSO:
+        import turso.sync
+
+        return turso.sync.connect(path, url, client_name="bench-fleet", long_poll_timeout_ms=long_poll_ms)
+    import turso_sync
+
+    return turso_sync.connect(path, url, client_name="bench-fleet", long_poll_timeout_ms=long_poll_ms)
+
+
+def _wire(conn: Any) -> tuple[int, int]:
+    stats = conn.stats()
+    return int(stats.network_sent_bytes), int(stats.network_received_bytes)
+
+
+def pull_loop(client: str, url: str, paths: list[str], sizes: Sizes) -> dict[str, Any]:
+    """Every replica a thread: commit and push its row on its turn, pull (long-poll) otherwise; then
+    pull until it holds every row.  Bytes from each client's own ``stats()``."""
+    n = len(paths)
+    step = sizes.period / n
+    total = sizes.rows
+    ready = threading.Barrier(n + 1, timeout=600)
+    start_box = [0.0]
+    results: list[dict[str, Any] | None] = [None] * n
+    failures: list[str] = []
+
+    def replica(r: int) -> None:
+        try:
+            conn = _open(client, paths[r], url, sizes.loop_long_poll_ms)
+        except Exception:
+            failures.append(traceback.format_exc())
+            ready.abort()
+            return
+        try:
+            before = _wire(conn)
+            ready.wait()
+            start = start_box[0]
+            pulls = pushes = rows = 0
+            k = 0
+            while (k * n + r) * step < sizes.seconds:
+                due = start + (k * n + r) * step
+                if time.monotonic() >= due:
+                    row = k * n + r + 1
+                    conn.execute("INSERT INTO t(id, payload) VALUES (?, ?)", (row, payload(row)))
+                    conn.commit()
+                    conn.push()
+                    pushes += 1
+                    rows += 1
+                    k += 1
+                else:
+                    conn.pull()
+                    pulls += 1
+            wrote = time.monotonic()
+            deadline = wrote + SETTLE_SECONDS
+            while int(conn.execute("SELECT count(*) FROM t").fetchone()[0]) < total:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"replica {r}: not every row within {SETTLE_SECONDS:.0f} s")
+                conn.pull()
+                pulls += 1
+            after = _wire(conn)
+            results[r] = {
+                "sent": after[0] - before[0],
+                "received": after[1] - before[1],
+                "pulls": pulls,
+                "pushes": pushes,
+                "rows": rows,
+                "wrote": wrote,
+                "settled": time.monotonic(),
+            }
+        except Exception:
+            failures.append(traceback.format_exc())
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=replica, args=(r,), daemon=True) for r in range(n)]
+    for t in threads:
+        t.start()
+    cpu = time.process_time()
+    start_box[0] = time.monotonic() + 0.1
+    ready.wait()
+    for t in threads:
+        t.join()
+    if failures:
+        raise RuntimeError(f"{len(failures)} replicas failed; first:\n{failures[0]}")
+    done = [x for x in results if x is not None]
+    wrote = max(x["wrote"] for x in done)
+    return {
+        "received": [x["received"] for x in done],
+        "sent": sum(x["sent"] for x in done),
+        "pulls": sum(x["pulls"] for x in done),
+        "pushes": sum(x["pushes"] for x in done),
+        "rows": sum(x["rows"] for x in done),
+        "write_seconds": wrote - start_box[0],
+        "settle_seconds": max(x["settled"] for x in done) - wrote,
+        "cpu": time.process_time() - cpu,
+    }
 
 
 def worker_main() -> int:
-    """Worker process: ``start`` (bootstrap the replicas, start the daemon), ``status``, ``stop``."""
+    """Worker process: ``start`` (bootstrap the replicas, start the daemon), ``status``, ``stop``; or ``loop``."""
     import turso_sync
     from turso_sync.sync.daemon import SyncDaemon
 
@@ -83,6 +214,8 @@ def worker_main() -> int:
                 daemon = SyncDaemon(cmd["paths"], long_poll=cmd["long_poll"], watch_interval=0.1)
                 daemon.start()
                 answer: dict[str, Any] = {"ok": True}
+            elif cmd["op"] == "loop":
+                answer = {"ok": True, **pull_loop(cmd["client"], cmd["url"], cmd["paths"], Sizes(**cmd["sizes"]))}
             elif cmd["op"] == "status":
                 assert daemon is not None, "status before start"
                 answer = {"ok": True, "replicas": [asdict(s) for s in daemon.status()], "cpu": time.process_time()}
@@ -107,6 +240,7 @@ def worker_main() -> int:
 class Sample:
     """One fleet run."""
 
+    variant: str
     replicas: int
     rows: int
     write_seconds: float  # from the first write to the last
@@ -119,7 +253,7 @@ class Sample:
     received_min: int  # the least and most one replica received
     received_max: int
     server_cpu: float
-    daemon_cpu: float
+    daemon_cpu: float  # the worker process running the replicas (daemon or pull loop)
 
     @property
     def written(self) -> int:
@@ -146,6 +280,42 @@ def _wait(condition: Any, seconds: float, what: str) -> float:
             raise TimeoutError(f"{what}: not within {seconds:.0f} s")
         time.sleep(0.2)
     return time.monotonic() - start
+
+
+def measure_loop(server: Server, client: str, sizes: Sizes, folder: Path) -> Sample:
+    """The same load as a pull loop per replica, for ``client``."""
+    reset_table(server.url)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [str(folder / f"r{i}.db") for i in range(sizes.replicas)]
+    worker = JsonWorker("bench.bench_fleet")
+    assert server.proc is not None
+    cpu0 = process_cpu(server.proc.pid)
+    try:
+        cmd = {"op": "loop", "client": client, "url": server.url, "paths": paths, "sizes": asdict(sizes)}
+        a = worker.ask(cmd, client, "the pull loop", 600 + sizes.seconds + SETTLE_SECONDS)
+    finally:
+        worker.close()
+    server_cpu = process_cpu(server.proc.pid) - cpu0  # includes the bootstraps
+    remote = server_count(server.url)
+    if remote != sizes.rows or a["rows"] != sizes.rows:
+        raise WrongCount(f"fleet, {client} pull loop: {remote} rows on the server, {a['rows']} written")
+    shutil.rmtree(folder, ignore_errors=True)
+    return Sample(
+        client,
+        sizes.replicas,
+        a["rows"],
+        a["write_seconds"],
+        a["settle_seconds"],
+        sum(a["received"]),
+        a["sent"],
+        a["pulls"],
+        a["pushes"],
+        0,
+        min(a["received"]),
+        max(a["received"]),
+        server_cpu,
+        a["cpu"],
+    )
 
 
 def measure_one(server: Server, sizes: Sizes, folder: Path, log: Any) -> Sample:
@@ -204,6 +374,7 @@ def measure_one(server: Server, sizes: Sizes, folder: Path, log: Any) -> Sample:
         raise WrongCount(f"fleet: {server_count(server.url)} rows on the server, {rows} written")
     shutil.rmtree(folder, ignore_errors=True)
     return Sample(
+        DAEMON,
         sizes.replicas,
         rows,
         wrote,
@@ -224,30 +395,37 @@ def measure_one(server: Server, sizes: Sizes, folder: Path, log: Any) -> Sample:
 class Figures:
     sizes: Sizes
     runs: int
+    variants: tuple[str, ...] = VARIANTS
     revision: str = ""
-    samples: list[Sample] = field(default_factory=list)
+    samples: dict[str, list[Sample]] = field(default_factory=dict)
     seconds: float = 0.0
     load: tuple[float, float] = (0.0, 0.0)
 
 
-def measure(sizes: Sizes, runs: int, workdir: Path, log: Any = print) -> Figures:
-    """Each run on a freshly started primary."""
+def measure(sizes: Sizes, runs: int, workdir: Path, log: Any = print, variants: tuple[str, ...] = VARIANTS) -> Figures:
+    """Each run and variant on a freshly started primary (variant order rotated per run)."""
     started = time.perf_counter()
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
-    fig = Figures(sizes, runs, source_revision(), load=(os.getloadavg()[0], 0.0))
+    fig = Figures(sizes, runs, variants, source_revision(), load=(os.getloadavg()[0], 0.0))
     for run in range(runs):
-        server = start_ours(workdir / f"run{run}-server")
-        try:
-            s = measure_one(server, sizes, workdir / f"run{run}-replicas", log)
-        finally:
-            server.stop()
-        fig.samples.append(s)
-        log(
-            f"run {run}: {s.rows} rows ({s.written:,} B) by {s.replicas} replicas in {s.write_seconds:.1f} s, "
-            f"settled in {s.settle_seconds:.1f} s; received {s.received:,} B ({s.received / s.written:.1f}x), "
-            f"sent {s.sent:,} B, {s.pulls} pulls, {s.pushes} pushes, {s.errors} errors"
-        )
+        for variant in variants[run % len(variants) :] + variants[: run % len(variants)]:
+            server = start_ours(workdir / f"run{run}-{variant}-server")
+            try:
+                folder = workdir / f"run{run}-{variant}-replicas"
+                if variant == DAEMON:
+                    s = measure_one(server, sizes, folder, log)
+                else:
+                    s = measure_loop(server, variant, sizes, folder)
+            finally:
+                server.stop()
+            fig.samples.setdefault(variant, []).append(s)
+            log(
+                f"run {run} {variant:8}: {s.rows} rows ({s.written:,} B) by {s.replicas} replicas in "
+                f"{s.write_seconds:.1f} s, "
+                f"settled in {s.settle_seconds:.1f} s; received {s.received:,} B ({s.received / s.written:.1f}x), "
+                f"sent {s.sent:,} B, {s.pulls} pulls, {s.pushes} pushes, {s.errors} errors"
+            )
     fig.load = (fig.load[0], os.getloadavg()[0])
     fig.seconds = time.perf_counter() - started
     return fig
@@ -260,73 +438,90 @@ def _bytes(n: float) -> str:
     return f"{n / 1e6:.2f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
 
 
-def _med(fig: Figures, what: Any) -> float:
-    return median([what(s) for s in fig.samples])
+def _med(fig: Figures, variant: str, what: Any) -> float:
+    return median([what(s) for s in fig.samples[variant]])
 
 
 def main_table(fig: Figures) -> str:
-    n = fig.sizes.replicas
-    rows = [
-        ["replicas", f"{n}"],
-        ["rows written (one per transaction)", f"{_med(fig, lambda s: s.rows):,.0f}"],
-        ["payload bytes written", _bytes(_med(fig, lambda s: s.written))],
-        ["bytes received, whole fleet", _bytes(_med(fig, lambda s: s.received))],
-        ["**received / written**", f"**{_med(fig, lambda s: s.received / s.written):,.1f}x**"],
-        ["received per row written, whole fleet", f"{_med(fig, lambda s: s.received / s.rows):,.0f} B"],
-        [
+    """One column per variant, one row per figure (medians over runs)."""
+    lines: list[tuple[str, Any]] = [
+        ("rows written (one per transaction)", lambda v: f"{_med(fig, v, lambda s: s.rows):,.0f}"),
+        ("payload bytes written", lambda v: _bytes(_med(fig, v, lambda s: s.written))),
+        ("bytes received, whole fleet", lambda v: _bytes(_med(fig, v, lambda s: s.received))),
+        ("**received / written**", lambda v: f"**{_med(fig, v, lambda s: s.received / s.written):,.1f}x**"),
+        ("received per row written, whole fleet", lambda v: f"{_med(fig, v, lambda s: s.received / s.rows):,.0f} B"),
+        (
             "received per row written, per other replica",
-            f"{_med(fig, lambda s: s.received / s.rows / max(1, s.replicas - 1)):,.0f} B",
-        ],
-        ["bytes sent, whole fleet (pushes and pull requests)", _bytes(_med(fig, lambda s: s.sent))],
-        ["sent / written", f"{_med(fig, lambda s: s.sent / s.written):,.1f}x"],
-        ["pulls, whole fleet", f"{_med(fig, lambda s: s.pulls):,.0f}"],
-        ["pulls per row written, per replica", f"{_med(fig, lambda s: s.pulls / s.rows / s.replicas):.2f}"],
-        ["received per pull", f"{_med(fig, lambda s: s.received / s.pulls if s.pulls else 0):,.0f} B"],
-        ["pushes, whole fleet", f"{_med(fig, lambda s: s.pushes):,.0f}"],
-        [
+            lambda v: f"{_med(fig, v, lambda s: s.received / s.rows / max(1, s.replicas - 1)):,.0f} B",
+        ),
+        ("bytes sent, whole fleet (pushes, pull requests)", lambda v: _bytes(_med(fig, v, lambda s: s.sent))),
+        ("sent / written", lambda v: f"{_med(fig, v, lambda s: s.sent / s.written):,.1f}x"),
+        ("pulls, whole fleet", lambda v: f"{_med(fig, v, lambda s: s.pulls):,.0f}"),
+        (
+            "pulls per row written, per replica",
+            lambda v: f"{_med(fig, v, lambda s: s.pulls / s.rows / s.replicas):.2f}",
+        ),
+        ("received per pull", lambda v: f"{_med(fig, v, lambda s: s.received / s.pulls if s.pulls else 0):,.0f} B"),
+        ("pushes, whole fleet", lambda v: f"{_med(fig, v, lambda s: s.pushes):,.0f}"),
+        (
             "least / most one replica received",
-            f"{_bytes(_med(fig, lambda s: s.received_min))} / {_bytes(_med(fig, lambda s: s.received_max))}",
-        ],
-        ["errors (daemon's count)", f"{_med(fig, lambda s: s.errors):,.0f}"],
-        ["time to settle after the last write", f"{_med(fig, lambda s: s.settle_seconds):.1f} s"],
-        [
-            "CPU: primary / daemon process",
-            f"{_med(fig, lambda s: s.server_cpu):.1f} s / {_med(fig, lambda s: s.daemon_cpu):.1f} s",
-        ],
+            lambda v: (
+                f"{_bytes(_med(fig, v, lambda s: s.received_min))} / {_bytes(_med(fig, v, lambda s: s.received_max))}"
+            ),
+        ),
+        ("errors (the daemon's count)", lambda v: f"{_med(fig, v, lambda s: s.errors):,.0f}" if v == DAEMON else "-"),
+        ("writing took", lambda v: f"{_med(fig, v, lambda s: s.write_seconds):.1f} s"),
+        ("then every replica held every row after", lambda v: f"{_med(fig, v, lambda s: s.settle_seconds):.1f} s"),
+        (
+            "CPU: primary / replicas' process",
+            lambda v: f"{_med(fig, v, lambda s: s.server_cpu):.1f} s / {_med(fig, v, lambda s: s.daemon_cpu):.1f} s",
+        ),
     ]
-    return markdown_table(["turso_sync daemon on our primary (medians over runs)", "value"], rows, right=[1])
+    variants = [v for v in fig.variants if v in fig.samples]
+    rows = [[name, *(cell(v) for v in variants)] for name, cell in lines]
+    header = [f"{fig.sizes.replicas} replicas on our primary", *(VARIANT_LABELS[v] for v in variants)]
+    return markdown_table(header, rows, right=range(1, len(header)))
 
 
 def report(fig: Figures) -> str:
     """The markdown block for docs/benchmarks.md."""
     m = machine()
     z = fig.sizes
-    ratios = ", ".join(f"{s.received / s.written:.1f}x" for s in fig.samples)
+    ratios = "; ".join(
+        f"{VARIANT_LABELS[v]} " + ", ".join(f"{s.received / s.written:.1f}x" for s in fig.samples[v])
+        for v in fig.variants
+        if v in fig.samples
+    )
     return "\n".join(
         [
             f"Measured {datetime.date.today().isoformat()} by `python -m bench.bench_fleet` in {fig.seconds:.0f} s: "
-            f"{fig.runs} runs, each on a freshly started primary; figures are medians over runs.",
+            f"{fig.runs} runs; in each, every variant on a freshly started primary (order rotated per run); "
+            "figures are medians over runs.",
             "",
             f"**Machine**: {m['cpus']} vCPU ({m['model']}), {m['memory']} RAM, {m['kernel']}; files on "
-            f"{filesystem(REPO)}. Primary, daemon and writer share these cores over loopback, and other work ran "
+            f"{filesystem(REPO)}. Primary, replicas and writer share these cores over loopback, and other work ran "
             f"beside them (1-minute load average {fig.load[0]:.2f} before, {fig.load[1]:.2f} after).",
             "",
-            f"**Fleet**: {z.replicas} replicas (turso_sync {_version('turso-sync')} at {fig.revision}) of one "
-            "database on our primary (`turso-sync serve`, development mode), kept in sync by one `SyncDaemon` "
-            f"(`turso_sync.sync.daemon`, what `turso-sync daemon` runs: per replica a puller long-polling with a "
-            f"{z.long_poll:g} s window and a pusher looking for local commits every 0.1 s) in a worker process. "
-            "The benchmark process is the application: it commits one row (an integer id and a "
-            f"{PAYLOAD_CHARS}-character text payload) per transaction to each replica in turn, each replica once "
-            f"every {z.period:g} s ({z.replicas / z.period:g} transactions per second for the fleet), for "
-            f"{z.seconds:g} s; it never pushes, the daemon does. Then it waits until the server and every replica "
-            "hold every row. Bytes are the daemon's per-replica counters (HTTP bodies, as `stats()` counts them: "
-            "received includes the answers to pushes) from after the bootstraps to that point; *written* is the "
-            "payload text (100 B per row).",
+            f"**Load**: {z.replicas} replicas of one database on our primary (`turso-sync serve`, development "
+            f"mode); each commits one row (an integer id and a {PAYLOAD_CHARS}-character text payload) per "
+            f"transaction, every {z.period:g} s, the replicas' turns spread evenly ({z.replicas / z.period:g} "
+            f"transactions per second for the fleet), for {z.seconds:g} s; then the benchmark waits until the "
+            "server and every replica hold every row. *Written* is the payload text (100 B per row).",
+            "",
+            f"**Variants**: *{VARIANT_LABELS[DAEMON]}*: turso_sync {_version('turso-sync')} at {fig.revision}, every "
+            "replica kept in sync by one `SyncDaemon` (`turso_sync.sync.daemon`, what `turso-sync daemon` runs: "
+            f"per replica a puller long-polling with a {z.long_poll:g} s window and a pusher looking for local "
+            "commits every 0.1 s) in a worker process, while the benchmark process, as the application, commits "
+            "the rows through its own connection to each replica and never pushes. "
+            f"*{VARIANT_LABELS[OURS]}* and *{VARIANT_LABELS[PYTURSO]}* (pyturso {_version('pyturso')}): each "
+            "replica a thread of one worker process that commits and `push()`es its row when its turn comes "
+            f"and otherwise `pull()`s, long-polling with a {z.loop_long_poll_ms / 1000:g} s window (half the "
+            "period, so no turn is missed). Bytes are each client's own counters (`stats()`, HTTP bodies; "
+            "received includes the answers to pushes) from after the bootstraps to the end.",
             "",
             main_table(fig),
             "",
-            f"Received / written per run: {ratios}. pyturso is not run here (its replicas have no daemon; see "
-            "the reading).",
+            f"Received / written per run: {ratios}.",
         ]
     )
 
