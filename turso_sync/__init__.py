@@ -27,6 +27,7 @@ from .errors import (
 )
 from .local.connection import Connection, Cursor
 from .sync.partial import PartialSync
+from .sync.rebase import DEFAULT_POLICY
 from .sync.transport import Transport
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ def connect(
     cipher: str = "aes256gcm",
     encryption_format: str = "turso",
     passphrase: str | None = None,
-    conflict: str | Callable[..., Any] = "last_push_wins",
+    conflict: str | Callable[..., Any] = DEFAULT_POLICY,
     isolation_level: str | None = "DEFERRED",
     timeout: float = 5.0,
     record_frames: bool = False,
@@ -83,7 +84,7 @@ def connect(
     cipher: str = "aes256gcm",
     encryption_format: str = "turso",
     passphrase: str | None = None,
-    conflict: str | Callable[..., Any] = "last_push_wins",
+    conflict: str | Callable[..., Any] = DEFAULT_POLICY,
     isolation_level: str | None = "DEFERRED",
     timeout: float = 5.0,
     record_frames: bool = False,
@@ -105,7 +106,7 @@ def connect(
     cipher: str = "aes256gcm",
     encryption_format: str = "turso",
     passphrase: str | None = None,
-    conflict: str | Callable[..., Any] = "last_push_wins",
+    conflict: str | Callable[..., Any] = DEFAULT_POLICY,
     isolation_level: str | None = "DEFERRED",
     timeout: float = 5.0,
     record_frames: bool = False,
@@ -126,7 +127,7 @@ def connect(
     cipher: str = "aes256gcm",
     encryption_format: str = "turso",
     passphrase: str | None = None,
-    conflict: str | Callable[..., Any] = "last_push_wins",
+    conflict: str | Callable[..., Any] = DEFAULT_POLICY,
     isolation_level: str | None = "DEFERRED",
     timeout: float = 5.0,
     record_frames: bool = False,

@@ -35,7 +35,7 @@ from .sync.connection import SyncConnection, open_replica
 from .sync.exchange import AsyncTransport, Steps, adrive
 from .sync.partial import PartialSync
 from .sync.pusher import DEFAULT_CHANGES_PER_BATCH
-from .sync.rebase import Conflict, check_policy
+from .sync.rebase import DEFAULT_POLICY, Conflict, check_policy
 from .sync.replica import Replica
 from .sync.results import PullResult, PushResult, SyncResult, SyncStats
 from .sync.state import SyncState
@@ -307,7 +307,7 @@ async def connect(
     cipher: str = "aes256gcm",
     encryption_format: str = "turso",
     passphrase: str | None = None,
-    conflict: str | Callable[..., Any] = "last_push_wins",
+    conflict: str | Callable[..., Any] = DEFAULT_POLICY,
     isolation_level: str | None = "DEFERRED",
     timeout: float = 5.0,
     record_frames: bool = False,

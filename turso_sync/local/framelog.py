@@ -36,6 +36,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from ..crypto.page_codec import PageCodec
+from ..page import PAGE_SIZE
 from .vfs import file_descriptor
 from .walformat import WalTxn
 from .walindex import committed_wal
@@ -88,7 +89,7 @@ class _Index:
 class FrameLog:
     """The frame log of one database file."""
 
-    def __init__(self, db_path: str, codec: PageCodec | None, page_size: int = 4096) -> None:
+    def __init__(self, db_path: str, codec: PageCodec | None, page_size: int = PAGE_SIZE) -> None:
         self.db_path = db_path
         self.wal_path = db_path + "-wal"
         self.path = db_path + "-frames"

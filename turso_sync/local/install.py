@@ -15,6 +15,7 @@ import os
 import secrets
 
 from ..crypto.page_codec import PageCodec
+from ..page import PAGE_SIZE
 from .vfs import file_descriptor
 from .walformat import FrameHeader, WalHeader, frame_offset, wal_checksum
 from .walindex import committed_wal
@@ -27,7 +28,7 @@ class InstallError(Exception):
 
 
 def append_transaction(
-    db_path: str, codec: PageCodec | None, pages: dict[int, bytes], db_size: int, page_size: int = 4096
+    db_path: str, codec: PageCodec | None, pages: dict[int, bytes], db_size: int, page_size: int = PAGE_SIZE
 ) -> None:
     """Append ``pages`` (plaintext images) as one committed transaction ending at ``db_size`` pages."""
     if not pages:

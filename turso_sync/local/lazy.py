@@ -33,6 +33,7 @@ from contextlib import contextmanager
 
 from .. import errors
 from ..crypto.page_codec import PageCodec
+from ..page import PAGE_SIZE
 from .presence import PresenceMap, presence_path
 from .vfs import file_descriptor
 
@@ -86,7 +87,9 @@ def btree_children(page: bytes, pgno: int) -> list[int]:
 class LazyPages:
     """The missing pages of one partial replica, within one process."""
 
-    def __init__(self, db_path: str, codec: PageCodec | None, presence: PresenceMap, page_size: int = 4096) -> None:
+    def __init__(
+        self, db_path: str, codec: PageCodec | None, presence: PresenceMap, page_size: int = PAGE_SIZE
+    ) -> None:
         self.db_path = db_path
         self.codec = codec
         self.page_size = page_size
@@ -109,7 +112,7 @@ class LazyPages:
         self._inflight_lock = threading.Lock()
 
     @classmethod
-    def open(cls, db_path: str, codec: PageCodec | None, page_size: int = 4096) -> LazyPages | None:
+    def open(cls, db_path: str, codec: PageCodec | None, page_size: int = PAGE_SIZE) -> LazyPages | None:
         """The lazy pages of ``db_path``, or None when it is not a partial replica."""
         presence = PresenceMap.load(db_path)
         return None if presence is None else cls(db_path, codec, presence, page_size)

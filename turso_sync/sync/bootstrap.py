@@ -21,14 +21,11 @@ from .. import errors
 from ..crypto.page_codec import PageCodec, parse_key
 from ..local.engine import LocalDatabase
 from ..local.presence import PresenceMap
-from ..wire.pull import PAGE_SIZE
+from ..page import PAGE_SIZE, RESERVED_BYTES
 from .exchange import Steps
 from .partial import PartialSync
 from .remote import PulledPages, fetch_pages
 from .state import SyncState
-
-#: Bytes each page of a replica's database reserves at its end (an encrypted page's nonce and tag)
-RESERVED_BYTES = 28
 
 
 @dataclass(frozen=True)

@@ -45,9 +45,9 @@ from ..local.connection import Connection, open_checks
 from ..local.framelog import FrameLog, RevisionGone
 from ..local.vfs import realpath
 from ..local.walindex import committed_wal
+from ..page import PAGE_SIZE as P
 from .state import SyncState, lost_state_remedy, read_revert, remedy, revert_path
 
-P = 4096
 SQLITE_MAGIC = b"SQLite format 3\x00"
 TURSO_MAGIC_PREFIX = b"Turso"
 _SUFFIXES = ("", "-wal", "-shm", "-frames", "-sync", "-present", "-sync.lock", "-present.lock")

@@ -14,8 +14,9 @@ from collections.abc import Callable
 
 import apsw
 
+from ..page import PAGE_SIZE as P
+
 OVERLAY_VFS = "turso_sync_overlay"
-P = 4096
 
 PageSource = Callable[[int], bytes]
 
@@ -144,5 +145,5 @@ def open_overlay(image: OverlayImage, reserved: int = 0) -> apsw.Connection:
     if image.size == 0:
         if reserved:
             db.reserve_bytes(reserve=reserved)
-        db.execute("PRAGMA page_size=4096")
+        db.execute(f"PRAGMA page_size={P}")
     return db

@@ -15,8 +15,7 @@ from typing import Any
 from pyroaring import BitMap
 
 from .. import errors
-
-PAGE_SIZE = 4096
+from ..page import PAGE_SIZE
 
 
 @dataclass(frozen=True)

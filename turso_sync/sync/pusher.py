@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pyroaring import BitMap
 
 from .. import errors
+from ..page import RESERVED_BYTES
 from ..wire.hrana import BatchResult
 from . import push as push_mod
 from . import stream
@@ -191,8 +192,8 @@ def check_reserved_bytes(replica: PullContext) -> Steps[None]:
         raise errors.EncryptionError(
             f"{replica.path}: the remote database at {state.remote_url} reserves {reserved} bytes per page; "
             f"this encrypted replica needs {codec.reserved}, so it could push but never pull again. Nothing "
-            "was pushed and every change stays pending: use a remote created with 28 reserved bytes (turso-sync "
-            "serve does this), or a replica without encryption_key"
+            f"was pushed and every change stays pending: use a remote created with {RESERVED_BYTES} reserved "
+            "bytes (turso-sync serve does this), or a replica without encryption_key"
         )
     state.extra["remote_reserved"] = reserved
 

@@ -28,8 +28,10 @@ from .overlay import OverlayImage, open_overlay
 
 Row = dict[str, Any]
 Resolver = Callable[[str, dict[str, Any], Row | None, Row | None, Row | None, str], Any]
+#: The conflict policy a replica uses unless told otherwise: Turso's behaviour.
+DEFAULT_POLICY = "last_push_wins"
 #: the named conflict policies, the one list the library, the CLI and the docs' checks use
-POLICIES = ("last_push_wins", "remote_wins", "local_wins")
+POLICIES = (DEFAULT_POLICY, "remote_wins", "local_wins")
 
 
 def check_policy(policy: object) -> None:

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from .. import errors
 from ..crypto.page_codec import PageCodec
+from ..page import PAGE_SIZE
 
 REVERT_MAGIC = b"TSREVRT1"
 
@@ -168,7 +169,7 @@ def write_revert(db_path: str, seq: int, pages: dict[int, bytes], codec: PageCod
     _fsync_dir(path)
 
 
-def read_revert(db_path: str, seq: int, codec: PageCodec | None, page_size: int = 4096) -> dict[int, bytes]:
+def read_revert(db_path: str, seq: int, codec: PageCodec | None, page_size: int = PAGE_SIZE) -> dict[int, bytes]:
     """The plaintext base images stored for ``seq``."""
     with open(revert_path(db_path, seq), "rb") as f:
         data = f.read()

@@ -17,10 +17,9 @@ from google.protobuf.message import DecodeError
 from pyroaring import BitMap
 
 from ..errors import ProtocolError
+from ..page import PAGE_SIZE
 from . import pull_updates_pb2 as pb
 from .delimited import DelimitedDecoder, delimit, encode_varint
-
-PAGE_SIZE = 4096
 
 #: Default zstd level: fast, and already shrinks typical b-tree pages several times.
 DEFAULT_ZSTD_LEVEL = 3
