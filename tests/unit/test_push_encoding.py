@@ -16,7 +16,7 @@ import apsw
 from turso_sync.primary.hrana import PipelineExecutor
 from turso_sync.sync import push, remote, stream
 from turso_sync.sync.rebase import OutboxRow
-from turso_sync.wire.hrana import PipelineRequest, StmtResult, encode_pipeline_response
+from turso_sync.wire.hrana import BatchRequest, PipelineRequest, StmtResult, encode_pipeline_response
 
 DDL = ["CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT, f REAL, b BLOB)", "ALTER TABLE t ADD COLUMN b BLOB"]
 
@@ -54,6 +54,13 @@ def test_a_push_batch_is_encoded_byte_for_byte_as_before() -> None:
 def test_the_fence_and_the_mark_query_are_encoded_as_before() -> None:
     assert push.pipeline_body([push.fence_batch("client-1", 5)]) == FENCE_BODY
     assert next(remote.remote_mark("client-1", 5.0)).body == MARK_BODY
+
+
+def test_a_single_statement_batch_carries_no_default_field() -> None:
+    """The reserved-bytes check creates the bookkeeping table alone (``pusher.check_reserved_bytes``)."""
+    body = push.pipeline_body([BatchRequest((remote.statement(push.LAST_CHANGE_TABLE, []),))])
+    sql = push.LAST_CHANGE_TABLE.encode()
+    assert body == b'{"baton":null,"requests":[{"type":"batch","batch":{"steps":[{"stmt":{"sql":"' + sql + b'"}}]}}]}'
 
 
 def test_a_stream_push_splits_the_batch_into_the_same_requests_as_before() -> None:

@@ -167,14 +167,14 @@ def _not_a_batch_result(why: str) -> errors.ProtocolError:
     )
 
 
-def statement(sql: str, args: Sequence[SqlValue], *, want_rows: bool = False) -> BatchStep:
-    """One batch step without a condition."""
-    return BatchStep(Stmt(sql, args=tuple(args), want_rows=want_rows))
+def statement(sql: str, args: Sequence[SqlValue]) -> BatchStep:
+    """One batch step without a condition (its rows come back: Hrana's default)."""
+    return BatchStep(Stmt(sql, args=tuple(args)))
 
 
 def remote_mark(client_id: str, timeout: float) -> Steps[tuple[int, int]]:
     """``(pull_gen, change_id)`` the remote recorded for ``client_id``: how far its pushes got."""
-    step = statement(push_mod.LAST_CHANGE_SELECT, [client_id], want_rows=True)
+    step = statement(push_mod.LAST_CHANGE_SELECT, [client_id])
     batch = yield from run_batch([step], timeout)
     error = batch.step_errors[0]
     if error is not None:
