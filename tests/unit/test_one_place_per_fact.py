@@ -22,13 +22,8 @@ NAMES = ("PAGE_SIZE", "P", "RESERVED_BYTES", "DEFAULT_PAGE_SIZE", "NEW_PAGE_SIZE
 #: Remove a line when the module imports the fact instead.
 NOT_YET = {
     ("local/vfs.py", "PAGE_SIZE"),
-    ("primary/database.py", "RESERVED_BYTES"),
-    ("primary/durable.py", "NEW_PAGE_SIZE"),
-    ("primary/objectstore/revlog.py", "DEFAULT_PAGE_SIZE"),
     ("crypto/page_codec.py", "page_size"),
     ("crypto/hardened.py", "page_size"),
-    ("sync/replica.py", "conflict"),
-    ("sync/daemon.py", "conflict"),
 }
 
 

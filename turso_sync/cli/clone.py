@@ -16,6 +16,7 @@ import os
 import sys
 
 from .. import errors
+from ..page import PAGE_SIZE
 from ..sync.partial import PartialSync
 from .exit_codes import CommandError, in_cli_terms
 from .progress import ProgressMeter, human_bytes
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
             meter.finish()
     try:
         stats = conn.stats()
-        pages = os.path.getsize(path) // 4096
+        pages = os.path.getsize(path) // PAGE_SIZE
         encrypted = "encrypted" if conn.encrypted else "not encrypted"
     finally:
         conn.close()

@@ -22,7 +22,7 @@ from ..crypto.page_codec import (
 )
 from ..sync.connection import SyncConnection
 from ..sync.partial import PartialSync
-from ..sync.rebase import POLICIES
+from ..sync.rebase import DEFAULT_POLICY, POLICIES
 from ..sync.state import SyncState
 from ..sync.transport import HttpxTransport, Progress
 from .exit_codes import CommandError, ExitCode
@@ -74,8 +74,8 @@ def add_sync_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--conflict",
         choices=POLICIES,
-        default=POLICIES[0],
-        help=f"how a pull settles a local change to a row that changed remotely (default {POLICIES[0]})",
+        default=DEFAULT_POLICY,
+        help=f"how a pull settles a local change to a row that changed remotely (default {DEFAULT_POLICY})",
     )
 
 
@@ -271,7 +271,7 @@ def open_replica(
             auth_token=token,
             encryption_key=key,
             cipher=cipher,
-            conflict=getattr(args, "conflict", POLICIES[0]),
+            conflict=getattr(args, "conflict", DEFAULT_POLICY),
             transport=transport,
             partial=partial,
             **connection_options,

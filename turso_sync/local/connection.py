@@ -448,7 +448,7 @@ class Connection:
                 db.reserve_bytes(reserve=self._state.codec.reserved)  # type: ignore[union-attr]
             elif self._reserved_bytes:
                 db.reserve_bytes(reserve=self._reserved_bytes)
-            db.execute("PRAGMA page_size=4096")
+            db.execute(f"PRAGMA page_size={PAGE_SIZE}")
         mode = db.execute("PRAGMA journal_mode").get
         if str(mode).lower() != "wal":
             db.execute("PRAGMA journal_mode=WAL").fetchall()

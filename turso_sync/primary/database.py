@@ -21,6 +21,7 @@ import apsw
 from .. import errors
 from ..local.connection import Connection
 from ..local.engine import LocalDatabase, Snapshot
+from ..page import RESERVED_BYTES
 from ..wire import hrana as wire
 from ..wire.pull import PullRequest
 from . import sql_policy
@@ -37,9 +38,8 @@ T = TypeVar("T")
 
 log = logging.getLogger("turso_sync.primary")
 
-#: Reserved bytes per page of a new plaintext database: what Turso's 28-byte ciphers need, so
-#: replicas that encrypt at rest (remote encryption) can use the primary's pages unchanged.
-RESERVED_BYTES = 28
+# A new plaintext database reserves RESERVED_BYTES per page (turso_sync/page.py): what Turso's
+# 28-byte ciphers need, so replicas that encrypt at rest can use the primary's pages unchanged.
 
 
 #: Connection settings ``server_settings`` reads back (what a client must not change).

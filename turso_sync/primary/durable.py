@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 from ..local.engine import LocalDatabase
 from ..local.framelog import FrameLog
+from ..page import PAGE_SIZE
 from .objectstore.client import ObjectClient
 from .objectstore.errors import ObjectStoreError, StoreUnavailable
 from .objectstore.group import GroupCommit
@@ -50,7 +51,7 @@ from .objectstore.shipping import raw_image, revisions_since
 log = logging.getLogger("turso_sync.primary")
 
 #: Page size of a database created on the store (what the primary's databases use).
-NEW_PAGE_SIZE = 4096
+NEW_PAGE_SIZE = PAGE_SIZE
 
 #: A snapshot of a database is written after this many revisions (or 256 MiB of pages) since the last.
 DEFAULT_SNAPSHOT_EVERY = 10_000

@@ -37,6 +37,7 @@ from typing import Any
 
 from .. import errors
 from .connection import SyncConnection
+from .rebase import DEFAULT_POLICY
 from .replica import Replica, SyncStats
 from .state import SyncState
 
@@ -283,7 +284,7 @@ class SyncDaemon:
         auth_token: str | None = None,
         encryption_key: str | None = None,
         cipher: str = "aes256gcm",
-        conflict: str | Callable[..., Any] = "last_push_wins",
+        conflict: str | Callable[..., Any] = DEFAULT_POLICY,
         long_poll: float = 10.0,
         interval: float = 1.0,
         watch_interval: float = 0.1,

@@ -32,7 +32,7 @@ from .files import ReplicaFiles
 from .journal import conflict_count, read_conflicts
 from .outbox import ensure_tables, pending_count
 from .partial import PartialSync
-from .rebase import Conflict, Resolver, check_policy
+from .rebase import DEFAULT_POLICY, Conflict, Resolver, check_policy
 from .results import PullResult, PushResult, SyncResult, SyncStats
 from .state import SyncState
 from .transport import HttpxTransport, TransferStats, Transport
@@ -65,7 +65,7 @@ class Replica:
         bootstrap_if_empty: bool = True,
         encryption_key: str | None = None,
         cipher: str = "aes256gcm",
-        conflict: str | Resolver = "last_push_wins",
+        conflict: str | Resolver = DEFAULT_POLICY,
         transport: Transport | None = None,
         request_timeout: float = 30.0,
         partial: PartialSync | None = None,
@@ -107,7 +107,7 @@ class Replica:
         long_poll_timeout_ms: int | None = None,
         encryption_key: str | None = None,
         cipher: str = "aes256gcm",
-        conflict: str | Resolver = "last_push_wins",
+        conflict: str | Resolver = DEFAULT_POLICY,
         transport: Transport | None = None,
         request_timeout: float = 30.0,
     ) -> None:

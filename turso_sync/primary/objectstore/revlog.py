@@ -27,6 +27,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ...page import PAGE_SIZE
 from .client import ObjectClient
 from .errors import (
     CorruptObject,
@@ -51,7 +52,7 @@ from .segment import (
 log = logging.getLogger("turso_sync.primary.objectstore")
 
 #: Default page size of a database that has no snapshot and no segment yet.
-DEFAULT_PAGE_SIZE = 4096
+DEFAULT_PAGE_SIZE = PAGE_SIZE
 
 #: Segments read at once while walking the log.
 _READ_AHEAD = 8
