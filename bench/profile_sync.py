@@ -147,6 +147,7 @@ def install(ledger: Ledger) -> None:
         (pusher, "read_pending", "read outbox, meta and conflicts"),
         (pusher, "remote_mark", "mark query (turso_sync_last_change_id)"),
         (push_mod, "build_batch", "build the Hrana batch"),
+        (push_mod, "pipeline_body", "encode the Hrana batch (JSON)"),
         (pusher, "pipeline_body", "/v2/pipeline request"),
         (pusher, "forget", "delete pushed outbox rows"),
         (pull, "fetch_pages", "/pull-updates request"),
