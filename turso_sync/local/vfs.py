@@ -459,6 +459,11 @@ class EncryptedWALFile(apsw.VFSFile):
         if within == FRAME_HEADER_SIZE and amount == P:
             return self._read_body(index)
         if within == 0 and amount == self.frame_size:
+            if index == 1 and self._recksum_from != 1:
+                # SQLite reading frame 1 whole, outside a checksum rewrite, is WAL recovery, which
+                # no write transaction of this handle outlives (the rewrite's own 8-byte read of
+                # the checksum before its first frame comes through the assembling path below)
+                self._recksum_from = None
             return self._read_full_frame(index)
         # anything else (the 8-byte checksum read before a checksum rewrite): assemble it
         out = bytearray()
@@ -492,10 +497,6 @@ class EncryptedWALFile(apsw.VFSFile):
         that cannot match, so SQLite treats it as the torn end of the log.
         """
         self._last_full_read = index
-        if index == 1 and self._recksum_from != 1:
-            # a whole read of frame 1 outside a checksum rewrite is WAL recovery, which no write
-            # transaction of this handle outlives
-            self._recksum_from = None
         raw = self._raw(self.frame_size, frame_offset(index, self.P))
         if len(raw) < self.frame_size:
             return b""
