@@ -8,6 +8,12 @@ small machine.  Every replica is bootstrapped before the clock starts; then all 
 run for the same time.  The same clients run against our primary (``turso-sync serve``) and
 ``tursodb --sync-server``, each started fresh per run, server order rotated per run.
 
+Our primary bounds the requests one client has in flight (``--max-requests-per-client``, default
+64), and without tokens every replica on this machine is the same client (development mode, one
+address); the benchmark starts it with a bound of ``BENCH_LOAD_CLIENT_BOUND`` (default 256, above the
+largest level) so that 100 replicas measure throughput, as 100 replicas on 100 addresses would,
+not that bound (``0`` keeps the server's default).
+
 Per measurement: pushes completed per second of wall time (first start to last finish), the
 latency of each ``push()`` call (p50, p99 over every push of the run), and errors (a ``push()``
 that raised; its row stays pending and goes with the replica's next push).  Afterwards the rows on
@@ -16,7 +22,7 @@ the server are counted: they must be exactly the rows the successful pushes sent
     python -m bench.bench_load [--runs N] [--no-doc | --doc]
 
 Environment: ``BENCH_RUNS`` (3), ``BENCH_LOAD_SECONDS`` (15), ``BENCH_LOAD_LEVELS`` (``1,10,100``),
-``BENCH_LOAD_PROCS`` (4), ``BENCH_DIR`` (``bench-data/load``).
+``BENCH_LOAD_PROCS`` (4), ``BENCH_LOAD_CLIENT_BOUND`` (256), ``BENCH_DIR`` (``bench-data/load``).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import datetime
 import json
 import os
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -35,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.bench_primary import TURSODB, Server, _tursodb_version, _version, start_ours, start_tursodb
+from bench.bench_primary import TURSODB, Server, _free_port, _tursodb_version, _version, _wait_listening, start_tursodb
 from bench.bench_sync import SERVER_LABELS, WrongCount, payload, reset_table, server_count, source_revision
 from bench.report import REPO, filesystem, machine, markdown_table, median, write_section
 from bench.worker import JsonWorker
@@ -51,12 +58,16 @@ class Sizes:
     seconds: float = 15.0
     levels: tuple[int, ...] = (1, 10, 100)
     procs: int = 4
+    client_bound: int = 256  # our primary's --max-requests-per-client (0: its default)
 
     @classmethod
     def from_env(cls) -> Sizes:
         levels = tuple(int(x) for x in os.environ.get("BENCH_LOAD_LEVELS", "1,10,100").split(","))
         return cls(
-            float(os.environ.get("BENCH_LOAD_SECONDS", "15")), levels, int(os.environ.get("BENCH_LOAD_PROCS", "4"))
+            float(os.environ.get("BENCH_LOAD_SECONDS", "15")),
+            levels,
+            int(os.environ.get("BENCH_LOAD_PROCS", "4")),
+            int(os.environ.get("BENCH_LOAD_CLIENT_BOUND", "256")),
         )
 
     def processes(self, replicas: int) -> int:
@@ -180,6 +191,33 @@ def worker_main() -> int:
 # --- the benchmark process ---------------------------------------------------------------------------
 
 
+def start_ours(folder: Path, client_bound: int = 0) -> Server:
+    """Our primary (as ``bench_primary.start_ours``), with ``--max-requests-per-client`` when given."""
+    server = Server("ours", "turso-sync primary", folder, can_report_parked=True)
+    port = _free_port()
+    bound = ["--max-requests-per-client", str(client_bound)] if client_bound else []
+    server.proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "turso_sync.cli.main",
+            "serve",
+            "--data-dir",
+            str(folder),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--log-level",
+            "warning",
+            *bound,
+        ],
+        stdout=subprocess.DEVNULL,
+        cwd=REPO,
+    )
+    server.url = f"http://127.0.0.1:{port}"
+    _wait_listening(server.url, server.proc)
+    return server
+
+
 @dataclass
 class Sample:
     """One measurement: N replicas against one server for a fixed time."""
@@ -284,7 +322,7 @@ def measure(
     server_keys: tuple[str, ...] = ("ours", "tursodb"),
 ) -> Figures:
     """Per run: both servers started fresh; every level of concurrency against each (orders rotated)."""
-    starters = {"ours": start_ours, "tursodb": start_tursodb}
+    starters = {"ours": lambda folder: start_ours(folder, sizes.client_bound), "tursodb": start_tursodb}
     started = time.perf_counter()
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
@@ -397,8 +435,15 @@ def report(fig: Figures) -> str:
         "pending and goes with that replica's next push). Afterwards the server's rows are counted: exactly the "
         "rows the successful pushes sent, in every measurement.",
         "",
-        f"**Servers**: our primary (`turso-sync serve`, development mode) and {_tursodb_version()} "
-        "(`tursodb -q --sync-server`), the same clients against both.",
+        "**Servers**: our primary (`turso-sync serve`, development mode"
+        + (
+            f", `--max-requests-per-client {fig.sizes.client_bound}`: without tokens every replica here is one "
+            "client, one address, and the default bound of 64 requests in flight per client would refuse the "
+            "100-replica level with 429 instead of measuring it"
+            if fig.sizes.client_bound
+            else ", default bounds"
+        )
+        + f") and {_tursodb_version()} (`tursodb -q --sync-server`), the same clients against both.",
         "",
         "**CPU**: the server process's user + system time over the run (`/proc/PID/stat`, all its threads) and "
         "the worker processes' (`time.process_time`), per completed push; *cores busy* is both together over the "
