@@ -47,7 +47,7 @@ from .. import errors
 from ..crypto import keyring
 from ..crypto.hardened import HardenedCodec, is_hardened
 from ..crypto.keyring import KeyRing
-from ..crypto.keys import Argon2Params
+from ..crypto.keys import ARGON2_DEFAULT, Argon2Params
 from .connection import Connection
 from .framelog import _HEADER_SIZE as FRAMELOG_HEADER_SIZE
 from .framelog import _REC as FRAMELOG_RECORD
@@ -149,19 +149,13 @@ def change_passphrase(
             size = int(conn.execute("PRAGMA page_count").get)  # type: ignore[arg-type]
             page1 = _current_plain(db_path, codec, [1])[1]
             try:
-                codec.change_passphrase(new_passphrase.encode("utf-8"), argon2 or _default_argon2())
+                codec.change_passphrase(new_passphrase.encode("utf-8"), argon2 or ARGON2_DEFAULT)
             except ValueError as exc:
                 raise errors.ProgrammingError(str(exc)) from None
             db.install_locked(conn, {1: page1}, size)
         db.checkpoint()  # page 1 into the database file; the WAL emptied
     finally:
         db.close()
-
-
-def _default_argon2() -> Argon2Params:
-    from ..crypto.keys import ARGON2_DEFAULT
-
-    return ARGON2_DEFAULT
 
 
 # --- opening -----------------------------------------------------------------------------------
