@@ -20,11 +20,7 @@ NAMES = ("PAGE_SIZE", "P", "RESERVED_BYTES", "DEFAULT_PAGE_SIZE", "NEW_PAGE_SIZE
 
 #: Modules that still spell a fact out, waiting for their owners (each line: module, what it spells).
 #: Remove a line when the module imports the fact instead.
-NOT_YET = {
-    ("local/vfs.py", "PAGE_SIZE"),
-    ("crypto/page_codec.py", "page_size"),
-    ("crypto/hardened.py", "page_size"),
-}
+NOT_YET: set[tuple[str, str]] = set()
 
 
 def spelled_out() -> set[tuple[str, str]]:

@@ -34,6 +34,8 @@ COMMANDS: dict[str, str] = {
     "verify": "turso_sync.cli.verify",
     "daemon": "turso_sync.cli.daemon",
     "restore": "turso_sync.cli.restore",
+    "rekey": "turso_sync.cli.rekey",
+    "passwd": "turso_sync.cli.passwd",
 }
 
 

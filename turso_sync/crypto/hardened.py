@@ -41,6 +41,7 @@ from dataclasses import dataclass, replace
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
 
+from ..page import PAGE_SIZE, RESERVED_BYTES
 from . import keys
 from .keyring import KeyRing
 from .keys import Argon2Params, KeyParamsError
@@ -52,7 +53,7 @@ HARDENED_CIPHER_ID = 0x80  # unknown to Turso, which refuses the file instead of
 HEADER_SIZE = 100
 NONCE_SIZE = 12
 TAG_SIZE = 16
-RESERVED_BYTES = NONCE_SIZE + TAG_SIZE
+assert NONCE_SIZE + TAG_SIZE == RESERVED_BYTES
 AD_LABEL = b"TSH1"
 RANDOM_NONCE_BYTES = NONCE_SIZE - 3
 
@@ -147,7 +148,7 @@ class HardenedCodec(PageCodec):
     """
 
     def __init__(
-        self, spec: CipherSpec, key: bytes, page_size: int = 4096, *, argon2: Argon2Params = keys.ARGON2_DEFAULT
+        self, spec: CipherSpec, key: bytes, page_size: int = PAGE_SIZE, *, argon2: Argon2Params = keys.ARGON2_DEFAULT
     ) -> None:
         raw_key, passphrase = (None, key) if spec.passphrase else (key, None)
         if raw_key is not None and len(raw_key) != keys.RAW_KEY_SIZE:

@@ -22,12 +22,14 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from ..page import PAGE_SIZE, RESERVED_BYTES
+
 SQLITE_MAGIC = b"SQLite format 3\x00"
 TURSO_MAGIC_PREFIX = b"Turso"
 HEADER_SIZE = 100
 TAG_SIZE = 16
 NONCE_SIZE = 12
-RESERVED_BYTES = TAG_SIZE + NONCE_SIZE  # 28 for both AES-GCM ciphers
+assert TAG_SIZE + NONCE_SIZE == RESERVED_BYTES  # 28 for both AES-GCM ciphers
 
 
 @dataclass(frozen=True)
@@ -166,11 +168,11 @@ def make_codec(
         raise ValueError(f"the hardened format uses AES-256-GCM-SIV; cipher {cipher!r} does not apply to it")
     if passphrase is not None:
         spec = HARDENED_CIPHERS["hardenedpassphrase"]
-        return _hardened(spec, _passphrase_bytes(passphrase), 4096, argon2)
+        return _hardened(spec, _passphrase_bytes(passphrase), PAGE_SIZE, argon2)
     if key is None:
         return None
     spec, raw = parse_key(key, "hardened")
-    return _hardened(spec, raw, 4096, argon2)
+    return _hardened(spec, raw, PAGE_SIZE, argon2)
 
 
 def _hardened(spec: CipherSpec, secret: bytes, page_size: int, argon2: Any = None) -> PageCodec:
@@ -187,14 +189,14 @@ class PageCodec:
     ``PageCodec(spec, key)`` with a hardened ``spec`` returns a ``hardened.HardenedCodec``.
     """
 
-    def __new__(cls, spec: CipherSpec, key: bytes, page_size: int = 4096, **options: Any) -> PageCodec:
+    def __new__(cls, spec: CipherSpec, key: bytes, page_size: int = PAGE_SIZE, **options: Any) -> PageCodec:
         if cls is PageCodec and spec.page_format == "hardened":
             from .hardened import HardenedCodec  # Python then runs HardenedCodec.__init__
 
             return super().__new__(HardenedCodec)
         return super().__new__(cls)
 
-    def __init__(self, spec: CipherSpec, key: bytes, page_size: int = 4096) -> None:
+    def __init__(self, spec: CipherSpec, key: bytes, page_size: int = PAGE_SIZE) -> None:
         self.spec = spec
         self.page_size = page_size
         self.reserved = RESERVED_BYTES

@@ -11,6 +11,7 @@ import apsw
 import apsw.ext
 
 from .. import errors
+from ..crypto.hardened import HardenedCodec
 from ..crypto.page_codec import (
     SQLITE_MAGIC,
     TURSO_MAGIC_PREFIX,
@@ -22,7 +23,7 @@ from .capture import ChangeCapture, is_replica, replicated_schema_change
 from .framelog import FrameLog
 from .lazy import LazyPages
 from .statement import Statement, classify
-from .vfs import PAGE_SIZE, DatabaseState, ensure_vfs, file_descriptor, realpath, registry
+from .vfs import PAGE_SIZE, DatabaseState, ensure_vfs, file_descriptor, realpath, registry, ring_reader
 from .walindex import committed_wal
 
 Params = Sequence[Any] | Mapping[str, Any]
@@ -66,6 +67,8 @@ def open_checks(path: str, codec: PageCodec | None) -> PageCodec | None:
         page_size = 65536 if page_size == 1 else page_size
         if page_size != codec.page_size:
             codec = codec.with_page_size(page_size)
+        if isinstance(codec, HardenedCodec):
+            codec.ring_source = ring_reader(path)  # mid-rotation: the other key of the ring opens it too
         with file_descriptor(path) as fd:
             page1 = os.pread(fd, page_size, 0)
         try:

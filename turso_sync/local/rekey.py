@@ -48,6 +48,7 @@ from ..crypto import keyring
 from ..crypto.hardened import HardenedCodec, is_hardened
 from ..crypto.keyring import KeyRing
 from ..crypto.keys import ARGON2_DEFAULT, Argon2Params
+from ..page import PAGE_SIZE
 from .connection import Connection
 from .framelog import _HEADER_SIZE as FRAMELOG_HEADER_SIZE
 from .framelog import _REC as FRAMELOG_RECORD
@@ -179,7 +180,7 @@ def _opening_secret(db_path: str, encryption_key: str | None, passphrase: str | 
     """
     try:
         with open(db_path, "rb") as f:
-            page1 = f.read(4096)
+            page1 = f.read(PAGE_SIZE)
     except FileNotFoundError:
         raise errors.OperationalError(f"{db_path} does not exist") from None
     if not is_hardened(page1):
@@ -228,7 +229,7 @@ class _Database:
         assert state is not None
         self.codec = state.codec
         self.lazy = self.conn.lazy_pages
-        self.page_size = self.codec.page_size if self.codec is not None else 4096
+        self.page_size = self.codec.page_size if self.codec is not None else PAGE_SIZE
 
     def query(self, sql: str) -> list[tuple[object, ...]]:
         try:

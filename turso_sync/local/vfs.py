@@ -38,6 +38,7 @@ import apsw
 from .. import errors
 from ..crypto.hardened import HardenedCodec
 from ..crypto.page_codec import PageAuthError, PageCodec
+from ..page import PAGE_SIZE, RESERVED_BYTES
 from .walformat import FRAME_HEADER_SIZE, WAL_HEADER_SIZE, FrameHeader, frame_index, frame_offset, wal_checksum
 
 if TYPE_CHECKING:
@@ -45,7 +46,6 @@ if TYPE_CHECKING:
     from .lazy import LazyPages
 
 VFS_NAME = "turso_sync"
-PAGE_SIZE = 4096
 
 
 @dataclass
@@ -346,7 +346,7 @@ def _check_plain_page(page: bytes, pgno: int, codec: PageCodec) -> None:
     if any(page[codec.page_size - codec.reserved :]):
         raise apsw.CorruptError(
             f"page {pgno} uses the bytes reserved for encryption; the database was not created "
-            "with 28 reserved bytes per page"
+            f"with {RESERVED_BYTES} reserved bytes per page"
         )
     if pgno == 1 and page[20] != codec.reserved:
         raise apsw.CorruptError(

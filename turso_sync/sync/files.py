@@ -50,8 +50,8 @@ from .state import SyncState, lost_state_remedy, read_revert, remedy, revert_pat
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 TURSO_MAGIC_PREFIX = b"Turso"
-_SUFFIXES = ("", "-wal", "-shm", "-frames", "-sync", "-present", "-sync.lock", "-present.lock")
-_LEFTOVERS = (".bootstrap", "-frames.tmp", "-sync.tmp")  # an interrupted write's temporary files
+_SUFFIXES = ("", "-wal", "-shm", "-frames", "-sync", "-present", "-sync.lock", "-present.lock", "-rekey")
+_LEFTOVERS = (".bootstrap", "-frames.tmp", "-sync.tmp", "-rekey.tmp")  # an interrupted write's temporary files
 _ATTEMPTS = 5
 
 
