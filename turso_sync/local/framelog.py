@@ -120,7 +120,7 @@ class FrameLog:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
-        _fsync_dir(self.path)
+        fsync_dir(self.path)
 
     def _header_bytes(self, base_size: int, base_seq: int, marker: tuple[int, int, int]) -> bytes:
         head = _HEADER.pack(LOG_MAGIC, 1, self.page_size, base_size, base_seq, *marker)
@@ -422,7 +422,7 @@ class FrameLog:
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(tmp, self.path)
-            _fsync_dir(self.path)
+            fsync_dir(self.path)
             self._identity = None
 
     def decrypt(self, raw: bytes, pgno: int) -> bytes:
@@ -432,7 +432,8 @@ class FrameLog:
         return self.codec.decrypt(raw, pgno, "frame log")
 
 
-def _fsync_dir(path: str) -> None:
+def fsync_dir(path: str) -> None:
+    """Make a rename, creation or removal of ``path`` durable: fsync the folder that holds it."""
     fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -53,7 +53,7 @@ from .connection import Connection
 from .framelog import _HEADER_SIZE as FRAMELOG_HEADER_SIZE
 from .framelog import _REC as FRAMELOG_RECORD
 from .framelog import _REC_SIZE as FRAMELOG_RECORD_SIZE
-from .framelog import REC_MAGIC
+from .framelog import REC_MAGIC, fsync_dir
 from .install import append_transaction
 from .vfs import RING_SUFFIX, file_descriptor, realpath, registry, ring_reader
 from .walformat import FRAME_HEADER_SIZE, WAL_HEADER_SIZE
@@ -787,18 +787,10 @@ def _write_atomically(path: str, data: bytes, tmp: str | None = None) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    _fsync_dir(path)
+    fsync_dir(path)
 
 
 def _remove(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.remove(path)
-        _fsync_dir(path)
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_dir(path)

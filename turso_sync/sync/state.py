@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from .. import errors
 from ..crypto.page_codec import PageCodec
+from ..local.framelog import fsync_dir
 from ..page import PAGE_SIZE
 
 REVERT_MAGIC = b"TSREVRT1"
@@ -105,7 +106,7 @@ class SyncState:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path)
+        fsync_dir(path)
 
     def touch_pull(self) -> None:
         self.last_pull = time.time()
@@ -166,7 +167,7 @@ def write_revert(db_path: str, seq: int, pages: dict[int, bytes], codec: PageCod
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path)
+    fsync_dir(path)
 
 
 def read_revert(db_path: str, seq: int, codec: PageCodec | None, page_size: int = PAGE_SIZE) -> dict[int, bytes]:
@@ -198,11 +199,3 @@ def drop_reverts(db_path: str, keep: int | None) -> None:
         if name.startswith(prefix) and name != os.path.basename(revert_path(db_path, keep or -1)):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(folder, name))
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
