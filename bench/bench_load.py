@@ -33,7 +33,6 @@ import datetime
 import json
 import os
 import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -42,7 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.bench_primary import TURSODB, Server, _free_port, _tursodb_version, _version, _wait_listening, start_tursodb
+from bench.bench_primary import TURSODB, Server, _tursodb_version, _version, start_tursodb
+from bench.bench_primary import start_ours as start_primary
 from bench.bench_sync import SERVER_LABELS, WrongCount, payload, reset_table, server_count, source_revision
 from bench.report import REPO, filesystem, machine, markdown_table, median, write_section
 from bench.worker import JsonWorker
@@ -192,30 +192,9 @@ def worker_main() -> int:
 
 
 def start_ours(folder: Path, client_bound: int = 0) -> Server:
-    """Our primary (as ``bench_primary.start_ours``), with ``--max-requests-per-client`` when given."""
-    server = Server("ours", "turso-sync primary", folder, can_report_parked=True)
-    port = _free_port()
+    """Our primary (``bench_primary.start_ours``), with ``--max-requests-per-client`` when given."""
     bound = ["--max-requests-per-client", str(client_bound)] if client_bound else []
-    server.proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "turso_sync.cli.main",
-            "serve",
-            "--data-dir",
-            str(folder),
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--log-level",
-            "warning",
-            *bound,
-        ],
-        stdout=subprocess.DEVNULL,
-        cwd=REPO,
-    )
-    server.url = f"http://127.0.0.1:{port}"
-    _wait_listening(server.url, server.proc)
-    return server
+    return start_primary(folder, *bound)
 
 
 @dataclass

@@ -204,7 +204,8 @@ def _wait_listening(url: str, proc: subprocess.Popen[bytes]) -> None:
     raise TimeoutError(f"server at {url} did not start")
 
 
-def start_ours(folder: Path) -> Server:
+def start_ours(folder: Path, *serve_flags: str) -> Server:
+    """Our primary on a free loopback port (``serve_flags``: more ``turso-sync serve`` options)."""
     server = Server(
         "ours",
         "turso-sync primary",
@@ -226,6 +227,7 @@ def start_ours(folder: Path) -> Server:
             f"127.0.0.1:{port}",
             "--log-level",
             "warning",
+            *serve_flags,
         ],
         stdout=subprocess.DEVNULL,
         cwd=REPO,
