@@ -1,4 +1,4 @@
-"""Local engine benchmark (issue 2): turso_sync's encrypted engine against stdlib sqlite3, APSW and SQLCipher.
+"""Local engine benchmark (issues 2 and 14): turso_sync's encrypted engine against stdlib sqlite3, APSW and SQLCipher.
 
 Four workloads, the same SQL for every engine, run in one process:
 
@@ -6,6 +6,14 @@ Four workloads, the same SQL for every engine, run in one process:
 2. ``insert_autocommit``: 10k transactions of one INSERT each (``execute``, then ``commit``);
 3. ``scan_cold``: a full scan of the 100k rows, iterating the cursor in Python, on a fresh connection;
 4. ``read_points``: 10k random primary-key lookups (``execute(...).fetchone()``) on a fresh connection.
+
+``--insert-loop`` adds a fifth, ``insert_loop``: the bulk insert's rows in one transaction again, one
+``execute`` per row from a Python loop (what code that builds rows one at a time does), into a new file.
+
+The contenders are turso_sync in Turso's format (with and without its frame log) and in the hardened
+format (issue 14: AES-256-GCM-SIV, pages bound to their place), stdlib sqlite3, APSW and SQLCipher;
+``--engines`` runs a subset (``--engines turso_sync_nolog,turso_sync_hardened,sqlite3,sqlcipher`` is the
+encryption comparison).  stdlib sqlite3 always runs: it is the baseline of every ratio.
 
 Every engine runs with the same settings, set through PRAGMAs and read back before the run starts:
 WAL, ``synchronous=FULL``, 4096-byte pages, ``temp_store=MEMORY``, and SQLite's defaults made explicit
@@ -18,7 +26,7 @@ within each run, with the order rotated from run to run, so the noise of a share
 of them.  The table shows medians; the ratio is ``sqlite3 median time / engine median time``, so above
 1.0 means faster than stdlib sqlite3.
 
-    python -m bench.bench_local [--runs N] [--no-doc]
+    python -m bench.bench_local [--runs N] [--engines KEY,...] [--insert-loop] [--no-doc]
 
 Environment: ``BENCH_RUNS``, ``BENCH_ROWS`` (100000), ``BENCH_TXNS`` (10000), ``BENCH_READS`` (10000),
 ``BENCH_DIR`` (``bench-data/local``).
@@ -154,7 +162,11 @@ def apply_pragmas(session: Session, statements: Iterable[str]) -> None:
 
 
 def open_turso(path: Path, **options: Any) -> Session:
-    """turso_sync.connect with the benchmark key; it sets WAL, FULL, 4096-byte pages and temp_store itself."""
+    """turso_sync.connect with the benchmark key; it sets WAL, FULL, 4096-byte pages and temp_store itself.
+
+    ``options`` go to ``connect`` (``record_frames``, ``encryption_format``); the cipher is aes256gcm
+    in Turso's format (the hardened format has one cipher, AES-256-GCM-SIV, and takes the same key).
+    """
     session = DbApiSession(turso_sync.connect(path, encryption_key=KEY_HEX, cipher="aes256gcm", **options))
     apply_pragmas(session, COMMON_PRAGMAS)
     return session
@@ -208,6 +220,18 @@ def engines() -> list[Engine]:
         ]
     else:
         out.append(Engine("turso_sync", "turso_sync aes256gcm", open_turso, turso_notes, True))
+    if "encryption_format" in inspect.signature(turso_sync.connect).parameters:
+        out.append(
+            Engine(
+                "turso_sync_hardened",
+                "turso_sync hardened, record_frames=False",
+                partial(open_turso, encryption_format="hardened", record_frames=False),
+                "the hardened format (issue 14): AES-256-GCM-SIV per page with a per-file key (HKDF), the page's "
+                "number, file id, key epoch and place (database or WAL) in the associated data; the same 28 "
+                "reserved bytes and Python VFS as Turso's format; no frame log",
+                True,
+            )
+        )
     out += [
         Engine(BASELINE, "sqlite3 (stdlib)", open_sqlite3, "stdlib module, plaintext", False),
         Engine("apsw", "APSW, default VFS", open_apsw, "APSW's bundled SQLite on the unix VFS, plaintext", False),
@@ -253,10 +277,12 @@ class Workload:
     rows: int
 
 
-def workloads(sizes: Sizes) -> list[Workload]:
-    """The four workloads, in the order they run and are reported."""
+def workloads(sizes: Sizes, insert_loop: bool = False) -> list[Workload]:
+    """The four workloads (five with ``insert_loop``), in the order they are reported."""
+    loop = [Workload("insert_loop", f"{sizes.rows:,} INSERTs, 1 txn, execute loop", sizes.rows)]
     return [
         Workload("insert_bulk", f"{sizes.rows:,} INSERTs, 1 txn", sizes.rows),
+        *(loop if insert_loop else []),
         Workload("insert_autocommit", f"{sizes.txns:,} autocommit INSERTs", sizes.txns),
         Workload("scan_cold", f"cold scan of {sizes.rows:,} rows", sizes.rows),
         Workload("read_points", f"{sizes.reads:,} random PK reads", sizes.reads),
@@ -313,6 +339,25 @@ def insert_bulk(engine: Engine, path: Path, rows: Sequence[Sequence[Any]], watch
         watch.start()
         session.begin()
         session.executemany(INSERT, rows)
+        session.commit()
+        wall, cpu = watch.stop()
+        return Sample(wall, cpu, _count(session))
+    finally:
+        session.close()
+
+
+def insert_execute_loop(
+    engine: Engine, path: Path, rows: Sequence[Sequence[Any]], watch: Stopwatch | None = None
+) -> Sample:
+    """Create ``t`` in a new file, then time BEGIN, one ``execute`` per row from a Python loop, COMMIT."""
+    session = engine.open(path)
+    try:
+        session.execute(SCHEMA)
+        watch = watch or Stopwatch()
+        watch.start()
+        session.begin()
+        for row in rows:
+            session.execute(INSERT, row)
         session.commit()
         wall, cpu = watch.stop()
         return Sample(wall, cpu, _count(session))
@@ -396,11 +441,12 @@ class Data:
 
 
 def run_round(
-    engine_list: Sequence[Engine], data: Data, workdir: Path, shift: int = 0
+    engine_list: Sequence[Engine], data: Data, workdir: Path, shift: int = 0, insert_loop: bool = False
 ) -> dict[tuple[str, str], Sample]:
     """Every workload once for every engine, engines interleaved in an order rotated by ``shift``.
 
     Returns ``{(workload, engine key): Sample}``; raises WrongCount if any run touched the wrong number of rows.
+    ``insert_loop`` adds the row-by-row bulk insert (its file is removed again at once).
     """
     k = shift % len(engine_list)
     order = [*engine_list[k:], *engine_list[:k]]
@@ -414,12 +460,19 @@ def run_round(
         out["scan_cold", e.key] = scan_cold(e, bulk[e.key])
     for e in order:
         out["read_points", e.key] = read_points(e, bulk[e.key], data.ids)
+    if insert_loop:
+        loop = {e.key: workdir / f"{e.key}-loop.db" for e in order}
+        for e in order:
+            remove_db(loop[e.key])
+            out["insert_loop", e.key] = insert_execute_loop(e, loop[e.key], data.rows)
+            remove_db(loop[e.key])
     for e in order:
         remove_db(auto[e.key])
         out["insert_autocommit", e.key] = insert_autocommit(e, auto[e.key], data.ac_rows)
         remove_db(auto[e.key])
     expected = {
         "insert_bulk": len(data.rows),
+        "insert_loop": len(data.rows),
         "scan_cold": len(data.rows),
         "read_points": len(data.ids),
         "insert_autocommit": len(data.ac_rows),
@@ -557,19 +610,24 @@ def measure(
     workdir: Path,
     log: Callable[[str], None] = print,
     engine_list: Sequence[Engine] | None = None,
+    insert_loop: bool = False,
 ) -> Figures:
-    """Probe every engine (all of ``engines()`` by default), warm up, then ``runs`` interleaved rounds."""
+    """Probe every engine (all of ``engines()`` by default), warm up, then ``runs`` interleaved rounds.
+
+    ``insert_loop`` adds the row-by-row bulk insert to the workloads.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     engine_list = list(engine_list or engines())
     started = time.perf_counter()
     load_before = os.getloadavg()[0]
     found = probe(engine_list, workdir)
     data = Data.build(sizes)
-    run_round(engine_list, Data.build(Sizes(rows=500, txns=50, reads=200)), workdir)  # warm-up, not recorded
+    warm_up = Data.build(Sizes(rows=500, txns=50, reads=200))
+    run_round(engine_list, warm_up, workdir, insert_loop=insert_loop)  # not recorded
     samples: dict[tuple[str, str], list[Sample]] = {}
     for i in range(runs):
         t0 = time.perf_counter()
-        for pair, sample in run_round(engine_list, data, workdir, shift=i).items():
+        for pair, sample in run_round(engine_list, data, workdir, shift=i, insert_loop=insert_loop).items():
             samples.setdefault(pair, []).append(sample)
         log(f"run {i + 1}/{runs}: {time.perf_counter() - t0:.1f} s")
     pages = page_counts(engine_list, workdir)
@@ -577,7 +635,7 @@ def measure(
         remove_db(workdir / f"{e.key}-bulk.db")
     return Figures(
         engine_list,
-        workloads(sizes),
+        workloads(sizes, insert_loop),
         runs,
         samples,
         found,
@@ -625,6 +683,12 @@ def report(fig: Figures) -> str:
         f"- **{e.label}**: {e.notes}. {fig.pages.get(e.key, 0):,} pages for {first:,} rows." for e in fig.engines
     )
     version_lines = "\n".join(f"- {name}: {value}" for name, value in versions(fig.probe.cipher))
+    loop_text = ""
+    if any(w.name == "insert_loop" for w in fig.workloads):
+        loop_text = (
+            "\nexecute loop = the bulk insert's rows again, into a new file in one transaction, one `execute` per row"
+            "\nfrom a Python loop instead of `executemany` (the statement and DB-API layers are crossed per row)."
+        )
     return f"""
 Measured {datetime.date.today().isoformat()} by `python -m bench.bench_local` in {fig.seconds:.0f} s: {fig.runs} runs
 of every workload per engine, median shown; engines interleaved round-robin within a run, their order rotated
@@ -652,7 +716,7 @@ SQLCipher's settings (`PRAGMA cipher_settings`): `{fig.probe.cipher.get("cipher_
 rows and keys for every engine): bulk = BEGIN, `executemany` of every row, COMMIT (the auto-checkpoint that
 commit triggers is inside the timing); autocommit = one BEGIN / INSERT / COMMIT per row into a new file, one
 WAL fsync each; cold scan = a fresh connection (empty SQLite page cache) iterates `SELECT *` in Python;
-point reads = a fresh connection runs `SELECT ... WHERE id = ?` + `fetchone()` for uniformly random ids.
+point reads = a fresh connection runs `SELECT ... WHERE id = ?` + `fetchone()` for uniformly random ids.{loop_text}
 "Cold" is cold for SQLite only: the OS page cache keeps the files warm, because dropping it
 (`/proc/sys/vm/drop_caches`) needs root on the host. Opening a connection is never inside the timing.
 
@@ -672,6 +736,21 @@ Ratios to stdlib sqlite3 (above 1.0x is faster):
 """
 
 
+def select_engines(keys: str | None) -> list[Engine]:
+    """The engines named in ``keys`` (comma-separated, in ``engines()`` order), with the baseline; all for None.
+
+    Raises ValueError naming a key that is no engine.
+    """
+    every = engines()
+    if keys is None:
+        return every
+    wanted = {k.strip() for k in keys.split(",") if k.strip()} | {BASELINE}
+    unknown = wanted - {e.key for e in every}
+    if unknown:
+        raise ValueError(f"no engine {', '.join(sorted(unknown))}; the engines are {', '.join(e.key for e in every)}")
+    return [e for e in every if e.key in wanted]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark, print the tables, and (for a full run) write them into docs/benchmarks.md."""
     parser = argparse.ArgumentParser(prog="python -m bench.bench_local", description=__doc__.splitlines()[0])
@@ -679,19 +758,40 @@ def main(argv: list[str] | None = None) -> int:
     doc = parser.add_mutually_exclusive_group()
     doc.add_argument("--no-doc", action="store_true", help="do not write docs/benchmarks.md")
     doc.add_argument("--doc", action="store_true", help="write docs/benchmarks.md even for a short or small run")
+    parser.add_argument(
+        "--engines",
+        metavar="KEY,...",
+        help=f"run these engines only (and {BASELINE}, the baseline): {', '.join(e.key for e in engines())}",
+    )
+    parser.add_argument(
+        "--insert-loop", action="store_true", help="add the bulk insert as a row-by-row execute loop (insert_loop)"
+    )
     args = parser.parse_args(argv)
+    try:
+        chosen = select_engines(args.engines)
+    except ValueError as exc:
+        parser.error(str(exc))
     sizes = Sizes.from_env()
     workdir = Path(os.environ.get("BENCH_DIR", REPO / "bench-data" / "local")).resolve()
-    fig = measure(sizes, args.runs, workdir, log=lambda line: print(line, file=sys.stderr, flush=True))
+    fig = measure(
+        sizes,
+        args.runs,
+        workdir,
+        log=lambda line: print(line, file=sys.stderr, flush=True),
+        engine_list=chosen,
+        insert_loop=args.insert_loop,
+    )
     text = report(fig)
     print(text)
-    full = args.runs >= 5 and sizes == Sizes()
+    full = args.runs >= 5 and sizes == Sizes() and args.engines is None
     if args.doc or (full and not args.no_doc):
         write_section(SECTION, "local", text)
         print(f"wrote the '{SECTION}' figures into docs/benchmarks.md", file=sys.stderr)
     elif not args.no_doc:
         print(
-            "docs/benchmarks.md left as it is: fewer than 5 runs or non-default sizes (--doc to force)", file=sys.stderr
+            "docs/benchmarks.md left as it is: fewer than 5 runs, non-default sizes or a subset of the engines "
+            "(--doc to force)",
+            file=sys.stderr,
         )
     return 0
 

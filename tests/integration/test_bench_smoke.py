@@ -42,6 +42,27 @@ def test_the_engines_are_the_ones_the_issue_names() -> None:
     assert {"sqlite3", "apsw", "sqlcipher", "turso_sync"} <= set(keys)
     two_turso_rows = "record_frames" in inspect.signature(turso_sync.connect).parameters
     assert ("turso_sync_nolog" in keys) == two_turso_rows
+    assert ("turso_sync_hardened" in keys) == ("encryption_format" in inspect.signature(turso_sync.connect).parameters)
+
+
+def test_the_hardened_contender_writes_the_hardened_format(tmp_path: Path) -> None:
+    (hardened,) = [e for e in bl.engines() if e.key == "turso_sync_hardened"]
+    path = tmp_path / "h.db"
+    bl.insert_bulk(hardened, path, bl.Data.build(SIZES).rows)
+    head = path.read_bytes()[:7]
+    assert head[:5] == b"Turso" and head[6] == 0x80  # the hardened cipher id, not Turso's AES-GCM (2)
+
+
+def test_the_execute_loop_inserts_every_row_for_every_engine(tmp_path: Path) -> None:
+    data = bl.Data.build(SIZES)
+    engines = bl.select_engines("turso_sync_hardened,sqlcipher")
+    assert [e.key for e in engines] == ["turso_sync_hardened", bl.BASELINE, "sqlcipher"]
+    samples = bl.run_round(engines, data, tmp_path, insert_loop=True)
+    assert {w for w, _key in samples} == {w.name for w in bl.workloads(SIZES, insert_loop=True)}
+    assert all(samples["insert_loop", e.key].rows == 200 for e in engines)
+    assert not list(tmp_path.glob("*-loop.db*"))  # removed after each run
+    with pytest.raises(ValueError, match="no engine nosuch"):
+        bl.select_engines("nosuch")
 
 
 def test_encrypted_engines_leave_no_plaintext_and_plain_ones_do(tmp_path: Path) -> None:
