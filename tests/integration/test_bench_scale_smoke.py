@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench import bench_soak, run_all
+import pytest
+
+from bench import bench_longpoll, bench_soak, run_all
 
 
 def test_soak_samples_every_interval_of_a_real_load(tmp_path: Path) -> None:
@@ -32,5 +34,42 @@ def test_soak_samples_every_interval_of_a_real_load(tmp_path: Path) -> None:
     assert text.count("\n|") >= len(fig.intervals) + 2 + 11
 
 
+def _check_longpoll(fig: bench_longpoll.Figures, key: str) -> None:
+    (run,) = [r for r in fig.runs if r.key == key]
+    sizes = bench_longpoll.QUICK
+    assert run.clients == sizes.clients and len(run.rounds) == sizes.rounds
+    for rd in run.rounds:
+        assert len(rd.lag_ack_ms) == len(rd.lag_sent_ms) == sizes.clients  # every poller was answered
+        # sent <= acked, so each poller's lag after sending is its lag after the ack plus the push's time
+        assert all(s >= a for s, a in zip(rd.lag_sent_ms, rd.lag_ack_ms, strict=True))
+        assert min(rd.lag_sent_ms) > 0 and rd.push_ms > 0
+        assert rd.requests >= sizes.clients
+    assert min(run.rss_before, run.rss_while, run.rss_after) > 10 * 2**20
+    assert run.fds_while >= run.fds_before
+
+
+def test_longpoll_answers_every_poller_of_our_primary_and_its_follower(tmp_path: Path) -> None:
+    fig = bench_longpoll.measure(bench_longpoll.QUICK, ("ours", "follower"), tmp_path / "work", log=lambda _l: None)
+
+    assert not fig.skipped
+    for key in ("ours", "follower"):
+        _check_longpoll(fig, key)
+        (run,) = [r for r in fig.runs if r.key == key]
+        # our servers hold the polls: one request per poller per push, and a descriptor per held poll
+        assert all(rd.requests == bench_longpoll.QUICK.clients for rd in run.rounds)
+        assert run.fds_while >= run.fds_before + bench_longpoll.QUICK.clients
+    text = bench_longpoll.report(fig)
+    assert "| server (polls held by)" in text and "| server (polled process)" in text
+    assert bench_longpoll.SERVER_LABELS["follower"] in text
+
+
+@pytest.mark.peers
+def test_longpoll_runs_the_same_pollers_against_tursodb(tmp_path: Path) -> None:
+    fig = bench_longpoll.measure(bench_longpoll.QUICK, ("tursodb",), tmp_path / "work", log=lambda _l: None)
+
+    _check_longpoll(fig, "tursodb")
+    assert bench_longpoll.SERVER_LABELS["tursodb"] in bench_longpoll.report(fig)
+
+
 def test_run_all_finds_the_scale_benchmarks() -> None:
-    assert {"soak"} <= set(run_all.discover())
+    assert {"soak", "longpoll"} <= set(run_all.discover())
