@@ -384,7 +384,7 @@ def main_table(fig: Figures) -> str:
                 f"{med(lambda r: _p(r.lag_sent_ms, 0.5)):.1f}",
                 f"{med(lambda r: _p(r.lag_sent_ms, 0.99)):.1f}",
                 f"{med(lambda r: r.push_ms):.1f}",
-                f"{med(lambda r, n=run.clients: r.requests / n):.1f}",
+                f"{median([r.requests / run.clients for r in rs]):.1f}",
                 f"{med(lambda r: r.hold_cpu / r.hold_seconds):.2f}",
                 f"{med(lambda r: r.round_cpu * 1000):.0f}",
                 f"{med(lambda r: r.client_cpu * 1000):.0f}",
