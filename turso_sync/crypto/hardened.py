@@ -50,6 +50,7 @@ from .page_codec import CipherSpec, PageAuthError, PageCodec
 SQLITE_MAGIC = b"SQLite format 3\x00"
 TURSO_PREFIX = b"Turso\x00"
 HARDENED_CIPHER_ID = 0x80  # unknown to Turso, which refuses the file instead of misreading it
+ENVELOPE_CIPHER_ID = 0x81  # the envelope layout (``envelope.py``): the hardened cipher, pages in larger slots
 HEADER_SIZE = 100
 NONCE_SIZE = 12
 TAG_SIZE = 16
@@ -176,13 +177,14 @@ class HardenedCodec(PageCodec):
         self._retired_below = 0  # pages of older epochs are refused
         self._block = b""
         self.ring_source: Callable[[], bytes | None] | None = None
+        self.slot_size = page_size  # bytes one page takes on disk (more in the envelope layout)
         self._tail = bytes(RESERVED_BYTES)
         self._payload = page_size - RESERVED_BYTES
         self._ct_end = page_size - NONCE_SIZE
 
     def __repr__(self) -> str:
         mode = "passphrase" if self._passphrase is not None else "raw key"
-        return f"HardenedCodec({mode}, page_size={self.page_size})"  # never the secret
+        return f"{type(self).__name__}({mode}, page_size={self.page_size})"  # never the secret
 
     # --- binding to a file -----------------------------------------------------------------------
 
@@ -203,7 +205,7 @@ class HardenedCodec(PageCodec):
 
     def with_page_size(self, page_size: int) -> HardenedCodec:
         """The same secret (and binding and ring, if any) for another page size."""
-        other = HardenedCodec(self.spec, self._secret, page_size, argon2=self._argon2)
+        other = type(self)(self.spec, self._secret, page_size, argon2=self._argon2)
         with self._lock:
             other.ring_source = self.ring_source
             other._retired_below = self._retired_below
@@ -242,8 +244,8 @@ class HardenedCodec(PageCodec):
         """
         with self._lock:
             if self._params is None:
-                if not is_hardened(page1):
-                    raise HardenedAuthError(1, "database", "not a hardened page 1")
+                if page1[:7] != self.magic:
+                    raise HardenedAuthError(1, "database", f"not a page 1 of the {self.spec.page_format} format")
                 params = FileParams.of_page1(page1)
                 self._file_id = params.file_id
                 self._add_key(params.epoch, self._data_key(params))
@@ -487,7 +489,7 @@ class HardenedCodec(PageCodec):
 
     def reencrypt(self, enc: bytes, pgno: int, where: str) -> bytes:
         """An image of an older epoch under the write epoch, for the same place it was written for."""
-        nonce = enc[self._ct_end : self.page_size]
+        nonce = enc[self._ct_end : self._ct_end + NONCE_SIZE]
         plain = self.decrypt(enc, pgno, where)
         return self.encrypt(plain, pgno, _DOMAIN_NAMES.get(nonce[2], "database"))
 
@@ -504,7 +506,7 @@ class HardenedCodec(PageCodec):
                 self.open_file(enc)
             except HardenedAuthError as err:
                 raise HardenedAuthError(1, where, err.reason) from None
-        nonce = enc[self._ct_end : self.page_size]
+        nonce = enc[self._ct_end : self._ct_end + NONCE_SIZE]
         domain = nonce[2]
         if domain not in _ACCEPTED.get(where, _COPIES):
             found = _DOMAIN_NAMES.get(domain, f"unknown domain {domain}")
@@ -520,7 +522,7 @@ class HardenedCodec(PageCodec):
 
     def _decrypt_page1(self, enc: bytes, where: str, domain: int) -> bytes:
         """Page 1: its header's parameters must agree with its nonce and this file; it may move the ring on."""
-        nonce = enc[self._ct_end : self.page_size]
+        nonce = enc[self._ct_end : self._ct_end + NONCE_SIZE]
         if enc[:7] != self.magic:
             raise HardenedAuthError(1, where)
         params = FileParams.of_page1(enc)
@@ -543,12 +545,19 @@ class HardenedCodec(PageCodec):
 
     def is_page1(self, enc: bytes) -> bool:
         """True when an encrypted page carries this format's page-1 magic."""
-        return is_hardened(enc)
+        return enc[:7] == self.magic
 
     def for_file(self, head: bytes) -> PageCodec:
         """A codec for the file whose first bytes are ``head`` (see ``PageCodec.for_file``)."""
-        if is_hardened(head):
+        if head[:7] == self.magic:
             return self
+        if head[:6] == TURSO_PREFIX and len(head) > 6 and head[6] in (HARDENED_CIPHER_ID, ENVELOPE_CIPHER_ID):
+            # the same secret in the other of the two layouts (pages with reserved bytes, or envelopes)
+            from .page_codec import HARDENED_CIPHERS
+
+            name = "hardened" if head[6] == HARDENED_CIPHER_ID else "envelope"
+            spec = HARDENED_CIPHERS[name + ("passphrase" if self.spec.passphrase else "")]
+            return PageCodec(spec, self._secret, self.page_size)
         if head[:5] == b"Turso" and len(head) > 6:
             if self._raw_key is None:
                 raise ValueError("uses Turso's format, which takes a hex key, not a passphrase")

@@ -54,9 +54,13 @@ CIPHERS = {
 HARDENED_ID = 0x80  # the hardened format's cipher id in page 1 (AES-256-GCM-SIV)
 # the hardened format through the ``cipher=`` option, until ``encryption_format=`` is wired:
 # "hardened" takes a 64-hex-digit key, "hardened-passphrase" takes the passphrase as the key
+ENVELOPE_ID = 0x81  # the envelope layout's cipher id in page 1 (AES-256-GCM-SIV, pages in larger slots)
 HARDENED_CIPHERS = {
     "hardened": CipherSpec("hardened", HARDENED_ID, 32, "hardened"),
     "hardenedpassphrase": CipherSpec("hardened-passphrase", HARDENED_ID, 0, "hardened", passphrase=True),
+    # the envelope layout (``envelope.py``), for pages that reserve no bytes; chosen by bootstrap
+    "envelope": CipherSpec("envelope", ENVELOPE_ID, 32, "envelope"),
+    "envelopepassphrase": CipherSpec("envelope-passphrase", ENVELOPE_ID, 0, "envelope", passphrase=True),
 }
 ENCRYPTION_FORMATS = ("turso", "hardened")
 
@@ -176,11 +180,13 @@ def make_codec(
 
 
 def _hardened(spec: CipherSpec, secret: bytes, page_size: int, argon2: Any = None) -> PageCodec:
+    from .envelope import EnvelopeCodec
     from .hardened import HardenedCodec  # the hardened module builds on this one
 
+    cls = EnvelopeCodec if spec.page_format == "envelope" else HardenedCodec
     if argon2 is None:
-        return HardenedCodec(spec, secret, page_size)
-    return HardenedCodec(spec, secret, page_size, argon2=argon2)
+        return cls(spec, secret, page_size)
+    return cls(spec, secret, page_size, argon2=argon2)
 
 
 class PageCodec:
@@ -194,12 +200,17 @@ class PageCodec:
             from .hardened import HardenedCodec  # Python then runs HardenedCodec.__init__
 
             return super().__new__(HardenedCodec)
+        if cls is PageCodec and spec.page_format == "envelope":
+            from .envelope import EnvelopeCodec
+
+            return super().__new__(EnvelopeCodec)
         return super().__new__(cls)
 
     def __init__(self, spec: CipherSpec, key: bytes, page_size: int = PAGE_SIZE) -> None:
         self.spec = spec
         self.page_size = page_size
         self.reserved = RESERVED_BYTES
+        self.slot_size = page_size  # bytes one page takes on disk: the page itself in this format
         self.magic = turso_header(spec)
         self._key = key  # memory only; needed to derive a codec for another page size
         self._aead = AESGCM(key)
@@ -222,10 +233,12 @@ class PageCodec:
         a mismatch there raises ValueError, as the cipher is given on every open.  Messages
         continue the file's name: ``f"{path} {exc}"`` reads "app.db is encrypted with ...".
         """
-        if len(head) > 6 and head[6] == HARDENED_ID:
+        if len(head) > 6 and head[6] in (HARDENED_ID, ENVELOPE_ID):
+            name = "hardened" if head[6] == HARDENED_ID else "envelope"
+            what = "the hardened format" if name == "hardened" else "the envelope layout (hardened encryption)"
             if len(self._key) != 32:
-                raise ValueError("uses the hardened format, which needs a 64-hex-digit key")
-            return _hardened(HARDENED_CIPHERS["hardened"], self._key, self.page_size)
+                raise ValueError(f"uses {what}, which needs a 64-hex-digit key")
+            return _hardened(HARDENED_CIPHERS[name], self._key, self.page_size)
         if len(head) > 6 and head[6] != self.spec.cipher_id:
             names = {spec.cipher_id: name for name, spec in CIPHERS.items()}
             raise ValueError(f"is encrypted with {names.get(head[6], f'cipher id {head[6]}')}, not {self.spec.name}")

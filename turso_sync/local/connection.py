@@ -70,7 +70,7 @@ def open_checks(path: str, codec: PageCodec | None) -> PageCodec | None:
         if isinstance(codec, HardenedCodec):
             codec.ring_source = ring_reader(path)  # mid-rotation: the other key of the ring opens it too
         with file_descriptor(path) as fd:
-            page1 = os.pread(fd, page_size, 0)
+            page1 = os.pread(fd, codec.slot_size, 0)  # a larger slot in the envelope layout
         try:
             codec.decrypt(page1, 1)
         except PageAuthError:
@@ -505,7 +505,8 @@ class Connection:
 
     def _attach_frame_log(self) -> None:
         codec = self._state.codec
-        log = FrameLog(self.path, codec, codec.page_size if codec else PAGE_SIZE)
+        # the log keeps images as they are on disk: slots of the codec's size (envelope: P + 32)
+        log = FrameLog(self.path, codec, codec.slot_size if codec else PAGE_SIZE)
         self._state.frame_log = log
         self._state.before_checkpoint = log.archive
         if self._state.lazy is not None:
@@ -527,7 +528,9 @@ class Connection:
                         marker = (hdr.salt1, hdr.salt2, committed[-1].commit_frame)
                 except FileNotFoundError:
                     pass
-                FrameLog(self.path, self._state.codec, page_size).create(size, 0, marker)
+                codec = self._state.codec
+                slot = codec.slot_size if codec is not None else page_size
+                FrameLog(self.path, codec, slot).create(size, 0, marker)
         finally:
             db.execute("ROLLBACK")
         self._attach_frame_log()

@@ -294,8 +294,12 @@ class LazyPages:
                 self._store(self._fetch(children, pgno))
 
     def _store(self, pages: dict[int, bytes]) -> None:
-        """Write fetched bootstrap images of still-missing pages, sync, then mark them present."""
-        P = self.page_size
+        """Write fetched bootstrap images of still-missing pages, sync, then mark them present.
+
+        Each goes to its place on disk: ``(p - 1) * slot``, where a slot is the page, or in the
+        envelope layout the page's ``P + 32``-byte envelope (the file is already of full size).
+        """
+        S = self.codec.slot_size if self.codec is not None else self.page_size
         with self.locked():
             todo = sorted(p for p in pages if self.map.missing(p))
             if not todo:
@@ -306,7 +310,7 @@ class LazyPages:
                     image = pages[p]
                     if self.codec is not None:
                         image = self.codec.encrypt(image, p)
-                    os.pwrite(fd, image, (p - 1) * P)
+                    os.pwrite(fd, image, (p - 1) * S)
                 os.fsync(fd)
             for p in todo:
                 self.map.present.add(p)

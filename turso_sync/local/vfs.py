@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 import apsw
 
 from .. import errors
+from ..crypto.envelope import disk_size, pages_on_disk
 from ..crypto.hardened import HardenedCodec
 from ..crypto.page_codec import PageAuthError, PageCodec
 from ..page import PAGE_SIZE, RESERVED_BYTES
@@ -174,29 +175,35 @@ def _filename(name: apsw.URIFilename | str | None) -> str | None:
 
 
 class EncryptedDBFile(apsw.VFSFile):
-    """The main database file: whole pages, encrypted in Turso's format."""
+    """The main database file: whole pages, encrypted in Turso's format (or the hardened one).
+
+    In the envelope layout (``crypto/envelope.py``) page ``n`` sits in a slot of ``S = P + 32``
+    bytes at ``(n - 1) * S``: reads, writes, the size and truncation are mapped from SQLite's
+    ``P``-byte pages to slots, and the file is kept padded to whole ``P``-byte blocks.
+    """
 
     def __init__(self, name: apsw.URIFilename | str, flags: list[int], state: DatabaseState) -> None:
         super().__init__("", name, flags)
         self.state = state
         self.codec: PageCodec = state.codec  # type: ignore[assignment]
         self.P = self.codec.page_size
+        self.S = self.codec.slot_size  # bytes per page on disk (P, except in the envelope layout)
 
     def xRead(self, amount: int, offset: int) -> bytes:
-        P = self.P
+        P, S = self.P, self.S
         if self.state.lazy is not None:
             _ensure_present(self.state, offset // P + 1, (offset + amount - 1) // P + 1)
         if amount == P and offset % P == 0:
-            raw = super().xRead(P, offset)
-            if len(raw) < P:
+            raw = super().xRead(S, offset // P * S)
+            if len(raw) < S:
                 return b""  # beyond the end of the file: SQLite zero-fills
             return self._decrypt(raw, offset // P + 1)
         first = offset // P
         last = (offset + amount - 1) // P
         out = bytearray()
         for index in range(first, last + 1):
-            raw = super().xRead(P, index * P)
-            if len(raw) < P:
+            raw = super().xRead(S, index * S)
+            if len(raw) < S:
                 break
             if index == 0 and offset + amount <= 100:
                 # the header, read before a page is: plaintext in Turso's format (authenticated
@@ -233,14 +240,33 @@ class EncryptedDBFile(apsw.VFSFile):
             out += self.codec.encrypt(page, pgno)
         lazy = self.state.lazy
         if lazy is None:
-            super().xWrite(bytes(out), offset)
+            self._write_slots(bytes(out), offset // P)
             return
         with lazy.locked():
-            super().xWrite(bytes(out), offset)
+            self._write_slots(bytes(out), offset // P)
             lazy.mark_written(offset // P + 1, len(data) // P)
 
+    def _write_slots(self, slots: bytes, first: int) -> None:
+        """Write encrypted slots from slot ``first`` (0-based); in the envelope layout, grow the
+        file to its padded size first, so no crash leaves a size that is not whole blocks."""
+        start = first * self.S
+        if self.S != self.P:
+            end = disk_size(first + len(slots) // self.S, self.P, self.S)
+            if end > super().xFileSize():
+                super().xTruncate(end)
+        super().xWrite(slots, start)
+
+    def xFileSize(self) -> int:
+        size = super().xFileSize()
+        if self.S == self.P:
+            return size
+        return pages_on_disk(size, self.S) * self.P
+
     def xTruncate(self, newsize: int) -> None:
-        super().xTruncate(newsize)
+        if self.S == self.P:
+            super().xTruncate(newsize)
+        else:
+            super().xTruncate(disk_size(newsize // self.P, self.P, self.S))
         if self.state.lazy is not None:
             self.state.lazy.mark_truncated(newsize // self.P)
 
@@ -352,7 +378,7 @@ def _check_plain_page(page: bytes, pgno: int, codec: PageCodec) -> None:
         raise apsw.CorruptError(
             f"page 1 declares {page[20]} reserved bytes; an encrypted database needs {codec.reserved}"
         )
-    if pgno == 1 and codec.spec.page_format == "hardened" and any(page[72:92]):
+    if pgno == 1 and codec.spec.page_format in ("hardened", "envelope") and any(page[72:92]):
         raise apsw.CorruptError(
             "page 1 uses header bytes 72..92 (reserved for expansion by SQLite), where the hardened "
             "encryption format keeps its parameters"
@@ -360,14 +386,21 @@ def _check_plain_page(page: bytes, pgno: int, codec: PageCodec) -> None:
 
 
 class EncryptedWALFile(apsw.VFSFile):
-    """The WAL of an encrypted database, with checksums over the ciphertext on disk."""
+    """The WAL of an encrypted database, with checksums over the ciphertext on disk.
+
+    SQLite addresses frames of ``24 + P`` bytes; on disk a frame is ``24 + S`` bytes (``S`` the
+    codec's slot size: ``P``, or ``P + 32`` in the envelope layout), so offsets, the size and
+    truncation are mapped.  Everything called ``frame_size`` is SQLite's; ``disk_frame`` is ours.
+    """
 
     def __init__(self, name: apsw.URIFilename | str, flags: list[int], state: DatabaseState) -> None:
         super().__init__("", name, flags)
         self.state = state
         self.codec: PageCodec = state.codec  # type: ignore[assignment]
         self.P = self.codec.page_size
-        self.frame_size = self.P + FRAME_HEADER_SIZE
+        self.S = self.codec.slot_size
+        self.frame_size = self.P + FRAME_HEADER_SIZE  # as SQLite sees it
+        self.disk_frame = self.S + FRAME_HEADER_SIZE  # as it is on disk
         # (salt1, salt2, frame) -> (ciphertext checksum, plaintext checksum) of that frame
         self._chain: dict[tuple[int, int, int], tuple[tuple[int, int], tuple[int, int]]] = {}
         self._pending: dict[int, bytes] = {}  # frame -> header SQLite wrote, waiting for its body
@@ -388,7 +421,7 @@ class EncryptedWALFile(apsw.VFSFile):
 
     def _disk_ct(self, index: int) -> tuple[int, int]:
         """Checksum stored on disk after frame ``index`` (0 = the WAL header's)."""
-        raw = self._raw(8, 24) if index == 0 else self._raw(8, frame_offset(index, self.P) + 16)
+        raw = self._raw(8, 24) if index == 0 else self._raw(8, frame_offset(index, self.S) + 16)
         raw = raw.ljust(8, b"\0")
         return int.from_bytes(raw[:4], "big"), int.from_bytes(raw[4:], "big")
 
@@ -411,7 +444,7 @@ class EncryptedWALFile(apsw.VFSFile):
                 break
             start -= 1
         for k in range(start + 1, index + 1):
-            result = self._verify_frame(k, self._raw(self.frame_size, frame_offset(k, self.P)), wal_header)
+            result = self._verify_frame(k, self._raw(self.disk_frame, frame_offset(k, self.S)), wal_header)
             if result is None:
                 return None
         hit = self._chain.get((salts[0], salts[1], index))
@@ -419,7 +452,7 @@ class EncryptedWALFile(apsw.VFSFile):
 
     def _verify_frame(self, index: int, frame: bytes, wal_header: bytes) -> tuple[int, int] | None:
         """Check frame ``index`` against the ciphertext chain and return its plaintext checksum."""
-        if len(frame) < self.frame_size:
+        if len(frame) < self.disk_frame:
             return None
         big = self._big_endian(wal_header)
         salts = wal_header[16:24]
@@ -480,8 +513,8 @@ class EncryptedWALFile(apsw.VFSFile):
         return bytes(out)
 
     def _read_body(self, index: int) -> bytes:
-        raw = self._raw(self.frame_size, frame_offset(index, self.P))
-        if len(raw) < self.frame_size:
+        raw = self._raw(self.disk_frame, frame_offset(index, self.S))
+        if len(raw) < self.disk_frame:
             return b""
         pgno = int.from_bytes(raw[:4], "big")
         try:
@@ -497,8 +530,8 @@ class EncryptedWALFile(apsw.VFSFile):
         that cannot match, so SQLite treats it as the torn end of the log.
         """
         self._last_full_read = index
-        raw = self._raw(self.frame_size, frame_offset(index, self.P))
-        if len(raw) < self.frame_size:
+        raw = self._raw(self.disk_frame, frame_offset(index, self.S))
+        if len(raw) < self.disk_frame:
             return b""
         header = bytearray(raw[:FRAME_HEADER_SIZE])
         pgno = int.from_bytes(raw[:4], "big")
@@ -515,6 +548,28 @@ class EncryptedWALFile(apsw.VFSFile):
             header[16:20] = pt[0].to_bytes(4, "big")
             header[20:24] = pt[1].to_bytes(4, "big")
         return bytes(header) + plain
+
+    # --- size ------------------------------------------------------------------------------
+
+    def xFileSize(self) -> int:
+        return self._logical(super().xFileSize())
+
+    def xTruncate(self, newsize: int) -> None:
+        super().xTruncate(self._physical(newsize))
+
+    def _logical(self, size: int) -> int:
+        """SQLite's size of a WAL of ``size`` bytes on disk: whole frames mapped, a torn tail kept."""
+        if self.S == self.P or size <= WAL_HEADER_SIZE:
+            return size
+        frames, rest = divmod(size - WAL_HEADER_SIZE, self.disk_frame)
+        return WAL_HEADER_SIZE + frames * self.frame_size + min(rest, self.frame_size - 1)
+
+    def _physical(self, size: int) -> int:
+        """The bytes on disk of SQLite's WAL size ``size`` (the inverse of ``_logical``)."""
+        if self.S == self.P or size <= WAL_HEADER_SIZE:
+            return size
+        frames, rest = divmod(size - WAL_HEADER_SIZE, self.frame_size)
+        return WAL_HEADER_SIZE + frames * self.disk_frame + rest
 
     # --- writes ----------------------------------------------------------------------------
 
@@ -550,7 +605,7 @@ class EncryptedWALFile(apsw.VFSFile):
 
     def _write_body(self, index: int, plain: bytes) -> None:
         header = self._pending.pop(index, None)
-        off = frame_offset(index, self.P)
+        off = frame_offset(index, self.S)
         if header is None:
             # in-place overwrite inside a transaction; its header is rewritten at commit
             disk = self._raw(8, off).ljust(8, b"\0")
@@ -566,8 +621,8 @@ class EncryptedWALFile(apsw.VFSFile):
         super().xWrite(self._seal_header(index, header, body) + body, off)
 
     def _rewrite_header(self, index: int, header: bytes) -> None:
-        off = frame_offset(index, self.P)
-        body = self._raw(self.P, off + FRAME_HEADER_SIZE)
+        off = frame_offset(index, self.S)
+        body = self._raw(self.S, off + FRAME_HEADER_SIZE)
         super().xWrite(self._seal_header(index, header, body), off)
 
     def _seal_header(self, index: int, header: bytes, body: bytes) -> bytes:
@@ -594,6 +649,11 @@ class EncryptedJournalFile(apsw.VFSFile):
 
     def xWrite(self, data: bytes, offset: int) -> None:
         if len(data) == self.codec.page_size:
+            if self.codec.slot_size != self.codec.page_size:
+                # a record keeps its page at a fixed place between its page number and checksum
+                raise apsw.IOError(
+                    "an envelope-layout database keeps no page in a rollback journal (it runs in WAL mode)"
+                )
             _check_plain_page(data, 0, self.codec)
             data = self.codec.encrypt(data, 0, "rollback journal")
         super().xWrite(data, offset)

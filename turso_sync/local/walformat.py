@@ -159,28 +159,35 @@ class WalTxn:
     cksum: tuple[int, int] = (0, 0)  # checksum chain value right after the commit frame
 
 
-def read_committed(raw: bytes) -> tuple[WalHeader | None, list[WalTxn]]:
+def read_committed(raw: bytes, slot_size: int | None = None) -> tuple[WalHeader | None, list[WalTxn]]:
     """Every committed transaction of a WAL image, the way SQLite's recovery finds them.
 
     Frames count only while their salts match the header and the checksum chain holds; a
     transaction counts only once its commit frame does.  Checksums are over the bytes as
-    stored, which for an encrypted database is the ciphertext (Turso's rule).
+    stored, which for an encrypted database is the ciphertext (Turso's rule).  ``slot_size``
+    is the bytes of a frame's body on disk when it differs from the header's page size (the
+    envelope layout, ``crypto/envelope.py``).
     """
     hdr = WalHeader.parse(raw)
     if hdr is None:
         return None, []
-    txns, _end, _cksum = _parse_frames(hdr, raw, WAL_HEADER_SIZE, 1, (hdr.cksum1, hdr.cksum2))
+    txns, _end, _cksum = _parse_frames(hdr, raw, WAL_HEADER_SIZE, 1, (hdr.cksum1, hdr.cksum2), slot_size)
     return hdr, txns
 
 
+def _disk_frame(hdr: WalHeader, slot_size: int | None) -> int:
+    """Bytes of one frame on disk: its header and its body (the page, or the envelope's slot)."""
+    return (slot_size or hdr.page_size) + FRAME_HEADER_SIZE
+
+
 def _parse_frames(
-    hdr: WalHeader, raw: bytes, offset: int, index: int, cksum: tuple[int, int]
+    hdr: WalHeader, raw: bytes, offset: int, index: int, cksum: tuple[int, int], slot_size: int | None = None
 ) -> tuple[list[WalTxn], int, tuple[int, int]]:
     """Committed transactions in ``raw`` from ``offset`` (frame ``index``), continuing ``cksum``.
 
     Returns them with the offset just past the last commit frame and the checksum there.
     """
-    frame_size = hdr.page_size + FRAME_HEADER_SIZE
+    frame_size = _disk_frame(hdr, slot_size)
     s1, s2 = cksum
     txns: list[WalTxn] = []
     pending: list[WalFrame] = []
@@ -213,11 +220,11 @@ class WalScan:
     cksum: tuple[int, int]  # checksum chain value after the last committed frame
 
 
-_scans: dict[str, tuple[tuple[int, int], bytes, WalScan]] = {}
+_scans: dict[str, tuple[tuple[int, int, int], bytes, WalScan]] = {}
 _scans_lock = threading.Lock()
 
 
-def scan_wal(path: str, limit: tuple[int, bytes] | None = None) -> WalScan:
+def scan_wal(path: str, limit: tuple[int, bytes] | None = None, slot_size: int | None = None) -> WalScan:
     """The committed transactions of the WAL at ``path``, parsing only what is new since last time.
 
     ``limit`` is the wal-index's view, ``(mxFrame, salts as stored)`` (``walindex.py``): while it
@@ -229,7 +236,7 @@ def scan_wal(path: str, limit: tuple[int, bytes] | None = None) -> WalScan:
     writes a new header (new salts); frames after the last commit are never cached, since SQLite
     may still overwrite them in place.  So a cached prefix is reused while the file is the same
     (inode) and its header is unchanged, and only the frames after it are read and verified.
-    Callers must treat the returned lists as read-only.
+    Callers must treat the returned lists as read-only.  ``slot_size``: see ``read_committed``.
     """
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -237,26 +244,26 @@ def scan_wal(path: str, limit: tuple[int, bytes] | None = None) -> WalScan:
         return WalScan(None, [], 0, (0, 0))
     try:
         st = os.fstat(fd)
-        identity = (st.st_ino, st.st_dev)
+        identity = (st.st_ino, st.st_dev, slot_size or 0)
         head = os.pread(fd, WAL_HEADER_SIZE, 0)
         max_frame = _max_frame(head, limit)
         with _scans_lock:
             cached = _scans.get(path)
         if cached is not None and cached[0] == identity and cached[1] == head and cached[2].end <= st.st_size:
-            base = _trimmed(cached[2], max_frame)
+            base = _trimmed(cached[2], max_frame, slot_size)
             tail = os.pread(fd, st.st_size - base.end, base.end) if st.st_size > base.end else b""
             assert base.header is not None
-            first_index = (base.end - WAL_HEADER_SIZE) // (base.header.page_size + FRAME_HEADER_SIZE) + 1
-            more, end, cksum = _parse_frames(base.header, tail, 0, first_index, base.cksum)
+            first_index = (base.end - WAL_HEADER_SIZE) // _disk_frame(base.header, slot_size) + 1
+            more, end, cksum = _parse_frames(base.header, tail, 0, first_index, base.cksum, slot_size)
             scan = WalScan(base.header, base.txns + more, base.end + end, cksum) if more else base
         else:
             raw = os.pread(fd, st.st_size, 0) if st.st_size else b""
             hdr = WalHeader.parse(raw)
             if hdr is None:
                 return WalScan(None, [], 0, (0, 0))
-            txns, end, cksum = _parse_frames(hdr, raw, WAL_HEADER_SIZE, 1, (hdr.cksum1, hdr.cksum2))
+            txns, end, cksum = _parse_frames(hdr, raw, WAL_HEADER_SIZE, 1, (hdr.cksum1, hdr.cksum2), slot_size)
             scan = WalScan(hdr, txns, end, cksum)
-        scan = _trimmed(scan, max_frame)  # never cache a frame the wal-index does not cover
+        scan = _trimmed(scan, max_frame, slot_size)  # never cache a frame the wal-index does not cover
         with _scans_lock:
             _scans[path] = (identity, head, scan)
         return scan
@@ -276,7 +283,7 @@ def _max_frame(head: bytes, limit: tuple[int, bytes] | None) -> int | None:
     return 0 if mx_frame == 0 else None
 
 
-def _trimmed(scan: WalScan, max_frame: int | None) -> WalScan:
+def _trimmed(scan: WalScan, max_frame: int | None, slot_size: int | None = None) -> WalScan:
     """``scan`` without the transactions that end after ``max_frame``."""
     if max_frame is None or not scan.txns or scan.txns[-1].commit_frame <= max_frame:
         return scan
@@ -284,6 +291,6 @@ def _trimmed(scan: WalScan, max_frame: int | None) -> WalScan:
     txns = [t for t in scan.txns if t.commit_frame <= max_frame]
     if txns:
         last = txns[-1]
-        end = WAL_HEADER_SIZE + last.commit_frame * (scan.header.page_size + FRAME_HEADER_SIZE)
+        end = WAL_HEADER_SIZE + last.commit_frame * _disk_frame(scan.header, slot_size)
         return WalScan(scan.header, txns, end, last.cksum)
     return WalScan(scan.header, [], WAL_HEADER_SIZE, (scan.header.cksum1, scan.header.cksum2))

@@ -21,7 +21,8 @@ import os
 import struct
 import sys
 
-from .vfs import file_descriptor
+from ..crypto.envelope import OVERHEAD, is_envelope
+from .vfs import file_descriptor, registry
 from .walformat import WalScan, scan_wal, wal_checksum
 
 _VERSION = 3007000
@@ -54,5 +55,27 @@ def wal_index_limit(db_path: str) -> tuple[int, bytes] | None:
 
 
 def committed_wal(db_path: str) -> WalScan:
-    """The committed transactions of ``db_path``'s WAL, as SQLite's connections count them."""
-    return scan_wal(db_path + "-wal", wal_index_limit(db_path))
+    """The committed transactions of ``db_path``'s WAL, as SQLite's connections count them.
+
+    Frame bodies come back as stored: in the envelope layout each is a slot of ``P + 32`` bytes.
+    """
+    return scan_wal(db_path + "-wal", wal_index_limit(db_path), disk_slot_size(db_path))
+
+
+def disk_slot_size(db_path: str) -> int | None:
+    """Bytes one page takes on disk in ``db_path``'s files when it is not the page size (the envelope
+    layout), else None.  The codec of a database open in this process says it; otherwise page 1's
+    marker does (``crypto/envelope.py``)."""
+    state = registry.get(db_path)
+    if state is not None and state.codec is not None:
+        codec = state.codec
+        return codec.slot_size if codec.slot_size != codec.page_size else None
+    try:
+        with file_descriptor(db_path) as fd:
+            head = os.pread(fd, 100, 0)
+    except FileNotFoundError:
+        return None
+    if not is_envelope(head):
+        return None
+    page_size = int.from_bytes(head[16:18], "big")
+    return (65536 if page_size == 1 else page_size) + OVERHEAD

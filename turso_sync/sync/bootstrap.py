@@ -18,6 +18,7 @@ from typing import Any
 from pyroaring import BitMap
 
 from .. import errors
+from ..crypto.envelope import disk_size, envelope_cipher
 from ..crypto.page_codec import PageCodec, parse_key
 from ..local.engine import LocalDatabase
 from ..local.presence import PresenceMap
@@ -35,16 +36,30 @@ class KeyOptions:
     encryption_key: str | None = None
     cipher: str = "aes256gcm"
 
-    def codec(self) -> PageCodec | None:
-        """A page codec for new pages (None for a plaintext replica)."""
+    def codec(self, remote_reserved: int | None = None) -> PageCodec | None:
+        """A page codec for new pages (None for a plaintext replica).
+
+        ``remote_reserved`` is what the remote's pages reserve (page 1's byte 20): 0 selects the
+        envelope layout (``crypto/envelope.py``), which keeps such pages whole.
+        """
         if self.encryption_key is None:
             return None
-        spec, key = parse_key(self.encryption_key, self.cipher or "aes256gcm")
+        cipher = self.cipher or "aes256gcm"
+        if remote_reserved == 0:
+            cipher = self.envelope_cipher()
+        spec, key = parse_key(self.encryption_key, cipher)
         return PageCodec(spec, key)
 
-    def open(self, path: str, **kwargs: Any) -> LocalDatabase:
-        """The replica's database with these options."""
-        return LocalDatabase(path, encryption_key=self.encryption_key, cipher=self.cipher, **kwargs)
+    def envelope_cipher(self) -> str:
+        """The cipher name of the envelope layout for this secret; EncryptionError when it cannot be."""
+        try:
+            return envelope_cipher(self.cipher or "aes256gcm")
+        except ValueError as exc:
+            raise errors.EncryptionError(str(exc)) from None
+
+    def open(self, path: str, *, cipher: str | None = None, **kwargs: Any) -> LocalDatabase:
+        """The replica's database with these options (``cipher`` overrides the one given, for a new file)."""
+        return LocalDatabase(path, encryption_key=self.encryption_key, cipher=cipher or self.cipher, **kwargs)
 
 
 def wal_mode_page(page: bytes, pgno: int) -> bytes:
@@ -55,7 +70,11 @@ def wal_mode_page(page: bytes, pgno: int) -> bytes:
 
 
 def check_page1(page1: bytes, codec: PageCodec | None) -> None:
-    """Refuse a remote database this replica cannot hold: other page size, wrong reserved bytes."""
+    """Refuse a remote database this replica cannot hold: other page size, wrong reserved bytes.
+
+    An encrypted replica holds pages that reserve 28 bytes in Turso's (or the hardened) format,
+    and pages that reserve none in the envelope layout (``KeyOptions.codec`` picks it).
+    """
     if int.from_bytes(page1[16:18], "big") != PAGE_SIZE:
         raise errors.SyncError(f"the remote database does not use {PAGE_SIZE}-byte pages")
     if codec is not None and page1[20] != codec.reserved:
@@ -80,14 +99,14 @@ def bootstrap(
     else:
         result = yield from fetch_pages(state, "", timeout, page_ids=partial.page_selector(), query=partial.query or "")
     if result.db_size == 0 and not result.pages:
-        create_deferred(path, state, key)  # the remote database is still empty: nothing to copy
+        create_deferred(path, state, key, envelope=True)  # the remote database is still empty: nothing to copy
         state.synced_revision = result.revision
         state.bootstrapping = False
         state.touch_pull()
         return 0
     if 1 not in result.pages:
         raise errors.SyncError(f"the remote at {state.remote_url} sent no page 1 (size {result.db_size})")
-    codec = key.codec()
+    codec = key.codec(result.pages[1][20])  # a remote whose pages reserve no bytes: the envelope layout
     check_page1(result.pages[1], codec)
     if partial is None:
         _write_whole(path, result, codec)
@@ -113,6 +132,8 @@ def _write_whole(path: str, result: PulledPages, codec: PageCodec | None) -> Non
         for pgno in range(1, result.db_size + 1):
             page = wal_mode_page(result.pages[pgno], pgno)
             f.write(codec.encrypt(page, pgno) if codec is not None else page)
+        if codec is not None and codec.slot_size != PAGE_SIZE:
+            f.truncate(disk_size(result.db_size, PAGE_SIZE, codec.slot_size))  # the envelope file's padding
         f.flush()
         os.fsync(f.fileno())
     for suffix in ("-wal", "-shm", "-frames"):
@@ -125,13 +146,14 @@ def _write_partial(path: str, result: PulledPages, codec: PageCodec | None) -> N
     """The pages received, in a file of full size; the presence bitmap is saved before the file
     takes its name (holes are never trusted, only the bitmap)."""
     tmp = path + ".bootstrap"
+    slot = codec.slot_size if codec is not None else PAGE_SIZE  # a page's place on disk (envelope: larger)
     with open(tmp, "wb") as f:
-        f.truncate(result.db_size * PAGE_SIZE)
+        f.truncate(disk_size(result.db_size, PAGE_SIZE, slot))
         for pgno in sorted(result.pages):
             if pgno > result.db_size:
                 continue
             page = wal_mode_page(result.pages[pgno], pgno)
-            os.pwrite(f.fileno(), codec.encrypt(page, pgno) if codec is not None else page, (pgno - 1) * PAGE_SIZE)
+            os.pwrite(f.fileno(), codec.encrypt(page, pgno) if codec is not None else page, (pgno - 1) * slot)
         f.flush()
         os.fsync(f.fileno())
     for suffix in ("-wal", "-shm", "-frames", "-present.lock"):
@@ -142,10 +164,19 @@ def _write_partial(path: str, result: PulledPages, codec: PageCodec | None) -> N
     os.replace(tmp, path)
 
 
-def create_deferred(path: str, state: SyncState, key: KeyOptions) -> None:
+def create_deferred(path: str, state: SyncState, key: KeyOptions, envelope: bool = False) -> None:
     """A replica that has not copied anything from the remote yet (an empty remote, or
-    ``bootstrap_if_empty=False``): an empty database whose pages reserve room for encryption."""
-    key.open(path, reserved_bytes=RESERVED_BYTES).close()
+    ``bootstrap_if_empty=False``): an empty database whose pages reserve room for encryption.
+
+    With ``envelope`` (the remote has no database yet), an encrypted replica uses the envelope
+    layout instead: its pages reserve nothing, like the pages a default ``tursodb`` (and most
+    Turso databases) will create when the first push reaches it.  (A remote that has pages,
+    such as ``turso-sync serve``'s, which creates page 1 with the database, is never empty.)
+    """
+    if envelope and key.encryption_key is not None:
+        key.open(path, cipher=key.envelope_cipher()).close()
+    else:
+        key.open(path, reserved_bytes=RESERVED_BYTES).close()
     state.synced_revision = ""
     state.synced_seq = 0
     state.synced_db_size = 0  # the remote has no pages yet
