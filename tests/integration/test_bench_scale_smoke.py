@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import bench_longpoll, bench_soak, run_all
+from bench import bench_longpoll, bench_manydb, bench_soak, run_all
 
 
 def test_soak_samples_every_interval_of_a_real_load(tmp_path: Path) -> None:
@@ -71,5 +71,24 @@ def test_longpoll_runs_the_same_pollers_against_tursodb(tmp_path: Path) -> None:
     assert bench_longpoll.SERVER_LABELS["tursodb"] in bench_longpoll.report(fig)
 
 
+def test_manydb_creates_every_database_and_probes_closed_ones(tmp_path: Path) -> None:
+    sizes = bench_manydb.QUICK
+    fig = bench_manydb.measure(sizes, tmp_path / "work", log=lambda _l: None)
+
+    assert [cp.databases for cp in fig.checkpoints] == list(sizes.checkpoints)
+    assert sum(cp.created for cp in fig.checkpoints) == sizes.databases
+    assert fig.rss_empty > 10 * 2**20 and fig.fds_empty > 3
+    for cp in fig.checkpoints:
+        assert cp.create_p99_ms >= cp.create_p50_ms > 0 and cp.disk_bytes > 0
+        assert cp.rss_bytes > fig.rss_empty // 2 and cp.fds > fig.fds_empty and cp.threads > 1
+        assert 0 < cp.open_databases <= 64  # the server's default bound
+        for series in (cp.probe.cold_read_ms, cp.probe.warm_read_ms, cp.probe.cold_pull_ms, cp.probe.warm_pull_ms):
+            assert series and min(series) > 0
+    assert fig.restart is not None
+    assert fig.restart.start_seconds > 0 and fig.restart.rss_bytes > 10 * 2**20 and fig.restart.probe.cold_read_ms
+    text = bench_manydb.report(fig)
+    assert "| databases" in text and "cold read p50 / p99 ms" in text and "after a restart" in text
+
+
 def test_run_all_finds_the_scale_benchmarks() -> None:
-    assert {"soak", "longpoll"} <= set(run_all.discover())
+    assert {"soak", "longpoll", "manydb"} <= set(run_all.discover())
