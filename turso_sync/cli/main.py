@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "verify": "turso_sync.cli.verify",
     "daemon": "turso_sync.cli.daemon",
     "restore": "turso_sync.cli.restore",
+    "rollback": "turso_sync.cli.rollback",
     "rekey": "turso_sync.cli.rekey",
     "passwd": "turso_sync.cli.passwd",
 }

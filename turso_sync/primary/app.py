@@ -5,6 +5,11 @@ Routes (the database ``default`` answers at the root, database NAME under ``/db/
     GET  /health
     POST /pull-updates            POST /db/{name}/pull-updates
     POST /v2/pipeline             POST /db/{name}/v2/pipeline
+    POST /admin/rollback          POST /db/{name}/admin/rollback    (operator: ``admin`` tokens only)
+
+``/admin/rollback`` takes ``{"revision": N}`` or ``{"at": ISO 8601 time}`` (at most
+``rollback.MAX_REQUEST_BYTES``) and commits a new revision whose content is that of the target
+(see ``rollback.py``); it answers what it did as JSON.  An ``r`` or ``rw`` token gets 403 there.
 
 Errors are JSON ``{"error": message, "code": CODE}``: 400 malformed request (or a baton naming
 no open stream), 401 missing or wrong token, 403 not allowed (or over the per-token database
@@ -57,6 +62,7 @@ from .hrana import WriteDenied
 from .objectstore.errors import ObjectStoreError
 from .pull import RevisionUnavailable, SnapshotMoved, check_request
 from .revision import format_revision
+from .rollback import MAX_REQUEST_BYTES, RollbackRefused, parse_request, resolve_target, roll_back
 from .sql_policy import SqlLimits
 from .store import (
     DEFAULT_DATABASE,
@@ -202,6 +208,7 @@ def create_app(store: DatabaseStore, auth: Authenticator, limits: Limits | None 
     for prefix in ("", "/db/{name}"):
         app.router.add_post(prefix + "/pull-updates", pull_updates, expect_handler=_expect_continue)
         app.router.add_post(prefix + "/v2/pipeline", pipeline, expect_handler=_expect_continue)
+        app.router.add_post(prefix + "/admin/rollback", admin_rollback, expect_handler=_expect_continue_admin)
     return app
 
 
@@ -223,13 +230,36 @@ async def _admission(request: web.Request) -> web.StreamResponse:
     return _ADMITTED
 
 
+def _admit_admin(request: web.Request, action: str) -> tuple[str, Grant]:
+    """``_admit`` for an operator's action: the token must be an ``admin`` one; the database must exist."""
+    state = request.app[STATE]
+    name = _database_name(request)
+    grant = state.auth.check_admin(request.headers.get("Authorization"), name, action)
+    state.store.check(name, create=False)
+    return name, grant
+
+
+async def _admin_admission(request: web.Request) -> web.StreamResponse:
+    _admit_admin(request, "rolling a database back")
+    return _ADMITTED
+
+
 async def _expect_continue(request: web.Request) -> web.StreamResponse | None:
     """``Expect: 100-continue``: refuse before the client sends its body, else invite the body.
 
     aiohttp's own handler invites every body before the route's handler runs, so a client
     without a valid token would be asked for its body; here the refusal comes first.
     """
-    refusal = await _error_middleware(request, _admission)
+    return await _invite_body(request, _admission)
+
+
+async def _expect_continue_admin(request: web.Request) -> web.StreamResponse | None:
+    """``_expect_continue`` for the operator's routes (their own admission)."""
+    return await _invite_body(request, _admin_admission)
+
+
+async def _invite_body(request: web.Request, admission: Handler) -> web.StreamResponse | None:
+    refusal = await _error_middleware(request, admission)
     if refusal is not _ADMITTED:
         return refusal
     expect = request.headers.get("Expect", "")
@@ -335,6 +365,9 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
         )
     except RevisionUnavailable as exc:
         return error_response(409, str(exc), "REVISION_UNAVAILABLE")
+    except RollbackRefused as exc:
+        retry = {"Retry-After": str(RETRY_AFTER_S)} if exc.status == 503 else None
+        return error_response(exc.status, str(exc), exc.code, retry)
     except errors.DatabaseError as exc:
         # the message can hold paths: it goes to the log, the client gets a fixed text
         log.error("database error on %s %s: %s", request.method, request.path, exc)
@@ -358,6 +391,33 @@ class UnsupportedEncoding(Exception):  # noqa: N818 - reads as what happened
     """A request body sent with a ``Content-Encoding`` (HTTP 415): the server takes bodies as they are."""
 
 
+async def _read_small_body(request: web.Request, limits: Limits, max_bytes: int) -> bytes:
+    """``_read_body`` for a route whose body is small: more than ``max_bytes`` is 413, read no further."""
+    _check_encoding(request)
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise web.HTTPRequestEntityTooLarge(max_size=max_bytes, actual_size=request.content_length)
+    body = bytearray()
+    try:
+        async with asyncio.timeout(limits.body_timeout_s):
+            while chunk := await request.content.read(max_bytes + 1 - len(body)):
+                body += chunk
+                if len(body) > max_bytes:
+                    raise web.HTTPRequestEntityTooLarge(max_size=max_bytes, actual_size=len(body))
+    except TimeoutError:
+        raise BodyTimeout(
+            f"the request body did not arrive within {limits.body_timeout_s:g} s; send it at once after the headers"
+        ) from None
+    return bytes(body)
+
+
+def _check_encoding(request: web.Request) -> None:
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        raise UnsupportedEncoding(
+            f"request bodies are taken uncompressed; send the body without Content-Encoding ({encoding[:40]!r})"
+        )
+
+
 async def _read_body(request: web.Request, limits: Limits) -> bytes:
     """The whole body, within ``limits.body_timeout_s`` (over ``client_max_size``: 413).
 
@@ -365,11 +425,7 @@ async def _read_body(request: web.Request, limits: Limits) -> bytes:
     ``Content-Encoding`` keeps decompression (and its bombs and broken streams) out of the
     server; the runner turns aiohttp's own decompression off to match.
     """
-    encoding = request.headers.get("Content-Encoding", "").strip().lower()
-    if encoding not in ("", "identity"):
-        raise UnsupportedEncoding(
-            f"request bodies are taken uncompressed; send the body without Content-Encoding ({encoding[:40]!r})"
-        )
+    _check_encoding(request)
     try:
         async with asyncio.timeout(limits.body_timeout_s):
             return await request.read()
@@ -415,6 +471,29 @@ async def pull_updates(request: web.Request) -> web.StreamResponse:
         client, pinned = check_request(pull)  # reject bad input before touching the database
         async with state.store.use(name, create=not grant.read_only, owner=grant.client) as db:
             return await _answer_pull(request, state, db, pull, client, pinned)
+
+
+async def admin_rollback(request: web.Request) -> web.StreamResponse:
+    """``POST /admin/rollback``: commit a new revision whose content is that of an earlier one (operator only)."""
+    state = request.app[STATE]
+    name, grant = _admit_admin(request, "rolling a database back")
+    with state.slots.hold(_client_of(request, grant)):
+        target = parse_request(await _read_small_body(request, state.limits, MAX_REQUEST_BYTES))
+        backend = state.store.backend
+        async with state.store.use(name, create=False) as db:
+            revision = await resolve_target(db, backend, target)
+            outcome = await roll_back(db, revision, backend=backend, lock_wait_s=state.limits.streams.lock_wait_s)
+    # the client's identity is a one-way hash: it leads back to neither the token nor its line
+    log.info(
+        "database %s: rolled back to the content of revision %d as revision %d (head was %d, from the %s) by client %s",
+        name,
+        outcome.target,
+        outcome.revision,
+        outcome.previous_head,
+        outcome.source,
+        grant.client,
+    )
+    return web.json_response(outcome.to_json())
 
 
 async def _answer_pull(

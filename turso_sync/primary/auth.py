@@ -5,8 +5,11 @@ Token file: one token per line, three whitespace-separated fields; ``#`` starts 
     # token (or sha256:<64 hex digits>)   access   databases
     sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08   rw   *
     reader-7Qm2p                                                           r    default,orders
+    operator-Xk39sLq0                                                      admin   *
 
-``access`` is ``r`` (pull, and pipelines whose statements only read) or ``rw`` (everything);
+``access`` is ``r`` (pull, and pipelines whose statements only read), ``rw`` (pull, push, any
+SQL) or ``admin`` (what ``rw`` may, plus the operator's actions under ``/admin/``: rolling a
+database back to an earlier revision; ``r`` and ``rw`` tokens get 403 there);
 ``databases`` is ``*`` or a comma-separated list of database names.  A field starting with ``#``
 begins a comment, so tokens cannot start with ``#``.  A ``sha256:`` entry holds
 the SHA-256 of the token instead of the token itself, so the file need not contain secrets.
@@ -34,6 +37,7 @@ class Access(enum.Enum):
 
     READ = "r"
     READ_WRITE = "rw"
+    ADMIN = "admin"  # read-write, plus the operator's actions (``/admin/...``: rollback)
 
 
 class TokenFileError(Exception):
@@ -82,6 +86,11 @@ class Grant:
     def read_only(self) -> bool:
         return self.access is Access.READ
 
+    @property
+    def admin(self) -> bool:
+        """True if the token may take the operator's actions (``/admin/...``) on the database."""
+        return self.access is Access.ADMIN
+
 
 def token_digest(token: str) -> bytes:
     """The SHA-256 of a token, as stored in ``sha256:`` entries."""
@@ -106,7 +115,7 @@ def parse_token_file(text: str, source: str = "token file") -> list[TokenRule]:
             continue
         if len(fields) != 3:
             raise TokenFileError(
-                f"{source}, line {lineno}: expected 3 fields (token, access r|rw, databases), found {len(fields)}"
+                f"{source}, line {lineno}: expected 3 fields (token, access r|rw|admin, databases), found {len(fields)}"
             )
         secret, access_text, dbs_text = fields
         if secret.startswith("sha256:"):
@@ -121,7 +130,7 @@ def parse_token_file(text: str, source: str = "token file") -> list[TokenRule]:
         try:
             access = Access(access_text)
         except ValueError:
-            raise TokenFileError(f"{source}, line {lineno}: access must be 'r' or 'rw'") from None
+            raise TokenFileError(f"{source}, line {lineno}: access must be 'r', 'rw' or 'admin'") from None
         databases: frozenset[str] | None
         if dbs_text == "*":
             databases = None
@@ -155,7 +164,8 @@ def load_token_file(path: str) -> tuple[list[TokenRule], list[str]]:
 class Authenticator:
     """Checks the ``Authorization`` header of each request against the token rules.
 
-    Without rules it is in development mode: any token (or none) may read and write.
+    Without rules it is in development mode: any token (or none) may read and write, and take
+    the operator's actions (there is nobody to tell apart).
     """
 
     def __init__(self, rules: list[TokenRule] | None) -> None:
@@ -179,6 +189,18 @@ class Authenticator:
         if not rule.covers(database):
             raise AuthError(403, f"this token has no access to database '{database}'")
         return Grant(rule.access, client_id(rule.digest))
+
+    def check_admin(self, authorization: str | None, database: str, action: str) -> Grant:
+        """The grant of an operator's ``action`` on ``database``: as ``check``, and 403 unless the
+        token's access is ``admin`` (development mode allows it, as it allows everything)."""
+        grant = self.check(authorization, database)
+        if self._rules is not None and not grant.admin:
+            raise AuthError(
+                403,
+                f"{action} is an operator's action: it needs a token whose access is 'admin' in the "
+                f"server's token file, and this one's is '{grant.access.value}'",
+            )
+        return grant
 
     def _match(self, token: str) -> TokenRule | None:
         digest = token_digest(token)

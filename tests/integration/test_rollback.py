@@ -1,0 +1,230 @@
+"""Rolling a database back (``POST /admin/rollback``, ``turso-sync rollback``) on a real ``turso-sync serve``.
+
+Real replicas (``turso_sync.connect``) write, push and pull around the rollback.  The rollback
+must be a new revision on top of the head with the target's user-visible content, leave the
+sync's bookkeeping (``turso_sync_last_change_id``) at its head values, and let replicas carry
+on: what they pushed after the target is gone, nothing is pushed twice, pending changes rebase.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+import turso_sync
+from tests.integration.primary_harness import PrimaryProcess, pipeline
+from turso_sync.cli.exit_codes import ExitCode
+from turso_sync.cli.main import main as cli_main
+
+ADMIN = "admin-token-Xk39sLq0"
+WRITER = "writer-token-7Qm2pA1"
+READER = "reader-token-9Zt4wB2"
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[PrimaryProcess]:
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{ADMIN} admin *\n{WRITER} rw *\n{READER} r *\n")
+    tokens.chmod(0o600)
+    proc = PrimaryProcess(tmp_path / "data", "--token-file", str(tokens))
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.close()
+
+
+def _replica(path: Path, url: str) -> turso_sync.SyncConnection:
+    conn = turso_sync.connect(path, url, auth_token=WRITER)
+    assert isinstance(conn, turso_sync.SyncConnection)
+    return conn
+
+
+def _revision(conn: turso_sync.SyncConnection) -> int:
+    conn.pull()
+    assert conn.last_sync is not None
+    return int(conn.last_sync.revision)
+
+
+def _rows(conn: Any, sql: str) -> list[tuple[Any, ...]]:
+    return [tuple(r) for r in conn.execute(sql)]
+
+
+def _server_rows(url: str, sql: str) -> list[list[Any]]:
+    batch = pipeline(url, sql, token=WRITER)
+    return [[v.get("value") for v in row] for row in batch["step_results"][0]["rows"]]
+
+
+def _rollback(url: str, tmp_path: Path, to: str, token: str = ADMIN, db: str = "default") -> int:
+    token_file = tmp_path / f"token-{token[:5]}"
+    token_file.write_text(token + "\n")
+    return cli_main(["rollback", url, "--db", db, "--to", to, "--auth-token-file", str(token_file)])
+
+
+def _post(
+    url: str, body: Any, token: str | None = ADMIN, db: str = "default", raw: bytes | None = None
+) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    target = f"{url}/db/{db}/admin/rollback"
+    if raw is not None:
+        return httpx.post(target, content=raw, headers=headers, timeout=60)
+    return httpx.post(target, json=body, headers=headers, timeout=60)
+
+
+def test_rows_and_schema_after_the_target_are_gone(
+    server: PrimaryProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = server.url
+    with contextlib.closing(_replica(tmp_path / "a.db", url)) as a:
+        a.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+        a.execute("CREATE INDEX notes_body ON notes(body)")
+        a.executemany("INSERT INTO notes VALUES (?, ?)", [(1, "one"), (2, "two")])
+        # a trigger there at the target: the rollback's own deletes must not fire it
+        a.execute("CREATE TABLE audit (gone INTEGER)")
+        a.execute("CREATE TRIGGER notes_audit AFTER DELETE ON notes BEGIN INSERT INTO audit VALUES (old.id); END")
+        a.commit()
+        a.push()
+        pipeline(url, "PRAGMA user_version = 1", token=WRITER)  # pushes carry rows and schema, not pragmas
+        target = _revision(a)
+        # after the target: rows, a column, a table, a view, a trigger, a changed user_version
+        a.execute("INSERT INTO notes VALUES (3, 'three')")
+        a.execute("UPDATE notes SET body = 'ONE' WHERE id = 1")
+        a.execute("ALTER TABLE notes ADD COLUMN tag TEXT")
+        a.execute("CREATE TABLE extra (x)")
+        a.execute("INSERT INTO extra VALUES (42)")
+        a.execute("CREATE VIEW loud AS SELECT upper(body) FROM notes")
+        a.execute("CREATE TRIGGER notes_log AFTER UPDATE ON extra BEGIN SELECT 1; END")
+        a.commit()
+        a.push()
+        pipeline(url, "PRAGMA user_version = 2", token=WRITER)
+        head = _revision(a)
+        marks = _server_rows(url, "SELECT client_id, pull_gen, change_id FROM turso_sync_last_change_id ORDER BY 1")
+        assert marks, "a replica that pushed has a change-id mark on the primary"
+
+        capsys.readouterr()
+        assert _rollback(url, tmp_path, str(target)) == ExitCode.OK
+        printed = capsys.readouterr().out
+        assert f"to the content of revision {target}" in printed and f"head was {head}" in printed, printed
+
+        rolled = _revision(a)
+        assert rolled > head  # a new revision on top: history stays linear
+        assert _rows(a, "SELECT id, body FROM notes ORDER BY id") == [(1, "one"), (2, "two")]
+        assert [r[1] for r in _rows(a, "PRAGMA table_info(notes)")] == ["id", "body"]
+        names = _rows(a, "SELECT type, name FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%' ORDER BY name")
+        assert ("table", "extra") not in names and ("view", "loud") not in names
+        assert ("trigger", "notes_log") not in names and ("index", "notes_body") in names
+        assert ("trigger", "notes_audit") in names and _rows(a, "SELECT * FROM audit") == []
+        assert _rows(a, "PRAGMA user_version") == [(1,)]
+        # the sync's bookkeeping is the head's, not the target's
+        assert _server_rows(url, "SELECT client_id, pull_gen, change_id FROM turso_sync_last_change_id ORDER BY 1") == (
+            marks
+        )
+
+        # the same request again finds nothing to change and commits nothing
+        again = _post(url, {"revision": target})
+        assert again.status_code == 200, again.text
+        assert again.json()["revision"] == again.json()["previous_head"] == str(rolled)
+        assert again.json()["changes"] == {}
+
+        # a new replica bootstraps the rolled-back state; writing goes on from there
+        with contextlib.closing(_replica(tmp_path / "c.db", url)) as c:
+            assert _rows(c, "SELECT id, body FROM notes ORDER BY id") == [(1, "one"), (2, "two")]
+        a.execute("INSERT INTO notes VALUES (3, 'three again')")
+        a.commit()
+        a.push()
+        assert _server_rows(url, "SELECT id, body FROM notes ORDER BY id") == [
+            ["1", "one"],
+            ["2", "two"],
+            ["3", "three again"],
+        ]
+    assert ADMIN not in server.log() and WRITER not in server.log()
+
+
+def test_replicas_carry_on_after_a_rollback(server: PrimaryProcess, tmp_path: Path) -> None:
+    url = server.url
+    with (
+        contextlib.closing(_replica(tmp_path / "a.db", url)) as a,
+        contextlib.closing(_replica(tmp_path / "b.db", url)) as b,
+    ):
+        a.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY AUTOINCREMENT, who TEXT, body TEXT)")
+        a.execute("INSERT INTO notes (who, body) VALUES ('a', 'before')")
+        a.commit()
+        a.push()
+        target = _revision(a)
+        b.pull()
+        # b pushes after the target (to be rolled back); a has a change pending, never pushed
+        b.execute("INSERT INTO notes (who, body) VALUES ('b', 'rolled back')")
+        b.commit()
+        b.push()
+        a.execute("INSERT INTO notes (who, body) VALUES ('a', 'pending')")
+        a.commit()
+
+        answer = _post(url, {"revision": str(target)})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["source"] == "history"
+        assert answer.json()["changes"]["rows_deleted"] == 1
+        # AUTOINCREMENT: the counter stays the head's, so the rolled-back row's id is not handed out again
+        assert _server_rows(url, "SELECT seq FROM sqlite_sequence WHERE name = 'notes'") == [["2"]]
+
+        # b pulls the rolled-back state; its rolled-back row is not pushed again
+        b.pull()
+        assert _rows(b, "SELECT who, body FROM notes ORDER BY id") == [("a", "before")]
+        b.execute("INSERT INTO notes (who, body) VALUES ('b', 'after')")
+        b.commit()
+        b.push()
+        b.push()  # nothing left: pushing again sends nothing
+        # a's pending change rebases on the rolled-back state and lands once
+        a.pull()
+        assert _rows(a, "SELECT who, body FROM notes ORDER BY id")[0] == ("a", "before")
+        assert ("a", "pending") in _rows(a, "SELECT who, body FROM notes")
+        assert ("b", "rolled back") not in _rows(a, "SELECT who, body FROM notes")
+        a.push()
+        a.pull()
+        b.pull()
+        want = [["a", "before"], ["a", "pending"], ["b", "after"]]
+        assert sorted(_server_rows(url, "SELECT who, body FROM notes")) == want
+        assert sorted(list(r) for r in _rows(a, "SELECT who, body FROM notes")) == want
+        assert sorted(list(r) for r in _rows(b, "SELECT who, body FROM notes")) == want
+        # b's next row did not take the id of its rolled-back one (a's pending row kept the id it had)
+        assert _server_rows(url, "SELECT id FROM notes WHERE body = 'after'") == [["3"]]
+
+
+def test_refusals(server: PrimaryProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = server.url
+    with contextlib.closing(_replica(tmp_path / "a.db", url)) as a:
+        a.execute("CREATE TABLE t (x)")
+        a.commit()
+        a.push()
+        head = _revision(a)
+    assert _post(url, {"revision": 0}, token=None).status_code == 401
+    for token in (READER, WRITER):
+        refused = _post(url, {"revision": 0}, token=token)
+        assert refused.status_code == 403, refused.text
+        assert "admin" in refused.json()["error"]
+    assert _post(url, {"revision": 0}, token="not-a-token-at-all").status_code == 401
+    for raw in (b"{", b"[1]", b'{"revision": -1}', b'{"revision": 1, "at": "x"}', b'{"at": "yesterday"}'):
+        bad = _post(url, None, raw=raw)
+        assert bad.status_code == 400, (raw, bad.text)
+    ahead = _post(url, {"revision": head + 100})
+    assert ahead.status_code == 400 and f"(revision {head})" in ahead.json()["error"], ahead.text
+    assert ahead.json()["code"] == "REVISION_AHEAD"
+    timed = _post(url, {"at": "2026-01-01T00:00:00Z"})
+    assert timed.status_code == 400 and "--store" in timed.json()["error"], timed.text
+    assert _post(url, None, raw=b" " * 5000 + b'{"revision": 0}').status_code == 413
+    assert _post(url, {"revision": 0}, db="nosuchdb").status_code == 404
+    # the command: a rw token is refused (exit 4), a revision ahead of the head is a usage error (2)
+    capsys.readouterr()
+    assert _rollback(url, tmp_path, "0", token=WRITER) == ExitCode.AUTH
+    assert "admin" in capsys.readouterr().err
+    assert _rollback(url, tmp_path, str(head + 100)) == ExitCode.USAGE
+    assert "newer than the head" in capsys.readouterr().err
+    assert cli_main(["rollback", url]) == ExitCode.USAGE
+    assert "needs --to" in capsys.readouterr().err
+    # nothing of it changed the database
+    assert _server_rows(url, "SELECT count(*) FROM sqlite_schema WHERE name = 't'") == [["1"]]
+    assert WRITER not in server.log() and ADMIN not in server.log()
