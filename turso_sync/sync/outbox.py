@@ -59,6 +59,19 @@ def read_pending(db: LocalDatabase) -> Pending:
     return Pending(rows, meta, conflicts)
 
 
+def read_outbox(db: LocalDatabase) -> tuple[list[OutboxRow], int]:
+    """The outbox in order and the pull generation: what a push needs (``read_pending`` without
+    the metadata's other keys and the conflict journal, which only a rebase carries over)."""
+    rows = [
+        OutboxRow(r[0], r[1], json.loads(r[2]), r[3])
+        for r in db.query(f"SELECT id, gen, ddl, changeset FROM {OUTBOX_TABLE} ORDER BY id")
+    ]
+    if not rows:
+        return rows, 0
+    gen = db.query(f"SELECT value FROM {META_TABLE} WHERE key = 'pull_gen'")
+    return rows, int(gen[0][0]) if gen else 0
+
+
 def pending_count(db: LocalDatabase) -> int:
     """How many local transactions wait to be pushed."""
     return int(db.query(f"SELECT count(*) FROM {OUTBOX_TABLE}")[0][0] or 0)

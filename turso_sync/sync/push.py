@@ -20,6 +20,15 @@ there equals the one inserted).  It fails by evaluating ``abs(-92233720368547758
 "integer overflow" error in plain SQL that SQLite and ``tursodb`` both raise, through no
 function or table a server's SQL sandbox would forbid.  The client knows a guard by its step
 index (``Step.guard``), never by the error text.
+
+A batch is built on the push mark the replica believes the remote holds for it (``mark``: the
+last ``(pull_gen, change_id)`` the remote acknowledged, kept in the replica's state), so a push
+is one request: the batch's first step after ``BEGIN`` compares the remote's mark and push
+epoch with what the batch expects (``MARK_CHECK``; a first push instead creates the table and
+inserts the mark first, ``MARK_INSERT``, which fails if a mark is there), and its last step
+moves the mark on (``MARK_UPDATE``).  A batch built on a wrong belief fails as a whole at that step
+(``Step.mark``: the client then reads the mark, forgets what the remote holds, and retries),
+before any guard has run, so it is never taken for a conflict.
 """
 
 from __future__ import annotations
@@ -75,6 +84,29 @@ FENCE_UPSERT = (
 )
 LAST_CHANGE_SELECT = "SELECT pull_gen, change_id FROM turso_sync_last_change_id WHERE client_id = ?"
 
+#: A client's push mark on the remote, ``(pull_gen, change_id)``; ``NO_MARK``: it has none yet
+#: (a mark written by a push has a change id of 1 or more).
+Mark = tuple[int, int]
+NO_MARK: Mark = (0, 0)
+
+# The compare-and-set of a batch built on a mark the remote holds: its second step fails unless
+# the remote's mark is exactly the expected one and the push epoch is the expected one.  The
+# batch holds the write lock from BEGIN IMMEDIATE to COMMIT, so neither can move in between.
+MARK_CHECK = (
+    "SELECT CASE WHEN EXISTS (SELECT 1 FROM turso_sync_last_change_id WHERE client_id = ? AND pull_gen = ? "
+    "AND change_id = ?) AND (SELECT pull_gen FROM turso_sync_last_change_id WHERE client_id = ?) IS ? "
+    "THEN 1 ELSE abs(-9223372036854775808) END AS ok"
+)
+# ... and its last step: the mark moves on (MARK_CHECK found the row; the new mark is larger)
+MARK_UPDATE = "UPDATE turso_sync_last_change_id SET pull_gen = ?, change_id = ? WHERE client_id = ?"
+# The first mark (the batch expects ``NO_MARK``): fails with a UNIQUE error if the remote holds a
+# mark already, and, as ``LAST_CHANGE_UPSERT``, unless the push epoch is the expected one.
+MARK_INSERT = (
+    "INSERT INTO turso_sync_last_change_id(client_id, pull_gen, change_id) VALUES (?, ?, "
+    "CASE WHEN (SELECT pull_gen FROM turso_sync_last_change_id WHERE client_id = ?) IS ? THEN ? "
+    "ELSE abs(-9223372036854775808) END)"
+)
+
 #: The largest push request body: what our primary accepts (``client_max_size``) and what we
 #: assume of any sync server.  One local transaction is one remote transaction, and a remote
 #: transaction cannot span requests without Hrana batons, so a transaction bigger than this is
@@ -98,6 +130,8 @@ class Step:
     outbox_id: int | None = None
     harmless_errors: bool = False  # a duplicate ADD COLUMN is expected on a replay
     guard: bool = False  # a compare-and-set guard: its error means "the remote row moved"
+    mark: bool = False  # a push-mark step: its error means "the mark or the epoch is not the expected one"
+    want_rows: bool | None = None  # None: all but guards and mark steps want their rows back
 
 
 #: An INSERT's guard compares the row's values only when none is longer than this (bytes or
@@ -309,6 +343,7 @@ class PushBatch:
     sources: list[Step | None]  # per step: the change it carries (None for bookkeeping steps)
     commit_index: int
     last_outbox_id: int
+    mark: Mark | None = None  # the push mark it expects the remote to hold (None: not checked)
 
     @property
     def steps(self) -> list[dict[str, Any]]:
@@ -324,31 +359,45 @@ def build_batch(
     encode_value: object = None,
     epoch: int | None = None,
     parents: Parents | None = None,
+    mark: Mark | None = None,
 ) -> PushBatch:
     """The batch that applies ``rows`` and records ``(client_id, pull_gen, last row id)`` atomically.
 
     It commits only under push epoch ``epoch`` (None: no fence was ever set for this client),
     and, with ``parents``, only if every locally present row its rows reference exists on the
-    remote once all its changes are applied.  Values are encoded by the shared Hrana codec
-    (``wire/hrana.py``); ``encode_value`` is ignored, left for callers that still pass one.
+    remote once all its changes are applied.  With ``mark``, it commits only if the remote's
+    push mark for ``client_id`` is exactly ``mark`` (``NO_MARK``: none), checked before any
+    change; without it, the mark is not compared (the caller read it just before) and only
+    ever moves forward.  Values are encoded by the shared Hrana codec (``wire/hrana.py``);
+    ``encode_value`` is ignored, left for callers that still pass one.
     """
     changes: list[Step] = []
     checks: list[Step] = []
     for row in rows:
         changes.extend(change_steps(row, columns, parents, checks))
     changes.extend(checks)
-    # the mark also checks the push epoch: failing there is a conflict with a fence (pull, retry)
-    mark = Step(
-        LAST_CHANGE_UPSERT,
-        [client_id, pull_gen, client_id + FENCE_SUFFIX, epoch, rows[-1].id],
-        rows[0].id,
-        guard=True,
-    )
-    plan: list[Step | None] = [None, None, *changes, mark]  # BEGIN, table, …, mark
-    sql = ["BEGIN IMMEDIATE", LAST_CHANGE_TABLE, *(s.sql for s in changes), mark.sql]
-    args: list[list[Any]] = [[], [], *(s.args for s in changes), mark.args]
+    first, last = rows[0].id, rows[-1].id
+    fence_id = client_id + FENCE_SUFFIX
+    # the step after BEGIN: the bookkeeping table (a first push, or no mark to compare), or the
+    # mark's check; then the mark steps before the changes and after them
+    head: Step | None = None
+    before: list[Step] = []
+    after: list[Step] = []
+    if mark is None:
+        # the mark also checks the push epoch: failing there is a conflict with a fence (pull, retry)
+        after.append(Step(LAST_CHANGE_UPSERT, [client_id, pull_gen, fence_id, epoch, last], first, guard=True))
+    elif mark == NO_MARK:
+        # written first, so a mark already there fails the batch before any guard runs
+        before.append(Step(MARK_INSERT, [client_id, pull_gen, fence_id, epoch, last], first, mark=True))
+    else:
+        head = Step(MARK_CHECK, [client_id, mark[0], mark[1], fence_id, epoch], first, mark=True)
+        after.append(Step(MARK_UPDATE, [pull_gen, last, client_id], first, mark=True, want_rows=True))
+    body = [*before, *changes, *after]
+    plan: list[Step | None] = [None, head, *body]  # BEGIN, table or check, …
+    sql = ["BEGIN IMMEDIATE", LAST_CHANGE_TABLE if head is None else head.sql, *(s.sql for s in body)]
+    args: list[list[Any]] = [[], [] if head is None else head.args, *(s.args for s in body)]
     steps, commit_index = _transaction(sql, args, plan)
-    return PushBatch(BatchRequest(tuple(steps)), [*plan, None, None], commit_index, rows[-1].id)
+    return PushBatch(BatchRequest(tuple(steps)), [*plan, None, None], commit_index, last, mark)
 
 
 def _transaction(sql: list[str], args: list[list[Any]], plan: Sequence[Step | None]) -> tuple[list[BatchStep], int]:
@@ -359,9 +408,11 @@ def _transaction(sql: list[str], args: list[list[Any]], plan: Sequence[Step | No
     previous_ok: Cond | None = None
     for i, text in enumerate(sql):
         source = plan[i]
-        guard = source is not None and source.guard
-        # a guard's rows are not wanted: only its error matters
-        steps.append(BatchStep(Stmt(text, args=tuple(args[i]), want_rows=not guard), previous_ok))
+        want_rows = True
+        if source is not None:
+            # a guard's rows are not wanted: only its error matters
+            want_rows = source.want_rows if source.want_rows is not None else not (source.guard or source.mark)
+        steps.append(BatchStep(Stmt(text, args=tuple(args[i]), want_rows=want_rows), previous_ok))
         ok: Cond = OkCond(i)
         if source is not None and source.harmless_errors:
             ok = OrCond((ok, ErrorCond(i)))

@@ -1,12 +1,22 @@
 """The pusher: outbox -> batch -> send -> record, exactly once, as a sans-IO step.
 
-``push`` reads how far the remote got (``turso_sync_last_change_id``), forgets the rows it
-already holds (a previous push committed and its answer was lost), cuts the rest into
-requests of whole transactions (``outbox.chunk``), builds each batch (``push.py``: guarded,
-all-or-nothing), sends it, and forgets the rows once the remote acknowledged them.  A batch
-whose answer never came marks the replica ``push_in_doubt`` (the next pull fences it off).
-When the remote refuses a change (a conflict or a constraint), ``push`` pulls (the rebase
-settles it under the policy and journals it) and tries again, at most ``PUSH_ROUNDS`` times.
+``push`` cuts the pending rows into requests of whole transactions (``outbox.chunk``), builds
+each batch (``push.py``: guarded, all-or-nothing), sends it, and forgets the rows once the
+remote acknowledged them.  A batch whose answer never came marks the replica ``push_in_doubt``
+(the next pull fences it off).  When the remote refuses a change (a conflict or a constraint),
+``push`` pulls (the rebase settles it under the policy and journals it) and tries again, at
+most ``PUSH_ROUNDS`` times.
+
+One request per batch: each batch is built on the push mark (``turso_sync_last_change_id``) the
+replica believes the remote holds for it, the last one the remote acknowledged, kept in the
+replica's state (``believed_mark``), and commits only if the remote holds exactly that mark.
+The mark is read first (``remote.remote_mark``, a request of its own) only when the belief may
+be wrong before anything is sent: on the first push after one whose answer was lost (which
+may still commit; the mark read and every later batch's check see it if it does), and when
+the state has none.  A batch built on a wrong belief (a copy of the replica restored from an old backup, a
+previous push that committed as its process died) fails as a whole at its mark step; then the
+mark is read, what the remote already holds is forgotten, and the rest is pushed again.  Any
+belief is safe: one that is wrong costs a request, never a change applied twice.
 """
 
 from __future__ import annotations
@@ -22,12 +32,16 @@ from ..wire.hrana import BatchResult
 from . import push as push_mod
 from . import stream
 from .exchange import Steps
-from .outbox import chunk, forget, read_pending, table_columns
+from .outbox import chunk, forget, read_outbox, table_columns
 from .pull import PullContext, pull
 from .rebase import Conflict, OutboxRow, combine_pending
 from .remote import fetch_pages, pipeline_body, remote_mark, run_batch, statement
+from .state import SyncState
 
 PUSH_ROUNDS = 5  # conflict -> pull (rebase) -> push again, at most this many times per push()
+MARK_ROUNDS = 3  # batches met a mark other than believed -> read it -> push again, at most this often
+#: ``state.extra`` key: the push mark the remote last acknowledged to this replica, ``[pull_gen, change_id]``
+MARK_KEY = "push_mark"
 DEFAULT_CHANGES_PER_BATCH = 2000
 
 
@@ -69,79 +83,25 @@ def push_once(replica: PullContext, max_changes_per_batch: int, outcome: PushOut
     """One attempt: every pending change in batches; ``outcome.pushed`` counts what the remote took."""
     state, db = replica.state, replica.db
     try:
-        pending = read_pending(db)
-        rows = pending.rows
+        rows, gen = read_outbox(db)
         if not rows:
             return
-        gen = pending.pull_gen
-        remote_gen, remote_change = yield from remote_mark(state.client_id, replica.request_timeout)
-        if remote_gen > gen:
-            raise errors.SyncError(
-                f"the remote records pull generation {remote_gen} for this client, newer than local {gen}"
-            )
-        if remote_gen == gen:
-            done = [r for r in rows if r.gen == gen and r.id <= remote_change]
-            if done:
-                _forget(replica, done[-1].id)  # a previous push committed; its reply was lost
-            rows = [r for r in rows if not (r.gen == gen and r.id <= remote_change)]
-        if rows:
-            yield from check_reserved_bytes(replica)
-        combined = False
-        parents = push_mod.local_parents(db.query)
-        while rows:
-            part = chunk(rows, max_changes_per_batch)
-            streamed = False
-            while True:
-                batch = push_mod.build_batch(
-                    part,
-                    lambda table: table_columns(db, table),
-                    state.client_id,
-                    gen,
-                    epoch=state.push_epoch,
-                    parents=parents,
-                )
-                body = push_mod.pipeline_body([batch.request])
-                if len(body) <= push_mod.MAX_PUSH_BODY:
-                    break
-                if len(part) == 1 and len(rows) > 1 and not combined:
-                    # later transactions may shrink it (it was deleted locally, say): push them
-                    # all as one remote transaction, as a rebase would have combined them
-                    combined = True
-                    rows = part = combine_pending(rows)
-                    if len(rows) == 1 and not rows[0].changeset and not rows[0].ddl:
-                        _forget(replica, rows[0].id)  # they cancel out: nothing to send
-                        rows = []
-                        break
-                    continue
-                if len(part) == 1:
-                    # one transaction bigger than a request: a remote that keeps a transaction
-                    # open between requests (Hrana batons) takes it as a chain of requests
-                    if not (yield from stream.probe_steps(replica.request_timeout)):
-                        raise _too_big(replica.path, part[0], len(body))
-                    streamed = True
-                    break
-                part = part[: len(part) // 2]  # fewer whole transactions per request
-            if not rows:
-                break
+        mark = believed_mark(state, gen)
+        if mark is None:
+            mark = yield from _read_mark(replica, gen)
+        for _round in range(MARK_ROUNDS):
             try:
-                if streamed:
-                    result = yield from stream.push_steps(
-                        batch,
-                        replica.request_timeout,
-                        max_body=min(stream.STREAM_REQUEST_BYTES, push_mod.MAX_PUSH_BODY),
-                    )
-                else:
-                    result = yield from pipeline_body(body, replica.request_timeout)
-            except BaseException as exc:
-                if not (isinstance(exc, errors.RemoteError) and exc.status < 500):
-                    # sent, and no answer (a network error, a 5xx, an interrupt, a cancelled
-                    # task): it may still commit, now or later, so the next pull fences it off
-                    state.push_in_doubt = True
-                raise
-            check_batch(result, batch)
-            _forget(replica, batch.last_outbox_id)
-            outcome.pushed += len(part)
-            rows = rows[len(part) :]
+                yield from _push_rows(replica, rows, gen, mark, max_changes_per_batch, outcome)
+                break
+            except _MarkMovedError as moved:
+                mark = moved.mark
+                rows, gen = read_outbox(db)
+        else:
+            raise errors.SyncError(
+                f"{replica.path}: the remote's push mark for client {state.client_id} moved during each of "
+                f"{MARK_ROUNDS} pushes in a row: another replica pushes under the same client id (a copy of "
+                "this one?); nothing more was pushed and every change not pushed stays pending"
+            )
         state.last_push = time.time()
         state.pushes += 1
     except errors.Error:
@@ -150,6 +110,141 @@ def push_once(replica: PullContext, max_changes_per_batch: int, outcome: PushOut
     finally:
         replica.count_bytes()
         state.save(replica.path)
+
+
+class _MarkMovedError(Exception):
+    """A batch met a push mark other than the one it was built on; ``mark`` is the one read since."""
+
+    def __init__(self, mark: push_mod.Mark) -> None:
+        super().__init__(f"the push mark is {mark}")
+        self.mark = mark
+
+
+def believed_mark(state: SyncState, gen: int) -> push_mod.Mark | None:
+    """The push mark this replica believes the remote holds, or None when it must be read first:
+    when the state keeps none (a push whose answer was lost drops it: that push may have
+    committed, now or later), and when the one it keeps is from a later pull generation than
+    the outbox's (files that do not belong together: the read tells)."""
+    value = state.extra.get(MARK_KEY)
+    if not isinstance(value, list) or len(value) != 2:
+        return None
+    mark_gen, change_id = value
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return None
+    return (mark_gen, change_id) if mark_gen <= gen else None
+
+
+def _believe(state: SyncState, mark: push_mod.Mark | None) -> None:
+    if mark is None:
+        state.extra.pop(MARK_KEY, None)
+    else:
+        state.extra[MARK_KEY] = [mark[0], mark[1]]
+
+
+def _read_mark(replica: PullContext, gen: int) -> Steps[push_mod.Mark]:
+    """Read the remote's push mark for this replica (one request) and believe it."""
+    remote_gen, remote_change = yield from remote_mark(replica.state.client_id, replica.request_timeout)
+    if remote_gen > gen:
+        raise errors.SyncError(
+            f"the remote records pull generation {remote_gen} for this client, newer than local {gen}"
+        )
+    mark = (remote_gen, remote_change)
+    _believe(replica.state, mark)
+    return mark
+
+
+def _push_rows(
+    replica: PullContext,
+    rows: list[OutboxRow],
+    gen: int,
+    mark: push_mod.Mark,
+    max_changes_per_batch: int,
+    outcome: PushOutcome,
+) -> Steps[None]:
+    """Push ``rows`` in batches, each built on ``mark``, the remote's push mark as believed.
+
+    Raises ``_MarkMovedError`` when a batch met another mark (nothing of it committed)."""
+    state, db = replica.state, replica.db
+    remote_gen, remote_change = mark
+    if remote_gen == gen:
+        done = [r for r in rows if r.gen == gen and r.id <= remote_change]
+        if done:
+            _forget(replica, done[-1].id)  # a previous push committed; its reply was lost
+        rows = [r for r in rows if not (r.gen == gen and r.id <= remote_change)]
+    if rows:
+        yield from check_reserved_bytes(replica)
+    combined = False
+    parents = push_mod.local_parents(db.query)
+    while rows:
+        part = chunk(rows, max_changes_per_batch)
+        streamed = False
+        while True:
+            batch = push_mod.build_batch(
+                part,
+                lambda table: table_columns(db, table),
+                state.client_id,
+                gen,
+                epoch=state.push_epoch,
+                parents=parents,
+                mark=mark,
+            )
+            body = push_mod.pipeline_body([batch.request])
+            if len(body) <= push_mod.MAX_PUSH_BODY:
+                break
+            if len(part) == 1 and len(rows) > 1 and not combined:
+                # later transactions may shrink it (it was deleted locally, say): push them
+                # all as one remote transaction, as a rebase would have combined them
+                combined = True
+                rows = part = combine_pending(rows)
+                if len(rows) == 1 and not rows[0].changeset and not rows[0].ddl:
+                    _forget(replica, rows[0].id)  # they cancel out: nothing to send
+                    rows = []
+                    break
+                continue
+            if len(part) == 1:
+                # one transaction bigger than a request: a remote that keeps a transaction
+                # open between requests (Hrana batons) takes it as a chain of requests
+                if not (yield from stream.probe_steps(replica.request_timeout)):
+                    raise _too_big(replica.path, part[0], len(body))
+                streamed = True
+                break
+            part = part[: len(part) // 2]  # fewer whole transactions per request
+        if not rows:
+            break
+        try:
+            if streamed:
+                result = yield from stream.push_steps(
+                    batch,
+                    replica.request_timeout,
+                    max_body=min(stream.STREAM_REQUEST_BYTES, push_mod.MAX_PUSH_BODY),
+                )
+            else:
+                result = yield from pipeline_body(body, replica.request_timeout)
+        except BaseException as exc:
+            if not (isinstance(exc, errors.RemoteError) and exc.status < 500):
+                # sent, and no answer (a network error, a 5xx, an interrupt, a cancelled
+                # task): it may still commit, now or later, so the next pull fences it off,
+                # and the next push reads the mark before it believes anything
+                state.push_in_doubt = True
+                _believe(state, None)
+            raise
+        failure = push_mod.batch_failure(result, batch)
+        if failure is not None and failure[0] is not None and failure[0].mark:
+            # nothing committed: the remote's mark, or its push epoch, is not what the batch expected
+            seen = yield from _read_mark(replica, gen)
+            if seen != mark:
+                raise _MarkMovedError(seen)  # not a conflict: forget what the remote holds, push the rest
+            raise errors.PushConflictError(
+                f"{replica.path}: the remote's push fence for client {state.client_id} is not at the epoch "
+                f"this replica last set ({state.push_epoch}); every change stays pending (outbox #{rows[0].id} on)",
+                failure[0].outbox_id,
+            )
+        check_batch(result, batch)
+        _forget(replica, batch.last_outbox_id)
+        mark = (gen, batch.last_outbox_id)
+        _believe(state, mark)
+        outcome.pushed += len(part)
+        rows = rows[len(part) :]
 
 
 def _forget(replica: PullContext, last_id: int) -> None:
