@@ -161,13 +161,14 @@ def apply_pragmas(session: Session, statements: Iterable[str]) -> None:
         session.execute(f"PRAGMA {statement}").fetchall()
 
 
-def open_turso(path: Path, **options: Any) -> Session:
+def open_turso(path: Path, cipher: str = "aes256gcm", **options: Any) -> Session:
     """turso_sync.connect with the benchmark key; it sets WAL, FULL, 4096-byte pages and temp_store itself.
 
-    ``options`` go to ``connect`` (``record_frames``, ``encryption_format``); the cipher is aes256gcm
-    in Turso's format (the hardened format has one cipher, AES-256-GCM-SIV, and takes the same key).
+    ``options`` go to ``connect`` (``record_frames``, ``encryption_format``).  The hardened format
+    has one cipher, AES-256-GCM-SIV, and takes the same key; ``cipher="envelope"`` makes a new file
+    in the envelope layout (what a replica of a remote whose pages reserve no bytes gets).
     """
-    session = DbApiSession(turso_sync.connect(path, encryption_key=KEY_HEX, cipher="aes256gcm", **options))
+    session = DbApiSession(turso_sync.connect(path, encryption_key=KEY_HEX, cipher=cipher, **options))
     apply_pragmas(session, COMMON_PRAGMAS)
     return session
 
@@ -192,6 +193,15 @@ def open_sqlcipher(path: Path) -> Session:
     session.execute(f"PRAGMA key = \"x'{KEY_HEX}'\"").fetchall()
     apply_pragmas(session, ("cipher_page_size=4096", *FILE_PRAGMAS, *COMMON_PRAGMAS))
     return session
+
+
+def _has_envelope() -> bool:
+    """True when this turso_sync has the envelope layout (``cipher="envelope"``)."""
+    try:
+        from turso_sync.crypto.page_codec import HARDENED_CIPHERS
+    except ImportError:
+        return False
+    return "envelope" in HARDENED_CIPHERS
 
 
 def engines() -> list[Engine]:
@@ -229,6 +239,19 @@ def engines() -> list[Engine]:
                 "the hardened format (issue 14): AES-256-GCM-SIV per page with a per-file key (HKDF), the page's "
                 "number, file id, key epoch and place (database or WAL) in the associated data; the same 28 "
                 "reserved bytes and Python VFS as Turso's format; no frame log",
+                True,
+            )
+        )
+    if _has_envelope():
+        out.append(
+            Engine(
+                "turso_sync_envelope",
+                "turso_sync envelope, record_frames=False",
+                partial(open_turso, cipher="envelope", record_frames=False),
+                "the envelope layout (issue 14, for remotes whose pages reserve no bytes): SQLite's pages whole "
+                "(no reserved bytes), each stored as AES-256-GCM-SIV with the hardened format's binding in a "
+                "4,128-byte slot (tag, nonce, 4 zero bytes), the VFS mapping page offsets to slots in the "
+                "database file and the WAL; no frame log",
                 True,
             )
         )

@@ -45,12 +45,13 @@ def test_the_engines_are_the_ones_the_issue_names() -> None:
     assert ("turso_sync_hardened" in keys) == ("encryption_format" in inspect.signature(turso_sync.connect).parameters)
 
 
-def test_the_hardened_contender_writes_the_hardened_format(tmp_path: Path) -> None:
-    (hardened,) = [e for e in bl.engines() if e.key == "turso_sync_hardened"]
+@pytest.mark.parametrize(("key", "cipher_id"), [("turso_sync_hardened", 0x80), ("turso_sync_envelope", 0x81)])
+def test_the_hardened_contenders_write_their_layout(tmp_path: Path, key: str, cipher_id: int) -> None:
+    (engine,) = [e for e in bl.engines() if e.key == key]
     path = tmp_path / "h.db"
-    bl.insert_bulk(hardened, path, bl.Data.build(SIZES).rows)
+    bl.insert_bulk(engine, path, bl.Data.build(SIZES).rows)
     head = path.read_bytes()[:7]
-    assert head[:5] == b"Turso" and head[6] == 0x80  # the hardened cipher id, not Turso's AES-GCM (2)
+    assert head[:5] == b"Turso" and head[6] == cipher_id  # not Turso's AES-GCM (2)
 
 
 def test_the_execute_loop_inserts_every_row_for_every_engine(tmp_path: Path) -> None:
