@@ -9,7 +9,10 @@ on: what they pushed after the target is gone, nothing is pushed twice, pending 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import datetime
+import shutil
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,7 @@ import pytest
 
 import turso_sync
 from tests.integration.primary_harness import PrimaryProcess, pipeline
+from tests.s3_harness import BUCKET, WeedMini, running_weed
 from turso_sync.cli.exit_codes import ExitCode
 from turso_sync.cli.main import main as cli_main
 
@@ -228,3 +232,79 @@ def test_refusals(server: PrimaryProcess, tmp_path: Path, capsys: pytest.Capture
     # nothing of it changed the database
     assert _server_rows(url, "SELECT count(*) FROM sqlite_schema WHERE name = 't'") == [["1"]]
     assert WRITER not in server.log() and ADMIN not in server.log()
+
+
+@pytest.fixture(scope="module")
+def weed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WeedMini]:
+    with running_weed(tmp_path_factory.mktemp("weed")) as store:
+        yield store
+
+
+def _after_takeover(action: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
+    """``action()`` once the restarted server holds the writer lease (it answers 503 until then), within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = action()
+        except turso_sync.Error as exc:  # a replica's request met the 503
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what} kept failing for {timeout} s: {exc}") from exc
+        else:
+            if not isinstance(result, httpx.Response) or result.status_code != 503:
+                return result
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what} kept getting 503 for {timeout} s: {result.text}")
+        time.sleep(0.1)  # polling the condition with a deadline
+
+
+def test_rollback_on_the_store_reaches_past_the_local_history_and_is_durable(weed: WeedMini, tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{ADMIN} admin *\n{WRITER} rw *\n")
+    tokens.chmod(0o600)
+    data = tmp_path / "data"
+    store = ["--store", f"s3://{BUCKET}/rollback-1", "--s3-endpoint", weed.endpoint, "--lease-ttl", "1"]
+    store += ["--token-file", str(tokens)]
+    server = PrimaryProcess(data, *store)
+    url = server.start()
+    try:
+        with contextlib.closing(_replica(tmp_path / "a.db", url)) as a:
+            a.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+            a.execute("INSERT INTO notes VALUES (1, 'kept')")
+            a.commit()
+            a.push()
+            target = _revision(a)
+            a.execute("INSERT INTO notes VALUES (2, 'rolled back')")
+            a.execute("CREATE TABLE later (x)")
+            a.commit()
+            a.push()
+            # kill -9 and an empty cache: the local history now begins at the takeover revision
+            server.kill()
+            shutil.rmtree(data)
+            server.start()
+            answer = _after_takeover(lambda: _post(url, {"revision": target}), "the rollback")
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["source"] == "store"
+            assert answer.json()["changes"]["tables_dropped"] == 1
+            a.pull()
+            assert _rows(a, "SELECT id, body FROM notes ORDER BY id") == [(1, "kept")]
+            rolled = int(answer.json()["revision"])
+
+            # a time: the newest revision stored by then (a minute ahead: the store dates to the second)
+            later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(minutes=1)
+            at_now = _post(url, {"at": later.strftime("%Y-%m-%dT%H:%M:%SZ")})
+            assert at_now.status_code == 200, at_now.text
+            assert at_now.json()["target"] == at_now.json()["revision"] == str(rolled)
+            too_old = _post(url, {"at": "2001-01-01T00:00:00Z"})
+            assert too_old.status_code == 409 and "nothing was stored" in too_old.json()["error"], too_old.text
+
+        # acknowledged means stored: after another kill -9 and an empty cache, a new replica sees the rollback
+        server.kill()
+        shutil.rmtree(data)
+        server.start()
+        b = _after_takeover(lambda: _replica(tmp_path / "b.db", url), "a new replica's bootstrap")
+        with contextlib.closing(b):
+            assert _rows(b, "SELECT id, body FROM notes ORDER BY id") == [(1, "kept")]
+            assert _rows(b, "SELECT name FROM sqlite_schema WHERE name = 'later'") == []
+    finally:
+        server.close()
+    assert ADMIN not in server.log()
