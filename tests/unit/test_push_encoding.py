@@ -4,7 +4,8 @@
 A push sends only the fields that differ from Hrana's defaults (docs/benchmarks.md compares
 push bytes with pyturso's); a change here is a change to every push's size and must be
 deliberate.  The expected bodies were taken from the client before it used the typed classes
-(one is smaller now: the mark query no longer spells out a default).
+(one is smaller now: the mark query no longer spells out a default).  A push built on the mark
+the replica believes the remote holds (one request per push) is pinned beside them.
 """
 
 from __future__ import annotations
@@ -54,6 +55,17 @@ def test_a_push_batch_is_encoded_byte_for_byte_as_before() -> None:
 def test_the_fence_and_the_mark_query_are_encoded_as_before() -> None:
     assert push.pipeline_body([push.fence_batch("client-1", 5)]) == FENCE_BODY
     assert next(remote.remote_mark("client-1", 5.0)).body == MARK_BODY
+
+
+def test_a_push_on_the_believed_mark_is_encoded_as_pinned_and_replaces_the_mark_query() -> None:
+    """One request per push (issue 12): the mark's check rides in the batch.  Pinned on purpose:
+    90 bytes smaller than the batch built after a mark query, and the 205-byte query is gone."""
+    rows = [OutboxRow(7, 2, DDL, b""), OutboxRow(8, 2, [], changeset())]
+    folded = push.pipeline_body([push.build_batch(rows, columns, "client-1", 2, epoch=4, mark=(2, 6)).request])
+    first = push.pipeline_body([push.build_batch(rows, columns, "client-1", 2, epoch=4, mark=push.NO_MARK).request])
+    assert folded == FOLDED_PUSH_BODY
+    assert first == FIRST_PUSH_BODY
+    assert len(PUSH_BODY) - len(folded) == 90 and len(MARK_BODY) == 205
 
 
 def test_a_single_statement_batch_carries_no_default_field() -> None:
@@ -196,4 +208,69 @@ STREAM_PART_2 = (
     b'ype":"integer","value":"8"}],"want_rows":false},"condition":{"type":"ok","step":0}},{"stmt":{"sq'
     b'l":"COMMIT"},"condition":{"type":"ok","step":1}},{"stmt":{"sql":"ROLLBACK"},"condition":{"type":'
     b'"not","cond":{"type":"ok","step":2}}}]}}]}'
+)
+
+FOLDED_PUSH_BODY = (
+    b'{"baton":null,"requests":[{"type":"batch","batch":{"steps":[{"stmt":{"sql":"BEGIN IMMEDIATE"}},{"s'
+    b'tmt":{"sql":"SELECT CASE WHEN EXISTS (SELECT 1 FROM turso_sync_last_change_id WHERE client_id = ? '
+    b"AND pull_gen = ? AND change_id = ?) AND (SELECT pull_gen FROM turso_sync_last_change_id WHERE clie"
+    b'nt_id = ?) IS ? THEN 1 ELSE abs(-9223372036854775808) END AS ok","args":[{"type":"text","value":"c'
+    b'lient-1"},{"type":"integer","value":"2"},{"type":"integer","value":"6"},{"type":"text","value":"cl'
+    b'ient-1#fence"},{"type":"integer","value":"4"}],"want_rows":false},"condition":{"type":"ok","step":'
+    b'0}},{"stmt":{"sql":"CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, v TEXT, f REAL, b BLOB)"'
+    b'},"condition":{"type":"ok","step":1}},{"stmt":{"sql":"ALTER TABLE t ADD COLUMN b BLOB"},"condition'
+    b'":{"type":"ok","step":2}},{"stmt":{"sql":"SELECT CASE WHEN EXISTS (SELECT 1 FROM \\"t\\" WHERE \\"id\\'
+    b'" IS ? AND \\"v\\" IS ?) THEN 1 ELSE abs(-9223372036854775808) END AS ok","args":[{"type":"integer",'
+    b'"value":"1"},{"type":"text","value":"one"}],"want_rows":false},"condition":{"type":"or","conds":[{'
+    b'"type":"ok","step":3},{"type":"error","step":3}]}},{"stmt":{"sql":"UPDATE \\"t\\" SET \\"v\\" = ? WHER'
+    b'E \\"id\\" IS ?","args":[{"type":"text","value":"uno"},{"type":"integer","value":"1"}]},"condition":'
+    b'{"type":"ok","step":4}},{"stmt":{"sql":"SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM \\"t\\" WHERE \\"i'
+    b'd\\" IS ? AND NOT (\\"v\\" IS ? AND \\"f\\" IS ? AND \\"b\\" IS ?)) THEN 1 ELSE abs(-9223372036854775808)'
+    b' END AS ok","args":[{"type":"integer","value":"2"},{"type":"text","value":"two"},{"type":"float","'
+    b'value":1.5},{"type":"blob","base64":"AP8"}],"want_rows":false},"condition":{"type":"ok","step":5}}'
+    b',{"stmt":{"sql":"INSERT INTO \\"t\\"(\\"id\\", \\"v\\", \\"f\\", \\"b\\") VALUES (?,?,?,?) ON CONFLICT(\\"id\\'
+    b'") DO UPDATE SET \\"id\\" = excluded.\\"id\\",\\"v\\" = excluded.\\"v\\",\\"f\\" = excluded.\\"f\\",\\"b\\" = ex'
+    b'cluded.\\"b\\"","args":[{"type":"integer","value":"2"},{"type":"text","value":"two"},{"type":"float"'
+    b',"value":1.5},{"type":"blob","base64":"AP8"}]},"condition":{"type":"ok","step":6}},{"stmt":{"sql":'
+    b'"SELECT CASE WHEN EXISTS (SELECT 1 FROM \\"t\\" WHERE \\"id\\" IS ? AND \\"v\\" IS ? AND \\"f\\" IS ? AND '
+    b'\\"b\\" IS ?) THEN 1 ELSE abs(-9223372036854775808) END AS ok","args":[{"type":"integer","value":"3"'
+    b'},{"type":"text","value":"three"},{"type":"null"},{"type":"blob","base64":"AQ"}],"want_rows":false'
+    b'},"condition":{"type":"ok","step":7}},{"stmt":{"sql":"DELETE FROM \\"t\\" WHERE \\"id\\" IS ?","args":'
+    b'[{"type":"integer","value":"3"}]},"condition":{"type":"ok","step":8}},{"stmt":{"sql":"UPDATE turso'
+    b'_sync_last_change_id SET pull_gen = ?, change_id = ? WHERE client_id = ?","args":[{"type":"integer'
+    b'","value":"2"},{"type":"integer","value":"8"},{"type":"text","value":"client-1"}]},"condition":{"t'
+    b'ype":"ok","step":9}},{"stmt":{"sql":"COMMIT"},"condition":{"type":"ok","step":10}},{"stmt":{"sql":'
+    b'"ROLLBACK"},"condition":{"type":"not","cond":{"type":"ok","step":11}}}]}}]}'
+)
+
+FIRST_PUSH_BODY = (
+    b'{"baton":null,"requests":[{"type":"batch","batch":{"steps":[{"stmt":{"sql":"BEGIN IMMEDIATE"}},{"s'
+    b'tmt":{"sql":"CREATE TABLE IF NOT EXISTS turso_sync_last_change_id (client_id TEXT PRIMARY KEY, pul'
+    b'l_gen INTEGER, change_id INTEGER)"},"condition":{"type":"ok","step":0}},{"stmt":{"sql":"INSERT INT'
+    b"O turso_sync_last_change_id(client_id, pull_gen, change_id) VALUES (?, ?, CASE WHEN (SELECT pull_g"
+    b"en FROM turso_sync_last_change_id WHERE client_id = ?) IS ? THEN ? ELSE abs(-9223372036854775808) "
+    b'END)","args":[{"type":"text","value":"client-1"},{"type":"integer","value":"2"},{"type":"text","va'
+    b'lue":"client-1#fence"},{"type":"integer","value":"4"},{"type":"integer","value":"8"}],"want_rows":'
+    b'false},"condition":{"type":"ok","step":1}},{"stmt":{"sql":"CREATE TABLE IF NOT EXISTS t (id INTEGE'
+    b'R PRIMARY KEY, v TEXT, f REAL, b BLOB)"},"condition":{"type":"ok","step":2}},{"stmt":{"sql":"ALTER'
+    b' TABLE t ADD COLUMN b BLOB"},"condition":{"type":"ok","step":3}},{"stmt":{"sql":"SELECT CASE WHEN '
+    b'EXISTS (SELECT 1 FROM \\"t\\" WHERE \\"id\\" IS ? AND \\"v\\" IS ?) THEN 1 ELSE abs(-9223372036854775808'
+    b') END AS ok","args":[{"type":"integer","value":"1"},{"type":"text","value":"one"}],"want_rows":fal'
+    b'se},"condition":{"type":"or","conds":[{"type":"ok","step":4},{"type":"error","step":4}]}},{"stmt":'
+    b'{"sql":"UPDATE \\"t\\" SET \\"v\\" = ? WHERE \\"id\\" IS ?","args":[{"type":"text","value":"uno"},{"type'
+    b'":"integer","value":"1"}]},"condition":{"type":"ok","step":5}},{"stmt":{"sql":"SELECT CASE WHEN NO'
+    b'T EXISTS (SELECT 1 FROM \\"t\\" WHERE \\"id\\" IS ? AND NOT (\\"v\\" IS ? AND \\"f\\" IS ? AND \\"b\\" IS ?)'
+    b') THEN 1 ELSE abs(-9223372036854775808) END AS ok","args":[{"type":"integer","value":"2"},{"type":'
+    b'"text","value":"two"},{"type":"float","value":1.5},{"type":"blob","base64":"AP8"}],"want_rows":fal'
+    b'se},"condition":{"type":"ok","step":6}},{"stmt":{"sql":"INSERT INTO \\"t\\"(\\"id\\", \\"v\\", \\"f\\", \\"'
+    b'b\\") VALUES (?,?,?,?) ON CONFLICT(\\"id\\") DO UPDATE SET \\"id\\" = excluded.\\"id\\",\\"v\\" = excluded.'
+    b'\\"v\\",\\"f\\" = excluded.\\"f\\",\\"b\\" = excluded.\\"b\\"","args":[{"type":"integer","value":"2"},{"type'
+    b'":"text","value":"two"},{"type":"float","value":1.5},{"type":"blob","base64":"AP8"}]},"condition":'
+    b'{"type":"ok","step":7}},{"stmt":{"sql":"SELECT CASE WHEN EXISTS (SELECT 1 FROM \\"t\\" WHERE \\"id\\" '
+    b'IS ? AND \\"v\\" IS ? AND \\"f\\" IS ? AND \\"b\\" IS ?) THEN 1 ELSE abs(-9223372036854775808) END AS ok'
+    b'","args":[{"type":"integer","value":"3"},{"type":"text","value":"three"},{"type":"null"},{"type":"'
+    b'blob","base64":"AQ"}],"want_rows":false},"condition":{"type":"ok","step":8}},{"stmt":{"sql":"DELET'
+    b'E FROM \\"t\\" WHERE \\"id\\" IS ?","args":[{"type":"integer","value":"3"}]},"condition":{"type":"ok",'
+    b'"step":9}},{"stmt":{"sql":"COMMIT"},"condition":{"type":"ok","step":10}},{"stmt":{"sql":"ROLLBACK"'
+    b'},"condition":{"type":"not","cond":{"type":"ok","step":11}}}]}}]}'
 )

@@ -4,7 +4,8 @@
 (``wire/pull.py``) and falls back to raw pages on a server without the zstd extension;
 ``run_batch`` sends one Hrana batch built from the typed classes of ``wire/hrana.py`` and
 decodes its answer with the same codec the primary encodes it with (``batch_result``);
-``remote_mark`` reads how far this client's pushes got.  Nothing here performs I/O: each
+``remote_mark`` reads how far this client's pushes got (a push needs it only when its belief
+may be wrong: ``pusher.py``).  Nothing here performs I/O: each
 function is a generator for a driver (``exchange.py``).
 """
 

@@ -1,8 +1,9 @@
 """Pushing one local transaction over several requests: a Hrana stream held open by batons.
 
 A push batch (``push.build_batch``) is one remote transaction: ``BEGIN IMMEDIATE``, the
-bookkeeping table, a compare-and-set guard and a change per row, the change-id mark (which
-also checks the push epoch), ``COMMIT``, then ``ROLLBACK`` unless the ``COMMIT`` succeeded.
+check of the push mark and epoch the batch was built on (or, on a first push, the bookkeeping
+table and the new mark), a compare-and-set guard and a change per row, the change-id mark,
+``COMMIT``, then ``ROLLBACK`` unless the ``COMMIT`` succeeded.
 One request carries at most ``MAX_PUSH_BODY`` bytes, so a bigger transaction is sent here as a
 chain of requests on one server-side stream::
 
@@ -15,9 +16,9 @@ The server keeps the transaction open between requests (our primary: ``primary/s
 so it commits all at once, in the last request, or not at all: a stream cut short (a network
 error, a timeout, a 4xx, a client that stops) never reaches ``COMMIT``, and the server rolls
 it back (at once on ``close``, which is sent when possible; else after its idle timeout).  The
-mark and ``COMMIT`` travel together in the last request, so a retry of the whole transaction
-after a lost last answer is exactly-once, as for a one-request push: the next push reads the
-remote's mark first.
+``COMMIT`` travels in the last request, so a retry of the whole transaction after a lost last
+answer is exactly-once, as for a one-request push: the next push reads the remote's mark
+first.  The mark's check is in the first request: a stream built on a wrong belief stops there.
 
 Each step's condition refers to earlier steps of the same batch.  A step whose condition names
 a step of an earlier request gets that outcome as a constant (conditions are evaluated here,
@@ -119,7 +120,7 @@ def typed_steps(steps: Sequence[AnyStep]) -> list[BatchStep]:
 def plan_requests(steps: Sequence[AnyStep], commit_index: int, max_body: int) -> list[range]:
     """Which steps go in which request: consecutive ranges, each request at most ``max_body`` bytes.
 
-    The change-id mark (the step before ``COMMIT``), ``COMMIT`` and everything after it go in
+    The step before ``COMMIT`` (the change-id mark), ``COMMIT`` and everything after it go in
     the last request.  Raises PushRejectedError when one step alone is too big for a request.
     """
     budget = max_body - _REQUEST_OVERHEAD
