@@ -294,12 +294,18 @@ class Figures:
     started_utc: str = ""
 
 
-def _interval(samples: list[list[Any]], end_s: float, cpu: float, client_cpu: float, server: Server) -> Interval:
+def server_sample(server: Server) -> tuple[float, int, int, int, int]:
+    """(CPU seconds so far, RSS bytes, open fds, frame log bytes, other bytes) of the running server."""
     assert server.proc is not None
     pid = server.proc.pid
+    frames, other = disk_bytes(server.folder)
+    return process_cpu(pid), rss_bytes(pid), open_fds(pid), frames, other
+
+
+def _interval(samples: list[list[Any]], end_s: float, cpu: float, client_cpu: float, seen: tuple[Any, ...]) -> Interval:
     push = [s[2] for s in samples if s[0] == "push"]
     pull = [s[2] for s in samples if s[0] == "pull"]
-    frames, other = disk_bytes(server.folder)
+    _, rss, fds, frames, other = seen
     return Interval(
         end_s,
         len(push),
@@ -311,8 +317,8 @@ def _interval(samples: list[list[Any]], end_s: float, cpu: float, client_cpu: fl
         percentile(pull, 0.99) * 1000,
         cpu,
         client_cpu,
-        rss_bytes(pid),
-        open_fds(pid),
+        rss,
+        fds,
         frames,
         other,
     )
@@ -352,14 +358,14 @@ def measure(sizes: Sizes, workdir: Path, log: Any = print) -> Figures:
         while True:
             last = tick >= end - 1e-6
             time.sleep(max(0.0, min(tick, end) - time.monotonic()))  # a clock, not a wait for a condition
+            seen = server_sample(server)  # before the replicas stop: the server as the load leaves it
             op = "stop" if last else "drain"
             answers = [w.ask({"op": op}, "bench_soak", op, timeout=900) for w in workers]
-            now_cpu = process_cpu(pid)
             samples = [s for a in answers for s in a["samples"]]
             spent = sum(a["cpu"] - c for a, c in zip(answers, client_cpu, strict=True))
             client_cpu = [a["cpu"] for a in answers]
-            iv = _interval(samples, min(tick, end) - start, now_cpu - cpu, spent, server)
-            cpu = now_cpu
+            iv = _interval(samples, min(tick, end) - start, seen[0] - cpu, spent, seen)
+            cpu = seen[0]
             fig.intervals.append(iv)
             log(
                 f"{iv.end_s / 60:6.1f} min: {iv.pushes:5} pushes p50 {iv.push_p50_ms:6.1f} "
@@ -467,7 +473,7 @@ def report(fig: Figures) -> str:
     m = machine()
     s = fig.sizes
     bound = (
-        f"`{' '.join(fig.serve_flags)}` (the server's history bound)"
+        f"`{' '.join(fig.serve_flags)}` (the server's history bound: reached after {s.history_seconds / 60:g} min)"
         if fig.serve_flags
         else "no history bound (this server's `serve --help` has no `--history-seconds`)"
     )
