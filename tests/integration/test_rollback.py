@@ -234,6 +234,76 @@ def test_refusals(server: PrimaryProcess, tmp_path: Path, capsys: pytest.Capture
     assert WRITER not in server.log() and ADMIN not in server.log()
 
 
+def _stream(url: str, baton: str | None, *sql: str) -> str | None:
+    """One request of a Hrana stream (a transaction kept open between requests); the baton after it."""
+    requests: list[dict[str, Any]] = [{"type": "execute", "stmt": {"sql": q}} for q in sql]
+    if baton is not None and sql[-1] == "COMMIT":
+        requests.append({"type": "close"})
+    resp = httpx.post(
+        f"{url}/v2/pipeline",
+        json={"baton": baton, "requests": requests},
+        headers={"Authorization": f"Bearer {WRITER}"},
+        timeout=60,
+    )
+    assert resp.status_code == 200, resp.text
+    assert all(r["type"] == "ok" for r in resp.json()["results"]), resp.text
+    return resp.json()["baton"]
+
+
+def test_a_rollback_waits_for_a_stream_holding_the_write_lock(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{ADMIN} admin *\n{WRITER} rw *\n")
+    tokens.chmod(0o600)
+    server = PrimaryProcess(tmp_path / "data", "--token-file", str(tokens), "--stream-lock-wait", "1")
+    url = server.start()
+    try:
+        pipeline(url, "CREATE TABLE t (x)", "INSERT INTO t VALUES ('target')", token=WRITER)
+        with contextlib.closing(_replica(tmp_path / "a.db", url)) as a:
+            target = _revision(a)
+        baton = _stream(url, None, "BEGIN IMMEDIATE", "INSERT INTO t VALUES ('in a stream')")
+        assert baton is not None
+        # the stream keeps the write lock past the wait: 503, and nothing was rolled back
+        locked = _post(url, {"revision": target})
+        assert locked.status_code == 503 and locked.json()["code"] == "DATABASE_LOCKED", locked.text
+        assert "Retry-After" in locked.headers
+        # once the stream commits, the rollback runs after it and removes its row too
+        assert _stream(url, baton, "COMMIT") is None
+        done = _post(url, {"revision": target})
+        assert done.status_code == 200, done.text
+        assert done.json()["changes"]["rows_deleted"] == 1
+        assert _server_rows(url, "SELECT x FROM t") == [["target"]]
+    finally:
+        server.close()
+
+
+def test_an_encrypted_primary_rolls_back_and_writes_no_plaintext(tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text("ab" * 32)
+    key_file.chmod(0o600)
+    data = tmp_path / "data"
+    server = PrimaryProcess(data, "--encryption-key-file", str(key_file))  # development mode: any token is admin
+    url = server.start()
+    try:
+        with contextlib.closing(_replica(tmp_path / "a.db", url)) as a:
+            a.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+            a.execute("INSERT INTO notes VALUES (1, 'plaintext-marker-4711')")
+            a.commit()
+            a.push()
+            target = _revision(a)
+            a.execute("DELETE FROM notes")
+            a.commit()
+            a.push()
+            answer = _post(url, {"revision": target})
+            assert answer.status_code == 200, answer.text
+            a.pull()
+            assert _rows(a, "SELECT id, body FROM notes") == [(1, "plaintext-marker-4711")]
+    finally:
+        server.close()
+    for path in data.rglob("*"):
+        if path.is_file():
+            assert b"plaintext-marker-4711" not in path.read_bytes(), path
+
+
 @pytest.fixture(scope="module")
 def weed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WeedMini]:
     with running_weed(tmp_path_factory.mktemp("weed")) as store:

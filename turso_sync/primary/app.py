@@ -484,15 +484,25 @@ async def admin_rollback(request: web.Request) -> web.StreamResponse:
             revision = await resolve_target(db, backend, target)
             outcome = await roll_back(db, revision, backend=backend, lock_wait_s=state.limits.streams.lock_wait_s)
     # the client's identity is a one-way hash: it leads back to neither the token nor its line
-    log.info(
-        "database %s: rolled back to the content of revision %d as revision %d (head was %d, from the %s) by client %s",
-        name,
-        outcome.target,
-        outcome.revision,
-        outcome.previous_head,
-        outcome.source,
-        grant.client,
-    )
+    if outcome.revision == outcome.previous_head:
+        log.info(
+            "database %s: rollback to revision %d asked by client %s: nothing differs (head %d)",
+            name,
+            outcome.target,
+            grant.client,
+            outcome.revision,
+        )
+    else:
+        log.info(
+            "database %s: rolled back to the content of revision %d as revision %d (head was %d, from the %s) "
+            "by client %s",
+            name,
+            outcome.target,
+            outcome.revision,
+            outcome.previous_head,
+            outcome.source,
+            grant.client,
+        )
     return web.json_response(outcome.to_json())
 
 
