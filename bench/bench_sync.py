@@ -571,9 +571,12 @@ def iteration_table(fig: Figures) -> str:
                 p50 = fig.med(server, client, scenario, lambda s: s.op_p50_ms)
                 p90 = fig.med(server, client, scenario, lambda s: s.op_p90_ms)
                 cells.append(f"{p50:.1f} / {p90:.1f}")
-            pyb = fig.med(server, PYTURSO, scenario, _wire_bytes) / fig.sizes.work(scenario)
-            ob = fig.med(server, OURS, scenario, _wire_bytes) / fig.sizes.work(scenario)
-            cells += [f"{pyb:,.0f}", f"{ob:,.0f}"]
+            n = fig.sizes.work(scenario)
+            pyb = fig.med(server, PYTURSO, scenario, _wire_bytes) / n
+            ob = fig.med(server, OURS, scenario, _wire_bytes) / n
+            pyr = fig.med(server, PYTURSO, scenario, lambda s: s.requests) / n
+            orq = fig.med(server, OURS, scenario, lambda s: s.requests) / n
+            cells += [f"{pyb:,.0f}", f"{ob:,.0f}", f"{pyr:.2f}", f"{orq:.2f}"]
             rows.append(cells)
     header = [
         "loop",
@@ -582,6 +585,8 @@ def iteration_table(fig: Figures) -> str:
         "turso_sync ms p50 / p90",
         "pyturso B/iter",
         "turso_sync B/iter",
+        "pyturso requests/iter",
+        "turso_sync requests/iter",
     ]
     return markdown_table(header, rows, right=range(2, len(header)))
 
@@ -705,7 +710,8 @@ def report(fig: Figures) -> str:
         aims(fig),
         "",
         "Per loop iteration (insert + push, plus the read, plus the second replica's pull where the "
-        "scenario has them): p50 / p90 milliseconds within a run, and bytes on the wire per iteration:",
+        "scenario has them): p50 / p90 milliseconds within a run, bytes on the wire and HTTP requests per "
+        "iteration (a push is one request: the mark's check rides in the batch; ryw_remote adds the pull):",
         "",
         iteration_table(fig),
         "",
