@@ -378,3 +378,22 @@ def test_rollback_on_the_store_reaches_past_the_local_history_and_is_durable(wee
     finally:
         server.close()
     assert ADMIN not in server.log()
+
+
+def test_a_follower_refuses_a_rollback_and_names_the_writer(weed: WeedMini, tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{ADMIN} admin *\n{WRITER} rw *\n")
+    tokens.chmod(0o600)
+    store = ["--store", f"s3://{BUCKET}/rollback-2", "--s3-endpoint", weed.endpoint, "--token-file", str(tokens)]
+    writer = PrimaryProcess(tmp_path / "writer", *store)
+    follower = PrimaryProcess(tmp_path / "follower", *store, "--follow")
+    url = writer.start()
+    try:
+        pipeline(url, "CREATE TABLE t (x)", "INSERT INTO t VALUES (1)", token=WRITER)
+        follower.start()
+        refused = _post(follower.url, {"revision": 0})
+        assert refused.status_code == 403 and refused.json()["code"] == "FOLLOWER_READ_ONLY", refused.text
+        assert "writer" in refused.json()["error"]
+    finally:
+        follower.close()
+        writer.close()
