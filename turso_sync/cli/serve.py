@@ -7,6 +7,7 @@ turso-sync serve --data-dir DIR --listen 127.0.0.1:8080 [--token-file F]
                  [--max-databases-per-token N] [--max-open-databases N]
                  [--stream-idle-timeout S] [--max-stream-seconds S] [--max-streams-per-client N]
                  [--max-streams N] [--max-stream-bytes N] [--stream-lock-wait S] [--access-log]
+                 [--history-seconds S] [--history-bytes N]
                  [--store s3://BUCKET/PREFIX [--s3-endpoint URL] [--s3-region R] [--lease-ttl S]
                   [--follow] [--snapshot-every N] [--retention-days D]]
 """
@@ -23,6 +24,7 @@ from .. import errors
 from ..primary import ConfigError, Limits, ServerConfig, run_until_signalled
 from ..primary.auth import TokenFileError
 from ..primary.durable import DEFAULT_LEASE_TTL, DEFAULT_RETENTION_S, DEFAULT_SNAPSHOT_EVERY, StoreSettings
+from ..primary.revision import DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_SECONDS, HistoryBounds
 from ..primary.server import parse_listen
 from ..primary.sql_policy import SERVE_SQLITE_HEAP_BYTES, SqlLimits
 from ..primary.store import DataDirBusy
@@ -188,6 +190,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--access-log", action="store_true", help="log one line per request at INFO (default: at DEBUG only)"
     )
     parser.add_argument(
+        "--history-seconds",
+        type=float,
+        default=DEFAULT_HISTORY_SECONDS,
+        metavar="S",
+        help="each database's frame log keeps at least the revisions of the last S seconds (unless "
+        "--history-bytes is reached first): replicas behind it get every page again, and a partial "
+        f"replica pinned before it bootstraps again (default {DEFAULT_HISTORY_SECONDS:g})",
+    )
+    parser.add_argument(
+        "--history-bytes",
+        type=int,
+        default=DEFAULT_HISTORY_BYTES,
+        metavar="N",
+        help="each database's frame log holds at most about N bytes: past it, the oldest history is "
+        "pruned down to N/2 (with --store, never what is not stored yet) "
+        f"(default {DEFAULT_HISTORY_BYTES} = {DEFAULT_HISTORY_BYTES >> 20} MiB)",
+    )
+    parser.add_argument(
         "--store",
         metavar="s3://BUCKET/PREFIX",
         help="keep every database in this S3 bucket (credentials from the standard AWS environment "
@@ -287,6 +307,15 @@ def limits_from(args: argparse.Namespace) -> Limits:
     )
 
 
+def history_from(args: argparse.Namespace) -> HistoryBounds:
+    """The ``HistoryBounds`` the options ask for; raises ConfigError naming the option that cannot be used."""
+    if not args.history_seconds >= 0:
+        raise ConfigError(f"--history-seconds must be 0 or more (got {args.history_seconds:g})")
+    if args.history_bytes < 1:
+        raise ConfigError(f"--history-bytes must be positive (got {args.history_bytes})")
+    return HistoryBounds(seconds=args.history_seconds, max_bytes=args.history_bytes)
+
+
 def check_store_options(args: argparse.Namespace) -> None:
     """The object-store options: only with ``--store``, and in range (ConfigError names the option)."""
     if not args.store:
@@ -332,6 +361,7 @@ def run(args: argparse.Namespace) -> int:
             cipher=args.cipher,
             limits=limits,
             access_log=args.access_log,
+            history=history_from(args),
             store=StoreSettings(
                 args.store,
                 args.s3_endpoint,

@@ -12,19 +12,30 @@ before it (or "absent").  Post-images rebuild any later state from an earlier co
 undo every transaction after a watermark.  Images are stored exactly as on disk, so an
 encrypted database's log is encrypted with the same key.
 
+A log with ``post_images`` off (the primary's: it serves current pages, and pinned reads from
+pre-images) stores the pre-image alone: one image per page written, not two.  A post-image
+is not lost by that: it is the pre-image of the next transaction that touched the page, or the
+page as it is now, and ``history`` puts it back when asked for images.
+
+Lookups by sequence number bisect the index (sorted by seq), so reading the history after a
+revision costs what lies after it, not the length of the history kept.
+
 File layout (big-endian): a 48-byte header, then records.
   header: magic ``TSFRMLG1``, version, page size, base db size (pages), base seq,
           (salt1, salt2, commit frame) of the last transaction folded into the base, crc32.
   record: magic ``TSFR``, seq u64, salt1, salt2, commit frame, db size, db size before,
           page count, body length u32, crc32 of header+body; then per page:
-          pgno u32, flag u8 (1 = pre-image follows, 2 = no post-image: the commit cut the page
-          off, 4 = the pre-image was never fetched: a partial replica's page still missing from the
-          database file, whose image is the bootstrap revision's), [pre-image], [post-image].
+          pgno u32, flag u8 (1 = pre-image follows, 2 = no post-image follows: the commit cut the
+          page off, or with 8 it was not kept; 4 = the pre-image was never fetched: a partial
+          replica's page still missing from the database file, whose image is the bootstrap
+          revision's; 8 = the post-image was not kept, see above), [pre-image], [post-image].
+          (A reader that knows flags 1 and 2 only still finds every image: 8 comes with 2.)
 A record whose crc does not match is a torn append and is cut off when the log is next opened.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import fcntl
 import os
@@ -34,6 +45,8 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from operator import attrgetter
+from typing import BinaryIO
 
 from ..crypto.page_codec import PageCodec
 from ..page import PAGE_SIZE
@@ -47,6 +60,13 @@ _HEADER = struct.Struct(">8sIIIQIII")  # magic, version, page size, base size, b
 _HEADER_SIZE = 48
 _REC = struct.Struct(">4sQIIIIIII")  # magic, seq, salt1, salt2, frame, db size, size before, npages, body len
 _REC_SIZE = _REC.size + 4  # + crc32
+_COPY_CHUNK = 1 << 20  # a prune copies the kept records this many bytes at a time
+
+# page flags of a record
+_PRE = 1  # a pre-image follows
+_NO_POST = 2  # no post-image follows
+_PRE_MISSING = 4  # a partial replica's page never fetched: its pre-image is the bootstrap's
+_POST_DROPPED = 8  # (with _NO_POST) the post-image was not kept: see post_images
 
 
 class RevisionGone(Exception):  # noqa: N818 - reads as a state, like StopIteration
@@ -61,6 +81,7 @@ class TxnPage:
     post: bytes
     pre: bytes | None
     pre_missing: bool = False  # partial replica: the pre-image is the bootstrap image, not local
+    post_dropped: bool = False  # the log did not keep ``post`` (``post_images`` off): b"" until filled
 
 
 @dataclass
@@ -75,7 +96,7 @@ class Txn:
     pages: list[TxnPage] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Index:
     seq: int
     offset: int
@@ -84,6 +105,27 @@ class _Index:
     db_size: int
     size_before: int
     pgnos: tuple[int, ...]
+
+
+@dataclass
+class PrunePlan:
+    """A prune prepared by ``FrameLog.prepare_prune``: the kept records copied so far into ``tmp``."""
+
+    upto: int
+    identity: tuple[int, int]
+    head: bytes
+    start: int  # offset in the log of the first kept record
+    copied_to: int  # offset in the log up to which records are copied
+    tmp: str
+    header: bytes
+
+    def discard(self) -> None:
+        """Remove the copy (a prune not finished)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.tmp)
+
+
+_seq_of = attrgetter("seq")
 
 
 class FrameLog:
@@ -105,6 +147,9 @@ class FrameLog:
         self.base_marker: tuple[int, int, int] = (0, 0, 0)
         #: partial replicas: tells whether a page of the database file was never fetched
         self.is_missing: Callable[[int], bool] | None = None
+        #: False: records keep pre-images only (the primary sets it; see the module docstring)
+        self.post_images = True
+        self._pruning = threading.Lock()  # one prune at a time in this process
 
     # --- creation and loading ---------------------------------------------------------------
 
@@ -210,10 +255,14 @@ class FrameLog:
 
     def _wal_txns(self) -> list[Txn]:
         """Transactions still in the WAL and not archived yet, numbered and with pre-images."""
+        return self._wal_state()[0]
+
+    def _wal_state(self) -> tuple[list[Txn], dict[int, bytes]]:
+        """``_wal_txns``, and the newest committed WAL image of each page the WAL holds."""
         scan = committed_wal(self.db_path)
         hdr, committed = scan.header, scan.txns
         if hdr is None or not committed:
-            return []
+            return [], {}
         last_seq, (ls1, ls2, lframe), last_size = self._last()
         same_generation = (ls1, ls2) == hdr.salts
         latest: dict[int, bytes] = {}
@@ -233,7 +282,7 @@ class FrameLog:
                     size_before = wtxn.db_size
                 for frame in wtxn.frames:
                     latest[frame.pgno] = frame.body
-        return out
+        return out, latest
 
     def _txn_from_wal(self, seq: int, wtxn: WalTxn, latest: dict[int, bytes], db_fd: int, size_before: int) -> Txn:
         P = self.page_size
@@ -279,11 +328,16 @@ class FrameLog:
     def _encode(self, txn: Txn) -> bytes:
         body = bytearray()
         for page in txn.pages:
-            flag = (1 if page.pre is not None else 0) | (0 if page.post else 2) | (4 if page.pre_missing else 0)
+            post = page.post if self.post_images else b""
+            flag = (_PRE if page.pre is not None else 0) | (0 if post else _NO_POST)
+            if page.pre_missing:
+                flag |= _PRE_MISSING
+            if page.post and not post:
+                flag |= _POST_DROPPED
             body += struct.pack(">IB", page.pgno, flag)
             if page.pre is not None:
                 body += page.pre
-            body += page.post
+            body += post
         head = _REC.pack(
             REC_MAGIC,
             txn.seq,
@@ -309,15 +363,53 @@ class FrameLog:
             pgno, flag = struct.unpack_from(">IB", body, p)
             p += 5
             pre = None
-            if flag & 1:
+            if flag & _PRE:
                 pre = body[p : p + P]
                 p += P
             post = b""
-            if not flag & 2:
+            if not flag & _NO_POST:
                 post = body[p : p + P]
                 p += P
-            txn.pages.append(TxnPage(pgno, post, pre, pre_missing=bool(flag & 4)))
+            txn.pages.append(
+                TxnPage(pgno, post, pre, pre_missing=bool(flag & _PRE_MISSING), post_dropped=bool(flag & _POST_DROPPED))
+            )
         return txn
+
+    def _after(self, since: int) -> int:
+        """Position in the index of the first record with seq > ``since`` (a bisect: the index is sorted)."""
+        return bisect.bisect_right(self._index, since, key=_seq_of)
+
+    def _fill_posts(self, txns: list[Txn], latest: dict[int, bytes]) -> None:
+        """Put back the post-images a log without ``post_images`` did not keep (caller holds the lock).
+
+        Walking from the newest transaction back, a page's image after a transaction is the
+        pre-image of the next one that touched it, else the page now: the newest committed WAL
+        image (``latest``), else the database file.
+        """
+        if not any(page.post_dropped for txn in txns for page in txn.pages):
+            return
+        after: dict[int, bytes | None] = {}
+        with contextlib.ExitStack() as stack:
+            db_fd: int | None = None
+            for txn in reversed(txns):
+                for page in txn.pages:
+                    if page.post_dropped:
+                        if page.pgno in after:
+                            image = after[page.pgno]
+                        else:
+                            image = latest.get(page.pgno)
+                            if image is None:
+                                if db_fd is None:
+                                    db_fd = stack.enter_context(file_descriptor(self.db_path))
+                                image = os.pread(db_fd, self.page_size, (page.pgno - 1) * self.page_size)
+                        if image is None or len(image) != self.page_size:
+                            raise OSError(
+                                f"{self.path}: no image of page {page.pgno} after transaction {txn.seq}: "
+                                "the frame log does not match the database"
+                            )
+                        page.post = image
+                        page.post_dropped = False
+                    after[page.pgno] = page.pre
 
     def current_seq(self) -> int:
         """Sequence number of the newest committed transaction (0 when there is none)."""
@@ -336,14 +428,12 @@ class FrameLog:
         with self._locked(exclusive=False) as fd:
             if since is None:
                 since = self.base_seq
-            wal = self._wal_txns()
+            wal, latest = self._wal_state()
             newest = wal[-1].seq if wal else self._last()[0]
             if since < self.base_seq or since > newest:
                 raise RevisionGone(f"revision {since} is not available: history covers {self.base_seq}..{newest}")
             archived: list[Txn] = []
-            for rec in self._index:
-                if rec.seq <= since:
-                    continue
+            for rec in self._index[self._after(since) :]:
                 if with_images:
                     archived.append(self._read_record(fd, rec))
                 else:
@@ -357,6 +447,8 @@ class FrameLog:
                             [TxnPage(p, b"", None) for p in rec.pgnos],
                         )
                     )
+            if with_images:
+                self._fill_posts(archived + [txn for txn in wal if txn.seq > since], latest)
         yield from archived
         for txn in wal:
             if txn.seq > since:
@@ -377,9 +469,7 @@ class FrameLog:
             newest = wal[-1].seq if wal else self._last()[0]
             if since < self.base_seq or since > newest:
                 raise RevisionGone(f"revision {since} is not available: history covers {self.base_seq}..{newest}")
-            for rec in self._index:
-                if rec.seq <= since:
-                    continue
+            for rec in self._index[self._after(since) :]:
                 if size_at is None:
                     size_at = rec.size_before
                 if any(p not in found and (wanted is None or p in wanted) for p in rec.pgnos):
@@ -398,38 +488,146 @@ class FrameLog:
 
     def size_at(self, seq: int) -> int:
         """Database size in pages right after transaction ``seq``."""
-        if seq == self.base_seq:
-            return self.base_size
-        for txn in self.history(seq - 1, with_images=False):
-            return txn.db_size
+        with self._locked(exclusive=False):
+            if seq == self.base_seq:
+                return self.base_size
+            if seq > self.base_seq:
+                i = self._after(seq - 1)
+                if i < len(self._index) and self._index[i].seq == seq:
+                    return self._index[i].db_size
+                for txn in self._wal_txns():
+                    if txn.seq == seq:
+                        return txn.db_size
         raise RevisionGone(f"revision {seq} is not available")
 
+    # --- bounding the history -----------------------------------------------------------------
+
+    def size_bytes(self) -> int:
+        """Bytes of the log file: its header and every archived record."""
+        with self._locked(exclusive=False):
+            return self._end
+
+    def prune_point(self, max_bytes: int) -> int:
+        """The oldest ``upto`` whose prune leaves at most ``max_bytes`` in the log file (the base if it holds).
+
+        Only whole records go: with none small enough, every archived record.
+        """
+        with self._locked(exclusive=False):
+            if self._end <= max_bytes or not self._index:
+                return self.base_seq
+            # the kept bytes fall as the first kept record moves on: bisect on its offset
+            cut = self._end + _HEADER_SIZE - max_bytes  # the first kept record must start at or after this
+            i = bisect.bisect_left(self._index, cut, key=attrgetter("offset"))
+            return self._index[i - 1].seq if i > 0 else self.base_seq
+
+    def seq_bytes_after(self, seq: int) -> int:
+        """Bytes the log file would keep after a prune up to ``seq``."""
+        with self._locked(exclusive=False):
+            i = self._after(seq)
+            start = self._index[i].offset if i < len(self._index) else self._end
+            return _HEADER_SIZE + self._end - start
+
     def prune(self, upto: int) -> None:
-        """Forget history up to and including ``upto`` (it can no longer be undone or replayed)."""
-        with self._locked(exclusive=True) as fd:
-            keep = [rec for rec in self._index if rec.seq > upto]
-            dropped = [rec for rec in self._index if rec.seq <= upto]
-            if not dropped:
+        """Forget history up to and including ``upto`` (it can no longer be undone or replayed).
+
+        Both steps at once (``prepare_prune``, ``finish_prune``); while a prune of this process
+        is under way in another thread, nothing (that one does the job).
+        """
+        while True:
+            plan = self.prepare_prune(upto)
+            if plan is None or self.finish_prune(plan):
                 return
-            last = dropped[-1]
+            # another process replaced the log between the two steps: look again at the new one
+
+    def prepare_prune(self, upto: int) -> PrunePlan | None:
+        """First step of a prune: copy the records to keep into a new file (None: nothing to drop).
+
+        The copy holds no lock, so archives and reads go on meanwhile: records already written
+        never change while the file keeps its name (``finish_prune`` checks that it did).  Any
+        thread may run it; at most one prune runs at a time in a process.
+        """
+        with self._locked(exclusive=False):
+            i = self._after(upto)
+            if i == 0:
+                return None
+            last = self._index[i - 1]
+            assert self._identity is not None
             header = self._header_bytes(last.db_size, last.seq, (last.salts[0], last.salts[1], last.commit_frame))
-            tmp = self.path + ".tmp"
-            with open(tmp, "wb") as out:
-                out.write(header)
-                if keep:
-                    start = keep[0].offset
-                    out.write(os.pread(fd, self._end - start, start))
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, self.path)
-            fsync_dir(self.path)
-            self._identity = None
+            start = self._index[i].offset if i < len(self._index) else self._end
+            plan = PrunePlan(last.seq, self._identity, self._head, start, self._end, self.path + ".prune", header)
+        if not self._pruning.acquire(blocking=False):
+            return None  # another prune is under way: it does the job
+        copied = False
+        try:
+            with open(self.path, "rb") as src:
+                st = os.fstat(src.fileno())
+                if (st.st_ino, st.st_dev) == plan.identity:  # else replaced since: whoever did it pruned
+                    with open(plan.tmp, "wb") as out:
+                        out.write(header)
+                        _copy_range(src.fileno(), out, plan.start, plan.copied_to)
+                        out.flush()
+                        os.fsync(out.fileno())
+                    copied = True
+        finally:
+            if not copied:
+                plan.discard()
+                self._pruning.release()
+        return plan if copied else None
+
+    def abandon_prune(self, plan: PrunePlan) -> None:
+        """Drop a prepared prune that will not be finished (its copy goes; another prune may start)."""
+        plan.discard()
+        self._pruning.release()
+
+    def finish_prune(self, plan: PrunePlan) -> bool:
+        """Second step: append what was archived since the copy, and put the new file in place.
+
+        Short: it copies only the records archived after ``prepare_prune`` (under the exclusive
+        lock).  False when the log was replaced meanwhile (the copy is dropped, nothing changes).
+        """
+        try:
+            with self._locked(exclusive=True) as fd:
+                if (self._identity, self._head) != (plan.identity, plan.head) or self._end < plan.copied_to:
+                    return False
+                with open(plan.tmp, "ab") as out:
+                    _copy_range(fd, out, plan.copied_to, self._end)
+                    out.flush()
+                    os.fsync(out.fileno())
+                    st = os.fstat(out.fileno())
+                os.replace(plan.tmp, self.path)
+                fsync_dir(self.path)
+                # the kept records moved by the same amount: the index follows, no new scan
+                shift = plan.start - _HEADER_SIZE
+                i = self._after(plan.upto)
+                last_dropped, kept = self._index[i - 1], self._index[i:]
+                for rec in kept:
+                    rec.offset -= shift
+                self._index = kept
+                self._end -= shift
+                self.base_size, self.base_seq = last_dropped.db_size, last_dropped.seq
+                self.base_marker = (last_dropped.salts[0], last_dropped.salts[1], last_dropped.commit_frame)
+                self._identity = (st.st_ino, st.st_dev)
+                self._head = plan.header
+                return True
+        finally:
+            self.abandon_prune(plan)  # the copy was renamed, or is not wanted
 
     def decrypt(self, raw: bytes, pgno: int) -> bytes:
         """A stored image as plaintext."""
         if self.codec is None:
             return raw
         return self.codec.decrypt(raw, pgno, "frame log")
+
+
+def _copy_range(fd: int, out: BinaryIO, start: int, end: int) -> None:
+    """Copy bytes ``start..end`` of ``fd`` to ``out``, a chunk at a time."""
+    pos = start
+    while pos < end:
+        chunk = os.pread(fd, min(_COPY_CHUNK, end - pos), pos)
+        if not chunk:
+            raise OSError(f"frame log ended at {pos} while {end} bytes were expected")
+        out.write(chunk)
+        pos += len(chunk)
 
 
 def fsync_dir(path: str) -> None:

@@ -3,6 +3,12 @@
 Every touch of the database (SQL, page reads) runs on the database's own worker thread, one
 job at a time, so the event loop never blocks on SQLite and no two jobs interleave.  After a
 job that committed, the worker tells the event loop, which wakes the long-polls to look again.
+
+The frame log keeps pre-images only (``FrameLog.post_images`` off: pulls read current pages,
+pinned reads pre-images, and shipping to a store gets post-images back from them), and a
+bounded window of history (``revision.HistoryWindow``): after a commit, the worker decides
+whether a prune is due; the kept records are copied in a thread of their own, and only the
+short last step (the records archived meanwhile, the rename) runs as a worker job.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,6 +28,7 @@ import apsw
 from .. import errors
 from ..local.connection import Connection
 from ..local.engine import LocalDatabase, Snapshot
+from ..local.framelog import PrunePlan
 from ..page import RESERVED_BYTES
 from ..wire import hrana as wire
 from ..wire.pull import PullRequest
@@ -31,7 +39,7 @@ from .hrana import PipelineExecutor, StreamState, has_statement
 from .objectstore.errors import ObjectStoreError
 from .objectstore.segment import Revision, SnapshotImage
 from .pull import select_pages, select_slices
-from .revision import CommitFeed
+from .revision import CommitFeed, HistoryBounds, HistoryWindow
 from .sql_policy import Access, SqlLimits
 
 T = TypeVar("T")
@@ -282,6 +290,7 @@ class HostedDatabase:
         sql_limits: SqlLimits | None = None,
         durable: DurableLog | None = None,
         follower: FollowedLog | None = None,
+        history: HistoryBounds | None = None,
     ) -> None:
         self.name = name
         #: on an object store (``serve --store``): the link to it; None for a local-disk primary
@@ -304,6 +313,11 @@ class HostedDatabase:
         self.streams_ended = 0
         self._stream_waiters: list[asyncio.Future[None]] = []
         self._final_seq: int | None = None  # the local revision when the engine closed (on a store)
+        self.history = HistoryWindow(history or HistoryBounds())
+        self._prune_due = False  # a prune is scheduled or under way (set on the worker, cleared on the loop)
+        self._prune_task: asyncio.Task[None] | None = None
+        #: prunes finished since the server started (for tests and benchmarks)
+        self.prunes = 0
 
     @classmethod
     async def open(
@@ -316,14 +330,16 @@ class HostedDatabase:
         sql_limits: SqlLimits | None = None,
         durable: DurableLog | None = None,
         follower: FollowedLog | None = None,
+        history: HistoryBounds | None = None,
     ) -> HostedDatabase:
         """Open (creating if new) the database file at ``path`` on a fresh worker thread.
 
         ``sql_limits`` bounds what clients' SQL may spend (``SqlLimits()`` when not given).
         ``durable``: the database lives on an object store (its local files were just rebuilt
         from it); whatever opening committed locally is stored before this returns.
+        ``history``: how much of its history the database keeps (``HistoryBounds()`` when not given).
         """
-        db = cls(name, path, sql_limits, durable, follower)
+        db = cls(name, path, sql_limits, durable, follower, history)
         try:
             await db.call(db._open, encryption_key, cipher)
             if durable is not None and durable.catch_up_to is not None:
@@ -432,6 +448,9 @@ class HostedDatabase:
             engine.close()
             raise
         self._engine, self._conn = engine, conn
+        # one image per page written: the primary never reads a post-image back (see the module)
+        engine.log.post_images = False
+        self.history.note(time.monotonic(), engine.current_seq())  # history found counts as of now
         # the page source's own connection, under the same policy and limits as clients' SQL
         policy = sql_policy.install(conn.apsw_connection, self.sql_limits)
         self._pages = EnginePages(engine, conn, policy, self.writer_waiting)
@@ -604,7 +623,8 @@ class HostedDatabase:
         return True
 
     def _after_job(self, committed: bool) -> None:
-        """After a job that committed, wake the long-polls (and empty the WAL, see ``_truncate_wal``)."""
+        """After a job that committed, wake the long-polls (and empty the WAL, see ``_truncate_wal``),
+        and start a prune of the history if one is due."""
         if not committed:
             return
         if self.feed.waiting:
@@ -613,6 +633,69 @@ class HostedDatabase:
         else:
             self._truncate_wal()
             self._loop.call_soon_threadsafe(self._committed, False)
+        self._check_history()
+
+    def _check_history(self) -> None:
+        """Note the revision's time; if the history outgrew its window, start a prune (worker thread).
+
+        Cheap: a few bisects of the frame log's index.  Never past what the store holds.
+        """
+        engine = self._engine
+        if engine is None or self._prune_due:
+            return
+        frames = engine.log
+        now = time.monotonic()
+        try:
+            self.history.note(now, engine.current_seq())
+            upto = self.history.prune_to(
+                now,
+                base=frames.base_seq,
+                size=frames.size_bytes(),
+                bytes_point=frames.prune_point,
+                bytes_after=frames.seq_bytes_after,
+                stored=self.durable.stored if self.durable is not None else None,
+            )
+        except OSError as exc:
+            log.warning("database %s: cannot measure its history (%s); not pruned", self.name, exc)
+            return
+        if upto is None:
+            return
+        self._prune_due = True
+        self._loop.call_soon_threadsafe(self._start_prune, upto)
+
+    def _start_prune(self, upto: int) -> None:
+        """On the event loop: run the prune up to ``upto`` in the background."""
+        if self.feed.closed or self._engine is None:
+            self._prune_due = False
+            return
+        self._prune_task = self._loop.create_task(self._prune(upto))
+
+    async def _prune(self, upto: int) -> None:
+        """Prune the history up to ``upto``: the copy in a thread, the last step as a worker job.
+
+        Never cancelled (``close`` waits for it): a prepared prune holds the log's prune lock
+        until it is finished or abandoned.
+        """
+        engine = self._engine
+        assert engine is not None
+        frames = engine.log
+        plan: PrunePlan | None = None
+        try:
+            plan = await asyncio.to_thread(frames.prepare_prune, upto)
+            if plan is not None:
+                job = self._loop.run_in_executor(self._worker, frames.finish_prune, plan)
+                plan = None  # finish_prune ends the plan, whatever happens in it
+                if await job:
+                    self.prunes += 1
+                    log.debug("database %s: history pruned up to revision %d", self.name, upto)
+        except RuntimeError:  # the worker stopped (closing): the next open prunes
+            pass
+        except OSError as exc:
+            log.warning("database %s: pruning its history up to revision %d failed: %s", self.name, upto, exc)
+        finally:
+            if plan is not None:
+                frames.abandon_prune(plan)
+            self._prune_due = False
 
     def client_connections(self) -> list[apsw.Connection]:
         """Every connection clients' SQL runs on now: shared, spare and streams' (worker thread only).
@@ -693,6 +776,9 @@ class HostedDatabase:
         self.feed.close()
         if self.follower is not None:
             await self.follower.close()
+        if self._prune_task is not None:
+            with contextlib.suppress(Exception):
+                await self._prune_task  # never cancelled: see _prune
         try:
             await self.call(self._close)
         finally:

@@ -21,6 +21,7 @@ from .app import Limits, create_app
 from .auth import Authenticator, load_token_file
 from .durable import StoreBackend, StoreSettings
 from .objectstore.client import ObjectClient
+from .revision import HistoryBounds
 from .store import DatabaseStore
 
 log = logging.getLogger("turso_sync.primary")
@@ -164,6 +165,7 @@ class ServerConfig:
     limits: Limits = field(default_factory=Limits)
     access_log: bool = False  # one INFO line per request (``--access-log``); off: those lines are DEBUG
     store: StoreSettings | None = None  # ``--store``: databases live in an object store, the data dir is a cache
+    history: HistoryBounds = field(default_factory=HistoryBounds)  # ``--history-seconds``, ``--history-bytes``
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -283,6 +285,7 @@ class PrimaryServer:
             max_per_owner=limits.max_databases_per_token,
             sql_limits=limits.sql,
             backend=backend,
+            history=cfg.history,
         )
         try:
             await store.start()

@@ -6,7 +6,8 @@ Layout::
       server.lock                     held (flock) while a server uses the directory
       databases/
         default/db                    the database served at the root URL
-        default/db-wal, db-frames     its WAL and frame log (revision history)
+        default/db-wal, db-frames     its WAL and frame log (revision history, a bounded window:
+                                      see ``revision.HistoryBounds``)
         NAME/db ...                   the database served at /db/NAME
         NAME/owner                    who created it (a one-way hash of the token), for the per-token quota
 
@@ -34,6 +35,7 @@ from .database import HostedDatabase
 from .durable import DurableLog, StoreBackend
 from .follower import FollowedLog
 from .objectstore.revlog import RevisionLog
+from .revision import HistoryBounds
 from .sql_policy import SqlLimits
 
 log = logging.getLogger("turso_sync.primary")
@@ -81,6 +83,7 @@ class DatabaseStore:
         max_per_owner: int = DEFAULT_MAX_PER_OWNER,
         sql_limits: SqlLimits | None = None,
         backend: StoreBackend | None = None,
+        history: HistoryBounds | None = None,
     ) -> None:
         if max_open < 1 or max_per_owner < 0:
             raise ValueError("max_open must be at least 1 and max_per_owner at least 0")
@@ -88,6 +91,8 @@ class DatabaseStore:
         self.max_open = max_open
         self.max_per_owner = max_per_owner
         self.sql_limits = sql_limits or SqlLimits()
+        #: how much history each database keeps in its frame log (``serve --history-*``)
+        self.history = history or HistoryBounds()
         self._key = encryption_key
         self._cipher = cipher
         self._open: dict[str, HostedDatabase] = {}  # in least-recently-used-first order
@@ -242,6 +247,7 @@ class DatabaseStore:
                     sql_limits=self.sql_limits,
                     durable=durable,
                     follower=follower,
+                    history=self.history,
                 )
             except BaseException:
                 if durable is not None:
