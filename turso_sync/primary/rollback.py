@@ -20,8 +20,9 @@ older revision is restored from the store (``objectstore.restore``; databases wi
 at-rest key only).  Older than both: ``RollbackRefused`` 409 naming the oldest revision the
 server can roll back to.
 
-How it is applied: the target image is opened in memory (``apsw`` ``deserialize``: nothing
-decrypted is written to disk), compared with the live database, and the difference applied in
+How it is applied: the target image is held in this process's memory and opened through a
+read-only VFS of its own (nothing decrypted is written to disk, and it is not SQLite's heap,
+which ``--sqlite-heap-bytes`` bounds), compared with the live database, and the difference applied in
 ONE transaction on the database's worker thread, so it is ordered with pushes and SQL like any
 job; while a stream (an open Hrana transaction) holds the write lock it waits, as a pipeline
 does, and gives up with 503 after the same bound.  Rows of a rowid table are compared by rowid
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import itertools
 import json
 import logging
 from collections import Counter
@@ -301,10 +303,15 @@ def _apply(db: HostedDatabase, image: bytes) -> _Applied:
     conn = next((c for c in db.client_connections() if c.get_autocommit()), None)
     if conn is None:  # every connection is inside a stream's transaction
         return None
-    target = apsw.Connection(":memory:")
+    vfs = _ImageVFS(image)
     try:
-        if image:
-            target.deserialize("main", image)
+        target = apsw.Connection(
+            "file:rollback-target?immutable=1", flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI, vfs=vfs.name
+        )
+    except BaseException:
+        vfs.unregister()
+        raise
+    try:
         policy = sql_policy.install(conn)
         with policy.acting_as(Access.SERVER):
             previous = db.local_seq()
@@ -320,13 +327,87 @@ def _apply(db: HostedDatabase, image: bytes) -> _Applied:
                     conn.execute("ROLLBACK")
             except apsw.FullError:
                 raise DiskFull("the rollback met SQLITE_FULL") from None
+            except apsw.NoMemError:
+                raise RollbackRefused(
+                    503,
+                    f"the rollback of database '{db.name}' needed more memory than SQLite may use in this server "
+                    "(serve --sqlite-heap-bytes); nothing was rolled back: raise the bound and try again",
+                    "OUT_OF_MEMORY",
+                ) from None
             finally:
                 if not conn.get_autocommit():
                     conn.execute("ROLLBACK")
     finally:
         target.close()
+        vfs.unregister()
     del changes["content"]
     return previous, db.local_seq(), changes
+
+
+_vfs_numbers = itertools.count(1)
+
+
+class _ImageVFS(apsw.VFS):
+    """A read-only SQLite file system holding one database image in this process's memory.
+
+    The target state is read through it rather than ``deserialize``d, so it is not SQLite's
+    memory (bounded by ``--sqlite-heap-bytes``) and never a file (an encrypted primary's
+    decrypted pages never reach the disk).  Every other file (a journal SQLite looks for) goes to
+    the default VFS, which finds none.
+    """
+
+    def __init__(self, image: bytes) -> None:
+        self.image = image
+        self.name = f"turso-sync-rollback-{next(_vfs_numbers)}"
+        super().__init__(self.name, base="")
+
+    # apsw takes any object with the file methods; an ``apsw.VFSFile`` would open a real file
+    def xOpen(self, name: str | apsw.URIFilename | None, flags: list[int]) -> _ImageFile:  # type: ignore[override]
+        return _ImageFile(self.image)
+
+
+class _ImageFile:
+    """The one file of ``_ImageVFS``: reads only (the connection is read-only and immutable)."""
+
+    def __init__(self, image: bytes) -> None:
+        self.image = image
+
+    # the method names are apsw's
+    def xRead(self, amount: int, offset: int) -> bytes:
+        return self.image[offset : offset + amount]  # short at the end: SQLite's short read
+
+    def xFileSize(self) -> int:
+        return len(self.image)
+
+    def xWrite(self, data: bytes, offset: int) -> None:
+        raise apsw.ReadOnlyError("the rollback's target image is read-only")
+
+    def xTruncate(self, size: int) -> None:
+        raise apsw.ReadOnlyError("the rollback's target image is read-only")
+
+    def xSync(self, flags: int) -> None:
+        pass
+
+    def xLock(self, level: int) -> None:
+        pass
+
+    def xUnlock(self, level: int) -> None:
+        pass
+
+    def xCheckReservedLock(self) -> bool:
+        return False
+
+    def xFileControl(self, op: int, ptr: int) -> bool:
+        return False
+
+    def xSectorSize(self) -> int:
+        return 4096
+
+    def xDeviceCharacteristics(self) -> int:
+        return 0
+
+    def xClose(self) -> None:
+        pass
 
 
 @dataclass(frozen=True)
