@@ -21,6 +21,12 @@ does it open the database, to compare the client id kept inside it with the ``-s
 database of another replica) and, with ``deep=True`` (``turso-sync verify``), the page images the
 frame log recorded last with the file's pages.
 
+``ReplicaFiles.encryption_report`` (``turso-sync verify``) says how the database is encrypted
+(plaintext, Turso's format, the hardened format), for a hardened file which key epochs hold how
+many page images in the database file, the WAL, the frame log, the revert files and the outbox,
+whether a key rotation is under way, and every stored page image that fails authentication, by
+file and page number.  It works on any database, a replica or not.
+
 ``ReplicaFiles.repair`` re-clones: when the database is readable, its pending changes, conflict
 journal and client id are carried into the fresh copy and replayed on top of the remote state,
 so nothing pending is lost; when it is not, it says what is lost.  Damaged files are kept beside
@@ -32,18 +38,25 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import apsw
 
 from .. import errors
-from ..crypto.page_codec import PageAuthError, PageCodec, parse_key
+from ..crypto import keyring
+from ..crypto.envelope import OVERHEAD as ENVELOPE_OVERHEAD
+from ..crypto.envelope import is_envelope
+from ..crypto.hardened import NONCE_SIZE, TAG_SIZE, FileParams, is_hardened
+from ..crypto.keyring import KeyRing
+from ..crypto.page_codec import CIPHERS, PageAuthError, PageCodec, parse_key
 from ..local.capture import CONFLICTS_TABLE, META_TABLE, OUTBOX_TABLE, is_replica
 from ..local.connection import Connection, open_checks
 from ..local.framelog import FrameLog, RevisionGone
-from ..local.vfs import realpath
+from ..local.presence import PresenceMap
+from ..local.rekey import _frame_log_images, _revert_images  # the two readers of those layouts' images
+from ..local.vfs import RING_SUFFIX, file_descriptor, realpath
 from ..local.walindex import committed_wal
 from ..page import PAGE_SIZE as P
 from .state import SyncState, lost_state_remedy, read_revert, remedy, revert_path
@@ -66,6 +79,94 @@ class Damage:
     def line(self) -> str:
         """One line for a person."""
         return f"{self.file}: {self.what}"
+
+
+@dataclass(frozen=True)
+class PageFailure:
+    """One stored page image that failed authentication with a key that opens the database."""
+
+    file: str  # the file holding the image
+    pgno: int  # the page number it is an image of
+    place: str  # "database", "WAL", "frame log" or "revert file"
+    detail: str = ""  # where in the file, when the page number does not say it ("frame 12")
+    reason: str = ""  # what the codec knows ("written under key epoch 1, which was retired")
+
+    def line(self) -> str:
+        """One line for a person: ``app.db-wal: page 3 (frame 12) failed authentication``."""
+        where = f" ({self.detail})" if self.detail else ""
+        why = f": {self.reason}" if self.reason else ""
+        return f"{self.file}: page {self.pgno}{where} failed authentication{why}"
+
+
+@dataclass(frozen=True)
+class RotationStatus:
+    """A hardened file's key rotation under way (``turso-sync rekey`` started it and finishes it)."""
+
+    old_epoch: int
+    new_epoch: int
+    ring_file: str  # ``<db>-rekey``: holds both keys until the rotation ends; it travels with the database
+    ring_present: bool
+    phase: str  # what the sweep does next, from the ring ("re-encrypting pages", ...); "" without a ring
+    next_page: int | None  # the page the sweep resumes at, when it is re-encrypting pages
+
+
+#: the places a hardened file's page images live, in the order reports list them
+EPOCH_PLACES = ("database", "WAL", "frame log", "revert files", "outbox")
+
+
+@dataclass
+class EncryptionReport:
+    """How a database is encrypted, which key epochs its page images use, and which images fail.
+
+    ``format`` is "plaintext", "turso" (Turso's format), "hardened", "envelope" (the hardened
+    cipher with each whole page in a larger slot, for remotes whose pages reserve no bytes),
+    "empty" (no page written yet) or "unknown" (not a database header).  ``epochs`` (hardened
+    and envelope) maps a key epoch to
+    how many images each place holds under it (``EPOCH_PLACES``; the outbox's pages are database
+    pages counted again, by their current image); an epoch is read from each image's nonce, and
+    only authentication (``authenticated``, ``failures``) proves it.  ``failures`` lists every
+    image that failed, not only the first; without a key nothing is authenticated.
+    """
+
+    path: str
+    format: str
+    cipher: str | None = None  # "aes256gcm", "aes128gcm", "aes-256-gcm-siv"
+    passphrase: bool = False  # hardened: the data key is unwrapped by a passphrase (Argon2id)
+    epoch: int | None = None  # hardened: the newest key epoch (the one new writes use)
+    epochs: dict[int, dict[str, int]] = field(default_factory=dict)
+    rotation: RotationStatus | None = None
+    pages: int = 0  # pages of the database as its file's header counts them
+    authenticated: int = 0  # page images that passed authentication
+    failures: list[PageFailure] = field(default_factory=list)
+    outbox_known: bool = False  # the outbox's pages could be listed (SQLite could read the schema)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready values (epochs keyed by their number as text)."""
+        rotation = self.rotation
+        return {
+            "path": self.path,
+            "format": self.format,
+            "cipher": self.cipher,
+            "passphrase": self.passphrase,
+            "epoch": self.epoch,
+            "epochs": {str(e): dict(places) for e, places in sorted(self.epochs.items())},
+            "rotation": None
+            if rotation is None
+            else {
+                "old_epoch": rotation.old_epoch,
+                "new_epoch": rotation.new_epoch,
+                "ring_file": rotation.ring_file,
+                "ring_present": rotation.ring_present,
+                "phase": rotation.phase,
+                "next_page": rotation.next_page,
+            },
+            "pages": self.pages,
+            "authenticated": self.authenticated,
+            "failures": [
+                {"file": f.file, "page": f.pgno, "place": f.place, "detail": f.detail, "reason": f.reason}
+                for f in self.failures
+            ],
+        }
 
 
 @dataclass
@@ -188,20 +289,21 @@ class ReplicaFiles:
         try:
             codec = open_checks(self.path, codec)
         except errors.EncryptionError:
-            if codec is None or not _key_opens(FrameLog(self.path, codec, P)):
+            if codec is None or not _key_opens(self.path, codec):
                 raise
             # the key opens the frame log's images of this database: page 1 was changed on disk
             what = "page 1 failed authentication with the key that opens its frame log: the file was changed on disk"
             return [Damage(self.path, what, True)]
-        log = FrameLog(self.path, codec, P)
+        slot = codec.slot_size if codec is not None else P  # what one page takes on disk (envelope: P + 32)
+        log = FrameLog(self.path, codec, slot)
         found = self._check_frame_log(log, state)
-        found += self._check_revert(state, codec)
+        found += self._check_revert(state, codec, slot)
         if found:
             return found
-        found = self._check_size(log)
+        found = self._check_size(log, slot)
         if found or not deep:
             return found
-        return self._check_inside(state, encryption_key, cipher, log, codec)
+        return self._check_inside(state, encryption_key, cipher, log, codec, slot)
 
     def raise_if_damaged(self, encryption_key: str | None = None, cipher: str = "aes256gcm") -> None:
         """Raise ``ReplicaDamagedError`` naming the first damaged file and the remedy (file checks only)."""
@@ -279,23 +381,23 @@ class ReplicaFiles:
             ]
         return []
 
-    def _check_revert(self, state: SyncState, codec: PageCodec | None) -> list[Damage]:
+    def _check_revert(self, state: SyncState, codec: PageCodec | None, slot: int) -> list[Damage]:
         if state.revert_seq is None:
             return []
         path = revert_path(self.path, state.revert_seq)
         try:
-            read_revert(self.path, state.revert_seq, codec)
+            read_revert(self.path, state.revert_seq, codec, slot)
         except FileNotFoundError:
             return [Damage(path, "the revert file of the last pull is missing", False)]
         except (OSError, ValueError, PageAuthError) as exc:
             return [Damage(path, f"the revert file of the last pull is damaged ({exc})", False)]
         return []
 
-    def _check_size(self, log: FrameLog) -> list[Damage]:
-        """Every page of the current size must be in the WAL or in the file."""
+    def _check_size(self, log: FrameLog, slot: int) -> list[Damage]:
+        """Every page of the current size must be in the WAL or in the file (``slot`` bytes a page)."""
         # the WAL first: a checkpoint meanwhile only moves its pages into the file
         scan = committed_wal(self.path)
-        file_pages = os.path.getsize(self.path) // P
+        file_pages = os.path.getsize(self.path) // slot
         in_wal: set[int] = set()
         for txn in scan.txns:
             in_wal.update(frame.pgno for frame in txn.frames)
@@ -312,11 +414,11 @@ class ReplicaFiles:
                     True,
                 )
             ]
-        if not scan.txns and file_pages and newest_size != _header_pages(self.path):
+        if not scan.txns and file_pages and newest_size != _header_pages(self.path, slot):
             return [
                 Damage(
                     self.path,
-                    f"the database file has {_header_pages(self.path)} pages, but its frame log's newest "
+                    f"the database file has {_header_pages(self.path, slot)} pages, but its frame log's newest "
                     f"transaction left {newest_size}: another database (or an older copy) is in its place",
                     True,
                 )
@@ -330,6 +432,7 @@ class ReplicaFiles:
         cipher: str,
         log: FrameLog,
         codec: PageCodec | None,
+        slot: int,
     ) -> list[Damage]:
         """Open the database: its client id must be the ``-sync`` one, its pages what the frame log says."""
         try:
@@ -357,13 +460,16 @@ class ReplicaFiles:
             if client is not None and client != state.client_id:
                 return [self._other_replica(client, state.client_id)]
             if state.partial is None:
-                return self._compare_images(log, codec)
+                return self._compare_images(log, codec, slot)
             return []
         finally:
             conn.close()
 
-    def _compare_images(self, log: FrameLog, codec: PageCodec | None) -> list[Damage]:
-        """The newest image the frame log holds of each page must be the page in the file (or the WAL)."""
+    def _compare_images(self, log: FrameLog, codec: PageCodec | None, slot: int) -> list[Damage]:
+        """The newest image the frame log holds of each page must be the page in the file (or the WAL).
+
+        Every page that differs is named, and one that fails authentication is called so.
+        """
         newest: dict[int, bytes] = {}
         size = log.base_size
         for txn in log.history(None):
@@ -374,24 +480,76 @@ class ReplicaFiles:
         for wtxn in committed_wal(self.path).txns:
             for frame in wtxn.frames:
                 newest.pop(frame.pgno, None)  # the WAL holds it: the file's copy is older, rightly
-        with open(self.path, "rb") as f:
+        found: list[Damage] = []
+        # the connection of ``_check_inside`` is open: a descriptor of our own, closed, would drop its locks
+        with file_descriptor(self.path) as fd:
             for pgno in sorted(p for p in newest if p <= size):
-                f.seek((pgno - 1) * P)
-                raw = f.read(P)
+                raw = os.pread(fd, slot, (pgno - 1) * slot)
                 try:
-                    same = _plain(raw, pgno, codec) == _plain(newest[pgno], pgno, codec, "frame log")
-                except PageAuthError:
-                    same = False
-                if not same:
-                    return [
-                        Damage(
-                            self.path,
-                            f"page {pgno} of the database file is not the image its frame log recorded last: "
-                            "the file was changed or replaced behind the replica's back",
-                            True,
-                        )
-                    ]
-        return []
+                    mine = _plain(raw, pgno, codec)
+                except PageAuthError as exc:
+                    what = f"page {pgno} of the database file failed authentication{_why(exc)}: it was changed on disk"
+                    found.append(Damage(self.path, what, True))
+                    continue
+                try:
+                    recorded = _plain(newest[pgno], pgno, codec, "frame log")
+                except PageAuthError as exc:
+                    what = f"the frame log's last image of page {pgno} failed authentication{_why(exc)}: it was changed"
+                    found.append(Damage(self.frames, what + " on disk", False))
+                    continue
+                if mine != recorded:
+                    what = (
+                        f"page {pgno} of the database file is not the image its frame log recorded last: "
+                        "the file was changed or replaced behind the replica's back"
+                    )
+                    found.append(Damage(self.path, what, True))
+        return found
+
+    # --- encryption ------------------------------------------------------------------------------
+
+    def encryption_report(
+        self, encryption_key: str | None = None, cipher: str = "aes256gcm", *, authenticate: bool = True
+    ) -> EncryptionReport:
+        """How the database is encrypted, its key epochs, its rotation, and every image that fails.
+
+        Reads the database file, the WAL's committed frames, the frame log, the revert files and
+        the key ring directly; a connection of its own holds a read transaction meanwhile (so
+        the WAL is not restarted under the scan) and lists the outbox's pages.  With
+        ``authenticate`` and a key every image is decrypted, and each one that fails is listed
+        (a database page that fails is read again first: a checkpoint may have been rewriting
+        it).  Without a key, or with ``authenticate=False``, the format, epochs and rotation are
+        read from the headers and nonces alone.  Raises ``EncryptionError`` for a wrong key (page
+        1 does not open), as opening would; ``FileNotFoundError`` when there is no database file.
+        """
+        with file_descriptor(self.path) as fd:
+            head = os.pread(fd, P, 0)
+        if len(head) < 100:
+            return EncryptionReport(self.path, "empty")
+        if head.startswith(SQLITE_MAGIC):
+            report = EncryptionReport(self.path, "plaintext")
+        elif is_hardened(head) or is_envelope(head):
+            params = FileParams.of_page1(head)
+            layout = "hardened" if is_hardened(head) else "envelope"
+            report = EncryptionReport(self.path, layout, "aes-256-gcm-siv", params.argon2 is not None)
+        elif head.startswith(TURSO_MAGIC_PREFIX) and len(head) > 6:
+            names = {spec.cipher_id: name for name, spec in CIPHERS.items()}
+            report = EncryptionReport(self.path, "turso", names.get(head[6], f"cipher id {head[6]}"))
+        else:
+            return EncryptionReport(self.path, "unknown")
+        page_size = int.from_bytes(head[16:18], "big")
+        page_size = 65536 if page_size == 1 else page_size
+        codec: PageCodec | None = None
+        if authenticate and encryption_key is not None:
+            codec = open_checks(self.path, _codec(encryption_key, cipher))  # a wrong key raises, as on open
+        elif report.format == "plaintext" and encryption_key is not None:
+            open_checks(self.path, _codec(encryption_key, cipher))  # the same refusal, named the same way
+        scan = _PageScan(self, report, codec, page_size)
+        with _reading_connection(self.path, encryption_key, cipher, report.format) as db:
+            if db is not None:
+                scan.outbox = _outbox_pages(db)
+                report.outbox_known = scan.outbox is not None
+            scan.run(head)
+        return report
 
     # --- repair ----------------------------------------------------------------------------------
 
@@ -506,6 +664,191 @@ class ReplicaFiles:
         return pending
 
 
+class _PageScan:
+    """One pass over every stored image of a database's pages, filling an ``EncryptionReport``."""
+
+    def __init__(self, files: ReplicaFiles, report: EncryptionReport, codec: PageCodec | None, page_size: int) -> None:
+        self.files = files
+        self.report = report
+        self.codec = codec
+        self.envelope = report.format == "envelope"
+        self.P = page_size + ENVELOPE_OVERHEAD if self.envelope else page_size  # bytes of one stored image
+        # where an image's nonce (epoch, domain, random) starts: after the ciphertext and tag in an envelope slot
+        self.nonce_at = page_size + TAG_SIZE if self.envelope else page_size - NONCE_SIZE
+        self.hardened = report.format in ("hardened", "envelope")
+        self.outbox: list[int] | None = None
+        presence = PresenceMap.load(files.path)
+        self.missing = presence.missing if presence is not None else (lambda _pgno: False)
+
+    def run(self, head: bytes) -> None:
+        files, P = self.files, self.P
+        report = self.report
+        wal = committed_wal(files.path)
+        newest_wal: dict[int, bytes] = {}
+        for txn in wal.txns:
+            for frame in txn.frames:
+                newest_wal[frame.pgno] = frame.body
+        if self.hardened:
+            self._rotation(newest_wal.get(1, head))
+        with file_descriptor(files.path) as fd:
+            file_pages = os.fstat(fd).st_size // P
+            report.pages = min(file_pages, _size_in_header(head, file_pages))
+            for pgno in range(1, report.pages + 1):
+                if self.missing(pgno):
+                    continue  # a partial replica's page never fetched: no image to check
+                raw = os.pread(fd, P, (pgno - 1) * P)
+                self._count(raw, "database")
+                if self._problem(raw, pgno, "database") is not None:
+                    again = self._problem(os.pread(fd, P, (pgno - 1) * P), pgno, "database")
+                    if again is not None:
+                        self._fail(again, files.path, pgno, "database")
+            for txn in wal.txns:
+                for frame in txn.frames:
+                    self._count(frame.body, "WAL")
+                    problem = self._problem(frame.body, frame.pgno, "WAL")
+                    if problem is not None:
+                        self._fail(problem, files.wal, frame.pgno, "WAL", f"frame {frame.index}")
+            for pgno in self.outbox or ():
+                image = newest_wal.get(pgno)
+                if image is None and pgno <= file_pages:
+                    image = os.pread(fd, P, (pgno - 1) * P)
+                if image is not None:
+                    self._count(image, "outbox")
+        self._copies(files.frames, "frame log", _frame_log_pages)
+        for name in files.revert_files():
+            self._copies(name, "revert file", _revert_pages)
+
+    def _copies(self, name: str, place: str, images: Callable[[bytes, int], Iterator[tuple[int, bytes]]]) -> None:
+        """The images a copy file (frame log, revert file) keeps, as on disk."""
+        try:
+            with open(name, "rb") as f:  # no SQLite lock lives on these files
+                data = f.read()
+        except FileNotFoundError:
+            return
+        counted = "revert files" if place == "revert file" else place
+        for pgno, image in images(data, self.P):
+            self._count(image, counted)
+            problem = self._problem(image, pgno, place)
+            if problem is not None:
+                self._fail(problem, name, pgno, place)
+
+    def _count(self, image: bytes, place: str) -> None:
+        if self.hardened:
+            epoch = int.from_bytes(image[self.nonce_at : self.nonce_at + 2], "big")  # unverified
+            places = self.report.epochs.setdefault(epoch, {})
+            places[place] = places.get(place, 0) + 1
+
+    def _problem(self, image: bytes, pgno: int, place: str) -> str | None:
+        """None when the image authenticates (or there is no key to try), else what the codec says."""
+        if self.codec is None:
+            return None
+        try:
+            self.codec.decrypt(image, pgno, place)
+        except PageAuthError as exc:
+            return exc.reason
+        self.report.authenticated += 1
+        return None
+
+    def _fail(self, reason: str, file: str, pgno: int, place: str, detail: str = "") -> None:
+        self.report.failures.append(PageFailure(file, pgno, place, detail, reason))
+
+    def _rotation(self, page1: bytes) -> None:
+        """Page 1's newest image says the epoch and whether the older one is live; the ring says the rest."""
+        report = self.report
+        params = FileParams.of_page1(page1)
+        report.epoch = params.epoch
+        ring_file = self.files.path + RING_SUFFIX
+        ring: KeyRing | None
+        try:
+            with open(ring_file, "rb") as f:
+                ring = KeyRing.decode(f.read(), ring_file)
+        except FileNotFoundError:
+            ring = None
+        except keyring.KeyRingError:
+            ring = None  # named by the rotation itself (``turso-sync rekey``); here: no progress to show
+        if ring is not None and (ring.file_id != params.file_id or ring.new_epoch < params.epoch):
+            ring = None  # another file's or an older rotation's: rekey refuses it by name
+        if ring is not None and ring.new_epoch == params.epoch and not params.previous_live:
+            ring = None  # a finished rotation's leftover
+        if ring is None and not params.previous_live:
+            return
+        if ring is not None:
+            sweeping = ring.phase == keyring.PHASE_SWEEPING
+            report.rotation = RotationStatus(
+                ring.old_epoch,
+                ring.new_epoch,
+                ring_file,
+                True,
+                keyring.PHASE_NAMES.get(ring.phase, f"phase {ring.phase}"),
+                ring.next_page if sweeping else None,
+            )
+        else:
+            report.rotation = RotationStatus(params.epoch - 1, params.epoch, ring_file, False, "", None)
+
+
+@contextlib.contextmanager
+def _reading_connection(path: str, key: str | None, cipher: str, file_format: str) -> Iterator[apsw.Connection | None]:
+    """A connection in a read transaction (the WAL is not restarted meanwhile); None when SQLite cannot read."""
+    if file_format != "plaintext" and key is None:
+        yield None
+        return
+    try:
+        conn = Connection(path, encryption_key=key, cipher=cipher, isolation_level=None, record_frames=False)
+    except errors.EncryptionError:
+        raise
+    except errors.DatabaseError:
+        yield None
+        return
+    try:
+        db = conn.apsw_connection
+        try:
+            db.execute("BEGIN")
+            db.execute("SELECT count(*) FROM sqlite_schema").fetchall()
+        except apsw.Error:
+            yield None  # a page of the schema fails: the scan names it
+            return
+        try:
+            yield db
+        finally:
+            with contextlib.suppress(apsw.Error):
+                db.execute("ROLLBACK")
+    finally:
+        conn.close()
+
+
+def _outbox_pages(db: apsw.Connection) -> list[int] | None:
+    """The pages of the outbox table and its indexes (None when they cannot be listed)."""
+    try:
+        rows = db.execute(
+            "SELECT pageno FROM dbstat WHERE name IN (SELECT name FROM sqlite_schema WHERE tbl_name = ?)",
+            (OUTBOX_TABLE,),
+        ).fetchall()
+    except apsw.Error:
+        return None
+    return sorted({row[0] for row in rows if isinstance(row[0], int)})
+
+
+def _frame_log_pages(data: bytes, page_size: int) -> Iterator[tuple[int, bytes]]:
+    for _record, offset, pgno in _frame_log_images(data, page_size):
+        yield pgno, data[offset : offset + page_size]
+
+
+def _revert_pages(data: bytes, page_size: int) -> Iterator[tuple[int, bytes]]:
+    for pgno, offset in _revert_images(data, page_size):
+        yield pgno, data[offset : offset + page_size]
+
+
+def _size_in_header(head: bytes, file_pages: int) -> int:
+    """The database size page 1's header gives, when SQLite would trust it, else the file's."""
+    if head[92:96] == head[24:28] and int.from_bytes(head[28:32], "big"):
+        return int.from_bytes(head[28:32], "big")
+    return file_pages
+
+
+def _why(exc: PageAuthError) -> str:
+    return f" ({exc.reason})" if exc.reason else ""
+
+
 def _codec(encryption_key: str | None, cipher: str) -> PageCodec | None:
     if encryption_key is None:
         return None
@@ -516,17 +859,41 @@ def _codec(encryption_key: str | None, cipher: str) -> PageCodec | None:
     return PageCodec(spec, key)
 
 
-def _key_opens(log: FrameLog) -> bool:
-    """True when the log's codec decrypts the newest page image the frame log holds (False without one)."""
+def _key_opens(path: str, codec: PageCodec) -> bool:
+    """True when ``codec`` (for the file's layout) decrypts a page image the frame log holds.
+
+    Turso's format decrypts any image alone.  The hardened layouts learn the file's parameters
+    from a page 1 written for the database file (an image of the WAL does not bind them), so
+    page-1 images are tried, newest first, a few at most (a passphrase costs an Argon2id run each).
+    """
+    try:
+        with file_descriptor(path) as fd:
+            codec = codec.for_file(os.pread(fd, 100, 0))
+    except ValueError:
+        return False
+    log = FrameLog(path, codec, codec.slot_size)
+    bound_by_page1 = codec.spec.page_format != "turso"
+    tries = 0
     try:
         for txn in reversed(list(log.history(None))):
             for page in txn.pages:
-                if page.post:
-                    log.decrypt(page.post, page.pgno)
+                if bound_by_page1 and page.pgno != 1:
+                    continue
+                for image in (page.post, page.pre):
+                    if not image or tries >= _PAGE1_TRIES:
+                        continue
+                    tries += 1
+                    try:
+                        log.decrypt(image, page.pgno)
+                    except PageAuthError:
+                        continue
                     return True
-    except (PageAuthError, OSError, ValueError, RevisionGone):
+    except (OSError, ValueError, RevisionGone):
         return False
     return False
+
+
+_PAGE1_TRIES = 8
 
 
 def _plain(raw: bytes, pgno: int, codec: PageCodec | None, where: str = "database") -> bytes:
@@ -537,14 +904,21 @@ def _plain(raw: bytes, pgno: int, codec: PageCodec | None, where: str = "databas
     return codec.decrypt(raw, pgno, where)
 
 
-def _header_pages(path: str) -> int:
-    """The database size as SQLite reads it: the header's (bytes 28..32, plaintext in Turso's format)
-    when its version-valid-for number matches the change counter, else the file's size."""
-    with open(path, "rb") as f:
-        head = f.read(100)
-        if head[92:96] == head[24:28] and int.from_bytes(head[28:32], "big"):
-            return int.from_bytes(head[28:32], "big")
-        return os.fstat(f.fileno()).st_size // P
+def _header_pages(path: str, slot: int) -> int:
+    """The database size as SQLite reads it: the header's (bytes 28..32, plaintext in every encrypted
+    layout) when its version-valid-for number matches the change counter, else the file's size."""
+    with file_descriptor(path) as fd:
+        return _size_in_header(os.pread(fd, 100, 0), os.fstat(fd).st_size // slot)
 
 
-__all__ = ["Damage", "RepairReport", "ReplicaFiles", "lost_state_remedy", "remedy"]
+__all__ = [
+    "EPOCH_PLACES",
+    "Damage",
+    "EncryptionReport",
+    "PageFailure",
+    "RepairReport",
+    "ReplicaFiles",
+    "RotationStatus",
+    "lost_state_remedy",
+    "remedy",
+]
