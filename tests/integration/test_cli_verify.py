@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from collections.abc import Iterator
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 import turso_sync
 from tests.conftest import KEY256
 from tests.integration.cli_harness import cli, fresh_url, key_env, running_primary
+from tests.servers import primary
 from turso_sync.local import rekey as rekey_module
 from turso_sync.local.framelog import FrameLog
 
@@ -270,3 +272,36 @@ def test_a_hardened_replica_mid_rotation_shows_its_epochs_and_the_rotation(tmp_p
     assert after.code == 0, after.both
     assert "rotation:  none under way" in after.out and "key epoch 1" not in after.out
     assert after.out.splitlines()[1].startswith("epochs:    key epoch 2 (new writes): database ")
+
+
+def test_an_envelope_replica_with_two_damaged_slots(tmp_path):
+    """A remote whose pages reserve no bytes (our primary's default database, written by stdlib SQLite):
+    the encrypted clone uses the envelope layout, pages in 4,128-byte slots."""
+    data_dir = tmp_path / "server"
+    seeded = data_dir / "databases" / "default" / "db"
+    seeded.parent.mkdir(parents=True)
+    db = sqlite3.connect(seeded)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    db.executemany("INSERT INTO t VALUES (?, ?)", [(i, "z" * 300) for i in range(200)])
+    db.commit()
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    with primary(data_dir) as url:
+        assert cli("clone", url, "e.db", "-q", cwd=tmp_path, env=key_env()).code == 0
+    shown = cli("verify", "e.db", "--offline", cwd=tmp_path, env=key_env())
+    assert shown.code == 0, shown.both
+    lines = shown.out.splitlines()
+    assert lines[0].endswith(
+        "; format: envelope (hardened AES-256-GCM-SIV, whole pages in larger slots, raw key), key epoch 1"
+    )
+    assert lines[1].startswith("epochs:    key epoch 1 (new writes): database ")
+    assert lines[2] == "rotation:  none under way"
+    slot = 4096 + 32
+    data = bytearray((tmp_path / "e.db").read_bytes())
+    for pgno in (6, 9):
+        data[(pgno - 1) * slot + 2000] ^= 0x77
+    (tmp_path / "e.db").write_bytes(bytes(data))
+    damaged = cli("verify", "e.db", "--offline", cwd=tmp_path, env=key_env())
+    assert damaged.code == 7, damaged.both
+    assert "integrity: FAILED (e.db: pages 6, 9 failed authentication" in damaged.out

@@ -804,7 +804,7 @@ def _reading_connection(path: str, key: str | None, cipher: str, file_format: st
         try:
             db.execute("BEGIN")
             db.execute("SELECT count(*) FROM sqlite_schema").fetchall()
-        except apsw.Error:
+        except (apsw.Error, errors.Error):
             yield None  # a page of the schema fails: the scan names it
             return
         try:
@@ -823,7 +823,7 @@ def _outbox_pages(db: apsw.Connection) -> list[int] | None:
             "SELECT pageno FROM dbstat WHERE name IN (SELECT name FROM sqlite_schema WHERE tbl_name = ?)",
             (OUTBOX_TABLE,),
         ).fetchall()
-    except apsw.Error:
+    except (apsw.Error, errors.Error):  # a damaged page, or a partial replica's page not fetched (offline)
         return None
     return sorted({row[0] for row in rows if isinstance(row[0], int)})
 
