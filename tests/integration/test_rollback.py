@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -20,10 +21,12 @@ import httpx
 import pytest
 
 import turso_sync
+from tests.conftest import wait_for
 from tests.integration.primary_harness import PrimaryProcess, pipeline
 from tests.s3_harness import BUCKET, WeedMini, running_weed
 from turso_sync.cli.exit_codes import ExitCode
 from turso_sync.cli.main import main as cli_main
+from turso_sync.local.framelog import FrameLog, RevisionGone
 
 ADMIN = "admin-token-Xk39sLq0"
 WRITER = "writer-token-7Qm2pA1"
@@ -302,6 +305,52 @@ def test_an_encrypted_primary_rolls_back_and_writes_no_plaintext(tmp_path: Path)
     for path in data.rglob("*"):
         if path.is_file():
             assert b"plaintext-marker-4711" not in path.read_bytes(), path
+
+
+def test_a_revision_older_than_the_history_kept_is_409_naming_the_oldest(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{ADMIN} admin *\n{WRITER} rw *\n")
+    tokens.chmod(0o600)
+    data = tmp_path / "data"
+    server = PrimaryProcess(data, "--token-file", str(tokens), "--history-bytes", "65536", "--history-seconds", "0")
+    url = server.start()
+    frames = FrameLog(str(data / "databases" / "default" / "db"), None)
+
+    def pruned_past(revision: int) -> bool:
+        try:
+            list(frames.history(revision, with_images=False))
+        except RevisionGone:
+            return True
+        return False
+
+    def settled(revision: int) -> bool:
+        """Pruned past ``revision``, and under the bound (no prune runs until the log grows again)."""
+        return pruned_past(revision) and os.path.getsize(frames.path) <= 65536
+
+    try:
+        with contextlib.closing(_replica(tmp_path / "a.db", url)) as a:
+            a.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+            a.commit()
+            a.push()
+            target = _revision(a)
+            for i in range(60):  # one revision each
+                a.execute("INSERT INTO t VALUES (?, ?)", (i, f"row-{i}-" + "x" * 2500))
+                a.commit()
+                a.push()
+            wait_for(lambda: settled(target), 30, "the frame log to be pruned past the target")
+            gone = _post(url, {"revision": target})
+            assert gone.status_code == 409 and gone.json()["code"] == "REVISION_UNAVAILABLE", gone.text
+            oldest = int(gone.json()["error"].split("the oldest revision it can roll back to is ")[1].split(";")[0])
+            assert target < oldest <= target + 60
+            just_before = _post(url, {"revision": oldest - 1})
+            assert just_before.status_code == 409 and f"is {oldest};" in just_before.json()["error"]
+            done = _post(url, {"revision": oldest})
+            assert done.status_code == 200, done.text
+            a.pull()
+            # revision target + k holds the first k rows
+            assert _rows(a, "SELECT count(*) FROM t") == [(oldest - target,)]
+    finally:
+        server.close()
 
 
 @pytest.fixture(scope="module")
