@@ -288,7 +288,7 @@ def image_from_pages(pages: dict[int, bytes], db_size: int) -> bytes:
 
 
 def _journal_mode_header(data: bytes) -> bytes:
-    """``data`` with its header saying rollback journal, not WAL (an in-memory copy has no WAL)."""
+    """``data`` with its header saying rollback journal, not WAL (the copy read through ``_ImageVFS`` has none)."""
     if len(data) < 20:
         return data
     return data[:18] + b"\x01\x01" + data[20:]
