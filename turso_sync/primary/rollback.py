@@ -288,7 +288,7 @@ def image_from_pages(pages: dict[int, bytes], db_size: int) -> bytes:
 
 
 def _journal_mode_header(data: bytes) -> bytes:
-    """``data`` with its header saying rollback journal, not WAL (the copy read through ``_ImageVFS`` has none)."""
+    """``data`` with its header saying rollback journal, not WAL (the copy read through ``ImageVFS`` has none)."""
     if len(data) < 20:
         return data
     return data[:18] + b"\x01\x01" + data[20:]
@@ -303,7 +303,7 @@ def _apply(db: HostedDatabase, image: bytes) -> _Applied:
     conn = next((c for c in db.client_connections() if c.get_autocommit()), None)
     if conn is None:  # every connection is inside a stream's transaction
         return None
-    vfs = _ImageVFS(image)
+    vfs = ImageVFS(image)
     try:
         target = apsw.Connection(
             "file:rollback-target?immutable=1", flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI, vfs=vfs.name
@@ -347,7 +347,7 @@ def _apply(db: HostedDatabase, image: bytes) -> _Applied:
 _vfs_numbers = itertools.count(1)
 
 
-class _ImageVFS(apsw.VFS):
+class ImageVFS(apsw.VFS):
     """A read-only SQLite file system holding one database image in this process's memory.
 
     The target state is read through it rather than ``deserialize``d, so it is not SQLite's
@@ -367,7 +367,7 @@ class _ImageVFS(apsw.VFS):
 
 
 class _ImageFile:
-    """The one file of ``_ImageVFS``: reads only (the connection is read-only and immutable)."""
+    """The one file of ``ImageVFS``: reads only (the connection is read-only and immutable)."""
 
     def __init__(self, image: bytes) -> None:
         self.image = image
