@@ -109,9 +109,8 @@ def _verify(args: argparse.Namespace, out: _Findings) -> int:
             )
         report = files.repair(encryption_key=key, cipher=cipher, auth_token=auth_token(args), remote_url=args.remote)
         out.repaired(report.lines, [os.path.basename(n) for n in report.set_aside])
-        encryption_report = files.encryption_report(key, cipher)
-    else:
-        encryption_report = files.encryption_report(key, cipher)
+    encryption_report = files.encryption_report(key, cipher)  # every stored page image authenticated
+    if not damages:
         out.files_ok(len(files.existing()), encryption_report)
     out.epochs(encryption_report, args.path)
     conn = open_replica(args, args.path)
