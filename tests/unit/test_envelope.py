@@ -172,6 +172,7 @@ OPERATIONS = st.lists(
         st.tuples(st.just("vacuum"), st.just(0), st.just(0)),
         st.tuples(st.just("reopen"), st.just(0), st.just(0)),
         st.tuples(st.just("index"), st.integers(0, 1), st.just(0)),
+        st.tuples(st.just("spill"), st.integers(0, 400), st.integers(50, 400)),
     ),
     min_size=5,
     max_size=40,
@@ -199,6 +200,17 @@ def _apply(conn: Connection, op: tuple[str, int, int], rnd: random.Random) -> No
     elif kind == "vacuum":
         conn.commit()
         conn.execute("VACUUM")
+        return
+    elif kind == "spill":
+        # a page cache of 10 pages: SQLite writes uncommitted pages into the WAL, overwrites some of
+        # them in place and rewrites the frame headers at commit (placeholder frames in between)
+        conn.execute("PRAGMA cache_size=10")
+        for row in range(b):
+            conn.execute("INSERT OR REPLACE INTO t VALUES (?, ?, NULL)", (a + row, f"{MARKER} spill " + "s" * 700))
+            if row % 7 == 0:
+                conn.execute("UPDATE t SET body = body || 'x' WHERE id = ?", (a,))
+        conn.commit()
+        conn.execute("PRAGMA cache_size=2000")
         return
     elif kind == "index":
         name = "t_body" if a else "t_blob"

@@ -588,7 +588,7 @@ class EncryptedWALFile(apsw.VFSFile):
         last_read, self._last_full_read = self._last_full_read, 0
         if within == 0 and len(data) == FRAME_HEADER_SIZE:
             if data[8:24] == bytes(16):
-                super().xWrite(data, offset)  # placeholder, rewritten before commit
+                super().xWrite(data, frame_offset(index, self.S))  # placeholder, rewritten before commit
             elif last_read == index and self._recksum_from is not None and index >= self._recksum_from:
                 # SQLite's checksum rewrite: it read the frame whole, then writes its header back.
                 # (Recovery also reads whole frames, and its last read is where the next frame
