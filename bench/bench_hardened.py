@@ -4,10 +4,12 @@ Three measurements, each run ``BENCH_RUNS`` times (default 7) with the contender
 their order rotated from run to run; the tables show medians:
 
 1. ``codec``: encrypting then decrypting ``BENCH_PAGES`` (2000) random 4 KiB pages through each page
-   codec (Turso's AES-256-GCM, the hardened AES-256-GCM-SIV), and through the bare AEADs of
-   ``cryptography`` with the same sizes, which separates the cipher's cost from the codec's own;
+   codec (Turso's AES-256-GCM, the hardened AES-256-GCM-SIV, the envelope layout's whole-page
+   slots), and through the bare AEADs of ``cryptography`` with the same sizes, which separates
+   the cipher's cost from the codec's own;
 2. ``engine``: through ``turso_sync.connect``, ``BENCH_ROWS`` (100000) inserts in one transaction,
-   a checkpoint, then a full scan on a fresh connection: plaintext, Turso's format, hardened;
+   a checkpoint, then a full scan on a fresh connection: plaintext, Turso's format, hardened,
+   envelope;
 3. ``open``: opening a passphrase-protected database (Argon2id at the default cost) against
    opening one with a raw key.
 
@@ -65,9 +67,18 @@ def codec_contenders(n_pages: int) -> dict[str, Callable[[], None]]:
     page1[:16] = b"SQLite format 3\x00"
     page1[16:24] = bytes([16, 0, 2, 2, 28, 64, 32, 32])
     hardened.encrypt(bytes(page1), 1)  # binds it to a (new) file
-    return {
+    contenders = {
         "Turso's format (AES-256-GCM)": _codec_round(turso, pages),
         "hardened (AES-256-GCM-SIV)": _codec_round(hardened, pages),
+    }
+    if "envelope" in HARDENED_CIPHERS:
+        envelope = PageCodec(HARDENED_CIPHERS["envelope"], key)
+        page1[20] = 0  # the envelope layout's pages reserve nothing: the whole 4096 bytes are encrypted
+        envelope.encrypt(bytes(page1), 1)
+        whole = [os.urandom(P) for _ in range(n_pages)]
+        contenders["envelope (AES-256-GCM-SIV, whole page)"] = _codec_round(envelope, whole)
+    return {
+        **contenders,
         "bare AESGCM": _aead_round(AESGCM(key), pages),
         "bare AESGCMSIV": _aead_round(AESGCMSIV(key), pages),
     }
@@ -79,6 +90,8 @@ def engine_contenders(workdir: Path, rows: int) -> dict[str, Callable[[], None]]
         "Turso's format (AES-256-GCM)": {"encryption_key": KEY_HEX, "cipher": "aes256gcm"},
         "hardened (AES-256-GCM-SIV)": {"encryption_key": KEY_HEX, "cipher": "hardened"},
     }
+    if "envelope" in HARDENED_CIPHERS:
+        options["envelope (AES-256-GCM-SIV slots)"] = {"encryption_key": KEY_HEX, "cipher": "envelope"}
     data = [(i, f"name-{i}", i * 7, "v" * 60) for i in range(rows)]
 
     def make(name: str, opts: dict[str, str]) -> Callable[[], None]:

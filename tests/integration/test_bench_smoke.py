@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 import turso_sync
+from bench import bench_hardened, profile_local, run_all
 from bench import bench_local as bl
-from bench import profile_local, run_all
 from bench.report import write_section
 
 SIZES = bl.Sizes(rows=200, txns=20, reads=50)
@@ -126,3 +126,14 @@ def test_write_section_replaces_only_its_block(tmp_path: Path) -> None:
 def test_run_all_finds_the_local_benchmark() -> None:
     assert "local" in run_all.discover()
     assert run_all.main(["no-such-benchmark"]) == 2
+
+
+def test_the_hardened_benchmark_runs_every_contender(tmp_path: Path) -> None:
+    codecs = bench_hardened.codec_contenders(5)
+    assert {"Turso's format (AES-256-GCM)", "hardened (AES-256-GCM-SIV)"} <= set(codecs)
+    assert "envelope (AES-256-GCM-SIV, whole page)" in codecs
+    engines = bench_hardened.engine_contenders(tmp_path, 50)
+    assert "envelope (AES-256-GCM-SIV slots)" in engines
+    times = bench_hardened.measure({**codecs, **engines}, 1)  # each engine run counts its rows back
+    assert all(len(values) == 1 for values in times.values())
+    assert (tmp_path / "envelope.db").read_bytes()[6] == 0x81  # the envelope contender made an envelope file
