@@ -22,8 +22,9 @@ database of another replica) and, with ``deep=True`` (``turso-sync verify``), th
 frame log recorded last with the file's pages.
 
 ``ReplicaFiles.encryption_report`` (``turso-sync verify``) says how the database is encrypted
-(plaintext, Turso's format, the hardened format), for a hardened file which key epochs hold how
-many page images in the database file, the WAL, the frame log, the revert files and the outbox,
+(plaintext, Turso's format, the hardened format, the envelope layout), for a hardened (or
+envelope) file which key epochs hold how many page images in the database file, the WAL, the
+frame log, the revert files and the outbox,
 whether a key rotation is under way, and every stored page image that fails authentication, by
 file and page number.  It works on any database, a replica or not.
 
@@ -121,10 +122,10 @@ class EncryptionReport:
     ``format`` is "plaintext", "turso" (Turso's format), "hardened", "envelope" (the hardened
     cipher with each whole page in a larger slot, for remotes whose pages reserve no bytes),
     "empty" (no page written yet) or "unknown" (not a database header).  ``epochs`` (hardened
-    and envelope) maps a key epoch to
-    how many images each place holds under it (``EPOCH_PLACES``; the outbox's pages are database
-    pages counted again, by their current image); an epoch is read from each image's nonce, and
-    only authentication (``authenticated``, ``failures``) proves it.  ``failures`` lists every
+    and envelope) maps a key epoch to how many images each place holds under it
+    (``EPOCH_PLACES``; the outbox's pages are database pages counted again, by their current
+    image); an epoch is read from each image's nonce, and only authentication (``authenticated``,
+    ``failures``) proves it.  ``failures`` lists every
     image that failed, not only the first; without a key nothing is authenticated.
     """
 
@@ -161,6 +162,7 @@ class EncryptionReport:
                 "next_page": rotation.next_page,
             },
             "pages": self.pages,
+            "outbox_known": self.outbox_known,
             "authenticated": self.authenticated,
             "failures": [
                 {"file": f.file, "page": f.pgno, "place": f.place, "detail": f.detail, "reason": f.reason}
