@@ -65,7 +65,7 @@ class Sizes:
     recent: int = 256  # the most recently created databases are never probed cold (may still be open)
 
 
-QUICK = Sizes(databases=300, checkpoints=(100, 300), probes=20, concurrency=4, recent=80)
+QUICK = Sizes(databases=200, checkpoints=(100, 200), probes=10, concurrency=4, recent=70)
 
 
 @dataclass
@@ -462,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print its tables."""
     parser = argparse.ArgumentParser(prog="python -m bench.bench_manydb", description=__doc__.splitlines()[0])
     parser.add_argument("--databases", type=int, default=Sizes.databases, help="databases to create (10000)")
-    parser.add_argument("--quick", action="store_true", help="300 databases (the smoke test's sizes)")
+    parser.add_argument("--quick", action="store_true", help="200 databases (the smoke test's sizes)")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
     args = parser.parse_args(argv)
     if args.quick:

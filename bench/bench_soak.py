@@ -525,7 +525,7 @@ def to_json(fig: Figures) -> dict[str, Any]:
     }
 
 
-QUICK = Sizes(replicas=4, period=0.5, minutes=0.25, interval=5.0, procs=1, history_seconds=5)
+QUICK = Sizes(replicas=3, period=0.5, minutes=0.15, interval=3.0, procs=1, history_seconds=5)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -537,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--history-seconds", type=int, default=180, help="serve --history-seconds, if the server has it (0: not passed)"
     )
-    parser.add_argument("--quick", action="store_true", help="a 15-second run of 4 replicas (the smoke test's)")
+    parser.add_argument("--quick", action="store_true", help="a 9-second run of 3 replicas (the smoke test's)")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
