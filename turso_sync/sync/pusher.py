@@ -175,13 +175,22 @@ def _push_rows(
         yield from check_reserved_bytes(replica)
     combined = False
     parents = push_mod.local_parents(db.query)
+    # one PRAGMA per table and push, not per row change (a backlog holds thousands of changes);
+    # the rows were all captured before the push began, under the schema read here or an older one
+    known: dict[str, list[tuple[str, int]]] = {}
+
+    def columns(table: str) -> list[tuple[str, int]]:
+        if table not in known:
+            known[table] = table_columns(db, table)
+        return known[table]
+
     while rows:
         part = chunk(rows, max_changes_per_batch)
         streamed = False
         while True:
             batch = push_mod.build_batch(
                 part,
-                lambda table: table_columns(db, table),
+                columns,
                 state.client_id,
                 gen,
                 epoch=state.push_epoch,
