@@ -276,6 +276,12 @@ class Interval:
         requests = self.pushes + self.pulls
         return self.server_cpu_s * 1000 / requests if requests else 0.0
 
+    @property
+    def client_cpu_ms_per_request(self) -> float:
+        """The replicas' worker processes' CPU over the same requests (their side of each)."""
+        requests = self.pushes + self.pulls
+        return self.client_cpu_s * 1000 / requests if requests else 0.0
+
 
 @dataclass
 class Figures:
@@ -417,6 +423,7 @@ def interval_table(fig: Figures) -> str:
             f"{iv.pull_p99_ms:.1f}",
             f"{iv.errors}",
             f"{iv.cpu_ms_per_request:.2f}",
+            f"{iv.client_cpu_ms_per_request:.2f}",
             f"{iv.rss_bytes / 2**20:.1f}",
             f"{iv.fds}",
             f"{iv.frames_bytes / 1e6:.1f}",
@@ -434,6 +441,7 @@ def interval_table(fig: Figures) -> str:
         "pull p99 ms",
         "errors",
         "server CPU ms/request",
+        "replicas CPU ms/request",
         "RSS MiB",
         "fds",
         "frame log MB",
@@ -450,6 +458,7 @@ def summary_table(fig: Figures) -> str:
         ("pull p50 ms", lambda i: i.pull_p50_ms, "{:.1f}"),
         ("pull p99 ms", lambda i: i.pull_p99_ms, "{:.1f}"),
         ("server CPU ms/request", lambda i: i.cpu_ms_per_request, "{:.2f}"),
+        ("replicas CPU ms/request", lambda i: i.client_cpu_ms_per_request, "{:.2f}"),
         ("requests/s", lambda i: (i.pushes + i.pulls) / fig.sizes.interval, "{:.1f}"),
         ("RSS MiB", lambda i: i.rss_bytes / 2**20, "{:.1f}"),
         ("open fds", lambda i: i.fds, "{:.0f}"),
@@ -478,13 +487,14 @@ def report(fig: Figures) -> str:
         else "no history bound (this server's `serve --help` has no `--history-seconds`)"
     )
     lines = [
-        f"Measured {fig.started_utc} by `python -m bench.bench_soak --minutes {s.minutes:g}` in {fig.seconds:.0f} s, "
+        f"Measured {fig.started_utc or '(date not recorded)'} by `python -m bench.bench_soak --minutes {s.minutes:g}` "
+        f"in {fig.seconds:.0f} s, "
         f"at {fig.revision}.",
         "",
         f"**Machine**: {m['cpus']} vCPU ({m['model']}), {m['memory']} RAM, {m['kernel']}; files on "
-        f"{filesystem(REPO)}. Server, replicas and the benchmark share the machine with other work "
-        f"(1-minute load average {fig.load[0]:.2f} before, {fig.load[1]:.2f} after); figures per interval are "
-        "single samples, the summary takes medians over intervals.",
+        f"{filesystem(REPO)}. Server, replicas and the benchmark share the machine with other work"
+        + (f" (1-minute load average {fig.load[0]:.2f} before, {fig.load[1]:.2f} after)" if any(fig.load) else "")
+        + "; figures per interval are single samples, the summary takes medians over intervals.",
         "",
         f"**Load**: {s.replicas} turso_sync {_version('turso-sync')} replicas (threads in {min(s.procs, s.replicas)} "
         f"worker process{'es' if min(s.procs, s.replicas) > 1 else ''}), each committing one row "
@@ -521,8 +531,22 @@ def to_json(fig: Figures) -> dict[str, Any]:
         "skipped_turns": fig.skipped_turns,
         "error_sample": fig.error_sample,
         "seconds": fig.seconds,
+        "load": list(fig.load),
+        "started_utc": fig.started_utc,
         "intervals": [asdict(i) | {"cpu_ms_per_request": i.cpu_ms_per_request} for i in fig.intervals],
     }
+
+
+def from_json(data: dict[str, Any]) -> Figures:
+    """The figures ``to_json`` wrote (``--report``: print a saved run's report again)."""
+    fields = set(Interval.__dataclass_fields__)
+    fig = Figures(Sizes(**data["sizes"]), data["revision"], data["serve_flags"])
+    fig.intervals = [Interval(**{k: v for k, v in i.items() if k in fields}) for i in data["intervals"]]
+    fig.rows_pushed, fig.rows_on_server = data["rows_pushed"], data["rows_on_server"]
+    fig.skipped_turns, fig.error_sample, fig.seconds = data["skipped_turns"], data["error_sample"], data["seconds"]
+    fig.load = tuple(data.get("load", (0.0, 0.0)))  # type: ignore[assignment]
+    fig.started_utc = data.get("started_utc", "")
+    return fig
 
 
 QUICK = Sizes(replicas=3, period=0.5, minutes=0.15, interval=3.0, procs=1, history_seconds=5)
@@ -539,10 +563,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="a 9-second run of 3 replicas (the smoke test's)")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    parser.add_argument("--report", type=Path, help="print the report of figures saved by --json, run nothing")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         return worker_main()
+    if args.report:
+        print(report(from_json(json.loads(args.report.read_text()))))
+        return 0
     if args.quick:
         sizes = QUICK
     else:

@@ -8,6 +8,7 @@ report's tables appear.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -26,12 +27,14 @@ def test_soak_samples_every_interval_of_a_real_load(tmp_path: Path) -> None:
         assert iv.push_p99_ms >= iv.push_p50_ms > 0 and iv.pull_p99_ms >= iv.pull_p50_ms > 0
         assert iv.rss_bytes > 10 * 2**20 and iv.fds > 3
         assert iv.frames_bytes > 0 and iv.db_bytes > 0
-        assert iv.server_cpu_s > 0 and iv.cpu_ms_per_request > 0
+        assert iv.server_cpu_s > 0 and iv.cpu_ms_per_request > 0 and iv.client_cpu_s > 0
     assert [iv.end_s for iv in fig.intervals] == sorted(iv.end_s for iv in fig.intervals)
 
     text = bench_soak.report(fig)
     assert "| measure (median of the intervals)" in text and "first third" in text and "last / first" in text
     assert text.count("\n|") >= len(fig.intervals) + 2 + 11
+    # a saved run prints the same report again (--json, then --report)
+    assert bench_soak.report(bench_soak.from_json(json.loads(json.dumps(bench_soak.to_json(fig))))) == text
 
 
 def _check_longpoll(fig: bench_longpoll.Figures, key: str) -> None:
