@@ -58,14 +58,15 @@ def test_the_fence_and_the_mark_query_are_encoded_as_before() -> None:
 
 
 def test_a_push_on_the_believed_mark_is_encoded_as_pinned_and_replaces_the_mark_query() -> None:
-    """One request per push (issue 12): the mark's check rides in the batch.  Pinned on purpose:
-    90 bytes smaller than the batch built after a mark query, and the 205-byte query is gone."""
+    """One request per push (issue 12): the mark's compare-and-set rides in the batch.  Pinned on
+    purpose: 149 bytes smaller than the batch built after a mark query (the mark's move replaces
+    the bookkeeping CREATE TABLE and the never-backwards upsert), and the 205-byte query is gone."""
     rows = [OutboxRow(7, 2, DDL, b""), OutboxRow(8, 2, [], changeset())]
     folded = push.pipeline_body([push.build_batch(rows, columns, "client-1", 2, epoch=4, mark=(2, 6)).request])
     first = push.pipeline_body([push.build_batch(rows, columns, "client-1", 2, epoch=4, mark=push.NO_MARK).request])
     assert folded == FOLDED_PUSH_BODY
     assert first == FIRST_PUSH_BODY
-    assert len(PUSH_BODY) - len(folded) == 90 and len(MARK_BODY) == 205
+    assert len(PUSH_BODY) - len(folded) == 149 and len(MARK_BODY) == 205
 
 
 def test_a_single_statement_batch_carries_no_default_field() -> None:
@@ -212,35 +213,35 @@ STREAM_PART_2 = (
 
 FOLDED_PUSH_BODY = (
     b'{"baton":null,"requests":[{"type":"batch","batch":{"steps":[{"stmt":{"sql":"BEGIN IMMEDIATE"}},{"s'
-    b'tmt":{"sql":"SELECT CASE WHEN EXISTS (SELECT 1 FROM turso_sync_last_change_id WHERE client_id = ? '
-    b"AND pull_gen = ? AND change_id = ?) AND (SELECT pull_gen FROM turso_sync_last_change_id WHERE clie"
-    b'nt_id = ?) IS ? THEN 1 ELSE abs(-9223372036854775808) END AS ok","args":[{"type":"text","value":"c'
-    b'lient-1"},{"type":"integer","value":"2"},{"type":"integer","value":"6"},{"type":"text","value":"cl'
-    b'ient-1#fence"},{"type":"integer","value":"4"}],"want_rows":false},"condition":{"type":"ok","step":'
-    b'0}},{"stmt":{"sql":"CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, v TEXT, f REAL, b BLOB)"'
-    b'},"condition":{"type":"ok","step":1}},{"stmt":{"sql":"ALTER TABLE t ADD COLUMN b BLOB"},"condition'
-    b'":{"type":"ok","step":2}},{"stmt":{"sql":"SELECT CASE WHEN EXISTS (SELECT 1 FROM \\"t\\" WHERE \\"id\\'
-    b'" IS ? AND \\"v\\" IS ?) THEN 1 ELSE abs(-9223372036854775808) END AS ok","args":[{"type":"integer",'
-    b'"value":"1"},{"type":"text","value":"one"}],"want_rows":false},"condition":{"type":"or","conds":[{'
-    b'"type":"ok","step":3},{"type":"error","step":3}]}},{"stmt":{"sql":"UPDATE \\"t\\" SET \\"v\\" = ? WHER'
-    b'E \\"id\\" IS ?","args":[{"type":"text","value":"uno"},{"type":"integer","value":"1"}]},"condition":'
-    b'{"type":"ok","step":4}},{"stmt":{"sql":"SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM \\"t\\" WHERE \\"i'
-    b'd\\" IS ? AND NOT (\\"v\\" IS ? AND \\"f\\" IS ? AND \\"b\\" IS ?)) THEN 1 ELSE abs(-9223372036854775808)'
-    b' END AS ok","args":[{"type":"integer","value":"2"},{"type":"text","value":"two"},{"type":"float","'
-    b'value":1.5},{"type":"blob","base64":"AP8"}],"want_rows":false},"condition":{"type":"ok","step":5}}'
-    b',{"stmt":{"sql":"INSERT INTO \\"t\\"(\\"id\\", \\"v\\", \\"f\\", \\"b\\") VALUES (?,?,?,?) ON CONFLICT(\\"id\\'
-    b'") DO UPDATE SET \\"id\\" = excluded.\\"id\\",\\"v\\" = excluded.\\"v\\",\\"f\\" = excluded.\\"f\\",\\"b\\" = ex'
-    b'cluded.\\"b\\"","args":[{"type":"integer","value":"2"},{"type":"text","value":"two"},{"type":"float"'
-    b',"value":1.5},{"type":"blob","base64":"AP8"}]},"condition":{"type":"ok","step":6}},{"stmt":{"sql":'
-    b'"SELECT CASE WHEN EXISTS (SELECT 1 FROM \\"t\\" WHERE \\"id\\" IS ? AND \\"v\\" IS ? AND \\"f\\" IS ? AND '
-    b'\\"b\\" IS ?) THEN 1 ELSE abs(-9223372036854775808) END AS ok","args":[{"type":"integer","value":"3"'
-    b'},{"type":"text","value":"three"},{"type":"null"},{"type":"blob","base64":"AQ"}],"want_rows":false'
-    b'},"condition":{"type":"ok","step":7}},{"stmt":{"sql":"DELETE FROM \\"t\\" WHERE \\"id\\" IS ?","args":'
-    b'[{"type":"integer","value":"3"}]},"condition":{"type":"ok","step":8}},{"stmt":{"sql":"UPDATE turso'
-    b'_sync_last_change_id SET pull_gen = ?, change_id = ? WHERE client_id = ?","args":[{"type":"integer'
-    b'","value":"2"},{"type":"integer","value":"8"},{"type":"text","value":"client-1"}]},"condition":{"t'
-    b'ype":"ok","step":9}},{"stmt":{"sql":"COMMIT"},"condition":{"type":"ok","step":10}},{"stmt":{"sql":'
-    b'"ROLLBACK"},"condition":{"type":"not","cond":{"type":"ok","step":11}}}]}}]}'
+    b'tmt":{"sql":"INSERT INTO turso_sync_last_change_id(client_id, pull_gen, change_id) VALUES (?, ?, C'
+    b"ASE WHEN (SELECT pull_gen FROM turso_sync_last_change_id WHERE client_id = ?) IS ? THEN ? ELSE abs"
+    b"(-9223372036854775808) END) ON CONFLICT(client_id) DO UPDATE SET change_id = CASE WHEN pull_gen = "
+    b"? AND change_id = ? THEN excluded.change_id ELSE abs(-9223372036854775808) END, pull_gen = exclude"
+    b'd.pull_gen","args":[{"type":"text","value":"client-1"},{"type":"integer","value":"2"},{"type":"tex'
+    b't","value":"client-1#fence"},{"type":"integer","value":"4"},{"type":"integer","value":"8"},{"type"'
+    b':"integer","value":"2"},{"type":"integer","value":"6"}]},"condition":{"type":"ok","step":0}},{"stm'
+    b't":{"sql":"CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, v TEXT, f REAL, b BLOB)"},"condit'
+    b'ion":{"type":"ok","step":1}},{"stmt":{"sql":"ALTER TABLE t ADD COLUMN b BLOB"},"condition":{"type"'
+    b':"ok","step":2}},{"stmt":{"sql":"SELECT CASE WHEN EXISTS (SELECT 1 FROM \\"t\\" WHERE \\"id\\" IS ? AN'
+    b'D \\"v\\" IS ?) THEN 1 ELSE abs(-9223372036854775808) END AS ok","args":[{"type":"integer","value":"'
+    b'1"},{"type":"text","value":"one"}],"want_rows":false},"condition":{"type":"or","conds":[{"type":"o'
+    b'k","step":3},{"type":"error","step":3}]}},{"stmt":{"sql":"UPDATE \\"t\\" SET \\"v\\" = ? WHERE \\"id\\" '
+    b'IS ?","args":[{"type":"text","value":"uno"},{"type":"integer","value":"1"}]},"condition":{"type":"'
+    b'ok","step":4}},{"stmt":{"sql":"SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM \\"t\\" WHERE \\"id\\" IS ? '
+    b'AND NOT (\\"v\\" IS ? AND \\"f\\" IS ? AND \\"b\\" IS ?)) THEN 1 ELSE abs(-9223372036854775808) END AS o'
+    b'k","args":[{"type":"integer","value":"2"},{"type":"text","value":"two"},{"type":"float","value":1.'
+    b'5},{"type":"blob","base64":"AP8"}],"want_rows":false},"condition":{"type":"ok","step":5}},{"stmt":'
+    b'{"sql":"INSERT INTO \\"t\\"(\\"id\\", \\"v\\", \\"f\\", \\"b\\") VALUES (?,?,?,?) ON CONFLICT(\\"id\\") DO UPD'
+    b'ATE SET \\"id\\" = excluded.\\"id\\",\\"v\\" = excluded.\\"v\\",\\"f\\" = excluded.\\"f\\",\\"b\\" = excluded.\\"'
+    b'b\\"","args":[{"type":"integer","value":"2"},{"type":"text","value":"two"},{"type":"float","value":'
+    b'1.5},{"type":"blob","base64":"AP8"}]},"condition":{"type":"ok","step":6}},{"stmt":{"sql":"SELECT C'
+    b'ASE WHEN EXISTS (SELECT 1 FROM \\"t\\" WHERE \\"id\\" IS ? AND \\"v\\" IS ? AND \\"f\\" IS ? AND \\"b\\" IS '
+    b'?) THEN 1 ELSE abs(-9223372036854775808) END AS ok","args":[{"type":"integer","value":"3"},{"type"'
+    b':"text","value":"three"},{"type":"null"},{"type":"blob","base64":"AQ"}],"want_rows":false},"condit'
+    b'ion":{"type":"ok","step":7}},{"stmt":{"sql":"DELETE FROM \\"t\\" WHERE \\"id\\" IS ?","args":[{"type":'
+    b'"integer","value":"3"}]},"condition":{"type":"ok","step":8}},{"stmt":{"sql":"COMMIT"},"condition":'
+    b'{"type":"ok","step":9}},{"stmt":{"sql":"ROLLBACK"},"condition":{"type":"not","cond":{"type":"ok","'
+    b'step":10}}}]}}]}'
 )
 
 FIRST_PUSH_BODY = (
@@ -249,28 +250,30 @@ FIRST_PUSH_BODY = (
     b'l_gen INTEGER, change_id INTEGER)"},"condition":{"type":"ok","step":0}},{"stmt":{"sql":"INSERT INT'
     b"O turso_sync_last_change_id(client_id, pull_gen, change_id) VALUES (?, ?, CASE WHEN (SELECT pull_g"
     b"en FROM turso_sync_last_change_id WHERE client_id = ?) IS ? THEN ? ELSE abs(-9223372036854775808) "
-    b'END)","args":[{"type":"text","value":"client-1"},{"type":"integer","value":"2"},{"type":"text","va'
-    b'lue":"client-1#fence"},{"type":"integer","value":"4"},{"type":"integer","value":"8"}],"want_rows":'
-    b'false},"condition":{"type":"ok","step":1}},{"stmt":{"sql":"CREATE TABLE IF NOT EXISTS t (id INTEGE'
-    b'R PRIMARY KEY, v TEXT, f REAL, b BLOB)"},"condition":{"type":"ok","step":2}},{"stmt":{"sql":"ALTER'
-    b' TABLE t ADD COLUMN b BLOB"},"condition":{"type":"ok","step":3}},{"stmt":{"sql":"SELECT CASE WHEN '
-    b'EXISTS (SELECT 1 FROM \\"t\\" WHERE \\"id\\" IS ? AND \\"v\\" IS ?) THEN 1 ELSE abs(-9223372036854775808'
-    b') END AS ok","args":[{"type":"integer","value":"1"},{"type":"text","value":"one"}],"want_rows":fal'
-    b'se},"condition":{"type":"or","conds":[{"type":"ok","step":4},{"type":"error","step":4}]}},{"stmt":'
-    b'{"sql":"UPDATE \\"t\\" SET \\"v\\" = ? WHERE \\"id\\" IS ?","args":[{"type":"text","value":"uno"},{"type'
-    b'":"integer","value":"1"}]},"condition":{"type":"ok","step":5}},{"stmt":{"sql":"SELECT CASE WHEN NO'
-    b'T EXISTS (SELECT 1 FROM \\"t\\" WHERE \\"id\\" IS ? AND NOT (\\"v\\" IS ? AND \\"f\\" IS ? AND \\"b\\" IS ?)'
-    b') THEN 1 ELSE abs(-9223372036854775808) END AS ok","args":[{"type":"integer","value":"2"},{"type":'
-    b'"text","value":"two"},{"type":"float","value":1.5},{"type":"blob","base64":"AP8"}],"want_rows":fal'
-    b'se},"condition":{"type":"ok","step":6}},{"stmt":{"sql":"INSERT INTO \\"t\\"(\\"id\\", \\"v\\", \\"f\\", \\"'
-    b'b\\") VALUES (?,?,?,?) ON CONFLICT(\\"id\\") DO UPDATE SET \\"id\\" = excluded.\\"id\\",\\"v\\" = excluded.'
-    b'\\"v\\",\\"f\\" = excluded.\\"f\\",\\"b\\" = excluded.\\"b\\"","args":[{"type":"integer","value":"2"},{"type'
-    b'":"text","value":"two"},{"type":"float","value":1.5},{"type":"blob","base64":"AP8"}]},"condition":'
-    b'{"type":"ok","step":7}},{"stmt":{"sql":"SELECT CASE WHEN EXISTS (SELECT 1 FROM \\"t\\" WHERE \\"id\\" '
-    b'IS ? AND \\"v\\" IS ? AND \\"f\\" IS ? AND \\"b\\" IS ?) THEN 1 ELSE abs(-9223372036854775808) END AS ok'
-    b'","args":[{"type":"integer","value":"3"},{"type":"text","value":"three"},{"type":"null"},{"type":"'
-    b'blob","base64":"AQ"}],"want_rows":false},"condition":{"type":"ok","step":8}},{"stmt":{"sql":"DELET'
-    b'E FROM \\"t\\" WHERE \\"id\\" IS ?","args":[{"type":"integer","value":"3"}]},"condition":{"type":"ok",'
-    b'"step":9}},{"stmt":{"sql":"COMMIT"},"condition":{"type":"ok","step":10}},{"stmt":{"sql":"ROLLBACK"'
-    b'},"condition":{"type":"not","cond":{"type":"ok","step":11}}}]}}]}'
+    b"END) ON CONFLICT(client_id) DO UPDATE SET change_id = CASE WHEN pull_gen = ? AND change_id = ? THE"
+    b'N excluded.change_id ELSE abs(-9223372036854775808) END, pull_gen = excluded.pull_gen","args":[{"t'
+    b'ype":"text","value":"client-1"},{"type":"integer","value":"2"},{"type":"text","value":"client-1#fe'
+    b'nce"},{"type":"integer","value":"4"},{"type":"integer","value":"8"},{"type":"null"},{"type":"null"'
+    b'}]},"condition":{"type":"ok","step":1}},{"stmt":{"sql":"CREATE TABLE IF NOT EXISTS t (id INTEGER P'
+    b'RIMARY KEY, v TEXT, f REAL, b BLOB)"},"condition":{"type":"ok","step":2}},{"stmt":{"sql":"ALTER TA'
+    b'BLE t ADD COLUMN b BLOB"},"condition":{"type":"ok","step":3}},{"stmt":{"sql":"SELECT CASE WHEN EXI'
+    b'STS (SELECT 1 FROM \\"t\\" WHERE \\"id\\" IS ? AND \\"v\\" IS ?) THEN 1 ELSE abs(-9223372036854775808) E'
+    b'ND AS ok","args":[{"type":"integer","value":"1"},{"type":"text","value":"one"}],"want_rows":false}'
+    b',"condition":{"type":"or","conds":[{"type":"ok","step":4},{"type":"error","step":4}]}},{"stmt":{"s'
+    b'ql":"UPDATE \\"t\\" SET \\"v\\" = ? WHERE \\"id\\" IS ?","args":[{"type":"text","value":"uno"},{"type":"'
+    b'integer","value":"1"}]},"condition":{"type":"ok","step":5}},{"stmt":{"sql":"SELECT CASE WHEN NOT E'
+    b'XISTS (SELECT 1 FROM \\"t\\" WHERE \\"id\\" IS ? AND NOT (\\"v\\" IS ? AND \\"f\\" IS ? AND \\"b\\" IS ?)) T'
+    b'HEN 1 ELSE abs(-9223372036854775808) END AS ok","args":[{"type":"integer","value":"2"},{"type":"te'
+    b'xt","value":"two"},{"type":"float","value":1.5},{"type":"blob","base64":"AP8"}],"want_rows":false}'
+    b',"condition":{"type":"ok","step":6}},{"stmt":{"sql":"INSERT INTO \\"t\\"(\\"id\\", \\"v\\", \\"f\\", \\"b\\"'
+    b') VALUES (?,?,?,?) ON CONFLICT(\\"id\\") DO UPDATE SET \\"id\\" = excluded.\\"id\\",\\"v\\" = excluded.\\"v'
+    b'\\",\\"f\\" = excluded.\\"f\\",\\"b\\" = excluded.\\"b\\"","args":[{"type":"integer","value":"2"},{"type":"'
+    b'text","value":"two"},{"type":"float","value":1.5},{"type":"blob","base64":"AP8"}]},"condition":{"t'
+    b'ype":"ok","step":7}},{"stmt":{"sql":"SELECT CASE WHEN EXISTS (SELECT 1 FROM \\"t\\" WHERE \\"id\\" IS '
+    b'? AND \\"v\\" IS ? AND \\"f\\" IS ? AND \\"b\\" IS ?) THEN 1 ELSE abs(-9223372036854775808) END AS ok","'
+    b'args":[{"type":"integer","value":"3"},{"type":"text","value":"three"},{"type":"null"},{"type":"blo'
+    b'b","base64":"AQ"}],"want_rows":false},"condition":{"type":"ok","step":8}},{"stmt":{"sql":"DELETE F'
+    b'ROM \\"t\\" WHERE \\"id\\" IS ?","args":[{"type":"integer","value":"3"}]},"condition":{"type":"ok","st'
+    b'ep":9}},{"stmt":{"sql":"COMMIT"},"condition":{"type":"ok","step":10}},{"stmt":{"sql":"ROLLBACK"},"'
+    b'condition":{"type":"not","cond":{"type":"ok","step":11}}}]}}]}'
 )

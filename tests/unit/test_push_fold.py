@@ -87,10 +87,10 @@ def test_a_batch_built_on_the_remote_mark_commits_and_moves_it(
         ((2, 9), (2, 8)),  # a push the replica does not know of committed (a lost answer, a restored copy)
         ((3, 1), (2, 8)),  # a later generation
         ((2, 8), push.NO_MARK),  # the replica believes it never pushed
-        (push.NO_MARK, (2, 8)),  # the remote holds no mark (another remote, or one restored)
-        (None, (2, 8)),  # not even the table
+        ((2, 7), (2, 8)),  # an older mark (a remote restored from a backup: outside the model)
+        (None, (2, 8)),  # no mark table (a remote reset under the replica)
     ],
-    ids=["later change", "later generation", "believed none", "remote has none", "no mark table"],
+    ids=["later change", "later generation", "believed none", "older mark", "no mark table"],
 )
 def test_a_batch_built_on_a_wrong_belief_commits_nothing_and_fails_at_its_mark_step(
     tmp_path: Path, remote_mark: push.Mark | None, believed: push.Mark
@@ -116,15 +116,25 @@ def test_the_push_epoch_is_checked_at_the_mark_step(tmp_path: Path) -> None:
     assert state(first) == ([], "old")
 
 
-def test_the_mark_is_checked_before_any_guard(tmp_path: Path) -> None:
+def test_the_mark_is_moved_before_any_guard(tmp_path: Path) -> None:
     """A stale belief is found before a change the remote already holds could fail its guard."""
     batch = batch_on((2, 8))
     kinds = [(s.mark, s.guard) for s in batch.sources if s is not None]
-    assert kinds[0] == (True, False) and kinds[-1] == (True, False)
-    assert all(not mark for mark, _guard in kinds[1:-1])
-    assert batch.request.steps[1].stmt.sql == push.MARK_CHECK
-    assert batch.request.steps[batch.commit_index - 1].stmt.sql == push.MARK_UPDATE
-    assert batch.mark == (2, 8)
+    assert kinds[0] == (True, False), "the step after BEGIN"
+    assert all(not mark for mark, _guard in kinds[1:])
+    assert batch.request.steps[1].stmt.sql == push.MARK_MOVE
+    assert len(batch.request.steps) == 6, "BEGIN, the mark, a guard, the change, COMMIT, ROLLBACK"
+    first = batch_on(push.NO_MARK)
+    assert [s.stmt.sql for s in first.request.steps[1:3]] == [push.LAST_CHANGE_TABLE, push.MARK_MOVE]
+    assert batch.mark == (2, 8) and first.mark == push.NO_MARK
+
+
+def test_a_remote_reset_under_the_replica_takes_the_batch_and_its_mark(tmp_path: Path) -> None:
+    """A remote holding no mark for a client that believes it has one (outside the model: the
+    remote was replaced) takes the batch, mark included, as the push that read the mark first did."""
+    db = remote_db(tmp_path / "r.db", push.NO_MARK)
+    assert run(db, batch_on((2, 8))) is None
+    assert state(db) == ([(2, 9)], "new")
 
 
 def test_a_guard_failure_is_still_a_conflict_when_the_mark_holds(tmp_path: Path) -> None:

@@ -23,12 +23,11 @@ index (``Step.guard``), never by the error text.
 
 A batch is built on the push mark the replica believes the remote holds for it (``mark``: the
 last ``(pull_gen, change_id)`` the remote acknowledged, kept in the replica's state), so a push
-is one request: the batch's first step after ``BEGIN`` compares the remote's mark and push
-epoch with what the batch expects (``MARK_CHECK``; a first push instead creates the table and
-inserts the mark first, ``MARK_INSERT``, which fails if a mark is there), and its last step
-moves the mark on (``MARK_UPDATE``).  A batch built on a wrong belief fails as a whole at that step
-(``Step.mark``: the client then reads the mark, forgets what the remote holds, and retries),
-before any guard has run, so it is never taken for a conflict.
+is one request: the batch's first step after ``BEGIN`` (after the bookkeeping table on a first
+push) writes the new mark as a compare-and-set on the expected one and on the push epoch
+(``MARK_MOVE``).  A batch built on a wrong belief fails as a whole at that step (``Step.mark``:
+the client then reads the mark, forgets what the remote holds, and retries), before any guard
+has run, so it is never taken for a conflict.
 """
 
 from __future__ import annotations
@@ -89,22 +88,19 @@ LAST_CHANGE_SELECT = "SELECT pull_gen, change_id FROM turso_sync_last_change_id 
 Mark = tuple[int, int]
 NO_MARK: Mark = (0, 0)
 
-# The compare-and-set of a batch built on a mark the remote holds: its second step fails unless
-# the remote's mark is exactly the expected one and the push epoch is the expected one.  The
-# batch holds the write lock from BEGIN IMMEDIATE to COMMIT, so neither can move in between.
-MARK_CHECK = (
-    "SELECT CASE WHEN EXISTS (SELECT 1 FROM turso_sync_last_change_id WHERE client_id = ? AND pull_gen = ? "
-    "AND change_id = ?) AND (SELECT pull_gen FROM turso_sync_last_change_id WHERE client_id = ?) IS ? "
-    "THEN 1 ELSE abs(-9223372036854775808) END AS ok"
-)
-# ... and its last step: the mark moves on (MARK_CHECK found the row; the new mark is larger)
-MARK_UPDATE = "UPDATE turso_sync_last_change_id SET pull_gen = ?, change_id = ? WHERE client_id = ?"
-# The first mark (the batch expects ``NO_MARK``): fails with a UNIQUE error if the remote holds a
-# mark already, and, as ``LAST_CHANGE_UPSERT``, unless the push epoch is the expected one.
-MARK_INSERT = (
+# A batch built on a mark writes the new one first, as a compare-and-set: it fails unless the
+# push epoch is the expected one and, when the remote holds a mark for the client, unless that
+# mark is exactly the expected one (NULL, NULL when the batch expects none: then it always
+# fails).  The batch holds the write lock from BEGIN IMMEDIATE to COMMIT, so the mark cannot move
+# in between; written first, a mark that is not the expected one fails the batch before any
+# guard runs.  (A remote that holds no mark for a client that believes it has one, one reset
+# under it, takes the batch and the mark: what the client forgot it also forgot before.)
+MARK_MOVE = (
     "INSERT INTO turso_sync_last_change_id(client_id, pull_gen, change_id) VALUES (?, ?, "
     "CASE WHEN (SELECT pull_gen FROM turso_sync_last_change_id WHERE client_id = ?) IS ? THEN ? "
-    "ELSE abs(-9223372036854775808) END)"
+    "ELSE abs(-9223372036854775808) END) ON CONFLICT(client_id) DO UPDATE SET "
+    "change_id = CASE WHEN pull_gen = ? AND change_id = ? THEN excluded.change_id "
+    "ELSE abs(-9223372036854775808) END, pull_gen = excluded.pull_gen"
 )
 
 #: The largest push request body: what our primary accepts (``client_max_size``) and what we
@@ -366,9 +362,9 @@ def build_batch(
     It commits only under push epoch ``epoch`` (None: no fence was ever set for this client),
     and, with ``parents``, only if every locally present row its rows reference exists on the
     remote once all its changes are applied.  With ``mark``, it commits only if the remote's
-    push mark for ``client_id`` is exactly ``mark`` (``NO_MARK``: none), checked before any
-    change; without it, the mark is not compared (the caller read it just before) and only
-    ever moves forward.  Values are encoded by the shared Hrana codec (``wire/hrana.py``);
+    push mark for ``client_id`` is ``mark`` (``NO_MARK``: none; a remote holding none takes
+    any), checked before any change; without it, the mark is not compared (the caller read it
+    just before) and only ever moves forward.  Values are encoded by the shared Hrana codec (``wire/hrana.py``);
     ``encode_value`` is ignored, left for callers that still pass one.
     """
     changes: list[Step] = []
@@ -378,22 +374,24 @@ def build_batch(
     changes.extend(checks)
     first, last = rows[0].id, rows[-1].id
     fence_id = client_id + FENCE_SUFFIX
-    # the step after BEGIN: the bookkeeping table (a first push, or no mark to compare), or the
-    # mark's check; then the mark steps before the changes and after them
+    # the step after BEGIN: the bookkeeping table (no mark to expect), or the mark's move; the
+    # mark's steps before the changes and after them
     head: Step | None = None
     before: list[Step] = []
     after: list[Step] = []
     if mark is None:
         # the mark also checks the push epoch: failing there is a conflict with a fence (pull, retry)
         after.append(Step(LAST_CHANGE_UPSERT, [client_id, pull_gen, fence_id, epoch, last], first, guard=True))
-    elif mark == NO_MARK:
-        # written first, so a mark already there fails the batch before any guard runs
-        before.append(Step(MARK_INSERT, [client_id, pull_gen, fence_id, epoch, last], first, mark=True))
     else:
-        head = Step(MARK_CHECK, [client_id, mark[0], mark[1], fence_id, epoch], first, mark=True)
-        after.append(Step(MARK_UPDATE, [pull_gen, last, client_id], first, mark=True, want_rows=True))
+        expected = [None, None] if mark == NO_MARK else list(mark)
+        move_args = [client_id, pull_gen, fence_id, epoch, last, *expected]
+        move = Step(MARK_MOVE, move_args, first, mark=True, want_rows=True)
+        if mark == NO_MARK:
+            before.append(move)  # a first push: the remote may not have the table yet
+        else:
+            head = move
     body = [*before, *changes, *after]
-    plan: list[Step | None] = [None, head, *body]  # BEGIN, table or check, …
+    plan: list[Step | None] = [None, head, *body]  # BEGIN, table or the mark's move, …
     sql = ["BEGIN IMMEDIATE", LAST_CHANGE_TABLE if head is None else head.sql, *(s.sql for s in body)]
     args: list[list[Any]] = [[], [] if head is None else head.args, *(s.args for s in body)]
     steps, commit_index = _transaction(sql, args, plan)

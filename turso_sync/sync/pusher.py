@@ -9,7 +9,7 @@ most ``PUSH_ROUNDS`` times.
 
 One request per batch: each batch is built on the push mark (``turso_sync_last_change_id``) the
 replica believes the remote holds for it, the last one the remote acknowledged, kept in the
-replica's state (``believed_mark``), and commits only if the remote holds exactly that mark.
+replica's state (``believed_mark``), and commits only if the remote holds that mark (``push.MARK_MOVE``).
 The mark is read first (``remote.remote_mark``, a request of its own) only when the belief may
 be wrong before anything is sent: on the first push after one whose answer was lost (which
 may still commit; the mark read and every later batch's check see it if it does), and when

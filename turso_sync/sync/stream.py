@@ -1,8 +1,8 @@
 """Pushing one local transaction over several requests: a Hrana stream held open by batons.
 
-A push batch (``push.build_batch``) is one remote transaction: ``BEGIN IMMEDIATE``, the
-check of the push mark and epoch the batch was built on (or, on a first push, the bookkeeping
-table and the new mark), a compare-and-set guard and a change per row, the change-id mark,
+A push batch (``push.build_batch``) is one remote transaction: ``BEGIN IMMEDIATE``, the move
+of the change-id mark (a compare-and-set on the mark and push epoch the batch was built on;
+after the bookkeeping table on a first push), a compare-and-set guard and a change per row,
 ``COMMIT``, then ``ROLLBACK`` unless the ``COMMIT`` succeeded.
 One request carries at most ``MAX_PUSH_BODY`` bytes, so a bigger transaction is sent here as a
 chain of requests on one server-side stream::
@@ -18,7 +18,7 @@ error, a timeout, a 4xx, a client that stops) never reaches ``COMMIT``, and the 
 it back (at once on ``close``, which is sent when possible; else after its idle timeout).  The
 ``COMMIT`` travels in the last request, so a retry of the whole transaction after a lost last
 answer is exactly-once, as for a one-request push: the next push reads the remote's mark
-first.  The mark's check is in the first request: a stream built on a wrong belief stops there.
+first.  The mark's move is in the first request: a stream built on a wrong belief stops there.
 
 Each step's condition refers to earlier steps of the same batch.  A step whose condition names
 a step of an earlier request gets that outcome as a constant (conditions are evaluated here,
@@ -120,8 +120,9 @@ def typed_steps(steps: Sequence[AnyStep]) -> list[BatchStep]:
 def plan_requests(steps: Sequence[AnyStep], commit_index: int, max_body: int) -> list[range]:
     """Which steps go in which request: consecutive ranges, each request at most ``max_body`` bytes.
 
-    The step before ``COMMIT`` (the change-id mark), ``COMMIT`` and everything after it go in
-    the last request.  Raises PushRejectedError when one step alone is too big for a request.
+    The step before ``COMMIT`` (the last change, or the mark of a batch built without one),
+    ``COMMIT`` and everything after it go in the last request.  Raises PushRejectedError when
+    one step alone is too big for a request.
     """
     budget = max_body - _REQUEST_OVERHEAD
     sizes = [len(encode_json(step.to_json())) + 1 + _STEP_SLACK for step in typed_steps(steps)]
