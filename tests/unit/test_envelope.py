@@ -24,6 +24,10 @@ from turso_sync.crypto.page_codec import PageCodec, parse_key
 from turso_sync.local.connection import Connection
 from turso_sync.local.engine import LocalDatabase
 from turso_sync.local.walindex import committed_wal, disk_slot_size
+from turso_sync.sync.bootstrap import KeyOptions, bootstrap, wal_mode_page
+from turso_sync.sync.partial import PartialSync
+from turso_sync.sync.state import SyncState
+from turso_sync.testing import pull_answer
 
 P = 4096
 S = P + 32
@@ -38,6 +42,11 @@ def sqlite_pages(path: Path, script: str) -> list[bytes]:
     raw = path.read_bytes()
     assert raw[20] == 0
     return [raw[i : i + P] for i in range(0, len(raw), P)]
+
+
+def remote_pages(path: Path, script: str) -> dict[int, bytes]:
+    """A remote's pages, 1-based, as a default tursodb would send them (no reserved bytes)."""
+    return {n + 1: page for n, page in enumerate(sqlite_pages(path, script))}
 
 
 def envelope_codec(key: str = KEY256) -> PageCodec:
@@ -251,3 +260,58 @@ def test_random_sql_gives_the_plaintext_twins_content_and_no_plaintext_on_disk(
     for name in os.listdir(folder):
         if name.startswith("enc.db"):
             assert MARKER.encode() not in (folder / name).read_bytes(), name
+
+
+# --- bootstrap: which layout a new replica gets ------------------------------------------------
+
+
+def _bootstrap(path: Path, key: KeyOptions, pages: dict[int, bytes], partial: PartialSync | None = None) -> SyncState:
+    state = SyncState(remote_url="https://remote.invalid", client_id="test-client")
+    steps = bootstrap(str(path), state, key, 5.0, partial)
+    next(steps)
+    with pytest.raises(StopIteration):
+        steps.send(pull_answer("rev-1", pages))
+    return state
+
+
+def test_a_remote_without_reserved_bytes_bootstraps_an_envelope_replica(tmp_path: Path) -> None:
+    pages = remote_pages(tmp_path / "remote.db", f"CREATE TABLE t (x); INSERT INTO t VALUES ('{MARKER}');")
+    assert pages[1][20] == 0
+    path = tmp_path / "a.db"
+    _bootstrap(path, KeyOptions(KEY256), pages)
+    raw = path.read_bytes()
+    assert is_envelope(raw) and len(raw) == disk_size(len(pages), P, S) and MARKER.encode() not in raw
+    db = KeyOptions(KEY256).open(str(path))
+    try:
+        assert db.page_size == P and db.slot_size == S
+        assert db.query("SELECT x FROM t") == [(MARKER,)]
+    finally:
+        db.close()
+    with pytest.raises(errors.EncryptionError, match="envelope layout"):
+        _bootstrap(tmp_path / "b.db", KeyOptions(KEY128, "aes128gcm"), pages)  # AES-256-GCM-SIV needs 256 bits
+    assert not (tmp_path / "b.db").exists()
+
+
+def test_a_partial_bootstrap_puts_each_slot_at_its_place(tmp_path: Path) -> None:
+    pages = remote_pages(
+        tmp_path / "remote.db",
+        "CREATE TABLE t (x); WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200) "
+        "INSERT INTO t SELECT randomblob(500) FROM n;",
+    )
+    path = tmp_path / "p.db"
+    held = {p: pages[p] for p in (1, 2, len(pages))}
+    _bootstrap(path, KeyOptions(KEY256), held, PartialSync(prefix_bytes=2 * P))
+    raw = path.read_bytes()
+    assert len(raw) == disk_size(len(pages), P, S)
+    reader = envelope_codec().for_file(raw)
+    for pgno in held:
+        assert reader.decrypt(raw[(pgno - 1) * S : pgno * S], pgno) == wal_mode_page(pages[pgno], pgno)
+
+
+def test_an_empty_remote_gives_an_encrypted_replica_the_envelope_layout(tmp_path: Path) -> None:
+    path = tmp_path / "a.db"
+    _bootstrap(path, KeyOptions(KEY256), {})
+    assert is_envelope(path.read_bytes())
+    plain = tmp_path / "plain.db"
+    _bootstrap(plain, KeyOptions(), {})
+    assert plain.read_bytes()[20] == 28  # a plaintext replica keeps the room Turso's format needs
