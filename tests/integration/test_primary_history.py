@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import struct
 from pathlib import Path
 
@@ -15,6 +16,8 @@ import pytest
 
 import turso_sync
 from tests.conftest import wait_for
+from tests.integration.primary_harness import PrimaryProcess
+from tests.s3_harness import BUCKET, running_weed
 from tests.servers import primary
 
 BOUND = 256 * 1024
@@ -36,11 +39,16 @@ def _rows(conn: turso_sync.Connection) -> list[tuple[object, ...]]:
     return conn.execute("SELECT id, length(v), substr(v, 1, 12) FROM t ORDER BY id").fetchall()
 
 
-def _push_rows(writer: turso_sync.Connection, start: int, count: int) -> None:
+def _push_rows(writer: turso_sync.Connection, start: int, count: int, data_dir: Path | None = None) -> int:
+    """Push ``count`` rows one transaction each; return the largest frame log seen after a push."""
+    largest = 0
     for i in range(start, start + count):
         writer.execute("INSERT INTO t VALUES (?, ?)", (i, f"row-{i:06d}-" + "x" * 2500))
         writer.commit()
         assert writer.push() == 1
+        if data_dir is not None:
+            largest = max(largest, os.path.getsize(_frames(data_dir)))
+    return largest
 
 
 def test_the_frame_log_stays_bounded_and_replicas_behind_the_window_converge(tmp_path: Path) -> None:
@@ -53,22 +61,19 @@ def test_the_frame_log_stays_bounded_and_replicas_behind_the_window_converge(tmp
             writer.commit()
             writer.push()
             behind = turso_sync.connect(tmp_path / "behind.db", url)  # its revision is pruned below
-            largest = 0
-            for step in range(6):
-                _push_rows(writer, step * 40, 40)
-                largest = max(largest, os.path.getsize(_frames(data_dir)))
-                if step == 4:
-                    within = turso_sync.connect(tmp_path / "within.db", url)
-            written = 240 * 2500
-            assert written > 2 * BOUND  # pushes went well past the bound
-            wait_for(lambda: os.path.getsize(_frames(data_dir)) <= BOUND, 30, "the frame log to be pruned")
+            largest = _push_rows(writer, 0, 240, data_dir)
+            assert 240 * 2500 > 2 * BOUND  # pushes went well past the bound
             # over the bound only by what arrives while a prune runs, never by a whole bound
             assert largest <= 2 * BOUND, largest
-            assert _base_seq(data_dir) > 0
+            wait_for(lambda: os.path.getsize(_frames(data_dir)) <= BOUND, 30, "the frame log to be pruned")
+            assert _base_seq(data_dir) > int(behind.stats().revision)
+            within = turso_sync.connect(tmp_path / "within.db", url)
+            _push_rows(writer, 240, 3)
+            assert _base_seq(data_dir) <= int(within.stats().revision)  # its pull is an incremental one
             assert behind.pull() is True  # behind the window: every page again
-            assert within is not None and within.pull() is True
+            assert within.pull() is True
             expected = _rows(writer)
-            assert len(expected) == 240
+            assert len(expected) == 243
             assert _rows(behind) == expected
             assert _rows(within) == expected
             for replica in (behind, within):
@@ -117,7 +122,7 @@ def test_a_partial_replica_whose_pinned_revision_was_pruned_fails_clearly_and_lo
             writer.execute("UPDATE t SET v = 'changed' WHERE id = 2000")
             writer.commit()
             writer.push()
-            _push_rows_into(writer, 5000, 200)
+            _push_rows(writer, 5000, 200)
             wait_for(lambda: os.path.getsize(_frames(data_dir)) <= BOUND, 30, "the frame log to be pruned")
             assert _base_seq(data_dir) > 1  # the partial replica's bootstrap revision is gone
             try:
@@ -148,11 +153,67 @@ def test_a_partial_replica_whose_pinned_revision_was_pruned_fails_clearly_and_lo
             writer.close()
 
 
-def _push_rows_into(writer: turso_sync.Connection, start: int, count: int) -> None:
-    for i in range(start, start + count):
-        writer.execute("INSERT INTO t VALUES (?, ?)", (i, f"row-{i:06d}-" + "y" * 2500))
-        writer.commit()
-        assert writer.push() == 1
+def test_on_a_store_the_log_stays_bounded_and_every_push_survives_a_deleted_cache(tmp_path: Path) -> None:
+    """With ``--store``, the pre-image-only log ships every revision right (post-images rebuilt) and
+    is pruned only past what is stored; the store rebuilds exactly what replicas pushed."""
+    data_dir = tmp_path / "server"
+    with running_weed(tmp_path / "weed") as weed:
+        server = PrimaryProcess(
+            data_dir,
+            "--store",
+            f"s3://{BUCKET}/history",
+            "--s3-endpoint",
+            weed.endpoint,
+            "--lease-ttl",
+            "2",
+            *FLAGS,
+        )
+        url = server.start()
+        writer = behind = None
+        try:
+            writer = turso_sync.connect(tmp_path / "w.db", url)
+            writer.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+            writer.commit()
+            writer.push()
+            behind = turso_sync.connect(tmp_path / "behind.db", url)
+            # with --store the cap is what is stored: a push is answered only once stored, so the
+            # log still gets back under the bound
+            largest = _push_rows(writer, 0, 160, data_dir)
+            assert largest <= 2 * BOUND, largest
+            wait_for(lambda: os.path.getsize(_frames(data_dir)) <= BOUND, 30, "the frame log to be pruned")
+            assert _base_seq(data_dir) > int(behind.stats().revision)
+            expected = _rows(writer)
+            assert len(expected) == 160
+            assert behind.pull() is True
+            assert _rows(behind) == expected
+            # the store alone: the cache deleted, the server killed; every acknowledged push is there
+            server.kill()
+            shutil.rmtree(data_dir)
+            url = server.start()
+            fresh = wait_for(lambda: _connect_once_leased(tmp_path / "fresh.db", url), 60, "the lease to run out")
+            assert isinstance(fresh, turso_sync.Connection)
+            try:
+                assert _rows(fresh) == expected
+                assert fresh.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+            finally:
+                fresh.close()
+            assert "Traceback" not in server.log()
+        finally:
+            for conn in (writer, behind):
+                if conn is not None:
+                    conn.close()
+            server.close()
+
+
+def _connect_once_leased(path: Path, url: str) -> turso_sync.Connection | None:
+    """A new replica, or None while the killed server's writer lease has not run out (503)."""
+    try:
+        return turso_sync.connect(path, url)
+    except turso_sync.SyncError as exc:
+        assert "WRITER_ELSEWHERE" in str(exc) or "written by another server" in str(exc), exc
+        for leftover in path.parent.glob(path.name + "*"):
+            leftover.unlink()
+        return None
 
 
 @pytest.fixture(autouse=True)
