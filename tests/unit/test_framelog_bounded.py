@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import KEY256
+from turso_sync.cli.main import build_parser, main
+from turso_sync.cli.serve import history_from
 from turso_sync.local.engine import LocalDatabase, RevisionGone
 from turso_sync.local.framelog import FrameLog
 from turso_sync.primary.database import HostedDatabase
@@ -318,3 +320,26 @@ def test_on_a_store_nothing_unstored_is_pruned_and_the_store_gets_every_image(tm
         assert image.data == local[: len(image.data)] and len(image.data) == len(local)
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--history-bytes", "0"], "--history-bytes must be positive (got 0)"),
+        (["--history-seconds", "-1"], "--history-seconds must be 0 or more (got -1)"),
+    ],
+)
+def test_serve_refuses_a_history_bound_it_cannot_keep(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], options: list[str], message: str
+) -> None:
+    status = main(["serve", "--data-dir", str(tmp_path / "d"), *options])
+    assert status == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
+def test_serve_history_options_reach_the_server_config() -> None:
+    args = build_parser().parse_args(["serve", "--data-dir", "d", "--history-seconds", "90", "--history-bytes", "4096"])
+    assert history_from(args) == HistoryBounds(seconds=90, max_bytes=4096)
+    defaults = build_parser().parse_args(["serve", "--data-dir", "d"])
+    assert history_from(defaults) == HistoryBounds()
