@@ -272,6 +272,8 @@ class EncryptedDBFile(apsw.VFSFile):
 
     def xFileControl(self, op: int, ptr: int) -> bool:
         _checkpoint_control(self.state, op)
+        if self.S != self.P and op in (apsw.SQLITE_FCNTL_SIZE_HINT, apsw.SQLITE_FCNTL_CHUNK_SIZE):
+            return True  # sizes in SQLite's pages: the unix file would grow to a size that is no number of slots
         return super().xFileControl(op, ptr)
 
 
