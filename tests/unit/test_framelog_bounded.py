@@ -82,6 +82,23 @@ def test_lookups_after_a_revision_touch_only_a_logarithm_of_the_older_records(tm
     db.close()
 
 
+def test_a_pinned_read_of_a_few_pages_stops_at_their_first_touches(tmp_path: Path) -> None:
+    db = LocalDatabase(tmp_path / "db")
+    _commits(db, 300)
+    db.checkpoint()
+    log = FrameLog(db.path, None, db.page_size)
+    since = log.base_seq + 10
+    (first,) = log.history(since, with_images=False).__next__().pages[:1]
+    size_then = log.size_at(since)
+    touched: list[int] = []
+    log._index = [_Watched(r, touched) if r.seq > since + 1 else r for r in log._index]  # type: ignore[misc]
+    firsts, size_at = log.first_touches(since, [first.pgno])
+    assert list(firsts) == [first.pgno] and firsts[first.pgno].pre is not None
+    assert size_at == size_then
+    assert len(touched) <= 12, len(touched)  # the bisect's probes only: no scan of the ~290 later records
+    db.close()
+
+
 def test_a_prune_in_two_steps_keeps_what_was_archived_between_them(tmp_path: Path) -> None:
     db = LocalDatabase(tmp_path / "db")
     _commits(db, 50)

@@ -459,7 +459,8 @@ class FrameLog:
         transaction after ``since`` that touched it (whose ``pre`` is the image at ``since``);
         and the database size at ``since`` (None when nothing happened after it).
 
-        Reads only the records that hold a wanted page.  Raises RevisionGone like ``history``.
+        Reads only the records that hold a wanted page, and stops once every wanted page is
+        found.  Raises RevisionGone like ``history``.
         """
         wanted = set(pgnos) if pgnos is not None else None
         found: dict[int, TxnPage] = {}
@@ -472,6 +473,8 @@ class FrameLog:
             for rec in self._index[self._after(since) :]:
                 if size_at is None:
                     size_at = rec.size_before
+                if wanted is not None and len(found) == len(wanted):
+                    break  # every wanted page has its first touch (the size is taken above)
                 if any(p not in found and (wanted is None or p in wanted) for p in rec.pgnos):
                     for page in self._read_record(fd, rec).pages:
                         if page.pgno not in found and (wanted is None or page.pgno in wanted):
