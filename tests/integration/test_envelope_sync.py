@@ -228,3 +228,27 @@ def test_a_partial_envelope_replica_fetches_pages_lazily(tmp_path: Path, seeded:
         assert again.execute("SELECT v FROM t WHERE id = 9000").fetchone() == (f"{MARKER} local",)
     finally:
         again.close()
+
+
+def test_a_passphrase_replica_of_tursodb_uses_the_envelope_layout(tmp_path: Path) -> None:
+    with tursodb(tmp_path / "srv") as url:
+        seed = turso_sync.connect(tmp_path / "seed.db", url)
+        seed.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+        seed.execute("INSERT INTO notes VALUES (1, ?)", (f"{MARKER} seed",))
+        seed.commit()
+        seed.push()
+        seed.close()
+        path = tmp_path / "pw.db"
+        conn = turso_sync.connect(path, url, passphrase="correct horse battery staple")
+        assert rows(conn) == [(1, f"{MARKER} seed")]
+        conn.execute("INSERT INTO notes VALUES (2, ?)", (f"{MARKER} pw",))
+        conn.commit()
+        conn.push()
+        conn.close()
+        assert_envelope(path)
+        assert_no_plaintext(path)
+        with pytest.raises(turso_sync.EncryptionError, match="wrong encryption key"):
+            turso_sync.connect(path, passphrase="wrong horse battery staple")
+        conn = turso_sync.connect(path, passphrase="correct horse battery staple")
+        assert rows(conn) == [(1, f"{MARKER} seed"), (2, f"{MARKER} pw")]
+        conn.close()

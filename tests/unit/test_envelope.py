@@ -315,3 +315,23 @@ def test_an_empty_remote_gives_an_encrypted_replica_the_envelope_layout(tmp_path
     plain = tmp_path / "plain.db"
     _bootstrap(plain, KeyOptions(), {})
     assert plain.read_bytes()[20] == 28  # a plaintext replica keeps the room Turso's format needs
+
+
+def test_a_slot_from_another_envelope_file_under_the_same_key_is_refused(tmp_path: Path) -> None:
+    paths = [tmp_path / "one.db", tmp_path / "two.db"]
+    for path in paths:
+        conn = Connection(path, encryption_key=KEY256, cipher="envelope")
+        conn.execute("CREATE TABLE t (x)")
+        conn.execute("INSERT INTO t VALUES ('same row')")
+        conn.commit()
+        conn.apsw_connection.wal_checkpoint(mode=3)
+        conn.close()
+    one, two = (bytearray(p.read_bytes()) for p in paths)
+    one[S : 2 * S] = two[S : 2 * S]  # page 2 of the other file: same key, same page number
+    paths[0].write_bytes(bytes(one))
+    conn = Connection(paths[0], encryption_key=KEY256)
+    try:
+        with pytest.raises(errors.EncryptionError, match="page 2 of the database failed authentication"):
+            conn.execute("SELECT x FROM t").fetchall()
+    finally:
+        conn.close()
