@@ -8,7 +8,8 @@
 2. **Bootstrap from a follower.**  A ``serve --store`` writer is seeded with a database of
    ``--seed-mb`` MB (the rows of ``bench_primary``); a ``serve --store --follow`` node on the same
    store loads it from the store; then a new replica bootstraps the whole database from the
-   follower and from the writer, alternating: seconds and bytes received.  The follower's first
+   follower and from the writer, alternating: seconds and bytes received, with our client
+   (``turso_sync.connect``) and with pyturso's (``turso.sync.connect``, a child process).  The follower's first
    open (from the store into its cache) is timed too.
 
 Prints the tables (medians over runs of each run's p50 and p99, or of each run's time) and, with
@@ -47,6 +48,8 @@ KINDS = {
     "tursodb": "tursodb --sync-server",
 }
 LEASE_TTL = "10"
+#: The two replica clients of the bootstrap comparison.
+CLIENTS = {"turso_sync": "turso_sync.connect", "pyturso": "pyturso 0.8.3 (turso.sync)"}
 
 
 @dataclass(frozen=True)
@@ -166,12 +169,24 @@ def measure_bootstrap(sizes: Sizes, weed: WeedMini, workdir: Path, fig: Figures,
         log(f"the follower serves all {rows:,} rows {fig.follower_open_s:.1f} s after it was started")
         nodes = {"follower": follower.url, "writer": writer.url}
         names = list(nodes)
-        for run in range(sizes.runs):
-            for name in names[run % 2 :] + names[: run % 2]:
-                answer = bootstrap_once(nodes[name], workdir / f"boot-{name}-{run}.db")
-                assert answer["rows"] == rows, f"bootstrap from the {name} got {answer['rows']} of {rows} rows"
-                fig.bootstrap.setdefault(name, []).append(answer)
-                log(f"bootstrap run {run + 1}/{sizes.runs} from the {name}: {answer['seconds']:.2f} s")
+        pyturso = bp.Client()
+        try:
+            for run in range(sizes.runs):
+                for name in names[run % 2 :] + names[: run % 2]:
+                    answer = bootstrap_once(nodes[name], workdir / f"boot-{name}-{run}.db")
+                    assert answer["rows"] == rows, f"bootstrap from the {name} got {answer['rows']} of {rows} rows"
+                    fig.bootstrap.setdefault(f"turso_sync:{name}", []).append(answer)
+                    path = workdir / f"boot-pyturso-{name}-{run}.db"
+                    other = pyturso.call("bootstrap", path=str(path), url=nodes[name])
+                    for leftover in workdir.glob(path.name + "*"):
+                        leftover.unlink()
+                    fig.bootstrap.setdefault(f"pyturso:{name}", []).append(other)
+                    log(
+                        f"bootstrap run {run + 1}/{sizes.runs} from the {name}: turso_sync {answer['seconds']:.2f} s, "
+                        f"pyturso {other['seconds']:.2f} s"
+                    )
+        finally:
+            pyturso.close()
     finally:
         for server in (follower, writer):
             if server is not None:
@@ -226,13 +241,14 @@ def report(fig: Figures) -> str:
     )
     boot_rows = []
     mb = max(a["pages"] for runs in fig.bootstrap.values() for a in runs) * 4096 / 1e6
-    for name in ("follower", "writer"):
-        runs = fig.bootstrap[name]
+    for key in (f"{c}:{n}" for c in ("turso_sync", "pyturso") for n in ("follower", "writer")):
+        client, name = key.split(":")
+        runs = fig.bootstrap[key]
         secs = [a["seconds"] for a in runs]
         received = median([a["received"] for a in runs])
         boot_rows.append(
             [
-                f"`serve --store{' --follow' if name == 'follower' else ''}` ({name})",
+                f"{CLIENTS[client]}, from `serve --store{' --follow' if name == 'follower' else ''}` ({name})",
                 f"{median(secs):.2f}",
                 f"{min(secs):.2f}-{max(secs):.2f}",
                 f"{received / 1e6:.1f}",
@@ -240,7 +256,7 @@ def report(fig: Figures) -> str:
             ]
         )
     boots = markdown_table(
-        ["bootstrap of the whole database from", "seconds", "per run", "MB received", "MB/s"],
+        ["bootstrap of the whole database: client, node", "seconds", "per run", "MB received", "MB/s"],
         boot_rows,
         right=(1, 2, 3, 4),
     )
@@ -265,8 +281,9 @@ def report(fig: Figures) -> str:
             f"{bp.ROW_BYTES} pseudo-random bytes ({mb:.0f} MB database) through `/v2/pipeline` in "
             f"{fig.seed_s:.0f} s; a `serve --store --follow` node on the same store served all of it "
             f"{fig.follower_open_s:.1f} s after it was started (its first open reads the store into its "
-            f"cache). Then a new replica (`turso_sync.connect`, in this process) bootstraps the whole "
-            f"database from each, alternating, {_runs(s.runs)} each; medians.",
+            f"cache). Then a new replica bootstraps the whole database from each node, alternating, "
+            f"{_runs(s.runs)} each; medians. Two clients: ours (`turso_sync.connect`, in the benchmark's "
+            "process) and Turso's pyturso (`turso.sync.connect`, in a child process, as in bench_primary).",
             "",
             boots,
         ]
