@@ -18,6 +18,7 @@ from turso_sync.crypto.keyring import KeyRing
 from turso_sync.local import rekey as rekey_module
 from turso_sync.local.engine import LocalDatabase
 from turso_sync.local.rekey import rekey
+from turso_sync.sync import files as files_module
 from turso_sync.sync.files import EncryptionReport, PageFailure, ReplicaFiles
 
 P = 4096
@@ -231,3 +232,17 @@ def test_the_report_as_json() -> None:
     assert (
         report.failures[0].line() == "/x/app.db-wal: page 3 (frame 12) failed authentication: written under key epoch 1"
     )
+
+
+def test_without_authentication_sqlite_never_opens_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """verify reads a damaged replica's format this way: SQLite must not touch a file that may be damaged."""
+    path, key = tmp_path / "h.db", secrets.token_hex(32)
+    make_db(path, rows=40, encryption_key=key, encryption_format="hardened")
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("a connection was opened")
+
+    monkeypatch.setattr(files_module, "Connection", refuse)
+    report = ReplicaFiles(path).encryption_report(key, authenticate=False)
+    assert (report.format, report.epoch, report.authenticated) == ("hardened", 1, 0)
+    assert report.epochs == {1: {"database": report.pages}} and not report.outbox_known

@@ -520,7 +520,8 @@ class ReplicaFiles:
         ``authenticate`` and a key every image is decrypted, and each one that fails is listed
         (a database page that fails is read again first: a checkpoint may have been rewriting
         it).  Without a key, or with ``authenticate=False``, the format, epochs and rotation are
-        read from the headers and nonces alone.  Raises ``EncryptionError`` for a wrong key (page
+        read from the headers and nonces alone (and with ``authenticate=False`` no connection is
+        opened, so the outbox's pages are not counted).  Raises ``EncryptionError`` for a wrong key (page
         1 does not open), as opening would; ``FileNotFoundError`` when there is no database file.
         """
         with file_descriptor(self.path) as fd:
@@ -546,7 +547,9 @@ class ReplicaFiles:
         elif report.format == "plaintext" and encryption_key is not None:
             open_checks(self.path, _codec(encryption_key, cipher))  # the same refusal, named the same way
         scan = _PageScan(self, report, codec, page_size)
-        with _reading_connection(self.path, encryption_key, cipher, report.format) as db:
+        # without authentication SQLite is not asked to open the file (it may be damaged: see ``check``)
+        reading = _reading_connection(self.path, encryption_key, cipher, report.format) if authenticate else None
+        with reading or contextlib.nullcontext() as db:
             if db is not None:
                 scan.outbox = _outbox_pages(db)
                 report.outbox_known = scan.outbox is not None
