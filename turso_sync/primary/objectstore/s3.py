@@ -17,6 +17,7 @@ Anything else that fails (refused connection, timeout, 5xx after botocore's retr
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,9 @@ from .client import ObjectInfo, StoredObject, check_key
 from .errors import ObjectNotFound, PreconditionFailed, StoreUnavailable
 
 #: Errors of the aiohttp transport underneath botocore that escape its own wrapping.
+#: The slowest upload a PUT's deadline allows for (bytes per second), on top of ``write_budget_s``.
+PUT_FLOOR_BYTES_PER_S = 1 << 20
+
 _TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (OSError, TimeoutError)
 try:
     import aiohttp
@@ -68,10 +72,14 @@ class S3Location:
 class S3Client:
     """An ``ObjectClient`` on one bucket; create with ``await S3Client.open(location)``, then ``close()``."""
 
-    def __init__(self, location: S3Location, client: Any, stack: contextlib.AsyncExitStack) -> None:
+    def __init__(
+        self, location: S3Location, client: Any, stack: contextlib.AsyncExitStack, write_budget_s: float = 20.0
+    ) -> None:
         self.location = location
         self._s3 = client
         self._stack = stack
+        #: a PUT's deadline, plus its size at PUT_FLOOR_BYTES_PER_S (see ``_put``)
+        self.write_budget_s = write_budget_s
 
     @classmethod
     async def open(
@@ -96,7 +104,7 @@ class S3Client:
         client = await stack.enter_async_context(
             session.create_client("s3", endpoint_url=location.endpoint_url, region_name=location.region, config=config)
         )
-        return cls(location, client, stack)
+        return cls(location, client, stack, write_budget_s=connect_timeout + read_timeout)
 
     async def close(self) -> None:
         """Close the connection pool."""
@@ -138,8 +146,15 @@ class S3Client:
 
     async def _put(self, key: str, data: bytes, condition: dict[str, str]) -> str:
         check_key(key)
+        # botocore sends a PUT with "Expect: 100-continue", and aiohttp starts its read timeout only
+        # once the body is out, which waits for the 100: a store that accepts the connection and
+        # then stalls would hold the PUT (and every push waiting on it) for as long as it stalls.
+        # So each PUT has a deadline of its own; running out of it is "unavailable", like any
+        # other failed write whose outcome is unknown (the caller reads the key back).
+        deadline = self.write_budget_s + len(data) / PUT_FLOOR_BYTES_PER_S
         try:
-            resp = await self._s3.put_object(Bucket=self.location.bucket, Key=key, Body=data, **condition)
+            async with asyncio.timeout(deadline):
+                resp = await self._s3.put_object(Bucket=self.location.bucket, Key=key, Body=data, **condition)
         except ClientError as exc:
             status, code = _status(exc), _code(exc)
             lost = status == 412 or code == "ConditionalRequestConflict" or (status == 404 and "IfMatch" in condition)
