@@ -120,11 +120,6 @@ def test_envelope_replicas_of_tursodb_sync_both_ways(tmp_path: Path) -> None:
             turso_sync.connect(tmp_path / "a.db", encryption_key="ab" * 32)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a second pull reads the revert file, whose reader (sync/state.py read_revert) steps by 4 + PAGE_SIZE; "
-    "the pull (sync/pull.py synced_base_pages) must pass codec.slot_size (P + 32 in the envelope layout)",
-)
 @pytest.mark.parametrize("server", ["tursodb", "primary"])
 def test_envelope_replicas_keep_syncing_round_after_round(tmp_path: Path, server: str) -> None:
     context = tursodb(tmp_path / "srv") if server == "tursodb" else _seeded_primary(tmp_path)
