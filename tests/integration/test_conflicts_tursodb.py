@@ -58,8 +58,11 @@ def test_a_push_never_overwrites_an_unseen_remote_change(url: str, tmp_path: Pat
 
 
 def test_encrypted_replica_refuses_a_remote_without_reserved_bytes(tmp_path: Path):
+    """A replica in Turso's format (made without creating the remote's database, so its empty file
+    reserves 28 bytes per page) cannot take the remote's pages: it refuses before pushing anything.
+    (A new encrypted replica takes the envelope layout instead: tests/integration/test_envelope_sync.py.)"""
     with tursodb(tmp_path / "srv") as url:
-        enc = turso_sync.connect(tmp_path / "enc.db", url, encryption_key=KEY256)
+        enc = turso_sync.connect(tmp_path / "enc.db", url, encryption_key=KEY256, bootstrap_if_empty=False)
         enc.executescript("CREATE TABLE secret (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO secret VALUES (1, 'x');")
         pending = enc.stats().pending_changes
         assert pending > 0

@@ -130,14 +130,20 @@ def test_encrypted_replicas_sync_and_keep_no_plaintext(tmp_path, ours):
                 assert b"PLAINTEXT-MARKER" not in file.read_bytes(), name
 
 
-def test_encrypted_replica_refuses_a_remote_without_reserved_bytes(tmp_path):
+def test_encrypted_replica_of_a_remote_without_reserved_bytes_takes_the_envelope_layout(tmp_path):
+    """tursodb's pages reserve no bytes: an encrypted replica keeps them whole in larger slots."""
     with tursodb(tmp_path / "srv") as url:
         with replicas(tmp_path, url, 1) as (seed,):
             seed.execute("CREATE TABLE t (x)")
+            seed.execute("INSERT INTO t VALUES ('visible only with the key')")
             seed.commit()
             seed.push()
-        with pytest.raises(turso_sync.EncryptionError, match="reserves 0 bytes"):
-            turso_sync.connect(tmp_path / "enc.db", url, encryption_key=KEY256)
+        enc = turso_sync.connect(tmp_path / "enc.db", url, encryption_key=KEY256)
+        assert enc.execute("SELECT x FROM t").fetchall() == [("visible only with the key",)]
+        enc.close()
+        head = (tmp_path / "enc.db").read_bytes()[:7]
+        assert head[6] == 0x81, head  # the envelope layout's cipher id (docs/encryption.md)
+        assert b"visible only with the key" not in (tmp_path / "enc.db").read_bytes()
 
 
 def test_long_poll_returns_as_soon_as_a_push_commits(tmp_path, ours):

@@ -46,11 +46,11 @@ def offline(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
 
 
-def make_replica(folder: Path, key: str | None = None, rows: int = 600) -> Path:
+def make_replica(folder: Path, key: str | None = None, rows: int = 600, **options: object) -> Path:
     """A replica of an empty remote, with a table of ``rows`` rows written locally (pending)."""
     path = folder / "r.db"
     mock = MockTransport(lambda p, body, content_type: pull_answer("rev-1"))
-    conn = turso_sync.connect(path, URL, encryption_key=key, transport=mock)
+    conn = turso_sync.connect(path, URL, encryption_key=key, transport=mock, **options)  # type: ignore[arg-type]
     conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
     conn.executemany("INSERT INTO t VALUES (?, ?)", [(i, f"{i:0200d}") for i in range(rows)])
     conn.commit()
@@ -177,15 +177,22 @@ def test_a_key_for_a_plaintext_replica_says_to_drop_it(tmp_path, capsys, monkeyp
     assert "give" not in err and KEY256 not in err
 
 
-def test_an_encrypted_replica_without_its_key_or_cipher_names_the_flags(tmp_path, capsys):
-    make_replica(tmp_path, key=KEY256, rows=3)
+@pytest.mark.parametrize("layout", ["turso", "envelope"])
+def test_an_encrypted_replica_without_its_key_or_cipher_names_the_flags(tmp_path, capsys, layout):
+    # a new replica of an empty remote takes the envelope layout; without creating the remote's
+    # database it is an empty file of Turso's format (28 reserved bytes per page)
+    make_replica(tmp_path, key=KEY256, rows=3, bootstrap_if_empty=layout == "envelope")
     code, _out, err = run(capsys, "status", "r.db")
     assert code == ExitCode.ENCRYPTION_KEY
     assert "r.db is encrypted: give its key with --encryption-key-file F or $TURSO_SYNC_ENCRYPTION_KEY" in err
     code, _out, err = run(capsys, "status", "r.db", "--encryption-key", KEY128, "--cipher", "aes128gcm")
     assert code == ExitCode.ENCRYPTION_KEY
-    assert "r.db is encrypted with aes256gcm: give --cipher aes256gcm" in err and KEY128 not in err
-    assert "encryption_key" not in err
+    if layout == "turso":
+        assert "r.db is encrypted with aes256gcm: give --cipher aes256gcm" in err
+    else:
+        assert "r.db uses the envelope layout" in err and "64-hex-digit key" in err
+        assert "--encryption-key-file F" in err
+    assert KEY128 not in err and "encryption_key" not in err
 
 
 def test_library_argument_names_become_cli_flags():

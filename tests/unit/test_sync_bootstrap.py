@@ -59,12 +59,14 @@ def test_a_bootstrap_from_an_empty_remote_creates_an_empty_replica(tmp_path):
 
 def test_a_remote_with_other_pages_is_refused_before_anything_takes_the_name(tmp_path):
     pages = sqlite_pages(tmp_path / "remote.db", "CREATE TABLE t (x);")
+    # 0 reserved bytes picks the envelope layout and 28 Turso's format; anything else is refused
+    pages[1] = pages[1][:20] + bytes([8]) + pages[1][21:]
     path = str(tmp_path / "a.db")
     s = state()
     steps = bootstrap(path, s, KeyOptions(KEY256), 5.0)
     next(steps)
-    with pytest.raises(errors.EncryptionError, match="reserves 0 bytes per page"):
-        steps.send(pull_answer("rev-1", pages))  # an encrypted replica needs 28 reserved bytes
+    with pytest.raises(errors.EncryptionError, match="reserves 8 bytes per page"):
+        steps.send(pull_answer("rev-1", pages))
     assert not os.path.exists(path)
     assert SyncState.load(path) is not None and SyncState.load(path).bootstrapping  # opening starts over
 
