@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -21,10 +20,9 @@ from .. import errors
 from ..crypto.page_codec import PageCodec
 from .connection import Connection
 from .framelog import FrameLog, RevisionGone, TxnPage
-from .install import InstallError, append_transaction, invalidate_wal_index
+from .install import InstallError, append_transaction
 from .lazy import LazyPages
 from .vfs import file_descriptor
-from .walformat import FrameHeader, WalHeader, frame_offset, wal_checksum
 from .walindex import committed_wal
 
 __all__ = ["CommittedTxn", "LocalDatabase", "RevisionGone", "Snapshot"]
@@ -312,10 +310,7 @@ class LocalDatabase:
     def _install_locked(self, db: apsw.Connection, pages: dict[int, bytes], db_size: int) -> int:
         codec = self._conn._state.codec
         try:
-            if codec is not None and self.slot_size != self.page_size:
-                append_slot_transaction(self.path, codec, pages, db_size)
-            else:
-                append_transaction(self.path, codec, pages, db_size, self.page_size)
+            append_transaction(self.path, codec, pages, db_size, self.page_size)
         except InstallError as exc:
             raise errors.DatabaseError(f"{self.path}: cannot install pages: {exc}") from None
         # the install's number, read while the write lock still keeps every other commit out: once
@@ -352,49 +347,3 @@ class LocalDatabase:
     def prune_history(self, upto: int) -> None:
         """Forget history up to ``upto``: it can no longer be read back or undone."""
         self.log.prune(upto)
-
-
-def append_slot_transaction(db_path: str, codec: PageCodec, pages: dict[int, bytes], db_size: int) -> None:
-    """``install.append_transaction`` for the envelope layout: frames of ``24 + slot`` bytes on disk.
-
-    The same steps (append after the last frame SQLite counts, commit marker on the last page,
-    the checksum chain continued over the bytes as stored, fsync, wal-index marked stale); the
-    WAL header keeps SQLite's page size.  (Kept here until ``install.py`` takes the slot size.)
-    """
-    P, S = codec.page_size, codec.slot_size
-    if not pages or db_size < 1:
-        raise InstallError(f"nothing to install, or a database size of {db_size} pages")
-    for pgno, image in pages.items():
-        if len(image) != P or not 1 <= pgno <= db_size:
-            raise InstallError(f"page {pgno} ({len(image)} bytes) does not fit {db_size} pages of {P} bytes")
-    fd = os.open(db_path + "-wal", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        scan = committed_wal(db_path)
-        hdr = scan.header
-        chunks: list[bytes] = []
-        if hdr is None:
-            header = WalHeader.build(P, 0, secrets.randbits(32), secrets.randbits(32))
-            parsed = WalHeader.parse(header)
-            assert parsed is not None
-            chunks.append(header)
-            salts, big, cksum, index, start = parsed.salts, False, (parsed.cksum1, parsed.cksum2), 1, 0
-        else:
-            if hdr.page_size != P:
-                raise InstallError(f"WAL page size {hdr.page_size} differs from {P}")
-            salts, big = hdr.salts, hdr.big_endian
-            if scan.txns:
-                index, cksum = scan.txns[-1].commit_frame + 1, scan.cksum
-            else:
-                index, cksum = 1, (hdr.cksum1, hdr.cksum2)
-            start = frame_offset(index, S)
-        ordered = sorted(pages)
-        for n, pgno in enumerate(ordered):
-            body = codec.encrypt(pages[pgno], pgno, "WAL")
-            commit = db_size if n == len(ordered) - 1 else 0
-            cksum = wal_checksum(pgno.to_bytes(4, "big") + commit.to_bytes(4, "big") + body, cksum[0], cksum[1], big)
-            chunks.append(FrameHeader.build(pgno, commit, salts, cksum) + body)
-        os.pwrite(fd, b"".join(chunks), start)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    invalidate_wal_index(db_path)

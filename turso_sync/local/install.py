@@ -30,7 +30,11 @@ class InstallError(Exception):
 def append_transaction(
     db_path: str, codec: PageCodec | None, pages: dict[int, bytes], db_size: int, page_size: int = PAGE_SIZE
 ) -> None:
-    """Append ``pages`` (plaintext images) as one committed transaction ending at ``db_size`` pages."""
+    """Append ``pages`` (plaintext images) as one committed transaction ending at ``db_size`` pages.
+
+    Each frame's body takes the codec's slot on disk (the page size, or more in the envelope
+    layout); the WAL header keeps SQLite's page size.
+    """
     if not pages:
         raise InstallError("nothing to install")
     if db_size < 1:
@@ -42,6 +46,7 @@ def append_transaction(
             raise InstallError(f"page {pgno} is outside the database size of {db_size} pages")
         if codec is not None and any(image[page_size - codec.reserved :]):
             raise InstallError(f"page {pgno} uses the bytes reserved for encryption")
+    slot = codec.slot_size if codec is not None else page_size
     wal_path = db_path + "-wal"
     fd = os.open(wal_path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -69,7 +74,7 @@ def append_transaction(
             else:
                 index = 1
                 cksum = (hdr.cksum1, hdr.cksum2)
-            start = frame_offset(index, page_size)
+            start = frame_offset(index, slot)
         ordered = sorted(pages)
         for n, pgno in enumerate(ordered):
             body = codec.encrypt(pages[pgno], pgno, "WAL") if codec is not None else bytes(pages[pgno])
