@@ -450,7 +450,9 @@ class FrontDoor:
                 with contextlib.suppress(Exception):
                     dst.close()
 
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        # close() cancels every connection: end quietly then (a cancelled handler task is reported as an error)
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 
     def close(self) -> None:
         import asyncio

@@ -46,6 +46,7 @@ def _processes_in(folder: str) -> list[str]:
 def test_demo_runs_and_stops_everything():
     done = subprocess.run(DEMO, cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]  # nothing it started failed while stopping
     out = done.stdout
     for claim in (
         "plaintext 'TOP-SECRET' present: False",

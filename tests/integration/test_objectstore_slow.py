@@ -17,10 +17,9 @@ no acknowledged push is lost and none is applied twice (a log table counts the p
 A stall beyond the primary's S3 timeout: ``serve`` opens its S3 client with botocore's read timeout
 of 15 s and 3 attempts.  The stall tests run the same server in this process (``PrimaryServer``,
 as ``serve`` builds it) with the client's own ``read_timeout`` parameter set to 2 s, so that a
-stall costs seconds.  Found here: a PUT to a stalled store never times out (``STALL_REASON``), so
-the push in flight hangs for as long as the store stalls instead of getting its 503; that test is
-a strict xfail until the primary is fixed.  What the primary does get right is tested as is: it
-acknowledges nothing during the stall and recovers by itself once the store answers again.
+stall costs seconds.  (Found here, and fixed in ``objectstore/s3.py`` since: botocore's PUT waits
+for a ``100 Continue`` before aiohttp's read timeout starts, so a PUT to a stalled store never timed
+out and the push hung for as long as the store stalled; each PUT now has a deadline of its own.)
 """
 
 from __future__ import annotations
@@ -323,15 +322,6 @@ def short_s3_timeout(monkeypatch: pytest.MonkeyPatch) -> float:
     return 2.0
 
 
-STALL_REASON = (
-    "serve --store hangs instead of answering 503 while the store holds a PUT unanswered: botocore sends "
-    "PutObject with 'Expect: 100-continue', and aiohttp (3.14.5) starts its sock_read timeout only once the "
-    "body is written, which waits for the 100 that a stalled store never sends; so read_timeout never fires "
-    "for PUTs (a GET to the same stalled endpoint times out). Fix in turso_sync/primary/objectstore/s3.py: "
-    "an overall deadline around each S3 call (asyncio.timeout), not only botocore's read timeout"
-)
-
-
 def _stalled_store_primary(weed: WeedMini, tmp_path: Path, lease_ttl: float) -> tuple[SlowStore, InProcessPrimary, str]:
     proxy = SlowStore(weed.s3)
     prefix = f"stall-{next(_prefixes)}"
@@ -341,7 +331,6 @@ def _stalled_store_primary(weed: WeedMini, tmp_path: Path, lease_ttl: float) -> 
     return proxy, server, prefix
 
 
-@pytest.mark.xfail(strict=True, reason=STALL_REASON)
 def test_a_store_stalled_beyond_the_timeout_is_a_503_store_unavailable(
     weed: WeedMini, tmp_path: Path, short_s3_timeout: float
 ) -> None:
