@@ -486,8 +486,8 @@ def test_lease_renewals_refused_with_412_are_never_wrong_and_the_primary_recover
     keeps pushing: each push is acknowledged only once stored, or refused with 503; once the lease
     writes go through, pushes are acknowledged again, and every acknowledged row is there once."""
     proxy = PreconditionStore(weed.endpoint)
-    proxy.match = "/lease"
-    prefix = f"lease412-{next(_prefixes)}"
+    prefix = f"renewals412-{next(_prefixes)}"
+    proxy.match = f"/{prefix}/databases/default/lease"  # the lease object only, not the log
     server = _precondition_server(weed, tmp_path, proxy, prefix)
     try:
         url = server.start()
@@ -505,6 +505,7 @@ def test_lease_renewals_refused_with_412_are_never_wrong_and_the_primary_recover
                 a.push()
             except turso_sync.Error as exc:
                 assert is_503(exc), exc
+                assert "/log/" not in str(exc), exc  # only lease writes are refused here
                 refusals += 1
                 continue
             acked = list(range(1, n + 1))  # a push sends every row still pending
