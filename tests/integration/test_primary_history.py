@@ -1,6 +1,7 @@
 """The primary's bounded history against a real ``turso-sync serve``: the frame log stays under
 ``--history-bytes`` while pushes go on past it, replicas behind the window still converge, and a
-partial replica whose pinned revision was pruned fails clearly and loses nothing.
+partial replica whose pinned revision was pruned fails clearly and loses nothing, while one that
+keeps pulling moves its pin along and keeps reading its missing pages.
 """
 
 from __future__ import annotations
@@ -148,6 +149,47 @@ def test_a_partial_replica_whose_pinned_revision_was_pruned_fails_clearly_and_lo
                 assert fresh.execute("SELECT count(*) FROM t").fetchone() == (4000 + 200 + 1,)
             finally:
                 fresh.close()
+        finally:
+            part.close()
+            writer.close()
+
+
+def test_a_partial_replica_that_keeps_pulling_keeps_reading_missing_pages_past_the_window(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each pull moves the pin of its missing pages to the revision it reached (after a complete
+    checkpoint), so the primary pruning its bootstrap revision does not cut it off."""
+    from turso_sync.sync import pull as pull_mod
+
+    monkeypatch.setattr(pull_mod, "REPIN_INTERVAL", 0.0)
+    data_dir = tmp_path / "server"
+    _seed(data_dir, 4000)
+    with primary(data_dir, "--history-bytes", str(BOUND)) as url:  # the byte bound drives the prunes
+        part = turso_sync.connect(tmp_path / "p.db", url, partial=turso_sync.PartialSync(prefix_bytes=64 * 1024))
+        writer = turso_sync.connect(tmp_path / "w.db", url)
+        try:
+            booted = int(part.stats().revision)
+            part.execute("INSERT INTO t VALUES (900000, 'pending on the partial replica')")
+            part.commit()
+            writer.execute("UPDATE t SET v = 'changed' WHERE id = 2000")
+            writer.commit()
+            writer.push()
+            for start in range(5000, 5200, 5):
+                _push_rows(writer, start, 5)
+                assert part.pull() is True
+            wait_for(lambda: os.path.getsize(_frames(data_dir)) <= BOUND, 30, "the frame log to be pruned")
+            assert _base_seq(data_dir) > booted  # the bootstrap revision is gone from the primary
+            assert part.pull() in (True, False)
+            # rows on pages never fetched: read at the moved pin, equal to the writer's
+            assert part.execute("SELECT v FROM t WHERE id = 2000").fetchone() == ("changed",)
+            assert (
+                part.execute("SELECT v FROM t WHERE id = 3000").fetchone()
+                == writer.execute("SELECT v FROM t WHERE id = 3000").fetchone()
+            )
+            assert part.push() == 1
+            writer.pull()
+            assert _rows(part) == _rows(writer)
+            assert part.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
         finally:
             part.close()
             writer.close()

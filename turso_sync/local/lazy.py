@@ -110,6 +110,8 @@ class LazyPages:
         self._saved_at = 0.0
         self._inflight: dict[int, threading.Event] = {}
         self._inflight_lock = threading.Lock()
+        #: when the sync layer last tried to move the pin (``sync/pull.py`` ``advance_pin``)
+        self.repinned_at = float("-inf")
 
     @classmethod
     def open(cls, db_path: str, codec: PageCodec | None, page_size: int = PAGE_SIZE) -> LazyPages | None:
@@ -219,6 +221,21 @@ class LazyPages:
                 before = len(self.map.present)
                 self.map.present.add_range(size_pages + 1, self.map.boot_size + 1)
                 self._dirty = self._dirty or len(self.map.present) != before
+
+    def repin(self, revision: str) -> None:
+        """Fetch missing pages at ``revision`` from now on (the caller has made sure it is safe).
+
+        Safe when every page the remote changed between the current pin and ``revision`` is
+        present in the file and no reader can still see a state older than ``revision``: a
+        pull installed those pages and a complete (TRUNCATE) checkpoint wrote them into the
+        file since.  A page still missing then has the same image at both revisions, so readers
+        see no difference; but the remote must keep serving only the newer one, which matters
+        once it prunes its history (``serve --history-seconds``).
+        """
+        with self.locked():
+            if self.map.revision != revision:
+                self.map.revision = revision
+                self._dirty = True
 
     # --- fetching ------------------------------------------------------------------------------
 

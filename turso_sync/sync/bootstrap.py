@@ -191,8 +191,10 @@ def fetch_pinned(state: SyncState, pgnos: list[int], revision: str, timeout: flo
     except errors.RemoteError as exc:
         if exc.status in (409, 410):
             raise errors.SyncError(
-                f"the remote no longer serves revision {revision}, which this partial replica was "
-                f"bootstrapped from ({exc}); bootstrap a new replica (pages already local keep working)"
+                f"the remote no longer serves revision {revision}, which this partial replica's missing "
+                f"pages are pinned to ({exc}); bootstrap a new replica (pages already local keep working). "
+                "A partial replica that pulls more often than the remote's history window keeps its pin "
+                "within it"
             ) from None
         raise
     wanted = set(pgnos)

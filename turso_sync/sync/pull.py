@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -31,6 +32,7 @@ from .state import SyncState, drop_reverts, read_revert, write_revert
 
 SCHEMA_COOKIE = 40  # header offset of the schema cookie
 WAL_BOUND = 1 << 20  # checkpoint once the WAL passes this many bytes after a pull
+REPIN_INTERVAL = 60.0  # seconds between moves of a partial replica's pin (see advance_pin)
 
 
 class PullContext(Protocol):
@@ -93,6 +95,7 @@ def pull(replica: PullContext, long_poll_ms: int) -> Steps[PullOutcome]:
             return PullOutcome(False, state.synced_revision, received)
         conflicts = install(replica, result)
         bound_wal(replica.db)
+        advance_pin(replica.db, state.synced_revision)
         return PullOutcome(True, result.revision, received, conflicts)
 
 
@@ -224,6 +227,37 @@ def bound_wal(db: LocalDatabase, limit: int = WAL_BOUND) -> None:
     if size > limit:
         with contextlib.suppress(errors.OperationalError):
             db.checkpoint()
+
+
+def advance_pin(db: LocalDatabase, revision: str, interval: float | None = None) -> bool:
+    """Move a partial replica's pin (the revision its missing pages are fetched at) to ``revision``.
+
+    A remote that bounds its history stops serving the bootstrap revision after a while, and a
+    replica pinned there could read none of its missing pages any more.  After a pull, every
+    page the remote changed up to ``revision`` has been installed; once a complete (TRUNCATE)
+    checkpoint has written them all into the file and left no reader on an older state, a page
+    still missing has the same image at ``revision`` as at the old pin (``LazyPages.repin``).
+    At most once per ``interval`` seconds (a checkpoint each time); returns True if it moved.
+    """
+    lazy = db.lazy
+    if lazy is None or not revision or lazy.map.revision == revision:
+        return False
+    now = time.monotonic()
+    if now - lazy.repinned_at < (REPIN_INTERVAL if interval is None else interval):
+        return False
+    lazy.repinned_at = now
+    try:
+        db.checkpoint()
+    except errors.OperationalError:
+        return False  # a reader or writer is busy: next time
+    try:
+        emptied = os.path.getsize(db.path + "-wal") == 0
+    except FileNotFoundError:
+        emptied = True
+    if not emptied:
+        return False  # a local commit came in between: its state may be the only one some reader sees
+    lazy.repin(revision)
+    return True
 
 
 def _u32(image: bytes | bytearray, offset: int) -> int:
