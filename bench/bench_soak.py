@@ -469,10 +469,13 @@ def summary_table(fig: Figures) -> str:
     for name, what, fmt in measures:
         a, b = median([what(i) for i in first]), median([what(i) for i in last])
         rows.append([name, fmt.format(a), fmt.format(b), f"{b / a:.2f}x" if a else "n/a"])
-    a_first = fig.intervals[0] if fig.intervals else None
-    if a_first is not None:
-        growth = (fig.intervals[-1].frames_bytes - first[-1].frames_bytes) / 1e6
-        rows.append(["frame log growth after the first window, MB", "", f"{growth:.1f}", ""])
+    # a pruned frame log is a saw-tooth: its highest point per window says whether it is bounded
+    for name, what, fmt in (
+        ("frame log MB, highest sample", lambda i: i.frames_bytes / 1e6, "{:.1f}"),
+        ("RSS MiB, highest sample", lambda i: i.rss_bytes / 2**20, "{:.1f}"),
+    ):
+        a, b = max(what(i) for i in first), max(what(i) for i in last)
+        rows.append([name, fmt.format(a), fmt.format(b), f"{b / a:.2f}x" if a else "n/a"])
     header = ["measure (median of the intervals)", names.split(" / ")[0], names.split(" / ")[1], "last / first"]
     return markdown_table(header, rows, right=(1, 2, 3))
 
