@@ -7,16 +7,17 @@ remote acknowledged them.  A batch whose answer never came marks the replica ``p
 ``push`` pulls (the rebase settles it under the policy and journals it) and tries again, at
 most ``PUSH_ROUNDS`` times.
 
-One request per batch: each batch is built on the push mark (``turso_sync_last_change_id``) the
-replica believes the remote holds for it, the last one the remote acknowledged, kept in the
-replica's state (``believed_mark``), and commits only if the remote holds that mark (``push.MARK_MOVE``).
-The mark is read first (``remote.remote_mark``, a request of its own) only when the belief may
-be wrong before anything is sent: on the first push after one whose answer was lost (which
-may still commit; the mark read and every later batch's check see it if it does), and when
-the state has none.  A batch built on a wrong belief (a copy of the replica restored from an old backup, a
-previous push that committed as its process died) fails as a whole at its mark step; then the
-mark is read, what the remote already holds is forgotten, and the rest is pushed again.  Any
-belief is safe: one that is wrong costs a request, never a change applied twice.
+One request per batch: each batch is built on the push mark (``turso_sync_last_change_id``)
+the replica believes the remote holds for it, the last one the remote acknowledged, kept in
+the replica's state (``believed_mark``), and commits only if the remote holds that mark
+(``push.MARK_MOVE``).  The mark is read first (``remote.remote_mark``, a request of its own)
+only when the belief may be wrong before anything is sent: when the state has none (a first
+push), and on the first push after one whose answer was lost (which may still commit: the mark
+read, and every later batch's compare-and-set, see it if it does).  A batch built on a wrong
+belief (a copy of the replica restored from an old backup, a previous push that committed as
+its process died) fails as a whole at its mark step; then the mark is read, what the remote
+already holds is forgotten, and the rest is pushed again.  Any belief is safe: one that is
+wrong costs a request, never a change applied twice.
 """
 
 from __future__ import annotations
