@@ -80,6 +80,8 @@ def test_manydb_creates_every_database_and_probes_closed_ones(tmp_path: Path) ->
 
     assert [cp.databases for cp in fig.checkpoints] == list(sizes.checkpoints)
     assert sum(cp.created for cp in fig.checkpoints) == sizes.databases
+    folders = list((tmp_path / "work" / "server" / "databases").iterdir())
+    assert len(folders) == sizes.databases and all((f / "db").exists() for f in folders)
     assert fig.rss_empty > 10 * 2**20 and fig.fds_empty > 3
     for cp in fig.checkpoints:
         assert cp.create_p99_ms >= cp.create_p50_ms > 0 and cp.disk_bytes > 0
