@@ -45,6 +45,7 @@ import apsw
 
 from .. import errors
 from ..crypto import keyring
+from ..crypto.envelope import is_envelope
 from ..crypto.hardened import HardenedCodec, is_hardened
 from ..crypto.keyring import KeyRing
 from ..crypto.keys import ARGON2_DEFAULT, Argon2Params
@@ -183,6 +184,11 @@ def _opening_secret(db_path: str, encryption_key: str | None, passphrase: str | 
             page1 = f.read(PAGE_SIZE)
     except FileNotFoundError:
         raise errors.OperationalError(f"{db_path} does not exist") from None
+    if is_envelope(page1):
+        raise errors.EncryptionError(
+            f"{db_path} uses the envelope layout, whose key and passphrase cannot be changed in place yet: "
+            "bootstrap a new replica with the new key (docs/encryption.md, the envelope layout's limits)"
+        )
     if not is_hardened(page1):
         raise errors.EncryptionError(
             f"{db_path} does not use the hardened format: Turso's format keeps one key for the life of the "
