@@ -10,6 +10,7 @@ Turso's format is run through two of the cases to show what it does not catch.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -293,11 +294,16 @@ def test_pyturso_refuses_a_hardened_file_instead_of_misreading_it(tmp_path: Path
     assert db.read_bytes() == before
 
 
-def test_a_truncated_file_is_refused_though_not_by_page(tmp_path: Path, key: str) -> None:
-    """Truncation leaves no page to authenticate: SQLite refuses the missing pages itself (documented)."""
+@pytest.mark.parametrize("cipher", ["hardened", "aes256gcm"])
+def test_a_truncated_file_is_refused_by_page(tmp_path: Path, key: str, cipher: str) -> None:
+    """Truncation leaves no page to authenticate, but the file's header still counts the pages it
+    lost: the open is refused naming the first of them (in either format)."""
     db = tmp_path / "a.db"
-    build(db, key)
+    build(db, key, cipher)
+    pages = os.path.getsize(db) // P
     os.truncate(db, os.path.getsize(db) - 2 * P)
-    with pytest.raises(errors.DatabaseError, match="malformed"):
-        rows = read_all(db, key)
+    with pytest.raises(errors.EncryptionError, match=r"page (\d+) of the database is missing.*cut short") as caught:
+        rows = read_all(db, key, cipher)
         pytest.fail(f"{len(rows)} rows came back from a truncated file")
+    pgno = int(re.search(r"page (\d+) of the database is missing", str(caught.value)).group(1))  # type: ignore[union-attr]
+    assert pages - 1 <= pgno <= pages

@@ -23,7 +23,7 @@ from .capture import ChangeCapture, is_replica, replicated_schema_change
 from .framelog import FrameLog
 from .lazy import LazyPages
 from .statement import Statement, classify
-from .vfs import PAGE_SIZE, DatabaseState, ensure_vfs, file_descriptor, realpath, registry, ring_reader
+from .vfs import PAGE_SIZE, DatabaseState, cut_short, ensure_vfs, file_descriptor, realpath, registry, ring_reader
 from .walindex import committed_wal
 
 Params = Sequence[Any] | Mapping[str, Any]
@@ -560,6 +560,10 @@ class Connection:
             detail = self._state.last_error[0]
             self._state.last_error.clear()
             return errors.EncryptionError(f"{self.path}: {detail}; the key is wrong or the file was changed on disk")
+        if isinstance(exc, apsw.CorruptError) and self._state.codec is not None:
+            cut = cut_short(self.path, self._state.codec)
+            if cut is not None:
+                return errors.EncryptionError(f"{self.path}: {cut}; restore the file or bootstrap the replica again")
         return errors.translate(exc)
 
     def _statement(self, sql: str) -> Statement:

@@ -174,6 +174,38 @@ def _filename(name: apsw.URIFilename | str | None) -> str | None:
     return name.filename()
 
 
+def cut_short(path: str, codec: PageCodec) -> str | None:
+    """Why an encrypted database file is shorter than its own header says, naming the first page
+    it lost; None when it is not (or page 1 cannot be read).
+
+    A checkpoint writes every page up to the count it puts in page 1's header, so a file shorter
+    than that was cut; SQLite refuses it as "malformed" without saying where.
+    """
+    S = codec.slot_size
+    try:
+        with open(path, "rb") as f:
+            head = f.read(S)
+            size = os.fstat(f.fileno()).st_size
+    except OSError:
+        return None
+    if len(head) < S:
+        return None
+    try:
+        header = codec.header_plaintext(head)
+    except (PageAuthError, errors.EncryptionError):
+        return None
+    counted = int.from_bytes(header[28:32], "big")
+    if header[24:28] != header[92:96] or counted == 0:
+        return None  # SQLite does not trust the count either
+    held = size // S
+    if held >= counted:
+        return None
+    return (
+        f"page {held + 1} of the database is missing: the file ends after page {held}, but its header "
+        f"counts {counted} pages (the file was cut short)"
+    )
+
+
 class EncryptedDBFile(apsw.VFSFile):
     """The main database file: whole pages, encrypted in Turso's format (or the hardened one).
 
