@@ -16,6 +16,7 @@ import apsw
 import pytest
 
 import turso_sync
+from turso_sync.sync.files import ReplicaFiles
 from tests.conftest import wait_for
 from tests.integration.primary_harness import PrimaryProcess
 from tests.s3_harness import BUCKET, running_weed
@@ -129,7 +130,7 @@ def test_a_partial_replica_whose_pinned_revision_was_pruned_fails_clearly_and_lo
             try:
                 got = part.execute("SELECT v FROM t WHERE id = 2000").fetchone()
             except turso_sync.SyncError as exc:  # clear: names the revision and the remedy
-                assert "bootstrap a new replica" in str(exc)
+                assert "verify --repair" in str(exc)
                 got = None
             # either the read recovered by itself (any answer must then be a real one) ...
             assert got in (None, ("changed",)) or str(got[0]).startswith("seed-002000-")
@@ -139,14 +140,24 @@ def test_a_partial_replica_whose_pinned_revision_was_pruned_fails_clearly_and_lo
                 part.pull()
                 assert part.execute("SELECT v FROM t WHERE id = 2000").fetchone() == ("changed",)
             except turso_sync.SyncError as exc:
-                assert "bootstrap a new replica" in str(exc)
+                assert "verify --repair" in str(exc)
+            # the remedy the error names: re-clone in place, keeping what is still pending
+            part.execute("INSERT INTO t VALUES (900001, 'pending again')")
+            part.commit()
+            part.close()
+            report = ReplicaFiles(str(tmp_path / "p.db")).repair()
+            assert report.kept_pending == 1, report.lines
+            part = turso_sync.connect(tmp_path / "p.db", url)
+            assert part.execute("SELECT v FROM t WHERE id = 2000").fetchone() == ("changed",)
+            assert part.push() == 1
             fresh = turso_sync.connect(tmp_path / "fresh.db", url)
             try:
+                assert fresh.execute("SELECT v FROM t WHERE id = 900001").fetchone() == ("pending again",)
                 assert fresh.execute("SELECT v FROM t WHERE id = 900000").fetchone() == (
                     "pending on the partial replica",
                 )
                 assert fresh.execute("SELECT v FROM t WHERE id = 2000").fetchone() == ("changed",)
-                assert fresh.execute("SELECT count(*) FROM t").fetchone() == (4000 + 200 + 1,)
+                assert fresh.execute("SELECT count(*) FROM t").fetchone() == (4000 + 200 + 2,)
             finally:
                 fresh.close()
         finally:

@@ -192,9 +192,9 @@ def fetch_pinned(state: SyncState, pgnos: list[int], revision: str, timeout: flo
         if exc.status in (409, 410):
             raise errors.SyncError(
                 f"the remote no longer serves revision {revision}, which this partial replica's missing "
-                f"pages are pinned to ({exc}); bootstrap a new replica (pages already local keep working). "
-                "A partial replica that pulls more often than the remote's history window keeps its pin "
-                "within it"
+                f"pages are pinned to ({exc}); pages already local keep working. Re-clone it, keeping its "
+                "pending changes: `turso-sync verify --repair PATH` (ReplicaFiles(PATH).repair()). A partial "
+                "replica that pulls more often than the remote's history window keeps its pin within it"
             ) from None
         raise
     wanted = set(pgnos)

@@ -55,7 +55,7 @@ from ..crypto.page_codec import CIPHERS, PageAuthError, PageCodec, parse_key
 from ..local.capture import CONFLICTS_TABLE, META_TABLE, OUTBOX_TABLE, is_replica
 from ..local.connection import Connection, open_checks
 from ..local.framelog import FrameLog, RevisionGone
-from ..local.presence import PresenceMap
+from ..local.presence import PresenceMap, presence_path
 from ..local.rekey import _frame_log_images, _revert_images  # the two readers of those layouts' images
 from ..local.vfs import RING_SUFFIX, file_descriptor, realpath
 from ..local.walindex import committed_wal
@@ -631,7 +631,10 @@ class ReplicaFiles:
             return None
         try:
             db = conn.apsw_connection
-            if db.execute("PRAGMA quick_check").fetchall() != [("ok",)]:
+            # a partial replica's missing pages cannot be read offline (nor, when its pin is gone,
+            # at all): only the bookkeeping tables are read there, which are local pages
+            partial = os.path.exists(presence_path(self.path))
+            if not partial and db.execute("PRAGMA quick_check").fetchall() != [("ok",)]:
                 return None
             return {
                 table: list(db.execute(f"SELECT * FROM {table} ORDER BY rowid"))
