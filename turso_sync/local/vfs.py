@@ -40,7 +40,15 @@ from ..crypto.envelope import disk_size, pages_on_disk
 from ..crypto.hardened import HardenedCodec
 from ..crypto.page_codec import PageAuthError, PageCodec
 from ..page import PAGE_SIZE, RESERVED_BYTES
-from .walformat import FRAME_HEADER_SIZE, WAL_HEADER_SIZE, FrameHeader, frame_index, frame_offset, wal_checksum
+from .walformat import (
+    FRAME_HEADER_SIZE,
+    WAL_HEADER_SIZE,
+    FrameHeader,
+    forget_wal,
+    frame_index,
+    frame_offset,
+    wal_checksum,
+)
 
 if TYPE_CHECKING:
     from .framelog import FrameLog
@@ -118,6 +126,7 @@ class _Registry:
                     if state.lazy is not None:
                         state.lazy.flush()  # lazily fetched pages stay marked present
                     state.close_descriptors()  # no connection of this process holds a lock now
+                    forget_wal(path + "-wal")
 
     def get(self, path: str) -> DatabaseState | None:
         with self._lock:

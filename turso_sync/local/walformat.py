@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import struct
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -220,8 +221,19 @@ class WalScan:
     cksum: tuple[int, int]  # checksum chain value after the last committed frame
 
 
-_scans: dict[str, tuple[tuple[int, int, int], bytes, WalScan]] = {}
+#: The last scan of each WAL (path -> (file identity, header, scan)): a cache, least recently
+#: used first.  Bounded, and a database's entry is dropped when its last connection in this
+#: process closes (``forget_wal``): a server that opens thousands of databases in turn would
+#: otherwise keep every one's last WAL frames for the life of the process.
+_scans: OrderedDict[str, tuple[tuple[int, int, int], bytes, WalScan]] = OrderedDict()
 _scans_lock = threading.Lock()
+SCANS_KEPT = 64
+
+
+def forget_wal(path: str) -> None:
+    """Drop the cached scan of the WAL at ``path`` (its database's last connection closed)."""
+    with _scans_lock:
+        _scans.pop(path, None)
 
 
 def scan_wal(path: str, limit: tuple[int, bytes] | None = None, slot_size: int | None = None) -> WalScan:
@@ -266,6 +278,9 @@ def scan_wal(path: str, limit: tuple[int, bytes] | None = None, slot_size: int |
         scan = _trimmed(scan, max_frame, slot_size)  # never cache a frame the wal-index does not cover
         with _scans_lock:
             _scans[path] = (identity, head, scan)
+            _scans.move_to_end(path)
+            while len(_scans) > SCANS_KEPT:
+                _scans.popitem(last=False)
         return scan
     finally:
         os.close(fd)
