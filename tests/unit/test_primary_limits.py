@@ -79,6 +79,31 @@ def test_store_keeps_at_most_max_open_and_closes_the_least_recently_used(tmp_pat
     run(scenario())
 
 
+def test_a_start_opens_at_most_max_open_databases_and_the_rest_on_request(tmp_path: Path) -> None:
+    async def create() -> None:
+        store = DatabaseStore(str(tmp_path), max_open=8)
+        await store.start()
+        try:
+            for i in range(6):
+                await store.get(f"d{i}", create=True, owner="alice")
+        finally:
+            await store.close()
+
+    async def restart() -> None:
+        store = DatabaseStore(str(tmp_path), max_open=2)
+        await store.start()
+        try:
+            assert len(store.opened()) == 2  # checked at start (a wrong key fails there)
+            assert len(store.names()) == 6 and store.owned_by("alice") == 6  # every owner known
+            db = await store.get("d5", create=False)  # one not opened at start opens on request
+            assert db.name == "d5" and len(store.opened()) == 2
+        finally:
+            await store.close()
+
+    run(create())
+    run(restart())
+
+
 def test_a_database_in_use_is_never_closed_under_its_request(tmp_path: Path) -> None:
     async def scenario() -> None:
         store = DatabaseStore(str(tmp_path), max_open=1)

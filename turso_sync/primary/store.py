@@ -134,11 +134,9 @@ class DatabaseStore:
         return sum(1 for o in self._owners.values() if o == owner)
 
     async def start(self) -> None:
-        """Take the data directory, and open every existing database (a wrong key fails here).
-
-        With more databases than ``max_open``, each is opened and checked, and the least
-        recently used are closed again as the bound requires.
-        """
+        """Take the data directory, and open the first ``max_open`` existing databases (a wrong
+        key fails here: one key serves every database); the others open on their first request,
+        so a start does not take longer with the number of databases."""
         os.makedirs(os.path.join(self.data_dir, "databases"), exist_ok=True)
         fd = os.open(os.path.join(self.data_dir, "server.lock"), os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -156,11 +154,12 @@ class DatabaseStore:
                 if owner is not None:
                     self._owners[name] = owner
             return
-        for name in self.names():
+        for opened, name in enumerate(self.names()):
             owner = self._read_owner(name)
             if owner is not None:
                 self._owners[name] = owner
-            await self.get(name, create=False)
+            if opened < self.max_open:
+                await self.get(name, create=False)
 
     def _read_owner(self, name: str) -> str | None:
         try:
