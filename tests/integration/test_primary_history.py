@@ -16,11 +16,11 @@ import apsw
 import pytest
 
 import turso_sync
-from turso_sync.sync.files import ReplicaFiles
 from tests.conftest import wait_for
 from tests.integration.primary_harness import PrimaryProcess
 from tests.s3_harness import BUCKET, running_weed
 from tests.servers import primary
+from turso_sync.sync.files import ReplicaFiles
 
 BOUND = 256 * 1024
 FLAGS = ("--history-bytes", str(BOUND), "--history-seconds", "0")

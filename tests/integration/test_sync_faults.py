@@ -106,7 +106,7 @@ def test_faults_leave_the_replica_intact_and_the_next_sync_converges(tmp_path, f
                 a.pull()
         elif fault == "lost":
             # the remote commits the batch; the answer never arrives
-            faulty.faults["/v2/pipeline"] = [None, "lost"]  # first call reads the mark, second is the batch
+            faulty.faults["/v2/pipeline"] = ["lost"]  # the batch is the push's one request
             with pytest.raises(NetworkError):
                 a.push()
         else:

@@ -15,9 +15,11 @@ from turso_sync import errors
 from turso_sync.local.capture import OUTBOX_TABLE
 from turso_sync.sync.exchange import drive
 from turso_sync.sync.outbox import chunk, read_pending
+from turso_sync.sync.push import GUARD_FAIL
 from turso_sync.sync.pusher import PushOutcome, push_once
 from turso_sync.sync.rebase import OutboxRow
 from turso_sync.sync.results import PushResult
+from turso_sync.sync.state import PUSH_MARK_KEY
 from turso_sync.testing import HttpResponse
 
 URL = "https://remote.invalid"
@@ -95,7 +97,10 @@ def test_a_push_sends_each_pending_transaction_once_and_forgets_it(world):
         conn.execute("INSERT INTO t(v) VALUES (?)", (v,))
         conn.commit()
     first, _second = outbox_ids(conn)
-    remote.mark = (0, first)  # a previous push of the first committed; its answer was lost
+    remote.mark = (0, first)  # a previous push of the first committed; its answer was lost,
+    state = conn.replica.state  # which dropped the replica's belief about the mark: it reads it first
+    state.extra.pop(PUSH_MARK_KEY, None)
+    state.save(conn.replica.path)
     result = conn.replica.push()
     assert isinstance(result, PushResult) and result == 1 and int(result) == 1 and not result.pulled
     assert result.revision == "r1" and result.bytes_sent > 0
@@ -112,7 +117,8 @@ def test_one_push_attempt_stops_at_a_guard_and_keeps_everything_pending(world):
     def guard_fails(steps):
         result = committed(steps)
         result["step_results"] = [None] * len(steps)
-        result["step_errors"][2] = {"message": "integer overflow", "code": "SQLITE_ERROR"}  # the first guard
+        first_guard = next(i for i, step in enumerate(steps) if GUARD_FAIL in json.dumps(step))
+        result["step_errors"][first_guard] = {"message": "integer overflow", "code": "SQLITE_ERROR"}
         return batch_response(result)
 
     remote.answer = guard_fails

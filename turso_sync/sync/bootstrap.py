@@ -26,7 +26,7 @@ from ..page import PAGE_SIZE, RESERVED_BYTES
 from .exchange import Steps
 from .partial import PartialSync
 from .remote import PulledPages, fetch_pages
-from .state import SyncState
+from .state import PUSH_MARK_KEY, SyncState
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,8 @@ def bootstrap(
         result = yield from fetch_pages(state, "", timeout)
     else:
         result = yield from fetch_pages(state, "", timeout, page_ids=partial.page_selector(), query=partial.query or "")
+    # a new client id: the remote holds no push mark for it, so its first push needs no read of it
+    state.extra.setdefault(PUSH_MARK_KEY, [0, 0])
     if result.db_size == 0 and not result.pages:
         create_deferred(path, state, key, envelope=True)  # the remote database is still empty: nothing to copy
         state.synced_revision = result.revision
@@ -177,6 +179,7 @@ def create_deferred(path: str, state: SyncState, key: KeyOptions, envelope: bool
         key.open(path, cipher=key.envelope_cipher()).close()
     else:
         key.open(path, reserved_bytes=RESERVED_BYTES).close()
+    state.extra.setdefault(PUSH_MARK_KEY, [0, 0])  # a new client id: no push mark on the remote yet
     state.synced_revision = ""
     state.synced_seq = 0
     state.synced_db_size = 0  # the remote has no pages yet

@@ -60,7 +60,7 @@ from ..local.rekey import _frame_log_images, _revert_images  # the two readers o
 from ..local.vfs import RING_SUFFIX, file_descriptor, realpath
 from ..local.walindex import committed_wal
 from ..page import PAGE_SIZE as P
-from .state import SyncState, lost_state_remedy, read_revert, remedy, revert_path
+from .state import PUSH_MARK_KEY, SyncState, lost_state_remedy, read_revert, remedy, revert_path
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 TURSO_MAGIC_PREFIX = b"Turso"
@@ -665,6 +665,7 @@ class ReplicaFiles:
             state = replica.state
             if "client_id" in meta:
                 state.client_id = str(meta["client_id"])  # the remote knows which changes it has by this id
+                state.extra.pop(PUSH_MARK_KEY, None)  # the fresh clone's belief was for its own new id
             state.synced_revision = ""  # the next pull fetches every page and replays the outbox on them
             state.save(replica.path)
         pending = len(carried[OUTBOX_TABLE])

@@ -37,12 +37,11 @@ from .outbox import chunk, forget, read_outbox, table_columns
 from .pull import PullContext, pull
 from .rebase import Conflict, OutboxRow, combine_pending
 from .remote import fetch_pages, pipeline_body, remote_mark, run_batch, statement
-from .state import SyncState
+from .state import PUSH_MARK_KEY, SyncState
 
 PUSH_ROUNDS = 5  # conflict -> pull (rebase) -> push again, at most this many times per push()
 MARK_ROUNDS = 3  # batches met a mark other than believed -> read it -> push again, at most this often
-#: ``state.extra`` key: the push mark the remote last acknowledged to this replica, ``[pull_gen, change_id]``
-MARK_KEY = "push_mark"
+MARK_KEY = PUSH_MARK_KEY  # the push mark the remote last acknowledged to this replica
 DEFAULT_CHANGES_PER_BATCH = 2000
 
 

@@ -30,6 +30,11 @@ from ..page import PAGE_SIZE
 REVERT_MAGIC = b"TSREVRT1"
 
 
+#: ``SyncState.extra`` key: the push mark this replica believes the remote holds for it,
+#: ``[pull_gen, change_id]`` (``[0, 0]``: none yet); see ``pusher.believed_mark``.
+PUSH_MARK_KEY = "push_mark"
+
+
 @dataclass
 class SyncState:
     """The replica's sync bookkeeping."""
