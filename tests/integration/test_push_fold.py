@@ -123,6 +123,35 @@ def test_a_replica_restored_from_an_old_copy_pushes_nothing_twice(url: str, tmp_
     assert remote_rows(url, tmp_path, "check") == [(1, 2)]
 
 
+def test_a_replica_restored_from_before_a_fence_fences_anew_and_pushes_once(url: str, tmp_path: Path) -> None:
+    folder = tmp_path / "replica"
+    folder.mkdir()
+    conn, counting = counted(folder / "a.db", url)
+    conn.executescript("CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER); INSERT INTO t VALUES (1, 0)")
+    conn.push()
+    conn.execute("UPDATE t SET n = 1 WHERE id = 1")
+    conn.commit()
+    conn.close()
+    shutil.copytree(folder, tmp_path / "copy")  # the old copy: push epoch 0, the update pending
+    conn, counting = counted(folder / "a.db", url)
+    counting.lose_next = True  # a lost answer: the next pull fences, the remote's epoch moves on
+    with pytest.raises(NetworkError, match="injected"):
+        conn.push()
+    assert conn.pull() in (True, False) and conn.replica.state.push_epoch == 1
+    conn.close()
+    shutil.rmtree(folder)
+    shutil.copytree(tmp_path / "copy", folder)
+    restored, _ = counted(folder / "a.db", url)
+    assert not restored.replica.state.push_epoch  # behind the remote's fence (epoch 1)
+    restored.execute("UPDATE t SET n = 2 WHERE id = 1")
+    restored.commit()
+    result = restored.replica.push()  # refused at the fence once, fenced anew by its pull, then lands
+    assert result.pulled and restored.stats().pending_changes == 0
+    assert (restored.replica.state.push_epoch or 0) >= 1 and restored.conflicts() == []
+    restored.close()
+    assert remote_rows(url, tmp_path, "check") == [(1, 2)]
+
+
 def test_a_push_whose_answer_was_lost_reads_the_mark_first_and_sends_nothing_twice(url: str, tmp_path: Path) -> None:
     conn, counting = counted(tmp_path / "a.db", url)
     conn.executescript("CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER); INSERT INTO t VALUES (1, 0)")

@@ -243,6 +243,10 @@ def _push_rows(
             seen = yield from _read_mark(replica, gen)
             if seen != mark:
                 raise _MarkMovedError(seen)  # not a conflict: forget what the remote holds, push the rest
+            # the mark is as believed, so the push epoch moved: a fence this replica does not know
+            # of (its files restored from before it).  The pull push() makes next fences anew,
+            # so the retry builds on an epoch the remote holds
+            state.push_in_doubt = True
             raise errors.PushConflictError(
                 f"{replica.path}: the remote's push fence for client {state.client_id} is not at the epoch "
                 f"this replica last set ({state.push_epoch}); every change stays pending (outbox #{rows[0].id} on)",
