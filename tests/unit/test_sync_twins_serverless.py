@@ -16,6 +16,7 @@ import pytest
 import turso_sync
 import turso_sync.aio
 from tests.unit.fake_remote import FakeRemote, batch_response, committed, sqlite_pages
+from turso_sync.sync.push import GUARD_FAIL
 from turso_sync.sync.transport import TransferStats
 from turso_sync.testing import AsyncMockTransport, MockTransport
 
@@ -54,7 +55,12 @@ async def summary(tmp_path: Path, api: str) -> list[Any]:
         result = committed(steps)
         if next(guards, False):
             result["step_results"] = [None] * len(steps)
-            result["step_errors"][2] = {"message": "integer overflow", "code": "SQLITE_ERROR"}
+            guard = next(  # a row's guard, not the push mark's compare-and-set (which fails the same way)
+                i
+                for i, step in enumerate(steps)
+                if GUARD_FAIL in json.dumps(step) and "last_change_id" not in json.dumps(step)
+            )
+            result["step_errors"][guard] = {"message": "integer overflow", "code": "SQLITE_ERROR"}
         return batch_response(result)
 
     remote.answer = answer
