@@ -1,7 +1,7 @@
 """A read-only follower on the store beside a real writer: bootstraps, pulls, long-polls and reads.
 
 The writer is a real ``turso-sync serve --store`` subprocess; the follower is ``PrimaryServer``
-with ``StoreSettings(follow=True)`` in this process (``serve`` has no ``--follow`` flag yet).
+with ``StoreSettings(follow=True)`` in this process (what ``serve --store ... --follow`` runs).
 Real replicas bootstrap from the follower, see the writer's pushes there, and are told where
 writes go.
 """
