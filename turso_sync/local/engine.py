@@ -344,6 +344,10 @@ class LocalDatabase:
         except apsw.Error as exc:
             raise self._conn._translate(exc) from None
 
+    def oldest_revision(self) -> int:
+        """The oldest revision ``snapshot_at`` can still give (older history was pruned)."""
+        return self.log.oldest_seq()
+
     def prune_history(self, upto: int) -> None:
         """Forget history up to ``upto``: it can no longer be read back or undone."""
         self.log.prune(upto)

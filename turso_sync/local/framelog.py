@@ -411,6 +411,11 @@ class FrameLog:
                         page.post_dropped = False
                     after[page.pgno] = page.pre
 
+    def oldest_seq(self) -> int:
+        """The oldest sequence number the history still reaches (its base: a prune moves it on)."""
+        with self._locked(exclusive=False):
+            return self.base_seq
+
     def current_seq(self) -> int:
         """Sequence number of the newest committed transaction (0 when there is none)."""
         with self._locked(exclusive=False):

@@ -466,6 +466,11 @@ class HostedDatabase:
 
     # --- jobs (worker thread) -------------------------------------------------------------------
 
+    def oldest_revision(self) -> int:
+        """The oldest revision a pinned read can still be answered at (the history's base)."""
+        assert self._engine is not None
+        return self._engine.oldest_revision()
+
     def select_pages(self, request: PullRequest) -> Snapshot:
         """The snapshot answering a pull request (see ``pull.select_pages``)."""
         assert self._pages is not None

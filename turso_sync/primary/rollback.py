@@ -50,7 +50,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import apsw
-from pyroaring import BitMap
 
 from .. import errors
 from ..wire.pull import PullRequest
@@ -195,7 +194,7 @@ async def roll_back(
             "give a revision at or before the head",
             "REVISION_AHEAD",
         )
-    image, source = await _target_image(db, target, head, backend)
+    image, source = await _target_image(db, target, backend)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + lock_wait_s
     while True:
@@ -230,7 +229,7 @@ def _waker(db: HostedDatabase) -> Callable[[asyncio.Future[_Applied]], None]:
     return wake
 
 
-async def _target_image(db: HostedDatabase, target: int, head: int, backend: StoreBackend | None) -> tuple[bytes, str]:
+async def _target_image(db: HostedDatabase, target: int, backend: StoreBackend | None) -> tuple[bytes, str]:
     """The database file's plaintext bytes right after ``target``, and where they came from."""
     try:
         snap = await db.call(db.select_pages, PullRequest(server_revision=format_revision(target)))
@@ -249,7 +248,7 @@ async def _target_image(db: HostedDatabase, target: int, head: int, backend: Sto
                 stored = "the store holds it encrypted at rest, which a rollback cannot read yet"
             else:
                 return _journal_mode_header(restored.data), "store"
-    oldest = await _oldest_available(db, target, head)
+    oldest = await _oldest_available(db, target)
     where = f"; the object store cannot give it either: {stored}" if stored is not None else ""
     raise RollbackRefused(
         409,
@@ -260,20 +259,9 @@ async def _target_image(db: HostedDatabase, target: int, head: int, backend: Sto
     )
 
 
-async def _oldest_available(db: HostedDatabase, after: int, head: int) -> int:
-    """The oldest revision in ``(after, head]`` the history can still give (a search of pinned
-    one-page reads: the head itself always can)."""
-    lo, hi = after + 1, head
-    while lo < hi:
-        mid = (lo + hi) // 2
-        probe = PullRequest(server_revision=format_revision(mid), page_ids=BitMap([0]))
-        try:
-            await db.call(db.select_pages, probe)
-        except RevisionUnavailable:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
+async def _oldest_available(db: HostedDatabase, after: int) -> int:
+    """The oldest revision after ``after`` the history can still give (the frame log's base)."""
+    return max(after + 1, await db.call(db.oldest_revision))
 
 
 def image_from_pages(pages: dict[int, bytes], db_size: int) -> bytes:
