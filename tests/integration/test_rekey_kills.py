@@ -31,7 +31,7 @@ import turso_sync
 from turso_sync.crypto.hardened import HardenedCodec
 from turso_sync.crypto.page_codec import HARDENED_CIPHERS
 from turso_sync.local.engine import LocalDatabase
-from turso_sync.local.rekey import _frame_log_images, scan_frame_log
+from turso_sync.local.rekey import frame_log_images, scan_frame_log
 
 SEED = 1414
 KILLS = 50
@@ -326,7 +326,7 @@ def test_rotations_killed_at_random_points_lose_nothing(tmp_path: Path) -> None:
     assert rows >= 799 + 100  # the writer got through at least a hundred transactions
     db_epochs, wal_epochs, old_in_log = epochs_on_disk(path, keys[-1])
     assert db_epochs == {rotations + 1} and wal_epochs <= {rotations + 1} and old_in_log == 0
-    assert len(list(_frame_log_images(Path(f"{path}-frames").read_bytes(), P))) > 100  # history was kept
+    assert len(list(frame_log_images(Path(f"{path}-frames").read_bytes(), P))) > 100  # history was kept
     for old in keys[:-1]:
         with pytest.raises(turso_sync.EncryptionError):
             turso_sync.connect(str(path), encryption_key=old, cipher="hardened")

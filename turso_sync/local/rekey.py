@@ -626,7 +626,7 @@ def _wal_frames_of_other_epochs(db_path: str, page_size: int, codec: HardenedCod
 # --- the frame log and revert files --------------------------------------------------------------
 
 
-def _frame_log_images(data: bytes, page_size: int) -> Iterator[tuple[int, int, int]]:
+def frame_log_images(data: bytes, page_size: int) -> Iterator[tuple[int, int, int]]:
     """(record offset, image offset, pgno) of every page image in a frame log's valid records."""
     pos = FRAMELOG_HEADER_SIZE
     while pos + FRAMELOG_RECORD_SIZE <= len(data):
@@ -658,7 +658,7 @@ def scan_frame_log(db_path: str, codec: HardenedCodec, new: int) -> int:
     except FileNotFoundError:
         return 0
     P = codec.page_size
-    return sum(1 for _rec, off, _pgno in _frame_log_images(data, P) if codec.epoch_of(data[off : off + P]) != new)
+    return sum(1 for _rec, off, _pgno in frame_log_images(data, P) if codec.epoch_of(data[off : off + P]) != new)
 
 
 def rewrite_frame_log(db_path: str, codec: HardenedCodec) -> int:
@@ -679,7 +679,7 @@ def rewrite_frame_log(db_path: str, codec: HardenedCodec) -> int:
         changed: set[int] = set()
         count = 0
         end = FRAMELOG_HEADER_SIZE
-        for rec, off, pgno in list(_frame_log_images(bytes(data), P)):
+        for rec, off, pgno in list(frame_log_images(bytes(data), P)):
             image = bytes(data[off : off + P])
             if codec.epoch_of(image) != new:
                 data[off : off + P] = codec.reencrypt(image, pgno, "frame log")
@@ -707,7 +707,7 @@ def _revert_files(db_path: str) -> list[str]:
     return sorted(glob.glob(glob.escape(db_path) + "-revert-*[0-9]"))
 
 
-def _revert_images(data: bytes, page_size: int) -> Iterator[tuple[int, int]]:
+def revert_images(data: bytes, page_size: int) -> Iterator[tuple[int, int]]:
     count = int.from_bytes(data[16:20], "big")
     for i in range(count):
         off = _REVERT_HEAD + 4 + i * (4 + page_size)
@@ -721,7 +721,7 @@ def scan_revert_files(db_path: str, codec: HardenedCodec, new: int) -> int:
     for name in _revert_files(db_path):
         with contextlib.suppress(FileNotFoundError), open(name, "rb") as f:
             data = f.read()
-            total += sum(1 for _p, off in _revert_images(data, P) if codec.epoch_of(data[off : off + P]) != new)
+            total += sum(1 for _p, off in revert_images(data, P) if codec.epoch_of(data[off : off + P]) != new)
     return total
 
 
@@ -740,7 +740,7 @@ def rewrite_revert_files(db_path: str, codec: HardenedCodec) -> int:
             with open(name, "rb") as f:
                 data = bytearray(f.read())
             n = 0
-            for pgno, off in list(_revert_images(bytes(data), P)):
+            for pgno, off in list(revert_images(bytes(data), P)):
                 image = bytes(data[off : off + P])
                 if codec.epoch_of(image) != new:
                     data[off : off + P] = codec.reencrypt(image, pgno, "revert file")

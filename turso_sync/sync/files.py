@@ -56,7 +56,7 @@ from ..local.capture import CONFLICTS_TABLE, META_TABLE, OUTBOX_TABLE, is_replic
 from ..local.connection import Connection, open_checks
 from ..local.framelog import FrameLog, RevisionGone
 from ..local.presence import PresenceMap, presence_path
-from ..local.rekey import _frame_log_images, _revert_images  # the two readers of those layouts' images
+from ..local.rekey import frame_log_images, revert_images  # the two readers of those layouts' images
 from ..local.vfs import RING_SUFFIX, file_descriptor, realpath
 from ..local.walindex import committed_wal
 from ..page import PAGE_SIZE as P
@@ -838,12 +838,12 @@ def _outbox_pages(db: apsw.Connection) -> list[int] | None:
 
 
 def _frame_log_pages(data: bytes, page_size: int) -> Iterator[tuple[int, bytes]]:
-    for _record, offset, pgno in _frame_log_images(data, page_size):
+    for _record, offset, pgno in frame_log_images(data, page_size):
         yield pgno, data[offset : offset + page_size]
 
 
 def _revert_pages(data: bytes, page_size: int) -> Iterator[tuple[int, bytes]]:
-    for pgno, offset in _revert_images(data, page_size):
+    for pgno, offset in revert_images(data, page_size):
         yield pgno, data[offset : offset + page_size]
 
 
