@@ -299,7 +299,7 @@ class ReplicaFiles:
         slot = codec.slot_size if codec is not None else P  # what one page takes on disk (envelope: P + 32)
         log = FrameLog(self.path, codec, slot)
         found = self._check_frame_log(log, state)
-        found += self._check_revert(state, codec, slot)
+        found += self._check_revert(state, codec)
         if found:
             return found
         found = self._check_size(log, slot)
@@ -383,12 +383,12 @@ class ReplicaFiles:
             ]
         return []
 
-    def _check_revert(self, state: SyncState, codec: PageCodec | None, slot: int) -> list[Damage]:
+    def _check_revert(self, state: SyncState, codec: PageCodec | None) -> list[Damage]:
         if state.revert_seq is None:
             return []
         path = revert_path(self.path, state.revert_seq)
         try:
-            read_revert(self.path, state.revert_seq, codec, slot)
+            read_revert(self.path, state.revert_seq, codec)
         except FileNotFoundError:
             return [Damage(path, "the revert file of the last pull is missing", False)]
         except (OSError, ValueError, PageAuthError) as exc:

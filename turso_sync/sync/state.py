@@ -175,11 +175,11 @@ def write_revert(db_path: str, seq: int, pages: dict[int, bytes], codec: PageCod
     fsync_dir(path)
 
 
-def read_revert(db_path: str, seq: int, codec: PageCodec | None, page_size: int | None = None) -> dict[int, bytes]:
+def read_revert(db_path: str, seq: int, codec: PageCodec | None) -> dict[int, bytes]:
     """The plaintext base images stored for ``seq``.
 
     Images are stored as on disk, so each takes the codec's slot (the page size, or more in the
-    envelope layout); ``page_size`` overrides that for a caller that knows better.
+    envelope layout).
     """
     with open(revert_path(db_path, seq), "rb") as f:
         data = f.read()
@@ -192,9 +192,7 @@ def read_revert(db_path: str, seq: int, codec: PageCodec | None, page_size: int 
     if seq_stored != seq or zlib.crc32(body, zlib.crc32(head)) != crc:
         raise OSError(f"{revert_path(db_path, seq)}: damaged (checksum mismatch)")
     pages: dict[int, bytes] = {}
-    if page_size is None:
-        page_size = codec.slot_size if codec is not None else PAGE_SIZE
-    step = 4 + page_size
+    step = 4 + (codec.slot_size if codec is not None else PAGE_SIZE)
     for i in range(count):
         (pgno,) = struct.unpack_from(">I", body, i * step)
         raw = body[i * step + 4 : (i + 1) * step]
