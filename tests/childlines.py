@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import selectors
+import signal
 import subprocess
 import time
+from pathlib import Path
 
 
 class ChildLines:
@@ -81,3 +83,30 @@ class ChildLines:
 
     def close(self) -> None:
         self.selector.close()
+
+
+def kill_after_commits(proc: subprocess.Popen[bytes], commits: int, extra_s: float, stderr_path: Path) -> list[str]:
+    """Let a writer that prints ``ready`` and then ``commit ...`` lines run until ``commits`` of them
+    came and ``extra_s`` seconds more, SIGKILL it, and return every line it printed."""
+    lines = ChildLines(proc)
+    seen: list[str] = []
+    try:
+        seen.append(lines.readline(timeout=60))
+        assert seen[0] == "ready", seen
+        done = 0
+        while done < commits:
+            line = lines.readline(timeout=60)
+            seen.append(line)
+            done += line.startswith("commit ")
+        seen += lines.lines_until(time.monotonic() + extra_s)
+        assert proc.poll() is None, f"the writer died on its own:\n{stderr_path.read_text()[-3000:]}"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        seen += lines.rest()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        lines.close()
+    assert proc.returncode == -signal.SIGKILL
+    return seen

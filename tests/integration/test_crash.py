@@ -19,18 +19,16 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 import turso_sync
-from tests.childlines import ChildLines
+from tests.childlines import kill_after_commits
 
 pytestmark = pytest.mark.slow
 
@@ -132,28 +130,7 @@ def run_child_and_kill(path: Path, cipher: str, history: History, rnd: random.Ra
             stdout=subprocess.PIPE,
             stderr=stderr,
         )
-    lines = ChildLines(proc)
-    seen: list[str] = []
-    try:
-        seen.append(lines.readline(timeout=60))
-        assert seen[0] == "ready", seen
-        commits = 0
-        while commits < target_commits:
-            line = lines.readline(timeout=60)
-            seen.append(line)
-            commits += line.startswith("commit ")
-        seen += lines.lines_until(time.monotonic() + extra_window)
-        assert proc.poll() is None, f"the writer died on its own:\n{stderr_path.read_text()[-3000:]}"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-        seen += lines.rest()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        lines.close()
-    assert proc.returncode == -signal.SIGKILL
-    return seen
+    return kill_after_commits(proc, target_commits, extra_window, stderr_path)
 
 
 def check_after_crash(path: Path, cipher: str, history: History, seen: list[str], context: str) -> None:

@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
 import turso_sync
-from tests.childlines import ChildLines
+from tests.childlines import kill_after_commits
 from tests.conftest import KEY256
 from tests.servers import tursodb
 from turso_sync.crypto.envelope import is_envelope
@@ -81,28 +79,7 @@ def run_and_kill(path: Path, start: int, rnd: random.Random, stderr_path: Path) 
             stdout=subprocess.PIPE,
             stderr=stderr,
         )
-    lines = ChildLines(proc)
-    seen: list[str] = []
-    try:
-        seen.append(lines.readline(timeout=60))
-        assert seen[0] == "ready", seen
-        commits = 0
-        while commits < target:
-            line = lines.readline(timeout=60)
-            seen.append(line)
-            commits += line.startswith("commit ")
-        seen += lines.lines_until(time.monotonic() + extra)
-        assert proc.poll() is None, f"the writer died on its own:\n{stderr_path.read_text()[-3000:]}"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-        seen += lines.rest()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        lines.close()
-    assert proc.returncode == -signal.SIGKILL
-    return seen
+    return kill_after_commits(proc, target, extra, stderr_path)
 
 
 def transactions(conn: turso_sync.Connection, context: str) -> set[int]:
