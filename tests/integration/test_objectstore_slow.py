@@ -30,7 +30,6 @@ import itertools
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,18 +39,12 @@ from aiohttp import web
 
 import turso_sync
 from tests.integration.primary_harness import PrimaryProcess
-from tests.s3_harness import BUCKET, InProcessPrimary, WeedMini, aws_env, running_weed
+from tests.s3_harness import BUCKET, InProcessPrimary, WeedMini, aws_env
 from turso_sync.primary.durable import StoreSettings
 from turso_sync.primary.objectstore import DatabaseKeys, restore
 from turso_sync.primary.objectstore.s3 import S3Client
 
 _prefixes = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def weed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WeedMini]:
-    with running_weed(tmp_path_factory.mktemp("weed")) as server:
-        yield server
 
 
 class _LoopThread:

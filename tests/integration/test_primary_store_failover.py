@@ -9,25 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 
 import turso_sync
 from tests.integration.primary_harness import PrimaryProcess
-from tests.s3_harness import BUCKET, WeedMini, running_weed
+from tests.s3_harness import BUCKET, WeedMini
 from turso_sync.primary.objectstore import DatabaseKeys, RevisionLog
 from turso_sync.primary.objectstore.s3 import S3Client
 
 TTL = 2.0
-
-
-@pytest.fixture(scope="module")
-def weed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WeedMini]:
-    with running_weed(tmp_path_factory.mktemp("weed")) as server:
-        yield server
 
 
 def _server(weed: WeedMini, data_dir: Path, prefix: str) -> PrimaryProcess:

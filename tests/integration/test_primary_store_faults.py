@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -20,15 +19,9 @@ from aiohttp import web
 
 import turso_sync
 from tests.integration.primary_harness import PrimaryProcess
-from tests.s3_harness import BUCKET, WeedMini, running_weed
+from tests.s3_harness import BUCKET, WeedMini
 
 _prefixes = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def weed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WeedMini]:
-    with running_weed(tmp_path_factory.mktemp("weed")) as server:
-        yield server
 
 
 class FaultyS3:

@@ -9,7 +9,6 @@ writes go.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -17,14 +16,8 @@ import pytest
 
 import turso_sync
 from tests.integration.primary_harness import PrimaryProcess
-from tests.s3_harness import BUCKET, InProcessPrimary, WeedMini, running_weed
+from tests.s3_harness import BUCKET, InProcessPrimary, WeedMini
 from turso_sync.primary.durable import StoreSettings
-
-
-@pytest.fixture(scope="module")
-def weed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WeedMini]:
-    with running_weed(tmp_path_factory.mktemp("weed")) as server:
-        yield server
 
 
 def _ids(conn: turso_sync.SyncConnection) -> list[int]:

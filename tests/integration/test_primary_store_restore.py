@@ -10,23 +10,16 @@ from __future__ import annotations
 
 import datetime
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import turso_sync
 from tests.integration.primary_harness import PrimaryProcess
-from tests.s3_harness import BUCKET, WeedMini, running_weed
+from tests.s3_harness import BUCKET, WeedMini
 from turso_sync.cli import restore as restore_cmd
 from turso_sync.cli.exit_codes import CommandError
 from turso_sync.cli.main import build_parser
-
-
-@pytest.fixture(scope="module")
-def weed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WeedMini]:
-    with running_weed(tmp_path_factory.mktemp("weed")) as server:
-        yield server
 
 
 def _restore(weed: WeedMini, prefix: str, at: str, to: Path, db: str = "default") -> int:

@@ -12,7 +12,7 @@ import itertools
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -29,13 +29,6 @@ from turso_sync.primary.objectstore.s3 import S3Client
 T = TypeVar("T")
 
 _prefixes = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def weed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WeedMini]:
-    """One weed mini for the module, its access key in this process's (and so the servers') environment."""
-    with running_weed(tmp_path_factory.mktemp("weed")) as server:
-        yield server
 
 
 def _primary(weed: WeedMini, data_dir: Path, prefix: str, *extra: str, port: int = 0) -> PrimaryProcess:

@@ -10,22 +10,15 @@ import asyncio
 import logging
 import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import turso_sync
-from tests.s3_harness import BUCKET, InProcessPrimary, WeedMini, running_weed
+from tests.s3_harness import BUCKET, InProcessPrimary, WeedMini
 from turso_sync.primary.durable import StoreSettings
 from turso_sync.primary.objectstore import DatabaseKeys, RevisionLog
 from turso_sync.primary.objectstore.s3 import S3Client
-
-
-@pytest.fixture(scope="module")
-def weed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WeedMini]:
-    with running_weed(tmp_path_factory.mktemp("weed")) as server:
-        yield server
 
 
 def _snapshots(weed: WeedMini, prefix: str) -> list[int]:

@@ -23,7 +23,7 @@ import pytest
 import turso_sync
 from tests.conftest import wait_for
 from tests.integration.primary_harness import PrimaryProcess, pipeline
-from tests.s3_harness import BUCKET, WeedMini, running_weed
+from tests.s3_harness import BUCKET, WeedMini
 from turso_sync.cli.exit_codes import ExitCode
 from turso_sync.cli.main import main as cli_main
 from turso_sync.local.framelog import FrameLog, RevisionGone
@@ -351,12 +351,6 @@ def test_a_revision_older_than_the_history_kept_is_409_naming_the_oldest(tmp_pat
             assert _rows(a, "SELECT count(*) FROM t") == [(oldest - target,)]
     finally:
         server.close()
-
-
-@pytest.fixture(scope="module")
-def weed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WeedMini]:
-    with running_weed(tmp_path_factory.mktemp("weed")) as store:
-        yield store
 
 
 def _after_takeover(action: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
