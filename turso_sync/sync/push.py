@@ -28,6 +28,14 @@ push) writes the new mark as a compare-and-set on the expected one and on the pu
 (``MARK_MOVE``).  A batch built on a wrong belief fails as a whole at that step (``Step.mark``:
 the client then reads the mark, forgets what the remote holds, and retries), before any guard
 has run, so it is never taken for a conflict.
+
+Inserts that follow one another in a batch, into one table with a primary key, are *folded*:
+sent as one multi-row upsert whose ``DO UPDATE`` runs only where the remote row equals the one
+inserted, followed by one guard that ``changes()`` counts every row (each one inserted, or met
+equal).  It is the per-row insert guard, for many rows in two steps, with each value sent once
+(an offline backlog of single-row inserts is most of its bytes in guards otherwise).  A folded
+guard that fails names the outbox rows it covers; the pull that follows settles each row under
+the policy, as for any guard.
 """
 
 from __future__ import annotations
@@ -124,6 +132,7 @@ class Step:
     sql: str
     args: list[Any] = field(default_factory=list)
     outbox_id: int | None = None
+    outbox_last: int | None = None  # a folded step: the last outbox row it carries (``outbox_id``: the first)
     harmless_errors: bool = False  # a duplicate ADD COLUMN is expected on a replay
     guard: bool = False  # a compare-and-set guard: its error means "the remote row moved"
     mark: bool = False  # a push-mark step: its error means "the mark or the epoch is not the expected one"
@@ -137,6 +146,13 @@ GUARD_VALUE_BYTES = 1024
 #: Evaluated only when a guard's condition is false: SQLite and tursodb both fail the statement
 #: with "integer overflow" (no user function, no table, nothing a sandbox would deny).
 GUARD_FAIL = "abs(-9223372036854775808)"
+
+
+#: A folded insert carries at most this many parameters (SQLite's limit before 3.32, so any server
+#: takes it) and about this many bytes of text and blob values (a stream splits a push between
+#: statements, never inside one).
+FOLD_PARAMS = 999
+FOLD_BYTES = 256 << 10
 
 
 def _ddl_for_push(sql: str) -> str:
@@ -171,6 +187,116 @@ def change_steps(
         if parents is not None and checks is not None:
             checks.extend(parent_guards(change, table_cols, parents, row.id))
     return steps
+
+
+@dataclass(frozen=True)
+class Insert:
+    """An INSERT of a changeset, kept past its iteration (an ``apsw.TableChange`` is not):
+    the fields ``guard_step`` and ``_row_step`` read."""
+
+    name: str
+    new: tuple[Any, ...]
+    pk_columns: set[int]
+    column_count: int
+    op: str = "INSERT"
+    old: None = None
+
+
+class _Fold:
+    """Consecutive inserts into one table with a primary key, sent as one folded upsert."""
+
+    def __init__(self) -> None:
+        self.inserts: list[tuple[Insert, list[tuple[str, int]], int]] = []
+        self.keys: set[tuple[Any, ...]] = set()
+        self.size = 0
+
+    def take(self, change: apsw.TableChange, table_cols: list[tuple[str, int]], outbox_id: int) -> bool:
+        """Add ``change`` if it folds into this group; False if it does not (flush, then retry)."""
+        if change.op != "INSERT" or change.column_count != len(table_cols) or not change.pk_columns:
+            return False  # a table without a primary key (rowid first) is never folded
+        new = change.new or ()
+        key = tuple(new[i] for i in change.pk_columns)
+        if any(v is None for v in key):
+            return False  # NULL keys never clash in ON CONFLICT: the per-row guard compares them
+        if self.inserts:
+            head = self.inserts[0][0]
+            if (
+                change.name != head.name
+                or change.column_count != head.column_count
+                or key in self.keys
+                or (len(self.inserts) + 1) * head.column_count > FOLD_PARAMS
+                or self.size > FOLD_BYTES
+            ):
+                return False
+        elif change.column_count > FOLD_PARAMS:
+            return False
+        self.inserts.append((Insert(change.name, new, change.pk_columns, change.column_count), table_cols, outbox_id))
+        self.keys.add(key)
+        self.size += sum(len(v) for v in new if isinstance(v, (str, bytes)))
+        return True
+
+    def flush(self) -> list[Step]:
+        """The group's steps (a lone insert keeps its per-row guard), and an empty group."""
+        inserts, self.inserts, self.keys, self.size = self.inserts, [], set(), 0
+        if len(inserts) == 1:
+            insert, table_cols, outbox_id = inserts[0]
+            return [guard_step(insert, table_cols, outbox_id), _row_step(insert, table_cols, outbox_id)]
+        if not inserts:
+            return []
+        return fold_steps([i for i, _, _ in inserts], inserts[0][1], inserts[0][2], inserts[-1][2])
+
+
+def fold_steps(changes: Sequence[Insert], table_cols: list[tuple[str, int]], first: int, last: int) -> list[Step]:
+    """One upsert of every insert in ``changes`` (one table, distinct non-NULL keys), then its guard.
+
+    The upsert's ``DO UPDATE`` runs only where the remote row equals the inserted one, so
+    ``changes()`` counts a row inserted or met equal, and skips one that differs: the guard
+    fails unless it counts them all, as each row's own insert guard would."""
+    names = [name for name, _ in table_cols]
+    pk_names = [names[i] for i in sorted(changes[0].pk_columns)]
+    table = quote(changes[0].name)
+    col_sql = ", ".join(quote(n) for n in names)
+    row_marks = "(" + ",".join("?" * len(names)) + ")"
+    updates = ",".join(f"{quote(n)} = excluded.{quote(n)}" for n in names)
+    others = [n for n in names if n not in pk_names]
+    equal = " AND ".join(f"{quote(n)} IS excluded.{quote(n)}" for n in others) or "1"
+    sql = (
+        f"INSERT INTO {table}({col_sql}) VALUES {','.join([row_marks] * len(changes))} "
+        f"ON CONFLICT({','.join(quote(n) for n in pk_names)}) DO UPDATE SET {updates} WHERE {equal}"
+    )
+    args = [v for change in changes for v in change.new]
+    count = f"SELECT CASE WHEN changes() = {len(changes)} THEN 1 ELSE {GUARD_FAIL} END AS ok"
+    return [Step(sql, args, first, last), Step(count, [], first, last, guard=True)]
+
+
+def fold_changes(
+    rows: Sequence[OutboxRow], columns: Columns, parents: Parents | None = None, fold: bool = True
+) -> list[Step]:
+    """The change steps of ``rows`` in order, as ``change_steps`` makes them, but with inserts
+    that follow one another into one table folded (``fold_steps``; none without ``fold``); then
+    the parent guards."""
+    steps: list[Step] = []
+    checks: list[Step] = []
+    group = _Fold()
+    for row in rows:
+        if row.ddl:
+            steps.extend(group.flush())
+            steps.extend(change_steps(OutboxRow(row.id, row.gen, row.ddl, b""), columns))
+        if not row.changeset:
+            continue
+        for change in apsw.Changeset.iter(row.changeset):
+            if change.indirect or is_internal(change.name):
+                continue  # made by a trigger: the remote's own trigger makes it there
+            table_cols = columns(change.name)
+            if not (fold and group.take(change, table_cols, row.id)):
+                steps.extend(group.flush())  # what it holds comes before this change
+                if not (fold and group.take(change, table_cols, row.id)):  # it may start the next group
+                    steps.append(guard_step(change, table_cols, row.id))
+                    steps.append(_row_step(change, table_cols, row.id))
+            if parents is not None:
+                checks.extend(parent_guards(change, table_cols, parents, row.id))
+    steps.extend(group.flush())
+    return steps + checks
 
 
 def parent_guards(
@@ -249,7 +375,7 @@ def local_parents(query: Query) -> Parents:
     return found
 
 
-def _names(change: apsw.TableChange, table_cols: list[tuple[str, int]]) -> tuple[list[str], bool]:
+def _names(change: apsw.TableChange | Insert, table_cols: list[tuple[str, int]]) -> tuple[list[str], bool]:
     """Column names in changeset order (``rowid`` first for a table without a primary key)."""
     names = [name for name, _ in table_cols]
     rowid_table = change.column_count == len(names) + 1
@@ -262,7 +388,7 @@ def _is(name: str) -> str:
     return f"{quote(name)} IS ?" if name != "rowid" else '"rowid" IS ?'
 
 
-def guard_step(change: apsw.TableChange, table_cols: list[tuple[str, int]], outbox_id: int) -> Step:
+def guard_step(change: apsw.TableChange | Insert, table_cols: list[tuple[str, int]], outbox_id: int) -> Step:
     """The compare-and-set guard that must pass before ``change`` is applied on the remote.
 
     UPDATE and DELETE: a row must exist whose key and touched columns hold the change's old
@@ -299,7 +425,7 @@ def guard_step(change: apsw.TableChange, table_cols: list[tuple[str, int]], outb
     return Step(f"SELECT CASE WHEN {condition} THEN 1 ELSE {GUARD_FAIL} END AS ok", args, outbox_id, guard=True)
 
 
-def _row_step(change: apsw.TableChange, table_cols: list[tuple[str, int]], outbox_id: int) -> Step:
+def _row_step(change: apsw.TableChange | Insert, table_cols: list[tuple[str, int]], outbox_id: int) -> Step:
     names, rowid_table = _names(change, table_cols)
     pk_names = [names[i] for i in sorted(change.pk_columns)]
     table = quote(change.name)
@@ -356,6 +482,7 @@ def build_batch(
     epoch: int | None = None,
     parents: Parents | None = None,
     mark: Mark | None = None,
+    fold: bool = False,
 ) -> PushBatch:
     """The batch that applies ``rows`` and records ``(client_id, pull_gen, last row id)`` atomically.
 
@@ -365,13 +492,11 @@ def build_batch(
     push mark for ``client_id`` is ``mark`` (``NO_MARK``: none; a remote holding none takes
     any), checked before any change; without it, the mark is not compared (the caller read it
     just before) and only ever moves forward.  Values are encoded by the shared Hrana codec (``wire/hrana.py``);
-    ``encode_value`` is ignored, left for callers that still pass one.
+    ``encode_value`` is ignored, left for callers that still pass one.  With ``fold``, consecutive inserts
+    into one table are folded (``fold_steps``); a batch sent as a stream of requests is built
+    without, so no request ends between a folded upsert and the guard that counts its rows.
     """
-    changes: list[Step] = []
-    checks: list[Step] = []
-    for row in rows:
-        changes.extend(change_steps(row, columns, parents, checks))
-    changes.extend(checks)
+    changes = fold_changes(rows, columns, parents, fold)
     first, last = rows[0].id, rows[-1].id
     fence_id = client_id + FENCE_SUFFIX
     # the step after BEGIN: the bookkeeping table (no mark to expect), or the mark's move; the

@@ -196,6 +196,7 @@ def _push_rows(
                 epoch=state.push_epoch,
                 parents=parents,
                 mark=mark,
+                fold=True,
             )
             body = push_mod.pipeline_body([batch.request])
             if len(body) <= push_mod.MAX_PUSH_BODY:
@@ -216,6 +217,17 @@ def _push_rows(
                 if not (yield from stream.probe_steps(replica.request_timeout)):
                     raise _too_big(replica.path, part[0], len(body))
                 streamed = True
+                # a stream may end a request between any two steps: no folded inserts (``push.fold_steps``)
+                batch = push_mod.build_batch(
+                    part,
+                    columns,
+                    state.client_id,
+                    gen,
+                    epoch=state.push_epoch,
+                    parents=parents,
+                    mark=mark,
+                    fold=False,
+                )
                 break
             part = part[: len(part) // 2]  # fewer whole transactions per request
         if not rows:
@@ -316,15 +328,18 @@ def check_batch(result: BatchResult, batch: push_mod.PushBatch) -> None:
         raise errors.PushRejectedError(
             f"the remote did not commit the push batch ({message}); every change stays pending", refusal=message
         )
+    where = f"outbox #{source.outbox_id}"
+    if source.outbox_last is not None and source.outbox_last != source.outbox_id:
+        where = f"outbox #{source.outbox_id} to #{source.outbox_last} (inserts sent as one statement)"
     if source.guard:
-        # known by its step index: the remote row is no longer what this change was made on
+        # known by its step index: the remote row is no longer what this change was made on (a
+        # folded guard: one of the rows it covers; the pull that follows settles each row)
         raise errors.PushConflictError(
-            f"conflict on outbox #{source.outbox_id}: the remote changed a row this change touches "
-            "since the last pull; it stays pending",
+            f"conflict on {where}: the remote changed a row this change touches since the last pull; it stays pending",
             source.outbox_id,
         )
     raise errors.PushRejectedError(
-        f"the remote rejected a pending change (outbox #{source.outbox_id}): {message}; it stays pending",
+        f"the remote rejected a pending change ({where}): {message}; it stays pending",
         source.outbox_id,
         refusal=message,
     )
