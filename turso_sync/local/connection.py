@@ -8,7 +8,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import apsw
-import apsw.ext
 
 from .. import errors
 from ..crypto.hardened import HardenedCodec
@@ -22,26 +21,20 @@ from ..crypto.page_codec import (
 from .capture import ChangeCapture, is_replica, replicated_schema_change
 from .framelog import FrameLog
 from .lazy import LazyPages
-from .statement import Statement, classify
+from .statement import Statement, classify, split_statements
 from .vfs import PAGE_SIZE, DatabaseState, cut_short, ensure_vfs, file_descriptor, realpath, registry, ring_reader
 from .walindex import committed_wal
 
 Params = Sequence[Any] | Mapping[str, Any]
+Description = tuple[tuple[str, None, None, None, None, None, None], ...]
 
 _STATEMENTS_KEPT = 1024  # per connection; the cache starts over when full
 
 
 @functools.lru_cache(maxsize=512)
-def _dbapi_description(
-    cols: tuple[tuple[str, str | None], ...],
-) -> tuple[tuple[str, None, None, None, None, None, None], ...]:
+def _dbapi_description(cols: tuple[tuple[str, str | None], ...]) -> Description:
     """PEP 249's seven-item column descriptions (only the name is known), cached per shape."""
     return tuple((name, None, None, None, None, None, None) for name, _decl in cols)
-
-
-@functools.lru_cache(maxsize=512)
-def _single_statement(sql: str) -> bool:
-    return ";" not in sql or len(split_statements(sql)) <= 1
 
 
 def open_checks(path: str, codec: PageCodec | None) -> PageCodec | None:
@@ -89,21 +82,6 @@ def open_checks(path: str, codec: PageCodec | None) -> PageCodec | None:
     raise errors.DatabaseError(f"{path} is not a database file (unknown header)")
 
 
-def split_statements(script: str) -> list[str]:
-    """Split SQL text into complete statements (SQLite's own notion of complete)."""
-    out: list[str] = []
-    current = ""
-    for piece in script.split(";"):
-        current += piece + ";"
-        if apsw.complete(current):
-            if current.strip(" \t\r\n;"):
-                out.append(current.strip())
-            current = ""
-    if current.strip(" \t\r\n;"):
-        out.append(current.strip())
-    return out
-
-
 class Cursor:
     """A DB-API cursor; rows come back as tuples (or through ``row_factory``)."""
 
@@ -114,7 +92,8 @@ class Cursor:
         self._cursor = connection._db.cursor()
         self._rows: Iterator[tuple[Any, ...]] | None = None
         self._ahead: tuple[Any, ...] | None = None
-        self.description: tuple[tuple[str, None, None, None, None, None, None], ...] | None = None
+        self._columns: tuple[tuple[str, str | None], ...] | None = None  # APSW's (name, declared type)
+        self._description: Description | None = None  # built from _columns when first read
         self.rowcount = -1
         self.lastrowid: int | None = None
         self.row_factory: Callable[[Cursor, tuple[Any, ...]], Any] | None = connection.row_factory
@@ -127,21 +106,26 @@ class Cursor:
 
     def execute(self, sql: str, parameters: Params = ()) -> Cursor:
         """Run one statement with parameters by position (``?``) or by name (``:name``)."""
-        self._check()
+        # the per-statement path: every call of an app's loop crosses it, so it reads each
+        # attribute once and does only what this statement needs (see docs/benchmarks.md)
         conn = self.connection
+        if self._closed or conn._closed:
+            self._check()
         statement = conn._statements.get(sql) or conn._statement(sql)
         capture = conn._capture
-        if capture is not None:
+        if capture is not None and not statement.is_read:
             return self._execute_captured(sql, parameters, statement, capture)
-        writes = statement.writes_rows
-        if writes:
+        if statement.writes_rows and conn.isolation_level is not None and conn._db.get_autocommit():
             conn._begin_if_needed(sql)
         return self._run(sql, parameters, statement)
 
     def _execute_captured(self, sql: str, parameters: Params, statement: Statement, capture: ChangeCapture) -> Cursor:
-        """On a replica: transaction statements go through commit/rollback, writes are captured."""
+        """On a replica: transaction statements go through commit/rollback, writes are captured.
+
+        Reads (``Statement.is_read``) do not come here: they have nothing to capture.
+        """
         conn = self.connection
-        if not _single_statement(sql):
+        if statement.several:
             # before COMMIT/ROLLBACK/RELEASE are turned into calls that would ignore (or run) the rest
             raise errors.ProgrammingError("You can only execute one statement at a time.")
         if capture.rolled_back:
@@ -198,38 +182,49 @@ class Cursor:
         return self._done()
 
     def _done(self) -> Cursor:
-        self.description = None
+        self._columns = self._description = None
         self._rows = None
         self._ahead = None
         self.rowcount = -1
         return self
 
     def _run(self, sql: str, parameters: Params, statement: Statement) -> Cursor:
-        conn = self.connection
-        if not _single_statement(sql):
+        if statement.several:
             raise errors.ProgrammingError("You can only execute one statement at a time.")
+        cursor = self._cursor
+        cols: tuple[tuple[str, str | None], ...] | None = None
         try:
-            self._cursor.execute(sql, parameters)
-            self.description = self._describe(sql, statement)
+            cursor.execute(sql, parameters)
+            # a statement SQLite prepared without result columns never has any: nothing to ask
+            if statement.returns_rows or not statement.prepared:
+                try:
+                    cols = cursor.get_description()
+                except apsw.ExecutionCompleteError:
+                    # no row came back (a point read that missed, say): the cursor forgot its columns
+                    cols = self.connection._result_columns(sql, parameters) if statement.returns_rows else None
         except apsw.Error as exc:
-            self.description = None
-            raise conn._translate(exc) from None
+            self._columns = self._description = None
+            raise self.connection._translate(exc) from None
         except (KeyError, TypeError, ValueError) as exc:
-            self.description = None
+            self._columns = self._description = None
             raise errors.ProgrammingError(f"bad parameters for {sql[:60]!r}: {exc}") from None
-        self._rows = self._cursor if self.description is not None else None
+        # PEP 249's description is built when first read (most loops never read it)
+        self._columns = cols or None
+        self._description = None
+        self._rows = cursor if cols else None
         self._ahead = None
-        self.rowcount = conn._db.changes() if statement.writes_rows else -1
-        self.lastrowid = conn._db.last_insert_rowid()
+        db = self.connection._db
+        self.rowcount = db.changes() if statement.writes_rows else -1
+        self.lastrowid = db.last_insert_rowid()
         return self
 
     def executemany(self, sql: str, seq_of_parameters: Iterable[Params]) -> Cursor:
         """Run one statement once per parameter set."""
         self._check()
         conn = self.connection
-        if not _single_statement(sql):
-            raise errors.ProgrammingError("You can only execute one statement at a time.")
         statement = conn._statements.get(sql) or conn._statement(sql)
+        if statement.several:
+            raise errors.ProgrammingError("You can only execute one statement at a time.")
         if statement.writes_rows:
             conn._begin_if_needed(sql)
         own_txn = conn._capture is not None and statement.writes_rows and conn._db.get_autocommit()
@@ -249,7 +244,7 @@ class Cursor:
             if own_txn:
                 conn.rollback()
             raise errors.ProgrammingError(f"bad parameters for {sql[:60]!r}: {exc}") from None
-        self.description = None
+        self._columns = self._description = None
         self._rows = None
         self._ahead = None
         self.rowcount = conn._db.total_changes() - before
@@ -277,53 +272,50 @@ class Cursor:
                 pass  # APSW pauses at each statement that returns rows; drain them
         except apsw.Error as exc:
             raise conn._translate(exc) from None
-        self.description = None
+        self._columns = self._description = None
         self._rows = None
         self._ahead = None
         return self
 
-    def _describe(
-        self, sql: str, statement: Statement
-    ) -> tuple[tuple[str, None, None, None, None, None, None], ...] | None:
-        try:
-            cols = self._cursor.get_description()
-        except apsw.ExecutionCompleteError:
-            if not statement.returns_rows:
-                return None
-            # a query that finished without a row: ask SQLite for its columns without running it
-            try:
-                cols = apsw.ext.query_info(self.connection._db, sql).description
-            except apsw.Error:
-                return None
-        return _dbapi_description(tuple(cols)) if cols else None
+    @property
+    def description(self) -> Description | None:
+        """PEP 249's seven-item description of each result column (only the name is known), or None."""
+        description = self._description
+        if description is None and self._columns is not None:
+            description = self._description = _dbapi_description(self._columns)
+        return description
 
     def _convert(self, row: tuple[Any, ...]) -> Any:
         return self.row_factory(self, row) if self.row_factory else row
 
     def fetchone(self) -> Any:
         """The next row, or None."""
-        self._check()
-        if self._rows is None:
+        if self._closed or self.connection._closed:
+            self._check()
+        rows = self._rows
+        if rows is None:
             return None
-        if self._ahead is not None:
-            row, self._ahead = self._ahead, None
-        else:
-            try:
-                row = next(self._rows)
-            except StopIteration:
-                self._rows = None
-                return None
-            except apsw.Error as exc:
-                raise self.connection._translate(exc) from None
+        row = self._ahead
+        # next(rows, None) rather than catching StopIteration: APSW never yields None for a row
         try:
+            if row is None:
+                row = next(rows, None)
+                if row is None:
+                    self._rows = None
+                    return None
+            else:
+                self._ahead = None
             # look one row ahead: when this was the last row the statement finishes now and
             # its read snapshot is released (so a later pull's pages are seen at once)
-            self._ahead = next(self._rows)
-        except StopIteration:
-            self._rows = None
+            ahead = next(rows, None)
         except apsw.Error as exc:
             raise self.connection._translate(exc) from None
-        return self._convert(row)
+        if ahead is None:
+            self._rows = None
+        else:
+            self._ahead = ahead
+        factory = self.row_factory
+        return row if factory is None else factory(self, row)
 
     def fetchmany(self, size: int | None = None) -> list[Any]:
         """Up to ``size`` rows (``arraysize`` by default)."""
@@ -337,17 +329,25 @@ class Cursor:
 
     def fetchall(self) -> list[Any]:
         """All remaining rows."""
-        self._check()
-        if self._rows is None:
+        if self._closed or self.connection._closed:
+            self._check()
+        rows = self._rows
+        if rows is None:
             return []
+        ahead = self._ahead
+        factory = self.row_factory
         try:
-            first = [self._convert(self._ahead)] if self._ahead is not None else []
-            rows = first + [self._convert(r) for r in self._rows]
+            if factory is None:
+                out = [] if ahead is None else [ahead]
+                out.extend(rows)
+            else:
+                out = [] if ahead is None else [factory(self, ahead)]
+                out.extend([factory(self, row) for row in rows])
         except apsw.Error as exc:
             raise self.connection._translate(exc) from None
         self._rows = None
         self._ahead = None
-        return rows
+        return out
 
     def __iter__(self) -> Iterator[Any]:
         self._check()
@@ -417,6 +417,8 @@ class Connection:
         self._capture: ChangeCapture | None = None
         self._refused: str | None = None  # what the replica authorizer last denied (see enable_capture)
         self._statements: dict[str, Statement] = {}  # what SQLite said of each SQL text (statement.py)
+        self._probe: apsw.Cursor | None = None  # reads an empty result's columns (_result_columns)
+        self._probed: list[tuple[tuple[str, str | None], ...]] = []
         self._reserved_bytes = reserved_bytes
         try:
             if self._state.lazy is None:
@@ -575,6 +577,31 @@ class Connection:
             self._statements[sql] = statement
         return statement
 
+    def _result_columns(self, sql: str, parameters: Params) -> tuple[tuple[str, str | None], ...] | None:
+        """The result columns of ``sql`` as SQLite prepares it now, read without running it.
+
+        For a query that returned no row, whose cursor no longer knows its columns: the statement
+        is taken again from APSW's statement cache and stopped by an exec trace before its first
+        step (a few times cheaper than ``apsw.ext.query_info``, which prepares it afresh).
+        """
+        if self._probe is None:
+            seen = self._probed
+
+            def stop_before_first_step(cursor: apsw.Cursor, _sql: str, _bindings: object) -> bool:
+                seen.append(cursor.get_description())
+                return False
+
+            self._probe = self._db.cursor()
+            self._probe.exec_trace = stop_before_first_step  # holds the list, not the connection
+        self._probed.clear()
+        try:
+            self._probe.execute(sql, parameters)
+        except apsw.ExecTraceAbort:
+            pass
+        except apsw.Error:
+            return None
+        return self._probed[0] if self._probed else None
+
     def _begin_if_needed(self, sql: str) -> None:
         """The implicit BEGIN before a statement that changes rows (callers check that it does).
 
@@ -606,7 +633,9 @@ class Connection:
 
     def execute(self, sql: str, parameters: Params = ()) -> Cursor:
         """Shortcut: a new cursor's ``execute``."""
-        return self.cursor().execute(sql, parameters)
+        if self._closed:
+            self._check()
+        return Cursor(self).execute(sql, parameters)
 
     def executemany(self, sql: str, seq_of_parameters: Iterable[Params]) -> Cursor:
         """Shortcut: a new cursor's ``executemany``."""

@@ -17,7 +17,7 @@ classified again on every run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import apsw
 
@@ -70,6 +70,15 @@ class Statement:
     schema_objects: tuple[str, ...] = ()
     #: the answer holds for this text whatever the schema becomes
     cacheable: bool = True
+    #: the text holds more than one statement (``execute`` refuses it; only the first was looked at)
+    several: bool = False
+    #: prepared, and nothing to follow: no row writes, no schema change, no transaction or
+    #: savepoint control, so a replica runs it as a plain connection does
+    is_read: bool = field(init=False, default=False)
+
+    def __post_init__(self) -> None:
+        follow = self.writes_rows or self.transaction or self.savepoint or self.schema_objects
+        object.__setattr__(self, "is_read", self.prepared and not follow)  # derived once, read per execution
 
     @property
     def changes_schema(self) -> bool:
@@ -80,12 +89,35 @@ class Statement:
 NOT_PREPARED = Statement(prepared=False, cacheable=False)
 
 
+def split_statements(script: str) -> list[str]:
+    """Split SQL text into complete statements (SQLite's own notion of complete)."""
+    out: list[str] = []
+    current = ""
+    for piece in script.split(";"):
+        current += piece + ";"
+        if apsw.complete(current):
+            if current.strip(" \t\r\n;"):
+                out.append(current.strip())
+            current = ""
+    if current.strip(" \t\r\n;"):
+        out.append(current.strip())
+    return out
+
+
 def classify(db: apsw.Connection, sql: str) -> Statement:
     """Prepare ``sql`` (without running it) and return what SQLite says it does.
 
-    Only the first statement of ``sql`` is looked at.  Any authorizer already set on ``db`` is
-    put back afterwards (it is not consulted while the statement is prepared here).
+    Only the first statement of ``sql`` is looked at (``several`` says whether more follow).
+    Any authorizer already set on ``db`` is put back afterwards (it is not consulted while the
+    statement is prepared here).
     """
+    statement = _classify_first(db, sql)
+    if ";" in sql and len(split_statements(sql)) > 1:
+        return replace(statement, several=True)
+    return statement
+
+
+def _classify_first(db: apsw.Connection, sql: str) -> Statement:
     actions: list[tuple[int, str | None, str | None, str | None, str | None]] = []
     facts: dict[str, bool] = {}
 
