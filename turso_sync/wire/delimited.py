@@ -42,6 +42,18 @@ def decode_varint(data: bytes | bytearray | memoryview, pos: int = 0) -> tuple[i
     return None
 
 
+def read_varint(data: bytes | memoryview, pos: int) -> tuple[int, int]:
+    """``decode_varint`` for a hot loop: ``(value, next position)``, with ``(0, -1)`` when ``data``
+    ends inside the varint (no tuple to test for None; one- and two-byte varints take no loop)."""
+    first = data[pos]
+    if first < 0x80:
+        return first, pos + 1
+    if pos + 1 < len(data) and data[pos + 1] < 0x80:
+        return (first & 0x7F) | (data[pos + 1] << 7), pos + 2
+    head = decode_varint(data, pos)
+    return (0, -1) if head is None else head
+
+
 def delimit(message: bytes) -> bytes:
     """``message`` preceded by its length."""
     return encode_varint(len(message)) + message
@@ -59,24 +71,33 @@ class DelimitedDecoder:
 
     def feed(self, data: bytes) -> list[bytes]:
         """Add bytes; return every message completed by them, in order."""
-        self._buf += data
-        out: list[bytes] = []
-        pos = 0
-        buf = self._buf
-        while True:
-            head = decode_varint(buf, pos)
-            if head is None:
+        return [view.tobytes() for view in self.feed_views(data)]
+
+    def feed_views(self, data: bytes) -> list[memoryview]:
+        """``feed`` without copying: views of the messages into ``data`` (or into the bytes left
+        over from earlier chunks joined with it).  The hot loop of a pull: each page is copied
+        once, by whoever keeps it."""
+        if self._buf:
+            buf = bytes(self._buf) + data
+            self._buf.clear()
+        else:
+            buf = data
+        view = memoryview(buf)
+        out: list[memoryview] = []
+        pos, size, limit = 0, len(buf), self._max
+        while pos < size:
+            length, start = read_varint(buf, pos)
+            if start < 0:
                 break
-            length, start = head
-            if length > self._max:
-                raise ProtocolError(f"message of {length} bytes exceeds the limit of {self._max}")
+            if length > limit:
+                raise ProtocolError(f"message of {length} bytes exceeds the limit of {limit}")
             end = start + length
-            if end > len(buf):
+            if end > size:
                 break
-            out.append(bytes(buf[start:end]))
+            out.append(view[start:end])
             pos = end
-        if pos:
-            del buf[:pos]
+        if pos < size:
+            self._buf += view[pos:]
         return out
 
     @property
