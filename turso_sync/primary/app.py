@@ -46,6 +46,7 @@ from .. import errors
 from ..local.engine import Snapshot
 from ..wire.hrana import PipelineRequest, encode_json, encode_pipeline_response
 from ..wire.pull import (
+    DEFAULT_ZSTD_LEVEL,
     PAGE_SIZE,
     PageCompressor,
     PageEncoding,
@@ -126,7 +127,7 @@ class Limits:
 
     max_body_bytes: int = 64 * 1024 * 1024
     max_long_poll_ms: int = 300_000
-    zstd_level: int = 3
+    zstd_level: int = DEFAULT_ZSTD_LEVEL
     idle_timeout_s: float = 75.0
     body_timeout_s: float = 60.0
     send_timeout_s: float = 60.0
