@@ -52,7 +52,6 @@ from ..wire.pull import (
     PageEncoding,
     PullHeader,
     PullRequest,
-    encode_page,
     page_record_prefix,
 )
 from .auth import Authenticator, AuthError, Grant
@@ -516,25 +515,44 @@ async def _answer_pull(
     pinned: int | None,
 ) -> web.StreamResponse:
     """Wait (long-poll) if asked and nothing is new, then send the pages."""
-    long_poll = client is not None and pinned is None and pull.long_poll_timeout_ms > 0
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + min(pull.long_poll_timeout_ms, state.limits.max_long_poll_ms) / 1000
-    while True:
-        version = db.feed.version  # noted before the snapshot, so no commit slips in between
+    if client is None and pinned is None:  # a bootstrap: read and sent slice by slice
         slices = db.slices(pull)
         first = await anext(slices)
-        if not long_poll or first.seq != client:
-            break
-        await slices.aclose()
-        if not await db.feed.wait_after(version, deadline - loop.time()):
-            break  # timed out (or shutting down): answer with the header only
-    streaming = client is None and pinned is None  # a bootstrap: sent slice by slice
+        streaming = True
+    else:  # one snapshot, read by one job on the database's thread
+        first = await _changed_pages(db, pull, client, pinned, state.limits)
+        slices = _no_more_slices()
+        streaming = False
     try:
         await db.make_durable(first.seq)  # on a store: never serve a revision it does not hold
     except BaseException:
         await slices.aclose()
         raise
     return await _send_pages(request, db, first, slices, streaming, pull.encoding, state.limits)
+
+
+async def _changed_pages(
+    db: HostedDatabase, pull: PullRequest, client: int | None, pinned: int | None, limits: Limits
+) -> Snapshot:
+    """The snapshot answering a pull that is not a bootstrap; if the client asked to wait (a
+    long-poll) and nothing is new after its revision, the first one with news, or the last
+    one read when the wait ends (the header alone then tells the client nothing changed)."""
+    long_poll = client is not None and pinned is None and pull.long_poll_timeout_ms > 0
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + min(pull.long_poll_timeout_ms, limits.max_long_poll_ms) / 1000
+    while True:
+        version = db.feed.version  # noted before the snapshot, so no commit slips in between
+        snap = await db.call(db.select_pages, pull)
+        if not long_poll or snap.seq != client:
+            return snap
+        if not await db.feed.wait_after(version, deadline - loop.time()):
+            return snap  # timed out (or shutting down)
+
+
+async def _no_more_slices() -> AsyncGenerator[Snapshot, None]:
+    """The slices after the only one of an answer that is not a bootstrap: none."""
+    return
+    yield
 
 
 async def pipeline(request: web.Request) -> web.StreamResponse:
@@ -825,7 +843,12 @@ def _raw_chunks(snap: Snapshot, pgnos: list[int]) -> Iterator[bytes]:
 def _zstd_records(snap: Snapshot, pgnos: list[int], level: int) -> list[bytes]:
     compressor = PageCompressor(level)
     out = []
+    compress, pages = compressor.compress, snap.pages
     for start in range(0, len(pgnos), _PAGES_PER_CHUNK):
-        batch = pgnos[start : start + _PAGES_PER_CHUNK]
-        out.append(b"".join(encode_page(pgno - 1, compressor.compress(snap.pages[pgno])) for pgno in batch))
+        parts: list[bytes] = []
+        for pgno in pgnos[start : start + _PAGES_PER_CHUNK]:
+            frame = compress(pages[pgno])
+            parts.append(page_record_prefix(pgno - 1, len(frame)))
+            parts.append(frame)  # copied once, by the join
+        out.append(b"".join(parts))
     return out

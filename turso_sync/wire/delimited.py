@@ -14,6 +14,8 @@ _MAX_VARINT_BYTES = 10
 
 def encode_varint(value: int) -> bytes:
     """The protobuf varint encoding of a non-negative integer below 2**64."""
+    if 0 <= value < 0x4000:  # one or two bytes: lengths and page numbers of most records
+        return bytes((value,)) if value < 0x80 else bytes((value & 0x7F | 0x80, value >> 7))
     if value < 0 or value >= 1 << 64:
         raise ValueError(f"varint out of range: {value}")
     out = bytearray()
