@@ -2,8 +2,9 @@
 
 Each case builds an encrypted database through ``turso_sync.connect``, changes its files on
 disk the way an attacker with write access (but no key) could, and checks that reading refuses
-with an ``EncryptionError`` naming the page, never returning rows.  The rollback of a page to
-an older image of itself is the documented limit (docs/encryption.md): it is asserted as such.
+with an ``EncryptionError`` naming the page, never returning rows.  A page rolled back to an
+older image of itself is refused by the page map (``-pagemap``); the whole state put back at
+once (pages and map) is the documented limit (docs/encryption.md): it is asserted as such.
 Turso's format is run through two of the cases to show what it does not catch.
 """
 
@@ -127,8 +128,10 @@ def test_page1_moved_from_another_file_is_refused(tmp_path: Path, key: str) -> N
     a, b = tmp_path / "a.db", tmp_path / "b.db"
     build(a, key, tag="a")
     build(b, key, tag="b")
-    put_page(b, 1, page(a, 1))  # b now claims a's file id: every other page of b is then refused
-    assert "page 2 of the database failed authentication" in refused(b, key)
+    put_page(b, 1, page(a, 1))  # b now claims a's file id: b's page map and b's other pages are refused
+    message = refused(b, key)
+    assert "page 1 of the database failed authentication" in message
+    assert "the page map of another file" in message
 
 
 def test_a_wal_frame_moved_into_the_database_is_refused(tmp_path: Path, key: str) -> None:
@@ -145,21 +148,69 @@ def test_a_wal_frame_moved_into_the_database_is_refused(tmp_path: Path, key: str
     assert f"page {pgno} of the database failed authentication (it holds an image written for the WAL)" in message
 
 
-def test_rolling_a_page_back_to_its_own_older_image_is_the_documented_limit(tmp_path: Path, key: str) -> None:
-    """Not detected (docs/encryption.md, "What the hardened format detects"): asserted as the limit."""
+def test_rolling_a_page_back_to_its_own_older_image_is_refused(tmp_path: Path, key: str) -> None:
+    """Each page's older images verify under the cipher; the page map (``-pagemap``) refuses them."""
     db = tmp_path / "a.db"
     build(db, key)
-    before = read_all(db, key)
-    old_pages = {pgno: page(db, pgno) for pgno in range(2, os.path.getsize(db) // P + 1)}
+    old_pages = {pgno: page(db, pgno) for pgno in range(1, os.path.getsize(db) // P + 1)}
     conn = turso_sync.connect(db, encryption_key=key, cipher="hardened")
     conn.execute("UPDATE t SET body = 'new-' || id")
     conn.commit()
     conn.close()
+    after = read_all(db, key)
     changed = [pgno for pgno, old in old_pages.items() if page(db, pgno) != old]
-    assert changed
-    for pgno in changed:
-        put_page(db, pgno, old_pages[pgno])  # same file, same epoch, same place: it verifies
-    assert read_all(db, key) == before  # the older rows come back, without an error
+    assert len(changed) >= 3
+    for pgno in changed:  # page 1 among them: each alone is refused, naming it
+        current = page(db, pgno)
+        put_page(db, pgno, old_pages[pgno])  # same file, same epoch, same place: the cipher accepts it
+        message = refused(db, key)
+        assert f"page {pgno} of the database failed authentication (it is not the image last written there" in message
+        put_page(db, pgno, current)
+    assert read_all(db, key) == after  # the current images read as before
+
+
+def test_rolling_page_1_back_is_refused(tmp_path: Path, key: str) -> None:
+    db = tmp_path / "a.db"
+    build(db, key)
+    old1 = page(db, 1)
+    conn = turso_sync.connect(db, encryption_key=key, cipher="hardened")
+    conn.execute("CREATE TABLE later (x)")
+    conn.commit()
+    conn.close()
+    assert page(db, 1) != old1  # the schema changed
+    put_page(db, 1, old1)
+    assert "page 1 of the database failed authentication (it is not the image last written there" in refused(db, key)
+
+
+def test_a_deleted_page_map_is_refused_not_rebuilt(tmp_path: Path, key: str) -> None:
+    db = tmp_path / "a.db"
+    build(db, key)
+    Path(f"{db}-pagemap").unlink()
+    assert "-pagemap: the page map of this database is missing" in refused(db, key)
+
+
+def test_a_changed_page_map_is_refused(tmp_path: Path, key: str) -> None:
+    db = tmp_path / "a.db"
+    build(db, key)
+    flip(Path(f"{db}-pagemap"), os.path.getsize(f"{db}-pagemap") - 40)  # a byte of the last page's tag
+    assert "the page map failed authentication" in refused(db, key)
+
+
+def test_rolling_back_the_pages_and_the_map_together_is_the_documented_limit(tmp_path: Path, key: str) -> None:
+    """The whole state put back at once (every page a change wrote, and the map of before) is not detected."""
+    db = tmp_path / "a.db"
+    build(db, key)
+    before = read_all(db, key)
+    old_pages = {pgno: page(db, pgno) for pgno in range(1, os.path.getsize(db) // P + 1)}
+    old_map = Path(f"{db}-pagemap").read_bytes()
+    conn = turso_sync.connect(db, encryption_key=key, cipher="hardened")
+    conn.execute("UPDATE t SET body = 'new-' || id")
+    conn.commit()
+    conn.close()
+    for pgno, old in old_pages.items():
+        put_page(db, pgno, old)
+    Path(f"{db}-pagemap").write_bytes(old_map)
+    assert read_all(db, key) == before
 
 
 def test_a_page_of_an_older_incarnation_of_the_file_is_refused(tmp_path: Path, key: str) -> None:
@@ -219,7 +270,8 @@ def test_a_passphrase_database_reopens_with_the_passphrase_alone(pw_db: Path) ->
     rows = read_all(pw_db, PASSPHRASE, "hardened-passphrase")
     assert len(rows) == ROWS
     head = pw_db.read_bytes()[:100]
-    assert head[7:10] == bytes([16, 3, 4])  # Argon2id: 64 MiB, 3 passes, 4 lanes, stored in page 1
+    # Argon2id: 64 MiB (2**16 KiB), 3 passes, 4 lanes, stored in page 1; the top bit: a page map is kept
+    assert head[7:10] == bytes([0x80 | 16, 3, 4])
     assert PASSPHRASE.encode() not in pw_db.read_bytes()
 
 

@@ -73,7 +73,7 @@ def test_a_page_is_exactly_the_documented_construction(monkeypatch: pytest.Monke
     monkeypatch.setattr(hardened.os, "urandom", lambda n: fixed if n == 9 else bytes(range(n)))
     page1 = codec.encrypt(plain_page1(b"hello"), 1)
     file_id = bytes(range(8))  # os.urandom(8) as patched
-    assert codec.params == FileParams(file_id, 1, None, bytes(16))
+    assert codec.params == FileParams(file_id, 1, None, bytes(16), page_map=True)
     enc = codec.encrypt(page5, 5, "WAL")
 
     page_key = HKDF(
@@ -85,7 +85,7 @@ def test_a_page_is_exactly_the_documented_construction(monkeypatch: pytest.Monke
 
     # page 1: the parameter block sits in bytes 7..16 and 72..92, the header stays readable
     assert page1[:7] == b"Turso\x00\x80"
-    assert page1[7:10] == bytes(3) and page1[10:12] == b"\x00\x01"
+    assert page1[7:10] == b"\x80\x00\x00" and page1[10:12] == b"\x00\x01"  # a raw key; the page map bit
     assert page1[12:16] + page1[72:76] == file_id
     assert page1[76:92] == bytes(16)
     assert page1[16:72] == plain_page1()[16:72] and page1[92:100] == plain_page1()[92:100]
@@ -232,7 +232,7 @@ def test_a_passphrase_wraps_a_random_data_key_stored_in_page1() -> None:
     enc1 = codec.encrypt(plain_page1(), 1)
     params = codec.params
     assert params is not None and params.argon2 == FAST and params.wrapped != bytes(16)
-    assert enc1[7:10] == FAST.encode()
+    assert enc1[7:10] == bytes([0x80 | FAST.memory_log2, FAST.iterations, FAST.lanes])  # top bit: a page map
     page = plain_page(b"secret row")
     enc = codec.encrypt(page, 2)
     reopened = passphrase_codec("correct horse battery staple", keys.ARGON2_DEFAULT)  # cost comes from the file

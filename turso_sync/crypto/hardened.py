@@ -76,6 +76,9 @@ _BLOCK_A = slice(7, 16)
 _BLOCK_B = slice(72, 92)
 BLOCK_SIZE = 29
 PREVIOUS_LIVE_BIT = 0x8000  # in the stored epoch: a rotation is under way, the older epoch is live
+PAGE_MAP_BIT = 0x80  # in the first parameter byte (Argon2id's memory log2, at most 22): a page map is kept
+PAGE_MAP_INFO = b"turso-sync page map mac v1"
+MAP_TAG_SIZE = 8  # bytes of each image's AEAD tag the page map records
 MAX_EPOCH = 0x7FFF
 
 
@@ -96,11 +99,14 @@ class FileParams:
     argon2: Argon2Params | None  # None: a raw key
     wrapped: bytes  # the passphrase-wrapped data key of ``epoch``, zeros for a raw key
     previous_live: bool = False
+    page_map: bool = False  # the file keeps a page map (``local/pagemap.py``): rolled-back pages are refused
 
     def encode(self) -> bytes:
-        kdf = self.argon2.encode() if self.argon2 is not None else bytes(3)
+        kdf = bytearray(self.argon2.encode() if self.argon2 is not None else bytes(3))
+        if self.page_map:
+            kdf[0] |= PAGE_MAP_BIT
         stored = self.epoch | (PREVIOUS_LIVE_BIT if self.previous_live else 0)
-        return kdf + stored.to_bytes(2, "big") + self.file_id + self.wrapped
+        return bytes(kdf) + stored.to_bytes(2, "big") + self.file_id + self.wrapped
 
     @classmethod
     def decode(cls, block: bytes) -> FileParams:
@@ -108,9 +114,10 @@ class FileParams:
         return cls(
             file_id=block[5:13],
             epoch=stored & MAX_EPOCH,
-            argon2=Argon2Params.decode(block[0:3]),
+            argon2=Argon2Params.decode(bytes([block[0] & ~PAGE_MAP_BIT & 0xFF]) + block[1:3]),
             wrapped=block[13:29],
             previous_live=bool(stored & PREVIOUS_LIVE_BIT),
+            page_map=bool(block[0] & PAGE_MAP_BIT),
         )
 
     @classmethod
@@ -224,10 +231,11 @@ class HardenedCodec(PageCodec):
                 if self._passphrase is not None:
                     data_key = os.urandom(keys.WRAPPED_KEY_SIZE)
                     kek = self._argon2.derive(self._passphrase, file_id)
-                    params = FileParams(file_id, 1, self._argon2, keys.wrap_data_key(data_key, kek, file_id))
+                    wrapped = keys.wrap_data_key(data_key, kek, file_id)
+                    params = FileParams(file_id, 1, self._argon2, wrapped, page_map=True)
                 else:
                     data_key = self._raw_key  # type: ignore[assignment]
-                    params = FileParams(file_id, 1, None, bytes(keys.WRAPPED_KEY_SIZE))
+                    params = FileParams(file_id, 1, None, bytes(keys.WRAPPED_KEY_SIZE), page_map=True)
                 self._file_id = file_id
                 self._add_key(1, data_key)
                 self._set_params(params)
@@ -438,6 +446,34 @@ class HardenedCodec(PageCodec):
     def load_ring(self) -> bool:
         """Read the key ring file now (``ring_source``); True when a key held opened it."""
         return self._load_ring()
+
+    @property
+    def keeps_page_map(self) -> bool:
+        """True when the bound file keeps a page map (every file this version creates does)."""
+        params = self._params
+        return params is not None and params.page_map
+
+    def map_tag(self, enc: bytes) -> bytes:
+        """The part of an encrypted image's AEAD tag the page map records for it."""
+        start = self._ct_end - TAG_SIZE
+        return bytes(enc[start : start + MAP_TAG_SIZE])
+
+    def map_mac_key(self, epoch: int | None = None) -> tuple[int, bytes]:
+        """(epoch, key) that authenticates the page map: of ``epoch``, or of the write epoch.
+
+        Derived from that epoch's data key and the file id, never stored.  Raises KeyError when
+        the epoch is not held (retired, or not known to this process).
+        """
+        with self._lock:
+            if epoch is None:
+                if self._write is None:
+                    raise KeyError("the codec is not bound to a file yet")
+                epoch = self._write[0]
+            data_key = self._data_keys.get(epoch)
+            file_id = self._file_id
+        if data_key is None:
+            raise KeyError(f"key epoch {epoch} is not held")
+        return epoch, keys.map_key(data_key, file_id, PAGE_MAP_INFO)
 
     def epoch_of(self, enc: bytes) -> int:
         """The key epoch an encrypted image was written under (read from its nonce, unverified)."""

@@ -111,6 +111,12 @@ def file_key(data_key: bytes, file_id: bytes, epoch: int) -> bytes:
     return hkdf.derive(data_key)
 
 
+def map_key(data_key: bytes, file_id: bytes, info: bytes) -> bytes:
+    """A 32-byte HMAC key of one file for ``info`` (the page map's), from its data key."""
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=file_id, info=info)
+    return hkdf.derive(data_key)
+
+
 def _pad(kek: bytes, file_id: bytes) -> bytes:
     hkdf = HKDF(algorithm=hashes.SHA256(), length=WRAPPED_KEY_SIZE, salt=file_id, info=WRAP_INFO)
     return hkdf.derive(kek)

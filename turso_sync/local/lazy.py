@@ -35,7 +35,7 @@ from .. import errors
 from ..crypto.page_codec import PageCodec
 from ..page import PAGE_SIZE
 from .presence import PresenceMap, presence_path
-from .vfs import file_descriptor
+from .vfs import file_descriptor, registry
 
 #: Lazily fetched pages are marked durable at most this often (seconds); see ``release``.
 SOFT_SAVE_INTERVAL = 0.5
@@ -321,14 +321,28 @@ class LazyPages:
             todo = sorted(p for p in pages if self.map.missing(p))
             if not todo:
                 return
-            # the process's shared descriptor: closing one of our own would drop SQLite's locks
-            with file_descriptor(self.db_path) as fd:
-                for p in todo:
-                    image = pages[p]
-                    if self.codec is not None:
-                        image = self.codec.encrypt(image, p)
-                    os.pwrite(fd, image, (p - 1) * S)
-                os.fsync(fd)
+            state = registry.get(self.db_path)
+            page_map = state.map_of(self.codec) if state is not None and self.codec is not None else None
+            opened = page_map.begin(todo) if page_map is not None else False  # pending before written
+            try:
+                # the process's shared descriptor: closing one of our own would drop SQLite's locks
+                with file_descriptor(self.db_path) as fd:
+                    for p in todo:
+                        image = pages[p]
+                        if self.codec is not None:
+                            image = self.codec.encrypt(image, p)
+                        try:
+                            os.pwrite(fd, image, (p - 1) * S)
+                        except BaseException:
+                            if page_map is not None:
+                                page_map.unsure([p])
+                            raise
+                        if page_map is not None:
+                            page_map.wrote(p, image)
+                    os.fsync(fd)
+            finally:
+                if page_map is not None and opened:
+                    page_map.finish()  # the images written become the map's (``pagemap.py``)
             for p in todo:
                 self.map.present.add(p)
             self._soft = True

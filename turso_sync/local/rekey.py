@@ -569,6 +569,10 @@ class _Rotation:
 
     def _retire_locked(self, conn: apsw.Connection) -> None:
         """Page 1 with "previous live" cleared; the caller holds the write lock on ``conn``."""
+        state = registry.get(self.path)
+        page_map = state.map_of(self.codec) if state is not None else None
+        if page_map is not None:
+            page_map.reseal()  # authenticated under the new epoch before the old key goes
         self.codec.retire_previous()
         size = int(conn.execute("PRAGMA page_count").get)  # type: ignore[arg-type]
         page1 = _current_plain(self.path, self.codec, [1])[1]

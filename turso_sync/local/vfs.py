@@ -53,6 +53,7 @@ from .walformat import (
 if TYPE_CHECKING:
     from .framelog import FrameLog
     from .lazy import LazyPages
+    from .pagemap import PageMap
 
 VFS_NAME = "turso_sync"
 
@@ -71,6 +72,8 @@ class DatabaseState:
     lazy: LazyPages | None = None  # a partial replica's missing pages
     lazy_error: list[errors.Error] = field(default_factory=list)  # why a missing page could not be read
     lazy_ckpt_held: bool = False
+    in_checkpoint: bool = False  # between SQLITE_FCNTL_CKPT_START and CKPT_DONE
+    page_map: PageMap | None = None  # a hardened file's page map (``pagemap.py``), made on first use
     _fds: dict[str, int] = field(default_factory=dict)
     _fd_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -90,6 +93,45 @@ class DatabaseState:
                 fd = os.open(self.path + suffix, os.O_RDWR)
                 self._fds[suffix] = fd
             return fd
+
+    def map_of(self, codec: PageCodec) -> PageMap | None:
+        """The page map of a hardened file that keeps one (None otherwise), made on first use."""
+        if self.page_map is not None:
+            return self.page_map
+        if not isinstance(codec, HardenedCodec) or not codec.keeps_page_map:
+            return None
+        from .pagemap import PageMap
+
+        slot = codec.slot_size
+
+        def read_slot(pgno: int) -> bytes:
+            raw = os.pread(self.descriptor(), slot, (pgno - 1) * slot)
+            return raw if len(raw) == slot else b""
+
+        with self._fd_lock:
+            if self.page_map is None:
+                self.page_map = PageMap(self.path, codec, read_slot, lambda: os.fsync(self.descriptor()))
+        return self.page_map
+
+    def wal_pages(self) -> set[int]:
+        """Every page number a frame header of the WAL names (what a checkpoint may write)."""
+        codec = self.codec
+        slot = codec.slot_size if codec is not None else PAGE_SIZE
+        out: set[int] = set()
+        try:
+            fd = os.open(self.path + "-wal", os.O_RDONLY)  # not a file SQLite locks
+        except FileNotFoundError:
+            return out
+        try:
+            size = os.fstat(fd).st_size
+            off = WAL_HEADER_SIZE
+            while off + FRAME_HEADER_SIZE + slot <= size:
+                out.add(int.from_bytes(os.pread(fd, 4, off), "big"))
+                off += FRAME_HEADER_SIZE + slot
+        finally:
+            os.close(fd)
+        out.discard(0)
+        return out
 
     def close_descriptors(self) -> None:
         with self._fd_lock:
@@ -238,7 +280,9 @@ class EncryptedDBFile(apsw.VFSFile):
             raw = super().xRead(S, offset // P * S)
             if len(raw) < S:
                 return b""  # beyond the end of the file: SQLite zero-fills
-            return self._decrypt(raw, offset // P + 1)
+            plain = self._decrypt(raw, offset // P + 1)
+            self._check_map(raw, offset // P + 1)
+            return plain
         first = offset // P
         last = (offset + amount - 1) // P
         out = bytearray()
@@ -252,11 +296,24 @@ class EncryptedDBFile(apsw.VFSFile):
                 out += self._guarded(lambda enc, _pgno: self.codec.header_plaintext(enc), raw, 1)
             else:
                 out += self._decrypt(raw, index + 1)
+            self._check_map(raw, index + 1)
         start = offset - first * P
         return bytes(out[start : start + amount])
 
     def _decrypt(self, raw: bytes, pgno: int) -> bytes:
         return self._guarded(self.codec.decrypt, raw, pgno)
+
+    def _check_map(self, raw: bytes, pgno: int) -> None:
+        """A hardened file's page map: the image read must be the one last written there."""
+        page_map = self.state.map_of(self.codec)
+        if page_map is None:
+            return
+
+        def check(enc: bytes, n: int) -> bytes:
+            page_map.check(n, enc)
+            return b""
+
+        self._guarded(check, raw, pgno)
 
     def _guarded(self, decode: Callable[[bytes, int], bytes], raw: bytes, pgno: int) -> bytes:
         try:
@@ -279,13 +336,30 @@ class EncryptedDBFile(apsw.VFSFile):
             pgno = (offset + i) // P + 1
             _check_plain_page(page, pgno, self.codec)
             out += self.codec.encrypt(page, pgno)
+        slots = bytes(out)
+        first = offset // P
+        page_map = self.state.map_of(self.codec)  # after encrypting: a new file is bound by its page 1
+        if page_map is not None:
+            count = len(data) // P
+            # pending before written: a crash from here to the cycle's end leaves the old image or the new
+            more = self.state.wal_pages if self.state.in_checkpoint else None
+            page_map.begin(range(first + 1, first + count + 1), more)
         lazy = self.state.lazy
-        if lazy is None:
-            self._write_slots(bytes(out), offset // P)
-            return
-        with lazy.locked():
-            self._write_slots(bytes(out), offset // P)
-            lazy.mark_written(offset // P + 1, len(data) // P)
+        try:
+            if lazy is None:
+                self._write_slots(slots, first)
+            else:
+                with lazy.locked():
+                    self._write_slots(slots, first)
+                    lazy.mark_written(first + 1, len(data) // P)
+        except BaseException:
+            if page_map is not None:
+                page_map.unsure(range(first + 1, first + len(data) // P + 1))  # old image or new: stays pending
+            raise
+        if page_map is not None:
+            S = self.S
+            for n in range(len(slots) // S):
+                page_map.wrote(first + n + 1, slots[n * S : (n + 1) * S])
 
     def _write_slots(self, slots: bytes, first: int) -> None:
         """Write encrypted slots from slot ``first`` (0-based); in the envelope layout, grow the
@@ -296,6 +370,18 @@ class EncryptedDBFile(apsw.VFSFile):
             if end > super().xFileSize():
                 super().xTruncate(end)
         super().xWrite(slots, start)
+
+    def xSync(self, flags: int) -> None:
+        super().xSync(flags)
+        page_map = self.state.page_map
+        if page_map is not None and page_map.in_cycle and not self.state.in_checkpoint:
+            page_map.finish()  # a write outside a checkpoint (SQLite creating the file) is now durable
+
+    def xClose(self) -> None:
+        page_map = self.state.page_map
+        if page_map is not None and page_map.in_cycle:
+            page_map.finish()
+        super().xClose()
 
     def xFileSize(self) -> int:
         size = super().xFileSize()
@@ -360,12 +446,19 @@ def _checkpoint_control(state: DatabaseState, op: int) -> None:
     """
     if op == apsw.SQLITE_FCNTL_CKPT_START:
         _archive_before_checkpoint(state)
+        state.in_checkpoint = True
         if state.lazy is not None:
             state.lazy.acquire()
             state.lazy_ckpt_held = True
-    elif op == apsw.SQLITE_FCNTL_CKPT_DONE and state.lazy is not None and state.lazy_ckpt_held:
-        state.lazy_ckpt_held = False
-        state.lazy.release()
+    elif op == apsw.SQLITE_FCNTL_CKPT_DONE:
+        state.in_checkpoint = False
+        try:
+            if state.page_map is not None:
+                state.page_map.finish()  # the images the checkpoint wrote become the map's
+        finally:
+            if state.lazy is not None and state.lazy_ckpt_held:
+                state.lazy_ckpt_held = False
+                state.lazy.release()
 
 
 def _ensure_present(state: DatabaseState, first: int, last: int) -> None:

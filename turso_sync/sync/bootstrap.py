@@ -19,8 +19,10 @@ from pyroaring import BitMap
 
 from .. import errors
 from ..crypto.envelope import disk_size, envelope_cipher
+from ..crypto.hardened import HardenedCodec
 from ..crypto.page_codec import PageCodec, parse_key
 from ..local.engine import LocalDatabase
+from ..local.pagemap import write_new
 from ..local.presence import PresenceMap
 from ..page import PAGE_SIZE, RESERVED_BYTES
 from .exchange import Steps
@@ -130,10 +132,11 @@ def _write_whole(path: str, result: PulledPages, codec: PageCodec | None) -> Non
     if missing:
         raise errors.SyncError(f"bootstrap is missing {len(missing)} pages (first: {missing[0]}); nothing written")
     tmp = path + ".bootstrap"
+    tags = _PageMapTags(codec)
     with open(tmp, "wb") as f:
         for pgno in range(1, result.db_size + 1):
             page = wal_mode_page(result.pages[pgno], pgno)
-            f.write(codec.encrypt(page, pgno) if codec is not None else page)
+            f.write(tags.add(pgno, codec.encrypt(page, pgno)) if codec is not None else page)
         if codec is not None and codec.slot_size != PAGE_SIZE:
             f.truncate(disk_size(result.db_size, PAGE_SIZE, codec.slot_size))  # the envelope file's padding
         f.flush()
@@ -141,7 +144,25 @@ def _write_whole(path: str, result: PulledPages, codec: PageCodec | None) -> Non
     for suffix in ("-wal", "-shm", "-frames"):
         with contextlib.suppress(FileNotFoundError):
             os.remove(path + suffix)
+    tags.save(path)  # before the file takes its name: a hardened file's page map
     os.replace(tmp, path)
+
+
+class _PageMapTags:
+    """The images a bootstrap writes, for the page map of a hardened file (``local/pagemap.py``)."""
+
+    def __init__(self, codec: PageCodec | None) -> None:
+        self.codec = codec if isinstance(codec, HardenedCodec) else None
+        self.images: dict[int, bytes] = {}
+
+    def add(self, pgno: int, enc: bytes) -> bytes:
+        if self.codec is not None:
+            self.images[pgno] = enc
+        return enc
+
+    def save(self, path: str) -> None:
+        if self.codec is not None:
+            write_new(path, self.codec, self.images)
 
 
 def _write_partial(path: str, result: PulledPages, codec: PageCodec | None) -> None:
@@ -149,13 +170,15 @@ def _write_partial(path: str, result: PulledPages, codec: PageCodec | None) -> N
     takes its name (holes are never trusted, only the bitmap)."""
     tmp = path + ".bootstrap"
     slot = codec.slot_size if codec is not None else PAGE_SIZE  # a page's place on disk (envelope: larger)
+    tags = _PageMapTags(codec)
     with open(tmp, "wb") as f:
         f.truncate(disk_size(result.db_size, PAGE_SIZE, slot))
         for pgno in sorted(result.pages):
             if pgno > result.db_size:
                 continue
             page = wal_mode_page(result.pages[pgno], pgno)
-            os.pwrite(f.fileno(), codec.encrypt(page, pgno) if codec is not None else page, (pgno - 1) * slot)
+            image = tags.add(pgno, codec.encrypt(page, pgno)) if codec is not None else page
+            os.pwrite(f.fileno(), image, (pgno - 1) * slot)
         f.flush()
         os.fsync(f.fileno())
     for suffix in ("-wal", "-shm", "-frames", "-present.lock"):
@@ -163,6 +186,7 @@ def _write_partial(path: str, result: PulledPages, codec: PageCodec | None) -> N
             os.remove(path + suffix)
     present = BitMap(p for p in result.pages if p <= result.db_size)
     PresenceMap(result.db_size, result.revision, present).save(path)
+    tags.save(path)  # the pages still missing have no image in the map until they are fetched
     os.replace(tmp, path)
 
 

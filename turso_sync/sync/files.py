@@ -9,7 +9,9 @@ A replica is more than its database file:
 * ``DB-sync``: the sync state (remote URL, client id, synced revision and where it sits in the log);
 * ``DB-revert-<seq>``: the synced base's images of the pages the last pull's rebase changed;
 * ``DB-present``: a partial replica's bitmap of the pages held locally;
-* ``DB-sync.lock``, ``DB-present.lock``: lock files (no content).
+* ``DB-pagemap``: a hardened (or envelope) file's page map, which image each page must hold
+  (``local/pagemap.py``);
+* ``DB-sync.lock``, ``DB-present.lock``, ``DB-pagemap.lock``: lock files (no content).
 
 ``ReplicaFiles.check`` compares what the files say of each other, reading them directly (SQLite
 is not asked to open a database whose file may be empty: its first connection would make it a
@@ -49,12 +51,13 @@ from .. import errors
 from ..crypto import keyring
 from ..crypto.envelope import OVERHEAD as ENVELOPE_OVERHEAD
 from ..crypto.envelope import is_envelope
-from ..crypto.hardened import NONCE_SIZE, TAG_SIZE, FileParams, is_hardened
+from ..crypto.hardened import NONCE_SIZE, TAG_SIZE, FileParams, HardenedCodec, is_hardened
 from ..crypto.keyring import KeyRing
 from ..crypto.page_codec import CIPHERS, PageAuthError, PageCodec, parse_key
 from ..local.capture import CONFLICTS_TABLE, META_TABLE, OUTBOX_TABLE, is_replica
 from ..local.connection import Connection, open_checks
 from ..local.framelog import FrameLog, RevisionGone
+from ..local.pagemap import MAP_SUFFIX, PageMap, PageMapError
 from ..local.presence import PresenceMap, presence_path
 from ..local.rekey import frame_log_images, revert_images  # the two readers of those layouts' images
 from ..local.vfs import RING_SUFFIX, file_descriptor, realpath
@@ -64,8 +67,21 @@ from .state import PUSH_MARK_KEY, SyncState, lost_state_remedy, read_revert, rem
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 TURSO_MAGIC_PREFIX = b"Turso"
-_SUFFIXES = ("", "-wal", "-shm", "-frames", "-sync", "-present", "-sync.lock", "-present.lock", "-rekey")
-_LEFTOVERS = (".bootstrap", "-frames.tmp", "-sync.tmp", "-rekey.tmp")  # an interrupted write's temporary files
+_SUFFIXES = (
+    "",
+    "-wal",
+    "-shm",
+    "-frames",
+    "-sync",
+    "-present",
+    "-sync.lock",
+    "-present.lock",
+    "-rekey",
+    "-pagemap",
+    "-pagemap.lock",
+)
+# an interrupted write's temporary files
+_LEFTOVERS = (".bootstrap", "-frames.tmp", "-sync.tmp", "-rekey.tmp", "-pagemap.tmp")
 _ATTEMPTS = 5
 
 
@@ -94,6 +110,8 @@ class PageFailure:
 
     def line(self) -> str:
         """One line for a person: ``app.db-wal: page 3 (frame 12) failed authentication``."""
+        if self.place == "page map":
+            return f"{self.file}: {self.reason}"
         where = f" ({self.detail})" if self.detail else ""
         why = f": {self.reason}" if self.reason else ""
         return f"{self.file}: page {self.pgno}{where} failed authentication{why}"
@@ -140,6 +158,7 @@ class EncryptionReport:
     authenticated: int = 0  # page images that passed authentication
     failures: list[PageFailure] = field(default_factory=list)
     outbox_known: bool = False  # the outbox's pages could be listed (SQLite could read the schema)
+    page_map: bool = False  # hardened: the file keeps a page map (``local/pagemap.py``; rolled-back pages refused)
 
     def to_dict(self) -> dict[str, Any]:
         """The report as JSON-ready values (epochs keyed by their number as text)."""
@@ -162,6 +181,7 @@ class EncryptionReport:
                 "next_page": rotation.next_page,
             },
             "pages": self.pages,
+            "page_map": self.page_map,
             "outbox_known": self.outbox_known,
             "authenticated": self.authenticated,
             "failures": [
@@ -534,6 +554,7 @@ class ReplicaFiles:
             params = FileParams.of_page1(head)
             layout = "hardened" if is_hardened(head) else "envelope"
             report = EncryptionReport(self.path, layout, "aes-256-gcm-siv", params.argon2 is not None)
+            report.page_map = params.page_map
         elif head.startswith(TURSO_MAGIC_PREFIX) and len(head) > 6:
             names = {spec.cipher_id: name for name, spec in CIPHERS.items()}
             report = EncryptionReport(self.path, "turso", names.get(head[6], f"cipher id {head[6]}"))
@@ -547,8 +568,10 @@ class ReplicaFiles:
         elif report.format == "plaintext" and encryption_key is not None:
             open_checks(self.path, _codec(encryption_key, cipher))  # the same refusal, named the same way
         scan = _PageScan(self, report, codec, page_size)
-        # without authentication SQLite is not asked to open the file (it may be damaged: see ``check``)
-        reading = _reading_connection(self.path, encryption_key, cipher, report.format) if authenticate else None
+        # without authentication SQLite is not asked to open the file (it may be damaged: see ``check``),
+        # nor with a page map that fails (every read would be refused; the scan names the map)
+        opens = authenticate and not (report.page_map and _page_map_fails(self.path, codec))
+        reading = _reading_connection(self.path, encryption_key, cipher, report.format) if opens else None
         with reading or contextlib.nullcontext() as db:
             if db is not None:
                 scan.outbox = _outbox_pages(db)
@@ -702,13 +725,18 @@ class _PageScan:
         with file_descriptor(files.path) as fd:
             file_pages = os.fstat(fd).st_size // P
             report.pages = min(file_pages, _size_in_header(head, file_pages))
+            page_map = self._page_map(fd)
             for pgno in range(1, report.pages + 1):
                 if self.missing(pgno):
                     continue  # a partial replica's page never fetched: no image to check
                 raw = os.pread(fd, P, (pgno - 1) * P)
                 self._count(raw, "database")
-                if self._problem(raw, pgno, "database") is not None:
-                    again = self._problem(os.pread(fd, P, (pgno - 1) * P), pgno, "database")
+                if self._database_problem(page_map, raw, pgno) is not None:
+                    # read again: a checkpoint may have been rewriting it (and the map with it)
+                    raw = os.pread(fd, P, (pgno - 1) * P)
+                    if page_map is not None:
+                        page_map.reload()
+                    again = self._database_problem(page_map, raw, pgno)
                     if again is not None:
                         self._fail(again, files.path, pgno, "database")
             for txn in wal.txns:
@@ -740,6 +768,32 @@ class _PageScan:
             problem = self._problem(image, pgno, place)
             if problem is not None:
                 self._fail(problem, name, pgno, place)
+
+    def _page_map(self, fd: int) -> PageMap | None:
+        """A hardened file's page map, read now; a map that is missing or fails is listed as a failure."""
+        codec = self.codec
+        if not isinstance(codec, HardenedCodec) or not codec.keeps_page_map:
+            return None
+        P = self.P
+
+        def read_slot(pgno: int) -> bytes:
+            raw = os.pread(fd, P, (pgno - 1) * P)
+            return raw if len(raw) == P else b""
+
+        page_map = PageMap(self.files.path, codec, read_slot, lambda: None)
+        try:
+            page_map.reload()
+        except PageMapError as exc:
+            self._fail(str(exc), self.files.path + MAP_SUFFIX, 0, "page map")
+            return None
+        return page_map
+
+    def _database_problem(self, page_map: PageMap | None, raw: bytes, pgno: int) -> str | None:
+        """What is wrong with a database file's image (None: nothing): it fails, or it is not the last one written."""
+        problem = self._problem(raw, pgno, "database")
+        if problem is not None or page_map is None or page_map.accepts(pgno, raw):
+            return problem
+        return "it is not the image last written there (an older image of the page was put back)"
 
     def _count(self, image: bytes, place: str) -> None:
         if self.hardened:
@@ -793,6 +847,17 @@ class _PageScan:
             )
         else:
             report.rotation = RotationStatus(params.epoch - 1, params.epoch, ring_file, False, "", None)
+
+
+def _page_map_fails(path: str, codec: PageCodec | None) -> bool:
+    """True when a hardened file's page map is missing or fails authentication."""
+    if not isinstance(codec, HardenedCodec):
+        return False
+    try:
+        PageMap(path, codec, lambda _pgno: b"", lambda: None).reload()
+    except PageMapError:
+        return True
+    return False
 
 
 @contextlib.contextmanager
