@@ -27,14 +27,25 @@ from .walindex import committed_wal
 
 Params = Sequence[Any] | Mapping[str, Any]
 Description = tuple[tuple[str, None, None, None, None, None, None], ...]
+Columns = tuple[tuple[str, str | None], ...]  # APSW's description: (name, declared type) per column
 
 _STATEMENTS_KEPT = 1024  # per connection; the cache starts over when full
 
 
 @functools.lru_cache(maxsize=512)
-def _dbapi_description(cols: tuple[tuple[str, str | None], ...]) -> Description:
+def _dbapi_description(cols: Columns) -> Description:
     """PEP 249's seven-item column descriptions (only the name is known), cached per shape."""
     return tuple((name, None, None, None, None, None, None) for name, _decl in cols)
+
+
+class _ColumnsOf:
+    """A query that returned no row: its columns are read (``_result_columns``) only if asked for."""
+
+    __slots__ = ("parameters", "sql")
+
+    def __init__(self, sql: str, parameters: Params) -> None:
+        self.sql = sql
+        self.parameters = parameters
 
 
 def open_checks(path: str, codec: PageCodec | None) -> PageCodec | None:
@@ -92,7 +103,7 @@ class Cursor:
         self._cursor = connection._db.cursor()
         self._rows: Iterator[tuple[Any, ...]] | None = None
         self._ahead: tuple[Any, ...] | None = None
-        self._columns: tuple[tuple[str, str | None], ...] | None = None  # APSW's (name, declared type)
+        self._columns: Columns | _ColumnsOf | None = None  # APSW's (name, declared type) of each
         self._description: Description | None = None  # built from _columns when first read
         self.rowcount = -1
         self.lastrowid: int | None = None
@@ -192,7 +203,7 @@ class Cursor:
         if statement.several:
             raise errors.ProgrammingError("You can only execute one statement at a time.")
         cursor = self._cursor
-        cols: tuple[tuple[str, str | None], ...] | None = None
+        cols: Columns | _ColumnsOf | None = None
         try:
             cursor.execute(sql, parameters)
             # a statement SQLite prepared without result columns never has any: nothing to ask
@@ -200,8 +211,9 @@ class Cursor:
                 try:
                     cols = cursor.get_description()
                 except apsw.ExecutionCompleteError:
-                    # no row came back (a point read that missed, say): the cursor forgot its columns
-                    cols = self.connection._result_columns(sql, parameters) if statement.returns_rows else None
+                    # no row came back (a point read that missed, say) and the cursor forgot its
+                    # columns: they are read again only if ``description`` is asked for
+                    cols = _ColumnsOf(sql, parameters) if statement.returns_rows else None
         except apsw.Error as exc:
             self._columns = self._description = None
             raise self.connection._translate(exc) from None
@@ -211,7 +223,7 @@ class Cursor:
         # PEP 249's description is built when first read (most loops never read it)
         self._columns = cols or None
         self._description = None
-        self._rows = cursor if cols else None
+        self._rows = cursor if cols and type(cols) is tuple else None
         self._ahead = None
         db = self.connection._db
         self.rowcount = db.changes() if statement.writes_rows else -1
@@ -281,8 +293,14 @@ class Cursor:
     def description(self) -> Description | None:
         """PEP 249's seven-item description of each result column (only the name is known), or None."""
         description = self._description
-        if description is None and self._columns is not None:
-            description = self._description = _dbapi_description(self._columns)
+        cols = self._columns
+        if description is None and cols is not None:
+            if isinstance(cols, _ColumnsOf):
+                found = self._columns = self.connection._result_columns(cols.sql, cols.parameters)
+                if found is None:
+                    return None
+                cols = found
+            description = self._description = _dbapi_description(cols)
         return description
 
     def _convert(self, row: tuple[Any, ...]) -> Any:
@@ -577,28 +595,29 @@ class Connection:
             self._statements[sql] = statement
         return statement
 
-    def _result_columns(self, sql: str, parameters: Params) -> tuple[tuple[str, str | None], ...] | None:
-        """The result columns of ``sql`` as SQLite prepares it now, read without running it.
+    def _result_columns(self, sql: str, parameters: Params) -> Columns | None:
+        """The result columns of ``sql`` as SQLite prepares it now, read without running it (None if it cannot).
 
         For a query that returned no row, whose cursor no longer knows its columns: the statement
-        is taken again from APSW's statement cache and stopped by an exec trace before its first
-        step (a few times cheaper than ``apsw.ext.query_info``, which prepares it afresh).
+        is prepared afresh and stopped by an exec trace before its first step (about half the
+        cost of ``apsw.ext.query_info``).  Not from APSW's statement cache: a cached copy that has
+        not been stepped since another connection changed the schema still has the old columns.
         """
-        if self._probe is None:
-            seen = self._probed
-
-            def stop_before_first_step(cursor: apsw.Cursor, _sql: str, _bindings: object) -> bool:
-                seen.append(cursor.get_description())
-                return False
-
-            self._probe = self._db.cursor()
-            self._probe.exec_trace = stop_before_first_step  # holds the list, not the connection
-        self._probed.clear()
         try:
-            self._probe.execute(sql, parameters)
+            if self._probe is None:
+                seen = self._probed
+
+                def stop_before_first_step(cursor: apsw.Cursor, _sql: str, _bindings: object) -> bool:
+                    seen.append(cursor.get_description())
+                    return False
+
+                self._probe = self._db.cursor()
+                self._probe.exec_trace = stop_before_first_step  # holds the list, not the connection
+            self._probed.clear()
+            self._probe.execute(sql, parameters, can_cache=False)
         except apsw.ExecTraceAbort:
             pass
-        except apsw.Error:
+        except apsw.Error:  # the connection is closed, or the schema changed under the text
             return None
         return self._probed[0] if self._probed else None
 
