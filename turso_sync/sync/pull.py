@@ -168,16 +168,24 @@ def install(replica: PullContext, result: PulledPages) -> list[Conflict]:
             written = final.written.get(pgno)
             return wal_mode_page(written, pgno) if written is not None else remote_page(pgno)
 
+        # a full resend (the remote's history no longer reaches our revision) holds every page,
+        # most of them unchanged: then every page is compared with its current image
+        incremental = len(pulled) < result.db_size
         changed: dict[int, bytes] = {}
         for pgno in sorted({1, *pulled, *base_pages, *final.written}):
             if pgno > final_size:
                 continue
             image = final_page(pgno)
             if pgno == 1:
-                # a new schema cookie makes every other connection re-read the schema
+                # a new schema cookie makes every other connection re-read the schema (so page 1 differs)
                 cookie = max(_u32(current(1), SCHEMA_COOKIE) if current_size else 0, _u32(image, SCHEMA_COOKIE))
                 image = image[:SCHEMA_COOKIE] + (cookie + 1).to_bytes(4, "big") + image[SCHEMA_COOKIE + 4 :]
-            if pgno > current_size or image != current(pgno):
+                changed[pgno] = image
+            elif pgno > current_size or (incremental and pgno not in base_pages and pgno not in final.written):
+                # a page only the remote changed: its current image is the synced one, which the
+                # remote has changed since (reading it back to compare would cost more than it saves)
+                changed[pgno] = image
+            elif image != current(pgno):
                 changed[pgno] = image
         seq = db.install_locked(conn, changed, final_size)
 
