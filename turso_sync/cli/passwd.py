@@ -1,4 +1,4 @@
-"""Change the passphrase of the hardened database at PATH: page 1 alone is rewritten.
+"""Change the passphrase of the hardened (or envelope) database at PATH: page 1 alone is rewritten.
 
   turso-sync passwd notes.db --passphrase-file old.txt --new-passphrase-file new.txt
   turso-sync passwd notes.db                       # asks for both (the new one twice, no echo)
@@ -26,7 +26,7 @@ HELP = "Change a hardened database's passphrase (rewrites page 1 only)."
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``passwd``."""
-    parser.add_argument("path", metavar="PATH", help="the hardened database protected by a passphrase")
+    parser.add_argument("path", metavar="PATH", help="the hardened (or envelope) database protected by a passphrase")
     parser.add_argument(
         "--passphrase-file", metavar="F", help="file holding the current passphrase (or $TURSO_SYNC_PASSPHRASE)"
     )

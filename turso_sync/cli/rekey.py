@@ -1,4 +1,4 @@
-"""Rotate the key of the hardened database at PATH while other processes keep using it.
+"""Rotate the key of the hardened (or envelope) database at PATH while other processes keep using it.
 
   turso-sync rekey notes.db --encryption-key-file old.key --new-key-file new.key
   turso-sync rekey notes.db --passphrase-file pw.txt     # a passphrase file: a new random data key
@@ -10,7 +10,8 @@ transactions, and retires the old key when nothing uses it: from then on the old
 nothing.  Interrupted (Ctrl-C, a kill, a crash), it resumes where it stopped when run again,
 with either key; the new key must then be the one it started with.  During a rotation the
 database needs ``PATH-rekey`` beside it: keep the two together.  Turso's format keeps one key
-for the life of a file: only the hardened format rotates.
+for the life of a file: only the hardened format rotates, and the envelope layout (an
+encrypted replica of a remote whose pages reserve no bytes), which uses its cipher.
 
 Keys and passphrases come from files (``--encryption-key-file``, ``--new-key-file``,
 ``--passphrase-file``), the current ones also from $TURSO_SYNC_ENCRYPTION_KEY or
@@ -25,6 +26,7 @@ import getpass
 import os
 import sys
 
+from ..crypto.envelope import is_envelope
 from ..crypto.hardened import FileParams, is_hardened
 from ..local.rekey import RekeyProgress, rekey
 from .exit_codes import CommandError, ExitCode
@@ -34,7 +36,7 @@ HELP = "Rotate a hardened database's key (resumable; readers and writers keep go
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``rekey``."""
-    parser.add_argument("path", metavar="PATH", help="the hardened database")
+    parser.add_argument("path", metavar="PATH", help="the hardened (or envelope) database")
     parser.add_argument(
         "--encryption-key-file",
         metavar="F",
@@ -49,13 +51,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def file_kind(path: str) -> str:
-    """ "passphrase" or "key": what page 1 of the hardened database at ``path`` asks for."""
+    """ "passphrase" or "key": what page 1 of the hardened (or envelope) database at ``path`` asks for."""
     try:
         with open(path, "rb") as f:
             head = f.read(100)
     except OSError as exc:
         raise CommandError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if not is_hardened(head):
+    if not is_hardened(head) and not is_envelope(head):
         raise CommandError(
             f"{path} does not use the hardened encryption format: Turso's format (and a plaintext file) "
             "keeps one key for the life of the file, so there is no key to rotate or passphrase to change",

@@ -102,19 +102,5 @@ class EnvelopeCodec(HardenedCodec):
             raise HardenedAuthError(pgno, where, "not an envelope slot")
         return super().decrypt(enc, pgno, where)
 
-    def rotation_ring(self, new_raw_key: bytes | None = None) -> Any:
-        """Refused: key rotation rewrites pages in place, which the envelope layout does not support yet."""
-        raise ValueError(
-            "key rotation is not available for the envelope layout yet (a replica of a remote whose pages "
-            "reserve no bytes); copy the data into a new replica with the new key instead"
-        )
-
-    def change_passphrase(self, passphrase: bytes, argon2: Any = None) -> None:
-        """Refused: changing a passphrase rewrites page 1 in place, not supported by the envelope layout yet."""
-        raise ValueError(
-            "changing the passphrase is not available for the envelope layout yet; copy the data into a "
-            "new replica with the new passphrase instead"
-        )
-
 
 __all__ = ["OVERHEAD", "EnvelopeCodec", "disk_size", "envelope_cipher", "is_envelope", "pages_on_disk"]

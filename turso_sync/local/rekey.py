@@ -1,5 +1,9 @@
 """Key rotation of a hardened database while other processes read and write it; passphrase changes.
 
+The same for the envelope layout (``crypto/envelope.py``): every reader below addresses page
+images by the codec's slot size (``P``, or ``P + 32`` for an envelope) and reads an image's
+epoch where the layout keeps its nonce.
+
 A rotation moves the file from key epoch ``N`` to ``N + 1`` in four steps, each one safe to kill:
 
 1. **Start.**  ``<db>-rekey`` (``crypto/keyring.py``) is written atomically: both data keys,
@@ -45,8 +49,9 @@ import apsw
 
 from .. import errors
 from ..crypto import keyring
-from ..crypto.envelope import is_envelope
-from ..crypto.hardened import HardenedCodec, is_hardened
+from ..crypto.envelope import OVERHEAD as ENVELOPE_OVERHEAD
+from ..crypto.envelope import EnvelopeCodec, is_envelope
+from ..crypto.hardened import NONCE_SIZE, TAG_SIZE, HardenedCodec, is_hardened
 from ..crypto.keyring import KeyRing
 from ..crypto.keys import ARGON2_DEFAULT, Argon2Params
 from ..page import PAGE_SIZE
@@ -98,7 +103,7 @@ def rekey(
     progress: Callable[[RekeyProgress], None] | None = None,
     busy_timeout: float = 60.0,
 ) -> RekeyResult:
-    """Rotate the hardened database at ``path`` to a new key epoch, or finish a rotation under way.
+    """Rotate the hardened (or envelope) database at ``path`` to a new key epoch, or finish a rotation under way.
 
     Open it with ``encryption_key`` (either key of a rotation under way) or ``passphrase``.
     A raw-key file needs ``new_key`` (64 hex digits) to start a rotation; a passphrase file
@@ -129,7 +134,7 @@ def rekey(
 def change_passphrase(
     path: str | os.PathLike[str], passphrase: str, new_passphrase: str, *, argon2: Argon2Params | None = None
 ) -> None:
-    """Re-wrap the data key of the hardened database at ``path`` under ``new_passphrase``.
+    """Re-wrap the data key of the hardened (or envelope) database at ``path`` under ``new_passphrase``.
 
     Only page 1 changes; the old passphrase opens nothing afterwards.  Refused (``OperationalError``)
     while another process has the database open.  ``argon2`` sets the new cost (default: the
@@ -177,27 +182,27 @@ def _opening_secret(db_path: str, encryption_key: str | None, passphrase: str | 
     """The key (or passphrase) and cipher that open ``db_path`` through a connection.
 
     Page 1 in the database file may carry either epoch of a rotation: a raw key of the other
-    one is traded for this one's through the key ring.
+    one is traded for this one's through the key ring.  The cipher names the file's layout:
+    "hardened" or "envelope" (with "-passphrase" for a passphrase).
     """
     try:
         with open(db_path, "rb") as f:
-            page1 = f.read(PAGE_SIZE)
+            head = f.read(100)
+            envelope = is_envelope(head)
+            page_size = _header_page_size(head) if envelope else PAGE_SIZE
+            page1 = head + f.read((page_size + ENVELOPE_OVERHEAD if envelope else page_size) - len(head))
     except FileNotFoundError:
         raise errors.OperationalError(f"{db_path} does not exist") from None
-    if is_envelope(page1):
-        raise errors.EncryptionError(
-            f"{db_path} uses the envelope layout, whose key and passphrase cannot be changed in place yet: "
-            "bootstrap a new replica with the new key (docs/encryption.md, the envelope layout's limits)"
-        )
-    if not is_hardened(page1):
+    if not envelope and not is_hardened(page1):
         raise errors.EncryptionError(
             f"{db_path} does not use the hardened format: Turso's format keeps one key for the life of the "
             "file (copy the data into a new database to change it; docs/encryption.md)"
         )
     if (encryption_key is None) == (passphrase is None):
         raise errors.ProgrammingError("give the database's key or its passphrase (one of them)")
+    layout = "envelope" if envelope else "hardened"
     if passphrase is not None:
-        return passphrase, "hardened-passphrase"
+        return passphrase, layout + "-passphrase"
     assert encryption_key is not None
     try:
         raw = bytes.fromhex(encryption_key.strip())
@@ -205,7 +210,8 @@ def _opening_secret(db_path: str, encryption_key: str | None, passphrase: str | 
         raise errors.ProgrammingError("encryption_key must be hex digits only") from None
     from ..crypto.page_codec import HARDENED_CIPHERS
 
-    probe = HardenedCodec(HARDENED_CIPHERS["hardened"], raw)
+    spec = HARDENED_CIPHERS[layout]
+    probe = EnvelopeCodec(spec, raw, page_size) if envelope else HardenedCodec(spec, raw, page_size)
     probe.ring_source = ring_reader(db_path)
     try:
         params = probe.open_file(page1)
@@ -216,7 +222,13 @@ def _opening_secret(db_path: str, encryption_key: str | None, passphrase: str | 
             f"wrong encryption key for {db_path}: page 1 failed authentication, and no key ring of a rotation "
             "under way opens with it"
         ) from None
-    return probe.data_key(params.epoch).hex(), "hardened"
+    return probe.data_key(params.epoch).hex(), layout
+
+
+def _header_page_size(head: bytes) -> int:
+    """SQLite's page size from page 1's header (kept in plaintext by both layouts)."""
+    size = int.from_bytes(head[16:18], "big")
+    return 65536 if size == 1 else size or PAGE_SIZE
 
 
 class _Database:
@@ -276,9 +288,20 @@ class _Database:
 
 def _hardened_codec(db: _Database) -> HardenedCodec:
     codec = db.codec
-    if not isinstance(codec, HardenedCodec):
+    if not isinstance(codec, HardenedCodec):  # the envelope codec is one too
         raise errors.EncryptionError(f"{db.path} does not use the hardened format")
     return codec
+
+
+def _nonce_offset(codec: HardenedCodec) -> int:
+    """Where an image's nonce (epoch, domain, random) starts in the bytes stored for one page.
+
+    At the end of the page in the hardened format; after the ciphertext of the whole page and
+    its tag in an envelope slot (``crypto/envelope.py``).
+    """
+    if isinstance(codec, EnvelopeCodec):
+        return codec.page_size + TAG_SIZE
+    return codec.page_size - NONCE_SIZE
 
 
 def _refuse_other_processes(db_path: str) -> None:
@@ -312,7 +335,8 @@ class _Rotation:
         self.path = db.path
         self.ring_path = db.path + RING_SUFFIX
         self.codec = _hardened_codec(db)
-        self.P = db.page_size
+        self.S = self.codec.slot_size  # bytes of one page image on disk (P, or P + 32 for an envelope)
+        self.nonce_at = _nonce_offset(self.codec)
         self.progress = progress
         self.batch = max(1, batch_pages)
         self.busy_timeout = busy_timeout
@@ -480,7 +504,7 @@ class _Rotation:
         with self._write_lock() as conn:
             size = int(conn.execute("PRAGMA page_count").get)  # type: ignore[arg-type]
             wanted = [p for p in range(first, min(first + self.batch, size + 1)) if lazy is None or not lazy.missing(p)]
-            raw = _current_raw(self.path, self.P, wanted)
+            raw = _current_raw(self.path, self.S, wanted)
             old = [p for p in wanted if self.codec.epoch_of(raw[p][0]) != new]
             if old:
                 pages = {p: self.codec.decrypt(raw[p][0], p, raw[p][1]) for p in old}
@@ -494,7 +518,7 @@ class _Rotation:
         while True:
             try:
                 self.db.checkpoint()
-                if not _wal_frames_of_other_epochs(self.path, self.P, self.codec, ring.new_epoch):
+                if not _wal_frames_of_other_epochs(self.path, self.S, self.codec, ring.new_epoch):
                     return
             except errors.OperationalError:
                 pass  # busy: a reader still uses the WAL, or a writer holds the lock
@@ -513,15 +537,15 @@ class _Rotation:
         smaller size) are SQLite's to truncate at the next complete checkpoint.
         """
         lazy = self.db.lazy
-        P = self.P
+        S = self.S
         out = []
         size = self._page_count()
         with file_descriptor(self.path) as fd:
-            count = min(size, os.fstat(fd).st_size // P)
+            count = min(size, os.fstat(fd).st_size // S)  # an envelope file's zero padding is shorter than a slot
             for pgno in range(1, count + 1):
                 if lazy is not None and lazy.missing(pgno):
                     continue
-                nonce = os.pread(fd, 2, pgno * P - 12)
+                nonce = os.pread(fd, 2, (pgno - 1) * S + self.nonce_at)
                 if int.from_bytes(nonce, "big") != new:
                     out.append(pgno)
         return out
@@ -533,7 +557,7 @@ class _Rotation:
         stale = self._stale_pages(new)
         if stale:
             return f"page {stale[0]} of the database file ({len(stale)} pages)"
-        if _wal_frames_of_other_epochs(self.path, self.P, self.codec, new):
+        if _wal_frames_of_other_epochs(self.path, self.S, self.codec, new):
             return "the WAL"
         if scan_frame_log(self.path, self.codec, new):
             return f"the frame log {self.path}-frames"
@@ -582,8 +606,11 @@ class _Rotation:
 # --- reading images ----------------------------------------------------------------------------
 
 
-def _current_raw(db_path: str, page_size: int, pgnos: list[int]) -> dict[int, tuple[bytes, str]]:
-    """Committed images as stored (caller holds the write lock): newest WAL frame, else the file."""
+def _current_raw(db_path: str, slot_size: int, pgnos: list[int]) -> dict[int, tuple[bytes, str]]:
+    """Committed images as stored (caller holds the write lock): newest WAL frame, else the file.
+
+    ``slot_size`` is what one image takes on disk (the page size, or ``P + 32`` for an envelope).
+    """
     latest: dict[int, bytes] = {}
     wanted = set(pgnos)
     try:
@@ -599,26 +626,29 @@ def _current_raw(db_path: str, page_size: int, pgnos: list[int]) -> dict[int, tu
             if pgno in latest:
                 out[pgno] = (latest[pgno], "WAL")
                 continue
-            raw = os.pread(fd, page_size, (pgno - 1) * page_size)
-            if len(raw) < page_size:
+            raw = os.pread(fd, slot_size, (pgno - 1) * slot_size)
+            if len(raw) < slot_size:
                 raise errors.DatabaseError(f"{db_path}: page {pgno} is missing from the database file")
             out[pgno] = (raw, "database")
     return out
 
 
 def _current_plain(db_path: str, codec: HardenedCodec, pgnos: list[int]) -> dict[int, bytes]:
-    raw = _current_raw(db_path, codec.page_size, pgnos)
+    raw = _current_raw(db_path, codec.slot_size, pgnos)
     return {p: codec.decrypt(image, p, where) for p, (image, where) in raw.items()}
 
 
-def _wal_frames_of_other_epochs(db_path: str, page_size: int, codec: HardenedCodec, new: int) -> int:
-    """Frames anywhere in the WAL file (committed or not, any generation) not under ``new``."""
+def _wal_frames_of_other_epochs(db_path: str, slot_size: int, codec: HardenedCodec, new: int) -> int:
+    """Frames anywhere in the WAL file (committed or not, any generation) not under ``new``.
+
+    A frame is its 24-byte header and one image of ``slot_size`` bytes.
+    """
     try:
         with open(db_path + "-wal", "rb") as f:
             data = f.read()
     except FileNotFoundError:
         return 0
-    frame = FRAME_HEADER_SIZE + page_size
+    frame = FRAME_HEADER_SIZE + slot_size
     count = 0
     for off in range(WAL_HEADER_SIZE, len(data) - frame + 1, frame):
         body = data[off + FRAME_HEADER_SIZE : off + frame]
@@ -630,8 +660,12 @@ def _wal_frames_of_other_epochs(db_path: str, page_size: int, codec: HardenedCod
 # --- the frame log and revert files --------------------------------------------------------------
 
 
-def frame_log_images(data: bytes, page_size: int) -> Iterator[tuple[int, int, int]]:
-    """(record offset, image offset, pgno) of every page image in a frame log's valid records."""
+def frame_log_images(data: bytes, image_size: int) -> Iterator[tuple[int, int, int]]:
+    """(record offset, image offset, pgno) of every page image in a frame log's valid records.
+
+    ``image_size`` is the size of one stored image: the codec's slot size (``P + 32`` for an
+    envelope), which the log's header records.
+    """
     pos = FRAMELOG_HEADER_SIZE
     while pos + FRAMELOG_RECORD_SIZE <= len(data):
         head = data[pos : pos + FRAMELOG_RECORD_SIZE]
@@ -650,7 +684,7 @@ def frame_log_images(data: bytes, page_size: int) -> Iterator[tuple[int, int, in
             p += 5
             for _image in range((flag & 1) + (0 if flag & 2 else 1)):
                 yield pos, p, pgno
-                p += page_size
+                p += image_size
         pos = end
 
 
@@ -661,8 +695,8 @@ def scan_frame_log(db_path: str, codec: HardenedCodec, new: int) -> int:
             data = f.read()
     except FileNotFoundError:
         return 0
-    P = codec.page_size
-    return sum(1 for _rec, off, _pgno in frame_log_images(data, P) if codec.epoch_of(data[off : off + P]) != new)
+    S = codec.slot_size
+    return sum(1 for _rec, off, _pgno in frame_log_images(data, S) if codec.epoch_of(data[off : off + S]) != new)
 
 
 def rewrite_frame_log(db_path: str, codec: HardenedCodec) -> int:
@@ -674,7 +708,7 @@ def rewrite_frame_log(db_path: str, codec: HardenedCodec) -> int:
     """
     path = db_path + "-frames"
     new = codec.write_epoch
-    P = codec.page_size
+    S = codec.slot_size
     with _flocked_current(path) as fd:
         if fd is None:
             return 0
@@ -683,10 +717,10 @@ def rewrite_frame_log(db_path: str, codec: HardenedCodec) -> int:
         changed: set[int] = set()
         count = 0
         end = FRAMELOG_HEADER_SIZE
-        for rec, off, pgno in list(frame_log_images(bytes(data), P)):
-            image = bytes(data[off : off + P])
+        for rec, off, pgno in list(frame_log_images(bytes(data), S)):
+            image = bytes(data[off : off + S])
             if codec.epoch_of(image) != new:
-                data[off : off + P] = codec.reencrypt(image, pgno, "frame log")
+                data[off : off + S] = codec.reencrypt(image, pgno, "frame log")
                 changed.add(rec)
                 count += 1
         pos = FRAMELOG_HEADER_SIZE  # the crc of each changed record, over its new bytes
@@ -711,21 +745,23 @@ def _revert_files(db_path: str) -> list[str]:
     return sorted(glob.glob(glob.escape(db_path) + "-revert-*[0-9]"))
 
 
-def revert_images(data: bytes, page_size: int) -> Iterator[tuple[int, int]]:
+def revert_images(data: bytes, image_size: int) -> Iterator[tuple[int, int]]:
+    """(pgno, image offset) of every image in a revert file; each image takes ``image_size`` bytes
+    (the codec's slot size)."""
     count = int.from_bytes(data[16:20], "big")
     for i in range(count):
-        off = _REVERT_HEAD + 4 + i * (4 + page_size)
+        off = _REVERT_HEAD + 4 + i * (4 + image_size)
         yield int.from_bytes(data[off : off + 4], "big"), off + 4
 
 
 def scan_revert_files(db_path: str, codec: HardenedCodec, new: int) -> int:
     """How many images in revert files are under another epoch than ``new``."""
-    P = codec.page_size
+    S = codec.slot_size
     total = 0
     for name in _revert_files(db_path):
         with contextlib.suppress(FileNotFoundError), open(name, "rb") as f:
             data = f.read()
-            total += sum(1 for _p, off in revert_images(data, P) if codec.epoch_of(data[off : off + P]) != new)
+            total += sum(1 for _p, off in revert_images(data, S) if codec.epoch_of(data[off : off + S]) != new)
     return total
 
 
@@ -734,7 +770,7 @@ def rewrite_revert_files(db_path: str, codec: HardenedCodec) -> int:
     names = _revert_files(db_path)
     if not names:
         return 0
-    P = codec.page_size
+    S = codec.slot_size
     new = codec.write_epoch
     count = 0
     fd = os.open(db_path + "-sync.lock", os.O_RDWR | os.O_CREAT, 0o600)
@@ -744,10 +780,10 @@ def rewrite_revert_files(db_path: str, codec: HardenedCodec) -> int:
             with open(name, "rb") as f:
                 data = bytearray(f.read())
             n = 0
-            for pgno, off in list(revert_images(bytes(data), P)):
-                image = bytes(data[off : off + P])
+            for pgno, off in list(revert_images(bytes(data), S)):
+                image = bytes(data[off : off + S])
                 if codec.epoch_of(image) != new:
-                    data[off : off + P] = codec.reencrypt(image, pgno, "revert file")
+                    data[off : off + S] = codec.reencrypt(image, pgno, "revert file")
                     n += 1
             if n:
                 body = bytes(data[_REVERT_HEAD + 4 :])

@@ -1,0 +1,223 @@
+"""Key rotation and passphrase changes on envelope files, in one process.
+
+An envelope file stores each page in a slot of ``P + 32`` bytes whose nonce follows the
+ciphertext and tag (``crypto/envelope.py``); the rotation reads and rewrites images by slot.
+The epochs are checked here from the raw bytes, where the layout keeps the nonce, and by
+``encryption_report``, which authenticates every image.  Kills are simulated by an exception
+at each point where the sweep saves its progress; the real thing (SIGKILL, other processes,
+a server) is tests/integration/test_envelope_rekey.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+from pathlib import Path
+
+import pytest
+
+import turso_sync
+from turso_sync.cli import passwd as passwd_cli
+from turso_sync.cli import rekey as rekey_cli
+from turso_sync.cli.exit_codes import ExitCode
+from turso_sync.crypto import keys
+from turso_sync.crypto.envelope import EnvelopeCodec, is_envelope
+from turso_sync.crypto.hardened import FileParams
+from turso_sync.crypto.keyring import KeyRing
+from turso_sync.crypto.page_codec import HARDENED_CIPHERS
+from turso_sync.local import rekey as rekey_module
+from turso_sync.local.engine import LocalDatabase
+from turso_sync.local.rekey import change_passphrase, frame_log_images, rekey
+from turso_sync.sync.files import ReplicaFiles
+from turso_sync.sync.state import read_revert, revert_path, write_revert
+
+P = 4096
+S = P + 32
+NONCE_AT = P + 16  # after the ciphertext of the whole page and its tag
+
+
+def make_envelope_db(path: Path, secret: str, cipher: str = "envelope", rows: int = 300) -> None:
+    """A local envelope database with a frame log (as a replica keeps) and rows over many pages."""
+    LocalDatabase(path, encryption_key=secret, cipher=cipher).close()
+    conn = turso_sync.connect(str(path), encryption_key=secret, cipher=cipher)
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.executemany("INSERT INTO t VALUES (?, ?)", [(i, f"row-{i}-" + "e" * 300) for i in range(rows)])
+    conn.commit()
+    conn.execute("UPDATE t SET v = v || '-again' WHERE id % 3 = 0")  # history in the frame log
+    conn.commit()
+    conn.close()
+    assert is_envelope(path.read_bytes()[:7])
+
+
+def rows_of(path: Path, secret: str, cipher: str = "envelope") -> list[tuple[object, ...]]:
+    conn = turso_sync.connect(str(path), encryption_key=secret, cipher=cipher)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        return conn.execute("SELECT id, v FROM t ORDER BY id").fetchall()
+    finally:
+        conn.close()
+
+
+def slot_epochs(data: bytes) -> set[int]:
+    """The epoch of every slot of an envelope database file (the padding is shorter than a slot)."""
+    return {int.from_bytes(data[i * S + NONCE_AT : i * S + NONCE_AT + 2], "big") for i in range(len(data) // S)}
+
+
+def frame_log_epochs(path: Path) -> set[int]:
+    data = Path(f"{path}-frames").read_bytes()
+    return {
+        int.from_bytes(data[off + NONCE_AT : off + NONCE_AT + 2], "big") for _r, off, _p in frame_log_images(data, S)
+    }
+
+
+def test_an_envelope_file_rotates_and_the_old_key_opens_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "env.db"
+    old, new = secrets.token_hex(32), secrets.token_hex(32)
+    make_envelope_db(path, old)
+    before = rows_of(path, old)
+    assert slot_epochs(path.read_bytes()) == {1} and frame_log_epochs(path) == {1}
+    seen: list[str] = []
+    result = rekey(path, encryption_key=old, new_key=new, batch_pages=8, progress=lambda p: seen.append(p.phase))
+    assert (result.old_epoch, result.new_epoch, result.resumed) == (1, 2, False)
+    assert result.pages_rewritten > 8 and result.copies_rewritten > 0
+    assert seen[-1] == "old key retired"
+    data = path.read_bytes()
+    assert is_envelope(data[:7]) and len(data) % P == 0
+    assert slot_epochs(data) == {2}
+    assert frame_log_epochs(path) == {2}
+    assert not Path(f"{path}-rekey").exists()
+    assert rows_of(path, new) == before
+    with pytest.raises(turso_sync.EncryptionError, match="wrong encryption key"):
+        turso_sync.connect(str(path), encryption_key=old)
+    report = ReplicaFiles(str(path)).encryption_report(new, "envelope")
+    assert report.format == "envelope" and report.epoch == 2 and report.failures == []
+    assert set(report.epochs) == {2}
+    again = rekey(path, encryption_key=old, new_key=new)  # done already: found so, nothing rewritten
+    assert (again.resumed, again.pages_rewritten) == (True, 0)
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL at one of the sweep's saved points."""
+
+
+@pytest.mark.parametrize("kill_at", range(1, 8))  # ring written, start, batches, swept, copies
+def test_an_envelope_rotation_stopped_at_any_saved_point_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kill_at: int
+) -> None:
+    path = tmp_path / "env.db"
+    old, new = secrets.token_hex(32), secrets.token_hex(32)
+    make_envelope_db(path, old, rows=120)
+    before = rows_of(path, old)
+    saved = rekey_module._Rotation._save_ring
+    calls = 0
+
+    def save_then_maybe_die(self: rekey_module._Rotation, ring: KeyRing) -> None:
+        nonlocal calls
+        calls += 1
+        saved(self, ring)
+        if calls == kill_at:
+            raise Killed()
+
+    monkeypatch.setattr(rekey_module._Rotation, "_save_ring", save_then_maybe_die)
+    with pytest.raises(Killed):
+        rekey(path, encryption_key=old, new_key=new, batch_pages=4)
+    monkeypatch.undo()
+    assert Path(f"{path}-rekey").exists()
+    assert rows_of(path, old) == before  # either key of a rotation under way opens it
+    result = rekey(path, encryption_key=old, new_key=new, batch_pages=4)
+    assert result.resumed
+    assert rows_of(path, new) == before
+    assert slot_epochs(path.read_bytes()) == {2} and frame_log_epochs(path) == {2}
+    with pytest.raises(turso_sync.EncryptionError):
+        turso_sync.connect(str(path), encryption_key=old)
+
+
+def test_an_envelope_revert_file_is_re_encrypted_by_slot(tmp_path: Path) -> None:
+    path = tmp_path / "env.db"
+    old, new = secrets.token_hex(32), secrets.token_hex(32)
+    make_envelope_db(path, old, rows=100)
+    db_path = str(path.resolve())
+    codec = EnvelopeCodec(HARDENED_CIPHERS["envelope"], bytes.fromhex(old), P)
+    data = path.read_bytes()
+    codec.open_file(data[:S])
+    pages = {pgno: codec.decrypt(data[(pgno - 1) * S : pgno * S], pgno) for pgno in (2, 3)}
+    write_revert(db_path, 5, pages, codec)  # a replica's synced base images, as a pull leaves them
+    result = rekey(path, encryption_key=old, new_key=new)
+    assert result.copies_rewritten >= 2
+    reopened = EnvelopeCodec(HARDENED_CIPHERS["envelope"], bytes.fromhex(new), P)
+    reopened.open_file(path.read_bytes()[:S])
+    raw = Path(revert_path(db_path, 5)).read_bytes()
+    stored = [raw[24 + 4 + i * (4 + S) :][:S] for i in range(2)]
+    assert {int.from_bytes(image[NONCE_AT : NONCE_AT + 2], "big") for image in stored} == {2}
+    assert read_revert(db_path, 5, reopened) == pages
+
+
+def test_a_lost_ring_of_an_envelope_rotation_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "env.db"
+    old, new = secrets.token_hex(32), secrets.token_hex(32)
+    make_envelope_db(path, old, rows=100)
+    monkeypatch.setattr(rekey_module._Rotation, "_sweep", lambda self, ring: (_ for _ in ()).throw(Killed()))
+    with pytest.raises(Killed):
+        rekey(path, encryption_key=old, new_key=new)
+    monkeypatch.undo()
+    Path(f"{path}-rekey").unlink()
+    with pytest.raises(turso_sync.EncryptionError, match=r"key ring .*env\.db-rekey is missing.*still needs the old"):
+        rekey(path, encryption_key=new)
+
+
+def test_an_envelope_passphrase_changes_with_page1_alone(tmp_path: Path) -> None:
+    path = tmp_path / "pw.db"
+    make_envelope_db(path, "old words", cipher="envelope-passphrase", rows=100)
+    want = rows_of(path, "old words", "envelope-passphrase")
+    before = path.read_bytes()
+    change_passphrase(path, "old words", "new words", argon2=keys.ARGON2_FLOOR)
+    after = path.read_bytes()
+    assert len(after) == len(before) and is_envelope(after[:7])
+    changed = {i + 1 for i in range(len(after) // S) if after[i * S : (i + 1) * S] != before[i * S : (i + 1) * S]}
+    assert changed == {1}
+    assert after[len(after) // S * S :] == before[len(before) // S * S :]  # the padding too
+    params = FileParams.of_page1(after)
+    assert params.argon2 == keys.ARGON2_FLOOR and params.epoch == 1
+    assert rows_of(path, "new words", "envelope-passphrase") == want
+    with pytest.raises(turso_sync.EncryptionError, match="wrong encryption key"):
+        turso_sync.connect(str(path), encryption_key="old words", cipher="envelope-passphrase")
+
+
+def test_an_envelope_passphrase_file_rotates_to_a_new_data_key(tmp_path: Path) -> None:
+    path = tmp_path / "pw.db"
+    make_envelope_db(path, "correct horse", cipher="envelope-passphrase", rows=100)
+    before = rows_of(path, "correct horse", "envelope-passphrase")
+    wrapped = FileParams.of_page1(path.read_bytes()[:S]).wrapped
+    result = rekey(path, passphrase="correct horse", batch_pages=16)
+    assert result.new_epoch == 2
+    params = FileParams.of_page1(path.read_bytes()[:S])
+    assert params.epoch == 2 and params.wrapped != wrapped and not params.previous_live
+    assert slot_epochs(path.read_bytes()) == {2} and frame_log_epochs(path) == {2}
+    assert rows_of(path, "correct horse", "envelope-passphrase") == before
+
+
+def parse(module: object, argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)  # type: ignore[attr-defined]
+    return parser.parse_args(argv)
+
+
+def test_the_commands_take_envelope_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "env.db"
+    old, new = secrets.token_hex(32), secrets.token_hex(32)
+    make_envelope_db(path, old, rows=80)
+    (tmp_path / "old.key").write_text(old + "\n")
+    (tmp_path / "new.key").write_text(new + "\n")
+    argv = [str(path), "--encryption-key-file", str(tmp_path / "old.key"), "--new-key-file", str(tmp_path / "new.key")]
+    assert rekey_cli.run(parse(rekey_cli, argv)) == ExitCode.OK
+    out, err = capsys.readouterr()
+    assert "epoch 2 in use, epoch 1 retired" in out and old not in out + err and new not in out + err
+    assert len(rows_of(path, new)) == 80
+    pw = tmp_path / "pw.db"
+    make_envelope_db(pw, "old words", cipher="envelope-passphrase", rows=20)
+    (tmp_path / "old.pw").write_text("old words\n")
+    (tmp_path / "new.pw").write_text("new words\n")
+    argv = [str(pw), "--passphrase-file", str(tmp_path / "old.pw"), "--new-passphrase-file", str(tmp_path / "new.pw")]
+    assert passwd_cli.run(parse(passwd_cli, argv)) == ExitCode.OK
+    assert "passphrase changed" in capsys.readouterr().out
+    assert len(rows_of(pw, "new words", "envelope-passphrase")) == 20
