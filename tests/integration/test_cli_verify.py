@@ -260,7 +260,8 @@ def test_a_hardened_replica_mid_rotation_shows_its_epochs_and_the_rotation(tmp_p
             "rotation:  from key epoch 1 to 2 under way (re-encrypting pages, from page 5); "
             "`turso-sync rekey h.db` finishes it; keep h.db-rekey with the database until then"
         )
-        assert lines[4].startswith("integrity: ok (")
+        assert lines[4] == "page map:  h.db-pagemap: a page rolled back on disk is refused"
+        assert lines[5].startswith("integrity: ok (")
     found = json.loads(cli("verify", "h.db", "--offline", "--json", cwd=tmp_path, env=key_env()).out)
     rotation = found["encryption"]["rotation"]
     assert (rotation["old_epoch"], rotation["new_epoch"], rotation["next_page"]) == (1, 2, 5)

@@ -207,10 +207,13 @@ class _Findings:
             counts = ", ".join(f"{place} {places[place]}" for place in EPOCH_PLACES if place in places)
             newest = " (new writes)" if epoch == report.epoch else ""
             self.say("epochs" if i == 0 else "", f"key epoch {epoch}{newest}: {counts}")
+        self._rotation(report, path)
         if report.page_map:
             self.say("page map", f"{os.path.basename(path)}-pagemap: a page rolled back on disk is refused")
         else:
             self.say("page map", "none (a file made before page maps): a page rolled back on disk is not detected")
+
+    def _rotation(self, report: EncryptionReport, path: str) -> None:
         rotation = report.rotation
         if rotation is None:
             self.say("rotation", "none under way")
