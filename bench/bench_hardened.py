@@ -21,11 +21,12 @@ Ratios are ``hardened / Turso's format`` (above 1.0: the hardened format is slow
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cryptography
@@ -33,6 +34,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESGCMSIV
 
 import turso_sync
 from bench.report import REPO, machine, markdown_table, median, write_section
+from turso_sync.crypto.hardened import HardenedCodec
 from turso_sync.crypto.page_codec import HARDENED_CIPHERS, PageCodec, parse_key
 
 P = 4096
@@ -97,7 +99,7 @@ def engine_contenders(workdir: Path, rows: int) -> dict[str, Callable[[], None]]
     def make(name: str, opts: dict[str, str]) -> Callable[[], None]:
         def run() -> None:
             path = workdir / (name.split()[0].strip("'") + ".db")
-            for suffix in ("", "-wal", "-shm", "-frames"):
+            for suffix in ("", "-wal", "-shm", "-frames", "-pagemap", "-pagemap.lock"):
                 Path(f"{path}{suffix}").unlink(missing_ok=True)
             key, cipher = opts.get("encryption_key"), opts.get("cipher", "aes256gcm")
             conn = turso_sync.connect(path, encryption_key=key, cipher=cipher)
@@ -114,6 +116,48 @@ def engine_contenders(workdir: Path, rows: int) -> dict[str, Callable[[], None]]
         return run
 
     return {name: make(name, opts) for name, opts in options.items()}
+
+
+@contextlib.contextmanager
+def _page_map_off() -> Iterator[None]:
+    """Hardened files without their page map, for the comparison only: the VFS neither checks nor writes it."""
+    kept = HardenedCodec.keeps_page_map
+    HardenedCodec.keeps_page_map = property(lambda self: False)  # type: ignore[method-assign,assignment]
+    try:
+        yield
+    finally:
+        HardenedCodec.keeps_page_map = kept  # type: ignore[method-assign]
+
+
+def checkpoint_contenders(workdir: Path, commits: int) -> dict[str, Callable[[], None]]:
+    """Small transactions with a checkpoint every 10 (what a syncing replica does): the page map's cost."""
+    options: dict[str, tuple[str, bool]] = {
+        "Turso's format (AES-256-GCM)": ("aes256gcm", True),
+        "hardened, page map off (for comparison)": ("hardened", False),
+        "hardened (AES-256-GCM-SIV, page map)": ("hardened", True),
+    }
+
+    def make(name: str, cipher: str, page_map: bool) -> Callable[[], None]:
+        def run() -> None:
+            path = workdir / f"ckpt-{cipher}-{page_map}.db"
+            for suffix in ("", "-wal", "-shm", "-frames", "-pagemap", "-pagemap.lock"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+            with contextlib.nullcontext() if page_map else _page_map_off():
+                conn = turso_sync.connect(path, encryption_key=KEY_HEX, cipher=cipher)
+                conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+                conn.executemany("INSERT INTO t VALUES (?, ?)", [(i, "v" * 60) for i in range(2000)])
+                conn.commit()
+                for i in range(commits):
+                    conn.execute("UPDATE t SET v = ? WHERE id = ?", (f"u{i}" * 20, (i * 37) % 2000))
+                    conn.commit()
+                    if i % 10 == 9:
+                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    conn.execute("SELECT v FROM t WHERE id = ?", ((i * 53) % 2000,)).fetchone()
+                conn.close()
+
+        return run
+
+    return {name: make(name, cipher, page_map) for name, (cipher, page_map) in options.items()}
 
 
 def open_contenders(workdir: Path) -> dict[str, Callable[[], None]]:
@@ -180,12 +224,15 @@ def main() -> None:
 
     codec_times = measure(codec_contenders(n_pages), args.runs)
     engine_times = measure(engine_contenders(workdir, rows), args.runs)
+    commits = int(os.environ.get("BENCH_COMMITS", "300"))
+    checkpoint_times = measure(checkpoint_contenders(workdir, commits), args.runs)
     open_times = measure(open_contenders(workdir), max(3, args.runs // 2))
     elapsed = time.perf_counter() - started
 
     turso = "Turso's format (AES-256-GCM)"
     codec_table = table(codec_times, turso, n_pages, "µs", 1e6)
     engine_table = table(engine_times, turso, 1, "ms", 1e3)
+    checkpoint_table = table(checkpoint_times, turso, 1, "ms", 1e3)
     open_table = table(open_times, "hardened, raw key", 1, "ms", 1e3)
     info = machine()
     today = datetime.date.today().isoformat()
@@ -203,6 +250,12 @@ End to end through `turso_sync.connect`: {rows} inserts in one transaction, chec
 on a fresh connection:
 
 {engine_table}
+
+The page map's cost (docs/encryption.md): 2000 rows, then {commits} small transactions (one UPDATE,
+`commit()`, one point read), a passive checkpoint after every 10; the same hardened file with its page
+map switched off in this process, for comparison only:
+
+{checkpoint_table}
 
 Opening a database (Argon2id runs once per open for a passphrase):
 

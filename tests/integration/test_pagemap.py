@@ -1,8 +1,9 @@
 """The page map of hardened files (``local/pagemap.py``) on real files and real processes.
 
 * a checkpoint killed after it wrote pages but before the map recorded them leaves a database
-  that opens and reads every row (those pages stay pending), and the next checkpoint resolves
-  them, after which an older image of such a page is refused again;
+  that opens and reads every row (those pages are read from the WAL, which still holds them),
+  and the next checkpoint writes and records them, after which an older image of such a page is
+  refused again;
 * a process that writes and checkpoints while another reads never makes the reader refuse a
   page (the reader reads the map again when an image is newer than its copy);
 * ``ReplicaFiles.encryption_report`` (``turso-sync verify``) names a rolled-back page and a
@@ -106,15 +107,19 @@ def test_a_checkpoint_killed_before_the_map_records_it_loses_nothing_and_the_map
     assert run.returncode == 9, run.stderr.decode()
     written = [pgno for pgno, old in before.items() if page(db, pgno) != old]
     assert written, "the killed checkpoint wrote no page"
-    assert map_on_disk(db, key).pending >= set(written)  # marked pending before they were written
+    unrecorded = map_on_disk(db, key)
+    assert not any(unrecorded.accepts(pgno, page(db, pgno)) for pgno in written)  # the map never saw them
+    # ... and nobody reads them there: their frames are still in the WAL, where every reader reads them
+    assert not ReplicaFiles(db).encryption_report(key, "hardened").failures
 
     conn = turso_sync.connect(db, encryption_key=key, cipher="hardened")
     assert conn.execute("SELECT count(*) FROM t WHERE body LIKE 'changed-%'").fetchone()[0] == 400
     conn.execute("INSERT INTO t VALUES (100000, 'after the kill')")
     conn.commit()
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()  # its cycle resolves the pending marks
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()  # writes the killed one's pages again
     conn.close()
-    assert not map_on_disk(db, key).pending
+    recorded = map_on_disk(db, key)
+    assert not recorded.pending and all(recorded.accepts(pgno, page(db, pgno)) for pgno in written)
     assert count(db, key) == 401
 
     pgno = next(p for p in written if p != 1 and page(db, p) != before[p])

@@ -323,7 +323,7 @@ class LazyPages:
                 return
             state = registry.get(self.db_path)
             page_map = state.map_of(self.codec) if state is not None and self.codec is not None else None
-            opened = page_map.begin(todo) if page_map is not None else False  # pending before written
+            opened = page_map.begin() if page_map is not None else False  # recorded before marked present
             try:
                 # the process's shared descriptor: closing one of our own would drop SQLite's locks
                 with file_descriptor(self.db_path) as fd:

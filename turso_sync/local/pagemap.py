@@ -18,21 +18,21 @@ rebuilt from whatever is on disk.
 
 Writes.  Every write to the database file happens in a *cycle* (``begin`` .. ``finish``), one
 per checkpoint (or per journal-mode write while SQLite creates the file, or per batch of pages
-a partial replica fetches).  Under an exclusive lock on ``<db>-pagemap.lock`` (one cycle at a
-time across processes), ``begin`` first saves the map with the pages the cycle may write marked
-*pending*: for a checkpoint, every page the WAL holds.  A pending page accepts any image that
-authenticates, because until ``finish`` a crash can leave either its old image or its new one
-on disk.  ``finish`` syncs the database file, records the tags of the images written, clears
-the pending marks and saves the map.  A cycle killed half-way leaves its pending marks; the
-next cycle (which gets the lock, so the dead one no longer holds it) resolves them by recording
-the tags of the images then on disk.
+a partial replica fetches), under an exclusive lock on ``<db>-pagemap.lock`` (one cycle at a
+time across processes).  ``finish`` syncs the database file, records the tags of the images
+written and saves the map, before SQLite counts the checkpoint done.  Until then nobody reads
+those images: a checkpoint writes only pages whose newer frames are in the WAL, where every
+reader reads them, and a checkpoint killed before ``finish`` leaves them there, to be written
+again (and recorded) by the next one; a partial replica marks a fetched page present only after
+``finish``.  A write that fails half-way leaves its pages *pending* (any image that
+authenticates is accepted); the next cycle records whatever image is then on disk.
 
 Readers in other processes keep the map as they last read it and read it again when an image
 does not match (another process's checkpoint, or a cycle in progress).  What this does not
 catch is written in docs/encryption.md: the whole database (and its map) replaced by an older
 copy; pages whose image the map does not know yet (a partial replica's pages not fetched yet);
-an image put back during the window of a pending cycle; and images in the WAL, whose frames are
-bound to the WAL but not to their place in it.
+a pending page; and images in the WAL, whose frames are bound to the WAL but not to their place
+in it.
 """
 
 from __future__ import annotations
@@ -224,44 +224,43 @@ class PageMap:
         """True when this thread has a cycle open."""
         return self._cycle_owner == threading.get_ident()
 
-    def begin(self, pgnos: Iterable[int], more: Callable[[], Iterable[int]] | None = None) -> bool:
-        """Make sure ``pgnos`` are pending before they are written: opens a cycle if none is open
-        (taking the cross-process lock), adds ``pgnos`` and ``more()`` (the rest the cycle may
-        write) to the pending marks and saves the map when any is new.  True when it opened the
-        cycle (the caller then ends it with ``finish``)."""
-        wanted = set(pgnos)
-        opened = self._cycle_owner != threading.get_ident()
-        if opened:
-            self._cycle_lock.acquire()
-            fd: int | None = None
-            try:
-                fd = os.open(self.path + LOCK_SUFFIX, os.O_RDWR | os.O_CREAT, 0o600)
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                with self._lock:
-                    self._lock_fd, fd = fd, None
-                    self._cycle_owner = threading.get_ident()
-                    self._written = {}
-                    self._open_cycle()
-            except BaseException:
-                if fd is not None:
-                    os.close(fd)
-                with self._lock:
-                    if self._cycle_owner == threading.get_ident():
-                        self._end_cycle()  # releases the locks
-                    else:
-                        self._cycle_lock.release()
-                raise
-        with self._lock:
-            if wanted <= self._pending:
-                return opened
-            if more is not None:
-                wanted |= set(more())
-            self._pending |= wanted
-            self._save()
-        return opened
+    def begin(self) -> bool:
+        """Open a cycle for this thread if none is open (taking the cross-process lock and reading
+        the map afresh); True when it opened one (the caller then ends it with ``finish``).
+
+        Nothing is saved here.  Until ``finish`` records them, the images a cycle writes are read
+        by nobody: a checkpoint writes only pages whose newer frames are in the WAL, where every
+        reader reads them until SQLite counts the checkpoint done (after ``finish``, at
+        SQLITE_FCNTL_CKPT_DONE), and a killed checkpoint leaves them there for the next one to
+        write again; a partial replica marks a fetched page present only after ``finish``, and a
+        killed fetch leaves it missing, to be fetched and written again.
+        """
+        if self._cycle_owner == threading.get_ident():
+            return False
+        self._cycle_lock.acquire()
+        fd: int | None = None
+        try:
+            fd = os.open(self.path + LOCK_SUFFIX, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            with self._lock:
+                self._lock_fd, fd = fd, None
+                self._cycle_owner = threading.get_ident()
+                self._written = {}
+                self._open_cycle()
+        except BaseException:
+            if fd is not None:
+                os.close(fd)
+            with self._lock:
+                if self._cycle_owner == threading.get_ident():
+                    self._end_cycle()  # releases the locks
+                else:
+                    self._cycle_lock.release()
+            raise
+        return True
 
     def _open_cycle(self) -> None:
-        """Read the map afresh under the lock; resolve the pending marks a killed cycle left."""
+        """Read the map afresh under the lock; resolve the pages an earlier cycle left pending (a write
+        that failed half-way): the images now on disk are recorded."""
         if self._has_pages():
             self._load()  # raises when the map of an existing file is missing
         else:
@@ -307,7 +306,7 @@ class PageMap:
                 self._pending = set(self._unsure)
                 self._written = {}
                 self._unsure = set()
-                self._save()
+                self._save()  # synced and renamed before SQLite counts the checkpoint done
         finally:
             with self._lock:
                 self._end_cycle()
@@ -334,7 +333,7 @@ class PageMap:
 
     def reseal(self) -> None:
         """Save the map again under the codec's write epoch (before an older epoch is retired)."""
-        opened = self.begin(())
+        opened = self.begin()
         try:
             with self._lock:
                 self._save()

@@ -113,26 +113,6 @@ class DatabaseState:
                 self.page_map = PageMap(self.path, codec, read_slot, lambda: os.fsync(self.descriptor()))
         return self.page_map
 
-    def wal_pages(self) -> set[int]:
-        """Every page number a frame header of the WAL names (what a checkpoint may write)."""
-        codec = self.codec
-        slot = codec.slot_size if codec is not None else PAGE_SIZE
-        out: set[int] = set()
-        try:
-            fd = os.open(self.path + "-wal", os.O_RDONLY)  # not a file SQLite locks
-        except FileNotFoundError:
-            return out
-        try:
-            size = os.fstat(fd).st_size
-            off = WAL_HEADER_SIZE
-            while off + FRAME_HEADER_SIZE + slot <= size:
-                out.add(int.from_bytes(os.pread(fd, 4, off), "big"))
-                off += FRAME_HEADER_SIZE + slot
-        finally:
-            os.close(fd)
-        out.discard(0)
-        return out
-
     def close_descriptors(self) -> None:
         with self._fd_lock:
             for fd in self._fds.values():
@@ -340,10 +320,7 @@ class EncryptedDBFile(apsw.VFSFile):
         first = offset // P
         page_map = self.state.map_of(self.codec)  # after encrypting: a new file is bound by its page 1
         if page_map is not None:
-            count = len(data) // P
-            # pending before written: a crash from here to the cycle's end leaves the old image or the new
-            more = self.state.wal_pages if self.state.in_checkpoint else None
-            page_map.begin(range(first + 1, first + count + 1), more)
+            page_map.begin()  # the images are recorded when the checkpoint (or the write) ends
         lazy = self.state.lazy
         try:
             if lazy is None:
