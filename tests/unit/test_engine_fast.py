@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import apsw
 import pytest
 
 import turso_sync
+from turso_sync.local import connection as connection_module
 from turso_sync.local.capture import META_TABLE, OUTBOX_TABLE, SCHEMA
 from turso_sync.local.connection import Connection
 from turso_sync.local.statement import classify
@@ -255,3 +257,87 @@ def test_replica_reads_open_nothing_and_refuse_a_second_statement(replica):
         replica.execute("SELECT 1; DELETE FROM t")
     assert replica.execute("SELECT count(*) FROM t").fetchone() == (1,)
     assert len(outbox(replica)) == 1
+
+
+# --- a finished APSW cursor is handed to the next Cursor, never one with rows pending ---------------
+
+
+@pytest.fixture
+def two(tmp_path: Path, key: str | None) -> Iterator[tuple[Any, Any]]:
+    """A reader and a writer on one file holding t(id, v) with five rows."""
+    path = tmp_path / "db"
+    reader = turso_sync.connect(path, encryption_key=key)
+    writer = turso_sync.connect(path, encryption_key=key)
+    writer.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v)")
+    writer.executemany("INSERT INTO t VALUES (?, ?)", [(i, f"v{i}") for i in range(1, 6)])
+    writer.commit()
+    yield reader, writer
+    writer.close()
+    reader.close()
+
+
+def checkpoint_completes(writer: Any) -> bool:
+    """A new commit, then a passive checkpoint: True when no reader's snapshot held any frame back."""
+    writer.execute("UPDATE t SET v = v || '+' WHERE id = 1")
+    writer.commit()
+    busy, log, done = writer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    return busy == 0 and done == log
+
+
+def test_a_cursor_let_go_with_rows_pending_keeps_no_snapshot(two):
+    reader, writer = two
+    assert reader.execute("SELECT id FROM t ORDER BY id").fetchone() == (1,)  # four rows left, cursor dropped
+    assert checkpoint_completes(writer)
+    cursor = reader.cursor()
+    assert cursor.execute("SELECT 1").fetchall() == [(1,)]  # finished: its APSW cursor is idle now
+    with pytest.raises(turso_sync.ProgrammingError, match="return no rows"):
+        cursor.executemany("SELECT ?", [(1,), (2,)])  # stopped at its first row
+    del cursor
+    assert checkpoint_completes(writer)
+    assert reader.execute("SELECT count(*) FROM t").fetchone() == (5,)
+
+
+def test_cursors_in_use_never_share_and_a_closed_one_is_not_reused(two):
+    reader, _writer = two
+    point = "SELECT v FROM t WHERE id = ?"
+    first, second = reader.execute(point, (1,)), reader.execute(point, (2,))
+    done = reader.execute(point, (3,))
+    assert done.fetchone() == ("v3",)  # finished, still held
+    fourth = reader.execute("SELECT id FROM t WHERE id > ? ORDER BY id", (3,))
+    assert (first.fetchone(), second.fetchone(), fourth.fetchall(), done.fetchone()) == (
+        ("v1",),
+        ("v2",),
+        [(4,), (5,)],
+        None,
+    )
+    del first, second, fourth, done
+    last = reader.execute(point, (3,))
+    assert last.fetchone() == ("v3",)  # finished: its APSW cursor is idle now
+    last.close()
+    del last
+    assert [reader.execute(point, (i,)).fetchone() for i in (4, 5, 6)] == [("v4",), ("v5",), None]
+
+
+@pytest.mark.skipif(connection_module._UNSHARED < 0, reason="this interpreter's reference counts are not exact")
+def test_loops_of_point_reads_reuse_their_apsw_cursors(two):
+    reader, _writer = two
+    point = "SELECT v FROM t WHERE id = ?"
+    used: list[weakref.ref[apsw.Cursor]] = []  # weak: a strong reference would keep it from reuse
+
+    def distinct() -> int:
+        alive = [ref() for ref in used]
+        assert None not in alive, "an APSW cursor was freed, so the count would be wrong"
+        return len({id(c) for c in alive})
+
+    for i in range(1, 6):  # nothing holds the Cursor once its row is read
+        cursor = reader.execute(point, (i,))
+        assert cursor.fetchone() == (f"v{i}",)
+        used.append(weakref.ref(cursor._cursor))
+        del cursor
+    assert distinct() == 1
+    used.clear()
+    for i in range(1, 6):  # the previous Cursor is still held while the next one is made
+        cursor = reader.execute(point, (i,))
+        assert cursor.fetchone() == (f"v{i}",)
+        used.append(weakref.ref(cursor._cursor))
+    assert distinct() == 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -30,6 +31,19 @@ Description = tuple[tuple[str, None, None, None, None, None, None], ...]
 Columns = tuple[tuple[str, str | None], ...]  # APSW's description: (name, declared type) per column
 
 _STATEMENTS_KEPT = 1024  # per connection; the cache starts over when full
+
+# A new Cursor takes one of the connection's idle APSW cursors (``Connection._idle``) when nothing
+# else holds it, which its reference count tells: the attribute, the local and the argument make 3 on
+# CPython 3.11-3.13 with the GIL.  Elsewhere (free threading, 3.14's borrowed references) the count
+# is not that exact, so no cursor is reused (-1 is never a count).
+_UNSHARED = (
+    3
+    if sys.implementation.name == "cpython"
+    and sys.version_info < (3, 14)
+    and getattr(sys, "_is_gil_enabled", lambda: True)()
+    else -1
+)
+_getrefcount = sys.getrefcount
 
 
 @functools.lru_cache(maxsize=512)
@@ -100,7 +114,17 @@ class Cursor:
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
-        self._cursor = connection._db.cursor()
+        # an idle APSW cursor let go by the Cursor that ran it; two are kept, because in a loop
+        # of ``cursor = conn.execute(...)`` the previous Cursor is still held while the next is made
+        idle = connection._idle
+        if idle is not None and _getrefcount(idle) == _UNSHARED:
+            self._cursor = idle
+        else:
+            idle = connection._idle_before
+            if idle is not None and _getrefcount(idle) == _UNSHARED:
+                self._cursor = idle
+            else:
+                self._cursor = connection._db.cursor()
         self._rows: Iterator[tuple[Any, ...]] | None = None
         self._ahead: tuple[Any, ...] | None = None
         self._columns: Columns | _ColumnsOf | None = None  # APSW's (name, declared type) of each
@@ -216,16 +240,29 @@ class Cursor:
                     cols = _ColumnsOf(sql, parameters) if statement.returns_rows else None
         except apsw.Error as exc:
             self._columns = self._description = None
+            self._not_idle()
             raise self.connection._translate(exc) from None
         except (KeyError, TypeError, ValueError) as exc:
             self._columns = self._description = None
+            self._not_idle()
             raise errors.ProgrammingError(f"bad parameters for {sql[:60]!r}: {exc}") from None
         # PEP 249's description is built when first read (most loops never read it)
         self._columns = cols or None
         self._description = None
-        self._rows = cursor if cols and type(cols) is tuple else None
+        conn = self.connection
+        if cols and type(cols) is tuple:
+            self._rows = cursor
+            # rows pending: not idle (see Connection._idle)
+            if conn._idle is cursor:
+                conn._idle = None
+            elif conn._idle_before is cursor:
+                conn._idle_before = None
+        else:
+            self._rows = None
+            if conn._idle is not cursor:  # finished: idle (inline _idle_now, on every statement)
+                conn._idle_before, conn._idle = conn._idle, cursor
         self._ahead = None
-        db = self.connection._db
+        db = conn._db
         self.rowcount = db.changes() if statement.writes_rows else -1
         self.lastrowid = db.last_insert_rowid()
         return self
@@ -243,6 +280,7 @@ class Cursor:
         if own_txn:
             conn._db.execute("BEGIN IMMEDIATE")  # on a replica the writes commit with their capture
         before = conn._db.total_changes()
+        self._not_idle()  # a statement that returns rows is left unfinished here
         try:
             for _ in self._cursor.executemany(sql, seq_of_parameters):  # APSW loops in C
                 raise errors.ProgrammingError("executemany() can only run statements that return no rows")
@@ -279,6 +317,7 @@ class Cursor:
             finally:
                 conn.isolation_level = level
             return self._done()
+        self._not_idle()
         try:
             for _ in self._cursor.execute(script):
                 pass  # APSW pauses at each statement that returns rows; drain them
@@ -303,6 +342,20 @@ class Cursor:
             description = self._description = _dbapi_description(cols)
         return description
 
+    def _not_idle(self) -> None:
+        """This cursor's APSW cursor may be left unfinished: off ``Connection._idle``."""
+        conn = self.connection
+        if conn._idle is self._cursor:
+            conn._idle = None
+        elif conn._idle_before is self._cursor:
+            conn._idle_before = None
+
+    def _idle_now(self) -> None:
+        """This cursor's statement finished: its APSW cursor is idle (see ``Connection._idle``)."""
+        conn = self.connection
+        if conn._idle is not self._cursor:
+            conn._idle_before, conn._idle = conn._idle, self._cursor
+
     def _convert(self, row: tuple[Any, ...]) -> Any:
         return self.row_factory(self, row) if self.row_factory else row
 
@@ -320,6 +373,7 @@ class Cursor:
                 row = next(rows, None)
                 if row is None:
                     self._rows = None
+                    self._idle_now()
                     return None
             else:
                 self._ahead = None
@@ -330,6 +384,9 @@ class Cursor:
             raise self.connection._translate(exc) from None
         if ahead is None:
             self._rows = None
+            conn = self.connection  # finished: idle (inline _idle_now, on every point read)
+            if conn._idle is not self._cursor:
+                conn._idle_before, conn._idle = conn._idle, self._cursor
         else:
             self._ahead = ahead
         factory = self.row_factory
@@ -365,6 +422,7 @@ class Cursor:
             raise self.connection._translate(exc) from None
         self._rows = None
         self._ahead = None
+        self._idle_now()
         return out
 
     def __iter__(self) -> Iterator[Any]:
@@ -385,10 +443,12 @@ class Cursor:
         except apsw.Error as exc:
             raise self.connection._translate(exc) from None
         self._rows = None
+        self._idle_now()
 
     def close(self) -> None:
         """Close the cursor; further use raises ProgrammingError."""
         if not self._closed:
+            self._not_idle()
             self._closed = True
             self._rows = None
             self._ahead = None
@@ -435,6 +495,10 @@ class Connection:
         self._capture: ChangeCapture | None = None
         self._refused: str | None = None  # what the replica authorizer last denied (see enable_capture)
         self._statements: dict[str, Statement] = {}  # what SQLite said of each SQL text (statement.py)
+        # the APSW cursors of the last two finished statements, handed to a new Cursor if nothing
+        # else holds them (see _UNSHARED); never one with rows pending, whose read snapshot it keeps
+        self._idle: apsw.Cursor | None = None
+        self._idle_before: apsw.Cursor | None = None
         self._probe: apsw.Cursor | None = None  # reads an empty result's columns (_result_columns)
         self._probed: list[tuple[tuple[str, str | None], ...]] = []
         self._reserved_bytes = reserved_bytes
