@@ -12,7 +12,9 @@ The parent SIGKILLs it at a random moment, reopens the database and checks:
 
 Transactions vary: one row to hundreds, blobs up to 200 KB (overflow chains), some run with
 ``PRAGMA cache_size=10`` so uncommitted pages spill into the WAL, some roll back, and
-``PRAGMA wal_checkpoint(TRUNCATE)`` runs in between.  Set CRASH_SEED to replay a run.
+``PRAGMA wal_checkpoint(TRUNCATE)`` runs in between.  Databases take turns in Turso's format
+(AES-256-GCM, AES-128-GCM) and the hardened one, whose page map must never refuse a page after
+a kill.  Set CRASH_SEED to replay a run.
 """
 
 from __future__ import annotations
@@ -35,8 +37,11 @@ pytestmark = pytest.mark.slow
 KEYS = {
     "aes256gcm": "d1e2f3a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60",
     "aes128gcm": "a1b2c3d4e5f60718293a4b5c6d7e8f90",
+    "hardened": "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0",  # and its page map
 }
-DATABASES = 4  # a fresh database every RUNS_PER_DATABASE kills keeps the files (and the runtime) bounded
+CIPHER_IDS = {"aes256gcm": 2, "aes128gcm": 1, "hardened": 0x80}
+CIPHER_ORDER = ("aes256gcm", "aes128gcm", "hardened")
+DATABASES = 6  # a fresh database every RUNS_PER_DATABASE kills keeps the files (and the runtime) bounded
 RUNS_PER_DATABASE = 15
 EPHEMERAL = 7  # transactions with id % 10 == 7 may later be deleted, by a transaction that records it
 
@@ -198,7 +203,7 @@ def test_kill_9_at_random_points_loses_no_commit_and_shows_no_partial_transactio
     rnd = random.Random(seed)
     totals = History()
     for db_index in range(DATABASES):
-        cipher = ("aes256gcm", "aes128gcm")[db_index % 2]
+        cipher = CIPHER_ORDER[db_index % len(CIPHER_ORDER)]
         path = tmp_path / f"crash{db_index}.db"
         history = History()
         for run in range(RUNS_PER_DATABASE):
@@ -216,7 +221,7 @@ def test_kill_9_at_random_points_loses_no_commit_and_shows_no_partial_transactio
         ):
             setattr(totals, name, getattr(totals, name) + getattr(history, name))
         # the database is still encrypted, and usable for new writes after all those kills
-        assert path.read_bytes()[:7] == b"Turso\x00" + bytes([2 if cipher == "aes256gcm" else 1])
+        assert path.read_bytes()[:7] == b"Turso\x00" + bytes([CIPHER_IDS[cipher]])
         conn = turso_sync.connect(path, encryption_key=KEYS[cipher], cipher=cipher)
         conn.execute("INSERT INTO txn_rows (txn, n, i) VALUES (-1, 1, 0)")
         conn.commit()
@@ -227,6 +232,6 @@ def test_kill_9_at_random_points_loses_no_commit_and_shows_no_partial_transactio
         f"{totals.checkpoints_seen} checkpoints; {totals.killed_inside_a_transaction} kills inside a transaction, "
         f"{totals.in_flight_found_committed} of them just after its commit"
     )
-    assert totals.kills >= 50
+    assert totals.kills >= 90
     assert totals.checkpoints_seen > 0 and totals.rollbacks_seen > 0
     assert totals.killed_inside_a_transaction >= totals.kills // 4  # the kills land mid-write, not between runs

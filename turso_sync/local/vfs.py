@@ -272,10 +272,13 @@ class EncryptedDBFile(apsw.VFSFile):
                 break
             if index == 0 and offset + amount <= 100:
                 # the header, read before a page is: plaintext in Turso's format (authenticated
-                # when page 1 is read), decrypted and checked at once in the hardened format
+                # when page 1 is read), decrypted and checked at once in the hardened format.
+                # SQLite reads it from the file even when the WAL holds a newer page 1 (whose image
+                # in the file a killed checkpoint may have left unrecorded in the page map), and
+                # reads the whole page 1 next, through the WAL or from here (then checked)
                 out += self._guarded(lambda enc, _pgno: self.codec.header_plaintext(enc), raw, 1)
-            else:
-                out += self._decrypt(raw, index + 1)
+                continue
+            out += self._decrypt(raw, index + 1)
             self._check_map(raw, index + 1)
         start = offset - first * P
         return bytes(out[start : start + amount])
