@@ -304,3 +304,64 @@ def test_an_envelope_replica_rotates_under_load_killed_at_random_points(tmp_path
         a.close()
         found = epochs_on_disk(path)
         assert {e for places in found.values() for e in places} == {final}, found  # the pull wrote the new epoch
+
+
+def cli(*argv: str) -> subprocess.CompletedProcess[str]:
+    """``turso-sync ARGV`` in a process of its own."""
+    return subprocess.run(
+        [sys.executable, "-m", "turso_sync.cli.main", *argv], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_passwd_and_rekey_on_an_envelope_replica_protected_by_a_passphrase(tmp_path: Path) -> None:
+    path = tmp_path / "pw.db"
+    old_pw, new_pw = tmp_path / "old.pw", tmp_path / "new.pw"
+    old_pw.write_text("old words\n")
+    new_pw.write_text("new words\n")
+    with tursodb(tmp_path / "srv") as url:
+        a = turso_sync.connect(path, url, passphrase="old words")
+        a.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        a.executemany("INSERT INTO t VALUES (?, ?)", [(i, f"row-{i}-" + "p" * 200) for i in range(400)])
+        a.commit()
+        a.push()
+        want = a.execute("SELECT id, v FROM t ORDER BY id").fetchall()
+        a.close()
+        before = path.read_bytes()
+        wal = Path(f"{path}-wal")
+        assert is_envelope(before[:7]) and (not wal.exists() or not wal.stat().st_size)  # all in the database file
+        done = cli("passwd", str(path), "--passphrase-file", str(old_pw), "--new-passphrase-file", str(new_pw))
+        assert done.returncode == 0, done.stderr
+        assert "passphrase changed" in done.stdout and "words" not in done.stdout + done.stderr
+        after = path.read_bytes()
+        assert len(after) == len(before)
+        changed = [i + 1 for i in range(len(after) // S) if after[i * S : (i + 1) * S] != before[i * S : (i + 1) * S]]
+        assert changed == [1]  # only page 1's slot: the data key re-wrapped, every other slot as it was
+        with pytest.raises(turso_sync.EncryptionError, match="wrong encryption key"):
+            turso_sync.connect(path, passphrase="old words")
+        a = turso_sync.connect(path, passphrase="new words")
+        assert isinstance(a, turso_sync.SyncConnection)
+        assert a.execute("SELECT id, v FROM t ORDER BY id").fetchall() == want
+        assert a.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        a.close()
+
+        # a rotation to a new data key under the same passphrase, by the command too
+        done = cli("rekey", str(path), "--passphrase-file", str(new_pw), "--batch-pages", "8")
+        assert done.returncode == 0, done.stderr
+        assert "key epoch 2 in use, epoch 1 retired" in done.stdout
+        assert {e for places in epochs_on_disk(path).values() for e in places} == {2}
+        a = turso_sync.connect(path, passphrase="new words")
+        assert isinstance(a, turso_sync.SyncConnection)
+        a.execute("INSERT INTO t VALUES (1000, 'after passwd and rekey')")
+        a.commit()
+        a.push()
+        b = turso_sync.connect(tmp_path / "b.db", url)
+        assert b.execute("SELECT v FROM t WHERE id = 1000").fetchone() == ("after passwd and rekey",)
+        b.execute("INSERT INTO t VALUES (1001, 'from b')")
+        b.commit()
+        b.push()
+        b.close()
+        assert a.pull()
+        assert a.execute("SELECT count(*) FROM t").fetchone() == (402,)
+        assert a.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        a.close()
+        assert {e for places in epochs_on_disk(path).values() for e in places} == {2}

@@ -22,12 +22,12 @@ from turso_sync.cli import rekey as rekey_cli
 from turso_sync.cli.exit_codes import ExitCode
 from turso_sync.crypto import keys
 from turso_sync.crypto.envelope import EnvelopeCodec, is_envelope
-from turso_sync.crypto.hardened import FileParams
+from turso_sync.crypto.hardened import FileParams, HardenedCodec
 from turso_sync.crypto.keyring import KeyRing
 from turso_sync.crypto.page_codec import HARDENED_CIPHERS
 from turso_sync.local import rekey as rekey_module
 from turso_sync.local.engine import LocalDatabase
-from turso_sync.local.rekey import change_passphrase, frame_log_images, rekey
+from turso_sync.local.rekey import change_passphrase, frame_log_images, rekey, revert_images
 from turso_sync.sync.files import ReplicaFiles
 from turso_sync.sync.state import read_revert, revert_path, write_revert
 
@@ -38,6 +38,11 @@ NONCE_AT = P + 16  # after the ciphertext of the whole page and its tag
 
 def make_envelope_db(path: Path, secret: str, cipher: str = "envelope", rows: int = 300) -> None:
     """A local envelope database with a frame log (as a replica keeps) and rows over many pages."""
+    make_db(path, secret, cipher, rows)
+    assert is_envelope(path.read_bytes()[:7])
+
+
+def make_db(path: Path, secret: str, cipher: str, rows: int) -> None:
     LocalDatabase(path, encryption_key=secret, cipher=cipher).close()
     conn = turso_sync.connect(str(path), encryption_key=secret, cipher=cipher)
     conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
@@ -46,7 +51,6 @@ def make_envelope_db(path: Path, secret: str, cipher: str = "envelope", rows: in
     conn.execute("UPDATE t SET v = v || '-again' WHERE id % 3 = 0")  # history in the frame log
     conn.commit()
     conn.close()
-    assert is_envelope(path.read_bytes()[:7])
 
 
 def rows_of(path: Path, secret: str, cipher: str = "envelope") -> list[tuple[object, ...]]:
@@ -181,6 +185,41 @@ def test_an_envelope_passphrase_changes_with_page1_alone(tmp_path: Path) -> None
     assert rows_of(path, "new words", "envelope-passphrase") == want
     with pytest.raises(turso_sync.EncryptionError, match="wrong encryption key"):
         turso_sync.connect(str(path), encryption_key="old words", cipher="envelope-passphrase")
+
+
+@pytest.mark.parametrize("cipher", ["envelope-passphrase", "hardened-passphrase"])
+def test_passwd_leaves_no_copy_of_page1_with_the_old_wrap(tmp_path: Path, cipher: str) -> None:
+    """The frame log and revert files keep page 1 as it was on disk, its header holding the
+    wrapped data key: left alone, the old passphrase would still unwrap it from them."""
+    path = tmp_path / "pw.db"
+    make_db(path, "old words", cipher, rows=60)
+    size = S if cipher.startswith("envelope") else P
+    db_path = str(path.resolve())
+    spec = HARDENED_CIPHERS[cipher.replace("-", "")]
+    codec = EnvelopeCodec(spec, b"old words", P) if size == S else HardenedCodec(spec, b"old words", P)
+    data = path.read_bytes()
+    codec.open_file(data[:size])
+    write_revert(db_path, 3, {1: codec.decrypt(data[:size], 1), 2: codec.decrypt(data[size : 2 * size], 2)}, codec)
+    old_params = FileParams.of_page1(data)
+
+    def page1_copies() -> list[FileParams]:
+        log = Path(f"{path}-frames").read_bytes()
+        raw = Path(revert_path(db_path, 3)).read_bytes()
+        offsets = [(log, off) for _rec, off, pgno in frame_log_images(log, size) if pgno == 1]
+        offsets += [(raw, off) for pgno, off in revert_images(raw, size) if pgno == 1]
+        return [FileParams.of_page1(data[off : off + size]) for data, off in offsets]
+
+    assert old_params in page1_copies()
+    change_passphrase(path, "old words", "new words", argon2=keys.ARGON2_FLOOR)
+    new_params = FileParams.of_page1(path.read_bytes())
+    assert new_params.wrapped != old_params.wrapped
+    copies = page1_copies()
+    assert len(copies) >= 2 and set(copies) == {new_params}
+    new_codec = EnvelopeCodec(spec, b"new words", P) if size == S else HardenedCodec(spec, b"new words", P)
+    new_codec.open_file(path.read_bytes()[:size])
+    assert read_revert(db_path, 3, new_codec)[2] == codec.decrypt(data[size : 2 * size], 2)
+    with pytest.raises(turso_sync.EncryptionError, match="wrong encryption key"):
+        turso_sync.connect(str(path), encryption_key="old words", cipher=cipher)
 
 
 def test_an_envelope_passphrase_file_rotates_to_a_new_data_key(tmp_path: Path) -> None:

@@ -29,7 +29,9 @@ A rotation moves the file from key epoch ``N`` to ``N + 1`` in four steps, each 
    nothing and an image of epoch ``N`` is refused.
 
 A passphrase change (``change_passphrase``) re-wraps the newest data key: page 1 alone is
-written, then checkpointed.  It needs the file to itself (no other process may have it open),
+written, then checkpointed; then the copies of page 1 in the frame log and revert files, which
+carry the old wrap in their header, are re-encrypted (else the old passphrase would still
+unwrap the data key from them).  It needs the file to itself (no other process may have it open),
 because every process writes page 1's parameters from its own copy of them.
 """
 
@@ -51,7 +53,7 @@ from .. import errors
 from ..crypto import keyring
 from ..crypto.envelope import OVERHEAD as ENVELOPE_OVERHEAD
 from ..crypto.envelope import EnvelopeCodec, is_envelope
-from ..crypto.hardened import NONCE_SIZE, TAG_SIZE, HardenedCodec, is_hardened
+from ..crypto.hardened import NONCE_SIZE, TAG_SIZE, FileParams, HardenedCodec, is_hardened
 from ..crypto.keyring import KeyRing
 from ..crypto.keys import ARGON2_DEFAULT, Argon2Params
 from ..page import PAGE_SIZE
@@ -136,9 +138,11 @@ def change_passphrase(
 ) -> None:
     """Re-wrap the data key of the hardened (or envelope) database at ``path`` under ``new_passphrase``.
 
-    Only page 1 changes; the old passphrase opens nothing afterwards.  Refused (``OperationalError``)
-    while another process has the database open.  ``argon2`` sets the new cost (default: the
-    library's default for new files).
+    Only page 1 changes, and the copies of it that the frame log and revert files keep; the old
+    passphrase opens nothing afterwards.  Refused (``OperationalError``) while another process
+    has the database open.  ``argon2`` sets the new cost (default: the library's default for new
+    files).  Killed after page 1's commit, copies with the old wrap may be left: the next
+    passphrase change re-encrypts them.
     """
     db_path = realpath(path)
     if not new_passphrase:
@@ -160,9 +164,22 @@ def change_passphrase(
             except ValueError as exc:
                 raise errors.ProgrammingError(str(exc)) from None
             db.install_locked(conn, {1: page1}, size)
-        db.checkpoint()  # page 1 into the database file; the WAL emptied
+        db.checkpoint()  # page 1 into the database file; the WAL emptied (its old image archived first)
+        old_wrap = _other_page1_params(codec)
+        rewrite_frame_log(db_path, codec, old_wrap)
+        rewrite_revert_files(db_path, codec, old_wrap)
     finally:
         db.close()
+
+
+def _other_page1_params(codec: HardenedCodec) -> Callable[[bytes, int], bool]:
+    """Selects the stored copies of page 1 whose header holds other parameters than the codec's (an old wrap)."""
+    params = codec.params
+
+    def selected(image: bytes, pgno: int) -> bool:
+        return pgno == 1 and FileParams.of_page1(image) != params
+
+    return selected
 
 
 # --- opening -----------------------------------------------------------------------------------
@@ -699,15 +716,17 @@ def scan_frame_log(db_path: str, codec: HardenedCodec, new: int) -> int:
     return sum(1 for _rec, off, _pgno in frame_log_images(data, S) if codec.epoch_of(data[off : off + S]) != new)
 
 
-def rewrite_frame_log(db_path: str, codec: HardenedCodec) -> int:
+def rewrite_frame_log(db_path: str, codec: HardenedCodec, selected: Callable[[bytes, int], bool] | None = None) -> int:
     """Re-encrypt the frame log's images of older epochs under the codec's write epoch; return how many.
+
+    ``selected(image, pgno)`` picks other images instead (default: those of another epoch).
 
     Under the log's exclusive lock (the one ``FrameLog`` takes), written to a temporary file and
     renamed over the log, as ``FrameLog.prune`` does; a torn record at the end is dropped, as
     the log's own repair would.
     """
     path = db_path + "-frames"
-    new = codec.write_epoch
+    stale = selected or _other_epochs(codec)
     S = codec.slot_size
     with _flocked_current(path) as fd:
         if fd is None:
@@ -719,7 +738,7 @@ def rewrite_frame_log(db_path: str, codec: HardenedCodec) -> int:
         end = FRAMELOG_HEADER_SIZE
         for rec, off, pgno in list(frame_log_images(bytes(data), S)):
             image = bytes(data[off : off + S])
-            if codec.epoch_of(image) != new:
+            if stale(image, pgno):
                 data[off : off + S] = codec.reencrypt(image, pgno, "frame log")
                 changed.add(rec)
                 count += 1
@@ -739,6 +758,12 @@ def rewrite_frame_log(db_path: str, codec: HardenedCodec) -> int:
             return 0
         _write_atomically(path, bytes(data[:end]), tmp=path + ".tmp")
         return count
+
+
+def _other_epochs(codec: HardenedCodec) -> Callable[[bytes, int], bool]:
+    """Selects the images not under the codec's write epoch (what a rotation re-encrypts)."""
+    new = codec.write_epoch
+    return lambda image, _pgno: codec.epoch_of(image) != new
 
 
 def _revert_files(db_path: str) -> list[str]:
@@ -765,13 +790,18 @@ def scan_revert_files(db_path: str, codec: HardenedCodec, new: int) -> int:
     return total
 
 
-def rewrite_revert_files(db_path: str, codec: HardenedCodec) -> int:
-    """Re-encrypt revert files' images of older epochs, under the replica's sync lock; return how many."""
+def rewrite_revert_files(
+    db_path: str, codec: HardenedCodec, selected: Callable[[bytes, int], bool] | None = None
+) -> int:
+    """Re-encrypt revert files' images of older epochs, under the replica's sync lock; return how many.
+
+    ``selected(image, pgno)`` picks other images instead (default: those of another epoch).
+    """
     names = _revert_files(db_path)
     if not names:
         return 0
     S = codec.slot_size
-    new = codec.write_epoch
+    stale = selected or _other_epochs(codec)
     count = 0
     fd = os.open(db_path + "-sync.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -782,7 +812,7 @@ def rewrite_revert_files(db_path: str, codec: HardenedCodec) -> int:
             n = 0
             for pgno, off in list(revert_images(bytes(data), S)):
                 image = bytes(data[off : off + S])
-                if codec.epoch_of(image) != new:
+                if stale(image, pgno):
                     data[off : off + S] = codec.reencrypt(image, pgno, "revert file")
                     n += 1
             if n:
