@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import secrets
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -260,3 +262,55 @@ def test_the_commands_take_envelope_files(tmp_path: Path, capsys: pytest.Capture
     assert passwd_cli.run(parse(passwd_cli, argv)) == ExitCode.OK
     assert "passphrase changed" in capsys.readouterr().out
     assert len(rows_of(pw, "new words", "envelope-passphrase")) == 20
+
+
+# A stand-in for another process's checkpoint: SQLite's unix VFS takes byte 121 of -shm exclusively
+# (WAL_CKPT_LOCK), without waiting, before it writes the database file; here it writes slot 1
+# again and again, with two valid images, so that an unguarded read often crosses a write.
+CHECKPOINTER = r"""
+import fcntl, os, struct, sys, time
+path = sys.argv[1]
+first, second = bytes.fromhex(sys.stdin.readline()), bytes.fromhex(sys.stdin.readline())
+db = os.open(path, os.O_WRONLY)
+shm = os.open(path + "-shm", os.O_RDWR | os.O_CREAT, 0o600)
+print("ready", flush=True)
+while True:
+    try:
+        fcntl.fcntl(shm, fcntl.F_SETLK, struct.pack("hhqqi", fcntl.F_WRLCK, os.SEEK_SET, 121, 1, 0))
+    except OSError:
+        continue  # busy, as a checkpoint finds it: it gives up and comes back later
+    for _ in range(1000):
+        os.pwrite(db, second, 0)
+        os.pwrite(db, first, 0)
+    fcntl.fcntl(shm, fcntl.F_SETLK, struct.pack("hhqqi", fcntl.F_UNLCK, os.SEEK_SET, 121, 1, 0))
+    time.sleep(0.0002)  # pacing: checkpoints come and go
+"""
+
+
+def test_page1_is_read_while_no_checkpoint_writes_it(tmp_path: Path) -> None:
+    """``rekey`` reads page 1 without a connection to find which epoch the key opens; a read
+    that crosses another process's checkpoint write (a slot spans two memory pages) would fail
+    like a wrong key.  It holds checkpoints off while it reads."""
+    path = tmp_path / "env.db"
+    key = secrets.token_hex(32)
+    make_envelope_db(path, key, rows=50)
+    codec = EnvelopeCodec(HARDENED_CIPHERS["envelope"], bytes.fromhex(key), P)
+    first = path.read_bytes()[:S]
+    codec.open_file(first)
+    second = codec.encrypt(codec.decrypt(first, 1), 1)  # the same page 1 under another nonce
+    assert second != first
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHECKPOINTER, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(f"{first.hex()}\n{second.hex()}\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == "ready"
+        for _ in range(2000):
+            assert rekey_module._opening_secret(str(path), key, None) == (key, "envelope")
+        with pytest.raises(turso_sync.EncryptionError, match="wrong encryption key"):
+            rekey_module._opening_secret(str(path), secrets.token_hex(32), None)  # a wrong key still is one
+    finally:
+        proc.kill()
+        proc.wait()

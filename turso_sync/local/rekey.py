@@ -71,6 +71,7 @@ BATCH_PAGES = 64
 _ROUNDS = 5  # sweeps before giving up on retiring (each round only finds what came in between)
 _REVERT_HEAD = 20  # magic (8) | seq (8) | count (4), then crc32 (4)
 _SHM_DMS_BYTE = 128  # every connection holds a read lock on this byte of -shm while open (unix VFS)
+_SHM_CKPT_BYTE = 121  # a checkpoint holds this byte of -shm exclusively (unix VFS: WAL_CKPT_LOCK at 120 + 1)
 
 
 @dataclass(frozen=True)
@@ -202,14 +203,7 @@ def _opening_secret(db_path: str, encryption_key: str | None, passphrase: str | 
     one is traded for this one's through the key ring.  The cipher names the file's layout:
     "hardened" or "envelope" (with "-passphrase" for a passphrase).
     """
-    try:
-        with open(db_path, "rb") as f:
-            head = f.read(100)
-            envelope = is_envelope(head)
-            page_size = _header_page_size(head) if envelope else PAGE_SIZE
-            page1 = head + f.read((page_size + ENVELOPE_OVERHEAD if envelope else page_size) - len(head))
-    except FileNotFoundError:
-        raise errors.OperationalError(f"{db_path} does not exist") from None
+    page1, envelope, page_size = _read_page1(db_path)
     if not envelope and not is_hardened(page1):
         raise errors.EncryptionError(
             f"{db_path} does not use the hardened format: Turso's format keeps one key for the life of the "
@@ -228,18 +222,70 @@ def _opening_secret(db_path: str, encryption_key: str | None, passphrase: str | 
     from ..crypto.page_codec import HARDENED_CIPHERS
 
     spec = HARDENED_CIPHERS[layout]
-    probe = EnvelopeCodec(spec, raw, page_size) if envelope else HardenedCodec(spec, raw, page_size)
-    probe.ring_source = ring_reader(db_path)
+    same = 0  # reads in a row that gave these bytes
+    for _read in range(_PAGE1_READS):
+        probe = EnvelopeCodec(spec, raw, page_size) if envelope else HardenedCodec(spec, raw, page_size)
+        probe.ring_source = ring_reader(db_path)
+        try:
+            params = probe.open_file(page1)
+            return probe.data_key(params.epoch).hex(), layout
+        except Exception as exc:
+            # read without SQLite's locks: another process's checkpoint may be writing page 1, and a
+            # read across the write fails like a wrong key; only bytes read alike several times are judged
+            again = _read_page1(db_path)[0]
+            same = same + 1 if again == page1 else 0
+            page1 = again
+            if same < _STABLE_READS:
+                continue
+            if isinstance(exc, errors.EncryptionError):
+                raise
+            break
+    raise errors.EncryptionError(
+        f"wrong encryption key for {db_path}: page 1 failed authentication, and no key ring of a rotation "
+        "under way opens with it"
+    ) from None
+
+
+_STABLE_READS = 8  # identical reads of page 1 that fail before the key is called wrong (each costs microseconds)
+_PAGE1_READS = 200  # reads in all, while page 1 keeps changing under checkpoints
+
+
+def _read_page1(db_path: str) -> tuple[bytes, bool, int]:
+    """Page 1 of the database file as stored (a slot in the envelope layout), whether the file is
+    an envelope, and its page size; other processes' checkpoints held off meanwhile."""
     try:
-        params = probe.open_file(page1)
-    except errors.EncryptionError:
-        raise
-    except Exception:
-        raise errors.EncryptionError(
-            f"wrong encryption key for {db_path}: page 1 failed authentication, and no key ring of a rotation "
-            "under way opens with it"
-        ) from None
-    return probe.data_key(params.epoch).hex(), layout
+        with _checkpoints_held_off(db_path), open(db_path, "rb") as f:
+            head = f.read(100)
+            envelope = is_envelope(head)
+            page_size = _header_page_size(head) if envelope else PAGE_SIZE
+            page1 = head + f.read((page_size + ENVELOPE_OVERHEAD if envelope else page_size) - len(head))
+    except FileNotFoundError:
+        raise errors.OperationalError(f"{db_path} does not exist") from None
+    return page1, envelope, page_size
+
+
+@contextlib.contextmanager
+def _checkpoints_held_off(db_path: str) -> Iterator[None]:
+    """Other processes' checkpoints wait (or skip, as busy) meanwhile: a read lock on the byte of
+    ``-shm`` that SQLite's checkpoint holds exclusively while it writes the database file.
+
+    Only when this process has no connection to the database: POSIX locks belong to the
+    process, so a lock taken and dropped here could change one its own connections hold (the
+    callers then read page 1 until it reads alike; see ``_opening_secret``).
+    """
+    if registry.get(db_path) is not None:
+        yield
+        return
+    try:
+        fd = os.open(db_path + "-shm", os.O_RDWR)
+    except OSError:  # no -shm: no connection in any process, so no checkpoint (or not ours to lock)
+        yield
+        return
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLKW, struct.pack("hhqqi", fcntl.F_RDLCK, os.SEEK_SET, _SHM_CKPT_BYTE, 1, 0))
+        yield
+    finally:
+        os.close(fd)  # drops the lock (no other lock of this process is on the file)
 
 
 def _header_page_size(head: bytes) -> int:
