@@ -3,8 +3,9 @@
   turso-sync passwd notes.db --passphrase-file old.txt --new-passphrase-file new.txt
   turso-sync passwd notes.db                       # asks for both (the new one twice, no echo)
 
-The data key is re-wrapped under the new passphrase; no other page changes, and the old
-passphrase opens nothing afterwards.  The database must not be open in another process (each
+The data key is re-wrapped under the new passphrase; no other page changes (the copies of
+page 1 in the frame log and revert files are re-encrypted with it), and the old passphrase
+opens nothing afterwards.  The database must not be open in another process (each
 one keeps its own copy of page 1's parameters).  Someone who had the old passphrase and a copy
 of the file could already unwrap the data key: after a leak, run ``turso-sync rekey`` too.
 
@@ -21,7 +22,7 @@ from ..local.rekey import change_passphrase
 from .exit_codes import CommandError, ExitCode
 from .rekey import file_kind, read_secret
 
-HELP = "Change a hardened database's passphrase (rewrites page 1 only)."
+HELP = "Change a hardened (or envelope) database's passphrase (rewrites page 1 only)."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

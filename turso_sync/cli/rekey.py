@@ -31,7 +31,7 @@ from ..crypto.hardened import FileParams, is_hardened
 from ..local.rekey import RekeyProgress, rekey
 from .exit_codes import CommandError, ExitCode
 
-HELP = "Rotate a hardened database's key (resumable; readers and writers keep going)."
+HELP = "Rotate a hardened (or envelope) database's key (resumable; readers and writers keep going)."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
