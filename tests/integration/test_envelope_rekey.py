@@ -29,10 +29,11 @@ from pathlib import Path
 import pytest
 
 import turso_sync
+from tests.integration.test_envelope_sync import seed_without_reserved_bytes
 from tests.integration.test_rekey_kills import SWEEPERS, Lines
-from tests.servers import tursodb
+from tests.servers import primary, tursodb
 from turso_sync.crypto.envelope import is_envelope
-from turso_sync.local.rekey import frame_log_images, revert_images
+from turso_sync.local.rekey import frame_log_images, rekey, revert_images
 from turso_sync.sync.files import ReplicaFiles
 
 pytestmark = pytest.mark.peers
@@ -365,3 +366,36 @@ def test_passwd_and_rekey_on_an_envelope_replica_protected_by_a_passphrase(tmp_p
         assert a.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
         a.close()
         assert {e for places in epochs_on_disk(path).values() for e in places} == {2}
+
+
+def test_a_partial_envelope_replica_rotates_and_fetches_its_missing_pages_under_the_new_key(tmp_path: Path) -> None:
+    """Pages a partial replica has not fetched are not on disk: the sweep passes them by, and each
+    one fetched after the rotation is written under the new epoch."""
+    data_dir = tmp_path / "server"
+    seed_without_reserved_bytes(data_dir, 3000)
+    path = tmp_path / "partial.db"
+    old, new = secrets.token_hex(32), secrets.token_hex(32)
+    with primary(data_dir) as url:
+        full = turso_sync.connect(tmp_path / "full.db", url)
+        want = full.execute("SELECT count(*), sum(id), sum(length(v)) FROM t").fetchall()
+        full.close()
+        conn = turso_sync.connect(path, url, encryption_key=old, partial=turso_sync.PartialSync(prefix_bytes=64 * 1024))
+        before = conn.stats()
+        assert before.pages_present is not None and before.pages_total is not None
+        assert before.pages_present < before.pages_total
+        conn.close()
+        result = rekey(path, encryption_key=old, new_key=new, batch_pages=16)
+        assert result.new_epoch == 2 and 0 < result.pages_rewritten < before.pages_total
+        with pytest.raises(turso_sync.EncryptionError, match="wrong encryption key"):
+            turso_sync.connect(path, encryption_key=old)
+        conn = turso_sync.connect(path, encryption_key=new)
+        assert isinstance(conn, turso_sync.SyncConnection)
+        assert conn.execute("SELECT count(*), sum(id), sum(length(v)) FROM t").fetchall() == want  # fetches the rest
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        after = conn.stats()
+        assert after.pages_present is not None and after.pages_present > before.pages_present
+        conn.close()
+    data = path.read_bytes()
+    slots = [data[i * S : (i + 1) * S] for i in range(len(data) // S)]
+    assert {epoch_at(slot) for slot in slots if any(slot)} == {2}  # fetched ones too; never fetched: zeros
+    assert {e for places in epochs_on_disk(path).values() for e in places} <= {0, 2}
