@@ -157,17 +157,6 @@ def test_engine_reads_installs_and_undoes_in_slots(tmp_path: Path) -> None:
     db.close()
 
 
-def test_key_rotation_is_refused_on_the_envelope_layout(tmp_path: Path) -> None:
-    from turso_sync.local.rekey import rekey
-
-    path = tmp_path / "e.db"
-    Connection(path, encryption_key=KEY256, cipher="envelope").close()
-    with pytest.raises(errors.EncryptionError, match=r"uses the envelope layout.*bootstrap a new replica"):
-        rekey(str(path), encryption_key=KEY256, new_key="ee" * 32)
-    with pytest.raises(ValueError, match="envelope layout"):
-        envelope_codec().rotation_ring(b"\xee" * 32)
-
-
 # --- random SQL against a plaintext twin ------------------------------------------------------
 
 OPERATIONS = st.lists(
