@@ -143,20 +143,36 @@ def test_folds_keep_the_order_of_changes(remote_db: apsw.Connection) -> None:
     assert folded == [(1, 5), (7, 8), (9, 10), (11, 12)]
 
 
-def test_one_transaction_inserting_two_keys_folds_and_a_lone_insert_keeps_its_row_guard() -> None:
+def test_one_transaction_inserting_two_keys_folds_and_a_lone_insert_is_folded_alone(
+    remote_db: apsw.Connection,
+) -> None:
     local = Local()
     local.commit("INSERT INTO t VALUES (1, 'a'), (2, 'b')")
     local.commit("UPDATE t SET v = 'c' WHERE id = 1")
     local.commit("INSERT INTO t VALUES (3, 'd')")
-    sources = [s for s in local.batch().sources if s is not None and not s.mark]
+    batch = local.batch()
+    sources = [s for s in batch.sources if s is not None and not s.mark]
     assert [(s.outbox_id, s.outbox_last, s.guard) for s in sources] == [
         (1, 1, False),
         (1, 1, True),
         (2, None, True),
         (2, None, False),
-        (3, None, True),
-        (3, None, False),
+        (3, 3, False),
+        (3, 3, True),
     ]
+    assert run(remote_db, batch) is None
+    assert remote_db.execute("SELECT * FROM t ORDER BY id").fetchall() == local.dump()
+
+
+def test_a_lone_insert_meeting_a_different_row_fails_its_guard(remote_db: apsw.Connection) -> None:
+    local = Local()
+    local.commit("INSERT INTO t VALUES (1, ?)", "x" * 5000)  # over the per-row guard's 1 KiB: compared all the same
+    remote_db.execute("INSERT INTO t VALUES (1, ?)", ("y" * 5000,))
+    failure = run(remote_db, local.batch())
+    assert failure is not None and failure[0] is not None and failure[0].guard
+    assert remote_db.execute("SELECT substr(v, 1, 1) FROM t").fetchall() == [("y",)]
+    remote_db.execute("UPDATE t SET v = ?", ("x" * 5000,))
+    assert run(remote_db, local.batch()) is None, "an equal row is no conflict"
 
 
 def test_a_folded_statement_stays_within_the_parameter_limit(remote_db: apsw.Connection) -> None:

@@ -29,11 +29,12 @@ push) writes the new mark as a compare-and-set on the expected one and on the pu
 the client then reads the mark, forgets what the remote holds, and retries), before any guard
 has run, so it is never taken for a conflict.
 
-Inserts that follow one another in a batch, into one table with a primary key, are *folded*:
-sent as one multi-row upsert whose ``DO UPDATE`` runs only where the remote row equals the one
-inserted, followed by one guard that ``changes()`` counts every row (each one inserted, or met
-equal).  It is the per-row insert guard, for many rows in two steps, with each value sent once
-(an offline backlog of single-row inserts is most of its bytes in guards otherwise).  A folded
+Inserts into a table with a primary key (non-NULL keys) are *folded*, with the inserts into the
+same table that follow them in the batch: sent as one (multi-row) upsert whose ``DO UPDATE``
+runs only where the remote row equals the one inserted, followed by one guard that
+``changes()`` counts every row (each one inserted, or met equal).  It is the per-row insert
+guard, for one row or many in two steps, with each value sent once (an offline backlog of
+single-row inserts is most of its bytes in guards otherwise).  A folded
 guard that fails names the outbox rows it covers; the pull that follows settles each row under
 the policy, as for any guard.
 """
@@ -191,15 +192,12 @@ def change_steps(
 
 @dataclass(frozen=True)
 class Insert:
-    """An INSERT of a changeset, kept past its iteration (an ``apsw.TableChange`` is not):
-    the fields ``guard_step`` and ``_row_step`` read."""
+    """An INSERT of a changeset, kept past its iteration (an ``apsw.TableChange`` is not)."""
 
     name: str
     new: tuple[Any, ...]
     pk_columns: set[int]
     column_count: int
-    op: str = "INSERT"
-    old: None = None
 
 
 class _Fold:
@@ -236,11 +234,8 @@ class _Fold:
         return True
 
     def flush(self) -> list[Step]:
-        """The group's steps (a lone insert keeps its per-row guard), and an empty group."""
+        """The group's steps (none for an empty group), and an empty group."""
         inserts, self.inserts, self.keys, self.size = self.inserts, [], set(), 0
-        if len(inserts) == 1:
-            insert, table_cols, outbox_id = inserts[0]
-            return [guard_step(insert, table_cols, outbox_id), _row_step(insert, table_cols, outbox_id)]
         if not inserts:
             return []
         return fold_steps([i for i, _, _ in inserts], inserts[0][1], inserts[0][2], inserts[-1][2])
@@ -375,7 +370,7 @@ def local_parents(query: Query) -> Parents:
     return found
 
 
-def _names(change: apsw.TableChange | Insert, table_cols: list[tuple[str, int]]) -> tuple[list[str], bool]:
+def _names(change: apsw.TableChange, table_cols: list[tuple[str, int]]) -> tuple[list[str], bool]:
     """Column names in changeset order (``rowid`` first for a table without a primary key)."""
     names = [name for name, _ in table_cols]
     rowid_table = change.column_count == len(names) + 1
@@ -388,7 +383,7 @@ def _is(name: str) -> str:
     return f"{quote(name)} IS ?" if name != "rowid" else '"rowid" IS ?'
 
 
-def guard_step(change: apsw.TableChange | Insert, table_cols: list[tuple[str, int]], outbox_id: int) -> Step:
+def guard_step(change: apsw.TableChange, table_cols: list[tuple[str, int]], outbox_id: int) -> Step:
     """The compare-and-set guard that must pass before ``change`` is applied on the remote.
 
     UPDATE and DELETE: a row must exist whose key and touched columns hold the change's old
@@ -425,7 +420,7 @@ def guard_step(change: apsw.TableChange | Insert, table_cols: list[tuple[str, in
     return Step(f"SELECT CASE WHEN {condition} THEN 1 ELSE {GUARD_FAIL} END AS ok", args, outbox_id, guard=True)
 
 
-def _row_step(change: apsw.TableChange | Insert, table_cols: list[tuple[str, int]], outbox_id: int) -> Step:
+def _row_step(change: apsw.TableChange, table_cols: list[tuple[str, int]], outbox_id: int) -> Step:
     names, rowid_table = _names(change, table_cols)
     pk_names = [names[i] for i in sorted(change.pk_columns)]
     table = quote(change.name)
