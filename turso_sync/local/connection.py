@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -518,13 +519,21 @@ class Connection:
             if is_replica(self._db):
                 self.enable_capture()
         except apsw.Error as exc:
-            registry.release(self.path)
-            self._closed = True
+            self._abandon()
             raise self._translate(exc) from None
         except BaseException:
-            registry.release(self.path)
-            self._closed = True
+            self._abandon()
             raise
+
+    def _abandon(self) -> None:
+        """Opening failed: close what was opened now (not when the garbage collector gets to it, where
+        a checkpoint meeting a damaged file could only be reported as ignored), and let the state go."""
+        db = self.__dict__.get("_db")
+        if db is not None:
+            with contextlib.suppress(apsw.Error, errors.Error):
+                db.close()
+        registry.release(self.path)
+        self._closed = True
 
     def _configure(self, timeout: float) -> None:
         db = self._db
