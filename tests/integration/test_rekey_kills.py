@@ -108,38 +108,47 @@ path = sys.argv[1]
 sel = selectors.DefaultSelector()
 sel.register(sys.stdin.fileno(), selectors.EVENT_READ, None)
 running = None
+commands = b""  # one read may hold several commands ("kill" and the next "run"), or part of one
 print("ready", flush=True)
+
+
+def start(old_file, new_file):
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        code = 0
+        try:
+            out = os.fdopen(w, "w")
+            old, new = open(old_file).read().strip(), open(new_file).read().strip()
+            rekey(path, encryption_key=old, new_key=new, batch_pages=1,
+                  progress=lambda p: print(p.phase, p.done, p.total, file=out, flush=True))
+            print("done", file=out, flush=True)
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        os._exit(code)
+    os.close(w)
+    sel.register(r, selectors.EVENT_READ, pid)
+    print(f"pid {pid}", flush=True)
+    return pid
+
+
 while True:
     for key, _ in sel.select():
         if key.data is None:
             data = os.read(key.fd, 4096)
             if not data:
                 sys.exit(0)
-            command, *files = data.decode().split()
-            if command == "kill":
-                if running is not None:
-                    os.kill(running, signal.SIGKILL)
-                continue
-            old_file, new_file = files
-            r, w = os.pipe()
-            pid = os.fork()
-            if pid == 0:
-                os.close(r)
-                code = 0
-                try:
-                    out = os.fdopen(w, "w")
-                    old, new = open(old_file).read().strip(), open(new_file).read().strip()
-                    rekey(path, encryption_key=old, new_key=new, batch_pages=1,
-                          progress=lambda p: print(p.phase, p.done, p.total, file=out, flush=True))
-                    print("done", file=out, flush=True)
-                except BaseException:
-                    traceback.print_exc()
-                    code = 1
-                os._exit(code)
-            os.close(w)
-            running = pid
-            sel.register(r, selectors.EVENT_READ, pid)
-            print(f"pid {pid}", flush=True)
+            commands += data
+            while b"\n" in commands:
+                line, commands = commands.split(b"\n", 1)
+                command, *files = line.decode().split()
+                if command == "kill":
+                    if running is not None:
+                        os.kill(running, signal.SIGKILL)
+                    continue
+                running = start(*files)
         else:
             data = os.read(key.fd, 65536)
             if data:
