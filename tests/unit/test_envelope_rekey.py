@@ -171,6 +171,33 @@ def test_a_lost_ring_of_an_envelope_rotation_is_named(tmp_path: Path, monkeypatc
         rekey(path, encryption_key=new)
 
 
+def test_a_run_killed_between_removing_the_ring_and_retiring_is_finished_by_the_same_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same rekey command again (old key, the new key) finishes it; it used to start a rotation
+    to the key the file already uses and fail ("the new key is the key the file already uses")."""
+    path = tmp_path / "env.db"
+    old, new = secrets.token_hex(32), secrets.token_hex(32)
+    make_envelope_db(path, old, rows=100)
+    before = rows_of(path, old)
+
+    def die(self: rekey_module._Rotation, conn: object) -> None:
+        raise Killed()  # the ring is removed just before this, page 1 still says "previous live"
+
+    monkeypatch.setattr(rekey_module._Rotation, "_retire_locked", die)
+    with pytest.raises(Killed):
+        rekey(path, encryption_key=old, new_key=new)
+    monkeypatch.undo()
+    assert not Path(f"{path}-rekey").exists()
+    again = rekey(path, encryption_key=old, new_key=new)
+    assert again.resumed and (again.old_epoch, again.new_epoch) == (1, 2)
+    assert rows_of(path, new) == before
+    with pytest.raises(turso_sync.EncryptionError):
+        turso_sync.connect(str(path), encryption_key=old)
+    third = secrets.token_hex(32)  # and a new key after it starts the next rotation
+    assert (rekey(path, encryption_key=new, new_key=third).new_epoch, rows_of(path, third)) == (3, before)
+
+
 def test_an_envelope_passphrase_changes_with_page1_alone(tmp_path: Path) -> None:
     path = tmp_path / "pw.db"
     make_envelope_db(path, "old words", cipher="envelope-passphrase", rows=100)

@@ -450,7 +450,11 @@ class _Rotation:
             ring = None
         resumed = ring is not None
         if ring is None and params.previous_live:
-            ring = self._lost_ring()  # raises unless nothing holds the old epoch any more
+            ring = self._lost_ring()  # raises unless nothing holds the old epoch any more; retires it
+            if new_raw is None or new_raw == self._held_key(params.epoch):
+                # the run killed between removing the ring and retiring is finished now: the file uses
+                # the key this run was asked to rotate to (a new key starts the next rotation instead)
+                return RekeyResult(params.epoch - 1, params.epoch, True, 0, 0)
         if ring is None:
             ring = self._start(new_raw)
         else:
@@ -466,6 +470,12 @@ class _Rotation:
         ring = self._sweep(ring)
         self._retire(ring)
         return RekeyResult(ring.old_epoch, ring.new_epoch, resumed, self.rewritten, self.copies)
+
+    def _held_key(self, epoch: int) -> bytes | None:
+        try:
+            return self.codec.data_key(epoch)
+        except KeyError:
+            return None
 
     def _ring_holds(self, ring: KeyRing, raw: bytes) -> bool:
         return ring.open({}, (raw,)) is not None
