@@ -645,3 +645,16 @@ def fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_atomically(path: str, data: bytes, tmp: str | None = None) -> None:
+    """Replace ``path`` with ``data``: written to ``tmp`` (``path.tmp``), synced, renamed over it, the rename synced."""
+    tmp = tmp or path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path)

@@ -48,6 +48,7 @@ from hashlib import sha256
 
 from .. import errors
 from ..crypto.hardened import MAP_TAG_SIZE, HardenedAuthError, HardenedCodec
+from .framelog import write_atomically
 
 MAP_SUFFIX = "-pagemap"
 LOCK_SUFFIX = "-pagemap.lock"
@@ -59,14 +60,6 @@ _ZERO = bytes(MAP_TAG_SIZE)
 
 class PageMapError(errors.EncryptionError):
     """The page map of a hardened database is missing, changed on disk, or not this file's."""
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(os.path.dirname(os.path.abspath(path)) or ".", os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def encode(codec: HardenedCodec, seq: int, tags: bytes | bytearray, pending: Iterable[int]) -> bytes:
@@ -114,16 +107,7 @@ def decode(path: str, codec: HardenedCodec, raw: bytes) -> tuple[int, bytearray,
 
 def write_file(path: str, data: bytes) -> None:
     """Replace ``path``'s map with ``data``: a temporary file, synced, renamed over it."""
-    target = path + MAP_SUFFIX
-    tmp = target + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, target)
-    _fsync_dir(target)
+    write_atomically(path + MAP_SUFFIX, data)
 
 
 def write_new(path: str, codec: HardenedCodec, images: dict[int, bytes]) -> None:

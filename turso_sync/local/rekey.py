@@ -62,6 +62,7 @@ from .framelog import _HEADER_SIZE as FRAMELOG_HEADER_SIZE
 from .framelog import _REC as FRAMELOG_RECORD
 from .framelog import _REC_SIZE as FRAMELOG_RECORD_SIZE
 from .framelog import REC_MAGIC, fsync_dir
+from .framelog import write_atomically as _write_atomically
 from .install import append_transaction
 from .vfs import RING_SUFFIX, file_descriptor, realpath, registry, ring_reader
 from .walformat import FRAME_HEADER_SIZE, WAL_HEADER_SIZE
@@ -908,18 +909,6 @@ def _flocked_current(path: str) -> Iterator[int | None]:
         yield fd
     finally:
         os.close(fd)
-
-
-def _write_atomically(path: str, data: bytes, tmp: str | None = None) -> None:
-    tmp = tmp or path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path)
 
 
 def _remove(path: str) -> None:
