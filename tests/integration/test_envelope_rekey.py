@@ -7,7 +7,7 @@ there: the database file, the WAL, the frame log and a revert file.
 
 A writer and a reader in processes of their own use the replica throughout, opened once with
 the first key.  Each rotation runs ``rekey`` in a forked process killed with SIGKILL after a
-progress line of a phase picked at random (seeded; the forking helper is test_rekey_kills.py's), then
+progress line of a phase picked at random (seeded; the rig is rekey_rig.py), then
 run again until one finishes.  After each kill every row the writer saw committed is there and
 ``PRAGMA integrity_check`` is ok; after each rotation the old key is refused and no ring is
 left.  At the end no image of an older epoch is left in the database file, the WAL, the frame
@@ -17,11 +17,9 @@ points are counted by the last progress line before each kill (printed with ``-s
 
 from __future__ import annotations
 
-import collections
 import glob
 import random
 import secrets
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -30,18 +28,17 @@ import pytest
 
 import turso_sync
 from tests.integration.test_envelope_sync import seed_without_reserved_bytes
-from tests.integration.test_rekey_kills import SWEEPERS, Lines
 from tests.servers import primary, tursodb
 from turso_sync.crypto.envelope import is_envelope
 from turso_sync.local.rekey import frame_log_images, rekey, revert_images
 from turso_sync.sync.files import ReplicaFiles
 
+from .rekey_rig import ACCOUNTS, BALANCE, KillPoint, RotationRig
+
 pytestmark = pytest.mark.peers
 
 SEED = 141414
 KILLS = 20
-ACCOUNTS = 10
-BALANCE = 100
 P = 4096
 S = P + 32  # an envelope slot
 NONCE_AT = P + 16  # the nonce (epoch first) follows the ciphertext of the whole page and its tag
@@ -56,87 +53,6 @@ KILL_AFTER: list[str | None] = [
     "checkpointed",
     "re-encrypting the frame log and revert files",
 ]
-
-WORKER = r"""
-import os, random, sys, time, traceback
-import turso_sync
-
-role, path, key_file, stop_file, log_file = sys.argv[1:6]
-with open(key_file) as f:
-    key = f.read().strip()
-conn = turso_sync.connect(path, encryption_key=key)  # the replica: the file says envelope
-assert isinstance(conn, turso_sync.SyncConnection)
-print("ready", flush=True)
-rng = random.Random(role)
-done = 0
-try:
-    if role == "writer":
-        log = open(log_file, "a")
-        next_id = 10000
-        while not os.path.exists(stop_file):
-            a, b = rng.sample(range(1, 11), 2)
-            try:
-                conn.execute("INSERT INTO t (id, v) VALUES (?, ?)", (next_id, f"row-{next_id}-" + "w" * 40))
-                conn.execute("UPDATE acct SET bal = bal - 1 WHERE id = ?", (a,))
-                conn.execute("UPDATE acct SET bal = bal + 1 WHERE id = ?", (b,))
-                conn.commit()
-            except turso_sync.OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc):
-                    raise
-                conn.rollback()
-                continue
-            log.write(f"{next_id}\n")
-            log.flush()
-            next_id += 1
-            done += 1
-            time.sleep(0.02)  # pacing: an application's steady load, not a loop that starves other writers
-    else:
-        last = 0
-        while not os.path.exists(stop_file):
-            try:
-                total, accounts = conn.execute("SELECT sum(bal), count(*) FROM acct").fetchone()
-                (rows,) = conn.execute("SELECT count(*) FROM t").fetchone()
-            except turso_sync.OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc):
-                    raise
-                continue
-            assert (total, accounts) == (1000, 10), (total, accounts)
-            assert rows >= last, (rows, last)
-            last = rows
-            done += 1
-    conn.close()
-except BaseException:
-    traceback.print_exc()
-    sys.exit(1)
-print(f"{role} finished after {done} transactions", flush=True)
-"""
-
-
-def open_with_ring(path: Path, keys: list[str]) -> turso_sync.Connection | turso_sync.SyncConnection:
-    """The replica opened with the first key of the rotation that opens it."""
-    errors = []
-    for key in keys:
-        try:
-            return turso_sync.connect(str(path), encryption_key=key)
-        except turso_sync.EncryptionError as exc:
-            errors.append(str(exc))
-    raise AssertionError(f"no key of the ring opens the replica: {errors}")
-
-
-def check_intact(path: Path, keys: list[str], log: Path) -> int:
-    committed = [int(x) for x in log.read_text().split()]
-    conn = open_with_ring(path, keys)
-    try:
-        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-        rows = dict(conn.execute("SELECT id, v FROM t").fetchall())
-        assert conn.execute("SELECT sum(bal) FROM acct").fetchone() == (ACCOUNTS * BALANCE,)
-    finally:
-        conn.close()
-    missing = [i for i in committed if i not in rows]
-    assert not missing, f"committed rows lost: {missing[:10]}"
-    for row_id in committed:
-        assert rows[row_id] == f"row-{row_id}-" + "w" * 40, (row_id, rows[row_id][:40])
-    return len(rows)
 
 
 def epoch_at(image: bytes) -> int:
@@ -189,94 +105,13 @@ def test_an_envelope_replica_rotates_under_load_killed_at_random_points(tmp_path
     with tursodb(tmp_path / "srv") as url:
         make_replica(path, url, keys[0], tmp_path)
         assert {e for found in epochs_on_disk(path).values() for e in found} == {1}
-        (tmp_path / "worker.py").write_text(WORKER)
-        (tmp_path / "sweepers.py").write_text(SWEEPERS)
-        key_file = tmp_path / "key-0"
-        key_file.write_text(keys[0])
-        stop, log = tmp_path / "stop", tmp_path / "committed"
-        log.write_text("")
-        workers = {
-            role: subprocess.Popen(
-                [sys.executable, str(tmp_path / "worker.py"), role, str(path), str(key_file), str(stop), str(log)],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-            )
-            for role in ("writer", "reader")
-        }
-        outputs = {role: Lines(proc) for role, proc in workers.items()}
-        for role, lines in outputs.items():
-            assert lines.next() == "ready", workers[role].stderr.read().decode()  # type: ignore[union-attr]
-        errors_file = open(tmp_path / "sweepers.err", "wb")  # closed at the end of the test
-        sweepers = subprocess.Popen(
-            [sys.executable, str(tmp_path / "sweepers.py"), str(path)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=errors_file,
-        )
-
-        def sweepers_errors() -> str:
-            return (tmp_path / "sweepers.err").read_text()[-3000:]
-
-        relayed = Lines(sweepers)
-        assert relayed.next() == "ready", sweepers_errors()
-        kills = rotations = 0
-        points: collections.Counter[str] = collections.Counter()  # the last progress line before each kill
-        try:
-            while kills < KILLS:
-                rotations += 1
-                old, new = keys[-1], secrets.token_hex(32)
-                keys.append(new)
-                old_file, new_file = tmp_path / f"key-{rotations - 1}", tmp_path / f"key-{rotations}"
-                old_file.write_text(old)
-                new_file.write_text(new)
-                while True:
-                    assert sweepers.stdin is not None
-                    sweepers.stdin.write(f"run {old_file} {new_file}\n".encode())
-                    sweepers.stdin.flush()
-                    started = relayed.next()
-                    assert started is not None and started.startswith("pid "), started
-                    phase = rng.choice(KILL_AFTER)
-                    times = rng.randrange(1, 30) if phase == "re-encrypting pages" else 1  # one line per page
-                    seen: list[str] = []
-                    while not (seen and seen[-1].startswith("exit")):
-                        if phase is None or sum(line.startswith(phase) for line in seen) >= times:
-                            break
-                        seen.append(relayed.next() or "")
-                    if not (seen and seen[-1].startswith("exit")):
-                        sweepers.stdin.write(b"kill\n")  # a run that ended meanwhile is not signalled
-                        sweepers.stdin.flush()
-                        while not (seen and seen[-1].startswith("exit")):
-                            seen.append(relayed.next() or "")
-                    code = int(seen[-1].split()[1])
-                    if code == 0:
-                        assert "done" in seen
-                        break  # this run finished the rotation (perhaps just before the signal)
-                    assert code == -signal.SIGKILL, f"the sweeper failed: {sweepers_errors()}"
-                    kills += 1
-                    points[seen[-2].rsplit(" ", 2)[0] if len(seen) > 1 else "before any progress"] += 1
-                    check_intact(path, [old, new], log)
-                    for role, proc in workers.items():
-                        assert proc.poll() is None, f"{role} died: {proc.stderr.read().decode()}"  # type: ignore[union-attr]
-                check_intact(path, [new], log)
-                with pytest.raises(turso_sync.EncryptionError, match="wrong encryption key"):
-                    turso_sync.connect(str(path), encryption_key=old)
-                assert not Path(f"{path}-rekey").exists()
-            print(f"{kills} kills over {rotations} rotations, after: {dict(points)}", file=sys.stderr)
-            stop.write_text("")
-            for role, proc in workers.items():
-                assert proc.wait(timeout=60) == 0, f"{role}: {proc.stderr.read().decode()}"  # type: ignore[union-attr]
-                assert (outputs[role].next() or "").startswith(f"{role} finished")
-        finally:
-            stop.write_text("")
-            sweepers.kill()
-            sweepers.wait()
-            errors_file.close()
-            for proc in workers.values():
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
+        with RotationRig(tmp_path, path, keys[0], None, first_id=10000, update_every=0) as rig:
+            while rig.kills < KILLS:
+                rig.rotate(secrets.token_hex(32), lambda: _after_phase(rng), every_row=False)
+            rig.finish()
+        keys, rotations, log = rig.keys, rig.rotations, rig.log
         final = rotations + 1
-        rows = check_intact(path, [keys[-1]], log)
+        rows = rig.check([keys[-1]], every_row=False)
         assert rows >= 801 + 50  # the writer got through transactions while the rotations ran
         found = epochs_on_disk(path)
         assert found["database"] == {final}, found
@@ -305,6 +140,13 @@ def test_an_envelope_replica_rotates_under_load_killed_at_random_points(tmp_path
         a.close()
         found = epochs_on_disk(path)
         assert {e for places in found.values() for e in places} == {final}, found  # the pull wrote the new epoch
+
+
+def _after_phase(rng: random.Random) -> KillPoint:
+    """Kill after a progress line of a phase picked at random (a page sweep's line after 1 to 29 of them)."""
+    phase = rng.choice(KILL_AFTER)
+    times = rng.randrange(1, 30) if phase == "re-encrypting pages" else 1  # one line per page
+    return lambda seen: phase is None or sum(line.startswith(phase) for line in seen) >= times
 
 
 def cli(*argv: str) -> subprocess.CompletedProcess[str]:

@@ -19,13 +19,13 @@ from pathlib import Path
 import pytest
 
 import turso_sync
+from tests.unit.rekey_stops import Killed, stop_rotation_midway
 from turso_sync.cli import passwd as passwd_cli
 from turso_sync.cli import rekey as rekey_cli
 from turso_sync.cli.exit_codes import ExitCode
 from turso_sync.crypto import keys
 from turso_sync.crypto.envelope import EnvelopeCodec, is_envelope
 from turso_sync.crypto.hardened import FileParams, HardenedCodec
-from turso_sync.crypto.keyring import KeyRing
 from turso_sync.crypto.page_codec import HARDENED_CIPHERS
 from turso_sync.local import rekey as rekey_module
 from turso_sync.local.engine import LocalDatabase
@@ -102,10 +102,6 @@ def test_an_envelope_file_rotates_and_the_old_key_opens_nothing(tmp_path: Path) 
     assert (again.resumed, again.pages_rewritten) == (True, 0)
 
 
-class Killed(BaseException):
-    """Stands for SIGKILL at one of the sweep's saved points."""
-
-
 @pytest.mark.parametrize("kill_at", range(1, 8))  # ring written, start, batches, swept, copies
 def test_an_envelope_rotation_stopped_at_any_saved_point_resumes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kill_at: int
@@ -114,20 +110,7 @@ def test_an_envelope_rotation_stopped_at_any_saved_point_resumes(
     old, new = secrets.token_hex(32), secrets.token_hex(32)
     make_envelope_db(path, old, rows=120)
     before = rows_of(path, old)
-    saved = rekey_module._Rotation._save_ring
-    calls = 0
-
-    def save_then_maybe_die(self: rekey_module._Rotation, ring: KeyRing) -> None:
-        nonlocal calls
-        calls += 1
-        saved(self, ring)
-        if calls == kill_at:
-            raise Killed()
-
-    monkeypatch.setattr(rekey_module._Rotation, "_save_ring", save_then_maybe_die)
-    with pytest.raises(Killed):
-        rekey(path, encryption_key=old, new_key=new, batch_pages=4)
-    monkeypatch.undo()
+    stop_rotation_midway(path, old, new, monkeypatch, saves=kill_at)
     assert Path(f"{path}-rekey").exists()
     assert rows_of(path, old) == before  # either key of a rotation under way opens it
     result = rekey(path, encryption_key=old, new_key=new, batch_pages=4)

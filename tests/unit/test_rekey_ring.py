@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import turso_sync
+from tests.unit.rekey_stops import Killed, stop_rotation_midway
 from turso_sync.crypto import keys
 from turso_sync.crypto.hardened import FileParams, HardenedAuthError, HardenedCodec
 from turso_sync.crypto.keyring import KeyRing, KeyRingError
@@ -178,10 +179,6 @@ def test_rekey_rotates_and_the_old_key_is_refused(tmp_path: Path) -> None:
     assert (again.resumed, again.pages_rewritten) == (True, 0)
 
 
-class Killed(BaseException):
-    """Stands for SIGKILL at one of the sweep's saved points."""
-
-
 @pytest.mark.parametrize("kill_at", range(1, 8))  # ring written, start, three batches, swept, copies
 def test_a_rotation_stopped_at_any_saved_point_resumes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kill_at: int
@@ -190,20 +187,7 @@ def test_a_rotation_stopped_at_any_saved_point_resumes(
     old, new = secrets.token_hex(32), secrets.token_hex(32)
     make_db(path, old, rows=200)
     before = rows_of(path, old)
-    saved = rekey_module._Rotation._save_ring
-    calls = 0
-
-    def save_then_maybe_die(self: rekey_module._Rotation, ring: KeyRing) -> None:
-        nonlocal calls
-        calls += 1
-        saved(self, ring)
-        if calls == kill_at:
-            raise Killed()
-
-    monkeypatch.setattr(rekey_module._Rotation, "_save_ring", save_then_maybe_die)
-    with pytest.raises(Killed):
-        rekey(path, encryption_key=old, new_key=new, batch_pages=4)
-    monkeypatch.undo()
+    stop_rotation_midway(path, old, new, monkeypatch, saves=kill_at)
     assert (tmp_path / "app.db-rekey").exists()
     result = rekey(path, encryption_key=old, new_key=new, batch_pages=4)
     assert result.resumed

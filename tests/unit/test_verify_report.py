@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 
 import turso_sync
-from turso_sync.crypto.keyring import KeyRing
-from turso_sync.local import rekey as rekey_module
+from tests.unit.rekey_stops import stop_rotation_midway
 from turso_sync.local.engine import LocalDatabase
 from turso_sync.local.rekey import rekey
 from turso_sync.sync import files as files_module
@@ -102,28 +101,6 @@ def test_a_passphrase_file_says_so(tmp_path: Path) -> None:
     report = ReplicaFiles(path).encryption_report("correct horse", "hardened-passphrase")
     assert (report.format, report.passphrase, report.epoch) == ("hardened", True, 1)
     assert report.failures == [] and report.authenticated == report.pages
-
-
-class Killed(BaseException):
-    """Stands for SIGKILL at one of the sweep's saved points."""
-
-
-def stop_rotation_midway(path: Path, old: str, new: str, monkeypatch: pytest.MonkeyPatch, saves: int) -> None:
-    """``rekey`` killed after its ``saves``-th save of the ring (1: ring written, 2: start committed, 3+: batches)."""
-    saved = rekey_module._Rotation._save_ring
-    calls = 0
-
-    def save_then_maybe_die(self: rekey_module._Rotation, ring: KeyRing) -> None:
-        nonlocal calls
-        calls += 1
-        saved(self, ring)
-        if calls == saves:
-            raise Killed()
-
-    monkeypatch.setattr(rekey_module._Rotation, "_save_ring", save_then_maybe_die)
-    with pytest.raises(Killed):
-        rekey(path, encryption_key=old, new_key=new, batch_pages=4)
-    monkeypatch.undo()
 
 
 def test_a_hardened_file_mid_rotation_reports_both_epochs_and_the_sweep(
