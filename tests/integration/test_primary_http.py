@@ -21,6 +21,7 @@ from pyroaring import BitMap
 
 from tests.conftest import wait_for
 from tests.integration.primary_harness import PrimaryProcess
+from turso_sync.sync.transport import HttpxTransport
 from turso_sync.wire import pull_updates_pb2 as pb
 from turso_sync.wire.pull import PageEncoding, PullRequest, PullResponseDecoder
 
@@ -385,3 +386,53 @@ def test_development_mode_accepts_any_token_and_says_so(tmp_path: Path) -> None:
     log = proc.log()
     assert "development mode" in log and "loopback only" in log
     assert "anything-at-all" not in log
+
+
+@pytest.mark.parametrize(
+    ("accept", "gzipped"),
+    [
+        ("gzip", True),
+        ("gzip, deflate, zstd", True),
+        ("br, *", True),
+        ("identity", False),
+        ("gzip;q=0", False),
+        ("", False),
+    ],
+)
+def test_json_answers_go_gzipped_only_to_clients_that_accept_gzip(
+    server: PrimaryProcess, accept: str, gzipped: bool
+) -> None:
+    long_text = "a row of text " * 60
+    resp = HTTP.post(
+        server.url + "/v2/pipeline",
+        content=json.dumps(execute("SELECT ? AS v", {"type": "text", "value": long_text})).encode(),
+        headers={**auth(WRITER), "Accept-Encoding": accept},
+    )
+    assert resp.status_code == 200, resp.text
+    assert (resp.headers.get("content-encoding") == "gzip") is gzipped
+    assert result_of(resp)["response"]["result"]["rows"] == [[{"type": "text", "value": long_text}]]
+    if gzipped:
+        assert resp.headers["vary"] == "Accept-Encoding"
+        assert resp.num_bytes_downloaded < len(resp.content) / 3  # the repeated text packs well
+    else:
+        assert resp.num_bytes_downloaded == len(resp.content)
+    short = HTTP.post(
+        server.url + "/v2/pipeline",
+        content=json.dumps(execute("SELECT 1")).encode(),
+        headers={**auth(WRITER), "Accept-Encoding": accept},
+    )
+    assert "content-encoding" not in short.headers  # too short to pay
+    assert result_of(short)["response"]["result"]["rows"] == [[{"type": "integer", "value": "1"}]]
+
+
+def test_our_transport_counts_the_bytes_that_travelled(server: PrimaryProcess) -> None:
+    transport = HttpxTransport(server.url, auth_token=WRITER)
+    try:
+        body = json.dumps(execute("SELECT ? AS v", {"type": "text", "value": "x" * 4000})).encode()
+        answer = transport.request("/v2/pipeline", body, "application/json", timeout=30, idempotent=False)
+        assert answer.headers.get("content-encoding") == "gzip"
+        assert "x" * 4000 in answer.body.decode()  # handed over decoded
+        assert transport.stats.sent == len(body)
+        assert 0 < transport.stats.received < len(answer.body) / 10  # counted as sent: compressed
+    finally:
+        transport.close()

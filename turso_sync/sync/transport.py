@@ -172,7 +172,7 @@ class HttpxTransport:
             data = response.content  # raises if the body is cut short (content-length mismatch)
         else:
             data, response = self._streamed(path, body, headers, timeouts, self._progress)
-        self.stats.received += len(data)
+        self.stats.received += response.num_bytes_downloaded  # as it travelled (a gzip answer compressed)
         if response.status_code != 200:
             raise RemoteError(response.status_code, data, path)
         return HttpResponse(response.status_code, data, dict(response.headers))
@@ -260,7 +260,7 @@ class AsyncHttpxTransport:
                 if self._progress is not None:
                     self._progress(path, received, total)
         data = b"".join(chunks)
-        self.stats.received += len(data)
+        self.stats.received += response.num_bytes_downloaded  # as it travelled (a gzip answer compressed)
         if response.status_code != 200:
             raise RemoteError(response.status_code, data, path)
         return HttpResponse(response.status_code, data, dict(response.headers))
