@@ -317,3 +317,14 @@ def test_a_page_the_replica_cannot_read_is_a_base_that_differs() -> None:
 
     with pytest.raises(DeltaBaseMismatch, match="no synced image"):
         answer.resolved(short_file)
+
+
+def test_a_base_the_history_cannot_give_means_whole_pages(
+    source: HistoryPages, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unreadable(seq: int, pgnos: Iterable[int] | None = None, since: int | None = None) -> Snapshot:
+        raise DatabaseError("p.db: pages [2] were never fetched and this is not a partial replica")
+
+    monkeypatch.setattr(source, "snapshot_at", unreadable)
+    request = _ask()
+    assert delta_bases(source, request, select_pages(source, request)) == {}

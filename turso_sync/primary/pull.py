@@ -24,7 +24,7 @@ from typing import Protocol
 
 from pyroaring import BitMap
 
-from ..errors import ProtocolError
+from ..errors import DatabaseError, ProtocolError
 from ..local.engine import RevisionGone, Snapshot
 from ..wire.pull import PageEncoding, PullRequest, StreamKind
 from .revision import parse_revision
@@ -150,6 +150,8 @@ def delta_bases(source: PageSource, request: PullRequest, snap: Snapshot) -> dic
     try:
         at_client: Snapshot = snapshot_at(client, sorted(snap.pages))
     except RevisionGone:  # a full resend: the history no longer reaches the client's revision
+        return {}
+    except DatabaseError:  # a pre-image the history cannot give: whole pages serve as well
         return {}
     return at_client.pages
 
