@@ -15,6 +15,12 @@ each replica is a thread of one worker process that commits and ``push()``es its
 comes and otherwise ``pull()``s, long-polling; the long-poll window is the connection's, at most
 half the period so that a turn is not missed), so the fleet's bytes can be compared side by side.
 
+The daemon runs twice: as it is (page deltas from our primary, pulls coalesced for
+``BENCH_FLEET_COALESCE`` seconds), and as before both (the primary started with
+``--no-page-deltas``, ``coalesce=0``), so their bytes compare in the same run.  For the daemon,
+each row's delivery to one other replica (the next in turn) is timed by the writer, which looks
+for it there every 10 ms.
+
 Reported: rows written, payload bytes written (100 per row), bytes the whole fleet received and
 sent over the measurement (the daemon's ``bytes_received``/``bytes_sent`` per replica, HTTP
 bodies), pulls, and the ratio received / written (issue 12 aims under 20x).
@@ -23,8 +29,9 @@ bodies), pulls, and the ratio received / written (issue 12 aims under 20x).
 
 Environment: ``BENCH_RUNS`` (3), ``BENCH_FLEET_REPLICAS`` (20), ``BENCH_FLEET_SECONDS`` (60),
 ``BENCH_FLEET_PERIOD`` (2.0: seconds between two transactions of one replica),
-``BENCH_FLEET_LONG_POLL`` (10: seconds a pull may wait on the primary), ``BENCH_DIR``
-(``bench-data/fleet``).
+``BENCH_FLEET_LONG_POLL`` (10: seconds a pull may wait on the primary), ``BENCH_FLEET_COALESCE``
+(the daemon's default, 0.1), ``BENCH_FLEET_VARIANTS`` (all: ``daemon,daemon-whole,ours,pyturso``),
+``BENCH_DIR`` (``bench-data/fleet``).
 """
 
 from __future__ import annotations
@@ -57,13 +64,17 @@ from bench.bench_sync import (
 )
 from bench.report import REPO, filesystem, machine, markdown_table, median, write_section
 from bench.worker import JsonWorker
+from turso_sync.sync.daemon import DEFAULT_COALESCE
 
 SECTION = "## Fleet bytes per byte written (issue 12)"
 SETTLE_SECONDS = 120.0  # the longest wait, after the writes, for every replica to hold every row
 DAEMON = "daemon"  # turso_sync replicas under SyncDaemon
-VARIANTS = (DAEMON, OURS, PYTURSO)  # OURS and PYTURSO: the pull loop
+DAEMON_WHOLE = "daemon-whole"  # the same without page deltas (primary) and coalescing (daemon): as before
+DAEMONS = (DAEMON, DAEMON_WHOLE)
+VARIANTS = (DAEMON, DAEMON_WHOLE, OURS, PYTURSO)  # OURS and PYTURSO: the pull loop
 VARIANT_LABELS = {
     DAEMON: "turso_sync, SyncDaemon",
+    DAEMON_WHOLE: "turso_sync, SyncDaemon, whole pages, no coalescing",
     OURS: "turso_sync, pull loop",
     PYTURSO: "pyturso, pull loop",
 }
@@ -77,6 +88,7 @@ class Sizes:
     seconds: float = 60.0
     period: float = 2.0
     long_poll: float = 10.0
+    coalesce: float = DEFAULT_COALESCE
 
     @property
     def rows(self) -> int:
@@ -95,6 +107,7 @@ class Sizes:
             float(os.environ.get("BENCH_FLEET_SECONDS", "60")),
             float(os.environ.get("BENCH_FLEET_PERIOD", "2.0")),
             float(os.environ.get("BENCH_FLEET_LONG_POLL", "10")),
+            float(os.environ.get("BENCH_FLEET_COALESCE", str(DEFAULT_COALESCE))),
         )
 
 
@@ -211,7 +224,9 @@ def worker_main() -> int:
             if cmd["op"] == "start":
                 for path in cmd["paths"]:
                     turso_sync.connect(path, cmd["url"], client_name="bench-fleet").close()
-                daemon = SyncDaemon(cmd["paths"], long_poll=cmd["long_poll"], watch_interval=0.1)
+                daemon = SyncDaemon(
+                    cmd["paths"], long_poll=cmd["long_poll"], coalesce=cmd["coalesce"], watch_interval=0.1
+                )
                 daemon.start()
                 answer: dict[str, Any] = {"ok": True}
             elif cmd["op"] == "loop":
@@ -254,6 +269,7 @@ class Sample:
     received_max: int
     server_cpu: float
     daemon_cpu: float  # the worker process running the replicas (daemon or pull loop)
+    delivery: list[float] = field(default_factory=list)  # seconds from a row's commit to one other replica
 
     @property
     def written(self) -> int:
@@ -318,7 +334,36 @@ def measure_loop(server: Server, client: str, sizes: Sizes, folder: Path) -> Sam
     )
 
 
-def measure_one(server: Server, sizes: Sizes, folder: Path, log: Any) -> Sample:
+class Deliveries:
+    """Each row's delivery to one other replica: looked for there by the writer between its writes."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[int, Any, float]] = []  # row id, connection, commit time
+        self.seconds: list[float] = []
+
+    def expect(self, row: int, conn: Any) -> None:
+        self.pending.append((row, conn, time.monotonic()))
+
+    def look(self) -> None:
+        now = time.monotonic()
+        left = []
+        for row, conn, t0 in self.pending:
+            if conn.execute("SELECT 1 FROM t WHERE id = ?", (row,)).fetchone() is not None:
+                self.seconds.append(now - t0)
+            else:
+                left.append((row, conn, t0))
+        self.pending = left
+
+    def sleep_until(self, due: float) -> None:
+        while True:
+            self.look()
+            delay = due - time.monotonic()
+            if delay <= 0:
+                return
+            time.sleep(min(0.01, delay))
+
+
+def measure_one(server: Server, sizes: Sizes, folder: Path, log: Any, variant: str = DAEMON) -> Sample:
     """One fleet: bootstrap, run the daemon, write at a steady rate, settle, count."""
     import turso_sync
 
@@ -328,9 +373,9 @@ def measure_one(server: Server, sizes: Sizes, folder: Path, log: Any) -> Sample:
     worker = JsonWorker("bench.bench_fleet")
     conns: list[Any] = []
     try:
-        worker.ask(
-            {"op": "start", "url": server.url, "paths": paths, "long_poll": sizes.long_poll}, "fleet", "start", 600
-        )
+        coalesce = sizes.coalesce if variant == DAEMON else 0.0
+        start_cmd = {"op": "start", "url": server.url, "paths": paths, "long_poll": sizes.long_poll}
+        worker.ask({**start_cmd, "coalesce": coalesce}, "fleet", "start", 600)
 
         def status() -> dict[str, Any]:
             return worker.ask({"op": "status"}, "fleet", "status", 60)
@@ -342,26 +387,28 @@ def measure_one(server: Server, sizes: Sizes, folder: Path, log: Any) -> Sample:
         # one transaction per replica per period, the replicas' turns spread evenly over the period
         step = sizes.period / sizes.replicas
         rows = 0
+        deliveries = Deliveries()
         start = time.monotonic()
         while True:
             due = start + rows * step
             if due - start >= sizes.seconds:
                 break
-            delay = due - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
+            deliveries.sleep_until(due)
             rows += 1
             conn = conns[(rows - 1) % sizes.replicas]
             conn.execute("INSERT INTO t(id, payload) VALUES (?, ?)", (rows, payload(rows)))
             conn.commit()
+            deliveries.expect(rows, conns[rows % sizes.replicas])
         wrote = time.monotonic() - start
 
         def settled() -> bool:
+            deliveries.look()
             if server_count(server.url) != rows:
                 return False
             return all(int(c.execute("SELECT count(*) FROM t").fetchone()[0]) == rows for c in conns)
 
         settle = _wait(settled, SETTLE_SECONDS, f"{rows} rows in every replica")
+        deliveries.look()  # the rows that arrived since the last look: every row is in every replica now
         after = _totals(status())
         server_cpu = process_cpu(server.proc.pid) - cpu0
         worker.ask({"op": "stop"}, "fleet", "stop", 120)
@@ -374,7 +421,7 @@ def measure_one(server: Server, sizes: Sizes, folder: Path, log: Any) -> Sample:
         raise WrongCount(f"fleet: {server_count(server.url)} rows on the server, {rows} written")
     shutil.rmtree(folder, ignore_errors=True)
     return Sample(
-        DAEMON,
+        variant,
         sizes.replicas,
         rows,
         wrote,
@@ -388,6 +435,7 @@ def measure_one(server: Server, sizes: Sizes, folder: Path, log: Any) -> Sample:
         max(received),
         server_cpu,
         after["cpu"] - before["cpu"],
+        deliveries.seconds,
     )
 
 
@@ -410,11 +458,12 @@ def measure(sizes: Sizes, runs: int, workdir: Path, log: Any = print, variants: 
     fig = Figures(sizes, runs, variants, source_revision(), load=(os.getloadavg()[0], 0.0))
     for run in range(runs):
         for variant in variants[run % len(variants) :] + variants[: run % len(variants)]:
-            server = start_ours(workdir / f"run{run}-{variant}-server")
+            flags = ("--no-page-deltas",) if variant == DAEMON_WHOLE else ()
+            server = start_ours(workdir / f"run{run}-{variant}-server", *flags)
             try:
                 folder = workdir / f"run{run}-{variant}-replicas"
-                if variant == DAEMON:
-                    s = measure_one(server, sizes, folder, log)
+                if variant in DAEMONS:
+                    s = measure_one(server, sizes, folder, log, variant)
                 else:
                     s = measure_loop(server, variant, sizes, folder)
             finally:
@@ -425,6 +474,11 @@ def measure(sizes: Sizes, runs: int, workdir: Path, log: Any = print, variants: 
                 f"{s.write_seconds:.1f} s, "
                 f"settled in {s.settle_seconds:.1f} s; received {s.received:,} B ({s.received / s.written:.1f}x), "
                 f"sent {s.sent:,} B, {s.pulls} pulls, {s.pushes} pushes, {s.errors} errors"
+                + (
+                    f"; delivery median {_quantile(s.delivery, 0.5):.3f} s, max {max(s.delivery):.3f} s"
+                    if s.delivery
+                    else ""
+                )
             )
     fig.load = (fig.load[0], os.getloadavg()[0])
     fig.seconds = time.perf_counter() - started
@@ -440,6 +494,18 @@ def _bytes(n: float) -> str:
 
 def _med(fig: Figures, variant: str, what: Any) -> float:
     return median([what(s) for s in fig.samples[variant]])
+
+
+def _quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _delivery(fig: Figures, variant: str) -> str:
+    if variant not in DAEMONS or not all(s.delivery for s in fig.samples[variant]):
+        return "-"
+    p50, p95, top = (_med(fig, variant, lambda s, q=q: _quantile(s.delivery, q)) for q in (0.5, 0.95, 1.0))
+    return f"{p50 * 1000:,.0f} / {p95 * 1000:,.0f} / {top * 1000:,.0f} ms"
 
 
 def main_table(fig: Figures) -> str:
@@ -469,7 +535,11 @@ def main_table(fig: Figures) -> str:
                 f"{_bytes(_med(fig, v, lambda s: s.received_min))} / {_bytes(_med(fig, v, lambda s: s.received_max))}"
             ),
         ),
-        ("errors (the daemon's count)", lambda v: f"{_med(fig, v, lambda s: s.errors):,.0f}" if v == DAEMON else "-"),
+        (
+            "errors (the daemon's count)",
+            lambda v: f"{_med(fig, v, lambda s: s.errors):,.0f}" if v in DAEMONS else "-",
+        ),
+        ("a row reached another replica after: median / p95 / max", lambda v: _delivery(fig, v)),
         ("writing took", lambda v: f"{_med(fig, v, lambda s: s.write_seconds):.1f} s"),
         ("then every replica held every row after", lambda v: f"{_med(fig, v, lambda s: s.settle_seconds):.1f} s"),
         (
@@ -510,9 +580,13 @@ def report(fig: Figures) -> str:
             "",
             f"**Variants**: *{VARIANT_LABELS[DAEMON]}*: turso_sync {_version('turso-sync')} at {fig.revision}, every "
             "replica kept in sync by one `SyncDaemon` (`turso_sync.sync.daemon`, what `turso-sync daemon` runs: "
-            f"per replica a puller long-polling with a {z.long_poll:g} s window and a pusher looking for local "
+            f"per replica a puller long-polling with a {z.long_poll:g} s window, waiting {z.coalesce:g} s after a "
+            "pull that brought changes before the next, and a pusher looking for local "
             "commits every 0.1 s) in a worker process, while the benchmark process, as the application, commits "
-            "the rows through its own connection to each replica and never pushes. "
+            "the rows through its own connection to each replica and never pushes; it also times each row's "
+            "arrival in one other replica (looked for every 10 ms). "
+            f"*{VARIANT_LABELS[DAEMON_WHOLE]}*: the same, with the primary started with `--no-page-deltas` and "
+            "the daemon with `coalesce=0` (how it ran before both). "
             f"*{VARIANT_LABELS[OURS]}* and *{VARIANT_LABELS[PYTURSO]}* (pyturso {_version('pyturso')}): each "
             "replica a thread of one worker process that commits and `push()`es its row when its turn comes "
             f"and otherwise `pull()`s, long-polling with a {z.loop_long_poll_ms / 1000:g} s window (half the "
@@ -538,8 +612,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         return worker_main()
     sizes = Sizes.from_env()
+    variants = tuple(v for v in os.environ.get("BENCH_FLEET_VARIANTS", ",".join(VARIANTS)).split(",") if v)
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        parser.error(f"BENCH_FLEET_VARIANTS: unknown {sorted(unknown)}; known: {', '.join(VARIANTS)}")
     workdir = Path(os.environ.get("BENCH_DIR", REPO / "bench-data" / "fleet")).resolve()
-    fig = measure(sizes, args.runs, workdir, log=lambda line: print(line, file=sys.stderr, flush=True))
+    fig = measure(
+        sizes, args.runs, workdir, log=lambda line: print(line, file=sys.stderr, flush=True), variants=variants
+    )
     text = report(fig)
     print(text)
     full = args.runs >= 3 and sizes == Sizes()

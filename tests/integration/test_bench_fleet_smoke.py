@@ -26,6 +26,8 @@ def test_a_small_fleet_receives_what_it_wrote(tmp_path: Path) -> None:
         assert sample.rows == TINY.rows and sample.pushes >= 1, variant
         assert sample.received_min > 0 and sample.received > sample.written, variant  # pages come back
         assert sample.pulls >= 1 and sample.errors == 0, variant
+        if variant in bf.DAEMONS:  # every row's arrival in another replica was timed
+            assert len(sample.delivery) == sample.rows, variant
 
     text = bf.report(fig)
     assert "**received / written**" in text

@@ -35,7 +35,7 @@ import sys
 import tomllib
 from types import FrameType
 
-from ..sync.daemon import DaemonReplica, SyncDaemon
+from ..sync.daemon import DEFAULT_COALESCE, DaemonReplica, SyncDaemon
 from .exit_codes import CommandError, ExitCode
 from .metrics import MetricsServer, parse_address
 from .replica_args import (
@@ -77,6 +77,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="how long each pull may wait on the primary for a new commit (default 10)",
     )
     parser.add_argument(
+        "--coalesce",
+        type=float,
+        default=DEFAULT_COALESCE,
+        metavar="SECONDS",
+        help="after a pull that brought changes, wait this long before the next one, so revisions committed "
+        f"meanwhile come in one pull (default {DEFAULT_COALESCE:g}; 0: pull again at once)",
+    )
+    parser.add_argument(
         "--max-backoff",
         type=float,
         default=10.0,
@@ -113,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
         auth_token=auth_token(args),
         conflict=args.conflict,
         long_poll=args.long_poll,
+        coalesce=args.coalesce,
         interval=args.interval,
         max_backoff=args.max_backoff,
         log_steps=args.access_log,

@@ -1,7 +1,7 @@
 """``turso-sync serve``: run the remote primary (see docs/primary.md).
 
 turso-sync serve --data-dir DIR --listen 127.0.0.1:8080 [--token-file F]
-                 [--encryption-key-file F] [--max-body-bytes N] [--max-long-poll-ms N]
+                 [--encryption-key-file F] [--max-body-bytes N] [--max-long-poll-ms N] [--no-page-deltas]
                  [--idle-timeout S] [--body-timeout S] [--send-timeout S]
                  [--max-requests-per-client N] [--max-connections N]
                  [--max-databases-per-token N] [--max-open-databases N]
@@ -54,6 +54,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=defaults.max_long_poll_ms,
         help=f"longest a pull may wait for a new revision (default {defaults.max_long_poll_ms})",
+    )
+    parser.add_argument(
+        "--no-page-deltas",
+        action="store_true",
+        help="send changed pages whole even to clients that ask for deltas (our extension, docs/protocol.md)",
     )
     parser.add_argument(
         "--idle-timeout",
@@ -280,6 +285,7 @@ def limits_from(args: argparse.Namespace) -> Limits:
     return Limits(
         max_body_bytes=args.max_body_bytes,
         max_long_poll_ms=max(0, args.max_long_poll_ms),
+        page_deltas=not args.no_page_deltas,
         idle_timeout_s=args.idle_timeout,
         body_timeout_s=args.body_timeout,
         send_timeout_s=args.send_timeout,

@@ -38,7 +38,7 @@ from .follower import FollowedLog, InstallMismatch
 from .hrana import PipelineExecutor, StreamState, has_statement
 from .objectstore.errors import ObjectStoreError
 from .objectstore.segment import Revision, SnapshotImage
-from .pull import select_pages, select_slices
+from .pull import delta_bases, select_pages, select_slices
 from .revision import CommitFeed, HistoryBounds, HistoryWindow
 from .sql_policy import Access, SqlLimits
 
@@ -475,6 +475,12 @@ class HostedDatabase:
         """The snapshot answering a pull request (see ``pull.select_pages``)."""
         assert self._pages is not None
         return select_pages(self._pages, request)
+
+    def select_pages_and_bases(self, request: PullRequest) -> tuple[Snapshot, dict[int, bytes]]:
+        """``select_pages``, and the images its pages' deltas are made against (``pull.delta_bases``)."""
+        assert self._pages is not None
+        snap = select_pages(self._pages, request)
+        return snap, delta_bases(self._pages, request, snap)
 
     async def slices(self, request: PullRequest) -> AsyncGenerator[Snapshot, None]:
         """The answer to a pull as it is read: one snapshot, or a bootstrap slice by slice.

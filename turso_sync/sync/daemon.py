@@ -4,7 +4,9 @@ Each replica is opened once (one ``Replica``) and gets two threads:
 
 - the *puller* long-polls the primary (``pull(long_poll_timeout_ms=...)``): the request waits on
   the primary until a new revision commits, so remote commits arrive within a network round
-  trip; the library applies it as one atomic step, and the puller asks again;
+  trip; the library applies it as one atomic step, and the puller asks again, after
+  ``coalesce`` seconds: what commits meanwhile comes in that next pull, together (on a busy
+  primary, one pull per revision would bring the pages every revision touches again each time);
 - the *pusher* reads the outbox size every ``watch_interval`` seconds (local commits of any
   process land there) and pushes as soon as it is not empty.
 
@@ -42,6 +44,9 @@ from .replica import Replica, SyncStats
 from .state import SyncState
 
 log = logging.getLogger("turso_sync.daemon")
+
+#: seconds a puller waits after a pull that brought changes (``SyncDaemon(coalesce=...)``)
+DEFAULT_COALESCE = 0.1
 
 #: how long past its long-poll window an open pull still counts as healthy (for ``lag_seconds``)
 _LONG_POLL_GRACE = 5.0
@@ -221,6 +226,8 @@ class _ReplicaWorker:
             self._succeeded("pull")
             if changed:
                 log.log(self.daemon.step_level, "%s: pulled revision %s", self.path, self.replica.state.synced_revision)
+                if self.daemon.coalesce:
+                    stop.wait(self.daemon.coalesce)  # let more revisions land: the next pull takes them together
                 continue
             elapsed = time.monotonic() - started
             if elapsed < self.daemon.interval:
@@ -269,7 +276,10 @@ class SyncDaemon:
     ``DaemonReplica(path, encryption_key, cipher)`` entries, each with its own key (None: a
     plaintext replica), so encrypted and plaintext replicas, or replicas with different keys,
     run side by side.  ``long_poll``: how long each pull may wait on the primary for a new
-    commit (seconds).  ``interval``: the least time between two pulls that came back empty at
+    commit (seconds).  ``coalesce``: how long the puller waits after a pull that brought
+    changes before it asks again, so that revisions committed meanwhile come in one pull (it
+    adds at most that much to the delay of a remote commit; 0: ask again at once).
+    ``interval``: the least time between two pulls that came back empty at
     once (a server that does not hold long-polls is polled this often).  ``watch_interval``: how
     often local commits are looked for.  ``max_backoff``: the longest wait between retries after
     failures.  ``log_steps``: log each pull that brought something and each push at INFO (an
@@ -286,6 +296,7 @@ class SyncDaemon:
         cipher: str = "aes256gcm",
         conflict: str | Callable[..., Any] = DEFAULT_POLICY,
         long_poll: float = 10.0,
+        coalesce: float = DEFAULT_COALESCE,
         interval: float = 1.0,
         watch_interval: float = 0.1,
         max_backoff: float = 10.0,
@@ -298,6 +309,7 @@ class SyncDaemon:
         ]
         self.paths = [r.path for r in self.replicas]
         self.long_poll = max(0.0, long_poll)
+        self.coalesce = max(0.0, coalesce)
         self.interval = max(0.0, interval)
         self.watch_interval = max(0.01, watch_interval)
         self.max_backoff = max(0.1, max_backoff)

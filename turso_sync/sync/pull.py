@@ -21,6 +21,7 @@ from typing import Protocol
 from .. import errors
 from ..crypto.page_codec import PageCodec
 from ..local.engine import LocalDatabase
+from ..wire.pull import DeltaBaseMismatch
 from . import push as push_mod
 from .bootstrap import wal_mode_page
 from .exchange import Steps
@@ -68,32 +69,46 @@ def pull(replica: PullContext, long_poll_ms: int) -> Steps[PullOutcome]:
     fresh = SyncState.load(replica.path) or replica.state
     since, forgotten = fresh.synced_revision, fresh.forgotten
     received = 0
+    deltas = replica.db.lazy is None  # page deltas (fleet hook): a partial replica lacks most bases
     try:
-        result = yield from fetch_pages(replica.state, since, replica.request_timeout, long_poll_ms if since else 0)
+        result = yield from fetch_pages(
+            replica.state, since, replica.request_timeout, long_poll_ms if since else 0, deltas=deltas
+        )
     except errors.Error:
         with replica.exclusive():
             replica.state.errors += 1
             replica.count_bytes()
             replica.state.save(replica.path)
         raise
-    received += len(result.pages)
+    received += result.count
     with replica.exclusive():
         state = replica.state
         if state.push_in_doubt:
             # a push batch may still be on its way: fence it off, then fetch what it left
             yield from fence_pushes(replica)
             since = ""
-        if state.synced_revision != since or state.forgotten != forgotten:
+        if since and state.synced_revision == since and state.forgotten != forgotten and result.revision:
+            # a push landed since the fetch (the outbox lost changes the fetched revision may not
+            # hold yet): fetch what came after the fetched revision, now under the lock (fleet hook)
+            later = yield from fetch_pages(state, result.revision, replica.request_timeout, deltas=deltas)
+            received += later.count
+            result = result.then(later)
+        elif state.synced_revision != since or state.forgotten != forgotten:
             # another agent pulled, or pushed (so the outbox lost changes the fetched revision
             # may not hold yet): fetch again, now under the lock
-            result = yield from fetch_pages(state, state.synced_revision, replica.request_timeout)
-            received += len(result.pages)
-        if result.revision == state.synced_revision and not result.pages:
+            result = yield from fetch_pages(state, state.synced_revision, replica.request_timeout, deltas=deltas)
+            received += result.count
+        if result.revision == state.synced_revision and not result.count:
             state.touch_pull()
             replica.count_bytes()
             state.save(replica.path)
             return PullOutcome(False, state.synced_revision, received)
-        conflicts = install(replica, result)
+        try:
+            conflicts = install(replica, result)
+        except DeltaBaseMismatch:  # page deltas (fleet hook): nothing was installed; fetch whole pages
+            result = yield from fetch_pages(state, state.synced_revision, replica.request_timeout)
+            received += result.count
+            conflicts = install(replica, result)
         bound_wal(replica.db)
         advance_pin(replica.db, state.synced_revision)
         return PullOutcome(True, result.revision, received, conflicts)
@@ -141,7 +156,9 @@ def install(replica: PullContext, result: PulledPages) -> list[Conflict]:
         current = db.page_reader()
         current_size = int(db.query("PRAGMA page_count")[0][0])
         base_pages, base_size = synced_base_pages(db, state, replica.path, codec)
-        pulled = {p: wal_mode_page(v, p) for p, v in result.pages.items()}
+        # page deltas (fleet hook): a delta is applied to the page's synced image
+        resolved = result.resolved(lambda pgno: base_pages.get(pgno) or current(pgno))
+        pulled = {p: wal_mode_page(v, p) for p, v in resolved.items()}
 
         def remote_page(pgno: int) -> bytes:
             page = pulled.get(pgno) or base_pages.get(pgno)

@@ -1,7 +1,9 @@
 """The remote's two endpoints as sans-IO steps: ``/pull-updates`` (pages) and ``/v2/pipeline`` (SQL).
 
 ``fetch_pages`` builds a pull request, decodes the answer with the shared codecs
-(``wire/pull.py``) and falls back to raw pages on a server without the zstd extension;
+(``wire/pull.py``) and falls back to raw pages on a server without the zstd extension; asked
+to, it asks a server that speaks zstd pages (ours) for page deltas too, which the install
+applies to the replica's synced images (``PulledPages.resolved``);
 ``run_batch`` sends one Hrana batch built from the typed classes of ``wire/hrana.py`` and
 decodes its answer with the same codec the primary encodes it with (``batch_result``);
 ``remote_mark`` reads how far this client's pushes got (a push needs it only when its belief
@@ -12,14 +14,14 @@ function is a generator for a driver (``exchange.py``).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from pyroaring import BitMap
 
 from .. import errors
 from ..wire.hrana import BatchRequest, BatchResult, BatchStep, HranaError, PipelineResponse, SqlValue, Stmt, encode_json
-from ..wire.pull import PageEncoding, PullRequest, PullResponseDecoder
+from ..wire.pull import DeltaBaseMismatch, PageDeltas, PageEncoding, PullRequest, PullResponseDecoder
 from . import push as push_mod
 from .exchange import Request, Steps
 from .state import SyncState
@@ -33,11 +35,59 @@ _READ_ONLY_WORDS = "this token may only read"
 
 @dataclass
 class PulledPages:
-    """A decoded ``/pull-updates`` answer: the revision it brings, the size and the pages (1-based)."""
+    """A decoded ``/pull-updates`` answer: the revision it brings, the size and the pages (1-based).
+
+    ``deltas``: pages that came as deltas against the images at the revision asked from (only
+    when ``fetch_pages`` asked for them); ``resolved`` turns them into pages.  ``previous``: an
+    answer this one continues (it was asked from ``previous.revision``: see ``then``).
+    """
 
     revision: str
     db_size: int
     pages: dict[int, bytes]
+    deltas: PageDeltas | None = None
+    previous: PulledPages | None = None
+
+    @property
+    def count(self) -> int:
+        """Pages received, whole or as deltas (those of ``previous`` included)."""
+        own = len(self.pages) + (len(self.deltas.page_ids) if self.deltas is not None else 0)
+        return own + (self.previous.count if self.previous is not None else 0)
+
+    def then(self, later: PulledPages) -> PulledPages:
+        """This answer and ``later``, an answer asked from this one's revision, as one answer from
+        where this one started: its pages are this one's, changed by ``later``."""
+        return PulledPages(later.revision, later.db_size, later.pages, later.deltas, previous=self)
+
+    def resolved(self, base: Callable[[int], bytes]) -> dict[int, bytes]:
+        """Every page (1-based), the deltas applied to ``base(pgno)``: the replica's images at the
+        revision the pull asked from.  Raises ``DeltaBaseMismatch`` (a ProtocolError) if those
+        are not the images the server used, ProtocolError if the deltas are corrupt."""
+        read = _base_or_mismatch(base)
+        earlier = self.previous.resolved(base) if self.previous is not None else {}
+
+        def start(pgno: int) -> bytes:  # the images at the revision this answer was asked from
+            image = earlier.get(pgno)
+            return image if image is not None else read(pgno)
+
+        pages = {pgno: image for pgno, image in earlier.items() if pgno <= self.db_size}
+        pages.update(self.pages)
+        if self.deltas is not None:
+            for page_id, image in self.deltas.apply(lambda page_id: start(page_id + 1)).items():
+                pages[page_id + 1] = image
+        return pages
+
+
+def _base_or_mismatch(base: Callable[[int], bytes]) -> Callable[[int], bytes]:
+    """``base``, where a page the replica cannot read (its file is shorter) is a base that differs."""
+
+    def read(pgno: int) -> bytes:
+        try:
+            return base(pgno)
+        except errors.DatabaseError as exc:
+            raise DeltaBaseMismatch(f"page {pgno}: this replica holds no synced image of it ({exc})") from None
+
+    return read
 
 
 def fetch_pages(
@@ -49,14 +99,17 @@ def fetch_pages(
     server_revision: str = "",
     page_ids: BitMap | None = None,
     query: str = "",
+    deltas: bool = False,
 ) -> Steps[PulledPages]:
     """Ask for the pages changed since ``client_revision`` (all of them for ``""``).
 
     ``server_revision`` pins the answer to one revision (a partial replica's lazy fetch),
     ``page_ids`` (0-based) or ``query`` select pages.  ``state.zstd`` learns from the answer
-    whether the remote speaks zstd pages.
+    whether the remote speaks zstd pages.  ``deltas``: ask for page deltas too, if the remote
+    is known to speak zstd pages (only our primary does; others are never asked).
     """
     want_zstd = state.zstd is not False
+    ask_deltas = deltas and state.zstd is True and bool(client_revision)
     request = PullRequest(
         encoding=PageEncoding.ZSTD if want_zstd else PageEncoding.RAW,
         server_revision=server_revision,
@@ -64,6 +117,7 @@ def fetch_pages(
         long_poll_timeout_ms=long_poll_ms,
         page_ids=page_ids,
         query_selector=query,
+        page_deltas=ask_deltas,
     )
     try:
         wait = timeout + long_poll_ms / 1000
@@ -83,11 +137,12 @@ def fetch_pages(
                 )
             )
         raise
-    return decode_pull(response.body, state)
+    return decode_pull(response.body, state, deltas=ask_deltas)
 
 
-def decode_pull(body: bytes, state: SyncState) -> PulledPages:
-    """Decode a whole ``/pull-updates`` body; NetworkError if it stops short, ProtocolError if malformed."""
+def decode_pull(body: bytes, state: SyncState, *, deltas: bool = False) -> PulledPages:
+    """Decode a whole ``/pull-updates`` body; NetworkError if it stops short, ProtocolError if malformed
+    (page deltas in the answer to a request that did not ask for them, ``deltas`` False, too)."""
     decoder = PullResponseDecoder()
     try:
         pages = {page.page_id + 1: page.data for page in decoder.feed(body)}
@@ -102,9 +157,11 @@ def decode_pull(body: bytes, state: SyncState) -> PulledPages:
         raise errors.NetworkError(f"pull-updates response ended early ({exc})") from None
     header = decoder.header
     assert header is not None  # close() raised otherwise
+    if header.deltas is not None and not deltas:
+        raise errors.ProtocolError("pull-updates response carries page deltas, which the request did not ask for")
     if state.zstd is None:
         state.zstd = header.encoding == PageEncoding.ZSTD
-    return PulledPages(header.server_revision, header.db_size, pages)
+    return PulledPages(header.server_revision, header.db_size, pages, header.deltas)
 
 
 def run_batch(steps: Sequence[BatchStep], timeout: float) -> Steps[BatchResult]:

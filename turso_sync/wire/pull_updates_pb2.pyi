@@ -38,7 +38,7 @@ PROTO_PAGES: PullUpdatesProtocol
 PROTO_MVCC_LOGICAL: PullUpdatesProtocol
 
 class PullUpdatesReqProtoBody(_message.Message):
-    __slots__ = ("encoding", "server_revision", "client_revision", "long_poll_timeout_ms", "server_pages_selector", "client_pages", "server_query_selector", "stream_kind")
+    __slots__ = ("encoding", "server_revision", "client_revision", "long_poll_timeout_ms", "server_pages_selector", "client_pages", "server_query_selector", "stream_kind", "page_deltas")
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     SERVER_REVISION_FIELD_NUMBER: _ClassVar[int]
     CLIENT_REVISION_FIELD_NUMBER: _ClassVar[int]
@@ -47,6 +47,7 @@ class PullUpdatesReqProtoBody(_message.Message):
     CLIENT_PAGES_FIELD_NUMBER: _ClassVar[int]
     SERVER_QUERY_SELECTOR_FIELD_NUMBER: _ClassVar[int]
     STREAM_KIND_FIELD_NUMBER: _ClassVar[int]
+    PAGE_DELTAS_FIELD_NUMBER: _ClassVar[int]
     encoding: PageUpdatesEncodingReq
     server_revision: str
     client_revision: str
@@ -55,7 +56,8 @@ class PullUpdatesReqProtoBody(_message.Message):
     client_pages: bytes
     server_query_selector: str
     stream_kind: PullUpdatesStreamKind
-    def __init__(self, encoding: _Optional[_Union[PageUpdatesEncodingReq, str]] = ..., server_revision: _Optional[str] = ..., client_revision: _Optional[str] = ..., long_poll_timeout_ms: _Optional[int] = ..., server_pages_selector: _Optional[bytes] = ..., client_pages: _Optional[bytes] = ..., server_query_selector: _Optional[str] = ..., stream_kind: _Optional[_Union[PullUpdatesStreamKind, str]] = ...) -> None: ...
+    page_deltas: bool
+    def __init__(self, encoding: _Optional[_Union[PageUpdatesEncodingReq, str]] = ..., server_revision: _Optional[str] = ..., client_revision: _Optional[str] = ..., long_poll_timeout_ms: _Optional[int] = ..., server_pages_selector: _Optional[bytes] = ..., client_pages: _Optional[bytes] = ..., server_query_selector: _Optional[str] = ..., stream_kind: _Optional[_Union[PullUpdatesStreamKind, str]] = ..., page_deltas: _Optional[bool] = ...) -> None: ...
 
 class PageData(_message.Message):
     __slots__ = ("page_id", "encoded_page")
@@ -76,6 +78,16 @@ class PageSetZstdEncodingProto(_message.Message):
     level: int
     pages_dict: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, level: _Optional[int] = ..., pages_dict: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class PageDeltasProto(_message.Message):
+    __slots__ = ("page_ids", "base_digest", "frame")
+    PAGE_IDS_FIELD_NUMBER: _ClassVar[int]
+    BASE_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    FRAME_FIELD_NUMBER: _ClassVar[int]
+    page_ids: _containers.RepeatedScalarFieldContainer[int]
+    base_digest: int
+    frame: bytes
+    def __init__(self, page_ids: _Optional[_Iterable[int]] = ..., base_digest: _Optional[int] = ..., frame: _Optional[bytes] = ...) -> None: ...
 
 class MvccLogicalLogRangeProto(_message.Message):
     __slots__ = ("generation", "start_offset", "end_offset", "starts_with_header", "crc_seed")
@@ -102,7 +114,7 @@ class MvccLogicalLogMetadataProto(_message.Message):
     def __init__(self, format: _Optional[str] = ..., checkpoint_transition: _Optional[bool] = ..., ranges: _Optional[_Iterable[_Union[MvccLogicalLogRangeProto, _Mapping]]] = ...) -> None: ...
 
 class PullUpdatesRespProtoBody(_message.Message):
-    __slots__ = ("server_revision", "db_size", "raw_encoding", "zstd_encoding", "stream_kind", "apply_mode", "mvcc_log", "protocol")
+    __slots__ = ("server_revision", "db_size", "raw_encoding", "zstd_encoding", "stream_kind", "apply_mode", "mvcc_log", "protocol", "page_deltas")
     SERVER_REVISION_FIELD_NUMBER: _ClassVar[int]
     DB_SIZE_FIELD_NUMBER: _ClassVar[int]
     RAW_ENCODING_FIELD_NUMBER: _ClassVar[int]
@@ -111,6 +123,7 @@ class PullUpdatesRespProtoBody(_message.Message):
     APPLY_MODE_FIELD_NUMBER: _ClassVar[int]
     MVCC_LOG_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    PAGE_DELTAS_FIELD_NUMBER: _ClassVar[int]
     server_revision: str
     db_size: int
     raw_encoding: PageSetRawEncodingProto
@@ -119,4 +132,5 @@ class PullUpdatesRespProtoBody(_message.Message):
     apply_mode: PullUpdatesApplyMode
     mvcc_log: MvccLogicalLogMetadataProto
     protocol: PullUpdatesProtocol
-    def __init__(self, server_revision: _Optional[str] = ..., db_size: _Optional[int] = ..., raw_encoding: _Optional[_Union[PageSetRawEncodingProto, _Mapping]] = ..., zstd_encoding: _Optional[_Union[PageSetZstdEncodingProto, _Mapping]] = ..., stream_kind: _Optional[_Union[PullUpdatesStreamKind, str]] = ..., apply_mode: _Optional[_Union[PullUpdatesApplyMode, str]] = ..., mvcc_log: _Optional[_Union[MvccLogicalLogMetadataProto, _Mapping]] = ..., protocol: _Optional[_Union[PullUpdatesProtocol, str]] = ...) -> None: ...
+    page_deltas: PageDeltasProto
+    def __init__(self, server_revision: _Optional[str] = ..., db_size: _Optional[int] = ..., raw_encoding: _Optional[_Union[PageSetRawEncodingProto, _Mapping]] = ..., zstd_encoding: _Optional[_Union[PageSetZstdEncodingProto, _Mapping]] = ..., stream_kind: _Optional[_Union[PullUpdatesStreamKind, str]] = ..., apply_mode: _Optional[_Union[PullUpdatesApplyMode, str]] = ..., mvcc_log: _Optional[_Union[MvccLogicalLogMetadataProto, _Mapping]] = ..., protocol: _Optional[_Union[PullUpdatesProtocol, str]] = ..., page_deltas: _Optional[_Union[PageDeltasProto, _Mapping]] = ...) -> None: ...

@@ -1,0 +1,330 @@
+"""Page deltas (our extension): the codec, its refusals, and who asks for them and who gets them."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from turso_sync.errors import DatabaseError, ProtocolError
+from turso_sync.local.engine import LocalDatabase, RevisionGone, Snapshot
+from turso_sync.primary.database import EnginePages
+from turso_sync.primary.pull import MAX_DELTA_PAGES, delta_bases, select_pages, wants_deltas
+from turso_sync.sync.remote import PulledPages, decode_pull, fetch_pages
+from turso_sync.sync.state import SyncState
+from turso_sync.sync.transport import HttpResponse
+from turso_sync.wire import pull_updates_pb2 as pb
+from turso_sync.wire.delimited import delimit
+from turso_sync.wire.pull import (
+    PAGE_SIZE,
+    DeltaBaseMismatch,
+    PageCompressor,
+    PageDeltas,
+    PageEncoding,
+    PullHeader,
+    PullRequest,
+    PullResponseDecoder,
+    encode_page,
+)
+
+
+def _leaf(rows: int, seed: int = 0) -> bytes:
+    """A page that looks like a table leaf: a header, cell pointers, hex cells from the end."""
+    page = bytearray(PAGE_SIZE)
+    page[0] = 13
+    end = PAGE_SIZE
+    for i in range(rows):
+        cell = bytes([110, i % 128, 3, 1]) + os.urandom(50).hex().encode() if seed else bytes([110, i % 128, 3, 1])
+        cell += f"{seed}:{i:04d}".encode() * 10
+        end -= len(cell)
+        page[end : end + len(cell)] = cell
+        page[8 + 2 * i : 10 + 2 * i] = end.to_bytes(2, "big")
+    page[3:5] = rows.to_bytes(2, "big")
+    return bytes(page)
+
+
+def _pages() -> tuple[dict[int, bytes], dict[int, bytes]]:
+    """(new images, bases), 0-based ids: a leaf that gained rows, page 0 with a changed counter."""
+    base0 = bytes(range(256)) * 16
+    new0 = base0[:24] + b"\x00\x00\x00\x09" + base0[28:]
+    return {0: new0, 5: _leaf(12)}, {0: base0, 5: _leaf(10)}
+
+
+def _header_body(header: PullHeader) -> bytes:
+    return header.to_bytes()
+
+
+# --- the codec ---------------------------------------------------------------------------------------
+
+
+def test_deltas_round_trip_through_the_header() -> None:
+    pages, bases = _pages()
+    block = PageDeltas.make(pages, bases)
+    assert block.page_ids == (0, 5)
+    assert len(block.frame) < 300  # against some 8 KiB of pages: only the change travels
+    body = PullHeader("7", 9, PageEncoding.ZSTD, deltas=block).to_bytes() + encode_page(
+        2, PageCompressor().compress(_leaf(3))
+    )
+    decoder = PullResponseDecoder()
+    whole = decoder.feed(body)
+    decoder.close()
+    assert [p.page_id for p in whole] == [2]
+    assert decoder.header is not None and decoder.header.deltas == block
+    assert block.apply(bases.__getitem__) == pages
+
+
+def test_a_wrong_base_is_detected_before_anything_is_decoded() -> None:
+    pages, bases = _pages()
+    block = PageDeltas.make(pages, bases)
+    damaged = dict(bases)
+    damaged[5] = bases[5][:100] + b"\xff" + bases[5][101:]
+    with pytest.raises(DeltaBaseMismatch, match="pull again without deltas"):
+        block.apply(damaged.__getitem__)
+    assert issubclass(DeltaBaseMismatch, ProtocolError)
+
+
+def test_a_corrupt_frame_is_a_protocol_error() -> None:
+    pages, bases = _pages()
+    block = PageDeltas.make(pages, bases)
+    flipped = bytearray(block.frame)
+    flipped[len(flipped) // 2] ^= 0x40
+    for frame in (bytes(flipped), block.frame[:-3], b"not zstd at all"):
+        bad = PageDeltas(block.page_ids, block.digest, frame)
+        with pytest.raises(ProtocolError) as info:
+            bad.apply(bases.__getitem__)
+        assert not isinstance(info.value, DeltaBaseMismatch)
+    # a frame holding another number of pages than it names
+    dictionary = zstandard.ZstdCompressionDict(bases[0] + bases[5], dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+    one_page = zstandard.ZstdCompressor(dict_data=dictionary, write_checksum=True).compress(pages[0])
+    with pytest.raises(ProtocolError, match="bytes for 2 pages"):
+        PageDeltas((0, 5), block.digest, one_page).apply(bases.__getitem__)
+
+
+def _raw_header(**deltas: object) -> bytes:
+    msg = pb.PullUpdatesRespProtoBody(server_revision="3", db_size=4, protocol=pb.PROTO_PAGES)
+    msg.zstd_encoding.level = 1
+    msg.page_deltas.page_ids.extend(deltas.get("ids", [1]))  # type: ignore[arg-type]
+    msg.page_deltas.frame = b"x"
+    return delimit(msg.SerializeToString())
+
+
+@pytest.mark.parametrize("ids", [[2, 1], [1, 1], [4], []])
+def test_malformed_delta_page_ids_are_refused(ids: list[int]) -> None:
+    with pytest.raises(ProtocolError, match="page deltas name pages"):
+        PullResponseDecoder().feed(_raw_header(ids=ids))
+
+
+def test_deltas_in_a_raw_answer_or_beside_the_same_page_whole_are_refused() -> None:
+    msg = pb.PullUpdatesRespProtoBody(server_revision="3", db_size=4)
+    msg.raw_encoding.SetInParent()
+    msg.page_deltas.page_ids.append(1)
+    with pytest.raises(ProtocolError, match="raw-encoded"):
+        PullResponseDecoder().feed(delimit(msg.SerializeToString()))
+    pages, bases = _pages()
+    header = PullHeader("3", 9, PageEncoding.ZSTD, deltas=PageDeltas.make(pages, bases)).to_bytes()
+    with pytest.raises(ProtocolError, match="both whole and as a delta"):
+        PullResponseDecoder().feed(header + encode_page(5, PageCompressor().compress(_leaf(1))))
+
+
+# --- negotiation: the client -------------------------------------------------------------------------
+
+
+def _asked(state: SyncState, deltas: bool, since: str = "4") -> PullRequest:
+    steps = fetch_pages(state, since, 1.0, deltas=deltas)
+    request = next(steps)
+    steps.close()
+    return PullRequest.from_bytes(request.body)
+
+
+def test_the_client_asks_for_deltas_only_from_a_server_known_to_speak_our_extension() -> None:
+    state = SyncState("http://x", "c")
+    assert state.zstd is None
+    assert not _asked(state, True).page_deltas  # not known yet (a bootstrap tells)
+    state.zstd = False  # tursodb: refused zstd
+    assert not _asked(state, True).page_deltas
+    state.zstd = True  # our primary
+    assert _asked(state, True).page_deltas
+    assert not _asked(state, False).page_deltas  # a pinned read, a selector, a partial replica
+    assert not _asked(state, True, since="").page_deltas  # a bootstrap has no base
+    # and the request without the field is byte for byte what it was
+    assert b"\xc8\x3e" not in PullRequest(encoding=PageEncoding.ZSTD, client_revision="4").to_bytes()
+
+
+def test_deltas_the_client_did_not_ask_for_are_a_protocol_error() -> None:
+    pages, bases = _pages()
+    body = PullHeader("3", 9, PageEncoding.ZSTD, deltas=PageDeltas.make(pages, bases)).to_bytes()
+    state = SyncState("http://x", "c", zstd=True)
+    with pytest.raises(ProtocolError, match="did not ask"):
+        decode_pull(body, state)
+    got = decode_pull(body, state, deltas=True)
+    assert got.deltas is not None and got.count == 2
+    assert got.resolved(lambda pgno: bases[pgno - 1]) == {p + 1: v for p, v in pages.items()}
+
+
+def test_an_answer_to_a_delta_request_may_hold_none() -> None:
+    steps = fetch_pages(SyncState("http://x", "c", zstd=True), "4", 1.0, deltas=True)
+    next(steps)
+    body = PullHeader("5", 2, PageEncoding.ZSTD).to_bytes() + encode_page(1, PageCompressor().compress(_leaf(2)))
+    with pytest.raises(StopIteration) as done:
+        steps.send(HttpResponse(200, body))
+    result = done.value.value
+    assert result.deltas is None and result.resolved(lambda pgno: b"") == {2: _leaf(2)}
+
+
+# --- negotiation: the server --------------------------------------------------------------------------
+
+
+class HistoryPages:
+    """A page source with history: revision n's images, {pgno: image} per revision."""
+
+    def __init__(self, history: list[dict[int, bytes]], kept_from: int = 0) -> None:
+        self.history = history
+        self.kept_from = kept_from
+
+    def _state(self, seq: int) -> dict[int, bytes]:
+        pages: dict[int, bytes] = {}
+        for txn in self.history[: seq + 1]:
+            pages.update(txn)
+        return pages
+
+    def current_seq(self) -> int:
+        return len(self.history) - 1
+
+    def page_count(self) -> int:
+        return max(self._state(self.current_seq()))
+
+    def snapshot(self, since: int | None = None, pgnos: Iterable[int] | None = None) -> Snapshot:
+        now = self._state(self.current_seq())
+        if since is None:
+            changed = set(now)
+        else:
+            if since < self.kept_from:
+                raise RevisionGone(str(since))
+            changed = {p for txn in self.history[since + 1 :] for p in txn}
+        if pgnos is not None:
+            changed &= set(pgnos)
+        return Snapshot(self.current_seq(), self.page_count(), {p: now[p] for p in changed})
+
+    def snapshot_at(self, seq: int, pgnos: Iterable[int] | None = None, since: int | None = None) -> Snapshot:
+        if seq < self.kept_from:
+            raise RevisionGone(str(seq))
+        then = self._state(seq)
+        wanted = set(then) if pgnos is None else set(pgnos) & set(then)
+        return Snapshot(seq, max(then), {p: then[p] for p in wanted})
+
+
+@pytest.fixture
+def source() -> HistoryPages:
+    return HistoryPages([{1: b"a1", 2: b"a2"}, {2: b"b2"}, {2: b"c2", 3: b"c3"}])
+
+
+def _ask(**kw: object) -> PullRequest:
+    fields: dict[str, object] = {"encoding": PageEncoding.ZSTD, "client_revision": "1", "page_deltas": True}
+    fields.update(kw)
+    return PullRequest(**fields)  # type: ignore[arg-type]
+
+
+def test_the_server_gives_bases_for_the_pages_that_existed_at_the_client_revision(source: HistoryPages) -> None:
+    request = _ask()
+    snap = select_pages(source, request)
+    assert snap.pages == {2: b"c2", 3: b"c3"}
+    assert delta_bases(source, request, snap) == {2: b"b2"}  # page 3 is new: it goes whole
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        _ask(page_deltas=False),  # not asked: Turso's clients, older ones of ours
+        _ask(encoding=PageEncoding.RAW),  # deltas ride on zstd only
+        _ask(server_revision="2"),  # a pinned read
+        _ask(page_ids=__import__("pyroaring").BitMap([1])),  # a selector (a partial replica)
+        _ask(client_revision=""),  # a bootstrap
+    ],
+)
+def test_the_server_gives_no_bases_unless_asked_for_a_plain_incremental_pull(
+    source: HistoryPages, request_: PullRequest
+) -> None:
+    snap = select_pages(source, request_)
+    assert delta_bases(source, request_, snap) == {}
+
+
+def test_the_server_gives_no_bases_past_its_history_or_its_bound(source: HistoryPages) -> None:
+    source.kept_from = 2  # the client's revision 1 is gone: a full resend
+    request = _ask()
+    assert delta_bases(source, request, select_pages(source, request)) == {}
+    many = HistoryPages(
+        [dict.fromkeys(range(1, MAX_DELTA_PAGES + 3), b"a"), dict.fromkeys(range(1, MAX_DELTA_PAGES + 2), b"b")]
+    )
+    request = _ask(client_revision="0")
+    assert len(select_pages(many, request).pages) > MAX_DELTA_PAGES
+    assert delta_bases(many, request, select_pages(many, request)) == {}
+    assert wants_deltas(request)
+
+
+def test_engine_bases_are_the_images_at_the_client_revision(tmp_path: Path) -> None:
+    engine = LocalDatabase(tmp_path / "p.db")
+    try:
+        conn = engine.connect()
+        conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        conn.commit()
+        client = engine.current_seq()
+        at_client = engine.snapshot(None).pages
+        conn.execute("INSERT INTO t VALUES (1, 'one')")
+        conn.commit()
+        conn.close()
+        pages = EnginePages(engine, engine.connect())
+        request = _ask(client_revision=str(client))
+        snap = select_pages(pages, request)
+        bases = delta_bases(pages, request, snap)
+        assert bases and set(bases) <= set(snap.pages)
+        for pgno, base in bases.items():
+            assert base == at_client[pgno]
+        block = PageDeltas.make({p - 1: snap.pages[p] for p in bases}, {p - 1: b for p, b in bases.items()})
+        assert block.apply(lambda page_id: at_client[page_id + 1]) == {p - 1: snap.pages[p] for p in bases}
+    finally:
+        engine.close()
+
+
+def test_an_answer_continued_by_a_later_one_resolves_against_the_first() -> None:
+    # revision 1 -> 2 (page 6 changed, page 3 new), then 2 -> 3 (page 6 again, page 3 whole, size 5)
+    base = {1: bytes(PAGE_SIZE), 6: _leaf(4)}
+    at2 = {6: _leaf(6), 3: _leaf(1, seed=3)}
+    at3 = {6: _leaf(9), 3: _leaf(2, seed=3)}
+    first = PulledPages("2", 7, {3: at2[3]}, PageDeltas.make({5: at2[6]}, {5: base[6]}))
+    later = PulledPages("3", 6, {3: at3[3]}, PageDeltas.make({5: at3[6]}, {5: at2[6]}))
+    both = first.then(later)
+    assert (both.revision, both.db_size, both.count) == ("3", 6, 4)
+    assert both.resolved(base.__getitem__) == {3: at3[3], 6: at3[6]}
+    # the later deltas are made against the first answer's images, not the replica's
+    with pytest.raises(DeltaBaseMismatch):
+        PulledPages("3", 6, {}, later.deltas).resolved(base.__getitem__)
+    # a page past the later size is dropped
+    shrunk = first.then(PulledPages("3", 5, {}, None))
+    assert shrunk.resolved(base.__getitem__) == {3: at2[3]}
+
+
+def test_a_page_the_replica_cannot_read_is_a_base_that_differs() -> None:
+    pages, bases = _pages()
+    answer = PulledPages("3", 9, {}, PageDeltas.make(pages, bases))
+
+    def short_file(pgno: int) -> bytes:
+        if pgno == 6:
+            raise DatabaseError("r.db: page 6 is missing")
+        return bases[pgno - 1]
+
+    with pytest.raises(DeltaBaseMismatch, match="no synced image"):
+        answer.resolved(short_file)
+
+
+def test_a_base_the_history_cannot_give_means_whole_pages(
+    source: HistoryPages, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unreadable(seq: int, pgnos: Iterable[int] | None = None, since: int | None = None) -> Snapshot:
+        raise DatabaseError("p.db: pages [2] were never fetched and this is not a partial replica")
+
+    monkeypatch.setattr(source, "snapshot_at", unreadable)
+    request = _ask()
+    assert delta_bases(source, request, select_pages(source, request)) == {}
