@@ -55,6 +55,7 @@ from typing import Any, Protocol
 
 import apsw
 import sqlcipher3
+import turso
 
 import turso_sync
 from bench.report import REPO, filesystem, machine, markdown_table, median, write_section
@@ -153,6 +154,8 @@ class Engine:
     open: Callable[[Path], Session]
     notes: str
     encrypted: bool
+    # settings the engine cannot report back (PRAGMA returns no row): the notes say what it does instead
+    unreported: tuple[str, ...] = ()
 
 
 def apply_pragmas(session: Session, statements: Iterable[str]) -> None:
@@ -192,6 +195,23 @@ def open_sqlcipher(path: Path) -> Session:
     session = DbApiSession(sqlcipher3.connect(str(path)))
     session.execute(f"PRAGMA key = \"x'{KEY_HEX}'\"").fetchall()
     apply_pragmas(session, ("cipher_page_size=4096", *FILE_PRAGMAS, *COMMON_PRAGMAS))
+    return session
+
+
+def open_pyturso(path: Path) -> Session:
+    """pyturso (``turso``, Turso's own engine in Rust) on a file in Turso's encrypted format, aes256gcm.
+
+    It runs in WAL mode with synchronous=FULL and 4096-byte pages by default; ``temp_store`` and
+    ``cache_size`` are set like the others'.  It accepts but does not report ``wal_autocheckpoint``
+    and ``mmap_size`` (no mmap; its own checkpoint threshold, also 1,000 frames).
+    """
+    conn = turso.connect(
+        str(path),
+        experimental_features="encryption",
+        encryption=turso.EncryptionOpts(cipher="aes256gcm", hexkey=KEY_HEX),
+    )
+    session = DbApiSession(conn)
+    apply_pragmas(session, ("temp_store=MEMORY", *COMMON_PRAGMAS))
     return session
 
 
@@ -265,6 +285,15 @@ def engines() -> list[Engine]:
             "AES-256-CBC + HMAC-SHA512 per page (SQLCipher 4: 80 reserved bytes, 16-byte IV + 64-byte MAC), "
             "raw key `PRAGMA key = \"x'<64 hex>'\"` so no PBKDF2",
             True,
+        ),
+        Engine(
+            "pyturso",
+            f"pyturso {importlib.metadata.version('pyturso')} aes256gcm",
+            open_pyturso,
+            'Turso\'s own engine (Rust, `turso.connect(..., experimental_features="encryption")`), the same '
+            "encrypted format and key as turso_sync aes256gcm; it reports no `wal_autocheckpoint` or `mmap_size`",
+            True,
+            unreported=("wal_autocheckpoint", "mmap_size"),
         ),
     ]
     return out
@@ -510,10 +539,13 @@ def run_round(
 
 
 def read_settings(session: Session) -> dict[str, object]:
-    """The settings in SETTINGS as this connection reports them."""
+    """The settings in SETTINGS as this connection reports them (those it does not report are left out)."""
     out: dict[str, object] = {}
     for name in SETTINGS:
-        value = session.execute(f"PRAGMA {name}").fetchone()[0]
+        row = session.execute(f"PRAGMA {name}").fetchone()
+        if row is None:
+            continue  # not reported by this engine (pyturso: wal_autocheckpoint, mmap_size)
+        value = row[0]
         if isinstance(value, str):  # SQLCipher answers some numeric PRAGMAs as text
             value = int(value) if value.lstrip("-").isdigit() else value.lower()
         out[name] = value
@@ -547,7 +579,9 @@ def probe(engine_list: Sequence[Engine], workdir: Path) -> Probe:
         finally:
             session.close()
             remove_db(path)
-        wrong = {k: v for k, v in result.settings[e.key].items() if SETTINGS[k] != v}
+        reported = result.settings[e.key]
+        wrong = {k: v for k, v in reported.items() if SETTINGS[k] != v}
+        wrong |= {k: "not reported" for k in SETTINGS if k not in reported and k not in e.unreported}
         if wrong:
             raise RuntimeError(f"{e.label} does not run with the benchmark settings: {wrong} (want {SETTINGS})")
     return result
@@ -588,6 +622,7 @@ def versions(cipher: dict[str, str]) -> list[tuple[str, str]]:
         ),
         ("cryptography / OpenSSL", f"{importlib.metadata.version('cryptography')} / {backend.openssl_version_text()}"),
         ("numpy", importlib.metadata.version("numpy")),
+        ("pyturso", importlib.metadata.version("pyturso")),
     ]
 
 
@@ -617,6 +652,10 @@ class Figures:
     def ratio(self, workload: str, key: str) -> float:
         """sqlite3's median time over this engine's: above 1.0 is faster than stdlib sqlite3."""
         return self.median_s(workload, BASELINE) / self.median_s(workload, key)
+
+    def ratio_to(self, workload: str, other: str, key: str) -> float:
+        """``other``'s median time over this engine's: above 1.0 is faster than ``other``."""
+        return self.median_s(workload, other) / self.median_s(workload, key)
 
     def paired_ratio(self, workload: str, key: str) -> float:
         """The median over runs of sqlite3's time / this engine's time in the same run.
@@ -697,6 +736,26 @@ def ratio_table(fig: Figures) -> str:
     return markdown_table(["engine", *(w.name for w in fig.workloads)], rows, right=range(1, len(fig.workloads) + 1))
 
 
+PEERS = ("sqlcipher", "pyturso")  # the encrypted engines turso_sync's aims are set against (issue 12)
+
+
+def peer_table(fig: Figures) -> str:
+    """Each turso_sync engine against each encrypted peer in the run: the peer's median time / ours.
+
+    Above 1.0x, ours is faster.
+    """
+    keys = {e.key for e in fig.engines}
+    peers = [e for e in fig.engines if e.key in PEERS]
+    ours = [e for e in fig.engines if e.key.startswith("turso_sync")]
+    rows = [
+        [f"{mine.label} vs {peer.label}", *(f"{fig.ratio_to(w.name, peer.key, mine.key):.2f}x" for w in fig.workloads)]
+        for mine in ours
+        for peer in peers
+        if peer.key in keys
+    ]
+    return markdown_table(["pair", *(w.name for w in fig.workloads)], rows, right=range(1, len(fig.workloads) + 1))
+
+
 def report(fig: Figures) -> str:
     """The markdown block for docs/benchmarks.md (also printed)."""
     box = machine()
@@ -711,6 +770,12 @@ def report(fig: Figures) -> str:
         loop_text = (
             "\nexecute loop = the bulk insert's rows again, into a new file in one transaction, one `execute` per row"
             "\nfrom a Python loop instead of `executemany` (the statement and DB-API layers are crossed per row)."
+        )
+    peer_text = ""
+    if any(e.key in PEERS for e in fig.engines) and any(e.key.startswith("turso_sync") for e in fig.engines):
+        peer_text = (
+            "\nturso_sync against the encrypted peers (the peer's median time / ours; above 1.0x: ours is faster):"
+            f"\n\n{peer_table(fig)}\n"
         )
     return f"""
 Measured {datetime.date.today().isoformat()} by `python -m bench.bench_local` in {fig.seconds:.0f} s: {fig.runs} runs
@@ -756,7 +821,7 @@ busy and the figure is soft.
 Ratios to stdlib sqlite3 (above 1.0x is faster):
 
 {ratio_table(fig)}
-"""
+{peer_text}"""
 
 
 def select_engines(keys: str | None) -> list[Engine]:

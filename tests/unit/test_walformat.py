@@ -24,3 +24,12 @@ def test_header_build_parse_and_reject_corruption():
     bad[9] ^= 1
     assert WalHeader.parse(bytes(bad)) is None
     assert read_committed(b"") == (None, [])
+
+
+def test_checksum_wraps_modulo_2_32_on_the_largest_words():
+    # every word 0xFFFFFFFF and both sums starting at their largest: each step overflows 32 bits
+    for size in (8, 4104):
+        data = b"\xff" * size
+        top = 0xFFFFFFFF
+        assert wal_checksum(data, top, top) == wal_checksum_slow(data, top, top)
+        assert wal_checksum(data, top, top, big_endian=True) == wal_checksum_slow(data, top, top, big_endian=True)

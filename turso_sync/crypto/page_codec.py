@@ -269,6 +269,37 @@ class PageCodec:
         except InvalidTag:
             raise PageAuthError(pgno, where) from None
 
+    def decrypt_into(self, enc: bytes, pgno: int, out: bytearray, where: str = "database") -> bytearray:
+        """``decrypt`` into ``out`` (a ``page_size`` bytearray this codec's caller reuses), which it returns.
+
+        The VFS reads every page that misses SQLite's cache through here: in Turso's format the
+        plaintext goes straight from OpenSSL into ``out``, without the two 4 KiB copies and the
+        allocation of ``decrypt`` (the ciphertext slice, the reserved tail appended).  The tail of
+        ``out`` is never written, so it stays as zero as the caller made it.  ``out`` holds the
+        page until the next call: the caller copies it (APSW does, before xRead returns).  A
+        subclass's format (hardened, envelope) copies its own ``decrypt``'s result.
+        """
+        if type(self) is not PageCodec:
+            out[:] = self.decrypt(enc, pgno, where)
+            return out
+        view = memoryview(enc)
+        ct_end = self._ct_end
+        nonce = view[ct_end:]
+        try:
+            if pgno == 1:
+                if enc[:16] != self.magic:
+                    raise InvalidTag()
+                out[:16] = SQLITE_MAGIC
+                out[16:HEADER_SIZE] = view[16:HEADER_SIZE]
+                self._aead.decrypt_into(
+                    nonce, view[HEADER_SIZE:ct_end], view[:HEADER_SIZE], memoryview(out)[HEADER_SIZE : self._payload]
+                )
+            else:
+                self._aead.decrypt_into(nonce, view[:ct_end], None, memoryview(out)[: self._payload])
+        except InvalidTag:
+            raise PageAuthError(pgno, where) from None
+        return out
+
     def is_page1(self, enc: bytes) -> bool:
         """True when an encrypted page carries this cipher's page-1 magic."""
         return enc[:16] == self.magic

@@ -112,6 +112,15 @@ class Cursor:
     """A DB-API cursor; rows come back as tuples (or through ``row_factory``)."""
 
     arraysize = 1
+    # a new cursor's state, read from the class until a statement sets it on the instance (a
+    # Cursor is made per ``Connection.execute``, so its constructor stores only what differs)
+    _rows: Iterator[tuple[Any, ...]] | None = None
+    _ahead: tuple[Any, ...] | None = None
+    _columns: Columns | _ColumnsOf | None = None  # APSW's (name, declared type) of each
+    _description: Description | None = None  # built from _columns when first read
+    rowcount = -1
+    lastrowid: int | None = None
+    _closed = False
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
@@ -126,14 +135,7 @@ class Cursor:
                 self._cursor = idle
             else:
                 self._cursor = connection._db.cursor()
-        self._rows: Iterator[tuple[Any, ...]] | None = None
-        self._ahead: tuple[Any, ...] | None = None
-        self._columns: Columns | _ColumnsOf | None = None  # APSW's (name, declared type) of each
-        self._description: Description | None = None  # built from _columns when first read
-        self.rowcount = -1
-        self.lastrowid: int | None = None
         self.row_factory: Callable[[Cursor, tuple[Any, ...]], Any] | None = connection.row_factory
-        self._closed = False
 
     def _check(self) -> None:
         if self._closed:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import struct
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -43,7 +44,6 @@ from ..page import PAGE_SIZE, RESERVED_BYTES
 from .walformat import (
     FRAME_HEADER_SIZE,
     WAL_HEADER_SIZE,
-    FrameHeader,
     forget_wal,
     frame_index,
     frame_offset,
@@ -56,6 +56,15 @@ if TYPE_CHECKING:
     from .pagemap import PageMap
 
 VFS_NAME = "turso_sync"
+
+# the unix file's own methods, called without building a ``super()`` object on the hot paths
+_base_read = apsw.VFSFile.xRead
+_base_write = apsw.VFSFile.xWrite
+_CHECKSUM = struct.Struct(">II")  # a WAL frame header's checksum (bytes 16..24)
+_SALTS_CHECKSUM = struct.Struct(">IIII")  # a frame header's salts and checksum (bytes 8..24)
+_base_file_control = apsw.VFSFile.xFileControl
+_CKPT_CONTROLS = frozenset({apsw.SQLITE_FCNTL_CKPT_START, apsw.SQLITE_FCNTL_CKPT_DONE})
+_SIZE_CONTROLS = frozenset({apsw.SQLITE_FCNTL_SIZE_HINT, apsw.SQLITE_FCNTL_CHUNK_SIZE})
 
 
 @dataclass
@@ -73,6 +82,9 @@ class DatabaseState:
     lazy_error: list[errors.Error] = field(default_factory=list)  # why a missing page could not be read
     lazy_ckpt_held: bool = False
     in_checkpoint: bool = False  # between SQLITE_FCNTL_CKPT_START and CKPT_DONE
+    # during a checkpoint, in Turso's format: (page number, plaintext, ciphertext) of the WAL frame
+    # SQLite read last, which it writes to the database file next (``EncryptedDBFile.xWrite``)
+    checkpoint_page: tuple[int, bytes, bytes] | None = None
     page_map: PageMap | None = None  # a hardened file's page map (``pagemap.py``), made on first use
     _fds: dict[str, int] = field(default_factory=dict)
     _fd_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -251,18 +263,43 @@ class EncryptedDBFile(apsw.VFSFile):
         self.codec: PageCodec = state.codec  # type: ignore[assignment]
         self.P = self.codec.page_size
         self.S = self.codec.slot_size  # bytes per page on disk (P, except in the envelope layout)
+        # decided once per open: only a hardened file keeps a page map (``pagemap.py``); whether
+        # this one does is known once its parameters are, so ``state.map_of`` still decides that
+        self._may_map = isinstance(self.codec, HardenedCodec)
+        # Turso's format decrypts every whole page read into this buffer (``PageCodec.decrypt_into``);
+        # APSW copies what xRead returns into SQLite's buffer at once, so it is free again then
+        self._turso = type(self.codec) is PageCodec
+        self._page = bytearray(self.P)
 
-    def xRead(self, amount: int, offset: int) -> bytes:
-        P, S = self.P, self.S
-        if self.state.lazy is not None:
-            _ensure_present(self.state, offset // P + 1, (offset + amount - 1) // P + 1)
-        if amount == P and offset % P == 0:
-            raw = super().xRead(S, offset // P * S)
+    # APSW takes any buffer from xRead (its stub says bytes): Turso's format returns ``_page``
+    def xRead(self, amount: int, offset: int) -> bytes | bytearray:  # type: ignore[override]
+        # the path of every page that misses SQLite's cache: each attribute read once, no call
+        # that this file's format does not need (see docs/local-engine-speed.md)
+        P = self.P
+        state = self.state
+        if state.lazy is not None:
+            _ensure_present(state, offset // P + 1, (offset + amount - 1) // P + 1)
+        if amount == P and not offset % P:
+            S = self.S
+            pgno = offset // P + 1
+            raw = _base_read(self, S, (pgno - 1) * S)
             if len(raw) < S:
                 return b""  # beyond the end of the file: SQLite zero-fills
-            plain = self._decrypt(raw, offset // P + 1)
-            self._check_map(raw, offset // P + 1)
+            try:
+                if self._turso:
+                    plain: bytes | bytearray = self.codec.decrypt_into(raw, pgno, self._page)
+                else:
+                    plain = self.codec.decrypt(raw, pgno)
+            except PageAuthError as err:
+                state.record(err)
+                raise apsw.CorruptError(str(err)) from None
+            except errors.EncryptionError as exc:  # a hardened file's stored key parameters refused
+                state.record(PageAuthError(pgno, "database", str(exc)))
+                raise apsw.CorruptError(str(exc)) from None
+            if self._may_map:
+                self._check_map(raw, pgno)
             return plain
+        P, S = self.P, self.S
         first = offset // P
         last = (offset + amount - 1) // P
         out = bytearray()
@@ -313,12 +350,16 @@ class EncryptedDBFile(apsw.VFSFile):
         P = self.P
         if offset % P or len(data) % P:
             raise apsw.IOError(f"unaligned write of {len(data)} bytes at {offset} to an encrypted database")
+        copied = self.state.checkpoint_page if self._turso else None
         out = bytearray()
         for i in range(0, len(data), P):
             page = data[i : i + P]
             pgno = (offset + i) // P + 1
             _check_plain_page(page, pgno, self.codec)
-            out += self.codec.encrypt(page, pgno)
+            if copied is not None and copied[0] == pgno and copied[1] == page:
+                out += copied[2]  # a checkpoint copying the frame it just read: its ciphertext as it is
+            else:
+                out += self.codec.encrypt(page, pgno)
         slots = bytes(out)
         first = offset // P
         page_map = self.state.map_of(self.codec)  # after encrypting: a new file is bound by its page 1
@@ -363,11 +404,9 @@ class EncryptedDBFile(apsw.VFSFile):
             page_map.finish()
         super().xClose()
 
-    def xFileSize(self) -> int:
-        size = super().xFileSize()
-        if self.S == self.P:
-            return size
-        return pages_on_disk(size, self.S) * self.P
+    # xFileSize is not overridden here: in Turso's format (and the hardened one) a page is its
+    # own slot, so the unix file's size is SQLite's, and APSW calls the base method directly
+    # (SQLite asks once per read transaction).  The envelope layout maps it (EnvelopeDBFile).
 
     def xTruncate(self, newsize: int) -> None:
         if self.S == self.P:
@@ -378,8 +417,21 @@ class EncryptedDBFile(apsw.VFSFile):
             self.state.lazy.mark_truncated(newsize // self.P)
 
     def xFileControl(self, op: int, ptr: int) -> bool:
-        _checkpoint_control(self.state, op)
-        if self.S != self.P and op in (apsw.SQLITE_FCNTL_SIZE_HINT, apsw.SQLITE_FCNTL_CHUNK_SIZE):
+        # SQLite sends SQLITE_FCNTL_LOCK_TIMEOUT at every read transaction and several per
+        # commit: only the checkpoint's two controls need more than the unix file's answer
+        if op in _CKPT_CONTROLS:
+            _checkpoint_control(self.state, op)
+        return _base_file_control(self, op, ptr)
+
+
+class EnvelopeDBFile(EncryptedDBFile):
+    """The main database file in the envelope layout: page ``n`` in a slot of ``S = P + 32`` bytes."""
+
+    def xFileSize(self) -> int:
+        return pages_on_disk(super().xFileSize(), self.S) * self.P
+
+    def xFileControl(self, op: int, ptr: int) -> bool:
+        if op in _SIZE_CONTROLS:
             return True  # sizes in SQLite's pages: the unix file would grow to a size that is no number of slots
         return super().xFileControl(op, ptr)
 
@@ -414,8 +466,9 @@ class PlainDBFile(apsw.VFSFile):
             self.state.lazy.mark_truncated(newsize // PAGE_SIZE)
 
     def xFileControl(self, op: int, ptr: int) -> bool:
-        _checkpoint_control(self.state, op)
-        return super().xFileControl(op, ptr)
+        if op in _CKPT_CONTROLS:
+            _checkpoint_control(self.state, op)
+        return _base_file_control(self, op, ptr)
 
 
 def _checkpoint_control(state: DatabaseState, op: int) -> None:
@@ -432,6 +485,7 @@ def _checkpoint_control(state: DatabaseState, op: int) -> None:
             state.lazy_ckpt_held = True
     elif op == apsw.SQLITE_FCNTL_CKPT_DONE:
         state.in_checkpoint = False
+        state.checkpoint_page = None
         try:
             if state.page_map is not None:
                 state.page_map.finish()  # the images the checkpoint wrote become the map's
@@ -485,7 +539,7 @@ def _refuse_unarchived_backfill(state: DatabaseState) -> None:
 
 def _check_plain_page(page: bytes, pgno: int, codec: PageCodec) -> None:
     """Refuse a page that would not survive encryption (the reserved tail must be empty)."""
-    if any(page[codec.page_size - codec.reserved :]):
+    if page.count(0, codec.page_size - codec.reserved) != codec.reserved:  # a zero byte count, in C
         raise apsw.CorruptError(
             f"page {pgno} uses the bytes reserved for encryption; the database was not created "
             f"with {RESERVED_BYTES} reserved bytes per page"
@@ -515,6 +569,7 @@ class EncryptedWALFile(apsw.VFSFile):
         self.codec: PageCodec = state.codec  # type: ignore[assignment]
         self.P = self.codec.page_size
         self.S = self.codec.slot_size
+        self._turso = type(self.codec) is PageCodec  # a page's ciphertext is the same in the WAL and the database
         self.frame_size = self.P + FRAME_HEADER_SIZE  # as SQLite sees it
         self.disk_frame = self.S + FRAME_HEADER_SIZE  # as it is on disk
         # (salt1, salt2, frame) -> (ciphertext checksum, plaintext checksum) of that frame
@@ -537,9 +592,10 @@ class EncryptedWALFile(apsw.VFSFile):
 
     def _disk_ct(self, index: int) -> tuple[int, int]:
         """Checksum stored on disk after frame ``index`` (0 = the WAL header's)."""
-        raw = self._raw(8, 24) if index == 0 else self._raw(8, frame_offset(index, self.S) + 16)
-        raw = raw.ljust(8, b"\0")
-        return int.from_bytes(raw[:4], "big"), int.from_bytes(raw[4:], "big")
+        raw = _base_read(self, 8, 24 if index == 0 else frame_offset(index, self.S) + 16)
+        if len(raw) < 8:
+            raw = raw.ljust(8, b"\0")
+        return _CHECKSUM.unpack(raw)  # type: ignore[return-value]
 
     def _big_endian(self, wal_header: bytes) -> bool:
         return wal_header[3:4] == b"\x83"
@@ -633,11 +689,17 @@ class EncryptedWALFile(apsw.VFSFile):
         if len(raw) < self.disk_frame:
             return b""
         pgno = int.from_bytes(raw[:4], "big")
+        body = raw[FRAME_HEADER_SIZE:]
         try:
-            return self.codec.decrypt(raw[FRAME_HEADER_SIZE:], pgno, "WAL")
+            plain = self.codec.decrypt(body, pgno, "WAL")
         except PageAuthError as err:
             self.state.record(err)
             raise apsw.CorruptError(f"WAL frame {index}: {err}") from None
+        if self._turso and self.state.in_checkpoint:
+            # SQLite's checkpoint writes this page to the database file next: in Turso's format a
+            # page's ciphertext does not depend on where it is, so that write can reuse this one
+            self.state.checkpoint_page = (pgno, plain, body)
+        return plain
 
     def _read_full_frame(self, index: int, quiet: bool = False) -> bytes:
         """A whole frame as SQLite wrote it: plaintext body, plaintext-domain checksum.
@@ -734,7 +796,7 @@ class EncryptedWALFile(apsw.VFSFile):
         pgno = int.from_bytes(header[:4], "big")
         _check_plain_page(plain, pgno, self.codec)
         body = self.codec.encrypt(plain, pgno, "WAL")
-        super().xWrite(self._seal_header(index, header, body) + body, off)
+        _base_write(self, self._seal_header(index, header, body) + body, off)
 
     def _rewrite_header(self, index: int, header: bytes) -> None:
         off = frame_offset(index, self.S)
@@ -749,11 +811,9 @@ class EncryptedWALFile(apsw.VFSFile):
         # another process overwrote frames this connection wrote in a rolled-back transaction
         prev = self._disk_ct(index - 1)
         ct = wal_checksum(header[:8] + body, prev[0], prev[1], self._big)
-        pt = (int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big"))
-        salts = (int.from_bytes(header[8:12], "big"), int.from_bytes(header[12:16], "big"))
-        self._chain[(salts[0], salts[1], index)] = (ct, pt)
-        fh = FrameHeader.parse(header)
-        return FrameHeader.build(fh.pgno, fh.db_size, salts, ct)
+        salt1, salt2, pt1, pt2 = _SALTS_CHECKSUM.unpack_from(header, 8)
+        self._chain[(salt1, salt2, index)] = (ct, (pt1, pt2))
+        return header[:16] + _CHECKSUM.pack(*ct)  # page number, size after commit and salts as SQLite wrote them
 
 
 class EncryptedJournalFile(apsw.VFSFile):
@@ -808,6 +868,8 @@ class TursoVFS(apsw.VFS):
         if kind & apsw.SQLITE_OPEN_MAIN_DB:
             if state.codec is None:
                 return PlainDBFile(name, flags, state)  # type: ignore[arg-type]
+            if state.codec.slot_size != state.codec.page_size:
+                return EnvelopeDBFile(name, flags, state)  # type: ignore[arg-type]
             return EncryptedDBFile(name, flags, state)  # type: ignore[arg-type]
         if state.codec is None:
             return apsw.VFSFile("", name, flags)  # type: ignore[arg-type]
