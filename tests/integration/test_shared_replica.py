@@ -26,7 +26,7 @@ import pytest
 
 import turso_sync
 from tests.childlines import ChildLines
-from tests.conftest import KEY256
+from tests.conftest import KEY256, wait_for
 from tests.servers import primary
 from turso_sync.sync.files import ReplicaFiles
 
@@ -140,13 +140,8 @@ def test_app_and_syncer_share_one_replica(tmp_path: Path, server: str, syncer: s
     setup.close()
     turso_sync.connect(peer, server, encryption_key=key).close()
 
-    until = time.time() + 2 + SECONDS
-    app, app_lines = _start(_APP, str(shared), "app", str(until), key or "")
-    peer_proc, peer_lines = _start(_SYNCER, str(peer), str(until), "1", key or "")
     daemon_log = tmp_path / "daemon.log"
-    if syncer == "sync-loop":
-        sync_proc, sync_lines = _start(_SYNCER, str(shared), str(until), "0", key or "")
-    else:
+    if syncer == "daemon":
         with open(daemon_log, "wb") as log:  # the child keeps its own descriptor
             sync_proc = subprocess.Popen(
                 [sys.executable, "-m", "turso_sync.cli.main", "daemon", str(shared)],
@@ -154,6 +149,19 @@ def test_app_and_syncer_share_one_replica(tmp_path: Path, server: str, syncer: s
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONPATH": str(REPO)},
             )
+        # the writers start once it syncs: on a loaded machine its start-up could otherwise outlast
+        # their whole window, and its SIGTERM land before it has a handler
+        try:
+            wait_for(lambda: "syncing 1 replica" in daemon_log.read_text(errors="replace"), 60, "the daemon to start")
+        except AssertionError:
+            sync_proc.kill()
+            sync_proc.wait()
+            raise
+    until = time.time() + 2 + SECONDS
+    app, app_lines = _start(_APP, str(shared), "app", str(until), key or "")
+    peer_proc, peer_lines = _start(_SYNCER, str(peer), str(until), "1", key or "")
+    if syncer == "sync-loop":
+        sync_proc, sync_lines = _start(_SYNCER, str(shared), str(until), "0", key or "")
     procs = [app, peer_proc, sync_proc]
     try:
         finish = time.monotonic() + SECONDS + 60
