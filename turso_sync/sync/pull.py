@@ -74,7 +74,7 @@ def pull(replica: PullContext, long_poll_ms: int) -> Steps[PullOutcome]:
         with replica.exclusive():
             replica.state.errors += 1
             replica.count_bytes()
-            replica.state.save(replica.path)
+            replica.state.save(replica.path, durable=False)  # counters only
         raise
     received += len(result.pages)
     with replica.exclusive():
@@ -91,7 +91,7 @@ def pull(replica: PullContext, long_poll_ms: int) -> Steps[PullOutcome]:
         if result.revision == state.synced_revision and not result.pages:
             state.touch_pull()
             replica.count_bytes()
-            state.save(replica.path)
+            state.save(replica.path, durable=False)  # counters only (a fence above saved durably)
             return PullOutcome(False, state.synced_revision, received)
         conflicts = install(replica, result)
         bound_wal(replica.db)
