@@ -78,7 +78,7 @@ def pull(replica: PullContext, long_poll_ms: int) -> Steps[PullOutcome]:
         with replica.exclusive():
             replica.state.errors += 1
             replica.count_bytes()
-            replica.state.save(replica.path)
+            replica.state.save(replica.path, durable=False)  # counters only
         raise
     received += result.count
     with replica.exclusive():
@@ -101,7 +101,7 @@ def pull(replica: PullContext, long_poll_ms: int) -> Steps[PullOutcome]:
         if result.revision == state.synced_revision and not result.count:
             state.touch_pull()
             replica.count_bytes()
-            state.save(replica.path)
+            state.save(replica.path, durable=False)  # counters only (a fence above saved durably)
             return PullOutcome(False, state.synced_revision, received)
         try:
             conflicts = install(replica, result)

@@ -37,6 +37,11 @@ guard, for one row or many in two steps, with each value sent once (an offline b
 single-row inserts is most of its bytes in guards otherwise).  A folded
 guard that fails names the outbox rows it covers; the pull that follows settles each row under
 the policy, as for any guard.
+
+Updates are folded too, one row at a time (``update_steps``): the UPDATE itself matches the row
+only where it still holds the change's old values, and one guard then checks that ``changes()``
+counts that row.  The same compare-and-set as a guard before the UPDATE, with one lookup and
+the key sent once.  Neither kind is folded in a batch sent as a stream of requests.
 """
 
 from __future__ import annotations
@@ -268,8 +273,8 @@ def fold_changes(
     rows: Sequence[OutboxRow], columns: Columns, parents: Parents | None = None, fold: bool = True
 ) -> list[Step]:
     """The change steps of ``rows`` in order, as ``change_steps`` makes them, but with inserts
-    that follow one another into one table folded (``fold_steps``; none without ``fold``); then
-    the parent guards."""
+    that follow one another into one table folded (``fold_steps``) and each update's guard
+    folded into it (``update_steps``), none of either without ``fold``; then the parent guards."""
     steps: list[Step] = []
     checks: list[Step] = []
     group = _Fold()
@@ -286,12 +291,48 @@ def fold_changes(
             if not (fold and group.take(change, table_cols, row.id)):
                 steps.extend(group.flush())  # what it holds comes before this change
                 if not (fold and group.take(change, table_cols, row.id)):  # it may start the next group
-                    steps.append(guard_step(change, table_cols, row.id))
-                    steps.append(_row_step(change, table_cols, row.id))
+                    update = update_steps(change, table_cols, row.id) if fold else None
+                    if update is not None:
+                        steps.extend(update)
+                    else:
+                        steps.append(guard_step(change, table_cols, row.id))
+                        steps.append(_row_step(change, table_cols, row.id))
             if parents is not None:
                 checks.extend(parent_guards(change, table_cols, parents, row.id))
     steps.extend(group.flush())
     return steps + checks
+
+
+def update_steps(change: apsw.TableChange, table_cols: list[tuple[str, int]], outbox_id: int) -> list[Step] | None:
+    """An UPDATE with its guard folded in: the statement matches the row only where it still holds
+    the change's old values (its key and the columns the change touched), and the step after it
+    fails unless ``changes()`` counts that one row; None for a change that is not an UPDATE, or
+    whose key holds a NULL (such keys may match several rows: the per-row guard handles them).
+
+    It means what ``guard_step`` before ``_row_step`` means, one lookup and one key fewer: the
+    row must exist with those values, or nothing is written and the batch does not commit."""
+    if change.op != "UPDATE":
+        return None
+    names, _rowid_table = _names(change, table_cols)
+    pk_names = [names[i] for i in sorted(change.pk_columns)]
+    old = list(change.old or ())
+    keys = [old[names.index(n)] for n in pk_names]
+    if not pk_names or any(v is None or v is apsw.no_change for v in keys):
+        return None
+    compared = [(n, v) for n, v in zip(names, old, strict=False) if v is not apsw.no_change]
+    sets = [(n, v) for n, v in zip(names, change.new or (), strict=False) if v is not apsw.no_change]
+    if not sets:
+        return None
+    assignments = ", ".join(f"{quote(n)} = ?" for n, _ in sets)
+    where = " AND ".join(_is(n) for n, _ in compared)
+    return [
+        Step(
+            f"UPDATE {quote(change.name)} SET {assignments} WHERE {where}",
+            [v for _, v in sets] + [v for _, v in compared],
+            outbox_id,
+        ),
+        Step(f"SELECT CASE WHEN changes() = 1 THEN 1 ELSE {GUARD_FAIL} END AS ok", [], outbox_id, guard=True),
+    ]
 
 
 def parent_guards(
@@ -488,8 +529,9 @@ def build_batch(
     any), checked before any change; without it, the mark is not compared (the caller read it
     just before) and only ever moves forward.  Values are encoded by the shared Hrana codec (``wire/hrana.py``);
     ``encode_value`` is ignored, left for callers that still pass one.  With ``fold``, consecutive inserts
-    into one table are folded (``fold_steps``); a batch sent as a stream of requests is built
-    without, so no request ends between a folded upsert and the guard that counts its rows.
+    into one table are folded (``fold_steps``), and so is each update's guard (``update_steps``); a batch
+    sent as a stream of requests is built without, so no request ends between a folded statement and
+    the guard that counts its rows.
     """
     changes = fold_changes(rows, columns, parents, fold)
     first, last = rows[0].id, rows[-1].id

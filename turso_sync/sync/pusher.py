@@ -109,7 +109,12 @@ def push_once(replica: PullContext, max_changes_per_batch: int, outcome: PushOut
         raise
     finally:
         replica.count_bytes()
-        state.save(replica.path)
+        # what a push changes here (the believed mark, ``forgotten``, counters) may come back
+        # older after a power loss, which is safe: a stale mark fails a batch at its mark step
+        # and the mark is read again, and rows the remote holds are dropped by it (``_forget``).
+        # A push left in doubt is not: the next pull must fence it off, so that state reaches
+        # the disk before anything else is sent.
+        state.save(replica.path, durable=state.push_in_doubt)
 
 
 class _MarkMovedError(Exception):
@@ -273,7 +278,22 @@ def _push_rows(
 
 
 def _forget(replica: PullContext, last_id: int) -> None:
-    forget(replica.db, last_id)
+    """Drop the outbox rows up to ``last_id``, in a commit that does not wait for the disk.
+
+    The DELETE commits atomically (WAL) but without syncing the WAL (``synchronous=NORMAL`` for
+    this one commit; the next commit on the database syncs it along).  A power loss may bring
+    the rows back, which is safe: every reader of the outbox drops rows the remote's push mark
+    covers, the pusher (``_push_rows``: by the mark it believes, or by the one it reads when a
+    batch fails its mark step) and the rebase of a pull (by the mark in the pulled image); until
+    then they only count as pending.  A process that dies loses nothing (the WAL is written).
+    """
+    db = replica.db
+    (level,) = db.query("PRAGMA synchronous")[0]
+    db.query("PRAGMA synchronous=NORMAL")
+    try:
+        forget(db, last_id)
+    finally:
+        db.query(f"PRAGMA synchronous={int(level)}")
     replica.state.forgotten += 1  # saved with the push's state, under the sync lock
 
 

@@ -102,8 +102,16 @@ class SyncState:
             values[spec.name] = value
         return cls(**values)  # type: ignore[arg-type]
 
-    def save(self, db_path: str) -> None:
-        """Replace the state file atomically."""
+    def save(self, db_path: str, *, durable: bool = True) -> None:
+        """Replace the state file atomically.
+
+        The new file's data is always synced before the rename, so after a crash the state is
+        the old file or the new one, never a torn one.  ``durable=False`` leaves out the sync of
+        the folder: other processes see the new state at once, but a power loss may bring the
+        previous one back.  Only for saves whose every change is safe to lose that way (see the
+        callers: a successful push's mark and counters, a pull that brought nothing); the next
+        durable save, or any other sync of the folder, makes it durable too.
+        """
         path = self.path_for(db_path)
         tmp = path + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
@@ -111,7 +119,8 @@ class SyncState:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        fsync_dir(path)
+        if durable:
+            fsync_dir(path)
 
     def touch_pull(self) -> None:
         self.last_pull = time.time()
