@@ -459,9 +459,12 @@ class FrontDoor:
 
         async def stop() -> None:
             self.server.close()
-            for task in asyncio.all_tasks():
-                if task is not asyncio.current_task():
-                    task.cancel()
+            tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            # let every cancelled connection finish before the loop stops: a task still pending
+            # when the loop closes is reported on stderr ("Task was destroyed but it is pending!")
+            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 20)
 
         asyncio.run_coroutine_threadsafe(stop(), self.loop).result(30)
         self.loop.call_soon_threadsafe(self.loop.stop)
