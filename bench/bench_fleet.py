@@ -31,7 +31,8 @@ Environment: ``BENCH_RUNS`` (3), ``BENCH_FLEET_REPLICAS`` (20), ``BENCH_FLEET_SE
 ``BENCH_FLEET_PERIOD`` (2.0: seconds between two transactions of one replica),
 ``BENCH_FLEET_LONG_POLL`` (10: seconds a pull may wait on the primary), ``BENCH_FLEET_COALESCE``
 (the daemon's default, 0.1), ``BENCH_FLEET_VARIANTS`` (all: ``daemon,daemon-whole,ours,pyturso``),
-``BENCH_DIR`` (``bench-data/fleet``).
+``BENCH_FLEET_SERVE_FLAGS`` (more ``turso-sync serve`` options, e.g. ``--log-level debug`` to log
+every pull), ``BENCH_DIR`` (``bench-data/fleet``).
 """
 
 from __future__ import annotations
@@ -459,6 +460,7 @@ def measure(sizes: Sizes, runs: int, workdir: Path, log: Any = print, variants: 
     for run in range(runs):
         for variant in variants[run % len(variants) :] + variants[: run % len(variants)]:
             flags = ("--no-page-deltas",) if variant == DAEMON_WHOLE else ()
+            flags += tuple(os.environ.get("BENCH_FLEET_SERVE_FLAGS", "").split())
             server = start_ours(workdir / f"run{run}-{variant}-server", *flags)
             try:
                 folder = workdir / f"run{run}-{variant}-replicas"

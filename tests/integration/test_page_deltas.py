@@ -187,3 +187,53 @@ def test_a_primary_started_with_no_page_deltas_sends_whole_pages(tmp_path: Path,
         finally:
             writer.close()
             reader.close()
+
+
+def test_a_split_brings_its_new_page_in_the_delta_frame(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Version 2: the page a split makes comes in the frame, found against the split page's old
+    image; a request of version 1 (an older client of ours) gets that page whole, as before."""
+    frames: list[wire_pull.PageDeltas] = []
+    apply = wire_pull.PageDeltas.apply
+
+    def recording(self: wire_pull.PageDeltas, base):  # type: ignore[no-untyped-def]
+        frames.append(self)
+        return apply(self, base)
+
+    monkeypatch.setattr(wire_pull.PageDeltas, "apply", recording)
+    with primary(tmp_path / "server") as url:
+        writer = turso_sync.connect(tmp_path / "w.db", url)
+        reader = turso_sync.connect(tmp_path / "r.db", url)
+        try:
+            writer.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+            writer.commit()
+            writer.push()
+            for i in range(0, 60, 2):  # one leaf, nearly full: 30 rows of some 110 bytes
+                writer.execute("INSERT INTO t VALUES (?, ?)", (i, payload(i)))
+            writer.commit()
+            writer.push()
+            assert reader.pull()
+            revision = reader.stats().revision
+            frames.clear()
+            for i in range(1, 20, 2):  # rows in the middle: the leaf splits, its rows shared with a new page
+                writer.execute("INSERT INTO t VALUES (?, ?)", (i, payload(i)))
+            writer.commit()
+            writer.push()
+            before = reader.stats().network_received_bytes
+            assert reader.pull()
+            got = reader.stats().network_received_bytes - before
+            assert len(frames) == 1 and frames[0].new_ids, frames
+            expected = sorted((i, payload(i)) for i in [*range(0, 60, 2), *range(1, 20, 2)])
+            assert _rows(reader) == _rows(writer) == expected
+            assert reader.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+            # version 1 (page_deltas without a version): the new pages come whole, beside the frame
+            v1 = _body(url, PullRequest(encoding=PageEncoding.ZSTD, client_revision=revision, page_deltas=True))
+            decoder = PullResponseDecoder()
+            whole = decoder.feed(v1)
+            decoder.close()
+            assert decoder.header is not None and decoder.header.deltas is not None
+            assert decoder.header.deltas.new_ids == ()
+            assert {p.page_id for p in whole} == set(frames[0].new_ids)
+            assert got * 2 < len(v1), (got, len(v1))
+        finally:
+            writer.close()
+            reader.close()

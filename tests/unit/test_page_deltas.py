@@ -328,3 +328,81 @@ def test_a_base_the_history_cannot_give_means_whole_pages(
     monkeypatch.setattr(source, "snapshot_at", unreadable)
     request = _ask()
     assert delta_bases(source, request, select_pages(source, request)) == {}
+
+
+# --- version 2: new pages in the frame -------------------------------------------------------------
+
+
+def _split() -> tuple[dict[int, bytes], dict[int, bytes]]:
+    """(new images, bases), 0-based: leaf 5 split, half its rows moved to page 7, which is new."""
+    full = _leaf(24, seed=1)
+    cells = full[PAGE_SIZE - 1800 :]  # the rows nearest the end move to the new page
+    moved = bytearray(PAGE_SIZE)
+    moved[0] = 13
+    moved[PAGE_SIZE - len(cells) :] = cells
+    kept = full[: PAGE_SIZE - 1800] + bytes(1800)
+    return {5: kept, 7: bytes(moved)}, {5: full}
+
+
+def test_new_pages_ride_in_the_frame_against_the_old_images() -> None:
+    pages, bases = _split()
+    block = PageDeltas.make(pages, bases)
+    assert (block.page_ids, block.new_ids, block.all_ids) == ((5,), (7,), (5, 7))
+    # the moved rows are found in page 5's old image: far less than the page zstd-compressed alone
+    assert len(block.frame) < len(PageCompressor().compress(pages[7])) // 4
+    body = PullHeader("7", 9, PageEncoding.ZSTD, deltas=block).to_bytes()
+    decoder = PullResponseDecoder()
+    assert decoder.feed(body) == []
+    decoder.close()
+    assert decoder.header is not None and decoder.header.deltas == block
+    assert block.apply(bases.__getitem__) == pages
+    answer = PulledPages("7", 9, {}, block)
+    assert answer.count == 2
+    assert answer.resolved(lambda pgno: bases[pgno - 1]) == {6: pages[5], 8: pages[7]}
+
+
+def test_a_wrong_base_with_new_pages_is_still_detected() -> None:
+    pages, bases = _split()
+    block = PageDeltas.make(pages, bases)
+    damaged = {5: bases[5][:4000] + b"\x01" + bases[5][4001:]}
+    with pytest.raises(DeltaBaseMismatch):
+        block.apply(damaged.__getitem__)
+    # a frame that names fewer pages than it holds (an answer read as version 1) is refused
+    with pytest.raises(ProtocolError, match="bytes for 1 pages"):
+        PageDeltas(block.page_ids, block.digest, block.frame).apply(bases.__getitem__)
+
+
+@pytest.mark.parametrize(
+    ("ids", "new_ids", "match"),
+    [
+        ([1], [3, 2], "new pages name pages"),
+        ([1], [4], "new pages name pages"),
+        ([1], [1], "both with and without a base"),
+        ([], [2], "page deltas name pages"),
+    ],
+)
+def test_malformed_new_page_ids_are_refused(ids: list[int], new_ids: list[int], match: str) -> None:
+    msg = pb.PullUpdatesRespProtoBody(server_revision="3", db_size=4, protocol=pb.PROTO_PAGES)
+    msg.zstd_encoding.level = 1
+    msg.page_deltas.page_ids.extend(ids)
+    msg.page_deltas.new_page_ids.extend(new_ids)
+    msg.page_deltas.frame = b"x"
+    with pytest.raises(ProtocolError, match=match):
+        PullResponseDecoder().feed(delimit(msg.SerializeToString()))
+
+
+def test_a_new_page_sent_whole_and_in_the_frame_is_refused() -> None:
+    pages, bases = _split()
+    header = PullHeader("3", 9, PageEncoding.ZSTD, deltas=PageDeltas.make(pages, bases)).to_bytes()
+    with pytest.raises(ProtocolError, match="both whole and as a delta"):
+        PullResponseDecoder().feed(header + encode_page(7, PageCompressor().compress(pages[7])))
+
+
+def test_the_client_asks_for_version_2_and_the_request_round_trips() -> None:
+    asked = _asked(SyncState("http://x", "c", zstd=True), True)
+    assert asked.page_deltas and asked.page_deltas_version == 2
+    assert not _asked(SyncState("http://x", "c", zstd=True), False).page_deltas_version
+    request = _ask(page_deltas_version=2)
+    assert PullRequest.from_bytes(request.to_bytes()) == request
+    # a version without the ask is not sent: the request stays byte for byte what it was
+    assert PullRequest(page_deltas_version=2).to_bytes() == PullRequest().to_bytes()

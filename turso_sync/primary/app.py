@@ -538,7 +538,8 @@ async def _answer_pull(
     except BaseException:
         await slices.aclose()
         raise
-    return await _send_pages(request, db, first, slices, streaming, pull.encoding, state.limits, bases)
+    new_pages = pull.page_deltas_version >= 2  # version 2: pages without a base go in the delta frame too
+    return await _send_pages(request, db, first, slices, streaming, pull.encoding, state.limits, bases, new_pages)
 
 
 async def _changed_pages(
@@ -831,15 +832,17 @@ async def _send_pages(
     encoding: PageEncoding,
     limits: Limits,
     bases: dict[int, bytes] | None = None,
+    new_pages: bool = False,
 ) -> web.StreamResponse:
     """The header, then every slice's pages; chunked while streaming a bootstrap, else with a length.
 
     The pages with an image in ``bases`` (only for a client that asked for page deltas, see
-    ``pull.delta_bases``) go in the header as deltas against it.
+    ``pull.delta_bases``) go in the header as deltas against it; with ``new_pages`` (the client
+    speaks version 2), the pages without one too, in the same frame.
     """
     block: PageDeltas | None = None
     if encoding == PageEncoding.ZSTD and bases:
-        first, block = await _deltas(first, bases, limits.zstd_level)
+        first, block = await _deltas(first, bases, limits.zstd_level, new_pages)
     header = PullHeader(format_revision(first.seq), first.db_size, encoding, limits.zstd_level, block).to_bytes()
     chunks = await _encode(first, encoding, limits.zstd_level)
     response = web.StreamResponse(status=200, headers={"Content-Type": "application/protobuf"})
@@ -850,7 +853,7 @@ async def _send_pages(
     else:
         response.content_length = len(header) + sum(len(c) for c in chunks)
     await response.prepare(request)
-    pages, sent = len(first.pages) + (len(block.page_ids) if block is not None else 0), len(header)
+    pages, sent = len(first.pages) + (len(block.all_ids) if block is not None else 0), len(header)
     try:
         await _write(response, header, limits)
         while True:
@@ -883,20 +886,30 @@ async def _send_pages(
     db.counters.pulls += 1
     db.counters.pages += pages
     db.counters.bytes += sent
-    log.debug("pull %s: revision %s, %d pages, %d bytes", db.name, first.seq, pages, sent)
+    log.debug(
+        "pull %s: revision %s, %d pages (%d as deltas), %d bytes",
+        db.name,
+        first.seq,
+        pages,
+        len(block.all_ids) if block is not None else 0,
+        sent,
+    )
     return response
 
 
-async def _deltas(snap: Snapshot, bases: dict[int, bytes], level: int) -> tuple[Snapshot, PageDeltas]:
-    """The pages of ``snap`` with a base, as one ``PageDeltas``; and the snapshot of the others
-    (sent whole).  Compressed on the event loop when small (see ``_encode``)."""
-    with_base = {pgno - 1: page for pgno, page in snap.pages.items() if pgno in bases}
+async def _deltas(
+    snap: Snapshot, bases: dict[int, bytes], level: int, new_pages: bool = False
+) -> tuple[Snapshot, PageDeltas]:
+    """The pages of ``snap`` with a base (``new_pages``: every page), as one ``PageDeltas``; and the
+    snapshot of the others (sent whole).  Compressed on the event loop when small (see ``_encode``)."""
+    in_frame = snap.pages if new_pages else {pgno: page for pgno, page in snap.pages.items() if pgno in bases}
+    with_base = {pgno - 1: page for pgno, page in in_frame.items()}
     old = {pgno - 1: bases[pgno] for pgno in snap.pages if pgno in bases}
     if len(with_base) * _DELTA_PAGE_WEIGHT <= _ZSTD_INLINE_PAGES:
         block = PageDeltas.make(with_base, old, level)
     else:
         block = await asyncio.to_thread(PageDeltas.make, with_base, old, level)
-    rest = {pgno: page for pgno, page in snap.pages.items() if pgno not in bases}
+    rest = {pgno: page for pgno, page in snap.pages.items() if pgno not in in_frame}
     return Snapshot(snap.seq, snap.db_size, rest), block
 
 

@@ -21,7 +21,14 @@ from pyroaring import BitMap
 
 from .. import errors
 from ..wire.hrana import BatchRequest, BatchResult, BatchStep, HranaError, PipelineResponse, SqlValue, Stmt, encode_json
-from ..wire.pull import DeltaBaseMismatch, PageDeltas, PageEncoding, PullRequest, PullResponseDecoder
+from ..wire.pull import (
+    PAGE_DELTAS_VERSION,
+    DeltaBaseMismatch,
+    PageDeltas,
+    PageEncoding,
+    PullRequest,
+    PullResponseDecoder,
+)
 from . import push as push_mod
 from .exchange import Request, Steps
 from .state import SyncState
@@ -51,7 +58,7 @@ class PulledPages:
     @property
     def count(self) -> int:
         """Pages received, whole or as deltas (those of ``previous`` included)."""
-        own = len(self.pages) + (len(self.deltas.page_ids) if self.deltas is not None else 0)
+        own = len(self.pages) + (len(self.deltas.all_ids) if self.deltas is not None else 0)
         return own + (self.previous.count if self.previous is not None else 0)
 
     def then(self, later: PulledPages) -> PulledPages:
@@ -118,6 +125,7 @@ def fetch_pages(
         page_ids=page_ids,
         query_selector=query,
         page_deltas=ask_deltas,
+        page_deltas_version=PAGE_DELTAS_VERSION if ask_deltas else 0,
     )
     try:
         wait = timeout + long_poll_ms / 1000

@@ -6,7 +6,8 @@ Request: one plain protobuf ``PullUpdatesReqProtoBody``.  Response: a length-del
 header carries ``zstd_encoding``, one zstd frame per page (our extension, docs/protocol.md).
 When the client also asked for ``page_deltas``, the header may carry some pages as deltas: their
 change from the images at the client's revision, all in one zstd frame (``PageDeltas``;
-docs/protocol.md, "Page deltas").
+docs/protocol.md, "Page deltas"); in version 2 (``page_deltas_version``), the pages that had no
+image then (new pages: a split's) come in that frame too, found against the others' old images.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ DEFAULT_ZSTD_LEVEL = 1
 
 #: The BLAKE2b digest size that names the bases of a ``PageDeltas`` (field ``base_digest``, fixed64).
 BASE_DIGEST_SIZE = 8
+
+#: The page deltas this code speaks: 1, only pages with a base in the frame; 2, new pages too
+#: (request field ``page_deltas_version``; absent or 0 means 1).
+PAGE_DELTAS_VERSION = 2
 
 
 class PageEncoding(enum.IntEnum):
@@ -63,6 +68,7 @@ class PullRequest:
     query_selector: str = ""
     stream_kind: StreamKind = StreamKind.PAGES
     page_deltas: bool = False
+    page_deltas_version: int = 0
 
     @classmethod
     def from_bytes(cls, body: bytes) -> PullRequest:
@@ -92,6 +98,7 @@ class PullRequest:
             query_selector=msg.server_query_selector,
             stream_kind=stream_kind,
             page_deltas=msg.page_deltas,
+            page_deltas_version=msg.page_deltas_version,
         )
 
     def to_bytes(self) -> bytes:
@@ -104,6 +111,7 @@ class PullRequest:
             server_query_selector=self.query_selector,
             stream_kind=int(self.stream_kind),  # type: ignore[arg-type]
             page_deltas=self.page_deltas,
+            page_deltas_version=self.page_deltas_version if self.page_deltas else 0,
         )
         if self.page_ids is not None:
             msg.server_pages_selector = encode_page_selector(self.page_ids)
@@ -150,19 +158,24 @@ class PageDeltas:
     ``page_ids`` (0-based, ascending), ``digest`` (``base_digest`` of the bases in that order),
     ``frame``: one zstd frame of the new images concatenated, made with the bases concatenated as
     a raw-content dictionary (so each page finds its old image at one fixed distance), with the
-    content size and a checksum written.
+    content size and a checksum written.  ``new_ids`` (version 2; 0-based, ascending, none of
+    ``page_ids``): pages without a base, whose images follow in the frame; a page a split made
+    finds the rows it took over in the old image of the page they came from.
     """
 
     page_ids: tuple[int, ...]
     digest: bytes
     frame: bytes
+    new_ids: tuple[int, ...] = ()
 
     @classmethod
     def make(
         cls, pages: Mapping[int, bytes], bases: Mapping[int, bytes], level: int = DEFAULT_ZSTD_LEVEL
     ) -> PageDeltas:
-        """The deltas of ``pages`` (0-based id to new image) against ``bases`` (the same ids)."""
-        ids = tuple(sorted(pages))
+        """The deltas of ``pages`` (0-based id to new image) against ``bases``: every page of
+        ``pages`` with no image in ``bases`` is one of ``new_ids`` (version 2)."""
+        ids = tuple(sorted(i for i in pages if i in bases))
+        new_ids = tuple(sorted(i for i in pages if i not in bases))
         old = [bases[i] for i in ids]
         compressor = zstandard.ZstdCompressor(
             level=level,
@@ -171,7 +184,13 @@ class PageDeltas:
             write_content_size=True,
             write_dict_id=False,
         )
-        return cls(ids, base_digest(old), compressor.compress(b"".join(pages[i] for i in ids)))
+        frame = compressor.compress(b"".join(pages[i] for i in ids + new_ids))
+        return cls(ids, base_digest(old), frame, new_ids)
+
+    @property
+    def all_ids(self) -> tuple[int, ...]:
+        """Every page in the frame, in its order: those with a base, then the new ones."""
+        return self.page_ids + self.new_ids
 
     def apply(self, base: Callable[[int], bytes]) -> dict[int, bytes]:
         """The new images (0-based id to image), given ``base(page_id)``: the replica's images.
@@ -187,7 +206,7 @@ class PageDeltas:
                 f"pages {first}.. ({len(self.page_ids)} deltas): this replica's synced images differ from those "
                 "the server's deltas are made against; pull again without deltas"
             )
-        size = len(self.page_ids) * PAGE_SIZE
+        size = len(self.all_ids) * PAGE_SIZE
         try:
             data = zstandard.ZstdDecompressor(dict_data=_raw_dictionary(old)).decompress(
                 self.frame, max_output_size=size
@@ -195,8 +214,8 @@ class PageDeltas:
         except zstandard.ZstdError as exc:
             raise ProtocolError(f"page deltas: not a valid zstd frame ({exc})") from None
         if len(data) != size:
-            raise ProtocolError(f"page deltas: {len(data)} bytes for {len(self.page_ids)} pages")
-        return {page_id: data[n * PAGE_SIZE : (n + 1) * PAGE_SIZE] for n, page_id in enumerate(self.page_ids)}
+            raise ProtocolError(f"page deltas: {len(data)} bytes for {len(self.all_ids)} pages")
+        return {page_id: data[n * PAGE_SIZE : (n + 1) * PAGE_SIZE] for n, page_id in enumerate(self.all_ids)}
 
 
 @dataclass(frozen=True)
@@ -228,6 +247,7 @@ class PullHeader:
                 msg.page_deltas.page_ids.extend(self.deltas.page_ids)
                 msg.page_deltas.base_digest = int.from_bytes(self.deltas.digest, "little")
                 msg.page_deltas.frame = self.deltas.frame
+                msg.page_deltas.new_page_ids.extend(self.deltas.new_ids)
         else:
             # Turso's clients require this field to be present (as an empty message)
             msg.raw_encoding.SetInParent()
@@ -256,13 +276,18 @@ class PullHeader:
             if not zstd:
                 raise ProtocolError("pull-updates response carries page deltas in a raw-encoded answer")
             ids = tuple(msg.page_deltas.page_ids)
-            if not ids or list(ids) != sorted(set(ids)) or ids[-1] >= msg.db_size:
-                raise ProtocolError(
-                    f"pull-updates response: page deltas name pages {list(ids)[:8]}, not ascending ids "
-                    f"below the database size {msg.db_size}"
-                )
+            new_ids = tuple(msg.page_deltas.new_page_ids)
+            # at least one page with a base (else there is no dictionary); new pages are optional
+            for what, named, required in (("page deltas", ids, True), ("page deltas' new pages", new_ids, False)):
+                if (required or named) and (not named or list(named) != sorted(set(named)) or named[-1] >= msg.db_size):
+                    raise ProtocolError(
+                        f"pull-updates response: {what} name pages {list(named)[:8]}, not ascending ids "
+                        f"below the database size {msg.db_size}"
+                    )
+            if set(ids) & set(new_ids):
+                raise ProtocolError("pull-updates response: page deltas name a page both with and without a base")
             digest = msg.page_deltas.base_digest.to_bytes(BASE_DIGEST_SIZE, "little")
-            deltas = PageDeltas(ids, digest, msg.page_deltas.frame)
+            deltas = PageDeltas(ids, digest, msg.page_deltas.frame, new_ids)
         level = msg.zstd_encoding.level if zstd else 0
         return cls(msg.server_revision, msg.db_size, encoding, level, deltas)
 
@@ -354,7 +379,7 @@ class PullResponseDecoder:
             if self.header is None:
                 self.header = PullHeader.from_message(message.tobytes())
                 if self.header.deltas is not None:
-                    self._delta_ids = frozenset(self.header.deltas.page_ids)
+                    self._delta_ids = frozenset(self.header.deltas.all_ids)
                 continue
             pages.append(self._page(message))
         return pages

@@ -38,7 +38,7 @@ PROTO_PAGES: PullUpdatesProtocol
 PROTO_MVCC_LOGICAL: PullUpdatesProtocol
 
 class PullUpdatesReqProtoBody(_message.Message):
-    __slots__ = ("encoding", "server_revision", "client_revision", "long_poll_timeout_ms", "server_pages_selector", "client_pages", "server_query_selector", "stream_kind", "page_deltas")
+    __slots__ = ("encoding", "server_revision", "client_revision", "long_poll_timeout_ms", "server_pages_selector", "client_pages", "server_query_selector", "stream_kind", "page_deltas", "page_deltas_version")
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     SERVER_REVISION_FIELD_NUMBER: _ClassVar[int]
     CLIENT_REVISION_FIELD_NUMBER: _ClassVar[int]
@@ -48,6 +48,7 @@ class PullUpdatesReqProtoBody(_message.Message):
     SERVER_QUERY_SELECTOR_FIELD_NUMBER: _ClassVar[int]
     STREAM_KIND_FIELD_NUMBER: _ClassVar[int]
     PAGE_DELTAS_FIELD_NUMBER: _ClassVar[int]
+    PAGE_DELTAS_VERSION_FIELD_NUMBER: _ClassVar[int]
     encoding: PageUpdatesEncodingReq
     server_revision: str
     client_revision: str
@@ -57,7 +58,8 @@ class PullUpdatesReqProtoBody(_message.Message):
     server_query_selector: str
     stream_kind: PullUpdatesStreamKind
     page_deltas: bool
-    def __init__(self, encoding: _Optional[_Union[PageUpdatesEncodingReq, str]] = ..., server_revision: _Optional[str] = ..., client_revision: _Optional[str] = ..., long_poll_timeout_ms: _Optional[int] = ..., server_pages_selector: _Optional[bytes] = ..., client_pages: _Optional[bytes] = ..., server_query_selector: _Optional[str] = ..., stream_kind: _Optional[_Union[PullUpdatesStreamKind, str]] = ..., page_deltas: _Optional[bool] = ...) -> None: ...
+    page_deltas_version: int
+    def __init__(self, encoding: _Optional[_Union[PageUpdatesEncodingReq, str]] = ..., server_revision: _Optional[str] = ..., client_revision: _Optional[str] = ..., long_poll_timeout_ms: _Optional[int] = ..., server_pages_selector: _Optional[bytes] = ..., client_pages: _Optional[bytes] = ..., server_query_selector: _Optional[str] = ..., stream_kind: _Optional[_Union[PullUpdatesStreamKind, str]] = ..., page_deltas: _Optional[bool] = ..., page_deltas_version: _Optional[int] = ...) -> None: ...
 
 class PageData(_message.Message):
     __slots__ = ("page_id", "encoded_page")
@@ -80,14 +82,16 @@ class PageSetZstdEncodingProto(_message.Message):
     def __init__(self, level: _Optional[int] = ..., pages_dict: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class PageDeltasProto(_message.Message):
-    __slots__ = ("page_ids", "base_digest", "frame")
+    __slots__ = ("page_ids", "base_digest", "frame", "new_page_ids")
     PAGE_IDS_FIELD_NUMBER: _ClassVar[int]
     BASE_DIGEST_FIELD_NUMBER: _ClassVar[int]
     FRAME_FIELD_NUMBER: _ClassVar[int]
+    NEW_PAGE_IDS_FIELD_NUMBER: _ClassVar[int]
     page_ids: _containers.RepeatedScalarFieldContainer[int]
     base_digest: int
     frame: bytes
-    def __init__(self, page_ids: _Optional[_Iterable[int]] = ..., base_digest: _Optional[int] = ..., frame: _Optional[bytes] = ...) -> None: ...
+    new_page_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, page_ids: _Optional[_Iterable[int]] = ..., base_digest: _Optional[int] = ..., frame: _Optional[bytes] = ..., new_page_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class MvccLogicalLogRangeProto(_message.Message):
     __slots__ = ("generation", "start_offset", "end_offset", "starts_with_header", "crc_seed")
