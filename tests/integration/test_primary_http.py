@@ -22,6 +22,7 @@ from pyroaring import BitMap
 from tests.conftest import wait_for
 from tests.integration.primary_harness import PrimaryProcess
 from turso_sync.sync.transport import HttpxTransport
+from turso_sync.wire import answer_coding
 from turso_sync.wire import pull_updates_pb2 as pb
 from turso_sync.wire.pull import PageEncoding, PullRequest, PullResponseDecoder
 
@@ -425,12 +426,33 @@ def test_json_answers_go_gzipped_only_to_clients_that_accept_gzip(
     assert result_of(short)["response"]["result"]["rows"] == [[{"type": "integer", "value": "1"}]]
 
 
+CODED = answer_coding.CODING
+
+
+@pytest.mark.parametrize("accept", [CODED, f"{CODED}, gzip", f"gzip, {CODED}"])
+def test_json_answers_go_in_the_preset_dictionary_coding_to_clients_that_name_it(
+    server: PrimaryProcess, accept: str
+) -> None:
+    for sql in ("SELECT 1", "SELECT 2 AS two, 'text' AS t"):  # short answers too: the dictionary pays
+        resp = HTTP.post(
+            server.url + "/v2/pipeline",
+            content=json.dumps(execute(sql)).encode(),
+            headers={**auth(WRITER), "Accept-Encoding": accept},
+        )
+        assert resp.status_code == 200, resp.text
+        assert resp.headers["content-encoding"] == answer_coding.CODING
+        assert resp.headers["vary"] == "Accept-Encoding"
+        plain = answer_coding.decode(resp.content, 1 << 20)  # httpx hands over the coding it does not know as is
+        assert json.loads(plain)["results"][0]["response"]["result"]["rows"][0][0]["value"] in ("1", "2")
+        assert len(resp.content) < len(plain) / 2
+
+
 def test_our_transport_counts_the_bytes_that_travelled(server: PrimaryProcess) -> None:
     transport = HttpxTransport(server.url, auth_token=WRITER)
     try:
         body = json.dumps(execute("SELECT ? AS v", {"type": "text", "value": "x" * 4000})).encode()
         answer = transport.request("/v2/pipeline", body, "application/json", timeout=30, idempotent=False)
-        assert answer.headers.get("content-encoding") == "gzip"
+        assert answer.headers.get("content-encoding") == answer_coding.CODING  # ours: the preset dictionary
         assert "x" * 4000 in answer.body.decode()  # handed over decoded
         assert transport.stats.sent == len(body)
         assert 0 < transport.stats.received < len(answer.body) / 10  # counted as sent: compressed

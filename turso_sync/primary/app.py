@@ -45,6 +45,7 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from .. import errors
 from ..local.engine import Snapshot
+from ..wire import answer_coding
 from ..wire.hrana import PipelineRequest, encode_json, encode_pipeline_response
 from ..wire.pull import (
     DEFAULT_ZSTD_LEVEL,
@@ -775,9 +776,16 @@ def accepts_gzip(header: str) -> bool:
 async def _send_json(request: web.Request, body: bytes, limits: Limits) -> web.StreamResponse:
     """A JSON answer, gzip-compressed when the client accepts it and it is long enough to pay.
 
-    A one-row push's answer (a Hrana batch result, ~700 bytes) goes in about a third of that.
+    A one-row push's answer (a Hrana batch result, ~700 bytes) goes in about a third of that; to a
+    client that accepts ``answer_coding.CODING`` (ours), zlib with a preset dictionary of such
+    answers, in about a twentieth, whatever its length.
     """
-    if len(body) >= GZIP_MIN_BYTES and accepts_gzip(request.headers.get("Accept-Encoding", "")):
+    accept = request.headers.get("Accept-Encoding", "")
+    if answer_coding.accepts(accept):
+        packed = answer_coding.encode(body)
+        if len(packed) < len(body):
+            return await _send_body(request, packed, "application/json", limits, encoding=answer_coding.CODING)
+    if len(body) >= GZIP_MIN_BYTES and accepts_gzip(accept):
         packer = zlib.compressobj(6, zlib.DEFLATED, 31)  # wbits 31: the gzip container
         packed = packer.compress(body) + packer.flush()
         return await _send_body(request, packed, "application/json", limits, encoding="gzip")

@@ -32,6 +32,7 @@ from tenacity import (
 )
 
 from ..errors import NetworkError, RemoteError
+from ..wire import answer_coding
 
 
 @dataclass
@@ -100,11 +101,29 @@ def _client_options(url: str, auth_token: str | None, client_name: str) -> dict[
     return {"headers": headers, "follow_redirects": False, "verify": url.startswith("https://")}
 
 
+#: The most a JSON answer in ``answer_coding.CODING`` may unpack to (a bound on a bad stream).
+MAX_CODED_ANSWER = 1 << 30
+
+#: What a JSON request accepts: our primary's preset-dictionary coding first, then gzip (any
+#: other server ignores the name it does not know).
+JSON_ACCEPT_ENCODING = f"{answer_coding.CODING}, gzip"
+
+
 def _request_headers(content_type: str) -> dict[str, str]:
     headers = {"content-type": content_type}
     if content_type == "application/protobuf":
         headers["accept-encoding"] = "application/protobuf"
+    elif content_type == "application/json":
+        headers["accept-encoding"] = JSON_ACCEPT_ENCODING
     return headers
+
+
+def _decoded(data: bytes, response: httpx.Response) -> bytes:
+    """The body of an answer in ``answer_coding.CODING`` (httpx passes a coding it does not know
+    through as it came); any other body as it is."""
+    if response.headers.get("content-encoding", "").strip().lower() != answer_coding.CODING:
+        return data
+    return answer_coding.decode(data, MAX_CODED_ANSWER)
 
 
 def _timeouts(timeout: float) -> httpx.Timeout:
@@ -173,6 +192,7 @@ class HttpxTransport:
         else:
             data, response = self._streamed(path, body, headers, timeouts, self._progress)
         self.stats.received += response.num_bytes_downloaded  # as it travelled (a gzip answer compressed)
+        data = _decoded(data, response)
         if response.status_code != 200:
             raise RemoteError(response.status_code, data, path)
         return HttpResponse(response.status_code, data, dict(response.headers))
@@ -261,6 +281,7 @@ class AsyncHttpxTransport:
                     self._progress(path, received, total)
         data = b"".join(chunks)
         self.stats.received += response.num_bytes_downloaded  # as it travelled (a gzip answer compressed)
+        data = _decoded(data, response)
         if response.status_code != 200:
             raise RemoteError(response.status_code, data, path)
         return HttpResponse(response.status_code, data, dict(response.headers))
