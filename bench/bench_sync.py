@@ -387,6 +387,7 @@ class Figures:
     samples: dict[tuple[str, str, str], list[Sample]] = field(default_factory=dict)
     seconds: float = 0.0
     load: tuple[float, float] = (0.0, 0.0)
+    scenarios: tuple[str, ...] = ALL_SCENARIOS  # the ones measured (``--scenarios``)
 
     def med(self, server: str, client: str, scenario: str, what: Callable[[Sample], float]) -> float:
         return median([what(s) for s in self.samples[(server, client, scenario)]])
@@ -399,6 +400,7 @@ def measure(
     long_runs: int | None = None,
     log: Callable[[str], None] = print,
     server_keys: tuple[str, ...] = ("ours", "tursodb"),
+    scenarios: tuple[str, ...] = ALL_SCENARIOS,
 ) -> Figures:
     """Per run: start the servers fresh; every client runs every scenario against each (orders rotated).
 
@@ -410,7 +412,9 @@ def measure(
     started = time.perf_counter()
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
-    fig = Figures(sizes, runs, long_runs, server_keys, source_revision(), load=(os.getloadavg()[0], 0.0))
+    fig = Figures(
+        sizes, runs, long_runs, server_keys, source_revision(), load=(os.getloadavg()[0], 0.0), scenarios=scenarios
+    )
     workers = {PYTURSO: Worker(), OURS: Worker()}
     try:
         for run in range(runs):
@@ -419,7 +423,7 @@ def measure(
                 for key in server_keys:
                     servers.append(starters[key](workdir / f"run{run}-{key}"))
                 for server in servers[run % len(servers) :] + servers[: run % len(servers)]:
-                    for scenario in ALL_SCENARIOS:
+                    for scenario in scenarios:
                         if scenario in LONG and run >= long_runs:
                             continue
                         clients = clients_for(server.key)
@@ -479,7 +483,7 @@ def main_table(fig: Figures) -> str:
     """Median wall time and bytes per scenario, server and client, with the ratios ours / pyturso."""
     rows = []
     for server in fig.server_keys:
-        for scenario in ALL_SCENARIOS:
+        for scenario in fig.scenarios:
             pt, ot = fig.med(server, PYTURSO, scenario, _seconds), fig.med(server, OURS, scenario, _seconds)
             pb, ob = fig.med(server, PYTURSO, scenario, _wire_bytes), fig.med(server, OURS, scenario, _wire_bytes)
             ps, os_ = fig.med(server, PYTURSO, scenario, _sent), fig.med(server, OURS, scenario, _sent)
@@ -519,7 +523,7 @@ def aims(fig: Figures) -> str:
         for server in fig.server_keys
         for client in clients_for(server)
         if client != PYTURSO
-        for scenario in ALL_SCENARIOS
+        for scenario in fig.scenarios
     ]
     for server, client, scenario in rows:
         name = f"{scenario} on {server}" + (", encrypted" if client == OURS_ENCRYPTED else "")
@@ -565,7 +569,7 @@ def iteration_table(fig: Figures) -> str:
     """Per loop iteration, p50 / p90 within a run (medians of those over runs)."""
     rows = []
     for server in fig.server_keys:
-        for scenario in LOOPS:
+        for scenario in [s for s in LOOPS if s in fig.scenarios]:
             cells = [fig.sizes.describe(scenario), SERVER_LABELS[server]]
             for client in (PYTURSO, OURS):
                 p50 = fig.med(server, client, scenario, lambda s: s.op_p50_ms)
@@ -594,7 +598,7 @@ def iteration_table(fig: Figures) -> str:
 def encrypted_table(fig: Figures) -> str:
     """Our client with an encrypted replica against the same client in plaintext (our primary)."""
     rows = []
-    for scenario in ALL_SCENARIOS:
+    for scenario in fig.scenarios:
         plain = fig.med("ours", OURS, scenario, _seconds)
         enc = fig.med("ours", OURS_ENCRYPTED, scenario, _seconds)
         rows.append(
@@ -638,7 +642,7 @@ def report(fig: Figures) -> str:
     for server in fig.server_keys:
         for client in clients_for(server):
             parts = []
-            for scenario in ALL_SCENARIOS:
+            for scenario in fig.scenarios:
                 times = [s.seconds for s in fig.samples[(server, client, scenario)]]
                 if len(times) > 1:
                     parts.append(f"{scenario} {_time(min(times))}-{_time(max(times))}")
@@ -738,6 +742,11 @@ def main(argv: list[str] | None = None) -> int:
         help="runs of the long scenarios, push_each, ryw_remote and update_each (at most --runs)",
     )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--scenarios",
+        default=",".join(ALL_SCENARIOS),
+        help=f"comma-separated scenarios (default: all, {','.join(ALL_SCENARIOS)}); a subset never writes the doc",
+    )
     doc = parser.add_mutually_exclusive_group()
     doc.add_argument("--no-doc", action="store_true", help="do not write docs/benchmarks.md")
     doc.add_argument("--doc", action="store_true", help="write docs/benchmarks.md even for a short or small run")
@@ -747,13 +756,26 @@ def main(argv: list[str] | None = None) -> int:
     if not TURSODB.exists():
         print(f"{TURSODB} is missing: run `make peers` first", file=sys.stderr)
         return 2
+    scenarios = tuple(s.strip() for s in args.scenarios.split(",") if s.strip())
+    unknown = [s for s in scenarios if s not in ALL_SCENARIOS]
+    if unknown or not scenarios:
+        parser.error(f"unknown scenario(s) {', '.join(unknown) or '(none)'}: choose from {', '.join(ALL_SCENARIOS)}")
     sizes = Sizes.from_env()
     workdir = Path(os.environ.get("BENCH_DIR", REPO / "bench-data" / "sync")).resolve()
-    fig = measure(sizes, args.runs, workdir, args.long_runs, log=lambda line: print(line, file=sys.stderr, flush=True))
+    fig = measure(
+        sizes,
+        args.runs,
+        workdir,
+        args.long_runs,
+        log=lambda line: print(line, file=sys.stderr, flush=True),
+        scenarios=scenarios,
+    )
     text = report(fig)
     print(text)
-    full = args.runs >= 3 and sizes == Sizes()
-    if args.doc or (full and not args.no_doc):
+    full = args.runs >= 3 and sizes == Sizes() and scenarios == ALL_SCENARIOS
+    if args.doc and scenarios != ALL_SCENARIOS:
+        print("docs/benchmarks.md left as it is: only some scenarios were run", file=sys.stderr)
+    elif args.doc or (full and not args.no_doc):
         write_section(SECTION, "sync", text)
         print(f"wrote the '{SECTION}' figures into docs/benchmarks.md", file=sys.stderr)
     elif not args.no_doc:

@@ -205,7 +205,13 @@ def tree_rows(ledgers: dict[str, Ledger], iterations: dict[str, int]) -> list[li
     return rows
 
 
-def profile(sizes: bs.Sizes, workdir: Path, cprofile: bool, log: Callable[[str], None]) -> str:
+def profile(
+    sizes: bs.Sizes,
+    workdir: Path,
+    cprofile: bool,
+    log: Callable[[str], None],
+    scenarios: tuple[str, ...] = bs.SCENARIOS,
+) -> str:
     """Run every scenario with the ledger (plaintext and encrypted) and pyturso for reference; the markdown."""
     shutil.rmtree(workdir, ignore_errors=True)
     server = start_ours(workdir / "server")
@@ -213,15 +219,15 @@ def profile(sizes: bs.Sizes, workdir: Path, cprofile: bool, log: Callable[[str],
     tables = []
     try:
         reference: dict[str, bs.Sample] = {}
-        for scenario in bs.SCENARIOS:
+        for scenario in scenarios:
             folder = workdir / f"pyturso-{scenario}"
             reference[scenario] = bs.measure_one(pyturso, bs.PYTURSO, scenario, server, folder, sizes)
             log(f"pyturso {scenario}: {reference[scenario].seconds:.3f} s")
         for client in (bs.OURS, bs.OURS_ENCRYPTED):
             ledgers: dict[str, Ledger] = {}
             samples: dict[str, bs.Sample] = {}
-            iterations = {s: sizes.work(s) if s != "pull" else 1 for s in bs.SCENARIOS}
-            for scenario in bs.SCENARIOS:
+            iterations = {s: sizes.work(s) if s != "pull" else 1 for s in scenarios}
+            for scenario in scenarios:
                 ledger = Ledger()
                 install(ledger)
                 try:
@@ -239,26 +245,26 @@ def profile(sizes: bs.Sizes, workdir: Path, cprofile: bool, log: Callable[[str],
             rows.append(
                 [
                     "WAL frames re-read and checksummed",
-                    *(f"{ledgers[s].wal_frames / iterations[s]:,.0f}" for s in bs.SCENARIOS),
+                    *(f"{ledgers[s].wal_frames / iterations[s]:,.0f}" for s in scenarios),
                 ]
             )
             rows.append(
                 [
                     f"**timed loop, {bs.CLIENT_LABELS[client]}**",
-                    *(f"**{samples[s].seconds / iterations[s] * 1000:.2f}**" for s in bs.SCENARIOS),
+                    *(f"**{samples[s].seconds / iterations[s] * 1000:.2f}**" for s in scenarios),
                 ]
             )
             rows.append(
                 [
                     "pyturso, same server (worker process)",
-                    *(f"{reference[s].seconds / iterations[s] * 1000:.2f}" for s in bs.SCENARIOS),
+                    *(f"{reference[s].seconds / iterations[s] * 1000:.2f}" for s in scenarios),
                 ]
             )
             header = [f"ms per iteration (calls), {bs.CLIENT_LABELS[client]}"]
-            header += [f"{s} ({iterations[s]:,})" for s in bs.SCENARIOS]
+            header += [f"{s} ({iterations[s]:,})" for s in scenarios]
             tables.append(markdown_table(header, rows, right=range(1, len(header))))
         if cprofile:
-            for scenario in bs.SCENARIOS:
+            for scenario in scenarios:
                 prof = cProfile.Profile()
                 bs.reset_table(server.url)
                 bs.run_scenario(
@@ -292,12 +298,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile_sync", description=__doc__.splitlines()[0])
     parser.add_argument("--no-doc", action="store_true", help="do not write docs/benchmarks.md")
     parser.add_argument("--cprofile", action="store_true", help="also print a cProfile of each scenario")
+    parser.add_argument(
+        "--scenarios",
+        default=",".join(bs.SCENARIOS),
+        help=f"comma-separated scenarios (default {','.join(bs.SCENARIOS)}); a subset never writes the doc",
+    )
     args = parser.parse_args(argv)
+    scenarios = tuple(s.strip() for s in args.scenarios.split(",") if s.strip())
+    if not scenarios or any(s not in bs.SCENARIOS for s in scenarios):
+        parser.error(f"--scenarios: choose from {', '.join(bs.SCENARIOS)}")
     sizes = bs.Sizes.from_env()
     workdir = Path(os.environ.get("BENCH_DIR", REPO / "bench-data" / "sync-profile")).resolve()
-    text = profile(sizes, workdir, args.cprofile, log=lambda line: print(line, file=sys.stderr, flush=True))
+    text = profile(
+        sizes, workdir, args.cprofile, log=lambda line: print(line, file=sys.stderr, flush=True), scenarios=scenarios
+    )
     print(text)
-    if not args.no_doc:
+    if not args.no_doc and scenarios == bs.SCENARIOS:
         write_section(bs.SECTION, "sync-profile", text)
         print(f"wrote the profile into the '{bs.SECTION}' section of docs/benchmarks.md", file=sys.stderr)
     return 0

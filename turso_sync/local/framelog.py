@@ -126,6 +126,7 @@ class PrunePlan:
 
 
 _seq_of = attrgetter("seq")
+_commit_frame_of = attrgetter("commit_frame")
 
 
 class FrameLog:
@@ -417,10 +418,24 @@ class FrameLog:
             return self.base_seq
 
     def current_seq(self) -> int:
-        """Sequence number of the newest committed transaction (0 when there is none)."""
+        """Sequence number of the newest committed transaction (0 when there is none).
+
+        Counts the WAL's transactions not archived yet; it builds none of them (no page images,
+        no reads of the database file), so it costs the WAL scan alone.
+        """
         with self._locked(exclusive=False):
-            wal = self._wal_txns()
-            return wal[-1].seq if wal else self._last()[0]
+            return self._last()[0] + self._wal_unarchived()
+
+    def _wal_unarchived(self) -> int:
+        """How many committed WAL transactions are not archived yet (what ``_wal_txns`` numbers)."""
+        scan = committed_wal(self.db_path)
+        if scan.header is None or not scan.txns:
+            return 0
+        _seq, (ls1, ls2, lframe), _size = self._last()
+        if (ls1, ls2) != scan.header.salts:
+            return len(scan.txns)  # another generation: none of them was archived
+        # commit frames grow along the WAL: the archived ones are a prefix
+        return len(scan.txns) - bisect.bisect_right(scan.txns, lframe, key=_commit_frame_of)
 
     def history(self, since: int | None, with_images: bool = True) -> Iterator[Txn]:
         """Every committed transaction with seq > ``since``, oldest first (``None``: all kept).

@@ -17,7 +17,7 @@ import secrets
 from ..crypto.page_codec import PageCodec
 from ..page import PAGE_SIZE
 from .vfs import file_descriptor
-from .walformat import FrameHeader, WalHeader, frame_offset, wal_checksum
+from .walformat import FrameHeader, WalFrame, WalHeader, WalScan, WalTxn, frame_offset, remember_scan, wal_checksum
 from .walindex import committed_wal
 
 _ISINIT_OFFSETS = (12, 48 + 12)  # WalIndexHdr.isInit in both header copies
@@ -76,17 +76,29 @@ def append_transaction(
                 cksum = (hdr.cksum1, hdr.cksum2)
             start = frame_offset(index, slot)
         ordered = sorted(pages)
+        frames: list[WalFrame] = []
         for n, pgno in enumerate(ordered):
             body = codec.encrypt(pages[pgno], pgno, "WAL") if codec is not None else bytes(pages[pgno])
             commit = db_size if n == len(ordered) - 1 else 0
             head8 = pgno.to_bytes(4, "big") + commit.to_bytes(4, "big")
             cksum = wal_checksum(head8 + body, cksum[0], cksum[1], big)
             chunks.append(FrameHeader.build(pgno, commit, salts, cksum) + body)
-        os.pwrite(fd, b"".join(chunks), start)
+            frames.append(WalFrame(index + n, pgno, commit, body))
+        blob = b"".join(chunks)
+        os.pwrite(fd, blob, start)
         os.fsync(fd)
+        invalidate_wal_index(db_path)
+        # what a scan of the WAL finds now (the wal-index is stale, so the file alone decides):
+        # the committed transactions before, and this one, whose checksums were just computed.
+        # Handed to the scan cache, so the frame log's next look at the WAL does not read back and
+        # checksum every frame written here (``walformat.remember_scan`` checks it is this file)
+        header_now = scan.header if hdr is not None else WalHeader.parse(chunks[0])
+        txn = WalTxn(salts, frames[-1].index, db_size, frames, cksum)
+        prior = scan.txns if hdr is not None else []
+        after = WalScan(header_now, [*prior, txn], start + len(blob), cksum)
+        remember_scan(db_path + "-wal", fd, after, slot if slot != page_size else None)
     finally:
         os.close(fd)
-    invalidate_wal_index(db_path)
 
 
 def invalidate_wal_index(db_path: str) -> None:

@@ -622,8 +622,13 @@ class EncryptedWALFile(apsw.VFSFile):
         hit = self._chain.get((salts[0], salts[1], index))
         return hit[1] if hit else None
 
-    def _verify_frame(self, index: int, frame: bytes, wal_header: bytes) -> tuple[int, int] | None:
-        """Check frame ``index`` against the ciphertext chain and return its plaintext checksum."""
+    def _verify_frame(
+        self, index: int, frame: bytes, wal_header: bytes, plain: bytes | None = None
+    ) -> tuple[int, int] | None:
+        """Check frame ``index`` against the ciphertext chain and return its plaintext checksum.
+
+        ``plain``: the body already decrypted from these very bytes (``frame``), else it is done here.
+        """
         if len(frame) < self.disk_frame:
             return None
         big = self._big_endian(wal_header)
@@ -640,13 +645,14 @@ class EncryptedWALFile(apsw.VFSFile):
         stored = (int.from_bytes(frame[16:20], "big"), int.from_bytes(frame[20:24], "big"))
         if ct != stored:
             return None
-        pgno = int.from_bytes(frame[:4], "big")
-        try:
-            plain = self.codec.decrypt(body, pgno, "WAL")
-        except PageAuthError as err:
-            # the checksum chain holds, so this is no torn write: the frame was changed
-            self.state.record(err)
-            raise apsw.CorruptError(f"WAL frame {index}: {err}") from None
+        if plain is None:
+            pgno = int.from_bytes(frame[:4], "big")
+            try:
+                plain = self.codec.decrypt(body, pgno, "WAL")
+            except PageAuthError as err:
+                # the checksum chain holds, so this is no torn write: the frame was changed
+                self.state.record(err)
+                raise apsw.CorruptError(f"WAL frame {index}: {err}") from None
         pt = wal_checksum(head8 + plain, prev_pt[0], prev_pt[1], big)
         key = (int.from_bytes(salts[:4], "big"), int.from_bytes(salts[4:], "big"), index)
         self._chain[key] = (ct, pt)
@@ -713,13 +719,15 @@ class EncryptedWALFile(apsw.VFSFile):
             return b""
         header = bytearray(raw[:FRAME_HEADER_SIZE])
         pgno = int.from_bytes(raw[:4], "big")
+        authentic: bytes | None
         try:
-            plain = self.codec.decrypt(raw[FRAME_HEADER_SIZE:], pgno, "WAL")
+            plain = authentic = self.codec.decrypt(raw[FRAME_HEADER_SIZE:], pgno, "WAL")
         except PageAuthError:
-            plain = bytes(self.P)
+            plain, authentic = bytes(self.P), None  # verified again below: a torn end, or an error
         if header[8:24] == bytes(16):
             return bytes(header) + plain  # placeholder header inside an open transaction
-        pt = self._verify_frame(index, raw, self._wal_header())
+        # the body was decrypted (and authenticated) from these bytes just now: not a second time
+        pt = self._verify_frame(index, raw, self._wal_header(), authentic)
         if pt is None:
             header[16:24] = bytes(b ^ 0xFF for b in header[16:24])  # never a valid checksum
         else:

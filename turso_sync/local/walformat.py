@@ -248,6 +248,26 @@ def forget_wal(path: str) -> None:
         _scans.pop(path, None)
 
 
+def remember_scan(path: str, fd: int, scan: WalScan, slot_size: int | None = None) -> None:
+    """Record ``scan`` as the committed part of the WAL at ``path`` that ``fd`` has open.
+
+    For a writer that has just appended (and synced) a committed transaction it built itself
+    (``install.py``): the scan is exactly what reading the file back would find, so the next
+    ``scan_wal`` need not read and checksum those frames again.  The file's identity and header
+    are taken from ``fd`` now, so the entry is reused only while both are unchanged (see
+    ``scan_wal``); ``slot_size`` must be what ``scan_wal`` is called with, or it is not reused.
+    """
+    st = os.fstat(fd)
+    head = os.pread(fd, WAL_HEADER_SIZE, 0)
+    if scan.header is None or scan.end > st.st_size or WalHeader.parse(head) != scan.header:
+        return  # not the file the scan describes: leave the cache to read it
+    with _scans_lock:
+        _scans[path] = ((st.st_ino, st.st_dev, slot_size or 0), head, scan)
+        _scans.move_to_end(path)
+        while len(_scans) > SCANS_KEPT:
+            _scans.popitem(last=False)
+
+
 def scan_wal(path: str, limit: tuple[int, bytes] | None = None, slot_size: int | None = None) -> WalScan:
     """The committed transactions of the WAL at ``path``, parsing only what is new since last time.
 

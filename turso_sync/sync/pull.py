@@ -215,7 +215,9 @@ def install(replica: PullContext, result: PulledPages) -> list[Conflict]:
             for pgno in sorted({1, *final.written, *range(final_size + 1, result.db_size + 1)})
             if pgno <= result.db_size and (pgno > final_size or installed(pgno) != remote_page(pgno))
         }
-        write_revert(replica.path, seq, revert, codec)
+        # its rename is made durable by the state's save below, which syncs the same folder
+        # (one sync of the folder per pull, not two); until then nothing refers to the file
+        write_revert(replica.path, seq, revert, codec, sync_folder=False)
         state.synced_revision = result.revision
         state.synced_seq = seq
         state.synced_db_size = result.db_size

@@ -166,8 +166,16 @@ def revert_path(db_path: str, seq: int) -> str:
     return f"{db_path}-revert-{seq}"
 
 
-def write_revert(db_path: str, seq: int, pages: dict[int, bytes], codec: PageCodec | None) -> None:
-    """Store the synced base's images of ``pages`` (plaintext in, as-on-disk out) for ``seq``."""
+def write_revert(
+    db_path: str, seq: int, pages: dict[int, bytes], codec: PageCodec | None, *, sync_folder: bool = True
+) -> None:
+    """Store the synced base's images of ``pages`` (plaintext in, as-on-disk out) for ``seq``.
+
+    The file's data is synced before its rename, always.  ``sync_folder=False`` leaves the sync of
+    the rename to the caller, who must sync the same folder (a durable ``SyncState.save``) before
+    anything refers to the file: a pull saves the state that names it right after, and that one
+    sync of the folder makes both renames durable (the revert file's comes first).
+    """
     body = bytearray()
     for pgno in sorted(pages):
         image = codec.encrypt(pages[pgno], pgno) if codec is not None else pages[pgno]
@@ -181,7 +189,8 @@ def write_revert(db_path: str, seq: int, pages: dict[int, bytes], codec: PageCod
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    fsync_dir(path)
+    if sync_folder:
+        fsync_dir(path)
 
 
 def read_revert(db_path: str, seq: int, codec: PageCodec | None) -> dict[int, bytes]:
