@@ -5,11 +5,13 @@ BIN := $(VENV)/bin
 PEERS := .peers
 NPM_PEERS := @tursodatabase/sync@0.7.2 @tursodatabase/cli-linux-x64-gnu@0.7.0
 PIP_VERSION := 26.3
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
+# The install builds the optional compiled helper (setup.py, turso_sync/_speedups.c): a change to
+# either installs again, so the module in the folder is never older than its source.
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt setup.py turso_sync/_speedups.c | sha1sum | cut -c1-12)
 
 .PHONY: venv peers demo test lint typecheck unit bench clean proto constraints fuzz sim
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt setup.py turso_sync/_speedups.c
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q pip==$(PIP_VERSION)
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,bench]'
@@ -40,10 +42,18 @@ typecheck: venv
 unit: venv
 	$(BIN)/pytest -q tests/unit
 
-# Everything: the checks, the fast tier (a failure there stops here, in a minute), then the rest,
-# listing the slowest tests so CI time is watched as the suites grow.
+# The suites that run the compiled helper's functions (WAL checksums: written, recovered, scanned,
+# installed), run a second time by `make test` on their pure-Python twins (about half a minute).
+PURE_PYTHON_TESTS := tests/unit/test_walformat.py tests/unit/test_compiled.py tests/unit/test_install.py \
+	tests/unit/test_vfs_fast_paths.py tests/unit/test_wal_scan_cache.py tests/unit/test_encryption.py \
+	tests/unit/test_rekey_wal_headers.py tests/integration/test_engine_walindex.py
+
+# Everything: the checks, the fast tier (a failure there stops here, in a minute), the WAL's suites
+# again with the compiled helper refused, then the rest, listing the slowest tests so CI time is
+# watched as the suites grow.
 test: peers lint typecheck
 	$(BIN)/pytest -q -ra tests/unit
+	TURSO_SYNC_PURE_PYTHON=1 $(BIN)/pytest -q -ra $(PURE_PYTHON_TESTS)
 	$(BIN)/pytest -q -ra --durations=20 tests --ignore=tests/unit
 
 # A longer campaign of the route fuzzer (make test runs it for a fixed budget): TURSO_FUZZ_EXAMPLES
@@ -81,4 +91,4 @@ constraints:
 	rm -rf .venv-constraints build
 
 clean:
-	rm -rf $(VENV) $(PEERS) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(PEERS) .pytest_cache .mypy_cache .ruff_cache build turso_sync/_speedups.*.so

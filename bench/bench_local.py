@@ -224,11 +224,19 @@ def _has_envelope() -> bool:
     return "envelope" in HARDENED_CIPHERS
 
 
+def _checksum_implementation() -> str:
+    """Which WAL checksum turso_sync uses here: "c" (the compiled helper) or "numpy"."""
+    from turso_sync.local import walformat
+
+    return getattr(walformat, "CHECKSUM_IMPLEMENTATION", "numpy")
+
+
 def engines() -> list[Engine]:
     """Every contender; turso_sync twice (with and without its frame log) when connect offers the choice."""
     turso_notes = (
         "AES-256-GCM per page in Turso's format (28 reserved bytes: 16-byte tag, 12-byte nonce), "
-        "Python VFS over APSW's SQLite, WAL checksums recomputed over the ciphertext"
+        "Python VFS over APSW's SQLite, WAL checksums recomputed over the ciphertext "
+        f"(in {'C, turso_sync._speedups' if _checksum_implementation() == 'c' else 'numpy'})"
     )
     out = []
     if "record_frames" in inspect.signature(turso_sync.connect).parameters:

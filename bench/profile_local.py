@@ -39,7 +39,7 @@ import turso_sync
 from bench import bench_local as bl
 from bench.report import REPO, markdown_table, write_section
 from turso_sync.crypto.page_codec import CIPHERS, PageCodec
-from turso_sync.local.walformat import wal_checksum
+from turso_sync.local.walformat import CHECKSUM_IMPLEMENTATION, wal_checksum, wal_checksum_numpy
 
 # --- 1. the ladder ----------------------------------------------------------------------------------
 
@@ -274,7 +274,14 @@ def unit_costs(workdir: Path) -> list[tuple[str, str]]:
         ("PageCodec.decrypt, one 4 KiB page", f"{_per_call_us(lambda: codec.decrypt(sealed, 2), n):.2f} µs"),
         ("of which AESGCM.encrypt alone", f"{_per_call_us(lambda: aead.encrypt(nonce, body, None), n):.2f} µs"),
         ("of which AESGCM.decrypt alone", f"{_per_call_us(lambda: aead.decrypt(nonce, raw, None), n):.2f} µs"),
-        ("wal_checksum over one frame (8 + 4096 bytes)", f"{_per_call_us(lambda: wal_checksum(frame), n):.2f} µs"),
+        (
+            f"wal_checksum over one frame (8 + 4096 bytes), in use: {CHECKSUM_IMPLEMENTATION}",
+            f"{_per_call_us(lambda: wal_checksum(frame), n):.2f} µs",
+        ),
+        (
+            "the same with numpy's version (the fallback without turso_sync._speedups)",
+            f"{_per_call_us(lambda: wal_checksum_numpy(frame), n):.2f} µs",
+        ),
         (
             "os.fsync after a 4 KiB append (median of 200)",
             f"{statistics.median(fsyncs) * 1e6:,.0f} µs",
