@@ -279,8 +279,13 @@ def remember_scan(path: str, fd: int, scan: WalScan, slot_size: int | None = Non
     head = os.pread(fd, WAL_HEADER_SIZE, 0)
     if scan.header is None or scan.end > st.st_size or WalHeader.parse(head) != scan.header:
         return  # not the file the scan describes: leave the cache to read it
+    _cache_scan(path, (st.st_ino, st.st_dev, slot_size or 0), head, scan)
+
+
+def _cache_scan(path: str, identity: tuple[int, int, int], head: bytes, scan: WalScan) -> None:
+    """Keep ``scan`` as the last one of the WAL at ``path`` (the most recently used; the cache stays bounded)."""
     with _scans_lock:
-        _scans[path] = ((st.st_ino, st.st_dev, slot_size or 0), head, scan)
+        _scans[path] = (identity, head, scan)
         _scans.move_to_end(path)
         while len(_scans) > SCANS_KEPT:
             _scans.popitem(last=False)
@@ -326,11 +331,7 @@ def scan_wal(path: str, limit: tuple[int, bytes] | None = None, slot_size: int |
             txns, end, cksum = _parse_frames(hdr, raw, WAL_HEADER_SIZE, 1, (hdr.cksum1, hdr.cksum2), slot_size)
             scan = WalScan(hdr, txns, end, cksum)
         scan = _trimmed(scan, max_frame, slot_size)  # never cache a frame the wal-index does not cover
-        with _scans_lock:
-            _scans[path] = (identity, head, scan)
-            _scans.move_to_end(path)
-            while len(_scans) > SCANS_KEPT:
-                _scans.popitem(last=False)
+        _cache_scan(path, identity, head, scan)
         return scan
     finally:
         os.close(fd)

@@ -911,12 +911,12 @@ async def _deltas(
     """The pages of ``snap`` with a base (``new_pages``: every page), as one ``PageDeltas``; and the
     snapshot of the others (sent whole).  Compressed on the event loop when small (see ``_encode``)."""
     in_frame = snap.pages if new_pages else {pgno: page for pgno, page in snap.pages.items() if pgno in bases}
-    with_base = {pgno - 1: page for pgno, page in in_frame.items()}
+    framed = {pgno - 1: page for pgno, page in in_frame.items()}  # 0-based ids, as on the wire
     old = {pgno - 1: bases[pgno] for pgno in snap.pages if pgno in bases}
-    if len(with_base) * _DELTA_PAGE_WEIGHT <= _ZSTD_INLINE_PAGES:
-        block = PageDeltas.make(with_base, old, level)
+    if len(framed) * _DELTA_PAGE_WEIGHT <= _ZSTD_INLINE_PAGES:
+        block = PageDeltas.make(framed, old, level)
     else:
-        block = await asyncio.to_thread(PageDeltas.make, with_base, old, level)
+        block = await asyncio.to_thread(PageDeltas.make, framed, old, level)
     rest = {pgno: page for pgno, page in snap.pages.items() if pgno not in in_frame}
     return Snapshot(snap.seq, snap.db_size, rest), block
 

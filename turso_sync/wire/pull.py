@@ -278,18 +278,24 @@ class PullHeader:
             ids = tuple(msg.page_deltas.page_ids)
             new_ids = tuple(msg.page_deltas.new_page_ids)
             # at least one page with a base (else there is no dictionary); new pages are optional
-            for what, named, required in (("page deltas", ids, True), ("page deltas' new pages", new_ids, False)):
-                if (required or named) and (not named or list(named) != sorted(set(named)) or named[-1] >= msg.db_size):
-                    raise ProtocolError(
-                        f"pull-updates response: {what} name pages {list(named)[:8]}, not ascending ids "
-                        f"below the database size {msg.db_size}"
-                    )
+            _check_page_ids("page deltas", ids, msg.db_size, required=True)
+            _check_page_ids("page deltas' new pages", new_ids, msg.db_size)
             if set(ids) & set(new_ids):
                 raise ProtocolError("pull-updates response: page deltas name a page both with and without a base")
             digest = msg.page_deltas.base_digest.to_bytes(BASE_DIGEST_SIZE, "little")
             deltas = PageDeltas(ids, digest, msg.page_deltas.frame, new_ids)
         level = msg.zstd_encoding.level if zstd else 0
         return cls(msg.server_revision, msg.db_size, encoding, level, deltas)
+
+
+def _check_page_ids(what: str, ids: tuple[int, ...], db_size: int, required: bool = False) -> None:
+    """ProtocolError unless ``ids`` ascend without repeats below ``db_size`` (and, if ``required``, name some page)."""
+    bad = (list(ids) != sorted(set(ids)) or ids[-1] >= db_size) if ids else required
+    if bad:
+        raise ProtocolError(
+            f"pull-updates response: {what} name pages {list(ids)[:8]}, not ascending ids "
+            f"below the database size {db_size}"
+        )
 
 
 def encode_page(page_id: int, encoded_page: bytes) -> bytes:
