@@ -394,3 +394,78 @@ def test_group_commit_hands_an_unforeseen_error_to_its_waiters_instead_of_hangin
         assert w.head.revision == 3
 
     asyncio.run(main())
+
+
+def _gated(writer: LogWriter) -> asyncio.Event:
+    """Hold every ``writer.append`` until the returned event is set (an upload kept in flight)."""
+    gate = asyncio.Event()
+    append = writer.append
+
+    async def held(revisions: list[Revision]) -> None:
+        await gate.wait()
+        await append(revisions)
+
+    writer.append = held  # type: ignore[method-assign,assignment]
+    return gate
+
+
+@pytest.mark.parametrize("waiting", ["commit", "wait_stored"])
+def test_a_revision_queued_behind_an_upload_is_stored_with_no_later_push(waiting: str) -> None:
+    """The last revision to queue while an upload is in flight goes out when that upload ends,
+    not when some later revision arrives (there may be none: it was the last push)."""
+
+    async def main() -> None:
+        store = MemoryClient()
+        w = await writer_on(store, "a", Clock())
+        group = GroupCommit(w)
+        gate = _gated(w)
+        first = asyncio.ensure_future(group.commit(Revision(2, 1, {1: b"a" * P})))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # the upload of 2 is in flight, held at the gate
+        if waiting == "commit":
+            second = asyncio.ensure_future(group.commit(Revision(3, 1, {1: b"b" * P})))
+        else:
+            group.enqueue(Revision(3, 1, {1: b"b" * P}))
+            second = asyncio.ensure_future(group.wait_stored(3))
+        await asyncio.sleep(0)
+        assert not first.done() and not second.done()
+        gate.set()
+        await asyncio.wait_for(asyncio.gather(first, second), 10)
+        assert w.head.revision == 3
+        assert group.uploads == 2  # 2 alone (in flight when 3 came), then 3
+        assert (await restore(store, KEYS)).data == b"b" * P
+
+    asyncio.run(main())
+
+
+def test_a_failed_upload_fails_the_revisions_queued_behind_it_too() -> None:
+    """A waiter whose revision queued behind a failing upload hears the error (a 503 its client
+    retries) instead of waiting for an upload nobody starts; the retry stores both."""
+
+    async def main() -> None:
+        store = MemoryClient()
+        w = await writer_on(store, "a", Clock())
+        group = GroupCommit(w)
+        down = True
+
+        def fault(op: str, key: str) -> None:
+            if down and op == "put_if_absent":
+                raise StoreUnavailable("down")
+
+        store.fault = fault
+        gate = _gated(w)
+        first = asyncio.ensure_future(group.commit(Revision(2, 1, {1: b"a" * P})))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        second = asyncio.ensure_future(group.commit(Revision(3, 1, {1: b"b" * P})))
+        await asyncio.sleep(0)
+        gate.set()
+        results = await asyncio.wait_for(asyncio.gather(first, second, return_exceptions=True), 10)
+        assert [type(r) for r in results] == [StoreUnavailable, StoreUnavailable]
+        assert w.head.revision == 1
+        down = False
+        await asyncio.wait_for(group.wait_stored(3), 10)  # the retried push
+        assert w.head.revision == 3
+        assert (await restore(store, KEYS, 2)).data == b"a" * P
+
+    asyncio.run(main())

@@ -7,11 +7,12 @@ next segment.  So at low rates every revision is its own object with one round t
 latency, and under load the number of objects, requests and their cost stays bounded while
 latency grows by at most one upload.
 
-When an upload fails with StoreUnavailable, its waiters get that error and the revisions stay
-at the head of the queue: they are retried first by the next upload (a write that had landed
-is recognised, see ``LogWriter.append``).  A waiter told StoreUnavailable therefore does not
-know whether its revision will end up stored; the primary answers 503 and the client retries
-its push, which must be idempotent.  Deposed and NotWriter fail every waiter, now and later.
+When an upload fails with StoreUnavailable, its waiters and those of every revision queued
+behind it get that error, and the revisions stay at the head of the queue: they are retried
+first by the next upload (a write that had landed is recognised, see ``LogWriter.append``).
+A waiter told StoreUnavailable therefore does not know whether its revision will end up
+stored; the primary answers 503 and the client retries its push, which must be idempotent.
+Deposed and NotWriter fail every waiter, now and later.
 """
 
 from __future__ import annotations
@@ -113,7 +114,10 @@ class GroupCommit:
                 _settle(item.done, exc)
             return
         except Exception as exc:  # StoreUnavailable, or anything unforeseen: no waiter may hang
-            for item in batch:  # they stay queued for the next upload
+            # the batch stays queued for the next upload, and what queued behind it cannot be stored
+            # before it: every waiter hears the error now (none is left waiting on an upload that
+            # nobody starts; a retried push starts it again through ``wait_stored``)
+            for item in self._queue:
                 _settle(item.done, exc)
                 item.done = asyncio.get_running_loop().create_future()
             return
@@ -121,7 +125,11 @@ class GroupCommit:
         del self._queue[: len(batch)]
         for item in batch:
             _settle(item.done, None)
-        self._kick()  # what queued during the upload goes next, together
+        # what queued during the upload goes next, together.  This task is still running, so
+        # ``_kick`` would see an upload in flight and start nothing: it lets go of itself first
+        # (without that the last revision to queue behind an upload waited for the next push)
+        self._uploading = None
+        self._kick()
 
     async def flush(self) -> None:
         """Upload whatever is queued now (a retry after StoreUnavailable); raises if it could not."""
