@@ -98,6 +98,7 @@ class GroupCommit:
             self._uploading = asyncio.get_running_loop().create_task(self._upload())
 
     async def _upload(self) -> None:
+        self._settle_stored()
         batch: list[_Waiting] = []
         size = 0
         for item in self._queue:
@@ -114,22 +115,34 @@ class GroupCommit:
                 _settle(item.done, exc)
             return
         except Exception as exc:  # StoreUnavailable, or anything unforeseen: no waiter may hang
-            # the batch stays queued for the next upload, and what queued behind it cannot be stored
-            # before it: every waiter hears the error now (none is left waiting on an upload that
-            # nobody starts; a retried push starts it again through ``wait_stored``)
+            # A batch may go out as several segments, and the first ones can be stored before one
+            # fails (a write whose answer was lost is recognised on the retry, then the next segment
+            # fails): those revisions are acknowledged and leave the queue, or the next upload would
+            # start below the head and fail for good.  The rest stay queued, and what queued behind
+            # them cannot be stored before them: every waiter hears the error now (none is left
+            # waiting on an upload that nobody starts; a retried push starts one through ``wait_stored``).
+            self._settle_stored()
             for item in self._queue:
                 _settle(item.done, exc)
                 item.done = asyncio.get_running_loop().create_future()
             return
         self.uploads += 1
-        del self._queue[: len(batch)]
-        for item in batch:
-            _settle(item.done, None)
+        self._settle_stored()
         # what queued during the upload goes next, together.  This task is still running, so
         # ``_kick`` would see an upload in flight and start nothing: it lets go of itself first
         # (without that the last revision to queue behind an upload waited for the next push)
         self._uploading = None
         self._kick()
+
+    def _settle_stored(self) -> None:
+        """Acknowledge and drop the queued revisions the writer has stored (the queue is in order)."""
+        head = self.writer.head.revision
+        stored = 0
+        while stored < len(self._queue) and self._queue[stored].revision.number <= head:
+            stored += 1
+        done, self._queue = self._queue[:stored], self._queue[stored:]
+        for item in done:
+            _settle(item.done, None)
 
     async def flush(self) -> None:
         """Upload whatever is queued now (a retry after StoreUnavailable); raises if it could not."""
