@@ -28,11 +28,13 @@ from turso_sync.wire.delimited import DelimitedDecoder
 from turso_sync.wire.pull import PAGE_DELTAS_VERSION, PageEncoding, PullHeader, PullRequest
 
 
-def zstd_frame_parts(frame: bytes) -> dict[str, int]:
-    """The frame header, the blocks' headers and contents, and the checksum of one zstd frame."""
-    fhd = frame[4]
+def zstd_frame_parts(frame: bytes, magic: bool = True) -> dict[str, int]:
+    """The frame header, the blocks' headers and contents, and the checksum of one zstd frame
+    (``magic`` False: a compact frame, without the magic number)."""
+    skip = 4 if magic else 0
+    fhd = frame[skip]
     fcs_flag, single, checksum, dict_flag = fhd >> 6, (fhd >> 5) & 1, (fhd >> 2) & 1, fhd & 3
-    size = 4 + 1 + (0 if single else 1) + (0, 1, 2, 4)[dict_flag] + (1 if single else 0, 2, 4, 8)[fcs_flag]
+    size = skip + 1 + (0 if single else 1) + (0, 1, 2, 4)[dict_flag] + (1 if single else 0, 2, 4, 8)[fcs_flag]
     header, pos, blocks, block_headers = size, size, 0, 0
     while True:
         b = int.from_bytes(frame[pos : pos + 3], "little")
@@ -55,6 +57,7 @@ def main() -> None:
     parser.add_argument("--replicas", type=int, default=20)
     parser.add_argument("--rows", type=int, default=5, help="rows written between two pulls")
     parser.add_argument("--pulls", type=int, default=8)
+    parser.add_argument("--version", type=int, default=PAGE_DELTAS_VERSION, help="page deltas version asked")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, primary(Path(tmp) / "server") as url:
         first = turso_sync.connect(Path(tmp) / "r0.db", url)
@@ -63,6 +66,7 @@ def main() -> None:
         first.push()
         conns = [first] + [turso_sync.connect(Path(tmp) / f"r{n}.db", url) for n in range(1, args.replicas)]
         push_bodies: list[int] = []
+        pull_bodies: list[int] = []
         row = 0
 
         def write(n: int) -> None:
@@ -87,9 +91,10 @@ def main() -> None:
                 encoding=PageEncoding.ZSTD,
                 client_revision=rev,
                 page_deltas=True,
-                page_deltas_version=PAGE_DELTAS_VERSION,
+                page_deltas_version=args.version,
             )
             body = httpx.post(url + "/pull-updates", content=ask.to_bytes()).content
+            pull_bodies.append(len(body))
             messages = [m.tobytes() for m in DelimitedDecoder(max_message=1 << 20).feed_views(body)]
             header = PullHeader.from_message(messages[0])
             msg = pb.PullUpdatesRespProtoBody()
@@ -102,10 +107,11 @@ def main() -> None:
                 print(f"    {field.name}: {size if size is not None else value!r}")
             if header.deltas is not None:
                 d = header.deltas
-                parts = zstd_frame_parts(d.frame)
+                parts = zstd_frame_parts(d.frame, magic=not d.compact)
                 print(
                     f"  deltas: pages {[p + 1 for p in d.page_ids]} (new {[p + 1 for p in d.new_ids]}), "
-                    f"frame {len(d.frame)} B {parts}"
+                    f"{'compact frame' if d.compact else 'frame'} {len(d.frame)} B {parts}"
+                    + (f", tables {bool(d.frame[0] & 3)}" if d.compact else "")
                 )
                 old = _pages(url, rev, d.page_ids)
                 new = _pages(url, header.server_revision, d.page_ids)
@@ -116,6 +122,7 @@ def main() -> None:
                 rec.ParseFromString(m)
                 print(f"  whole page {rec.page_id + 1}: {len(m)} B")
             rev = header.server_revision
+        print(f"pull bodies: mean {statistics.mean(pull_bodies):.1f} B over {len(pull_bodies)}")
         print(f"push answers: median {statistics.median(push_bodies)} B over {len(push_bodies)}")
         for conn in conns:
             conn.close()

@@ -237,3 +237,66 @@ def test_a_split_brings_its_new_page_in_the_delta_frame(tmp_path: Path, monkeypa
         finally:
             writer.close()
             reader.close()
+
+
+def _images(body: bytes, bases: dict[int, bytes] | None = None) -> tuple[PullHeader, dict[int, bytes]]:
+    """An answer's header, and every page it brings (its deltas applied to ``bases``), 0-based."""
+    decoder = PullResponseDecoder()
+    pages = {page.page_id: page.data for page in decoder.feed(body)}
+    decoder.close()
+    assert decoder.header is not None
+    if decoder.header.deltas is not None:
+        assert bases is not None
+        pages.update(decoder.header.deltas.apply(bases.__getitem__))
+    return decoder.header, pages
+
+
+def test_a_fleet_pull_decodes_to_the_same_pages_in_every_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Version 3 (compact frames) against versions 1 and 2 on one answer: an older client of ours
+    asking 1 or 2 gets the frame it always got; ours gets a compact one, shorter, with the same
+    pages; a replica that pulls gets the same rows."""
+    frames: list[wire_pull.PageDeltas] = []
+    apply = wire_pull.PageDeltas.apply
+
+    def recording(self: wire_pull.PageDeltas, base):  # type: ignore[no-untyped-def]
+        frames.append(self)
+        return apply(self, base)
+
+    with primary(tmp_path / "server") as url:
+        writers = [turso_sync.connect(tmp_path / f"w{n}.db", url) for n in range(3)]
+        reader = turso_sync.connect(tmp_path / "r.db", url)
+        try:
+            writers[0].execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+            writers[0].commit()
+            writers[0].push()
+            for n, writer in enumerate(writers):  # each has pushed: its push mark's row exists
+                writer.pull()
+                _write(writer, range(n, n + 1))
+            assert reader.pull()
+            revision = reader.stats().revision
+            for i in range(3, 8):  # a fleet's pull: rows from several replicas, their marks
+                _write(writers[i % 3], range(i, i + 1))
+            _, bases = _images(_body(url, PullRequest(server_revision=revision)))
+            sizes = {}
+            for version in (0, 2, 3):
+                ask = PullRequest(
+                    encoding=PageEncoding.ZSTD, client_revision=revision, page_deltas=True, page_deltas_version=version
+                )
+                body = _body(url, ask)
+                header, pages = _images(body, bases)
+                assert header.deltas is not None and header.deltas.compact == (version == 3)
+                _, expected = _images(_body(url, PullRequest(server_revision=header.server_revision, page_ids=None)))
+                assert pages == {i: expected[i] for i in pages} and len(pages) >= 2
+                sizes[version] = len(body)
+            assert sizes[3] < sizes[2] - 10, sizes
+            monkeypatch.setattr(wire_pull.PageDeltas, "apply", recording)
+            assert reader.pull()
+            assert [f.compact for f in frames] == [True]
+            assert _rows(reader) == [(i, payload(i)) for i in range(8)]
+            assert reader.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        finally:
+            for writer in writers:
+                writer.close()
+            reader.close()

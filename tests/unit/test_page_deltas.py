@@ -16,9 +16,12 @@ from turso_sync.primary.pull import MAX_DELTA_PAGES, delta_bases, select_pages, 
 from turso_sync.sync.remote import PulledPages, decode_pull, fetch_pages
 from turso_sync.sync.state import SyncState
 from turso_sync.sync.transport import HttpResponse
+from turso_sync.wire import pull as wire_pull
 from turso_sync.wire import pull_updates_pb2 as pb
-from turso_sync.wire.delimited import delimit
+from turso_sync.wire.delimited import delimit, read_varint
+from turso_sync.wire.delta_tables import TABLES, TABLES_ID
 from turso_sync.wire.pull import (
+    COMPACT_DELTAS_VERSION,
     PAGE_SIZE,
     DeltaBaseMismatch,
     PageCompressor,
@@ -398,11 +401,138 @@ def test_a_new_page_sent_whole_and_in_the_frame_is_refused() -> None:
         PullResponseDecoder().feed(header + encode_page(7, PageCompressor().compress(pages[7])))
 
 
-def test_the_client_asks_for_version_2_and_the_request_round_trips() -> None:
+def test_the_client_asks_for_version_3_and_the_request_round_trips() -> None:
     asked = _asked(SyncState("http://x", "c", zstd=True), True)
-    assert asked.page_deltas and asked.page_deltas_version == 2
+    assert asked.page_deltas and asked.page_deltas_version == 3 == COMPACT_DELTAS_VERSION
     assert not _asked(SyncState("http://x", "c", zstd=True), False).page_deltas_version
     request = _ask(page_deltas_version=2)
     assert PullRequest.from_bytes(request.to_bytes()) == request
     # a version without the ask is not sent: the request stays byte for byte what it was
     assert PullRequest(page_deltas_version=2).to_bytes() == PullRequest().to_bytes()
+
+
+# --- version 3: compact frames ------------------------------------------------------------------------
+
+
+def _fleet_pages() -> tuple[dict[int, bytes], dict[int, bytes]]:
+    """(new images, bases), 0-based ids: a leaf that gained rows of 100 hex characters (the fleet
+    benchmark's), the push marks' page with a counter changed."""
+    marks = _leaf(3, seed=1)
+    leaf = _leaf(6, seed=2)
+    grown = bytearray(leaf)
+    end = int.from_bytes(leaf[8 + 2 * 5 : 10 + 2 * 5], "big")
+    for i in range(6, 11):
+        cell = bytes([110, i, 3, 1]) + os.urandom(50).hex().encode()
+        end -= len(cell)
+        grown[end : end + len(cell)] = cell
+        grown[8 + 2 * i : 10 + 2 * i] = end.to_bytes(2, "big")
+    grown[3:5] = (11).to_bytes(2, "big")
+    return {1: marks[:200] + b"\x07" + marks[201:], 5: bytes(grown)}, {1: marks, 5: leaf}
+
+
+def test_the_tables_are_a_zstd_dictionary_with_their_id() -> None:
+    dictionary = zstandard.ZstdCompressionDict(TABLES + bytes(PAGE_SIZE), dict_type=zstandard.DICT_TYPE_FULLDICT)
+    assert dictionary.dict_id() == TABLES_ID < 256  # one byte in a frame header
+
+
+def test_a_compact_frame_round_trips_shorter_than_a_version_2_frame() -> None:
+    pages, bases = _fleet_pages()
+    v2 = PageDeltas.make(pages, bases)
+    block = PageDeltas.make(pages, bases, compact=True)
+    assert block.compact and block.frame[:4] != b"\x28\xb5\x2f\xfd"  # no magic number
+    header = PullHeader("7", 9, PageEncoding.ZSTD, deltas=block).to_bytes()
+    old_header = PullHeader("7", 9, PageEncoding.ZSTD, deltas=v2).to_bytes()
+    # 4 magic + 4 checksum + 1 content size + level + protocol, less the tables' id if they are used
+    assert len(header) <= len(old_header) - 9, (len(header), len(old_header))
+    # the server sends the shorter of the two frames, with the shared tables and without
+    data = b"".join(pages[i] for i in block.all_ids)
+    old = [bases[i] for i in block.page_ids]
+    with_tables = wire_pull._compact_frame(data, wire_pull._tables_dictionary(old), wire_pull.DEFAULT_ZSTD_LEVEL)
+    without = wire_pull._compact_frame(data, wire_pull._raw_dictionary(old), wire_pull.DEFAULT_ZSTD_LEVEL)
+    assert len(block.frame) == min(len(with_tables), len(without))
+    assert bool(block.frame[0] & 3) == (len(with_tables) < len(without))
+    decoder = PullResponseDecoder()
+    assert decoder.feed(header) == []
+    decoder.close()
+    assert decoder.header is not None and decoder.header.deltas == block
+    assert block.apply(bases.__getitem__) == pages
+    msg = pb.PullUpdatesRespProtoBody()
+    msg.ParseFromString(header[read_varint(header, 0)[1] :])
+    assert not msg.page_deltas.frame and not msg.page_deltas.base_digest
+    assert msg.protocol == pb.PROTO_UNSPECIFIED and msg.zstd_encoding.level == 0
+    # a version 2 answer (an older primary) still decodes as before
+    decoder = PullResponseDecoder()
+    decoder.feed(old_header)
+    assert decoder.header is not None and decoder.header.deltas == v2 and not v2.compact
+
+
+def test_a_compact_frame_goes_without_the_tables_when_they_do_not_fit() -> None:
+    bases = {0: os.urandom(PAGE_SIZE), 3: os.urandom(PAGE_SIZE)}
+    pages = {0: os.urandom(1000) + bases[0][1000:], 3: bases[3], 4: os.urandom(PAGE_SIZE)}
+    block = PageDeltas.make(pages, bases, compact=True)
+    assert not block.frame[0] & 3  # random bytes: the bases alone
+    assert block.all_ids == (0, 3, 4)
+    assert block.apply(bases.__getitem__) == pages
+    assert len(block.frame) < 1000 + PAGE_SIZE + 100
+
+
+def test_a_wrong_base_under_a_compact_frame_is_a_base_mismatch() -> None:
+    pages, bases = _fleet_pages()
+    block = PageDeltas.make(pages, bases, compact=True)
+    damaged = dict(bases)
+    damaged[5] = bases[5][:3000] + b"\xff" + bases[5][3001:]
+    with pytest.raises(DeltaBaseMismatch, match="pull again without deltas"):
+        block.apply(damaged.__getitem__)
+
+
+def test_a_damaged_compact_frame_is_refused() -> None:
+    pages, bases = _fleet_pages()
+    block = PageDeltas.make(pages, bases, compact=True)
+    # zstd sees it (cut short, not a frame, empty): a protocol error
+    for frame in (block.frame[:-3], b"\x00not zstd at all", b""):
+        bad = PageDeltas(block.page_ids, block.digest, frame, compact=True)
+        with pytest.raises(ProtocolError) as info:
+            bad.apply(bases.__getitem__)
+        assert not isinstance(info.value, DeltaBaseMismatch)
+    # zstd cannot see it (no checksum): a flipped bit is caught by the digest over the decoded images,
+    # or it changed nothing they decode to (a bit the encoding does not depend on); never wrong pages
+    refused = 0
+    for pos in range(1, len(block.frame)):
+        flipped = bytearray(block.frame)
+        flipped[pos] ^= 0x10
+        try:
+            decoded = PageDeltas(block.page_ids, block.digest, bytes(flipped), compact=True).apply(bases.__getitem__)
+        except ProtocolError:
+            refused += 1
+        else:
+            assert decoded == pages, f"a flip at byte {pos} decoded to other pages and was not refused"
+    assert refused >= len(block.frame) - 1 - 3, refused  # nearly every flip changes what it decodes to
+    # a frame holding another number of pages than it names
+    one_page = wire_pull._compact_frame(pages[1], wire_pull._raw_dictionary([bases[1], bases[5]]), 1)
+    with pytest.raises(ProtocolError, match="bytes for 2 pages"):
+        PageDeltas((1, 5), block.digest, one_page, compact=True).apply(bases.__getitem__)
+
+
+def test_a_header_with_both_frames_is_refused() -> None:
+    msg = pb.PullUpdatesRespProtoBody(server_revision="3", db_size=4)
+    msg.zstd_encoding.SetInParent()
+    msg.page_deltas.page_ids.append(1)
+    msg.page_deltas.frame = b"x"
+    msg.page_deltas.compact_frame = b"y"
+    with pytest.raises(ProtocolError, match="both a frame and a compact frame"):
+        PullResponseDecoder().feed(delimit(msg.SerializeToString()))
+
+
+def test_the_client_asking_version_3_reads_an_older_primarys_answer() -> None:
+    """An older primary ignores the version it does not speak and answers as version 2 (or 1):
+    the client applies that frame as before."""
+    pages, bases = _fleet_pages()
+    for block in (PageDeltas.make(pages, bases), PageDeltas.make(pages, bases, compact=True)):
+        steps = fetch_pages(SyncState("http://x", "c", zstd=True), "4", 1.0, deltas=True)
+        asked = PullRequest.from_bytes(next(steps).body)
+        assert asked.page_deltas_version == 3
+        with pytest.raises(StopIteration) as done:
+            steps.send(HttpResponse(200, PullHeader("5", 9, PageEncoding.ZSTD, deltas=block).to_bytes()))
+        result = done.value.value
+        assert result.deltas == block
+        assert result.resolved(lambda pgno: bases[pgno - 1]) == {p + 1: v for p, v in pages.items()}

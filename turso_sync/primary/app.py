@@ -48,6 +48,7 @@ from ..local.engine import Snapshot
 from ..wire import answer_coding
 from ..wire.hrana import PipelineRequest, encode_json, encode_pipeline_response
 from ..wire.pull import (
+    COMPACT_DELTAS_VERSION,
     DEFAULT_ZSTD_LEVEL,
     PAGE_SIZE,
     PageCompressor,
@@ -540,7 +541,10 @@ async def _answer_pull(
         await slices.aclose()
         raise
     new_pages = pull.page_deltas_version >= 2  # version 2: pages without a base go in the delta frame too
-    return await _send_pages(request, db, first, slices, streaming, pull.encoding, state.limits, bases, new_pages)
+    compact = pull.page_deltas_version >= COMPACT_DELTAS_VERSION
+    return await _send_pages(
+        request, db, first, slices, streaming, pull.encoding, state.limits, bases, new_pages, compact
+    )
 
 
 async def _changed_pages(
@@ -841,16 +845,18 @@ async def _send_pages(
     limits: Limits,
     bases: dict[int, bytes] | None = None,
     new_pages: bool = False,
+    compact: bool = False,
 ) -> web.StreamResponse:
     """The header, then every slice's pages; chunked while streaming a bootstrap, else with a length.
 
     The pages with an image in ``bases`` (only for a client that asked for page deltas, see
     ``pull.delta_bases``) go in the header as deltas against it; with ``new_pages`` (the client
-    speaks version 2), the pages without one too, in the same frame.
+    speaks version 2), the pages without one too, in the same frame; ``compact`` (version 3): in a
+    compact frame.
     """
     block: PageDeltas | None = None
     if encoding == PageEncoding.ZSTD and bases:
-        first, block = await _deltas(first, bases, limits.zstd_level, new_pages)
+        first, block = await _deltas(first, bases, limits.zstd_level, new_pages, compact)
     header = PullHeader(format_revision(first.seq), first.db_size, encoding, limits.zstd_level, block).to_bytes()
     chunks = await _encode(first, encoding, limits.zstd_level)
     response = web.StreamResponse(status=200, headers={"Content-Type": "application/protobuf"})
@@ -906,17 +912,18 @@ async def _send_pages(
 
 
 async def _deltas(
-    snap: Snapshot, bases: dict[int, bytes], level: int, new_pages: bool = False
+    snap: Snapshot, bases: dict[int, bytes], level: int, new_pages: bool = False, compact: bool = False
 ) -> tuple[Snapshot, PageDeltas]:
     """The pages of ``snap`` with a base (``new_pages``: every page), as one ``PageDeltas``; and the
     snapshot of the others (sent whole).  Compressed on the event loop when small (see ``_encode``)."""
     in_frame = snap.pages if new_pages else {pgno: page for pgno, page in snap.pages.items() if pgno in bases}
     framed = {pgno - 1: page for pgno, page in in_frame.items()}  # 0-based ids, as on the wire
     old = {pgno - 1: bases[pgno] for pgno in snap.pages if pgno in bases}
-    if len(framed) * _DELTA_PAGE_WEIGHT <= _ZSTD_INLINE_PAGES:
-        block = PageDeltas.make(framed, old, level)
+    weight = _DELTA_PAGE_WEIGHT * (2 if compact else 1)  # a compact frame is made twice, the shorter sent
+    if len(framed) * weight <= _ZSTD_INLINE_PAGES:
+        block = PageDeltas.make(framed, old, level, compact)
     else:
-        block = await asyncio.to_thread(PageDeltas.make, framed, old, level)
+        block = await asyncio.to_thread(PageDeltas.make, framed, old, level, compact)
     rest = {pgno: page for pgno, page in snap.pages.items() if pgno not in in_frame}
     return Snapshot(snap.seq, snap.db_size, rest), block
 

@@ -7,7 +7,9 @@ header carries ``zstd_encoding``, one zstd frame per page (our extension, docs/p
 When the client also asked for ``page_deltas``, the header may carry some pages as deltas: their
 change from the images at the client's revision, all in one zstd frame (``PageDeltas``;
 docs/protocol.md, "Page deltas"); in version 2 (``page_deltas_version``), the pages that had no
-image then (new pages: a split's) come in that frame too, found against the others' old images.
+image then (new pages: a split's) come in that frame too, found against the others' old images; in
+version 3, in a compact frame (no magic number, content size or checksum: one digest covers the
+bases and the decoded images), made with entropy tables both sides hold when they make it shorter.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ..errors import ProtocolError
 from ..page import PAGE_SIZE
 from . import pull_updates_pb2 as pb
 from .delimited import DelimitedDecoder, delimit, encode_varint, read_varint
+from .delta_tables import TABLES
 
 #: Default zstd level.  Within one 4 KiB page the higher levels find little more to match: on the
 #: sync benchmark's pages (text rows) level 3 made them 0.565 of raw and level 1 0.569, at 1.6x
@@ -34,9 +37,12 @@ DEFAULT_ZSTD_LEVEL = 1
 #: The BLAKE2b digest size that names the bases of a ``PageDeltas`` (field ``base_digest``, fixed64).
 BASE_DIGEST_SIZE = 8
 
-#: The page deltas this code speaks: 1, only pages with a base in the frame; 2, new pages too
-#: (request field ``page_deltas_version``; absent or 0 means 1).
-PAGE_DELTAS_VERSION = 2
+#: The page deltas this code speaks: 1, only pages with a base in the frame; 2, new pages too;
+#: 3, a compact frame (request field ``page_deltas_version``; absent or 0 means 1).
+PAGE_DELTAS_VERSION = 3
+
+#: The first version whose answers may carry a compact frame (``PageDeltas.compact``).
+COMPACT_DELTAS_VERSION = 3
 
 
 class PageEncoding(enum.IntEnum):
@@ -144,6 +150,33 @@ def _raw_dictionary(bases: list[bytes]) -> zstandard.ZstdCompressionDict:
     return zstandard.ZstdCompressionDict(b"".join(bases), dict_type=zstandard.DICT_TYPE_RAWCONTENT)
 
 
+def _tables_dictionary(bases: list[bytes]) -> zstandard.ZstdCompressionDict:
+    """``TABLES`` with the bases as content: a frame made with it names ``TABLES_ID``."""
+    return zstandard.ZstdCompressionDict(TABLES + b"".join(bases), dict_type=zstandard.DICT_TYPE_FULLDICT)
+
+
+def _compact_frame(data: bytes, dictionary: zstandard.ZstdCompressionDict, level: int) -> bytes:
+    """A zstd frame without magic number, content size or checksum; the dictionary's id if it has one."""
+    params = zstandard.ZstdCompressionParameters.from_level(
+        level,
+        source_size=len(data),
+        dict_size=len(dictionary),
+        format=zstandard.FORMAT_ZSTD1_MAGICLESS,
+        write_checksum=False,
+        write_content_size=False,
+        write_dict_id=True,
+    )
+    return zstandard.ZstdCompressor(dict_data=dictionary, compression_params=params).compress(data)
+
+
+def content_digest(bases: Iterable[bytes], images: Iterable[bytes]) -> bytes:
+    """What a compact ``PageDeltas`` carries: BLAKE2b-64 of the bases, then the new images, concatenated."""
+    digest = hashlib.blake2b(digest_size=BASE_DIGEST_SIZE)
+    for data in (*bases, *images):
+        digest.update(data)
+    return digest.digest()
+
+
 class DeltaBaseMismatch(ProtocolError):  # noqa: N818 - reads as what happened
     """The replica's images of some pages are not the ones the server made its deltas against.
 
@@ -161,22 +194,43 @@ class PageDeltas:
     content size and a checksum written.  ``new_ids`` (version 2; 0-based, ascending, none of
     ``page_ids``): pages without a base, whose images follow in the frame; a page a split made
     finds the rows it took over in the old image of the page they came from.
+
+    ``compact`` (version 3): the frame has no magic number, content size or checksum, and
+    ``digest`` is ``content_digest`` (the bases, then the images it decodes to): one check of
+    both, after decoding.  Its dictionary is ``TABLES`` then the bases if its header names
+    ``TABLES_ID``, else the bases alone (the server sends the shorter).
     """
 
     page_ids: tuple[int, ...]
     digest: bytes
     frame: bytes
     new_ids: tuple[int, ...] = ()
+    compact: bool = False
 
     @classmethod
     def make(
-        cls, pages: Mapping[int, bytes], bases: Mapping[int, bytes], level: int = DEFAULT_ZSTD_LEVEL
+        cls,
+        pages: Mapping[int, bytes],
+        bases: Mapping[int, bytes],
+        level: int = DEFAULT_ZSTD_LEVEL,
+        compact: bool = False,
     ) -> PageDeltas:
         """The deltas of ``pages`` (0-based id to new image) against ``bases``: every page of
-        ``pages`` with no image in ``bases`` is one of ``new_ids`` (version 2)."""
+        ``pages`` with no image in ``bases`` is one of ``new_ids`` (version 2); ``compact``:
+        in a compact frame (version 3)."""
         ids = tuple(sorted(i for i in pages if i in bases))
         new_ids = tuple(sorted(i for i in pages if i not in bases))
         old = [bases[i] for i in ids]
+        if compact:
+            images = [pages[i] for i in ids + new_ids]
+            data = b"".join(images)
+            # the fixed tables fit the rows they were made from and may fit others badly: the shorter goes
+            frame = min(
+                _compact_frame(data, _tables_dictionary(old), level),
+                _compact_frame(data, _raw_dictionary(old), level),
+                key=len,
+            )
+            return cls(ids, content_digest(old, images), frame, new_ids, compact=True)
         compressor = zstandard.ZstdCompressor(
             level=level,
             dict_data=_raw_dictionary(old),
@@ -197,9 +251,13 @@ class PageDeltas:
 
         DeltaBaseMismatch if those are not the images the server used (their digest differs),
         and nothing is returned; ProtocolError if the frame is corrupt (zstd or its checksum
-        refuses it) or does not hold exactly the pages named.
+        refuses it) or does not hold exactly the pages named.  A compact frame is checked after
+        decoding: a digest that differs may also mean a frame damaged in a way zstd cannot see,
+        and is a DeltaBaseMismatch too (pulling again without deltas is the answer to both).
         """
         old = [base(i) for i in self.page_ids]
+        if self.compact:
+            return self._apply_compact(old)
         if base_digest(old) != self.digest:
             first = self.page_ids[0] + 1 if self.page_ids else 0
             raise DeltaBaseMismatch(
@@ -217,13 +275,40 @@ class PageDeltas:
             raise ProtocolError(f"page deltas: {len(data)} bytes for {len(self.all_ids)} pages")
         return {page_id: data[n * PAGE_SIZE : (n + 1) * PAGE_SIZE] for n, page_id in enumerate(self.all_ids)}
 
+    def _apply_compact(self, old: list[bytes]) -> dict[int, bytes]:
+        size = len(self.all_ids) * PAGE_SIZE
+        if not self.frame:
+            raise ProtocolError("page deltas: the compact frame is empty")
+        # a magic-less frame starts with its header's descriptor; its low two bits: a dictionary id
+        # follows (zstd refuses a frame whose id is not the tables' TABLES_ID)
+        dictionary = _tables_dictionary(old) if self.frame[0] & 3 else _raw_dictionary(old)
+        try:
+            data = zstandard.ZstdDecompressor(dict_data=dictionary, format=zstandard.FORMAT_ZSTD1_MAGICLESS).decompress(
+                self.frame, max_output_size=size
+            )
+        except zstandard.ZstdError as exc:
+            raise ProtocolError(f"page deltas: not a valid compact zstd frame ({exc})") from None
+        if len(data) != size:
+            raise ProtocolError(f"page deltas: {len(data)} bytes for {len(self.all_ids)} pages")
+        images = [data[n * PAGE_SIZE : (n + 1) * PAGE_SIZE] for n in range(len(self.all_ids))]
+        if content_digest(old, images) != self.digest:
+            first = self.all_ids[0] + 1
+            raise DeltaBaseMismatch(
+                f"pages {first}.. ({len(self.all_ids)} in a compact delta frame): what they decode to against this "
+                "replica's synced images is not what the server sent (those images differ, or the frame was "
+                "damaged); pull again without deltas"
+            )
+        return dict(zip(self.all_ids, images, strict=True))
+
 
 @dataclass(frozen=True)
 class PullHeader:
     """The response header: the revision the pages bring the client to, and the size in pages.
 
     ``deltas`` (zstd only, and only in answers to a request that asked for them): pages sent as
-    deltas; they come as no ``PageData`` record.
+    deltas; they come as no ``PageData`` record.  With compact deltas (version 3) the header
+    leaves out what only restates the obvious to the client that asked: the zstd level (it is
+    informational) and ``protocol`` (pages).
     """
 
     server_revision: str
@@ -234,19 +319,27 @@ class PullHeader:
 
     def to_bytes(self) -> bytes:
         """The header, length-delimited, as it starts a response body."""
+        compact = self.deltas is not None and self.deltas.compact
         msg = pb.PullUpdatesRespProtoBody(
             server_revision=self.server_revision,
             db_size=self.db_size,
             stream_kind=pb.STREAM_PAGES,
             apply_mode=pb.APPLY_INCREMENTAL,
-            protocol=pb.PROTO_PAGES,
+            protocol=pb.PROTO_UNSPECIFIED if compact else pb.PROTO_PAGES,
         )
         if self.encoding == PageEncoding.ZSTD:
-            msg.zstd_encoding.level = self.zstd_level
+            msg.zstd_encoding.SetInParent()
+            if not compact:
+                msg.zstd_encoding.level = self.zstd_level
             if self.deltas is not None:
                 msg.page_deltas.page_ids.extend(self.deltas.page_ids)
-                msg.page_deltas.base_digest = int.from_bytes(self.deltas.digest, "little")
-                msg.page_deltas.frame = self.deltas.frame
+                digest = int.from_bytes(self.deltas.digest, "little")
+                if compact:
+                    msg.page_deltas.content_digest = digest
+                    msg.page_deltas.compact_frame = self.deltas.frame
+                else:
+                    msg.page_deltas.base_digest = digest
+                    msg.page_deltas.frame = self.deltas.frame
                 msg.page_deltas.new_page_ids.extend(self.deltas.new_ids)
         else:
             # Turso's clients require this field to be present (as an empty message)
@@ -282,10 +375,19 @@ class PullHeader:
             _check_page_ids("page deltas' new pages", new_ids, msg.db_size)
             if set(ids) & set(new_ids):
                 raise ProtocolError("pull-updates response: page deltas name a page both with and without a base")
-            digest = msg.page_deltas.base_digest.to_bytes(BASE_DIGEST_SIZE, "little")
-            deltas = PageDeltas(ids, digest, msg.page_deltas.frame, new_ids)
+            deltas = _deltas_of(msg.page_deltas, ids, new_ids)
         level = msg.zstd_encoding.level if zstd else 0
         return cls(msg.server_revision, msg.db_size, encoding, level, deltas)
+
+
+def _deltas_of(msg: pb.PageDeltasProto, ids: tuple[int, ...], new_ids: tuple[int, ...]) -> PageDeltas:
+    """The ``PageDeltas`` of a header's field: a frame (versions 1, 2) or a compact frame (3), not both."""
+    if msg.HasField("compact_frame"):
+        if msg.frame or msg.base_digest:
+            raise ProtocolError("pull-updates response: page deltas carry both a frame and a compact frame")
+        digest = msg.content_digest.to_bytes(BASE_DIGEST_SIZE, "little")
+        return PageDeltas(ids, digest, msg.compact_frame, new_ids, compact=True)
+    return PageDeltas(ids, msg.base_digest.to_bytes(BASE_DIGEST_SIZE, "little"), msg.frame, new_ids)
 
 
 def _check_page_ids(what: str, ids: tuple[int, ...], db_size: int, required: bool = False) -> None:

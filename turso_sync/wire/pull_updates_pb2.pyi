@@ -82,16 +82,20 @@ class PageSetZstdEncodingProto(_message.Message):
     def __init__(self, level: _Optional[int] = ..., pages_dict: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class PageDeltasProto(_message.Message):
-    __slots__ = ("page_ids", "base_digest", "frame", "new_page_ids")
+    __slots__ = ("page_ids", "base_digest", "frame", "new_page_ids", "compact_frame", "content_digest")
     PAGE_IDS_FIELD_NUMBER: _ClassVar[int]
     BASE_DIGEST_FIELD_NUMBER: _ClassVar[int]
     FRAME_FIELD_NUMBER: _ClassVar[int]
     NEW_PAGE_IDS_FIELD_NUMBER: _ClassVar[int]
+    COMPACT_FRAME_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_DIGEST_FIELD_NUMBER: _ClassVar[int]
     page_ids: _containers.RepeatedScalarFieldContainer[int]
     base_digest: int
     frame: bytes
     new_page_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, page_ids: _Optional[_Iterable[int]] = ..., base_digest: _Optional[int] = ..., frame: _Optional[bytes] = ..., new_page_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    compact_frame: bytes
+    content_digest: int
+    def __init__(self, page_ids: _Optional[_Iterable[int]] = ..., base_digest: _Optional[int] = ..., frame: _Optional[bytes] = ..., new_page_ids: _Optional[_Iterable[int]] = ..., compact_frame: _Optional[bytes] = ..., content_digest: _Optional[int] = ...) -> None: ...
 
 class MvccLogicalLogRangeProto(_message.Message):
     __slots__ = ("generation", "start_offset", "end_offset", "starts_with_header", "crc_seed")
