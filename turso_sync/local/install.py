@@ -18,8 +18,6 @@ from ..crypto.page_codec import SQLITE_MAGIC, PageCodec
 from ..page import PAGE_SIZE
 from .vfs import HandedFrame, file_descriptor, registry
 from .walformat import (
-    FRAME_HEADER_SIZE,
-    WAL_HEADER_SIZE,
     FrameHeader,
     WalFrame,
     WalHeader,
@@ -101,7 +99,8 @@ def append_transaction(
             cksum = wal_checksum(head8 + body, cksum[0], cksum[1], big)
             if plain_chain is not None:
                 prev_pt = plain_chain
-                plain_chain = wal_checksum(head8 + pages[pgno], prev_pt[0], prev_pt[1], big)
+                # over head8 then the page: the chain continues, no 4 KiB copy of head8 + page is made
+                plain_chain = wal_checksum(pages[pgno], *wal_checksum(head8, prev_pt[0], prev_pt[1], big), big)
                 chains.append((prev_ct, prev_pt, cksum, plain_chain))
             chunks.append(FrameHeader.build(pgno, commit, salts, cksum) + body)
             frames.append(WalFrame(index + n, pgno, commit, body))
@@ -109,7 +108,8 @@ def append_transaction(
         os.pwrite(fd, blob, start)
         os.fsync(fd)
         if chains:
-            _hand_over(db_path, blob, start, index, slot, [bytes(pages[pgno]) for pgno in ordered], chains)
+            written = chunks[1:] if hdr is None else chunks  # each frame as written (a new WAL's header first)
+            _hand_over(db_path, salts, index, written, [bytes(pages[pgno]) for pgno in ordered], chains)
         invalidate_wal_index(db_path)
         # what a scan of the WAL finds now (the wal-index is stale, so the file alone decides):
         # the committed transactions before, and this one, whose checksums were just computed.
@@ -150,26 +150,22 @@ def _plain_chain_before(
 
 def _hand_over(
     db_path: str,
-    blob: bytes,
-    start: int,
+    salts: tuple[int, int],
     index: int,
-    slot: int,
+    written: list[bytes],
     plains: list[bytes],
     chains: list[tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]]],
 ) -> None:
-    """Give the frames just written (``blob``, at WAL offset ``start``: frame ``index`` on) to the
+    """Give the frames just written (``written``: frame ``index`` on, each as on disk) to the
     database's WAL handles, so its recovery does not decrypt and checksum them again."""
     state = registry.get(db_path)
     if state is None:
         return
-    view = memoryview(blob)
-    first = 0 if start > 0 else WAL_HEADER_SIZE  # a new WAL's blob begins with its header
-    size = FRAME_HEADER_SIZE + slot
-    handed: list[HandedFrame] = []
-    for n, (plain, (prev_ct, prev_pt, ct, pt)) in enumerate(zip(plains, chains, strict=True)):
-        disk = bytes(view[first + n * size : first + (n + 1) * size])  # compared with bytes read: a copy
-        handed.append(HandedFrame(disk, plain, prev_ct, prev_pt, ct, pt))
-    state.handed.add(bytes(view[first + 8 : first + 16]), index, handed)
+    handed = [
+        HandedFrame(disk, plain, prev_ct, prev_pt, ct, pt)
+        for disk, plain, (prev_ct, prev_pt, ct, pt) in zip(written, plains, chains, strict=True)
+    ]
+    state.handed.add(salts[0].to_bytes(4, "big") + salts[1].to_bytes(4, "big"), index, handed)
 
 
 def invalidate_wal_index(db_path: str) -> None:
