@@ -14,10 +14,19 @@ from __future__ import annotations
 import os
 import secrets
 
-from ..crypto.page_codec import PageCodec
+from ..crypto.page_codec import SQLITE_MAGIC, PageCodec
 from ..page import PAGE_SIZE
-from .vfs import file_descriptor
-from .walformat import FrameHeader, WalFrame, WalHeader, WalScan, WalTxn, frame_offset, remember_scan, wal_checksum
+from .vfs import HandedFrame, file_descriptor, registry
+from .walformat import (
+    FrameHeader,
+    WalFrame,
+    WalHeader,
+    WalScan,
+    WalTxn,
+    frame_offset,
+    remember_scan,
+    wal_checksum,
+)
 from .walindex import committed_wal
 
 _ISINIT_OFFSETS = (12, 48 + 12)  # WalIndexHdr.isInit in both header copies
@@ -76,17 +85,31 @@ def append_transaction(
                 cksum = (hdr.cksum1, hdr.cksum2)
             start = frame_offset(index, slot)
         ordered = sorted(pages)
+        # the plaintext chain SQLite's recovery will compute, when it is known here (encrypted WAL)
+        plain_chain = None
+        if pages.get(1, SQLITE_MAGIC)[:16] == SQLITE_MAGIC:  # else page 1 would not decrypt to these bytes
+            plain_chain = _plain_chain_before(db_path, codec, salts, index, cksum, len(ordered))
+        chains: list[tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]]] = []
         frames: list[WalFrame] = []
         for n, pgno in enumerate(ordered):
             body = codec.encrypt(pages[pgno], pgno, "WAL") if codec is not None else bytes(pages[pgno])
             commit = db_size if n == len(ordered) - 1 else 0
             head8 = pgno.to_bytes(4, "big") + commit.to_bytes(4, "big")
+            prev_ct = cksum
             cksum = wal_checksum(head8 + body, cksum[0], cksum[1], big)
+            if plain_chain is not None:
+                prev_pt = plain_chain
+                # over head8 then the page: the chain continues, no 4 KiB copy of head8 + page is made
+                plain_chain = wal_checksum(pages[pgno], *wal_checksum(head8, prev_pt[0], prev_pt[1], big), big)
+                chains.append((prev_ct, prev_pt, cksum, plain_chain))
             chunks.append(FrameHeader.build(pgno, commit, salts, cksum) + body)
             frames.append(WalFrame(index + n, pgno, commit, body))
         blob = b"".join(chunks)
         os.pwrite(fd, blob, start)
         os.fsync(fd)
+        if chains:
+            written = chunks[1:] if hdr is None else chunks  # each frame as written (a new WAL's header first)
+            _hand_over(db_path, salts, index, written, [bytes(pages[pgno]) for pgno in ordered], chains)
         invalidate_wal_index(db_path)
         # what a scan of the WAL finds now (the wal-index is stale, so the file alone decides):
         # the committed transactions before, and this one, whose checksums were just computed.
@@ -99,6 +122,50 @@ def append_transaction(
         remember_scan(db_path + "-wal", fd, after, slot if slot != page_size else None)
     finally:
         os.close(fd)
+
+
+def _plain_chain_before(
+    db_path: str, codec: PageCodec | None, salts: tuple[int, int], index: int, cksum: tuple[int, int], count: int
+) -> tuple[int, int] | None:
+    """The plaintext-domain checksum before frame ``index`` of an encrypted WAL, when this process knows it.
+
+    SQLite's recovery checksums the plaintext frames the VFS hands it; for the frames written
+    here to be handed over (``_hand_over``) their plaintext checksums are needed, which continue
+    the chain before them: the WAL header's checksum for frame 1 (``cksum`` then), else what a
+    WAL handle of this process recorded for frame ``index - 1``, trusted only if its ciphertext
+    checksum is ``cksum`` (read from disk by the scan).  Only Turso's format (a page 1 with
+    SQLite's magic), whose decrypt gives back exactly the plaintext encrypted (the reserved
+    bytes were checked empty); and only for an install the hand-over keeps whole.
+    """
+    state = registry.get(db_path)
+    if state is None or type(codec) is not PageCodec or count > state.handed.kept:
+        return None
+    if index == 1:
+        return cksum
+    hit = state.wal_chain.get((salts[0], salts[1], index - 1))
+    if hit is None or hit[0] != cksum:
+        return None
+    return hit[1]
+
+
+def _hand_over(
+    db_path: str,
+    salts: tuple[int, int],
+    index: int,
+    written: list[bytes],
+    plains: list[bytes],
+    chains: list[tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]]],
+) -> None:
+    """Give the frames just written (``written``: frame ``index`` on, each as on disk) to the
+    database's WAL handles, so its recovery does not decrypt and checksum them again."""
+    state = registry.get(db_path)
+    if state is None:
+        return
+    handed = [
+        HandedFrame(disk, plain, prev_ct, prev_pt, ct, pt)
+        for disk, plain, (prev_ct, prev_pt, ct, pt) in zip(written, plains, chains, strict=True)
+    ]
+    state.handed.add(salts[0].to_bytes(4, "big") + salts[1].to_bytes(4, "big"), index, handed)
 
 
 def invalidate_wal_index(db_path: str) -> None:

@@ -30,6 +30,7 @@ import contextlib
 import os
 import struct
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -62,9 +63,78 @@ _base_read = apsw.VFSFile.xRead
 _base_write = apsw.VFSFile.xWrite
 _CHECKSUM = struct.Struct(">II")  # a WAL frame header's checksum (bytes 16..24)
 _SALTS_CHECKSUM = struct.Struct(">IIII")  # a frame header's salts and checksum (bytes 8..24)
+_SALTS = struct.Struct(">II")  # a frame header's salts (bytes 8..16)
+#: frames of installs kept for WAL recovery per database (a pull's WAL is checkpointed past 1 MiB, ~250 frames)
+HANDED_FRAMES_KEPT = 512
 _base_file_control = apsw.VFSFile.xFileControl
 _CKPT_CONTROLS = frozenset({apsw.SQLITE_FCNTL_CKPT_START, apsw.SQLITE_FCNTL_CKPT_DONE})
 _SIZE_CONTROLS = frozenset({apsw.SQLITE_FCNTL_SIZE_HINT, apsw.SQLITE_FCNTL_CHUNK_SIZE})
+
+
+class HandedFrame:
+    """One WAL frame an install wrote: the bytes on disk and what SQLite's recovery is to see.
+
+    ``disk`` is the frame as written (header with the ciphertext checksum, encrypted body);
+    ``head`` the header SQLite wrote would carry (the same, with the plaintext checksum ``pt``);
+    ``plain`` the body in plaintext, exactly what decrypting ``disk``'s body gives.  ``prev_ct``
+    and ``prev_pt`` are the two chains' values before the frame, which ``ct`` and ``pt`` continue.
+    """
+
+    __slots__ = ("ct", "disk", "head", "plain", "prev_ct", "prev_pt", "pt", "salts")
+
+    def __init__(
+        self,
+        disk: bytes,
+        plain: bytes,
+        prev_ct: tuple[int, int],
+        prev_pt: tuple[int, int],
+        ct: tuple[int, int],
+        pt: tuple[int, int],
+    ) -> None:
+        self.disk = disk
+        self.plain = plain
+        self.prev_ct, self.prev_pt, self.ct, self.pt = prev_ct, prev_pt, ct, pt
+        self.salts: tuple[int, int] = _SALTS.unpack_from(disk, 8)  # type: ignore[assignment]
+        self.head = disk[:16] + _CHECKSUM.pack(*pt)
+
+
+class HandedFrames:
+    """The frames installs in this process wrote last, by (salts as stored, frame number): bounded.
+
+    An encrypted WAL's recovery otherwise decrypts every frame and checksums it twice
+    (``EncryptedWALFile._read_full_frame``).  A frame is taken from here only while the file holds
+    exactly the bytes written (compared whole, so a changed frame is decrypted and refused as
+    before) and both checksum chains before it are the ones it continued.
+    """
+
+    def __init__(self, kept: int = HANDED_FRAMES_KEPT) -> None:
+        self.kept = kept
+        self._frames: OrderedDict[tuple[bytes, int], HandedFrame] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __bool__(self) -> bool:
+        return bool(self._frames)
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def get(self, salts: bytes, index: int) -> HandedFrame | None:
+        return self._frames.get((salts, index))
+
+    def add(self, salts: bytes, first: int, frames: list[HandedFrame]) -> None:
+        """Frames ``first``, ``first + 1``, ... of the WAL whose salts (as stored) are ``salts``."""
+        with self._lock:
+            if self._frames and next(iter(self._frames))[0] != salts:
+                self._frames.clear()  # a new WAL generation: the old one's frames are gone
+            for n, frame in enumerate(frames):
+                self._frames[(salts, first + n)] = frame
+                self._frames.move_to_end((salts, first + n))
+            while len(self._frames) > self.kept:
+                self._frames.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._frames.clear()
 
 
 @dataclass
@@ -86,6 +156,13 @@ class DatabaseState:
     # SQLite read last, which it writes to the database file next (``EncryptedDBFile.xWrite``)
     checkpoint_page: tuple[int, bytes, bytes] | None = None
     page_map: PageMap | None = None  # a hardened file's page map (``pagemap.py``), made on first use
+    # an encrypted WAL's checksum chain, shared by every WAL handle of the database in this process:
+    # (salt1, salt2, frame) -> (ciphertext checksum, plaintext checksum) after that frame, trusted
+    # only while the ciphertext checksum stored on disk still says the same (``EncryptedWALFile``)
+    wal_chain: dict[tuple[int, int, int], tuple[tuple[int, int], tuple[int, int]]] = field(default_factory=dict)
+    # frames an install in this process wrote (``install.py``), so WAL recovery need not decrypt and
+    # checksum them again: see ``HandedFrames``
+    handed: HandedFrames = field(default_factory=lambda: HandedFrames())
     _fds: dict[str, int] = field(default_factory=dict)
     _fd_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -573,7 +650,7 @@ class EncryptedWALFile(apsw.VFSFile):
         self.frame_size = self.P + FRAME_HEADER_SIZE  # as SQLite sees it
         self.disk_frame = self.S + FRAME_HEADER_SIZE  # as it is on disk
         # (salt1, salt2, frame) -> (ciphertext checksum, plaintext checksum) of that frame
-        self._chain: dict[tuple[int, int, int], tuple[tuple[int, int], tuple[int, int]]] = {}
+        self._chain = state.wal_chain  # shared: an install continues the plaintext chain from it
         self._pending: dict[int, bytes] = {}  # frame -> header SQLite wrote, waiting for its body
         self._big: bool | None = None  # checksum byte order, from the WAL header
         self._last_full_read = 0
@@ -717,6 +794,10 @@ class EncryptedWALFile(apsw.VFSFile):
         raw = self._raw(self.disk_frame, frame_offset(index, self.S))
         if len(raw) < self.disk_frame:
             return b""
+        if self.state.handed:
+            frame = self._handed_frame(index, raw)
+            if frame is not None:
+                return frame
         header = bytearray(raw[:FRAME_HEADER_SIZE])
         pgno = int.from_bytes(raw[:4], "big")
         authentic: bytes | None
@@ -734,6 +815,34 @@ class EncryptedWALFile(apsw.VFSFile):
             header[16:20] = pt[0].to_bytes(4, "big")
             header[20:24] = pt[1].to_bytes(4, "big")
         return bytes(header) + plain
+
+    def _handed_frame(self, index: int, raw: bytes) -> bytes | None:
+        """Frame ``index`` as SQLite wrote it, from what an install in this process wrote there, or None.
+
+        Only while ``raw`` (the frame on disk now) is byte for byte what the install wrote: its
+        body is then the ciphertext of the plaintext kept (no decrypt needed to authenticate it),
+        and its stored checksum is the one computed from ``prev_ct``, so when the checksum stored
+        before it is still ``prev_ct`` the ciphertext chain holds as a recomputation would find.
+        The plaintext chain before it must be ``prev_pt`` (the header's checksum for frame 1),
+        or the checksum handed to SQLite would not continue its own.  Otherwise the long way.
+        """
+        handed = self.state.handed.get(raw[8:16], index)
+        if handed is None or raw != handed.disk:
+            return None
+        prev_ct = self._disk_ct(index - 1)
+        if prev_ct != handed.prev_ct:
+            return None
+        salt1, salt2 = handed.salts
+        if index > 1:
+            hit = self._chain.get((salt1, salt2, index - 1))
+            if hit is None or hit[0] != prev_ct or hit[1] != handed.prev_pt:
+                return None
+        elif handed.prev_pt != prev_ct:
+            return None
+        # (the frame's salts are not compared with the WAL header's here: SQLite compares them
+        # itself before the checksum, and a frame of another generation is never counted)
+        self._chain[(salt1, salt2, index)] = (handed.ct, handed.pt)
+        return handed.head + handed.plain
 
     # --- size ------------------------------------------------------------------------------
 
@@ -765,6 +874,7 @@ class EncryptedWALFile(apsw.VFSFile):
             if len(data) != WAL_HEADER_SIZE:
                 raise apsw.IOError(f"unexpected WAL header write of {len(data)} bytes")
             self._chain.clear()
+            self.state.handed.clear()  # the WAL starts over: no frame of the old one is read again
             self._pending.clear()
             self._recksum_from = None
             self._big = data[3:4] == b"\x83"
