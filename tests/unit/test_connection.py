@@ -205,6 +205,41 @@ def test_description_of_an_empty_result(tmp_path, turso_connect):
     compare(tmp_path, turso_connect, scenario)
 
 
+def test_description_read_late_is_the_querys(tmp_path, turso_connect):
+    # turso_sync reads a query's columns only when ``description`` is asked for: from the running
+    # statement, or (once it finished) by preparing it again; either way, what sqlite3 says
+    def scenario(conn: Any, t: Transcript) -> None:
+        _table(conn)
+        conn.executemany("INSERT INTO t(name, v) VALUES (?, ?)", [(f"n{i}", i * 0.5) for i in range(5)])
+        point = "SELECT id, name AS label, v + 1 FROM t WHERE id = ?"
+        cur = conn.execute(point, (2,))
+        t.see("point read, then description", lambda: (cur.fetchone(), cur.description))
+        cur = conn.execute(point, (99,))
+        t.see("point read that missed", lambda: (cur.fetchone(), cur.description))
+        cur = conn.execute("SELECT name, id FROM t ORDER BY id")
+        t.see("one row read", lambda: (cur.fetchone(), cur.description))
+        t.see("rest read", lambda: (cur.fetchall(), cur.description))
+        cur = conn.execute("SELECT v FROM t ORDER BY id")
+        t.see("iterated", lambda: (list(cur), cur.description))
+        t.see("same cursor, another query", lambda: (cur.execute(point, (3,)).fetchall(), cur.description))
+        t.see("then a write", lambda: (cur.execute("UPDATE t SET v = 0 WHERE id = 1").description, cur.rowcount))
+        t.see("returning", lambda: cur.execute("DELETE FROM t WHERE id = 5 RETURNING id, name").description)
+        t.see("returning rows", lambda: (cur.fetchall(), cur.description))
+
+        def as_dict(cursor: Any, row: tuple[Any, ...]) -> dict[str, Any]:
+            return {d[0]: value for d, value in zip(cursor.description, row, strict=True)}
+
+        conn.row_factory = as_dict
+        t.see("factory, point reads", lambda: [conn.execute(point, (k,)).fetchone() for k in (1, 2, 99)])
+        t.see("factory, every row", lambda: conn.execute("SELECT id, name FROM t ORDER BY id").fetchall())
+        conn.row_factory = None
+        cur = conn.execute(point, (4,))
+        cur.row_factory = as_dict  # set after the query ran: it still sees the columns
+        t.see("factory set late", lambda: cur.fetchone())
+
+    compare(tmp_path, turso_connect, scenario)
+
+
 def test_implicit_transactions_commit_and_rollback(tmp_path, turso_connect):
     def scenario(conn: Any, t: Transcript) -> None:
         t.see("fresh", lambda: conn.in_transaction)

@@ -14,7 +14,8 @@ import apsw
 import pytest
 
 import turso_sync
-from turso_sync.crypto.page_codec import CIPHERS, PageAuthError, PageCodec
+from turso_sync import errors
+from turso_sync.crypto.page_codec import CIPHERS, HARDENED_CIPHERS, PageAuthError, PageCodec, PageDecryptError
 from turso_sync.local import vfs
 
 KEY = "5e" * 32
@@ -64,6 +65,56 @@ def test_decrypt_into_of_the_hardened_format_is_its_own_decrypt(tmp_path: Path) 
     page2 = raw[codec.slot_size : 2 * codec.slot_size]
     out = bytearray(codec.page_size)
     assert bytes(codec.decrypt_into(page2, 2, out)) == codec.decrypt(page2, 2)
+
+
+def test_page_decrypter_gives_decrypts_pages_in_the_same_two_buffers() -> None:
+    # the VFS reads every page but page 1 this way: one raw and one plaintext buffer, reused
+    codec = PageCodec(CIPHERS["aes256gcm"], bytes.fromhex(KEY))
+    raw, out = bytearray(codec.page_size), bytearray(codec.page_size)
+    decrypt = codec.page_decrypter(raw, out)
+    for pgno in (2, 77, 3):
+        plain = _page(pgno, codec)
+        raw[:] = codec.encrypt(plain, pgno)
+        decrypt()
+        assert bytes(out) == codec.decrypt(bytes(raw), pgno) == plain
+
+
+def test_page_decrypter_refuses_a_changed_page_and_is_for_turso_format_only() -> None:
+    codec = PageCodec(CIPHERS["aes256gcm"], bytes.fromhex(KEY))
+    raw, out = bytearray(codec.page_size), bytearray(codec.page_size)
+    decrypt = codec.page_decrypter(raw, out)
+    raw[:] = codec.encrypt(_page(5, codec), 5)
+    raw[200] ^= 1
+    with pytest.raises(PageDecryptError):
+        decrypt()
+    with pytest.raises(ValueError, match="4096-byte buffers"):
+        codec.page_decrypter(bytearray(10), out)
+    hardened = PageCodec(HARDENED_CIPHERS["hardened"], bytes.fromhex(KEY))
+    with pytest.raises(TypeError):
+        hardened.page_decrypter(raw, out)
+
+
+def test_a_changed_page_read_through_the_database_descriptor_is_named(tmp_path: Path) -> None:
+    # pages after page 1 are read with preadv on the database's descriptor and the bound decrypter
+    path = tmp_path / "t.db"
+    db = turso_sync.connect(path, encryption_key=KEY, record_frames=False)
+    db.execute("CREATE TABLE t (x)")
+    db.executemany("INSERT INTO t VALUES (?)", [(os.urandom(300),) for _ in range(200)])
+    db.commit()
+    expected = db.execute("SELECT x FROM t ORDER BY rowid").fetchall()
+    db.close()
+    db = turso_sync.connect(path, encryption_key=KEY, record_frames=False)
+    assert db.execute("SELECT x FROM t ORDER BY rowid").fetchall() == expected
+    db.close()
+    with open(path, "r+b") as f:
+        f.seek(4096 * 5 + 100)  # page 6
+        byte = f.read(1)
+        f.seek(4096 * 5 + 100)
+        f.write(bytes([byte[0] ^ 1]))
+    db = turso_sync.connect(path, encryption_key=KEY, record_frames=False)
+    with pytest.raises(errors.EncryptionError, match="page 6 of the database failed authentication"):
+        db.execute("SELECT x FROM t ORDER BY rowid").fetchall()
+    db.close()
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,9 @@ from ``parse_key`` get the right class.
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +65,10 @@ HARDENED_CIPHERS = {
     "envelopepassphrase": CipherSpec("envelope-passphrase", ENVELOPE_ID, 0, "envelope", passphrase=True),
 }
 ENCRYPTION_FORMATS = ("turso", "hardened")
+
+
+# what a bound page decrypter (``PageCodec.page_decrypter``) raises for a page that does not verify
+PageDecryptError = InvalidTag
 
 
 class PageAuthError(Exception):
@@ -299,6 +305,25 @@ class PageCodec:
         except InvalidTag:
             raise PageAuthError(pgno, where) from None
         return out
+
+    def page_decrypter(self, raw: bytearray, out: bytearray) -> Callable[[], object]:
+        """A call that decrypts the page held in ``raw`` into ``out`` (for any page but page 1).
+
+        For the VFS's page reads: the caller reads each page into ``raw`` and gets its plaintext
+        in ``out``, two ``page_size`` buffers it keeps.  The call is OpenSSL's own, bound to
+        views of both made once here, so a page costs no Python frame and no new object.  It
+        raises ``PageDecryptError`` when the page does not verify (the caller names the page).
+        Turso's format only: a subclass's format (hardened, envelope) reads through ``decrypt``.
+        """
+        if type(self) is not PageCodec:
+            raise TypeError(f"{type(self).__name__} decrypts through decrypt(), not a bound page decrypter")
+        if len(raw) != self.page_size or len(out) != self.page_size:
+            raise ValueError(f"page_decrypter needs two {self.page_size}-byte buffers")
+        view = memoryview(raw)
+        ct_end = self._ct_end
+        return functools.partial(
+            self._aead.decrypt_into, view[ct_end:], view[:ct_end], None, memoryview(out)[: self._payload]
+        )
 
     def is_page1(self, enc: bytes) -> bool:
         """True when an encrypted page carries this cipher's page-1 magic."""

@@ -40,7 +40,7 @@ import apsw
 from .. import errors
 from ..crypto.envelope import disk_size, pages_on_disk
 from ..crypto.hardened import HardenedCodec
-from ..crypto.page_codec import PageAuthError, PageCodec
+from ..crypto.page_codec import PageAuthError, PageCodec, PageDecryptError
 from ..page import PAGE_SIZE, RESERVED_BYTES
 from .walformat import (
     FRAME_HEADER_SIZE,
@@ -67,6 +67,7 @@ _SALTS = struct.Struct(">II")  # a frame header's salts (bytes 8..16)
 #: frames of installs kept for WAL recovery per database (a pull's WAL is checkpointed past 1 MiB, ~250 frames)
 HANDED_FRAMES_KEPT = 512
 _base_file_control = apsw.VFSFile.xFileControl
+_preadv = os.preadv
 _CKPT_CONTROLS = frozenset({apsw.SQLITE_FCNTL_CKPT_START, apsw.SQLITE_FCNTL_CKPT_DONE})
 _SIZE_CONTROLS = frozenset({apsw.SQLITE_FCNTL_SIZE_HINT, apsw.SQLITE_FCNTL_CHUNK_SIZE})
 
@@ -347,6 +348,16 @@ class EncryptedDBFile(apsw.VFSFile):
         # APSW copies what xRead returns into SQLite's buffer at once, so it is free again then
         self._turso = type(self.codec) is PageCodec
         self._page = bytearray(self.P)
+        # and reads every page but page 1 with one ``preadv`` into ``_slot`` (the database's own
+        # descriptor, ``DatabaseState.descriptor``), then decrypts it with one call bound to both
+        # buffers: no bytes object, no view and no Python frame per page
+        self._fd = -1
+        if self._turso:
+            self._slot = bytearray(self.P)
+            self._slots = [self._slot]
+            self._decrypt_slot = self.codec.page_decrypter(self._slot, self._page)
+            with contextlib.suppress(OSError):  # a file this process cannot open for writing
+                self._fd = state.descriptor()
 
     # APSW takes any buffer from xRead (its stub says bytes): Turso's format returns ``_page``
     def xRead(self, amount: int, offset: int) -> bytes | bytearray:  # type: ignore[override]
@@ -357,8 +368,18 @@ class EncryptedDBFile(apsw.VFSFile):
         if state.lazy is not None:
             _ensure_present(state, offset // P + 1, (offset + amount - 1) // P + 1)
         if amount == P and not offset % P:
-            S = self.S
             pgno = offset // P + 1
+            if self._fd >= 0 and pgno != 1:
+                if _preadv(self._fd, self._slots, offset) < P:
+                    return b""  # beyond the end of the file: SQLite zero-fills
+                try:
+                    self._decrypt_slot()
+                except PageDecryptError:
+                    err = PageAuthError(pgno, "database")
+                    state.record(err)
+                    raise apsw.CorruptError(str(err)) from None
+                return self._page
+            S = self.S
             raw = _base_read(self, S, (pgno - 1) * S)
             if len(raw) < S:
                 return b""  # beyond the end of the file: SQLite zero-fills
