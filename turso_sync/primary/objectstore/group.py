@@ -98,7 +98,6 @@ class GroupCommit:
             self._uploading = asyncio.get_running_loop().create_task(self._upload())
 
     async def _upload(self) -> None:
-        self._settle_stored()
         batch: list[_Waiting] = []
         size = 0
         for item in self._queue:
