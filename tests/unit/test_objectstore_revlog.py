@@ -311,23 +311,29 @@ def test_group_commit_ships_revisions_that_arrive_together_as_few_objects() -> N
     asyncio.run(main())
 
 
+class _Outage:
+    """Makes ``store``'s conditional writes fail with StoreUnavailable while ``down`` is set (from the start)."""
+
+    def __init__(self, store: MemoryClient) -> None:
+        self.down = True
+        store.fault = self._fault
+
+    def _fault(self, op: str, key: str) -> None:
+        if self.down and op == "put_if_absent":
+            raise StoreUnavailable("down")
+
+
 def test_group_commit_keeps_revisions_queued_while_the_store_is_down() -> None:
     async def main() -> None:
         store = MemoryClient()
         w = await writer_on(store, "a", Clock())
         group = GroupCommit(w)
-        down = True
-
-        def fault(op: str, key: str) -> None:
-            if down and op == "put_if_absent":
-                raise StoreUnavailable("down")
-
-        store.fault = fault
+        outage = _Outage(store)
         with pytest.raises(StoreUnavailable):
             await group.commit(Revision(2, 1, {1: b"a" * P}))
         with pytest.raises(StoreUnavailable):
             await group.flush()
-        down = False
+        outage.down = False
         await group.commit(Revision(3, 1, {1: b"b" * P}))  # ships 2 and 3 together
         assert w.head.revision == 3
         assert (await restore(store, KEYS, 2)).data == b"a" * P
@@ -446,13 +452,7 @@ def test_a_failed_upload_fails_the_revisions_queued_behind_it_too() -> None:
         store = MemoryClient()
         w = await writer_on(store, "a", Clock())
         group = GroupCommit(w)
-        down = True
-
-        def fault(op: str, key: str) -> None:
-            if down and op == "put_if_absent":
-                raise StoreUnavailable("down")
-
-        store.fault = fault
+        outage = _Outage(store)
         gate = _gated(w)
         first = asyncio.ensure_future(group.commit(Revision(2, 1, {1: b"a" * P})))
         await asyncio.sleep(0)
@@ -463,7 +463,7 @@ def test_a_failed_upload_fails_the_revisions_queued_behind_it_too() -> None:
         results = await asyncio.wait_for(asyncio.gather(first, second, return_exceptions=True), 10)
         assert [type(r) for r in results] == [StoreUnavailable, StoreUnavailable]
         assert w.head.revision == 1
-        down = False
+        outage.down = False
         await asyncio.wait_for(group.wait_stored(3), 10)  # the retried push
         assert w.head.revision == 3
         assert (await restore(store, KEYS, 2)).data == b"a" * P
