@@ -9,9 +9,19 @@
  *     for each pair of 32-bit words (x, y), s1 += x + s2; s2 += y + s1, modulo 2**32.  The words
  *     are read little-endian, or big-endian when `big_endian` is true, whatever the host's order.
  *     s1 and s2 are taken modulo 2**32, as the Python versions do.
+ *
+ * file_control_router(file, handled, hook, base) -> router
+ *     A callable router(op, ptr) that calls hook(file, op, ptr) when op is one of `handled` (at
+ *     most 8 ints) and base(file, op, ptr) otherwise.  Set as a VFS file's instance attribute
+ *     xFileControl (APSW looks the method up on the object, so it wins over the class's), it
+ *     answers SQLite's frequent controls (LOCK_TIMEOUT at every read transaction) without a
+ *     Python frame.  It holds the file by a weak reference (no cycle through the file's own
+ *     dict); once the file is gone a call raises ReferenceError.  The pure-Python twin is the
+ *     file class's own xFileControl method, which routes the same way.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -158,11 +168,170 @@ wal_checksum(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject
     return Py_BuildValue("(kk)", (unsigned long)s1, (unsigned long)s2);
 }
 
+#define ROUTER_MAX_HANDLED 8
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *file_ref; /* weak reference to the file */
+    PyObject *hook;
+    PyObject *base;
+    int nhandled;
+    long handled[ROUTER_MAX_HANDLED];
+} RouterObject;
+
+static PyObject *
+router_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    RouterObject *router = (RouterObject *)self;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *file, *target, *call_args[3], *result;
+    long op;
+    int i;
+
+    if (nargs != 2 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0)) {
+        PyErr_SetString(PyExc_TypeError, "xFileControl router takes exactly 2 positional arguments (op, ptr)");
+        return NULL;
+    }
+    op = PyLong_AsLong(args[0]);
+    if (op == -1 && PyErr_Occurred())
+        return NULL;
+#if PY_VERSION_HEX >= 0x030D0000
+    if (PyWeakref_GetRef(router->file_ref, &file) < 0)
+        return NULL;
+    if (file == NULL) {
+        PyErr_SetString(PyExc_ReferenceError, "xFileControl router: its file no longer exists");
+        return NULL;
+    }
+#else
+    file = PyWeakref_GetObject(router->file_ref); /* borrowed */
+    if (file == NULL)
+        return NULL;
+    if (file == Py_None) {
+        PyErr_SetString(PyExc_ReferenceError, "xFileControl router: its file no longer exists");
+        return NULL;
+    }
+    Py_INCREF(file);
+#endif
+    target = router->base;
+    for (i = 0; i < router->nhandled; i++) {
+        if (router->handled[i] == op) {
+            target = router->hook;
+            break;
+        }
+    }
+    call_args[0] = file;
+    call_args[1] = args[0];
+    call_args[2] = args[1];
+    result = PyObject_Vectorcall(target, call_args, 3, NULL);
+    Py_DECREF(file);
+    return result;
+}
+
+static void
+router_dealloc(PyObject *self)
+{
+    RouterObject *router = (RouterObject *)self;
+    Py_XDECREF(router->file_ref);
+    Py_XDECREF(router->hook);
+    Py_XDECREF(router->base);
+    Py_TYPE(self)->tp_free(self);
+}
+
+static PyTypeObject RouterType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "turso_sync._speedups.FileControlRouter",
+    .tp_basicsize = sizeof(RouterObject),
+    .tp_dealloc = router_dealloc,
+    .tp_vectorcall_offset = offsetof(RouterObject, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "router(op, ptr): hook(file, op, ptr) for the handled ops, base(file, op, ptr) for the others.",
+};
+
+static PyObject *
+file_control_router(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    RouterObject *router;
+    PyObject *handled, *item;
+    Py_ssize_t n, i;
+    (void)module;
+
+    if (nargs != 4) {
+        PyErr_Format(PyExc_TypeError, "file_control_router() takes 4 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    if (!PyCallable_Check(args[2]) || !PyCallable_Check(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "file_control_router(): hook and base must be callable");
+        return NULL;
+    }
+    handled = PySequence_Tuple(args[1]);
+    if (handled == NULL)
+        return NULL;
+    n = PyTuple_GET_SIZE(handled);
+    if (n > ROUTER_MAX_HANDLED) {
+        PyErr_Format(PyExc_ValueError, "file_control_router(): at most %d handled ops, not %zd", ROUTER_MAX_HANDLED, n);
+        Py_DECREF(handled);
+        return NULL;
+    }
+    router = PyObject_New(RouterObject, &RouterType);
+    if (router == NULL) {
+        Py_DECREF(handled);
+        return NULL;
+    }
+    router->vectorcall = router_vectorcall;
+    router->file_ref = NULL;
+    router->hook = NULL;
+    router->base = NULL;
+    router->nhandled = (int)n;
+    for (i = 0; i < n; i++) {
+        item = PyTuple_GET_ITEM(handled, i);
+        if (!PyLong_Check(item)) {
+            PyErr_Format(PyExc_TypeError, "file_control_router(): handled ops must be ints, not %.50s",
+                         Py_TYPE(item)->tp_name);
+            goto fail;
+        }
+        router->handled[i] = PyLong_AsLong(item);
+        if (router->handled[i] == -1 && PyErr_Occurred())
+            goto fail;
+    }
+    Py_DECREF(handled);
+    handled = NULL;
+    router->file_ref = PyWeakref_NewRef(args[0], NULL);
+    if (router->file_ref == NULL)
+        goto fail;
+    Py_INCREF(args[2]);
+    router->hook = args[2];
+    Py_INCREF(args[3]);
+    router->base = args[3];
+    return (PyObject *)router;
+fail:
+    Py_XDECREF(handled);
+    Py_DECREF(router);
+    return NULL;
+}
+
 static PyMethodDef speedups_methods[] = {
     {"wal_checksum", (PyCFunction)(void (*)(void))wal_checksum, METH_FASTCALL | METH_KEYWORDS,
      "wal_checksum(data, s1=0, s2=0, big_endian=False) -> (s1, s2)\n\n"
      "SQLite's WAL checksum of data (a multiple of 8 bytes) continuing from (s1, s2)."},
+    {"file_control_router", (PyCFunction)(void (*)(void))file_control_router, METH_FASTCALL,
+     "file_control_router(file, handled, hook, base) -> router\n\n"
+     "A callable router(op, ptr): hook(file, op, ptr) when op is in handled (at most 8 ints),\n"
+     "base(file, op, ptr) otherwise; the file is held by a weak reference."},
     {NULL, NULL, 0, NULL},
+};
+
+static int
+speedups_exec(PyObject *module)
+{
+    (void)module;
+    return PyType_Ready(&RouterType);
+}
+
+static PyModuleDef_Slot speedups_slots[] = {
+    {Py_mod_exec, (void *)speedups_exec},
+    {0, NULL},
 };
 
 static struct PyModuleDef speedups_module = {
@@ -171,6 +340,10 @@ static struct PyModuleDef speedups_module = {
     "Compiled helpers for the local engine's hot loops; each has a pure-Python twin.",
     0,
     speedups_methods,
+    speedups_slots,
+    NULL,
+    NULL,
+    NULL,
 };
 
 PyMODINIT_FUNC

@@ -341,3 +341,54 @@ def test_loops_of_point_reads_reuse_their_apsw_cursors(two):
         assert cursor.fetchone() == (f"v{i}",)
         used.append(weakref.ref(cursor._cursor))
     assert distinct() == 2
+
+
+# --- what each statement's cursor keeps, whatever runs after it ---------------------------------------
+
+
+def _statement_results(connect: Callable[[str], Any], path: str) -> list[Any]:
+    """What a script of statements leaves on each cursor, read after later statements ran."""
+    conn = connect(path)
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    out: list[Any] = []
+    a = conn.execute("INSERT INTO t (v) VALUES ('a')")
+    b = conn.execute("INSERT INTO t (id, v) VALUES (10, 'b')")
+    c = conn.cursor()
+    c.execute("UPDATE t SET v = v || '!'")
+    d = conn.execute("SELECT v FROM t WHERE id = ?", (10,))
+    conn.commit()
+    conn.execute("DELETE FROM t WHERE id = 10")  # changes() and last_insert_rowid() move on
+    conn.execute("INSERT INTO t (v) VALUES ('e')")
+    for cursor in (a, b, c, d):  # each still says what its own statement did
+        out.append((cursor.rowcount, cursor.lastrowid, cursor.description is None))
+    out.append(d.fetchone())
+    # a cursor used again: the second statement's values, nothing left of the first
+    c.execute("INSERT INTO t (v) VALUES ('f')")
+    out.append((c.rowcount, c.lastrowid, c.description))
+    c.execute("SELECT id FROM t ORDER BY id")
+    out.append((c.rowcount, c.lastrowid, [col[0] for col in c.description], c.fetchall()))
+    c.execute("DELETE FROM t WHERE v = 'none'")
+    out.append((c.rowcount, c.lastrowid, c.description, c.fetchone()))
+    # a cursor from execute starts as one from cursor() does
+    fresh, made = conn.execute("SELECT 1"), conn.cursor()
+    out.append((fresh.arraysize, made.arraysize, made.rowcount, made.lastrowid, made.description))
+    out.append((fresh.connection is conn, made.connection is conn))
+    conn.close()
+    return out
+
+
+def test_each_cursor_keeps_its_statements_rowcount_and_lastrowid_like_sqlite3(tmp_path: Path, key: str | None) -> None:
+    ours = _statement_results(lambda p: turso_sync.connect(p, encryption_key=key), str(tmp_path / "ours.db"))
+    theirs = _statement_results(sqlite3.connect, str(tmp_path / "stdlib.db"))
+    assert ours == theirs
+
+
+def test_a_row_factory_set_on_the_connection_reaches_cursors_from_execute(tmp_path: Path, key: str | None) -> None:
+    conn = turso_sync.connect(tmp_path / "f.db", encryption_key=key)
+    assert conn.execute("SELECT 1 AS one").fetchone() == (1,)
+    conn.row_factory = lambda cursor, row: dict(zip([c[0] for c in cursor.description], row, strict=True))
+    assert conn.execute("SELECT 1 AS one").fetchone() == {"one": 1}
+    assert conn.cursor().execute("SELECT 2 AS two").fetchone() == {"two": 2}
+    conn.row_factory = None
+    assert conn.execute("SELECT 3").fetchone() == (3,)
+    conn.close()

@@ -45,6 +45,7 @@ _UNSHARED = (
     else -1
 )
 _getrefcount = sys.getrefcount
+_new_cursor = object.__new__
 
 
 @functools.lru_cache(maxsize=512)
@@ -127,6 +128,7 @@ class Cursor:
     _closed = False
 
     def __init__(self, connection: Connection) -> None:
+        # (``Connection.execute`` does the same without this frame: keep the two alike)
         self.connection = connection
         # an idle APSW cursor let go by the Cursor that ran it; two are kept, because in a loop
         # of ``cursor = conn.execute(...)`` the previous Cursor is still held while the next is made
@@ -749,7 +751,22 @@ class Connection:
         """Shortcut: a new cursor's ``execute``."""
         if self._closed:
             self._check()
-        return Cursor(self).execute(sql, parameters)
+        # ``Cursor(self)`` inlined: a type call runs ``__init__`` in a frame of its own, entered from
+        # C (about 450 instructions in a micro loop, callgrind); what is set here is what
+        # ``Cursor.__init__`` sets (keep the two alike), the rest reads the class's defaults
+        cursor = _new_cursor(Cursor)
+        cursor.connection = self
+        idle = self._idle
+        if idle is not None and _getrefcount(idle) == _UNSHARED:
+            cursor._cursor = idle
+        else:
+            idle = self._idle_before
+            if idle is not None and _getrefcount(idle) == _UNSHARED:
+                cursor._cursor = idle
+            else:
+                cursor._cursor = self._db.cursor()
+        cursor.row_factory = self.row_factory
+        return cursor.execute(sql, parameters)
 
     def executemany(self, sql: str, seq_of_parameters: Iterable[Params]) -> Cursor:
         """Shortcut: a new cursor's ``executemany``."""

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 import apsw
 
 from .. import errors
+from .._compiled import speedups
 from ..crypto.envelope import disk_size, pages_on_disk
 from ..crypto.hardened import HardenedCodec
 from ..crypto.page_codec import PageAuthError, PageCodec, PageDecryptError
@@ -70,6 +71,23 @@ _base_file_control = apsw.VFSFile.xFileControl
 _preadv = os.preadv
 _CKPT_CONTROLS = frozenset({apsw.SQLITE_FCNTL_CKPT_START, apsw.SQLITE_FCNTL_CKPT_DONE})
 _SIZE_CONTROLS = frozenset({apsw.SQLITE_FCNTL_SIZE_HINT, apsw.SQLITE_FCNTL_CHUNK_SIZE})
+# the compiled router of file controls (``_speedups.c``), or None: then the class's method routes
+_file_control_router = getattr(speedups(), "file_control_router", None)
+
+
+def _route_file_controls(file: apsw.VFSFile, handled: frozenset[int]) -> None:
+    """Send every file control but ``handled`` straight to the unix file's, without a Python frame.
+
+    SQLite sends ``SQLITE_FCNTL_LOCK_TIMEOUT`` at every read transaction (and several per commit),
+    and the file's class method would run a Python frame for each (about 2,700 instructions of a
+    point read).  APSW looks ``xFileControl`` up on the file object, so an instance attribute wins
+    over the class's: the compiled router set here calls the class's method (``hook``) only for the
+    ``handled`` ops, which are the ones it acts on.  Without the compiled helper the method routes
+    the same way itself.
+    """
+    if _file_control_router is not None:
+        router = _file_control_router(file, handled, type(file).xFileControl, _base_file_control)
+        file.__dict__["xFileControl"] = router
 
 
 class HandedFrame:
@@ -358,6 +376,7 @@ class EncryptedDBFile(apsw.VFSFile):
             self._decrypt_slot = self.codec.page_decrypter(self._slot, self._page)
             with contextlib.suppress(OSError):  # a file this process cannot open for writing
                 self._fd = state.descriptor()
+        _route_file_controls(self, self._handled_controls)
 
     # APSW takes any buffer from xRead (its stub says bytes): Turso's format returns ``_page``
     def xRead(self, amount: int, offset: int) -> bytes | bytearray:  # type: ignore[override]
@@ -514,9 +533,13 @@ class EncryptedDBFile(apsw.VFSFile):
         if self.state.lazy is not None:
             self.state.lazy.mark_truncated(newsize // self.P)
 
+    #: the file controls ``xFileControl`` acts on; the compiled router sends it only these
+    _handled_controls = _CKPT_CONTROLS
+
     def xFileControl(self, op: int, ptr: int) -> bool:
         # SQLite sends SQLITE_FCNTL_LOCK_TIMEOUT at every read transaction and several per
         # commit: only the checkpoint's two controls need more than the unix file's answer
+        # (with the compiled helper only those reach this method: _route_file_controls)
         if op in _CKPT_CONTROLS:
             _checkpoint_control(self.state, op)
         return _base_file_control(self, op, ptr)
@@ -528,6 +551,8 @@ class EnvelopeDBFile(EncryptedDBFile):
     def xFileSize(self) -> int:
         return pages_on_disk(super().xFileSize(), self.S) * self.P
 
+    _handled_controls = _CKPT_CONTROLS | _SIZE_CONTROLS
+
     def xFileControl(self, op: int, ptr: int) -> bool:
         if op in _SIZE_CONTROLS:
             return True  # sizes in SQLite's pages: the unix file would grow to a size that is no number of slots
@@ -537,9 +562,12 @@ class EnvelopeDBFile(EncryptedDBFile):
 class PlainDBFile(apsw.VFSFile):
     """A plaintext database: pass-through, but checkpoints still archive the frame log."""
 
+    _handled_controls = _CKPT_CONTROLS
+
     def __init__(self, name: apsw.URIFilename | str, flags: list[int], state: DatabaseState) -> None:
         super().__init__("", name, flags)
         self.state = state
+        _route_file_controls(self, self._handled_controls)
 
     def xRead(self, amount: int, offset: int) -> bytes:
         if self.state.lazy is not None:
