@@ -239,3 +239,27 @@ def test_handed_frames_are_bounded_and_forgotten_with_their_wal_generation() -> 
     assert frame is not None and frame.head[16:24] == struct.pack(">II", 3, 4) and frame.salts == (1, 0x73616C74)
     kept.add(new, 1, [_frame(new, 1)])
     assert len(kept) == 1 and kept.get(old, 6) is None  # a new generation replaces the old one's frames
+
+
+def test_recovery_reads_the_checksum_before_a_handed_frame_once_per_wal(tmp_path: Path, monkeypatch) -> None:
+    """Recovery reads the frames in order: the checksum stored before frame k is the one it just
+    read in frame k - 1, not read from disk again (only frame 1's, the WAL header's, is)."""
+    db = _database(tmp_path)
+    db.checkpoint()
+    size = _install_every_page(db)
+    _install_every_page(db)
+    reads: list[int] = []
+    real = vfs.EncryptedWALFile._disk_ct
+
+    def counting(self: vfs.EncryptedWALFile, index: int) -> tuple[int, int]:
+        reads.append(index)
+        return real(self, index)
+
+    monkeypatch.setattr(vfs.EncryptedWALFile, "_disk_ct", counting)
+    long_way = _counting_long_way(monkeypatch)
+    given = _recorded_frames(monkeypatch)
+    invalidate_wal_index(str(db.path))
+    assert [tuple(r) for r in db.query("SELECT count(*) FROM t")] == [(12,)]
+    assert len(given) == 2 * size and long_way == []  # both installs' frames, every one handed over
+    assert reads == [0]
+    db.close()
