@@ -263,3 +263,32 @@ def test_recovery_reads_the_checksum_before_a_handed_frame_once_per_wal(tmp_path
     assert len(given) == 2 * size and long_way == []  # both installs' frames, every one handed over
     assert reads == [0]
     db.close()
+
+
+def test_recovery_reads_installed_frames_a_run_at_a_time(tmp_path: Path, monkeypatch) -> None:
+    """Frames read whole one after the other (recovery) come ``READ_AHEAD`` at a time from one read,
+    and SQLite is handed the same frames as when each is read alone."""
+    db = _database(tmp_path, rows=40)
+    db.checkpoint()
+    size = _install_every_page(db)
+    given = _recorded_frames(monkeypatch)
+    monkeypatch.setattr(vfs, "READ_AHEAD", 1)  # each frame read alone
+    invalidate_wal_index(str(db.path))
+    alone = [tuple(r) for r in db.query("SELECT count(*), sum(length(v)) FROM t")]
+    one_by_one = dict(given)
+    given.clear()
+    reads: list[int] = []
+    real = vfs._base_read
+
+    def counting(file: apsw.VFSFile, amount: int, offset: int) -> bytes:
+        if amount >= FRAME:
+            reads.append(amount // FRAME)
+        return real(file, amount, offset)
+
+    monkeypatch.setattr(vfs, "_base_read", counting)
+    monkeypatch.setattr(vfs, "READ_AHEAD", 4)
+    invalidate_wal_index(str(db.path))
+    assert [tuple(r) for r in db.query("SELECT count(*), sum(length(v)) FROM t")] == alone == [(40, 40 * 2000)]
+    assert size > 12 and len(given) == size and given == one_by_one
+    assert reads == [1] + [4] * -(-(size - 1) // 4)  # frame 1 alone, then four frames a read
+    db.close()

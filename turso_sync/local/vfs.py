@@ -66,6 +66,8 @@ _SALTS_CHECKSUM = struct.Struct(">IIII")  # a frame header's salts and checksum 
 _SALTS = struct.Struct(">II")  # a frame header's salts (bytes 8..16)
 #: frames of installs kept for WAL recovery per database (a pull's WAL is checkpointed past 1 MiB, ~250 frames)
 HANDED_FRAMES_KEPT = 512
+#: frames WAL recovery's reads get from one pread (132 KiB at 4 KiB pages)
+READ_AHEAD = 32
 _base_file_control = apsw.VFSFile.xFileControl
 _preadv = os.preadv
 _CKPT_CONTROLS = frozenset({apsw.SQLITE_FCNTL_CKPT_START, apsw.SQLITE_FCNTL_CKPT_DONE})
@@ -694,6 +696,9 @@ class EncryptedWALFile(apsw.VFSFile):
         # when nothing was read or written in between: recovery reads the frames in order, and
         # the next frame's hand-over needs the checksum stored before it (``_handed_frame``)
         self._prev_tail: tuple[int, bytes] | None = None
+        # (first frame number, the bytes of ``READ_AHEAD`` frames from there) read in one go while
+        # frames are read whole in order (recovery), valid as long as ``_prev_tail`` is
+        self._ahead: tuple[int, bytes] | None = None
         # the first frame whose body this handle overwrote in place (no header): SQLite rewrites
         # the headers from there on at commit, each right after reading the frame whole
         self._recksum_from: int | None = None
@@ -780,13 +785,13 @@ class EncryptedWALFile(apsw.VFSFile):
     def xRead(self, amount: int, offset: int) -> bytes:
         P = self.P
         if offset < WAL_HEADER_SIZE:
-            self._prev_tail = None
+            self._prev_tail = self._ahead = None
             if offset + amount <= WAL_HEADER_SIZE:
                 return self._raw(amount, offset)
             raise apsw.IOError(f"WAL read of {amount} bytes at {offset} crosses the WAL header")
         index, within = frame_index(offset, P)
         if within == FRAME_HEADER_SIZE and amount == P:
-            self._prev_tail = None
+            self._prev_tail = self._ahead = None
             return self._read_body(index)
         if within == 0 and amount == self.frame_size:
             if index == 1 and self._recksum_from != 1:
@@ -834,17 +839,28 @@ class EncryptedWALFile(apsw.VFSFile):
         """
         self._last_full_read = index
         prev_tail, self._prev_tail = self._prev_tail, None
+        ahead, self._ahead = self._ahead, None
         disk_frame = self.disk_frame
-        raw = _base_read(self, disk_frame, WAL_HEADER_SIZE + (index - 1) * disk_frame)
+        offset = WAL_HEADER_SIZE + (index - 1) * disk_frame
+        if prev_tail is not None and prev_tail[0] == index - 1:
+            # frames read whole one after the other, nothing else in between: recovery, which
+            # holds its lock, so no one writes the WAL meanwhile; the next frames come in one read
+            if ahead is None or not 0 <= index - ahead[0] < READ_AHEAD:
+                ahead = (index, _base_read(self, READ_AHEAD * disk_frame, offset))
+            at = (index - ahead[0]) * disk_frame
+            raw = ahead[1][at : at + disk_frame]
+        else:
+            raw = _base_read(self, disk_frame, offset)
+            ahead = None
         if len(raw) < disk_frame:
             return b""
         handed = self._handed_lookup((raw[8:16], index))
         if handed is not None:
             frame = self._handed_frame(index, raw, handed, prev_tail)
             if frame is not None:
-                self._prev_tail = (index, raw[8:24])
+                self._prev_tail, self._ahead = (index, raw[8:24]), ahead
                 return frame
-        self._prev_tail = (index, raw[8:24])
+        self._prev_tail, self._ahead = (index, raw[8:24]), ahead
         header = bytearray(raw[:FRAME_HEADER_SIZE])
         pgno = int.from_bytes(raw[:4], "big")
         authentic: bytes | None
@@ -904,7 +920,7 @@ class EncryptedWALFile(apsw.VFSFile):
         return self._logical(super().xFileSize())
 
     def xTruncate(self, newsize: int) -> None:
-        self._prev_tail = None
+        self._prev_tail = self._ahead = None
         super().xTruncate(self._physical(newsize))
 
     def _logical(self, size: int) -> int:
@@ -925,7 +941,7 @@ class EncryptedWALFile(apsw.VFSFile):
 
     def xWrite(self, data: bytes, offset: int) -> None:
         P = self.P
-        self._prev_tail = None
+        self._prev_tail = self._ahead = None
         if offset == 0:
             if len(data) != WAL_HEADER_SIZE:
                 raise apsw.IOError(f"unexpected WAL header write of {len(data)} bytes")
