@@ -849,6 +849,11 @@ class EncryptedWALFile(apsw.VFSFile):
                 ahead = (index, _base_read(self, READ_AHEAD * disk_frame, offset))
             at = (index - ahead[0]) * disk_frame
             raw = ahead[1][at : at + disk_frame]
+            if len(raw) < disk_frame:
+                # past the end of what one read brought: APSW cuts a short read's trailing zero
+                # bytes (it cannot tell them from the padding SQLite adds), so read this frame alone
+                raw = _base_read(self, disk_frame, offset)
+                ahead = None
         else:
             raw = _base_read(self, disk_frame, offset)
             ahead = None
