@@ -292,3 +292,21 @@ def test_recovery_reads_installed_frames_a_run_at_a_time(tmp_path: Path, monkeyp
     assert size > 12 and len(given) == size and given == one_by_one
     assert reads == [1] + [4] * -(-(size - 1) // 4)  # frame 1 alone, then four frames a read
     db.close()
+
+
+def test_an_install_draws_its_nonces_once(tmp_path: Path, monkeypatch) -> None:
+    db = _database(tmp_path)
+    db.checkpoint()
+    draws: list[int] = []
+    real = os.urandom
+
+    def counting(n: int) -> bytes:
+        draws.append(n)
+        return real(n)
+
+    monkeypatch.setattr(os, "urandom", counting)
+    size = _install_every_page(db)
+    monkeypatch.setattr(os, "urandom", real)
+    assert size > 5 and draws == [12 * size]
+    assert _rows(db) == [(i, f"{i:04d}" * 500) for i in range(12)]
+    db.close()
