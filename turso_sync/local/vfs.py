@@ -61,6 +61,7 @@ VFS_NAME = "turso_sync"
 # the unix file's own methods, called without building a ``super()`` object on the hot paths
 _base_read = apsw.VFSFile.xRead
 _base_write = apsw.VFSFile.xWrite
+_base_size = apsw.VFSFile.xFileSize
 _CHECKSUM = struct.Struct(">II")  # a WAL frame header's checksum (bytes 16..24)
 _SALTS_CHECKSUM = struct.Struct(">IIII")  # a frame header's salts and checksum (bytes 8..24)
 _SALTS = struct.Struct(">II")  # a frame header's salts (bytes 8..16)
@@ -842,19 +843,20 @@ class EncryptedWALFile(apsw.VFSFile):
         ahead, self._ahead = self._ahead, None
         disk_frame = self.disk_frame
         offset = WAL_HEADER_SIZE + (index - 1) * disk_frame
+        raw = b""
         if prev_tail is not None and prev_tail[0] == index - 1:
             # frames read whole one after the other, nothing else in between: recovery, which
             # holds its lock, so no one writes the WAL meanwhile; the next frames come in one read
             if ahead is None or not 0 <= index - ahead[0] < READ_AHEAD:
-                ahead = (index, _base_read(self, READ_AHEAD * disk_frame, offset))
-            at = (index - ahead[0]) * disk_frame
-            raw = ahead[1][at : at + disk_frame]
-            if len(raw) < disk_frame:
-                # past the end of what one read brought: APSW cuts a short read's trailing zero
-                # bytes (it cannot tell them from the padding SQLite adds), so read this frame alone
-                raw = _base_read(self, disk_frame, offset)
-                ahead = None
-        else:
+                # whole frames the file holds, no more: a read past the end is zero-filled by
+                # SQLite and the zeros scanned off again by APSW, which would cut a frame that ends
+                # in zeros (an envelope-layout slot does) short as well
+                frames = min(READ_AHEAD, (_base_size(self) - offset) // disk_frame)
+                ahead = (index, _base_read(self, frames * disk_frame, offset)) if frames > 1 else None
+            if ahead is not None:
+                at = (index - ahead[0]) * disk_frame
+                raw = ahead[1][at : at + disk_frame]
+        if len(raw) < disk_frame:
             raw = _base_read(self, disk_frame, offset)
             ahead = None
         if len(raw) < disk_frame:
