@@ -34,6 +34,7 @@ from .state import SyncState, drop_reverts, read_revert, write_revert
 SCHEMA_COOKIE = 40  # header offset of the schema cookie
 WAL_BOUND = 1 << 20  # checkpoint once the WAL passes this many bytes after a pull
 COMPARE_BATCH = 1024  # pages an install reads back at a time to compare with what it would write (4 MiB)
+COMPARE_ALONE = 16  # up to this many pages to compare are read one by one
 REPIN_INTERVAL = 60.0  # seconds between moves of a partial replica's pin (see advance_pin)
 
 
@@ -206,13 +207,17 @@ def install(replica: PullContext, result: PulledPages) -> list[Conflict]:
                 changed[pgno] = image
             else:
                 compared[pgno] = image
-        # read back in runs (one pread for pages next to each other), a bounded number at a time
-        ordered = list(compared)
-        for start in range(0, len(ordered), COMPARE_BATCH):
-            batch = ordered[start : start + COMPARE_BATCH]
-            for pgno, now in db.current_pages(batch).items():
-                if compared[pgno] != now:
-                    changed[pgno] = compared[pgno]
+        if len(compared) <= COMPARE_ALONE:
+            # a few pages (an incremental pull's rebased ones): the reader made above, no new WAL look
+            changed.update((pgno, image) for pgno, image in compared.items() if image != current(pgno))
+        else:
+            # read back in runs (one pread for pages next to each other), a bounded number at a time
+            ordered = list(compared)
+            for start in range(0, len(ordered), COMPARE_BATCH):
+                batch = ordered[start : start + COMPARE_BATCH]
+                for pgno, now in db.current_pages(batch).items():
+                    if compared[pgno] != now:
+                        changed[pgno] = compared[pgno]
         seq = db.install_locked(conn, changed, final_size)
 
         def installed(pgno: int) -> bytes:
