@@ -545,3 +545,35 @@ def test_key_never_appears_in_files_repr_or_logs(tmp_path, caplog, capfd):
     assert_nothing_readable(directory, KEY256, "after close")
     for name, data in files_in(directory).items():
         assert bytes.fromhex(OTHER256) not in data and OTHER256.encode() not in data, name
+
+
+def test_encrypt_pages_draws_every_nonce_at_once_and_seals_as_encrypt_does(monkeypatch) -> None:
+    """``encrypt_pages`` (an install's, a revert file's batch) gives what ``encrypt`` gives page by
+    page, each with its own random nonce, taken from one call for the system's randomness."""
+    from turso_sync.crypto import page_codec
+    from turso_sync.crypto.page_codec import NONCE_SIZE, PageCodec, parse_key
+
+    spec, key = parse_key("5a17" * 16, "aes256gcm")
+    codec = PageCodec(spec, key)
+    page1 = bytearray(b"SQLite format 3\x00" + bytes(4096 - 16))
+    page1[20] = codec.reserved
+    pages = [
+        (1, bytes(page1)),
+        *((pgno, bytes([pgno]) * (4096 - codec.reserved) + bytes(codec.reserved)) for pgno in (2, 7, 9)),
+    ]
+    draws: list[int] = []
+    real = page_codec.os.urandom
+
+    def counting(n: int) -> bytes:
+        draws.append(n)
+        return real(n)
+
+    monkeypatch.setattr(page_codec.os, "urandom", counting)
+    sealed = codec.encrypt_pages(pages, "WAL")
+    assert draws == [NONCE_SIZE * len(pages)]
+    assert [codec.decrypt(enc, pgno, "WAL") for enc, (pgno, _) in zip(sealed, pages, strict=True)] == [
+        p for _, p in pages
+    ]
+    assert len({enc[-NONCE_SIZE:] for enc in sealed}) == len(pages)  # a nonce of its own each
+    assert [len(enc) for enc in sealed] == [len(codec.encrypt(p, pgno)) for pgno, p in pages]
+    assert codec.encrypt_pages([]) == []

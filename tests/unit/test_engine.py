@@ -332,3 +332,44 @@ def test_a_failed_archive_refuses_the_checkpoint_and_loses_nothing(fresh):
     conn.commit()
     assert db.current_seq() == seq + 1  # no sequence number reused
     assert apply(base, db.history(base_seq)) == image(conn)
+
+
+def test_current_pages_reads_runs_of_the_file_with_one_pread_each(fresh, monkeypatch):
+    """What ``page_reader`` reads page by page, with one ``pread`` per run of pages next to each other
+    in the file (the pages in the WAL come from there), at most ``READ_RUN`` pages each."""
+    from turso_sync.local import engine
+
+    db, conn = fresh
+    conn.executemany("INSERT INTO t(v) VALUES (?)", [("x" * 900,) for _ in range(120)])
+    conn.commit()
+    db.checkpoint()
+    conn.execute("UPDATE t SET v = 'changed' WHERE id IN (5, 60)")  # a few pages in the WAL now
+    conn.commit()
+    monkeypatch.setattr(engine, "READ_RUN", 8)
+    with db.write_lock():
+        size = int(db.query("PRAGMA page_count")[0][0])
+        read = db.page_reader()
+        expected = {pgno: read(pgno) for pgno in range(1, size + 1)}
+        in_wal = {frame.pgno for txn in engine.committed_wal(db.path).txns for frame in txn.frames}
+        preads: list[int] = []
+        real = os.pread
+
+        def counting(fd: int, n: int, offset: int) -> bytes:
+            if n >= db.slot_size:  # a page or more (not a WAL header's or a frame header's bytes)
+                preads.append(n // db.slot_size)
+            return real(fd, n, offset)
+
+        monkeypatch.setattr(os, "pread", counting)
+        got = db.current_pages(list(range(1, size + 1)))
+        monkeypatch.setattr(os, "pread", real)
+    assert size > 20 and 0 < len(in_wal) < size
+    assert got == expected
+    assert sum(preads) == size - len(in_wal) and max(preads) == 8
+    runs: list[int] = []  # lengths of the runs of pages next to each other that are not in the WAL
+    for pgno in range(1, size + 1):
+        if pgno in in_wal:
+            continue
+        if pgno == 1 or pgno - 1 in in_wal:
+            runs.append(0)
+        runs[-1] += 1
+    assert len(preads) == sum(-(-n // 8) for n in runs)

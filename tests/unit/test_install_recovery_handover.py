@@ -239,3 +239,75 @@ def test_handed_frames_are_bounded_and_forgotten_with_their_wal_generation() -> 
     assert frame is not None and frame.head[16:24] == struct.pack(">II", 3, 4) and frame.salts == (1, 0x73616C74)
     kept.add(new, 1, [_frame(new, 1)])
     assert len(kept) == 1 and kept.get(old, 6) is None  # a new generation replaces the old one's frames
+
+
+def test_recovery_reads_the_checksum_before_a_handed_frame_once_per_wal(tmp_path: Path, monkeypatch) -> None:
+    """Recovery reads the frames in order: the checksum stored before frame k is the one it just
+    read in frame k - 1, not read from disk again (only frame 1's, the WAL header's, is)."""
+    db = _database(tmp_path)
+    db.checkpoint()
+    size = _install_every_page(db)
+    _install_every_page(db)
+    reads: list[int] = []
+    real = vfs.EncryptedWALFile._disk_ct
+
+    def counting(self: vfs.EncryptedWALFile, index: int) -> tuple[int, int]:
+        reads.append(index)
+        return real(self, index)
+
+    monkeypatch.setattr(vfs.EncryptedWALFile, "_disk_ct", counting)
+    long_way = _counting_long_way(monkeypatch)
+    given = _recorded_frames(monkeypatch)
+    invalidate_wal_index(str(db.path))
+    assert [tuple(r) for r in db.query("SELECT count(*) FROM t")] == [(12,)]
+    assert len(given) == 2 * size and long_way == []  # both installs' frames, every one handed over
+    assert reads == [0]
+    db.close()
+
+
+def test_recovery_reads_installed_frames_a_run_at_a_time(tmp_path: Path, monkeypatch) -> None:
+    """Frames read whole one after the other (recovery) come ``READ_AHEAD`` at a time from one read,
+    and SQLite is handed the same frames as when each is read alone."""
+    db = _database(tmp_path, rows=40)
+    db.checkpoint()
+    size = _install_every_page(db)
+    given = _recorded_frames(monkeypatch)
+    monkeypatch.setattr(vfs, "READ_AHEAD", 1)  # each frame read alone
+    invalidate_wal_index(str(db.path))
+    alone = [tuple(r) for r in db.query("SELECT count(*), sum(length(v)) FROM t")]
+    one_by_one = dict(given)
+    given.clear()
+    reads: list[int] = []
+    real = vfs._base_read
+
+    def counting(file: apsw.VFSFile, amount: int, offset: int) -> bytes:
+        if amount >= FRAME:
+            reads.append(amount // FRAME)
+        return real(file, amount, offset)
+
+    monkeypatch.setattr(vfs, "_base_read", counting)
+    monkeypatch.setattr(vfs, "READ_AHEAD", 4)
+    invalidate_wal_index(str(db.path))
+    assert [tuple(r) for r in db.query("SELECT count(*), sum(length(v)) FROM t")] == alone == [(40, 40 * 2000)]
+    assert size > 12 and len(given) == size and given == one_by_one
+    rest = size - 1  # frame 1 alone, then four frames a read, never past the end of the file
+    assert reads == [1] + [4] * (rest // 4) + ([rest % 4] if rest % 4 else [])
+    db.close()
+
+
+def test_an_install_draws_its_nonces_once(tmp_path: Path, monkeypatch) -> None:
+    db = _database(tmp_path)
+    db.checkpoint()
+    draws: list[int] = []
+    real = os.urandom
+
+    def counting(n: int) -> bytes:
+        draws.append(n)
+        return real(n)
+
+    monkeypatch.setattr(os, "urandom", counting)
+    size = _install_every_page(db)
+    monkeypatch.setattr(os, "urandom", real)
+    assert size > 5 and draws == [12 * size]
+    assert _rows(db) == [(i, f"{i:04d}" * 500) for i in range(12)]
+    db.close()

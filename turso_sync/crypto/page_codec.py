@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -256,7 +256,24 @@ class PageCodec:
 
     def encrypt(self, plain: bytes, pgno: int, where: str = "database") -> bytes:
         """Encrypt one plaintext page (whose reserved tail SQLite left zero); ``where`` is unused."""
-        nonce = os.urandom(NONCE_SIZE)
+        return self._seal(plain, pgno, os.urandom(NONCE_SIZE))
+
+    def encrypt_pages(self, pages: Sequence[tuple[int, bytes]], where: str = "database") -> list[bytes]:
+        """``encrypt`` of each (page number, plaintext) of ``pages``, in order.
+
+        In Turso's format the random nonces come from the system in one call, not one per page
+        (an install encrypts every page a pull brings); they are as random and as independent.
+        A subclass's format (hardened, envelope) encrypts page by page with its own ``encrypt``.
+        """
+        if type(self) is not PageCodec:
+            return [self.encrypt(plain, pgno, where) for pgno, plain in pages]
+        nonces = os.urandom(NONCE_SIZE * len(pages))
+        return [
+            self._seal(plain, pgno, nonces[n * NONCE_SIZE : (n + 1) * NONCE_SIZE])
+            for n, (pgno, plain) in enumerate(pages)
+        ]
+
+    def _seal(self, plain: bytes, pgno: int, nonce: bytes) -> bytes:
         if pgno == 1:
             header = self.magic + plain[16:HEADER_SIZE]
             return header + self._aead.encrypt(nonce, plain[HEADER_SIZE : self._payload], header) + nonce

@@ -25,6 +25,8 @@ from .lazy import LazyPages
 from .vfs import file_descriptor
 from .walindex import committed_wal
 
+READ_RUN = 256  # pages of the database file read with one pread at most (1 MiB)
+
 __all__ = ["CommittedTxn", "LocalDatabase", "RevisionGone", "Snapshot"]
 
 
@@ -202,8 +204,20 @@ class LocalDatabase:
 
         return read
 
+    def current_pages(self, pgnos: list[int]) -> dict[int, bytes]:
+        """Current committed plaintext images of ``pgnos`` (ascending), for a caller holding the lock.
+
+        What ``page_reader`` reads, page by page; here pages of the database file that lie next
+        to each other come in one ``pread`` (an install compares a whole resend this way).
+        """
+        return self._read_current(pgnos, 0)
+
     def _read_current(self, pgnos: list[int], db_size: int) -> dict[int, bytes]:
-        """Current committed images (caller holds the write lock): newest WAL frame, else the file."""
+        """Current committed images (caller holds the write lock): newest WAL frame, else the file.
+
+        ``pgnos`` ascending; a run of pages next to each other in the file is read with one
+        ``pread`` (at most ``READ_RUN`` pages).  ``db_size`` only names the size in an error.
+        """
         if not pgnos:
             return {}
         S = self.slot_size
@@ -217,19 +231,26 @@ class LocalDatabase:
             for frame in wtxn.frames:
                 if frame.pgno in wanted:
                     latest[frame.pgno] = frame.body
-        out: dict[int, bytes] = {}
+        raws: dict[int, bytes] = {}
         lazy = self._conn._state.lazy
         with file_descriptor(self.path) as fd:
-            for pgno in pgnos:
-                raw = latest.get(pgno)
-                if raw is None:
+            run: list[int] = []
+            for pgno in [*(p for p in pgnos if p not in latest), 0]:  # 0 ends the last run
+                if run and (pgno != run[-1] + 1 or len(run) == READ_RUN):
+                    data = os.pread(fd, len(run) * S, (run[0] - 1) * S)
+                    for n, p in enumerate(run):
+                        raw = data[n * S : (n + 1) * S]
+                        if len(raw) < S:
+                            size = f" of {db_size}" if db_size else ""
+                            raise errors.DatabaseError(f"{self.path}: page {p}{size} is missing")
+                        raws[p] = raw
+                    run = []
+                if pgno:
                     if lazy is not None and lazy.missing(pgno):
                         lazy.ensure(pgno)
-                    raw = os.pread(fd, S, (pgno - 1) * S)
-                    if len(raw) < S:
-                        raise errors.DatabaseError(f"{self.path}: page {pgno} of {db_size} is missing")
-                out[pgno] = self.log.decrypt(raw, pgno)
-        return out
+                    run.append(pgno)
+        decrypt = self.log.decrypt
+        return {pgno: decrypt(latest.get(pgno) or raws[pgno], pgno) for pgno in pgnos}
 
     # --- changing pages ----------------------------------------------------------------------
 

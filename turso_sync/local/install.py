@@ -91,8 +91,10 @@ def append_transaction(
             plain_chain = _plain_chain_before(db_path, codec, salts, index, cksum, len(ordered))
         chains: list[tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]]] = []
         frames: list[WalFrame] = []
+        # one draw of random nonces for the whole batch (Turso's format), not one system call per page
+        bodies = codec.encrypt_pages([(pgno, pages[pgno]) for pgno in ordered], "WAL") if codec is not None else None
         for n, pgno in enumerate(ordered):
-            body = codec.encrypt(pages[pgno], pgno, "WAL") if codec is not None else bytes(pages[pgno])
+            body = bodies[n] if bodies is not None else bytes(pages[pgno])
             commit = db_size if n == len(ordered) - 1 else 0
             head8 = pgno.to_bytes(4, "big") + commit.to_bytes(4, "big")
             prev_ct = cksum

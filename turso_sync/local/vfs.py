@@ -62,11 +62,14 @@ VFS_NAME = "turso_sync"
 # the unix file's own methods, called without building a ``super()`` object on the hot paths
 _base_read = apsw.VFSFile.xRead
 _base_write = apsw.VFSFile.xWrite
+_base_size = apsw.VFSFile.xFileSize
 _CHECKSUM = struct.Struct(">II")  # a WAL frame header's checksum (bytes 16..24)
 _SALTS_CHECKSUM = struct.Struct(">IIII")  # a frame header's salts and checksum (bytes 8..24)
 _SALTS = struct.Struct(">II")  # a frame header's salts (bytes 8..16)
 #: frames of installs kept for WAL recovery per database (a pull's WAL is checkpointed past 1 MiB, ~250 frames)
 HANDED_FRAMES_KEPT = 512
+#: frames WAL recovery's reads get from one pread (132 KiB at 4 KiB pages)
+READ_AHEAD = 32
 _base_file_control = apsw.VFSFile.xFileControl
 _preadv = os.preadv
 _CKPT_CONTROLS = frozenset({apsw.SQLITE_FCNTL_CKPT_START, apsw.SQLITE_FCNTL_CKPT_DONE})
@@ -99,7 +102,7 @@ class HandedFrame:
     and ``prev_pt`` are the two chains' values before the frame, which ``ct`` and ``pt`` continue.
     """
 
-    __slots__ = ("ct", "disk", "head", "plain", "prev_ct", "prev_pt", "pt", "salts")
+    __slots__ = ("ct", "disk", "given", "prev_ct", "prev_pt", "pt", "salts")
 
     def __init__(
         self,
@@ -111,10 +114,21 @@ class HandedFrame:
         pt: tuple[int, int],
     ) -> None:
         self.disk = disk
-        self.plain = plain
         self.prev_ct, self.prev_pt, self.ct, self.pt = prev_ct, prev_pt, ct, pt
         self.salts: tuple[int, int] = _SALTS.unpack_from(disk, 8)  # type: ignore[assignment]
-        self.head = disk[:16] + _CHECKSUM.pack(*pt)
+        # the whole frame SQLite is handed, made once: recovery reads every frame of the WAL each
+        # time it runs (after every install), so a frame is handed over many times before a checkpoint
+        self.given = disk[:16] + _CHECKSUM.pack(*pt) + plain
+
+    @property
+    def head(self) -> bytes:
+        """The frame header SQLite is handed (the plaintext checksum ``pt`` in place of ``ct``)."""
+        return self.given[:FRAME_HEADER_SIZE]
+
+    @property
+    def plain(self) -> bytes:
+        """The body in plaintext."""
+        return self.given[FRAME_HEADER_SIZE:]
 
 
 class HandedFrames:
@@ -130,6 +144,9 @@ class HandedFrames:
         self.kept = kept
         self._frames: OrderedDict[tuple[bytes, int], HandedFrame] = OrderedDict()
         self._lock = threading.Lock()
+        #: ``get`` for a caller that has the key at hand, ``(salts as stored, frame number)``: one
+        #: dict look-up, no Python frame (WAL recovery asks once per frame it reads)
+        self.lookup: Callable[[tuple[bytes, int]], HandedFrame | None] = self._frames.get
 
     def __bool__(self) -> bool:
         return bool(self._frames)
@@ -703,6 +720,14 @@ class EncryptedWALFile(apsw.VFSFile):
         self._pending: dict[int, bytes] = {}  # frame -> header SQLite wrote, waiting for its body
         self._big: bool | None = None  # checksum byte order, from the WAL header
         self._last_full_read = 0
+        self._handed_lookup = state.handed.lookup
+        # (frame number, its salts and stored checksum) of the whole frame this handle read last,
+        # when nothing was read or written in between: recovery reads the frames in order, and
+        # the next frame's hand-over needs the checksum stored before it (``_handed_frame``)
+        self._prev_tail: tuple[int, bytes] | None = None
+        # (first frame number, the bytes of ``READ_AHEAD`` frames from there) read in one go while
+        # frames are read whole in order (recovery), valid as long as ``_prev_tail`` is
+        self._ahead: tuple[int, bytes] | None = None
         # the first frame whose body this handle overwrote in place (no header): SQLite rewrites
         # the headers from there on at commit, each right after reading the frame whole
         self._recksum_from: int | None = None
@@ -789,11 +814,13 @@ class EncryptedWALFile(apsw.VFSFile):
     def xRead(self, amount: int, offset: int) -> bytes:
         P = self.P
         if offset < WAL_HEADER_SIZE:
+            self._prev_tail = self._ahead = None
             if offset + amount <= WAL_HEADER_SIZE:
                 return self._raw(amount, offset)
             raise apsw.IOError(f"WAL read of {amount} bytes at {offset} crosses the WAL header")
         index, within = frame_index(offset, P)
         if within == FRAME_HEADER_SIZE and amount == P:
+            self._prev_tail = self._ahead = None
             return self._read_body(index)
         if within == 0 and amount == self.frame_size:
             if index == 1 and self._recksum_from != 1:
@@ -840,13 +867,35 @@ class EncryptedWALFile(apsw.VFSFile):
         that cannot match, so SQLite treats it as the torn end of the log.
         """
         self._last_full_read = index
-        raw = self._raw(self.disk_frame, frame_offset(index, self.S))
-        if len(raw) < self.disk_frame:
+        prev_tail, self._prev_tail = self._prev_tail, None
+        ahead, self._ahead = self._ahead, None
+        disk_frame = self.disk_frame
+        offset = WAL_HEADER_SIZE + (index - 1) * disk_frame
+        raw = b""
+        if prev_tail is not None and prev_tail[0] == index - 1:
+            # frames read whole one after the other, nothing else in between: recovery, which
+            # holds its lock, so no one writes the WAL meanwhile; the next frames come in one read
+            if ahead is None or not 0 <= index - ahead[0] < READ_AHEAD:
+                # whole frames the file holds, no more: a read past the end is zero-filled by
+                # SQLite and the zeros scanned off again by APSW, which would cut a frame that ends
+                # in zeros (an envelope-layout slot does) short as well
+                frames = min(READ_AHEAD, (_base_size(self) - offset) // disk_frame)
+                ahead = (index, _base_read(self, frames * disk_frame, offset)) if frames > 1 else None
+            if ahead is not None:
+                at = (index - ahead[0]) * disk_frame
+                raw = ahead[1][at : at + disk_frame]
+        if len(raw) < disk_frame:
+            raw = _base_read(self, disk_frame, offset)
+            ahead = None
+        if len(raw) < disk_frame:
             return b""
-        if self.state.handed:
-            frame = self._handed_frame(index, raw)
+        handed = self._handed_lookup((raw[8:16], index))
+        if handed is not None:
+            frame = self._handed_frame(index, raw, handed, prev_tail)
             if frame is not None:
+                self._prev_tail, self._ahead = (index, raw[8:24]), ahead
                 return frame
+        self._prev_tail, self._ahead = (index, raw[8:24]), ahead
         header = bytearray(raw[:FRAME_HEADER_SIZE])
         pgno = int.from_bytes(raw[:4], "big")
         authentic: bytes | None
@@ -865,20 +914,27 @@ class EncryptedWALFile(apsw.VFSFile):
             header[20:24] = pt[1].to_bytes(4, "big")
         return bytes(header) + plain
 
-    def _handed_frame(self, index: int, raw: bytes) -> bytes | None:
+    def _handed_frame(
+        self, index: int, raw: bytes, handed: HandedFrame, prev_tail: tuple[int, bytes] | None = None
+    ) -> bytes | None:
         """Frame ``index`` as SQLite wrote it, from what an install in this process wrote there, or None.
 
-        Only while ``raw`` (the frame on disk now) is byte for byte what the install wrote: its
-        body is then the ciphertext of the plaintext kept (no decrypt needed to authenticate it),
-        and its stored checksum is the one computed from ``prev_ct``, so when the checksum stored
-        before it is still ``prev_ct`` the ciphertext chain holds as a recomputation would find.
+        Only while ``raw`` (the frame on disk now) is byte for byte ``handed.disk``, what the
+        install wrote: its body is then the ciphertext of the plaintext kept (no decrypt needed
+        to authenticate it), and its stored checksum is the one computed from ``prev_ct``, so
+        when the checksum stored before it is still ``prev_ct`` the ciphertext chain holds as a
+        recomputation would find.  That checksum is read from disk, unless the last thing this
+        handle did was to read frame ``index - 1`` of the same WAL generation whole (``prev_tail``:
+        its salts and checksum as read then), as recovery does frame after frame under its lock.
         The plaintext chain before it must be ``prev_pt`` (the header's checksum for frame 1),
         or the checksum handed to SQLite would not continue its own.  Otherwise the long way.
         """
-        handed = self.state.handed.get(raw[8:16], index)
-        if handed is None or raw != handed.disk:
+        if raw != handed.disk:
             return None
-        prev_ct = self._disk_ct(index - 1)
+        if prev_tail is not None and prev_tail[0] == index - 1 and prev_tail[1][:8] == raw[8:16]:
+            prev_ct = _CHECKSUM.unpack_from(prev_tail[1], 8)
+        else:
+            prev_ct = self._disk_ct(index - 1)
         if prev_ct != handed.prev_ct:
             return None
         salt1, salt2 = handed.salts
@@ -891,7 +947,7 @@ class EncryptedWALFile(apsw.VFSFile):
         # (the frame's salts are not compared with the WAL header's here: SQLite compares them
         # itself before the checksum, and a frame of another generation is never counted)
         self._chain[(salt1, salt2, index)] = (handed.ct, handed.pt)
-        return handed.head + handed.plain
+        return handed.given
 
     # --- size ------------------------------------------------------------------------------
 
@@ -899,6 +955,7 @@ class EncryptedWALFile(apsw.VFSFile):
         return self._logical(super().xFileSize())
 
     def xTruncate(self, newsize: int) -> None:
+        self._prev_tail = self._ahead = None
         super().xTruncate(self._physical(newsize))
 
     def _logical(self, size: int) -> int:
@@ -919,6 +976,7 @@ class EncryptedWALFile(apsw.VFSFile):
 
     def xWrite(self, data: bytes, offset: int) -> None:
         P = self.P
+        self._prev_tail = self._ahead = None
         if offset == 0:
             if len(data) != WAL_HEADER_SIZE:
                 raise apsw.IOError(f"unexpected WAL header write of {len(data)} bytes")

@@ -33,6 +33,8 @@ from .state import SyncState, drop_reverts, read_revert, write_revert
 
 SCHEMA_COOKIE = 40  # header offset of the schema cookie
 WAL_BOUND = 1 << 20  # checkpoint once the WAL passes this many bytes after a pull
+COMPARE_BATCH = 1024  # pages an install reads back at a time to compare with what it would write (4 MiB)
+COMPARE_ALONE = 16  # up to this many pages to compare are read one by one
 REPIN_INTERVAL = 60.0  # seconds between moves of a partial replica's pin (see advance_pin)
 
 
@@ -189,6 +191,7 @@ def install(replica: PullContext, result: PulledPages) -> list[Conflict]:
         # most of them unchanged: then every page is compared with its current image
         incremental = len(pulled) < result.db_size
         changed: dict[int, bytes] = {}
+        compared: dict[int, bytes] = {}  # images to install only if they differ from the current ones
         for pgno in sorted({1, *pulled, *base_pages, *final.written}):
             if pgno > final_size:
                 continue
@@ -202,8 +205,19 @@ def install(replica: PullContext, result: PulledPages) -> list[Conflict]:
                 # a page only the remote changed: its current image is the synced one, which the
                 # remote has changed since (reading it back to compare would cost more than it saves)
                 changed[pgno] = image
-            elif image != current(pgno):
-                changed[pgno] = image
+            else:
+                compared[pgno] = image
+        if len(compared) <= COMPARE_ALONE:
+            # a few pages (an incremental pull's rebased ones): the reader made above, no new WAL look
+            changed.update((pgno, image) for pgno, image in compared.items() if image != current(pgno))
+        else:
+            # read back in runs (one pread for pages next to each other), a bounded number at a time
+            ordered = list(compared)
+            for start in range(0, len(ordered), COMPARE_BATCH):
+                batch = ordered[start : start + COMPARE_BATCH]
+                for pgno, now in db.current_pages(batch).items():
+                    if compared[pgno] != now:
+                        changed[pgno] = compared[pgno]
         seq = db.install_locked(conn, changed, final_size)
 
         def installed(pgno: int) -> bytes:

@@ -177,9 +177,10 @@ def write_revert(
     sync of the folder makes both renames durable (the revert file's comes first).
     """
     body = bytearray()
-    for pgno in sorted(pages):
-        image = codec.encrypt(pages[pgno], pgno) if codec is not None else pages[pgno]
-        body += struct.pack(">I", pgno) + image
+    ordered = sorted(pages)
+    images = codec.encrypt_pages([(pgno, pages[pgno]) for pgno in ordered]) if codec is not None else None
+    for n, pgno in enumerate(ordered):
+        body += struct.pack(">I", pgno) + (images[n] if images is not None else pages[pgno])
     head = REVERT_MAGIC + struct.pack(">QI", seq, len(pages))
     crc = zlib.crc32(bytes(body), zlib.crc32(head))
     path = revert_path(db_path, seq)
