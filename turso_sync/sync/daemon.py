@@ -46,7 +46,7 @@ from .state import SyncState
 log = logging.getLogger("turso_sync.daemon")
 
 #: seconds a puller waits after a pull that brought changes (``SyncDaemon(coalesce=...)``)
-DEFAULT_COALESCE = 0.1
+DEFAULT_COALESCE = 0.5
 
 #: how long past its long-poll window an open pull still counts as healthy (for ``lag_seconds``)
 _LONG_POLL_GRACE = 5.0
