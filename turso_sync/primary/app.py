@@ -51,11 +51,13 @@ from ..wire.pull import (
     COMPACT_DELTAS_VERSION,
     DEFAULT_ZSTD_LEVEL,
     PAGE_SIZE,
+    ZSTD_FRAME_PAGES,
     PageCompressor,
     PageDeltas,
     PageEncoding,
     PullHeader,
     PullRequest,
+    frame_runs,
     page_record_prefix,
 )
 from .auth import Authenticator, AuthError, Grant
@@ -542,8 +544,9 @@ async def _answer_pull(
         raise
     new_pages = pull.page_deltas_version >= 2  # version 2: pages without a base go in the delta frame too
     compact = pull.page_deltas_version >= COMPACT_DELTAS_VERSION
+    frame_pages = max(1, min(pull.zstd_frame_pages, ZSTD_FRAME_PAGES))  # zstd frames of consecutive pages
     return await _send_pages(
-        request, db, first, slices, streaming, pull.encoding, state.limits, bases, new_pages, compact
+        request, db, first, slices, streaming, pull.encoding, state.limits, bases, new_pages, compact, frame_pages
     )
 
 
@@ -846,19 +849,21 @@ async def _send_pages(
     bases: dict[int, bytes] | None = None,
     new_pages: bool = False,
     compact: bool = False,
+    frame_pages: int = 1,
 ) -> web.StreamResponse:
     """The header, then every slice's pages; chunked while streaming a bootstrap, else with a length.
 
     The pages with an image in ``bases`` (only for a client that asked for page deltas, see
     ``pull.delta_bases``) go in the header as deltas against it; with ``new_pages`` (the client
     speaks version 2), the pages without one too, in the same frame; ``compact`` (version 3): in a
-    compact frame.
+    compact frame.  ``frame_pages``: the most consecutive pages one zstd page frame holds (the
+    client's ``zstd_frame_pages``, bounded by ``ZSTD_FRAME_PAGES``).
     """
     block: PageDeltas | None = None
     if encoding == PageEncoding.ZSTD and bases:
         first, block = await _deltas(first, bases, limits.zstd_level, new_pages, compact)
     header = PullHeader(format_revision(first.seq), first.db_size, encoding, limits.zstd_level, block).to_bytes()
-    chunks = await _encode(first, encoding, limits.zstd_level)
+    chunks = await _encode(first, encoding, limits.zstd_level, frame_pages)
     response = web.StreamResponse(status=200, headers={"Content-Type": "application/protobuf"})
     if streaming and request.version >= HttpVersion11:
         response.enable_chunked_encoding()
@@ -878,7 +883,7 @@ async def _send_pages(
             if snap is None:
                 break
             pages += len(snap.pages)
-            chunks = await _encode(snap, encoding, limits.zstd_level)
+            chunks = await _encode(snap, encoding, limits.zstd_level, frame_pages)
         await response.write_eof()
     except ConnectionError:  # the client went away mid-stream; it will pull again
         log.debug("pull %s: client disconnected after %d bytes", db.name, sent)
@@ -928,8 +933,9 @@ async def _deltas(
     return Snapshot(snap.seq, snap.db_size, rest), block
 
 
-async def _encode(snap: Snapshot, encoding: PageEncoding, level: int) -> list[bytes]:
-    """A slice's page records, in about 1 MiB chunks.
+async def _encode(snap: Snapshot, encoding: PageEncoding, level: int, frame_pages: int = 1) -> list[bytes]:
+    """A slice's page records, in about 1 MiB chunks (zstd: runs of up to ``frame_pages`` consecutive
+    pages share one frame).
 
     zstd compression runs off the event loop, except for a few pages (a read-your-writes pull
     of one row brings two): there the hop to a thread and back (about 30 us on an idle machine, more
@@ -939,8 +945,8 @@ async def _encode(snap: Snapshot, encoding: PageEncoding, level: int) -> list[by
     if encoding != PageEncoding.ZSTD:
         return list(_raw_chunks(snap, pgnos))
     if len(pgnos) <= _ZSTD_INLINE_PAGES:
-        return _zstd_records(snap, pgnos, level)
-    return await asyncio.to_thread(_zstd_records, snap, pgnos, level)
+        return _zstd_records(snap, pgnos, level, frame_pages)
+    return await asyncio.to_thread(_zstd_records, snap, pgnos, level, frame_pages)
 
 
 def _raw_chunks(snap: Snapshot, pgnos: list[int]) -> Iterator[bytes]:
@@ -953,15 +959,22 @@ def _raw_chunks(snap: Snapshot, pgnos: list[int]) -> Iterator[bytes]:
         yield b"".join(parts)
 
 
-def _zstd_records(snap: Snapshot, pgnos: list[int], level: int) -> list[bytes]:
+def _zstd_records(snap: Snapshot, pgnos: list[int], level: int, frame_pages: int = 1) -> list[bytes]:
+    """The zstd page records of ``pgnos`` (ascending), one frame per run of up to ``frame_pages``
+    consecutive pages, in chunks of about ``_PAGES_PER_CHUNK`` pages."""
     compressor = PageCompressor(level)
     out = []
     compress, pages = compressor.compress, snap.pages
-    for start in range(0, len(pgnos), _PAGES_PER_CHUNK):
-        parts: list[bytes] = []
-        for pgno in pgnos[start : start + _PAGES_PER_CHUNK]:
-            frame = compress(pages[pgno])
-            parts.append(page_record_prefix(pgno - 1, len(frame)))
-            parts.append(frame)  # copied once, by the join
+    parts: list[bytes] = []
+    in_chunk = 0
+    for run in frame_runs(pgnos, frame_pages):
+        frame = compress(pages[run[0]] if len(run) == 1 else b"".join(pages[pgno] for pgno in run))
+        parts.append(page_record_prefix(run[0] - 1, len(frame)))
+        parts.append(frame)  # copied once, by the join
+        in_chunk += len(run)
+        if in_chunk >= _PAGES_PER_CHUNK:
+            out.append(b"".join(parts))
+            parts, in_chunk = [], 0
+    if parts:
         out.append(b"".join(parts))
     return out

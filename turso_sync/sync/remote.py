@@ -23,6 +23,7 @@ from .. import errors
 from ..wire.hrana import BatchRequest, BatchResult, BatchStep, HranaError, PipelineResponse, SqlValue, Stmt, encode_json
 from ..wire.pull import (
     PAGE_DELTAS_VERSION,
+    ZSTD_FRAME_PAGES,
     DeltaBaseMismatch,
     PageDeltas,
     PageEncoding,
@@ -126,6 +127,7 @@ def fetch_pages(
         query_selector=query,
         page_deltas=ask_deltas,
         page_deltas_version=PAGE_DELTAS_VERSION if ask_deltas else 0,
+        zstd_frame_pages=ZSTD_FRAME_PAGES if want_zstd else 0,  # frames of several pages, where the server can
     )
     try:
         wait = timeout + long_poll_ms / 1000
@@ -145,13 +147,14 @@ def fetch_pages(
                 )
             )
         raise
-    return decode_pull(response.body, state, deltas=ask_deltas)
+    return decode_pull(response.body, state, deltas=ask_deltas, frame_pages=request.zstd_frame_pages)
 
 
-def decode_pull(body: bytes, state: SyncState, *, deltas: bool = False) -> PulledPages:
+def decode_pull(body: bytes, state: SyncState, *, deltas: bool = False, frame_pages: int = 1) -> PulledPages:
     """Decode a whole ``/pull-updates`` body; NetworkError if it stops short, ProtocolError if malformed
-    (page deltas in the answer to a request that did not ask for them, ``deltas`` False, too)."""
-    decoder = PullResponseDecoder()
+    (page deltas in the answer to a request that did not ask for them, ``deltas`` False, too; a zstd
+    frame of more pages than ``frame_pages``, what the request asked, too)."""
+    decoder = PullResponseDecoder(frame_pages)
     try:
         pages = {page.page_id + 1: page.data for page in decoder.feed(body)}
     except errors.ProtocolError as exc:

@@ -10,6 +10,10 @@ docs/protocol.md, "Page deltas"); in version 2 (``page_deltas_version``), the pa
 image then (new pages: a split's) come in that frame too, found against the others' old images; in
 version 3, in a compact frame (no magic number, content size or checksum: one digest covers the
 bases and the decoded images), made with entropy tables both sides hold when they make it shorter.
+When the client also asked for ``zstd_frame_pages`` N, one zstd ``PageData`` may hold up to N
+consecutive pages (``page_id`` is the first; the frame decodes to a whole number of pages): zstd
+builds its entropy tables once per frame instead of once per page (docs/protocol.md, "Frames of
+several pages").
 """
 
 from __future__ import annotations
@@ -44,6 +48,12 @@ PAGE_DELTAS_VERSION = 3
 #: The first version whose answers may carry a compact frame (``PageDeltas.compact``).
 COMPACT_DELTAS_VERSION = 3
 
+#: The most consecutive pages one zstd ``PageData`` frame may hold: what our client asks for
+#: (request field ``zstd_frame_pages``) and the most our primary puts in one frame.  16 pages
+#: (64 KiB) keep a frame within one zstd block, where its tables are described once; larger
+#: frames gain little more (docs/protocol.md).
+ZSTD_FRAME_PAGES = 16
+
 
 class PageEncoding(enum.IntEnum):
     """How page images travel (request field ``encoding``)."""
@@ -75,6 +85,7 @@ class PullRequest:
     stream_kind: StreamKind = StreamKind.PAGES
     page_deltas: bool = False
     page_deltas_version: int = 0
+    zstd_frame_pages: int = 0
 
     @classmethod
     def from_bytes(cls, body: bytes) -> PullRequest:
@@ -105,6 +116,7 @@ class PullRequest:
             stream_kind=stream_kind,
             page_deltas=msg.page_deltas,
             page_deltas_version=msg.page_deltas_version,
+            zstd_frame_pages=msg.zstd_frame_pages,
         )
 
     def to_bytes(self) -> bytes:
@@ -118,6 +130,7 @@ class PullRequest:
             stream_kind=int(self.stream_kind),  # type: ignore[arg-type]
             page_deltas=self.page_deltas,
             page_deltas_version=self.page_deltas_version if self.page_deltas else 0,
+            zstd_frame_pages=self.zstd_frame_pages,
         )
         if self.page_ids is not None:
             msg.server_pages_selector = encode_page_selector(self.page_ids)
@@ -423,8 +436,20 @@ class PageCompressor:
         self._compressor = zstandard.ZstdCompressor(level=level, write_content_size=True)
 
     def compress(self, page: bytes) -> bytes:
-        """The zstd frame of one page."""
+        """The zstd frame of one page (or of several consecutive pages, concatenated)."""
         return self._compressor.compress(page)
+
+
+def frame_runs(pgnos: list[int], most: int) -> list[list[int]]:
+    """``pgnos`` (ascending) cut into runs of consecutive page numbers, each of at most ``most``
+    pages: the pages that share one zstd frame when the client asked for ``zstd_frame_pages``."""
+    runs: list[list[int]] = []
+    for pgno in pgnos:
+        if runs and pgno == runs[-1][-1] + 1 and len(runs[-1]) < most:
+            runs[-1].append(pgno)
+        else:
+            runs.append([pgno])
+    return runs
 
 
 def decode_zstd_page(frame: bytes | memoryview, decompressor: zstandard.ZstdDecompressor | None = None) -> bytes:
@@ -440,6 +465,23 @@ def decode_zstd_page(frame: bytes | memoryview, decompressor: zstandard.ZstdDeco
     if len(page) != PAGE_SIZE:
         raise ProtocolError(f"zstd page decompresses to {len(page)} bytes, not {PAGE_SIZE}")
     return page
+
+
+def decode_zstd_pages(frame: bytes | memoryview, decompressor: zstandard.ZstdDecompressor, most: int) -> bytes:
+    """The images inside one zstd frame of up to ``most`` consecutive pages, concatenated; raises
+    ProtocolError unless it decodes to a whole number of pages, at least one and at most ``most``."""
+    try:
+        # a content size written in the frame header is what zstd allocates: bound it before decoding
+        if zstandard.frame_content_size(frame) > most * PAGE_SIZE:
+            raise zstandard.ZstdError("its header announces more")
+        data = decompressor.decompress(frame, max_output_size=most * PAGE_SIZE)
+    except zstandard.ZstdError as exc:
+        raise ProtocolError(f"page frame is not a valid zstd frame of at most {most} pages: {exc}") from None
+    if len(data) > most * PAGE_SIZE:
+        raise ProtocolError(f"page frame is not a valid zstd frame of at most {most} pages: it holds more")
+    if not data or len(data) % PAGE_SIZE:
+        raise ProtocolError(f"zstd page frame decompresses to {len(data)} bytes, not a whole number of pages")
+    return data
 
 
 def split_page_record(message: memoryview) -> tuple[int, memoryview] | None:
@@ -474,11 +516,14 @@ class PullResponseDecoder:
     message arrived.  Call ``close`` at the end of the body.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, frame_pages: int = 1) -> None:
+        """``frame_pages``: what the request asked as ``zstd_frame_pages`` (1: one page per frame);
+        a zstd frame of more pages than that is a ProtocolError."""
         self._frames = DelimitedDecoder(max_message=1 << 20)
         self.header: PullHeader | None = None
         self._delta_ids: frozenset[int] = frozenset()
         self._zstd = zstandard.ZstdDecompressor()  # one per response: reused for every page
+        self._frame_pages = max(1, frame_pages)
 
     def feed(self, data: bytes) -> list[Page]:
         """Add body bytes; return the pages they completed."""
@@ -489,8 +534,25 @@ class PullResponseDecoder:
                 if self.header.deltas is not None:
                     self._delta_ids = frozenset(self.header.deltas.all_ids)
                 continue
-            pages.append(self._page(message))
+            page = self._page(message)
+            if len(page.data) == PAGE_SIZE:
+                pages.append(page)
+            else:  # a frame of several consecutive pages (zstd_frame_pages)
+                pages.extend(self._split(page))
         return pages
+
+    def _split(self, frame: Page) -> list[Page]:
+        assert self.header is not None
+        data, first = frame.data, frame.page_id
+        count = len(data) // PAGE_SIZE
+        if first + count > self.header.db_size:
+            raise ProtocolError(
+                f"page frame {first}..{first + count - 1} reaches beyond the database size {self.header.db_size}"
+            )
+        for page_id in range(first + 1, first + count):
+            if page_id in self._delta_ids:
+                raise ProtocolError(f"page id {page_id} comes both whole and as a delta")
+        return [Page(first + n, data[n * PAGE_SIZE : (n + 1) * PAGE_SIZE]) for n in range(count)]
 
     def _page(self, message: memoryview) -> Page:
         assert self.header is not None
@@ -504,7 +566,9 @@ class PullResponseDecoder:
             page_id, encoded = msg.page_id, memoryview(msg.encoded_page)
         else:
             page_id, encoded = split
-        if self.header.encoding == PageEncoding.ZSTD:
+        if self.header.encoding == PageEncoding.ZSTD and self._frame_pages > 1:
+            data = decode_zstd_pages(encoded, self._zstd, self._frame_pages)
+        elif self.header.encoding == PageEncoding.ZSTD:
             data = decode_zstd_page(encoded, self._zstd)
         elif len(encoded) != PAGE_SIZE:
             raise ProtocolError(f"page {page_id} has {len(encoded)} bytes, not {PAGE_SIZE}")

@@ -38,7 +38,7 @@ PROTO_PAGES: PullUpdatesProtocol
 PROTO_MVCC_LOGICAL: PullUpdatesProtocol
 
 class PullUpdatesReqProtoBody(_message.Message):
-    __slots__ = ("encoding", "server_revision", "client_revision", "long_poll_timeout_ms", "server_pages_selector", "client_pages", "server_query_selector", "stream_kind", "page_deltas", "page_deltas_version")
+    __slots__ = ("encoding", "server_revision", "client_revision", "long_poll_timeout_ms", "server_pages_selector", "client_pages", "server_query_selector", "stream_kind", "page_deltas", "page_deltas_version", "zstd_frame_pages")
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     SERVER_REVISION_FIELD_NUMBER: _ClassVar[int]
     CLIENT_REVISION_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +49,7 @@ class PullUpdatesReqProtoBody(_message.Message):
     STREAM_KIND_FIELD_NUMBER: _ClassVar[int]
     PAGE_DELTAS_FIELD_NUMBER: _ClassVar[int]
     PAGE_DELTAS_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ZSTD_FRAME_PAGES_FIELD_NUMBER: _ClassVar[int]
     encoding: PageUpdatesEncodingReq
     server_revision: str
     client_revision: str
@@ -59,7 +60,8 @@ class PullUpdatesReqProtoBody(_message.Message):
     stream_kind: PullUpdatesStreamKind
     page_deltas: bool
     page_deltas_version: int
-    def __init__(self, encoding: _Optional[_Union[PageUpdatesEncodingReq, str]] = ..., server_revision: _Optional[str] = ..., client_revision: _Optional[str] = ..., long_poll_timeout_ms: _Optional[int] = ..., server_pages_selector: _Optional[bytes] = ..., client_pages: _Optional[bytes] = ..., server_query_selector: _Optional[str] = ..., stream_kind: _Optional[_Union[PullUpdatesStreamKind, str]] = ..., page_deltas: _Optional[bool] = ..., page_deltas_version: _Optional[int] = ...) -> None: ...
+    zstd_frame_pages: int
+    def __init__(self, encoding: _Optional[_Union[PageUpdatesEncodingReq, str]] = ..., server_revision: _Optional[str] = ..., client_revision: _Optional[str] = ..., long_poll_timeout_ms: _Optional[int] = ..., server_pages_selector: _Optional[bytes] = ..., client_pages: _Optional[bytes] = ..., server_query_selector: _Optional[str] = ..., stream_kind: _Optional[_Union[PullUpdatesStreamKind, str]] = ..., page_deltas: _Optional[bool] = ..., page_deltas_version: _Optional[int] = ..., zstd_frame_pages: _Optional[int] = ...) -> None: ...
 
 class PageData(_message.Message):
     __slots__ = ("page_id", "encoded_page")

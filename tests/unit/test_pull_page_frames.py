@@ -1,0 +1,111 @@
+"""zstd frames of several consecutive pages (request field ``zstd_frame_pages``; docs/protocol.md).
+
+A client that asks for frames of up to N pages accepts a ``PageData`` whose zstd frame decodes to
+k whole pages (1 <= k <= N), pages ``page_id`` .. ``page_id + k - 1``; a client that did not ask,
+and every bound a frame could break, refuses it.  Our primary's records group only runs of
+consecutive pages, and only for a request that asked.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from turso_sync.errors import ProtocolError
+from turso_sync.local.engine import Snapshot
+from turso_sync.page import PAGE_SIZE
+from turso_sync.primary.app import _zstd_records
+from turso_sync.wire.pull import (
+    ZSTD_FRAME_PAGES,
+    PageCompressor,
+    PageDeltas,
+    PageEncoding,
+    PullHeader,
+    PullRequest,
+    PullResponseDecoder,
+    encode_page,
+    frame_runs,
+)
+
+
+def _page(n: int) -> bytes:
+    return (f"row {n} ".encode() * 700)[:PAGE_SIZE]
+
+
+def _frame(first: int, count: int) -> bytes:
+    """A PageData record holding pages ``first`` .. ``first + count - 1`` (0-based) in one zstd frame."""
+    return encode_page(first, PageCompressor().compress(b"".join(_page(first + n) for n in range(count))))
+
+
+def _decode(body: bytes, frame_pages: int) -> dict[int, bytes]:
+    decoder = PullResponseDecoder(frame_pages)
+    pages = {page.page_id: page.data for page in decoder.feed(body)}
+    decoder.close()
+    return pages
+
+
+def test_the_request_field_round_trips_and_is_absent_by_default() -> None:
+    asked = PullRequest(encoding=PageEncoding.ZSTD, zstd_frame_pages=ZSTD_FRAME_PAGES)
+    assert PullRequest.from_bytes(asked.to_bytes()).zstd_frame_pages == ZSTD_FRAME_PAGES
+    plain = PullRequest(encoding=PageEncoding.ZSTD)
+    assert PullRequest.from_bytes(plain.to_bytes()).zstd_frame_pages == 0
+    assert plain.to_bytes() == b"\x08\x01"  # nothing more on the wire than before the field existed
+
+
+def test_a_frame_of_several_pages_decodes_to_each_page() -> None:
+    header = PullHeader("9", 40, PageEncoding.ZSTD).to_bytes()
+    body = header + _frame(3, 5) + _frame(10, 1) + _frame(20, 16)
+    pages = _decode(body, 16)
+    assert sorted(pages) == [*range(3, 8), 10, *range(20, 36)]
+    assert all(pages[n] == _page(n) for n in pages)
+
+
+def test_a_client_that_did_not_ask_refuses_a_frame_of_several_pages() -> None:
+    header = PullHeader("9", 40, PageEncoding.ZSTD).to_bytes()
+    with pytest.raises(ProtocolError, match="not 4096"):
+        _decode(header + _frame(3, 2), 1)
+
+
+def test_a_frame_of_more_pages_than_asked_is_refused() -> None:
+    header = PullHeader("9", 40, PageEncoding.ZSTD).to_bytes()
+    with pytest.raises(ProtocolError, match="at most 4 pages"):
+        _decode(header + _frame(3, 5), 4)
+
+
+def test_a_frame_reaching_past_the_database_size_is_refused() -> None:
+    header = PullHeader("9", 10, PageEncoding.ZSTD).to_bytes()
+    with pytest.raises(ProtocolError, match="beyond the database size"):
+        _decode(header + _frame(8, 3), 16)
+
+
+def test_a_frame_of_part_of_a_page_is_refused() -> None:
+    header = PullHeader("9", 40, PageEncoding.ZSTD).to_bytes()
+    record = encode_page(3, PageCompressor().compress(_page(3) + _page(4)[:100]))
+    with pytest.raises(ProtocolError, match="not a whole number of pages"):
+        _decode(header + record, 16)
+
+
+def test_a_page_of_a_frame_that_also_comes_as_a_delta_is_refused() -> None:
+    deltas = PageDeltas.make({5: _page(5)}, {5: _page(6)}, 1)
+    header = PullHeader("9", 40, PageEncoding.ZSTD, 1, deltas).to_bytes()
+    with pytest.raises(ProtocolError, match="both whole and as a delta"):
+        _decode(header + _frame(3, 4), 16)
+
+
+def test_runs_are_consecutive_and_bounded() -> None:
+    assert frame_runs([1, 2, 3, 5, 6, 9], 2) == [[1, 2], [3], [5, 6], [9]]
+    assert frame_runs([1, 2, 3], 1) == [[1], [2], [3]]
+    assert frame_runs([], 16) == []
+
+
+@pytest.mark.parametrize("frame_pages", [1, 16])
+def test_the_primarys_records_decode_to_the_same_pages(frame_pages: int) -> None:
+    pgnos = [*range(1, 41), 50, 52, 53]
+    snap = Snapshot(7, 60, {pgno: _page(pgno) for pgno in pgnos})
+    body = PullHeader("7", 60, PageEncoding.ZSTD).to_bytes() + b"".join(_zstd_records(snap, pgnos, 1, frame_pages))
+    decoder = PullResponseDecoder(frame_pages)
+    pages = decoder.feed(body)
+    decoder.close()
+    assert {page.page_id + 1: page.data for page in pages} == snap.pages
+    # one record per frame: a request that did not ask gets one per page, as before the field existed
+    records = PullResponseDecoder()._frames.feed(body)[1:]
+    assert len(records) == (len(pgnos) if frame_pages == 1 else len(frame_runs(pgnos, frame_pages)))
