@@ -24,35 +24,35 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\x0a\"turso_sync/wire/pull_updates.proto\x12\x0fturso_sync.wire\"\x94\x03\x0a\x17PullUpdatesReqProtoBody\x129\x0a\x08encoding\x18\x01 \x01(\x0e2\'.turso_sync.wire.PageUpdatesEncodingReq\x12\x17\x0a\x0fserver_revision\x18\x02 \x01(\x09\x12\x17\x0a\x0fclient_revision\x18\x03 \x01(\x09\x12\x1c\x0a\x14long_poll_timeout_ms\x18\x04 \x01(\x0d\x12\x1d\x0a\x15server_pages_selector\x18\x05 \x01(\x0c\x12\x14\x0a\x0cclient_pages\x18\x06 \x01(\x0c\x12\x1d\x0a\x15server_query_selector\x18\x07 \x01(\x09\x12;\x0a\x0bstream_kind\x18\x08 \x01(\x0e2&.turso_sync.wire.PullUpdatesStreamKind\x12\x14\x0a\x0bpage_deltas\x18\xe9\x07 \x01(\x08\x12\x1c\x0a\x13page_deltas_version\x18\xea\x07 \x01(\x0d\x12)\x0a\x10zstd_frame_pages\x18\xeb\x07 \x01(\x0dR\x0ezstdFramePages\"1\x0a\x08PageData\x12\x0f\x0a\x07page_id\x18\x01 \x01(\x04\x12\x14\x0a\x0cencoded_page\x18\x02 \x01(\x0c\"\x19\x0a\x17PageSetRawEncodingProto\"=\x0a\x18PageSetZstdEncodingProto\x12\x0d\x0a\x05level\x18\x01 \x01(\x05\x12\x12\x0a\x0apages_dict\x18\x02 \x03(\x0d\"\xa3\x01\x0a\x0fPageDeltasProto\x12\x10\x0a\x08page_ids\x18\x01 \x03(\x04\x12\x13\x0a\x0bbase_digest\x18\x02 \x01(\x06\x12\x0d\x0a\x05frame\x18\x03 \x01(\x0c\x12\x14\x0a\x0cnew_page_ids\x18\x04 \x03(\x04\x12\x1a\x0a\x0dcompact_frame\x18\x05 \x01(\x0cH\x00\x88\x01\x01\x12\x16\x0a\x0econtent_digest\x18\x06 \x01(\x06B\x10\x0a\x0e_compact_frame\"\x98\x01\x0a\x18MvccLogicalLogRangeProto\x12\x12\x0a\x0ageneration\x18\x01 \x01(\x04\x12\x14\x0a\x0cstart_offset\x18\x02 \x01(\x04\x12\x12\x0a\x0aend_offset\x18\x03 \x01(\x04\x12\x1a\x0a\x12starts_with_header\x18\x04 \x01(\x08\x12\x15\x0a\x08crc_seed\x18\x05 \x01(\x0cH\x00\x88\x01\x01B\x0b\x0a\x09_crc_seed\"\x87\x01\x0a\x1bMvccLogicalLogMetadataProto\x12\x0e\x0a\x06format\x18\x01 \x01(\x09\x12\x1d\x0a\x15checkpoint_transition\x18\x02 \x01(\x08\x129\x0a\x06ranges\x18\x03 \x03(\x0b2).turso_sync.wire.MvccLogicalLogRangeProto\"\xc2\x04\x0a\x18PullUpdatesRespProtoBody\x12\x17\x0a\x0fserver_revision\x18\x01 \x01(\x09\x12\x0f\x0a\x07db_size\x18\x02 \x01(\x04\x12C\x0a\x0craw_encoding\x18\x03 \x01(\x0b2(.turso_sync.wire.PageSetRawEncodingProtoH\x00\x88\x01\x01\x12E\x0a\x0dzstd_encoding\x18\x04 \x01(\x0b2).turso_sync.wire.PageSetZstdEncodingProtoH\x01\x88\x01\x01\x12;\x0a\x0bstream_kind\x18\x05 \x01(\x0e2&.turso_sync.wire.PullUpdatesStreamKind\x129\x0a\x0aapply_mode\x18\x06 \x01(\x0e2%.turso_sync.wire.PullUpdatesApplyMode\x12C\x0a\x08mvcc_log\x18\x07 \x01(\x0b2,.turso_sync.wire.MvccLogicalLogMetadataProtoH\x02\x88\x01\x01\x126\x0a\x08protocol\x18\x08 \x01(\x0e2$.turso_sync.wire.PullUpdatesProtocol\x12;\x0a\x0bpage_deltas\x18\xea\x07 \x01(\x0b2 .turso_sync.wire.PageDeltasProtoH\x03\x88\x01\x01B\x0f\x0a\x0d_raw_encodingB\x10\x0a\x0e_zstd_encodingB\x0b\x0a\x09_mvcc_logB\x0e\x0a\x0c_page_deltas*3\x0a\x16PageUpdatesEncodingReq\x12\x0b\x0a\x07ENC_RAW\x10\x00\x12\x0c\x0a\x08ENC_ZSTD\x10\x01*F\x0a\x15PullUpdatesStreamKind\x12\x10\x0a\x0cSTREAM_PAGES\x10\x00\x12\x1b\x0a\x17STREAM_MVCC_LOGICAL_LOG\x10\x01*E\x0a\x14PullUpdatesApplyMode\x12\x15\x0a\x11APPLY_INCREMENTAL\x10\x00\x12\x16\x0a\x12APPLY_REPLACE_BASE\x10\x01*U\x0a\x13PullUpdatesProtocol\x12\x15\x0a\x11PROTO_UNSPECIFIED\x10\x00\x12\x0f\x0a\x0bPROTO_PAGES\x10\x01\x12\x16\x0a\x12PROTO_MVCC_LOGICAL\x10\x02b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"turso_sync/wire/pull_updates.proto\x12\x0fturso_sync.wire\"\x84\x03\n\x17PullUpdatesReqProtoBody\x12\x39\n\x08\x65ncoding\x18\x01 \x01(\x0e\x32\'.turso_sync.wire.PageUpdatesEncodingReq\x12\x17\n\x0fserver_revision\x18\x02 \x01(\t\x12\x17\n\x0f\x63lient_revision\x18\x03 \x01(\t\x12\x1c\n\x14long_poll_timeout_ms\x18\x04 \x01(\r\x12\x1d\n\x15server_pages_selector\x18\x05 \x01(\x0c\x12\x14\n\x0c\x63lient_pages\x18\x06 \x01(\x0c\x12\x1d\n\x15server_query_selector\x18\x07 \x01(\t\x12;\n\x0bstream_kind\x18\x08 \x01(\x0e\x32&.turso_sync.wire.PullUpdatesStreamKind\x12\x14\n\x0bpage_deltas\x18\xe9\x07 \x01(\x08\x12\x1c\n\x13page_deltas_version\x18\xea\x07 \x01(\r\x12\x19\n\x10zstd_frame_pages\x18\xeb\x07 \x01(\r\"1\n\x08PageData\x12\x0f\n\x07page_id\x18\x01 \x01(\x04\x12\x14\n\x0c\x65ncoded_page\x18\x02 \x01(\x0c\"\x19\n\x17PageSetRawEncodingProto\"=\n\x18PageSetZstdEncodingProto\x12\r\n\x05level\x18\x01 \x01(\x05\x12\x12\n\npages_dict\x18\x02 \x03(\r\"\xa3\x01\n\x0fPageDeltasProto\x12\x10\n\x08page_ids\x18\x01 \x03(\x04\x12\x13\n\x0b\x62\x61se_digest\x18\x02 \x01(\x06\x12\r\n\x05\x66rame\x18\x03 \x01(\x0c\x12\x14\n\x0cnew_page_ids\x18\x04 \x03(\x04\x12\x1a\n\rcompact_frame\x18\x05 \x01(\x0cH\x00\x88\x01\x01\x12\x16\n\x0e\x63ontent_digest\x18\x06 \x01(\x06\x42\x10\n\x0e_compact_frame\"\x98\x01\n\x18MvccLogicalLogRangeProto\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x12\x14\n\x0cstart_offset\x18\x02 \x01(\x04\x12\x12\n\nend_offset\x18\x03 \x01(\x04\x12\x1a\n\x12starts_with_header\x18\x04 \x01(\x08\x12\x15\n\x08\x63rc_seed\x18\x05 \x01(\x0cH\x00\x88\x01\x01\x42\x0b\n\t_crc_seed\"\x87\x01\n\x1bMvccLogicalLogMetadataProto\x12\x0e\n\x06\x66ormat\x18\x01 \x01(\t\x12\x1d\n\x15\x63heckpoint_transition\x18\x02 \x01(\x08\x12\x39\n\x06ranges\x18\x03 \x03(\x0b\x32).turso_sync.wire.MvccLogicalLogRangeProto\"\xc2\x04\n\x18PullUpdatesRespProtoBody\x12\x17\n\x0fserver_revision\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x62_size\x18\x02 \x01(\x04\x12\x43\n\x0craw_encoding\x18\x03 \x01(\x0b\x32(.turso_sync.wire.PageSetRawEncodingProtoH\x00\x88\x01\x01\x12\x45\n\rzstd_encoding\x18\x04 \x01(\x0b\x32).turso_sync.wire.PageSetZstdEncodingProtoH\x01\x88\x01\x01\x12;\n\x0bstream_kind\x18\x05 \x01(\x0e\x32&.turso_sync.wire.PullUpdatesStreamKind\x12\x39\n\napply_mode\x18\x06 \x01(\x0e\x32%.turso_sync.wire.PullUpdatesApplyMode\x12\x43\n\x08mvcc_log\x18\x07 \x01(\x0b\x32,.turso_sync.wire.MvccLogicalLogMetadataProtoH\x02\x88\x01\x01\x12\x36\n\x08protocol\x18\x08 \x01(\x0e\x32$.turso_sync.wire.PullUpdatesProtocol\x12;\n\x0bpage_deltas\x18\xea\x07 \x01(\x0b\x32 .turso_sync.wire.PageDeltasProtoH\x03\x88\x01\x01\x42\x0f\n\r_raw_encodingB\x10\n\x0e_zstd_encodingB\x0b\n\t_mvcc_logB\x0e\n\x0c_page_deltas*3\n\x16PageUpdatesEncodingReq\x12\x0b\n\x07\x45NC_RAW\x10\x00\x12\x0c\n\x08\x45NC_ZSTD\x10\x01*F\n\x15PullUpdatesStreamKind\x12\x10\n\x0cSTREAM_PAGES\x10\x00\x12\x1b\n\x17STREAM_MVCC_LOGICAL_LOG\x10\x01*E\n\x14PullUpdatesApplyMode\x12\x15\n\x11\x41PPLY_INCREMENTAL\x10\x00\x12\x16\n\x12\x41PPLY_REPLACE_BASE\x10\x01*U\n\x13PullUpdatesProtocol\x12\x15\n\x11PROTO_UNSPECIFIED\x10\x00\x12\x0f\n\x0bPROTO_PAGES\x10\x01\x12\x16\n\x12PROTO_MVCC_LOGICAL\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'turso_sync.wire.pull_updates_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PAGEUPDATESENCODINGREQ']._serialized_start=1643
-  _globals['_PAGEUPDATESENCODINGREQ']._serialized_end=1694
-  _globals['_PULLUPDATESSTREAMKIND']._serialized_start=1696
-  _globals['_PULLUPDATESSTREAMKIND']._serialized_end=1766
-  _globals['_PULLUPDATESAPPLYMODE']._serialized_start=1768
-  _globals['_PULLUPDATESAPPLYMODE']._serialized_end=1837
-  _globals['_PULLUPDATESPROTOCOL']._serialized_start=1839
-  _globals['_PULLUPDATESPROTOCOL']._serialized_end=1924
+  _globals['_PAGEUPDATESENCODINGREQ']._serialized_start=1627
+  _globals['_PAGEUPDATESENCODINGREQ']._serialized_end=1678
+  _globals['_PULLUPDATESSTREAMKIND']._serialized_start=1680
+  _globals['_PULLUPDATESSTREAMKIND']._serialized_end=1750
+  _globals['_PULLUPDATESAPPLYMODE']._serialized_start=1752
+  _globals['_PULLUPDATESAPPLYMODE']._serialized_end=1821
+  _globals['_PULLUPDATESPROTOCOL']._serialized_start=1823
+  _globals['_PULLUPDATESPROTOCOL']._serialized_end=1908
   _globals['_PULLUPDATESREQPROTOBODY']._serialized_start=56
-  _globals['_PULLUPDATESREQPROTOBODY']._serialized_end=460
-  _globals['_PAGEDATA']._serialized_start=462
-  _globals['_PAGEDATA']._serialized_end=511
-  _globals['_PAGESETRAWENCODINGPROTO']._serialized_start=513
-  _globals['_PAGESETRAWENCODINGPROTO']._serialized_end=538
-  _globals['_PAGESETZSTDENCODINGPROTO']._serialized_start=540
-  _globals['_PAGESETZSTDENCODINGPROTO']._serialized_end=601
-  _globals['_PAGEDELTASPROTO']._serialized_start=604
-  _globals['_PAGEDELTASPROTO']._serialized_end=767
-  _globals['_MVCCLOGICALLOGRANGEPROTO']._serialized_start=770
-  _globals['_MVCCLOGICALLOGRANGEPROTO']._serialized_end=922
-  _globals['_MVCCLOGICALLOGMETADATAPROTO']._serialized_start=925
-  _globals['_MVCCLOGICALLOGMETADATAPROTO']._serialized_end=1060
-  _globals['_PULLUPDATESRESPPROTOBODY']._serialized_start=1063
-  _globals['_PULLUPDATESRESPPROTOBODY']._serialized_end=1641
+  _globals['_PULLUPDATESREQPROTOBODY']._serialized_end=444
+  _globals['_PAGEDATA']._serialized_start=446
+  _globals['_PAGEDATA']._serialized_end=495
+  _globals['_PAGESETRAWENCODINGPROTO']._serialized_start=497
+  _globals['_PAGESETRAWENCODINGPROTO']._serialized_end=522
+  _globals['_PAGESETZSTDENCODINGPROTO']._serialized_start=524
+  _globals['_PAGESETZSTDENCODINGPROTO']._serialized_end=585
+  _globals['_PAGEDELTASPROTO']._serialized_start=588
+  _globals['_PAGEDELTASPROTO']._serialized_end=751
+  _globals['_MVCCLOGICALLOGRANGEPROTO']._serialized_start=754
+  _globals['_MVCCLOGICALLOGRANGEPROTO']._serialized_end=906
+  _globals['_MVCCLOGICALLOGMETADATAPROTO']._serialized_start=909
+  _globals['_MVCCLOGICALLOGMETADATAPROTO']._serialized_end=1044
+  _globals['_PULLUPDATESRESPPROTOBODY']._serialized_start=1047
+  _globals['_PULLUPDATESRESPPROTOBODY']._serialized_end=1625
 # @@protoc_insertion_point(module_scope)
