@@ -56,8 +56,12 @@ def test_one_daemon_serves_replicas_with_different_keys_and_none(tmp_path, daemo
             remote = turso_sync.connect(tmp_path / f"check-{name}", urls[name], encryption_key=KEY256)
 
             def arrived(remote=remote) -> bool:
+                # the CREATE TABLE commits on its own (DDL opens no transaction, as in sqlite3), so the
+                # daemon may push it before the INSERT: wait for the row, not just the table
                 remote.pull()
-                return bool(remote.execute("SELECT 1 FROM sqlite_schema WHERE name = 't'").fetchone())
+                if not remote.execute("SELECT 1 FROM sqlite_schema WHERE name = 't'").fetchone():
+                    return False
+                return bool(remote.execute("SELECT 1 FROM t").fetchone())
 
             wait_for(arrived, 30, f"{name}'s commit on the primary")
             assert remote.execute("SELECT v FROM t").fetchall() == [(f"from {name}",)]
