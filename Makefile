@@ -78,9 +78,12 @@ bench: peers
 	$(BIN)/python -m bench.run_all
 
 # Regenerate the protobuf module of the sync wire format (protoc comes from grpcio-tools,
-# installed into the venv only for this; the runtime needs just the protobuf package).
+# installed into the venv only for this, pinned, with protobuf held at constraints.txt's version;
+# the runtime needs just the protobuf package). 1.85.1 bundles the protoc that wrote the checked-in
+# module ("Protobuf Python Version: 7.35.1" in its header).
+GRPCIO_TOOLS_VERSION = 1.85.1
 proto: venv
-	$(BIN)/python -m pip install -q grpcio-tools
+	$(BIN)/python -m pip install -q grpcio-tools==$(GRPCIO_TOOLS_VERSION) -c constraints.txt
 	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. turso_sync/wire/pull_updates.proto
 
 # Re-resolve the compatible ranges of pyproject.toml in a scratch venv and record the exact set.
