@@ -28,12 +28,18 @@ before = conn.execute("SELECT count(*) FROM t").fetchone()[0]
 for i in range(int(sys.argv[2])):
     conn.execute("INSERT INTO t (v) VALUES (?)", (os.urandom(3000),))
     conn.commit()
-print(walformat.CHECKSUM_IMPLEMENTATION, before, flush=True)
+print(walformat.CHECKSUM_IMPLEMENTATION, before, "numpy" in sys.modules, flush=True)
 os._exit(0)
 """
 
 
 def _run_child(path: Path, rows: int, mode: str, env: dict[str, str] | None = None) -> tuple[str, int]:
+    implementation, before, _numpy = _run_child_full(path, rows, mode, env)
+    return implementation, before
+
+
+def _run_child_full(path: Path, rows: int, mode: str, env: dict[str, str] | None = None) -> tuple[str, int, bool]:
+    """What the child printed: the checksum in use, the rows it found, whether numpy got imported."""
     child_env = {k: v for k, v in os.environ.items() if k != _compiled.PURE_PYTHON_ENV}
     child_env.update(env or {})
     out = subprocess.run(
@@ -44,8 +50,8 @@ def _run_child(path: Path, rows: int, mode: str, env: dict[str, str] | None = No
         timeout=50,
     )
     assert out.returncode == 0, out.stderr
-    implementation, before = out.stdout.split()
-    return implementation, int(before)
+    implementation, before, numpy = out.stdout.split()
+    return implementation, int(before), numpy == "True"
 
 
 def _built() -> bool:
@@ -84,6 +90,15 @@ def test_the_environment_variable_set_to_0_or_empty_does_not(tmp_path):
     expected = "c" if _built() else "numpy"
     assert _run_child(tmp_path / "db", 1, "default", {_compiled.PURE_PYTHON_ENV: "0"}) == (expected, 0)
     assert _run_child(tmp_path / "db", 1, "default", {_compiled.PURE_PYTHON_ENV: ""}) == (expected, 1)
+
+
+def test_numpy_is_imported_only_by_the_fallback(tmp_path):
+    # importing numpy costs ~0.1 s of every start (and OpenBLAS's threads spin ~0.1 s of CPU after
+    # it): with the compiled checksum a process that writes and recovers an encrypted WAL never does
+    db = tmp_path / "db"
+    assert _run_child_full(db, 3, "absent")[2] is True
+    if _built():
+        assert _run_child_full(db, 3, "default") == ("c", 3, False)
 
 
 def test_speedups_answers_none_when_refused_or_absent(monkeypatch):

@@ -10,7 +10,9 @@ arithmetic, so no widened copy of the data is made (one per frame written or ver
 Where the optional compiled helper ``turso_sync._speedups`` was built (``setup.py``), its C loop
 does the same in well under a microsecond per frame and ``wal_checksum`` is that function; the
 numpy version stays as its fallback, used when the module is absent or refused by
-``TURSO_SYNC_PURE_PYTHON=1`` (``CHECKSUM_IMPLEMENTATION`` says which one is in use).
+``TURSO_SYNC_PURE_PYTHON=1`` (``CHECKSUM_IMPLEMENTATION`` says which one is in use).  numpy is
+imported only when that fallback first runs: importing it costs about 0.1 s of every process's
+start, and its OpenBLAS threads spin for another ~0.1 s of CPU after the import.
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from .._compiled import speedups
+
+if TYPE_CHECKING:
+    import numpy as np
 
 WAL_HEADER_SIZE = 32
 FRAME_HEADER_SIZE = 24
@@ -40,6 +44,8 @@ _FRAME_HEADER = struct.Struct(">IIIIII")
 @lru_cache(maxsize=16)
 def _coefficients(npairs: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     """Interleaved coefficients (2*npairs, 2) so that ``words @ C`` gives both sums, and M**npairs."""
+    import numpy as np  # (only the fallback needs numpy; see the module's docstring)
+
     powers = np.empty((npairs + 1, 4), dtype=np.uint64)
     a, b, c, d = 1, 0, 0, 1  # identity
     wrap = 0xFFFFFFFFFFFFFFFF
@@ -61,6 +67,8 @@ def _coefficients(npairs: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
 @lru_cache(maxsize=16)
 def _word_coefficients(nwords: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]]:
     """For ``nwords`` words: the coefficient of each word in s1 and in s2 (uint32), and M**(nwords/2)."""
+    import numpy as np
+
     coef, last = _coefficients(nwords // 2)
     into_s1 = np.ascontiguousarray(coef[:, 0] & _MASK).astype(np.uint32)
     into_s2 = np.ascontiguousarray(coef[:, 1] & _MASK).astype(np.uint32)
@@ -69,6 +77,8 @@ def _word_coefficients(nwords: int) -> tuple[np.ndarray, np.ndarray, tuple[int, 
 
 def wal_checksum_numpy(data: bytes, s1: int = 0, s2: int = 0, big_endian: bool = False) -> tuple[int, int]:
     """SQLite's WAL checksum of ``data`` (a multiple of 8 bytes) continuing from (s1, s2), with numpy."""
+    import numpy as np
+
     words = np.frombuffer(data, dtype=">u4" if big_endian else "<u4")  # a ValueError unless 4 divides the size
     if len(words) % 2:
         raise ValueError(f"wal_checksum: data must be a multiple of 8 bytes, not {4 * len(words)}")
