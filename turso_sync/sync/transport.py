@@ -16,9 +16,10 @@ server how far it got (``turso_sync_last_change_id``), never by resending blindl
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import zlib
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import httpx
 from tenacity import (
@@ -31,7 +32,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from ..errors import NetworkError, RemoteError
+from ..errors import NetworkError, ProtocolError, RemoteError
 from ..wire import answer_coding
 
 
@@ -104,6 +105,12 @@ def _client_options(url: str, auth_token: str | None, client_name: str) -> dict[
 #: The most a JSON answer in ``answer_coding.CODING`` may unpack to (a bound on a bad stream).
 MAX_CODED_ANSWER = 1 << 30
 
+#: The most a gzip (or deflate) answer may unpack to: a small compressed body must not fill
+#: memory (our JSON answers are a few kilobytes; pull answers travel uncoded, their pages
+#: compressed inside the message).  Bodies are unpacked here, ``max_length`` at a time, not by
+#: httpx, whose decoders unpack each chunk whole (zstd's can turn 64 KiB into gigabytes).
+MAX_DECODED_ANSWER = 1 << 30
+
 #: What a JSON request accepts: our primary's preset-dictionary coding first, then gzip (any
 #: other server ignores the name it does not know).
 JSON_ACCEPT_ENCODING = f"{answer_coding.CODING}, gzip"
@@ -124,6 +131,70 @@ def _decoded(data: bytes, response: httpx.Response) -> bytes:
     if response.headers.get("content-encoding", "").strip().lower() != answer_coding.CODING:
         return data
     return answer_coding.decode(data, MAX_CODED_ANSWER)
+
+
+class _Body:
+    """A response body read as it travelled and unpacked here: gzip or deflate within a bound,
+    ``answer_coding.CODING`` and identity passed on, any other coding refused (none was asked for)."""
+
+    def __init__(self, response: httpx.Response, path: str, progress: Progress | None, limit: int) -> None:
+        coding = response.headers.get("content-encoding", "").strip().lower()
+        self.unpacker: Any = None
+        if coding in ("gzip", "x-gzip"):
+            self.unpacker = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif coding == "deflate":
+            self.unpacker = zlib.decompressobj()
+        elif coding not in ("", "identity", answer_coding.CODING):
+            raise ProtocolError(f"the answer to {path} is in content coding {coding[:40]!r}, which was not asked for")
+        self.coding = coding
+        self.limit = limit
+        length = response.headers.get("content-length")
+        self.total = int(length) if length and length.isdigit() else None
+        self.path = path
+        self.progress = progress
+        self.chunks: list[bytes] = []
+        self.received = 0
+
+    def add(self, chunk: bytes) -> None:
+        self.received += len(chunk)
+        if self.progress is not None:
+            self.progress(self.path, self.received, self.total)
+        unpacker = self.unpacker
+        if unpacker is None:
+            self.chunks.append(chunk)
+            return
+        room = self.limit - self.unpacked
+        try:
+            while chunk:
+                out = unpacker.decompress(chunk, room + 1)
+                self.unpacked += len(out)
+                room -= len(out)
+                if room < 0:
+                    raise ProtocolError(
+                        f"the answer to {self.path} unpacks to more than {self.limit} bytes: refused "
+                        "(a compressed body that large is no sync answer)"
+                    )
+                self.chunks.append(out)
+                chunk = unpacker.unconsumed_tail
+        except zlib.error as exc:
+            raise ProtocolError(f"the answer to {self.path} is not valid {self.coding}: {exc}") from None
+
+    unpacked = 0
+
+    def body(self) -> bytes:
+        if self.unpacker is not None and not self.unpacker.eof:
+            raise ProtocolError(f"the answer to {self.path} ends inside its {self.coding} stream")
+        return b"".join(self.chunks)
+
+    def read(self, chunks: Iterator[bytes]) -> bytes:
+        for chunk in chunks:  # raises if the body is cut short (content-length mismatch)
+            self.add(chunk)
+        return self.body()
+
+    async def aread(self, chunks: AsyncIterator[bytes]) -> bytes:
+        async for chunk in chunks:
+            self.add(chunk)
+        return self.body()
 
 
 def _timeouts(timeout: float) -> httpx.Timeout:
@@ -152,15 +223,18 @@ class HttpxTransport:
         max_wait: float = 2.0,
         deadline: float = 30.0,
         progress: Progress | None = None,
+        max_decoded_answer: int = MAX_DECODED_ANSWER,
     ) -> None:
         """``progress``, when given, is told the bytes of each response body as they arrive
-        (for a progress bar on bootstraps and large pulls); without it bodies are read whole."""
+        (for a progress bar on bootstraps and large pulls).  An answer in a content coding that
+        unpacks to more than ``max_decoded_answer`` bytes is refused (``ProtocolError``)."""
         self.url = normalize_url(url)
         self._client = httpx.Client(**_client_options(self.url, auth_token, client_name))  # type: ignore[arg-type]
         self._attempts = attempts
         self._max_wait = max_wait
         self._deadline = deadline
         self._progress = progress
+        self._max_decoded = max_decoded_answer
         self.stats = TransferStats()
 
     def request(self, path: str, body: bytes, content_type: str, timeout: float, idempotent: bool) -> HttpResponse:
@@ -186,31 +260,13 @@ class HttpxTransport:
         headers = _request_headers(content_type)
         self.stats.sent += len(body)
         timeouts = _timeouts(timeout)
-        if self._progress is None:
-            response = self._client.post(self.url + path, content=body, headers=headers, timeout=timeouts)
-            data = response.content  # raises if the body is cut short (content-length mismatch)
-        else:
-            data, response = self._streamed(path, body, headers, timeouts, self._progress)
+        with self._client.stream("POST", self.url + path, content=body, headers=headers, timeout=timeouts) as response:
+            data = _Body(response, path, self._progress, self._max_decoded).read(response.iter_raw())
         self.stats.received += response.num_bytes_downloaded  # as it travelled (a gzip answer compressed)
         data = _decoded(data, response)
         if response.status_code != 200:
             raise RemoteError(response.status_code, data, path)
         return HttpResponse(response.status_code, data, dict(response.headers))
-
-    def _streamed(
-        self, path: str, body: bytes, headers: dict[str, str], timeouts: httpx.Timeout, progress: Progress
-    ) -> tuple[bytes, httpx.Response]:
-        """POST and read the body chunk by chunk, reporting each to ``progress``."""
-        with self._client.stream("POST", self.url + path, content=body, headers=headers, timeout=timeouts) as response:
-            length = response.headers.get("content-length")
-            total = int(length) if length and length.isdigit() else None
-            chunks: list[bytes] = []
-            received = 0
-            for chunk in response.iter_bytes():  # raises if the body is cut short, as .content does
-                chunks.append(chunk)
-                received += len(chunk)
-                progress(path, received, total)
-        return b"".join(chunks), response
 
     def close(self) -> None:
         self._client.close()
@@ -233,6 +289,7 @@ class AsyncHttpxTransport:
         max_wait: float = 2.0,
         deadline: float = 30.0,
         progress: Progress | None = None,
+        max_decoded_answer: int = MAX_DECODED_ANSWER,
     ) -> None:
         """As ``HttpxTransport``; create it inside the event loop that will use it."""
         self.url = normalize_url(url)
@@ -241,6 +298,7 @@ class AsyncHttpxTransport:
         self._max_wait = max_wait
         self._deadline = deadline
         self._progress = progress
+        self._max_decoded = max_decoded_answer
         self.stats = TransferStats()
 
     async def request(
@@ -270,16 +328,7 @@ class AsyncHttpxTransport:
         async with self._client.stream(
             "POST", self.url + path, content=body, headers=headers, timeout=_timeouts(timeout)
         ) as response:
-            length = response.headers.get("content-length")
-            total = int(length) if length and length.isdigit() else None
-            chunks: list[bytes] = []
-            received = 0
-            async for chunk in response.aiter_bytes():  # raises if the body is cut short
-                chunks.append(chunk)
-                received += len(chunk)
-                if self._progress is not None:
-                    self._progress(path, received, total)
-        data = b"".join(chunks)
+            data = await _Body(response, path, self._progress, self._max_decoded).aread(response.aiter_raw())
         self.stats.received += response.num_bytes_downloaded  # as it travelled (a gzip answer compressed)
         data = _decoded(data, response)
         if response.status_code != 200:
