@@ -311,6 +311,213 @@ fail:
     return NULL;
 }
 
+/* ==== xread (session 10): a main database file's page reads in Turso's format, without a Python frame ====
+ *
+ * page_reader(file, base, state, fd, slot, page, decrypt) -> reader
+ *     A callable reader(amount, offset), set as an EncryptedDBFile's instance attribute xRead (APSW
+ *     looks the method up on the object, so it wins over the class's).  For a whole, aligned page
+ *     other than page 1, while `state.lazy` is None, it preads the page from descriptor `fd` into
+ *     `slot` (a bytearray of the page size), calls `decrypt()` (which decrypts `slot` into `page`, a
+ *     bytearray of the same size) and returns `page`.  Anything else -- another read, a short read,
+ *     a read error, a page `decrypt` refuses, a partial replica -- is base(file, amount, offset),
+ *     the class's own method, which keeps every behaviour and error.  The file is held by a weak
+ *     reference (no cycle through its own dict); once it is gone a call raises ReferenceError.
+ *     Both buffers are held (and exported, so they cannot be resized) for the reader's life.
+ */
+#include <errno.h>
+#include <unistd.h>
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *file_ref; /* weak reference to the file */
+    PyObject *base;     /* the class's xRead(file, amount, offset) */
+    PyObject *state;    /* DatabaseState: its `lazy` is read at each call */
+    PyObject *decrypt;  /* decrypt(): slot -> page, raises on a page that does not verify */
+    PyObject *page;     /* what a read returns */
+    Py_buffer slot;     /* the pread target, exported for the reader's life */
+    int has_slot;
+    int fd;
+} PageReaderObject;
+
+static PyObject *lazy_name; /* "lazy", interned */
+
+static PyObject *
+page_reader_fallback(PageReaderObject *reader, PyObject *const *args)
+{
+    PyObject *file, *call_args[3], *result;
+#if PY_VERSION_HEX >= 0x030D0000
+    if (PyWeakref_GetRef(reader->file_ref, &file) < 0)
+        return NULL;
+    if (file == NULL) {
+        PyErr_SetString(PyExc_ReferenceError, "xRead page reader: its file no longer exists");
+        return NULL;
+    }
+#else
+    file = PyWeakref_GetObject(reader->file_ref); /* borrowed */
+    if (file == NULL)
+        return NULL;
+    if (file == Py_None) {
+        PyErr_SetString(PyExc_ReferenceError, "xRead page reader: its file no longer exists");
+        return NULL;
+    }
+    Py_INCREF(file);
+#endif
+    call_args[0] = file;
+    call_args[1] = args[0];
+    call_args[2] = args[1];
+    result = PyObject_Vectorcall(reader->base, call_args, 3, NULL);
+    Py_DECREF(file);
+    return result;
+}
+
+static PyObject *
+page_reader_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    PageReaderObject *reader = (PageReaderObject *)self;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf), size = reader->slot.len, got;
+    long long amount, offset;
+    PyObject *lazy, *done;
+
+    if (nargs != 2 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0)) {
+        PyErr_SetString(PyExc_TypeError, "xRead page reader takes exactly 2 positional arguments (amount, offset)");
+        return NULL;
+    }
+    if (!PyLong_CheckExact(args[0]) || !PyLong_CheckExact(args[1]))
+        return page_reader_fallback(reader, args);
+    amount = PyLong_AsLongLong(args[0]);
+    offset = PyLong_AsLongLong(args[1]);
+    if ((amount == -1 || offset == -1) && PyErr_Occurred()) {
+        PyErr_Clear();
+        return page_reader_fallback(reader, args);
+    }
+    if (amount != size || offset <= 0 || offset % size != 0)
+        return page_reader_fallback(reader, args); /* page 1, or not one whole page */
+    /* a partial replica's missing pages are fetched by the class's method; `lazy` can be set
+     * while this file is open (a later connection to the same database finds the replica partial) */
+    lazy = PyObject_GetAttr(reader->state, lazy_name);
+    if (lazy == NULL)
+        return NULL;
+    if (lazy != Py_None) {
+        Py_DECREF(lazy);
+        return page_reader_fallback(reader, args);
+    }
+    Py_DECREF(lazy);
+    Py_BEGIN_ALLOW_THREADS
+    do {
+        got = pread(reader->fd, reader->slot.buf, (size_t)size, (off_t)offset);
+    } while (got < 0 && errno == EINTR);
+    Py_END_ALLOW_THREADS
+    if (got != size)
+        return page_reader_fallback(reader, args); /* past the end, or an error: raised there */
+    done = PyObject_CallNoArgs(reader->decrypt);
+    if (done == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_Exception))
+            return NULL;
+        PyErr_Clear(); /* a page that does not verify: the class's method names and records it */
+        return page_reader_fallback(reader, args);
+    }
+    Py_DECREF(done);
+    Py_INCREF(reader->page);
+    return reader->page;
+}
+
+static void
+page_reader_dealloc(PyObject *self)
+{
+    PageReaderObject *reader = (PageReaderObject *)self;
+    if (reader->has_slot)
+        PyBuffer_Release(&reader->slot);
+    Py_XDECREF(reader->file_ref);
+    Py_XDECREF(reader->base);
+    Py_XDECREF(reader->state);
+    Py_XDECREF(reader->decrypt);
+    Py_XDECREF(reader->page);
+    Py_TYPE(self)->tp_free(self);
+}
+
+static PyTypeObject PageReaderType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "turso_sync._speedups.PageReader",
+    .tp_basicsize = sizeof(PageReaderObject),
+    .tp_dealloc = page_reader_dealloc,
+    .tp_vectorcall_offset = offsetof(PageReaderObject, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "reader(amount, offset): a whole page but page 1 read and decrypted here, base(file, amount, offset) "
+              "otherwise.",
+};
+
+static PyObject *
+page_reader(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PageReaderObject *reader;
+    Py_ssize_t page_len;
+    long fd;
+    (void)module;
+
+    /* made ready here, on first use, so the module's set-up stays as it was */
+    if (!(PageReaderType.tp_flags & Py_TPFLAGS_READY) && PyType_Ready(&PageReaderType) < 0)
+        return NULL;
+    if (lazy_name == NULL && (lazy_name = PyUnicode_InternFromString("lazy")) == NULL)
+        return NULL;
+    if (nargs != 7) {
+        PyErr_Format(PyExc_TypeError, "page_reader() takes 7 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    if (!PyCallable_Check(args[1]) || !PyCallable_Check(args[6])) {
+        PyErr_SetString(PyExc_TypeError, "page_reader(): base and decrypt must be callable");
+        return NULL;
+    }
+    if (!PyByteArray_CheckExact(args[4]) || !PyByteArray_CheckExact(args[5])) {
+        PyErr_SetString(PyExc_TypeError, "page_reader(): slot and page must be bytearrays");
+        return NULL;
+    }
+    page_len = PyByteArray_GET_SIZE(args[5]);
+    if (PyByteArray_GET_SIZE(args[4]) != page_len || page_len <= 0) {
+        PyErr_SetString(PyExc_ValueError, "page_reader(): slot and page must be bytearrays of the same, non-zero size");
+        return NULL;
+    }
+    fd = PyLong_AsLong(args[3]);
+    if (fd == -1 && PyErr_Occurred())
+        return NULL;
+    if (fd < 0 || fd > INT32_MAX) {
+        PyErr_Format(PyExc_ValueError, "page_reader(): %ld is not an open descriptor", fd);
+        return NULL;
+    }
+    reader = PyObject_New(PageReaderObject, &PageReaderType);
+    if (reader == NULL)
+        return NULL;
+    reader->vectorcall = page_reader_vectorcall;
+    reader->file_ref = NULL;
+    reader->base = NULL;
+    reader->state = NULL;
+    reader->decrypt = NULL;
+    reader->page = NULL;
+    reader->has_slot = 0;
+    reader->fd = (int)fd;
+    if (PyObject_GetBuffer(args[4], &reader->slot, PyBUF_WRITABLE) < 0)
+        goto fail;
+    reader->has_slot = 1;
+    reader->file_ref = PyWeakref_NewRef(args[0], NULL);
+    if (reader->file_ref == NULL)
+        goto fail;
+    Py_INCREF(args[1]);
+    reader->base = args[1];
+    Py_INCREF(args[2]);
+    reader->state = args[2];
+    Py_INCREF(args[6]);
+    reader->decrypt = args[6];
+    Py_INCREF(args[5]);
+    reader->page = args[5];
+    return (PyObject *)reader;
+fail:
+    Py_DECREF(reader);
+    return NULL;
+}
+
+/* ==== end of xread ==== */
+
 static PyMethodDef speedups_methods[] = {
     {"wal_checksum", (PyCFunction)(void (*)(void))wal_checksum, METH_FASTCALL | METH_KEYWORDS,
      "wal_checksum(data, s1=0, s2=0, big_endian=False) -> (s1, s2)\n\n"
@@ -319,6 +526,11 @@ static PyMethodDef speedups_methods[] = {
      "file_control_router(file, handled, hook, base) -> router\n\n"
      "A callable router(op, ptr): hook(file, op, ptr) when op is in handled (at most 8 ints),\n"
      "base(file, op, ptr) otherwise; the file is held by a weak reference."},
+    {"page_reader", (PyCFunction)(void (*)(void))page_reader, METH_FASTCALL,
+     "page_reader(file, base, state, fd, slot, page, decrypt) -> reader\n\n"
+     "A callable reader(amount, offset) for a main database file in Turso's format: a whole page but\n"
+     "page 1 is pread into slot and decrypt() into page, which it returns; anything else (or a partial\n"
+     "replica, a short read, a page decrypt refuses) is base(file, amount, offset)."},
     {NULL, NULL, 0, NULL},
 };
 
