@@ -269,3 +269,154 @@ def test_other_formats_keep_the_class_method(tmp_path: Path, cipher: str, monkey
     db.commit()
     assert files and all("xRead" not in f.__dict__ for f in files)
     db.close()
+
+
+# --- WAL recovery's reads of frames an install handed over (``_speedups.wal_frame_reader``) ---------
+
+FRAME = 24 + P
+
+
+class _Handed:
+    """What ``HandedFrame`` offers the reader."""
+
+    def __init__(self, disk: bytes, prev_ct: tuple[int, int], prev_pt: tuple[int, int]) -> None:
+        self.disk, self.prev_ct, self.prev_pt = disk, prev_ct, prev_pt
+        self.salts = (int.from_bytes(disk[8:12], "big"), int.from_bytes(disk[12:16], "big"))
+        self.ct, self.pt = (11, 12), (13, 14)
+        self.given = b"given" + disk[:19]
+
+
+class _WalFile:
+    frame_size = FRAME
+
+    def __init__(self) -> None:
+        self._prev_tail: tuple[int, bytes] | None = None
+        self._ahead: tuple[int, bytes] | None = None
+        self._last_full_read = 0
+
+
+def _wal_reader() -> tuple[Any, _WalFile, dict[Any, Any], list[tuple[object, int, int]], dict[Any, Any]]:
+    """A reader over frames 4 and 5 in a read-ahead buffer from frame 4, frame 5 handed over."""
+    assert _speedups is not None
+    salts = bytes.fromhex("0102030405060708")
+    frames = [
+        n.to_bytes(4, "big")
+        + bytes(4)
+        + salts
+        + (100 + n).to_bytes(4, "big")
+        + (200 + n).to_bytes(4, "big")
+        + bytes([n]) * P
+        for n in (4, 5)
+    ]
+    f = _WalFile()
+    f._prev_tail = (4, frames[0][8:24])
+    f._ahead = (4, b"".join(frames))
+    log: list[tuple[object, int, int]] = []
+
+    def base(file: object, amount: int, offset: int) -> bytes:
+        log.append((file, amount, offset))
+        return b"base"
+
+    handed = {(salts, 5): _Handed(frames[1], (104, 204), (7, 8))}
+    chain: dict[Any, Any] = {(0x01020304, 0x05060708, 4): ((104, 204), (7, 8))}
+    reader = _speedups.wal_frame_reader(f, base, handed.get, chain, FRAME, FRAME)
+    return reader, f, chain, log, handed
+
+
+@needs_compiled
+def test_wal_reader_hands_over_the_frame_and_records_what_the_long_way_would() -> None:
+    reader, f, chain, log, handed = _wal_reader()
+    frame = handed[(bytes.fromhex("0102030405060708"), 5)]
+    assert reader(FRAME, 32 + 4 * FRAME) is frame.given
+    assert log == []
+    assert chain[(0x01020304, 0x05060708, 5)] == ((11, 12), (13, 14))
+    assert f._last_full_read == 5 and f._prev_tail == (5, frame.disk[8:24]) and f._ahead is not None
+
+
+@needs_compiled
+@pytest.mark.parametrize(
+    "change",
+    ["not in order", "not ahead", "not handed", "disk differs", "ciphertext chain", "plaintext chain", "no chain"],
+)
+def test_wal_reader_hands_anything_else_to_base_with_nothing_changed(change: str) -> None:
+    reader, f, chain, log, handed = _wal_reader()
+    key = (bytes.fromhex("0102030405060708"), 5)
+    if change == "not in order":
+        f._prev_tail = (3, f._prev_tail[1])  # type: ignore[index]
+    elif change == "not ahead":
+        f._ahead = (4, f._ahead[1][:FRAME])  # type: ignore[index]
+    elif change == "not handed":
+        del handed[key]
+    elif change == "disk differs":
+        handed[key].disk = handed[key].disk[:-1] + b"x"
+    elif change == "ciphertext chain":
+        handed[key].prev_ct = (105, 204)
+    elif change == "plaintext chain":
+        handed[key].prev_pt = (7, 9)
+    else:
+        chain.clear()
+    before = (f._prev_tail, f._ahead, f._last_full_read, dict(chain))
+    assert reader(FRAME, 32 + 4 * FRAME) == b"base"
+    assert log == [(f, FRAME, 32 + 4 * FRAME)]
+    assert (f._prev_tail, f._ahead, f._last_full_read, dict(chain)) == before
+
+
+@needs_compiled
+def test_wal_reader_sends_other_reads_to_base_and_refuses_bad_input() -> None:
+    assert _speedups is not None
+    reader, f, _chain, log, _handed = _wal_reader()
+    assert reader(32, 0) == b"base"  # the WAL header
+    assert reader(FRAME, 32) == b"base"  # frame 1: the class's method ends a checksum rewrite there
+    assert reader(P, 32 + 4 * FRAME + 24) == b"base"  # a body alone
+    assert reader(8, 32 + 4 * FRAME + 16) == b"base"  # a checksum
+    assert [entry[1:] for entry in log] == [(32, 0), (FRAME, 32), (P, 32 + 4 * FRAME + 24), (8, 32 + 4 * FRAME + 16)]
+    with pytest.raises(TypeError, match="exactly 2 positional arguments"):
+        reader(FRAME)
+    log.clear()
+    del f
+    gc.collect()
+    with pytest.raises(ReferenceError, match="no longer exists"):
+        reader(FRAME, 32)
+    with pytest.raises(TypeError, match="must be a dict"):
+        _speedups.wal_frame_reader(_File(), len, len, [], FRAME, FRAME)
+    with pytest.raises(ValueError, match="frame sizes"):
+        _speedups.wal_frame_reader(_File(), len, len, {}, 24, FRAME)
+
+
+def test_recovery_after_an_install_reads_its_frames_without_the_class_method(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from turso_sync.local.engine import LocalDatabase
+    from turso_sync.local.install import invalidate_wal_index
+
+    db = LocalDatabase(tmp_path / "db", encryption_key=KEY)
+    conn = db.connect()
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)")
+    conn.executemany("INSERT INTO t (v) VALUES (?)", [(bytes([i % 251]) * 300,) for i in range(1500)])
+    conn.commit()
+    conn.close()
+    db.checkpoint()
+    with db.write_lock() as locked:
+        size = int(db.query("PRAGMA page_count")[0][0])
+        read = db.page_reader()
+        db.install_locked(locked, {p: read(p) for p in range(1, size + 1)}, size)
+    whole: list[int] = []
+    method = vfs.EncryptedWALFile.xRead
+
+    def spy(self: Any, amount: int, offset: int) -> Any:
+        if amount == FRAME:
+            whole.append((offset - 32) // FRAME + 1)
+        return method(self, amount, offset)
+
+    monkeypatch.setattr(vfs.EncryptedWALFile, "xRead", spy)
+    reader = db.connect()  # a WAL handle opened now: its compiled reader falls back to the spy
+    invalidate_wal_index(str(db.path))
+    assert reader.execute("SELECT count(*), sum(length(v)) FROM t").fetchall() == [(1500, 1500 * 300)]
+    reader.close()
+    db.close()
+    assert size > 40
+    if _speedups is not None:
+        # frame 1, and each frame that starts a new read-ahead run: the rest were handed over in C
+        assert whole[0] == 1 and len(whole) <= 1 + -(-(size - 1) // vfs.READ_AHEAD)
+    else:
+        assert sorted(set(whole)) == list(range(1, size + 1))

@@ -78,6 +78,8 @@ _SIZE_CONTROLS = frozenset({apsw.SQLITE_FCNTL_SIZE_HINT, apsw.SQLITE_FCNTL_CHUNK
 _file_control_router = getattr(speedups(), "file_control_router", None)
 # the compiled page reader (``_speedups.c``), or None: then the class's xRead reads every page
 _page_reader = getattr(speedups(), "page_reader", None)
+# the compiled reader of handed-over WAL frames (``_speedups.c``), or None: then the class's xRead reads them
+_wal_frame_reader = getattr(speedups(), "wal_frame_reader", None)
 
 
 def _route_file_controls(file: apsw.VFSFile, handled: frozenset[int]) -> None:
@@ -740,6 +742,13 @@ class EncryptedWALFile(apsw.VFSFile):
         # the first frame whose body this handle overwrote in place (no header): SQLite rewrites
         # the headers from there on at commit, each right after reading the frame whole
         self._recksum_from: int | None = None
+        if self._turso and _wal_frame_reader is not None:
+            # WAL recovery after an install reads every frame whole, in order: the compiled twin of
+            # ``_read_full_frame``'s hand-over path (``_handed_frame``) answers those reads without a
+            # Python frame, and calls the class's xRead for every other (``_speedups.c``, "xread")
+            self.__dict__["xRead"] = _wal_frame_reader(
+                self, type(self).xRead, self._handed_lookup, self._chain, self.frame_size, self.disk_frame
+            )
 
     # --- helpers -------------------------------------------------------------------------
 
