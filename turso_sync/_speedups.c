@@ -554,6 +554,24 @@ be32(const unsigned char *p)
     return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | (uint32_t)p[3];
 }
 
+/* A tuple of new references a, b (and c, unless NULL is passed as n == 2), which it steals; NULL when any is. */
+static PyObject *
+steal_tuple(Py_ssize_t n, PyObject *a, PyObject *b, PyObject *c)
+{
+    PyObject *t = (a == NULL || b == NULL || (n == 3 && c == NULL)) ? NULL : PyTuple_New(n);
+    if (t == NULL) {
+        Py_XDECREF(a);
+        Py_XDECREF(b);
+        Py_XDECREF(c);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(t, 0, a);
+    PyTuple_SET_ITEM(t, 1, b);
+    if (n == 3)
+        PyTuple_SET_ITEM(t, 2, c);
+    return t;
+}
+
 /* The frame handed over, or NULL with no error set when this read is not one for the fast path. */
 static PyObject *
 wal_handed(WalFrameReaderObject *reader, PyObject *file, long long index)
@@ -583,7 +601,7 @@ wal_handed(WalFrameReaderObject *reader, PyObject *file, long long index)
     if (at + reader->disk_frame > PyBytes_GET_SIZE(PyTuple_GET_ITEM(ahead, 1)))
         goto done;
     raw = (const unsigned char *)PyBytes_AS_STRING(PyTuple_GET_ITEM(ahead, 1)) + at;
-    key = Py_BuildValue("(y#L)", (const char *)raw + 8, (Py_ssize_t)8, index);
+    key = steal_tuple(2, PyBytes_FromStringAndSize((const char *)raw + 8, 8), PyLong_FromLongLong(index), NULL);
     if (key == NULL)
         goto done;
     handed = PyObject_CallOneArg(reader->lookup, key);
@@ -597,7 +615,8 @@ wal_handed(WalFrameReaderObject *reader, PyObject *file, long long index)
     tail_bytes = (const unsigned char *)PyBytes_AS_STRING(PyTuple_GET_ITEM(prev_tail, 1));
     if (memcmp(tail_bytes, raw + 8, 8) != 0)
         goto done;
-    prev_ct = Py_BuildValue("(kk)", (unsigned long)be32(tail_bytes + 8), (unsigned long)be32(tail_bytes + 12));
+    prev_ct = steal_tuple(2, PyLong_FromUnsignedLong(be32(tail_bytes + 8)), PyLong_FromUnsignedLong(be32(tail_bytes + 12)),
+                          NULL);
     if (prev_ct == NULL)
         goto done;
     want = PyObject_GetAttr(handed, wal_names[N_PREV_CT]);
@@ -607,7 +626,8 @@ wal_handed(WalFrameReaderObject *reader, PyObject *file, long long index)
     if (salts == NULL || !PyTuple_CheckExact(salts) || PyTuple_GET_SIZE(salts) != 2)
         goto done;
     Py_DECREF(key);
-    key = Py_BuildValue("(OOL)", PyTuple_GET_ITEM(salts, 0), PyTuple_GET_ITEM(salts, 1), index - 1);
+    key = steal_tuple(3, Py_NewRef(PyTuple_GET_ITEM(salts, 0)), Py_NewRef(PyTuple_GET_ITEM(salts, 1)),
+                      PyLong_FromLongLong(index - 1));
     if (key == NULL)
         goto done;
     hit = PyDict_GetItemWithError(reader->chain, key); /* borrowed */
@@ -627,9 +647,12 @@ wal_handed(WalFrameReaderObject *reader, PyObject *file, long long index)
     if (given == NULL)
         goto done;
     Py_DECREF(key);
-    key = Py_BuildValue("(OOL)", PyTuple_GET_ITEM(salts, 0), PyTuple_GET_ITEM(salts, 1), index);
+    key = steal_tuple(3, Py_NewRef(PyTuple_GET_ITEM(salts, 0)), Py_NewRef(PyTuple_GET_ITEM(salts, 1)),
+                      PyLong_FromLongLong(index));
     value = key == NULL ? NULL : PyTuple_Pack(2, ct, pt);
-    tail = value == NULL ? NULL : Py_BuildValue("(Ly#)", index, (const char *)raw + 8, (Py_ssize_t)16);
+    tail = value == NULL ? NULL
+                         : steal_tuple(2, PyLong_FromLongLong(index), PyBytes_FromStringAndSize((const char *)raw + 8, 16),
+                                       NULL);
     if (tail == NULL)
         goto done;
     /* the frame is taken: record it as _handed_frame and _read_full_frame do (the read-ahead stays) */
