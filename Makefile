@@ -43,7 +43,7 @@ unit: venv
 	$(BIN)/pytest -q tests/unit
 
 # The suites that run the compiled helper's functions (WAL checksums: written, recovered, scanned,
-# installed; the file-control router; the page reader), run a second time by `make test` on their pure-Python twins
+# installed; the file-control router; the page and WAL frame readers), run a second time by `make test` on their pure-Python twins
 # (about half a minute).
 PURE_PYTHON_TESTS := tests/unit/test_walformat.py tests/unit/test_compiled.py tests/unit/test_install.py \
 	tests/unit/test_vfs_fast_paths.py tests/unit/test_wal_scan_cache.py tests/unit/test_encryption.py \
