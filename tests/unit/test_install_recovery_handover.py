@@ -9,9 +9,11 @@ frame changed on disk must be refused exactly as before.
 
 from __future__ import annotations
 
+import gc
 import os
 import struct
 from pathlib import Path
+from typing import Any
 
 import apsw
 import pytest
@@ -89,6 +91,34 @@ def _recorded_frames(monkeypatch: pytest.MonkeyPatch) -> dict[int, bytes]:
         return frame
 
     monkeypatch.setattr(vfs.EncryptedWALFile, "_read_full_frame", recording)
+
+    # with the compiled helper a WAL file's own xRead (``_speedups.wal_frame_reader``) hands SQLite
+    # the install's frames without that method: record what it returns as well, on the files open
+    # now and on those opened later
+    def wrap(file: vfs.EncryptedWALFile) -> None:
+        reader = file.__dict__.get("xRead")
+        if reader is None:
+            return
+
+        def reading(amount: int, offset: int) -> bytes:
+            data = reader(amount, offset)
+            inside = offset - WAL_HEADER_SIZE
+            if amount == file.frame_size and inside >= 0 and not inside % file.frame_size and data:
+                given[inside // file.frame_size + 1] = bytes(data)
+            return data  # type: ignore[no-any-return]
+
+        monkeypatch.setitem(file.__dict__, "xRead", reading)
+
+    for obj in gc.get_objects():
+        if isinstance(obj, vfs.EncryptedWALFile):
+            wrap(obj)
+    init = vfs.EncryptedWALFile.__init__
+
+    def opened(self: vfs.EncryptedWALFile, *args: Any) -> None:
+        init(self, *args)
+        wrap(self)
+
+    monkeypatch.setattr(vfs.EncryptedWALFile, "__init__", opened)
     return given
 
 

@@ -76,6 +76,10 @@ _CKPT_CONTROLS = frozenset({apsw.SQLITE_FCNTL_CKPT_START, apsw.SQLITE_FCNTL_CKPT
 _SIZE_CONTROLS = frozenset({apsw.SQLITE_FCNTL_SIZE_HINT, apsw.SQLITE_FCNTL_CHUNK_SIZE})
 # the compiled router of file controls (``_speedups.c``), or None: then the class's method routes
 _file_control_router = getattr(speedups(), "file_control_router", None)
+# the compiled page reader (``_speedups.c``), or None: then the class's xRead reads every page
+_page_reader = getattr(speedups(), "page_reader", None)
+# the compiled reader of handed-over WAL frames (``_speedups.c``), or None: then the class's xRead reads them
+_wal_frame_reader = getattr(speedups(), "wal_frame_reader", None)
 
 
 def _route_file_controls(file: apsw.VFSFile, handled: frozenset[int]) -> None:
@@ -393,6 +397,13 @@ class EncryptedDBFile(apsw.VFSFile):
             self._decrypt_slot = self.codec.page_decrypter(self._slot, self._page)
             with contextlib.suppress(OSError):  # a file this process cannot open for writing
                 self._fd = state.descriptor()
+            if self._fd >= 0 and _page_reader is not None:
+                # the compiled twin of xRead's first branch below (a whole page but page 1, no
+                # partial replica), set on the instance so APSW calls it instead of the class's
+                # method, which it calls for every other read (``_speedups.c``, "xread")
+                self.__dict__["xRead"] = _page_reader(
+                    self, type(self).xRead, state, self._fd, self._slot, self._page, self._decrypt_slot
+                )
         _route_file_controls(self, self._handled_controls)
 
     # APSW takes any buffer from xRead (its stub says bytes): Turso's format returns ``_page``
@@ -731,6 +742,13 @@ class EncryptedWALFile(apsw.VFSFile):
         # the first frame whose body this handle overwrote in place (no header): SQLite rewrites
         # the headers from there on at commit, each right after reading the frame whole
         self._recksum_from: int | None = None
+        if self._turso and _wal_frame_reader is not None:
+            # WAL recovery after an install reads every frame whole, in order: the compiled twin of
+            # ``_read_full_frame``'s hand-over path (``_handed_frame``) answers those reads without a
+            # Python frame, and calls the class's xRead for every other (``_speedups.c``, "xread")
+            self.__dict__["xRead"] = _wal_frame_reader(
+                self, type(self).xRead, self._handed_lookup, self._chain, self.frame_size, self.disk_frame
+            )
 
     # --- helpers -------------------------------------------------------------------------
 
