@@ -21,6 +21,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -311,6 +312,735 @@ fail:
     return NULL;
 }
 
+/* ---- cursor (session 10): the DB-API statement path --------------------------------------------
+ *
+ * CursorBase is the base type of turso_sync.local.connection.Cursor when this module is used: it
+ * holds the cursor's per-statement state as C members (connection, _cursor, row_factory, _rows,
+ * _ahead, _columns, _query, _description, rowcount, lastrowid, _closed) and runs the common path of
+ * Cursor.execute and Cursor.fetchone without a Python frame.  ConnectionBase, the base type of
+ * Connection, does the same for Connection.execute (it builds the Cursor as the Python method does).
+ * Each step is the one the pure-Python twins in connection.py take (they are used when this module
+ * is absent or refused); everything off the common path calls the Python methods: _check (closed),
+ * _statement (an uncached text), _execute_captured (a replica's write), _begin_if_needed, _run (a
+ * statement of several, a row factory, one SQLite could not prepare), _failed and
+ * Connection._translate (errors, raised "from None" with the original as __context__).
+ *
+ * cursor_setup(cursor_class, unread, unshared, run_errors, fetch_errors) tells this module the
+ * Cursor class that ConnectionBase.execute makes, the _UNREAD marker, the reference count (as
+ * sys.getrefcount reports it) of an idle APSW cursor that nothing else holds (-1: never reuse), the
+ * exceptions of APSW's execute that go to Cursor._failed and those of a fetch that go to
+ * Connection._translate.
+ */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *connection;
+    PyObject *cursor; /* _cursor: the APSW cursor */
+    PyObject *row_factory;
+    PyObject *rows;  /* _rows */
+    PyObject *ahead; /* _ahead */
+    PyObject *columns;
+    PyObject *query;
+    PyObject *description;
+    PyObject *rowcount;
+    PyObject *lastrowid;
+    char closed;
+} CursorBaseObject;
+
+static PyTypeObject CursorBaseType;
+static PyObject *cursor_class;     /* the Python Cursor (a subtype of CursorBase) */
+static PyObject *cursor_unread;    /* connection._UNREAD */
+static Py_ssize_t cursor_unshared; /* as sys.getrefcount counts it; -1 never */
+static PyObject *cursor_run_errors;
+static PyObject *cursor_fetch_errors;
+static PyObject *cursor_minus_one;
+static PyObject *cursor_empty_tuple;
+
+static PyObject *s_closed, *s_statements, *s_statement, *s_capture, *s_is_read, *s_execute_captured,
+    *s_writes_rows, *s_isolation_level, *s_db, *s_get_autocommit, *s_begin_if_needed, *s_several,
+    *s_returns_rows, *s_prepared, *s_run, *s_execute, *s_failed, *s_idle, *s_idle_before, *s_changes,
+    *s_last_insert_rowid, *s_check, *s_translate, *s_cursor, *s_row_factory, *s_sql, *s_parameters;
+
+#define CURSOR_NOT_SET(o) ((o) == NULL || (o) == Py_None)
+
+/* getattr(obj, name) as a truth value: 1, 0 or -1 with an exception set */
+static int
+attr_true(PyObject *obj, PyObject *name)
+{
+    PyObject *value = PyObject_GetAttr(obj, name);
+    int truth;
+    if (value == NULL)
+        return -1;
+    truth = PyObject_IsTrue(value);
+    Py_DECREF(value);
+    return truth;
+}
+
+static PyObject *
+call_method(PyObject *obj, PyObject *name, PyObject *a, PyObject *b, PyObject *c, PyObject *d)
+{
+    PyObject *args[5] = {obj, a, b, c, d};
+    size_t n = 1 + (a != NULL) + (b != NULL) + (c != NULL) + (d != NULL);
+    return PyObject_VectorcallMethod(name, args, n | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+}
+
+/* The exception set now, replaced by `translator(exc, extra)` raised "from None" (its __context__
+ * the original, as a raise inside an except block gives); the exception is kept as it is when it
+ * is not one of `matching`.  Returns NULL always. */
+static PyObject *
+raise_translated(PyObject *matching, PyObject *owner, PyObject *translator, PyObject *extra)
+{
+    PyObject *type, *value, *tb, *err;
+    if (!PyErr_ExceptionMatches(matching))
+        return NULL;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL)
+        PyException_SetTraceback(value, tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    err = call_method(owner, translator, value, extra, NULL, NULL);
+    if (err == NULL) {
+        Py_DECREF(value);
+        return NULL;
+    }
+    if (!PyExceptionInstance_Check(err)) {
+        Py_DECREF(value);
+        PyErr_Format(PyExc_TypeError, "%U() returned %.50s, not an exception", translator, Py_TYPE(err)->tp_name);
+        Py_DECREF(err);
+        return NULL;
+    }
+    PyException_SetContext(err, value); /* steals value */
+    PyException_SetCause(err, NULL);    /* and sets __suppress_context__ */
+    type = (PyObject *)Py_TYPE(err);
+    Py_INCREF(type);
+    PyErr_Restore(type, err, NULL);
+    return NULL;
+}
+
+static void
+set_field(PyObject **field, PyObject *value)
+{
+    PyObject *old = *field;
+    Py_XINCREF(value);
+    *field = value;
+    Py_XDECREF(old);
+}
+
+static CursorBaseObject *
+cursor_alloc(PyTypeObject *type)
+{
+    CursorBaseObject *self = (CursorBaseObject *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    Py_INCREF(cursor_minus_one);
+    self->rowcount = cursor_minus_one;
+    return self;
+}
+
+static PyObject *
+cursorbase_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    (void)args;
+    (void)kwds;
+    if (cursor_minus_one == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "CursorBase: cursor_setup() was not called");
+        return NULL;
+    }
+    return (PyObject *)cursor_alloc(type);
+}
+
+/* the statement finished: its APSW cursor is idle (Cursor._idle_now) */
+static int
+idle_now(PyObject *conn, PyObject *cursor)
+{
+    PyObject *idle = PyObject_GetAttr(conn, s_idle);
+    int rc = 0;
+    if (idle == NULL)
+        return -1;
+    if (idle != cursor) {
+        rc = PyObject_SetAttr(conn, s_idle_before, idle);
+        if (rc == 0)
+            rc = PyObject_SetAttr(conn, s_idle, cursor);
+    }
+    Py_DECREF(idle);
+    return rc;
+}
+
+/* rows pending: off Connection._idle (Cursor._not_idle) */
+static int
+not_idle(PyObject *conn, PyObject *cursor)
+{
+    PyObject *idle = PyObject_GetAttr(conn, s_idle);
+    int rc = 0;
+    if (idle == NULL)
+        return -1;
+    if (idle == cursor) {
+        rc = PyObject_SetAttr(conn, s_idle, Py_None);
+    }
+    else {
+        Py_DECREF(idle);
+        idle = PyObject_GetAttr(conn, s_idle_before);
+        if (idle == NULL)
+            return -1;
+        if (idle == cursor)
+            rc = PyObject_SetAttr(conn, s_idle_before, Py_None);
+    }
+    Py_DECREF(idle);
+    return rc;
+}
+
+/* Cursor._run for a statement of one, without a row factory unless it returns no rows, that SQLite
+ * prepared; the others go to the Python method. */
+static PyObject *
+cursor_run(CursorBaseObject *self, PyObject *conn, PyObject *sql, PyObject *params, PyObject *statement,
+           int writes)
+{
+    PyObject *cursor, *result, *db, *value;
+    int several, returns, prepared = 1;
+
+    several = attr_true(statement, s_several);
+    if (several < 0)
+        return NULL;
+    returns = attr_true(statement, s_returns_rows);
+    if (returns < 0)
+        return NULL;
+    if (!returns) {
+        prepared = attr_true(statement, s_prepared);
+        if (prepared < 0)
+            return NULL;
+    }
+    if (several || !prepared || (returns && !CURSOR_NOT_SET(self->row_factory)))
+        return call_method((PyObject *)self, s_run, sql, params, statement, NULL);
+    cursor = self->cursor;
+    if (cursor == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "_cursor");
+        return NULL;
+    }
+    Py_INCREF(cursor);
+    result = call_method(cursor, s_execute, sql, params, NULL, NULL);
+    if (result == NULL) {
+        Py_DECREF(cursor);
+        return raise_translated(cursor_run_errors, (PyObject *)self, s_failed, sql);
+    }
+    Py_DECREF(result);
+    if (returns) {
+        /* its columns are read only if description is asked for (Cursor._run) */
+        PyObject *query = PyTuple_Pack(2, sql, params);
+        if (query == NULL)
+            goto fail;
+        Py_XSETREF(self->query, query);
+        set_field(&self->columns, cursor_unread);
+        set_field(&self->description, NULL);
+        set_field(&self->rows, cursor); /* a query's first row may be pending */
+        if (not_idle(conn, cursor) < 0)
+            goto fail;
+    }
+    else {
+        set_field(&self->columns, NULL);
+        set_field(&self->description, NULL);
+        set_field(&self->rows, NULL);
+        if (idle_now(conn, cursor) < 0)
+            goto fail;
+    }
+    Py_DECREF(cursor);
+    set_field(&self->ahead, NULL);
+    db = PyObject_GetAttr(conn, s_db);
+    if (db == NULL)
+        return NULL;
+    if (writes) {
+        value = call_method(db, s_changes, NULL, NULL, NULL, NULL);
+        if (value == NULL)
+            goto fail_db;
+        Py_XSETREF(self->rowcount, value);
+    }
+    else {
+        set_field(&self->rowcount, cursor_minus_one);
+    }
+    value = call_method(db, s_last_insert_rowid, NULL, NULL, NULL, NULL);
+    if (value == NULL)
+        goto fail_db;
+    Py_XSETREF(self->lastrowid, value);
+    Py_DECREF(db);
+    Py_INCREF(self);
+    return (PyObject *)self;
+fail:
+    Py_DECREF(cursor);
+    return NULL;
+fail_db:
+    Py_DECREF(db);
+    return NULL;
+}
+
+/* Cursor.execute: the statement's facts, the replica's capture, the implicit BEGIN, then _run */
+static PyObject *
+cursor_execute_impl(CursorBaseObject *self, PyObject *sql, PyObject *params)
+{
+    PyObject *conn, *statements, *statement = NULL, *capture, *result = NULL;
+    int truth, writes;
+
+    conn = self->connection;
+    if (conn == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "connection");
+        return NULL;
+    }
+    Py_INCREF(conn);
+    truth = self->closed ? 1 : attr_true(conn, s_closed);
+    if (truth < 0)
+        goto done;
+    if (truth) {
+        result = call_method((PyObject *)self, s_check, NULL, NULL, NULL, NULL);
+        if (result == NULL)
+            goto done;
+        Py_CLEAR(result);
+    }
+    statements = PyObject_GetAttr(conn, s_statements);
+    if (statements == NULL)
+        goto done;
+    if (PyDict_CheckExact(statements)) {
+        statement = PyDict_GetItemWithError(statements, sql);
+        Py_XINCREF(statement);
+    }
+    else {
+        statement = PyObject_CallMethod(statements, "get", "O", sql);
+    }
+    Py_DECREF(statements);
+    if (statement == NULL && PyErr_Occurred())
+        goto done;
+    if (statement != NULL) {
+        truth = PyObject_IsTrue(statement);
+        if (truth < 0)
+            goto done;
+        if (!truth)
+            Py_CLEAR(statement);
+    }
+    if (statement == NULL) {
+        statement = call_method(conn, s_statement, sql, NULL, NULL, NULL);
+        if (statement == NULL)
+            goto done;
+    }
+    capture = PyObject_GetAttr(conn, s_capture);
+    if (capture == NULL)
+        goto done;
+    if (capture != Py_None) {
+        truth = attr_true(statement, s_is_read);
+        if (truth <= 0) {
+            if (truth == 0)
+                result = call_method((PyObject *)self, s_execute_captured, sql, params, statement, capture);
+            Py_DECREF(capture);
+            goto done;
+        }
+    }
+    Py_DECREF(capture);
+    writes = attr_true(statement, s_writes_rows);
+    if (writes < 0)
+        goto done;
+    if (writes) {
+        PyObject *level = PyObject_GetAttr(conn, s_isolation_level), *db, *autocommit;
+        if (level == NULL)
+            goto done;
+        truth = level != Py_None;
+        Py_DECREF(level);
+        if (truth) {
+            db = PyObject_GetAttr(conn, s_db);
+            if (db == NULL)
+                goto done;
+            autocommit = call_method(db, s_get_autocommit, NULL, NULL, NULL, NULL);
+            Py_DECREF(db);
+            if (autocommit == NULL)
+                goto done;
+            truth = PyObject_IsTrue(autocommit);
+            Py_DECREF(autocommit);
+            if (truth < 0)
+                goto done;
+            if (truth) {
+                result = call_method(conn, s_begin_if_needed, sql, NULL, NULL, NULL);
+                if (result == NULL)
+                    goto done;
+                Py_CLEAR(result);
+            }
+        }
+    }
+    result = cursor_run(self, conn, sql, params, statement, writes);
+done:
+    Py_XDECREF(statement);
+    Py_DECREF(conn);
+    return result;
+}
+
+/* (sql, parameters=()) from a fastcall */
+static int
+sql_and_parameters(const char *name, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, PyObject **sql,
+                   PyObject **params)
+{
+    Py_ssize_t i, nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    *sql = nargs > 0 ? args[0] : NULL;
+    *params = nargs > 1 ? args[1] : NULL;
+    if (nargs > 2) {
+        PyErr_Format(PyExc_TypeError, "%s() takes at most 2 arguments (%zd given)", name, nargs);
+        return -1;
+    }
+    for (i = 0; i < nkw; i++) {
+        PyObject *key = PyTuple_GET_ITEM(kwnames, i), **slot;
+        if (PyUnicode_Compare(key, s_sql) == 0)
+            slot = sql;
+        else if (PyUnicode_Compare(key, s_parameters) == 0)
+            slot = params;
+        else {
+            if (!PyErr_Occurred())
+                PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'", name, key);
+            return -1;
+        }
+        if (*slot != NULL) {
+            PyErr_Format(PyExc_TypeError, "%s() got multiple values for argument '%U'", name, key);
+            return -1;
+        }
+        *slot = args[nargs + i];
+    }
+    if (*sql == NULL) {
+        PyErr_Format(PyExc_TypeError, "%s() missing required argument 'sql'", name);
+        return -1;
+    }
+    if (*params == NULL)
+        *params = cursor_empty_tuple;
+    return 0;
+}
+
+static PyObject *
+cursorbase_execute(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *sql, *params;
+    if (sql_and_parameters("execute", args, nargs, kwnames, &sql, &params) < 0)
+        return NULL;
+    return cursor_execute_impl((CursorBaseObject *)self, sql, params);
+}
+
+static PyObject *
+cursorbase_fetchone(PyObject *op, PyObject *unused)
+{
+    CursorBaseObject *self = (CursorBaseObject *)op;
+    PyObject *conn, *rows, *row = NULL, *ahead, *factory, *result = NULL;
+    int truth;
+    (void)unused;
+
+    conn = self->connection;
+    if (conn == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "connection");
+        return NULL;
+    }
+    Py_INCREF(conn);
+    truth = self->closed ? 1 : attr_true(conn, s_closed);
+    if (truth < 0)
+        goto done;
+    if (truth) {
+        result = call_method(op, s_check, NULL, NULL, NULL, NULL);
+        if (result == NULL)
+            goto done;
+        Py_CLEAR(result);
+    }
+    rows = self->rows;
+    if (CURSOR_NOT_SET(rows)) {
+        result = Py_None;
+        Py_INCREF(result);
+        goto done;
+    }
+    Py_INCREF(rows);
+    if (CURSOR_NOT_SET(self->ahead)) {
+        row = PyIter_Next(rows);
+        if (row == NULL) {
+            if (PyErr_Occurred()) {
+                raise_translated(cursor_fetch_errors, conn, s_translate, NULL);
+            }
+            else {
+                set_field(&self->rows, NULL);
+                if (self->cursor == NULL)
+                    PyErr_SetString(PyExc_AttributeError, "_cursor");
+                else if (idle_now(conn, self->cursor) == 0) {
+                    result = Py_None;
+                    Py_INCREF(result);
+                }
+            }
+            Py_DECREF(rows);
+            goto done;
+        }
+    }
+    else {
+        row = self->ahead; /* the reference moves to row */
+        self->ahead = NULL;
+    }
+    /* look one row ahead: when this was the last row the statement finishes now and its read
+     * snapshot is released (Cursor.fetchone) */
+    ahead = PyIter_Next(rows);
+    Py_DECREF(rows);
+    if (ahead == NULL) {
+        if (PyErr_Occurred()) {
+            raise_translated(cursor_fetch_errors, conn, s_translate, NULL);
+            goto done;
+        }
+        set_field(&self->rows, NULL);
+        if (self->cursor == NULL) {
+            PyErr_SetString(PyExc_AttributeError, "_cursor");
+            goto done;
+        }
+        if (idle_now(conn, self->cursor) < 0)
+            goto done;
+    }
+    else {
+        Py_XSETREF(self->ahead, ahead);
+    }
+    factory = self->row_factory;
+    if (CURSOR_NOT_SET(factory)) {
+        result = row;
+        row = NULL;
+    }
+    else {
+        PyObject *call_args[2] = {op, row};
+        Py_INCREF(factory);
+        result = PyObject_Vectorcall(factory, call_args, 2, NULL);
+        Py_DECREF(factory);
+    }
+done:
+    Py_XDECREF(row);
+    Py_DECREF(conn);
+    return result;
+}
+
+static int
+cursorbase_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    CursorBaseObject *self = (CursorBaseObject *)op;
+    Py_VISIT(self->connection);
+    Py_VISIT(self->cursor);
+    Py_VISIT(self->row_factory);
+    Py_VISIT(self->rows);
+    Py_VISIT(self->ahead);
+    Py_VISIT(self->columns);
+    Py_VISIT(self->query);
+    Py_VISIT(self->description);
+    Py_VISIT(self->rowcount);
+    Py_VISIT(self->lastrowid);
+    return 0;
+}
+
+static int
+cursorbase_clear(PyObject *op)
+{
+    CursorBaseObject *self = (CursorBaseObject *)op;
+    Py_CLEAR(self->connection);
+    Py_CLEAR(self->cursor);
+    Py_CLEAR(self->row_factory);
+    Py_CLEAR(self->rows);
+    Py_CLEAR(self->ahead);
+    Py_CLEAR(self->columns);
+    Py_CLEAR(self->query);
+    Py_CLEAR(self->description);
+    Py_CLEAR(self->rowcount);
+    Py_CLEAR(self->lastrowid);
+    return 0;
+}
+
+static void
+cursorbase_dealloc(PyObject *op)
+{
+    PyObject_GC_UnTrack(op);
+    cursorbase_clear(op);
+    Py_TYPE(op)->tp_free(op);
+}
+
+static PyMemberDef cursorbase_members[] = {
+    {"connection", T_OBJECT_EX, offsetof(CursorBaseObject, connection), 0, "the Connection"},
+    {"_cursor", T_OBJECT_EX, offsetof(CursorBaseObject, cursor), 0, "the APSW cursor"},
+    {"row_factory", T_OBJECT, offsetof(CursorBaseObject, row_factory), 0, "row_factory(cursor, row) or None"},
+    {"_rows", T_OBJECT, offsetof(CursorBaseObject, rows), 0, NULL},
+    {"_ahead", T_OBJECT, offsetof(CursorBaseObject, ahead), 0, NULL},
+    {"_columns", T_OBJECT, offsetof(CursorBaseObject, columns), 0, NULL},
+    {"_query", T_OBJECT, offsetof(CursorBaseObject, query), 0, NULL},
+    {"_description", T_OBJECT, offsetof(CursorBaseObject, description), 0, NULL},
+    {"rowcount", T_OBJECT_EX, offsetof(CursorBaseObject, rowcount), 0, "rows the last statement changed, or -1"},
+    {"lastrowid", T_OBJECT, offsetof(CursorBaseObject, lastrowid), 0, "the last inserted rowid, or None"},
+    {"_closed", T_BOOL, offsetof(CursorBaseObject, closed), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyMethodDef cursorbase_methods[] = {
+    {"execute", (PyCFunction)(void (*)(void))cursorbase_execute, METH_FASTCALL | METH_KEYWORDS,
+     "Run one statement with parameters by position (?) or by name (:name)."},
+    {"fetchone", cursorbase_fetchone, METH_NOARGS, "The next row, or None."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject CursorBaseType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "turso_sync._speedups.CursorBase",
+    .tp_basicsize = sizeof(CursorBaseObject),
+    .tp_dealloc = cursorbase_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The compiled base of the DB-API Cursor: its state and the common path of execute and fetchone.",
+    .tp_traverse = cursorbase_traverse,
+    .tp_clear = cursorbase_clear,
+    .tp_methods = cursorbase_methods,
+    .tp_members = cursorbase_members,
+    .tp_new = cursorbase_new,
+};
+
+/* Connection.execute: a new Cursor (as Cursor.__init__ makes it) and its execute */
+static PyObject *
+connectionbase_execute(PyObject *conn, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *sql, *params, *idle = NULL, *result;
+    CursorBaseObject *cursor;
+    int truth;
+
+    if (sql_and_parameters("execute", args, nargs, kwnames, &sql, &params) < 0)
+        return NULL;
+    if (cursor_class == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "ConnectionBase: cursor_setup() was not called");
+        return NULL;
+    }
+    truth = attr_true(conn, s_closed);
+    if (truth < 0)
+        return NULL;
+    if (truth) {
+        result = call_method(conn, s_check, NULL, NULL, NULL, NULL);
+        if (result == NULL)
+            return NULL;
+        Py_DECREF(result);
+    }
+    cursor = cursor_alloc((PyTypeObject *)cursor_class);
+    if (cursor == NULL)
+        return NULL;
+    Py_INCREF(conn);
+    cursor->connection = conn;
+    /* an idle APSW cursor nothing else holds: the attribute and this reference (sys.getrefcount
+     * counts its argument too, hence the - 1) */
+    idle = PyObject_GetAttr(conn, s_idle);
+    if (idle == NULL)
+        goto fail;
+    if (idle == Py_None || Py_REFCNT(idle) != cursor_unshared - 1) {
+        Py_SETREF(idle, PyObject_GetAttr(conn, s_idle_before));
+        if (idle == NULL)
+            goto fail;
+        if (idle == Py_None || Py_REFCNT(idle) != cursor_unshared - 1) {
+            PyObject *db = PyObject_GetAttr(conn, s_db);
+            Py_CLEAR(idle);
+            if (db == NULL)
+                goto fail;
+            idle = call_method(db, s_cursor, NULL, NULL, NULL, NULL);
+            Py_DECREF(db);
+            if (idle == NULL)
+                goto fail;
+        }
+    }
+    cursor->cursor = idle; /* the reference moves */
+    cursor->row_factory = PyObject_GetAttr(conn, s_row_factory);
+    if (cursor->row_factory == NULL)
+        goto fail;
+    result = cursor_execute_impl(cursor, sql, params);
+    Py_DECREF(cursor);
+    return result;
+fail:
+    Py_DECREF(cursor);
+    return NULL;
+}
+
+static PyMethodDef connectionbase_methods[] = {
+    {"execute", (PyCFunction)(void (*)(void))connectionbase_execute, METH_FASTCALL | METH_KEYWORDS,
+     "Shortcut: a new cursor's execute."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject ConnectionBaseType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "turso_sync._speedups.ConnectionBase",
+    .tp_basicsize = sizeof(PyObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "The compiled base of the DB-API Connection: the common path of execute.",
+    .tp_methods = connectionbase_methods,
+    .tp_new = PyType_GenericNew,
+};
+
+static PyObject *
+cursor_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t unshared;
+    (void)module;
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError,
+                        "cursor_setup(cursor_class, unread, unshared, run_errors, fetch_errors) takes 5 arguments");
+        return NULL;
+    }
+    if (!PyType_Check(args[0]) || !PyType_IsSubtype((PyTypeObject *)args[0], &CursorBaseType)) {
+        PyErr_SetString(PyExc_TypeError, "cursor_setup(): cursor_class must be a subclass of CursorBase");
+        return NULL;
+    }
+    unshared = PyLong_AsSsize_t(args[2]);
+    if (unshared == -1 && PyErr_Occurred())
+        return NULL;
+    Py_INCREF(args[0]);
+    Py_XSETREF(cursor_class, args[0]);
+    Py_INCREF(args[1]);
+    Py_XSETREF(cursor_unread, args[1]);
+    cursor_unshared = unshared;
+    Py_INCREF(args[3]);
+    Py_XSETREF(cursor_run_errors, args[3]);
+    Py_INCREF(args[4]);
+    Py_XSETREF(cursor_fetch_errors, args[4]);
+    Py_RETURN_NONE;
+}
+
+static int
+cursor_exec(PyObject *module)
+{
+    struct {
+        PyObject **slot;
+        const char *text;
+    } names[] = {
+        {&s_closed, "_closed"},
+        {&s_statements, "_statements"},
+        {&s_statement, "_statement"},
+        {&s_capture, "_capture"},
+        {&s_is_read, "is_read"},
+        {&s_execute_captured, "_execute_captured"},
+        {&s_writes_rows, "writes_rows"},
+        {&s_isolation_level, "isolation_level"},
+        {&s_db, "_db"},
+        {&s_get_autocommit, "get_autocommit"},
+        {&s_begin_if_needed, "_begin_if_needed"},
+        {&s_several, "several"},
+        {&s_returns_rows, "returns_rows"},
+        {&s_prepared, "prepared"},
+        {&s_run, "_run"},
+        {&s_execute, "execute"},
+        {&s_failed, "_failed"},
+        {&s_idle, "_idle"},
+        {&s_idle_before, "_idle_before"},
+        {&s_changes, "changes"},
+        {&s_last_insert_rowid, "last_insert_rowid"},
+        {&s_check, "_check"},
+        {&s_translate, "_translate"},
+        {&s_cursor, "cursor"},
+        {&s_row_factory, "row_factory"},
+        {&s_sql, "sql"},
+        {&s_parameters, "parameters"},
+    };
+    size_t i;
+    for (i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        if (*names[i].slot == NULL && (*names[i].slot = PyUnicode_InternFromString(names[i].text)) == NULL)
+            return -1;
+    }
+    if (cursor_minus_one == NULL && (cursor_minus_one = PyLong_FromLong(-1)) == NULL)
+        return -1;
+    if (cursor_empty_tuple == NULL && (cursor_empty_tuple = PyTuple_New(0)) == NULL)
+        return -1;
+    if (PyType_Ready(&CursorBaseType) < 0 || PyType_Ready(&ConnectionBaseType) < 0)
+        return -1;
+    if (PyModule_AddObjectRef(module, "CursorBase", (PyObject *)&CursorBaseType) < 0)
+        return -1;
+    return PyModule_AddObjectRef(module, "ConnectionBase", (PyObject *)&ConnectionBaseType);
+}
+
+/* ---- end of cursor (session 10) ---------------------------------------------------------------- */
+
 static PyMethodDef speedups_methods[] = {
     {"wal_checksum", (PyCFunction)(void (*)(void))wal_checksum, METH_FASTCALL | METH_KEYWORDS,
      "wal_checksum(data, s1=0, s2=0, big_endian=False) -> (s1, s2)\n\n"
@@ -319,14 +1049,19 @@ static PyMethodDef speedups_methods[] = {
      "file_control_router(file, handled, hook, base) -> router\n\n"
      "A callable router(op, ptr): hook(file, op, ptr) when op is in handled (at most 8 ints),\n"
      "base(file, op, ptr) otherwise; the file is held by a weak reference."},
+    /* cursor (session 10) */
+    {"cursor_setup", (PyCFunction)(void (*)(void))cursor_setup, METH_FASTCALL,
+     "cursor_setup(cursor_class, unread, unshared, run_errors, fetch_errors)\n\n"
+     "What CursorBase and ConnectionBase need from connection.py (see the cursor section)."},
     {NULL, NULL, 0, NULL},
 };
 
 static int
 speedups_exec(PyObject *module)
 {
-    (void)module;
-    return PyType_Ready(&RouterType);
+    if (PyType_Ready(&RouterType) < 0)
+        return -1;
+    return cursor_exec(module); /* cursor (session 10) */
 }
 
 static PyModuleDef_Slot speedups_slots[] = {
