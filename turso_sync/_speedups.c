@@ -347,7 +347,21 @@ typedef struct {
     char closed;
 } CursorBaseObject;
 
+/* Connection's fields that every statement reads, as members of its base type (the same names) */
+typedef struct {
+    PyObject_HEAD
+    PyObject *closed; /* _closed */
+    PyObject *statements;
+    PyObject *capture;
+    PyObject *isolation_level;
+    PyObject *db;
+    PyObject *idle;
+    PyObject *idle_before;
+    PyObject *row_factory;
+} ConnectionBaseObject;
+
 static PyTypeObject CursorBaseType;
+static PyTypeObject ConnectionBaseType;
 static PyObject *cursor_class;     /* the Python Cursor (a subtype of CursorBase) */
 static PyObject *cursor_unread;    /* connection._UNREAD */
 static Py_ssize_t cursor_unshared; /* as sys.getrefcount counts it; -1 never */
@@ -362,6 +376,52 @@ static PyObject *s_closed, *s_statements, *s_statement, *s_capture, *s_is_read, 
     *s_last_insert_rowid, *s_check, *s_translate, *s_cursor, *s_row_factory, *s_sql, *s_parameters;
 
 #define CURSOR_NOT_SET(o) ((o) == NULL || (o) == Py_None)
+
+/* conn.<name> (a new reference): the member itself on a ConnectionBase, getattr on anything else */
+static PyObject *
+conn_get(PyObject *conn, size_t offset, PyObject *name)
+{
+    PyObject *value;
+    if (!PyObject_TypeCheck(conn, &ConnectionBaseType))
+        return PyObject_GetAttr(conn, name);
+    value = *(PyObject **)((char *)conn + offset);
+    if (value == NULL) {
+        PyErr_SetObject(PyExc_AttributeError, name);
+        return NULL;
+    }
+    Py_INCREF(value);
+    return value;
+}
+
+static int
+conn_set(PyObject *conn, size_t offset, PyObject *name, PyObject *value)
+{
+    PyObject **slot, *old;
+    if (!PyObject_TypeCheck(conn, &ConnectionBaseType))
+        return PyObject_SetAttr(conn, name, value);
+    slot = (PyObject **)((char *)conn + offset);
+    old = *slot;
+    Py_INCREF(value);
+    *slot = value;
+    Py_XDECREF(old);
+    return 0;
+}
+
+#define CONN_GET(conn, field, name) conn_get((conn), offsetof(ConnectionBaseObject, field), (name))
+#define CONN_SET(conn, field, name, value) conn_set((conn), offsetof(ConnectionBaseObject, field), (name), (value))
+
+/* conn._closed as a truth value */
+static int
+conn_closed(PyObject *conn)
+{
+    PyObject *value = CONN_GET(conn, closed, s_closed);
+    int truth;
+    if (value == NULL)
+        return -1;
+    truth = value == Py_False ? 0 : value == Py_True ? 1 : PyObject_IsTrue(value);
+    Py_DECREF(value);
+    return truth;
+}
 
 /* getattr(obj, name) as a truth value: 1, 0 or -1 with an exception set */
 static int
@@ -454,14 +514,14 @@ cursorbase_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 static int
 idle_now(PyObject *conn, PyObject *cursor)
 {
-    PyObject *idle = PyObject_GetAttr(conn, s_idle);
+    PyObject *idle = CONN_GET(conn, idle, s_idle);
     int rc = 0;
     if (idle == NULL)
         return -1;
     if (idle != cursor) {
-        rc = PyObject_SetAttr(conn, s_idle_before, idle);
+        rc = CONN_SET(conn, idle_before, s_idle_before, idle);
         if (rc == 0)
-            rc = PyObject_SetAttr(conn, s_idle, cursor);
+            rc = CONN_SET(conn, idle, s_idle, cursor);
     }
     Py_DECREF(idle);
     return rc;
@@ -471,20 +531,20 @@ idle_now(PyObject *conn, PyObject *cursor)
 static int
 not_idle(PyObject *conn, PyObject *cursor)
 {
-    PyObject *idle = PyObject_GetAttr(conn, s_idle);
+    PyObject *idle = CONN_GET(conn, idle, s_idle);
     int rc = 0;
     if (idle == NULL)
         return -1;
     if (idle == cursor) {
-        rc = PyObject_SetAttr(conn, s_idle, Py_None);
+        rc = CONN_SET(conn, idle, s_idle, Py_None);
     }
     else {
         Py_DECREF(idle);
-        idle = PyObject_GetAttr(conn, s_idle_before);
+        idle = CONN_GET(conn, idle_before, s_idle_before);
         if (idle == NULL)
             return -1;
         if (idle == cursor)
-            rc = PyObject_SetAttr(conn, s_idle_before, Py_None);
+            rc = CONN_SET(conn, idle_before, s_idle_before, Py_None);
     }
     Py_DECREF(idle);
     return rc;
@@ -545,7 +605,7 @@ cursor_run(CursorBaseObject *self, PyObject *conn, PyObject *sql, PyObject *para
     }
     Py_DECREF(cursor);
     set_field(&self->ahead, NULL);
-    db = PyObject_GetAttr(conn, s_db);
+    db = CONN_GET(conn, db, s_db);
     if (db == NULL)
         return NULL;
     if (writes) {
@@ -585,7 +645,7 @@ cursor_execute_impl(CursorBaseObject *self, PyObject *sql, PyObject *params)
         return NULL;
     }
     Py_INCREF(conn);
-    truth = self->closed ? 1 : attr_true(conn, s_closed);
+    truth = self->closed ? 1 : conn_closed(conn);
     if (truth < 0)
         goto done;
     if (truth) {
@@ -594,7 +654,7 @@ cursor_execute_impl(CursorBaseObject *self, PyObject *sql, PyObject *params)
             goto done;
         Py_CLEAR(result);
     }
-    statements = PyObject_GetAttr(conn, s_statements);
+    statements = CONN_GET(conn, statements, s_statements);
     if (statements == NULL)
         goto done;
     if (PyDict_CheckExact(statements)) {
@@ -619,7 +679,7 @@ cursor_execute_impl(CursorBaseObject *self, PyObject *sql, PyObject *params)
         if (statement == NULL)
             goto done;
     }
-    capture = PyObject_GetAttr(conn, s_capture);
+    capture = CONN_GET(conn, capture, s_capture);
     if (capture == NULL)
         goto done;
     if (capture != Py_None) {
@@ -636,13 +696,13 @@ cursor_execute_impl(CursorBaseObject *self, PyObject *sql, PyObject *params)
     if (writes < 0)
         goto done;
     if (writes) {
-        PyObject *level = PyObject_GetAttr(conn, s_isolation_level), *db, *autocommit;
+        PyObject *level = CONN_GET(conn, isolation_level, s_isolation_level), *db, *autocommit;
         if (level == NULL)
             goto done;
         truth = level != Py_None;
         Py_DECREF(level);
         if (truth) {
-            db = PyObject_GetAttr(conn, s_db);
+            db = CONN_GET(conn, db, s_db);
             if (db == NULL)
                 goto done;
             autocommit = call_method(db, s_get_autocommit, NULL, NULL, NULL, NULL);
@@ -729,7 +789,7 @@ cursorbase_fetchone(PyObject *op, PyObject *unused)
         return NULL;
     }
     Py_INCREF(conn);
-    truth = self->closed ? 1 : attr_true(conn, s_closed);
+    truth = self->closed ? 1 : conn_closed(conn);
     if (truth < 0)
         goto done;
     if (truth) {
@@ -897,7 +957,7 @@ connectionbase_execute(PyObject *conn, PyObject *const *args, Py_ssize_t nargs, 
         PyErr_SetString(PyExc_RuntimeError, "ConnectionBase: cursor_setup() was not called");
         return NULL;
     }
-    truth = attr_true(conn, s_closed);
+    truth = conn_closed(conn);
     if (truth < 0)
         return NULL;
     if (truth) {
@@ -913,15 +973,15 @@ connectionbase_execute(PyObject *conn, PyObject *const *args, Py_ssize_t nargs, 
     cursor->connection = conn;
     /* an idle APSW cursor nothing else holds: the attribute and this reference (sys.getrefcount
      * counts its argument too, hence the - 1) */
-    idle = PyObject_GetAttr(conn, s_idle);
+    idle = CONN_GET(conn, idle, s_idle);
     if (idle == NULL)
         goto fail;
     if (idle == Py_None || Py_REFCNT(idle) != cursor_unshared - 1) {
-        Py_SETREF(idle, PyObject_GetAttr(conn, s_idle_before));
+        Py_SETREF(idle, CONN_GET(conn, idle_before, s_idle_before));
         if (idle == NULL)
             goto fail;
         if (idle == Py_None || Py_REFCNT(idle) != cursor_unshared - 1) {
-            PyObject *db = PyObject_GetAttr(conn, s_db);
+            PyObject *db = CONN_GET(conn, db, s_db);
             Py_CLEAR(idle);
             if (db == NULL)
                 goto fail;
@@ -932,7 +992,7 @@ connectionbase_execute(PyObject *conn, PyObject *const *args, Py_ssize_t nargs, 
         }
     }
     cursor->cursor = idle; /* the reference moves */
-    cursor->row_factory = PyObject_GetAttr(conn, s_row_factory);
+    cursor->row_factory = CONN_GET(conn, row_factory, s_row_factory);
     if (cursor->row_factory == NULL)
         goto fail;
     result = cursor_execute_impl(cursor, sql, params);
@@ -949,13 +1009,68 @@ static PyMethodDef connectionbase_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static int
+connectionbase_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    ConnectionBaseObject *self = (ConnectionBaseObject *)op;
+    Py_VISIT(self->closed);
+    Py_VISIT(self->statements);
+    Py_VISIT(self->capture);
+    Py_VISIT(self->isolation_level);
+    Py_VISIT(self->db);
+    Py_VISIT(self->idle);
+    Py_VISIT(self->idle_before);
+    Py_VISIT(self->row_factory);
+    return 0;
+}
+
+static int
+connectionbase_clear(PyObject *op)
+{
+    ConnectionBaseObject *self = (ConnectionBaseObject *)op;
+    Py_CLEAR(self->closed);
+    Py_CLEAR(self->statements);
+    Py_CLEAR(self->capture);
+    Py_CLEAR(self->isolation_level);
+    Py_CLEAR(self->db);
+    Py_CLEAR(self->idle);
+    Py_CLEAR(self->idle_before);
+    Py_CLEAR(self->row_factory);
+    return 0;
+}
+
+static void
+connectionbase_dealloc(PyObject *op)
+{
+    PyObject_GC_UnTrack(op);
+    connectionbase_clear(op);
+    Py_TYPE(op)->tp_free(op);
+}
+
+/* unset until Connection.__init__ sets them (AttributeError, as for plain attributes) */
+static PyMemberDef connectionbase_members[] = {
+    {"_closed", T_OBJECT_EX, offsetof(ConnectionBaseObject, closed), 0, NULL},
+    {"_statements", T_OBJECT_EX, offsetof(ConnectionBaseObject, statements), 0, NULL},
+    {"_capture", T_OBJECT_EX, offsetof(ConnectionBaseObject, capture), 0, NULL},
+    {"isolation_level", T_OBJECT_EX, offsetof(ConnectionBaseObject, isolation_level), 0, NULL},
+    {"_db", T_OBJECT_EX, offsetof(ConnectionBaseObject, db), 0, NULL},
+    {"_idle", T_OBJECT_EX, offsetof(ConnectionBaseObject, idle), 0, NULL},
+    {"_idle_before", T_OBJECT_EX, offsetof(ConnectionBaseObject, idle_before), 0, NULL},
+    {"row_factory", T_OBJECT_EX, offsetof(ConnectionBaseObject, row_factory), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
 static PyTypeObject ConnectionBaseType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "turso_sync._speedups.ConnectionBase",
-    .tp_basicsize = sizeof(PyObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .tp_doc = "The compiled base of the DB-API Connection: the common path of execute.",
+    .tp_basicsize = sizeof(ConnectionBaseObject),
+    .tp_dealloc = connectionbase_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The compiled base of the DB-API Connection: the fields each statement reads, and execute.",
+    .tp_traverse = connectionbase_traverse,
+    .tp_clear = connectionbase_clear,
     .tp_methods = connectionbase_methods,
+    .tp_members = connectionbase_members,
     .tp_new = PyType_GenericNew,
 };
 

@@ -585,7 +585,7 @@ class Connection(_ConnectionBase):
     def _abandon(self) -> None:
         """Opening failed: close what was opened now (not when the garbage collector gets to it, where
         a checkpoint meeting a damaged file could only be reported as ignored), and let the state go."""
-        db = self.__dict__.get("_db")
+        db = getattr(self, "_db", None)  # (a member of the compiled base, when it is used)
         if db is not None:
             with contextlib.suppress(apsw.Error, errors.Error):
                 db.close()
