@@ -325,11 +325,11 @@ fail:
  * statement of several, a row factory, one SQLite could not prepare), _failed and
  * Connection._translate (errors, raised "from None" with the original as __context__).
  *
- * cursor_setup(cursor_class, unread, unshared, run_errors, fetch_errors) tells this module the
- * Cursor class that ConnectionBase.execute makes, the _UNREAD marker, the reference count (as
- * sys.getrefcount reports it) of an idle APSW cursor that nothing else holds (-1: never reuse), the
- * exceptions of APSW's execute that go to Cursor._failed and those of a fetch that go to
- * Connection._translate.
+ * cursor_setup(cursor_class, unread, unshared, run_errors, fetch_errors, statement_class) tells this
+ * module the Cursor class that ConnectionBase.execute makes, the _UNREAD marker, the reference count
+ * (as sys.getrefcount reports it) of an idle APSW cursor that nothing else holds (-1: never reuse),
+ * the exceptions of APSW's execute that go to Cursor._failed, those of a fetch that go to
+ * Connection._translate, and the Statement class whose flags (slots) are read in place.
  */
 
 typedef struct {
@@ -434,6 +434,32 @@ attr_true(PyObject *obj, PyObject *name)
     truth = PyObject_IsTrue(value);
     Py_DECREF(value);
     return truth;
+}
+
+/* Statement's flags (local/statement.py, a dataclass with slots): read from their slots when the
+ * statement is of the class cursor_setup was given, whose member descriptors told the offsets */
+enum { STATEMENT_SEVERAL, STATEMENT_RETURNS_ROWS, STATEMENT_PREPARED, STATEMENT_IS_READ, STATEMENT_WRITES_ROWS, STATEMENT_FLAGS };
+static PyTypeObject *statement_type;
+static Py_ssize_t statement_offsets[STATEMENT_FLAGS];
+static PyObject **statement_names[STATEMENT_FLAGS] = {&s_several, &s_returns_rows, &s_prepared, &s_is_read,
+                                                      &s_writes_rows};
+
+static int
+statement_flag(PyObject *statement, int flag)
+{
+    PyObject *value;
+    if (Py_TYPE(statement) != statement_type)
+        return attr_true(statement, *statement_names[flag]);
+    value = *(PyObject **)((char *)statement + statement_offsets[flag]);
+    if (value == Py_False)
+        return 0;
+    if (value == Py_True)
+        return 1;
+    if (value == NULL) {
+        PyErr_SetObject(PyExc_AttributeError, *statement_names[flag]);
+        return -1;
+    }
+    return PyObject_IsTrue(value);
 }
 
 static PyObject *
@@ -559,14 +585,14 @@ cursor_run(CursorBaseObject *self, PyObject *conn, PyObject *sql, PyObject *para
     PyObject *cursor, *result, *db, *value;
     int several, returns, prepared = 1;
 
-    several = attr_true(statement, s_several);
+    several = statement_flag(statement, STATEMENT_SEVERAL);
     if (several < 0)
         return NULL;
-    returns = attr_true(statement, s_returns_rows);
+    returns = statement_flag(statement, STATEMENT_RETURNS_ROWS);
     if (returns < 0)
         return NULL;
     if (!returns) {
-        prepared = attr_true(statement, s_prepared);
+        prepared = statement_flag(statement, STATEMENT_PREPARED);
         if (prepared < 0)
             return NULL;
     }
@@ -683,7 +709,7 @@ cursor_execute_impl(CursorBaseObject *self, PyObject *sql, PyObject *params)
     if (capture == NULL)
         goto done;
     if (capture != Py_None) {
-        truth = attr_true(statement, s_is_read);
+        truth = statement_flag(statement, STATEMENT_IS_READ);
         if (truth <= 0) {
             if (truth == 0)
                 result = call_method((PyObject *)self, s_execute_captured, sql, params, statement, capture);
@@ -692,7 +718,7 @@ cursor_execute_impl(CursorBaseObject *self, PyObject *sql, PyObject *params)
         }
     }
     Py_DECREF(capture);
-    writes = attr_true(statement, s_writes_rows);
+    writes = statement_flag(statement, STATEMENT_WRITES_ROWS);
     if (writes < 0)
         goto done;
     if (writes) {
@@ -1077,12 +1103,34 @@ static PyTypeObject ConnectionBaseType = {
 static PyObject *
 cursor_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    Py_ssize_t unshared;
+    Py_ssize_t unshared, offsets[STATEMENT_FLAGS];
+    int i;
     (void)module;
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError,
-                        "cursor_setup(cursor_class, unread, unshared, run_errors, fetch_errors) takes 5 arguments");
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "cursor_setup(cursor_class, unread, unshared, run_errors, fetch_errors, "
+                                         "statement_class) takes 6 arguments");
         return NULL;
+    }
+    if (!PyType_Check(args[5])) {
+        PyErr_SetString(PyExc_TypeError, "cursor_setup(): statement_class must be a class");
+        return NULL;
+    }
+    for (i = 0; i < STATEMENT_FLAGS; i++) {
+        PyObject *descr = PyObject_GetAttr(args[5], *statement_names[i]);
+        int usable;
+        if (descr == NULL)
+            return NULL;
+        usable = Py_IS_TYPE(descr, &PyMemberDescr_Type) &&
+                 ((PyMemberDescrObject *)descr)->d_member->type == T_OBJECT_EX &&
+                 ((PyMemberDescrObject *)descr)->d_common.d_type == (PyTypeObject *)args[5];
+        if (usable)
+            offsets[i] = ((PyMemberDescrObject *)descr)->d_member->offset;
+        Py_DECREF(descr);
+        if (!usable) {
+            PyErr_Format(PyExc_TypeError, "cursor_setup(): %.50s.%U is not a slot", ((PyTypeObject *)args[5])->tp_name,
+                         *statement_names[i]);
+            return NULL;
+        }
     }
     if (!PyType_Check(args[0]) || !PyType_IsSubtype((PyTypeObject *)args[0], &CursorBaseType)) {
         PyErr_SetString(PyExc_TypeError, "cursor_setup(): cursor_class must be a subclass of CursorBase");
@@ -1100,6 +1148,9 @@ cursor_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_XSETREF(cursor_run_errors, args[3]);
     Py_INCREF(args[4]);
     Py_XSETREF(cursor_fetch_errors, args[4]);
+    Py_INCREF(args[5]);
+    Py_XSETREF(statement_type, (PyTypeObject *)args[5]);
+    memcpy(statement_offsets, offsets, sizeof(offsets));
     Py_RETURN_NONE;
 }
 
@@ -1166,7 +1217,7 @@ static PyMethodDef speedups_methods[] = {
      "base(file, op, ptr) otherwise; the file is held by a weak reference."},
     /* cursor (session 10) */
     {"cursor_setup", (PyCFunction)(void (*)(void))cursor_setup, METH_FASTCALL,
-     "cursor_setup(cursor_class, unread, unshared, run_errors, fetch_errors)\n\n"
+     "cursor_setup(cursor_class, unread, unshared, run_errors, fetch_errors, statement_class)\n\n"
      "What CursorBase and ConnectionBase need from connection.py (see the cursor section)."},
     {NULL, NULL, 0, NULL},
 };

@@ -34,4 +34,5 @@ def cursor_setup(
     unshared: int,
     run_errors: tuple[type[BaseException], ...],
     fetch_errors: type[BaseException] | tuple[type[BaseException], ...],
+    statement_class: type,
 ) -> None: ...

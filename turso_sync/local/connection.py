@@ -884,4 +884,4 @@ class Connection(_ConnectionBase):
 
 if _FAST:
     assert _compiled is not None
-    _compiled.cursor_setup(Cursor, _UNREAD, _UNSHARED, _RUN_ERRORS, apsw.Error)
+    _compiled.cursor_setup(Cursor, _UNREAD, _UNSHARED, _RUN_ERRORS, apsw.Error, Statement)
