@@ -155,7 +155,8 @@ class Cursor(_CursorBase):
     _cursor: apsw.Cursor
 
     def __init__(self, connection: Connection) -> None:
-        # (``Connection.execute`` does the same without this frame: keep the two alike)
+        # (``Connection.execute`` and its C twin, connectionbase_execute in _speedups.c, do the same
+        # without this frame: keep the three alike)
         self.connection = connection
         # an idle APSW cursor let go by the Cursor that ran it; two are kept, because in a loop
         # of ``cursor = conn.execute(...)`` the previous Cursor is still held while the next is made
@@ -788,7 +789,7 @@ class Connection(_ConnectionBase):
                 self._check()
             # ``Cursor(self)`` inlined: a type call runs ``__init__`` in a frame of its own, entered from
             # C (about 450 instructions in a micro loop, callgrind); what is set here is what
-            # ``Cursor.__init__`` sets (keep the two alike), the rest reads the class's defaults
+            # ``Cursor.__init__`` sets (keep them and _speedups.c's alike), the rest reads the class's defaults
             cursor = _new_cursor(Cursor)
             cursor.connection = self
             idle = self._idle
