@@ -320,7 +320,8 @@ fail:
  * Cursor.execute and Cursor.fetchone without a Python frame.  ConnectionBase, the base type of
  * Connection, does the same for Connection.execute (it builds the Cursor as the Python method does).
  * Each step is the one the pure-Python twins in connection.py take (they are used when this module
- * is absent or refused); everything off the common path calls the Python methods: _check (closed),
+ * is absent or refused), and iter(cursor) gives a C iterator that yields what Cursor.__iter__'s
+ * generator yields; everything off the common path calls the Python methods: _check (closed),
  * _statement (an uncached text), _execute_captured (a replica's write), _begin_if_needed, _run (a
  * statement of several, a row factory, one SQLite could not prepare), _failed and
  * Connection._translate (errors, raised "from None" with the original as __context__).
@@ -373,7 +374,7 @@ static PyObject *cursor_empty_tuple;
 static PyObject *s_closed, *s_statements, *s_statement, *s_capture, *s_is_read, *s_execute_captured,
     *s_writes_rows, *s_isolation_level, *s_db, *s_get_autocommit, *s_begin_if_needed, *s_several,
     *s_returns_rows, *s_prepared, *s_run, *s_execute, *s_failed, *s_idle, *s_idle_before, *s_changes,
-    *s_last_insert_rowid, *s_check, *s_translate, *s_cursor, *s_row_factory, *s_sql, *s_parameters;
+    *s_last_insert_rowid, *s_check, *s_translate, *s_cursor, *s_row_factory, *s_sql, *s_parameters, *s_connection;
 
 #define CURSOR_NOT_SET(o) ((o) == NULL || (o) == Py_None)
 
@@ -948,6 +949,166 @@ static PyMemberDef cursorbase_members[] = {
     {NULL, 0, 0, 0, NULL},
 };
 
+/* iter(cursor): Cursor.__iter__'s generator, step by step.  Like the generator, it checks the cursor
+ * at its first next(), yields the row fetchone looked ahead at (through Cursor._convert), then the
+ * rows of the cursor's _rows at that moment through the row factory of that moment, finishes the
+ * statement after its last row (Cursor._idle_now), translates APSW's errors, and is finished
+ * after an error. */
+enum { ITER_NEW, ITER_AHEAD_DONE, ITER_ROWS, ITER_FINISHED };
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *cursor;
+    PyObject *rows;
+    PyObject *convert;
+    int state;
+} CursorIterObject;
+
+static PyObject *s_convert, *s_idle_now_method;
+
+static PyObject *
+cursoriter_translate(CursorIterObject *it)
+{
+    PyObject *conn;
+    if (!PyErr_ExceptionMatches(cursor_fetch_errors))
+        return NULL;
+    conn = PyObject_GetAttr(it->cursor, s_connection);
+    if (conn == NULL)
+        return NULL;
+    raise_translated(cursor_fetch_errors, conn, s_translate, NULL);
+    Py_DECREF(conn);
+    return NULL;
+}
+
+static PyObject *
+cursoriter_next(PyObject *op)
+{
+    CursorIterObject *it = (CursorIterObject *)op;
+    CursorBaseObject *cursor = (CursorBaseObject *)it->cursor;
+    PyObject *row, *result;
+
+    if (it->state == ITER_FINISHED)
+        return NULL;
+    if (it->state == ITER_NEW) {
+        int closed;
+        it->state = ITER_FINISHED; /* until the checks pass */
+        if (cursor->connection == NULL) {
+            PyErr_SetObject(PyExc_AttributeError, s_connection);
+            return NULL;
+        }
+        closed = cursor->closed ? 1 : conn_closed(cursor->connection);
+        if (closed < 0)
+            return NULL;
+        if (closed) {
+            result = call_method(it->cursor, s_check, NULL, NULL, NULL, NULL);
+            if (result == NULL)
+                return NULL;
+            Py_DECREF(result);
+        }
+        if (!CURSOR_NOT_SET(cursor->ahead)) {
+            PyObject *ahead = cursor->ahead; /* the reference moves here */
+            cursor->ahead = NULL;
+            result = call_method(it->cursor, s_convert, ahead, NULL, NULL, NULL);
+            Py_DECREF(ahead);
+            if (result != NULL)
+                it->state = ITER_AHEAD_DONE;
+            return result;
+        }
+    }
+    if (it->state != ITER_ROWS) {
+        it->state = ITER_FINISHED;
+        if (CURSOR_NOT_SET(cursor->rows))
+            return NULL;
+        it->rows = PyObject_GetIter(cursor->rows);
+        if (it->rows == NULL)
+            return NULL;
+        if (!CURSOR_NOT_SET(cursor->row_factory)) {
+            Py_INCREF(cursor->row_factory);
+            it->convert = cursor->row_factory;
+        }
+        it->state = ITER_ROWS;
+    }
+    row = PyIter_Next(it->rows);
+    if (row == NULL) {
+        it->state = ITER_FINISHED;
+        if (PyErr_Occurred())
+            return cursoriter_translate(it);
+        Py_CLEAR(it->rows);
+        set_field(&cursor->rows, NULL);
+        result = call_method(it->cursor, s_idle_now_method, NULL, NULL, NULL, NULL);
+        Py_XDECREF(result);
+        return NULL;
+    }
+    if (it->convert == NULL)
+        return row;
+    {
+        PyObject *call_args[2] = {it->cursor, row};
+        result = PyObject_Vectorcall(it->convert, call_args, 2, NULL);
+    }
+    Py_DECREF(row);
+    if (result == NULL) {
+        it->state = ITER_FINISHED;
+        return cursoriter_translate(it);
+    }
+    return result;
+}
+
+static int
+cursoriter_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    CursorIterObject *it = (CursorIterObject *)op;
+    Py_VISIT(it->cursor);
+    Py_VISIT(it->rows);
+    Py_VISIT(it->convert);
+    return 0;
+}
+
+static int
+cursoriter_clear(PyObject *op)
+{
+    CursorIterObject *it = (CursorIterObject *)op;
+    Py_CLEAR(it->cursor);
+    Py_CLEAR(it->rows);
+    Py_CLEAR(it->convert);
+    return 0;
+}
+
+static void
+cursoriter_dealloc(PyObject *op)
+{
+    PyObject_GC_UnTrack(op);
+    cursoriter_clear(op);
+    PyObject_GC_Del(op);
+}
+
+static PyTypeObject CursorIterType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "turso_sync._speedups.CursorIterator",
+    .tp_basicsize = sizeof(CursorIterObject),
+    .tp_dealloc = cursoriter_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The rows of a Cursor, as Cursor.__iter__ yields them.",
+    .tp_traverse = cursoriter_traverse,
+    .tp_clear = cursoriter_clear,
+    .tp_iter = PyObject_SelfIter,
+    .tp_iternext = cursoriter_next,
+};
+
+static PyObject *
+cursorbase_iter(PyObject *op)
+{
+    CursorIterObject *it = PyObject_GC_New(CursorIterObject, &CursorIterType);
+    if (it == NULL)
+        return NULL;
+    Py_INCREF(op);
+    it->cursor = op;
+    it->rows = NULL;
+    it->convert = NULL;
+    it->state = ITER_NEW;
+    PyObject_GC_Track(it);
+    return (PyObject *)it;
+}
+
 static PyMethodDef cursorbase_methods[] = {
     {"execute", (PyCFunction)(void (*)(void))cursorbase_execute, METH_FASTCALL | METH_KEYWORDS,
      "Run one statement with parameters by position (?) or by name (:name)."},
@@ -964,6 +1125,7 @@ static PyTypeObject CursorBaseType = {
     .tp_doc = "The compiled base of the DB-API Cursor: its state and the common path of execute and fetchone.",
     .tp_traverse = cursorbase_traverse,
     .tp_clear = cursorbase_clear,
+    .tp_iter = cursorbase_iter,
     .tp_methods = cursorbase_methods,
     .tp_members = cursorbase_members,
     .tp_new = cursorbase_new,
@@ -1188,6 +1350,9 @@ cursor_exec(PyObject *module)
         {&s_row_factory, "row_factory"},
         {&s_sql, "sql"},
         {&s_parameters, "parameters"},
+        {&s_convert, "_convert"},
+        {&s_idle_now_method, "_idle_now"},
+        {&s_connection, "connection"},
     };
     size_t i;
     for (i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
@@ -1198,7 +1363,8 @@ cursor_exec(PyObject *module)
         return -1;
     if (cursor_empty_tuple == NULL && (cursor_empty_tuple = PyTuple_New(0)) == NULL)
         return -1;
-    if (PyType_Ready(&CursorBaseType) < 0 || PyType_Ready(&ConnectionBaseType) < 0)
+    if (PyType_Ready(&CursorBaseType) < 0 || PyType_Ready(&ConnectionBaseType) < 0 ||
+        PyType_Ready(&CursorIterType) < 0)
         return -1;
     if (PyModule_AddObjectRef(module, "CursorBase", (PyObject *)&CursorBaseType) < 0)
         return -1;

@@ -186,6 +186,64 @@ def test_an_error_mid_iteration_is_translated_and_ends_nothing_else(conn: Connec
     assert conn.execute("SELECT v FROM t WHERE id = ?", (3,)).fetchone() == ("c",)
 
 
+def test_iterating_a_cursor_acts_as_the_generator_did(conn: Connection) -> None:
+    cursor = conn.execute("SELECT id FROM t ORDER BY id")
+    rows = iter(cursor)  # nothing is checked or read before the first next()
+    cursor.close()
+    with pytest.raises(turso_sync.ProgrammingError, match="closed cursor"):
+        next(rows)
+    assert list(rows) == []  # finished by its error
+    cursor = conn.execute("SELECT id FROM t ORDER BY id")
+    assert cursor.fetchone() == (1,)  # (2,) is looked ahead
+    assert list(cursor) == [(2,), (3,)]
+    assert cursor._rows is None and conn._idle is cursor._cursor  # finished: idle
+    assert list(cursor) == [] and cursor.fetchone() is None
+    assert list(conn.execute("SELECT id FROM t WHERE id > 9")) == []
+    cursor = conn.execute("SELECT id FROM t ORDER BY id")
+    for row in cursor:
+        assert row == (1,)
+        break
+    assert cursor._rows is cursor._cursor and conn._idle is not cursor._cursor  # left pending
+    assert cursor.fetchall() == [(2,), (3,)]  # as in sqlite3 (a generator's `yield from` closed the APSW cursor)
+    for _row in cursor.execute("SELECT id FROM t ORDER BY id"):
+        break
+    assert cursor.execute("SELECT 5").fetchall() == [(5,)]
+    conn.row_factory = lambda _c, row: row[0] * 10
+    cursor = conn.execute("SELECT id FROM t ORDER BY id")
+    assert cursor.fetchone() == 10
+    rows = iter(cursor)
+    assert next(rows) == 20  # the look-ahead row, through the factory of the moment
+    cursor.row_factory = None
+    assert list(rows) == [(3,)]
+    cursor = conn.execute("SELECT id FROM t ORDER BY id")
+    rows = iter(cursor)
+    assert next(rows) == 10
+    cursor.row_factory = None  # the factory is read once, when the rows start
+    assert list(rows) == [20, 30]
+
+
+def test_an_error_ends_an_iteration(conn: Connection) -> None:
+    rows = iter(conn.execute("SELECT abs(x) FROM (SELECT 1 AS x UNION ALL SELECT -9223372036854775808)"))
+    assert next(rows) == (1,)
+    with pytest.raises(turso_sync.OperationalError, match="overflow") as caught:
+        next(rows)
+    assert caught.value.__suppress_context__ and isinstance(caught.value.__context__, apsw.Error)
+    assert list(rows) == []
+
+    def failing(_cursor: Any, row: tuple[Any, ...]) -> Any:
+        if row[0] == 2:
+            raise ValueError("not this row")
+        return row
+
+    cursor = conn.execute("SELECT id FROM t ORDER BY id")
+    cursor.row_factory = failing
+    rows = iter(cursor)
+    assert next(rows) == (1,)
+    with pytest.raises(ValueError, match="not this row"):
+        next(rows)
+    assert list(rows) == []
+
+
 def holding(target: object) -> Any:
     """A row factory that holds ``target`` (a reference cycle when set on it)."""
     return lambda _cursor, row: (target, row)

@@ -484,25 +484,30 @@ class Cursor(_CursorBase):
         self._idle_now()
         return out
 
-    def __iter__(self) -> Iterator[Any]:
-        self._check()
-        if self._ahead is not None:
-            ahead, self._ahead = self._ahead, None
-            yield self._convert(ahead)
-        rows = self._rows
-        if rows is None:
-            return
-        convert = self.row_factory
-        try:
-            if convert is None:
-                yield from rows
-            else:
-                for row in rows:
-                    yield convert(self, row)
-        except apsw.Error as exc:
-            raise self.connection._translate(exc) from None
-        self._rows = None
-        self._idle_now()
+    if not _FAST:  # the twin of CursorBase's iterator (CursorIterator in _speedups.c)
+
+        def __iter__(self) -> Iterator[Any]:
+            self._check()
+            if self._ahead is not None:
+                ahead, self._ahead = self._ahead, None
+                yield self._convert(ahead)
+            rows = self._rows
+            if rows is None:
+                return
+            convert = self.row_factory
+            try:
+                if convert is None:
+                    # not ``yield from``: a generator closed early (a loop's ``break``) would close the
+                    # APSW cursor with it, and this Cursor could neither fetch nor run anything again
+                    for row in rows:
+                        yield row
+                else:
+                    for row in rows:
+                        yield convert(self, row)
+            except apsw.Error as exc:
+                raise self.connection._translate(exc) from None
+            self._rows = None
+            self._idle_now()
 
     def close(self) -> None:
         """Close the cursor; further use raises ProgrammingError."""
