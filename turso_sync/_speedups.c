@@ -892,6 +892,90 @@ done:
     return result;
 }
 
+/* Cursor.fetchall: the looked-ahead row and the rest, each through the row factory; the statement
+ * finishes (idle) unless an error stopped it */
+static PyObject *
+cursorbase_fetchall(PyObject *op, PyObject *unused)
+{
+    CursorBaseObject *self = (CursorBaseObject *)op;
+    PyObject *conn, *rows = NULL, *ahead = NULL, *factory = NULL, *out = NULL, *row, *item;
+    int truth;
+    (void)unused;
+
+    conn = self->connection;
+    if (conn == NULL) {
+        PyErr_SetObject(PyExc_AttributeError, s_connection);
+        return NULL;
+    }
+    Py_INCREF(conn);
+    truth = self->closed ? 1 : conn_closed(conn);
+    if (truth < 0)
+        goto fail;
+    if (truth) {
+        item = call_method(op, s_check, NULL, NULL, NULL, NULL);
+        if (item == NULL)
+            goto fail;
+        Py_DECREF(item);
+    }
+    out = PyList_New(0);
+    if (out == NULL || CURSOR_NOT_SET(self->rows))
+        goto done;
+    rows = PyObject_GetIter(self->rows);
+    if (rows == NULL)
+        goto translate;
+    if (!CURSOR_NOT_SET(self->ahead)) {
+        ahead = self->ahead;
+        Py_INCREF(ahead);
+    }
+    if (!CURSOR_NOT_SET(self->row_factory)) {
+        factory = self->row_factory;
+        Py_INCREF(factory);
+    }
+    row = ahead;
+    if (row != NULL)
+        Py_INCREF(row);
+    else
+        row = PyIter_Next(rows);
+    while (row != NULL) {
+        if (factory == NULL) {
+            item = row;
+        }
+        else {
+            PyObject *call_args[2] = {op, row};
+            item = PyObject_Vectorcall(factory, call_args, 2, NULL);
+            Py_DECREF(row);
+            if (item == NULL)
+                goto translate;
+        }
+        truth = PyList_Append(out, item);
+        Py_DECREF(item);
+        if (truth < 0)
+            goto fail;
+        row = PyIter_Next(rows);
+    }
+    if (PyErr_Occurred())
+        goto translate;
+    set_field(&self->rows, NULL);
+    set_field(&self->ahead, NULL);
+    if (self->cursor == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "_cursor");
+        goto fail;
+    }
+    if (idle_now(conn, self->cursor) < 0)
+        goto fail;
+done:
+    Py_XDECREF(rows);
+    Py_XDECREF(ahead);
+    Py_XDECREF(factory);
+    Py_DECREF(conn);
+    return out;
+translate:
+    raise_translated(cursor_fetch_errors, conn, s_translate, NULL);
+fail:
+    Py_CLEAR(out);
+    goto done;
+}
+
 static int
 cursorbase_traverse(PyObject *op, visitproc visit, void *arg)
 {
@@ -966,15 +1050,14 @@ typedef struct {
 
 static PyObject *s_convert, *s_idle_now_method;
 
+/* (no getattr here: the exception is still set, and only raise_translated takes it off first) */
 static PyObject *
 cursoriter_translate(CursorIterObject *it)
 {
-    PyObject *conn;
-    if (!PyErr_ExceptionMatches(cursor_fetch_errors))
+    PyObject *conn = ((CursorBaseObject *)it->cursor)->connection;
+    if (conn == NULL || !PyErr_ExceptionMatches(cursor_fetch_errors))
         return NULL;
-    conn = PyObject_GetAttr(it->cursor, s_connection);
-    if (conn == NULL)
-        return NULL;
+    Py_INCREF(conn);
     raise_translated(cursor_fetch_errors, conn, s_translate, NULL);
     Py_DECREF(conn);
     return NULL;
@@ -1113,6 +1196,7 @@ static PyMethodDef cursorbase_methods[] = {
     {"execute", (PyCFunction)(void (*)(void))cursorbase_execute, METH_FASTCALL | METH_KEYWORDS,
      "Run one statement with parameters by position (?) or by name (:name)."},
     {"fetchone", cursorbase_fetchone, METH_NOARGS, "The next row, or None."},
+    {"fetchall", cursorbase_fetchall, METH_NOARGS, "All remaining rows."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -244,6 +244,25 @@ def test_an_error_ends_an_iteration(conn: Connection) -> None:
     assert list(rows) == []
 
 
+def test_an_iteration_error_is_translated_after_the_cursor_class_changed(conn: Connection) -> None:
+    # (the C iterator once looked the cursor's connection up with the error still set: when the
+    # lookup missed the type attribute cache, as after any change to the class, that lookup failed
+    # with AttributeError instead)
+    sql = "SELECT abs(x) FROM (SELECT 1 AS x UNION ALL SELECT -9223372036854775808)"
+    for operation in (lambda rows: next(rows), lambda rows: list(rows)):
+        rows = iter(conn.execute(sql))
+        assert next(rows) == (1,)
+        Cursor.spare_attribute = None  # type: ignore[attr-defined]
+        del Cursor.spare_attribute  # type: ignore[attr-defined]
+        with pytest.raises(turso_sync.OperationalError, match="overflow"):
+            operation(rows)
+    cursor = conn.execute(sql)
+    Cursor.spare_attribute = None  # type: ignore[attr-defined]
+    del Cursor.spare_attribute  # type: ignore[attr-defined]
+    with pytest.raises(turso_sync.OperationalError, match="overflow"):
+        cursor.fetchall()
+
+
 def holding(target: object) -> Any:
     """A row factory that holds ``target`` (a reference cycle when set on it)."""
     return lambda _cursor, row: (target, row)

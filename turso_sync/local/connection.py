@@ -461,28 +461,30 @@ class Cursor(_CursorBase):
             out.append(row)
         return out
 
-    def fetchall(self) -> list[Any]:
-        """All remaining rows."""
-        if self._closed or self.connection._closed:
-            self._check()
-        rows = self._rows
-        if rows is None:
-            return []
-        ahead = self._ahead
-        factory = self.row_factory
-        try:
-            if factory is None:
-                out = [] if ahead is None else [ahead]
-                out.extend(rows)
-            else:
-                out = [] if ahead is None else [factory(self, ahead)]
-                out.extend([factory(self, row) for row in rows])
-        except apsw.Error as exc:
-            raise self.connection._translate(exc) from None
-        self._rows = None
-        self._ahead = None
-        self._idle_now()
-        return out
+    if not _FAST:  # the twin of CursorBase.fetchall
+
+        def fetchall(self) -> list[Any]:
+            """All remaining rows."""
+            if self._closed or self.connection._closed:
+                self._check()
+            rows = self._rows
+            if rows is None:
+                return []
+            ahead = self._ahead
+            factory = self.row_factory
+            try:
+                if factory is None:
+                    out = [] if ahead is None else [ahead]
+                    out.extend(rows)
+                else:
+                    out = [] if ahead is None else [factory(self, ahead)]
+                    out.extend([factory(self, row) for row in rows])
+            except apsw.Error as exc:
+                raise self.connection._translate(exc) from None
+            self._rows = None
+            self._ahead = None
+            self._idle_now()
+            return out
 
     if not _FAST:  # the twin of CursorBase's iterator (CursorIterator in _speedups.c)
 
