@@ -124,10 +124,10 @@ _BY_FILE = {
     "bench/": CATEGORIES[8],
 }
 # (the compiled DB-API path, ``_speedups.CursorBase``/``ConnectionBase``, calls APSW from C, where the
-# profiler cannot see it: its ``execute``/``fetchone`` are SQLite's time plus the wrapper's own C)
+# profiler cannot see it: its ``execute``/``fetchone``/``fetchall`` are SQLite's time plus the wrapper's own C)
 _SQLITE_BUILTIN = re.compile(
     r"'(execute|executemany|close)' of 'apsw\.(Cursor|Connection)'|builtins\.next>"
-    r"|'(execute|fetchone)' of 'turso_sync\._speedups\.(CursorBase|ConnectionBase)'"
+    r"|'(execute|fetchone|fetchall)' of 'turso_sync\._speedups\.(CursorBase|ConnectionBase)'"
 )
 _FILE_BUILTIN = re.compile(r"\bx(Read|Write|Sync|Truncate|FileSize|FileControl)\b")
 
