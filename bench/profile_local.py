@@ -123,7 +123,12 @@ _BY_FILE = {
     "local/framelog.py": CATEGORIES[7],
     "bench/": CATEGORIES[8],
 }
-_SQLITE_BUILTIN = re.compile(r"'(execute|executemany|close)' of 'apsw\.(Cursor|Connection)'|builtins\.next>")
+# (the compiled DB-API path, ``_speedups.CursorBase``/``ConnectionBase``, calls APSW from C, where the
+# profiler cannot see it: its ``execute``/``fetchone``/``fetchall`` are SQLite's time plus the wrapper's own C)
+_SQLITE_BUILTIN = re.compile(
+    r"'(execute|executemany|close)' of 'apsw\.(Cursor|Connection)'|builtins\.next>"
+    r"|'(execute|fetchone|fetchall)' of 'turso_sync\._speedups\.(CursorBase|ConnectionBase)'"
+)
 _FILE_BUILTIN = re.compile(r"\bx(Read|Write|Sync|Truncate|FileSize|FileControl)\b")
 
 Func = tuple[str, int, str]

@@ -21,6 +21,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -815,6 +816,1151 @@ wal_frame_reader(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 
 /* ==== end of xread, part 2 ==== */
 
+/* ---- cursor (session 10): the DB-API statement path --------------------------------------------
+ *
+ * CursorBase is the base type of turso_sync.local.connection.Cursor when this module is used: it
+ * holds the cursor's per-statement state as C members (connection, _cursor, row_factory, _rows,
+ * _ahead, _columns, _query, _description, rowcount, lastrowid, _closed) and runs the common path of
+ * Cursor.execute and Cursor.fetchone without a Python frame.  ConnectionBase, the base type of
+ * Connection, does the same for Connection.execute (it builds the Cursor as the Python method does).
+ * Each step is the one the pure-Python twins in connection.py take (they are used when this module
+ * is absent or refused), and iter(cursor) gives a C iterator that yields what Cursor.__iter__'s
+ * generator yields; everything off the common path calls the Python methods: _check (closed),
+ * _statement (an uncached text), _execute_captured (a replica's write), _begin_if_needed, _run (a
+ * statement of several, a row factory, one SQLite could not prepare), _failed and
+ * Connection._translate (errors, raised "from None" with the original as __context__).
+ *
+ * cursor_setup(cursor_class, unread, unshared, run_errors, fetch_errors, statement_class) tells this
+ * module the Cursor class that ConnectionBase.execute makes, the _UNREAD marker, the reference count
+ * (as sys.getrefcount reports it) of an idle APSW cursor that nothing else holds (-1: never reuse),
+ * the exceptions of APSW's execute that go to Cursor._failed, those of a fetch that go to
+ * Connection._translate, and the Statement class whose flags (slots) are read in place.
+ */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *connection;
+    PyObject *cursor; /* _cursor: the APSW cursor */
+    PyObject *row_factory;
+    PyObject *rows;  /* _rows */
+    PyObject *ahead; /* _ahead */
+    PyObject *columns;
+    PyObject *query;
+    PyObject *description;
+    PyObject *rowcount;
+    PyObject *lastrowid;
+    char closed;
+} CursorBaseObject;
+
+/* Connection's fields that every statement reads, as members of its base type (the same names) */
+typedef struct {
+    PyObject_HEAD
+    PyObject *closed; /* _closed */
+    PyObject *statements;
+    PyObject *capture;
+    PyObject *isolation_level;
+    PyObject *db;
+    PyObject *idle;
+    PyObject *idle_before;
+    PyObject *row_factory;
+} ConnectionBaseObject;
+
+static PyTypeObject CursorBaseType;
+static PyTypeObject ConnectionBaseType;
+static PyObject *cursor_class;     /* the Python Cursor (a subtype of CursorBase) */
+static PyObject *cursor_unread;    /* connection._UNREAD */
+static Py_ssize_t cursor_unshared; /* as sys.getrefcount counts it; -1 never */
+static PyObject *cursor_run_errors;
+static PyObject *cursor_fetch_errors;
+static PyObject *cursor_minus_one;
+static PyObject *cursor_empty_tuple;
+
+static PyObject *s_closed, *s_statements, *s_statement, *s_capture, *s_is_read, *s_execute_captured,
+    *s_writes_rows, *s_isolation_level, *s_db, *s_get_autocommit, *s_begin_if_needed, *s_several,
+    *s_returns_rows, *s_prepared, *s_run, *s_execute, *s_failed, *s_idle, *s_idle_before, *s_changes,
+    *s_last_insert_rowid, *s_check, *s_translate, *s_cursor, *s_row_factory, *s_sql, *s_parameters, *s_connection;
+
+#define CURSOR_NOT_SET(o) ((o) == NULL || (o) == Py_None)
+
+/* conn.<name> (a new reference): the member itself on a ConnectionBase, getattr on anything else */
+static PyObject *
+conn_get(PyObject *conn, size_t offset, PyObject *name)
+{
+    PyObject *value;
+    if (!PyObject_TypeCheck(conn, &ConnectionBaseType))
+        return PyObject_GetAttr(conn, name);
+    value = *(PyObject **)((char *)conn + offset);
+    if (value == NULL) {
+        PyErr_SetObject(PyExc_AttributeError, name);
+        return NULL;
+    }
+    Py_INCREF(value);
+    return value;
+}
+
+static int
+conn_set(PyObject *conn, size_t offset, PyObject *name, PyObject *value)
+{
+    PyObject **slot, *old;
+    if (!PyObject_TypeCheck(conn, &ConnectionBaseType))
+        return PyObject_SetAttr(conn, name, value);
+    slot = (PyObject **)((char *)conn + offset);
+    old = *slot;
+    Py_INCREF(value);
+    *slot = value;
+    Py_XDECREF(old);
+    return 0;
+}
+
+#define CONN_GET(conn, field, name) conn_get((conn), offsetof(ConnectionBaseObject, field), (name))
+#define CONN_SET(conn, field, name, value) conn_set((conn), offsetof(ConnectionBaseObject, field), (name), (value))
+
+/* conn._closed as a truth value */
+static int
+conn_closed(PyObject *conn)
+{
+    PyObject *value = CONN_GET(conn, closed, s_closed);
+    int truth;
+    if (value == NULL)
+        return -1;
+    truth = value == Py_False ? 0 : value == Py_True ? 1 : PyObject_IsTrue(value);
+    Py_DECREF(value);
+    return truth;
+}
+
+/* getattr(obj, name) as a truth value: 1, 0 or -1 with an exception set */
+static int
+attr_true(PyObject *obj, PyObject *name)
+{
+    PyObject *value = PyObject_GetAttr(obj, name);
+    int truth;
+    if (value == NULL)
+        return -1;
+    truth = PyObject_IsTrue(value);
+    Py_DECREF(value);
+    return truth;
+}
+
+/* Statement's flags (local/statement.py, a dataclass with slots): read from their slots when the
+ * statement is of the class cursor_setup was given, whose member descriptors told the offsets */
+enum { STATEMENT_SEVERAL, STATEMENT_RETURNS_ROWS, STATEMENT_PREPARED, STATEMENT_IS_READ, STATEMENT_WRITES_ROWS, STATEMENT_FLAGS };
+static PyTypeObject *statement_type;
+static Py_ssize_t statement_offsets[STATEMENT_FLAGS];
+static PyObject **statement_names[STATEMENT_FLAGS] = {&s_several, &s_returns_rows, &s_prepared, &s_is_read,
+                                                      &s_writes_rows};
+
+static int
+statement_flag(PyObject *statement, int flag)
+{
+    PyObject *value;
+    if (Py_TYPE(statement) != statement_type)
+        return attr_true(statement, *statement_names[flag]);
+    value = *(PyObject **)((char *)statement + statement_offsets[flag]);
+    if (value == Py_False)
+        return 0;
+    if (value == Py_True)
+        return 1;
+    if (value == NULL) {
+        PyErr_SetObject(PyExc_AttributeError, *statement_names[flag]);
+        return -1;
+    }
+    return PyObject_IsTrue(value);
+}
+
+static PyObject *
+call_method(PyObject *obj, PyObject *name, PyObject *a, PyObject *b, PyObject *c, PyObject *d)
+{
+    PyObject *args[5] = {obj, a, b, c, d};
+    size_t n = 1 + (a != NULL) + (b != NULL) + (c != NULL) + (d != NULL);
+    return PyObject_VectorcallMethod(name, args, n | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+}
+
+/* The exception set now, replaced by `translator(exc, extra)` raised "from None" (its __context__
+ * the original, as a raise inside an except block gives); the exception is kept as it is when it
+ * is not one of `matching`.  Returns NULL always. */
+static PyObject *
+raise_translated(PyObject *matching, PyObject *owner, PyObject *translator, PyObject *extra)
+{
+    PyObject *type, *value, *tb, *err;
+    if (!PyErr_ExceptionMatches(matching))
+        return NULL;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL)
+        PyException_SetTraceback(value, tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    err = call_method(owner, translator, value, extra, NULL, NULL);
+    if (err == NULL) {
+        Py_DECREF(value);
+        return NULL;
+    }
+    if (!PyExceptionInstance_Check(err)) {
+        Py_DECREF(value);
+        PyErr_Format(PyExc_TypeError, "%U() returned %.50s, not an exception", translator, Py_TYPE(err)->tp_name);
+        Py_DECREF(err);
+        return NULL;
+    }
+    PyException_SetContext(err, value); /* steals value */
+    PyException_SetCause(err, NULL);    /* and sets __suppress_context__ */
+    type = (PyObject *)Py_TYPE(err);
+    Py_INCREF(type);
+    PyErr_Restore(type, err, NULL);
+    return NULL;
+}
+
+static void
+set_field(PyObject **field, PyObject *value)
+{
+    PyObject *old = *field;
+    Py_XINCREF(value);
+    *field = value;
+    Py_XDECREF(old);
+}
+
+static CursorBaseObject *
+cursor_alloc(PyTypeObject *type)
+{
+    CursorBaseObject *self = (CursorBaseObject *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    Py_INCREF(cursor_minus_one);
+    self->rowcount = cursor_minus_one;
+    return self;
+}
+
+static PyObject *
+cursorbase_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    (void)args;
+    (void)kwds;
+    if (cursor_minus_one == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "CursorBase: cursor_setup() was not called");
+        return NULL;
+    }
+    return (PyObject *)cursor_alloc(type);
+}
+
+/* the statement finished: its APSW cursor is idle (Cursor._idle_now) */
+static int
+idle_now(PyObject *conn, PyObject *cursor)
+{
+    PyObject *idle = CONN_GET(conn, idle, s_idle);
+    int rc = 0;
+    if (idle == NULL)
+        return -1;
+    if (idle != cursor) {
+        rc = CONN_SET(conn, idle_before, s_idle_before, idle);
+        if (rc == 0)
+            rc = CONN_SET(conn, idle, s_idle, cursor);
+    }
+    Py_DECREF(idle);
+    return rc;
+}
+
+/* rows pending: off Connection._idle (Cursor._not_idle) */
+static int
+not_idle(PyObject *conn, PyObject *cursor)
+{
+    PyObject *idle = CONN_GET(conn, idle, s_idle);
+    int rc = 0;
+    if (idle == NULL)
+        return -1;
+    if (idle == cursor) {
+        rc = CONN_SET(conn, idle, s_idle, Py_None);
+    }
+    else {
+        Py_DECREF(idle);
+        idle = CONN_GET(conn, idle_before, s_idle_before);
+        if (idle == NULL)
+            return -1;
+        if (idle == cursor)
+            rc = CONN_SET(conn, idle_before, s_idle_before, Py_None);
+    }
+    Py_DECREF(idle);
+    return rc;
+}
+
+/* Cursor._run for a statement of one, without a row factory unless it returns no rows, that SQLite
+ * prepared; the others go to the Python method. */
+static PyObject *
+cursor_run(CursorBaseObject *self, PyObject *conn, PyObject *sql, PyObject *params, PyObject *statement,
+           int writes)
+{
+    PyObject *cursor, *result, *db, *value;
+    int several, returns, prepared = 1;
+
+    several = statement_flag(statement, STATEMENT_SEVERAL);
+    if (several < 0)
+        return NULL;
+    returns = statement_flag(statement, STATEMENT_RETURNS_ROWS);
+    if (returns < 0)
+        return NULL;
+    if (!returns) {
+        prepared = statement_flag(statement, STATEMENT_PREPARED);
+        if (prepared < 0)
+            return NULL;
+    }
+    if (several || !prepared || (returns && !CURSOR_NOT_SET(self->row_factory)))
+        return call_method((PyObject *)self, s_run, sql, params, statement, NULL);
+    cursor = self->cursor;
+    if (cursor == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "_cursor");
+        return NULL;
+    }
+    Py_INCREF(cursor);
+    result = call_method(cursor, s_execute, sql, params, NULL, NULL);
+    if (result == NULL) {
+        Py_DECREF(cursor);
+        return raise_translated(cursor_run_errors, (PyObject *)self, s_failed, sql);
+    }
+    Py_DECREF(result);
+    if (returns) {
+        /* its columns are read only if description is asked for (Cursor._run) */
+        PyObject *query = PyTuple_Pack(2, sql, params);
+        if (query == NULL)
+            goto fail;
+        Py_XSETREF(self->query, query);
+        set_field(&self->columns, cursor_unread);
+        set_field(&self->description, NULL);
+        set_field(&self->rows, cursor); /* a query's first row may be pending */
+        if (not_idle(conn, cursor) < 0)
+            goto fail;
+    }
+    else {
+        set_field(&self->columns, NULL);
+        set_field(&self->description, NULL);
+        set_field(&self->rows, NULL);
+        if (idle_now(conn, cursor) < 0)
+            goto fail;
+    }
+    Py_DECREF(cursor);
+    set_field(&self->ahead, NULL);
+    db = CONN_GET(conn, db, s_db);
+    if (db == NULL)
+        return NULL;
+    if (writes) {
+        value = call_method(db, s_changes, NULL, NULL, NULL, NULL);
+        if (value == NULL)
+            goto fail_db;
+        Py_XSETREF(self->rowcount, value);
+    }
+    else {
+        set_field(&self->rowcount, cursor_minus_one);
+    }
+    value = call_method(db, s_last_insert_rowid, NULL, NULL, NULL, NULL);
+    if (value == NULL)
+        goto fail_db;
+    Py_XSETREF(self->lastrowid, value);
+    Py_DECREF(db);
+    Py_INCREF(self);
+    return (PyObject *)self;
+fail:
+    Py_DECREF(cursor);
+    return NULL;
+fail_db:
+    Py_DECREF(db);
+    return NULL;
+}
+
+/* Cursor.execute: the statement's facts, the replica's capture, the implicit BEGIN, then _run */
+static PyObject *
+cursor_execute_impl(CursorBaseObject *self, PyObject *sql, PyObject *params)
+{
+    PyObject *conn, *statements, *statement = NULL, *capture, *result = NULL;
+    int truth, writes;
+
+    conn = self->connection;
+    if (conn == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "connection");
+        return NULL;
+    }
+    Py_INCREF(conn);
+    truth = self->closed ? 1 : conn_closed(conn);
+    if (truth < 0)
+        goto done;
+    if (truth) {
+        result = call_method((PyObject *)self, s_check, NULL, NULL, NULL, NULL);
+        if (result == NULL)
+            goto done;
+        Py_CLEAR(result);
+    }
+    statements = CONN_GET(conn, statements, s_statements);
+    if (statements == NULL)
+        goto done;
+    if (PyDict_CheckExact(statements)) {
+        statement = PyDict_GetItemWithError(statements, sql);
+        Py_XINCREF(statement);
+    }
+    else {
+        statement = PyObject_CallMethod(statements, "get", "O", sql);
+    }
+    Py_DECREF(statements);
+    if (statement == NULL && PyErr_Occurred())
+        goto done;
+    if (statement != NULL) {
+        truth = PyObject_IsTrue(statement);
+        if (truth < 0)
+            goto done;
+        if (!truth)
+            Py_CLEAR(statement);
+    }
+    if (statement == NULL) {
+        statement = call_method(conn, s_statement, sql, NULL, NULL, NULL);
+        if (statement == NULL)
+            goto done;
+    }
+    capture = CONN_GET(conn, capture, s_capture);
+    if (capture == NULL)
+        goto done;
+    if (capture != Py_None) {
+        truth = statement_flag(statement, STATEMENT_IS_READ);
+        if (truth <= 0) {
+            if (truth == 0)
+                result = call_method((PyObject *)self, s_execute_captured, sql, params, statement, capture);
+            Py_DECREF(capture);
+            goto done;
+        }
+    }
+    Py_DECREF(capture);
+    writes = statement_flag(statement, STATEMENT_WRITES_ROWS);
+    if (writes < 0)
+        goto done;
+    if (writes) {
+        PyObject *level = CONN_GET(conn, isolation_level, s_isolation_level), *db, *autocommit;
+        if (level == NULL)
+            goto done;
+        truth = level != Py_None;
+        Py_DECREF(level);
+        if (truth) {
+            db = CONN_GET(conn, db, s_db);
+            if (db == NULL)
+                goto done;
+            autocommit = call_method(db, s_get_autocommit, NULL, NULL, NULL, NULL);
+            Py_DECREF(db);
+            if (autocommit == NULL)
+                goto done;
+            truth = PyObject_IsTrue(autocommit);
+            Py_DECREF(autocommit);
+            if (truth < 0)
+                goto done;
+            if (truth) {
+                result = call_method(conn, s_begin_if_needed, sql, NULL, NULL, NULL);
+                if (result == NULL)
+                    goto done;
+                Py_CLEAR(result);
+            }
+        }
+    }
+    result = cursor_run(self, conn, sql, params, statement, writes);
+done:
+    Py_XDECREF(statement);
+    Py_DECREF(conn);
+    return result;
+}
+
+/* (sql, parameters=()) from a fastcall */
+static int
+sql_and_parameters(const char *name, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, PyObject **sql,
+                   PyObject **params)
+{
+    Py_ssize_t i, nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    *sql = nargs > 0 ? args[0] : NULL;
+    *params = nargs > 1 ? args[1] : NULL;
+    if (nargs > 2) {
+        PyErr_Format(PyExc_TypeError, "%s() takes at most 2 arguments (%zd given)", name, nargs);
+        return -1;
+    }
+    for (i = 0; i < nkw; i++) {
+        PyObject *key = PyTuple_GET_ITEM(kwnames, i), **slot;
+        if (PyUnicode_Compare(key, s_sql) == 0)
+            slot = sql;
+        else if (PyUnicode_Compare(key, s_parameters) == 0)
+            slot = params;
+        else {
+            if (!PyErr_Occurred())
+                PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'", name, key);
+            return -1;
+        }
+        if (*slot != NULL) {
+            PyErr_Format(PyExc_TypeError, "%s() got multiple values for argument '%U'", name, key);
+            return -1;
+        }
+        *slot = args[nargs + i];
+    }
+    if (*sql == NULL) {
+        PyErr_Format(PyExc_TypeError, "%s() missing required argument 'sql'", name);
+        return -1;
+    }
+    if (*params == NULL)
+        *params = cursor_empty_tuple;
+    return 0;
+}
+
+static PyObject *
+cursorbase_execute(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *sql, *params;
+    if (sql_and_parameters("execute", args, nargs, kwnames, &sql, &params) < 0)
+        return NULL;
+    return cursor_execute_impl((CursorBaseObject *)self, sql, params);
+}
+
+static PyObject *
+cursorbase_fetchone(PyObject *op, PyObject *unused)
+{
+    CursorBaseObject *self = (CursorBaseObject *)op;
+    PyObject *conn, *rows, *row = NULL, *ahead, *factory, *result = NULL;
+    int truth;
+    (void)unused;
+
+    conn = self->connection;
+    if (conn == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "connection");
+        return NULL;
+    }
+    Py_INCREF(conn);
+    truth = self->closed ? 1 : conn_closed(conn);
+    if (truth < 0)
+        goto done;
+    if (truth) {
+        result = call_method(op, s_check, NULL, NULL, NULL, NULL);
+        if (result == NULL)
+            goto done;
+        Py_CLEAR(result);
+    }
+    rows = self->rows;
+    if (CURSOR_NOT_SET(rows)) {
+        result = Py_None;
+        Py_INCREF(result);
+        goto done;
+    }
+    Py_INCREF(rows);
+    if (CURSOR_NOT_SET(self->ahead)) {
+        row = PyIter_Next(rows);
+        if (row == NULL) {
+            if (PyErr_Occurred()) {
+                raise_translated(cursor_fetch_errors, conn, s_translate, NULL);
+            }
+            else {
+                set_field(&self->rows, NULL);
+                if (self->cursor == NULL)
+                    PyErr_SetString(PyExc_AttributeError, "_cursor");
+                else if (idle_now(conn, self->cursor) == 0) {
+                    result = Py_None;
+                    Py_INCREF(result);
+                }
+            }
+            Py_DECREF(rows);
+            goto done;
+        }
+    }
+    else {
+        row = self->ahead; /* the reference moves to row */
+        self->ahead = NULL;
+    }
+    /* look one row ahead: when this was the last row the statement finishes now and its read
+     * snapshot is released (Cursor.fetchone) */
+    ahead = PyIter_Next(rows);
+    Py_DECREF(rows);
+    if (ahead == NULL) {
+        if (PyErr_Occurred()) {
+            raise_translated(cursor_fetch_errors, conn, s_translate, NULL);
+            goto done;
+        }
+        set_field(&self->rows, NULL);
+        if (self->cursor == NULL) {
+            PyErr_SetString(PyExc_AttributeError, "_cursor");
+            goto done;
+        }
+        if (idle_now(conn, self->cursor) < 0)
+            goto done;
+    }
+    else {
+        Py_XSETREF(self->ahead, ahead);
+    }
+    factory = self->row_factory;
+    if (CURSOR_NOT_SET(factory)) {
+        result = row;
+        row = NULL;
+    }
+    else {
+        PyObject *call_args[2] = {op, row};
+        Py_INCREF(factory);
+        result = PyObject_Vectorcall(factory, call_args, 2, NULL);
+        Py_DECREF(factory);
+    }
+done:
+    Py_XDECREF(row);
+    Py_DECREF(conn);
+    return result;
+}
+
+/* Cursor.fetchall: the looked-ahead row and the rest, each through the row factory; the statement
+ * finishes (idle) unless an error stopped it */
+static PyObject *
+cursorbase_fetchall(PyObject *op, PyObject *unused)
+{
+    CursorBaseObject *self = (CursorBaseObject *)op;
+    PyObject *conn, *rows = NULL, *ahead = NULL, *factory = NULL, *out = NULL, *row, *item;
+    int truth;
+    (void)unused;
+
+    conn = self->connection;
+    if (conn == NULL) {
+        PyErr_SetObject(PyExc_AttributeError, s_connection);
+        return NULL;
+    }
+    Py_INCREF(conn);
+    truth = self->closed ? 1 : conn_closed(conn);
+    if (truth < 0)
+        goto fail;
+    if (truth) {
+        item = call_method(op, s_check, NULL, NULL, NULL, NULL);
+        if (item == NULL)
+            goto fail;
+        Py_DECREF(item);
+    }
+    out = PyList_New(0);
+    if (out == NULL || CURSOR_NOT_SET(self->rows))
+        goto done;
+    rows = PyObject_GetIter(self->rows);
+    if (rows == NULL)
+        goto translate;
+    if (!CURSOR_NOT_SET(self->ahead)) {
+        ahead = self->ahead;
+        Py_INCREF(ahead);
+    }
+    if (!CURSOR_NOT_SET(self->row_factory)) {
+        factory = self->row_factory;
+        Py_INCREF(factory);
+    }
+    row = ahead;
+    if (row != NULL)
+        Py_INCREF(row);
+    else
+        row = PyIter_Next(rows);
+    while (row != NULL) {
+        if (factory == NULL) {
+            item = row;
+        }
+        else {
+            PyObject *call_args[2] = {op, row};
+            item = PyObject_Vectorcall(factory, call_args, 2, NULL);
+            Py_DECREF(row);
+            if (item == NULL)
+                goto translate;
+        }
+        truth = PyList_Append(out, item);
+        Py_DECREF(item);
+        if (truth < 0)
+            goto fail;
+        row = PyIter_Next(rows);
+    }
+    if (PyErr_Occurred())
+        goto translate;
+    set_field(&self->rows, NULL);
+    set_field(&self->ahead, NULL);
+    if (self->cursor == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "_cursor");
+        goto fail;
+    }
+    if (idle_now(conn, self->cursor) < 0)
+        goto fail;
+done:
+    Py_XDECREF(rows);
+    Py_XDECREF(ahead);
+    Py_XDECREF(factory);
+    Py_DECREF(conn);
+    return out;
+translate:
+    raise_translated(cursor_fetch_errors, conn, s_translate, NULL);
+fail:
+    Py_CLEAR(out);
+    goto done;
+}
+
+static int
+cursorbase_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    CursorBaseObject *self = (CursorBaseObject *)op;
+    Py_VISIT(self->connection);
+    Py_VISIT(self->cursor);
+    Py_VISIT(self->row_factory);
+    Py_VISIT(self->rows);
+    Py_VISIT(self->ahead);
+    Py_VISIT(self->columns);
+    Py_VISIT(self->query);
+    Py_VISIT(self->description);
+    Py_VISIT(self->rowcount);
+    Py_VISIT(self->lastrowid);
+    return 0;
+}
+
+static int
+cursorbase_clear(PyObject *op)
+{
+    CursorBaseObject *self = (CursorBaseObject *)op;
+    Py_CLEAR(self->connection);
+    Py_CLEAR(self->cursor);
+    Py_CLEAR(self->row_factory);
+    Py_CLEAR(self->rows);
+    Py_CLEAR(self->ahead);
+    Py_CLEAR(self->columns);
+    Py_CLEAR(self->query);
+    Py_CLEAR(self->description);
+    Py_CLEAR(self->rowcount);
+    Py_CLEAR(self->lastrowid);
+    return 0;
+}
+
+static void
+cursorbase_dealloc(PyObject *op)
+{
+    PyObject_GC_UnTrack(op);
+    cursorbase_clear(op);
+    Py_TYPE(op)->tp_free(op);
+}
+
+static PyMemberDef cursorbase_members[] = {
+    {"connection", T_OBJECT_EX, offsetof(CursorBaseObject, connection), 0, "the Connection"},
+    {"_cursor", T_OBJECT_EX, offsetof(CursorBaseObject, cursor), 0, "the APSW cursor"},
+    {"row_factory", T_OBJECT, offsetof(CursorBaseObject, row_factory), 0, "row_factory(cursor, row) or None"},
+    {"_rows", T_OBJECT, offsetof(CursorBaseObject, rows), 0, NULL},
+    {"_ahead", T_OBJECT, offsetof(CursorBaseObject, ahead), 0, NULL},
+    {"_columns", T_OBJECT, offsetof(CursorBaseObject, columns), 0, NULL},
+    {"_query", T_OBJECT, offsetof(CursorBaseObject, query), 0, NULL},
+    {"_description", T_OBJECT, offsetof(CursorBaseObject, description), 0, NULL},
+    {"rowcount", T_OBJECT_EX, offsetof(CursorBaseObject, rowcount), 0, "rows the last statement changed, or -1"},
+    {"lastrowid", T_OBJECT, offsetof(CursorBaseObject, lastrowid), 0, "the last inserted rowid, or None"},
+    {"_closed", T_BOOL, offsetof(CursorBaseObject, closed), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+/* iter(cursor): Cursor.__iter__'s generator, step by step.  Like the generator, it checks the cursor
+ * at its first next(), yields the row fetchone looked ahead at (through Cursor._convert), then the
+ * rows of the cursor's _rows at that moment through the row factory of that moment, finishes the
+ * statement after its last row (Cursor._idle_now), translates APSW's errors, and is finished
+ * after an error. */
+enum { ITER_NEW, ITER_AHEAD_DONE, ITER_ROWS, ITER_FINISHED };
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *cursor;
+    PyObject *rows;
+    PyObject *convert;
+    int state;
+} CursorIterObject;
+
+static PyObject *s_convert, *s_idle_now_method;
+
+/* (no getattr here: the exception is still set, and only raise_translated takes it off first) */
+static PyObject *
+cursoriter_translate(CursorIterObject *it)
+{
+    PyObject *conn = ((CursorBaseObject *)it->cursor)->connection;
+    if (conn == NULL || !PyErr_ExceptionMatches(cursor_fetch_errors))
+        return NULL;
+    Py_INCREF(conn);
+    raise_translated(cursor_fetch_errors, conn, s_translate, NULL);
+    Py_DECREF(conn);
+    return NULL;
+}
+
+static PyObject *
+cursoriter_next(PyObject *op)
+{
+    CursorIterObject *it = (CursorIterObject *)op;
+    CursorBaseObject *cursor = (CursorBaseObject *)it->cursor;
+    PyObject *row, *result;
+
+    if (it->state == ITER_FINISHED)
+        return NULL;
+    if (it->state == ITER_NEW) {
+        int closed;
+        it->state = ITER_FINISHED; /* until the checks pass */
+        if (cursor->connection == NULL) {
+            PyErr_SetObject(PyExc_AttributeError, s_connection);
+            return NULL;
+        }
+        closed = cursor->closed ? 1 : conn_closed(cursor->connection);
+        if (closed < 0)
+            return NULL;
+        if (closed) {
+            result = call_method(it->cursor, s_check, NULL, NULL, NULL, NULL);
+            if (result == NULL)
+                return NULL;
+            Py_DECREF(result);
+        }
+        if (!CURSOR_NOT_SET(cursor->ahead)) {
+            PyObject *ahead = cursor->ahead; /* the reference moves here */
+            cursor->ahead = NULL;
+            result = call_method(it->cursor, s_convert, ahead, NULL, NULL, NULL);
+            Py_DECREF(ahead);
+            if (result != NULL)
+                it->state = ITER_AHEAD_DONE;
+            return result;
+        }
+    }
+    if (it->state != ITER_ROWS) {
+        it->state = ITER_FINISHED;
+        if (CURSOR_NOT_SET(cursor->rows))
+            return NULL;
+        it->rows = PyObject_GetIter(cursor->rows);
+        if (it->rows == NULL)
+            return NULL;
+        if (!CURSOR_NOT_SET(cursor->row_factory)) {
+            Py_INCREF(cursor->row_factory);
+            it->convert = cursor->row_factory;
+        }
+        it->state = ITER_ROWS;
+    }
+    row = PyIter_Next(it->rows);
+    if (row == NULL) {
+        it->state = ITER_FINISHED;
+        if (PyErr_Occurred())
+            return cursoriter_translate(it);
+        Py_CLEAR(it->rows);
+        set_field(&cursor->rows, NULL);
+        result = call_method(it->cursor, s_idle_now_method, NULL, NULL, NULL, NULL);
+        Py_XDECREF(result);
+        return NULL;
+    }
+    if (it->convert == NULL)
+        return row;
+    {
+        PyObject *call_args[2] = {it->cursor, row};
+        result = PyObject_Vectorcall(it->convert, call_args, 2, NULL);
+    }
+    Py_DECREF(row);
+    if (result == NULL) {
+        it->state = ITER_FINISHED;
+        return cursoriter_translate(it);
+    }
+    return result;
+}
+
+static int
+cursoriter_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    CursorIterObject *it = (CursorIterObject *)op;
+    Py_VISIT(it->cursor);
+    Py_VISIT(it->rows);
+    Py_VISIT(it->convert);
+    return 0;
+}
+
+static int
+cursoriter_clear(PyObject *op)
+{
+    CursorIterObject *it = (CursorIterObject *)op;
+    Py_CLEAR(it->cursor);
+    Py_CLEAR(it->rows);
+    Py_CLEAR(it->convert);
+    return 0;
+}
+
+static void
+cursoriter_dealloc(PyObject *op)
+{
+    PyObject_GC_UnTrack(op);
+    cursoriter_clear(op);
+    PyObject_GC_Del(op);
+}
+
+static PyTypeObject CursorIterType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "turso_sync._speedups.CursorIterator",
+    .tp_basicsize = sizeof(CursorIterObject),
+    .tp_dealloc = cursoriter_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The rows of a Cursor, as Cursor.__iter__ yields them.",
+    .tp_traverse = cursoriter_traverse,
+    .tp_clear = cursoriter_clear,
+    .tp_iter = PyObject_SelfIter,
+    .tp_iternext = cursoriter_next,
+};
+
+static PyObject *
+cursorbase_iter(PyObject *op)
+{
+    CursorIterObject *it = PyObject_GC_New(CursorIterObject, &CursorIterType);
+    if (it == NULL)
+        return NULL;
+    Py_INCREF(op);
+    it->cursor = op;
+    it->rows = NULL;
+    it->convert = NULL;
+    it->state = ITER_NEW;
+    PyObject_GC_Track(it);
+    return (PyObject *)it;
+}
+
+static PyMethodDef cursorbase_methods[] = {
+    {"execute", (PyCFunction)(void (*)(void))cursorbase_execute, METH_FASTCALL | METH_KEYWORDS,
+     "Run one statement with parameters by position (?) or by name (:name)."},
+    {"fetchone", cursorbase_fetchone, METH_NOARGS, "The next row, or None."},
+    {"fetchall", cursorbase_fetchall, METH_NOARGS, "All remaining rows."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject CursorBaseType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "turso_sync._speedups.CursorBase",
+    .tp_basicsize = sizeof(CursorBaseObject),
+    .tp_dealloc = cursorbase_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The compiled base of the DB-API Cursor: its state and the common path of execute and fetchone.",
+    .tp_traverse = cursorbase_traverse,
+    .tp_clear = cursorbase_clear,
+    .tp_iter = cursorbase_iter,
+    .tp_methods = cursorbase_methods,
+    .tp_members = cursorbase_members,
+    .tp_new = cursorbase_new,
+};
+
+/* Connection.execute: a new Cursor (as Cursor.__init__ makes it) and its execute */
+static PyObject *
+connectionbase_execute(PyObject *conn, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *sql, *params, *idle = NULL, *result;
+    CursorBaseObject *cursor;
+    int truth;
+
+    if (sql_and_parameters("execute", args, nargs, kwnames, &sql, &params) < 0)
+        return NULL;
+    if (cursor_class == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "ConnectionBase: cursor_setup() was not called");
+        return NULL;
+    }
+    truth = conn_closed(conn);
+    if (truth < 0)
+        return NULL;
+    if (truth) {
+        result = call_method(conn, s_check, NULL, NULL, NULL, NULL);
+        if (result == NULL)
+            return NULL;
+        Py_DECREF(result);
+    }
+    cursor = cursor_alloc((PyTypeObject *)cursor_class);
+    if (cursor == NULL)
+        return NULL;
+    Py_INCREF(conn);
+    cursor->connection = conn;
+    /* an idle APSW cursor nothing else holds: the attribute and this reference (sys.getrefcount
+     * counts its argument too, hence the - 1) */
+    idle = CONN_GET(conn, idle, s_idle);
+    if (idle == NULL)
+        goto fail;
+    if (idle == Py_None || Py_REFCNT(idle) != cursor_unshared - 1) {
+        Py_SETREF(idle, CONN_GET(conn, idle_before, s_idle_before));
+        if (idle == NULL)
+            goto fail;
+        if (idle == Py_None || Py_REFCNT(idle) != cursor_unshared - 1) {
+            PyObject *db = CONN_GET(conn, db, s_db);
+            Py_CLEAR(idle);
+            if (db == NULL)
+                goto fail;
+            idle = call_method(db, s_cursor, NULL, NULL, NULL, NULL);
+            Py_DECREF(db);
+            if (idle == NULL)
+                goto fail;
+        }
+    }
+    cursor->cursor = idle; /* the reference moves */
+    cursor->row_factory = CONN_GET(conn, row_factory, s_row_factory);
+    if (cursor->row_factory == NULL)
+        goto fail;
+    result = cursor_execute_impl(cursor, sql, params);
+    Py_DECREF(cursor);
+    return result;
+fail:
+    Py_DECREF(cursor);
+    return NULL;
+}
+
+static PyMethodDef connectionbase_methods[] = {
+    {"execute", (PyCFunction)(void (*)(void))connectionbase_execute, METH_FASTCALL | METH_KEYWORDS,
+     "Shortcut: a new cursor's execute."},
+    {NULL, NULL, 0, NULL},
+};
+
+static int
+connectionbase_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    ConnectionBaseObject *self = (ConnectionBaseObject *)op;
+    Py_VISIT(self->closed);
+    Py_VISIT(self->statements);
+    Py_VISIT(self->capture);
+    Py_VISIT(self->isolation_level);
+    Py_VISIT(self->db);
+    Py_VISIT(self->idle);
+    Py_VISIT(self->idle_before);
+    Py_VISIT(self->row_factory);
+    return 0;
+}
+
+static int
+connectionbase_clear(PyObject *op)
+{
+    ConnectionBaseObject *self = (ConnectionBaseObject *)op;
+    Py_CLEAR(self->closed);
+    Py_CLEAR(self->statements);
+    Py_CLEAR(self->capture);
+    Py_CLEAR(self->isolation_level);
+    Py_CLEAR(self->db);
+    Py_CLEAR(self->idle);
+    Py_CLEAR(self->idle_before);
+    Py_CLEAR(self->row_factory);
+    return 0;
+}
+
+static void
+connectionbase_dealloc(PyObject *op)
+{
+    PyObject_GC_UnTrack(op);
+    connectionbase_clear(op);
+    Py_TYPE(op)->tp_free(op);
+}
+
+/* unset until Connection.__init__ sets them (AttributeError, as for plain attributes) */
+static PyMemberDef connectionbase_members[] = {
+    {"_closed", T_OBJECT_EX, offsetof(ConnectionBaseObject, closed), 0, NULL},
+    {"_statements", T_OBJECT_EX, offsetof(ConnectionBaseObject, statements), 0, NULL},
+    {"_capture", T_OBJECT_EX, offsetof(ConnectionBaseObject, capture), 0, NULL},
+    {"isolation_level", T_OBJECT_EX, offsetof(ConnectionBaseObject, isolation_level), 0, NULL},
+    {"_db", T_OBJECT_EX, offsetof(ConnectionBaseObject, db), 0, NULL},
+    {"_idle", T_OBJECT_EX, offsetof(ConnectionBaseObject, idle), 0, NULL},
+    {"_idle_before", T_OBJECT_EX, offsetof(ConnectionBaseObject, idle_before), 0, NULL},
+    {"row_factory", T_OBJECT_EX, offsetof(ConnectionBaseObject, row_factory), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject ConnectionBaseType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "turso_sync._speedups.ConnectionBase",
+    .tp_basicsize = sizeof(ConnectionBaseObject),
+    .tp_dealloc = connectionbase_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The compiled base of the DB-API Connection: the fields each statement reads, and execute.",
+    .tp_traverse = connectionbase_traverse,
+    .tp_clear = connectionbase_clear,
+    .tp_methods = connectionbase_methods,
+    .tp_members = connectionbase_members,
+    .tp_new = PyType_GenericNew,
+};
+
+static PyObject *
+cursor_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t unshared, offsets[STATEMENT_FLAGS];
+    int i;
+    (void)module;
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "cursor_setup(cursor_class, unread, unshared, run_errors, fetch_errors, "
+                                         "statement_class) takes 6 arguments");
+        return NULL;
+    }
+    if (!PyType_Check(args[5])) {
+        PyErr_SetString(PyExc_TypeError, "cursor_setup(): statement_class must be a class");
+        return NULL;
+    }
+    for (i = 0; i < STATEMENT_FLAGS; i++) {
+        PyObject *descr = PyObject_GetAttr(args[5], *statement_names[i]);
+        int usable;
+        if (descr == NULL)
+            return NULL;
+        usable = Py_IS_TYPE(descr, &PyMemberDescr_Type) &&
+                 ((PyMemberDescrObject *)descr)->d_member->type == T_OBJECT_EX &&
+                 ((PyMemberDescrObject *)descr)->d_common.d_type == (PyTypeObject *)args[5];
+        if (usable)
+            offsets[i] = ((PyMemberDescrObject *)descr)->d_member->offset;
+        Py_DECREF(descr);
+        if (!usable) {
+            PyErr_Format(PyExc_TypeError, "cursor_setup(): %.50s.%U is not a slot", ((PyTypeObject *)args[5])->tp_name,
+                         *statement_names[i]);
+            return NULL;
+        }
+    }
+    if (!PyType_Check(args[0]) || !PyType_IsSubtype((PyTypeObject *)args[0], &CursorBaseType)) {
+        PyErr_SetString(PyExc_TypeError, "cursor_setup(): cursor_class must be a subclass of CursorBase");
+        return NULL;
+    }
+    unshared = PyLong_AsSsize_t(args[2]);
+    if (unshared == -1 && PyErr_Occurred())
+        return NULL;
+    Py_INCREF(args[0]);
+    Py_XSETREF(cursor_class, args[0]);
+    Py_INCREF(args[1]);
+    Py_XSETREF(cursor_unread, args[1]);
+    cursor_unshared = unshared;
+    Py_INCREF(args[3]);
+    Py_XSETREF(cursor_run_errors, args[3]);
+    Py_INCREF(args[4]);
+    Py_XSETREF(cursor_fetch_errors, args[4]);
+    Py_INCREF(args[5]);
+    Py_XSETREF(statement_type, (PyTypeObject *)args[5]);
+    memcpy(statement_offsets, offsets, sizeof(offsets));
+    Py_RETURN_NONE;
+}
+
+static int
+cursor_exec(PyObject *module)
+{
+    struct {
+        PyObject **slot;
+        const char *text;
+    } names[] = {
+        {&s_closed, "_closed"},
+        {&s_statements, "_statements"},
+        {&s_statement, "_statement"},
+        {&s_capture, "_capture"},
+        {&s_is_read, "is_read"},
+        {&s_execute_captured, "_execute_captured"},
+        {&s_writes_rows, "writes_rows"},
+        {&s_isolation_level, "isolation_level"},
+        {&s_db, "_db"},
+        {&s_get_autocommit, "get_autocommit"},
+        {&s_begin_if_needed, "_begin_if_needed"},
+        {&s_several, "several"},
+        {&s_returns_rows, "returns_rows"},
+        {&s_prepared, "prepared"},
+        {&s_run, "_run"},
+        {&s_execute, "execute"},
+        {&s_failed, "_failed"},
+        {&s_idle, "_idle"},
+        {&s_idle_before, "_idle_before"},
+        {&s_changes, "changes"},
+        {&s_last_insert_rowid, "last_insert_rowid"},
+        {&s_check, "_check"},
+        {&s_translate, "_translate"},
+        {&s_cursor, "cursor"},
+        {&s_row_factory, "row_factory"},
+        {&s_sql, "sql"},
+        {&s_parameters, "parameters"},
+        {&s_convert, "_convert"},
+        {&s_idle_now_method, "_idle_now"},
+        {&s_connection, "connection"},
+    };
+    size_t i;
+    for (i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        if (*names[i].slot == NULL && (*names[i].slot = PyUnicode_InternFromString(names[i].text)) == NULL)
+            return -1;
+    }
+    if (cursor_minus_one == NULL && (cursor_minus_one = PyLong_FromLong(-1)) == NULL)
+        return -1;
+    if (cursor_empty_tuple == NULL && (cursor_empty_tuple = PyTuple_New(0)) == NULL)
+        return -1;
+    if (PyType_Ready(&CursorBaseType) < 0 || PyType_Ready(&ConnectionBaseType) < 0 ||
+        PyType_Ready(&CursorIterType) < 0)
+        return -1;
+    if (PyModule_AddObjectRef(module, "CursorBase", (PyObject *)&CursorBaseType) < 0)
+        return -1;
+    return PyModule_AddObjectRef(module, "ConnectionBase", (PyObject *)&ConnectionBaseType);
+}
+
+/* ---- end of cursor (session 10) ---------------------------------------------------------------- */
+
 static PyMethodDef speedups_methods[] = {
     {"wal_checksum", (PyCFunction)(void (*)(void))wal_checksum, METH_FASTCALL | METH_KEYWORDS,
      "wal_checksum(data, s1=0, s2=0, big_endian=False) -> (s1, s2)\n\n"
@@ -833,14 +1979,20 @@ static PyMethodDef speedups_methods[] = {
      "A callable reader(amount, offset) for an encrypted WAL: a frame an install handed over, read whole\n"
      "right after the one before it (WAL recovery), answered from the hand-over; anything else is\n"
      "base(file, amount, offset)."},
+
+    /* cursor (session 10) */
+    {"cursor_setup", (PyCFunction)(void (*)(void))cursor_setup, METH_FASTCALL,
+     "cursor_setup(cursor_class, unread, unshared, run_errors, fetch_errors, statement_class)\n\n"
+     "What CursorBase and ConnectionBase need from connection.py (see the cursor section)."},
     {NULL, NULL, 0, NULL},
 };
 
 static int
 speedups_exec(PyObject *module)
 {
-    (void)module;
-    return PyType_Ready(&RouterType);
+    if (PyType_Ready(&RouterType) < 0)
+        return -1;
+    return cursor_exec(module); /* cursor (session 10) */
 }
 
 static PyModuleDef_Slot speedups_slots[] = {

@@ -15,3 +15,25 @@ class FileControlRouter:
 def file_control_router(
     file: object, handled: Iterable[int], hook: Callable[[Any, int, int], bool], base: Callable[[Any, int, int], bool]
 ) -> FileControlRouter: ...
+
+# cursor (session 10): the compiled bases of local.connection.Cursor and Connection
+class CursorBase:
+    """The DB-API Cursor's state as members, and the common path of execute and fetchone."""
+
+    def execute(self, sql: str, parameters: Any = ()) -> Any: ...
+    def fetchone(self) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
+
+class ConnectionBase:
+    """The common path of the DB-API Connection's execute."""
+
+    def execute(self, sql: str, parameters: Any = ()) -> Any: ...
+
+def cursor_setup(
+    cursor_class: type[CursorBase],
+    unread: object,
+    unshared: int,
+    run_errors: tuple[type[BaseException], ...],
+    fetch_errors: type[BaseException] | tuple[type[BaseException], ...],
+    statement_class: type,
+) -> None: ...

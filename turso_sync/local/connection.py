@@ -7,11 +7,12 @@ import functools
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import apsw
 
 from .. import errors
+from .._compiled import speedups
 from ..crypto.hardened import HardenedCodec
 from ..crypto.page_codec import (
     SQLITE_MAGIC,
@@ -45,6 +46,8 @@ _UNSHARED = (
     else -1
 )
 _getrefcount = sys.getrefcount
+# what APSW's execute raises that ``Cursor._failed`` turns into the DB-API's errors
+_RUN_ERRORS = (apsw.Error, KeyError, TypeError, ValueError)
 _new_cursor = object.__new__
 
 
@@ -112,12 +115,20 @@ def open_checks(path: str, codec: PageCodec | None) -> PageCodec | None:
     raise errors.DatabaseError(f"{path} is not a database file (unknown header)")
 
 
-class Cursor:
-    """A DB-API cursor; rows come back as tuples (or through ``row_factory``)."""
+# The compiled statement path (``_speedups.CursorBase`` / ``ConnectionBase``, see the cursor section
+# of turso_sync/_speedups.c): the C base types hold a cursor's state as members and run the common
+# path of ``Cursor.execute``, ``Cursor.fetchone`` and ``Connection.execute`` without a Python frame,
+# calling the methods below for everything else.  Without them (no compiled module, or
+# TURSO_SYNC_PURE_PYTHON=1) the Python twins below are defined instead, on plain bases.
+_compiled = speedups()
+_FAST = _compiled is not None and hasattr(_compiled, "CursorBase")
 
-    arraysize = 1
-    # a new cursor's state, read from the class until a statement sets it on the instance (a
-    # Cursor is made per ``Connection.execute``, so its constructor stores only what differs)
+
+class _CursorState:
+    """The pure-Python twin of ``_speedups.CursorBase``'s members: a new cursor's state, read from the
+    class until a statement sets it on the instance (a Cursor is made per ``Connection.execute``, so
+    its constructor stores only what differs)."""
+
     _rows: Iterator[tuple[Any, ...]] | None = None
     _ahead: tuple[Any, ...] | None = None
     _columns: Columns | _Unread | None = None  # APSW's (name, declared type) of each
@@ -127,8 +138,25 @@ class Cursor:
     lastrowid: int | None = None
     _closed = False
 
+
+if TYPE_CHECKING or not _FAST:
+    _CursorBase = _CursorState
+    _ConnectionBase = object
+else:
+    _CursorBase = _compiled.CursorBase
+    _ConnectionBase = _compiled.ConnectionBase
+
+
+class Cursor(_CursorBase):
+    """A DB-API cursor; rows come back as tuples (or through ``row_factory``)."""
+
+    arraysize = 1
+    connection: Connection
+    _cursor: apsw.Cursor
+
     def __init__(self, connection: Connection) -> None:
-        # (``Connection.execute`` does the same without this frame: keep the two alike)
+        # (``Connection.execute`` and its C twin, connectionbase_execute in _speedups.c, do the same
+        # without this frame: keep the three alike)
         self.connection = connection
         # an idle APSW cursor let go by the Cursor that ran it; two are kept, because in a loop
         # of ``cursor = conn.execute(...)`` the previous Cursor is still held while the next is made
@@ -148,20 +176,22 @@ class Cursor:
             raise errors.ProgrammingError("cannot operate on a closed cursor")
         self.connection._check()
 
-    def execute(self, sql: str, parameters: Params = ()) -> Cursor:
-        """Run one statement with parameters by position (``?``) or by name (``:name``)."""
-        # the per-statement path: every call of an app's loop crosses it, so it reads each
-        # attribute once and does only what this statement needs (see docs/benchmarks.md)
-        conn = self.connection
-        if self._closed or conn._closed:
-            self._check()
-        statement = conn._statements.get(sql) or conn._statement(sql)
-        capture = conn._capture
-        if capture is not None and not statement.is_read:
-            return self._execute_captured(sql, parameters, statement, capture)
-        if statement.writes_rows and conn.isolation_level is not None and conn._db.get_autocommit():
-            conn._begin_if_needed(sql)
-        return self._run(sql, parameters, statement)
+    if not _FAST:  # the twin of CursorBase.execute
+
+        def execute(self, sql: str, parameters: Params = ()) -> Cursor:
+            """Run one statement with parameters by position (``?``) or by name (``:name``)."""
+            # the per-statement path: every call of an app's loop crosses it, so it reads each
+            # attribute once and does only what this statement needs (see docs/benchmarks.md)
+            conn = self.connection
+            if self._closed or conn._closed:
+                self._check()
+            statement = conn._statements.get(sql) or conn._statement(sql)
+            capture = conn._capture
+            if capture is not None and not statement.is_read:
+                return self._execute_captured(sql, parameters, statement, capture)
+            if statement.writes_rows and conn.isolation_level is not None and conn._db.get_autocommit():
+                conn._begin_if_needed(sql)
+            return self._run(sql, parameters, statement)
 
     def _execute_captured(self, sql: str, parameters: Params, statement: Statement, capture: ChangeCapture) -> Cursor:
         """On a replica: transaction statements go through commit/rollback, writes are captured.
@@ -254,14 +284,8 @@ class Cursor:
                     if statement.returns_rows:
                         cols = _UNREAD
                         self._query = (sql, parameters)
-        except apsw.Error as exc:
-            self._columns = self._description = None
-            self._not_idle()
-            raise self.connection._translate(exc) from None
-        except (KeyError, TypeError, ValueError) as exc:
-            self._columns = self._description = None
-            self._not_idle()
-            raise errors.ProgrammingError(f"bad parameters for {sql[:60]!r}: {exc}") from None
+        except _RUN_ERRORS as exc:
+            raise self._failed(exc, sql) from None
         # PEP 249's description is built when first read (most loops never read it)
         self._columns = cols or None
         self._description = None
@@ -283,6 +307,14 @@ class Cursor:
         self.rowcount = db.changes() if statement.writes_rows else -1
         self.lastrowid = db.last_insert_rowid()
         return self
+
+    def _failed(self, exc: BaseException, sql: str) -> errors.Error:
+        """What ``_run`` raises (from None) when APSW's ``execute`` raised ``exc`` (CursorBase's too)."""
+        self._columns = self._description = None
+        self._not_idle()
+        if isinstance(exc, apsw.Error):
+            return self.connection._translate(exc)
+        return errors.ProgrammingError(f"bad parameters for {sql[:60]!r}: {exc}")
 
     def executemany(self, sql: str, seq_of_parameters: Iterable[Params]) -> Cursor:
         """Run one statement once per parameter set."""
@@ -384,38 +416,40 @@ class Cursor:
     def _convert(self, row: tuple[Any, ...]) -> Any:
         return self.row_factory(self, row) if self.row_factory else row
 
-    def fetchone(self) -> Any:
-        """The next row, or None."""
-        if self._closed or self.connection._closed:
-            self._check()
-        rows = self._rows
-        if rows is None:
-            return None
-        row = self._ahead
-        # next(rows, None) rather than catching StopIteration: APSW never yields None for a row
-        try:
-            if row is None:
-                row = next(rows, None)
+    if not _FAST:  # the twin of CursorBase.fetchone
+
+        def fetchone(self) -> Any:
+            """The next row, or None."""
+            if self._closed or self.connection._closed:
+                self._check()
+            rows = self._rows
+            if rows is None:
+                return None
+            row = self._ahead
+            # next(rows, None) rather than catching StopIteration: APSW never yields None for a row
+            try:
                 if row is None:
-                    self._rows = None
-                    self._idle_now()
-                    return None
+                    row = next(rows, None)
+                    if row is None:
+                        self._rows = None
+                        self._idle_now()
+                        return None
+                else:
+                    self._ahead = None
+                # look one row ahead: when this was the last row the statement finishes now and
+                # its read snapshot is released (so a later pull's pages are seen at once)
+                ahead = next(rows, None)
+            except apsw.Error as exc:
+                raise self.connection._translate(exc) from None
+            if ahead is None:
+                self._rows = None
+                conn = self.connection  # finished: idle (inline _idle_now, on every point read)
+                if conn._idle is not self._cursor:
+                    conn._idle_before, conn._idle = conn._idle, self._cursor
             else:
-                self._ahead = None
-            # look one row ahead: when this was the last row the statement finishes now and
-            # its read snapshot is released (so a later pull's pages are seen at once)
-            ahead = next(rows, None)
-        except apsw.Error as exc:
-            raise self.connection._translate(exc) from None
-        if ahead is None:
-            self._rows = None
-            conn = self.connection  # finished: idle (inline _idle_now, on every point read)
-            if conn._idle is not self._cursor:
-                conn._idle_before, conn._idle = conn._idle, self._cursor
-        else:
-            self._ahead = ahead
-        factory = self.row_factory
-        return row if factory is None else factory(self, row)
+                self._ahead = ahead
+            factory = self.row_factory
+            return row if factory is None else factory(self, row)
 
     def fetchmany(self, size: int | None = None) -> list[Any]:
         """Up to ``size`` rows (``arraysize`` by default)."""
@@ -427,48 +461,55 @@ class Cursor:
             out.append(row)
         return out
 
-    def fetchall(self) -> list[Any]:
-        """All remaining rows."""
-        if self._closed or self.connection._closed:
-            self._check()
-        rows = self._rows
-        if rows is None:
-            return []
-        ahead = self._ahead
-        factory = self.row_factory
-        try:
-            if factory is None:
-                out = [] if ahead is None else [ahead]
-                out.extend(rows)
-            else:
-                out = [] if ahead is None else [factory(self, ahead)]
-                out.extend([factory(self, row) for row in rows])
-        except apsw.Error as exc:
-            raise self.connection._translate(exc) from None
-        self._rows = None
-        self._ahead = None
-        self._idle_now()
-        return out
+    if not _FAST:  # the twin of CursorBase.fetchall
 
-    def __iter__(self) -> Iterator[Any]:
-        self._check()
-        if self._ahead is not None:
-            ahead, self._ahead = self._ahead, None
-            yield self._convert(ahead)
-        rows = self._rows
-        if rows is None:
-            return
-        convert = self.row_factory
-        try:
-            if convert is None:
-                yield from rows
-            else:
-                for row in rows:
-                    yield convert(self, row)
-        except apsw.Error as exc:
-            raise self.connection._translate(exc) from None
-        self._rows = None
-        self._idle_now()
+        def fetchall(self) -> list[Any]:
+            """All remaining rows."""
+            if self._closed or self.connection._closed:
+                self._check()
+            rows = self._rows
+            if rows is None:
+                return []
+            ahead = self._ahead
+            factory = self.row_factory
+            try:
+                if factory is None:
+                    out = [] if ahead is None else [ahead]
+                    out.extend(rows)
+                else:
+                    out = [] if ahead is None else [factory(self, ahead)]
+                    out.extend([factory(self, row) for row in rows])
+            except apsw.Error as exc:
+                raise self.connection._translate(exc) from None
+            self._rows = None
+            self._ahead = None
+            self._idle_now()
+            return out
+
+    if not _FAST:  # the twin of CursorBase's iterator (CursorIterator in _speedups.c)
+
+        def __iter__(self) -> Iterator[Any]:
+            self._check()
+            if self._ahead is not None:
+                ahead, self._ahead = self._ahead, None
+                yield self._convert(ahead)
+            rows = self._rows
+            if rows is None:
+                return
+            convert = self.row_factory
+            try:
+                if convert is None:
+                    # not ``yield from``: a generator closed early (a loop's ``break``) would close the
+                    # APSW cursor with it, and this Cursor could neither fetch nor run anything again
+                    for row in rows:
+                        yield row
+                else:
+                    for row in rows:
+                        yield convert(self, row)
+            except apsw.Error as exc:
+                raise self.connection._translate(exc) from None
+            self._rows = None
+            self._idle_now()
 
     def close(self) -> None:
         """Close the cursor; further use raises ProgrammingError."""
@@ -486,7 +527,7 @@ class Cursor:
         """Part of PEP 249; does nothing."""
 
 
-class Connection:
+class Connection(_ConnectionBase):
     """A connection to a local database file, encrypted when opened with a key."""
 
     def __init__(
@@ -552,7 +593,7 @@ class Connection:
     def _abandon(self) -> None:
         """Opening failed: close what was opened now (not when the garbage collector gets to it, where
         a checkpoint meeting a damaged file could only be reported as ignored), and let the state go."""
-        db = self.__dict__.get("_db")
+        db = getattr(self, "_db", None)  # (a member of the compiled base, when it is used)
         if db is not None:
             with contextlib.suppress(apsw.Error, errors.Error):
                 db.close()
@@ -747,26 +788,28 @@ class Connection:
         self._check()
         return Cursor(self)
 
-    def execute(self, sql: str, parameters: Params = ()) -> Cursor:
-        """Shortcut: a new cursor's ``execute``."""
-        if self._closed:
-            self._check()
-        # ``Cursor(self)`` inlined: a type call runs ``__init__`` in a frame of its own, entered from
-        # C (about 450 instructions in a micro loop, callgrind); what is set here is what
-        # ``Cursor.__init__`` sets (keep the two alike), the rest reads the class's defaults
-        cursor = _new_cursor(Cursor)
-        cursor.connection = self
-        idle = self._idle
-        if idle is not None and _getrefcount(idle) == _UNSHARED:
-            cursor._cursor = idle
-        else:
-            idle = self._idle_before
+    if not _FAST:  # the twin of ConnectionBase.execute
+
+        def execute(self, sql: str, parameters: Params = ()) -> Cursor:
+            """Shortcut: a new cursor's ``execute``."""
+            if self._closed:
+                self._check()
+            # ``Cursor(self)`` inlined: a type call runs ``__init__`` in a frame of its own, entered from
+            # C (about 450 instructions in a micro loop, callgrind); what is set here is what
+            # ``Cursor.__init__`` sets (keep them and _speedups.c's alike), the rest reads the class's defaults
+            cursor = _new_cursor(Cursor)
+            cursor.connection = self
+            idle = self._idle
             if idle is not None and _getrefcount(idle) == _UNSHARED:
                 cursor._cursor = idle
             else:
-                cursor._cursor = self._db.cursor()
-        cursor.row_factory = self.row_factory
-        return cursor.execute(sql, parameters)
+                idle = self._idle_before
+                if idle is not None and _getrefcount(idle) == _UNSHARED:
+                    cursor._cursor = idle
+                else:
+                    cursor._cursor = self._db.cursor()
+            cursor.row_factory = self.row_factory
+            return cursor.execute(sql, parameters)
 
     def executemany(self, sql: str, seq_of_parameters: Iterable[Params]) -> Cursor:
         """Shortcut: a new cursor's ``executemany``."""
@@ -845,3 +888,8 @@ class Connection:
             self.close()
         except Exception:  # noqa: S110 - nothing to report to from a finalizer
             pass
+
+
+if _FAST:
+    assert _compiled is not None
+    _compiled.cursor_setup(Cursor, _UNREAD, _UNSHARED, _RUN_ERRORS, apsw.Error, Statement)
