@@ -311,6 +311,7 @@ class Cursor(_CursorBase):
     def _failed(self, exc: BaseException, sql: str) -> errors.Error:
         """What ``_run`` raises (from None) when APSW's ``execute`` raised ``exc`` (CursorBase's too)."""
         self._columns = self._description = None
+        self.rowcount = -1  # as sqlite3's cursor after a statement that failed
         self._not_idle()
         if isinstance(exc, apsw.Error):
             return self.connection._translate(exc)
@@ -319,10 +320,17 @@ class Cursor(_CursorBase):
     def executemany(self, sql: str, seq_of_parameters: Iterable[Params]) -> Cursor:
         """Run one statement once per parameter set."""
         self._check()
+        # the previous statement's results are gone, also when this one fails or is refused (sqlite3's)
+        self.rowcount = -1
+        self._columns = self._description = None
+        self._rows = self._ahead = None
         conn = self.connection
         statement = conn._statements.get(sql) or conn._statement(sql)
         if statement.several:
             raise errors.ProgrammingError("You can only execute one statement at a time.")
+        if statement.returns_rows and not statement.writes_rows:
+            # a query, refused before it runs, as sqlite3 does (also when it would find no row)
+            raise errors.ProgrammingError("executemany() can only run statements that return no rows")
         if statement.writes_rows:
             conn._begin_if_needed(sql)
         own_txn = conn._capture is not None and statement.writes_rows and conn._db.get_autocommit()
@@ -453,6 +461,8 @@ class Cursor(_CursorBase):
 
     def fetchmany(self, size: int | None = None) -> list[Any]:
         """Up to ``size`` rows (``arraysize`` by default)."""
+        if self._closed or self.connection._closed:
+            self._check()  # raises, also for size 0 (which fetches nothing), as sqlite3 does
         out = []
         for _ in range(self.arraysize if size is None else size):
             row = self.fetchone()
