@@ -181,12 +181,48 @@ typedef struct {
     long handled[ROUTER_MAX_HANDLED];
 } RouterObject;
 
+/* The file a callable set on it holds by a weak reference (a new reference), or NULL with
+ * ReferenceError once the file is gone; `who` names the callable in the message. */
+static PyObject *
+file_of(PyObject *file_ref, const char *who)
+{
+    PyObject *file;
+#if PY_VERSION_HEX >= 0x030D0000
+    if (PyWeakref_GetRef(file_ref, &file) < 0)
+        return NULL;
+    if (file == NULL) {
+        PyErr_Format(PyExc_ReferenceError, "%s: its file no longer exists", who);
+        return NULL;
+    }
+#else
+    file = PyWeakref_GetObject(file_ref); /* borrowed */
+    if (file == NULL)
+        return NULL;
+    if (file == Py_None) {
+        PyErr_Format(PyExc_ReferenceError, "%s: its file no longer exists", who);
+        return NULL;
+    }
+    Py_INCREF(file);
+#endif
+    return file;
+}
+
+/* target(file, args[0], args[1]), the file's reference consumed. */
+static PyObject *
+call_with_file(PyObject *target, PyObject *file, PyObject *const *args)
+{
+    PyObject *call_args[3] = {file, args[0], args[1]};
+    PyObject *result = PyObject_Vectorcall(target, call_args, 3, NULL);
+    Py_DECREF(file);
+    return result;
+}
+
 static PyObject *
 router_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
     RouterObject *router = (RouterObject *)self;
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    PyObject *file, *target, *call_args[3], *result;
+    PyObject *file, *target;
     long op;
     int i;
 
@@ -197,23 +233,9 @@ router_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf, PyObject
     op = PyLong_AsLong(args[0]);
     if (op == -1 && PyErr_Occurred())
         return NULL;
-#if PY_VERSION_HEX >= 0x030D0000
-    if (PyWeakref_GetRef(router->file_ref, &file) < 0)
-        return NULL;
-    if (file == NULL) {
-        PyErr_SetString(PyExc_ReferenceError, "xFileControl router: its file no longer exists");
-        return NULL;
-    }
-#else
-    file = PyWeakref_GetObject(router->file_ref); /* borrowed */
+    file = file_of(router->file_ref, "xFileControl router");
     if (file == NULL)
         return NULL;
-    if (file == Py_None) {
-        PyErr_SetString(PyExc_ReferenceError, "xFileControl router: its file no longer exists");
-        return NULL;
-    }
-    Py_INCREF(file);
-#endif
     target = router->base;
     for (i = 0; i < router->nhandled; i++) {
         if (router->handled[i] == op) {
@@ -221,12 +243,7 @@ router_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf, PyObject
             break;
         }
     }
-    call_args[0] = file;
-    call_args[1] = args[0];
-    call_args[2] = args[1];
-    result = PyObject_Vectorcall(target, call_args, 3, NULL);
-    Py_DECREF(file);
-    return result;
+    return call_with_file(target, file, args);
 }
 
 static void
@@ -346,30 +363,10 @@ static PyObject *lazy_name; /* "lazy", interned */
 static PyObject *
 page_reader_fallback(PageReaderObject *reader, PyObject *const *args)
 {
-    PyObject *file, *call_args[3], *result;
-#if PY_VERSION_HEX >= 0x030D0000
-    if (PyWeakref_GetRef(reader->file_ref, &file) < 0)
-        return NULL;
-    if (file == NULL) {
-        PyErr_SetString(PyExc_ReferenceError, "xRead page reader: its file no longer exists");
-        return NULL;
-    }
-#else
-    file = PyWeakref_GetObject(reader->file_ref); /* borrowed */
+    PyObject *file = file_of(reader->file_ref, "xRead page reader");
     if (file == NULL)
         return NULL;
-    if (file == Py_None) {
-        PyErr_SetString(PyExc_ReferenceError, "xRead page reader: its file no longer exists");
-        return NULL;
-    }
-    Py_INCREF(file);
-#endif
-    call_args[0] = file;
-    call_args[1] = args[0];
-    call_args[2] = args[1];
-    result = PyObject_Vectorcall(reader->base, call_args, 3, NULL);
-    Py_DECREF(file);
-    return result;
+    return call_with_file(reader->base, file, args);
 }
 
 static PyObject *
@@ -689,30 +686,16 @@ wal_frame_reader_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf
 {
     WalFrameReaderObject *reader = (WalFrameReaderObject *)self;
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    PyObject *file, *call_args[3], *result;
+    PyObject *file, *result;
     long long amount = -1, offset = -1, index = 0;
 
     if (nargs != 2 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0)) {
         PyErr_SetString(PyExc_TypeError, "WAL xRead reader takes exactly 2 positional arguments (amount, offset)");
         return NULL;
     }
-#if PY_VERSION_HEX >= 0x030D0000
-    if (PyWeakref_GetRef(reader->file_ref, &file) < 0)
-        return NULL;
-    if (file == NULL) {
-        PyErr_SetString(PyExc_ReferenceError, "WAL xRead reader: its file no longer exists");
-        return NULL;
-    }
-#else
-    file = PyWeakref_GetObject(reader->file_ref); /* borrowed */
+    file = file_of(reader->file_ref, "WAL xRead reader");
     if (file == NULL)
         return NULL;
-    if (file == Py_None) {
-        PyErr_SetString(PyExc_ReferenceError, "WAL xRead reader: its file no longer exists");
-        return NULL;
-    }
-    Py_INCREF(file);
-#endif
     if (PyLong_CheckExact(args[0]) && PyLong_CheckExact(args[1])) {
         amount = PyLong_AsLongLong(args[0]);
         offset = PyLong_AsLongLong(args[1]);
@@ -729,12 +712,7 @@ wal_frame_reader_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf
         }
         PyErr_Clear(); /* anything unexpected: the long way decides, and raises what it raises */
     }
-    call_args[0] = file;
-    call_args[1] = args[0];
-    call_args[2] = args[1];
-    result = PyObject_Vectorcall(reader->base, call_args, 3, NULL);
-    Py_DECREF(file);
-    return result;
+    return call_with_file(reader->base, file, args);
 }
 
 static void
