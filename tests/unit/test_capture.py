@@ -16,8 +16,8 @@ import apsw
 import pytest
 
 import turso_sync
-from turso_sync.local.capture import META_TABLE, OUTBOX_TABLE, SCHEMA
-from turso_sync.local.connection import Connection
+from tests.unit.capture_replica import open_capture_replica
+from turso_sync.local.capture import OUTBOX_TABLE
 
 CTE_INSERT = (
     "WITH RECURSIVE s(v) AS (SELECT 1 UNION ALL SELECT v+1 FROM s WHERE v<10) INSERT INTO t(id) SELECT v FROM s"
@@ -27,17 +27,7 @@ CTE_INSERT = (
 @pytest.fixture
 def replica(tmp_path: Path, key: str | None) -> Any:
     """A database set up as a replica (sync tables present), with table t(id, v) and capture on."""
-    path = tmp_path / "r.db"
-    # the class itself: turso_sync.connect refuses a database with sync tables and no -sync file
-    setup = Connection(path, encryption_key=key, isolation_level=None)
-    raw = setup.apsw_connection
-    for statement in SCHEMA:
-        raw.execute(statement)
-    raw.execute(f"INSERT INTO {META_TABLE}(key, value) VALUES ('pull_gen', 0)")
-    raw.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT UNIQUE)")
-    setup.close()
-    conn = Connection(path, encryption_key=key)
-    assert conn._capture is not None
+    conn = open_capture_replica(tmp_path / "r.db", key, "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT UNIQUE)")
     yield conn
     conn.close()
 

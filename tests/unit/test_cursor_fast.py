@@ -20,9 +20,10 @@ import apsw
 import pytest
 
 import turso_sync
+from tests.unit.capture_replica import open_capture_replica
 from turso_sync._compiled import pure_python_forced, speedups
 from turso_sync.local import connection as connection_module
-from turso_sync.local.capture import META_TABLE, OUTBOX_TABLE, SCHEMA
+from turso_sync.local.capture import OUTBOX_TABLE
 from turso_sync.local.connection import Connection, Cursor
 
 COMPILED = speedups() is not None and not pure_python_forced()
@@ -306,16 +307,7 @@ def test_cursor_attributes_hold_what_is_stored(conn: Connection) -> None:
 
 @pytest.fixture
 def replica(tmp_path: Path, key: str | None) -> Iterator[Connection]:
-    path = tmp_path / "r.db"
-    setup = Connection(path, encryption_key=key, isolation_level=None)
-    raw = setup.apsw_connection
-    for statement in SCHEMA:
-        raw.execute(statement)
-    raw.execute(f"INSERT INTO {META_TABLE}(key, value) VALUES ('pull_gen', 0)")
-    raw.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
-    setup.close()
-    replica = Connection(path, encryption_key=key)
-    assert replica._capture is not None
+    replica = open_capture_replica(tmp_path / "r.db", key, "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
     yield replica
     replica.close()
 

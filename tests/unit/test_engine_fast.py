@@ -20,8 +20,9 @@ import apsw
 import pytest
 
 import turso_sync
+from tests.unit.capture_replica import open_capture_replica
 from turso_sync.local import connection as connection_module
-from turso_sync.local.capture import META_TABLE, OUTBOX_TABLE, SCHEMA
+from turso_sync.local.capture import OUTBOX_TABLE
 from turso_sync.local.connection import Connection
 from turso_sync.local.statement import classify
 
@@ -205,16 +206,7 @@ def test_a_second_statement_is_refused_before_the_first_is_prepared(tmp_path, ke
 @pytest.fixture
 def replica(tmp_path: Path, key: str | None) -> Iterator[Connection]:
     """A database set up as a replica (sync tables present), with table t(id, v UNIQUE) and capture on."""
-    path = tmp_path / "r.db"
-    setup = Connection(path, encryption_key=key, isolation_level=None)
-    raw = setup.apsw_connection
-    for statement in SCHEMA:
-        raw.execute(statement)
-    raw.execute(f"INSERT INTO {META_TABLE}(key, value) VALUES ('pull_gen', 0)")
-    raw.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT UNIQUE)")
-    setup.close()
-    conn = Connection(path, encryption_key=key)
-    assert conn._capture is not None
+    conn = open_capture_replica(tmp_path / "r.db", key, "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT UNIQUE)")
     yield conn
     conn.close()
 
