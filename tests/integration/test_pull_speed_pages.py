@@ -10,13 +10,20 @@ import os
 import struct
 from pathlib import Path
 
+import pytest
+
 import turso_sync
 from tests.conftest import wait_for
+from tests.integration.primary_harness import pipeline
+from turso_sync.local.engine import LocalDatabase
+from turso_sync.sync import pull as pull_mod
+from turso_sync.sync.remote import PulledPages
 from tests.servers import primary
 
 BOUND = 128 * 1024
 FLAGS = ("--history-bytes", str(BOUND), "--history-seconds", "0")
 FRAME = 24 + 4096  # a WAL frame of a plaintext replica
+KEY = "2b7e151628aed2a6abf7158809cf4f3c2b7e151628aed2a6abf7158809cf4f3c"
 
 
 def _base_seq(data_dir: Path) -> int:
@@ -105,3 +112,53 @@ def test_an_incremental_pull_installs_what_the_remote_changed(tmp_path: Path) ->
             for conn in (writer, reader):
                 if conn is not None:
                     conn.close()
+
+
+
+def test_an_answer_that_changed_every_page_is_installed_without_reading_each_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A table dropped and filled again with more rows (on the primary, as the sync benchmark
+    does) rewrites every page: the incremental answer then holds all of them, as a full resend
+    would.  A sample of them is read back (COMPARE_SAMPLE); since all of it differs, the rest is
+    installed without being read back and decrypted."""
+    read_back: list[int] = []
+    current_pages = LocalDatabase.current_pages
+
+    def counted(self: LocalDatabase, pgnos: list[int]) -> dict[int, bytes]:
+        read_back.extend(pgnos)
+        return current_pages(self, pgnos)
+
+    answers: list[tuple[int, int]] = []
+    install = pull_mod.install
+
+    def noted(replica: pull_mod.PullContext, result: PulledPages) -> list:
+        answers.append((result.count, result.db_size))
+        return install(replica, result)
+
+    def fill(prefix: str, rows: int) -> None:
+        pipeline(
+            url,
+            "DROP TABLE IF EXISTS t",
+            "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)",
+            *[("INSERT INTO t VALUES (?, ?)", [i, f"{prefix}{i}" + "x" * 2500]) for i in range(rows)],
+        )
+
+    monkeypatch.setattr(LocalDatabase, "current_pages", counted)
+    monkeypatch.setattr(pull_mod, "install", noted)
+    with primary(tmp_path / "server") as url:
+        fill("a", 80)
+        reader = turso_sync.connect(tmp_path / "r.db", url, encryption_key=KEY)
+        try:
+            fill("b", 100)
+            answers.clear()
+            read_back.clear()
+            assert reader.pull() is True
+            ((sent, size),) = answers
+            assert sent == size > pull_mod.COMPARE_ALONE  # the answer held every page (the case at hand)
+            assert 0 < len(read_back) <= pull_mod.COMPARE_SAMPLE, read_back
+            rows = reader.execute("SELECT id, v FROM t ORDER BY id").fetchall()
+            assert rows == [(i, f"b{i}" + "x" * 2500) for i in range(100)]
+            assert reader.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        finally:
+            reader.close()

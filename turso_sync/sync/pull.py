@@ -35,6 +35,14 @@ SCHEMA_COOKIE = 40  # header offset of the schema cookie
 WAL_BOUND = 1 << 20  # checkpoint once the WAL passes this many bytes after a pull
 COMPARE_BATCH = 1024  # pages an install reads back at a time to compare with what it would write (4 MiB)
 COMPARE_ALONE = 16  # up to this many pages to compare are read one by one
+#: Of more pages to compare than COMPARE_ALONE, this many (spread evenly) are read back first.  If
+#: every one of them differs, the answer is taken for one of changed pages (an incremental answer
+#: that touched every page, as a table dropped and filled again does) and all are installed
+#: without reading the rest back: installing an unchanged page is correct, it only costs a frame.
+#: A full resend in which a share u of the pages is unchanged then installs u(1-u)^16 of them in
+#: expectation, at most 2.2% of the pages (u = 1/17); one unchanged page in the sample and all
+#: are compared, as before.
+COMPARE_SAMPLE = 16
 REPIN_INTERVAL = 60.0  # seconds between moves of a partial replica's pin (see advance_pin)
 
 
@@ -211,8 +219,13 @@ def install(replica: PullContext, result: PulledPages) -> list[Conflict]:
             # a few pages (an incremental pull's rebased ones): the reader made above, no new WAL look
             changed.update((pgno, image) for pgno, image in compared.items() if image != current(pgno))
         else:
+            ordered = list(compared)  # ascending, as filled above
+            step = len(ordered) // COMPARE_SAMPLE
+            sample = ordered[::step][:COMPARE_SAMPLE]
+            if all(compared[pgno] != now for pgno, now in db.current_pages(sample).items()):
+                ordered = []  # every sampled page differs: install them all (see COMPARE_SAMPLE)
+                changed.update(compared)
             # read back in runs (one pread for pages next to each other), a bounded number at a time
-            ordered = list(compared)
             for start in range(0, len(ordered), COMPARE_BATCH):
                 batch = ordered[start : start + COMPARE_BATCH]
                 for pgno, now in db.current_pages(batch).items():
