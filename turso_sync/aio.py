@@ -32,7 +32,7 @@ from . import errors
 from .crypto.page_codec import encryption_options
 from .local.connection import Connection
 from .sync.connection import SyncConnection, open_replica
-from .sync.exchange import AsyncTransport, Steps, adrive
+from .sync.exchange import AsyncTransport, Request, Steps, adrive, asend
 from .sync.partial import PartialSync
 from .sync.pusher import DEFAULT_CHANGES_PER_BATCH
 from .sync.rebase import DEFAULT_POLICY, Conflict, check_policy
@@ -40,7 +40,7 @@ from .sync.replica import Replica
 from .sync.results import PullResult, PushResult, SyncResult, SyncStats
 from .sync.state import SyncState
 from .sync.target import replica_target
-from .sync.transport import AsyncHttpxTransport, HttpResponse, TransferStats, Transport
+from .sync.transport import AsyncHttpxTransport, HttpResponse, SinkFactory, TransferStats, Transport
 
 __all__ = ["AsyncConnection", "AsyncCursor", "AsyncHttpxTransport", "AsyncTransport", "connect"]
 
@@ -237,6 +237,19 @@ class _TakingTurns:
             return await self._transport.request(path, body, content_type, timeout, idempotent)
         finally:
             await self._turn.take()  # the step's local work goes on in its turn
+
+    async def request_streamed(
+        self, path: str, body: bytes, content_type: str, timeout: float, idempotent: bool, sink: SinkFactory | None
+    ) -> HttpResponse:
+        """``request``, fed into ``sink`` where the connection's transport can (``exchange.asend``)."""
+        call = Request(path, body, content_type, timeout, idempotent, sink)
+        if self._locked():
+            return await asend(self._transport, call)
+        self._turn.give_back()
+        try:
+            return await asend(self._transport, call)
+        finally:
+            await self._turn.take()
 
     async def aclose(self) -> None:
         """Nothing: the connection's transport is closed with the connection."""

@@ -13,6 +13,7 @@ function is a generator for a driver (``exchange.py``).
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -131,7 +132,8 @@ def fetch_pages(
     )
     try:
         wait = timeout + long_poll_ms / 1000
-        response = yield Request(PULL_PATH, request.to_bytes(), "application/protobuf", wait, True)
+        sink = functools.partial(PullSink, request.zstd_frame_pages)
+        response = yield Request(PULL_PATH, request.to_bytes(), "application/protobuf", wait, True, sink)
     except errors.RemoteError as exc:
         if want_zstd and exc.status in (400, 415, 422, 500, 501):
             state.zstd = False  # a server without our zstd extension: speak raw
@@ -147,20 +149,45 @@ def fetch_pages(
                 )
             )
         raise
-    return decode_pull(response.body, state, deltas=ask_deltas, frame_pages=request.zstd_frame_pages)
+    decoded = response.decoded if isinstance(response.decoded, PullSink) else None
+    return decode_pull(response.body, state, deltas=ask_deltas, frame_pages=request.zstd_frame_pages, fed=decoded)
 
 
-def decode_pull(body: bytes, state: SyncState, *, deltas: bool = False, frame_pages: int = 1) -> PulledPages:
+class PullSink:
+    """A ``/pull-updates`` body decoded as it arrives (``transport.BodySink``): the pages of
+    each piece are unpacked while the next pieces travel.  An error is kept, not raised, so
+    ``decode_pull`` reports it as it would for the whole body."""
+
+    def __init__(self, frame_pages: int) -> None:
+        self.decoder = PullResponseDecoder(frame_pages)
+        self.pages: dict[int, bytes] = {}
+        self.error: errors.ProtocolError | None = None
+
+    def feed(self, data: bytes) -> None:
+        if self.error is not None:
+            return
+        try:
+            for page in self.decoder.feed(data):
+                self.pages[page.page_id + 1] = page.data
+        except errors.ProtocolError as exc:
+            self.error = exc
+
+
+def decode_pull(
+    body: bytes, state: SyncState, *, deltas: bool = False, frame_pages: int = 1, fed: PullSink | None = None
+) -> PulledPages:
     """Decode a whole ``/pull-updates`` body; NetworkError if it stops short, ProtocolError if malformed
     (page deltas in the answer to a request that did not ask for them, ``deltas`` False, too; a zstd
-    frame of more pages than ``frame_pages``, what the request asked, too)."""
-    decoder = PullResponseDecoder(frame_pages)
-    try:
-        pages = {page.page_id + 1: page.data for page in decoder.feed(body)}
-    except errors.ProtocolError as exc:
+    frame of more pages than ``frame_pages``, what the request asked, too).  ``fed``: a sink
+    that was fed this body as it arrived; its pages are taken instead of decoding ``body`` again."""
+    if fed is None:
+        fed = PullSink(frame_pages)
+        fed.feed(body)
+    decoder, pages = fed.decoder, fed.pages
+    if fed.error is not None:
         if decoder.header is None:
-            raise
-        raise errors.ProtocolError(f"pull-updates response holds a malformed page record ({exc})") from None
+            raise fed.error
+        raise errors.ProtocolError(f"pull-updates response holds a malformed page record ({fed.error})") from None
     try:
         decoder.close()
     except errors.ProtocolError as exc:

@@ -38,11 +38,27 @@ from ..wire import answer_coding
 
 @dataclass
 class HttpResponse:
-    """A complete response: status and the whole body."""
+    """A complete response: status and the whole body.
+
+    ``decoded``: for a request sent with ``request_streamed``, the sink that was fed this body
+    as it arrived (None otherwise)."""
 
     status: int
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)
+    decoded: Any = None
+
+
+class BodySink(Protocol):
+    """Takes a successful answer's body a piece at a time, as it arrives (``request_streamed``)."""
+
+    def feed(self, data: bytes) -> None:
+        """The next bytes of the body (unpacked from any content coding)."""
+        ...
+
+
+#: Makes a new ``BodySink`` for each attempt of a request (a retried request starts over).
+SinkFactory = Callable[[], BodySink]
 
 
 #: ``progress(path, received_bytes, total_bytes_or_None)``, called as a response body arrives
@@ -137,7 +153,15 @@ class _Body:
     """A response body read as it travelled and unpacked here: gzip or deflate within a bound,
     ``answer_coding.CODING`` and identity passed on, any other coding refused (none was asked for)."""
 
-    def __init__(self, response: httpx.Response, path: str, progress: Progress | None, limit: int) -> None:
+    def __init__(
+        self,
+        response: httpx.Response,
+        path: str,
+        progress: Progress | None,
+        limit: int,
+        sink: BodySink | None = None,
+    ) -> None:
+        """``sink``: fed each piece of the body as it arrives, besides keeping it (a 200 only)."""
         coding = response.headers.get("content-encoding", "").strip().lower()
         self.unpacker: Any = None
         if coding in ("gzip", "x-gzip"):
@@ -154,6 +178,8 @@ class _Body:
         self.progress = progress
         self.chunks: list[bytes] = []
         self.received = 0
+        # a body in our dictionary coding is unpacked whole, afterwards (``_decoded``): not fed
+        self.sink = sink if response.status_code == 200 and coding != answer_coding.CODING else None
 
     def add(self, chunk: bytes) -> None:
         self.received += len(chunk)
@@ -162,6 +188,8 @@ class _Body:
         unpacker = self.unpacker
         if unpacker is None:
             self.chunks.append(chunk)
+            if self.sink is not None:
+                self.sink.feed(chunk)
             return
         room = self.limit - self.unpacked
         try:
@@ -175,6 +203,8 @@ class _Body:
                         "(a compressed body that large is no sync answer)"
                     )
                 self.chunks.append(out)
+                if self.sink is not None:
+                    self.sink.feed(out)
                 chunk = unpacker.unconsumed_tail
         except zlib.error as exc:
             raise ProtocolError(f"the answer to {self.path} is not valid {self.coding}: {exc}") from None
@@ -239,6 +269,14 @@ class HttpxTransport:
 
     def request(self, path: str, body: bytes, content_type: str, timeout: float, idempotent: bool) -> HttpResponse:
         """POST with retries where safe; raises NetworkError or RemoteError."""
+        return self.request_streamed(path, body, content_type, timeout, idempotent, None)
+
+    def request_streamed(
+        self, path: str, body: bytes, content_type: str, timeout: float, idempotent: bool, sink: SinkFactory | None
+    ) -> HttpResponse:
+        """``request``, with each attempt's successful body also fed to a new ``sink()`` as it
+        arrives (a pull decodes its pages while the rest travels); the response's ``decoded``
+        is the sink of the attempt that succeeded."""
         retrying = Retrying(
             retry=_retryable(idempotent),
             stop=stop_after_attempt(self._attempts) | stop_after_delay(self._deadline + timeout),
@@ -248,7 +286,7 @@ class HttpxTransport:
         try:
             for attempt in retrying:
                 with attempt:
-                    return self._once(path, body, content_type, timeout)
+                    return self._once(path, body, content_type, timeout, sink() if sink is not None else None)
         except RetryError as exc:
             last = exc.last_attempt.exception()
             raise _wrap(last, self.url, path) from None
@@ -256,17 +294,20 @@ class HttpxTransport:
             raise _wrap(exc, self.url, path) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _once(self, path: str, body: bytes, content_type: str, timeout: float) -> HttpResponse:
+    def _once(
+        self, path: str, body: bytes, content_type: str, timeout: float, sink: BodySink | None = None
+    ) -> HttpResponse:
         headers = _request_headers(content_type)
         self.stats.sent += len(body)
         timeouts = _timeouts(timeout)
         with self._client.stream("POST", self.url + path, content=body, headers=headers, timeout=timeouts) as response:
-            data = _Body(response, path, self._progress, self._max_decoded).read(response.iter_raw())
+            reader = _Body(response, path, self._progress, self._max_decoded, sink)
+            data = reader.read(response.iter_raw())
         self.stats.received += response.num_bytes_downloaded  # as it travelled (a gzip answer compressed)
         data = _decoded(data, response)
         if response.status_code != 200:
             raise RemoteError(response.status_code, data, path)
-        return HttpResponse(response.status_code, data, dict(response.headers))
+        return HttpResponse(response.status_code, data, dict(response.headers), reader.sink)
 
     def close(self) -> None:
         self._client.close()
@@ -305,6 +346,12 @@ class AsyncHttpxTransport:
         self, path: str, body: bytes, content_type: str, timeout: float, idempotent: bool
     ) -> HttpResponse:
         """POST with retries where safe; raises NetworkError or RemoteError."""
+        return await self.request_streamed(path, body, content_type, timeout, idempotent, None)
+
+    async def request_streamed(
+        self, path: str, body: bytes, content_type: str, timeout: float, idempotent: bool, sink: SinkFactory | None
+    ) -> HttpResponse:
+        """As ``HttpxTransport.request_streamed``."""
         retrying = AsyncRetrying(
             retry=_retryable(idempotent),
             stop=stop_after_attempt(self._attempts) | stop_after_delay(self._deadline + timeout),
@@ -314,7 +361,7 @@ class AsyncHttpxTransport:
         try:
             async for attempt in retrying:
                 with attempt:
-                    return await self._once(path, body, content_type, timeout)
+                    return await self._once(path, body, content_type, timeout, sink() if sink is not None else None)
         except RetryError as exc:
             last = exc.last_attempt.exception()
             raise _wrap(last, self.url, path) from None
@@ -322,18 +369,21 @@ class AsyncHttpxTransport:
             raise _wrap(exc, self.url, path) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _once(self, path: str, body: bytes, content_type: str, timeout: float) -> HttpResponse:
+    async def _once(
+        self, path: str, body: bytes, content_type: str, timeout: float, sink: BodySink | None = None
+    ) -> HttpResponse:
         headers = _request_headers(content_type)
         self.stats.sent += len(body)
         async with self._client.stream(
             "POST", self.url + path, content=body, headers=headers, timeout=_timeouts(timeout)
         ) as response:
-            data = await _Body(response, path, self._progress, self._max_decoded).aread(response.aiter_raw())
+            reader = _Body(response, path, self._progress, self._max_decoded, sink)
+            data = await reader.aread(response.aiter_raw())
         self.stats.received += response.num_bytes_downloaded  # as it travelled (a gzip answer compressed)
         data = _decoded(data, response)
         if response.status_code != 200:
             raise RemoteError(response.status_code, data, path)
-        return HttpResponse(response.status_code, data, dict(response.headers))
+        return HttpResponse(response.status_code, data, dict(response.headers), reader.sink)
 
     async def aclose(self) -> None:
         """Close the client's connections."""
