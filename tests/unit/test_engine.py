@@ -373,3 +373,41 @@ def test_current_pages_reads_runs_of_the_file_with_one_pread_each(fresh, monkeyp
             runs.append(0)
         runs[-1] += 1
     assert len(preads) == sum(-(-n // 8) for n in runs)
+
+
+def test_a_snapshot_reads_runs_of_the_file_with_one_pread_each(fresh, monkeypatch):
+    """A snapshot (what the primary sends a pull) reads pages as ``current_pages`` does: the pages
+    in the WAL from there, the rest one ``pread`` per run of pages next to each other in the file,
+    not one ``pread`` per page."""
+    from turso_sync.local import engine
+
+    db, conn = fresh
+    since = db.current_seq()
+    conn.executemany("INSERT INTO t(v) VALUES (?)", [("x" * 900,) for _ in range(120)])
+    conn.commit()
+    db.checkpoint()
+    conn.execute("UPDATE t SET v = 'changed' WHERE id IN (5, 60)")
+    conn.commit()
+    with db.write_lock():
+        size = int(db.query("PRAGMA page_count")[0][0])
+        read = db.page_reader()
+        expected = {pgno: read(pgno) for pgno in range(1, size + 1)}
+    preads: list[int] = []
+    real = os.pread
+
+    def counting(fd: int, n: int, offset: int) -> bytes:
+        if n >= db.slot_size:
+            preads.append(n // db.slot_size)
+        return real(fd, n, offset)
+
+    monkeypatch.setattr(os, "pread", counting)
+    whole = db.snapshot()
+    changed = db.snapshot(since)
+    monkeypatch.setattr(os, "pread", real)
+    assert whole.pages == expected and whole.db_size == size > 20
+    assert changed.pages == {pgno: expected[pgno] for pgno in changed.pages} and len(changed.pages) > 20
+    in_wal = {frame.pgno for txn in engine.committed_wal(db.path).txns for frame in txn.frames}
+    from_file = (size - len(in_wal)) + len(set(changed.pages) - in_wal)
+    # every page not in the WAL read once (a frame log read or two besides), in runs, not page by page
+    assert from_file <= sum(preads) <= from_file + 4 and from_file > 40
+    assert len(preads) < from_file / 4

@@ -170,8 +170,8 @@ class LocalDatabase:
                 changed = {p for p in changed if p <= db_size}
             if wanted is not None:
                 changed &= wanted
-            read = self.page_reader()  # indexes the WAL once for every page read below
-            pages = {pgno: read(pgno) for pgno in sorted(changed)}
+            # the WAL indexed once; pages next to each other in the file come in one pread
+            pages = self._read_current(sorted(changed), db_size)
         return Snapshot(seq, db_size, pages)
 
     def page_reader(self) -> Callable[[int], bytes]:
