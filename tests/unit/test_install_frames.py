@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from turso_sync import errors
 from turso_sync._compiled import speedups
 from turso_sync.local import install
 from turso_sync.local.engine import LocalDatabase
@@ -33,7 +34,8 @@ if _compiled is not None:
 def _inputs(rng: random.Random, count: int, body_size: int, chained: bool, big: bool) -> tuple:
     pgnos = sorted(rng.sample(range(1, 10 * count), count))
     bodies = [rng.randbytes(body_size) for _ in pgnos]
-    plains = [rng.randbytes(body_size) for _ in pgnos] if chained else []
+    plain_size = 4096 if body_size == 4120 else body_size  # a slot larger than the page (the envelope layout)
+    plains = [rng.randbytes(plain_size) for _ in pgnos] if chained else []
     salts = (rng.getrandbits(32), rng.getrandbits(32))
     cksum = (rng.getrandbits(32), rng.getrandbits(32))
     plain_chain = (rng.getrandbits(32), rng.getrandbits(32)) if chained else None
@@ -182,4 +184,17 @@ def test_an_install_either_build_writes_is_read_alike(tmp_path: Path, monkeypatc
     (txn,) = list(db.history(before))
     assert (txn.seq, txn.db_size, txn.pages) == (seq, size, pages)  # the frame log's plaintext images
     reader.close()
+    db.close()
+
+
+def test_a_page_using_the_reserved_tail_is_refused_and_nothing_changes(tmp_path: Path) -> None:
+    db = _database(tmp_path / "db", True)
+    before = db.current_seq()
+    page1 = db.page_reader()(1)
+    size = int(db.query("PRAGMA page_count")[0][0])
+    spoiled = page1[:-1] + b"\x01"
+    with pytest.raises(errors.DatabaseError, match="page 1 uses the bytes reserved for encryption"):
+        db.install_pages({1: spoiled}, size)
+    assert db.current_seq() == before
+    assert db.query("SELECT count(*) FROM t") == [(40,)]
     db.close()

@@ -50,12 +50,14 @@ def append_transaction(
         raise InstallError("nothing to install")
     if db_size < 1:
         raise InstallError(f"database size must be at least one page, got {db_size}")
+    reserved = codec.reserved if codec is not None else 0
+    unused = bytes(reserved)  # what the tail reserved for encryption must hold (compared, not iterated)
     for pgno, image in pages.items():
         if len(image) != page_size:
             raise InstallError(f"page {pgno} is {len(image)} bytes, expected {page_size}")
         if pgno < 1 or pgno > db_size:
             raise InstallError(f"page {pgno} is outside the database size of {db_size} pages")
-        if codec is not None and any(image[page_size - codec.reserved :]):
+        if reserved and image[page_size - reserved :] != unused:
             raise InstallError(f"page {pgno} uses the bytes reserved for encryption")
     slot = codec.slot_size if codec is not None else page_size
     wal_path = db_path + "-wal"
