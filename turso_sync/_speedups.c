@@ -1939,6 +1939,235 @@ cursor_exec(PyObject *module)
 
 /* ---- end of cursor (session 10) ---------------------------------------------------------------- */
 
+/* ==== install (session 11): the frames of one installed WAL transaction ====
+ *
+ * install_frames(pgnos, bodies, plains, db_size, salts, cksum, big_endian, plain_chain, handed_type)
+ *     -> (frames, cksum, plain_chain, handed)
+ *     The per-frame loop of local/install.py's append_transaction (its twin is _install_frames_py
+ *     there).  Frame n is page pgnos[n] with body bodies[n] (as stored: ciphertext in an encrypted
+ *     WAL), the last one the commit frame (db_size in its header).  `frames` is each frame as
+ *     written, a new bytes object of the 24-byte header and the body; `cksum` the WAL checksum chain
+ *     over header bytes 0-7 and the body of each frame, continued from the `cksum` given (as
+ *     SQLite and the walformat scanner check it).  When `plain_chain` is not None, the same chain
+ *     over the plaintext images plains[n] is continued from it too, and `handed` is a list of
+ *     `handed_type` objects (local/vfs.py's HandedFrame, made without its __init__ but with the
+ *     same attributes it sets: disk, salts, prev_ct, prev_pt, ct, pt, given); else `plain_chain`
+ *     and `handed` are None.  Bodies are any buffers of one length, a multiple of 8.
+ */
+static PyObject *install_names[7];
+static const char *const install_name_text[7] = {"disk", "salts", "prev_ct", "prev_pt", "ct", "pt", "given"};
+enum { I_DISK, I_SALTS, I_PREV_CT, I_PREV_PT, I_CT, I_PT, I_GIVEN };
+
+static void
+put_be32(unsigned char *p, uint32_t v)
+{
+    p[0] = (unsigned char)(v >> 24);
+    p[1] = (unsigned char)(v >> 16);
+    p[2] = (unsigned char)(v >> 8);
+    p[3] = (unsigned char)v;
+}
+
+/* a 32-bit unsigned value of an int, or -1 with ValueError naming `what` */
+static int
+as_u32(PyObject *v, const char *what, uint32_t *out)
+{
+    unsigned long long x;
+    if (!PyLong_Check(v)) {
+        PyErr_Format(PyExc_TypeError, "install_frames(): %s must be int, not %.50s", what, Py_TYPE(v)->tp_name);
+        return -1;
+    }
+    x = PyLong_AsUnsignedLongLong(v);
+    if (x == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        x = (unsigned long long)1 << 32;
+    }
+    if (x > 0xFFFFFFFFull) {
+        PyErr_Format(PyExc_ValueError, "install_frames(): %s must be a 32-bit unsigned int", what);
+        return -1;
+    }
+    *out = (uint32_t)x;
+    return 0;
+}
+
+/* a pair of 32-bit ints from a 2-tuple */
+static int
+as_pair(PyObject *t, const char *what, uint32_t *a, uint32_t *b)
+{
+    if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 2) {
+        PyErr_Format(PyExc_TypeError, "install_frames(): %s must be a pair of ints", what);
+        return -1;
+    }
+    return as_u32(PyTuple_GET_ITEM(t, 0), what, a) < 0 ? -1 : as_u32(PyTuple_GET_ITEM(t, 1), what, b);
+}
+
+static PyObject *
+pair_of(uint32_t a, uint32_t b)
+{
+    return steal_tuple(2, PyLong_FromUnsignedLong(a), PyLong_FromUnsignedLong(b), NULL);
+}
+
+/* A HandedFrame made as its __init__ would make it; NULL with an exception set. */
+static PyObject *
+install_handed(PyTypeObject *type, PyObject *disk, PyObject *salts, const Py_buffer *plain, PyObject *prev_ct,
+               PyObject *prev_pt, PyObject *ct, PyObject *pt, uint32_t p1, uint32_t p2)
+{
+    PyObject *values[7], *obj, *empty;
+    unsigned char *g;
+    int i, failed = 0;
+
+    values[I_GIVEN] = PyBytes_FromStringAndSize(NULL, 24 + plain->len);
+    if (values[I_GIVEN] == NULL)
+        return NULL;
+    g = (unsigned char *)PyBytes_AS_STRING(values[I_GIVEN]);
+    memcpy(g, PyBytes_AS_STRING(disk), 16);
+    put_be32(g + 16, p1);
+    put_be32(g + 20, p2);
+    memcpy(g + 24, plain->buf, (size_t)plain->len);
+    empty = PyTuple_New(0);
+    obj = empty == NULL ? NULL : type->tp_new(type, empty, NULL);
+    Py_XDECREF(empty);
+    if (obj == NULL) {
+        Py_DECREF(values[I_GIVEN]);
+        return NULL;
+    }
+    values[I_DISK] = disk;
+    values[I_SALTS] = salts;
+    values[I_PREV_CT] = prev_ct;
+    values[I_PREV_PT] = prev_pt;
+    values[I_CT] = ct;
+    values[I_PT] = pt;
+    for (i = 0; i < 7 && !failed; i++)
+        failed = PyObject_SetAttr(obj, install_names[i], values[i]) < 0;
+    Py_DECREF(values[I_GIVEN]);
+    if (failed) {
+        Py_DECREF(obj);
+        return NULL;
+    }
+    return obj;
+}
+
+static PyObject *
+install_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *pgnos, *bodies, *plains, *salts, *handed_type, *frames = NULL, *handed = NULL, *result = NULL;
+    PyObject *prev_ct = NULL, *prev_pt = NULL, *ct = NULL, *pt = NULL, *frame, *obj;
+    uint32_t db_size, salt1, salt2, c1, c2, p1 = 0, p2 = 0, pgno;
+    Py_ssize_t n, count, body_len = -1;
+    int big, swap, chained, i;
+    Py_buffer body, plain;
+    unsigned char *f;
+    (void)module;
+
+    for (i = 0; i < 7; i++)
+        if (install_names[i] == NULL && (install_names[i] = PyUnicode_InternFromString(install_name_text[i])) == NULL)
+            return NULL;
+    if (nargs != 9) {
+        PyErr_Format(PyExc_TypeError, "install_frames() takes 9 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    pgnos = args[0];
+    bodies = args[1];
+    plains = args[2];
+    salts = args[4];
+    handed_type = args[8];
+    chained = args[7] != Py_None;
+    if (!PyList_Check(pgnos) || !PyList_Check(bodies) || !PyList_Check(plains)) {
+        PyErr_SetString(PyExc_TypeError, "install_frames(): pgnos, bodies and plains must be lists");
+        return NULL;
+    }
+    count = PyList_GET_SIZE(pgnos);
+    if (count == 0 || PyList_GET_SIZE(bodies) != count || (chained && PyList_GET_SIZE(plains) != count)) {
+        PyErr_SetString(PyExc_ValueError, "install_frames(): one body (and plaintext) per page, at least one page");
+        return NULL;
+    }
+    if (chained && !PyType_Check(handed_type)) {
+        PyErr_SetString(PyExc_TypeError, "install_frames(): handed_type must be a class when plain_chain is given");
+        return NULL;
+    }
+    if (as_u32(args[3], "db_size", &db_size) < 0 || as_pair(salts, "salts", &salt1, &salt2) < 0 ||
+        as_pair(args[5], "cksum", &c1, &c2) < 0 || (chained && as_pair(args[7], "plain_chain", &p1, &p2) < 0))
+        return NULL;
+    big = PyObject_IsTrue(args[6]);
+    if (big < 0)
+        return NULL;
+    swap = big != host_is_big_endian();
+    frames = PyList_New(count);
+    if (frames == NULL)
+        return NULL;
+    if (chained && (handed = PyList_New(count)) == NULL)
+        goto done;
+    prev_ct = pair_of(c1, c2);
+    if (prev_ct == NULL || (chained && (prev_pt = pair_of(p1, p2)) == NULL))
+        goto done;
+    for (n = 0; n < count; n++) {
+        if (as_u32(PyList_GET_ITEM(pgnos, n), "page number", &pgno) < 0)
+            goto done;
+        if (PyObject_GetBuffer(PyList_GET_ITEM(bodies, n), &body, PyBUF_SIMPLE) < 0)
+            goto done;
+        if ((body_len >= 0 && body.len != body_len) || body.len % 8 != 0 || body.len == 0) {
+            PyErr_Format(PyExc_ValueError, "install_frames(): body %zd is %zd bytes (one length, a multiple of 8)", n,
+                         body.len);
+            PyBuffer_Release(&body);
+            goto done;
+        }
+        body_len = body.len;
+        frame = PyBytes_FromStringAndSize(NULL, 24 + body.len);
+        if (frame == NULL) {
+            PyBuffer_Release(&body);
+            goto done;
+        }
+        PyList_SET_ITEM(frames, n, frame);
+        f = (unsigned char *)PyBytes_AS_STRING(frame);
+        put_be32(f, pgno);
+        put_be32(f + 4, n == count - 1 ? db_size : 0);
+        put_be32(f + 8, salt1);
+        put_be32(f + 12, salt2);
+        memcpy(f + 24, body.buf, (size_t)body.len);
+        PyBuffer_Release(&body);
+        checksum_pairs(f, 1, swap, &c1, &c2);
+        checksum_pairs(f + 24, body_len / 8, swap, &c1, &c2);
+        put_be32(f + 16, c1);
+        put_be32(f + 20, c2);
+        if ((ct = pair_of(c1, c2)) == NULL)
+            goto done;
+        if (chained) {
+            if (PyObject_GetBuffer(PyList_GET_ITEM(plains, n), &plain, PyBUF_SIMPLE) < 0)
+                goto done;
+            if (plain.len % 8 != 0) {
+                PyErr_Format(PyExc_ValueError, "install_frames(): plaintext %zd is %zd bytes, not a multiple of 8", n,
+                             plain.len);
+                PyBuffer_Release(&plain);
+                goto done;
+            }
+            checksum_pairs(f, 1, swap, &p1, &p2);
+            checksum_pairs(plain.buf, plain.len / 8, swap, &p1, &p2);
+            pt = pair_of(p1, p2);
+            obj = pt == NULL ? NULL
+                             : install_handed((PyTypeObject *)handed_type, frame, salts, &plain, prev_ct, prev_pt, ct,
+                                              pt, p1, p2);
+            PyBuffer_Release(&plain);
+            if (obj == NULL)
+                goto done;
+            PyList_SET_ITEM(handed, n, obj);
+            Py_SETREF(prev_pt, pt);
+            pt = NULL;
+        }
+        Py_SETREF(prev_ct, ct);
+        ct = NULL;
+    }
+    result = PyTuple_Pack(4, frames, prev_ct, chained ? prev_pt : Py_None, chained ? handed : Py_None);
+done:
+    Py_XDECREF(frames);
+    Py_XDECREF(handed);
+    Py_XDECREF(prev_ct);
+    Py_XDECREF(prev_pt);
+    Py_XDECREF(ct);
+    Py_XDECREF(pt);
+    return result;
+}
+
+/* ==== end of install (session 11) ==== */
+
 static PyMethodDef speedups_methods[] = {
     {"wal_checksum", (PyCFunction)(void (*)(void))wal_checksum, METH_FASTCALL | METH_KEYWORDS,
      "wal_checksum(data, s1=0, s2=0, big_endian=False) -> (s1, s2)\n\n"
@@ -1962,6 +2191,13 @@ static PyMethodDef speedups_methods[] = {
     {"cursor_setup", (PyCFunction)(void (*)(void))cursor_setup, METH_FASTCALL,
      "cursor_setup(cursor_class, unread, unshared, run_errors, fetch_errors, statement_class)\n\n"
      "What CursorBase and ConnectionBase need from connection.py (see the cursor section)."},
+
+    /* install (session 11) */
+    {"install_frames", (PyCFunction)(void (*)(void))install_frames, METH_FASTCALL,
+     "install_frames(pgnos, bodies, plains, db_size, salts, cksum, big_endian, plain_chain, handed_type)\n"
+     "-> (frames, cksum, plain_chain, handed)\n\n"
+     "The frames of one installed WAL transaction, each as written, with the checksum chain continued\n"
+     "over them (and over the plaintext, with the frames handed over, when plain_chain is given)."},
     {NULL, NULL, 0, NULL},
 };
 

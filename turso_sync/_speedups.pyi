@@ -37,3 +37,16 @@ def cursor_setup(
     fetch_errors: type[BaseException] | tuple[type[BaseException], ...],
     statement_class: type,
 ) -> None: ...
+
+# install (session 11): the frames of one installed WAL transaction (local/install.py's twin: _install_frames_py)
+def install_frames(
+    pgnos: list[int],
+    bodies: list[bytes],
+    plains: list[bytes],
+    db_size: int,
+    salts: tuple[int, int],
+    cksum: tuple[int, int],
+    big_endian: bool,
+    plain_chain: tuple[int, int] | None,
+    handed_type: type[Any],
+) -> tuple[list[bytes], tuple[int, int], tuple[int, int] | None, list[Any] | None]: ...

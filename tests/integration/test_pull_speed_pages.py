@@ -15,10 +15,10 @@ import pytest
 import turso_sync
 from tests.conftest import wait_for
 from tests.integration.primary_harness import pipeline
+from tests.servers import primary
 from turso_sync.local.engine import LocalDatabase
 from turso_sync.sync import pull as pull_mod
 from turso_sync.sync.remote import PulledPages
-from tests.servers import primary
 
 BOUND = 128 * 1024
 FLAGS = ("--history-bytes", str(BOUND), "--history-seconds", "0")
@@ -112,7 +112,6 @@ def test_an_incremental_pull_installs_what_the_remote_changed(tmp_path: Path) ->
             for conn in (writer, reader):
                 if conn is not None:
                     conn.close()
-
 
 
 def test_an_answer_that_changed_every_page_is_installed_without_reading_each_back(

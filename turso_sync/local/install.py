@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Callable
 
+from .._compiled import speedups
 from ..crypto.page_codec import SQLITE_MAGIC, PageCodec
 from ..page import PAGE_SIZE
 from .vfs import HandedFrame, file_descriptor, registry
@@ -48,12 +50,14 @@ def append_transaction(
         raise InstallError("nothing to install")
     if db_size < 1:
         raise InstallError(f"database size must be at least one page, got {db_size}")
+    reserved = codec.reserved if codec is not None else 0
+    unused = bytes(reserved)  # what the tail reserved for encryption must hold (compared, not iterated)
     for pgno, image in pages.items():
         if len(image) != page_size:
             raise InstallError(f"page {pgno} is {len(image)} bytes, expected {page_size}")
         if pgno < 1 or pgno > db_size:
             raise InstallError(f"page {pgno} is outside the database size of {db_size} pages")
-        if codec is not None and any(image[page_size - codec.reserved :]):
+        if reserved and image[page_size - reserved :] != unused:
             raise InstallError(f"page {pgno} uses the bytes reserved for encryption")
     slot = codec.slot_size if codec is not None else page_size
     wal_path = db_path + "-wal"
@@ -89,35 +93,32 @@ def append_transaction(
         plain_chain = None
         if pages.get(1, SQLITE_MAGIC)[:16] == SQLITE_MAGIC:  # else page 1 would not decrypt to these bytes
             plain_chain = _plain_chain_before(db_path, codec, salts, index, cksum, len(ordered))
-        chains: list[tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]]] = []
-        frames: list[WalFrame] = []
         # one draw of random nonces for the whole batch (Turso's format), not one system call per page
-        bodies = codec.encrypt_pages([(pgno, pages[pgno]) for pgno in ordered], "WAL") if codec is not None else None
-        for n, pgno in enumerate(ordered):
-            body = bodies[n] if bodies is not None else bytes(pages[pgno])
-            commit = db_size if n == len(ordered) - 1 else 0
-            head8 = pgno.to_bytes(4, "big") + commit.to_bytes(4, "big")
-            prev_ct = cksum
-            cksum = wal_checksum(head8 + body, cksum[0], cksum[1], big)
-            if plain_chain is not None:
-                prev_pt = plain_chain
-                # over head8 then the page: the chain continues, no 4 KiB copy of head8 + page is made
-                plain_chain = wal_checksum(pages[pgno], *wal_checksum(head8, prev_pt[0], prev_pt[1], big), big)
-                chains.append((prev_ct, prev_pt, cksum, plain_chain))
-            chunks.append(FrameHeader.build(pgno, commit, salts, cksum) + body)
-            frames.append(WalFrame(index + n, pgno, commit, body))
+        if codec is not None:
+            bodies: list[bytes] = codec.encrypt_pages([(pgno, pages[pgno]) for pgno in ordered], "WAL")
+        else:
+            bodies = [bytes(pages[pgno]) for pgno in ordered]
+        plains = [bytes(pages[pgno]) for pgno in ordered] if plain_chain is not None else []
+        written, cksum, _, handed = install_frames(
+            ordered, bodies, plains, db_size, salts, cksum, big, plain_chain, HandedFrame
+        )
+        if hdr is None:
+            chunks.extend(written)
+        else:
+            chunks = written
         blob = b"".join(chunks)
         os.pwrite(fd, blob, start)
         os.fsync(fd)
-        if chains:
-            written = chunks[1:] if hdr is None else chunks  # each frame as written (a new WAL's header first)
-            _hand_over(db_path, salts, index, written, [bytes(pages[pgno]) for pgno in ordered], chains)
+        if handed is not None:
+            _hand_over(db_path, salts, index, handed)
         invalidate_wal_index(db_path)
         # what a scan of the WAL finds now (the wal-index is stale, so the file alone decides):
         # the committed transactions before, and this one, whose checksums were just computed.
         # Handed to the scan cache, so the frame log's next look at the WAL does not read back and
         # checksum every frame written here (``walformat.remember_scan`` checks it is this file)
         header_now = scan.header if hdr is not None else WalHeader.parse(chunks[0])
+        last = len(ordered) - 1
+        frames = [WalFrame(index + n, pgno, db_size if n == last else 0, bodies[n]) for n, pgno in enumerate(ordered)]
         txn = WalTxn(salts, frames[-1].index, db_size, frames, cksum)
         prior = scan.txns if hdr is not None else []
         after = WalScan(header_now, [*prior, txn], start + len(blob), cksum)
@@ -150,24 +151,65 @@ def _plain_chain_before(
     return hit[1]
 
 
-def _hand_over(
-    db_path: str,
-    salts: tuple[int, int],
-    index: int,
-    written: list[bytes],
-    plains: list[bytes],
-    chains: list[tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]]],
-) -> None:
-    """Give the frames just written (``written``: frame ``index`` on, each as on disk) to the
-    database's WAL handles, so its recovery does not decrypt and checksum them again."""
+def _hand_over(db_path: str, salts: tuple[int, int], index: int, handed: list[HandedFrame]) -> None:
+    """Give the frames just written (frame ``index`` on) to the database's WAL handles, so its
+    recovery does not decrypt and checksum them again."""
     state = registry.get(db_path)
     if state is None:
         return
-    handed = [
-        HandedFrame(disk, plain, prev_ct, prev_pt, ct, pt)
-        for disk, plain, (prev_ct, prev_pt, ct, pt) in zip(written, plains, chains, strict=True)
-    ]
     state.handed.add(salts[0].to_bytes(4, "big") + salts[1].to_bytes(4, "big"), index, handed)
+
+
+Chain = tuple[int, int]
+
+
+def _install_frames_py(
+    pgnos: list[int],
+    bodies: list[bytes],
+    plains: list[bytes],
+    db_size: int,
+    salts: tuple[int, int],
+    cksum: Chain,
+    big: bool,
+    plain_chain: Chain | None,
+    handed_type: type[HandedFrame],
+) -> tuple[list[bytes], Chain, Chain | None, list[HandedFrame] | None]:
+    """The frames of one installed transaction: ``_speedups.install_frames``'s pure-Python twin.
+
+    Frame ``n`` is page ``pgnos[n]`` with body ``bodies[n]`` (as stored), the last one the commit
+    frame.  Returns each frame as written (header and body), the checksum chain after the last
+    one (continued from ``cksum``); and, when ``plain_chain`` is given, the same chain over the
+    plaintext images ``plains`` and each frame as handed over to WAL recovery (else None twice).
+    """
+    if not pgnos or len(bodies) != len(pgnos) or (plain_chain is not None and len(plains) != len(pgnos)):
+        raise ValueError("install_frames(): one body (and plaintext) per page, at least one page")
+    if len({len(body) for body in bodies}) != 1 or len(bodies[0]) % 8:
+        raise ValueError(f"install_frames(): bodies of {len(bodies[0])} bytes (one length, a multiple of 8)")
+    frames: list[bytes] = []
+    handed: list[HandedFrame] = []
+    last = len(pgnos) - 1
+    for n, pgno in enumerate(pgnos):
+        body = bodies[n]
+        commit = db_size if n == last else 0
+        head8 = pgno.to_bytes(4, "big") + commit.to_bytes(4, "big")
+        prev_ct = cksum
+        # over head8 then the body: the chain continues, no 4 KiB copy of head8 + body is made
+        cksum = wal_checksum(body, *wal_checksum(head8, cksum[0], cksum[1], big), big)
+        disk = FrameHeader.build(pgno, commit, salts, cksum) + body
+        frames.append(disk)
+        if plain_chain is not None:
+            prev_pt = plain_chain
+            plain_chain = wal_checksum(plains[n], *wal_checksum(head8, prev_pt[0], prev_pt[1], big), big)
+            handed.append(handed_type(disk, plains[n], prev_ct, prev_pt, cksum, plain_chain))
+    return frames, cksum, plain_chain, handed if plain_chain is not None else None
+
+
+_compiled = speedups()
+#: the frames of one installed transaction (see ``_install_frames_py``), compiled where built
+install_frames: Callable[
+    [list[int], list[bytes], list[bytes], int, tuple[int, int], Chain, bool, Chain | None, type[HandedFrame]],
+    tuple[list[bytes], Chain, Chain | None, list[HandedFrame] | None],
+] = _compiled.install_frames if _compiled is not None else _install_frames_py
 
 
 def invalidate_wal_index(db_path: str) -> None:
