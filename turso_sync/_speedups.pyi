@@ -37,3 +37,22 @@ def cursor_setup(
     fetch_errors: type[BaseException] | tuple[type[BaseException], ...],
     statement_class: type,
 ) -> None: ...
+
+# walwrite (session 11): an encrypted WAL's new frames written without a Python frame
+class WalFrameWriter:
+    """writer(data, offset): a new frame's header and body written here, base(file, data, offset) otherwise."""
+
+    def __call__(self, data: bytes, offset: int) -> None: ...
+
+def wal_frame_writer(
+    file: object,
+    base: Callable[[Any, bytes, int], None],
+    pending: dict[int, bytes],
+    chain: dict[Any, Any],
+    page_size: int,
+    plain: bytearray,
+    frame: bytearray,
+    encrypt: Callable[[], object],
+    base_read: Callable[[Any, int, int], bytes],
+    base_write: Callable[[Any, Any, int], None],
+) -> WalFrameWriter: ...
