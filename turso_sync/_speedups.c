@@ -2028,7 +2028,7 @@ ww_pair(uint32_t a, uint32_t b)
 }
 
 static void
-put_be32(unsigned char *p, uint32_t v)
+ww_put_be32(unsigned char *p, uint32_t v)
 {
     p[0] = (unsigned char)(v >> 24);
     p[1] = (unsigned char)(v >> 16);
@@ -2139,8 +2139,8 @@ ww_body(WalFrameWriterObject *writer, PyObject *file, PyObject *dict, const unsi
     checksum_pairs(head, 1, swap, &s1, &s2);
     checksum_pairs(out + WW_HEADER, (Py_ssize_t)(P / 8), swap, &s1, &s2);
     memcpy(out, head, 16); /* page number, size after commit and salts as SQLite wrote them */
-    put_be32(out + 16, s1);
-    put_be32(out + 20, s2);
+    ww_put_be32(out + 16, s1);
+    ww_put_be32(out + 20, s2);
     args[1] = writer->frame;
     args[2] = PyLong_FromLongLong(frame_start);
     if (args[2] == NULL)
