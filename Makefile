@@ -49,7 +49,7 @@ PURE_PYTHON_TESTS := tests/unit/test_walformat.py tests/unit/test_compiled.py te
 	tests/unit/test_vfs_fast_paths.py tests/unit/test_wal_scan_cache.py tests/unit/test_encryption.py \
 	tests/unit/test_rekey_wal_headers.py tests/unit/test_install_recovery_handover.py tests/unit/test_file_control_router.py \
 	tests/unit/test_page_reader.py tests/unit/test_cursor_fast.py tests/unit/test_engine_fast.py tests/unit/test_dbapi_differential.py \
-	tests/integration/test_engine_walindex.py tests/unit/test_install_frames.py
+	tests/integration/test_engine_walindex.py tests/unit/test_install_frames.py tests/unit/test_wal_frame_writer.py
 
 # Everything: the checks, the fast tier (a failure there stops here, in a minute), the WAL's suites
 # again with the compiled helper refused, then the rest, listing the slowest tests so CI time is

@@ -2168,6 +2168,388 @@ done:
 
 /* ==== end of install (session 11) ==== */
 
+/* ==== walwrite (session 11): an encrypted WAL's frame writes in Turso's format, without a Python frame ====
+ *
+ * wal_frame_writer(file, base, pending, chain, page_size, plain, frame, encrypt, base_read, base_write) -> writer
+ *     A callable writer(data, offset), set as an EncryptedWALFile's instance attribute xWrite (APSW
+ *     looks the method up on the object, so it wins over the class's).  It takes the two writes of
+ *     a new frame, as the class's xWrite, _write_body and _seal_header do them:
+ *       - its 24-byte header (non-zero salts, not a checksum rewrite: that is a header written
+ *         right after its frame was read whole, file._last_full_read == k, when k is at least
+ *         file._recksum_from) is kept in `pending` (the file's _pending dict) under the frame number;
+ *       - its body (page_size bytes right after a header kept there, not page 1, reserved tail
+ *         zero, file._big known) is copied into `plain` (a bytearray of page_size - 28 bytes), a
+ *         random nonce is put in the last 12 bytes of `frame` (a bytearray of 24 + page_size bytes:
+ *         the frame as it goes to disk), `encrypt()` seals `plain` into frame[24:24 + page_size - 12]
+ *         (ciphertext and tag), the checksum is SQLite's over the header's first 8 bytes and the
+ *         ciphertext, continuing from the one stored on disk before the frame (read with
+ *         base_read(file, 8, offset), never cached: see _seal_header), the header's first 16 bytes
+ *         and that checksum go into frame[:24], base_write(file, frame, offset) writes it whole,
+ *         chain[(salt1, salt2, k)] = ((ct1, ct2), (pt1, pt2)) records it (pt: the checksum SQLite
+ *         wrote), and the header leaves `pending`.
+ *     Both set file._prev_tail = file._ahead = None and file._last_full_read = 0 first, as xWrite
+ *     does.  Every other write (the WAL header, a placeholder, a checksum rewrite, an in-place
+ *     overwrite, page 1, anything odd) and any error on the way is base(file, data, offset), the
+ *     class's method, with `pending` and `chain` as they were.  The file is held by a weak reference.
+ */
+#include <sys/random.h> /* getentropy (glibc also declares it in unistd.h) */
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *file_ref;
+    PyObject *base;       /* the class's xWrite(file, data, offset) */
+    PyObject *pending;    /* dict: frame -> header */
+    PyObject *chain;      /* dict: (salt1, salt2, frame) -> (ct, pt) */
+    PyObject *frame;      /* bytearray(24 + page_size), exported below */
+    PyObject *encrypt;    /* encrypt(): plain -> frame[24:...], the nonce taken from the frame's end */
+    PyObject *base_read;  /* apsw.VFSFile.xRead */
+    PyObject *base_write; /* apsw.VFSFile.xWrite */
+    Py_buffer plain;      /* payload bytes of the page, exported for the writer's life */
+    Py_buffer out;        /* the frame, exported for the writer's life */
+    int has_plain, has_out;
+    long long page_size;
+} WalFrameWriterObject;
+
+#define WW_HEADER 24
+#define WW_NONCE 12
+#define WW_RESERVED 28
+#define WW_WAL_HEADER 32
+
+static PyObject *ww_names[5];
+static const char *const ww_name_text[5] = {"_prev_tail", "_ahead", "_last_full_read", "_recksum_from", "_big"};
+enum { W_PREV_TAIL, W_AHEAD, W_LAST_FULL_READ, W_RECKSUM_FROM, W_BIG };
+static PyObject *ww_zero, *ww_eight;
+
+/* The file's attributes are plain instance attributes (EncryptedWALFile sets each in __init__):
+ * read and set in its __dict__, as getattr and setattr would find and set them.  A name missing
+ * there (NULL, no error set) sends the write to the class's method. */
+static PyObject *
+ww_get(PyObject *dict, int name)
+{
+    return PyDict_GetItemWithError(dict, ww_names[name]); /* borrowed */
+}
+
+/* set `name` to `value` unless it is that object already */
+static int
+ww_set(PyObject *dict, int name, PyObject *value)
+{
+    PyObject *now = ww_get(dict, name);
+    if (now == value)
+        return 0;
+    return now == NULL && PyErr_Occurred() ? -1 : PyDict_SetItem(dict, ww_names[name], value);
+}
+
+/* what xWrite does first, whatever the write: no read-ahead or frame read whole before it stays valid */
+static int
+ww_forget_reads(PyObject *dict)
+{
+    if (ww_set(dict, W_PREV_TAIL, Py_None) < 0 || ww_set(dict, W_AHEAD, Py_None) < 0)
+        return -1;
+    return ww_set(dict, W_LAST_FULL_READ, ww_zero);
+}
+
+/* (a, b) of two unsigned 32-bit ints, a new reference or NULL */
+static PyObject *
+ww_pair(uint32_t a, uint32_t b)
+{
+    return steal_tuple(2, PyLong_FromUnsignedLong(a), PyLong_FromUnsignedLong(b), NULL);
+}
+
+static void
+ww_put_be32(unsigned char *p, uint32_t v)
+{
+    p[0] = (unsigned char)(v >> 24);
+    p[1] = (unsigned char)(v >> 16);
+    p[2] = (unsigned char)(v >> 8);
+    p[3] = (unsigned char)v;
+}
+
+/* 1: a new frame's header kept; 0: not one for this path (nothing changed); -1: an error. */
+static int
+ww_header(WalFrameWriterObject *writer, PyObject *dict, PyObject *data, const unsigned char *buf, long long index)
+{
+    static const unsigned char zeros[8] = {0};
+    PyObject *recksum, *key, *header;
+    int rc;
+
+    if (memcmp(buf + 8, zeros, 8) == 0 && memcmp(buf + 16, zeros, 8) == 0)
+        return 0; /* a placeholder: written as it is */
+    recksum = ww_get(dict, W_RECKSUM_FROM);
+    if (recksum == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    if (recksum != Py_None) {
+        /* SQLite's checksum rewrite reads the frame whole, then writes its header back: the
+         * class's method seals that one; a new frame's header after an overwrite is kept here */
+        PyObject *last = ww_get(dict, W_LAST_FULL_READ);
+        long long from, last_read;
+        if (last == NULL || !PyLong_CheckExact(last) || !PyLong_CheckExact(recksum))
+            return PyErr_Occurred() ? -1 : 0;
+        from = PyLong_AsLongLong(recksum);
+        last_read = PyLong_AsLongLong(last);
+        if (PyErr_Occurred())
+            return -1;
+        if (last_read == index && index >= from)
+            return 0;
+    }
+    if (ww_forget_reads(dict) < 0)
+        return -1;
+    header = PyBytes_CheckExact(data) ? Py_NewRef(data) : PyBytes_FromStringAndSize((const char *)buf, WW_HEADER);
+    key = header == NULL ? NULL : PyLong_FromLongLong(index);
+    rc = key == NULL ? -1 : PyDict_SetItem(writer->pending, key, header);
+    Py_XDECREF(key);
+    Py_XDECREF(header);
+    return rc < 0 ? -1 : 1;
+}
+
+/* 1: the frame written; 0: not one for this path (nothing changed); -1: an error (the caller falls back). */
+static int
+ww_body(WalFrameWriterObject *writer, PyObject *file, PyObject *dict, const unsigned char *plain, long long index,
+        long long offset)
+{
+    long long P = writer->page_size, frame_start = offset - WW_HEADER;
+    PyObject *key = NULL, *header, *big, *args[3], *prev = NULL, *res = NULL, *chain_key = NULL, *value = NULL;
+    const unsigned char *head, *prev_bytes;
+    unsigned char *out = writer->out.buf, prev8[8] = {0};
+    uint32_t s1, s2, salt1, salt2;
+    Py_ssize_t i, got;
+    int swap, rc = -1;
+
+    key = PyLong_FromLongLong(index);
+    if (key == NULL)
+        return -1;
+    header = PyDict_GetItemWithError(writer->pending, key); /* borrowed */
+    if (header == NULL || !PyBytes_CheckExact(header) || PyBytes_GET_SIZE(header) != WW_HEADER) {
+        rc = PyErr_Occurred() ? -1 : 0; /* no header waiting: an in-place overwrite */
+        goto finish;
+    }
+    head = (const unsigned char *)PyBytes_AS_STRING(header);
+    if (be32(head) == 1) {
+        rc = 0; /* page 1 keeps its header readable and authenticated: the class's method */
+        goto finish;
+    }
+    for (i = P - WW_RESERVED; i < P; i++)
+        if (plain[i] != 0) {
+            rc = 0; /* the class's method refuses it, naming the page */
+            goto finish;
+        }
+    big = ww_get(dict, W_BIG);
+    if (big != Py_True && big != Py_False) {
+        rc = PyErr_Occurred() ? -1 : 0; /* not known yet: the byte order is read from the WAL header there */
+        goto finish;
+    }
+    swap = (big == Py_True) != host_is_big_endian();
+    if (ww_forget_reads(dict) < 0)
+        goto finish;
+    /* the checksum stored before this frame, from disk (index 1: the WAL header's, at byte 24) */
+    args[0] = file;
+    args[1] = ww_eight;
+    args[2] = PyLong_FromLongLong(index == 1 ? 24 : frame_start - P - WW_HEADER + 16);
+    if (args[2] == NULL)
+        goto finish;
+    prev = PyObject_Vectorcall(writer->base_read, args, 3, NULL);
+    Py_DECREF(args[2]);
+    if (prev == NULL || !PyBytes_Check(prev))
+        goto finish;
+    got = PyBytes_GET_SIZE(prev) < 8 ? PyBytes_GET_SIZE(prev) : 8;
+    prev_bytes = (const unsigned char *)PyBytes_AS_STRING(prev);
+    memcpy(prev8, prev_bytes, (size_t)got); /* a short read is zero-filled, as _disk_ct does */
+    /* encrypt: the payload into `plain`, a fresh nonce at the frame's end, then OpenSSL's seal */
+    memcpy(writer->plain.buf, plain, (size_t)writer->plain.len);
+    if (getentropy(out + WW_HEADER + P - WW_NONCE, WW_NONCE) != 0) { /* the kernel's generator, as os.urandom */
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto finish;
+    }
+    res = PyObject_CallNoArgs(writer->encrypt);
+    if (res == NULL)
+        goto finish;
+    s1 = be32(prev8);
+    s2 = be32(prev8 + 4);
+    checksum_pairs(head, 1, swap, &s1, &s2);
+    checksum_pairs(out + WW_HEADER, (Py_ssize_t)(P / 8), swap, &s1, &s2);
+    memcpy(out, head, 16); /* page number, size after commit and salts as SQLite wrote them */
+    ww_put_be32(out + 16, s1);
+    ww_put_be32(out + 20, s2);
+    args[1] = writer->frame;
+    args[2] = PyLong_FromLongLong(frame_start);
+    if (args[2] == NULL)
+        goto finish;
+    Py_DECREF(res);
+    res = PyObject_Vectorcall(writer->base_write, args, 3, NULL);
+    Py_DECREF(args[2]);
+    if (res == NULL)
+        goto finish;
+    salt1 = be32(head + 8);
+    salt2 = be32(head + 12);
+    chain_key = steal_tuple(3, PyLong_FromUnsignedLong(salt1), PyLong_FromUnsignedLong(salt2), Py_NewRef(key));
+    value = chain_key == NULL ? NULL : steal_tuple(2, ww_pair(s1, s2), ww_pair(be32(head + 16), be32(head + 20)), NULL);
+    if (value == NULL || PyDict_SetItem(writer->chain, chain_key, value) < 0 || PyDict_DelItem(writer->pending, key) < 0)
+        goto finish;
+    rc = 1;
+finish:
+    Py_XDECREF(key);
+    Py_XDECREF(prev);
+    Py_XDECREF(res);
+    Py_XDECREF(chain_key);
+    Py_XDECREF(value);
+    return rc;
+}
+
+static PyObject *
+wal_frame_writer_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    WalFrameWriterObject *writer = (WalFrameWriterObject *)self;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *file;
+    Py_buffer data;
+    long long offset = -1, index = 0, within = -1, frame_size = writer->page_size + WW_HEADER;
+    int rc = 0;
+
+    if (nargs != 2 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0)) {
+        PyErr_SetString(PyExc_TypeError, "WAL xWrite writer takes exactly 2 positional arguments (data, offset)");
+        return NULL;
+    }
+    file = file_of(writer->file_ref, "WAL xWrite writer");
+    if (file == NULL)
+        return NULL;
+    if (PyLong_CheckExact(args[1])) {
+        offset = PyLong_AsLongLong(args[1]);
+        if (offset == -1 && PyErr_Occurred())
+            PyErr_Clear();
+    }
+    if (offset >= WW_WAL_HEADER) {
+        index = (offset - WW_WAL_HEADER) / frame_size + 1;
+        within = (offset - WW_WAL_HEADER) % frame_size;
+    }
+    if ((within == 0 || within == WW_HEADER) && PyObject_GetBuffer(args[0], &data, PyBUF_SIMPLE) == 0) {
+        PyObject *dict = PyObject_GenericGetDict(file, NULL);
+        if (dict == NULL || !PyDict_CheckExact(dict))
+            rc = -1; /* (no error set when it is not a dict: the class's method then) */
+        else if (within == 0 && data.len == WW_HEADER)
+            rc = ww_header(writer, dict, args[0], data.buf, index);
+        else if (within == WW_HEADER && data.len == writer->page_size)
+            rc = ww_body(writer, file, dict, data.buf, index, offset);
+        Py_XDECREF(dict);
+        PyBuffer_Release(&data);
+        if (rc == 1) {
+            Py_DECREF(file);
+            Py_RETURN_NONE;
+        }
+        if (rc < 0 && PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_Exception)) {
+            Py_DECREF(file);
+            return NULL;
+        }
+    }
+    PyErr_Clear(); /* not for this path, or an error on it: the class's method decides, and raises what it raises */
+    return call_with_file(writer->base, file, args);
+}
+
+static void
+wal_frame_writer_dealloc(PyObject *self)
+{
+    WalFrameWriterObject *writer = (WalFrameWriterObject *)self;
+    if (writer->has_plain)
+        PyBuffer_Release(&writer->plain);
+    if (writer->has_out)
+        PyBuffer_Release(&writer->out);
+    Py_XDECREF(writer->file_ref);
+    Py_XDECREF(writer->base);
+    Py_XDECREF(writer->pending);
+    Py_XDECREF(writer->chain);
+    Py_XDECREF(writer->frame);
+    Py_XDECREF(writer->encrypt);
+    Py_XDECREF(writer->base_read);
+    Py_XDECREF(writer->base_write);
+    Py_TYPE(self)->tp_free(self);
+}
+
+static PyTypeObject WalFrameWriterType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "turso_sync._speedups.WalFrameWriter",
+    .tp_basicsize = sizeof(WalFrameWriterObject),
+    .tp_dealloc = wal_frame_writer_dealloc,
+    .tp_vectorcall_offset = offsetof(WalFrameWriterObject, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "writer(data, offset): a new frame's header and body, encrypted, checksummed and written here; "
+              "base(file, data, offset) otherwise.",
+};
+
+static PyObject *
+wal_frame_writer(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    WalFrameWriterObject *writer;
+    long long page_size;
+    int i;
+    (void)module;
+
+    if (!(WalFrameWriterType.tp_flags & Py_TPFLAGS_READY) && PyType_Ready(&WalFrameWriterType) < 0)
+        return NULL;
+    for (i = 0; i < 5; i++)
+        if (ww_names[i] == NULL && (ww_names[i] = PyUnicode_InternFromString(ww_name_text[i])) == NULL)
+            return NULL;
+    if (ww_zero == NULL && (ww_zero = PyLong_FromLong(0)) == NULL)
+        return NULL;
+    if (ww_eight == NULL && (ww_eight = PyLong_FromLong(8)) == NULL)
+        return NULL;
+    if (nargs != 10) {
+        PyErr_Format(PyExc_TypeError, "wal_frame_writer() takes 10 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    if (!PyCallable_Check(args[1]) || !PyCallable_Check(args[7]) || !PyCallable_Check(args[8]) ||
+        !PyCallable_Check(args[9])) {
+        PyErr_SetString(PyExc_TypeError, "wal_frame_writer(): base, encrypt, base_read and base_write must be callable");
+        return NULL;
+    }
+    if (!PyDict_CheckExact(args[2]) || !PyDict_CheckExact(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "wal_frame_writer(): pending and chain must be dicts");
+        return NULL;
+    }
+    page_size = PyLong_AsLongLong(args[4]);
+    if (page_size == -1 && PyErr_Occurred())
+        return NULL;
+    if (page_size < 512 || page_size % 8 != 0) {
+        PyErr_SetString(PyExc_ValueError, "wal_frame_writer(): page_size must be a multiple of 8 of at least 512");
+        return NULL;
+    }
+    if (!PyByteArray_CheckExact(args[5]) || PyByteArray_GET_SIZE(args[5]) != page_size - WW_RESERVED ||
+        !PyByteArray_CheckExact(args[6]) || PyByteArray_GET_SIZE(args[6]) != page_size + WW_HEADER) {
+        PyErr_SetString(PyExc_ValueError,
+                        "wal_frame_writer(): plain and frame must be bytearrays of page_size - 28 and 24 + page_size bytes");
+        return NULL;
+    }
+    writer = PyObject_New(WalFrameWriterObject, &WalFrameWriterType);
+    if (writer == NULL)
+        return NULL;
+    writer->vectorcall = wal_frame_writer_vectorcall;
+    writer->file_ref = writer->base = writer->pending = writer->chain = NULL;
+    writer->frame = writer->encrypt = writer->base_read = writer->base_write = NULL;
+    writer->has_plain = writer->has_out = 0;
+    writer->page_size = page_size;
+    if (PyObject_GetBuffer(args[5], &writer->plain, PyBUF_WRITABLE) < 0)
+        goto fail;
+    writer->has_plain = 1;
+    if (PyObject_GetBuffer(args[6], &writer->out, PyBUF_WRITABLE) < 0)
+        goto fail;
+    writer->has_out = 1;
+    writer->file_ref = PyWeakref_NewRef(args[0], NULL);
+    if (writer->file_ref == NULL)
+        goto fail;
+    writer->base = Py_NewRef(args[1]);
+    writer->pending = Py_NewRef(args[2]);
+    writer->chain = Py_NewRef(args[3]);
+    writer->frame = Py_NewRef(args[6]);
+    writer->encrypt = Py_NewRef(args[7]);
+    writer->base_read = Py_NewRef(args[8]);
+    writer->base_write = Py_NewRef(args[9]);
+    return (PyObject *)writer;
+fail:
+    Py_DECREF(writer);
+    return NULL;
+}
+
+/* ==== end of walwrite ==== */
+
 static PyMethodDef speedups_methods[] = {
     {"wal_checksum", (PyCFunction)(void (*)(void))wal_checksum, METH_FASTCALL | METH_KEYWORDS,
      "wal_checksum(data, s1=0, s2=0, big_endian=False) -> (s1, s2)\n\n"
@@ -2198,6 +2580,13 @@ static PyMethodDef speedups_methods[] = {
      "-> (frames, cksum, plain_chain, handed)\n\n"
      "The frames of one installed WAL transaction, each as written, with the checksum chain continued\n"
      "over them (and over the plaintext, with the frames handed over, when plain_chain is given)."},
+
+    /* walwrite (session 11) */
+    {"wal_frame_writer", (PyCFunction)(void (*)(void))wal_frame_writer, METH_FASTCALL,
+     "wal_frame_writer(file, base, pending, chain, page_size, plain, frame, encrypt, base_read, base_write) -> writer\n\n"
+     "A callable writer(data, offset) for an encrypted WAL in Turso's format: a new frame's header is kept\n"
+     "in pending, its body encrypted, checksummed over the ciphertext and written with the header in one\n"
+     "write; anything else is base(file, data, offset)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -50,3 +50,21 @@ def install_frames(
     plain_chain: tuple[int, int] | None,
     handed_type: type[Any],
 ) -> tuple[list[bytes], tuple[int, int], tuple[int, int] | None, list[Any] | None]: ...
+# walwrite (session 11): an encrypted WAL's new frames written without a Python frame
+class WalFrameWriter:
+    """writer(data, offset): a new frame's header and body written here, base(file, data, offset) otherwise."""
+
+    def __call__(self, data: bytes, offset: int) -> None: ...
+
+def wal_frame_writer(
+    file: object,
+    base: Callable[[Any, bytes, int], None],
+    pending: dict[int, bytes],
+    chain: dict[Any, Any],
+    page_size: int,
+    plain: bytearray,
+    frame: bytearray,
+    encrypt: Callable[[], object],
+    base_read: Callable[[Any, int, int], bytes],
+    base_write: Callable[[Any, Any, int], None],
+) -> WalFrameWriter: ...

@@ -342,6 +342,23 @@ class PageCodec:
             self._aead.decrypt_into, view[ct_end:], view[:ct_end], None, memoryview(out)[: self._payload]
         )
 
+    def page_encrypter(self, plain: bytearray, out: bytearray | memoryview) -> Callable[[], object]:
+        """A call that encrypts the payload held in ``plain`` into ``out`` (for any page but page 1).
+
+        For the VFS's WAL frame writes: the caller copies a page's first ``page_size - reserved``
+        bytes into ``plain`` and writes a fresh random nonce into the last 12 bytes of ``out`` (a
+        ``page_size`` buffer) first; the call seals ``plain`` under that nonce into the rest of
+        ``out`` (ciphertext, then tag), which is then the page as ``encrypt`` makes it.  It is
+        OpenSSL's own call bound to views of both, made once here.  Turso's format only.
+        """
+        if type(self) is not PageCodec:
+            raise TypeError(f"{type(self).__name__} encrypts through encrypt(), not a bound page encrypter")
+        if len(plain) != self._payload or len(out) != self.page_size:
+            raise ValueError(f"page_encrypter needs a {self._payload}-byte and a {self.page_size}-byte buffer")
+        view = memoryview(out)
+        ct_end = self._ct_end
+        return functools.partial(self._aead.encrypt_into, view[ct_end:], memoryview(plain), None, view[:ct_end])
+
     def is_page1(self, enc: bytes) -> bool:
         """True when an encrypted page carries this cipher's page-1 magic."""
         return enc[:16] == self.magic

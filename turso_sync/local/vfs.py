@@ -80,6 +80,8 @@ _file_control_router = getattr(speedups(), "file_control_router", None)
 _page_reader = getattr(speedups(), "page_reader", None)
 # the compiled reader of handed-over WAL frames (``_speedups.c``), or None: then the class's xRead reads them
 _wal_frame_reader = getattr(speedups(), "wal_frame_reader", None)
+# the compiled writer of new WAL frames (``_speedups.c``), or None: then the class's xWrite writes them
+_wal_frame_writer = getattr(speedups(), "wal_frame_writer", None)
 
 
 def _route_file_controls(file: apsw.VFSFile, handled: frozenset[int]) -> None:
@@ -748,6 +750,27 @@ class EncryptedWALFile(apsw.VFSFile):
             # Python frame, and calls the class's xRead for every other (``_speedups.c``, "xread")
             self.__dict__["xRead"] = _wal_frame_reader(
                 self, type(self).xRead, self._handed_lookup, self._chain, self.frame_size, self.disk_frame
+            )
+        if self._turso and _wal_frame_writer is not None:
+            # every commit writes its frames as a header, then the page: the compiled twin of
+            # xWrite's pending-header branch and of ``_write_body`` for a new frame (not page 1)
+            # encrypts the page into ``frame`` with a nonce of its own, chains the checksum over the
+            # ciphertext as ``_seal_header`` does and writes the frame whole; it calls the class's
+            # xWrite for every other write and on any error (``_speedups.c``, "walwrite")
+            plain = bytearray(self.P - RESERVED_BYTES)
+            frame = bytearray(self.disk_frame)
+            encrypt = self.codec.page_encrypter(plain, memoryview(frame)[FRAME_HEADER_SIZE:])
+            self.__dict__["xWrite"] = _wal_frame_writer(
+                self,
+                type(self).xWrite,
+                self._pending,
+                self._chain,
+                self.P,
+                plain,
+                frame,
+                encrypt,
+                _base_read,
+                _base_write,
             )
 
     # --- helpers -------------------------------------------------------------------------
