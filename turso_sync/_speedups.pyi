@@ -50,6 +50,7 @@ def install_frames(
     plain_chain: tuple[int, int] | None,
     handed_type: type[Any],
 ) -> tuple[list[bytes], tuple[int, int], tuple[int, int] | None, list[Any] | None]: ...
+
 # walwrite (session 11): an encrypted WAL's new frames written without a Python frame
 class WalFrameWriter:
     """writer(data, offset): a new frame's header and body written here, base(file, data, offset) otherwise."""
