@@ -37,7 +37,6 @@ import functools
 import logging
 import time
 import zlib
-from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -101,12 +100,6 @@ _PAGES_PER_CHUNK = 256
 _ZSTD_INLINE_PAGES = 8
 #: What a page's delta costs, counted in whole zstd pages (about 35 us against 5-12 us).
 _DELTA_PAGE_WEIGHT = 4
-#: A zstd answer (or bootstrap slice) of more pages than ``2 * _PIECE_PAGES`` is compressed a
-#: piece of about this many pages at a time, ``_PIECES_AHEAD`` pieces at once on the default
-#: executor's threads, and each piece is sent as soon as it is ready (chunked): the client reads
-#: and decodes one piece while the next ones are compressed, instead of waiting for all of them.
-_PIECE_PAGES = 32
-_PIECES_AHEAD = 1
 
 #: What the ``Server`` header says: the product, no version, no platform.
 SERVER_HEADER = "turso-sync"
@@ -870,35 +863,27 @@ async def _send_pages(
     if encoding == PageEncoding.ZSTD and bases:
         first, block = await _deltas(first, bases, limits.zstd_level, new_pages, compact)
     header = PullHeader(format_revision(first.seq), first.db_size, encoding, limits.zstd_level, block).to_bytes()
+    chunks = await _encode(first, encoding, limits.zstd_level, frame_pages)
     response = web.StreamResponse(status=200, headers={"Content-Type": "application/protobuf"})
-    body: AsyncGenerator[bytes, None]
-    if streaming or _in_pieces(first, encoding):
-        body = _encoded(first, encoding, limits.zstd_level, frame_pages)
-        if request.version >= HttpVersion11:
-            response.enable_chunked_encoding()
-        else:  # HTTP/1.0 has no chunks: the body ends when the connection closes
-            response.force_close()
+    if streaming and request.version >= HttpVersion11:
+        response.enable_chunked_encoding()
+    elif streaming:  # HTTP/1.0 has no chunks: the body ends when the connection closes
+        response.force_close()
     else:
-        chunks = [chunk async for chunk in _encoded(first, encoding, limits.zstd_level, frame_pages)]
         response.content_length = len(header) + sum(len(c) for c in chunks)
-        body = _listed(chunks)
+    await response.prepare(request)
     pages, sent = len(first.pages) + (len(block.all_ids) if block is not None else 0), len(header)
-    try:
-        await response.prepare(request)
-    except BaseException:
-        await body.aclose()
-        raise
     try:
         await _write(response, header, limits)
         while True:
-            async for chunk in body:
+            for chunk in chunks:
                 await _write(response, chunk, limits)
                 sent += len(chunk)
             snap = await anext(rest, None)
             if snap is None:
                 break
             pages += len(snap.pages)
-            body = _encoded(snap, encoding, limits.zstd_level, frame_pages)
+            chunks = await _encode(snap, encoding, limits.zstd_level, frame_pages)
         await response.write_eof()
     except ConnectionError:  # the client went away mid-stream; it will pull again
         log.debug("pull %s: client disconnected after %d bytes", db.name, sent)
@@ -917,8 +902,6 @@ async def _send_pages(
         if request.transport is not None:
             request.transport.abort()
         return response
-    finally:
-        await body.aclose()  # pieces still being compressed are dropped
     db.counters.pulls += 1
     db.counters.pages += pages
     db.counters.bytes += sent
@@ -950,73 +933,20 @@ async def _deltas(
     return Snapshot(snap.seq, snap.db_size, rest), block
 
 
-def _in_pieces(snap: Snapshot, encoding: PageEncoding) -> bool:
-    """Whether the pages of ``snap`` are compressed and sent piece by piece (see ``_PIECE_PAGES``)."""
-    return encoding == PageEncoding.ZSTD and len(snap.pages) > 2 * _PIECE_PAGES
-
-
-async def _listed(chunks: list[bytes]) -> AsyncGenerator[bytes, None]:
-    for chunk in chunks:
-        yield chunk
-
-
-async def _encoded(
-    snap: Snapshot, encoding: PageEncoding, level: int, frame_pages: int = 1
-) -> AsyncGenerator[bytes, None]:
-    """A slice's page records, in chunks (zstd: runs of up to ``frame_pages`` consecutive pages
-    share one frame).
+async def _encode(snap: Snapshot, encoding: PageEncoding, level: int, frame_pages: int = 1) -> list[bytes]:
+    """A slice's page records, in about 1 MiB chunks (zstd: runs of up to ``frame_pages`` consecutive
+    pages share one frame).
 
     zstd compression runs off the event loop, except for a few pages (a read-your-writes pull
     of one row brings two): there the hop to a thread and back (about 30 us on an idle machine, more
-    on a busy one) would add about as much as the loop is held (5-12 us a page at level 1).  Many
-    pages are compressed in pieces, a few at once, each yielded once ready (``_PIECE_PAGES``).
+    on a busy one) would add about as much as the loop is held (5-12 us a page at level 1).
     """
     pgnos = sorted(snap.pages)
     if encoding != PageEncoding.ZSTD:
-        for chunk in _raw_chunks(snap, pgnos):
-            yield chunk
-        return
+        return list(_raw_chunks(snap, pgnos))
     if len(pgnos) <= _ZSTD_INLINE_PAGES:
-        for chunk in _zstd_records(snap, pgnos, level, frame_pages):
-            yield chunk
-        return
-    if not _in_pieces(snap, encoding):
-        for chunk in await asyncio.to_thread(_zstd_records, snap, pgnos, level, frame_pages):
-            yield chunk
-        return
-    loop = asyncio.get_running_loop()
-    pieces = iter(_pieces(pgnos, frame_pages))
-
-    def start(piece: list[int]) -> asyncio.Future[list[bytes]]:
-        return loop.run_in_executor(None, _zstd_records, snap, piece, level, frame_pages)
-
-    ahead = deque(start(piece) for _, piece in zip(range(_PIECES_AHEAD), pieces, strict=False))
-    try:
-        while ahead:
-            chunks = await ahead.popleft()
-            piece = next(pieces, None)
-            if piece is not None:
-                ahead.append(start(piece))
-            for chunk in chunks:
-                yield chunk
-    finally:
-        for future in ahead:  # an answer cut short: a piece not started yet never is
-            future.cancel()
-
-
-def _pieces(pgnos: list[int], frame_pages: int) -> list[list[int]]:
-    """``pgnos`` (ascending) cut into pieces of about ``_PIECE_PAGES`` pages, between two zstd
-    frames (so each piece's frames are those of the whole answer)."""
-    pieces: list[list[int]] = []
-    piece: list[int] = []
-    for run in frame_runs(pgnos, frame_pages):
-        piece.extend(run)
-        if len(piece) >= _PIECE_PAGES:
-            pieces.append(piece)
-            piece = []
-    if piece:
-        pieces.append(piece)
-    return pieces
+        return _zstd_records(snap, pgnos, level, frame_pages)
+    return await asyncio.to_thread(_zstd_records, snap, pgnos, level, frame_pages)
 
 
 def _raw_chunks(snap: Snapshot, pgnos: list[int]) -> Iterator[bytes]:
