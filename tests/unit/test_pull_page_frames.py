@@ -109,3 +109,25 @@ def test_the_primarys_records_decode_to_the_same_pages(frame_pages: int) -> None
     # one record per frame: a request that did not ask gets one per page, as before the field existed
     records = PullResponseDecoder()._frames.feed(body)[1:]
     assert len(records) == (len(pgnos) if frame_pages == 1 else len(frame_runs(pgnos, frame_pages)))
+
+
+def test_each_thread_keeps_one_compressor_per_level_and_answers_are_the_same() -> None:
+    """The primary reuses a thread's zstd compressor across answers (a new one's first frame
+    costs its tables' set-up); another thread gets its own (a compressor is not thread-safe),
+    and a reused one compresses exactly as a new one does."""
+    import threading
+
+    from turso_sync.primary.app import _compressor
+
+    first = _compressor(1)
+    assert _compressor(1) is first and _compressor(3) is not first
+    elsewhere: list[object] = []
+    thread = threading.Thread(target=lambda: elsewhere.append(_compressor(1)))
+    thread.start()
+    thread.join()
+    assert elsewhere and elsewhere[0] is not first
+    pages = {pgno: bytes([pgno % 7]) * 100 + bytes(range(256)) * 15 + bytes(PAGE_SIZE - 3940) for pgno in range(1, 40)}
+    snap = Snapshot(9, 39, pages)
+    once = _zstd_records(snap, sorted(pages), 1, 16)
+    assert _zstd_records(snap, sorted(pages), 1, 16) == once
+    assert PageCompressor(1).compress(b"".join(pages[p] for p in range(1, 17))) in once[0]

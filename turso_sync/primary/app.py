@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import threading
 import time
 import zlib
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
@@ -959,10 +960,25 @@ def _raw_chunks(snap: Snapshot, pgnos: list[int]) -> Iterator[bytes]:
         yield b"".join(parts)
 
 
+#: One zstd compressor per thread and level: a new one's first frame costs about 0.2 ms more
+#: (its tables are set up), a sixth of a 138-page answer's compression.
+_compressors = threading.local()
+
+
+def _compressor(level: int) -> PageCompressor:
+    made: dict[int, PageCompressor] | None = getattr(_compressors, "by_level", None)
+    if made is None:
+        made = _compressors.by_level = {}
+    compressor = made.get(level)
+    if compressor is None:
+        compressor = made[level] = PageCompressor(level)
+    return compressor
+
+
 def _zstd_records(snap: Snapshot, pgnos: list[int], level: int, frame_pages: int = 1) -> list[bytes]:
     """The zstd page records of ``pgnos`` (ascending), one frame per run of up to ``frame_pages``
     consecutive pages, in chunks of about ``_PAGES_PER_CHUNK`` pages."""
-    compressor = PageCompressor(level)
+    compressor = _compressor(level)
     out = []
     compress, pages = compressor.compress, snap.pages
     parts: list[bytes] = []
