@@ -220,17 +220,19 @@ def install(replica: PullContext, result: PulledPages) -> list[Conflict]:
             changed.update((pgno, image) for pgno, image in compared.items() if image != current(pgno))
         else:
             ordered = list(compared)  # ascending, as filled above
-            step = len(ordered) // COMPARE_SAMPLE
-            sample = ordered[::step][:COMPARE_SAMPLE]
-            if all(compared[pgno] != now for pgno, now in db.current_pages(sample).items()):
-                ordered = []  # every sampled page differs: install them all (see COMPARE_SAMPLE)
+            sampled = db.current_pages(ordered[:: len(ordered) // COMPARE_SAMPLE][:COMPARE_SAMPLE])
+            differ = [pgno for pgno, now in sampled.items() if compared[pgno] != now]
+            if len(differ) == len(sampled):  # every sampled page differs: install them all (see COMPARE_SAMPLE)
                 changed.update(compared)
-            # read back in runs (one pread for pages next to each other), a bounded number at a time
-            for start in range(0, len(ordered), COMPARE_BATCH):
-                batch = ordered[start : start + COMPARE_BATCH]
-                for pgno, now in db.current_pages(batch).items():
-                    if compared[pgno] != now:
-                        changed[pgno] = compared[pgno]
+            else:
+                changed.update((pgno, compared[pgno]) for pgno in differ)
+                rest = [pgno for pgno in ordered if pgno not in sampled]  # each page read back once
+                # read back in runs (one pread for pages next to each other), a bounded number at a time
+                for start in range(0, len(rest), COMPARE_BATCH):
+                    batch = rest[start : start + COMPARE_BATCH]
+                    for pgno, now in db.current_pages(batch).items():
+                        if compared[pgno] != now:
+                            changed[pgno] = compared[pgno]
         seq = db.install_locked(conn, changed, final_size)
 
         def installed(pgno: int) -> bytes:
