@@ -230,13 +230,7 @@ class _TakingTurns:
     async def request(
         self, path: str, body: bytes, content_type: str, timeout: float, idempotent: bool
     ) -> HttpResponse:
-        if self._locked():
-            return await self._transport.request(path, body, content_type, timeout, idempotent)
-        self._turn.give_back()
-        try:
-            return await self._transport.request(path, body, content_type, timeout, idempotent)
-        finally:
-            await self._turn.take()  # the step's local work goes on in its turn
+        return await self.request_streamed(path, body, content_type, timeout, idempotent, None)
 
     async def request_streamed(
         self, path: str, body: bytes, content_type: str, timeout: float, idempotent: bool, sink: SinkFactory | None
@@ -249,7 +243,7 @@ class _TakingTurns:
         try:
             return await asend(self._transport, call)
         finally:
-            await self._turn.take()
+            await self._turn.take()  # the step's local work goes on in its turn
 
     async def aclose(self) -> None:
         """Nothing: the connection's transport is closed with the connection."""
