@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -94,13 +94,20 @@ def server() -> Iterator[tuple[str, type[_Handler]]]:
         httpd.server_close()
 
 
-def test_the_blocking_transport_feeds_the_sink_as_the_body_arrives(server: tuple[str, type[_Handler]]) -> None:
-    url, handler = server
+def _recording(handler: type[_Handler]) -> tuple[list[_Sink], Callable[[], _Sink]]:
+    """A sink factory, and the list of every sink it made (one per attempt)."""
     sinks: list[_Sink] = []
 
     def sink() -> _Sink:
         sinks.append(_Sink(handler.seen))
         return sinks[-1]
+
+    return sinks, sink
+
+
+def test_the_blocking_transport_feeds_the_sink_as_the_body_arrives(server: tuple[str, type[_Handler]]) -> None:
+    url, handler = server
+    sinks, sink = _recording(handler)
 
     transport = HttpxTransport(url, attempts=3, max_wait=0.05)
     try:
@@ -126,11 +133,7 @@ def test_the_blocking_transport_feeds_the_sink_as_the_body_arrives(server: tuple
 
 def test_the_async_transport_feeds_the_sink_as_the_body_arrives(server: tuple[str, type[_Handler]]) -> None:
     url, handler = server
-    sinks: list[_Sink] = []
-
-    def sink() -> _Sink:
-        sinks.append(_Sink(handler.seen))
-        return sinks[-1]
+    sinks, sink = _recording(handler)
 
     async def run() -> None:
         transport = AsyncHttpxTransport(url, attempts=3, max_wait=0.05)
