@@ -136,7 +136,7 @@ def install(ledger: Ledger) -> None:
     from turso_sync.sync.connection import SyncConnection
     from turso_sync.sync.rebase import Rebaser
     from turso_sync.sync.state import SyncState
-    from turso_sync.sync.transport import HttpxTransport
+    from turso_sync.sync.transport import HttpTransport
 
     # the sync modules import each other's functions by name: each is wrapped where it is called
     for owner, name, label in [
@@ -152,7 +152,7 @@ def install(ledger: Ledger) -> None:
         (pusher, "forget", "delete pushed outbox rows"),
         (pull, "fetch_pages", "/pull-updates request"),
         (remote, "decode_pull", "decode pages (protobuf, zstd)"),
-        (HttpxTransport, "_once", "HTTP exchange (httpx; includes the server's time)"),
+        (HttpTransport, "_once", "HTTP exchange (httpx; includes the server's time)"),
         (pull, "install", "apply the pulled pages"),
         (pull, "synced_base_pages", "rebuild the synced base (frame log, revert file)"),
         (FrameLog, "_wal_txns", "re-read the WAL (parse, checksum every frame)"),

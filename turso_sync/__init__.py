@@ -160,7 +160,7 @@ def connect(
     ``transport`` replaces the HTTP client a replica talks to its remote through: any object with
     ``request(path, body, content_type, timeout, idempotent) -> HttpResponse``, ``close()`` and a
     ``stats`` (``turso_sync.sync.transport.Transport``), for example one that wraps
-    ``HttpxTransport`` to inject faults in a test.  It is used for this connection only.
+    ``HttpTransport`` to inject faults in a test.  It is used for this connection only.
 
     The return type follows ``remote_url``: with a URL it is always a ``SyncConnection``;
     without one it is a local ``Connection``, or a ``SyncConnection`` when ``path`` is already a

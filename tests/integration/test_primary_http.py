@@ -21,7 +21,7 @@ from pyroaring import BitMap
 
 from tests.conftest import wait_for
 from tests.integration.primary_harness import PrimaryProcess
-from turso_sync.sync.transport import HttpxTransport
+from turso_sync.sync.transport import HttpTransport
 from turso_sync.wire import answer_coding
 from turso_sync.wire import pull_updates_pb2 as pb
 from turso_sync.wire.pull import PageEncoding, PullRequest, PullResponseDecoder
@@ -448,7 +448,7 @@ def test_json_answers_go_in_the_preset_dictionary_coding_to_clients_that_name_it
 
 
 def test_our_transport_counts_the_bytes_that_travelled(server: PrimaryProcess) -> None:
-    transport = HttpxTransport(server.url, auth_token=WRITER)
+    transport = HttpTransport(server.url, auth_token=WRITER)
     try:
         body = json.dumps(execute("SELECT ? AS v", {"type": "text", "value": "x" * 4000})).encode()
         answer = transport.request("/v2/pipeline", body, "application/json", timeout=30, idempotent=False)

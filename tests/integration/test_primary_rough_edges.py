@@ -26,7 +26,7 @@ from turso_sync.cli.exit_codes import ExitCode, classify
 from turso_sync.primary import PrimaryServer, ServerConfig
 from turso_sync.primary.sql_policy import Access, install
 from turso_sync.sync import stream
-from turso_sync.sync.transport import HttpxTransport
+from turso_sync.sync.transport import HttpTransport
 from turso_sync.wire.pull import PullRequest, PullResponseDecoder
 
 
@@ -108,7 +108,7 @@ def test_a_full_disk_is_a_retryable_503_not_a_rejected_change(primary: InProcess
     }
     assert resp.headers["Retry-After"]
     # our client: a RemoteError with status 503, which the CLI reports as exit 3 (network: retry)
-    transport = HttpxTransport(primary.url, attempts=1)
+    transport = HttpTransport(primary.url, attempts=1)
     body = httpx.Request("POST", "/", json={"baton": None, "requests": [PUSH]}).read()
     with pytest.raises(errors.RemoteError) as caught:
         transport.request("/v2/pipeline", body, "application/json", 30.0, False)
@@ -132,7 +132,7 @@ def test_a_full_disk_mid_stream_ends_the_stream_with_a_503(primary: InProcessPri
     assert post(primary.url, [ex("SELECT 1")], baton).status_code == 400, "the stream ended"
     # a stream push meeting it: a retryable NetworkError, nothing committed
     primary.fill_disk(True)
-    transport = HttpxTransport(primary.url, attempts=1)
+    transport = HttpTransport(primary.url, attempts=1)
     try:
         assert stream.supports_streams(transport, 10.0)
         with pytest.raises(errors.NetworkError, match="503"):

@@ -20,7 +20,7 @@ from tests.integration.primary_harness import PrimaryProcess
 from turso_sync import errors
 from turso_sync.sync import push, stream
 from turso_sync.sync.rebase import OutboxRow
-from turso_sync.sync.transport import HttpResponse, HttpxTransport, TransferStats
+from turso_sync.sync.transport import HttpResponse, HttpTransport, TransferStats
 from turso_sync.wire.hrana import encode_value
 from turso_sync.wire.pull import PullRequest, PullResponseDecoder
 
@@ -115,7 +115,7 @@ def big_batch(count: int, value_bytes: int) -> push.PushBatch:
 class Watched:
     """A transport that runs ``after(n)`` once the answer to the n-th request arrived."""
 
-    def __init__(self, inner: HttpxTransport, after: Callable[[int, bytes], None]) -> None:
+    def __init__(self, inner: HttpTransport, after: Callable[[int, bytes], None]) -> None:
         self.inner = inner
         self.after = after
         self.count = 0
@@ -142,7 +142,7 @@ def test_a_100_mib_transaction_commits_all_at_once_and_readers_never_see_part(se
         # another client reads and bootstraps while the stream holds the write lock
         seen.append((rows(server), bootstrap_pages(server)))
 
-    transport = Watched(HttpxTransport(server.url, auth_token=WRITER), between)
+    transport = Watched(HttpTransport(server.url, auth_token=WRITER), between)
     try:
         result = stream.push_transaction(transport, batch, 120.0)
     finally:
@@ -165,13 +165,13 @@ def test_a_stream_dropped_after_the_second_request_leaves_nothing_and_the_retry_
         if number == 2:
             raise errors.NetworkError("connection dropped by the test after the second request was taken")
 
-    transport = Watched(HttpxTransport(server.url, auth_token=WRITER), drop)
+    transport = Watched(HttpTransport(server.url, auth_token=WRITER), drop)
     with pytest.raises(errors.NetworkError, match="cut at request 2"):
         stream.push_transaction(transport, batch, 60.0, max_body=1 << 20)
     transport.close()
     assert rows(server) == 0 and mark(server) is None
 
-    retry = HttpxTransport(server.url, auth_token=WRITER)
+    retry = HttpTransport(server.url, auth_token=WRITER)
     outcomes: list[object] = []
 
     def pushed() -> bool:

@@ -26,7 +26,7 @@ from tests.servers import primary
 from turso_sync.errors import RemoteError
 from turso_sync.sync import remote
 from turso_sync.sync.exchange import streams
-from turso_sync.sync.transport import AsyncHttpxTransport, HttpResponse, HttpxTransport
+from turso_sync.sync.transport import AsyncHttpxTransport, HttpResponse, HttpTransport
 from turso_sync.testing import MockTransport
 
 FIRST, SECOND = b"a" * 5000, b"b" * 7000
@@ -109,7 +109,7 @@ def test_the_blocking_transport_feeds_the_sink_as_the_body_arrives(server: tuple
     url, handler = server
     sinks, sink = _recording(handler)
 
-    transport = HttpxTransport(url, attempts=3, max_wait=0.05)
+    transport = HttpTransport(url, attempts=3, max_wait=0.05)
     try:
         response = transport.request_streamed("/held", b"x", "application/protobuf", 30.0, True, sink)
         assert handler.held_back == [False]  # the first piece reached the sink before the second left
@@ -195,19 +195,19 @@ def test_a_transport_that_overrides_request_alone_sees_every_request() -> None:
     """A subclass that overrides ``request`` (a fault injector, a wrapper) is never bypassed by
     ``request_streamed``: its pulls go through its ``request``, decoded afterwards."""
 
-    class Wrapped(HttpxTransport):
+    class Wrapped(HttpTransport):
         def request(self, path: str, body: bytes, content_type: str, timeout: float, idempotent: bool) -> HttpResponse:
             return super().request(path, body, content_type, timeout, idempotent)
 
-    class Both(HttpxTransport):
+    class Both(HttpTransport):
         def request(self, path: str, body: bytes, content_type: str, timeout: float, idempotent: bool) -> HttpResponse:
             return super().request(path, body, content_type, timeout, idempotent)
 
         def request_streamed(self, *args: Any) -> HttpResponse:
             return super().request_streamed(*args)
 
-    transports = [HttpxTransport("http://127.0.0.1:9"), Wrapped("http://127.0.0.1:9"), Both("http://127.0.0.1:9")]
-    patched = HttpxTransport("http://127.0.0.1:9")
+    transports = [HttpTransport("http://127.0.0.1:9"), Wrapped("http://127.0.0.1:9"), Both("http://127.0.0.1:9")]
+    patched = HttpTransport("http://127.0.0.1:9")
     patched.request = patched.request  # type: ignore[method-assign]  # an instance's own request
     try:
         assert [streams(t) for t in transports] == [True, False, True]

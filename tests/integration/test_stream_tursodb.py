@@ -14,14 +14,14 @@ import pytest
 
 from tests.servers import TURSODB, tursodb
 from turso_sync.sync import stream
-from turso_sync.sync.transport import HttpxTransport
+from turso_sync.sync.transport import HttpTransport
 
 pytestmark = pytest.mark.skipif(not TURSODB.exists(), reason="tursodb is not installed (make peers)")
 
 
 def test_the_probe_finds_no_streams_and_runs_nothing(tmp_path: Path) -> None:
     with tursodb(tmp_path / "tursodb") as url:
-        transport = HttpxTransport(url, attempts=1)
+        transport = HttpTransport(url, attempts=1)
         try:
             assert stream.supports_streams(transport, 10.0) is False
         finally:

@@ -8,16 +8,17 @@ the server did commit, only the answer is dropped.
 from __future__ import annotations
 
 import hashlib
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import httpx
 import pytest
-import respx
 
 import turso_sync
 from tests.servers import free_port, primary
 from turso_sync.errors import NetworkError, RemoteError
-from turso_sync.sync.transport import HttpResponse, HttpxTransport
+from turso_sync.sync.transport import HttpResponse, HttpTransport
 
 pytestmark = pytest.mark.peers
 
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.peers
 class FaultyTransport:
     """Wraps a real transport; ``faults`` maps a path to the faults to inject, in order."""
 
-    def __init__(self, real: HttpxTransport) -> None:
+    def __init__(self, real: HttpTransport) -> None:
         self.real = real
         self.stats = real.stats
         self.faults: dict[str, list[str]] = {}
@@ -60,7 +61,7 @@ def snapshot(conn) -> tuple[str, int]:
 def faulty_replica(path: Path, url: str) -> tuple[turso_sync.Connection, FaultyTransport]:
     conn = turso_sync.connect(path, url)
     real = conn.replica.transport
-    assert isinstance(real, HttpxTransport)
+    assert isinstance(real, HttpTransport)
     faulty = FaultyTransport(real)
     conn.replica.transport = faulty
     return conn, faulty
@@ -69,7 +70,7 @@ def faulty_replica(path: Path, url: str) -> tuple[turso_sync.Connection, FaultyT
 def test_connect_takes_a_transport_and_every_request_goes_through_it(tmp_path):
     """``turso_sync.connect(..., transport=)``: the public seam, from the bootstrap on."""
     with primary(tmp_path / "server") as url:
-        faulty = FaultyTransport(HttpxTransport(url))
+        faulty = FaultyTransport(HttpTransport(url))
         conn = turso_sync.connect(tmp_path / "a.db", url, transport=faulty)
         assert conn.replica.transport is faulty
         assert faulty.sent and set(faulty.sent) == {"/pull-updates"}  # the bootstrap came through it
@@ -146,22 +147,68 @@ def test_connection_refused_by_a_real_closed_port(tmp_path):
     a.close()
 
 
+class _Scripted(BaseHTTPRequestHandler):
+    """Answers each path from its script (one step per request, the last one repeated) and counts
+    the requests that reached it: ``(status, body)`` or ``"slow"`` (answers after 1 s)."""
+
+    protocol_version = "HTTP/1.1"
+    scripts: dict[str, list[tuple[int, bytes] | str]] = {}
+    reached: dict[str, int] = {}
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length", "0")))
+        self.reached[self.path] = self.reached.get(self.path, 0) + 1
+        script = self.scripts[self.path]
+        step = script.pop(0) if len(script) > 1 else script[0]
+        if step == "slow":
+            time.sleep(1.0)
+            step = (200, b"late")
+        status, body = step
+        try:
+            self.send_response(status)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up waiting: what it should do
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
 def test_transport_retries_only_where_safe():
-    url = f"http://127.0.0.1:{free_port()}"
-    with respx.mock(assert_all_called=False) as mock:
-        pull = mock.post(url + "/pull-updates").mock(
-            side_effect=[httpx.Response(503), httpx.Response(502), httpx.Response(200, content=b"ok")]
-        )
-        pipe = mock.post(url + "/v2/pipeline").mock(side_effect=httpx.ReadTimeout("slow"))
-        transport = HttpxTransport(url, attempts=5, max_wait=0.01)
-        assert transport.request("/pull-updates", b"", "application/protobuf", 1, True).body == b"ok"
-        assert pull.call_count == 3  # read-only: retried through two 5xx
-        with pytest.raises(NetworkError):
-            transport.request("/v2/pipeline", b"{}", "application/json", 1, False)
-        assert pipe.call_count == 1  # a write that may have reached the server is never resent blindly
-        refused = mock.post(url + "/refused").mock(
-            side_effect=[httpx.ConnectError("refused"), httpx.Response(200, content=b"x")]
-        )
-        assert transport.request("/refused", b"{}", "application/json", 1, False).body == b"x"
-        assert refused.call_count == 2  # never reached the server: safe to retry even a write
+    """A real HTTP server on loopback, scripted: 5xx answers, a slow answer, a closed port."""
+    _Scripted.scripts = {
+        "/pull-updates": [(503, b""), (502, b""), (200, b"ok")],
+        "/v2/pipeline": ["slow"],
+    }
+    _Scripted.reached = {}
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Scripted)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    transport = HttpTransport(f"http://127.0.0.1:{server.server_address[1]}", attempts=5, max_wait=0.01)
+    try:
+        assert transport.request("/pull-updates", b"", "application/protobuf", 5, True).body == b"ok"
+        assert _Scripted.reached["/pull-updates"] == 3  # read-only: retried through two 5xx
+        with pytest.raises(NetworkError, match="ReadTimeoutError"):
+            transport.request("/v2/pipeline", b"{}", "application/json", 0.3, False)
+        # a write that may have reached the server is never resent blindly
+        assert _Scripted.reached["/v2/pipeline"] == 1
+    finally:
         transport.close()
+        server.shutdown()
+        server.server_close()
+    # a closed port: the write never reached a server, so every attempt is made (a spy counts them)
+    closed = HttpTransport(f"http://127.0.0.1:{free_port()}", attempts=3, max_wait=0.01)
+    attempts = []
+    real_open = closed._pool.urlopen
+
+    def counted(*args, **kwargs):
+        attempts.append(args[1])
+        return real_open(*args, **kwargs)
+
+    closed._pool.urlopen = counted  # type: ignore[method-assign]
+    with pytest.raises(NetworkError, match="NewConnectionError"):
+        closed.request("/refused", b"{}", "application/json", 1, False)
+    assert attempts == ["/refused"] * 3  # never reached the server: safe to retry even a write
+    closed.close()

@@ -245,13 +245,13 @@ def test_same_outcome_on_every_path(server: PrimaryProcess, tmp_path: Path, path
 def test_push_over_the_size_limit(server: PrimaryProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Transactions split across requests; one transaction over the limit goes as a stream of requests."""
     from turso_sync.sync import push as push_mod
-    from turso_sync.sync.transport import HttpxTransport
+    from turso_sync.sync.transport import HttpTransport
 
     monkeypatch.setattr(push_mod, "MAX_PUSH_BODY", 64 << 10)  # the primary's 64 MiB, scaled down
     url = fresh_url(server)
     sent: list[bytes] = []
 
-    class Recording(HttpxTransport):
+    class Recording(HttpTransport):
         def request(self, path: str, body: bytes, content_type: str, timeout: float, idempotent: bool) -> Any:
             sent.append(body)
             return super().request(path, body, content_type, timeout, idempotent)

@@ -26,10 +26,10 @@ import turso_sync
 from tests.integration.cli_harness import cli, fresh_url, running_primary
 from turso_sync.sync.connection import SyncConnection
 from turso_sync.sync.replica import Replica
-from turso_sync.sync.transport import HttpResponse, HttpxTransport
+from turso_sync.sync.transport import HttpResponse, HttpTransport
 
 
-class PushDuringPull(HttpxTransport):
+class PushDuringPull(HttpTransport):
     """After the first pull-updates answer arrives, let another process push and write."""
 
     def __init__(self, url: str, interleave) -> None:

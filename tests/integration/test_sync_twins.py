@@ -21,7 +21,7 @@ import turso_sync
 import turso_sync.aio
 from tests.servers import primary
 from turso_sync import errors
-from turso_sync.sync.transport import AsyncHttpxTransport, HttpResponse, HttpxTransport
+from turso_sync.sync.transport import AsyncHttpxTransport, HttpResponse, HttpTransport
 
 pytestmark = pytest.mark.peers
 
@@ -77,7 +77,7 @@ class LosingTransport:
     """Loses the answer of the next push batch (it reaches the remote and commits); blocking."""
 
     def __init__(self, url: str) -> None:
-        self.real = HttpxTransport(url)
+        self.real = HttpTransport(url)
         self.stats = self.real.stats
         self.lose_next_batch = False
 

@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from turso_sync.errors import ProtocolError
-from turso_sync.sync.transport import MAX_DECODED_ANSWER, AsyncHttpxTransport, HttpxTransport
+from turso_sync.sync.transport import MAX_DECODED_ANSWER, AsyncHttpxTransport, HttpTransport
 
 LIMIT = 1 << 20
 BOMB = gzip.compress(bytes(256 << 20), compresslevel=9)  # 256 MiB of zeros in about 255 KiB
@@ -63,7 +63,7 @@ def test_the_default_bound_is_a_gibibyte():
 
 
 def test_a_gzip_bomb_is_refused_and_answers_within_the_bound_arrive_whole(url: str) -> None:
-    transport = HttpxTransport(url, max_decoded_answer=LIMIT, attempts=1)
+    transport = HttpTransport(url, max_decoded_answer=LIMIT, attempts=1)
     try:
         with pytest.raises(ProtocolError, match=r"/bomb unpacks to more than 1048576 bytes"):
             transport.request("/bomb", b"{}", "application/json", 10.0, True)
@@ -81,7 +81,7 @@ def test_a_gzip_bomb_is_refused_and_answers_within_the_bound_arrive_whole(url: s
 
 def test_the_progress_callback_sees_the_bomb_stop_at_the_bound(url: str) -> None:
     seen: list[int] = []
-    transport = HttpxTransport(url, max_decoded_answer=LIMIT, attempts=1, progress=lambda _p, n, _t: seen.append(n))
+    transport = HttpTransport(url, max_decoded_answer=LIMIT, attempts=1, progress=lambda _p, n, _t: seen.append(n))
     try:
         with pytest.raises(ProtocolError):
             transport.request("/bomb", b"{}", "application/json", 10.0, True)

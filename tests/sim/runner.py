@@ -19,7 +19,7 @@ from typing import Any
 import turso_sync
 from turso_sync.sync import pull as _pull
 from turso_sync.sync.rebase import Conflict
-from turso_sync.sync.transport import HttpxTransport
+from turso_sync.sync.transport import HttpTransport
 
 from .faults import FaultLog, FaultyTransport, Held, deliver_delayed
 from .history import MARKER, History, ReplicaSpec, Step, schema_for
@@ -112,7 +112,7 @@ class Simulation:
             kwargs["partial"] = turso_sync.PartialSync(prefix_bytes=2 * 4096, segment_size=4096, prefetch=False)
         # the public seam: the fault-injecting transport wraps a real client of the primary and is
         # given to connect, so the bootstrap and every later request meet the planned faults
-        faulty = FaultyTransport(HttpxTransport(self.primary.url), self.backlog, self.fault_log)
+        faulty = FaultyTransport(HttpTransport(self.primary.url), self.backlog, self.fault_log)
         conn = turso_sync.connect(path, self.primary.url if create else None, transport=faulty, **kwargs)
         return Live(spec, path, conn, faulty)
 
@@ -200,7 +200,7 @@ class Simulation:
             raise ValueError(f"unknown step kind {kind}")
 
     def _flush(self) -> None:
-        transport = HttpxTransport(self.primary.url)
+        transport = HttpTransport(self.primary.url)
         try:
             deliver_delayed(self.backlog, transport, self.fault_log)
         finally:

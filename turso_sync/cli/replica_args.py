@@ -24,7 +24,7 @@ from ..sync.connection import SyncConnection
 from ..sync.partial import PartialSync
 from ..sync.rebase import DEFAULT_POLICY, POLICIES
 from ..sync.state import SyncState
-from ..sync.transport import HttpxTransport, Progress
+from ..sync.transport import HttpTransport, Progress
 from .exit_codes import CommandError, ExitCode
 
 AUTH_TOKEN_ENV = "TURSO_SYNC_AUTH_TOKEN"  # noqa: S105 - the name of a variable, not a token
@@ -261,7 +261,7 @@ def open_replica(
     else:
         check_remote_url(remote_url)
         url = remote_url
-    transport = HttpxTransport(url, auth_token=token, client_name="turso-sync", progress=progress)
+    transport = HttpTransport(url, auth_token=token, client_name="turso-sync", progress=progress)
     try:
         # the library refuses a damaged replica before opening it, and removes what a failed
         # clone created (connect's contract): nothing of either is repeated here

@@ -35,7 +35,7 @@ from .partial import PartialSync
 from .rebase import DEFAULT_POLICY, Conflict, Resolver, check_policy
 from .results import PullResult, PushResult, SyncResult, SyncStats
 from .state import SyncState
-from .transport import HttpxTransport, TransferStats, Transport
+from .transport import HttpTransport, TransferStats, Transport
 
 PUSH_ROUNDS = pusher.PUSH_ROUNDS
 
@@ -135,7 +135,7 @@ class Replica:
         elif remote_url is not None and remote_url != state.remote_url:
             state.remote_url = remote_url
         self.state = state
-        self.transport = transport or HttpxTransport(
+        self.transport = transport or HttpTransport(
             state.remote_url, auth_token=auth_token, client_name=client_name or "turso-sync"
         )
 

@@ -1,0 +1,141 @@
+"""The blocking transport (``HttpTransport``, urllib3) against real HTTP servers on loopback: it keeps
+one connection alive across requests, sends the token and the client's name, goes through the proxy the
+environment names (``HTTP_PROXY``, minus ``NO_PROXY``) as httpx's client did, and a connection the
+server closed between requests is replaced without losing a request."""
+
+from __future__ import annotations
+
+import http.client
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from turso_sync.sync.transport import HttpTransport
+
+
+class _Echo(BaseHTTPRequestHandler):
+    """Answers every POST with what it saw: the request target and two headers."""
+
+    protocol_version = "HTTP/1.1"
+    seen: list[tuple[str, str, str, int]] = []  # (target, authorization, user-agent, client port)
+    close_after: set[int] = set()  # answer the n-th request (1-based) with Connection: close
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("content-length", "0")))
+        auth, agent = self.headers.get("authorization", ""), self.headers.get("user-agent", "")
+        self.seen.append((self.path, auth, agent, self.client_address[1]))
+        answer = b"echo:" + body
+        self.send_response(200)
+        self.send_header("content-length", str(len(answer)))
+        if len(self.seen) in self.close_after:
+            self.send_header("connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class _ForwardProxy(BaseHTTPRequestHandler):
+    """A plain-HTTP forward proxy: takes absolute-form requests and relays them (one per connection)."""
+
+    targets: list[str] = []
+
+    def do_POST(self) -> None:
+        self.targets.append(self.path)
+        url = urllib.parse.urlsplit(self.path)
+        body = self.rfile.read(int(self.headers.get("content-length", "0")))
+        upstream = http.client.HTTPConnection(url.hostname or "", url.port or 80, timeout=10)
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("proxy-connection", "connection")}
+        upstream.request("POST", url.path, body=body, headers=headers)
+        answer = upstream.getresponse()
+        data = answer.read()
+        upstream.close()
+        self.send_response(answer.status)
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def _serve(handler: type[BaseHTTPRequestHandler]) -> tuple[ThreadingHTTPServer, str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+@pytest.fixture
+def echo(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    for scheme in ("http", "https", "all", "no"):
+        monkeypatch.delenv(f"{scheme}_proxy", raising=False)
+        monkeypatch.delenv(f"{scheme.upper()}_PROXY", raising=False)
+    _Echo.seen = []
+    _Echo.close_after = set()
+    server, url = _serve(_Echo)
+    try:
+        yield url
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_requests_share_one_kept_alive_connection_and_carry_the_token(echo: str) -> None:
+    transport = HttpTransport(echo + "/db", auth_token="t0ken", client_name="the-app")
+    try:
+        for i in range(5):
+            answer = transport.request("/pull-updates", b"%d" % i, "application/protobuf", 10, True)
+            assert answer.body == b"echo:%d" % i
+    finally:
+        transport.close()
+    assert [s[:3] for s in _Echo.seen] == [("/db/pull-updates", "Bearer t0ken", "the-app")] * 5
+    assert len({s[3] for s in _Echo.seen}) == 1  # one TCP connection for the five requests
+    assert transport.stats.sent == 5 and transport.stats.received == 5 * len(b"echo:0")
+
+
+def test_a_connection_the_server_closed_is_replaced_and_no_request_is_lost(echo: str) -> None:
+    _Echo.close_after = {2, 3}
+    transport = HttpTransport(echo, attempts=1)  # no retry may hide a lost request
+    try:
+        bodies = [transport.request("/v2/pipeline", b"w%d" % i, "application/json", 10, False).body for i in range(5)]
+    finally:
+        transport.close()
+    assert bodies == [b"echo:w%d" % i for i in range(5)]
+    assert len(_Echo.seen) == 5  # each write reached the server once
+    assert len({s[3] for s in _Echo.seen}) == 3  # a new connection after each close
+
+
+def test_the_environment_s_proxy_is_used_and_no_proxy_bypasses_it(echo: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    _ForwardProxy.targets = []
+    proxy, proxy_url = _serve(_ForwardProxy)
+    try:
+        monkeypatch.setenv("HTTP_PROXY", proxy_url)
+        transport = HttpTransport(echo, auth_token="t0ken")
+        try:
+            assert transport.request("/pull-updates", b"x", "application/protobuf", 10, True).body == b"echo:x"
+        finally:
+            transport.close()
+        assert _ForwardProxy.targets == [echo + "/pull-updates"]  # absolute form: it went through the proxy
+        assert _Echo.seen[-1][:2] == ("/pull-updates", "Bearer t0ken")
+
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        direct = HttpTransport(echo)
+        try:
+            assert direct.request("/pull-updates", b"y", "application/protobuf", 10, True).body == b"echo:y"
+        finally:
+            direct.close()
+        assert _ForwardProxy.targets == [echo + "/pull-updates"]  # not through the proxy this time
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+
+
+def test_a_url_that_is_not_http_is_refused_at_once() -> None:
+    with pytest.raises(ValueError, match="not an http"):
+        HttpTransport("ftp://127.0.0.1/db")
