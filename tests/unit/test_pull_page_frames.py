@@ -131,3 +131,43 @@ def test_each_thread_keeps_one_compressor_per_level_and_answers_are_the_same() -
     once = _zstd_records(snap, sorted(pages), 1, 16)
     assert _zstd_records(snap, sorted(pages), 1, 16) == once
     assert PageCompressor(1).compress(b"".join(pages[p] for p in range(1, 17))) in once[0]
+
+
+@pytest.mark.parametrize("frame_pages", [1, 3, 16])
+@pytest.mark.parametrize("count", [1, 2, 3, 4])
+def test_an_answer_cut_into_shares_compresses_to_the_same_records(frame_pages: int, count: int) -> None:
+    """The primary compresses a large answer's shares on several threads (``_encode``); cut where the
+    frames' runs end, the shares' records, one after the other, are the whole answer's."""
+    import asyncio
+
+    from turso_sync.primary import app
+
+    pgnos = sorted({*range(2, 70), *range(75, 77), 90, *range(100, 190, 2), *range(200, 260)})
+    snap = Snapshot(5, 260, {pgno: _page(pgno) for pgno in pgnos})
+    shares = app._shares(pgnos, frame_pages, count)
+    assert [p for share in shares for p in share] == pgnos and len(shares) == count
+    assert all(share for share in shares)
+    runs = frame_runs(pgnos, frame_pages)
+    assert all(any(share[-1] == run[-1] for run in runs) for share in shares)  # each ends where a run ends
+    sizes = [len(share) for share in shares]
+    assert max(sizes) - min(sizes) <= frame_pages + len(pgnos) // (count * 2)  # about as many pages each
+    whole = b"".join(app._zstd_records(snap, pgnos, 1, frame_pages))
+    assert b"".join(c for share in shares for c in app._zstd_records(snap, share, 1, frame_pages)) == whole
+
+    calls: list[int] = []
+    real = app._zstd_records
+
+    def counted(snap: Snapshot, share: list[int], level: int, frame_pages: int = 1) -> list[bytes]:
+        calls.append(len(share))
+        return real(snap, share, level, frame_pages)
+
+    old_shares, app._ZSTD_SHARES = app._ZSTD_SHARES, count
+    app._zstd_records = counted  # type: ignore[assignment]
+    try:
+        chunks = asyncio.run(app._encode(snap, PageEncoding.ZSTD, 1, frame_pages))
+    finally:
+        app._zstd_records, app._ZSTD_SHARES = real, old_shares  # type: ignore[assignment]
+    assert b"".join(chunks) == whole
+    assert calls == [len(share) for share in app._shares(pgnos, frame_pages, min(count, len(pgnos) // 48))]
+    body = PullHeader("5", 260, PageEncoding.ZSTD).to_bytes() + b"".join(chunks)
+    assert _decode(body, frame_pages) == {pgno - 1: _page(pgno) for pgno in pgnos}

@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import threading
 import time
 import zlib
@@ -101,6 +102,10 @@ _PAGES_PER_CHUNK = 256
 _ZSTD_INLINE_PAGES = 8
 #: What a page's delta costs, counted in whole zstd pages (about 35 us against 5-12 us).
 _DELTA_PAGE_WEIGHT = 4
+#: A zstd answer is compressed by up to this many threads at once, each a share of its page runs
+#: (zstd releases the GIL), when each share holds at least ``_ZSTD_SHARE_PAGES`` pages (see ``_encode``).
+_ZSTD_SHARES = max(1, min(4, os.cpu_count() or 1))
+_ZSTD_SHARE_PAGES = 48
 
 #: What the ``Server`` header says: the product, no version, no platform.
 SERVER_HEADER = "turso-sync"
@@ -947,7 +952,31 @@ async def _encode(snap: Snapshot, encoding: PageEncoding, level: int, frame_page
         return list(_raw_chunks(snap, pgnos))
     if len(pgnos) <= _ZSTD_INLINE_PAGES:
         return _zstd_records(snap, pgnos, level, frame_pages)
-    return await asyncio.to_thread(_zstd_records, snap, pgnos, level, frame_pages)
+    shares = _shares(pgnos, frame_pages, min(_ZSTD_SHARES, len(pgnos) // _ZSTD_SHARE_PAGES))
+    if len(shares) == 1:
+        return await asyncio.to_thread(_zstd_records, snap, pgnos, level, frame_pages)
+    # a large answer's shares at once on several threads: the answer waits for the slowest share,
+    # not for all of them in a row (138 pages in 16-page frames at level 1, two cores, 300
+    # alternating pairs: 3.55 -> 2.46 ms)
+    jobs = (asyncio.to_thread(_zstd_records, snap, share, level, frame_pages) for share in shares)
+    done = await asyncio.gather(*jobs)
+    return [chunk for chunks in done for chunk in chunks]
+
+
+def _shares(pgnos: list[int], frame_pages: int, count: int) -> list[list[int]]:
+    """``pgnos`` (ascending) cut into at most ``count`` shares of about as many pages, each ending
+    where a zstd frame's run ends: compressed one after the other they give the same records as
+    the whole list compressed at once."""
+    if count <= 1:
+        return [pgnos]
+    shares: list[list[int]] = [[]]
+    taken = 0
+    for run in frame_runs(pgnos, frame_pages):
+        if len(shares) < count and taken >= len(pgnos) * len(shares) / count:
+            shares.append([])
+        shares[-1].extend(run)
+        taken += len(run)
+    return shares
 
 
 def _raw_chunks(snap: Snapshot, pgnos: list[int]) -> Iterator[bytes]:
