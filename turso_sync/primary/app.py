@@ -786,6 +786,13 @@ def accepts_gzip(header: str) -> bool:
     return False
 
 
+class _Answer(web.StreamResponse):
+    """A streamed answer whose status line and headers leave with the first bytes of its body, in one
+    send: sent alone, they wake the client to parse them, only for it to wait again for the body."""
+
+    _send_headers_immediately = False  # aiohttp's switch (``web.Response`` turns it off the same way)
+
+
 async def _send_json(request: web.Request, body: bytes, limits: Limits) -> web.StreamResponse:
     """A JSON answer, gzip-compressed when the client accepts it and it is long enough to pay.
 
@@ -816,7 +823,7 @@ async def _send_body(
     if encoding is not None:
         headers["Content-Encoding"] = encoding
         headers["Vary"] = "Accept-Encoding"
-    response = web.StreamResponse(status=200, headers=headers)
+    response = _Answer(status=200, headers=headers)
     response.content_length = len(body)
     await response.prepare(request)
     step = _PAGES_PER_CHUNK * PAGE_SIZE
@@ -870,7 +877,7 @@ async def _send_pages(
         first, block = await _deltas(first, bases, limits.zstd_level, new_pages, compact)
     header = PullHeader(format_revision(first.seq), first.db_size, encoding, limits.zstd_level, block).to_bytes()
     chunks = await _encode(first, encoding, limits.zstd_level, frame_pages)
-    response = web.StreamResponse(status=200, headers={"Content-Type": "application/protobuf"})
+    response = _Answer(status=200, headers={"Content-Type": "application/protobuf"})
     if streaming and request.version >= HttpVersion11:
         response.enable_chunked_encoding()
     elif streaming:  # HTTP/1.0 has no chunks: the body ends when the connection closes
