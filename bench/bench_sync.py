@@ -13,8 +13,8 @@ and pyturso 0.8.3 (``turso.sync.connect``), against our primary and against ``tu
 
 and, for issue 12, ``backlog``: 1,000 inserts committed while the replica does not push (offline: neither
 client touches the network for a local write), then one timed ``push()`` sends them all, with the HTTP
-requests it made counted inside the worker (``httpx.Client.send`` for ours, ``urllib.request.urlopen``
-for pyturso, which does its HTTP through urllib).
+requests it made counted inside the worker (urllib3's ``HTTPConnectionPool.urlopen`` for ours,
+``urllib.request.urlopen`` for pyturso, which does its HTTP through urllib).
 
 Each client runs in a worker process of its own (pyturso caches databases per path per process);
 the worker times only the scenario's loop, in-process, so the JSON-lines chatter with the
@@ -144,13 +144,16 @@ REQUESTS = [0]
 
 
 def count_requests() -> None:
-    """Count every HTTP request either client makes: ours goes through ``httpx.Client.send``,
-    pyturso's Python I/O loop through ``urllib.request.urlopen`` (retries count as requests)."""
+    """Count every HTTP request either client makes: ours goes through urllib3's
+    ``HTTPConnectionPool.urlopen`` (``HttpTransport``), pyturso's Python I/O loop through
+    ``urllib.request.urlopen`` (retries count as requests)."""
     import urllib.request
 
-    send, urlopen = httpx.Client.send, urllib.request.urlopen
+    import urllib3
 
-    def counted_send(self: httpx.Client, *args: Any, **kwargs: Any) -> httpx.Response:
+    send, urlopen = urllib3.HTTPConnectionPool.urlopen, urllib.request.urlopen
+
+    def counted_send(self: urllib3.HTTPConnectionPool, *args: Any, **kwargs: Any) -> Any:
         REQUESTS[0] += 1
         return send(self, *args, **kwargs)
 
@@ -158,7 +161,7 @@ def count_requests() -> None:
         REQUESTS[0] += 1
         return urlopen(*args, **kwargs)
 
-    httpx.Client.send = counted_send  # type: ignore[method-assign]
+    urllib3.HTTPConnectionPool.urlopen = counted_send  # type: ignore[method-assign]
     urllib.request.urlopen = counted_urlopen
 
 
@@ -704,8 +707,8 @@ def report(fig: Figures) -> str:
         f"updated on the server and in the replica. `backlog` commits {fig.sizes.backlog:,} single-row inserts "
         "while the replica does not push (offline: a local write touches the network in neither client), then "
         "times the one `push()` that sends them all. HTTP requests are counted inside each worker "
-        "(`httpx.Client.send` for turso_sync, `urllib.request.urlopen` for pyturso, whose HTTP goes through "
-        "urllib), so retries would count too.",
+        "(urllib3's `HTTPConnectionPool.urlopen` for turso_sync, `urllib.request.urlopen` for pyturso, whose "
+        "HTTP goes through urllib), so retries would count too.",
         "",
         "**Ratios** are ours / pyturso: below 1.00x means turso_sync is faster or moves fewer bytes.",
         "",
