@@ -2,7 +2,7 @@
 
 Same arguments, same behaviour, the same protocol code: bootstrap, ``pull``, ``push`` and ``sync``
 are the sans-IO steps of ``turso_sync.sync`` (``exchange.py``), run here by the asyncio driver.
-Their network waits are awaited on ``httpx.AsyncClient`` (``AsyncHttpxTransport``) in the event
+Their network waits are awaited on an aiohttp client session (``AsyncHttpTransport``) in the event
 loop: no thread waits for the network, and cancelling the task that awaits ``pull`` (a long poll,
 say) abandons the request at once and leaves the replica as it was.
 
@@ -40,9 +40,9 @@ from .sync.replica import Replica
 from .sync.results import PullResult, PushResult, SyncResult, SyncStats
 from .sync.state import SyncState
 from .sync.target import replica_target
-from .sync.transport import AsyncHttpxTransport, HttpResponse, SinkFactory, TransferStats, Transport
+from .sync.transport import AsyncHttpTransport, HttpResponse, SinkFactory, TransferStats, Transport
 
-__all__ = ["AsyncConnection", "AsyncCursor", "AsyncHttpxTransport", "AsyncTransport", "connect"]
+__all__ = ["AsyncConnection", "AsyncCursor", "AsyncHttpTransport", "AsyncTransport", "connect"]
 
 T = TypeVar("T")
 
@@ -355,7 +355,7 @@ async def connect(
         saved = await run_local(functools.partial(SyncState.load, files.path))
         url = remote_url if remote_url is not None else (saved.remote_url if saved is not None else "")
         if transport is None:
-            remote = AsyncHttpxTransport(url, auth_token=auth_token, client_name=client_name or "turso-sync")
+            remote = AsyncHttpTransport(url, auth_token=auth_token, client_name=client_name or "turso-sync")
         else:
             remote = _as_async(transport)
         prepare = functools.partial(

@@ -26,7 +26,7 @@ from tests.servers import primary
 from turso_sync.errors import RemoteError
 from turso_sync.sync import remote
 from turso_sync.sync.exchange import streams
-from turso_sync.sync.transport import AsyncHttpxTransport, HttpResponse, HttpTransport
+from turso_sync.sync.transport import AsyncHttpTransport, HttpResponse, HttpTransport
 from turso_sync.testing import MockTransport
 
 FIRST, SECOND = b"a" * 5000, b"b" * 7000
@@ -136,7 +136,7 @@ def test_the_async_transport_feeds_the_sink_as_the_body_arrives(server: tuple[st
     sinks, sink = _recording(handler)
 
     async def run() -> None:
-        transport = AsyncHttpxTransport(url, attempts=3, max_wait=0.05)
+        transport = AsyncHttpTransport(url, attempts=3, max_wait=0.05)
         try:
             # the server's wait for the sink must not block the loop the client reads on: it runs
             # in the server's own thread, and the client only awaits

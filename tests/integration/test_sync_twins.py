@@ -21,7 +21,7 @@ import turso_sync
 import turso_sync.aio
 from tests.servers import primary
 from turso_sync import errors
-from turso_sync.sync.transport import AsyncHttpxTransport, HttpResponse, HttpTransport
+from turso_sync.sync.transport import AsyncHttpTransport, HttpResponse, HttpTransport
 
 pytestmark = pytest.mark.peers
 
@@ -93,10 +93,10 @@ class LosingTransport:
 
 
 class AsyncLosingTransport:
-    """``LosingTransport``'s asyncio twin, over ``AsyncHttpxTransport``."""
+    """``LosingTransport``'s asyncio twin, over ``AsyncHttpTransport``."""
 
     def __init__(self, url: str) -> None:
-        self.real = AsyncHttpxTransport(url)
+        self.real = AsyncHttpTransport(url)
         self.stats = self.real.stats
         self.lose_next_batch = False
 
@@ -274,7 +274,7 @@ class Watched:
     """
 
     def __init__(self, url: str, path: str, *, after_answer: bool = False) -> None:
-        self.real = AsyncHttpxTransport(url)
+        self.real = AsyncHttpTransport(url)
         self.stats = self.real.stats
         self.path = path
         self.after_answer = after_answer

@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from turso_sync.errors import ProtocolError
-from turso_sync.sync.transport import MAX_DECODED_ANSWER, AsyncHttpxTransport, HttpTransport
+from turso_sync.sync.transport import MAX_DECODED_ANSWER, AsyncHttpTransport, HttpTransport
 
 LIMIT = 1 << 20
 BOMB = gzip.compress(bytes(256 << 20), compresslevel=9)  # 256 MiB of zeros in about 255 KiB
@@ -93,7 +93,7 @@ def test_the_progress_callback_sees_the_bomb_stop_at_the_bound(url: str) -> None
 
 def test_the_async_transport_refuses_the_bomb_too(url: str) -> None:
     async def main() -> None:
-        transport = AsyncHttpxTransport(url, max_decoded_answer=LIMIT, attempts=1)
+        transport = AsyncHttpTransport(url, max_decoded_answer=LIMIT, attempts=1)
         try:
             with pytest.raises(ProtocolError, match="unpacks to more than"):
                 await transport.request("/bomb", b"{}", "application/json", 10.0, True)

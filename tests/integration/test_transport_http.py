@@ -1,10 +1,11 @@
-"""The blocking transport (``HttpTransport``, urllib3) against real HTTP servers on loopback: it keeps
-one connection alive across requests, sends the token and the client's name, goes through the proxy the
-environment names (``HTTP_PROXY``, minus ``NO_PROXY``) as httpx's client did, and a connection the
-server closed between requests is replaced without losing a request."""
+"""The transports (``HttpTransport`` on urllib3, ``AsyncHttpTransport`` on aiohttp) against real HTTP
+servers on loopback: each keeps one connection alive across requests, sends the token and the client's
+name, goes through the proxy the environment names (``HTTP_PROXY``, minus ``NO_PROXY``) as httpx's
+clients did, and a connection the server closed between requests is replaced without losing a request."""
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import threading
 import urllib.parse
@@ -13,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from turso_sync.sync.transport import HttpTransport
+from turso_sync.sync.transport import AsyncHttpTransport, HttpTransport
 
 
 class _Echo(BaseHTTPRequestHandler):
@@ -139,3 +140,61 @@ def test_the_environment_s_proxy_is_used_and_no_proxy_bypasses_it(echo: str, mon
 def test_a_url_that_is_not_http_is_refused_at_once() -> None:
     with pytest.raises(ValueError, match="not an http"):
         HttpTransport("ftp://127.0.0.1/db")
+
+
+def test_the_async_transport_keeps_one_connection_and_carries_the_token(echo: str) -> None:
+    async def run() -> list[bytes]:
+        transport = AsyncHttpTransport(echo + "/db", auth_token="t0ken", client_name="the-app")
+        try:
+            return [
+                (await transport.request("/pull-updates", b"%d" % i, "application/protobuf", 10, True)).body
+                for i in range(5)
+            ]
+        finally:
+            await transport.aclose()
+
+    assert asyncio.run(run()) == [b"echo:%d" % i for i in range(5)]
+    assert [s[:3] for s in _Echo.seen] == [("/db/pull-updates", "Bearer t0ken", "the-app")] * 5
+    assert len({s[3] for s in _Echo.seen}) == 1  # one TCP connection for the five requests
+
+
+def test_the_async_transport_replaces_a_closed_connection_and_loses_no_request(echo: str) -> None:
+    _Echo.close_after = {2, 3}
+
+    async def run() -> list[bytes]:
+        transport = AsyncHttpTransport(echo, attempts=1)  # no retry may hide a lost request
+        try:
+            return [
+                (await transport.request("/v2/pipeline", b"w%d" % i, "application/json", 10, False)).body
+                for i in range(5)
+            ]
+        finally:
+            await transport.aclose()
+
+    assert asyncio.run(run()) == [b"echo:w%d" % i for i in range(5)]
+    assert len(_Echo.seen) == 5 and len({s[3] for s in _Echo.seen}) == 3
+
+
+def test_the_async_transport_uses_the_environment_s_proxy(echo: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    _ForwardProxy.targets = []
+    proxy, proxy_url = _serve(_ForwardProxy)
+
+    async def one(body: bytes) -> bytes:
+        transport = AsyncHttpTransport(echo)
+        try:
+            return (await transport.request("/pull-updates", body, "application/protobuf", 10, True)).body
+        finally:
+            await transport.aclose()
+
+    try:
+        monkeypatch.setenv("HTTP_PROXY", proxy_url)
+        assert asyncio.run(one(b"x")) == b"echo:x"
+        assert _ForwardProxy.targets == [echo + "/pull-updates"]
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        assert asyncio.run(one(b"y")) == b"echo:y"
+        assert _ForwardProxy.targets == [echo + "/pull-updates"]  # bypassed
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+    with pytest.raises(ValueError, match="not an http"):
+        AsyncHttpTransport("ftp://127.0.0.1/db")

@@ -112,7 +112,6 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here
     replicas = _replicas(args)
     paths = [r.path for r in replicas]
     address = parse_address(args.metrics) if args.metrics else None

@@ -24,9 +24,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import http
+import json
 from typing import Any
 
-import httpx
+import urllib3
+import urllib3.exceptions
 
 from .exit_codes import CommandError, ExitCode
 from .replica_args import AUTH_TOKEN_ENV, auth_token
@@ -67,21 +70,32 @@ def request_rollback(
 
     Raises CommandError with the exit status for a refusal or an unreachable server.
     """
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     target = f"{url.rstrip('/')}/db/{database}/admin/rollback"
     try:
-        response = httpx.post(target, json=request_body(at), headers=headers, timeout=timeout)
-    except httpx.HTTPError as exc:
+        response = urllib3.request(
+            "POST",
+            target,
+            body=json.dumps(request_body(at)).encode(),
+            headers=headers,
+            timeout=urllib3.Timeout(connect=min(timeout, 10.0), read=timeout),
+            retries=False,
+            redirect=False,
+        )
+    except (urllib3.exceptions.HTTPError, ValueError) as exc:
         raise CommandError(f"cannot reach the server at {url}: {exc}", ExitCode.NETWORK) from None
-    if response.status_code == 200:
-        answer: dict[str, Any] = response.json()
-        return answer
+    status = response.status
     try:
-        message = str(response.json().get("error", ""))
+        parsed = json.loads(response.data)
     except ValueError:
-        message = ""
-    message = message or response.reason_phrase
-    status = response.status_code
+        parsed = None
+    if status == 200 and isinstance(parsed, dict):
+        return parsed
+    message = str(parsed.get("error", "")) if isinstance(parsed, dict) else ""
+    if not message and status in http.HTTPStatus.__members__.values():
+        message = http.HTTPStatus(status).phrase
     if status in (401, 403):
         raise CommandError(
             f"the server refused the token (HTTP {status}): {message}; rollback needs a token with 'admin' access, "

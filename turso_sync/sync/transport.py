@@ -2,8 +2,8 @@
 
 The engine builds request bodies and parses responses (``wire/``); a ``Transport`` only moves
 bytes.  ``HttpTransport`` is the real one (urllib3: a keep-alive connection pool, which costs
-about a millisecond less per request than httpx's client on loopback; see docs/protocol.md),
-``AsyncHttpxTransport`` its asyncio twin (on ``httpx.AsyncClient``, for ``turso_sync.aio``: same
+about a millisecond less per request than httpx's client on loopback; see docs/sync.md),
+``AsyncHttpTransport`` its asyncio twin (an aiohttp client session, for ``turso_sync.aio``: same
 retries, and a cancelled request stops at once); ``turso_sync.testing.MockTransport`` answers
 from a function, for tests without a server.  Tests put a scripted transport here, or point a
 real one at a scripted server, to produce exact faults.
@@ -17,6 +17,7 @@ server how far it got (``turso_sync_last_change_id``), never by resending blindl
 
 from __future__ import annotations
 
+import ssl
 import urllib.parse
 import urllib.request
 import zlib
@@ -24,7 +25,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import httpx
+import aiohttp
 import urllib3
 import urllib3.exceptions
 from tenacity import (
@@ -93,10 +94,15 @@ class Transport(Protocol):
 
 
 #: What never reached the server (so is always safe to send again): no connection was made.
-_NOT_SENT = (httpx.ConnectError, urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError)
+_NOT_SENT = (
+    urllib3.exceptions.NewConnectionError,
+    urllib3.exceptions.ConnectTimeoutError,
+    aiohttp.ClientConnectorError,
+    aiohttp.ConnectionTimeoutError,
+)
 
 #: What may have reached it: a timeout, a reset, a body cut short (safe to repeat only when idempotent).
-_IN_TRANSIT = (httpx.TransportError, urllib3.exceptions.HTTPError)
+_IN_TRANSIT = (urllib3.exceptions.HTTPError, aiohttp.ClientError, TimeoutError)
 
 
 def _retryable(idempotent: bool) -> retry_if_exception:
@@ -127,24 +133,14 @@ def _base_headers(auth_token: str | None, client_name: str) -> dict[str, str]:
     return headers
 
 
-def _client_options(url: str, auth_token: str | None, client_name: str) -> dict[str, object]:
-    """Headers and TLS for the async httpx client of ``url``."""
-    # plain-HTTP remotes (loopback, a sidecar) never use TLS: skip loading the CA bundle,
-    # which costs ~25 ms per client; HTTPS remotes keep full certificate verification
-    return {
-        "headers": _base_headers(auth_token, client_name),
-        "follow_redirects": False,
-        "verify": url.startswith("https://"),
-    }
-
-
 #: The most a JSON answer in ``answer_coding.CODING`` may unpack to (a bound on a bad stream).
 MAX_CODED_ANSWER = 1 << 30
 
 #: The most a gzip (or deflate) answer may unpack to: a small compressed body must not fill
 #: memory (our JSON answers are a few kilobytes; pull answers travel uncoded, their pages
 #: compressed inside the message).  Bodies are unpacked here, ``max_length`` at a time, not by
-#: httpx, whose decoders unpack each chunk whole (zstd's can turn 64 KiB into gigabytes).
+#: the HTTP library, whose decoders unpack each chunk whole (httpx's zstd could turn 64 KiB into
+#: gigabytes).
 MAX_DECODED_ANSWER = 1 << 30
 
 #: What a JSON request accepts: our primary's preset-dictionary coding first, then gzip (any
@@ -248,10 +244,6 @@ class _Body:
         return self.body()
 
 
-def _timeouts(timeout: float) -> httpx.Timeout:
-    return httpx.Timeout(timeout, connect=min(timeout, 10.0))
-
-
 def _wrap(exc: BaseException | None, url: str, path: str) -> Exception:
     """The error a transport raises: RemoteError as it is, anything else a NetworkError naming the URL."""
     if isinstance(exc, RemoteError):
@@ -273,28 +265,46 @@ def _u3_timeout(timeout: float) -> urllib3.Timeout:
     return urllib3.Timeout(connect=min(timeout, 10.0), read=timeout)
 
 
+def _split(url: str) -> urllib.parse.SplitResult:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an http(s) URL: {url!r}")
+    return parts
+
+
+def _env_proxy(url: str) -> str | None:
+    """The proxy the environment names for ``url`` (``HTTP_PROXY`` / ``HTTPS_PROXY`` / ``ALL_PROXY``,
+    unless ``NO_PROXY`` covers its host), or None."""
+    parts = _split(url)
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if proxy and not urllib.request.proxy_bypass(parts.hostname or ""):
+        return proxy
+    return None
+
+
+def _tls_context() -> ssl.SSLContext:
+    """Full certificate verification against certifi's CA bundle (what httpx used).  Only HTTPS
+    remotes make one: loading the bundle costs ~25 ms per client."""
+    import certifi
+
+    return ssl.create_default_context(cafile=certifi.where())
+
+
 def _pool(url: str) -> tuple[urllib3.PoolManager | urllib3.HTTPConnectionPool, str, bool]:
     """The connection pool for ``url``: a direct one, or a proxy's when the environment names one
     for its scheme (``HTTP_PROXY`` / ``HTTPS_PROXY`` / ``ALL_PROXY``, minus ``NO_PROXY``, as httpx's
     client read them); the path prefix of every request; and whether requests give the full URL
     (through a proxy) or the path only."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"not an http(s) URL: {url!r}")
-    tls: dict[str, Any] = {}
-    if parts.scheme == "https":
-        # full certificate verification against certifi's CA bundle (what httpx used); plain
-        # HTTP never loads it, which costs ~25 ms per client
-        import certifi
-
-        tls = {"cert_reqs": "CERT_REQUIRED", "ca_certs": certifi.where()}
-    proxies = urllib.request.getproxies()
-    proxy = proxies.get(parts.scheme) or proxies.get("all")
-    if proxy and not urllib.request.proxy_bypass(parts.hostname):
+    parts = _split(url)
+    host = parts.hostname or ""  # never empty: ``_split`` refuses a URL without one
+    tls: dict[str, Any] = {"ssl_context": _tls_context()} if parts.scheme == "https" else {}
+    proxy = _env_proxy(url)
+    if proxy:
         return urllib3.ProxyManager(proxy, num_pools=1, maxsize=_POOL_SIZE, retries=False, **tls), url, True
     port = parts.port or (443 if parts.scheme == "https" else 80)
     kind = urllib3.HTTPSConnectionPool if parts.scheme == "https" else urllib3.HTTPConnectionPool
-    return kind(parts.hostname, port, maxsize=_POOL_SIZE, retries=False, **tls), parts.path, False
+    return kind(host, port, maxsize=_POOL_SIZE, retries=False, **tls), parts.path, False
 
 
 class HttpTransport:
@@ -391,11 +401,13 @@ class HttpTransport:
             self._pool.close()
 
 
-class AsyncHttpxTransport:
-    """The asyncio twin of ``HttpTransport``: ``httpx.AsyncClient``, the same retries.
+class AsyncHttpTransport:
+    """The asyncio twin of ``HttpTransport``: an aiohttp client session (keep-alive connections),
+    the same retries, bounds and unpacking.
 
     Awaiting ``request`` holds no thread; cancelling the awaiting task abandons the request
-    at once (its connection is closed), and retries stop with it.
+    at once (its connection is closed), and retries stop with it.  The session is made on the
+    first request, inside the event loop that awaits it.
     """
 
     def __init__(
@@ -410,15 +422,27 @@ class AsyncHttpxTransport:
         progress: Progress | None = None,
         max_decoded_answer: int = MAX_DECODED_ANSWER,
     ) -> None:
-        """As ``HttpTransport``; create it inside the event loop that will use it."""
+        """As ``HttpTransport``."""
         self.url = normalize_url(url)
-        self._client = httpx.AsyncClient(**_client_options(self.url, auth_token, client_name))  # type: ignore[arg-type]
+        self._proxy = _env_proxy(self.url)  # refuses a URL that is not http(s) now, not at the first request
+        self._headers = _base_headers(auth_token, client_name)
+        self._session: aiohttp.ClientSession | None = None
         self._attempts = attempts
         self._max_wait = max_wait
         self._deadline = deadline
         self._progress = progress
         self._max_decoded = max_decoded_answer
         self.stats = TransferStats()
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            tls: ssl.SSLContext | bool = _tls_context() if self.url.startswith("https://") else False
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=_POOL_SIZE, ssl=tls),
+                headers=self._headers,
+                auto_decompress=False,  # unpacked here, within the bound (``_Body``)
+            )
+        return self._session
 
     async def request(
         self, path: str, body: bytes, content_type: str, timeout: float, idempotent: bool
@@ -443,7 +467,7 @@ class AsyncHttpxTransport:
         except RetryError as exc:
             last = exc.last_attempt.exception()
             raise _wrap(last, self.url, path) from None
-        except (httpx.HTTPError, RemoteError) as exc:
+        except (aiohttp.ClientError, TimeoutError, RemoteError) as exc:
             raise _wrap(exc, self.url, path) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -452,17 +476,19 @@ class AsyncHttpxTransport:
     ) -> HttpResponse:
         headers = _request_headers(content_type)
         self.stats.sent += len(body)
-        async with self._client.stream(
-            "POST", self.url + path, content=body, headers=headers, timeout=_timeouts(timeout)
+        timeouts = aiohttp.ClientTimeout(total=None, sock_connect=min(timeout, 10.0), sock_read=timeout)
+        async with self._client().post(
+            self.url + path, data=body, headers=headers, timeout=timeouts, allow_redirects=False, proxy=self._proxy
         ) as response:
-            reader = _Body(response.status_code, response.headers, path, self._progress, self._max_decoded, sink)
-            data = await reader.aread(response.aiter_raw())
-        self.stats.received += response.num_bytes_downloaded  # as it travelled (a gzip answer compressed)
+            reader = _Body(response.status, response.headers, path, self._progress, self._max_decoded, sink)
+            data = await reader.aread(response.content.iter_chunked(_READ_SIZE))
+        self.stats.received += reader.received  # as it travelled (a gzip answer compressed)
         data = _decoded(data, response.headers)
-        if response.status_code != 200:
-            raise RemoteError(response.status_code, data, path)
-        return HttpResponse(response.status_code, data, dict(response.headers), reader.sink)
+        if response.status != 200:
+            raise RemoteError(response.status, data, path)
+        return HttpResponse(response.status, data, {k.lower(): v for k, v in response.headers.items()}, reader.sink)
 
     async def aclose(self) -> None:
-        """Close the client's connections."""
-        await self._client.aclose()
+        """Close the session's connections."""
+        if self._session is not None:
+            await self._session.close()
