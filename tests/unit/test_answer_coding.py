@@ -6,7 +6,6 @@ from __future__ import annotations
 import gzip
 import zlib
 
-import httpx
 import pytest
 
 from turso_sync.errors import ProtocolError
@@ -80,15 +79,15 @@ def test_our_client_asks_for_it_on_json_requests_only() -> None:
     assert not accepts(transport._request_headers("application/protobuf")["accept-encoding"])
 
 
-def _response(body: bytes, coding: str | None) -> httpx.Response:
-    headers = {"content-encoding": coding} if coding else {}
-    return httpx.Response(200, content=body, headers=headers)
+def _headers(coding: str | None) -> dict[str, str]:
+    """An answer's headers as the transports hand them to ``_decoded``."""
+    return {"content-encoding": coding} if coding else {}
 
 
 def test_the_transport_decodes_it_and_refuses_a_bad_one() -> None:
     packed = encode(PUSH_ANSWER)
-    assert transport._decoded(packed, _response(packed, CODING)) == PUSH_ANSWER
-    assert transport._decoded(PUSH_ANSWER, _response(PUSH_ANSWER, None)) == PUSH_ANSWER
+    assert transport._decoded(packed, _headers(CODING)) == PUSH_ANSWER
+    assert transport._decoded(PUSH_ANSWER, _headers(None)) == PUSH_ANSWER
     with pytest.raises(ProtocolError):
-        transport._decoded(packed[:-1], _response(packed[:-1], CODING))
+        transport._decoded(packed[:-1], _headers(CODING))
     assert answer_coding.CODING == "x-turso-sync-hrana-1"  # the name is the dictionary's version: never reuse it
