@@ -270,6 +270,16 @@ class PageCodec:
             return [self.encrypt(plain, pgno, where) for pgno, plain in pages]
         return seal_pages(pages, os.urandom(NONCE_SIZE * len(pages)), self._aead, self.magic, self.page_size)
 
+    def sealer(self) -> tuple[AESGCM, bytes]:
+        """What ``seal_pages`` takes to seal pages in this format: the key's AES-GCM and page 1's magic.
+
+        For a caller that seals a batch itself (an install builds its WAL frames around the sealed
+        pages, ``local/install.py``).  Turso's format only.
+        """
+        if type(self) is not PageCodec:
+            raise TypeError(f"{type(self).__name__} encrypts through encrypt(), not seal_pages")
+        return self._aead, self.magic
+
     def _seal(self, plain: bytes, pgno: int, nonce: bytes) -> bytes:
         if pgno == 1:
             header = self.magic + plain[16:HEADER_SIZE]
