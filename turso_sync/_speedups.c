@@ -2550,6 +2550,289 @@ fail:
 
 /* ==== end of walwrite ==== */
 
+/* ==== encinst (session 12): pages sealed in Turso's format, without a Python frame per page ====
+ *
+ * seal_pages(pages, nonces, aead, magic, page_size) -> list of bytes
+ *     What crypto/page_codec.py's PageCodec.encrypt_pages does in Turso's format (its twin is
+ *     _seal_pages_py there): pages is a sequence of (page number, plaintext) pairs, each plaintext a
+ *     buffer of page_size bytes; nonces the 12-byte nonce of each page one after the other (one
+ *     os.urandom call for all); aead the codec's AESGCM.  Page n comes back as a new bytes object of
+ *     page_size bytes, [ciphertext | tag (16) | nonce (12)]: aead.encrypt_into seals the plaintext's
+ *     first page_size - 28 bytes under nonces[12n:12n + 12] straight into it (no zero-filled output,
+ *     no slice of the plaintext, no concatenation with the nonce).  Page 1 keeps its header readable:
+ *     its first 100 bytes are `magic` (16 bytes) and plaintext bytes 16-100, which are the associated
+ *     data of the sealed bytes 100 to page_size - 28.  The reserved tail of each plaintext is not
+ *     looked at (the caller checked it).
+ */
+static PyObject *seal_encrypt_into_name;
+
+/* a read-only (or writable) view of `len` bytes at `p`, for the length of one call */
+static PyObject *
+seal_view(const unsigned char *p, Py_ssize_t len, int writable)
+{
+    return PyMemoryView_FromMemory((char *)p, len, writable ? PyBUF_WRITE : PyBUF_READ);
+}
+
+/* seal one page into `out` (page_size bytes); 0, or -1 with an exception set */
+static int
+seal_one(PyObject *encrypt_into, PyObject *magic, const unsigned char *plain, unsigned char *out, Py_ssize_t P,
+         uint32_t pgno, const unsigned char *nonce)
+{
+    PyObject *args[4] = {NULL, NULL, NULL, NULL}, *res = NULL;
+    Py_ssize_t at = pgno == 1 ? 100 : 0; /* page 1: the header before the sealed bytes */
+    int i, rc = -1;
+
+    memcpy(out + P - 12, nonce, 12);
+    if (at) {
+        memcpy(out, PyBytes_AS_STRING(magic), 16);
+        memcpy(out + 16, plain + 16, 100 - 16);
+    }
+    args[0] = seal_view(out + P - 12, 12, 0);
+    args[1] = seal_view(plain + at, P - 28 - at, 0);
+    args[2] = at ? seal_view(out, at, 0) : Py_NewRef(Py_None);
+    args[3] = seal_view(out + at, P - 12 - at, 1);
+    if (args[0] == NULL || args[1] == NULL || args[2] == NULL || args[3] == NULL)
+        goto done;
+    res = PyObject_Vectorcall(encrypt_into, args, 4, NULL);
+    if (res == NULL)
+        goto done;
+    /* the views point into a bytes object about to be handed out: none may outlive this call */
+    for (i = 0; i < 4; i++)
+        if (args[i] != Py_None && Py_REFCNT(args[i]) != 1) {
+            PyErr_SetString(PyExc_RuntimeError, "seal_pages(): encrypt_into kept a view of the page");
+            goto done;
+        }
+    rc = 0;
+done:
+    Py_XDECREF(res);
+    for (i = 0; i < 4; i++)
+        Py_XDECREF(args[i]);
+    return rc;
+}
+
+static PyObject *
+seal_pages(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *seq = NULL, *encrypt_into = NULL, *out = NULL, *item, *body, *magic;
+    Py_ssize_t n, count, P;
+    Py_buffer nonces, plain;
+    uint32_t pgno;
+    (void)module;
+
+    if (nargs != 5) {
+        PyErr_Format(PyExc_TypeError, "seal_pages() takes 5 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    if (seal_encrypt_into_name == NULL && (seal_encrypt_into_name = PyUnicode_InternFromString("encrypt_into")) == NULL)
+        return NULL;
+    magic = args[3];
+    if (!PyBytes_CheckExact(magic) || PyBytes_GET_SIZE(magic) != 16) {
+        PyErr_SetString(PyExc_ValueError, "seal_pages(): magic must be 16 bytes");
+        return NULL;
+    }
+    P = PyLong_AsSsize_t(args[4]);
+    if (P == -1 && PyErr_Occurred())
+        return NULL;
+    if (P < 512) {
+        PyErr_SetString(PyExc_ValueError, "seal_pages(): page_size must be at least 512");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[1], &nonces, PyBUF_SIMPLE) < 0)
+        return NULL;
+    seq = PySequence_Fast(args[0], "seal_pages(): pages must be a sequence of (page number, plaintext) pairs");
+    if (seq == NULL)
+        goto done;
+    count = PySequence_Fast_GET_SIZE(seq);
+    if (nonces.len != 12 * count) {
+        PyErr_Format(PyExc_ValueError, "seal_pages(): %zd nonce bytes for %zd pages (12 each)", nonces.len, count);
+        goto done;
+    }
+    encrypt_into = PyObject_GetAttr(args[2], seal_encrypt_into_name);
+    if (encrypt_into == NULL || (out = PyList_New(count)) == NULL)
+        goto done;
+    for (n = 0; n < count; n++) {
+        item = PySequence_Fast_GET_ITEM(seq, n);
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) {
+            PyErr_SetString(PyExc_TypeError, "seal_pages(): pages must be a sequence of (page number, plaintext) pairs");
+            goto fail;
+        }
+        if (as_u32(PyTuple_GET_ITEM(item, 0), "page number", &pgno) < 0)
+            goto fail;
+        if (PyObject_GetBuffer(PyTuple_GET_ITEM(item, 1), &plain, PyBUF_SIMPLE) < 0)
+            goto fail;
+        if (plain.len != P) {
+            PyErr_Format(PyExc_ValueError, "seal_pages(): page %u is %zd bytes, expected %zd", pgno, plain.len, P);
+            PyBuffer_Release(&plain);
+            goto fail;
+        }
+        body = PyBytes_FromStringAndSize(NULL, P);
+        if (body == NULL) {
+            PyBuffer_Release(&plain);
+            goto fail;
+        }
+        PyList_SET_ITEM(out, n, body);
+        if (seal_one(encrypt_into, magic, plain.buf, (unsigned char *)PyBytes_AS_STRING(body), P, pgno,
+                     (const unsigned char *)nonces.buf + 12 * n) < 0) {
+            PyBuffer_Release(&plain);
+            goto fail;
+        }
+        PyBuffer_Release(&plain);
+    }
+    goto done;
+fail:
+    Py_CLEAR(out);
+done:
+    Py_XDECREF(encrypt_into);
+    Py_XDECREF(seq);
+    PyBuffer_Release(&nonces);
+    return out;
+}
+
+/*
+ * install_sealed_frames(pgnos, plains, nonces, aead, magic, db_size, salts, cksum, big_endian, plain_chain,
+ *                       handed_type) -> (frames, bodies, cksum, plain_chain, handed)
+ *     seal_pages and install_frames (the install section) in one pass, for an install into an
+ *     encrypted WAL in Turso's format (local/install.py; its twin is _install_sealed_frames_py there):
+ *     page n (plaintext plains[n], page_size bytes, a multiple of 8) is sealed under nonces[12n:12n + 12]
+ *     straight into frame n's body, whose header and checksums are then made from it as install_frames
+ *     makes them from bodies[n], while its bytes are still in the cache.  `bodies` is each sealed page
+ *     as its own bytes object (seal_pages' result); the rest is install_frames' result.
+ */
+static PyObject *
+install_sealed_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *pgnos, *plains, *magic, *salts, *handed_type, *encrypt_into = NULL, *frames = NULL, *bodies = NULL;
+    PyObject *handed = NULL, *result = NULL, *prev_ct = NULL, *prev_pt = NULL, *ct = NULL, *pt = NULL, *frame, *obj;
+    uint32_t db_size, salt1, salt2, c1, c2, p1 = 0, p2 = 0, pgno;
+    Py_ssize_t n, count, P = -1;
+    int big, swap, chained, i;
+    Py_buffer nonces, plain;
+    unsigned char *f;
+    (void)module;
+
+    for (i = 0; i < 7; i++)
+        if (install_names[i] == NULL && (install_names[i] = PyUnicode_InternFromString(install_name_text[i])) == NULL)
+            return NULL;
+    if (seal_encrypt_into_name == NULL && (seal_encrypt_into_name = PyUnicode_InternFromString("encrypt_into")) == NULL)
+        return NULL;
+    if (nargs != 11) {
+        PyErr_Format(PyExc_TypeError, "install_sealed_frames() takes 11 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    pgnos = args[0];
+    plains = args[1];
+    magic = args[4];
+    salts = args[6];
+    handed_type = args[10];
+    chained = args[9] != Py_None;
+    if (!PyList_Check(pgnos) || !PyList_Check(plains)) {
+        PyErr_SetString(PyExc_TypeError, "install_sealed_frames(): pgnos and plains must be lists");
+        return NULL;
+    }
+    count = PyList_GET_SIZE(pgnos);
+    if (count == 0 || PyList_GET_SIZE(plains) != count) {
+        PyErr_SetString(PyExc_ValueError, "install_sealed_frames(): one plaintext per page, at least one page");
+        return NULL;
+    }
+    if (!PyBytes_CheckExact(magic) || PyBytes_GET_SIZE(magic) != 16) {
+        PyErr_SetString(PyExc_ValueError, "install_sealed_frames(): magic must be 16 bytes");
+        return NULL;
+    }
+    if (chained && !PyType_Check(handed_type)) {
+        PyErr_SetString(PyExc_TypeError, "install_sealed_frames(): handed_type must be a class when plain_chain is given");
+        return NULL;
+    }
+    if (as_u32(args[5], "db_size", &db_size) < 0 || as_pair(salts, "salts", &salt1, &salt2) < 0 ||
+        as_pair(args[7], "cksum", &c1, &c2) < 0 || (chained && as_pair(args[9], "plain_chain", &p1, &p2) < 0))
+        return NULL;
+    big = PyObject_IsTrue(args[8]);
+    if (big < 0)
+        return NULL;
+    swap = big != host_is_big_endian();
+    if (PyObject_GetBuffer(args[2], &nonces, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (nonces.len != 12 * count) {
+        PyErr_Format(PyExc_ValueError, "install_sealed_frames(): %zd nonce bytes for %zd pages (12 each)", nonces.len,
+                     count);
+        goto done;
+    }
+    encrypt_into = PyObject_GetAttr(args[3], seal_encrypt_into_name);
+    if (encrypt_into == NULL || (frames = PyList_New(count)) == NULL || (bodies = PyList_New(count)) == NULL)
+        goto done;
+    if (chained && (handed = PyList_New(count)) == NULL)
+        goto done;
+    prev_ct = pair_of(c1, c2);
+    if (prev_ct == NULL || (chained && (prev_pt = pair_of(p1, p2)) == NULL))
+        goto done;
+    for (n = 0; n < count; n++) {
+        if (as_u32(PyList_GET_ITEM(pgnos, n), "page number", &pgno) < 0)
+            goto done;
+        if (PyObject_GetBuffer(PyList_GET_ITEM(plains, n), &plain, PyBUF_SIMPLE) < 0)
+            goto done;
+        if ((P >= 0 && plain.len != P) || plain.len % 8 != 0 || plain.len < 512) {
+            PyErr_Format(PyExc_ValueError,
+                         "install_sealed_frames(): plaintext %zd is %zd bytes (one length, a multiple of 8, at least 512)",
+                         n, plain.len);
+            goto release;
+        }
+        P = plain.len;
+        frame = PyBytes_FromStringAndSize(NULL, 24 + P);
+        if (frame == NULL)
+            goto release;
+        PyList_SET_ITEM(frames, n, frame);
+        f = (unsigned char *)PyBytes_AS_STRING(frame);
+        if (seal_one(encrypt_into, magic, plain.buf, f + 24, P, pgno, (const unsigned char *)nonces.buf + 12 * n) < 0)
+            goto release;
+        put_be32(f, pgno);
+        put_be32(f + 4, n == count - 1 ? db_size : 0);
+        put_be32(f + 8, salt1);
+        put_be32(f + 12, salt2);
+        checksum_pairs(f, 1, swap, &c1, &c2);
+        checksum_pairs(f + 24, P / 8, swap, &c1, &c2);
+        put_be32(f + 16, c1);
+        put_be32(f + 20, c2);
+        obj = PyBytes_FromStringAndSize((const char *)f + 24, P);
+        if (obj == NULL)
+            goto release;
+        PyList_SET_ITEM(bodies, n, obj);
+        if ((ct = pair_of(c1, c2)) == NULL)
+            goto release;
+        if (chained) {
+            checksum_pairs(f, 1, swap, &p1, &p2);
+            checksum_pairs(plain.buf, P / 8, swap, &p1, &p2);
+            pt = pair_of(p1, p2);
+            obj = pt == NULL ? NULL
+                             : install_handed((PyTypeObject *)handed_type, frame, salts, &plain, prev_ct, prev_pt, ct,
+                                              pt, p1, p2);
+            if (obj == NULL)
+                goto release;
+            PyList_SET_ITEM(handed, n, obj);
+            Py_SETREF(prev_pt, pt);
+            pt = NULL;
+        }
+        PyBuffer_Release(&plain);
+        Py_SETREF(prev_ct, ct);
+        ct = NULL;
+    }
+    result = PyTuple_Pack(5, frames, bodies, prev_ct, chained ? prev_pt : Py_None, chained ? handed : Py_None);
+    goto done;
+release:
+    PyBuffer_Release(&plain);
+done:
+    PyBuffer_Release(&nonces);
+    Py_XDECREF(encrypt_into);
+    Py_XDECREF(frames);
+    Py_XDECREF(bodies);
+    Py_XDECREF(handed);
+    Py_XDECREF(prev_ct);
+    Py_XDECREF(prev_pt);
+    Py_XDECREF(ct);
+    Py_XDECREF(pt);
+    return result;
+}
+
+/* ==== end of encinst (session 12) ==== */
+
 static PyMethodDef speedups_methods[] = {
     {"wal_checksum", (PyCFunction)(void (*)(void))wal_checksum, METH_FASTCALL | METH_KEYWORDS,
      "wal_checksum(data, s1=0, s2=0, big_endian=False) -> (s1, s2)\n\n"
@@ -2587,6 +2870,16 @@ static PyMethodDef speedups_methods[] = {
      "A callable writer(data, offset) for an encrypted WAL in Turso's format: a new frame's header is kept\n"
      "in pending, its body encrypted, checksummed over the ciphertext and written with the header in one\n"
      "write; anything else is base(file, data, offset)."},
+    /* encinst (session 12) */
+    {"seal_pages", (PyCFunction)(void (*)(void))seal_pages, METH_FASTCALL,
+     "seal_pages(pages, nonces, aead, magic, page_size) -> list of bytes\n\n"
+     "Each (page number, plaintext) of pages encrypted in Turso's format under its 12 bytes of nonces,\n"
+     "straight into the new page through aead.encrypt_into (page 1 keeps its header readable)."},
+    {"install_sealed_frames", (PyCFunction)(void (*)(void))install_sealed_frames, METH_FASTCALL,
+     "install_sealed_frames(pgnos, plains, nonces, aead, magic, db_size, salts, cksum, big_endian, plain_chain,\n"
+     "handed_type) -> (frames, bodies, cksum, plain_chain, handed)\n\n"
+     "seal_pages and install_frames in one pass: each page sealed straight into its frame's body, whose\n"
+     "header and checksum chains (and hand-over) are then made from it."},
     {NULL, NULL, 0, NULL},
 };
 

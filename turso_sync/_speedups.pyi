@@ -1,6 +1,6 @@
 # The compiled helper's functions (turso_sync/_speedups.c); each has a pure-Python twin beside its caller.
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 def wal_checksum(
@@ -69,3 +69,8 @@ def wal_frame_writer(
     base_read: Callable[[Any, int, int], bytes],
     base_write: Callable[[Any, Any, int], None],
 ) -> WalFrameWriter: ...
+
+# encinst (session 12): pages sealed in Turso's format straight into their bytes
+def seal_pages(
+    pages: Sequence[tuple[int, bytes]], nonces: bytes, aead: Any, magic: bytes, page_size: int
+) -> list[bytes]: ...

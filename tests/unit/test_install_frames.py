@@ -17,6 +17,7 @@ import pytest
 
 from turso_sync import errors
 from turso_sync._compiled import speedups
+from turso_sync.crypto.page_codec import SQLITE_MAGIC, PageCodec, parse_key, seal_pages
 from turso_sync.local import install
 from turso_sync.local.engine import LocalDatabase
 from turso_sync.local.vfs import HandedFrame, registry
@@ -124,8 +125,90 @@ def test_the_install_uses_the_compiled_build_unless_refused() -> None:
     forced = os.environ.get("TURSO_SYNC_PURE_PYTHON", "") not in ("", "0")
     if forced or _compiled is None:
         assert install.install_frames is install._install_frames_py
+        assert install.install_sealed_frames is install._install_sealed_frames_py
     else:
         assert install.install_frames is _compiled.install_frames
+        assert install.install_sealed_frames is _compiled.install_sealed_frames
+
+
+# --- pages sealed into their frames (an encrypted WAL in Turso's format) ------------------------------
+
+SEALED_BUILDS = [pytest.param(install._install_sealed_frames_py, id="python")]
+if _compiled is not None:
+    SEALED_BUILDS.append(pytest.param(_compiled.install_sealed_frames, id="compiled"))
+
+
+def _sealed_inputs(rng: random.Random, count: int, page_size: int, chained: bool, big: bool) -> tuple:
+    codec = PageCodec(*parse_key(KEY, "aes256gcm"), page_size)
+    aead, magic = codec.sealer()
+    pgnos = sorted(rng.sample(range(1, 10 * count), count))
+    if count > 2:
+        pgnos[0] = 1  # page 1 keeps its header readable
+    plains = []
+    for pgno in pgnos:
+        plain = rng.randbytes(page_size - codec.reserved) + bytes(codec.reserved)
+        plains.append(SQLITE_MAGIC + plain[16:] if pgno == 1 else plain)
+    nonces = rng.randbytes(12 * count)
+    salts = (rng.getrandbits(32), rng.getrandbits(32))
+    cksum = (rng.getrandbits(32), rng.getrandbits(32))
+    plain_chain = (rng.getrandbits(32), rng.getrandbits(32)) if chained else None
+    return (pgnos, plains, nonces, aead, magic, 10 * count, salts, cksum, big, plain_chain, HandedFrame)
+
+
+def _sealed_comparable(result: tuple) -> tuple:
+    frames, bodies, cksum, plain_chain, handed = result
+    return (bodies, *_comparable((frames, cksum, plain_chain, handed)))
+
+
+@pytest.mark.skipif(_compiled is None, reason="the compiled helper is not built or refused")
+@pytest.mark.parametrize("chained", [False, True])
+@pytest.mark.parametrize("big", [False, True])
+@pytest.mark.parametrize("page_size", [512, 4096, 8192])
+def test_sealed_compiled_and_python_builds_are_byte_identical(chained: bool, big: bool, page_size: int) -> None:
+    rng = random.Random(f"sealed{chained}{big}{page_size}")
+    for count in (1, 2, 7, 143):
+        args = _sealed_inputs(rng, count, page_size, chained, big)
+        compiled = _compiled.install_sealed_frames(*args)
+        assert _sealed_comparable(compiled) == _sealed_comparable(install._install_sealed_frames_py(*args))
+
+
+@pytest.mark.parametrize("build", SEALED_BUILDS)
+@pytest.mark.parametrize("chained", [False, True])
+def test_sealed_frames_are_the_frames_of_the_sealed_pages(build, chained: bool) -> None:
+    """What one pass gives is ``install_frames`` of ``seal_pages``' pages (the two it joins), and
+    each body decrypts back to its plaintext."""
+    rng = random.Random(f"joined{chained}")
+    args = _sealed_inputs(rng, 9, 4096, chained, False)
+    pgnos, plains, nonces, aead, magic, db_size, salts, cksum, big, plain_chain, handed_type = args
+    frames, bodies, after, plain_after, handed = build(*args)
+    assert bodies == seal_pages(list(zip(pgnos, plains, strict=True)), nonces, aead, magic, 4096)
+    expected = install._install_frames_py(
+        pgnos, bodies, plains if chained else [], db_size, salts, cksum, big, plain_chain, handed_type
+    )
+    assert _comparable((frames, after, plain_after, handed)) == _comparable(expected)
+    codec = PageCodec(*parse_key(KEY, "aes256gcm"))
+    assert [codec.decrypt(body, pgno, "WAL") for pgno, body in zip(pgnos, bodies, strict=True)] == plains
+    assert [frame[24:] for frame in frames] == bodies
+
+
+@pytest.mark.parametrize("build", SEALED_BUILDS)
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"pgnos": [], "plains": []},  # nothing to build
+        {"plains": [bytes(4096)]},  # a plaintext missing
+        {"plains": [bytes(4096), bytes(4088)]},  # plaintexts of two lengths
+        {"pgnos": [2], "plains": [bytes(4092)]},  # not a multiple of 8
+        {"pgnos": [2], "plains": [bytes(256)]},  # too small for Turso's format
+        {"nonces": bytes(12)},  # a nonce missing
+    ],
+)
+def test_sealed_bad_input_is_refused(build, change: dict) -> None:
+    args = dict(zip(("pgnos", "plains", "nonces"), ([2, 3], [bytes(4096), bytes(4096)], bytes(24)), strict=True))
+    args.update(change)
+    aead, magic = PageCodec(*parse_key(KEY, "aes256gcm")).sealer()
+    with pytest.raises(ValueError, match="install_sealed_frames"):
+        build(args["pgnos"], args["plains"], args["nonces"], aead, magic, 3, (1, 2), (0, 0), False, None, HandedFrame)
 
 
 def _database(path: Path, encrypted: bool) -> LocalDatabase:
@@ -156,6 +239,16 @@ def test_an_install_either_build_writes_is_read_alike(tmp_path: Path, monkeypatc
     source.close()
 
     monkeypatch.setattr(install, "install_frames", build)
+    # the same build seals an encrypted install's pages into their frames (Turso's format)
+    python = build is install._install_frames_py
+    sealed = install._install_sealed_frames_py if python else _compiled.install_sealed_frames
+    calls: list[int] = []
+
+    def sealing(*args):
+        calls.append(len(args[0]))
+        return sealed(*args)
+
+    monkeypatch.setattr(install, "install_sealed_frames", sealing)
     db = _database(tmp_path / "db", encrypted)
     reader = db.connect()
     assert reader.execute("SELECT count(*) FROM t WHERE v LIKE 'changed%'").fetchone() == (0,)
@@ -163,6 +256,7 @@ def test_an_install_either_build_writes_is_read_alike(tmp_path: Path, monkeypatc
     with db.write_lock() as conn:
         seq = db.install_locked(conn, pages, size)
     assert seq == before + 1
+    assert calls == ([len(pages)] if encrypted else [])
     if encrypted:  # the frames went to recovery through the hand-over
         state = registry.get(db.path)
         assert state is not None and len(state.handed) >= len(pages)

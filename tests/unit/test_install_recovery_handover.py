@@ -295,6 +295,54 @@ def test_recovery_reads_the_checksum_before_a_handed_frame_once_per_wal(tmp_path
     db.close()
 
 
+def test_recovery_reads_the_checksum_before_a_frame_sqlite_wrote_once_per_wal(tmp_path: Path, monkeypatch) -> None:
+    """Frames SQLite wrote itself (not handed over) are checked the long way; the checksum stored
+    before frame k is the one recovery just read in frame k - 1, not read from disk again (twice);
+    what SQLite is handed and what it finds are as before, and a changed frame still ends the log."""
+    db = _database(tmp_path)
+    db.checkpoint()
+    app = db.connect()
+    for i in range(6):
+        app.execute("UPDATE t SET v = ? WHERE id = ?", (f"new {i}", i))
+        app.commit()
+    want = _rows(db)
+    reads: list[int] = []
+    real = vfs.EncryptedWALFile._disk_ct
+
+    def counting(self: vfs.EncryptedWALFile, index: int) -> tuple[int, int]:
+        reads.append(index)
+        return real(self, index)
+
+    monkeypatch.setattr(vfs.EncryptedWALFile, "_disk_ct", counting)
+    long_way = _counting_long_way(monkeypatch)
+    invalidate_wal_index(str(db.path))
+    assert _rows(db) == want
+    assert len(long_way) >= 6 and long_way == list(range(1, len(long_way) + 1))  # every frame, in order
+    assert reads == [0]  # only frame 1's, the WAL header's
+    # the last frame's ciphertext changed on disk and its checksum made to continue the chain again
+    # (from the checksum stored in the frame before it): the chain holds, the page does not decrypt
+    wal = Path(str(db.path) + "-wal")
+    size = db.slot_size + FRAME_HEADER_SIZE
+    original = wal.read_bytes()
+    data = bytearray(original)
+    at = WAL_HEADER_SIZE + (len(long_way) - 1) * size
+    data[at + FRAME_HEADER_SIZE + 10] ^= 1
+    big = data[3] == 0x83
+    before = struct.unpack_from(">II", data, at - size + 16)
+    head = wal_checksum(bytes(data[at : at + 8]), *before, big)
+    struct.pack_into(">II", data, at + 16, *wal_checksum(bytes(data[at + FRAME_HEADER_SIZE : at + size]), *head, big))
+    wal.write_bytes(bytes(data))
+    invalidate_wal_index(str(db.path))
+    pgno = struct.unpack_from(">I", data, at)[0]
+    with pytest.raises((apsw.Error, errors.Error), match=f"page {pgno} of the WAL failed authentication"):
+        _rows(db)
+    wal.write_bytes(original)  # (closing checkpoints the WAL, which would refuse the frame again)
+    invalidate_wal_index(str(db.path))
+    assert _rows(db) == want
+    app.close()
+    db.close()
+
+
 def test_recovery_reads_installed_frames_a_run_at_a_time(tmp_path: Path, monkeypatch) -> None:
     """Frames read whole one after the other (recovery) come ``READ_AHEAD`` at a time from one read,
     and SQLite is handed the same frames as when each is read alone."""

@@ -14,9 +14,10 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .._compiled import speedups
-from ..crypto.page_codec import SQLITE_MAGIC, PageCodec
+from ..crypto.page_codec import NONCE_SIZE, SQLITE_MAGIC, PageCodec, seal_pages
 from ..page import PAGE_SIZE
 from .vfs import HandedFrame, file_descriptor, registry
 from .walformat import (
@@ -30,6 +31,9 @@ from .walformat import (
     wal_checksum,
 )
 from .walindex import committed_wal
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 _ISINIT_OFFSETS = (12, 48 + 12)  # WalIndexHdr.isInit in both header copies
 
@@ -93,15 +97,26 @@ def append_transaction(
         plain_chain = None
         if pages.get(1, SQLITE_MAGIC)[:16] == SQLITE_MAGIC:  # else page 1 would not decrypt to these bytes
             plain_chain = _plain_chain_before(db_path, codec, salts, index, cksum, len(ordered))
-        # one draw of random nonces for the whole batch (Turso's format), not one system call per page
-        if codec is not None:
-            bodies: list[bytes] = codec.encrypt_pages([(pgno, pages[pgno]) for pgno in ordered], "WAL")
+        bodies: list[bytes]
+        if type(codec) is PageCodec:
+            # Turso's format: each page sealed straight into its frame, which is then checksummed
+            # while its bytes are at hand; one draw of random nonces for the whole batch, not one
+            # system call per page
+            aead, magic = codec.sealer()
+            plains = [bytes(pages[pgno]) for pgno in ordered]
+            nonces = os.urandom(NONCE_SIZE * len(ordered))
+            written, bodies, cksum, _, handed = install_sealed_frames(
+                ordered, plains, nonces, aead, magic, db_size, salts, cksum, big, plain_chain, HandedFrame
+            )
         else:
-            bodies = [bytes(pages[pgno]) for pgno in ordered]
-        plains = [bytes(pages[pgno]) for pgno in ordered] if plain_chain is not None else []
-        written, cksum, _, handed = install_frames(
-            ordered, bodies, plains, db_size, salts, cksum, big, plain_chain, HandedFrame
-        )
+            if codec is not None:  # the hardened format or the envelope layout: page by page
+                bodies = codec.encrypt_pages([(pgno, pages[pgno]) for pgno in ordered], "WAL")
+            else:
+                bodies = [bytes(pages[pgno]) for pgno in ordered]
+            plains = [bytes(pages[pgno]) for pgno in ordered] if plain_chain is not None else []
+            written, cksum, _, handed = install_frames(
+                ordered, bodies, plains, db_size, salts, cksum, big, plain_chain, HandedFrame
+            )
         if hdr is None:
             chunks.extend(written)
         else:
@@ -204,12 +219,56 @@ def _install_frames_py(
     return frames, cksum, plain_chain, handed if plain_chain is not None else None
 
 
+def _install_sealed_frames_py(
+    pgnos: list[int],
+    plains: list[bytes],
+    nonces: bytes,
+    aead: AESGCM,
+    magic: bytes,
+    db_size: int,
+    salts: tuple[int, int],
+    cksum: Chain,
+    big: bool,
+    plain_chain: Chain | None,
+    handed_type: type[HandedFrame],
+) -> tuple[list[bytes], list[bytes], Chain, Chain | None, list[HandedFrame] | None]:
+    """The frames of one transaction installed into a WAL in Turso's format, from the plaintext pages:
+    ``_speedups.install_sealed_frames``'s pure-Python twin.
+
+    Page ``pgnos[n]``'s plaintext ``plains[n]`` is sealed under ``nonces[12n:12n + 12]``
+    (``page_codec.seal_pages``, with ``PageCodec.sealer()``'s ``aead`` and ``magic``); the sealed
+    pages are the bodies of ``_install_frames_py``, whose result follows them: frames, the sealed
+    pages, the checksum chain after the last frame, and the plaintext chain and handed-over frames
+    when ``plain_chain`` is given (else None twice).
+    """
+    if not pgnos or len(plains) != len(pgnos):
+        raise ValueError("install_sealed_frames(): one plaintext per page, at least one page")
+    size = len(plains[0])
+    if size % 8 or size < 512 or any(len(plain) != size for plain in plains):
+        raise ValueError(
+            f"install_sealed_frames(): plaintexts of {sorted({len(plain) for plain in plains})} bytes "
+            "(one length, a multiple of 8, at least 512)"
+        )
+    if len(nonces) != NONCE_SIZE * len(pgnos):
+        raise ValueError(f"install_sealed_frames(): {len(nonces)} nonce bytes for {len(pgnos)} pages (12 each)")
+    bodies = seal_pages(list(zip(pgnos, plains, strict=True)), nonces, aead, magic, size)
+    frames, cksum, plain_chain, handed = _install_frames_py(
+        pgnos, bodies, plains if plain_chain is not None else [], db_size, salts, cksum, big, plain_chain, handed_type
+    )
+    return frames, bodies, cksum, plain_chain, handed
+
+
 _compiled = speedups()
 #: the frames of one installed transaction (see ``_install_frames_py``), compiled where built
 install_frames: Callable[
     [list[int], list[bytes], list[bytes], int, tuple[int, int], Chain, bool, Chain | None, type[HandedFrame]],
     tuple[list[bytes], Chain, Chain | None, list[HandedFrame] | None],
 ] = _compiled.install_frames if _compiled is not None else _install_frames_py
+#: the same from plaintext pages sealed in Turso's format (see ``_install_sealed_frames_py``), compiled where built
+install_sealed_frames: Callable[
+    [list[int], list[bytes], bytes, AESGCM, bytes, int, tuple[int, int], Chain, bool, Chain | None, type[HandedFrame]],
+    tuple[list[bytes], list[bytes], Chain, Chain | None, list[HandedFrame] | None],
+] = getattr(_compiled, "install_sealed_frames", _install_sealed_frames_py)
 
 
 def invalidate_wal_index(db_path: str) -> None:

@@ -815,11 +815,20 @@ class EncryptedWALFile(apsw.VFSFile):
         return hit[1] if hit else None
 
     def _verify_frame(
-        self, index: int, frame: bytes, wal_header: bytes, plain: bytes | None = None
+        self,
+        index: int,
+        frame: bytes,
+        wal_header: bytes,
+        plain: bytes | None = None,
+        prev_tail: tuple[int, bytes] | None = None,
     ) -> tuple[int, int] | None:
         """Check frame ``index`` against the ciphertext chain and return its plaintext checksum.
 
         ``plain``: the body already decrypted from these very bytes (``frame``), else it is done here.
+        ``prev_tail``: what ``_read_full_frame`` keeps of the frame this handle read whole last; when
+        that is frame ``index - 1`` of this WAL generation (recovery reading the frames in order
+        under its lock, as for ``_handed_frame``), its stored checksum is the one read then, not
+        read from disk again (twice: here and in ``_plain_chain``).
         """
         if len(frame) < self.disk_frame:
             return None
@@ -827,13 +836,20 @@ class EncryptedWALFile(apsw.VFSFile):
         salts = wal_header[16:24]
         if frame[8:16] != salts:
             return None
-        prev_ct = self._disk_ct(index - 1)
-        prev_pt = self._plain_chain(index - 1, wal_header) if index > 1 else prev_ct
+        if prev_tail is not None and prev_tail[0] == index - 1 and prev_tail[1][:8] == salts:
+            prev_ct: tuple[int, int] = _CHECKSUM.unpack_from(prev_tail[1], 8)  # type: ignore[assignment]
+            hit = self._chain.get((*_SALTS.unpack(salts), index - 1))
+            # (what ``_plain_chain`` gives when frame ``index - 1``'s checksum on disk is ``prev_ct``)
+            prev_pt = hit[1] if hit is not None and hit[0] == prev_ct else self._plain_chain(index - 1, wal_header)
+        else:
+            prev_ct = self._disk_ct(index - 1)
+            prev_pt = self._plain_chain(index - 1, wal_header) if index > 1 else prev_ct
         if prev_pt is None:
             return None
         head8 = frame[:8]
         body = frame[FRAME_HEADER_SIZE:]
-        ct = wal_checksum(head8 + body, prev_ct[0], prev_ct[1], big)
+        # over head8 then the body: the chain continues, no 4 KiB copy of head8 + body is made
+        ct = wal_checksum(body, *wal_checksum(head8, prev_ct[0], prev_ct[1], big), big)
         stored = (int.from_bytes(frame[16:20], "big"), int.from_bytes(frame[20:24], "big"))
         if ct != stored:
             return None
@@ -845,7 +861,7 @@ class EncryptedWALFile(apsw.VFSFile):
                 # the checksum chain holds, so this is no torn write: the frame was changed
                 self.state.record(err)
                 raise apsw.CorruptError(f"WAL frame {index}: {err}") from None
-        pt = wal_checksum(head8 + plain, prev_pt[0], prev_pt[1], big)
+        pt = wal_checksum(plain, *wal_checksum(head8, prev_pt[0], prev_pt[1], big), big)
         key = (int.from_bytes(salts[:4], "big"), int.from_bytes(salts[4:], "big"), index)
         self._chain[key] = (ct, pt)
         return pt
@@ -947,7 +963,7 @@ class EncryptedWALFile(apsw.VFSFile):
         if header[8:24] == bytes(16):
             return bytes(header) + plain  # placeholder header inside an open transaction
         # the body was decrypted (and authenticated) from these bytes just now: not a second time
-        pt = self._verify_frame(index, raw, self._wal_header(), authentic)
+        pt = self._verify_frame(index, raw, self._wal_header(), authentic, prev_tail)
         if pt is None:
             header[16:24] = bytes(b ^ 0xFF for b in header[16:24])  # never a valid checksum
         else:
