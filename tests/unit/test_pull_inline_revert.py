@@ -12,6 +12,7 @@ import base64
 import glob
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -268,3 +269,74 @@ def test_a_revert_file_no_state_names_is_removed_by_the_first_pull_of_a_process(
         assert revert_files(path) == []
     finally:
         conn.close()
+
+
+def killed_pull(path: Path, remote: Remote, at: int) -> list[str]:
+    """Pull in a child process that dies (``os._exit``, like kill -9: nothing is closed or cleaned)
+    at the ``at``-th step of the pull's bookkeeping: a rename, the folder's sync or a removal."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        os.close(read)
+        steps: list[str] = []
+
+        def step(name: str) -> None:
+            steps.append(name)
+            os.write(write, (name + "\n").encode())
+            if len(steps) == at:
+                os._exit(0)
+
+        real_replace, real_remove, real_fsync_dir = os.replace, os.remove, state_mod.fsync_dir
+        state_mod.os.replace = lambda s, d: step("rename " + os.path.basename(d)) or real_replace(s, d)
+        state_mod.os.remove = lambda p: step("remove " + os.path.basename(p)) or real_remove(p)
+        state_mod.fsync_dir = lambda p: step("sync folder") or real_fsync_dir(p)
+        try:
+            conn = open_replica(path, remote, None)
+            conn.pull()
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as lines:
+        seen = lines.read().splitlines()
+    os.waitpid(pid, 0)
+    return seen
+
+
+@pytest.mark.parametrize("at", range(1, 6))
+@pytest.mark.parametrize("shape", ["small after small", "large after small", "small after large"])
+def test_a_pull_killed_at_any_step_of_its_bookkeeping_leaves_a_consistent_pair(tmp_path, shape, at):
+    remote = Remote(tmp_path)
+    path = tmp_path / "a.db"
+    conn = open_replica(path, remote, None)
+    first_large, second_large = shape == "small after large", shape == "large after small"
+    every_row = f"id <= {ROWS}"  # the rebase rewrites every page of the table
+    local_update(conn, every_row if first_large else "id = 1")
+    remote.advance("INSERT INTO t VALUES (1001, 'remote');")
+    conn.pull()
+    assert (revert_files(path) != []) == first_large
+    if first_large:
+        conn.push()  # nothing pending any more (the fake remote keeps its pages as they are)
+    local_update(conn, every_row if second_large else "id = 2", "again")
+    conn.close()
+    remote.advance("INSERT INTO t VALUES (1002, 'remote');")
+    seen = [re.sub(r"revert-\d+", "revert-N", step) for step in killed_pull(path, remote, at)]
+    whole = {  # then the frame log's prune (os.replace is the os module's: its rename is a step too)
+        "small after small": ["rename a.db-sync", "sync folder", "rename a.db-frames"],
+        "large after small": ["rename a.db-revert-N", "rename a.db-sync", "sync folder", "rename a.db-frames"],
+        "small after large": ["rename a.db-sync", "sync folder", "remove a.db-revert-N", "rename a.db-frames"],
+    }[shape]
+    assert seen == whole[:at]
+    assert ReplicaFiles(path).check() == []
+    swept_reverts.discard(str(path.resolve()))  # the next pull is a new process's first
+    remote.advance("INSERT INTO t VALUES (1003, 'remote');")  # so that it installs
+    conn = open_replica(path, remote, None)
+    try:
+        conn.pull()
+        rows = conn.execute("SELECT id, v FROM t WHERE id IN (2, 1001, 1002, 1003) ORDER BY id").fetchall()
+        assert rows == [(2, "again2"), (1001, "remote"), (1002, "remote"), (1003, "remote")]
+        state = saved_state(path)
+        kept = [revert_path(str(path.resolve()), state.revert_seq)] if state.revert_inline is None else []
+        assert revert_files(path) == kept  # nothing left behind by the killed pull
+    finally:
+        conn.close()
+    assert ReplicaFiles(path).check() == []
