@@ -53,7 +53,9 @@ _REVERT_HEAD = 20  # magic (8) | seq (8) | count (4), then crc32 (4) of the head
 #: A revert of at most this many pages is kept inside ``<db>-sync`` (``revert_inline``) instead of
 #: a file of its own: one durable file write per pull instead of two.  Each page adds its slot
 #: (4 KiB, 4,128 bytes in the envelope layout) times 4/3 in base64 to the state, which every pull
-#: and ``stats()`` read; 8 pages make a 44 KiB state (docs/engine.md, "The revert").
+#: (twice) and ``stats()`` read: 8 pages make a 44 KB state whose loads and decode cost ~0.4 ms
+#: more per pull than a revert file's read, against ~1.1 ms saved by not writing the file.
+#: Usually it is 1 or 2 pages (page 1 and the rebased ones).
 INLINE_REVERT_PAGES = 8
 
 
