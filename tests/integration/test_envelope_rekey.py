@@ -2,8 +2,8 @@
 
 The replica is bootstrapped from a default ``tursodb`` (pages reserve no bytes), so it uses the
 envelope layout: each page in a ``P + 32``-byte slot, its nonce after the ciphertext and tag.
-A pull that rebased a local change leaves a revert file, so every place that keeps images is
-there: the database file, the WAL, the frame log and a revert file.
+A pull that rebased a local change leaves a revert (kept in the sync state: a few pages), so
+every place that keeps images is there: the database file, the WAL, the frame log and the revert.
 
 A writer and a reader in processes of their own use the replica throughout, opened once with
 the first key.  Each rotation runs ``rekey`` in a forked process killed with SIGKILL after a
@@ -11,12 +11,13 @@ progress line of a phase picked at random (seeded; the rig is rekey_rig.py), the
 run again until one finishes.  After each kill every row the writer saw committed is there and
 ``PRAGMA integrity_check`` is ok; after each rotation the old key is refused and no ring is
 left.  At the end no image of an older epoch is left in the database file, the WAL, the frame
-log or the revert file, and the replica still pushes to and pulls from the server.  The kill
+log or the revert, and the replica still pushes to and pulls from the server.  The kill
 points are counted by the last progress line before each kill (printed with ``-s``).
 """
 
 from __future__ import annotations
 
+import base64
 import glob
 import random
 import secrets
@@ -32,6 +33,7 @@ from tests.servers import primary, tursodb
 from turso_sync.crypto.envelope import is_envelope
 from turso_sync.local.rekey import frame_log_images, rekey, revert_images
 from turso_sync.sync.files import ReplicaFiles
+from turso_sync.sync.state import SyncState
 
 from .rekey_rig import ACCOUNTS, BALANCE, KillPoint, RotationRig
 
@@ -68,15 +70,20 @@ def epochs_on_disk(path: Path) -> dict[str, set[int]]:
     found["WAL"] = {epoch_at(wal[off + 24 : off + 24 + S]) for off in range(32, len(wal) - (24 + S) + 1, 24 + S)}
     frames = Path(f"{path}-frames").read_bytes()
     found["frame log"] = {epoch_at(frames[off : off + S]) for _rec, off, _pgno in frame_log_images(frames, S)}
-    found["revert files"] = set()
-    for name in glob.glob(f"{path}-revert-*[0-9]"):
-        raw = Path(name).read_bytes()
+    found["revert files"] = set()  # and the small revert the sync state keeps
+    for raw in [Path(name).read_bytes() for name in glob.glob(f"{path}-revert-*[0-9]")] + inline_revert(path):
         found["revert files"] |= {epoch_at(raw[off : off + S]) for _pgno, off in revert_images(raw, S)}
     return found
 
 
+def inline_revert(path: Path) -> list[bytes]:
+    """The revert bytes ``<db>-sync`` keeps (``revert_inline``), if any."""
+    state = SyncState.load(str(path))
+    return [base64.b64decode(state.revert_inline)] if state is not None and state.revert_inline else []
+
+
 def make_replica(path: Path, url: str, key: str, tmp_path: Path) -> None:
-    """An envelope replica of the server with rows over many pages, pushed, and a revert file from a rebase."""
+    """An envelope replica of the server with rows over many pages, pushed, and a revert from a rebase."""
     a = turso_sync.connect(path, url, encryption_key=key)
     a.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
     a.execute("CREATE TABLE acct (id INTEGER PRIMARY KEY, bal INTEGER)")
@@ -91,10 +98,11 @@ def make_replica(path: Path, url: str, key: str, tmp_path: Path) -> None:
     b.close()
     a.execute("INSERT INTO t VALUES (5001, 'from a')")
     a.commit()
-    assert a.pull()  # rebases the local change over b's: the synced base's images go to a revert file
+    assert a.pull()  # rebases the local change over b's: the synced base's images go to a revert
     a.close()
     assert is_envelope(path.read_bytes()[:7])
-    assert glob.glob(f"{path}-revert-*[0-9]"), "no revert file: the rotation's copies would not be exercised"
+    # a few pages: kept in the sync state (a larger revert, in a file, is rewritten the same way)
+    assert inline_revert(path), "no revert: the rotation's copies would not be exercised"
 
 
 @pytest.mark.timeout(180)

@@ -8,6 +8,8 @@ the database is readable).
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import shutil
 import uuid
@@ -19,7 +21,9 @@ import pytest
 import turso_sync
 from tests.conftest import KEY256
 from tests.servers import primary
+from turso_sync.sync import pull as pull_mod
 from turso_sync.sync.files import ReplicaFiles
+from turso_sync.sync.state import SyncState
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +190,8 @@ def test_damaged_frame_log_and_state_are_named(tmp_path, server, key):
     turso_sync.connect(b, encryption_key=key).close()
 
 
-def test_missing_revert_file_is_named(tmp_path, server, key):
+@pytest.mark.parametrize("kept", ["file", "inline"])
+def test_missing_revert_file_or_damaged_inline_revert_is_named(tmp_path, server, key, kept, monkeypatch):
     a, b = synced_pair(tmp_path, fresh(server), key)
     pending_row(b, key, "pending across a pull")
     writer = turso_sync.connect(a, encryption_key=key)
@@ -194,13 +199,27 @@ def test_missing_revert_file_is_named(tmp_path, server, key):
     writer.commit()
     writer.sync()
     writer.close()
+    if kept == "file":
+        monkeypatch.setattr(pull_mod, "INLINE_REVERT_PAGES", 0)  # every revert in a file of its own
     conn = turso_sync.connect(b, encryption_key=key)
-    conn.pull()  # replays the pending row: the pure remote state needs a revert file
+    conn.pull()  # replays the pending row: the pure remote state needs a revert
     conn.close()
+    monkeypatch.undo()
     reverts = ReplicaFiles(b).revert_files()
-    assert len(reverts) == 1
-    os.remove(reverts[0])
-    open_fails(b, key, os.path.basename(reverts[0]))
+    if kept == "file":
+        assert len(reverts) == 1
+        os.remove(reverts[0])
+        open_fails(b, key, os.path.basename(reverts[0]))
+    else:
+        assert reverts == []  # kept in b.db-sync
+        state_file = tmp_path / "b.db-sync"
+        raw = json.loads(state_file.read_text())
+        data = bytearray(base64.b64decode(raw["revert_inline"]))
+        data[-1] ^= 1
+        raw["revert_inline"] = base64.b64encode(bytes(data)).decode()
+        state_file.write_text(json.dumps(raw))
+        err = open_fails(b, key, "b.db-sync")
+        assert "revert images" in err.what and "--remote URL" not in str(err)
     report = ReplicaFiles(b).repair(encryption_key=key)
     assert report.kept_pending == 1
     assert value_seen_by(b, key) == [("pending across a pull",)]
@@ -228,7 +247,7 @@ def test_lost_sync_state_is_refused_and_repair_with_the_url_keeps_the_pending_wr
 
 def test_a_wrong_key_is_an_encryption_error_not_damage(tmp_path, server):
     a, b = synced_pair(tmp_path, fresh(server), KEY256)
-    pending_row(b, KEY256, "pending across a pull")  # a revert file after the next pull
+    pending_row(b, KEY256, "pending across a pull")  # a revert after the next pull
     writer = turso_sync.connect(a, encryption_key=KEY256)
     writer.execute("UPDATE t SET v = 'remote' WHERE id = 5")
     writer.commit()
@@ -237,7 +256,8 @@ def test_a_wrong_key_is_an_encryption_error_not_damage(tmp_path, server):
     conn = turso_sync.connect(b, encryption_key=KEY256)
     conn.pull()
     conn.close()
-    assert ReplicaFiles(b).revert_files()
+    state = SyncState.load(str(b))
+    assert state is not None and state.revert_seq is not None
     wrong = "ff" * 32
     with pytest.raises(turso_sync.EncryptionError, match="wrong encryption key"):
         turso_sync.connect(b, encryption_key=wrong)

@@ -20,6 +20,7 @@ import pytest
 
 import turso_sync
 from tests.unit.rekey_stops import Killed, stop_rotation_midway
+from tests.unit.reverts import KEPT, keep_revert, read_kept_revert, stored_revert
 from turso_sync.cli import passwd as passwd_cli
 from turso_sync.cli import rekey as rekey_cli
 from turso_sync.cli.exit_codes import ExitCode
@@ -31,7 +32,6 @@ from turso_sync.local import rekey as rekey_module
 from turso_sync.local.engine import LocalDatabase
 from turso_sync.local.rekey import change_passphrase, frame_log_images, rekey, revert_images
 from turso_sync.sync.files import ReplicaFiles
-from turso_sync.sync.state import read_revert, revert_path, write_revert
 
 P = 4096
 S = P + 32
@@ -121,7 +121,8 @@ def test_an_envelope_rotation_stopped_at_any_saved_point_resumes(
         turso_sync.connect(str(path), encryption_key=old)
 
 
-def test_an_envelope_revert_file_is_re_encrypted_by_slot(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kept", KEPT)
+def test_an_envelope_revert_file_is_re_encrypted_by_slot(tmp_path: Path, kept: str) -> None:
     path = tmp_path / "env.db"
     old, new = secrets.token_hex(32), secrets.token_hex(32)
     make_envelope_db(path, old, rows=100)
@@ -130,15 +131,15 @@ def test_an_envelope_revert_file_is_re_encrypted_by_slot(tmp_path: Path) -> None
     data = path.read_bytes()
     codec.open_file(data[:S])
     pages = {pgno: codec.decrypt(data[(pgno - 1) * S : pgno * S], pgno) for pgno in (2, 3)}
-    write_revert(db_path, 5, pages, codec)  # a replica's synced base images, as a pull leaves them
+    keep_revert(db_path, 5, pages, codec, kept)  # a replica's synced base images, as a pull leaves them
     result = rekey(path, encryption_key=old, new_key=new)
     assert result.copies_rewritten >= 2
     reopened = EnvelopeCodec(HARDENED_CIPHERS["envelope"], bytes.fromhex(new), P)
     reopened.open_file(path.read_bytes()[:S])
-    raw = Path(revert_path(db_path, 5)).read_bytes()
+    raw = stored_revert(db_path, 5, kept)
     stored = [raw[24 + 4 + i * (4 + S) :][:S] for i in range(2)]
     assert {int.from_bytes(image[NONCE_AT : NONCE_AT + 2], "big") for image in stored} == {2}
-    assert read_revert(db_path, 5, reopened) == pages
+    assert read_kept_revert(db_path, 5, reopened, kept) == pages
 
 
 def test_a_lost_ring_of_an_envelope_rotation_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -199,8 +200,9 @@ def test_an_envelope_passphrase_changes_with_page1_alone(tmp_path: Path) -> None
         turso_sync.connect(str(path), encryption_key="old words", cipher="envelope-passphrase")
 
 
+@pytest.mark.parametrize("kept", KEPT)
 @pytest.mark.parametrize("cipher", ["envelope-passphrase", "hardened-passphrase"])
-def test_passwd_leaves_no_copy_of_page1_with_the_old_wrap(tmp_path: Path, cipher: str) -> None:
+def test_passwd_leaves_no_copy_of_page1_with_the_old_wrap(tmp_path: Path, cipher: str, kept: str) -> None:
     """The frame log and revert files keep page 1 as it was on disk, its header holding the
     wrapped data key: left alone, the old passphrase would still unwrap it from them."""
     path = tmp_path / "pw.db"
@@ -211,12 +213,13 @@ def test_passwd_leaves_no_copy_of_page1_with_the_old_wrap(tmp_path: Path, cipher
     codec = EnvelopeCodec(spec, b"old words", P) if size == S else HardenedCodec(spec, b"old words", P)
     data = path.read_bytes()
     codec.open_file(data[:size])
-    write_revert(db_path, 3, {1: codec.decrypt(data[:size], 1), 2: codec.decrypt(data[size : 2 * size], 2)}, codec)
+    pages = {1: codec.decrypt(data[:size], 1), 2: codec.decrypt(data[size : 2 * size], 2)}
+    keep_revert(db_path, 3, pages, codec, kept)
     old_params = FileParams.of_page1(data)
 
     def page1_copies() -> list[FileParams]:
         log = Path(f"{path}-frames").read_bytes()
-        raw = Path(revert_path(db_path, 3)).read_bytes()
+        raw = stored_revert(db_path, 3, kept)
         offsets = [(log, off) for _rec, off, pgno in frame_log_images(log, size) if pgno == 1]
         offsets += [(raw, off) for pgno, off in revert_images(raw, size) if pgno == 1]
         return [FileParams.of_page1(data[off : off + size]) for data, off in offsets]
@@ -229,7 +232,7 @@ def test_passwd_leaves_no_copy_of_page1_with_the_old_wrap(tmp_path: Path, cipher
     assert len(copies) >= 2 and set(copies) == {new_params}
     new_codec = EnvelopeCodec(spec, b"new words", P) if size == S else HardenedCodec(spec, b"new words", P)
     new_codec.open_file(path.read_bytes()[:size])
-    assert read_revert(db_path, 3, new_codec)[2] == codec.decrypt(data[size : 2 * size], 2)
+    assert read_kept_revert(db_path, 3, new_codec, kept)[2] == codec.decrypt(data[size : 2 * size], 2)
     with pytest.raises(turso_sync.EncryptionError, match="wrong encryption key"):
         turso_sync.connect(str(path), encryption_key="old words", cipher=cipher)
 

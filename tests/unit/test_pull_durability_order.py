@@ -1,8 +1,10 @@
 """A pull's files reach the disk in an order a power loss cannot break, with one sync of the folder.
 
-The revert file is renamed into place before the state file that names it, and the folder is synced
+When the revert is too large to travel in the state (``INLINE_REVERT_PAGES``, here set to 0), the
+revert file is renamed into place before the state file that names it, and the folder is synced
 after both renames, before the pull returns: whatever a crash keeps of the folder, a state that names
-a revert file comes with it (``sync/pull.py``, ``write_revert(sync_folder=False)``).
+a revert file comes with it (``sync/pull.py``, ``write_revert(sync_folder=False)``).  A small revert
+is part of the state file (``tests/unit/test_pull_inline_revert.py``).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import os
 
 import turso_sync
 from tests.unit.fake_remote import FakeRemote, sqlite_pages
+from turso_sync.sync import pull as pull_mod
 from turso_sync.sync import state as state_mod
 
 URL = "https://remote.invalid"
@@ -39,6 +42,7 @@ def test_the_state_naming_a_revert_file_is_synced_after_the_revert_files_rename(
             events.append(("sync folder", os.path.basename(str(path))))
             real_fsync_dir(path)
 
+        monkeypatch.setattr(pull_mod, "INLINE_REVERT_PAGES", 0)  # every revert in a file
         monkeypatch.setattr(state_mod.os, "replace", replace)
         monkeypatch.setattr(state_mod, "fsync_dir", fsync_dir)
         result = conn.replica.pull()

@@ -14,6 +14,7 @@ import pytest
 
 import turso_sync
 from tests.unit.rekey_stops import Killed, stop_rotation_midway
+from tests.unit.reverts import KEPT, keep_revert, read_kept_revert, stored_revert
 from turso_sync.crypto import keys
 from turso_sync.crypto.hardened import FileParams, HardenedAuthError, HardenedCodec
 from turso_sync.crypto.keyring import KeyRing, KeyRingError
@@ -274,9 +275,9 @@ def test_passwd_rewrites_page1_only_and_refuses_the_old_passphrase(tmp_path: Pat
         turso_sync.connect(str(path), encryption_key="old words", cipher="hardened-passphrase")
 
 
-def test_revert_files_and_the_frame_log_are_re_encrypted(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kept", KEPT)
+def test_revert_files_and_the_frame_log_are_re_encrypted(tmp_path: Path, kept: str) -> None:
     from turso_sync.local.engine import LocalDatabase
-    from turso_sync.sync.state import read_revert, revert_path, write_revert
 
     path = tmp_path / "app.db"
     old, new = secrets.token_hex(32), secrets.token_hex(32)
@@ -288,13 +289,13 @@ def test_revert_files_and_the_frame_log_are_re_encrypted(tmp_path: Path) -> None
     data = path.read_bytes()
     codec.open_file(data[:P])
     pages = {pgno: codec.decrypt(data[(pgno - 1) * P : pgno * P], pgno) for pgno in (2, 3)}
-    write_revert(db_path, 7, pages, codec)  # a replica's synced base images, as a pull leaves them
+    keep_revert(db_path, 7, pages, codec, kept)  # a replica's synced base images, as a pull leaves them
     assert scan_frame_log(db_path, codec, 2) > 0  # history kept under epoch 1
     result = rekey(path, encryption_key=old, new_key=new)
     assert result.copies_rewritten >= 2
     reopened = HardenedCodec(RAW, bytes.fromhex(new), P)
     reopened.open_file(path.read_bytes()[:P])
-    raw = Path(revert_path(db_path, 7)).read_bytes()
+    raw = stored_revert(db_path, 7, kept)
     assert {reopened.epoch_of(raw[24 + 4 + i * (4 + P) :][:P]) for i in range(2)} == {2}
-    assert read_revert(db_path, 7, reopened) == pages
+    assert read_kept_revert(db_path, 7, reopened, kept) == pages
     assert scan_frame_log(db_path, reopened, 2) == 0

@@ -20,26 +20,30 @@ A rotation moves the file from key epoch ``N`` to ``N + 1`` in four steps, each 
    page it writes under the newest epoch) and empties the WAL; SQLite's own checkpoint rules
    keep readers of older snapshots safe.  The database file and the WAL are then scanned (the
    nonce of every image names its epoch); anything left sends the sweep round again.
-3. **Copies.**  The frame log (``<db>-frames``) and revert files (``<db>-revert-<seq>``) keep
-   page images as they were on disk: every image of epoch ``N`` is re-encrypted, each file
-   rewritten to a temporary file and renamed over the old one under that file's own lock.
+3. **Copies.**  The frame log (``<db>-frames``), revert files (``<db>-revert-<seq>``) and the
+   small revert a replica's sync state keeps (``<db>-sync``'s ``revert_inline``) hold page images
+   as they were on disk: every image of epoch ``N`` is re-encrypted, each file rewritten to a
+   temporary file and renamed over the old one under that file's own lock (the sync lock for
+   revert files and the state).
 4. **Retire.**  Under the write lock every place is scanned once more; if nothing holds epoch
    ``N``, the ring file is removed and page 1 is written with the "previous live" bit cleared.
    Every process drops key ``N`` when it next reads page 1; from then on the old key opens
    nothing and an image of epoch ``N`` is refused.
 
 A passphrase change (``change_passphrase``) re-wraps the newest data key: page 1 alone is
-written, then checkpointed; then the copies of page 1 in the frame log and revert files, which
-carry the old wrap in their header, are re-encrypted (else the old passphrase would still
+written, then checkpointed; then the copies of page 1 in the frame log and revert files (and the
+sync state's revert), which carry the old wrap in their header, are re-encrypted (else the old passphrase would still
 unwrap the data key from them).  It needs the file to itself (no other process may have it open),
 because every process writes page 1's parameters from its own copy of them.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
 import glob
+import json
 import os
 import struct
 import time
@@ -71,6 +75,10 @@ from .walindex import committed_wal
 BATCH_PAGES = 64
 _ROUNDS = 5  # sweeps before giving up on retiring (each round only finds what came in between)
 _REVERT_HEAD = 20  # magic (8) | seq (8) | count (4), then crc32 (4)
+# a replica's sync state (``sync/state.py``, JSON; ``local`` does not import ``sync``) and its field
+# that keeps a small revert: a revert file's bytes, base64
+_STATE_SUFFIX = "-sync"
+_INLINE_REVERT = "revert_inline"
 _SHM_DMS_BYTE = 128  # every connection holds a read lock on this byte of -shm while open (unix VFS)
 _SHM_CKPT_BYTE = 121  # a checkpoint holds this byte of -shm exclusively (unix VFS: WAL_CKPT_LOCK at 120 + 1)
 
@@ -140,7 +148,7 @@ def change_passphrase(
 ) -> None:
     """Re-wrap the data key of the hardened (or envelope) database at ``path`` under ``new_passphrase``.
 
-    Only page 1 changes, and the copies of it that the frame log and revert files keep; the old
+    Only page 1 changes, and the copies of it that the frame log and reverts keep; the old
     passphrase opens nothing afterwards.  Refused (``OperationalError``) while another process
     has the database open.  ``argon2`` sets the new cost (default: the library's default for new
     files).  Killed after page 1's commit, copies with the old wrap may be left: the next
@@ -636,7 +644,7 @@ class _Rotation:
         if scan_frame_log(self.path, self.codec, new):
             return f"the frame log {self.path}-frames"
         if scan_revert_files(self.path, self.codec, new):
-            return "a revert file"
+            return "a revert (a revert file, or the one the sync state keeps)"
         return ""
 
     def _retire(self, ring: KeyRing) -> None:
@@ -828,36 +836,62 @@ def _revert_files(db_path: str) -> list[str]:
 
 
 def revert_images(data: bytes, image_size: int) -> Iterator[tuple[int, int]]:
-    """(pgno, image offset) of every image in a revert file; each image takes ``image_size`` bytes
-    (the codec's slot size)."""
+    """(pgno, image offset) of every image in a revert's bytes (a revert file, or those a replica's
+    sync state keeps); each image takes ``image_size`` bytes (the codec's slot size)."""
     count = int.from_bytes(data[16:20], "big")
     for i in range(count):
         off = _REVERT_HEAD + 4 + i * (4 + image_size)
         yield int.from_bytes(data[off : off + 4], "big"), off + 4
 
 
-def scan_revert_files(db_path: str, codec: HardenedCodec, new: int) -> int:
-    """How many images in revert files are under another epoch than ``new``."""
+def _inline_revert(db_path: str, image_size: int) -> tuple[dict[str, object], bytearray] | None:
+    """The replica's sync state (its JSON object) and the revert bytes it keeps, read now.
+
+    None when it keeps none, or they cannot be read: a damaged state is ``turso-sync verify``'s
+    to report, and its images no reader would accept anyway.
+    """
+    try:
+        with open(db_path + _STATE_SUFFIX, "rb") as f:
+            state = json.loads(f.read())
+        value = state.get(_INLINE_REVERT) if isinstance(state, dict) else None
+        data = bytearray(base64.b64decode(value, validate=True)) if isinstance(value, str) else None
+    except (FileNotFoundError, ValueError):  # not JSON (nor text), not base64
+        return None
+    if data is None or len(data) != _REVERT_HEAD + 4 + int.from_bytes(data[16:20], "big") * (4 + image_size):
+        return None
+    return state, data
+
+
+def _stale_in_revert(data: bytes, codec: HardenedCodec, new: int) -> int:
     S = codec.slot_size
+    return sum(1 for _p, off in revert_images(data, S) if codec.epoch_of(data[off : off + S]) != new)
+
+
+def scan_revert_files(db_path: str, codec: HardenedCodec, new: int) -> int:
+    """How many images in revert files (and the revert the sync state keeps) are under another epoch than ``new``."""
     total = 0
     for name in _revert_files(db_path):
         with contextlib.suppress(FileNotFoundError), open(name, "rb") as f:
-            data = f.read()
-            total += sum(1 for _p, off in revert_images(data, S) if codec.epoch_of(data[off : off + S]) != new)
+            total += _stale_in_revert(f.read(), codec, new)
+    inline = _inline_revert(db_path, codec.slot_size)
+    if inline is not None:
+        total += _stale_in_revert(bytes(inline[1]), codec, new)
     return total
 
 
 def rewrite_revert_files(
     db_path: str, codec: HardenedCodec, selected: Callable[[bytes, int], bool] | None = None
 ) -> int:
-    """Re-encrypt revert files' images of older epochs, under the replica's sync lock; return how many.
+    """Re-encrypt the images of older epochs in revert files and in the revert the sync state keeps,
+    under the replica's sync lock; return how many.
 
-    ``selected(image, pgno)`` picks other images instead (default: those of another epoch).
+    ``selected(image, pgno)`` picks other images instead (default: those of another epoch).  The
+    state is written again (atomically, the rest of it as it was) only when one of its images
+    changed; every writer of the state holds the same lock and reads the state afresh under it.
     """
-    names = _revert_files(db_path)
-    if not names:
-        return 0
     S = codec.slot_size
+    if not _revert_files(db_path) and _inline_revert(db_path, S) is None:
+        return 0
     stale = selected or _other_epochs(codec)
     count = 0
     fd = os.open(db_path + "-sync.lock", os.O_RDWR | os.O_CREAT, 0o600)
@@ -866,20 +900,38 @@ def rewrite_revert_files(
         for name in _revert_files(db_path):
             with open(name, "rb") as f:
                 data = bytearray(f.read())
-            n = 0
-            for pgno, off in list(revert_images(bytes(data), S)):
-                image = bytes(data[off : off + S])
-                if stale(image, pgno):
-                    data[off : off + S] = codec.reencrypt(image, pgno, "revert file")
-                    n += 1
+            n = _reencrypt_revert(data, codec, stale, "revert file")
             if n:
-                body = bytes(data[_REVERT_HEAD + 4 :])
-                struct.pack_into(">I", data, _REVERT_HEAD, zlib.crc32(body, zlib.crc32(bytes(data[:_REVERT_HEAD]))))
                 _write_atomically(name, bytes(data), tmp=name + ".tmp")
+                count += n
+        inline = _inline_revert(db_path, S)  # read again under the lock
+        if inline is not None:
+            state, data = inline
+            n = _reencrypt_revert(data, codec, stale, "sync state's revert")
+            if n:
+                state[_INLINE_REVERT] = base64.b64encode(data).decode("ascii")
+                path = db_path + _STATE_SUFFIX
+                # as ``SyncState.save`` writes it
+                _write_atomically(path, json.dumps(state, indent=1, sort_keys=True).encode(), tmp=path + ".tmp")
                 count += n
     finally:
         os.close(fd)
     return count
+
+
+def _reencrypt_revert(data: bytearray, codec: HardenedCodec, stale: Callable[[bytes, int], bool], where: str) -> int:
+    """Re-encrypt the selected images of a revert's bytes in place, and its checksum; return how many."""
+    S = codec.slot_size
+    n = 0
+    for pgno, off in list(revert_images(bytes(data), S)):
+        image = bytes(data[off : off + S])
+        if stale(image, pgno):
+            data[off : off + S] = codec.reencrypt(image, pgno, where)
+            n += 1
+    if n:
+        body = bytes(data[_REVERT_HEAD + 4 :])
+        struct.pack_into(">I", data, _REVERT_HEAD, zlib.crc32(body, zlib.crc32(bytes(data[:_REVERT_HEAD]))))
+    return n
 
 
 # --- files ---------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from ..page import PAGE_SIZE, RESERVED_BYTES
 from .exchange import Steps
 from .partial import PartialSync
 from .remote import PulledPages, fetch_pages
-from .state import PUSH_MARK_KEY, SyncState
+from .state import PUSH_MARK_KEY, SyncState, drop_reverts, swept_reverts
 
 
 @dataclass(frozen=True)
@@ -122,6 +122,9 @@ def bootstrap(
     state.synced_seq = 0
     state.synced_db_size = result.db_size
     state.revert_seq = None
+    state.revert_inline = None
+    drop_reverts(path, None)  # a revert file of a replica that was here before is nobody's
+    swept_reverts.add(path)
     state.bootstrapping = False
     state.touch_pull()
     return len(result.pages)

@@ -6,8 +6,10 @@ A replica is more than its database file:
   changes are lost with it);
 * ``DB-wal`` and ``DB-shm``: SQLite's WAL and wal-index (``-shm`` is rebuilt by SQLite);
 * ``DB-frames``: the frame log, history since the last pull, from which the synced base is rebuilt;
-* ``DB-sync``: the sync state (remote URL, client id, synced revision and where it sits in the log);
-* ``DB-revert-<seq>``: the synced base's images of the pages the last pull's rebase changed;
+* ``DB-sync``: the sync state (remote URL, client id, synced revision and where it sits in the log),
+  with the last pull's revert inside when it is small (``sync/state.py``);
+* ``DB-revert-<seq>``: the synced base's images of the pages the last pull's rebase changed, when
+  they are too many to keep in ``DB-sync``;
 * ``DB-present``: a partial replica's bitmap of the pages held locally;
 * ``DB-pagemap``: a hardened (or envelope) file's page map, which image each page must hold
   (``local/pagemap.py``);
@@ -18,10 +20,10 @@ is not asked to open a database whose file may be empty: its first connection wo
 new, empty database): a missing, emptied or truncated database file (every page of the current
 size must be in the file or in the WAL); a database whose size disagrees with the frame log's
 newest transaction (an older copy, or another database, put in its place); a missing or damaged
-frame log, ``-sync`` or revert file; a frame log that does not reach the synced base.  Only then
-does it open the database, to compare the client id kept inside it with the ``-sync`` one (a
-database of another replica) and, with ``deep=True`` (``turso-sync verify``), the page images the
-frame log recorded last with the file's pages.
+frame log, ``-sync`` or revert (a file, or the images ``-sync`` keeps); a frame log that does not
+reach the synced base.  Only then does it open the database, to compare the client id kept
+inside it with the ``-sync`` one (a database of another replica) and, with ``deep=True``
+(``turso-sync verify``), the page images the frame log recorded last with the file's pages.
 
 ``ReplicaFiles.encryption_report`` (``turso-sync verify``) says how the database is encrypted
 (plaintext, Turso's format, the hardened format, the envelope layout), for a hardened (or
@@ -38,6 +40,7 @@ the replica with a ``.damaged`` suffix.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import glob
 import os
@@ -63,7 +66,16 @@ from ..local.rekey import frame_log_images, revert_images  # the two readers of 
 from ..local.vfs import RING_SUFFIX, file_descriptor, realpath
 from ..local.walindex import committed_wal
 from ..page import PAGE_SIZE as P
-from .state import PUSH_MARK_KEY, SyncState, lost_state_remedy, read_revert, remedy, revert_path
+from .state import (
+    INLINE_REVERT_DAMAGED,
+    PUSH_MARK_KEY,
+    SyncState,
+    lost_state_remedy,
+    read_inline_revert,
+    read_revert,
+    remedy,
+    revert_path,
+)
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 TURSO_MAGIC_PREFIX = b"Turso"
@@ -366,7 +378,8 @@ class ReplicaFiles:
         )
 
     def _error(self, damages: list[Damage]) -> errors.ReplicaDamagedError:
-        lost_url = damages[0].file == self.state_file  # the -sync file held the remote's URL
+        # the -sync file held the remote's URL (unless only the revert images it keeps are damaged)
+        lost_url = damages[0].file == self.state_file and not damages[0].what.startswith(INLINE_REVERT_DAMAGED)
         fix = lost_state_remedy(self.path) if lost_url else remedy(self.path)
         return errors.ReplicaDamagedError(damages[0].file, damages[0].what, fix, damages)
 
@@ -404,6 +417,14 @@ class ReplicaFiles:
         return []
 
     def _check_revert(self, state: SyncState, codec: PageCodec | None) -> list[Damage]:
+        if state.revert_inline is not None:
+            try:
+                read_inline_revert(self.path, state, codec)
+            except errors.ReplicaDamagedError as exc:
+                return [Damage(self.state_file, exc.what, False)]
+            except PageAuthError as exc:
+                return [Damage(self.state_file, f"{INLINE_REVERT_DAMAGED} ({exc})", False)]
+            return []
         if state.revert_seq is None:
             return []
         path = revert_path(self.path, state.revert_seq)
@@ -757,14 +778,24 @@ class _PageScan:
         self._copies(files.frames, "frame log", _frame_log_pages)
         for name in files.revert_files():
             self._copies(name, "revert file", _revert_pages)
+        inline = _inline_revert_bytes(files.path)
+        if inline is not None:
+            self._copies(files.state_file, "revert file", _revert_pages, inline)
 
-    def _copies(self, name: str, place: str, images: Callable[[bytes, int], Iterator[tuple[int, bytes]]]) -> None:
-        """The images a copy file (frame log, revert file) keeps, as on disk."""
-        try:
-            with open(name, "rb") as f:  # no SQLite lock lives on these files
-                data = f.read()
-        except FileNotFoundError:
-            return
+    def _copies(
+        self,
+        name: str,
+        place: str,
+        images: Callable[[bytes, int], Iterator[tuple[int, bytes]]],
+        data: bytes | None = None,
+    ) -> None:
+        """The images a copy (frame log, revert file, or ``data`` kept in the file ``name``) holds, as on disk."""
+        if data is None:
+            try:
+                with open(name, "rb") as f:  # no SQLite lock lives on these files
+                    data = f.read()
+            except FileNotFoundError:
+                return
         counted = "revert files" if place == "revert file" else place
         for pgno, image in images(data, self.P):
             self._count(image, counted)
@@ -913,6 +944,21 @@ def _frame_log_pages(data: bytes, page_size: int) -> Iterator[tuple[int, bytes]]
 def _revert_pages(data: bytes, page_size: int) -> Iterator[tuple[int, bytes]]:
     for pgno, offset in revert_images(data, page_size):
         yield pgno, data[offset : offset + page_size]
+
+
+def _inline_revert_bytes(db_path: str) -> bytes | None:
+    """The revert bytes the state file keeps (``revert_inline``), None when there are none or they
+    cannot be read (``check`` reports a damaged state)."""
+    try:
+        state = SyncState.load(db_path)
+    except errors.ReplicaDamagedError:
+        return None
+    if state is None or state.revert_inline is None:
+        return None
+    try:
+        return base64.b64decode(state.revert_inline, validate=True)
+    except ValueError:
+        return None
 
 
 def _size_in_header(head: bytes, file_pages: int) -> int:

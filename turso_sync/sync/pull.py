@@ -29,7 +29,16 @@ from .outbox import read_pending
 from .overlay import OverlayImage
 from .rebase import Conflict, Rebaser, Resolver
 from .remote import PulledPages, fetch_pages, run_batch
-from .state import SyncState, drop_reverts, read_revert, write_revert
+from .state import (
+    INLINE_REVERT_PAGES,
+    SyncState,
+    drop_reverts,
+    inline_revert,
+    read_inline_revert,
+    read_revert,
+    swept_reverts,
+    write_revert,
+)
 
 SCHEMA_COOKIE = 40  # header offset of the schema cookie
 WAL_BOUND = 1 << 20  # checkpoint once the WAL passes this many bytes after a pull
@@ -244,9 +253,16 @@ def install(replica: PullContext, result: PulledPages) -> list[Conflict]:
             for pgno in sorted({1, *final.written, *range(final_size + 1, result.db_size + 1)})
             if pgno <= result.db_size and (pgno > final_size or installed(pgno) != remote_page(pgno))
         }
-        # its rename is made durable by the state's save below, which syncs the same folder
-        # (one sync of the folder per pull, not two); until then nothing refers to the file
-        write_revert(replica.path, seq, revert, codec, sync_folder=False)
+        # a small revert travels in the state file (one durable write); a larger one is a file whose
+        # rename the state's save below makes durable, syncing the same folder (one sync of the
+        # folder per pull, not two); until then nothing refers to the file
+        had_file = state.revert_seq is not None and state.revert_inline is None
+        wrote_file = len(revert) > INLINE_REVERT_PAGES
+        if wrote_file:
+            write_revert(replica.path, seq, revert, codec, sync_folder=False)
+            state.revert_inline = None
+        else:
+            state.revert_inline = inline_revert(seq, revert, codec)
         state.synced_revision = result.revision
         state.synced_seq = seq
         state.synced_db_size = result.db_size
@@ -254,7 +270,11 @@ def install(replica: PullContext, result: PulledPages) -> list[Conflict]:
         state.touch_pull()
         replica.count_bytes()
         state.save(replica.path)
-        drop_reverts(replica.path, seq)
+        if had_file or wrote_file or replica.path not in swept_reverts:
+            # the old file once the state no longer names it; the first pull of each process also
+            # removes what a killed one may have left (a file that no state names)
+            drop_reverts(replica.path, seq if wrote_file else None)
+            swept_reverts.add(replica.path)
     db.prune_history(seq)  # nothing before the new synced base is needed any more
     return outcome.conflicts
 
@@ -264,7 +284,9 @@ def synced_base_pages(
 ) -> tuple[dict[int, bytes], int]:
     """Images that turn the current state back into the synced remote state, and its size."""
     pages, _size = db.images_at(state.synced_seq)
-    if state.revert_seq is not None:
+    if state.revert_inline is not None:
+        pages.update(read_inline_revert(path, state, codec))
+    elif state.revert_seq is not None:  # a revert file (a large revert, or a state from before revert_inline)
         pages.update(read_revert(path, state.revert_seq, codec))
     return pages, state.synced_db_size
 
