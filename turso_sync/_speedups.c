@@ -2046,6 +2046,37 @@ install_handed(PyTypeObject *type, PyObject *disk, PyObject *salts, const Py_buf
     return obj;
 }
 
+/* Frame f's header (page, commit size, salts) and stored checksum: the chain (c1, c2) continued over
+ * the header's first 8 bytes and the body_len bytes of body already at f + 24. */
+static void
+install_frame_header(unsigned char *f, uint32_t pgno, uint32_t commit, uint32_t salt1, uint32_t salt2,
+                     Py_ssize_t body_len, int swap, uint32_t *c1, uint32_t *c2)
+{
+    put_be32(f, pgno);
+    put_be32(f + 4, commit);
+    put_be32(f + 8, salt1);
+    put_be32(f + 12, salt2);
+    checksum_pairs(f, 1, swap, c1, c2);
+    checksum_pairs(f + 24, body_len / 8, swap, c1, c2);
+    put_be32(f + 16, *c1);
+    put_be32(f + 20, *c2);
+}
+
+/* The plaintext chain (p1, p2) continued over frame's first 8 bytes and plain, and the frame as handed
+ * over to WAL recovery (install_handed); *pt is set to the new chain's pair (a new reference, the
+ * caller's to release, on failure too).  NULL with an exception set. */
+static PyObject *
+install_hand_over(PyTypeObject *type, PyObject *frame, PyObject *salts, const Py_buffer *plain, int swap,
+                  PyObject *prev_ct, PyObject *prev_pt, PyObject *ct, uint32_t *p1, uint32_t *p2, PyObject **pt)
+{
+    checksum_pairs((const unsigned char *)PyBytes_AS_STRING(frame), 1, swap, p1, p2);
+    checksum_pairs(plain->buf, plain->len / 8, swap, p1, p2);
+    *pt = pair_of(*p1, *p2);
+    if (*pt == NULL)
+        return NULL;
+    return install_handed(type, frame, salts, plain, prev_ct, prev_pt, ct, *pt, *p1, *p2);
+}
+
 static PyObject *
 install_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -2118,16 +2149,9 @@ install_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
         PyList_SET_ITEM(frames, n, frame);
         f = (unsigned char *)PyBytes_AS_STRING(frame);
-        put_be32(f, pgno);
-        put_be32(f + 4, n == count - 1 ? db_size : 0);
-        put_be32(f + 8, salt1);
-        put_be32(f + 12, salt2);
         memcpy(f + 24, body.buf, (size_t)body.len);
         PyBuffer_Release(&body);
-        checksum_pairs(f, 1, swap, &c1, &c2);
-        checksum_pairs(f + 24, body_len / 8, swap, &c1, &c2);
-        put_be32(f + 16, c1);
-        put_be32(f + 20, c2);
+        install_frame_header(f, pgno, n == count - 1 ? db_size : 0, salt1, salt2, body_len, swap, &c1, &c2);
         if ((ct = pair_of(c1, c2)) == NULL)
             goto done;
         if (chained) {
@@ -2139,12 +2163,8 @@ install_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 PyBuffer_Release(&plain);
                 goto done;
             }
-            checksum_pairs(f, 1, swap, &p1, &p2);
-            checksum_pairs(plain.buf, plain.len / 8, swap, &p1, &p2);
-            pt = pair_of(p1, p2);
-            obj = pt == NULL ? NULL
-                             : install_handed((PyTypeObject *)handed_type, frame, salts, &plain, prev_ct, prev_pt, ct,
-                                              pt, p1, p2);
+            obj = install_hand_over((PyTypeObject *)handed_type, frame, salts, &plain, swap, prev_ct, prev_pt, ct, &p1,
+                                    &p2, &pt);
             PyBuffer_Release(&plain);
             if (obj == NULL)
                 goto done;
@@ -2783,14 +2803,7 @@ install_sealed_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         f = (unsigned char *)PyBytes_AS_STRING(frame);
         if (seal_one(encrypt_into, magic, plain.buf, f + 24, P, pgno, (const unsigned char *)nonces.buf + 12 * n) < 0)
             goto release;
-        put_be32(f, pgno);
-        put_be32(f + 4, n == count - 1 ? db_size : 0);
-        put_be32(f + 8, salt1);
-        put_be32(f + 12, salt2);
-        checksum_pairs(f, 1, swap, &c1, &c2);
-        checksum_pairs(f + 24, P / 8, swap, &c1, &c2);
-        put_be32(f + 16, c1);
-        put_be32(f + 20, c2);
+        install_frame_header(f, pgno, n == count - 1 ? db_size : 0, salt1, salt2, P, swap, &c1, &c2);
         obj = PyBytes_FromStringAndSize((const char *)f + 24, P);
         if (obj == NULL)
             goto release;
@@ -2798,12 +2811,8 @@ install_sealed_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if ((ct = pair_of(c1, c2)) == NULL)
             goto release;
         if (chained) {
-            checksum_pairs(f, 1, swap, &p1, &p2);
-            checksum_pairs(plain.buf, P / 8, swap, &p1, &p2);
-            pt = pair_of(p1, p2);
-            obj = pt == NULL ? NULL
-                             : install_handed((PyTypeObject *)handed_type, frame, salts, &plain, prev_ct, prev_pt, ct,
-                                              pt, p1, p2);
+            obj = install_hand_over((PyTypeObject *)handed_type, frame, salts, &plain, swap, prev_ct, prev_pt, ct, &p1,
+                                    &p2, &pt);
             if (obj == NULL)
                 goto release;
             PyList_SET_ITEM(handed, n, obj);
