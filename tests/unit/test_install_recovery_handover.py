@@ -80,6 +80,19 @@ def _counting_long_way(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return checked
 
 
+def _counting_disk_ct(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The frames whose stored checksum before them was read from disk (``_disk_ct``), in call order."""
+    reads: list[int] = []
+    real = vfs.EncryptedWALFile._disk_ct
+
+    def counting(self: vfs.EncryptedWALFile, index: int) -> tuple[int, int]:
+        reads.append(index)
+        return real(self, index)
+
+    monkeypatch.setattr(vfs.EncryptedWALFile, "_disk_ct", counting)
+    return reads
+
+
 def _recorded_frames(monkeypatch: pytest.MonkeyPatch) -> dict[int, bytes]:
     """Every whole frame the WAL handles give SQLite, by frame number (the last one given)."""
     given: dict[int, bytes] = {}
@@ -278,14 +291,7 @@ def test_recovery_reads_the_checksum_before_a_handed_frame_once_per_wal(tmp_path
     db.checkpoint()
     size = _install_every_page(db)
     _install_every_page(db)
-    reads: list[int] = []
-    real = vfs.EncryptedWALFile._disk_ct
-
-    def counting(self: vfs.EncryptedWALFile, index: int) -> tuple[int, int]:
-        reads.append(index)
-        return real(self, index)
-
-    monkeypatch.setattr(vfs.EncryptedWALFile, "_disk_ct", counting)
+    reads = _counting_disk_ct(monkeypatch)
     long_way = _counting_long_way(monkeypatch)
     given = _recorded_frames(monkeypatch)
     invalidate_wal_index(str(db.path))
@@ -306,14 +312,7 @@ def test_recovery_reads_the_checksum_before_a_frame_sqlite_wrote_once_per_wal(tm
         app.execute("UPDATE t SET v = ? WHERE id = ?", (f"new {i}", i))
         app.commit()
     want = _rows(db)
-    reads: list[int] = []
-    real = vfs.EncryptedWALFile._disk_ct
-
-    def counting(self: vfs.EncryptedWALFile, index: int) -> tuple[int, int]:
-        reads.append(index)
-        return real(self, index)
-
-    monkeypatch.setattr(vfs.EncryptedWALFile, "_disk_ct", counting)
+    reads = _counting_disk_ct(monkeypatch)
     long_way = _counting_long_way(monkeypatch)
     invalidate_wal_index(str(db.path))
     assert _rows(db) == want
