@@ -99,6 +99,8 @@ def make_replica(path: Path, url: str, key: str, tmp_path: Path) -> None:
     a.execute("INSERT INTO t VALUES (5001, 'from a')")
     a.commit()
     assert a.pull()  # rebases the local change over b's: the synced base's images go to a revert
+    a.push()  # its mark and counters in -sync.volatile, over the -sync the rotation rewrites
+    assert Path(f"{path}-sync.volatile").exists()
     a.close()
     assert is_envelope(path.read_bytes()[:7])
     # a few pages: kept in the sync state (a larger revert, in a file, is rewritten the same way)

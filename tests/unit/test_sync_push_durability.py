@@ -2,7 +2,8 @@
 
 A successful push, and a pull that brought nothing, save the state without syncing the folder
 (``SyncState.save(durable=False)``: what they change is safe to lose in a power loss, see
-``pusher.push_once``); a push left in doubt and a pull that installed pages sync it, so that
+``pusher.push_once``), a push's mark and counters in ``-sync.volatile`` without syncing its data
+either (``test_sync_state_volatile.py``); a push left in doubt and a pull that installed pages sync it, so that
 state survives a power loss.  Every save is visible to other processes at once either way.
 The pusher forgets pushed outbox rows in a commit that does not sync the WAL
 (``pusher._forget``), and leaves the engine's connection as it found it.
@@ -49,8 +50,24 @@ def test_a_successful_push_saves_the_state_without_syncing_the_folder(world):
     conn, _remote, _file, synced = world
     conn.execute("INSERT INTO t(v) VALUES ('w')")
     conn.commit()
-    assert conn.replica.push() == 1
+    written: list[str] = []
+    real_write, real_overwrite = state_mod._write_whole, state_mod._overwrite
+
+    def write(path: str, data: bytes, *, sync: bool) -> None:
+        written.append(f"{path[len(conn.replica.path) :]} sync={sync}")
+        real_write(path, data, sync=sync)
+
+    def overwrite(path: str, data: bytes) -> None:
+        written.append(f"{path[len(conn.replica.path) :]} in place")
+        real_overwrite(path, data)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(state_mod, "_write_whole", write)
+        patch.setattr(state_mod, "_overwrite", overwrite)
+        assert conn.replica.push() == 1
     assert state_syncs(synced) == 0
+    # the mark and counters go to the volatile file, overwritten in place with no sync at all
+    assert written == ["-sync.volatile in place"]
     saved = SyncState.load(conn.replica.path)  # what another process reads
     assert saved is not None and saved.pushes == 1 and saved.extra[PUSH_MARK_KEY][1] >= 1
 

@@ -8,6 +8,8 @@ A replica is more than its database file:
 * ``DB-frames``: the frame log, history since the last pull, from which the synced base is rebuilt;
 * ``DB-sync``: the sync state (remote URL, client id, synced revision and where it sits in the log),
   with the last pull's revert inside when it is small (``sync/state.py``);
+* ``DB-sync.volatile``: counters and the push mark of saves a power loss may undo, laid over
+  ``DB-sync`` while it belongs to that very file (``sync/state.py``);
 * ``DB-revert-<seq>``: the synced base's images of the pages the last pull's rebase changed, when
   they are too many to keep in ``DB-sync``;
 * ``DB-present``: a partial replica's bitmap of the pages held locally;
@@ -85,6 +87,7 @@ _SUFFIXES = (
     "-shm",
     "-frames",
     "-sync",
+    "-sync.volatile",
     "-present",
     "-sync.lock",
     "-present.lock",
@@ -299,7 +302,7 @@ class ReplicaFiles:
     def _stamp(self) -> tuple[tuple[int, int, int] | None, ...]:
         """What changes when another process writes any of the files the check reads."""
         out: list[tuple[int, int, int] | None] = []
-        for name in (self.state_file, self.path, self.wal, self.frames):
+        for name in (self.state_file, self.state_file + ".volatile", self.path, self.wal, self.frames):
             try:
                 st = os.stat(name)
             except FileNotFoundError:
