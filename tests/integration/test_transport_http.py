@@ -6,15 +6,26 @@ clients did, and a connection the server closed between requests is replaced wit
 from __future__ import annotations
 
 import asyncio
+import datetime
 import http.client
+import ipaddress
+import socket
+import ssl
 import threading
 import urllib.parse
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
-from turso_sync.sync.transport import AsyncHttpTransport, HttpTransport
+from turso_sync.errors import NetworkError
+from turso_sync.sync import transport as transport_mod
+from turso_sync.sync.transport import _JOIN_LIMIT, AsyncHttpTransport, HttpTransport
 
 
 class _Echo(BaseHTTPRequestHandler):
@@ -135,6 +146,134 @@ def test_the_environment_s_proxy_is_used_and_no_proxy_bypasses_it(echo: str, mon
     finally:
         proxy.shutdown()
         proxy.server_close()
+
+
+def _client_sends(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """What this thread (the client; the servers run on their own) hands ``socket.sendall``, call by call."""
+    sent: list[bytes] = []
+    me = threading.get_ident()
+    real = socket.socket.sendall
+
+    def spy(sock: socket.socket, data: bytes, *args: object) -> None:
+        if threading.get_ident() == me:
+            sent.append(bytes(data))
+        real(sock, data, *args)
+
+    monkeypatch.setattr(socket.socket, "sendall", spy)
+    return sent
+
+
+def test_a_request_s_head_and_body_leave_in_one_write(echo: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    sent = _client_sends(monkeypatch)
+    transport = HttpTransport(echo, auth_token="t0ken")
+    try:
+        for i in range(3):
+            assert (
+                transport.request("/v2/pipeline", b"small-%d" % i, "application/json", 10, False).body
+                == b"echo:small-%d" % i
+            )
+        assert len(sent) == 3 and all(d.startswith(b"POST /v2/pipeline HTTP/1.1\r\n") for d in sent)
+        assert [d.split(b"\r\n\r\n", 1)[1] for d in sent] == [b"small-0", b"small-1", b"small-2"]
+        # a body over the limit goes in a write of its own after the head, as http.client sends it
+        big = b"b" * (_JOIN_LIMIT + 1)
+        sent.clear()
+        assert transport.request("/v2/pipeline", big, "application/json", 10, False).body == b"echo:" + big
+        assert len(sent) == 2 and sent[0].endswith(b"\r\n\r\n") and sent[1] == big
+    finally:
+        transport.close()
+    assert len(_Echo.seen) == 4 and len({s[3] for s in _Echo.seen}) == 1
+
+
+def test_through_a_proxy_a_request_is_one_write_too(echo: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    _ForwardProxy.targets = []
+    proxy, proxy_url = _serve(_ForwardProxy)
+    try:
+        monkeypatch.setenv("HTTP_PROXY", proxy_url)
+        sent = _client_sends(monkeypatch)
+        transport = HttpTransport(echo)
+        try:
+            assert transport.request("/pull-updates", b"x", "application/protobuf", 10, True).body == b"echo:x"
+        finally:
+            transport.close()
+        assert len(sent) == 1 and sent[0].startswith(f"POST {echo}/pull-updates HTTP/1.1".encode())
+        assert sent[0].endswith(b"\r\n\r\nx") and _ForwardProxy.targets == [echo + "/pull-updates"]
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 signed by itself, and its key (PEM files in ``folder``)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_file, key_file
+
+
+def test_over_https_a_request_is_verified_kept_alive_and_one_write(
+    echo: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real TLS server on loopback: the certificate is checked against the trusted roots (here
+    the test's own, in place of certifi's), one connection serves every request, and each
+    request is one TLS write."""
+    cert_file, key_file = _self_signed(tmp_path)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
+    server.daemon_threads = True
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert_file, key_file)
+    server.socket = tls.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"https://127.0.0.1:{server.server_address[1]}"
+    try:
+        # no trusted root for it: refused
+        untrusted = HttpTransport(url, attempts=1)
+        try:
+            with pytest.raises(NetworkError):
+                untrusted.request("/pull-updates", b"x", "application/protobuf", 10, True)
+        finally:
+            untrusted.close()
+        monkeypatch.setattr(transport_mod, "_tls_context", lambda: ssl.create_default_context(cafile=str(cert_file)))
+        sent: list[bytes] = []
+        real = ssl.SSLSocket.sendall
+        me = threading.get_ident()
+
+        def spy(sock: ssl.SSLSocket, data: bytes, *args: object) -> None:
+            if threading.get_ident() == me:
+                sent.append(bytes(data))
+            real(sock, data, *args)
+
+        monkeypatch.setattr(ssl.SSLSocket, "sendall", spy)
+        _Echo.seen = []
+        transport = HttpTransport(url, auth_token="t0ken")
+        try:
+            for i in range(3):
+                answer = transport.request("/pull-updates", b"tls-%d" % i, "application/protobuf", 10, True)
+                assert answer.body == b"echo:tls-%d" % i
+        finally:
+            transport.close()
+        assert [d.split(b"\r\n\r\n", 1)[1] for d in sent] == [b"tls-0", b"tls-1", b"tls-2"]
+        assert [s[:2] for s in _Echo.seen] == [("/pull-updates", "Bearer t0ken")] * 3
+        assert len({s[3] for s in _Echo.seen}) == 1
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_a_url_that_is_not_http_is_refused_at_once() -> None:

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 import aiohttp
 import urllib3
+import urllib3.connection
 import urllib3.exceptions
 from tenacity import (
     AsyncRetrying,
@@ -291,6 +292,61 @@ def _tls_context() -> ssl.SSLContext:
     return ssl.create_default_context(cafile=certifi.where())
 
 
+#: A request body up to this size leaves in the same write as the request's head.
+_JOIN_LIMIT = 65536
+
+
+class _OneWrite:
+    """A urllib3 connection that sends a request's head and a ``bytes`` body in one write.
+
+    ``http.client`` writes the head when the headers end and the body after it: two segments,
+    so the server wakes twice per request (and the second waits on the first).  Here the head
+    is held until the body's first write, which takes it along; a request whose body is not
+    one ``bytes`` chunk of at most ``_JOIN_LIMIT`` bytes is sent as before.
+    """
+
+    _held: bytes | None = None
+    _holding = False
+
+    def request(self, method: str, url: str, body: Any = None, headers: Any = None, **kwargs: Any) -> None:
+        if not isinstance(body, bytes) or not body or len(body) > _JOIN_LIMIT:
+            super().request(method, url, body, headers, **kwargs)  # type: ignore[misc]
+            return
+        self._holding, self._held = True, None
+        try:
+            super().request(method, url, body, headers, **kwargs)  # type: ignore[misc]
+        except BaseException:
+            self._holding, self._held = False, None  # nothing held is sent: the request failed
+            raise
+        held, self._holding, self._held = self._held, False, None
+        if held is not None:  # no body write came (not for a non-empty body): the head alone
+            self.send(held)
+
+    def send(self, data: Any) -> None:
+        if self._holding:
+            if self._held is None:  # the head (``endheaders``): held for the body
+                self._held = bytes(data)
+                return
+            data, self._held, self._holding = self._held + bytes(data), None, False
+        super().send(data)  # type: ignore[misc]
+
+
+class _OneWriteHTTPConnection(_OneWrite, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _OneWriteHTTPSConnection(_OneWrite, urllib3.connection.HTTPSConnection):
+    pass
+
+
+class _HTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _OneWriteHTTPConnection
+
+
+class _HTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _OneWriteHTTPSConnection
+
+
 def _pool(url: str) -> tuple[urllib3.PoolManager | urllib3.HTTPConnectionPool, str, bool]:
     """The connection pool for ``url``: a direct one, or a proxy's when the environment names one
     for its scheme (``HTTP_PROXY`` / ``HTTPS_PROXY`` / ``ALL_PROXY``, minus ``NO_PROXY``, as httpx's
@@ -301,9 +357,11 @@ def _pool(url: str) -> tuple[urllib3.PoolManager | urllib3.HTTPConnectionPool, s
     tls: dict[str, Any] = {"ssl_context": _tls_context()} if parts.scheme == "https" else {}
     proxy = _env_proxy(url)
     if proxy:
-        return urllib3.ProxyManager(proxy, num_pools=1, maxsize=_POOL_SIZE, retries=False, **tls), url, True
+        manager = urllib3.ProxyManager(proxy, num_pools=1, maxsize=_POOL_SIZE, retries=False, **tls)
+        manager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+        return manager, url, True
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    kind = urllib3.HTTPSConnectionPool if parts.scheme == "https" else urllib3.HTTPConnectionPool
+    kind = _HTTPSPool if parts.scheme == "https" else _HTTPPool
     return kind(host, port, maxsize=_POOL_SIZE, retries=False, **tls), parts.path, False
 
 
