@@ -642,9 +642,20 @@ class HostedDatabase:
             # long-polls are parked: let their snapshots (of a one-transaction WAL) go first
             self._loop.call_soon_threadsafe(self._committed, True)
         else:
-            self._truncate_wal()
+            # the next job of this worker, not this one: the answer leaves while the WAL is
+            # emptied (the commit is durable already), and every job the answer leads to (the
+            # client's next pull, an upload to the store) is queued behind it, as before; the
+            # history is measured there, once the frame log holds this commit
+            with contextlib.suppress(RuntimeError):  # the worker is shutting down: nothing more runs
+                self._worker.submit(self._after_commit_job)
             self._loop.call_soon_threadsafe(self._committed, False)
+            return
         self._check_history()
+
+    def _after_commit_job(self) -> None:
+        self._truncate_wal_job()
+        if not self.feed.closed:
+            self._check_history()
 
     def _check_history(self) -> None:
         """Note the revision's time; if the history outgrew its window, start a prune (worker thread).
@@ -751,7 +762,13 @@ class HostedDatabase:
         if self.feed.closed:
             return
         with contextlib.suppress(RuntimeError):  # the worker stopped (shutdown)
-            self._worker.submit(self._truncate_wal)
+            self._worker.submit(self._truncate_wal_job)
+
+    def _truncate_wal_job(self) -> None:
+        try:
+            self._truncate_wal()
+        except Exception:  # a job's future nobody reads: say it here
+            log.exception("checkpoint of %s failed; the next commit tries again", self.name)
 
     def _truncate_wal(self) -> None:
         """Checkpoint and empty the WAL after a commit (the frame log archives it first).
