@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import errno
 import fcntl
 import os
 import struct
@@ -60,6 +61,7 @@ _HEADER = struct.Struct(">8sIIIQIII")  # magic, version, page size, base size, b
 _HEADER_SIZE = 48
 _REC = struct.Struct(">4sQIIIIIII")  # magic, seq, salt1, salt2, frame, db size, size before, npages, body len
 _REC_SIZE = _REC.size + 4  # + crc32
+_PAGE_HEAD = struct.Struct(">IB")  # a record's page: pgno, flags
 _COPY_CHUNK = 1 << 20  # a prune copies the kept records this many bytes at a time
 
 # page flags of a record
@@ -318,16 +320,36 @@ class FrameLog:
             txns = self._wal_txns()
             if not txns:
                 return 0
-            blob = bytearray()
+            # the records' pieces, joined once: no copy of the images per record, and the
+            # index entries are the ones a read of these records would make (no read back)
+            parts: list[bytes] = []
+            index: list[_Index] = []
+            end = self._end
             for txn in txns:
-                blob += self._encode(txn)
-            os.pwrite(fd, bytes(blob), self._end)
+                body_len = self._encode_into(txn, parts)
+                pgnos = tuple(page.pgno for page in txn.pages)
+                index.append(_Index(txn.seq, end, txn.salts, txn.commit_frame, txn.db_size, txn.size_before, pgnos))
+                end += _REC_SIZE + body_len
+            data = b"".join(parts)
+            written = os.pwrite(fd, data, self._end)
+            if written != len(data):
+                # a short write (the disk filled up): the records are not all there, so the WAL
+                # must keep its frames; the torn tail is cut when the log is next locked to write
+                raise OSError(errno.ENOSPC, f"{self.path}: {written} of {len(data)} bytes of history written")
             os.fsync(fd)
-            self._refresh(fd, repair=False)
+            self._index.extend(index)
+            self._end = end
             return len(txns)
 
     def _encode(self, txn: Txn) -> bytes:
-        body = bytearray()
+        """One record's bytes (``archive`` writes them without joining each record on its own)."""
+        parts: list[bytes] = []
+        self._encode_into(txn, parts)
+        return b"".join(parts)
+
+    def _encode_into(self, txn: Txn, parts: list[bytes]) -> int:
+        """Append one record's pieces to ``parts`` (header, checksum, body); return its body's length."""
+        body: list[bytes] = []
         for page in txn.pages:
             post = page.post if self.post_images else b""
             flag = (_PRE if page.pre is not None else 0) | (0 if post else _NO_POST)
@@ -335,10 +357,12 @@ class FrameLog:
                 flag |= _PRE_MISSING
             if page.post and not post:
                 flag |= _POST_DROPPED
-            body += struct.pack(">IB", page.pgno, flag)
+            body.append(_PAGE_HEAD.pack(page.pgno, flag))
             if page.pre is not None:
-                body += page.pre
-            body += post
+                body.append(page.pre)
+            if post:
+                body.append(post)
+        body_len = sum(map(len, body))
         head = _REC.pack(
             REC_MAGIC,
             txn.seq,
@@ -348,10 +372,15 @@ class FrameLog:
             txn.db_size,
             txn.size_before,
             len(txn.pages),
-            len(body),
+            body_len,
         )
-        crc = zlib.crc32(bytes(body), zlib.crc32(head))
-        return head + struct.pack(">I", crc) + bytes(body)
+        crc = zlib.crc32(head)
+        for piece in body:
+            crc = zlib.crc32(piece, crc)
+        parts.append(head)
+        parts.append(struct.pack(">I", crc))
+        parts.extend(body)
+        return body_len
 
     def _read_record(self, fd: int, rec: _Index) -> Txn:
         head = os.pread(fd, _REC_SIZE, rec.offset)
