@@ -539,7 +539,15 @@ typedef struct {
     PyObject *chain; /* dict */
     long long frame_size;
     long long disk_frame;
+    /* the body reads (session 13), or all NULL: see wal_body */
+    PyObject *raw_read; /* raw_read(file, amount, offset) -> bytes: the file as stored */
+    PyObject *state;    /* its `in_checkpoint` */
+    PyObject *slot;     /* bytearray(frame_size - 24): a body as stored */
+    PyObject *page;     /* bytearray(frame_size - 24): decrypt() puts its plaintext here */
+    PyObject *decrypt;  /* decrypt(): slot -> page, raises on a body that does not verify */
 } WalFrameReaderObject;
+
+static PyObject *name_in_checkpoint;
 
 static PyObject *wal_names[10];
 static const char *const wal_name_text[10] = {"_prev_tail", "_ahead", "_last_full_read", "disk", "prev_ct",
@@ -681,6 +689,49 @@ done:
     return result;
 }
 
+/* A frame's body read alone (what SQLite reads for a page it finds in the WAL), decrypted: the
+ * page buffer, or NULL (an error set, or none when the read is not one for this path) to let the
+ * class's method read it, as EncryptedWALFile._read_body does on its own path: outside a
+ * checkpoint, a frame of any page but page 1, the whole frame there, a body that verifies. */
+static PyObject *
+wal_body(WalFrameReaderObject *reader, PyObject *file, long long offset)
+{
+    PyObject *flag, *raw, *call_args[3], *done;
+    long long body = reader->frame_size - 24;
+    int busy;
+
+    flag = PyObject_GetAttr(reader->state, name_in_checkpoint);
+    if (flag == NULL)
+        return NULL;
+    busy = PyObject_IsTrue(flag);
+    Py_DECREF(flag);
+    if (busy != 0) /* a checkpoint reuses what _read_body keeps of the page: the class's method */
+        return NULL;
+    if (PyObject_SetAttr(file, wal_names[N_PREV_TAIL], Py_None) < 0 ||
+        PyObject_SetAttr(file, wal_names[N_AHEAD], Py_None) < 0)
+        return NULL;
+    call_args[0] = file;
+    call_args[1] = PyLong_FromLongLong(reader->frame_size);
+    call_args[2] = PyLong_FromLongLong(offset - 24);
+    raw = (call_args[1] == NULL || call_args[2] == NULL) ? NULL : PyObject_Vectorcall(reader->raw_read, call_args, 3, NULL);
+    Py_XDECREF(call_args[1]);
+    Py_XDECREF(call_args[2]);
+    if (raw == NULL)
+        return NULL;
+    if (!PyBytes_CheckExact(raw) || PyBytes_GET_SIZE(raw) != reader->frame_size ||
+        be32((const unsigned char *)PyBytes_AS_STRING(raw)) == 1) {
+        Py_DECREF(raw); /* short (past the end), or page 1: the class's method */
+        return NULL;
+    }
+    memcpy(PyByteArray_AS_STRING(reader->slot), PyBytes_AS_STRING(raw) + 24, (size_t)body);
+    Py_DECREF(raw);
+    done = PyObject_CallNoArgs(reader->decrypt);
+    if (done == NULL)
+        return NULL; /* refused: the class's method reads it again and says which page */
+    Py_DECREF(done);
+    return Py_NewRef(reader->page);
+}
+
 static PyObject *
 wal_frame_reader_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
@@ -712,6 +763,15 @@ wal_frame_reader_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf
         }
         PyErr_Clear(); /* anything unexpected: the long way decides, and raises what it raises */
     }
+    if (reader->raw_read != NULL && amount == reader->frame_size - 24 && offset >= 32 + 24 &&
+        (offset - 32 - 24) % reader->frame_size == 0) {
+        result = wal_body(reader, file, offset);
+        if (result != NULL || (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_Exception))) {
+            Py_DECREF(file);
+            return result;
+        }
+        PyErr_Clear(); /* the class's method reads it, and raises what it raises */
+    }
     return call_with_file(reader->base, file, args);
 }
 
@@ -723,6 +783,11 @@ wal_frame_reader_dealloc(PyObject *self)
     Py_XDECREF(reader->base);
     Py_XDECREF(reader->lookup);
     Py_XDECREF(reader->chain);
+    Py_XDECREF(reader->raw_read);
+    Py_XDECREF(reader->state);
+    Py_XDECREF(reader->slot);
+    Py_XDECREF(reader->page);
+    Py_XDECREF(reader->decrypt);
     Py_TYPE(self)->tp_free(self);
 }
 
@@ -751,8 +816,10 @@ wal_frame_reader(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     for (i = 0; i < 10; i++)
         if (wal_names[i] == NULL && (wal_names[i] = PyUnicode_InternFromString(wal_name_text[i])) == NULL)
             return NULL;
-    if (nargs != 6) {
-        PyErr_Format(PyExc_TypeError, "wal_frame_reader() takes 6 arguments (%zd given)", nargs);
+    if (name_in_checkpoint == NULL && (name_in_checkpoint = PyUnicode_InternFromString("in_checkpoint")) == NULL)
+        return NULL;
+    if (nargs != 6 && nargs != 11) {
+        PyErr_Format(PyExc_TypeError, "wal_frame_reader() takes 6 or 11 arguments (%zd given)", nargs);
         return NULL;
     }
     if (!PyCallable_Check(args[1]) || !PyCallable_Check(args[2])) {
@@ -771,11 +838,33 @@ wal_frame_reader(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_ValueError, "wal_frame_reader(): frame sizes must exceed the 24-byte frame header");
         return NULL;
     }
+    if (nargs == 11) {
+        if (!PyCallable_Check(args[6]) || !PyCallable_Check(args[10])) {
+            PyErr_SetString(PyExc_TypeError, "wal_frame_reader(): raw_read and decrypt must be callable");
+            return NULL;
+        }
+        if (!PyByteArray_CheckExact(args[8]) || !PyByteArray_CheckExact(args[9]) ||
+            PyByteArray_GET_SIZE(args[8]) != frame_size - 24 || PyByteArray_GET_SIZE(args[9]) != frame_size - 24 ||
+            disk_frame != frame_size) {
+            PyErr_SetString(PyExc_ValueError,
+                            "wal_frame_reader(): slot and page must be bytearrays of a frame's body, in a WAL whose "
+                            "frames are stored at SQLite's size");
+            return NULL;
+        }
+    }
     reader = PyObject_New(WalFrameReaderObject, &WalFrameReaderType);
     if (reader == NULL)
         return NULL;
     reader->vectorcall = wal_frame_reader_vectorcall;
     reader->base = reader->lookup = reader->chain = NULL;
+    reader->raw_read = reader->state = reader->slot = reader->page = reader->decrypt = NULL;
+    if (nargs == 11) {
+        reader->raw_read = Py_NewRef(args[6]);
+        reader->state = Py_NewRef(args[7]);
+        reader->slot = Py_NewRef(args[8]);
+        reader->page = Py_NewRef(args[9]);
+        reader->decrypt = Py_NewRef(args[10]);
+    }
     reader->frame_size = frame_size;
     reader->disk_frame = disk_frame;
     reader->file_ref = PyWeakref_NewRef(args[0], NULL);

@@ -420,3 +420,85 @@ def test_recovery_after_an_install_reads_its_frames_without_the_class_method(
         assert whole[0] == 1 and len(whole) <= 1 + -(-(size - 1) // vfs.READ_AHEAD)
     else:
         assert sorted(set(whole)) == list(range(1, size + 1))
+
+
+def _wal_frames(path: str) -> list[tuple[int, int]]:
+    """(frame number, page) of each frame in a WAL file."""
+    data = Path(path).read_bytes()
+    return [
+        ((off - 32) // FRAME + 1, int.from_bytes(data[off : off + 4], "big"))
+        for off in range(32, len(data) - FRAME + 1, FRAME)
+    ]
+
+
+def test_pages_found_in_the_wal_are_read_without_the_class_method_and_a_changed_one_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page SQLite finds in the WAL is read as a frame's body alone: the compiled reader
+    decrypts it (any page but page 1, outside a checkpoint); a body changed on disk goes to the
+    class's method, which refuses it as before."""
+    from turso_sync.local.engine import LocalDatabase
+
+    bodies: list[int] = []
+    method = vfs.EncryptedWALFile.xRead
+
+    def spy(self: Any, amount: int, offset: int) -> Any:
+        if amount == P and (offset - 32) % FRAME == 24:
+            bodies.append((offset - 32) // FRAME + 1)
+        return method(self, amount, offset)
+
+    monkeypatch.setattr(vfs.EncryptedWALFile, "xRead", spy)
+    db = LocalDatabase(tmp_path / "db", encryption_key=KEY)
+    writer = db.connect()
+    writer.execute("PRAGMA wal_autocheckpoint=0")
+    writer.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)")
+    writer.executemany("INSERT INTO t (v) VALUES (?)", [(bytes([i % 251]) * 300,) for i in range(400)])
+    writer.commit()
+    frames = _wal_frames(str(db.path) + "-wal")
+    assert len(frames) > 20  # every page of the table is in the WAL only
+    reader = db.connect()  # a cold page cache: each page it needs comes from the WAL
+    assert reader.execute("SELECT count(*), sum(length(v)) FROM t").fetchall() == [(400, 400 * 300)]
+    pages_read_alone = set(bodies)
+    if _speedups is not None:
+        assert all(page == 1 for frame, page in frames if frame in pages_read_alone), bodies
+    else:
+        assert len(pages_read_alone) > 20
+    reader.close()
+
+    # a body changed on disk: refused (by the class's method), never returned as a page
+    newest = {page: frame for frame, page in frames}
+    frame = max(f for p, f in newest.items() if p > 2)
+    with open(str(db.path) + "-wal", "r+b") as f:
+        at = 32 + (frame - 1) * FRAME + 24 + 100
+        f.seek(at)
+        byte = f.read(1)
+        f.seek(at)
+        f.write(bytes([byte[0] ^ 0x01]))
+    bodies.clear()
+    reader = db.connect()
+    # (SQLite's error, or the engine's once it has recorded the failure)
+    with pytest.raises((apsw.CorruptError, turso_sync.EncryptionError), match=r"page [0-9]+ of the WAL failed auth"):
+        reader.execute("SELECT sum(length(v)) FROM t").fetchall()
+    assert frame in bodies  # the compiled reader handed it to the class's method
+    reader.close()
+    with open(str(db.path) + "-wal", "r+b") as f:  # put it back, so that closing can checkpoint
+        f.seek(at)
+        f.write(byte)
+    writer.close()
+    db.close()
+
+
+@needs_compiled
+def test_wal_reader_refuses_body_buffers_that_do_not_fit() -> None:
+    assert _speedups is not None
+    state = object()
+    with pytest.raises(TypeError, match="6 or 11 arguments"):
+        _speedups.wal_frame_reader(_File(), len, len, {}, FRAME, FRAME, len)
+    with pytest.raises(TypeError, match="raw_read and decrypt must be callable"):
+        _speedups.wal_frame_reader(_File(), len, len, {}, FRAME, FRAME, None, state, bytearray(P), bytearray(P), len)
+    with pytest.raises(ValueError, match="bytearrays of a frame's body"):
+        _speedups.wal_frame_reader(_File(), len, len, {}, FRAME, FRAME, len, state, bytearray(P - 1), bytearray(P), len)
+    with pytest.raises(ValueError, match="stored at SQLite's size"):  # the envelope layout's bigger slots
+        _speedups.wal_frame_reader(
+            _File(), len, len, {}, FRAME, FRAME + 32, len, state, bytearray(P), bytearray(P), len
+        )

@@ -747,9 +747,23 @@ class EncryptedWALFile(apsw.VFSFile):
         if self._turso and _wal_frame_reader is not None:
             # WAL recovery after an install reads every frame whole, in order: the compiled twin of
             # ``_read_full_frame``'s hand-over path (``_handed_frame``) answers those reads without a
-            # Python frame, and calls the class's xRead for every other (``_speedups.c``, "xread")
+            # Python frame; and a page SQLite finds in the WAL is read as a body alone, which the
+            # twin of ``_read_body`` reads and decrypts into ``body_page`` (outside a checkpoint,
+            # any page but page 1). Every other read, and any body that does not verify, is the
+            # class's xRead (``_speedups.c``, "xread")
+            body_slot, body_page = bytearray(self.P), bytearray(self.P)
             self.__dict__["xRead"] = _wal_frame_reader(
-                self, type(self).xRead, self._handed_lookup, self._chain, self.frame_size, self.disk_frame
+                self,
+                type(self).xRead,
+                self._handed_lookup,
+                self._chain,
+                self.frame_size,
+                self.disk_frame,
+                _base_read,
+                state,
+                body_slot,
+                body_page,
+                self.codec.page_decrypter(body_slot, body_page),
             )
         if self._turso and _wal_frame_writer is not None:
             # every commit writes its frames as a header, then the page: the compiled twin of
