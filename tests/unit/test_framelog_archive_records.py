@@ -76,3 +76,62 @@ def test_a_short_write_fails_the_archive_and_the_index_stays_as_it_was(tmp_path,
     assert [rec.seq for rec in fresh._index][-len(pending) :] == pending
     conn.close()
     db.close()
+
+
+def _shape(txns) -> list[tuple[object, ...]]:
+    return [
+        (
+            t.seq,
+            t.salts,
+            t.commit_frame,
+            t.db_size,
+            t.size_before,
+            [(p.pgno, p.post, p.pre, p.pre_missing) for p in t.pages],
+        )
+        for t in txns
+    ]
+
+
+def test_history_after_a_revision_builds_only_the_wal_s_later_transactions_and_reads_the_same(tmp_path, monkeypatch):
+    """``history(since)`` and ``first_touches(since)`` number the WAL's transactions up to ``since``
+    without building them (no page reads); what they return is what building every one gives."""
+    db, conn = _database_with_history(tmp_path / "db", 10)
+    db.checkpoint()  # archived and backfilled: the log's records
+    for i in range(100, 130):
+        conn.execute("INSERT INTO t VALUES (?, ?)", (i, "y" * (100 if i % 5 else 5000)))
+        conn.commit()
+    log = db.log
+    log.archive()  # half the WAL archived, the rest not
+    for i in range(200, 215):
+        conn.execute("UPDATE t SET v = ? WHERE id = ?", ("z" * 50, i - 100))
+        conn.commit()
+    with log._locked(exclusive=False):
+        every_wal_txn, _latest, newest = log._wal_state()  # every one built, as before
+    assert len(every_wal_txn) == 15 and newest == every_wal_txn[-1].seq
+    built: list[int] = []
+    real = FrameLog._txn_from_wal
+
+    def counting(self, seq, *args):
+        built.append(seq)
+        return real(self, seq, *args)
+
+    monkeypatch.setattr(FrameLog, "_txn_from_wal", counting)
+    for since in range(log.base_seq, newest + 1):
+        built.clear()
+        got = list(log.history(since))
+        assert built == [t.seq for t in every_wal_txn if t.seq > since]  # the others were not built
+        # the WAL's part is what building every transaction gave, from ``since`` on
+        assert _shape([t for t in got if t.seq >= every_wal_txn[0].seq]) == _shape(
+            [t for t in every_wal_txn if t.seq > since]
+        )
+        touched, size = log.first_touches(since, None)
+        pages = {}
+        for txn in got:
+            for page in txn.pages:
+                pages.setdefault(page.pgno, page)
+        assert {p: (v.pre, v.pre_missing) for p, v in touched.items()} == {
+            p: (v.pre, v.pre_missing) for p, v in pages.items()
+        }
+        assert size == (got[0].size_before if got else None)
+    conn.close()
+    db.close()

@@ -260,13 +260,15 @@ class FrameLog:
         """Transactions still in the WAL and not archived yet, numbered and with pre-images."""
         return self._wal_state()[0]
 
-    def _wal_state(self) -> tuple[list[Txn], dict[int, bytes]]:
-        """``_wal_txns``, and the newest committed WAL image of each page the WAL holds."""
+    def _wal_state(self, after: int | None = None) -> tuple[list[Txn], dict[int, bytes], int]:
+        """``_wal_txns`` (only those with seq > ``after`` when given: the others are numbered and
+        their frames counted, but not built), the newest committed WAL image of each page the WAL
+        holds, and the newest transaction's seq (archived or not)."""
         scan = committed_wal(self.db_path)
         hdr, committed = scan.header, scan.txns
-        if hdr is None or not committed:
-            return [], {}
         last_seq, (ls1, ls2, lframe), last_size = self._last()
+        if hdr is None or not committed:
+            return [], {}, last_seq
         same_generation = (ls1, ls2) == hdr.salts
         latest: dict[int, bytes] = {}
         out: list[Txn] = []
@@ -278,14 +280,15 @@ class FrameLog:
                 archived = same_generation and wtxn.commit_frame <= lframe
                 if not archived:
                     seq += 1
-                    if db_fd is None:
-                        # never a descriptor of our own: closing it would drop SQLite's locks
-                        db_fd = stack.enter_context(file_descriptor(self.db_path))
-                    out.append(self._txn_from_wal(seq, wtxn, latest, db_fd, size_before))
+                    if after is None or seq > after:
+                        if db_fd is None:
+                            # never a descriptor of our own: closing it would drop SQLite's locks
+                            db_fd = stack.enter_context(file_descriptor(self.db_path))
+                        out.append(self._txn_from_wal(seq, wtxn, latest, db_fd, size_before))
                     size_before = wtxn.db_size
                 for frame in wtxn.frames:
                     latest[frame.pgno] = frame.body
-        return out, latest
+        return out, latest, seq
 
     def _txn_from_wal(self, seq: int, wtxn: WalTxn, latest: dict[int, bytes], db_fd: int, size_before: int) -> Txn:
         P = self.page_size
@@ -477,8 +480,8 @@ class FrameLog:
         with self._locked(exclusive=False) as fd:
             if since is None:
                 since = self.base_seq
-            wal, latest = self._wal_state()
-            newest = wal[-1].seq if wal else self._last()[0]
+            # the WAL's transactions up to ``since`` are numbered, not built (their pages unread)
+            wal, latest, newest = self._wal_state(since)
             if since < self.base_seq or since > newest:
                 raise RevisionGone(f"revision {since} is not available: history covers {self.base_seq}..{newest}")
             archived: list[Txn] = []
@@ -515,8 +518,7 @@ class FrameLog:
         found: dict[int, TxnPage] = {}
         size_at: int | None = None
         with self._locked(exclusive=False) as fd:
-            wal = self._wal_txns()
-            newest = wal[-1].seq if wal else self._last()[0]
+            wal, _latest, newest = self._wal_state(since)
             if since < self.base_seq or since > newest:
                 raise RevisionGone(f"revision {since} is not available: history covers {self.base_seq}..{newest}")
             for rec in self._index[self._after(since) :]:
@@ -547,7 +549,7 @@ class FrameLog:
                 i = self._after(seq - 1)
                 if i < len(self._index) and self._index[i].seq == seq:
                     return self._index[i].db_size
-                for txn in self._wal_txns():
+                for txn in self._wal_state(seq - 1)[0]:
                     if txn.seq == seq:
                         return txn.db_size
         raise RevisionGone(f"revision {seq} is not available")
