@@ -331,20 +331,21 @@ class _OneWrite:
         super().send(data)  # type: ignore[misc]
 
 
-class _OneWriteHTTPConnection(_OneWrite, urllib3.connection.HTTPConnection):
+# named as urllib3's own: their names appear in its error messages, which reach users
+class HTTPConnection(_OneWrite, urllib3.connection.HTTPConnection):
     pass
 
 
-class _OneWriteHTTPSConnection(_OneWrite, urllib3.connection.HTTPSConnection):
+class HTTPSConnection(_OneWrite, urllib3.connection.HTTPSConnection):
     pass
 
 
 class _HTTPPool(urllib3.HTTPConnectionPool):
-    ConnectionCls = _OneWriteHTTPConnection
+    ConnectionCls = HTTPConnection
 
 
 class _HTTPSPool(urllib3.HTTPSConnectionPool):
-    ConnectionCls = _OneWriteHTTPSConnection
+    ConnectionCls = HTTPSConnection
 
 
 def _pool(url: str) -> tuple[urllib3.PoolManager | urllib3.HTTPConnectionPool, str, bool]:
