@@ -148,18 +148,19 @@ def test_the_environment_s_proxy_is_used_and_no_proxy_bypasses_it(echo: str, mon
         proxy.server_close()
 
 
-def _client_sends(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
-    """What this thread (the client; the servers run on their own) hands ``socket.sendall``, call by call."""
+def _client_sends(monkeypatch: pytest.MonkeyPatch, kind: type[socket.socket] = socket.socket) -> list[bytes]:
+    """What this thread (the client; the servers run on their own) hands ``kind.sendall`` (a plain
+    socket's, or ``ssl.SSLSocket``'s, which overrides it), call by call."""
     sent: list[bytes] = []
     me = threading.get_ident()
-    real = socket.socket.sendall
+    real = kind.sendall
 
     def spy(sock: socket.socket, data: bytes, *args: object) -> None:
         if threading.get_ident() == me:
             sent.append(bytes(data))
         real(sock, data, *args)
 
-    monkeypatch.setattr(socket.socket, "sendall", spy)
+    monkeypatch.setattr(kind, "sendall", spy)
     return sent
 
 
@@ -250,16 +251,7 @@ def test_over_https_a_request_is_verified_kept_alive_and_one_write(
         finally:
             untrusted.close()
         monkeypatch.setattr(transport_mod, "_tls_context", lambda: ssl.create_default_context(cafile=str(cert_file)))
-        sent: list[bytes] = []
-        real = ssl.SSLSocket.sendall
-        me = threading.get_ident()
-
-        def spy(sock: ssl.SSLSocket, data: bytes, *args: object) -> None:
-            if threading.get_ident() == me:
-                sent.append(bytes(data))
-            real(sock, data, *args)
-
-        monkeypatch.setattr(ssl.SSLSocket, "sendall", spy)
+        sent = _client_sends(monkeypatch, ssl.SSLSocket)
         _Echo.seen = []
         transport = HttpTransport(url, auth_token="t0ken")
         try:

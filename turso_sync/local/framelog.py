@@ -500,11 +500,9 @@ class FrameLog:
                         )
                     )
             if with_images:
-                self._fill_posts(archived + [txn for txn in wal if txn.seq > since], latest)
+                self._fill_posts(archived + wal, latest)
         yield from archived
-        for txn in wal:
-            if txn.seq > since:
-                yield txn
+        yield from wal
 
     def first_touches(self, since: int, pgnos: Iterable[int] | None) -> tuple[dict[int, TxnPage], int | None]:
         """For each page (of ``pgnos``, or any) changed after ``since``: its entry in the first
@@ -530,9 +528,7 @@ class FrameLog:
                     for page in self._read_record(fd, rec).pages:
                         if page.pgno not in found and (wanted is None or page.pgno in wanted):
                             found[page.pgno] = page
-        for txn in wal:
-            if txn.seq <= since:
-                continue
+        for txn in wal:  # only those after ``since``
             if size_at is None:
                 size_at = txn.size_before
             for page in txn.pages:

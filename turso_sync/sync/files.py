@@ -302,7 +302,7 @@ class ReplicaFiles:
     def _stamp(self) -> tuple[tuple[int, int, int] | None, ...]:
         """What changes when another process writes any of the files the check reads."""
         out: list[tuple[int, int, int] | None] = []
-        for name in (self.state_file, self.state_file + ".volatile", self.path, self.wal, self.frames):
+        for name in (self.state_file, SyncState.volatile_path_for(self.path), self.path, self.wal, self.frames):
             try:
                 st = os.stat(name)
             except FileNotFoundError:
