@@ -63,7 +63,7 @@ from ..wire.pull import (
     page_record_prefix,
 )
 from .auth import Authenticator, AuthError, Grant
-from .database import DiskFull, HostedDatabase, PipelineRun
+from .database import DiskFull, HostedDatabase, PipelineRun, WalSyncFailed
 from .durable import WriterElsewhere
 from .follower import FollowerReadOnly, NothingStored
 from .hrana import WriteDenied
@@ -382,6 +382,8 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
             "DISK_FULL",
             {"Retry-After": str(RETRY_AFTER_S)},
         )
+    except WalSyncFailed as exc:  # logged (critical) where the sync failed
+        return error_response(503, str(exc), "STORAGE_FAILED", {"Retry-After": str(RETRY_AFTER_S)})
     except RevisionUnavailable as exc:
         return error_response(409, str(exc), "REVISION_UNAVAILABLE")
     except RollbackRefused as exc:

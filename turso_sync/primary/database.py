@@ -9,6 +9,16 @@ pinned reads pre-images, and shipping to a store gets post-images back from them
 bounded window of history (``revision.HistoryWindow``): after a commit, the worker decides
 whether a prune is due; the kept records are copied in a thread of their own, and only the
 short last step (the records archived meanwhile, the rename) runs as a worker job.
+
+Group commit (a primary on local disk): clients' connections commit with ``synchronous=NORMAL``,
+so a commit writes its WAL frames without waiting for the disk; no answer of any job that ran
+after a commit leaves before that commit's frames are synced.  The first commit after a sync
+queues the next sync job on the worker (one at a time); every commit made before that job runs
+shares its single ``fdatasync`` of the WAL, and then their answers go out together.  One replica
+alone waits for one sync per commit, as with ``synchronous=FULL``; many replicas pushing at once
+share one.  A sync that fails breaks the database (``broken``): the answers waiting for it are
+refused, and the server opens it again from its files.  On an object store (``durable``) and on a
+follower, commits keep ``synchronous=FULL``: a revision is uploaded only once it is on disk.
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import time
 from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +39,7 @@ import apsw
 from .. import errors
 from ..local.connection import Connection
 from ..local.engine import LocalDatabase, Snapshot
-from ..local.framelog import PrunePlan
+from ..local.framelog import PrunePlan, fsync_dir
 from ..page import RESERVED_BYTES
 from ..wire import hrana as wire
 from ..wire.pull import PullRequest
@@ -229,13 +240,19 @@ class DiskFull(Exception):  # noqa: N818 - reads as what happened
     """A statement met SQLITE_FULL: the disk (or the database's size bound) is full (HTTP 503)."""
 
 
+class WalSyncFailed(Exception):  # noqa: N818 - reads as what happened
+    """The WAL could not be synced: commits made since the last sync may not be on disk (HTTP 503)."""
+
+
 class _Lane:
     """A connection for clients' SQL with its pipeline executor (worker thread only)."""
 
-    def __init__(self, engine: LocalDatabase, sql_limits: SqlLimits) -> None:
+    def __init__(self, engine: LocalDatabase, sql_limits: SqlLimits, group_commit: bool = False) -> None:
         # no busy timeout: see hrana.py (a wait on this thread could never end sooner)
         self.conn = engine.connect(isolation_level=None, timeout=0)
         try:
+            if group_commit:  # the worker syncs the WAL before any answer shows the commit (module doc)
+                self.conn.apsw_connection.execute("PRAGMA synchronous=NORMAL")
             # A small WAL keeps pulls cheap: each engine snapshot reads the WAL whole (see run_pipeline)
             self.conn.apsw_connection.wal_autocheckpoint(WAL_AUTOCHECKPOINT_PAGES)
             # the SQL policy goes on the connection here, before any client statement, for good
@@ -310,6 +327,27 @@ class HostedDatabase:
         self._pages: EnginePages | None = None
         self.feed = CommitFeed()
         self._checkpoint_queued = False
+        #: a commit's checkpoint job is queued on the worker and has not started (worker thread only)
+        self._after_commit_queued = False
+        #: checkpoint jobs that ran after commits, and commits they covered (for tests and benchmarks)
+        self.after_commit_jobs = self.after_commit_commits = 0
+        self._commits_since_job = 0
+        # group commit (module doc): commits counted on the worker, the count synced so far as
+        # the event loop knows it, the answers waiting for a sync (count, future), a sync job
+        # queued and not started (worker thread), and why the last sync failed (breaks the database)
+        self.group_commit = durable is None and follower is None
+        self._commit_count = 0
+        self._synced_count = 0
+        self._sync_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._sync_queued = False
+        # jobs ``call`` submitted (counted on the event loop) and started (on the worker): none
+        # waiting means a commit has nobody to share a sync with, and syncs at once
+        self._jobs_submitted = self._jobs_started = 0
+        self._sync_error: WalSyncFailed | None = None
+        self._wal_fd: int | None = None
+        #: WAL syncs the worker made for group commit, and commits they covered (tests, benchmarks)
+        self.wal_syncs = self.wal_synced_commits = 0
+        self._commits_since_sync = 0
         self.streams_ended = 0
         self._stream_waiters: list[asyncio.Future[None]] = []
         self._final_seq: int | None = None  # the local revision when the engine closed (on a store)
@@ -376,10 +414,12 @@ class HostedDatabase:
     @property
     def broken(self) -> bool:
         """True when this database can store nothing more in the object store (its writer was deposed
-        or its lease ran out), or a follower cannot keep up with the log: it must be closed and
-        opened again from the store."""
-        return (self.durable is not None and self.durable.failed) or (
-            self.follower is not None and self.follower.failed
+        or its lease ran out), a follower cannot keep up with the log, or a sync of its WAL failed:
+        it must be closed and opened again (from the store, or from its files)."""
+        return (
+            (self.durable is not None and self.durable.failed)
+            or (self.follower is not None and self.follower.failed)
+            or self._sync_error is not None
         )
 
     async def _install_followed(self, rev: Revision) -> None:
@@ -440,7 +480,7 @@ class HostedDatabase:
         try:
             conn = engine.connect(isolation_level=None, timeout=0)
             try:
-                self._lane = _Lane(engine, self.sql_limits)
+                self._lane = _Lane(engine, self.sql_limits, self.group_commit)
             except BaseException:
                 conn.close()
                 raise
@@ -461,8 +501,91 @@ class HostedDatabase:
         return len(self._streams)
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(*args)`` on this database's worker thread."""
-        return await self._loop.run_in_executor(self._worker, functools.partial(fn, *args))
+        """Run ``fn(*args)`` on this database's worker thread; with group commit, return (or raise)
+        only once every commit made before the job ended is synced (module doc).
+
+        Raises WalSyncFailed if that sync failed (whatever the job did).
+        """
+        if not self.group_commit:
+            return await self._loop.run_in_executor(self._worker, functools.partial(fn, *args))
+        self._jobs_submitted += 1
+        count, value, error = await self._loop.run_in_executor(self._worker, self._job, fn, args)
+        try:
+            if count > self._synced_count:
+                await self._until_synced(count)
+            if error is not None:
+                raise error
+            return value  # type: ignore[no-any-return]
+        finally:
+            del error  # no cycle through the traceback
+
+    def _job(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[int, Any, BaseException | None]:
+        """Worker thread: ``fn(*args)``'s value or exception, and the commits counted when it ended."""
+        self._jobs_started += 1
+        try:
+            value = fn(*args)
+        except Exception as exc:
+            return self._commit_count, None, exc
+        return self._commit_count, value, None
+
+    async def _until_synced(self, count: int) -> None:
+        """On the event loop: return once the first ``count`` commits are synced; raise WalSyncFailed."""
+        if self._sync_error is not None:
+            raise self._sync_error
+        waiter = self._loop.create_future()
+        self._sync_waiters.append((count, waiter))
+        await waiter
+
+    def _synced(self, count: int, error: WalSyncFailed | None) -> None:
+        """On the event loop, after a sync job: release (or refuse) the answers it covered."""
+        if error is not None:
+            self._sync_error = error
+        else:
+            self._synced_count = max(self._synced_count, count)
+        waiting, self._sync_waiters = self._sync_waiters, []
+        for upto, waiter in waiting:
+            if waiter.done():
+                continue
+            if self._sync_error is not None:
+                waiter.set_exception(self._sync_error)
+            elif upto <= self._synced_count:
+                waiter.set_result(None)
+            else:
+                self._sync_waiters.append((upto, waiter))
+
+    def _sync_job(self) -> None:
+        """Worker thread: sync the WAL, making every commit counted so far durable (group commit)."""
+        self._sync_queued = False  # a commit from here on queues a sync of its own
+        count = self._commit_count
+        self.wal_syncs += 1
+        self.wal_synced_commits += self._commits_since_sync
+        self._commits_since_sync = 0
+        error: WalSyncFailed | None = None
+        try:
+            self._sync_wal()
+        except OSError as exc:
+            log.critical(
+                "database %s: syncing its WAL failed (%s): the commits since the last sync may not be on "
+                "disk; their answers are refused and the database is opened again from its files",
+                self.name,
+                exc,
+            )
+            error = WalSyncFailed(
+                "the server could not make this change durable (its disk failed a sync), so it is not "
+                "acknowledged; try again"
+            )
+        self._loop.call_soon_threadsafe(self._synced, count, error)
+
+    def _sync_wal(self) -> None:
+        """``fdatasync`` the WAL (its directory too, the first time: SQLite has not synced it yet)."""
+        wal = self.path + "-wal"
+        if self._wal_fd is not None and os.fstat(self._wal_fd).st_ino != os.stat(wal).st_ino:
+            os.close(self._wal_fd)  # a new WAL file (never while our connections are open; be sure)
+            self._wal_fd = None
+        if self._wal_fd is None:
+            self._wal_fd = os.open(wal, os.O_RDONLY)
+            fsync_dir(wal)
+        os.fdatasync(self._wal_fd)
 
     # --- jobs (worker thread) -------------------------------------------------------------------
 
@@ -612,7 +735,7 @@ class HostedDatabase:
         if self._spare:
             return self._spare.pop()
         assert self._engine is not None
-        return _Lane(self._engine, self.sql_limits)
+        return _Lane(self._engine, self.sql_limits, self.group_commit)
 
     def _wake_stream_waiters(self) -> None:
         waiters, self._stream_waiters = self._stream_waiters, []
@@ -638,6 +761,17 @@ class HostedDatabase:
         and start a prune of the history if one is due."""
         if not committed:
             return
+        if self.group_commit:
+            self._commit_count += 1
+            self._commits_since_sync += 1
+            if self._sync_queued:
+                pass  # the sync queued behind the jobs waiting covers this commit too
+            elif self._jobs_submitted == self._jobs_started:
+                self._sync_job()  # no job waits to share the sync: the answer need not wait for one more
+            else:
+                with contextlib.suppress(RuntimeError):  # the worker is shutting down: nothing more runs
+                    self._worker.submit(self._sync_job)
+                    self._sync_queued = True
         if self.feed.waiting:
             # long-polls are parked: let their snapshots (of a one-transaction WAL) go first
             self._loop.call_soon_threadsafe(self._committed, True)
@@ -645,14 +779,23 @@ class HostedDatabase:
             # the next job of this worker, not this one: the answer leaves while the WAL is
             # emptied (the commit is durable already), and every job the answer leads to (the
             # client's next pull, an upload to the store) is queued behind it, as before; the
-            # history is measured there, once the frame log holds this commit
-            with contextlib.suppress(RuntimeError):  # the worker is shutting down: nothing more runs
-                self._worker.submit(self._after_commit_job)
+            # history is measured there, once the frame log holds this commit.  One such job
+            # queued and not started yet covers this commit too: commits that arrive together
+            # (many replicas pushing) share one checkpoint, which runs after all of them
+            self._commits_since_job += 1
+            if not self._after_commit_queued:
+                with contextlib.suppress(RuntimeError):  # the worker is shutting down: nothing more runs
+                    self._worker.submit(self._after_commit_job)
+                    self._after_commit_queued = True
             self._loop.call_soon_threadsafe(self._committed, False)
             return
         self._check_history()
 
     def _after_commit_job(self) -> None:
+        self._after_commit_queued = False  # a commit from here on queues a job of its own
+        self.after_commit_jobs += 1
+        self.after_commit_commits += self._commits_since_job
+        self._commits_since_job = 0
         self._truncate_wal_job()
         if not self.feed.closed:
             self._check_history()
@@ -797,6 +940,9 @@ class HostedDatabase:
             self._conn.close()
         if self._engine is not None:
             self._engine.close()
+        if self._wal_fd is not None:
+            os.close(self._wal_fd)
+            self._wal_fd = None
 
     async def close(self) -> None:
         """Wake the long-polls, close the connection and the engine, stop the worker; on a store,
@@ -808,7 +954,9 @@ class HostedDatabase:
             with contextlib.suppress(Exception):
                 await self._prune_task  # never cancelled: see _prune
         try:
-            await self.call(self._close)
+            # not through ``call``: closing waits for no sync (after a failed one, the files are
+            # opened again as they are on disk)
+            await self._loop.run_in_executor(self._worker, self._close)
         finally:
             self._worker.shutdown(wait=True)
             if self.durable is not None:

@@ -185,7 +185,7 @@ class DatabaseStore:
         Raises UnknownDatabase, DatabaseQuota (``owner`` created too many) or StoreBusy.
         """
         db = self._open.get(name)
-        if db is not None and db.broken:  # its writer lost the lease: open it again from the store
+        if db is not None and db.broken:  # its writer lost the lease, or a sync failed: open it again
             self._retire(name, db)
             db = None
         if db is None:
@@ -262,7 +262,7 @@ class DatabaseStore:
         """Take a database whose writer failed out of service; it closes in the background."""
         if self._open.get(name) is db:
             del self._open[name]
-        log.warning("database %s: it can no longer follow or write the store; opening it again from the store", name)
+        log.warning("database %s: it can no longer write or follow its log; opening it again", name)
         task = asyncio.get_running_loop().create_task(db.close())
         self._retiring[name] = task
         task.add_done_callback(lambda t: self._retiring.pop(name, None) if self._retiring.get(name) is t else None)
