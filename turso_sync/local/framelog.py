@@ -557,6 +557,13 @@ class FrameLog:
         with self._locked(exclusive=False):
             return self._end
 
+    @property
+    def known_size(self) -> int:
+        """``size_bytes`` as this process last saw it (its last archive, prune or look under the lock),
+        without looking again: exact where this process is the only one that archives and prunes
+        (the primary's), and never more than the file holds."""
+        return self._end
+
     def prune_point(self, max_bytes: int) -> int:
         """The oldest ``upto`` whose prune leaves at most ``max_bytes`` in the log file (the base if it holds).
 

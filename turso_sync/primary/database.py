@@ -811,11 +811,12 @@ class HostedDatabase:
         frames = engine.log
         now = time.monotonic()
         try:
-            self.history.note(now, engine.current_seq())
+            if self.history.note_due(now):  # at most once a second: finding the revision reads the WAL
+                self.history.note(now, engine.current_seq())
             upto = self.history.prune_to(
                 now,
                 base=frames.base_seq,
-                size=frames.size_bytes(),
+                size=frames.known_size,  # this process alone archives and prunes it (see the module)
                 bytes_point=frames.prune_point,
                 bytes_after=frames.seq_bytes_after,
                 stored=self.durable.stored if self.durable is not None else None,

@@ -144,10 +144,15 @@ class HistoryWindow:
         self.bounds = bounds
         self._samples: collections.deque[tuple[float, int]] = collections.deque()
 
+    def note_due(self, now: float) -> bool:
+        """Whether ``note`` at ``now`` would record anything (so the caller may skip finding the revision)."""
+        samples = self._samples
+        return not samples or now - samples[-1][0] >= _SAMPLE_EVERY
+
     def note(self, now: float, seq: int) -> None:
         """The current revision is ``seq`` at time ``now`` (monotonic seconds)."""
         samples = self._samples
-        if samples and now - samples[-1][0] < _SAMPLE_EVERY:
+        if not self.note_due(now):
             return
         samples.append((now, seq))
         self._forget(now)
