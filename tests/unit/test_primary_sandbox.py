@@ -354,6 +354,25 @@ def test_check_is_an_allow_list() -> None:
     assert check(Access.SERVER, apsw.SQLITE_ATTACH, "", None, None) is not None
 
 
+def test_remembered_answers_are_per_access_and_bounded(conn: apsw.Connection) -> None:
+    """The policy remembers its answers (``check`` is pure), by every argument including who asks:
+    a write allowed to a read-write stream stays refused to a read-only one, in either order,
+    the same statement alternating; and the memory is bounded, whatever names clients send."""
+    ex = PipelineExecutor(conn)
+    insert = "INSERT INTO t(id, v) VALUES (?, 'x')"
+    for i in range(3):
+        with pytest.raises(WriteDenied):
+            execute(ex, insert, 100 + i, read_only=True)
+        assert not isinstance(execute(ex, insert, 200 + i), h.HranaError)
+    assert conn.execute("SELECT id FROM t WHERE id >= 100 ORDER BY id").fetchall() == [(200,), (201,), (202,)]
+    policy = conn.authorizer
+    assert isinstance(policy, sql_policy.StatementPolicy)
+    for i in range(sql_policy._DECIDED_MAX + 50):  # many distinct names: each a new action to decide
+        policy(apsw.SQLITE_READ, f"t{i}", "v", "main", None)
+        assert len(policy._decided) <= sql_policy._DECIDED_MAX
+    assert policy(apsw.SQLITE_ATTACH, "x", None, None, None) == apsw.SQLITE_DENY
+
+
 # --- 3. bounded resources -----------------------------------------------------------------------
 
 
@@ -465,13 +484,21 @@ def test_every_client_statement_is_compiled_for_the_client(
     conn: apsw.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: list[tuple[Access, int, str | None]] = []
-    real_check = sql_policy.check
+    real_call = sql_policy.StatementPolicy.__call__
 
-    def spy(access: Access, code: int, arg1: str | None, arg2: str | None, dbname: str | None) -> object:
-        seen.append((access, code, arg1))
-        return real_check(access, code, arg1, arg2, dbname)
+    def spy(
+        policy: sql_policy.StatementPolicy,
+        code: int,
+        arg1: str | None,
+        arg2: str | None,
+        dbname: str | None,
+        trigger: str | None,
+    ) -> int:
+        # every action the authorizer sees, and for whom (the policy answers repeats from memory)
+        seen.append((policy.access, code, arg1))
+        return real_call(policy, code, arg1, arg2, dbname, trigger)
 
-    monkeypatch.setattr(sql_policy, "check", spy)
+    monkeypatch.setattr(sql_policy.StatementPolicy, "__call__", spy)
     ex = PipelineExecutor(conn)
     requests: list[h.StreamRequest] = [
         h.ExecuteRequest(h.Stmt(sql="BEGIN")),

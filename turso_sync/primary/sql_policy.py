@@ -292,6 +292,9 @@ def _check_pragma(access: Access, name: str, arg: str | None) -> Refusal | None:
     return Refusal(f"PRAGMA {name} = ... is not allowed (it changes the server's shared connection or file)")
 
 
+_DECIDED_MAX = 4096  # authorizer answers a policy keeps (then it starts over)
+
+
 class StatementPolicy:
     """The authorizer and progress handler of one connection, and who its current statement runs for.
 
@@ -306,10 +309,20 @@ class StatementPolicy:
         self.tables_read: set[str] = set()
         self.timed_out = False
         self._deadline: float | None = None
+        # ``check`` is pure: its answers, by its arguments (an action recurs in every statement
+        # that names the same table, column or function)
+        self._decided: dict[tuple[Access, int, str | None, str | None, str | None], Refusal | None] = {}
 
     def __call__(self, code: int, arg1: str | None, arg2: str | None, dbname: str | None, trigger: str | None) -> int:
         """The SQLite authorizer callback."""
-        refusal = check(self.access, code, arg1, arg2, dbname)
+        key = (self.access, code, arg1, arg2, dbname)
+        try:
+            refusal = self._decided[key]
+        except KeyError:
+            refusal = check(self.access, code, arg1, arg2, dbname)
+            if len(self._decided) >= _DECIDED_MAX:  # names come from clients: keep the memory bounded
+                self._decided.clear()
+            self._decided[key] = refusal
         if refusal is not None:
             if self.refusal is None:  # the first reason is the one that explains the rest
                 self.refusal = refusal
