@@ -104,6 +104,49 @@ def test_answers_wait_for_the_sync_of_their_commits(tmp_path, monkeypatch: pytes
         primary.close()
 
 
+def test_a_rollback_answers_once_its_commit_is_synced(tmp_path, monkeypatch: pytest.MonkeyPatch):
+    """A commit no pipeline made (``POST /admin/rollback`` commits on a clients' connection) is
+    synced before its answer too: the lanes' commit hook sees every commit."""
+    gate, asked = threading.Semaphore(0), threading.Event()
+    hold = [False]
+    real = database_mod.HostedDatabase._sync_wal
+
+    def held(self: database_mod.HostedDatabase) -> None:
+        if hold[0]:
+            asked.set()
+            assert gate.acquire(timeout=30), "the test never released the sync"
+        real(self)
+
+    monkeypatch.setattr(database_mod.HostedDatabase, "_sync_wal", held)
+    primary = InProcessPrimary(tmp_path / "srv")
+    url = primary.start()
+    try:
+        with httpx.Client(timeout=20) as http:
+            hrana_query(http, url, TABLE)
+            hrana_query(http, url, "INSERT INTO t VALUES (1, 'one')")
+            hosted = _hosted(primary)
+            target = primary._run(hosted.call(hosted.local_seq))
+            hrana_query(http, url, "INSERT INTO t VALUES (2, 'two')")
+            hold[0] = True
+            answer: list[httpx.Response] = []
+            rollback = threading.Thread(
+                target=lambda: answer.append(http.post(f"{url}/admin/rollback", json={"revision": target}))
+            )
+            rollback.start()
+            assert asked.wait(10), "the rollback's commit never asked for a sync"
+            rollback.join(0.5)
+            assert rollback.is_alive() and not answer  # rolled back, not synced: no answer yet
+            hold[0] = False
+            gate.release()
+            rollback.join(20)
+            assert answer[0].status_code == 200, answer[0].text
+            assert hrana_query(http, url, "SELECT id FROM t") == [[1]]
+    finally:
+        hold[0] = False
+        gate.release()
+        primary.close()
+
+
 def test_a_sync_that_fails_refuses_the_answer_and_the_database_is_opened_again(tmp_path, monkeypatch, caplog):
     fail = [False]
     real = database_mod.HostedDatabase._sync_wal

@@ -245,14 +245,21 @@ class WalSyncFailed(Exception):  # noqa: N818 - reads as what happened
 
 
 class _Lane:
-    """A connection for clients' SQL with its pipeline executor (worker thread only)."""
+    """A connection for clients' SQL with its pipeline executor (worker thread only).
 
-    def __init__(self, engine: LocalDatabase, sql_limits: SqlLimits, group_commit: bool = False) -> None:
+    ``on_commit``: group commit (module doc): the connection commits without syncing, and this
+    sees every commit it makes, whoever makes it (a client's SQL, a rollback)."""
+
+    def __init__(
+        self, engine: LocalDatabase, sql_limits: SqlLimits, on_commit: Callable[[], bool] | None = None
+    ) -> None:
         # no busy timeout: see hrana.py (a wait on this thread could never end sooner)
         self.conn = engine.connect(isolation_level=None, timeout=0)
         try:
-            if group_commit:  # the worker syncs the WAL before any answer shows the commit (module doc)
-                self.conn.apsw_connection.execute("PRAGMA synchronous=NORMAL")
+            if on_commit is not None:
+                db = self.conn.apsw_connection
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.set_commit_hook(on_commit, id="turso_sync.primary.group_commit")
             # A small WAL keeps pulls cheap: each engine snapshot reads the WAL whole (see run_pipeline)
             self.conn.apsw_connection.wal_autocheckpoint(WAL_AUTOCHECKPOINT_PAGES)
             # the SQL policy goes on the connection here, before any client statement, for good
@@ -337,6 +344,7 @@ class HostedDatabase:
         # queued and not started (worker thread), and why the last sync failed (breaks the database)
         self.group_commit = durable is None and follower is None
         self._commit_count = 0
+        self._lane_commits = self._lane_commits_noted = 0  # commits the lanes' hook saw, and counted
         self._synced_count = 0
         self._sync_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._sync_queued = False
@@ -480,7 +488,7 @@ class HostedDatabase:
         try:
             conn = engine.connect(isolation_level=None, timeout=0)
             try:
-                self._lane = _Lane(engine, self.sql_limits, self.group_commit)
+                self._lane = _Lane(engine, self.sql_limits, self._lane_hook())
             except BaseException:
                 conn.close()
                 raise
@@ -525,8 +533,35 @@ class HostedDatabase:
         try:
             value = fn(*args)
         except Exception as exc:
+            self._note_commits()
             return self._commit_count, None, exc
+        self._note_commits()  # any commit the job made that ``_after_job`` did not see (a rollback's)
         return self._commit_count, value, None
+
+    def _lane_hook(self) -> Callable[[], bool] | None:
+        return self._lane_committed if self.group_commit else None
+
+    def _lane_committed(self) -> bool:
+        """Every clients' connection's commit hook (group commit): count it, let the commit go ahead."""
+        self._lane_commits += 1
+        return False
+
+    def _note_commits(self) -> None:
+        """Worker thread: if a clients' connection committed since the last look, count a commit and
+        see that a sync covers it: at once when no job waits to share it, else one queued behind them."""
+        if self._lane_commits == self._lane_commits_noted:
+            return
+        self._lane_commits_noted = self._lane_commits
+        self._commit_count += 1
+        self._commits_since_sync += 1
+        if self._sync_queued:
+            return  # the sync queued behind the jobs waiting covers this commit too
+        if self._jobs_submitted == self._jobs_started:
+            self._sync_job()  # no job waits to share the sync: the answer need not wait for one more
+            return
+        with contextlib.suppress(RuntimeError):  # the worker is shutting down: nothing more runs
+            self._worker.submit(self._sync_job)
+            self._sync_queued = True
 
     async def _until_synced(self, count: int) -> None:
         """On the event loop: return once the first ``count`` commits are synced; raise WalSyncFailed."""
@@ -735,7 +770,7 @@ class HostedDatabase:
         if self._spare:
             return self._spare.pop()
         assert self._engine is not None
-        return _Lane(self._engine, self.sql_limits, self.group_commit)
+        return _Lane(self._engine, self.sql_limits, self._lane_hook())
 
     def _wake_stream_waiters(self) -> None:
         waiters, self._stream_waiters = self._stream_waiters, []
@@ -761,17 +796,7 @@ class HostedDatabase:
         and start a prune of the history if one is due."""
         if not committed:
             return
-        if self.group_commit:
-            self._commit_count += 1
-            self._commits_since_sync += 1
-            if self._sync_queued:
-                pass  # the sync queued behind the jobs waiting covers this commit too
-            elif self._jobs_submitted == self._jobs_started:
-                self._sync_job()  # no job waits to share the sync: the answer need not wait for one more
-            else:
-                with contextlib.suppress(RuntimeError):  # the worker is shutting down: nothing more runs
-                    self._worker.submit(self._sync_job)
-                    self._sync_queued = True
+        self._note_commits()
         if self.feed.waiting:
             # long-polls are parked: let their snapshots (of a one-transaction WAL) go first
             self._loop.call_soon_threadsafe(self._committed, True)
