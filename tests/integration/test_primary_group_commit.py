@@ -35,27 +35,44 @@ def _hosted(primary: InProcessPrimary) -> database_mod.HostedDatabase:
     return store._open["default"]
 
 
+class HeldSyncs:
+    """The primary's WAL syncs, held while ``hold`` is set: each waits for a ``release()``."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.hold = False
+        self.held = 0  # syncs that were held (or are)
+        self._gate = threading.Semaphore(0)
+        real = database_mod.HostedDatabase._sync_wal
+
+        def held(db: database_mod.HostedDatabase) -> None:
+            if self.hold:
+                self.held += 1
+                assert self._gate.acquire(timeout=30), "the test never released the sync"
+            real(db)
+
+        monkeypatch.setattr(database_mod.HostedDatabase, "_sync_wal", held)
+
+    def release(self, n: int = 1) -> None:
+        for _ in range(n):
+            self._gate.release()
+
+    def stop(self) -> None:
+        """Hold no more syncs, and let any held one go."""
+        self.hold = False
+        self.release(3)
+
+
+def _until(check, what: str) -> None:
+    deadline = time.monotonic() + 10
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
 def test_answers_wait_for_the_sync_of_their_commits(tmp_path, monkeypatch: pytest.MonkeyPatch):
     """A commit alone syncs in its own job; commits made while others waited share a queued sync.
     Each held sync holds the answers of the commits it covers."""
-    gate = threading.Semaphore(0)
-    held_syncs = [0]
-    hold = [False]
-    real = database_mod.HostedDatabase._sync_wal
-
-    def held(self: database_mod.HostedDatabase) -> None:
-        if hold[0]:
-            held_syncs[0] += 1
-            assert gate.acquire(timeout=30), "the test never released the sync"
-        real(self)
-
-    def until(check, what: str) -> None:
-        deadline = time.monotonic() + 10
-        while not check():
-            assert time.monotonic() < deadline, what
-            time.sleep(0.01)
-
-    monkeypatch.setattr(database_mod.HostedDatabase, "_sync_wal", held)
+    syncs = HeldSyncs(monkeypatch)
     primary = InProcessPrimary(tmp_path / "srv")
     url = primary.start()
     answers: dict[int, object] = {}
@@ -73,51 +90,39 @@ def test_answers_wait_for_the_sync_of_their_commits(tmp_path, monkeypatch: pytes
             hrana_query(http, url, TABLE)
             hosted = _hosted(primary)
             assert hosted.group_commit
-            hold[0] = True
+            syncs.hold = True
             first = insert(http, 1)
-            until(lambda: held_syncs[0] == 1, "the first commit never asked for a sync")
+            _until(lambda: syncs.held == 1, "the first commit never asked for a sync")
             first.join(0.3)
             assert first.is_alive() and 1 not in answers  # committed, not synced: no answer yet
             # two more wait behind the held sync (the worker is in it): they will share one
             others = [insert(http, 2), insert(http, 3)]
-            until(lambda: hosted._jobs_submitted - hosted._jobs_started >= 2, "the requests never reached the worker")
-            gate.release()
+            _until(lambda: hosted._jobs_submitted - hosted._jobs_started >= 2, "the requests never reached the worker")
+            syncs.release()
             first.join(20)
             assert answers[1] == []
-            until(lambda: held_syncs[0] == 2, "the shared sync never ran")
+            _until(lambda: syncs.held == 2, "the shared sync never ran")
             assert hosted._commit_count >= 4  # the table, 1, 2 and 3: committed
             for thread in others:
                 thread.join(0.3)
                 assert thread.is_alive()
             assert 2 not in answers and 3 not in answers  # their sync is held: no answer
-            gate.release()
+            syncs.release()
             for thread in others:
                 thread.join(20)
             assert answers[2] == answers[3] == []
-            hold[0] = False
+            syncs.hold = False
             assert hrana_query(http, url, "SELECT id FROM t ORDER BY id") == [[1], [2], [3]]
             assert hosted.wal_syncs >= 3 and hosted.wal_synced_commits >= 4
     finally:
-        hold[0] = False
-        for _ in range(3):
-            gate.release()
+        syncs.stop()
         primary.close()
 
 
 def test_a_rollback_answers_once_its_commit_is_synced(tmp_path, monkeypatch: pytest.MonkeyPatch):
     """A commit no pipeline made (``POST /admin/rollback`` commits on a clients' connection) is
     synced before its answer too: the lanes' commit hook sees every commit."""
-    gate, asked = threading.Semaphore(0), threading.Event()
-    hold = [False]
-    real = database_mod.HostedDatabase._sync_wal
-
-    def held(self: database_mod.HostedDatabase) -> None:
-        if hold[0]:
-            asked.set()
-            assert gate.acquire(timeout=30), "the test never released the sync"
-        real(self)
-
-    monkeypatch.setattr(database_mod.HostedDatabase, "_sync_wal", held)
+    syncs = HeldSyncs(monkeypatch)
     primary = InProcessPrimary(tmp_path / "srv")
     url = primary.start()
     try:
@@ -127,23 +132,21 @@ def test_a_rollback_answers_once_its_commit_is_synced(tmp_path, monkeypatch: pyt
             hosted = _hosted(primary)
             target = primary._run(hosted.call(hosted.local_seq))
             hrana_query(http, url, "INSERT INTO t VALUES (2, 'two')")
-            hold[0] = True
+            syncs.hold = True
             answer: list[httpx.Response] = []
             rollback = threading.Thread(
                 target=lambda: answer.append(http.post(f"{url}/admin/rollback", json={"revision": target}))
             )
             rollback.start()
-            assert asked.wait(10), "the rollback's commit never asked for a sync"
+            _until(lambda: syncs.held == 1, "the rollback's commit never asked for a sync")
             rollback.join(0.5)
             assert rollback.is_alive() and not answer  # rolled back, not synced: no answer yet
-            hold[0] = False
-            gate.release()
+            syncs.stop()
             rollback.join(20)
             assert answer[0].status_code == 200, answer[0].text
             assert hrana_query(http, url, "SELECT id FROM t") == [[1]]
     finally:
-        hold[0] = False
-        gate.release()
+        syncs.stop()
         primary.close()
 
 
