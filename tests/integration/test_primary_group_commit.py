@@ -102,7 +102,7 @@ def test_answers_wait_for_the_sync_of_their_commits(tmp_path, monkeypatch: pytes
             first.join(20)
             assert answers[1] == []
             _until(lambda: syncs.held == 2, "the shared sync never ran")
-            assert hosted._commit_count >= 4  # the table, 1, 2 and 3: committed
+            assert hosted._lane_commits >= 4  # the table, 1, 2 and 3: committed
             for thread in others:
                 thread.join(0.3)
                 assert thread.is_alive()

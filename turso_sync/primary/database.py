@@ -339,12 +339,12 @@ class HostedDatabase:
         #: checkpoint jobs that ran after commits, and commits they covered (for tests and benchmarks)
         self.after_commit_jobs = self.after_commit_commits = 0
         self._commits_since_job = 0
-        # group commit (module doc): commits counted on the worker, the count synced so far as
-        # the event loop knows it, the answers waiting for a sync (count, future), a sync job
-        # queued and not started (worker thread), and why the last sync failed (breaks the database)
+        # group commit (module doc): the commits the lanes' hook counted (worker thread), the count
+        # a sync was last arranged for, the count synced so far as the event loop knows it, the
+        # answers waiting for a sync (count, future), a sync job queued and not started (worker
+        # thread), and why the last sync failed (it breaks the database)
         self.group_commit = durable is None and follower is None
-        self._commit_count = 0
-        self._lane_commits = self._lane_commits_noted = 0  # commits the lanes' hook saw, and counted
+        self._lane_commits = self._lane_commits_noted = 0
         self._synced_count = 0
         self._sync_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._sync_queued = False
@@ -355,7 +355,6 @@ class HostedDatabase:
         self._wal_fd: int | None = None
         #: WAL syncs the worker made for group commit, and commits they covered (tests, benchmarks)
         self.wal_syncs = self.wal_synced_commits = 0
-        self._commits_since_sync = 0
         self.streams_ended = 0
         self._stream_waiters: list[asyncio.Future[None]] = []
         self._final_seq: int | None = None  # the local revision when the engine closed (on a store)
@@ -530,13 +529,14 @@ class HostedDatabase:
     def _job(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[int, Any, BaseException | None]:
         """Worker thread: ``fn(*args)``'s value or exception, and the commits counted when it ended."""
         self._jobs_started += 1
+        value: Any = None
+        error: BaseException | None = None
         try:
             value = fn(*args)
         except Exception as exc:
-            self._note_commits()
-            return self._commit_count, None, exc
+            error = exc
         self._note_commits()  # any commit the job made that ``_after_job`` did not see (a rollback's)
-        return self._commit_count, value, None
+        return self._lane_commits, value, error
 
     def _lane_hook(self) -> Callable[[], bool] | None:
         return self._lane_committed if self.group_commit else None
@@ -547,13 +547,11 @@ class HostedDatabase:
         return False
 
     def _note_commits(self) -> None:
-        """Worker thread: if a clients' connection committed since the last look, count a commit and
-        see that a sync covers it: at once when no job waits to share it, else one queued behind them."""
+        """Worker thread: if a clients' connection committed since the last look, see that a sync
+        covers it: at once when no job waits to share it, else one queued behind them."""
         if self._lane_commits == self._lane_commits_noted:
             return
         self._lane_commits_noted = self._lane_commits
-        self._commit_count += 1
-        self._commits_since_sync += 1
         if self._sync_queued:
             return  # the sync queued behind the jobs waiting covers this commit too
         if self._jobs_submitted == self._jobs_started:
@@ -591,10 +589,9 @@ class HostedDatabase:
     def _sync_job(self) -> None:
         """Worker thread: sync the WAL, making every commit counted so far durable (group commit)."""
         self._sync_queued = False  # a commit from here on queues a sync of its own
-        count = self._commit_count
+        count = self._lane_commits
         self.wal_syncs += 1
-        self.wal_synced_commits += self._commits_since_sync
-        self._commits_since_sync = 0
+        self.wal_synced_commits = count
         error: WalSyncFailed | None = None
         try:
             self._sync_wal()
