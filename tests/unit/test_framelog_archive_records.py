@@ -1,6 +1,6 @@
 """``FrameLog.archive`` writes its records in one joined write and updates its index without reading
 them back: the index it keeps must be the one a fresh read of the file builds, the records must be
-byte for byte what ``_encode`` makes of each transaction, and a short write (a disk filling up)
+byte for byte what ``_encode_into`` makes of each transaction on its own, and a short write (a disk filling up)
 must fail the archive (so the checkpoint keeps the WAL's frames) instead of passing as done.
 """
 
@@ -30,13 +30,20 @@ def _database_with_history(path, writes: int):
     return db, conn
 
 
+def _encode(log: FrameLog, txn) -> bytes:
+    """One record's bytes, encoded on its own."""
+    parts: list[bytes] = []
+    log._encode_into(txn, parts)
+    return b"".join(parts)
+
+
 def test_the_index_kept_is_the_one_a_fresh_read_builds_and_the_records_are_encode_s(tmp_path):
     db, conn = _database_with_history(tmp_path / "db", 40)
     log = db.log
     with log._locked(exclusive=True):  # as the archive reads them: the index loaded first
         before_end = log._end
         pending = log._wal_txns()  # what the archive is about to write
-    expected = b"".join(log._encode(txn) for txn in pending)
+    expected = b"".join(_encode(log, txn) for txn in pending)
     assert log.archive() == len(pending) > 10
     with open(log.path, "rb") as f:
         f.seek(before_end)

@@ -344,12 +344,6 @@ class FrameLog:
             self._end = end
             return len(txns)
 
-    def _encode(self, txn: Txn) -> bytes:
-        """One record's bytes (``archive`` writes them without joining each record on its own)."""
-        parts: list[bytes] = []
-        self._encode_into(txn, parts)
-        return b"".join(parts)
-
     def _encode_into(self, txn: Txn, parts: list[bytes]) -> int:
         """Append one record's pieces to ``parts`` (header, checksum, body); return its body's length."""
         body: list[bytes] = []
