@@ -1,9 +1,9 @@
 """A killed install while another process holds the database: the engine honours the wal-index.
 
 The installer (a child process) appends its frames, syncs them, and is killed with SIGKILL right
-before it marks the wal-index stale.  The parent keeps the database open the whole time, so its
-SQLite trusts the wal-index (``mxFrame``) and never sees those frames; its next commit overwrites
-them.  Nothing may count the dead install: not ``current_seq``, not the history, not the frame
+before it tells the wal-index (in place, or by marking it stale: ``install.publish``).  The parent
+keeps the database open the whole time, so its SQLite trusts the wal-index (``mxFrame``) and never
+sees those frames; its next commit overwrites them.  Nothing may count the dead install: not ``current_seq``, not the history, not the frame
 log once archived; and the parent's commit must be numbered, archived and replayable exactly.
 """
 
@@ -29,11 +29,11 @@ _INSTALLER = textwrap.dedent(
     from turso_sync.local import install
     from turso_sync.local.engine import LocalDatabase
 
-    def stop_here(db_path):  # the frames are durable; the wal-index is not marked stale yet
+    def stop_here(db_path, commit, handed=None):  # the frames are durable; the wal-index is not told yet
         print("frames-durable", flush=True)
         sys.stdin.readline()  # killed here
 
-    install.invalidate_wal_index = stop_here
+    install.publish = stop_here
     db = LocalDatabase(sys.argv[1], encryption_key=sys.argv[2] or None)
     page = db.snapshot(pgnos=[int(sys.argv[3])]).pages[int(sys.argv[3])]
     marked = page.replace(b"parent-row", b"INSTALLED!", 1)

@@ -331,15 +331,22 @@ class LocalDatabase:
     def _install_locked(self, db: apsw.Connection, pages: dict[int, bytes], db_size: int) -> int:
         codec = self._conn._state.codec
         try:
-            append_transaction(self.path, codec, pages, db_size, self.page_size)
+            indexed = append_transaction(self.path, codec, pages, db_size, self.page_size, in_place=True)
         except InstallError as exc:
             raise errors.DatabaseError(f"{self.path}: cannot install pages: {exc}") from None
         # the install's number, read while the write lock still keeps every other commit out: once
         # it is released, another process's commit can land before the read and be taken for it
         seq = self.log.current_seq()
         db.execute("ROLLBACK")
-        # run WAL recovery now, on our connection, rather than in the application's next read
-        db.execute("SELECT count(*) FROM sqlite_schema").fetchall()
+        if indexed:
+            # the wal-index counts the install already, and this connection's ROLLBACK copied its
+            # new header (sqlite3WalUndo), so unlike every other connection it would not see a
+            # change at its next read and would keep pages from before: drop them all (nothing
+            # holds a page once the transaction is over)
+            db.execute("PRAGMA shrink_memory")
+        else:
+            # run WAL recovery now, on our connection, rather than in the application's next read
+            db.execute("SELECT count(*) FROM sqlite_schema").fetchall()
         return seq
 
     def discard_after(self, seq: int) -> int:

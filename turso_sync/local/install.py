@@ -2,11 +2,14 @@
 
 The caller holds SQLite's WAL write lock (``BEGIN IMMEDIATE``).  The pages are appended after
 the last committed frame, with the commit marker on the last one and the checksum chain
-continued over the bytes as stored; the WAL is synced; then both copies of the wal-index
-header in ``-shm`` are marked uninitialised.  The next read by any connection, in this process
-or another, runs SQLite's own WAL recovery and sees the new state, or (if it already holds a
-read transaction) keeps its snapshot.  A crash before the commit frame is durable leaves the
-previous state; the commit frame makes the whole batch visible at once.
+continued over the bytes as stored; the WAL is synced; then SQLite's connections are told
+(``publish``).  Where it can (the engine's installs), the commit is written into the wal-index
+in ``-shm`` as SQLite's own writer writes it (``walindex.index_commit``); otherwise both copies of
+the wal-index header are marked uninitialised, and the next read by any connection, in this
+process or another, runs SQLite's own WAL recovery.  Either way every connection sees the new
+state at its next read transaction, or (if it already holds one) keeps its snapshot.  A crash
+before the commit frame is durable leaves the previous state; the commit frame makes the whole
+batch visible at once.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from .walformat import (
     remember_scan,
     wal_checksum,
 )
-from .walindex import committed_wal
+from .walindex import IndexedCommit, committed_wal, index_commit
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -43,12 +46,22 @@ class InstallError(Exception):
 
 
 def append_transaction(
-    db_path: str, codec: PageCodec | None, pages: dict[int, bytes], db_size: int, page_size: int = PAGE_SIZE
-) -> None:
+    db_path: str,
+    codec: PageCodec | None,
+    pages: dict[int, bytes],
+    db_size: int,
+    page_size: int = PAGE_SIZE,
+    in_place: bool = False,
+) -> bool:
     """Append ``pages`` (plaintext images) as one committed transaction ending at ``db_size`` pages.
 
     Each frame's body takes the codec's slot on disk (the page size, or more in the envelope
     layout); the WAL header keeps SQLite's page size.
+
+    With ``in_place``, the wal-index is brought up to date where it can be (``publish``), and
+    the result says whether it was: then no connection runs a recovery, and the caller must drop
+    its own connection's page cache after giving the lock back (``engine._install_locked``).
+    Otherwise (and always without ``in_place``) it is marked stale and the result is False.
     """
     if not pages:
         raise InstallError("nothing to install")
@@ -98,6 +111,7 @@ def append_transaction(
         if pages.get(1, SQLITE_MAGIC)[:16] == SQLITE_MAGIC:  # else page 1 would not decrypt to these bytes
             plain_chain = _plain_chain_before(db_path, codec, salts, index, cksum, len(ordered))
         bodies: list[bytes]
+        chain_after: tuple[int, int] | None  # the chain after the commit, as SQLite computes it
         if type(codec) is PageCodec:
             # Turso's format: each page sealed straight into its frame, which is then checksummed
             # while its bytes are at hand; one draw of random nonces for the whole batch, not one
@@ -105,7 +119,7 @@ def append_transaction(
             aead, magic = codec.sealer()
             plains = [bytes(pages[pgno]) for pgno in ordered]
             nonces = os.urandom(NONCE_SIZE * len(ordered))
-            written, bodies, cksum, _, handed = install_sealed_frames(
+            written, bodies, cksum, chain_after, handed = install_sealed_frames(
                 ordered, plains, nonces, aead, magic, db_size, salts, cksum, big, plain_chain, HandedFrame
             )
         else:
@@ -114,9 +128,11 @@ def append_transaction(
             else:
                 bodies = [bytes(pages[pgno]) for pgno in ordered]
             plains = [bytes(pages[pgno]) for pgno in ordered] if plain_chain is not None else []
-            written, cksum, _, handed = install_frames(
+            written, cksum, chain_after, handed = install_frames(
                 ordered, bodies, plains, db_size, salts, cksum, big, plain_chain, HandedFrame
             )
+            if codec is None:
+                chain_after = cksum  # SQLite checksums what is on disk
         if hdr is None:
             chunks.extend(written)
         else:
@@ -126,7 +142,11 @@ def append_transaction(
         os.fsync(fd)
         if handed is not None:
             _hand_over(db_path, salts, index, handed)
-        invalidate_wal_index(db_path)
+        commit = None
+        if in_place and hdr is not None and chain_after is not None:
+            stored = salts[0].to_bytes(4, "big") + salts[1].to_bytes(4, "big")
+            commit = IndexedCommit(index, ordered, db_size, stored, chain_after)
+        indexed = publish(db_path, commit, handed)
         # what a scan of the WAL finds now (the wal-index is stale, so the file alone decides):
         # the committed transactions before, and this one, whose checksums were just computed.
         # Handed to the scan cache, so the frame log's next look at the WAL does not read back and
@@ -140,6 +160,30 @@ def append_transaction(
         remember_scan(db_path + "-wal", fd, after, slot if slot != page_size else None)
     finally:
         os.close(fd)
+    return indexed
+
+
+def publish(db_path: str, commit: IndexedCommit | None, handed: list[HandedFrame] | None = None) -> bool:
+    """Let SQLite's connections see a transaction just appended and synced; True if done in place.
+
+    In place (``walindex.index_commit``) when ``commit`` is given and the wal-index allows it:
+    the frames' plaintext chain entries are then recorded as recovery would have recorded them
+    (``handed``: an encrypted WAL's next install continues the chain from them).  Otherwise, or
+    if writing the wal-index fails part-way, the wal-index is marked stale: every connection's
+    next read runs SQLite's recovery from the file.
+    """
+    if commit is not None:
+        try:
+            if index_commit(db_path, commit):
+                state = registry.get(db_path)
+                if handed is not None and state is not None:
+                    for n, frame in enumerate(handed):
+                        state.wal_chain[(*frame.salts, commit.first + n)] = (frame.ct, frame.pt)
+                return True
+        except OSError:
+            pass  # (entries past mxFrame at most, as an interrupted SQLite writer leaves)
+    invalidate_wal_index(db_path)
+    return False
 
 
 def _plain_chain_before(
