@@ -3,8 +3,9 @@
 The installer (a child process) appends its frames, syncs them, and is killed with SIGKILL right
 before it tells the wal-index (in place, or by marking it stale: ``install.publish``).  The parent
 keeps the database open the whole time, so its SQLite trusts the wal-index (``mxFrame``) and never
-sees those frames; its next commit overwrites them.  Nothing may count the dead install: not ``current_seq``, not the history, not the frame
-log once archived; and the parent's commit must be numbered, archived and replayable exactly.
+sees those frames; its next commit overwrites them.  Nothing may count the dead install: not
+``current_seq``, not the history, not the frame log once archived; and the parent's commit must be
+numbered, archived and replayable exactly.
 """
 
 from __future__ import annotations
