@@ -43,14 +43,15 @@ unit: venv
 	$(BIN)/pytest -q tests/unit
 
 # The suites that run the compiled helper's functions (WAL checksums: written, recovered, scanned,
-# installed; the file-control router; the page and WAL frame readers; pages sealed in a batch), run a second time by `make test` on their pure-Python twins
+# installed; the file-control router; the page and WAL frame readers; pages sealed in a batch; an install's
+# wal-index written in place), run a second time by `make test` on their pure-Python twins
 # (about half a minute).
 PURE_PYTHON_TESTS := tests/unit/test_walformat.py tests/unit/test_compiled.py tests/unit/test_install.py \
 	tests/unit/test_vfs_fast_paths.py tests/unit/test_wal_scan_cache.py tests/unit/test_encryption.py \
 	tests/unit/test_rekey_wal_headers.py tests/unit/test_install_recovery_handover.py tests/unit/test_file_control_router.py \
 	tests/unit/test_page_reader.py tests/unit/test_cursor_fast.py tests/unit/test_engine_fast.py tests/unit/test_dbapi_differential.py \
 	tests/integration/test_engine_walindex.py tests/unit/test_install_frames.py tests/unit/test_wal_frame_writer.py \
-	tests/unit/test_seal_pages.py
+	tests/unit/test_seal_pages.py tests/unit/test_walindex_in_place.py
 
 # Everything: the checks, the fast tier (a failure there stops here, in a minute), the WAL's suites
 # again with the compiled helper refused, then the rest, listing the slowest tests so CI time is
