@@ -11,6 +11,7 @@ must read the installed state, with its page cache from before dropped.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import subprocess
@@ -19,6 +20,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
 from tests.childlines import ChildLines
 from tests.conftest import KEY256
@@ -111,24 +114,29 @@ def test_the_wal_index_written_in_place_is_the_one_recovery_builds(tmp_path, key
     again.close()
 
 
+def _leave_dead_writer_entries(db: LocalDatabase, pgnos: tuple[int, ...]) -> None:
+    """What a writer killed in the middle of a transaction leaves in the wal-index: page numbers
+    and hash slots for frames after mxFrame (``pgnos`` as frames mxFrame + 1, + 2, ...), never
+    committed; SQLite's next writer clears them (``walCleanupHash``), and so must an install."""
+    shm = bytearray(_shm(db))
+    (mx_frame,) = struct.unpack_from(_NATIVE + "I", shm, 16)
+    with open(str(db.path) + "-shm", "r+b") as f:
+        for n, pgno in enumerate(pgnos):
+            frame = mx_frame + 1 + n
+            struct.pack_into(_NATIVE + "I", shm, 136 + 4 * (frame - 1), pgno)
+            slot = (pgno * 383) & 8191
+            while struct.unpack_from(_NATIVE + "H", shm, 16384 + 2 * slot)[0]:
+                slot = (slot + 1) & 8191
+            struct.pack_into(_NATIVE + "H", shm, 16384 + 2 * slot, frame)
+        f.seek(136)
+        f.write(shm[136:])
+
+
 @pytest.mark.parametrize("key", [None, KEY256], ids=["plaintext", "encrypted"])
 def test_entries_a_dead_writer_left_past_mxframe_are_cleared_first(tmp_path, key, monkeypatch):
     db, app = _database(tmp_path / "db", key)
     answers = _spy(monkeypatch)
-    shm = _shm(db)
-    (mx_frame,) = struct.unpack_from(_NATIVE + "I", shm, 16)
-    # what a writer killed in the middle of a transaction leaves: page numbers and hash slots for
-    # frames after mxFrame (here pages 2 and 3 as frames mxFrame + 1 and + 2), never committed
-    with open(str(db.path) + "-shm", "r+b") as f:
-        for n, pgno in enumerate((2, 3)):
-            frame = mx_frame + 1 + n
-            f.seek(136 + 4 * (frame - 1))
-            f.write(struct.pack(_NATIVE + "I", pgno))
-            slot = (pgno * 383) & 8191
-            while struct.unpack_from(_NATIVE + "H", shm, 16384 + 2 * slot)[0]:
-                slot = (slot + 1) & 8191
-            f.seek(16384 + 2 * slot)
-            f.write(struct.pack(_NATIVE + "H", frame))
+    _leave_dead_writer_entries(db, (2, 3))
     _install(db, user_version=7)
     assert answers == [True]
     written = _shm(db)
@@ -247,3 +255,96 @@ def test_an_unknown_plaintext_chain_marks_the_wal_index_stale(tmp_path, monkeypa
     assert db.query("SELECT v FROM t WHERE id = 3000") == [("other process",)]
     assert db.query("PRAGMA user_version") == [(6,)]
     db.close()
+
+
+# --- a property: any sequence of installs, local commits, checkpoints and readers -----------------
+
+_STEPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("install"), st.lists(st.integers(0, 7), max_size=6)),
+        st.tuples(st.just("commit"), st.integers(1, 40)),  # rows: several pages when large
+        st.tuples(st.just("checkpoint"), st.sampled_from(["PASSIVE", "TRUNCATE", "RESTART"])),
+        st.tuples(st.just("reader"), st.lists(st.integers(0, 7), max_size=3)),
+        st.tuples(st.just("dead writer"), st.lists(st.integers(1, 9), min_size=1, max_size=4)),
+    ),
+    min_size=1,
+    max_size=14,
+)
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=_STEPS, encrypted=st.booleans())
+def test_any_sequence_leaves_the_wal_index_recovery_would_build(tmp_path_factory, steps, encrypted):
+    """Installs (of any pages, page 1 always, with the user_version a model predicts), local commits
+    of any size, checkpoints of every mode (a PASSIVE one leaves the WAL backfilled, so the next
+    local commit starts it over), entries a dead writer left past mxFrame, and installs under a
+    reader holding its snapshot: after every
+    install written in place, its wal-index is what SQLite's recovery builds from the file; every
+    connection reads what the model says; the reader keeps its snapshot until it ends."""
+    key = KEY256 if encrypted else None
+    folder = tmp_path_factory.mktemp("walindex")
+    db, app = _database(folder / "db", key, rows=30)
+    version = 0
+    rows = int(app.execute("SELECT count(*) FROM t").fetchone()[0])  # type: ignore[attr-defined]
+    in_place = 0
+    try:
+        for step in steps:
+            kind = step[0]
+            if kind in ("install", "reader"):
+                size = int(db.query("PRAGMA page_count")[0][0])
+                read = db.page_reader()
+                edit = {1 + n % size: read(1 + n % size) for n in step[1]}  # pages as they are
+                reader = None
+                if kind == "reader":
+                    reader = db.connect()
+                    reader.execute("BEGIN")
+                    assert reader.execute("SELECT count(*) FROM t").fetchone()[0] == rows
+                version += 1
+                before = walindex.index_commit
+                answers: list[bool] = []
+
+                def spying(db_path: str, commit: walindex.IndexedCommit, real=before) -> bool:
+                    answers.append(real(db_path, commit))
+                    return answers[-1]
+
+                install.index_commit = spying  # type: ignore[assignment]
+                try:
+                    _install(db, edit, user_version=version)
+                finally:
+                    install.index_commit = before  # type: ignore[assignment]
+                if answers and answers[0]:
+                    in_place += 1
+                    written = _shm(db)
+                    if reader is None:  # (a reader's open snapshot keeps SQLite from recovering)
+                        _same_as_recovery(written, _recovered(db, app))
+                if reader is not None:
+                    assert reader.execute("PRAGMA user_version").fetchone()[0] == version - 1  # its snapshot
+                    reader.execute("COMMIT")
+                    assert reader.execute("PRAGMA user_version").fetchone()[0] == version
+                    reader.close()
+                assert app.execute("PRAGMA user_version").fetchone()[0] == version  # type: ignore[attr-defined]
+                assert db.query("PRAGMA user_version") == [(version,)]
+            elif kind == "commit":
+                start = 10_000 + rows
+                app.executemany(  # type: ignore[attr-defined]
+                    "INSERT INTO t VALUES (?, ?)", [(start + i, f"local {i} " * 30) for i in range(step[1])]
+                )
+                app.commit()  # type: ignore[attr-defined]
+                rows += step[1]
+            elif kind == "dead writer":
+                _leave_dead_writer_entries(db, tuple(step[1]))
+            else:
+                app.execute(f"PRAGMA wal_checkpoint({step[1]})").fetchall()  # type: ignore[attr-defined]
+            assert app.execute("SELECT count(*) FROM t").fetchone()[0] == rows  # type: ignore[attr-defined]
+        event(f"installs written in place: {min(in_place, 3)}{'+' if in_place >= 3 else ''}")
+        app.close()  # type: ignore[attr-defined]
+        db.close()
+        again = LocalDatabase(folder / "db", encryption_key=key)  # recovery from the file alone
+        assert again.query("SELECT count(*) FROM t") == [(rows,)]
+        assert again.query("PRAGMA user_version") == [(version,)]
+        assert again.query("PRAGMA integrity_check") == [("ok",)]
+        again.close()
+    finally:
+        for handle in (app, db):  # (closing twice is harmless)
+            with contextlib.suppress(Exception):
+                handle.close()  # type: ignore[attr-defined]
