@@ -147,8 +147,8 @@ def append_transaction(
             stored = salts[0].to_bytes(4, "big") + salts[1].to_bytes(4, "big")
             commit = IndexedCommit(index, ordered, db_size, stored, chain_after)
         indexed = publish(db_path, commit, handed)
-        # what a scan of the WAL finds now (the wal-index is stale, so the file alone decides):
-        # the committed transactions before, and this one, whose checksums were just computed.
+        # what a scan of the WAL finds now (the wal-index, stale or brought up to date, counts the
+        # whole file): the committed transactions before, and this one, whose checksums were just computed.
         # Handed to the scan cache, so the frame log's next look at the WAL does not read back and
         # checksum every frame written here (``walformat.remember_scan`` checks it is this file)
         header_now = scan.header if hdr is not None else WalHeader.parse(chunks[0])
