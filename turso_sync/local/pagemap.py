@@ -43,6 +43,7 @@ import hmac
 import os
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterable
 from hashlib import sha256
 
@@ -200,6 +201,35 @@ class PageMap:
             "it is not the image last written there (an older image of the page was put back, or the page "
             f"map {os.path.basename(self.path)}{MAP_SUFFIX} is not this file's)",
         )
+
+    def wait_for_cycles(self, timeout: float) -> bool:
+        """Wait until no write cycle holds the map's lock in another process (or another thread of
+        this one), for at most ``timeout`` seconds; True when none does now.
+
+        A reader that met an image the map does not hold may have read it while a checkpoint
+        elsewhere had written it and not yet saved the map; once that cycle is over the map says
+        so (``check`` reads it again on a mismatch).  Never from this thread's own cycle.
+        """
+        if self._cycle_owner == threading.get_ident():
+            return False
+        try:
+            fd = os.open(self.path + LOCK_SUFFIX, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:
+            return False
+        try:
+            deadline = time.monotonic() + timeout
+            pause = 0.0005
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                    return True  # (closing the descriptor below releases it)
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        return False
+                    time.sleep(pause)
+                    pause = min(pause * 2, 0.05)
+        finally:
+            os.close(fd)
 
     # --- write cycles -----------------------------------------------------------------------------
 

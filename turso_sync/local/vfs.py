@@ -30,6 +30,7 @@ import contextlib
 import os
 import struct
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -72,6 +73,11 @@ HANDED_FRAMES_KEPT = 512
 READ_AHEAD = 32
 _base_file_control = apsw.VFSFile.xFileControl
 _preadv = os.preadv
+#: page 1 read whole from the database file that does not verify is read again after these pauses
+#: (s), in case a write in another process was under way (``EncryptedDBFile.xRead``); then refused
+_SETTLE_WAITS = (0.001, 0.01, 0.05)
+#: how long a read waits at most for another process's page map write cycle (s)
+_CYCLE_WAIT = 5.0
 _CKPT_CONTROLS = frozenset({apsw.SQLITE_FCNTL_CKPT_START, apsw.SQLITE_FCNTL_CKPT_DONE})
 _SIZE_CONTROLS = frozenset({apsw.SQLITE_FCNTL_SIZE_HINT, apsw.SQLITE_FCNTL_CHUNK_SIZE})
 # the compiled router of file controls (``_speedups.c``), or None: then the class's method routes
@@ -418,34 +424,25 @@ class EncryptedDBFile(apsw.VFSFile):
             _ensure_present(state, offset // P + 1, (offset + amount - 1) // P + 1)
         if amount == P and not offset % P:
             pgno = offset // P + 1
-            if self._fd >= 0 and pgno != 1:
-                if _preadv(self._fd, self._slots, offset) < P:
-                    return b""  # beyond the end of the file: SQLite zero-fills
+            attempt = 0
+            while True:
                 try:
-                    self._decrypt_slot()
-                except PageDecryptError:
-                    err = PageAuthError(pgno, "database")
-                    state.record(err)
-                    raise apsw.CorruptError(str(err)) from None
-                return self._page
-            S = self.S
-            raw = _base_read(self, S, (pgno - 1) * S)
-            if len(raw) < S:
-                return b""  # beyond the end of the file: SQLite zero-fills
-            try:
-                if self._turso:
-                    plain: bytes | bytearray = self.codec.decrypt_into(raw, pgno, self._page)
-                else:
-                    plain = self.codec.decrypt(raw, pgno)
-            except PageAuthError as err:
-                state.record(err)
-                raise apsw.CorruptError(str(err)) from None
-            except errors.EncryptionError as exc:  # a hardened file's stored key parameters refused
-                state.record(PageAuthError(pgno, "database", str(exc)))
-                raise apsw.CorruptError(str(exc)) from None
-            if self._may_map:
-                self._check_map(raw, pgno)
-            return plain
+                    return self._whole_page(pgno, offset)
+                except PageAuthError as err:
+                    # SQLite reads page 1 from the file before it has opened the WAL (a connection's
+                    # first read, when it found no WAL yet), outside the WAL's protection: another
+                    # process's checkpoint may be writing it, or may have written it and not yet
+                    # saved the page map (SQLite itself only looks at the header bytes that say
+                    # "WAL", then reads page 1 again through the WAL).  Let a write under way
+                    # finish and read again; an image that still does not verify is refused
+                    if pgno != 1 or attempt >= len(_SETTLE_WAITS):
+                        state.record(err)
+                        raise apsw.CorruptError(str(err)) from None
+                    self._settle(attempt)
+                    attempt += 1
+                except errors.EncryptionError as exc:  # a hardened file's stored key parameters refused
+                    state.record(PageAuthError(pgno, "database", str(exc)))
+                    raise apsw.CorruptError(str(exc)) from None
         P, S = self.P, self.S
         first = offset // P
         last = (offset + amount - 1) // P
@@ -466,6 +463,38 @@ class EncryptedDBFile(apsw.VFSFile):
             self._check_map(raw, index + 1)
         start = offset - first * P
         return bytes(out[start : start + amount])
+
+    def _whole_page(self, pgno: int, offset: int) -> bytes | bytearray:
+        """Page ``pgno`` read from the file, decrypted and (a hardened file) checked against the
+        page map; ``b""`` past the end.  Raises PageAuthError (nothing recorded)."""
+        if self._fd >= 0 and pgno != 1:
+            if _preadv(self._fd, self._slots, offset) < self.P:
+                return b""  # beyond the end of the file: SQLite zero-fills
+            try:
+                self._decrypt_slot()
+            except PageDecryptError:
+                raise PageAuthError(pgno, "database") from None
+            return self._page
+        S = self.S
+        raw = _base_read(self, S, (pgno - 1) * S)
+        if len(raw) < S:
+            return b""  # beyond the end of the file: SQLite zero-fills
+        if self._turso:
+            plain: bytes | bytearray = self.codec.decrypt_into(raw, pgno, self._page)
+        else:
+            plain = self.codec.decrypt(raw, pgno)
+        if self._may_map:
+            page_map = self.state.map_of(self.codec)
+            if page_map is not None:
+                page_map.check(pgno, raw)
+        return plain
+
+    def _settle(self, attempt: int) -> None:
+        """Wait for a write to the database file that may be under way in another process: a page
+        map's write cycle (its lock), else a short pause (``_SETTLE_WAITS``)."""
+        page_map = self.state.map_of(self.codec) if self._may_map else None
+        if page_map is None or not page_map.wait_for_cycles(_CYCLE_WAIT):
+            time.sleep(_SETTLE_WAITS[attempt])
 
     def _decrypt(self, raw: bytes, pgno: int) -> bytes:
         return self._guarded(self.codec.decrypt, raw, pgno)
