@@ -28,7 +28,10 @@ again (and recorded) by the next one; a partial replica marks a fetched page pre
 authenticates is accepted); the next cycle records whatever image is then on disk.
 
 Readers in other processes keep the map as they last read it and read it again when an image
-does not match (another process's checkpoint, or a cycle in progress).  What this does not
+does not match (another process's checkpoint, or a cycle in progress).  One read escapes the WAL:
+SQLite reads page 1 from the file on a connection's first read when it found no WAL yet, and
+another process's checkpoint may be writing it then; that read waits for the cycle to end
+(``wait_for_cycles``) before it is refused (``vfs.EncryptedDBFile.xRead``).  What this does not
 catch is written in docs/encryption.md: the whole database (and its map) replaced by an older
 copy; pages whose image the map does not know yet (a partial replica's pages not fetched yet);
 a pending page; and images in the WAL, whose frames are bound to the WAL but not to their place
