@@ -300,18 +300,9 @@ def test_any_sequence_leaves_the_wal_index_recovery_would_build(tmp_path_factory
                     reader.execute("BEGIN")
                     assert reader.execute("SELECT count(*) FROM t").fetchone()[0] == rows
                 version += 1
-                before = walindex.index_commit
-                answers: list[bool] = []
-
-                def spying(db_path: str, commit: walindex.IndexedCommit, real=before) -> bool:
-                    answers.append(real(db_path, commit))
-                    return answers[-1]
-
-                install.index_commit = spying  # type: ignore[assignment]
-                try:
+                with pytest.MonkeyPatch.context() as patch:  # (a fixture would span every example)
+                    answers = _spy(patch)
                     _install(db, edit, user_version=version)
-                finally:
-                    install.index_commit = before  # type: ignore[assignment]
                 if answers and answers[0]:
                     in_place += 1
                     written = _shm(db)
