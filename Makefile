@@ -5,13 +5,13 @@ BIN := $(VENV)/bin
 PEERS := .peers
 NPM_PEERS := @tursodatabase/sync@0.7.2 @tursodatabase/cli-linux-x64-gnu@0.7.0
 PIP_VERSION := 26.3
-# The install builds the optional compiled helper (setup.py, turso_sync/_speedups.c): a change to
-# either installs again, so the module in the folder is never older than its source.
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt setup.py turso_sync/_speedups.c | sha1sum | cut -c1-12)
+# The install builds the optional compiled helpers (setup.py, turso_sync/_speedups.c, _fastvfs.c): a change
+# to any installs again, so the module in the folder is never older than its source.
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt setup.py turso_sync/_speedups.c turso_sync/_fastvfs.c | sha1sum | cut -c1-12)
 
 .PHONY: venv peers demo test lint typecheck unit bench clean proto constraints fuzz sim
 
-$(STAMP): pyproject.toml constraints.txt setup.py turso_sync/_speedups.c
+$(STAMP): pyproject.toml constraints.txt setup.py turso_sync/_speedups.c turso_sync/_fastvfs.c
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q pip==$(PIP_VERSION)
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,bench]'
@@ -51,7 +51,7 @@ PURE_PYTHON_TESTS := tests/unit/test_walformat.py tests/unit/test_compiled.py te
 	tests/unit/test_rekey_wal_headers.py tests/unit/test_install_recovery_handover.py tests/unit/test_file_control_router.py \
 	tests/unit/test_page_reader.py tests/unit/test_cursor_fast.py tests/unit/test_engine_fast.py tests/unit/test_dbapi_differential.py \
 	tests/integration/test_engine_walindex.py tests/unit/test_install_frames.py tests/unit/test_wal_frame_writer.py \
-	tests/unit/test_seal_pages.py tests/unit/test_walindex_in_place.py
+	tests/unit/test_seal_pages.py tests/unit/test_walindex_in_place.py tests/unit/test_fastvfs.py
 
 # Everything: the checks, the fast tier (a failure there stops here, in a minute), the WAL's suites
 # again with the compiled helper refused, then the rest, listing the slowest tests so CI time is
@@ -99,4 +99,4 @@ constraints:
 	rm -rf .venv-constraints build
 
 clean:
-	rm -rf $(VENV) $(PEERS) .pytest_cache .mypy_cache .ruff_cache build turso_sync/_speedups.*.so
+	rm -rf $(VENV) $(PEERS) .pytest_cache .mypy_cache .ruff_cache build turso_sync/_speedups.*.so turso_sync/_fastvfs.*.so

@@ -28,3 +28,13 @@ def speedups() -> ModuleType | None:
         return importlib.import_module("turso_sync._speedups")
     except ImportError:
         return None
+
+
+def fastvfs() -> ModuleType | None:
+    """The compiled VFS shim (``turso_sync/_fastvfs.c``), or None where it is absent or refused the same way."""
+    if pure_python_forced():
+        return None
+    try:
+        return importlib.import_module("turso_sync._fastvfs")
+    except ImportError:
+        return None

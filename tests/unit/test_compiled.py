@@ -112,3 +112,11 @@ def test_speedups_answers_none_when_refused_or_absent(monkeypatch):
     monkeypatch.delitem(sys.modules, "turso_sync._speedups")
     if _built():
         assert _compiled.speedups() is not None
+
+
+def test_fastvfs_answers_none_when_refused_or_absent(monkeypatch):
+    monkeypatch.setenv(_compiled.PURE_PYTHON_ENV, "1")
+    assert _compiled.fastvfs() is None
+    monkeypatch.setenv(_compiled.PURE_PYTHON_ENV, "0")
+    monkeypatch.setitem(sys.modules, "turso_sync._fastvfs", None)  # as if never built
+    assert _compiled.fastvfs() is None

@@ -213,11 +213,14 @@ def test_a_tampered_page_is_refused_named_and_recorded_either_way(
     monkeypatch.setattr(vfs.DatabaseState, "record", spy_record)
     seen.clear()
     db = turso_sync.connect(path, encryption_key=KEY, record_frames=False)
+    key = db._state._page_key  # the compiled VFS shim's, where it is built (``_fastvfs.c``)
     with pytest.raises(turso_sync.EncryptionError, match=rf"\bpage {victim}\b"):
         db.execute("SELECT sum(length(v)) FROM t").fetchone()
     db.close()
     assert [err.pgno for err in recorded] == [victim]
     assert seen["page"] >= 1  # the refused page went to the class's method, which named it
+    if key is not None:  # the shim read the good pages and handed the refused one to Python
+        assert key.hits > 0 and key.fallbacks >= 1
 
 
 def test_a_replica_that_becomes_partial_while_open_reads_through_the_class(
@@ -237,12 +240,16 @@ def test_a_replica_that_becomes_partial_while_open_reads_through_the_class(
 
     db.apsw_connection.release_memory()  # drop the cached pages
     seen.clear()
+    key = state._page_key  # the compiled VFS shim's, where it is built (``_fastvfs.c``)
+    hits = key.hits if key is not None else 0
     state.lazy = Lazy()  # type: ignore[assignment]  # as a later connection finding the replica partial does
     try:
         _read_all(db)
     finally:
         state.lazy = None
     assert seen["page"] >= 10 and len(asked) >= 10  # every page asked for first
+    if key is not None:  # the shim stopped reading pages itself once the replica was partial
+        assert not key.enabled and key.hits == hits
     db.apsw_connection.release_memory()  # drop the cached pages
     seen.clear()
     _read_all(db)

@@ -27,6 +27,7 @@ A checkpoint re-encrypts every page it copies under the newest epoch the codec h
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import struct
 import threading
@@ -34,12 +35,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import apsw
 
 from .. import errors
-from .._compiled import speedups
+from .._compiled import fastvfs, speedups
 from ..crypto.envelope import disk_size, pages_on_disk
 from ..crypto.hardened import HardenedCodec
 from ..crypto.page_codec import PageAuthError, PageCodec, PageDecryptError
@@ -59,6 +60,7 @@ if TYPE_CHECKING:
     from .pagemap import PageMap
 
 VFS_NAME = "turso_sync"
+log = logging.getLogger(__name__)
 
 # the unix file's own methods, called without building a ``super()`` object on the hot paths
 _base_read = apsw.VFSFile.xRead
@@ -88,6 +90,10 @@ _page_reader = getattr(speedups(), "page_reader", None)
 _wal_frame_reader = getattr(speedups(), "wal_frame_reader", None)
 # the compiled writer of new WAL frames (``_speedups.c``), or None: then the class's xWrite writes them
 _wal_frame_writer = getattr(speedups(), "wal_frame_writer", None)
+# the VFS in C in front of this one (``_fastvfs.c``), or None: then connections open this VFS itself
+_fastvfs = fastvfs()
+#: the file methods the shim may send straight to the unix file when a class leaves them to it
+_DIRECT_METHODS = ("xLock", "xUnlock", "xCheckReservedLock", "xFileSize", "xSectorSize", "xDeviceCharacteristics")
 
 
 def _route_file_controls(file: apsw.VFSFile, handled: frozenset[int]) -> None:
@@ -196,7 +202,7 @@ class DatabaseState:
     archive_error: str | None = None
     last_error: list[PageAuthError] = field(default_factory=list)
     users: int = 0
-    lazy: LazyPages | None = None  # a partial replica's missing pages
+    _lazy: LazyPages | None = None  # a partial replica's missing pages (``lazy``)
     lazy_error: list[errors.Error] = field(default_factory=list)  # why a missing page could not be read
     lazy_ckpt_held: bool = False
     in_checkpoint: bool = False  # between SQLITE_FCNTL_CKPT_START and CKPT_DONE
@@ -213,9 +219,38 @@ class DatabaseState:
     handed: HandedFrames = field(default_factory=lambda: HandedFrames())
     _fds: dict[str, int] = field(default_factory=dict)
     _fd_lock: threading.Lock = field(default_factory=threading.Lock)
+    # the key and descriptor the compiled shim reads pages with (``_fastvfs.PageKey``), made on first use
+    _page_key: Any = None
+
+    @property
+    def lazy(self) -> LazyPages | None:
+        """A partial replica's missing pages (None: every page is on disk)."""
+        return self._lazy
+
+    @lazy.setter
+    def lazy(self, pages: LazyPages | None) -> None:
+        self._lazy = pages
+        if pages is not None:
+            self.stop_fast_reads()  # its missing pages are fetched by the Python file
 
     def record(self, err: PageAuthError) -> None:
         self.last_error[:] = [err]
+
+    def page_key(self, fd: int) -> Any:
+        """The compiled shim's ``PageKey`` for this database (Turso's format, descriptor ``fd``), made once."""
+        with self._fd_lock:
+            if self._page_key is None:
+                codec = self.codec
+                assert _fastvfs is not None and codec is not None
+                handled = tuple(sorted(EncryptedDBFile._handled_controls))
+                self._page_key = _fastvfs.PageKey(fd, codec._key, codec.page_size, handled)
+            return self._page_key
+
+    def stop_fast_reads(self) -> None:
+        """From now on every page read goes through the Python file (a partial replica, a closing state)."""
+        key = self._page_key
+        if key is not None:
+            key.disable()
 
     def descriptor(self, suffix: str = "") -> int:
         """A descriptor of the database file (or ``-shm``), open until the last connection closes.
@@ -251,6 +286,7 @@ class DatabaseState:
         return self.page_map
 
     def close_descriptors(self) -> None:
+        self.stop_fast_reads()  # the shim's reads use the database's descriptor
         with self._fd_lock:
             for fd in self._fds.values():
                 os.close(fd)
@@ -412,6 +448,13 @@ class EncryptedDBFile(apsw.VFSFile):
                 self.__dict__["xRead"] = _page_reader(
                     self, type(self).xRead, state, self._fd, self._slot, self._page, self._decrypt_slot
                 )
+            if self._fd >= 0 and _fastvfs is not None and state.lazy is None:
+                # the compiled shim in front of this VFS (when the connection opened through it)
+                # reads this file's whole pages but page 1 itself, and sends the calls this class
+                # leaves to the unix file straight there (``_fastvfs.c``); the rest still comes here
+                cls = type(self)
+                direct = all(getattr(cls, m) is getattr(apsw.VFSFile, m) for m in _DIRECT_METHODS)
+                _fastvfs.claim(self, state.page_key(self._fd), direct)
         _route_file_controls(self, self._handled_controls)
 
     # APSW takes any buffer from xRead (its stub says bytes): Turso's format returns ``_page``
@@ -1206,16 +1249,41 @@ class TursoVFS(apsw.VFS):
 
 
 _vfs: TursoVFS | None = None
+_vfs_name = VFS_NAME
 _vfs_lock = threading.Lock()
 
 
 def ensure_vfs() -> str:
-    """Register the VFS in this process (once) and return its name."""
-    global _vfs
+    """Register the VFS in this process (once) and return the name connections open it by.
+
+    That is the compiled shim's (``_fastvfs.c``, registered in front of this one) where the module
+    was built and SQLite loads it, else this VFS's own.
+    """
+    global _vfs, _vfs_name
     with _vfs_lock:
         if _vfs is None:
             _vfs = TursoVFS()
-    return VFS_NAME
+            _vfs_name = _load_shim() or VFS_NAME
+    return _vfs_name
+
+
+def _load_shim() -> str | None:
+    """Register the compiled shim over this VFS: it is a SQLite extension, loaded through a connection
+    of its own (the only one that ever allows loading extensions), which is closed at once."""
+    if _fastvfs is None or _fastvfs.__file__ is None:
+        return None
+    if not _fastvfs.registered():
+        try:
+            db = apsw.Connection(":memory:")
+            try:
+                db.enable_load_extension(True)
+                db.load_extension(_fastvfs.__file__, _fastvfs.ENTRY_POINT)
+            finally:
+                db.close()
+        except apsw.Error as exc:
+            log.warning("turso_sync: the compiled VFS shim did not load (%s); pages are read through Python", exc)
+            return None
+    return str(_fastvfs.SHIM_NAME)
 
 
 def realpath(path: str | os.PathLike[str]) -> str:
