@@ -9,13 +9,15 @@
  * size calls of every read transaction.  This module is also a SQLite loadable extension: loading it
  * (its entry point turso_sync_fastvfs_init, through any APSW connection) registers the VFS
  * "turso_sync_c", a shim whose files wrap the Python VFS's ("turso_sync") files.  Every call goes to
- * the Python file, except on a main database file in Turso's format that the Python side has
- * claimed (claim(), below):
- *   - a read of one whole, aligned page other than page 1 is pread from the database's descriptor
+ * the Python file, except on a main database file that the Python side has claimed (claim(), below):
+ *   - in Turso's format, a read of one whole, aligned page other than page 1 is pread from the
+ *     database's descriptor
  *     and decrypted here (AES-GCM through libgcrypt, the key schedule kept per file) straight into
  *     SQLite's buffer, in place; a short read, a read error or a page that does not verify goes to the
  *     Python file's xRead instead, which reads it again and keeps every behaviour and error (the
  *     message, the record of damage, page 1's retry);
+ *   - in plaintext, every read goes straight to the unix file (as the class's xRead does while
+ *     the replica is not partial), when that file is found (below);
  *   - when the Python file's class leaves them to its unix base (claim's `direct`), the lock,
  *     unlock, reserved-lock, size, sector-size and device calls, the shared-memory calls and the
  *     file controls the Python file does not handle go straight to that unix file, as APSW's
@@ -24,12 +26,12 @@
  * PageKey(fd, key, page_size, handled) -> key
  *     What every claimed file of one database shares: the descriptor (owned by the caller, which
  *     calls disable() before closing it), the AES-GCM key (16 or 32 bytes, copied here and wiped
- *     when the object goes), the page size and the file controls the Python file handles (at most
- *     8).  disable() makes every file that holds it send all calls to Python from then on (a
+ *     when the object goes; None for a plaintext database, whose descriptor may be -1), the page
+ *     size and the file controls the Python file handles (at most 8).  disable() makes every file that holds it send all calls to Python from then on (a
  *     partial replica's missing pages are fetched there).  `hits` and `fallbacks` count the page
  *     reads done here and the ones handed to Python.
  *
- * claim(file, key, direct)
+ * claim(file, key, direct) -> bool
  *     Called from a main database file's __init__ (inside the Python VFS's xOpen): the shim's
  *     xOpen that is running in this thread takes `key` for the file it is opening.  `direct` says
  *     the lock calls may skip Python; they do only when the unix file APSW keeps under `file` is
@@ -75,7 +77,8 @@ typedef struct {
     int enabled; /* read without the GIL: a stale 1 only costs one read that Python redoes */
     int nhandled;
     int handled[MAX_HANDLED];
-    int algo; /* GCRY_CIPHER_AES128 or GCRY_CIPHER_AES256 */
+    int plain; /* a plaintext database (no key) */
+    int algo;  /* GCRY_CIPHER_AES128 or GCRY_CIPHER_AES256 */
     unsigned char key[32];
     int key_len;
     unsigned long long hits, fallbacks;
@@ -89,26 +92,37 @@ page_key_init(PyObject *self, PyObject *args, PyObject *kwds)
     static char *kwlist[] = {"fd", "key", "page_size", "handled", NULL};
     PageKeyObject *k = (PageKeyObject *)self;
     Py_buffer key;
-    PyObject *handled, *seq;
+    PyObject *key_obj, *handled, *seq;
     int fd, page_size;
     Py_ssize_t n, i;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iy*iO", kwlist, &fd, &key, &page_size, &handled))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iOiO", kwlist, &fd, &key_obj, &page_size, &handled))
         return -1;
-    if (key.len != 16 && key.len != 32) {
-        PyBuffer_Release(&key);
-        PyErr_Format(PyExc_ValueError, "PageKey: an AES-GCM key is 16 or 32 bytes, not %zd", key.len);
-        return -1;
-    }
-    if (fd < 0 || page_size < 512 || page_size > 65536 || (page_size & (page_size - 1))) {
-        PyBuffer_Release(&key);
-        PyErr_SetString(PyExc_ValueError, "PageKey: needs a descriptor and a page size that is a power of two");
+    if (page_size < 512 || page_size > 65536 || (page_size & (page_size - 1))) {
+        PyErr_SetString(PyExc_ValueError, "PageKey: the page size is a power of two from 512 to 65536");
         return -1;
     }
-    k->key_len = (int)key.len;
-    memcpy(k->key, key.buf, (size_t)key.len);
-    PyBuffer_Release(&key);
-    k->algo = k->key_len == 16 ? GCRY_CIPHER_AES128 : GCRY_CIPHER_AES256;
+    if (key_obj == Py_None) {
+        k->plain = 1; /* a plaintext database: reads go to the unix file, no descriptor needed */
+    }
+    else {
+        if (PyObject_GetBuffer(key_obj, &key, PyBUF_SIMPLE) < 0)
+            return -1;
+        if (key.len != 16 && key.len != 32) {
+            PyBuffer_Release(&key);
+            PyErr_Format(PyExc_ValueError, "PageKey: an AES-GCM key is 16 or 32 bytes, not %zd", key.len);
+            return -1;
+        }
+        if (fd < 0) {
+            PyBuffer_Release(&key);
+            PyErr_SetString(PyExc_ValueError, "PageKey: an encrypted database's key needs its descriptor");
+            return -1;
+        }
+        k->key_len = (int)key.len;
+        memcpy(k->key, key.buf, (size_t)key.len);
+        PyBuffer_Release(&key);
+        k->algo = k->key_len == 16 ? GCRY_CIPHER_AES128 : GCRY_CIPHER_AES256;
+    }
     seq = PySequence_Tuple(handled);
     if (seq == NULL)
         return -1;
@@ -326,9 +340,17 @@ shim_read(sqlite3_file *pf, void *buf, int amount, sqlite3_int64 offset)
     PageKeyObject *k = f->key;
     ssize_t got;
 
-    if (k == NULL || amount != k->page_size || offset <= 0 || offset % amount != 0 ||
-        !__atomic_load_n(&k->enabled, __ATOMIC_ACQUIRE))
-        return FWD(f)->xRead(f->under, buf, amount, offset); /* page 1, part of a page, or not ours */
+    if (k == NULL || !__atomic_load_n(&k->enabled, __ATOMIC_ACQUIRE))
+        return FWD(f)->xRead(f->under, buf, amount, offset); /* not ours, or not any more */
+    if (k->plain) {
+        /* a plaintext file's class reads through its unix file unless the replica is partial */
+        if (f->low_file == NULL)
+            return FWD(f)->xRead(f->under, buf, amount, offset);
+        __atomic_fetch_add(&k->hits, 1, __ATOMIC_RELAXED);
+        return f->low_file->pMethods->xRead(f->low_file, buf, amount, offset);
+    }
+    if (amount != k->page_size || offset <= 0 || offset % amount != 0)
+        return FWD(f)->xRead(f->under, buf, amount, offset); /* page 1, or part of a page */
     do {
         got = pread(k->fd, buf, (size_t)amount, (off_t)offset);
     } while (got < 0 && errno == EINTR);
@@ -495,8 +517,8 @@ shim_open(sqlite3_vfs *vfs, sqlite3_filename name, sqlite3_file *pf, int flags, 
         }
         return rc;
     }
-    if (gcry_cipher_open(&f->gcm, k->algo, GCRY_CIPHER_MODE_GCM, 0) != 0 ||
-        gcry_cipher_setkey(f->gcm, k->key, (size_t)k->key_len) != 0) {
+    if (!k->plain && (gcry_cipher_open(&f->gcm, k->algo, GCRY_CIPHER_MODE_GCM, 0) != 0 ||
+                      gcry_cipher_setkey(f->gcm, k->key, (size_t)k->key_len) != 0)) {
         if (f->gcm != NULL)
             gcry_cipher_close(f->gcm);
         f->gcm = NULL;

@@ -145,6 +145,39 @@ def test_a_read_transaction_on_cached_pages_makes_no_python_call(
 
 
 @needs_shim
+def test_a_plaintext_database_reads_and_locks_without_python(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    files: list[vfs.PlainDBFile] = []
+    init = vfs.PlainDBFile.__init__
+
+    def spy_init(self: vfs.PlainDBFile, *args: Any) -> None:
+        init(self, *args)
+        files.append(self)
+
+    monkeypatch.setattr(vfs.PlainDBFile, "__init__", spy_init)
+    path = tmp_path / "plain.db"
+    db = turso_sync.connect(path, record_frames=False)
+    db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)")
+    db.executemany("INSERT INTO t (v) VALUES (?)", _expected())
+    db.commit()
+    db.apsw_connection.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
+    db.close()
+    files.clear()
+    db = turso_sync.connect(path, record_frames=False)
+    db.execute("SELECT count(*) FROM t").fetchone()
+    (main,) = files
+    key = db._state._page_key
+    seen = _count_calls(main)
+    before = key.hits
+    db.apsw_connection.release_memory()
+    assert _rows(db) == _expected()
+    for i in range(1, 51):
+        assert db.execute("SELECT length(v) FROM t WHERE id = ?", (i,)).fetchone() == (300,)
+    assert key.hits - before >= 10  # every page read straight from the unix file
+    assert seen == Counter()  # no read, lock, size or lock-timeout call reached Python
+    db.close()
+
+
+@needs_shim
 def test_a_class_that_overrides_a_lock_method_gets_its_calls(
     tmp_path: Path, opened: list[vfs.EncryptedDBFile], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -240,8 +273,11 @@ def test_page_key_refuses_bad_input() -> None:
             _fastvfs.PageKey(fd, b"k" * 24, P, ())
         with pytest.raises(ValueError, match="power of two"):
             _fastvfs.PageKey(fd, b"k" * 32, 3000, ())
-        with pytest.raises(ValueError, match="power of two"):
+        with pytest.raises(ValueError, match="needs its descriptor"):
             _fastvfs.PageKey(-1, b"k" * 32, P, ())
+        with pytest.raises(TypeError):
+            _fastvfs.PageKey(fd, "k" * 32, P, ())  # a key is bytes
+        assert _fastvfs.PageKey(-1, None, P, ()).enabled  # a plaintext database's
         with pytest.raises(ValueError, match="at most 8"):
             _fastvfs.PageKey(fd, b"k" * 32, P, range(9))
         with pytest.raises(TypeError):

@@ -96,6 +96,20 @@ _fastvfs = fastvfs()
 _DIRECT_METHODS = ("xLock", "xUnlock", "xCheckReservedLock", "xFileSize", "xSectorSize", "xDeviceCharacteristics")
 
 
+def _claim(file: EncryptedDBFile | PlainDBFile, state: DatabaseState, fd: int) -> None:
+    """Hand a main database file being opened to the compiled shim's open under way (``_fastvfs.claim``).
+
+    Not for a partial replica (its reads fetch missing pages here).  The calls the file's class
+    leaves to ``apsw.VFSFile`` may skip Python; ``_handled_controls`` are the file controls it acts on.
+    """
+    if _fastvfs is None or state.lazy is not None:
+        return
+    cls = type(file)
+    assert cls._handled_controls == _CKPT_CONTROLS  # what ``DatabaseState.page_key`` hands the shim
+    direct = all(getattr(cls, m) is getattr(apsw.VFSFile, m) for m in _DIRECT_METHODS)
+    _fastvfs.claim(file, state.page_key(fd), direct)
+
+
 def _route_file_controls(file: apsw.VFSFile, handled: frozenset[int]) -> None:
     """Send every file control but ``handled`` straight to the unix file's, without a Python frame.
 
@@ -237,13 +251,16 @@ class DatabaseState:
         self.last_error[:] = [err]
 
     def page_key(self, fd: int) -> Any:
-        """The compiled shim's ``PageKey`` for this database (Turso's format, descriptor ``fd``), made once."""
+        """The compiled shim's ``PageKey`` for this database (Turso's format or plaintext; its
+        descriptor ``fd``, which a plaintext one does not use), made once."""
         with self._fd_lock:
             if self._page_key is None:
-                codec = self.codec
-                assert _fastvfs is not None and codec is not None
-                handled = tuple(sorted(EncryptedDBFile._handled_controls))
-                self._page_key = _fastvfs.PageKey(fd, codec._key, codec.page_size, handled)
+                assert _fastvfs is not None
+                handled = tuple(sorted(_CKPT_CONTROLS))  # both claiming classes' _handled_controls
+                if self.codec is None:
+                    self._page_key = _fastvfs.PageKey(-1, None, PAGE_SIZE, handled)
+                else:
+                    self._page_key = _fastvfs.PageKey(fd, self.codec._key, self.codec.page_size, handled)
             return self._page_key
 
     def stop_fast_reads(self) -> None:
@@ -448,13 +465,11 @@ class EncryptedDBFile(apsw.VFSFile):
                 self.__dict__["xRead"] = _page_reader(
                     self, type(self).xRead, state, self._fd, self._slot, self._page, self._decrypt_slot
                 )
-            if self._fd >= 0 and _fastvfs is not None and state.lazy is None:
+            if self._fd >= 0:
                 # the compiled shim in front of this VFS (when the connection opened through it)
                 # reads this file's whole pages but page 1 itself, and sends the calls this class
                 # leaves to the unix file straight there (``_fastvfs.c``); the rest still comes here
-                cls = type(self)
-                direct = all(getattr(cls, m) is getattr(apsw.VFSFile, m) for m in _DIRECT_METHODS)
-                _fastvfs.claim(self, state.page_key(self._fd), direct)
+                _claim(self, state, self._fd)
         _route_file_controls(self, self._handled_controls)
 
     # APSW takes any buffer from xRead (its stub says bytes): Turso's format returns ``_page``
@@ -669,6 +684,9 @@ class PlainDBFile(apsw.VFSFile):
     def __init__(self, name: apsw.URIFilename | str, flags: list[int], state: DatabaseState) -> None:
         super().__init__("", name, flags)
         self.state = state
+        # the compiled shim (when the connection opened through it) sends reads, locks and the
+        # controls this class does not handle straight to the unix file (``_fastvfs.c``)
+        _claim(self, state, -1)
         _route_file_controls(self, self._handled_controls)
 
     def xRead(self, amount: int, offset: int) -> bytes:
