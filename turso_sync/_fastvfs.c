@@ -279,11 +279,11 @@ claim(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 /* ==== the shim's files ==== */
 
 typedef struct {
-    sqlite3_file base;       /* pMethods: shim_io_v1 or shim_io_v2 */
-    sqlite3_file *under;     /* the Python VFS's file, in the memory right after this struct */
-    sqlite3_file *low_file;    /* the unix file under it, when lock calls go straight there; else NULL */
-    PageKeyObject *key;      /* NULL: every call goes to `under` */
-    gcry_cipher_hd_t gcm;    /* the key's schedule, set once; each page sets only its nonce */
+    sqlite3_file base;      /* pMethods: shim_io_v1 or shim_io_v2 */
+    sqlite3_file *under;    /* the Python VFS's file, in the memory right after this struct */
+    sqlite3_file *low_file; /* the unix file under it, when lock calls go straight there; else NULL */
+    PageKeyObject *key;     /* NULL: every call goes to `under` */
+    gcry_cipher_hd_t gcm;   /* the key's schedule, set once; each page sets only its nonce */
     int nhandled;
     int handled[MAX_HANDLED];
 } ShimFile;

@@ -300,3 +300,22 @@ def test_without_the_module_connections_open_the_python_vfs(tmp_path: Path) -> N
     env = dict(os.environ, TURSO_SYNC_PURE_PYTHON="1")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.split() == [vfs.VFS_NAME, "None", "(1,)"]
+
+
+@needs_shim
+def test_a_shim_that_does_not_load_leaves_the_python_vfs_working(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    code = (
+        "import logging, turso_sync\n"
+        "from turso_sync.local import vfs\n"
+        "logging.basicConfig(level=logging.WARNING, format='%(message)s')\n"
+        "vfs._fastvfs.ENTRY_POINT = 'no_such_entry_point'  # SQLite cannot load it\n"
+        f"db = turso_sync.connect({str(path)!r}, encryption_key={KEY!r}, record_frames=False)\n"
+        "db.execute('CREATE TABLE t (a)')\n"
+        "db.execute('INSERT INTO t VALUES (1)')\n"
+        "db.commit()\n"
+        "print(vfs.ensure_vfs(), vfs._fastvfs, db._state._page_key, db.execute('SELECT a FROM t').fetchone())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.split() == [vfs.VFS_NAME, "None", "None", "(1,)"]
+    assert "the compiled VFS shim did not load" in out.stderr and "no_such_entry_point" in out.stderr

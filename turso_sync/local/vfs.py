@@ -1287,8 +1287,11 @@ def ensure_vfs() -> str:
 
 def _load_shim() -> str | None:
     """Register the compiled shim over this VFS: it is a SQLite extension, loaded through a connection
-    of its own (the only one that ever allows loading extensions), which is closed at once."""
+    of its own (the only one that ever allows loading extensions), which is closed at once.  If it
+    does not load, files are not claimed for it either (``_claim``)."""
+    global _fastvfs
     if _fastvfs is None or _fastvfs.__file__ is None:
+        _fastvfs = None
         return None
     if not _fastvfs.registered():
         try:
@@ -1300,6 +1303,7 @@ def _load_shim() -> str | None:
                 db.close()
         except apsw.Error as exc:
             log.warning("turso_sync: the compiled VFS shim did not load (%s); pages are read through Python", exc)
+            _fastvfs = None
             return None
     return str(_fastvfs.SHIM_NAME)
 
