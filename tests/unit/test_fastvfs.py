@@ -41,18 +41,23 @@ def _expected(rows: int = ROWS) -> list[tuple[bytes]]:
     return [(bytes([i % 251]) * 300,) for i in range(rows)]
 
 
-@pytest.fixture
-def opened(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[vfs.EncryptedDBFile]]:
-    """The main database files opened while the test runs."""
-    files: list[vfs.EncryptedDBFile] = []
-    init = vfs.EncryptedDBFile.__init__
+def _spy_opens(monkeypatch: pytest.MonkeyPatch, cls: type[Any]) -> list[Any]:
+    """The files of class ``cls`` opened from now on, in order."""
+    files: list[Any] = []
+    init = cls.__init__
 
-    def spy_init(self: vfs.EncryptedDBFile, *args: Any) -> None:
+    def spy_init(self: Any, *args: Any) -> None:
         init(self, *args)
         files.append(self)
 
-    monkeypatch.setattr(vfs.EncryptedDBFile, "__init__", spy_init)
-    yield files
+    monkeypatch.setattr(cls, "__init__", spy_init)
+    return files
+
+
+@pytest.fixture
+def opened(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[vfs.EncryptedDBFile]]:
+    """The main database files opened while the test runs."""
+    yield _spy_opens(monkeypatch, vfs.EncryptedDBFile)
 
 
 def _count_calls(file: vfs.EncryptedDBFile) -> Counter[str]:
@@ -146,14 +151,7 @@ def test_a_read_transaction_on_cached_pages_makes_no_python_call(
 
 @needs_shim
 def test_a_plaintext_database_reads_and_locks_without_python(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    files: list[vfs.PlainDBFile] = []
-    init = vfs.PlainDBFile.__init__
-
-    def spy_init(self: vfs.PlainDBFile, *args: Any) -> None:
-        init(self, *args)
-        files.append(self)
-
-    monkeypatch.setattr(vfs.PlainDBFile, "__init__", spy_init)
+    files = _spy_opens(monkeypatch, vfs.PlainDBFile)
     path = tmp_path / "plain.db"
     db = turso_sync.connect(path, record_frames=False)
     db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)")

@@ -1267,7 +1267,6 @@ class TursoVFS(apsw.VFS):
 
 
 _vfs: TursoVFS | None = None
-_vfs_name = VFS_NAME
 _vfs_lock = threading.Lock()
 
 
@@ -1277,22 +1276,23 @@ def ensure_vfs() -> str:
     That is the compiled shim's (``_fastvfs.c``, registered in front of this one) where the module
     was built and SQLite loads it, else this VFS's own.
     """
-    global _vfs, _vfs_name
+    global _vfs
     with _vfs_lock:
         if _vfs is None:
             _vfs = TursoVFS()
-            _vfs_name = _load_shim() or VFS_NAME
-    return _vfs_name
+            _load_shim()
+    return str(_fastvfs.SHIM_NAME) if _fastvfs is not None else VFS_NAME
 
 
-def _load_shim() -> str | None:
+def _load_shim() -> None:
     """Register the compiled shim over this VFS: it is a SQLite extension, loaded through a connection
     of its own (the only one that ever allows loading extensions), which is closed at once.  If it
-    does not load, files are not claimed for it either (``_claim``)."""
+    does not load, ``_fastvfs`` becomes None: no file is claimed for it (``_claim``) and connections
+    open this VFS itself (``ensure_vfs``)."""
     global _fastvfs
     if _fastvfs is None or _fastvfs.__file__ is None:
         _fastvfs = None
-        return None
+        return
     if not _fastvfs.registered():
         try:
             db = apsw.Connection(":memory:")
@@ -1304,8 +1304,6 @@ def _load_shim() -> str | None:
         except apsw.Error as exc:
             log.warning("turso_sync: the compiled VFS shim did not load (%s); pages are read through Python", exc)
             _fastvfs = None
-            return None
-    return str(_fastvfs.SHIM_NAME)
 
 
 def realpath(path: str | os.PathLike[str]) -> str:
